@@ -1,0 +1,1 @@
+//! Event engine (work in progress).

@@ -1,0 +1,1 @@
+//! Flywheel flag engine (work in progress).
