@@ -1,0 +1,597 @@
+//! Identity resolution: distinct ids → persons, merges with PostHog's rules, person and group properties.
+//!
+//! The server turns each event of the intake log into [`IdentityOp`]s and hands them, batch by batch and in log
+//! order, to the single [`IdentityWriter`]. The writer keeps a bounded cache of distinct id → person so that the
+//! common event (a known distinct id, no property change) costs no database access at all.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use sqlx::{Sqlite, Transaction};
+
+use crate::{Result, Store};
+
+/// How two distinct ids come to share a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeMode {
+    /// `$identify` with `$anon_distinct_id`, Segment `identify` with both ids.
+    Identify,
+    /// `$create_alias`, Segment `alias`.
+    Alias,
+    /// `$merge_dangerously`: merges even an already identified person.
+    Dangerous,
+}
+
+/// One identity change derived from an event, applied in log order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IdentityOp {
+    /// Make sure `distinct_id` has a person (every event with person processing does this).
+    Touch { project_id: i64, distinct_id: String, at: String },
+    /// Bring `other` into `target`'s person, following PostHog's rules (see [`IdentityWriter`]).
+    Merge { project_id: i64, target: String, other: String, mode: MergeMode, at: String },
+    /// `$set`, `$set_once`, `$unset` on the person of `distinct_id`.
+    SetProperties {
+        project_id: i64,
+        distinct_id: String,
+        set: Map<String, Value>,
+        set_once: Map<String, Value>,
+        unset: Vec<String>,
+        at: String,
+    },
+    /// `$groupidentify` / Segment `group`: group properties.
+    GroupIdentify { project_id: i64, group_type: String, group_key: String, set: Map<String, Value>, at: String },
+    /// The person of `distinct_id` belongs to these groups (`$groups` on an event): (group type, group key).
+    LinkGroups { project_id: i64, distinct_id: String, groups: Vec<(String, String)> },
+}
+
+/// What one `apply` did, for metrics and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub persons_created: u64,
+    pub merges: u64,
+    /// Merges refused because the other person was already identified (PostHog's rule).
+    pub merges_refused: u64,
+    pub property_updates: u64,
+    /// Group types beyond the 5 a project may have.
+    pub group_types_refused: u64,
+}
+
+/// Distinct ids that PostHog refuses to merge on: SDK placeholders that would glue unrelated people together.
+fn is_illegal_merge_id(id: &str) -> bool {
+    const ILLEGAL: &[&str] = &[
+        "anonymous", "guest", "distinctid", "distinct_id", "id", "not_authenticated", "email", "undefined", "true",
+        "false", "null", "none", "nan", "0", "[object object]",
+    ];
+    let id = id.trim();
+    id.is_empty() || ILLEGAL.iter().any(|bad| id.eq_ignore_ascii_case(bad))
+}
+
+const MAX_GROUP_TYPES: i64 = 5;
+const CACHE_LIMIT: usize = 250_000;
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy)]
+struct PersonRef {
+    id: i64,
+    identified: bool,
+}
+
+/// The single writer of identity state. Not shared: one task owns it.
+pub struct IdentityWriter {
+    store: Store,
+    consumer: String,
+    persons: HashMap<(i64, String), PersonRef>,
+    group_types: HashMap<(i64, String), Option<i64>>,
+    links: HashSet<(i64, i64, String)>,
+    last_checkpoint: Instant,
+}
+
+impl Store {
+    /// The identity writer for the intake consumer named `consumer`.
+    pub fn identity_writer(&self, consumer: &str) -> IdentityWriter {
+        IdentityWriter {
+            store: self.clone(),
+            consumer: consumer.to_owned(),
+            persons: HashMap::new(),
+            group_types: HashMap::new(),
+            links: HashSet::new(),
+            last_checkpoint: Instant::now() - CHECKPOINT_EVERY,
+        }
+    }
+}
+
+impl IdentityWriter {
+    /// Applies `ops` in order in one transaction and records `lsn` as this consumer's checkpoint (written with
+    /// any change, and at least once a second otherwise). On error nothing is applied and the caches are dropped.
+    pub async fn apply(&mut self, ops: &[IdentityOp], lsn: u64) -> Result<ApplyStats> {
+        let mut stats = ApplyStats::default();
+        let mut tx = self.store.pool().begin().await?;
+        let mut wrote = false;
+        let result = async {
+            for op in ops {
+                wrote |= self.apply_one(&mut tx, op, &mut stats).await?;
+            }
+            Ok::<_, crate::StoreError>(())
+        }
+        .await;
+        if let Err(err) = result {
+            self.clear_caches();
+            return Err(err);
+        }
+        if wrote || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            sqlx::query(
+                "INSERT INTO intake_checkpoints (consumer, lsn) VALUES (?, ?)
+                 ON CONFLICT (consumer) DO UPDATE SET lsn = excluded.lsn",
+            )
+            .bind(&self.consumer)
+            .bind(lsn as i64)
+            .execute(&mut *tx)
+            .await?;
+            if let Err(err) = tx.commit().await {
+                self.clear_caches();
+                return Err(err.into());
+            }
+            self.last_checkpoint = Instant::now();
+        }
+        // A transaction without writes and without a checkpoint rolls back on drop: nothing to keep.
+        if self.persons.len() > CACHE_LIMIT {
+            self.persons.clear();
+        }
+        if self.links.len() > CACHE_LIMIT {
+            self.links.clear();
+        }
+        Ok(stats)
+    }
+
+    /// Writes the checkpoint now (on shutdown).
+    pub async fn flush_checkpoint(&mut self, lsn: u64) -> Result<()> {
+        self.last_checkpoint = Instant::now() - CHECKPOINT_EVERY;
+        self.apply(&[], lsn).await.map(|_| ())
+    }
+
+    fn clear_caches(&mut self) {
+        self.persons.clear();
+        self.group_types.clear();
+        self.links.clear();
+    }
+
+    /// Returns whether anything was written.
+    async fn apply_one(
+        &mut self,
+        tx: &mut Transaction<'static, Sqlite>,
+        op: &IdentityOp,
+        stats: &mut ApplyStats,
+    ) -> Result<bool> {
+        match op {
+            IdentityOp::Touch { project_id, distinct_id, at } => {
+                let (_, created) = self.ensure_person(tx, *project_id, distinct_id, at).await?;
+                stats.persons_created += created as u64;
+                Ok(created)
+            }
+            IdentityOp::Merge { project_id, target, other, mode, at } => {
+                self.merge(tx, *project_id, target, other, *mode, at, stats).await
+            }
+            IdentityOp::SetProperties { project_id, distinct_id, set, set_once, unset, at } => {
+                let (person, created) = self.ensure_person(tx, *project_id, distinct_id, at).await?;
+                stats.persons_created += created as u64;
+                if set.is_empty() && set_once.is_empty() && unset.is_empty() {
+                    return Ok(created);
+                }
+                let mut props = load_properties(tx, "SELECT properties FROM persons WHERE id = ?", person.id).await?;
+                let changed = update_properties(&mut props, set, set_once, unset);
+                if changed {
+                    sqlx::query("UPDATE persons SET properties = ?, version = version + 1 WHERE id = ?")
+                        .bind(Value::Object(props).to_string())
+                        .bind(person.id)
+                        .execute(&mut **tx)
+                        .await?;
+                    stats.property_updates += 1;
+                }
+                Ok(created || changed)
+            }
+            IdentityOp::GroupIdentify { project_id, group_type, group_key, set, at } => {
+                let Some(index) = self.group_type_index(tx, *project_id, group_type).await? else {
+                    stats.group_types_refused += 1;
+                    return Ok(false);
+                };
+                let existing: Option<String> = sqlx::query_scalar(
+                    "SELECT properties FROM groups WHERE project_id = ? AND group_type_index = ? AND group_key = ?",
+                )
+                .bind(project_id)
+                .bind(index)
+                .bind(group_key)
+                .fetch_optional(&mut **tx)
+                .await?;
+                let mut props = match existing {
+                    Some(text) => parse_object(&text)?,
+                    None => Map::new(),
+                };
+                update_properties(&mut props, set, &Map::new(), &[]);
+                sqlx::query(
+                    "INSERT INTO groups (project_id, group_type_index, group_key, properties, created_at)
+                     VALUES (?, ?, ?, ?, ?)
+                     ON CONFLICT (project_id, group_type_index, group_key) DO UPDATE SET properties = excluded.properties",
+                )
+                .bind(project_id)
+                .bind(index)
+                .bind(group_key)
+                .bind(Value::Object(props).to_string())
+                .bind(at)
+                .execute(&mut **tx)
+                .await?;
+                Ok(true)
+            }
+            IdentityOp::LinkGroups { project_id, distinct_id, groups } => {
+                let mut wrote = false;
+                let Some(person) = self.person_of(tx, *project_id, distinct_id).await? else {
+                    return Ok(false);
+                };
+                for (group_type, group_key) in groups {
+                    let Some(index) = self.group_type_index(tx, *project_id, group_type).await? else {
+                        stats.group_types_refused += 1;
+                        continue;
+                    };
+                    let link = (person.id, index, group_key.clone());
+                    if self.links.contains(&link) {
+                        continue;
+                    }
+                    sqlx::query(
+                        "INSERT OR IGNORE INTO person_groups (person_id, group_type_index, group_key) VALUES (?, ?, ?)",
+                    )
+                    .bind(person.id)
+                    .bind(index)
+                    .bind(group_key)
+                    .execute(&mut **tx)
+                    .await?;
+                    self.links.insert(link);
+                    wrote = true;
+                }
+                Ok(wrote)
+            }
+        }
+    }
+
+    async fn person_of(
+        &mut self,
+        tx: &mut Transaction<'static, Sqlite>,
+        project_id: i64,
+        distinct_id: &str,
+    ) -> Result<Option<PersonRef>> {
+        let key = (project_id, distinct_id.to_owned());
+        if let Some(p) = self.persons.get(&key) {
+            return Ok(Some(*p));
+        }
+        let row: Option<(i64, bool)> = sqlx::query_as(
+            "SELECT p.id, p.is_identified FROM person_distinct_ids d JOIN persons p ON p.id = d.person_id
+             WHERE d.project_id = ? AND d.distinct_id = ?",
+        )
+        .bind(project_id)
+        .bind(distinct_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let found = row.map(|(id, identified)| PersonRef { id, identified });
+        if let Some(p) = found {
+            self.persons.insert(key, p);
+        }
+        Ok(found)
+    }
+
+    /// The person of `distinct_id`, created if absent; the flag says whether it was created.
+    async fn ensure_person(
+        &mut self,
+        tx: &mut Transaction<'static, Sqlite>,
+        project_id: i64,
+        distinct_id: &str,
+        at: &str,
+    ) -> Result<(PersonRef, bool)> {
+        if let Some(p) = self.person_of(tx, project_id, distinct_id).await? {
+            return Ok((p, false));
+        }
+        let p = self.create_person(tx, project_id, &[distinct_id], false, at).await?;
+        Ok((p, true))
+    }
+
+    async fn create_person(
+        &mut self,
+        tx: &mut Transaction<'static, Sqlite>,
+        project_id: i64,
+        distinct_ids: &[&str],
+        identified: bool,
+        at: &str,
+    ) -> Result<PersonRef> {
+        let id = sqlx::query(
+            "INSERT INTO persons (uuid, project_id, properties, is_identified, created_at) VALUES (?, ?, '{}', ?, ?)",
+        )
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(project_id)
+        .bind(identified)
+        .bind(at)
+        .execute(&mut **tx)
+        .await?
+        .last_insert_rowid();
+        let person = PersonRef { id, identified };
+        for did in distinct_ids {
+            self.add_distinct_id(tx, project_id, did, person).await?;
+        }
+        Ok(person)
+    }
+
+    async fn add_distinct_id(
+        &mut self,
+        tx: &mut Transaction<'static, Sqlite>,
+        project_id: i64,
+        distinct_id: &str,
+        person: PersonRef,
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO person_distinct_ids (project_id, distinct_id, person_id) VALUES (?, ?, ?)")
+            .bind(project_id)
+            .bind(distinct_id)
+            .bind(person.id)
+            .execute(&mut **tx)
+            .await?;
+        self.persons.insert((project_id, distinct_id.to_owned()), person);
+        Ok(())
+    }
+
+    async fn mark_identified(
+        &mut self,
+        tx: &mut Transaction<'static, Sqlite>,
+        project_id: i64,
+        person: PersonRef,
+    ) -> Result<bool> {
+        if person.identified {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE persons SET is_identified = 1, version = version + 1 WHERE id = ?")
+            .bind(person.id)
+            .execute(&mut **tx)
+            .await?;
+        let updated = PersonRef { id: person.id, identified: true };
+        for (key, p) in self.persons.iter_mut() {
+            if key.0 == project_id && p.id == person.id {
+                *p = updated;
+            }
+        }
+        Ok(true)
+    }
+
+    /// PostHog's merge: `other` joins `target`'s person. When both already have different persons, the other
+    /// person is merged into the target's unless it is already identified (only `$merge_dangerously` may merge
+    /// identified persons). Target properties win over the other's; the earlier `created_at` is kept; the merged
+    /// person's id is recorded as an override so events keep resolving.
+    #[allow(clippy::too_many_arguments)]
+    async fn merge(
+        &mut self,
+        tx: &mut Transaction<'static, Sqlite>,
+        project_id: i64,
+        target: &str,
+        other: &str,
+        mode: MergeMode,
+        at: &str,
+        stats: &mut ApplyStats,
+    ) -> Result<bool> {
+        if target == other || is_illegal_merge_id(target) || is_illegal_merge_id(other) {
+            let (_, created) = self.ensure_person(tx, project_id, target, at).await?;
+            stats.persons_created += created as u64;
+            return Ok(created);
+        }
+        let other_person = self.person_of(tx, project_id, other).await?;
+        let target_person = self.person_of(tx, project_id, target).await?;
+        match (other_person, target_person) {
+            (None, None) => {
+                self.create_person(tx, project_id, &[target, other], true, at).await?;
+                stats.persons_created += 1;
+                Ok(true)
+            }
+            (Some(o), None) => {
+                self.add_distinct_id(tx, project_id, target, o).await?;
+                self.mark_identified(tx, project_id, o).await?;
+                Ok(true)
+            }
+            (None, Some(t)) => {
+                self.add_distinct_id(tx, project_id, other, t).await?;
+                self.mark_identified(tx, project_id, t).await?;
+                Ok(true)
+            }
+            (Some(o), Some(t)) if o.id == t.id => self.mark_identified(tx, project_id, t).await,
+            (Some(o), Some(t)) => {
+                if o.identified && mode != MergeMode::Dangerous {
+                    stats.merges_refused += 1;
+                    return Ok(false);
+                }
+                self.merge_persons(tx, project_id, o, t, at).await?;
+                stats.merges += 1;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn merge_persons(
+        &mut self,
+        tx: &mut Transaction<'static, Sqlite>,
+        project_id: i64,
+        from: PersonRef,
+        into: PersonRef,
+        at: &str,
+    ) -> Result<()> {
+        let (from_uuid, from_props, from_created): (String, String, String) =
+            sqlx::query_as("SELECT uuid, properties, created_at FROM persons WHERE id = ?")
+                .bind(from.id)
+                .fetch_one(&mut **tx)
+                .await?;
+        let (into_uuid, into_props, into_created): (String, String, String) =
+            sqlx::query_as("SELECT uuid, properties, created_at FROM persons WHERE id = ?")
+                .bind(into.id)
+                .fetch_one(&mut **tx)
+                .await?;
+        let mut merged = parse_object(&from_props)?;
+        for (k, v) in parse_object(&into_props)? {
+            merged.insert(k, v);
+        }
+        let created = from_created.min(into_created);
+        sqlx::query(
+            "UPDATE persons SET properties = ?, created_at = ?, is_identified = 1, version = version + 1 WHERE id = ?",
+        )
+        .bind(Value::Object(merged).to_string())
+        .bind(created)
+        .bind(into.id)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query("UPDATE person_distinct_ids SET person_id = ? WHERE person_id = ?")
+            .bind(into.id)
+            .bind(from.id)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query(
+            "INSERT OR IGNORE INTO person_groups (person_id, group_type_index, group_key)
+             SELECT ?, group_type_index, group_key FROM person_groups WHERE person_id = ?",
+        )
+        .bind(into.id)
+        .bind(from.id)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query("DELETE FROM person_groups WHERE person_id = ?")
+            .bind(from.id)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("DELETE FROM persons WHERE id = ?")
+            .bind(from.id)
+            .execute(&mut **tx)
+            .await?;
+        // Flatten chains: whatever pointed at the merged person now points at the survivor.
+        sqlx::query("UPDATE person_overrides SET new_person_uuid = ? WHERE project_id = ? AND new_person_uuid = ?")
+            .bind(&into_uuid)
+            .bind(project_id)
+            .bind(&from_uuid)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query(
+            "INSERT OR REPLACE INTO person_overrides (project_id, old_person_uuid, new_person_uuid, merged_at)
+             VALUES (?, ?, ?, ?)",
+        )
+        .bind(project_id)
+        .bind(&from_uuid)
+        .bind(&into_uuid)
+        .bind(at)
+        .execute(&mut **tx)
+        .await?;
+        let survivor = PersonRef { id: into.id, identified: true };
+        for (key, p) in self.persons.iter_mut() {
+            if key.0 == project_id && (p.id == from.id || p.id == into.id) {
+                *p = survivor;
+            }
+        }
+        self.links.retain(|(person, _, _)| *person != from.id);
+        // Distinct ids of the merged person that were not cached now resolve through the database.
+        Ok(())
+    }
+
+    async fn group_type_index(
+        &mut self,
+        tx: &mut Transaction<'static, Sqlite>,
+        project_id: i64,
+        group_type: &str,
+    ) -> Result<Option<i64>> {
+        let key = (project_id, group_type.to_owned());
+        if let Some(index) = self.group_types.get(&key) {
+            return Ok(*index);
+        }
+        let existing: Option<i64> = sqlx::query_scalar(
+            "SELECT group_type_index FROM group_types WHERE project_id = ? AND group_type = ?",
+        )
+        .bind(project_id)
+        .bind(group_type)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let index = match existing {
+            Some(i) => Some(i),
+            None => {
+                let next: i64 = sqlx::query_scalar(
+                    "SELECT COALESCE(MAX(group_type_index) + 1, 0) FROM group_types WHERE project_id = ?",
+                )
+                .bind(project_id)
+                .fetch_one(&mut **tx)
+                .await?;
+                if next >= MAX_GROUP_TYPES {
+                    None
+                } else {
+                    sqlx::query("INSERT INTO group_types (project_id, group_type, group_type_index) VALUES (?, ?, ?)")
+                        .bind(project_id)
+                        .bind(group_type)
+                        .bind(next)
+                        .execute(&mut **tx)
+                        .await?;
+                    Some(next)
+                }
+            }
+        };
+        // A refused type is not cached: a later type deletion (admin) could free a slot.
+        if index.is_some() {
+            self.group_types.insert(key, index);
+        }
+        Ok(index)
+    }
+}
+
+fn parse_object(text: &str) -> Result<Map<String, Value>> {
+    match serde_json::from_str(text)? {
+        Value::Object(map) => Ok(map),
+        _ => Ok(Map::new()),
+    }
+}
+
+async fn load_properties(tx: &mut Transaction<'static, Sqlite>, sql: &str, id: i64) -> Result<Map<String, Value>> {
+    let text: String = sqlx::query_scalar(sql).bind(id).fetch_one(&mut **tx).await?;
+    parse_object(&text)
+}
+
+/// Applies `$set_once`, then `$set`, then `$unset`; returns whether anything changed.
+fn update_properties(
+    props: &mut Map<String, Value>,
+    set: &Map<String, Value>,
+    set_once: &Map<String, Value>,
+    unset: &[String],
+) -> bool {
+    let mut changed = false;
+    for (k, v) in set_once {
+        if !props.contains_key(k) {
+            props.insert(k.clone(), v.clone());
+            changed = true;
+        }
+    }
+    for (k, v) in set {
+        if props.get(k) != Some(v) {
+            props.insert(k.clone(), v.clone());
+            changed = true;
+        }
+    }
+    for k in unset {
+        changed |= props.remove(k).is_some();
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn property_updates_follow_set_once_set_unset() {
+        let mut props = json!({"a": 1, "b": 2}).as_object().unwrap().clone();
+        let set = json!({"b": 3, "c": 4}).as_object().unwrap().clone();
+        let once = json!({"a": 9, "d": 5}).as_object().unwrap().clone();
+        assert!(update_properties(&mut props, &set, &once, &["c".to_owned()]));
+        assert_eq!(Value::Object(props.clone()), json!({"a": 1, "b": 3, "d": 5}));
+        assert!(!update_properties(&mut props, &set.clone().into_iter().filter(|(k, _)| k == "b").collect(), &Map::new(), &[]));
+    }
+
+    #[test]
+    fn illegal_ids_are_recognised_case_insensitively() {
+        assert!(is_illegal_merge_id("Anonymous"));
+        assert!(is_illegal_merge_id(" undefined "));
+        assert!(is_illegal_merge_id("[object Object]"));
+        assert!(!is_illegal_merge_id("user-42"));
+    }
+}

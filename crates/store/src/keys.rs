@@ -1,0 +1,180 @@
+//! Organizations, projects and API keys. Keys are random, shown once, and stored as SHA-256 digests.
+
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use sha2::{Digest, Sha256};
+
+use crate::{now_text, Result, Store};
+
+/// Prefix of public project keys (SDK capture and evaluation).
+pub const PROJECT_KEY_PREFIX: &str = "fwpub_";
+/// Prefix of secret personal API keys (native API).
+pub const PERSONAL_KEY_PREFIX: &str = "fwsec_";
+
+/// What `bootstrap` created. The keys are the only copies of their text.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Bootstrap {
+    pub organization_id: i64,
+    pub project_id: i64,
+    pub project_api_key: String,
+    pub personal_api_key: String,
+}
+
+/// An authenticated personal API key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersonalKey {
+    pub id: i64,
+    pub organization_id: i64,
+    /// When set, the key may only touch this project.
+    pub project_id: Option<i64>,
+}
+
+fn random_key(prefix: &str, len: usize) -> String {
+    let body: String = rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect();
+    format!("{prefix}{body}")
+}
+
+/// Hex SHA-256 of a key's text, as stored.
+pub fn key_digest(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+fn display_prefix(key: &str) -> String {
+    key.chars().take(10).collect()
+}
+
+impl Store {
+    /// True when no organization exists yet (a fresh data directory).
+    pub async fn is_empty(&self) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM organizations")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(n == 0)
+    }
+
+    /// Creates an organization with one project, its public key and an organization-wide personal key.
+    pub async fn bootstrap(&self, organization: &str, project: &str) -> Result<Bootstrap> {
+        let organization_id = self.create_organization(organization).await?;
+        let (project_id, project_api_key) = self.create_project(organization_id, project).await?;
+        let personal_api_key = self
+            .create_personal_key(organization_id, None, "bootstrap key")
+            .await?;
+        Ok(Bootstrap {
+            organization_id,
+            project_id,
+            project_api_key,
+            personal_api_key,
+        })
+    }
+
+    pub async fn create_organization(&self, name: &str) -> Result<i64> {
+        let id = sqlx::query("INSERT INTO organizations (name, created_at) VALUES (?, ?)")
+            .bind(name)
+            .bind(now_text())
+            .execute(self.pool())
+            .await?
+            .last_insert_rowid();
+        Ok(id)
+    }
+
+    /// Creates a project and its public key; returns (project id, key text).
+    pub async fn create_project(&self, organization_id: i64, name: &str) -> Result<(i64, String)> {
+        let mut tx = self.pool().begin().await?;
+        let now = now_text();
+        let project_id = sqlx::query("INSERT INTO projects (organization_id, name, created_at) VALUES (?, ?, ?)")
+            .bind(organization_id)
+            .bind(name)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?
+            .last_insert_rowid();
+        let key = random_key(PROJECT_KEY_PREFIX, 32);
+        sqlx::query(
+            "INSERT INTO api_keys (kind, organization_id, project_id, name, key_hash, key_prefix, created_at)
+             VALUES ('project', ?, ?, 'project key', ?, ?, ?)",
+        )
+        .bind(organization_id)
+        .bind(project_id)
+        .bind(key_digest(&key))
+        .bind(display_prefix(&key))
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((project_id, key))
+    }
+
+    /// Creates a personal API key, optionally restricted to one project; returns its text (shown once).
+    pub async fn create_personal_key(
+        &self,
+        organization_id: i64,
+        project_id: Option<i64>,
+        name: &str,
+    ) -> Result<String> {
+        let key = random_key(PERSONAL_KEY_PREFIX, 40);
+        sqlx::query(
+            "INSERT INTO api_keys (kind, organization_id, project_id, name, key_hash, key_prefix, created_at)
+             VALUES ('personal', ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(organization_id)
+        .bind(project_id)
+        .bind(name)
+        .bind(key_digest(&key))
+        .bind(display_prefix(&key))
+        .bind(now_text())
+        .execute(self.pool())
+        .await?;
+        Ok(key)
+    }
+
+    /// The project a public key belongs to, if the key exists and is not revoked.
+    pub async fn project_for_token(&self, token: &str) -> Result<Option<i64>> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "SELECT project_id FROM api_keys WHERE key_hash = ? AND kind = 'project' AND revoked_at IS NULL",
+        )
+        .bind(key_digest(token))
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(id)
+    }
+
+    /// Looks up a personal API key by its text and records its use (at most once a minute).
+    pub async fn authenticate_personal(&self, key: &str) -> Result<Option<PersonalKey>> {
+        let row: Option<(i64, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT id, organization_id, project_id FROM api_keys
+             WHERE key_hash = ? AND kind = 'personal' AND revoked_at IS NULL",
+        )
+        .bind(key_digest(key))
+        .fetch_optional(self.pool())
+        .await?;
+        let Some((id, organization_id, project_id)) = row else {
+            return Ok(None);
+        };
+        let now = chrono::Utc::now();
+        let stale = crate::time_text(now - chrono::Duration::seconds(60));
+        sqlx::query("UPDATE api_keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)")
+            .bind(crate::time_text(now))
+            .bind(id)
+            .bind(stale)
+            .execute(self.pool())
+            .await?;
+        Ok(Some(PersonalKey {
+            id,
+            organization_id,
+            project_id,
+        }))
+    }
+
+    /// The organization that owns a project.
+    pub async fn project_organization(&self, project_id: i64) -> Result<Option<i64>> {
+        let org: Option<i64> = sqlx::query_scalar("SELECT organization_id FROM projects WHERE id = ?")
+            .bind(project_id)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(org)
+    }
+}

@@ -1,0 +1,129 @@
+//! Reading persons and groups.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::{Result, Store};
+
+/// A person as the native API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PersonRecord {
+    pub id: String,
+    pub properties: Value,
+    pub distinct_ids: Vec<String>,
+    pub is_identified: bool,
+    pub created_at: String,
+    pub groups: Vec<GroupMembership>,
+}
+
+/// A group the person belongs to, with the group's properties (empty when it was never identified).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GroupMembership {
+    pub group_type: String,
+    pub group_type_index: i64,
+    pub group_key: String,
+    pub properties: Value,
+}
+
+impl Store {
+    /// The person that `distinct_id` belongs to in `project_id`.
+    pub async fn person_by_distinct_id(&self, project_id: i64, distinct_id: &str) -> Result<Option<PersonRecord>> {
+        let row: Option<(i64, String, String, bool, String)> = sqlx::query_as(
+            "SELECT p.id, p.uuid, p.properties, p.is_identified, p.created_at
+             FROM person_distinct_ids d JOIN persons p ON p.id = d.person_id
+             WHERE d.project_id = ? AND d.distinct_id = ?",
+        )
+        .bind(project_id)
+        .bind(distinct_id)
+        .fetch_optional(self.pool())
+        .await?;
+        let Some((id, uuid, properties, is_identified, created_at)) = row else {
+            return Ok(None);
+        };
+        let distinct_ids: Vec<String> =
+            sqlx::query_scalar("SELECT distinct_id FROM person_distinct_ids WHERE person_id = ? ORDER BY distinct_id")
+                .bind(id)
+                .fetch_all(self.pool())
+                .await?;
+        let groups: Vec<(String, i64, String, Option<String>)> = sqlx::query_as(
+            "SELECT t.group_type, pg.group_type_index, pg.group_key, g.properties
+             FROM person_groups pg
+             JOIN group_types t ON t.project_id = ? AND t.group_type_index = pg.group_type_index
+             LEFT JOIN groups g ON g.project_id = ? AND g.group_type_index = pg.group_type_index
+                                AND g.group_key = pg.group_key
+             WHERE pg.person_id = ? ORDER BY pg.group_type_index, pg.group_key",
+        )
+        .bind(project_id)
+        .bind(project_id)
+        .bind(id)
+        .fetch_all(self.pool())
+        .await?;
+        let groups = groups
+            .into_iter()
+            .map(|(group_type, group_type_index, group_key, props)| {
+                Ok(GroupMembership {
+                    group_type,
+                    group_type_index,
+                    group_key,
+                    properties: match props {
+                        Some(text) => serde_json::from_str(&text)?,
+                        None => Value::Object(Default::default()),
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(PersonRecord {
+            id: uuid,
+            properties: serde_json::from_str(&properties)?,
+            distinct_ids,
+            is_identified,
+            created_at,
+            groups,
+        }))
+    }
+
+    /// All distinct ids of a person given its id, following merge overrides. `None` when unknown.
+    pub async fn distinct_ids_of_person(&self, project_id: i64, person_uuid: &str) -> Result<Option<Vec<String>>> {
+        let current: Option<String> = sqlx::query_scalar(
+            "SELECT new_person_uuid FROM person_overrides WHERE project_id = ? AND old_person_uuid = ?",
+        )
+        .bind(project_id)
+        .bind(person_uuid)
+        .fetch_optional(self.pool())
+        .await?;
+        let uuid = current.as_deref().unwrap_or(person_uuid);
+        let person: Option<i64> = sqlx::query_scalar("SELECT id FROM persons WHERE project_id = ? AND uuid = ?")
+            .bind(project_id)
+            .bind(uuid)
+            .fetch_optional(self.pool())
+            .await?;
+        let Some(person) = person else {
+            return Ok(None);
+        };
+        let ids = sqlx::query_scalar("SELECT distinct_id FROM person_distinct_ids WHERE person_id = ?")
+            .bind(person)
+            .fetch_all(self.pool())
+            .await?;
+        Ok(Some(ids))
+    }
+
+    /// Current person id of each given distinct id (missing ones are absent from the map).
+    pub async fn person_ids_for(&self, project_id: i64, distinct_ids: &[&str]) -> Result<HashMap<String, String>> {
+        let mut out = HashMap::with_capacity(distinct_ids.len());
+        for chunk in distinct_ids.chunks(500) {
+            let placeholders = vec!["?"; chunk.len()].join(",");
+            let sql = format!(
+                "SELECT d.distinct_id, p.uuid FROM person_distinct_ids d JOIN persons p ON p.id = d.person_id
+                 WHERE d.project_id = ? AND d.distinct_id IN ({placeholders})"
+            );
+            let mut query = sqlx::query_as::<_, (String, String)>(&sql).bind(project_id);
+            for did in chunk {
+                query = query.bind(*did);
+            }
+            out.extend(query.fetch_all(self.pool()).await?);
+        }
+        Ok(out)
+    }
+}
