@@ -1,1 +1,158 @@
-fn main() {}
+//! The `flywheel` binary: parses configuration, then runs one command.
+
+mod bench;
+mod config;
+
+use std::io::Write;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use config::{LogFormat, ServeArgs};
+
+/// Flywheel: a self-hosted product-led-growth platform (event capture, identity, analytics, flags, growth loops).
+#[derive(Debug, Parser)]
+#[command(name = "flywheel", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server with the embedded storage (SQLite metadata + Flywheel's event engine).
+    Serve(ServeArgs),
+    /// Create a data directory with a default organization and project, and print its keys.
+    Init(InitArgs),
+    /// Benchmarks that print numbers (see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(Debug, clap::Args)]
+struct InitArgs {
+    /// Data directory to create (must not hold an initialised Flywheel yet).
+    #[arg(long, env = "FLYWHEEL_DATA_DIR", default_value = "./flywheel-data")]
+    data_dir: std::path::PathBuf,
+    /// Print the result as JSON (project_id, project_api_key, personal_api_key, …) for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Init(args) => init(args),
+        Command::Bench(cmd) => bench::run(cmd),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn init(args: InitArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let config = flywheel_server::Config::for_tests(args.data_dir.clone());
+        let store = flywheel_server::open_store(&config).await?;
+        let Some(boot) = flywheel_server::bootstrap_if_empty(&store).await? else {
+            anyhow::bail!(
+                "{} is already initialised; its keys were printed when it was created (keys are stored hashed)",
+                args.data_dir.display()
+            );
+        };
+        store.close().await;
+        let mut out = std::io::stdout().lock();
+        if args.json {
+            let value = serde_json::json!({
+                "data_dir": args.data_dir,
+                "organization_id": boot.organization_id,
+                "project_id": boot.project_id,
+                "project_api_key": boot.project_api_key,
+                "personal_api_key": boot.personal_api_key,
+            });
+            writeln!(out, "{value}")?;
+        } else {
+            writeln!(out, "{}", banner(&boot, None))?;
+        }
+        Ok(())
+    })
+}
+
+fn banner(boot: &flywheel_store::Bootstrap, url: Option<&str>) -> String {
+    let mut text = String::from("\nFlywheel initialised a new data directory. Save these keys now: they are shown once.\n\n");
+    if let Some(url) = url {
+        text.push_str(&format!("  URL               {url}\n"));
+    }
+    text.push_str(&format!(
+        "  project id        {}\n  project API key   {}   (public: SDKs capture and evaluate flags with it)\n  personal API key  {}   (secret: Authorization: Bearer … for /api/v1)\n",
+        boot.project_id, boot.project_api_key, boot.personal_api_key
+    ));
+    text
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let settings = args.resolve()?;
+    init_logging(settings.log_format, &settings.log_level)?;
+    let config = settings.server_config();
+    runtime()?.block_on(async move {
+        let store = flywheel_server::open_store(&config).await?;
+        let boot = flywheel_server::bootstrap_if_empty(&store).await?;
+        let server = flywheel_server::Server::start_with_store(config, store).await?;
+        if let Some(boot) = boot {
+            // Printed once, to the terminal, not through the log pipeline.
+            eprintln!(
+                "{}",
+                banner(&boot, Some(&format!("http://{}", server.local_addr)))
+            );
+        }
+        shutdown_signal().await;
+        tracing::info!("shutting down: draining requests and committing batches");
+        server.shutdown().await?;
+        tracing::info!("stopped cleanly");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level).with_context(|| {
+        format!("invalid log level `{level}` (e.g. info, debug, flywheel_server=debug)")
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}

@@ -1,1 +1,201 @@
-//! Server.
+//! Flywheel's HTTP server: capture (PostHog, Segment), identity, the native API and operations endpoints.
+//!
+//! [`Server::start`] opens the storage in a data directory (SQLite metadata, the embedded engine's intake log),
+//! replays what derived state has not applied yet, and serves; [`Server::shutdown`] stops accepting, drains
+//! in-flight requests, commits the last batches and checkpoints.
+
+pub mod api;
+pub mod capture;
+pub mod error;
+pub mod identity;
+pub mod metrics_names;
+pub mod ops;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use flywheel_engine::{Intake, IntakeConfig, SyncMode};
+use flywheel_store::{Bootstrap, Store};
+use tokio::sync::watch;
+use tower_http::cors::CorsLayer;
+
+pub use state::{AppState, Clock, SystemClock};
+
+/// Server configuration (the CLI fills it from flags, environment and the TOML file).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub sync: SyncMode,
+    pub segment_bytes: u64,
+    pub capture_limits: flywheel_capture::Limits,
+    /// How many recent event uuids per node are remembered to drop SDK retries.
+    pub dedupe_window: usize,
+    /// How long a read waits for identity state to catch up with acknowledged writes.
+    pub read_barrier_timeout: Duration,
+    /// Time a request may take before it is answered 408/503.
+    pub request_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults for a data directory; used by tests.
+    pub fn for_tests(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            sync: SyncMode::Group,
+            segment_bytes: 64 * 1024 * 1024,
+            capture_limits: flywheel_capture::Limits::default(),
+            dedupe_window: 1_000_000,
+            read_barrier_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+
+    pub fn metadata_path(&self) -> PathBuf {
+        self.data_dir.join("metadata.db")
+    }
+
+    pub fn wal_dir(&self) -> PathBuf {
+        self.data_dir.join("events").join("wal")
+    }
+}
+
+/// Opens the metadata store of a data directory, creating the directory.
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    Store::open(&config.metadata_path()).await.with_context(|| {
+        format!(
+            "cannot open metadata database {}",
+            config.metadata_path().display()
+        )
+    })
+}
+
+/// Creates the default organization and project when the store is empty.
+pub async fn bootstrap_if_empty(store: &Store) -> anyhow::Result<Option<Bootstrap>> {
+    if !store.is_empty().await? {
+        return Ok(None);
+    }
+    Ok(Some(
+        store
+            .bootstrap("Default organization", "Default project")
+            .await?,
+    ))
+}
+
+/// The whole HTTP application for a state.
+pub fn app(state: AppState) -> Router {
+    let timeout = state.config.request_timeout;
+    let sdk = capture::router().layer(CorsLayer::very_permissive());
+    Router::new()
+        .merge(sdk)
+        .merge(api::router())
+        .merge(ops::router())
+        .layer(axum::middleware::from_fn(ops::track))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .with_state(state)
+}
+
+/// A running server.
+pub struct Server {
+    pub local_addr: SocketAddr,
+    pub state: AppState,
+    shutdown_tx: watch::Sender<bool>,
+    serve_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    identity_task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Opens storage (recovering the intake log), starts the identity consumer and binds the listener.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let store = open_store(&config).await?;
+        Self::start_with_store(config, store).await
+    }
+
+    pub async fn start_with_store(config: Config, store: Store) -> anyhow::Result<Self> {
+        let started = std::time::Instant::now();
+        let intake_config = IntakeConfig {
+            dir: config.wal_dir(),
+            segment_bytes: config.segment_bytes,
+            sync: config.sync,
+            ..IntakeConfig::new(config.wal_dir())
+        };
+        let (intake, report) = tokio::task::spawn_blocking(move || Intake::open(intake_config))
+            .await?
+            .context("cannot open the event intake log")?;
+        tracing::info!(
+            segments = report.segments,
+            batches = report.batches,
+            truncated_bytes = report.truncated_bytes,
+            end_lsn = report.end_lsn,
+            "intake log recovered"
+        );
+        let (progress_tx, progress_rx) = watch::channel(0u64);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let identity_task = tokio::spawn(identity::run(
+            store.clone(),
+            intake.clone(),
+            progress_tx,
+            shutdown_rx.clone(),
+        ));
+        let state = AppState {
+            dedupe: Arc::new(state::Dedupe::new(config.dedupe_window)),
+            config: Arc::new(config),
+            store,
+            intake,
+            tokens: Arc::new(state::TokenCache::default()),
+            clock: Arc::new(SystemClock),
+            identity_progress: progress_rx,
+            metrics: ops::prometheus(),
+        };
+        let listener = tokio::net::TcpListener::bind(state.config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", state.config.listen))?;
+        let local_addr = listener.local_addr()?;
+        let app = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let mut stop = shutdown_rx;
+        let serve_task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+        tracing::info!(%local_addr, elapsed_ms = started.elapsed().as_millis() as u64, "flywheel is ready");
+        Ok(Self {
+            local_addr,
+            state,
+            shutdown_tx,
+            serve_task,
+            identity_task,
+        })
+    }
+
+    /// Graceful shutdown: stop accepting, finish in-flight requests (their batches commit), let the identity
+    /// consumer apply everything, write checkpoints, close storage.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown_tx.send(true);
+        match tokio::time::timeout(Duration::from_secs(30), self.serve_task).await {
+            Ok(joined) => joined?.context("HTTP server failed")?,
+            Err(_) => tracing::warn!("in-flight requests did not finish within 30 s"),
+        }
+        self.state
+            .intake
+            .shutdown()
+            .await
+            .context("closing the intake log")?;
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.identity_task).await;
+        self.state.store.close().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,400 @@
+//! `flywheel bench ingest`: a load generator that posts PostHog batches over loopback HTTP and reports
+//! acknowledged-durable events/s, request latency percentiles and the server's memory.
+//!
+//! Without `--url` it starts its own `flywheel serve` child on a temporary data directory, so one command measures
+//! everything: idle RSS, RSS under load, throughput, latency, and start-up time on the populated data directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Post PostHog `/batch` requests with concurrency and report events/s, p50/p99 latency and server RSS.
+    Ingest(IngestArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct IngestArgs {
+    /// Server to load; when absent, a `flywheel serve` child is started on a temporary data directory.
+    #[arg(long)]
+    url: Option<String>,
+    /// Project API key for `--url` (the spawned server's key is used otherwise).
+    #[arg(long)]
+    token: Option<String>,
+    /// Total events to send.
+    #[arg(long, default_value_t = 2_000_000)]
+    events: u64,
+    /// Events per request.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Distinct users the events are spread over.
+    #[arg(long, default_value_t = 10_000)]
+    users: u64,
+    /// Durability mode of the spawned server (group or os).
+    #[arg(long, default_value = "group")]
+    fsync: String,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Ingest(args) => ingest(args),
+    }
+}
+
+struct Spawned {
+    child: Child,
+    url: String,
+    token: String,
+    dir: tempfile::TempDir,
+}
+
+fn exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("cannot find the flywheel executable")
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn start_server(dir: &Path, port: u16, fsync: &str) -> anyhow::Result<(Child, Duration)> {
+    let start = Instant::now();
+    let child = Command::new(exe()?)
+        .args(["serve", "--data-dir"])
+        .arg(dir)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--fsync",
+            fsync,
+            "--log-level",
+            "warn",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start flywheel serve")?;
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = start + Duration::from_secs(30);
+    loop {
+        if ready(&addr) {
+            return Ok((child, start.elapsed()));
+        }
+        if Instant::now() > deadline {
+            bail!("the server did not become ready within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A blocking `GET /readyz` that answers whether the server said 200.
+fn ready(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(s.read(&mut buf), Ok(n) if n >= 12 && &buf[9..12] == b"200")
+}
+
+fn rss_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn stop(mut child: Child) -> anyhow::Result<()> {
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill()?;
+    bail!("server did not stop within 60 s of SIGTERM")
+}
+
+fn spawn(fsync: &str) -> anyhow::Result<(Spawned, Duration)> {
+    let dir = tempfile::tempdir()?;
+    let out = Command::new(exe()?)
+        .args(["init", "--json", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .context("flywheel init")?;
+    if !out.status.success() {
+        bail!(
+            "flywheel init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let init: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let token = init["project_api_key"]
+        .as_str()
+        .context("init printed no project_api_key")?
+        .to_owned();
+    let port = free_port()?;
+    let (child, startup) = start_server(dir.path(), port, fsync)?;
+    Ok((
+        Spawned {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            token,
+            dir,
+        },
+        startup,
+    ))
+}
+
+/// A request body template: `batch` events whose uuids are patched per request.
+struct Template {
+    body: Vec<u8>,
+    uuid_offsets: Vec<usize>,
+}
+
+fn template(token: &str, batch: usize, users: u64, seed: u64) -> Template {
+    let mut body = format!("{{\"api_key\":\"{token}\",\"batch\":[");
+    let mut uuid_offsets = Vec::with_capacity(batch);
+    let events = [
+        "$pageview",
+        "signed_up",
+        "button_clicked",
+        "subscription_started",
+        "$autocapture",
+    ];
+    for i in 0..batch {
+        if i > 0 {
+            body.push(',');
+        }
+        let n = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(i as u64 * 1442695040888963407);
+        let user = n % users.max(1);
+        let event = events[(n >> 33) as usize % events.len()];
+        body.push_str("{\"uuid\":\"");
+        uuid_offsets.push(body.len());
+        body.push_str("00000000-0000-4000-8000-000000000000");
+        body.push_str(&format!(
+            "\",\"event\":\"{event}\",\"distinct_id\":\"user-{user}\",\"timestamp\":\"2026-11-25T10:00:00.000Z\",\
+             \"properties\":{{\"$lib\":\"flywheel-bench\",\"$lib_version\":\"1.0\",\"$current_url\":\"https://app.example.com/projects/{}/settings\",\
+             \"$browser\":\"Chrome\",\"$os\":\"Linux\",\"plan\":\"pro\",\"price\":{}.5,\"$session_id\":\"s-{}\"}}}}",
+            n % 997,
+            n % 100,
+            user
+        ));
+    }
+    body.push_str("],\"sent_at\":\"2026-11-25T10:00:01.000Z\"}");
+    Template {
+        body: body.into_bytes(),
+        uuid_offsets,
+    }
+}
+
+fn patch(t: &Template, counter: u64) -> Vec<u8> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut body = t.body.clone();
+    for (i, &off) in t.uuid_offsets.iter().enumerate() {
+        let v = (counter << 16) | i as u64;
+        // Last 12 hex digits and 8 before them carry the request counter and the index.
+        let tail = &mut body[off + 24..off + 36];
+        for (j, b) in tail.iter_mut().enumerate() {
+            *b = HEX[((v >> (44 - 4 * j)) & 0xf) as usize];
+        }
+        let head = &mut body[off..off + 8];
+        for (j, b) in head.iter_mut().enumerate() {
+            *b = HEX[((counter >> (60 - 4 * j)) & 0xf) as usize];
+        }
+    }
+    body
+}
+
+fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.batch >= 1 && args.concurrency >= 1,
+        "--batch and --concurrency must be at least 1"
+    );
+    let (spawned, first_start) = match &args.url {
+        Some(_) => (None, None),
+        None => {
+            let (s, startup) = spawn(&args.fsync)?;
+            (Some(s), Some(startup))
+        }
+    };
+    let (url, token) = match (&spawned, &args.url, &args.token) {
+        (Some(s), _, _) => (s.url.clone(), s.token.clone()),
+        (None, Some(url), Some(token)) => (url.clone(), token.clone()),
+        (None, Some(_), None) => bail!("--url needs --token (the project API key)"),
+        (None, None, _) => unreachable!(),
+    };
+    let pid = spawned.as_ref().map(|s| s.child.id());
+    std::thread::sleep(Duration::from_millis(300));
+    let idle_rss = pid.and_then(|p| rss_kib(p, "VmRSS:"));
+
+    let templates: Vec<Template> = (0..16)
+        .map(|s| template(&token, args.batch, args.users, s + 1))
+        .collect();
+    let requests = args.events.div_ceil(args.batch as u64);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (elapsed, mut latencies, failures, peak_during) = rt.block_on(async {
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(args.concurrency)
+            .build_http();
+        let next = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(AtomicU64::new(0));
+        let templates = Arc::new(templates);
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..args.concurrency {
+            let client = client.clone();
+            let next = next.clone();
+            let failures = failures.clone();
+            let templates = templates.clone();
+            let uri: hyper::Uri = format!("{url}/batch").parse().expect("valid url");
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= requests {
+                        break;
+                    }
+                    let body = patch(&templates[(n % 16) as usize], n + 1);
+                    let req = hyper::Request::post(uri.clone())
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(body)))
+                        .expect("request");
+                    let t = Instant::now();
+                    match client.request(req).await {
+                        Ok(resp) => {
+                            let ok = resp.status().is_success();
+                            let _ = resp.into_body().collect().await;
+                            if !ok {
+                                failures.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Err(_) => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    lat.push(t.elapsed().as_micros() as u32);
+                }
+                lat
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap_or_default());
+        }
+        let elapsed = start.elapsed();
+        let peak = pid.and_then(|p| rss_kib(p, "VmHWM:"));
+        (elapsed, all, failures.load(Ordering::Relaxed), peak)
+    });
+    latencies.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
+        latencies[i] as f64 / 1000.0
+    };
+    let sent = requests * args.batch as u64;
+    let eps = sent as f64 / elapsed.as_secs_f64();
+
+    // Restart on the populated data directory to time start-up to ready.
+    let mut restart = None;
+    if let Some(s) = spawned {
+        let port: u16 = s
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .context("port")?;
+        stop(s.child)?;
+        let (child, startup) = start_server(s.dir.path(), port, &args.fsync)?;
+        stop(child)?;
+        restart = Some(startup);
+        drop(s.dir);
+    }
+    let result = serde_json::json!({
+        "events": sent,
+        "requests": requests,
+        "batch": args.batch,
+        "concurrency": args.concurrency,
+        "failed_requests": failures,
+        "seconds": elapsed.as_secs_f64(),
+        "events_per_second": eps.round(),
+        "latency_ms": {"p50": pct(0.50), "p99": pct(0.99), "max": pct(1.0)},
+        "server_rss_mib": {
+            "idle": idle_rss.map(|k| k as f64 / 1024.0),
+            "peak_under_load": peak_during.map(|k| k as f64 / 1024.0),
+        },
+        "startup_ms": {
+            "fresh": first_start.map(|d| d.as_secs_f64() * 1000.0),
+            "existing_data_dir": restart.map(|d| d.as_secs_f64() * 1000.0),
+        },
+        "fsync": args.fsync,
+    });
+    if args.json {
+        println!("{result}");
+    } else {
+        println!(
+            "flywheel bench ingest: {} events in {} requests of {} ({} in flight), fsync={}",
+            sent, requests, args.batch, args.concurrency, args.fsync
+        );
+        println!(
+            "  throughput        {:>12.0} events/s acknowledged durable ({:.2} s)",
+            eps,
+            elapsed.as_secs_f64()
+        );
+        println!(
+            "  latency           p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
+            pct(0.5),
+            pct(0.99),
+            pct(1.0)
+        );
+        println!("  failed requests   {failures}");
+        if let Some(idle) = idle_rss {
+            println!(
+                "  server RSS        idle {:.1} MiB   peak under load {:.1} MiB",
+                idle as f64 / 1024.0,
+                peak_during.unwrap_or(0) as f64 / 1024.0
+            );
+        }
+        if let (Some(fresh), Some(again)) = (first_start, restart) {
+            println!(
+                "  start-up to ready fresh dir {:.0} ms   populated dir {:.0} ms",
+                fresh.as_secs_f64() * 1000.0,
+                again.as_secs_f64() * 1000.0
+            );
+        }
+    }
+    if failures > 0 {
+        bail!("{failures} requests failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! `flywheel serve` configuration: command-line flags, then `FLYWHEEL_*` environment variables, then the TOML file
+//! (`--config`), then defaults. Every option is documented here; the doc comments are the `--help` text.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    /// fdatasync after every group commit: acknowledged events survive a crash and a power loss.
+    Group,
+    /// write() only: acknowledged events survive a crash (kill -9) but not a power loss.
+    Os,
+}
+
+#[derive(Debug, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeArgs {
+    /// TOML file with any of the options below (snake_case keys); flags and environment override it.
+    #[arg(long, env = "FLYWHEEL_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Data directory (metadata database and event log) [default: ./flywheel-data].
+    #[arg(long, env = "FLYWHEEL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "FLYWHEEL_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Log format [default: text].
+    #[arg(long, env = "FLYWHEEL_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `info,flywheel_server=debug` [default: info].
+    #[arg(long, env = "FLYWHEEL_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Durability of acknowledged events [default: group].
+    #[arg(long, env = "FLYWHEEL_FSYNC", value_enum)]
+    pub fsync: Option<Fsync>,
+    /// Size at which the intake log starts a new segment file, in MiB [default: 64].
+    #[arg(long, env = "FLYWHEEL_SEGMENT_MB")]
+    pub segment_mb: Option<u64>,
+    /// Recent event uuids remembered to drop SDK retries [default: 1000000].
+    #[arg(long, env = "FLYWHEEL_DEDUPE_WINDOW")]
+    pub dedupe_window: Option<usize>,
+    /// Most nesting levels accepted in a captured JSON body [default: 64].
+    #[arg(long, env = "FLYWHEEL_MAX_JSON_DEPTH")]
+    pub max_json_depth: Option<usize>,
+    /// Most bytes a capture body may expand to when decompressed, in MiB [default: 100].
+    #[arg(long, env = "FLYWHEEL_MAX_DECOMPRESSED_MB")]
+    pub max_decompressed_mb: Option<usize>,
+    /// Seconds a request may take before it is cut off [default: 60].
+    #[arg(long, env = "FLYWHEEL_REQUEST_TIMEOUT_SECS")]
+    pub request_timeout_secs: Option<u64>,
+}
+
+/// Resolved settings.
+#[derive(Debug)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub fsync: Fsync,
+    pub segment_mb: u64,
+    pub dedupe_window: usize,
+    pub max_json_depth: usize,
+    pub max_decompressed_mb: usize,
+    pub request_timeout_secs: u64,
+}
+
+impl ServeArgs {
+    /// Layers flags/environment over the TOML file over defaults, and validates once.
+    pub fn resolve(self) -> anyhow::Result<Settings> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str::<ServeArgs>(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => ServeArgs::default(),
+        };
+        let settings = Settings {
+            data_dir: self
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./flywheel-data")),
+            listen: self
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            log_format: self
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
+            log_level: self
+                .log_level
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".to_owned()),
+            fsync: self.fsync.or(file.fsync).unwrap_or(Fsync::Group),
+            segment_mb: self.segment_mb.or(file.segment_mb).unwrap_or(64),
+            dedupe_window: self
+                .dedupe_window
+                .or(file.dedupe_window)
+                .unwrap_or(1_000_000),
+            max_json_depth: self.max_json_depth.or(file.max_json_depth).unwrap_or(64),
+            max_decompressed_mb: self
+                .max_decompressed_mb
+                .or(file.max_decompressed_mb)
+                .unwrap_or(100),
+            request_timeout_secs: self
+                .request_timeout_secs
+                .or(file.request_timeout_secs)
+                .unwrap_or(60),
+        };
+        anyhow::ensure!(settings.segment_mb >= 1, "segment_mb must be at least 1");
+        anyhow::ensure!(
+            settings.max_json_depth >= 2,
+            "max_json_depth must be at least 2"
+        );
+        anyhow::ensure!(
+            settings.max_decompressed_mb >= 1,
+            "max_decompressed_mb must be at least 1"
+        );
+        anyhow::ensure!(
+            settings.request_timeout_secs >= 1,
+            "request_timeout_secs must be at least 1"
+        );
+        Ok(settings)
+    }
+}
+
+impl Settings {
+    pub fn server_config(&self) -> flywheel_server::Config {
+        let mut config = flywheel_server::Config::for_tests(self.data_dir.clone());
+        config.listen = self.listen;
+        config.sync = match self.fsync {
+            Fsync::Group => flywheel_engine::SyncMode::Group,
+            Fsync::Os => flywheel_engine::SyncMode::Os,
+        };
+        config.segment_bytes = self.segment_mb * 1024 * 1024;
+        config.dedupe_window = self.dedupe_window;
+        config.capture_limits.max_json_depth = self.max_json_depth;
+        config.capture_limits.max_decompressed_bytes = self.max_decompressed_mb * 1024 * 1024;
+        config.request_timeout = Duration::from_secs(self.request_timeout_secs);
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flywheel.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9999\"\nfsync = \"os\"\nsegment_mb = 8\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            segment_mb: Some(16),
+            ..Default::default()
+        };
+        let s = args.resolve().unwrap();
+        assert_eq!(s.listen, "127.0.0.1:9999".parse().unwrap());
+        assert_eq!(s.fsync, Fsync::Os);
+        assert_eq!(s.segment_mb, 16, "the flag wins over the file");
+        assert_eq!(s.max_json_depth, 64, "default");
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flywheel.toml");
+        std::fs::write(&path, "lissen = \"127.0.0.1:9999\"\n").unwrap();
+        let err = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("lissen"), "{err:#}");
+    }
+}

@@ -1,0 +1,310 @@
+//! The native read API: events and persons of a project, for a personal API key.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::ops::ControlFlow;
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use flywheel_store::PersonalKey;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/projects/{project_id}/events", get(list_events))
+        .route(
+            "/api/v1/projects/{project_id}/persons/{distinct_id}",
+            get(get_person),
+        )
+}
+
+/// A caller authenticated with `Authorization: Bearer <personal API key>`.
+pub struct Caller(pub PersonalKey);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| {
+                ApiError::unauthorized(
+                    "missing_api_key",
+                    "missing `Authorization: Bearer <personal API key>` header",
+                )
+            })?
+            .to_str()
+            .map_err(|_| {
+                ApiError::unauthorized("invalid_api_key", "Authorization header is not valid text")
+            })?;
+        let key = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
+            .ok_or_else(|| {
+                ApiError::unauthorized(
+                    "invalid_api_key",
+                    "Authorization must use the Bearer scheme",
+                )
+            })?;
+        match state.store.authenticate_personal(key).await? {
+            Some(k) => Ok(Caller(k)),
+            None => Err(ApiError::unauthorized(
+                "invalid_api_key",
+                "the personal API key is unknown or revoked",
+            )),
+        }
+    }
+}
+
+impl Caller {
+    /// Refuses access to projects outside the key's organization or restriction. Unknown and foreign projects
+    /// get the same answer, so a key cannot probe which project ids exist.
+    pub async fn authorize(&self, state: &AppState, project_id: i64) -> Result<(), ApiError> {
+        let org = state.store.project_organization(project_id).await?;
+        let allowed = org == Some(self.0.organization_id)
+            && self.0.project_id.is_none_or(|p| p == project_id);
+        if allowed {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "project_not_found",
+                format!("project {project_id} does not exist or this API key has no access to it"),
+            ))
+        }
+    }
+}
+
+fn parse_project(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_project_id",
+            format!("project id `{raw}` is not a number"),
+        )
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    event: Option<String>,
+    distinct_id: Option<String>,
+    person_id: Option<String>,
+    after: Option<String>,
+    before: Option<String>,
+    limit: Option<String>,
+}
+
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 10_000;
+
+fn parse_time(name: &str, raw: &str) -> Result<i64, ApiError> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(raw) {
+        return Ok(t.with_timezone(&Utc).timestamp_micros());
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
+        return Ok(d
+            .and_hms_opt(0, 0, 0)
+            .unwrap_or_default()
+            .and_utc()
+            .timestamp_micros());
+    }
+    if let Ok(t) = chrono::NaiveDateTime::parse_from_str(raw, "%Y-%m-%dT%H:%M:%S%.f") {
+        return Ok(t.and_utc().timestamp_micros());
+    }
+    Err(ApiError::bad_request(
+        "invalid_query",
+        format!("`{name}` must be an ISO-8601 date or time (e.g. 2026-01-31 or 2026-01-31T12:00:00Z), got `{raw}`"),
+    ))
+}
+
+/// One candidate row while scanning: ordered by timestamp, then uuid.
+struct Row {
+    timestamp_us: i64,
+    uuid: u128,
+    event: String,
+    distinct_id: String,
+    properties: String,
+}
+
+impl PartialEq for Row {
+    fn eq(&self, other: &Self) -> bool {
+        (self.timestamp_us, self.uuid) == (other.timestamp_us, other.uuid)
+    }
+}
+impl Eq for Row {}
+impl PartialOrd for Row {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Row {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.timestamp_us, self.uuid).cmp(&(other.timestamp_us, other.uuid))
+    }
+}
+
+async fn list_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(project_id): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let project_id = parse_project(&project_id)?;
+    caller.authorize(&state, project_id).await?;
+    let limit = match q.limit.as_deref() {
+        None => DEFAULT_LIMIT,
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!("`limit` must be a whole number from 1 to {MAX_LIMIT}, got `{raw}`"),
+                ))
+            }
+        },
+    };
+    let after = q
+        .after
+        .as_deref()
+        .map(|r| parse_time("after", r))
+        .transpose()?;
+    let before = q
+        .before
+        .as_deref()
+        .map(|r| parse_time("before", r))
+        .transpose()?;
+    state.catch_up().await;
+
+    let mut distinct_ids: Option<HashSet<String>> =
+        q.distinct_id.clone().map(|d| HashSet::from([d]));
+    if let Some(person_id) = &q.person_id {
+        let ids = state
+            .store
+            .distinct_ids_of_person(project_id, person_id)
+            .await?
+            .unwrap_or_default();
+        let ids: HashSet<String> = ids.into_iter().collect();
+        distinct_ids = Some(match distinct_ids {
+            Some(d) => d.intersection(&ids).cloned().collect(),
+            None => ids,
+        });
+    }
+    if distinct_ids.as_ref().is_some_and(HashSet::is_empty) {
+        return Ok(Json(json!({"results": [], "limit": limit})));
+    }
+
+    let intake = state.intake.clone();
+    let event_filter = q.event.clone();
+    let rows = tokio::task::spawn_blocking(move || {
+        // Newest-first top-N by timestamp; a uuid seen twice (an SDK retry) keeps its first-stored copy, which the
+        // reverse scan meets last.
+        let mut heap: BinaryHeap<Reverse<Row>> = BinaryHeap::with_capacity(limit + 1);
+        let mut in_heap: HashMap<u128, i64> = HashMap::with_capacity(limit + 1);
+        intake.scan_rev(|ev| {
+            if ev.project_id != project_id
+                || event_filter.as_deref().is_some_and(|e| e != ev.event)
+                || distinct_ids
+                    .as_ref()
+                    .is_some_and(|d| !d.contains(ev.distinct_id))
+                || after.is_some_and(|a| ev.timestamp_us < a)
+                || before.is_some_and(|b| ev.timestamp_us >= b)
+            {
+                return ControlFlow::Continue(());
+            }
+            if let Some(ts) = in_heap.get(&ev.uuid).copied() {
+                // Replace the later-stored duplicate with this earlier one.
+                let mut rows: Vec<_> = std::mem::take(&mut heap).into_vec();
+                rows.retain(|Reverse(r)| !(r.uuid == ev.uuid && r.timestamp_us == ts));
+                heap = rows.into();
+                in_heap.remove(&ev.uuid);
+            }
+            let full = heap.len() >= limit;
+            if full
+                && heap.peek().is_some_and(|Reverse(min)| {
+                    (ev.timestamp_us, ev.uuid) <= (min.timestamp_us, min.uuid)
+                })
+            {
+                return ControlFlow::Continue(());
+            }
+            heap.push(Reverse(Row {
+                timestamp_us: ev.timestamp_us,
+                uuid: ev.uuid,
+                event: ev.event.to_owned(),
+                distinct_id: ev.distinct_id.to_owned(),
+                properties: ev.properties.to_owned(),
+            }));
+            in_heap.insert(ev.uuid, ev.timestamp_us);
+            if heap.len() > limit {
+                if let Some(Reverse(evicted)) = heap.pop() {
+                    in_heap.remove(&evicted.uuid);
+                }
+            }
+            ControlFlow::Continue(())
+        })?;
+        let mut rows: Vec<Row> = heap.into_iter().map(|Reverse(r)| r).collect();
+        rows.sort_by(|a, b| b.cmp(a));
+        Ok::<_, flywheel_engine::EngineError>(rows)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+
+    let dids: Vec<&str> = {
+        let mut seen = HashSet::new();
+        rows.iter()
+            .map(|r| r.distinct_id.as_str())
+            .filter(|d| seen.insert(*d))
+            .collect()
+    };
+    let persons = state.store.person_ids_for(project_id, &dids).await?;
+    let results: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let properties: Value =
+                serde_json::from_str(&r.properties).unwrap_or_else(|_| json!({}));
+            json!({
+                "uuid": uuid::Uuid::from_u128(r.uuid).to_string(),
+                "event": r.event,
+                "distinct_id": r.distinct_id,
+                "person_id": persons.get(&r.distinct_id),
+                "timestamp": DateTime::<Utc>::from_timestamp_micros(r.timestamp_us)
+                    .unwrap_or_default()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "properties": properties,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"results": results, "limit": limit})))
+}
+
+async fn get_person(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project_id, distinct_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let project_id = parse_project(&project_id)?;
+    caller.authorize(&state, project_id).await?;
+    state.catch_up().await;
+    match state
+        .store
+        .person_by_distinct_id(project_id, &distinct_id)
+        .await?
+    {
+        Some(person) => Ok(Json(
+            serde_json::to_value(person).map_err(ApiError::internal)?,
+        )),
+        None => Err(ApiError::not_found(format!(
+            "no person has distinct id `{distinct_id}` in project {project_id}"
+        ))),
+    }
+}

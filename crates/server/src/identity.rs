@@ -1,0 +1,327 @@
+//! The identity consumer of the intake log: turns events into identity operations and applies them in log order.
+//!
+//! It runs as one task. On start it replays the log from its checkpoint (so a crash between acknowledging a batch
+//! and applying it loses nothing), then follows the committed LSN.
+
+use chrono::{DateTime, Utc};
+use flywheel_engine::{Event, Intake};
+use flywheel_store::{IdentityOp, MergeMode, Store};
+use serde_json::{Map, Value};
+use tokio::sync::watch;
+
+use crate::metrics_names as m;
+
+/// Name of this consumer's checkpoint in the metadata store.
+pub const CONSUMER: &str = "identity";
+
+/// Most batches read from the log per transaction.
+const CHUNK_BATCHES: usize = 512;
+
+/// Identity operations for one event, in the order PostHog applies them.
+pub fn ops_for(event: &Event, out: &mut Vec<IdentityOp>) {
+    let project_id = event.project_id;
+    let at = DateTime::<Utc>::from_timestamp_micros(event.timestamp_us)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let special = matches!(
+        event.event.as_str(),
+        "$identify" | "$create_alias" | "$merge_dangerously" | "$groupidentify"
+    );
+    // Most events touch only their person; skip parsing the properties unless they may matter.
+    let props_may_matter = special
+        || [
+            "\"$set",
+            "\"$unset",
+            "\"$groups",
+            "\"$process_person_profile",
+        ]
+        .iter()
+        .any(|needle| event.properties.contains(needle));
+    let props: Map<String, Value> = if props_may_matter {
+        match serde_json::from_str(&event.properties) {
+            Ok(Value::Object(map)) => map,
+            _ => Map::new(),
+        }
+    } else {
+        Map::new()
+    };
+    if props.get("$process_person_profile") == Some(&Value::Bool(false)) {
+        return;
+    }
+    let distinct_id = event.distinct_id.clone();
+    let str_prop = |key: &str| -> Option<String> {
+        match props.get(key)? {
+            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    };
+    let merge = |other: Option<String>, mode| match other {
+        Some(other) => IdentityOp::Merge {
+            project_id,
+            target: distinct_id.clone(),
+            other,
+            mode,
+            at: at.clone(),
+        },
+        None => IdentityOp::Touch {
+            project_id,
+            distinct_id: distinct_id.clone(),
+            at: at.clone(),
+        },
+    };
+    out.push(match event.event.as_str() {
+        "$identify" => merge(str_prop("$anon_distinct_id"), MergeMode::Identify),
+        "$create_alias" => merge(str_prop("alias"), MergeMode::Alias),
+        "$merge_dangerously" => merge(str_prop("alias"), MergeMode::Dangerous),
+        _ => IdentityOp::Touch {
+            project_id,
+            distinct_id: distinct_id.clone(),
+            at: at.clone(),
+        },
+    });
+    if event.event == "$groupidentify" {
+        if let (Some(group_type), Some(group_key)) =
+            (str_prop("$group_type"), str_prop("$group_key"))
+        {
+            let set = object(props.get("$group_set"));
+            out.push(IdentityOp::GroupIdentify {
+                project_id,
+                group_type,
+                group_key,
+                set,
+                at: at.clone(),
+            });
+        }
+    }
+    let set = object(props.get("$set"));
+    let set_once = object(props.get("$set_once"));
+    let unset: Vec<String> = match props.get("$unset") {
+        Some(Value::Array(keys)) => keys
+            .iter()
+            .filter_map(|k| k.as_str().map(str::to_owned))
+            .collect(),
+        Some(Value::Object(map)) => map.keys().cloned().collect(),
+        Some(Value::String(k)) => vec![k.clone()],
+        _ => Vec::new(),
+    };
+    if !set.is_empty() || !set_once.is_empty() || !unset.is_empty() {
+        out.push(IdentityOp::SetProperties {
+            project_id,
+            distinct_id: distinct_id.clone(),
+            set,
+            set_once,
+            unset,
+            at,
+        });
+    }
+    if let Some(Value::Object(groups)) = props.get("$groups") {
+        let groups: Vec<(String, String)> = groups
+            .iter()
+            .filter_map(|(t, k)| match k {
+                Value::String(s) if !s.is_empty() => Some((t.clone(), s.clone())),
+                Value::Number(n) => Some((t.clone(), n.to_string())),
+                _ => None,
+            })
+            .collect();
+        if !groups.is_empty() {
+            out.push(IdentityOp::LinkGroups {
+                project_id,
+                distinct_id,
+                groups,
+            });
+        }
+    }
+}
+
+fn object(value: Option<&Value>) -> Map<String, Value> {
+    match value {
+        Some(Value::Object(map)) => map.clone(),
+        _ => Map::new(),
+    }
+}
+
+/// Runs the identity consumer until `stop` turns true and everything committed before it has been applied.
+pub async fn run(
+    store: Store,
+    intake: Intake,
+    progress: watch::Sender<u64>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut writer = store.identity_writer(CONSUMER);
+    let mut lsn = match store.checkpoint(CONSUMER).await {
+        Ok(lsn) => lsn,
+        Err(err) => {
+            tracing::error!(error = %err, "identity: cannot read checkpoint; starting from the beginning of the log");
+            0
+        }
+    };
+    let _ = progress.send(lsn);
+    let mut committed = intake.subscribe();
+    let mut ops = Vec::new();
+    loop {
+        let target = *committed.borrow_and_update();
+        if lsn < target {
+            let from = lsn;
+            let reader_intake = intake.clone();
+            let chunk = tokio::task::spawn_blocking(move || read_chunk(&reader_intake, from)).await;
+            let batches = match chunk {
+                Ok(Ok(batches)) => batches,
+                Ok(Err(err)) => {
+                    tracing::error!(error = %err, lsn = from, "identity: cannot read the intake log");
+                    metrics::counter!(m::IDENTITY_ERRORS).increment(1);
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "identity: reader task failed");
+                    continue;
+                }
+            };
+            let Some(end) = batches.last().map(|(end, _)| *end) else {
+                // Nothing readable up to the target yet (should not happen); wait for the next commit.
+                if committed.changed().await.is_err() {
+                    break;
+                }
+                continue;
+            };
+            ops.clear();
+            for (_, events) in &batches {
+                for event in events {
+                    ops_for(event, &mut ops);
+                }
+            }
+            match writer.apply(&ops, end).await {
+                Ok(stats) => {
+                    metrics::counter!(m::IDENTITY_MERGES).increment(stats.merges);
+                    metrics::counter!(m::IDENTITY_MERGES_REFUSED).increment(stats.merges_refused);
+                    lsn = end;
+                    let _ = progress.send(lsn);
+                    metrics::gauge!(m::IDENTITY_LAG)
+                        .set(intake.committed_lsn().saturating_sub(lsn) as f64);
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, lsn = from, "identity: applying a batch failed; will retry");
+                    metrics::counter!(m::IDENTITY_ERRORS).increment(1);
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
+            continue;
+        }
+        if *stop.borrow() {
+            break;
+        }
+        tokio::select! {
+            changed = committed.changed() => if changed.is_err() { break },
+            _ = stop.changed() => {}
+        }
+    }
+    if let Err(err) = writer.flush_checkpoint(lsn).await {
+        tracing::warn!(error = %err, "identity: final checkpoint failed; the next start replays a little more");
+    }
+}
+
+fn read_chunk(
+    intake: &Intake,
+    from: u64,
+) -> Result<Vec<(u64, Vec<Event>)>, flywheel_engine::EngineError> {
+    let mut out = Vec::new();
+    for item in intake.reader(from) {
+        out.push(item?);
+        if out.len() >= CHUNK_BATCHES {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(name: &str, distinct_id: &str, props: Value) -> Event {
+        Event {
+            uuid: 1,
+            project_id: 7,
+            timestamp_us: 0,
+            received_us: 0,
+            event: name.into(),
+            distinct_id: distinct_id.into(),
+            properties: props.to_string(),
+        }
+    }
+
+    #[test]
+    fn identify_with_anon_id_is_a_merge_followed_by_set() {
+        let mut ops = Vec::new();
+        ops_for(
+            &event(
+                "$identify",
+                "user",
+                json!({"$anon_distinct_id": "anon", "$set": {"a": 1}}),
+            ),
+            &mut ops,
+        );
+        assert!(
+            matches!(&ops[0], IdentityOp::Merge { target, other, mode: MergeMode::Identify, .. } if target == "user" && other == "anon")
+        );
+        assert!(matches!(&ops[1], IdentityOp::SetProperties { set, .. } if set["a"] == 1));
+        assert_eq!(ops.len(), 2);
+    }
+
+    #[test]
+    fn plain_events_only_touch_and_opted_out_events_do_nothing() {
+        let mut ops = Vec::new();
+        ops_for(&event("click", "u", json!({"x": 1})), &mut ops);
+        assert!(matches!(&ops[..], [IdentityOp::Touch { distinct_id, .. }] if distinct_id == "u"));
+        ops.clear();
+        ops_for(
+            &event(
+                "click",
+                "u",
+                json!({"$process_person_profile": false, "$set": {"a": 1}}),
+            ),
+            &mut ops,
+        );
+        assert!(ops.is_empty());
+    }
+
+    #[test]
+    fn groups_and_group_identify() {
+        let mut ops = Vec::new();
+        ops_for(
+            &event(
+                "$groupidentify",
+                "u",
+                json!({"$group_type": "company", "$group_key": 42, "$group_set": {"name": "Acme"}, "$groups": {"company": "42"}}),
+            ),
+            &mut ops,
+        );
+        assert!(
+            matches!(&ops[1], IdentityOp::GroupIdentify { group_type, group_key, .. } if group_type == "company" && group_key == "42")
+        );
+        assert!(
+            matches!(&ops[2], IdentityOp::LinkGroups { groups, .. } if groups == &vec![("company".to_string(), "42".to_string())])
+        );
+    }
+
+    #[test]
+    fn alias_and_dangerous_merge_use_the_alias_property() {
+        let mut ops = Vec::new();
+        ops_for(
+            &event("$create_alias", "user", json!({"alias": "other"})),
+            &mut ops,
+        );
+        ops_for(
+            &event("$merge_dangerously", "user", json!({"alias": "x"})),
+            &mut ops,
+        );
+        assert!(
+            matches!(&ops[0], IdentityOp::Merge { mode: MergeMode::Alias, other, .. } if other == "other")
+        );
+        assert!(
+            matches!(&ops[1], IdentityOp::Merge { mode: MergeMode::Dangerous, other, .. } if other == "x")
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! Metric names and label keys, in one place. Labels stay low-cardinality: never a distinct id or a key.
+
+pub const HTTP_REQUESTS: &str = "flywheel_http_requests_total";
+pub const HTTP_DURATION: &str = "flywheel_http_request_duration_seconds";
+pub const EVENTS_ACCEPTED: &str = "flywheel_events_accepted_total";
+pub const EVENTS_DROPPED: &str = "flywheel_events_dropped_total";
+pub const EVENTS_DUPLICATE: &str = "flywheel_events_duplicate_total";
+pub const IDENTITY_LAG: &str = "flywheel_identity_lag_bytes";
+pub const IDENTITY_MERGES: &str = "flywheel_identity_merges_total";
+pub const IDENTITY_MERGES_REFUSED: &str = "flywheel_identity_merges_refused_total";
+pub const IDENTITY_ERRORS: &str = "flywheel_identity_errors_total";
+
+pub const LABEL_SOURCE: &str = "source";
+pub const LABEL_REASON: &str = "reason";

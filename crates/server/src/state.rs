@@ -1,0 +1,146 @@
+//! Shared application state: cheap to clone, one `Arc` per part.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+
+use chrono::{DateTime, Utc};
+use flywheel_engine::Intake;
+use flywheel_store::Store;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::watch;
+
+use crate::Config;
+
+/// Time source, injectable so that time-dependent logic is testable.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The wall clock.
+#[derive(Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub intake: Intake,
+    pub tokens: Arc<TokenCache>,
+    pub dedupe: Arc<Dedupe>,
+    pub clock: Arc<dyn Clock>,
+    /// LSN up to which identity state has been applied.
+    pub identity_progress: watch::Receiver<u64>,
+    pub metrics: PrometheusHandle,
+}
+
+impl AppState {
+    /// Waits (bounded) until derived state has caught up with everything acknowledged so far, so that a client
+    /// reading right after writing sees its own writes.
+    pub async fn catch_up(&self) {
+        let target = self.intake.committed_lsn();
+        let mut progress = self.identity_progress.clone();
+        let wait = progress.wait_for(|lsn| *lsn >= target);
+        let _ = tokio::time::timeout(self.config.read_barrier_timeout, wait).await;
+    }
+}
+
+/// Project token → project id, cached (including unknown tokens, bounded).
+#[derive(Default)]
+pub struct TokenCache {
+    known: RwLock<HashMap<String, Option<i64>>>,
+}
+
+const TOKEN_CACHE_LIMIT: usize = 10_000;
+
+impl TokenCache {
+    pub async fn project_for(
+        &self,
+        store: &Store,
+        token: &str,
+    ) -> Result<Option<i64>, flywheel_store::StoreError> {
+        if let Some(hit) = self
+            .known
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token)
+        {
+            return Ok(*hit);
+        }
+        let project = store.project_for_token(token).await?;
+        let mut known = self.known.write().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= TOKEN_CACHE_LIMIT {
+            known.retain(|_, v| v.is_some());
+            if known.len() >= TOKEN_CACHE_LIMIT {
+                known.clear();
+            }
+        }
+        known.insert(token.to_owned(), project);
+        Ok(project)
+    }
+
+    /// Forgets everything (after keys change).
+    pub fn invalidate(&self) {
+        self.known
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+/// Recently accepted (project, event uuid) pairs, so SDK retries are not stored twice. Two generations bound the
+/// memory; reads of the event log also drop duplicate uuids, so this is a fast path, not the only guard.
+pub struct Dedupe {
+    generation_size: usize,
+    /// (current generation, previous generation).
+    inner: Mutex<(KeySet, KeySet)>,
+}
+
+/// (project id, event uuid) pairs.
+type KeySet = HashSet<(i64, u128)>;
+
+impl Dedupe {
+    pub fn new(window: usize) -> Self {
+        Self {
+            generation_size: (window / 2).max(1),
+            inner: Mutex::new((HashSet::new(), HashSet::new())),
+        }
+    }
+
+    pub fn seen(&self, key: (i64, u128)) -> bool {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.0.contains(&key) || inner.1.contains(&key)
+    }
+
+    pub fn remember(&self, keys: &[(i64, u128)]) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for key in keys {
+            if inner.0.len() >= self.generation_size {
+                let current = std::mem::take(&mut inner.0);
+                inner.1 = current;
+            }
+            inner.0.insert(*key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedupe_remembers_within_its_window_and_forgets_beyond() {
+        let d = Dedupe::new(4);
+        d.remember(&[(1, 1), (1, 2)]);
+        assert!(d.seen((1, 1)));
+        assert!(!d.seen((2, 1)), "projects are separate");
+        d.remember(&[(1, 3), (1, 4), (1, 5), (1, 6)]);
+        assert!(!d.seen((1, 1)), "oldest generation dropped");
+        assert!(d.seen((1, 6)));
+    }
+}

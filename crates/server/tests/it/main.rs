@@ -1,0 +1,124 @@
+//! Integration tests of the server, driven through the real router (no network) on a real data directory.
+
+mod api;
+mod capture;
+mod malformed;
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, StatusCode};
+use flywheel_server::{Config, Server};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub project_id: i64,
+    pub token: String,
+    pub personal_key: String,
+    pub organization_id: i64,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::for_tests(dir.path().to_path_buf());
+        adjust(&mut config);
+        let store = flywheel_server::open_store(&config).await.unwrap();
+        let boot = flywheel_server::bootstrap_if_empty(&store)
+            .await
+            .unwrap()
+            .unwrap();
+        let server = Server::start_with_store(config, store).await.unwrap();
+        Self {
+            server: Some(server),
+            project_id: boot.project_id,
+            token: boot.project_api_key,
+            personal_key: boot.personal_api_key,
+            organization_id: boot.organization_id,
+            dir,
+        }
+    }
+
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().unwrap()
+    }
+
+    /// Stops gracefully and starts again on the same data directory.
+    pub async fn restart(&mut self) {
+        let server = self.server.take().unwrap();
+        let config = (*server.state.config).clone();
+        server.shutdown().await.unwrap();
+        self.server = Some(Server::start(config).await.unwrap());
+    }
+
+    pub async fn send(&self, req: Request<Body>) -> (StatusCode, Value, axum::http::HeaderMap) {
+        let mut req = req;
+        req.extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 5555))));
+        let app = flywheel_server::app(self.server().state.clone());
+        let resp = app.oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let json = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        (status, json, headers)
+    }
+
+    pub async fn post(&self, path: &str, body: impl Into<Body>) -> (StatusCode, Value) {
+        let req = Request::post(path)
+            .header("content-type", "application/json")
+            .body(body.into())
+            .unwrap();
+        let (s, v, _) = self.send(req).await;
+        (s, v)
+    }
+
+    pub async fn get_api(&self, path: &str, key: &str) -> (StatusCode, Value) {
+        let req = Request::get(path)
+            .header("authorization", format!("Bearer {key}"))
+            .body(Body::empty())
+            .unwrap();
+        let (s, v, _) = self.send(req).await;
+        (s, v)
+    }
+
+    pub async fn events(&self, query: &str) -> Vec<Value> {
+        let (status, body) = self
+            .get_api(
+                &format!("/api/v1/projects/{}/events?{query}", self.project_id),
+                &self.personal_key,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["results"].as_array().unwrap().clone()
+    }
+
+    pub async fn person(&self, distinct_id: &str) -> (StatusCode, Value) {
+        self.get_api(
+            &format!("/api/v1/projects/{}/persons/{distinct_id}", self.project_id),
+            &self.personal_key,
+        )
+        .await
+    }
+}
+
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
