@@ -27,9 +27,19 @@ pub enum MergeMode {
 #[derive(Debug, Clone, PartialEq)]
 pub enum IdentityOp {
     /// Make sure `distinct_id` has a person (every event with person processing does this).
-    Touch { project_id: i64, distinct_id: String, at: String },
+    Touch {
+        project_id: i64,
+        distinct_id: String,
+        at: String,
+    },
     /// Bring `other` into `target`'s person, following PostHog's rules (see [`IdentityWriter`]).
-    Merge { project_id: i64, target: String, other: String, mode: MergeMode, at: String },
+    Merge {
+        project_id: i64,
+        target: String,
+        other: String,
+        mode: MergeMode,
+        at: String,
+    },
     /// `$set`, `$set_once`, `$unset` on the person of `distinct_id`.
     SetProperties {
         project_id: i64,
@@ -40,9 +50,19 @@ pub enum IdentityOp {
         at: String,
     },
     /// `$groupidentify` / Segment `group`: group properties.
-    GroupIdentify { project_id: i64, group_type: String, group_key: String, set: Map<String, Value>, at: String },
+    GroupIdentify {
+        project_id: i64,
+        group_type: String,
+        group_key: String,
+        set: Map<String, Value>,
+        at: String,
+    },
     /// The person of `distinct_id` belongs to these groups (`$groups` on an event): (group type, group key).
-    LinkGroups { project_id: i64, distinct_id: String, groups: Vec<(String, String)> },
+    LinkGroups {
+        project_id: i64,
+        distinct_id: String,
+        groups: Vec<(String, String)>,
+    },
 }
 
 /// What one `apply` did, for metrics and tests.
@@ -60,8 +80,21 @@ pub struct ApplyStats {
 /// Distinct ids that PostHog refuses to merge on: SDK placeholders that would glue unrelated people together.
 fn is_illegal_merge_id(id: &str) -> bool {
     const ILLEGAL: &[&str] = &[
-        "anonymous", "guest", "distinctid", "distinct_id", "id", "not_authenticated", "email", "undefined", "true",
-        "false", "null", "none", "nan", "0", "[object object]",
+        "anonymous",
+        "guest",
+        "distinctid",
+        "distinct_id",
+        "id",
+        "not_authenticated",
+        "email",
+        "undefined",
+        "true",
+        "false",
+        "null",
+        "none",
+        "nan",
+        "0",
+        "[object object]",
     ];
     let id = id.trim();
     id.is_empty() || ILLEGAL.iter().any(|bad| id.eq_ignore_ascii_case(bad))
@@ -164,33 +197,62 @@ impl IdentityWriter {
         stats: &mut ApplyStats,
     ) -> Result<bool> {
         match op {
-            IdentityOp::Touch { project_id, distinct_id, at } => {
+            IdentityOp::Touch {
+                project_id,
+                distinct_id,
+                at,
+            } => {
                 let (_, created) = self.ensure_person(tx, *project_id, distinct_id, at).await?;
                 stats.persons_created += created as u64;
                 Ok(created)
             }
-            IdentityOp::Merge { project_id, target, other, mode, at } => {
-                self.merge(tx, *project_id, target, other, *mode, at, stats).await
+            IdentityOp::Merge {
+                project_id,
+                target,
+                other,
+                mode,
+                at,
+            } => {
+                self.merge(tx, *project_id, target, other, *mode, at, stats)
+                    .await
             }
-            IdentityOp::SetProperties { project_id, distinct_id, set, set_once, unset, at } => {
-                let (person, created) = self.ensure_person(tx, *project_id, distinct_id, at).await?;
+            IdentityOp::SetProperties {
+                project_id,
+                distinct_id,
+                set,
+                set_once,
+                unset,
+                at,
+            } => {
+                let (person, created) =
+                    self.ensure_person(tx, *project_id, distinct_id, at).await?;
                 stats.persons_created += created as u64;
                 if set.is_empty() && set_once.is_empty() && unset.is_empty() {
                     return Ok(created);
                 }
-                let mut props = load_properties(tx, "SELECT properties FROM persons WHERE id = ?", person.id).await?;
+                let mut props =
+                    load_properties(tx, "SELECT properties FROM persons WHERE id = ?", person.id)
+                        .await?;
                 let changed = update_properties(&mut props, set, set_once, unset);
                 if changed {
-                    sqlx::query("UPDATE persons SET properties = ?, version = version + 1 WHERE id = ?")
-                        .bind(Value::Object(props).to_string())
-                        .bind(person.id)
-                        .execute(&mut **tx)
-                        .await?;
+                    sqlx::query(
+                        "UPDATE persons SET properties = ?, version = version + 1 WHERE id = ?",
+                    )
+                    .bind(Value::Object(props).to_string())
+                    .bind(person.id)
+                    .execute(&mut **tx)
+                    .await?;
                     stats.property_updates += 1;
                 }
                 Ok(created || changed)
             }
-            IdentityOp::GroupIdentify { project_id, group_type, group_key, set, at } => {
+            IdentityOp::GroupIdentify {
+                project_id,
+                group_type,
+                group_key,
+                set,
+                at,
+            } => {
                 let Some(index) = self.group_type_index(tx, *project_id, group_type).await? else {
                     stats.group_types_refused += 1;
                     return Ok(false);
@@ -222,13 +284,18 @@ impl IdentityWriter {
                 .await?;
                 Ok(true)
             }
-            IdentityOp::LinkGroups { project_id, distinct_id, groups } => {
+            IdentityOp::LinkGroups {
+                project_id,
+                distinct_id,
+                groups,
+            } => {
                 let mut wrote = false;
                 let Some(person) = self.person_of(tx, *project_id, distinct_id).await? else {
                     return Ok(false);
                 };
                 for (group_type, group_key) in groups {
-                    let Some(index) = self.group_type_index(tx, *project_id, group_type).await? else {
+                    let Some(index) = self.group_type_index(tx, *project_id, group_type).await?
+                    else {
                         stats.group_types_refused += 1;
                         continue;
                     };
@@ -288,7 +355,9 @@ impl IdentityWriter {
         if let Some(p) = self.person_of(tx, project_id, distinct_id).await? {
             return Ok((p, false));
         }
-        let p = self.create_person(tx, project_id, &[distinct_id], false, at).await?;
+        let p = self
+            .create_person(tx, project_id, &[distinct_id], false, at)
+            .await?;
         Ok((p, true))
     }
 
@@ -324,13 +393,16 @@ impl IdentityWriter {
         distinct_id: &str,
         person: PersonRef,
     ) -> Result<()> {
-        sqlx::query("INSERT INTO person_distinct_ids (project_id, distinct_id, person_id) VALUES (?, ?, ?)")
-            .bind(project_id)
-            .bind(distinct_id)
-            .bind(person.id)
-            .execute(&mut **tx)
-            .await?;
-        self.persons.insert((project_id, distinct_id.to_owned()), person);
+        sqlx::query(
+            "INSERT INTO person_distinct_ids (project_id, distinct_id, person_id) VALUES (?, ?, ?)",
+        )
+        .bind(project_id)
+        .bind(distinct_id)
+        .bind(person.id)
+        .execute(&mut **tx)
+        .await?;
+        self.persons
+            .insert((project_id, distinct_id.to_owned()), person);
         Ok(())
     }
 
@@ -347,7 +419,10 @@ impl IdentityWriter {
             .bind(person.id)
             .execute(&mut **tx)
             .await?;
-        let updated = PersonRef { id: person.id, identified: true };
+        let updated = PersonRef {
+            id: person.id,
+            identified: true,
+        };
         for (key, p) in self.persons.iter_mut() {
             if key.0 == project_id && p.id == person.id {
                 *p = updated;
@@ -380,7 +455,8 @@ impl IdentityWriter {
         let target_person = self.person_of(tx, project_id, target).await?;
         match (other_person, target_person) {
             (None, None) => {
-                self.create_person(tx, project_id, &[target, other], true, at).await?;
+                self.create_person(tx, project_id, &[target, other], true, at)
+                    .await?;
                 stats.persons_created += 1;
                 Ok(true)
             }
@@ -476,7 +552,10 @@ impl IdentityWriter {
         .bind(at)
         .execute(&mut **tx)
         .await?;
-        let survivor = PersonRef { id: into.id, identified: true };
+        let survivor = PersonRef {
+            id: into.id,
+            identified: true,
+        };
         for (key, p) in self.persons.iter_mut() {
             if key.0 == project_id && (p.id == from.id || p.id == into.id) {
                 *p = survivor;
@@ -541,8 +620,15 @@ fn parse_object(text: &str) -> Result<Map<String, Value>> {
     }
 }
 
-async fn load_properties(tx: &mut Transaction<'static, Sqlite>, sql: &str, id: i64) -> Result<Map<String, Value>> {
-    let text: String = sqlx::query_scalar(sql).bind(id).fetch_one(&mut **tx).await?;
+async fn load_properties(
+    tx: &mut Transaction<'static, Sqlite>,
+    sql: &str,
+    id: i64,
+) -> Result<Map<String, Value>> {
+    let text: String = sqlx::query_scalar(sql)
+        .bind(id)
+        .fetch_one(&mut **tx)
+        .await?;
     parse_object(&text)
 }
 
@@ -582,9 +668,22 @@ mod tests {
         let mut props = json!({"a": 1, "b": 2}).as_object().unwrap().clone();
         let set = json!({"b": 3, "c": 4}).as_object().unwrap().clone();
         let once = json!({"a": 9, "d": 5}).as_object().unwrap().clone();
-        assert!(update_properties(&mut props, &set, &once, &["c".to_owned()]));
-        assert_eq!(Value::Object(props.clone()), json!({"a": 1, "b": 3, "d": 5}));
-        assert!(!update_properties(&mut props, &set.clone().into_iter().filter(|(k, _)| k == "b").collect(), &Map::new(), &[]));
+        assert!(update_properties(
+            &mut props,
+            &set,
+            &once,
+            &["c".to_owned()]
+        ));
+        assert_eq!(
+            Value::Object(props.clone()),
+            json!({"a": 1, "b": 3, "d": 5})
+        );
+        assert!(!update_properties(
+            &mut props,
+            &set.clone().into_iter().filter(|(k, _)| k == "b").collect(),
+            &Map::new(),
+            &[]
+        ));
     }
 
     #[test]

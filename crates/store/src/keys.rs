@@ -85,13 +85,15 @@ impl Store {
     pub async fn create_project(&self, organization_id: i64, name: &str) -> Result<(i64, String)> {
         let mut tx = self.pool().begin().await?;
         let now = now_text();
-        let project_id = sqlx::query("INSERT INTO projects (organization_id, name, created_at) VALUES (?, ?, ?)")
-            .bind(organization_id)
-            .bind(name)
-            .bind(&now)
-            .execute(&mut *tx)
-            .await?
-            .last_insert_rowid();
+        let project_id = sqlx::query(
+            "INSERT INTO projects (organization_id, name, created_at) VALUES (?, ?, ?)",
+        )
+        .bind(organization_id)
+        .bind(name)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?
+        .last_insert_rowid();
         let key = random_key(PROJECT_KEY_PREFIX, 32);
         sqlx::query(
             "INSERT INTO api_keys (kind, organization_id, project_id, name, key_hash, key_prefix, created_at)
@@ -171,10 +173,11 @@ impl Store {
 
     /// The organization that owns a project.
     pub async fn project_organization(&self, project_id: i64) -> Result<Option<i64>> {
-        let org: Option<i64> = sqlx::query_scalar("SELECT organization_id FROM projects WHERE id = ?")
-            .bind(project_id)
-            .fetch_optional(self.pool())
-            .await?;
+        let org: Option<i64> =
+            sqlx::query_scalar("SELECT organization_id FROM projects WHERE id = ?")
+                .bind(project_id)
+                .fetch_optional(self.pool())
+                .await?;
         Ok(org)
     }
 }

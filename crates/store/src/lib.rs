@@ -25,7 +25,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
-pub use identity::{IdentityOp, IdentityWriter, MergeMode, ApplyStats};
+pub use identity::{ApplyStats, IdentityOp, IdentityWriter, MergeMode};
 pub use keys::{Bootstrap, PersonalKey};
 pub use persons::{GroupMembership, PersonRecord};
 
@@ -76,10 +76,11 @@ impl Store {
 
     /// The LSN up to which `consumer` has applied the intake log (0 when it never ran).
     pub async fn checkpoint(&self, consumer: &str) -> Result<u64> {
-        let lsn: Option<i64> = sqlx::query_scalar("SELECT lsn FROM intake_checkpoints WHERE consumer = ?")
-            .bind(consumer)
-            .fetch_optional(&self.pool)
-            .await?;
+        let lsn: Option<i64> =
+            sqlx::query_scalar("SELECT lsn FROM intake_checkpoints WHERE consumer = ?")
+                .bind(consumer)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(lsn.unwrap_or(0) as u64)
     }
 

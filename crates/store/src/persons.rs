@@ -29,7 +29,11 @@ pub struct GroupMembership {
 
 impl Store {
     /// The person that `distinct_id` belongs to in `project_id`.
-    pub async fn person_by_distinct_id(&self, project_id: i64, distinct_id: &str) -> Result<Option<PersonRecord>> {
+    pub async fn person_by_distinct_id(
+        &self,
+        project_id: i64,
+        distinct_id: &str,
+    ) -> Result<Option<PersonRecord>> {
         let row: Option<(i64, String, String, bool, String)> = sqlx::query_as(
             "SELECT p.id, p.uuid, p.properties, p.is_identified, p.created_at
              FROM person_distinct_ids d JOIN persons p ON p.id = d.person_id
@@ -42,11 +46,12 @@ impl Store {
         let Some((id, uuid, properties, is_identified, created_at)) = row else {
             return Ok(None);
         };
-        let distinct_ids: Vec<String> =
-            sqlx::query_scalar("SELECT distinct_id FROM person_distinct_ids WHERE person_id = ? ORDER BY distinct_id")
-                .bind(id)
-                .fetch_all(self.pool())
-                .await?;
+        let distinct_ids: Vec<String> = sqlx::query_scalar(
+            "SELECT distinct_id FROM person_distinct_ids WHERE person_id = ? ORDER BY distinct_id",
+        )
+        .bind(id)
+        .fetch_all(self.pool())
+        .await?;
         let groups: Vec<(String, i64, String, Option<String>)> = sqlx::query_as(
             "SELECT t.group_type, pg.group_type_index, pg.group_key, g.properties
              FROM person_groups pg
@@ -85,7 +90,11 @@ impl Store {
     }
 
     /// All distinct ids of a person given its id, following merge overrides. `None` when unknown.
-    pub async fn distinct_ids_of_person(&self, project_id: i64, person_uuid: &str) -> Result<Option<Vec<String>>> {
+    pub async fn distinct_ids_of_person(
+        &self,
+        project_id: i64,
+        person_uuid: &str,
+    ) -> Result<Option<Vec<String>>> {
         let current: Option<String> = sqlx::query_scalar(
             "SELECT new_person_uuid FROM person_overrides WHERE project_id = ? AND old_person_uuid = ?",
         )
@@ -94,23 +103,29 @@ impl Store {
         .fetch_optional(self.pool())
         .await?;
         let uuid = current.as_deref().unwrap_or(person_uuid);
-        let person: Option<i64> = sqlx::query_scalar("SELECT id FROM persons WHERE project_id = ? AND uuid = ?")
-            .bind(project_id)
-            .bind(uuid)
-            .fetch_optional(self.pool())
-            .await?;
+        let person: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM persons WHERE project_id = ? AND uuid = ?")
+                .bind(project_id)
+                .bind(uuid)
+                .fetch_optional(self.pool())
+                .await?;
         let Some(person) = person else {
             return Ok(None);
         };
-        let ids = sqlx::query_scalar("SELECT distinct_id FROM person_distinct_ids WHERE person_id = ?")
-            .bind(person)
-            .fetch_all(self.pool())
-            .await?;
+        let ids =
+            sqlx::query_scalar("SELECT distinct_id FROM person_distinct_ids WHERE person_id = ?")
+                .bind(person)
+                .fetch_all(self.pool())
+                .await?;
         Ok(Some(ids))
     }
 
     /// Current person id of each given distinct id (missing ones are absent from the map).
-    pub async fn person_ids_for(&self, project_id: i64, distinct_ids: &[&str]) -> Result<HashMap<String, String>> {
+    pub async fn person_ids_for(
+        &self,
+        project_id: i64,
+        distinct_ids: &[&str],
+    ) -> Result<HashMap<String, String>> {
         let mut out = HashMap::with_capacity(distinct_ids.len());
         for chunk in distinct_ids.chunks(500) {
             let placeholders = vec!["?"; chunk.len()].join(",");

@@ -13,11 +13,21 @@ async fn store() -> (tempfile::TempDir, Store, i64) {
 }
 
 fn touch(p: i64, d: &str) -> IdentityOp {
-    IdentityOp::Touch { project_id: p, distinct_id: d.into(), at: AT.into() }
+    IdentityOp::Touch {
+        project_id: p,
+        distinct_id: d.into(),
+        at: AT.into(),
+    }
 }
 
 fn merge(p: i64, target: &str, other: &str, mode: MergeMode) -> IdentityOp {
-    IdentityOp::Merge { project_id: p, target: target.into(), other: other.into(), mode, at: AT.into() }
+    IdentityOp::Merge {
+        project_id: p,
+        target: target.into(),
+        other: other.into(),
+        mode,
+        at: AT.into(),
+    }
 }
 
 fn set(p: i64, d: &str, set: Value, once: Value, unset: &[&str]) -> IdentityOp {
@@ -36,17 +46,49 @@ fn set(p: i64, d: &str, set: Value, once: Value, unset: &[&str]) -> IdentityOp {
 async fn identify_merges_anonymous_person_into_identified_one() {
     let (_dir, store, p) = store().await;
     let mut w = store.identity_writer("test");
-    w.apply(&[touch(p, "anon-1"), set(p, "anon-1", json!({"plan": "free", "seen": 1}), json!({}), &[])], 1)
+    w.apply(
+        &[
+            touch(p, "anon-1"),
+            set(
+                p,
+                "anon-1",
+                json!({"plan": "free", "seen": 1}),
+                json!({}),
+                &[],
+            ),
+        ],
+        1,
+    )
+    .await
+    .unwrap();
+    let anon = store
+        .person_by_distinct_id(p, "anon-1")
         .await
+        .unwrap()
         .unwrap();
-    let anon = store.person_by_distinct_id(p, "anon-1").await.unwrap().unwrap();
     assert!(!anon.is_identified);
-    w.apply(&[merge(p, "user-1", "anon-1", MergeMode::Identify), set(p, "user-1", json!({"plan": "pro"}), json!({}), &[])], 2)
+    w.apply(
+        &[
+            merge(p, "user-1", "anon-1", MergeMode::Identify),
+            set(p, "user-1", json!({"plan": "pro"}), json!({}), &[]),
+        ],
+        2,
+    )
+    .await
+    .unwrap();
+    let person = store
+        .person_by_distinct_id(p, "user-1")
         .await
+        .unwrap()
         .unwrap();
-    let person = store.person_by_distinct_id(p, "user-1").await.unwrap().unwrap();
-    assert_eq!(person.id, anon.id, "the anonymous person gains the identified id");
-    assert_eq!(person.distinct_ids, vec!["anon-1".to_string(), "user-1".to_string()]);
+    assert_eq!(
+        person.id, anon.id,
+        "the anonymous person gains the identified id"
+    );
+    assert_eq!(
+        person.distinct_ids,
+        vec!["anon-1".to_string(), "user-1".to_string()]
+    );
     assert!(person.is_identified);
     assert_eq!(person.properties, json!({"plan": "pro", "seen": 1}));
     assert_eq!(store.checkpoint("test").await.unwrap(), 2);
@@ -70,22 +112,39 @@ async fn identified_persons_merge_only_dangerously() {
     )
     .await
     .unwrap();
-    let stats = w.apply(&[merge(p, "a", "b", MergeMode::Identify)], 2).await.unwrap();
+    let stats = w
+        .apply(&[merge(p, "a", "b", MergeMode::Identify)], 2)
+        .await
+        .unwrap();
     assert_eq!(stats.merges_refused, 1);
     let a = store.person_by_distinct_id(p, "a").await.unwrap().unwrap();
     let b = store.person_by_distinct_id(p, "b").await.unwrap().unwrap();
     assert_ne!(a.id, b.id);
-    let stats = w.apply(&[merge(p, "a", "b", MergeMode::Alias)], 3).await.unwrap();
+    let stats = w
+        .apply(&[merge(p, "a", "b", MergeMode::Alias)], 3)
+        .await
+        .unwrap();
     assert_eq!(stats.merges_refused, 1);
 
-    let stats = w.apply(&[merge(p, "a", "b", MergeMode::Dangerous)], 4).await.unwrap();
+    let stats = w
+        .apply(&[merge(p, "a", "b", MergeMode::Dangerous)], 4)
+        .await
+        .unwrap();
     assert_eq!(stats.merges, 1);
     let merged = store.person_by_distinct_id(p, "b").await.unwrap().unwrap();
     assert_eq!(merged.id, a.id);
     assert_eq!(merged.distinct_ids, vec!["a", "anon-a", "anon-b", "b"]);
-    assert_eq!(merged.properties, json!({"name": "A", "only_a": true}), "target's properties win");
+    assert_eq!(
+        merged.properties,
+        json!({"name": "A", "only_a": true}),
+        "target's properties win"
+    );
     // The merged-away person id still resolves to every distinct id.
-    let mut ids = store.distinct_ids_of_person(p, &b.id).await.unwrap().unwrap();
+    let mut ids = store
+        .distinct_ids_of_person(p, &b.id)
+        .await
+        .unwrap()
+        .unwrap();
     ids.sort();
     assert_eq!(ids, vec!["a", "anon-a", "anon-b", "b"]);
 }
@@ -94,16 +153,52 @@ async fn identified_persons_merge_only_dangerously() {
 async fn alias_links_a_new_id_and_merges_an_anonymous_person() {
     let (_dir, store, p) = store().await;
     let mut w = store.identity_writer("test");
-    w.apply(&[touch(p, "user"), merge(p, "user", "alias-x", MergeMode::Alias)], 1).await.unwrap();
-    let person = store.person_by_distinct_id(p, "alias-x").await.unwrap().unwrap();
+    w.apply(
+        &[
+            touch(p, "user"),
+            merge(p, "user", "alias-x", MergeMode::Alias),
+        ],
+        1,
+    )
+    .await
+    .unwrap();
+    let person = store
+        .person_by_distinct_id(p, "alias-x")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(person.distinct_ids, vec!["alias-x", "user"]);
     // An anonymous person with its own events merges into the aliased one.
-    w.apply(&[touch(p, "anon-2"), merge(p, "user", "anon-2", MergeMode::Alias)], 2).await.unwrap();
-    let person2 = store.person_by_distinct_id(p, "anon-2").await.unwrap().unwrap();
+    w.apply(
+        &[
+            touch(p, "anon-2"),
+            merge(p, "user", "anon-2", MergeMode::Alias),
+        ],
+        2,
+    )
+    .await
+    .unwrap();
+    let person2 = store
+        .person_by_distinct_id(p, "anon-2")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(person2.id, person.id);
     // Placeholder ids never merge.
-    w.apply(&[touch(p, "other"), merge(p, "other", "undefined", MergeMode::Identify)], 3).await.unwrap();
-    assert!(store.person_by_distinct_id(p, "undefined").await.unwrap().is_none());
+    w.apply(
+        &[
+            touch(p, "other"),
+            merge(p, "other", "undefined", MergeMode::Identify),
+        ],
+        3,
+    )
+    .await
+    .unwrap();
+    assert!(store
+        .person_by_distinct_id(p, "undefined")
+        .await
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test]
@@ -141,10 +236,16 @@ async fn groups_allow_five_types_and_link_persons() {
     ops.push(IdentityOp::LinkGroups {
         project_id: p,
         distinct_id: "u".into(),
-        groups: vec![("type0".into(), "k".into()), ("type1".into(), "other".into())],
+        groups: vec![
+            ("type0".into(), "k".into()),
+            ("type1".into(), "other".into()),
+        ],
     });
     let stats = w.apply(&ops, 1).await.unwrap();
-    assert_eq!(stats.group_types_refused, 1, "the sixth group type is refused");
+    assert_eq!(
+        stats.group_types_refused, 1,
+        "the sixth group type is refused"
+    );
     let person = store.person_by_distinct_id(p, "u").await.unwrap().unwrap();
     assert_eq!(person.groups.len(), 2);
     assert_eq!(person.groups[0].group_type, "type0");
@@ -178,12 +279,32 @@ async fn projects_do_not_share_persons() {
     let org2 = store.create_organization("Other").await.unwrap();
     let (p2, _) = store.create_project(org2, "P2").await.unwrap();
     let mut w = store.identity_writer("test");
-    w.apply(&[touch(p, "same"), set(p2, "same", json!({"in": "p2"}), json!({}), &[])], 1).await.unwrap();
-    let a = store.person_by_distinct_id(p, "same").await.unwrap().unwrap();
-    let b = store.person_by_distinct_id(p2, "same").await.unwrap().unwrap();
+    w.apply(
+        &[
+            touch(p, "same"),
+            set(p2, "same", json!({"in": "p2"}), json!({}), &[]),
+        ],
+        1,
+    )
+    .await
+    .unwrap();
+    let a = store
+        .person_by_distinct_id(p, "same")
+        .await
+        .unwrap()
+        .unwrap();
+    let b = store
+        .person_by_distinct_id(p2, "same")
+        .await
+        .unwrap()
+        .unwrap();
     assert_ne!(a.id, b.id);
     assert_eq!(a.properties, json!({}));
-    assert!(store.distinct_ids_of_person(p2, &a.id).await.unwrap().is_none());
+    assert!(store
+        .distinct_ids_of_person(p2, &a.id)
+        .await
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test]
@@ -194,14 +315,35 @@ async fn keys_are_stored_hashed_and_authenticate() {
     assert!(store.is_empty().await.unwrap());
     let boot = store.bootstrap("Org", "P").await.unwrap();
     assert!(!store.is_empty().await.unwrap());
-    let key = store.authenticate_personal(&boot.personal_api_key).await.unwrap().unwrap();
+    let key = store
+        .authenticate_personal(&boot.personal_api_key)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(key.organization_id, boot.organization_id);
     assert_eq!(key.project_id, None);
-    assert!(store.authenticate_personal(&boot.project_api_key).await.unwrap().is_none());
-    assert!(store.authenticate_personal("fwsec_wrong").await.unwrap().is_none());
-    assert_eq!(store.project_for_token(&boot.personal_api_key).await.unwrap(), None);
+    assert!(store
+        .authenticate_personal(&boot.project_api_key)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .authenticate_personal("fwsec_wrong")
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        store
+            .project_for_token(&boot.personal_api_key)
+            .await
+            .unwrap(),
+        None
+    );
     store.close().await;
     let bytes = std::fs::read(&path).unwrap();
     let text = String::from_utf8_lossy(&bytes);
-    assert!(!text.contains(&boot.personal_api_key) && !text.contains(&boot.project_api_key), "keys are not stored in clear");
+    assert!(
+        !text.contains(&boot.personal_api_key) && !text.contains(&boot.project_api_key),
+        "keys are not stored in clear"
+    );
 }
