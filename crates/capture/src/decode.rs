@@ -234,7 +234,11 @@ pub(crate) fn parse_json(
     parse_json_str(text, what, limits)
 }
 
-fn parse_json_str(text: &str, what: &'static str, limits: &Limits) -> Result<Value, RequestError> {
+pub(crate) fn parse_json_str(
+    text: &str,
+    what: &'static str,
+    limits: &Limits,
+) -> Result<Value, RequestError> {
     if text.len() > limits.max_decompressed_bytes {
         return Err(RequestError::PayloadTooLarge {
             limit: limits.max_decompressed_bytes,
@@ -358,10 +362,49 @@ fn decode_data(
 }
 
 /// Everything a PostHog request carries, decoded into one JSON value.
-pub(crate) fn posthog_value(
-    req: &RawRequest<'_>,
+/// A decoded PostHog payload: plain JSON text (parsed by the caller, possibly on the fast path) or a value
+/// already parsed from a form field, query parameter or compressed encoding.
+pub(crate) enum Decoded<'a> {
+    Text(std::borrow::Cow<'a, str>, &'static str),
+    Value(Value),
+}
+
+/// UTF-8 text of a JSON payload, size-checked, without a byte-order mark.
+fn json_text<'a>(
+    bytes: std::borrow::Cow<'a, [u8]>,
+    what: &'static str,
     limits: &Limits,
-) -> Result<(Value, bool), RequestError> {
+) -> Result<std::borrow::Cow<'a, str>, RequestError> {
+    use std::borrow::Cow;
+    if bytes.len() > limits.max_decompressed_bytes {
+        return Err(RequestError::PayloadTooLarge {
+            limit: limits.max_decompressed_bytes,
+        });
+    }
+    let invalid = |e: std::str::Utf8Error| RequestError::InvalidUtf8 {
+        what,
+        offset: e.valid_up_to(),
+    };
+    match bytes {
+        Cow::Borrowed(b) => {
+            let b = b.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(b);
+            std::str::from_utf8(b).map(Cow::Borrowed).map_err(invalid)
+        }
+        Cow::Owned(mut v) => {
+            if v.starts_with(b"\xEF\xBB\xBF") {
+                v.drain(..3);
+            }
+            String::from_utf8(v)
+                .map(Cow::Owned)
+                .map_err(|e| invalid(e.utf8_error()))
+        }
+    }
+}
+
+pub(crate) fn posthog_decoded<'a>(
+    req: &RawRequest<'a>,
+    limits: &Limits,
+) -> Result<(Decoded<'a>, bool), RequestError> {
     let query = req
         .query
         .map(|q| FormFields::parse(q.as_bytes()))
@@ -372,21 +415,24 @@ pub(crate) fn posthog_value(
     if let Some(data) = &query.data {
         if req.method == Method::Get || is_blank(req.body) {
             let v = decode_data(data, query_compression, "query parameter `data`", limits)?;
-            return Ok((v, beacon));
+            return Ok((Decoded::Value(v), beacon));
         }
     }
     if is_blank(req.body) {
         return Err(RequestError::EmptyBody);
     }
 
-    let gunzipped;
-    let (body, what): (&[u8], &'static str) = if is_gzip(req.body) {
-        gunzipped = gunzip(req.body, limits.max_decompressed_bytes)?;
-        (&gunzipped, "gzip-decompressed body")
+    let (body, what): (std::borrow::Cow<'a, [u8]>, &'static str) = if is_gzip(req.body) {
+        let gunzipped = gunzip(req.body, limits.max_decompressed_bytes)?;
+        (gunzipped.into(), "gzip-decompressed body")
     } else {
         check_encoding(req.content_encoding, req.body)?;
-        (req.body, "body")
+        (req.body.into(), "body")
     };
+    if looks_like_json(&body) {
+        return Ok((Decoded::Text(json_text(body, what, limits)?, what), beacon));
+    }
+    let body: &[u8] = &body;
 
     let form = !looks_like_json(body)
         && (is_form_content_type(req.content_type)
@@ -399,9 +445,12 @@ pub(crate) fn posthog_value(
         };
         let compression = fields.compression.unwrap_or(query_compression);
         let v = decode_data(&data, compression, "form field `data`", limits)?;
-        return Ok((v, beacon));
+        return Ok((Decoded::Value(v), beacon));
     }
-    Ok((decode_data(body, query_compression, what, limits)?, beacon))
+    Ok((
+        Decoded::Value(decode_data(body, query_compression, what, limits)?),
+        beacon,
+    ))
 }
 
 /// A Segment request body decoded into one JSON value.

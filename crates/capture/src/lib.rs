@@ -19,7 +19,7 @@
 //! assert_eq!(payload.events.len(), 1);
 //! let event = &payload.events[0];
 //! assert_eq!((event.token.as_str(), event.distinct_id.as_str()), ("phc_test", "42"));
-//! assert_eq!(event.properties["$current_url"], "https://example.com");
+//! assert_eq!(event.properties_map()["$current_url"], "https://example.com");
 //!
 //! // The second event has no distinct id: dropped, and reported.
 //! assert_eq!(payload.rejected[0].index, 1);
@@ -42,6 +42,7 @@
 mod common;
 mod decode;
 mod error;
+mod fast;
 mod lz64;
 mod posthog;
 mod segment;
@@ -158,7 +159,15 @@ pub struct CapturedEvent {
     pub distinct_id: String,
     /// After clock-skew correction and the 23 h future clamp.
     pub timestamp: DateTime<Utc>,
-    /// Normalised properties (`token`, `$token`, `api_key`, `distinct_id` and
-    /// `$distinct_id` removed; top-level `$set`/`$set_once`/`$unset` merged in).
-    pub properties: serde_json::Map<String, serde_json::Value>,
+    /// Normalised properties as JSON object text, ready to store (`token`, `$token`, `api_key`, `distinct_id`
+    /// and `$distinct_id` removed; top-level `$set`/`$set_once`/`$unset` merged in). Plain JSON bodies keep the
+    /// client's text and member order; see [`CapturedEvent::properties_map`] to inspect them.
+    pub properties: String,
+}
+
+impl CapturedEvent {
+    /// The properties parsed into a map.
+    pub fn properties_map(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::from_str(&self.properties).unwrap_or_default()
+    }
 }

@@ -8,8 +8,9 @@ use crate::common::{
     describe, id_string, kind, merge_into, take, token_string, too_long, Loc, MAX_ID_CHARS,
     STRIPPED_PROPERTIES,
 };
-use crate::decode;
+use crate::decode::{self, Decoded};
 use crate::error::{codes, EventError};
+use crate::fast::{self, Fields, Props, Root};
 use crate::time::{self, TimeInputs};
 use crate::{CapturedEvent, Limits, Payload, RawRequest, RequestError};
 
@@ -17,6 +18,7 @@ use crate::{CapturedEvent, Limits, Payload, RawRequest, RequestError};
 const PERSON_OPS: [&str; 3] = ["$set", "$set_once", "$unset"];
 
 /// Batch-level settings.
+#[derive(Default)]
 struct Envelope {
     token: Option<String>,
     sent_at: Option<DateTime<Utc>>,
@@ -39,8 +41,98 @@ pub fn parse_posthog(
     limits: &Limits,
     now: DateTime<Utc>,
 ) -> Result<Payload, RequestError> {
-    let (value, beacon) = decode::posthog_value(req, limits)?;
-    build(value, beacon, limits, now)
+    let (decoded, beacon) = decode::posthog_decoded(req, limits)?;
+    match decoded {
+        Decoded::Text(text, what) => {
+            if let Some(root) = fast::parse(&text, limits.max_json_depth) {
+                if let Some(result) = build_fast(root, beacon, limits, now) {
+                    return result;
+                }
+            }
+            let value = decode::parse_json_str(&text, what, limits)?;
+            build(value, beacon, limits, now)
+        }
+        Decoded::Value(value) => build(value, beacon, limits, now),
+    }
+}
+
+/// The fast path's counterpart of [`build`]: the same envelope rules and the same [`normalise`], with
+/// properties kept as raw JSON. `None` sends the request down the general path.
+fn build_fast(
+    root: Root<'_>,
+    beacon: bool,
+    limits: &Limits,
+    now: DateTime<Utc>,
+) -> Option<Result<Payload, RequestError>> {
+    let mut env = Envelope::default();
+    let (events, single) = match root {
+        Root::Array(events) => (events, false),
+        Root::Object(mut f) => {
+            env.historical = f.scalars.get("historical_migration") == Some(&Value::Bool(true));
+            match f.batch.take() {
+                Some(events) => {
+                    env.token = match batch_token(&mut f.scalars) {
+                        Ok(t) => t,
+                        Err(e) => return Some(Err(e)),
+                    };
+                    env.sent_at = match batch_sent_at(&mut f.scalars) {
+                        Ok(t) => t,
+                        Err(e) => return Some(Err(e)),
+                    };
+                    (events, false)
+                }
+                None => (vec![f], true),
+            }
+        }
+    };
+    if events.is_empty() || events.len() > limits.max_events {
+        return None;
+    }
+    let mut out = Vec::with_capacity(events.len());
+    let mut rejected = Vec::new();
+    let mut any_token = env.token.is_some();
+    for (i, f) in events.into_iter().enumerate() {
+        let loc = if single { Loc::Single } else { Loc::Batch(i) };
+        let Fields {
+            mut scalars, props, ..
+        } = f;
+        let person_ops = PERSON_OPS.iter().any(|k| scalars.contains_key(*k));
+        let kept = match props {
+            // Person operations on the event object are merged into properties: the general path does that.
+            Some(Props::Pairs(pairs)) if person_ops => {
+                let mut map = Map::new();
+                for (k, v) in pairs {
+                    map.insert(k.to_owned(), serde_json::from_str(v.get()).ok()?);
+                }
+                scalars.insert("properties".to_owned(), Value::Object(map));
+                None
+            }
+            Some(props) => {
+                let (kept, value) = props.split();
+                scalars.insert("properties".to_owned(), value);
+                kept
+            }
+            None => None,
+        };
+        match normalise(Value::Object(scalars), &env, loc, now, &mut any_token) {
+            Ok(mut ev) => {
+                if let Some(kept) = kept {
+                    ev.properties = kept;
+                }
+                out.push(ev);
+            }
+            Err(e) => rejected.push(e),
+        }
+    }
+    if !any_token {
+        return Some(Err(RequestError::MissingToken));
+    }
+    Some(Ok(Payload {
+        events: out,
+        rejected,
+        beacon,
+        historical_migration: env.historical,
+    }))
 }
 
 fn batch_token(root: &mut Map<String, Value>) -> Result<Option<String>, RequestError> {
@@ -76,11 +168,7 @@ fn build(
     limits: &Limits,
     now: DateTime<Utc>,
 ) -> Result<Payload, RequestError> {
-    let mut env = Envelope {
-        token: None,
-        sent_at: None,
-        historical: false,
-    };
+    let mut env = Envelope::default();
     let (events, single) = match value {
         Value::Array(events) => (events, false),
         Value::Object(mut root) => match root.remove("batch") {
@@ -319,7 +407,7 @@ fn normalise(
         event: event_name,
         distinct_id,
         timestamp,
-        properties: props,
+        properties: serde_json::to_string(&props).unwrap_or_else(|_| "{}".to_owned()),
     })
 }
 

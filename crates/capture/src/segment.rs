@@ -544,7 +544,7 @@ fn normalise(
         event,
         distinct_id,
         timestamp,
-        properties: props,
+        properties: serde_json::to_string(&props).unwrap_or_else(|_| "{}".to_owned()),
     })
 }
 

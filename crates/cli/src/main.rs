@@ -10,6 +10,11 @@ use clap::{Parser, Subcommand};
 
 use config::{LogFormat, ServeArgs};
 
+/// mimalloc instead of the system allocator: capture allocates many small, short-lived JSON values, and glibc's
+/// malloc spent a third of the ingest profile (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Flywheel: a self-hosted product-led-growth platform (event capture, identity, analytics, flags, growth loops).
 #[derive(Debug, Parser)]
 #[command(name = "flywheel", version, about, long_about = None, propagate_version = true)]

@@ -5,7 +5,6 @@
 //! made the batch durable. A bad event is dropped and reported while the rest of the batch is kept (SDKs do not
 //! retry 4xx answers and would lose the whole batch).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use axum::body::{Body, Bytes};
@@ -146,15 +145,21 @@ async fn capture_inner(
         Flavor::Segment(_) => "segment",
     };
 
-    // Resolve every distinct token once.
-    let mut projects: HashMap<&str, Option<i64>> = HashMap::new();
+    // Resolve every distinct token once (a request nearly always carries one).
+    let mut projects: Vec<(String, Option<i64>)> = Vec::with_capacity(1);
+    let mut event_projects = Vec::with_capacity(events.len());
     for ev in &events {
-        if !projects.contains_key(ev.token.as_str()) {
-            let project = state.tokens.project_for(&state.store, &ev.token).await?;
-            projects.insert(ev.token.as_str(), project);
-        }
+        let project = match projects.iter().find(|(t, _)| *t == ev.token) {
+            Some((_, p)) => *p,
+            None => {
+                let p = state.tokens.project_for(&state.store, &ev.token).await?;
+                projects.push((ev.token.clone(), p));
+                p
+            }
+        };
+        event_projects.push(project);
     }
-    if !events.is_empty() && projects.values().all(Option::is_none) {
+    if !events.is_empty() && projects.iter().all(|(_, p)| p.is_none()) {
         return Err(ApiError::unauthorized(
             "invalid_token",
             "unknown API key: no project has this token (use the project's public API key)",
@@ -165,9 +170,10 @@ async fn capture_inner(
     let received_us = now.timestamp_micros();
     let mut records = Vec::with_capacity(events.len());
     let mut keys = Vec::with_capacity(events.len());
+    let mut in_request = crate::state::KeySet::default();
     let mut duplicates = 0usize;
-    for ev in &events {
-        let Some(project_id) = projects[ev.token.as_str()] else {
+    for (ev, project) in events.into_iter().zip(event_projects) {
+        let Some(project_id) = project else {
             rejected.push(EventError {
                 index: ev.index,
                 code: "invalid_token",
@@ -176,7 +182,7 @@ async fn capture_inner(
             continue;
         };
         let key = (project_id, ev.uuid.as_u128());
-        if state.dedupe.seen(key) || keys.contains(&key) {
+        if !in_request.insert(key) || state.dedupe.seen(key) {
             duplicates += 1;
             continue;
         }
@@ -276,10 +282,10 @@ fn client_ip(headers: &HeaderMap, peer: SocketAddr) -> Option<String> {
     Some(forwarded.unwrap_or_else(|| peer.ip().to_string()))
 }
 
-fn to_record(project_id: i64, ev: &CapturedEvent, ip: Option<&str>, received_us: i64) -> Event {
-    let mut properties = serde_json::to_string(&ev.properties).unwrap_or_else(|_| "{}".to_owned());
-    if let Some(ip) = ip.filter(|_| !ev.properties.contains_key("$ip")) {
-        // Splice `"$ip"` into the serialized object instead of cloning the map.
+fn to_record(project_id: i64, ev: CapturedEvent, ip: Option<&str>, received_us: i64) -> Event {
+    let mut properties = ev.properties;
+    // `$ip` from the connection unless the client set one (a textual check: a nested `"$ip"` key also counts).
+    if let Some(ip) = ip.filter(|_| !properties.contains("\"$ip\"")) {
         let ip = Value::String(ip.to_owned()).to_string();
         let rest = &properties[1..];
         let sep = if rest.trim_start().starts_with('}') {
@@ -294,8 +300,8 @@ fn to_record(project_id: i64, ev: &CapturedEvent, ip: Option<&str>, received_us:
         project_id,
         timestamp_us: ev.timestamp.timestamp_micros(),
         received_us,
-        event: ev.event.clone(),
-        distinct_id: ev.distinct_id.clone(),
+        event: ev.event,
+        distinct_id: ev.distinct_id,
         properties,
     }
 }

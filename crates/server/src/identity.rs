@@ -3,8 +3,9 @@
 //! It runs as one task. On start it replays the log from its checkpoint (so a crash between acknowledging a batch
 //! and applying it loses nothing), then follows the committed LSN.
 
-use chrono::{DateTime, Utc};
-use flywheel_engine::{Event, Intake};
+use std::collections::{HashMap, HashSet};
+
+use flywheel_engine::{BatchRef, EventRef, Intake};
 use flywheel_store::{IdentityOp, MergeMode, Store};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
@@ -17,14 +18,16 @@ pub const CONSUMER: &str = "identity";
 /// Most batches read from the log per transaction.
 const CHUNK_BATCHES: usize = 512;
 
+/// Distinct ids already touched in the current chunk, per project: a repeated plain event of the same distinct id
+/// adds no operation (a person, once ensured, stays).
+pub type Touched = HashMap<i64, HashSet<String>>;
+
 /// Identity operations for one event, in the order PostHog applies them.
-pub fn ops_for(event: &Event, out: &mut Vec<IdentityOp>) {
+pub fn ops_for(event: &EventRef<'_>, out: &mut Vec<IdentityOp>, touched: &mut Touched) {
     let project_id = event.project_id;
-    let at = DateTime::<Utc>::from_timestamp_micros(event.timestamp_us)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let at = event.timestamp_us;
     let special = matches!(
-        event.event.as_str(),
+        event.event,
         "$identify" | "$create_alias" | "$merge_dangerously" | "$groupidentify"
     );
     // Most events touch only their person; skip parsing the properties unless they may matter.
@@ -37,18 +40,28 @@ pub fn ops_for(event: &Event, out: &mut Vec<IdentityOp>) {
         ]
         .iter()
         .any(|needle| event.properties.contains(needle));
-    let props: Map<String, Value> = if props_may_matter {
-        match serde_json::from_str(&event.properties) {
+    if !props_may_matter {
+        let seen = touched.entry(project_id).or_default();
+        if !seen.contains(event.distinct_id) {
+            seen.insert(event.distinct_id.to_owned());
+            out.push(IdentityOp::Touch {
+                project_id,
+                distinct_id: event.distinct_id.to_owned(),
+                at,
+            });
+        }
+        return;
+    }
+    let props: Map<String, Value> = {
+        match serde_json::from_str(event.properties) {
             Ok(Value::Object(map)) => map,
             _ => Map::new(),
         }
-    } else {
-        Map::new()
     };
     if props.get("$process_person_profile") == Some(&Value::Bool(false)) {
         return;
     }
-    let distinct_id = event.distinct_id.clone();
+    let distinct_id = event.distinct_id.to_owned();
     let str_prop = |key: &str| -> Option<String> {
         match props.get(key)? {
             Value::String(s) if !s.is_empty() => Some(s.clone()),
@@ -62,22 +75,22 @@ pub fn ops_for(event: &Event, out: &mut Vec<IdentityOp>) {
             target: distinct_id.clone(),
             other,
             mode,
-            at: at.clone(),
+            at,
         },
         None => IdentityOp::Touch {
             project_id,
             distinct_id: distinct_id.clone(),
-            at: at.clone(),
+            at,
         },
     };
-    out.push(match event.event.as_str() {
+    out.push(match event.event {
         "$identify" => merge(str_prop("$anon_distinct_id"), MergeMode::Identify),
         "$create_alias" => merge(str_prop("alias"), MergeMode::Alias),
         "$merge_dangerously" => merge(str_prop("alias"), MergeMode::Dangerous),
         _ => IdentityOp::Touch {
             project_id,
             distinct_id: distinct_id.clone(),
-            at: at.clone(),
+            at,
         },
     });
     if event.event == "$groupidentify" {
@@ -90,7 +103,7 @@ pub fn ops_for(event: &Event, out: &mut Vec<IdentityOp>) {
                 group_type,
                 group_key,
                 set,
-                at: at.clone(),
+                at,
             });
         }
     }
@@ -158,15 +171,21 @@ pub async fn run(
     };
     let _ = progress.send(lsn);
     let mut committed = intake.subscribe();
-    let mut ops = Vec::new();
     loop {
         let target = *committed.borrow_and_update();
         if lsn < target {
             let from = lsn;
             let reader_intake = intake.clone();
             let chunk = tokio::task::spawn_blocking(move || read_chunk(&reader_intake, from)).await;
-            let batches = match chunk {
-                Ok(Ok(batches)) => batches,
+            let (end, ops) = match chunk {
+                Ok(Ok(Some(chunk))) => chunk,
+                Ok(Ok(None)) => {
+                    // Nothing readable up to the target yet (should not happen); wait for the next commit.
+                    if committed.changed().await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 Ok(Err(err)) => {
                     tracing::error!(error = %err, lsn = from, "identity: cannot read the intake log");
                     metrics::counter!(m::IDENTITY_ERRORS).increment(1);
@@ -178,19 +197,6 @@ pub async fn run(
                     continue;
                 }
             };
-            let Some(end) = batches.last().map(|(end, _)| *end) else {
-                // Nothing readable up to the target yet (should not happen); wait for the next commit.
-                if committed.changed().await.is_err() {
-                    break;
-                }
-                continue;
-            };
-            ops.clear();
-            for (_, events) in &batches {
-                for event in events {
-                    ops_for(event, &mut ops);
-                }
-            }
             match writer.apply(&ops, end).await {
                 Ok(stats) => {
                     metrics::counter!(m::IDENTITY_MERGES).increment(stats.merges);
@@ -221,18 +227,29 @@ pub async fn run(
     }
 }
 
+/// Reads up to [`CHUNK_BATCHES`] batches from `from` and turns their events into identity operations without
+/// copying the events. Returns the LSN after the last batch read, or `None` when there was nothing to read.
+#[allow(clippy::type_complexity)]
 fn read_chunk(
     intake: &Intake,
     from: u64,
-) -> Result<Vec<(u64, Vec<Event>)>, flywheel_engine::EngineError> {
-    let mut out = Vec::new();
-    for item in intake.reader(from) {
-        out.push(item?);
-        if out.len() >= CHUNK_BATCHES {
+) -> Result<Option<(u64, Vec<IdentityOp>)>, flywheel_engine::EngineError> {
+    let mut reader = intake.reader(from);
+    let mut ops = Vec::new();
+    let mut touched = Touched::new();
+    let mut end = None;
+    for _ in 0..CHUNK_BATCHES {
+        let Some(item) = reader.next_payload() else {
             break;
+        };
+        let (lsn, payload) = item?;
+        let batch = BatchRef::new(payload)?;
+        for event in batch.iter() {
+            ops_for(&event?, &mut ops, &mut touched);
         }
+        end = Some(lsn);
     }
-    Ok(out)
+    Ok(end.map(|end| (end, ops)))
 }
 
 #[cfg(test)]
@@ -240,8 +257,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn event(name: &str, distinct_id: &str, props: Value) -> Event {
-        Event {
+    fn event(name: &str, distinct_id: &str, props: Value) -> flywheel_engine::Event {
+        flywheel_engine::Event {
             uuid: 1,
             project_id: 7,
             timestamp_us: 0,
@@ -252,19 +269,41 @@ mod tests {
         }
     }
 
+    fn ops_of(e: &flywheel_engine::Event) -> Vec<IdentityOp> {
+        let mut out = Vec::new();
+        ops_for(&e.as_event_ref(), &mut out, &mut Touched::new());
+        out
+    }
+
+    #[test]
+    fn repeated_plain_events_touch_once_per_chunk() {
+        let mut out = Vec::new();
+        let mut touched = Touched::new();
+        for _ in 0..3 {
+            ops_for(
+                &event("click", "u", json!({})).as_event_ref(),
+                &mut out,
+                &mut touched,
+            );
+        }
+        ops_for(
+            &event("click", "v", json!({})).as_event_ref(),
+            &mut out,
+            &mut touched,
+        );
+        assert_eq!(out.len(), 2);
+    }
+
     #[test]
     fn identify_with_anon_id_is_a_merge_followed_by_set() {
-        let mut ops = Vec::new();
-        ops_for(
-            &event(
-                "$identify",
-                "user",
-                json!({"$anon_distinct_id": "anon", "$set": {"a": 1}}),
-            ),
-            &mut ops,
-        );
+        let ops = ops_of(&event(
+            "$identify",
+            "user",
+            json!({"$anon_distinct_id": "anon", "$set": {"a": 1}}),
+        ));
         assert!(
-            matches!(&ops[0], IdentityOp::Merge { target, other, mode: MergeMode::Identify, .. } if target == "user" && other == "anon")
+            matches!(&ops[0], IdentityOp::Merge { target, other, mode: MergeMode::Identify, .. }
+            if target == "user" && other == "anon")
         );
         assert!(matches!(&ops[1], IdentityOp::SetProperties { set, .. } if set["a"] == 1));
         assert_eq!(ops.len(), 2);
@@ -272,51 +311,39 @@ mod tests {
 
     #[test]
     fn plain_events_only_touch_and_opted_out_events_do_nothing() {
-        let mut ops = Vec::new();
-        ops_for(&event("click", "u", json!({"x": 1})), &mut ops);
+        let ops = ops_of(&event("click", "u", json!({"x": 1})));
         assert!(matches!(&ops[..], [IdentityOp::Touch { distinct_id, .. }] if distinct_id == "u"));
-        ops.clear();
-        ops_for(
-            &event(
-                "click",
-                "u",
-                json!({"$process_person_profile": false, "$set": {"a": 1}}),
-            ),
-            &mut ops,
-        );
+        let ops = ops_of(&event(
+            "click",
+            "u",
+            json!({"$process_person_profile": false, "$set": {"a": 1}}),
+        ));
         assert!(ops.is_empty());
     }
 
     #[test]
     fn groups_and_group_identify() {
-        let mut ops = Vec::new();
-        ops_for(
-            &event(
-                "$groupidentify",
-                "u",
-                json!({"$group_type": "company", "$group_key": 42, "$group_set": {"name": "Acme"}, "$groups": {"company": "42"}}),
-            ),
-            &mut ops,
-        );
+        let ops = ops_of(&event(
+            "$groupidentify",
+            "u",
+            json!({"$group_type": "company", "$group_key": 42, "$group_set": {"name": "Acme"}, "$groups": {"company": "42"}}),
+        ));
         assert!(
-            matches!(&ops[1], IdentityOp::GroupIdentify { group_type, group_key, .. } if group_type == "company" && group_key == "42")
+            matches!(&ops[1], IdentityOp::GroupIdentify { group_type, group_key, .. }
+            if group_type == "company" && group_key == "42")
         );
-        assert!(
-            matches!(&ops[2], IdentityOp::LinkGroups { groups, .. } if groups == &vec![("company".to_string(), "42".to_string())])
-        );
+        assert!(matches!(&ops[2], IdentityOp::LinkGroups { groups, .. }
+            if groups == &vec![("company".to_string(), "42".to_string())]));
     }
 
     #[test]
     fn alias_and_dangerous_merge_use_the_alias_property() {
-        let mut ops = Vec::new();
-        ops_for(
-            &event("$create_alias", "user", json!({"alias": "other"})),
-            &mut ops,
-        );
-        ops_for(
-            &event("$merge_dangerously", "user", json!({"alias": "x"})),
-            &mut ops,
-        );
+        let mut ops = ops_of(&event("$create_alias", "user", json!({"alias": "other"})));
+        ops.extend(ops_of(&event(
+            "$merge_dangerously",
+            "user",
+            json!({"alias": "x"}),
+        )));
         assert!(
             matches!(&ops[0], IdentityOp::Merge { mode: MergeMode::Alias, other, .. } if other == "other")
         );

@@ -101,14 +101,43 @@ pub struct Dedupe {
     inner: Mutex<(KeySet, KeySet)>,
 }
 
-/// (project id, event uuid) pairs.
-type KeySet = HashSet<(i64, u128)>;
+/// (project id, event uuid) pairs. Uuids are (mostly) random already, so a multiply-xor hasher is enough and much
+/// cheaper than SipHash on this per-event path.
+pub type KeySet = HashSet<(i64, u128), std::hash::BuildHasherDefault<MixHasher>>;
+
+#[derive(Default)]
+pub struct MixHasher(u64);
+
+impl std::hash::Hasher for MixHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(29) ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn write_i64(&mut self, v: i64) {
+        self.write_u64(v as u64);
+    }
+
+    fn write_u128(&mut self, v: u128) {
+        self.write_u64(v as u64);
+        self.write_u64((v >> 64) as u64);
+    }
+}
 
 impl Dedupe {
     pub fn new(window: usize) -> Self {
         Self {
             generation_size: (window / 2).max(1),
-            inner: Mutex::new((HashSet::new(), HashSet::new())),
+            inner: Mutex::new((KeySet::default(), KeySet::default())),
         }
     }
 

@@ -23,14 +23,15 @@ pub enum MergeMode {
     Dangerous,
 }
 
-/// One identity change derived from an event, applied in log order.
+/// One identity change derived from an event, applied in log order. `at` is the event time in microseconds since
+/// the Unix epoch (it becomes a person's or group's `created_at`).
 #[derive(Debug, Clone, PartialEq)]
 pub enum IdentityOp {
     /// Make sure `distinct_id` has a person (every event with person processing does this).
     Touch {
         project_id: i64,
         distinct_id: String,
-        at: String,
+        at: i64,
     },
     /// Bring `other` into `target`'s person, following PostHog's rules (see [`IdentityWriter`]).
     Merge {
@@ -38,7 +39,7 @@ pub enum IdentityOp {
         target: String,
         other: String,
         mode: MergeMode,
-        at: String,
+        at: i64,
     },
     /// `$set`, `$set_once`, `$unset` on the person of `distinct_id`.
     SetProperties {
@@ -47,7 +48,7 @@ pub enum IdentityOp {
         set: Map<String, Value>,
         set_once: Map<String, Value>,
         unset: Vec<String>,
-        at: String,
+        at: i64,
     },
     /// `$groupidentify` / Segment `group`: group properties.
     GroupIdentify {
@@ -55,7 +56,7 @@ pub enum IdentityOp {
         group_type: String,
         group_key: String,
         set: Map<String, Value>,
-        at: String,
+        at: i64,
     },
     /// The person of `distinct_id` belongs to these groups (`$groups` on an event): (group type, group key).
     LinkGroups {
@@ -114,7 +115,8 @@ struct PersonRef {
 pub struct IdentityWriter {
     store: Store,
     consumer: String,
-    persons: HashMap<(i64, String), PersonRef>,
+    /// project → distinct id → person (nested so that lookups by `&str` need no allocation).
+    persons: HashMap<i64, HashMap<String, PersonRef>>,
     group_types: HashMap<(i64, String), Option<i64>>,
     links: HashSet<(i64, i64, String)>,
     last_checkpoint: Instant,
@@ -168,7 +170,7 @@ impl IdentityWriter {
             self.last_checkpoint = Instant::now();
         }
         // A transaction without writes and without a checkpoint rolls back on drop: nothing to keep.
-        if self.persons.len() > CACHE_LIMIT {
+        if self.persons.values().map(HashMap::len).sum::<usize>() > CACHE_LIMIT {
             self.persons.clear();
         }
         if self.links.len() > CACHE_LIMIT {
@@ -181,6 +183,13 @@ impl IdentityWriter {
     pub async fn flush_checkpoint(&mut self, lsn: u64) -> Result<()> {
         self.last_checkpoint = Instant::now() - CHECKPOINT_EVERY;
         self.apply(&[], lsn).await.map(|_| ())
+    }
+
+    fn cache(&mut self, project_id: i64, distinct_id: &str, person: PersonRef) {
+        self.persons
+            .entry(project_id)
+            .or_default()
+            .insert(distinct_id.to_owned(), person);
     }
 
     fn clear_caches(&mut self) {
@@ -202,7 +211,9 @@ impl IdentityWriter {
                 distinct_id,
                 at,
             } => {
-                let (_, created) = self.ensure_person(tx, *project_id, distinct_id, at).await?;
+                let (_, created) = self
+                    .ensure_person(tx, *project_id, distinct_id, *at)
+                    .await?;
                 stats.persons_created += created as u64;
                 Ok(created)
             }
@@ -213,7 +224,7 @@ impl IdentityWriter {
                 mode,
                 at,
             } => {
-                self.merge(tx, *project_id, target, other, *mode, at, stats)
+                self.merge(tx, *project_id, target, other, *mode, *at, stats)
                     .await
             }
             IdentityOp::SetProperties {
@@ -224,8 +235,9 @@ impl IdentityWriter {
                 unset,
                 at,
             } => {
-                let (person, created) =
-                    self.ensure_person(tx, *project_id, distinct_id, at).await?;
+                let (person, created) = self
+                    .ensure_person(tx, *project_id, distinct_id, *at)
+                    .await?;
                 stats.persons_created += created as u64;
                 if set.is_empty() && set_once.is_empty() && unset.is_empty() {
                     return Ok(created);
@@ -279,7 +291,7 @@ impl IdentityWriter {
                 .bind(index)
                 .bind(group_key)
                 .bind(Value::Object(props).to_string())
-                .bind(at)
+                .bind(at_text(*at))
                 .execute(&mut **tx)
                 .await?;
                 Ok(true)
@@ -325,8 +337,11 @@ impl IdentityWriter {
         project_id: i64,
         distinct_id: &str,
     ) -> Result<Option<PersonRef>> {
-        let key = (project_id, distinct_id.to_owned());
-        if let Some(p) = self.persons.get(&key) {
+        if let Some(p) = self
+            .persons
+            .get(&project_id)
+            .and_then(|m| m.get(distinct_id))
+        {
             return Ok(Some(*p));
         }
         let row: Option<(i64, bool)> = sqlx::query_as(
@@ -339,7 +354,7 @@ impl IdentityWriter {
         .await?;
         let found = row.map(|(id, identified)| PersonRef { id, identified });
         if let Some(p) = found {
-            self.persons.insert(key, p);
+            self.cache(project_id, distinct_id, p);
         }
         Ok(found)
     }
@@ -350,7 +365,7 @@ impl IdentityWriter {
         tx: &mut Transaction<'static, Sqlite>,
         project_id: i64,
         distinct_id: &str,
-        at: &str,
+        at: i64,
     ) -> Result<(PersonRef, bool)> {
         if let Some(p) = self.person_of(tx, project_id, distinct_id).await? {
             return Ok((p, false));
@@ -367,7 +382,7 @@ impl IdentityWriter {
         project_id: i64,
         distinct_ids: &[&str],
         identified: bool,
-        at: &str,
+        at: i64,
     ) -> Result<PersonRef> {
         let id = sqlx::query(
             "INSERT INTO persons (uuid, project_id, properties, is_identified, created_at) VALUES (?, ?, '{}', ?, ?)",
@@ -375,7 +390,7 @@ impl IdentityWriter {
         .bind(uuid::Uuid::now_v7().to_string())
         .bind(project_id)
         .bind(identified)
-        .bind(at)
+        .bind(at_text(at))
         .execute(&mut **tx)
         .await?
         .last_insert_rowid();
@@ -401,8 +416,7 @@ impl IdentityWriter {
         .bind(person.id)
         .execute(&mut **tx)
         .await?;
-        self.persons
-            .insert((project_id, distinct_id.to_owned()), person);
+        self.cache(project_id, distinct_id, person);
         Ok(())
     }
 
@@ -423,8 +437,8 @@ impl IdentityWriter {
             id: person.id,
             identified: true,
         };
-        for (key, p) in self.persons.iter_mut() {
-            if key.0 == project_id && p.id == person.id {
+        for p in self.persons.entry(project_id).or_default().values_mut() {
+            if p.id == person.id {
                 *p = updated;
             }
         }
@@ -443,7 +457,7 @@ impl IdentityWriter {
         target: &str,
         other: &str,
         mode: MergeMode,
-        at: &str,
+        at: i64,
         stats: &mut ApplyStats,
     ) -> Result<bool> {
         if target == other || is_illegal_merge_id(target) || is_illegal_merge_id(other) {
@@ -489,7 +503,7 @@ impl IdentityWriter {
         project_id: i64,
         from: PersonRef,
         into: PersonRef,
-        at: &str,
+        at: i64,
     ) -> Result<()> {
         let (from_uuid, from_props, from_created): (String, String, String) =
             sqlx::query_as("SELECT uuid, properties, created_at FROM persons WHERE id = ?")
@@ -549,15 +563,15 @@ impl IdentityWriter {
         .bind(project_id)
         .bind(&from_uuid)
         .bind(&into_uuid)
-        .bind(at)
+        .bind(at_text(at))
         .execute(&mut **tx)
         .await?;
         let survivor = PersonRef {
             id: into.id,
             identified: true,
         };
-        for (key, p) in self.persons.iter_mut() {
-            if key.0 == project_id && (p.id == from.id || p.id == into.id) {
+        for p in self.persons.entry(project_id).or_default().values_mut() {
+            if p.id == from.id || p.id == into.id {
                 *p = survivor;
             }
         }
@@ -611,6 +625,10 @@ impl IdentityWriter {
         }
         Ok(index)
     }
+}
+
+fn at_text(at_us: i64) -> String {
+    crate::time_text(chrono::DateTime::from_timestamp_micros(at_us).unwrap_or_default())
 }
 
 fn parse_object(text: &str) -> Result<Map<String, Value>> {

@@ -3,7 +3,7 @@
 use flywheel_store::{IdentityOp, MergeMode, Store};
 use serde_json::{json, Map, Value};
 
-const AT: &str = "2026-01-01T00:00:00.000000Z";
+const AT: i64 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
 
 async fn store() -> (tempfile::TempDir, Store, i64) {
     let dir = tempfile::tempdir().unwrap();
@@ -16,7 +16,7 @@ fn touch(p: i64, d: &str) -> IdentityOp {
     IdentityOp::Touch {
         project_id: p,
         distinct_id: d.into(),
-        at: AT.into(),
+        at: AT,
     }
 }
 
@@ -26,7 +26,7 @@ fn merge(p: i64, target: &str, other: &str, mode: MergeMode) -> IdentityOp {
         target: target.into(),
         other: other.into(),
         mode,
-        at: AT.into(),
+        at: AT,
     }
 }
 
@@ -38,7 +38,7 @@ fn set(p: i64, d: &str, set: Value, once: Value, unset: &[&str]) -> IdentityOp {
         set: obj(set),
         set_once: obj(once),
         unset: unset.iter().map(|s| s.to_string()).collect(),
-        at: AT.into(),
+        at: AT,
     }
 }
 
@@ -230,7 +230,7 @@ async fn groups_allow_five_types_and_link_persons() {
             group_type: format!("type{i}"),
             group_key: "k".into(),
             set: json!({"n": i}).as_object().unwrap().clone(),
-            at: AT.into(),
+            at: AT,
         });
     }
     ops.push(IdentityOp::LinkGroups {

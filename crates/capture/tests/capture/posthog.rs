@@ -14,8 +14,8 @@ fn assert_basic(e: &flywheel_capture::CapturedEvent) {
     assert_eq!(e.token, "phc_k");
     assert_eq!(e.event, "clicked");
     assert_eq!(e.distinct_id, "u1");
-    assert_eq!(e.properties["$lib"], "web");
-    assert_eq!(e.properties["x"], 1);
+    assert_eq!(e.properties_map()["$lib"], "web");
+    assert_eq!(e.properties_map()["x"], 1);
 }
 
 #[test]
@@ -71,14 +71,14 @@ fn lz64_in_form_field_url_encoded() {
     let body = format!("data={}&compression=lz64&ver=1", url_encode(&lz));
     let e = one_posthog(&Req::post(body).content_type("application/x-www-form-urlencoded"));
     assert_basic(&e);
-    assert_eq!(e.properties["t"], "日本語 ✓ émoji 🎉");
+    assert_eq!(e.properties_map()["t"], "日本語 ✓ émoji 🎉");
 
     // A client that forgot to escape `+`: form decoding makes it a space,
     // which lz64 decoding reads back as `+`.
     assert!(lz.contains('+'), "test needs a `+`: {lz}");
     let body = format!("data={lz}&compression=lz64");
     let e = one_posthog(&Req::post(body).content_type("application/x-www-form-urlencoded"));
-    assert_eq!(e.properties["t"], "日本語 ✓ émoji 🎉");
+    assert_eq!(e.properties_map()["t"], "日本語 ✓ émoji 🎉");
 }
 
 #[test]
@@ -116,16 +116,16 @@ fn form_data_base64_with_plus_and_percent_escapes() {
         &Req::post(format!("data={}&compression=base64", url_encode(&enc)))
             .content_type("application/x-www-form-urlencoded"),
     );
-    assert_eq!(e.properties["s"], "~~~>>>???");
+    assert_eq!(e.properties_map()["s"], "~~~>>>???");
     // `+` left raw (becomes a space in form decoding, read back as `+`).
     let e = one_posthog(
         &Req::post(format!("data={enc}&compression=base64"))
             .content_type("application/x-www-form-urlencoded"),
     );
-    assert_eq!(e.properties["s"], "~~~>>>???");
+    assert_eq!(e.properties_map()["s"], "~~~>>>???");
     // Form body sniffed without a Content-Type.
     let e = one_posthog(&Req::post(format!("data={}", url_encode(&enc))));
-    assert_eq!(e.properties["s"], "~~~>>>???");
+    assert_eq!(e.properties_map()["s"], "~~~>>>???");
 }
 
 #[test]
@@ -198,7 +198,11 @@ fn token_precedence() {
     );
     // Token fields never leak into properties.
     for e in &p.events {
-        assert!(!e.properties.contains_key("token"), "{:?}", e.properties);
+        assert!(
+            !e.properties_map().contains_key("token"),
+            "{:?}",
+            e.properties
+        );
     }
     // `token` works as the batch-level key too.
     let body = json!({"token": "tk", "batch": [{"event": "e", "distinct_id": "d"}]});
@@ -246,8 +250,8 @@ fn distinct_id_locations_and_numbers() {
         ["top", "dollar", "p", "pd", "12345", "1.5", "-7", "fallback"]
     );
     for e in &p.events {
-        assert!(!e.properties.contains_key("distinct_id"));
-        assert!(!e.properties.contains_key("$distinct_id"));
+        assert!(!e.properties_map().contains_key("distinct_id"));
+        assert!(!e.properties_map().contains_key("$distinct_id"));
     }
 }
 
@@ -314,11 +318,11 @@ fn person_operations_are_merged_into_properties() {
     });
     let e = one_posthog(&Req::post(body.to_string()));
     assert_eq!(
-        e.properties["$set"],
+        e.properties_map()["$set"],
         json!({"a": "top", "b": "props", "c": "props"})
     );
-    assert_eq!(e.properties["$set_once"], json!({"first": 1}));
-    assert_eq!(e.properties["$unset"], json!(["y", "z", "x"]));
+    assert_eq!(e.properties_map()["$set_once"], json!({"first": 1}));
+    assert_eq!(e.properties_map()["$unset"], json!(["y", "z", "x"]));
 }
 
 #[test]
@@ -328,8 +332,8 @@ fn engage_bodies_become_set_events() {
     assert_eq!(e.event, "$set");
     assert_eq!(e.token, "k");
     assert_eq!(e.distinct_id, "d");
-    assert_eq!(e.properties["$set"], json!({"plan": "pro"}));
-    assert_eq!(e.properties["$set_once"], json!({"first_seen": "x"}));
+    assert_eq!(e.properties_map()["$set"], json!({"plan": "pro"}));
+    assert_eq!(e.properties_map()["$set_once"], json!({"first_seen": "x"}));
     // Base64 form-encoded, as the Mixpanel-style /engage sends it.
     let form = format!("data={}", url_encode(&b64(body.to_string().as_bytes())));
     let e = one_posthog(&Req::post(form).content_type("application/x-www-form-urlencoded"));
@@ -342,7 +346,7 @@ fn unknown_fields_are_dropped_properties_kept() {
         "properties": {"$lib": "posthog-js", "$lib_version": "1.0", "nested": {"a": [1, 2]}}});
     let e = one_posthog(&Req::post(body.to_string()));
     assert_eq!(
-        serde_json::Value::Object(e.properties),
+        serde_json::Value::Object(e.properties_map()),
         json!({"$lib": "posthog-js", "$lib_version": "1.0", "nested": {"a": [1, 2]}})
     );
 }
@@ -564,5 +568,73 @@ fn decompressed_limit_applies_to_every_encoding() {
         assert!(req.body.len() < 20_000);
         let err = parse_posthog(&req.raw(), &limits, now()).unwrap_err();
         assert_eq!(err.code(), "payload_too_large", "{req:?}");
+    }
+}
+
+/// Plain JSON bodies take the fast path (properties kept as raw text); the same batch sent as base64 form data
+/// takes the general path. Both must give the same events and the same rejections.
+#[test]
+fn fast_and_general_paths_agree() {
+    use base64::Engine as _;
+    let bodies = [
+        json!({"api_key": "k", "sent_at": "2026-01-01T00:00:10Z", "batch": [
+            {"event": "a", "distinct_id": "d", "uuid": "0190a0a0-0000-7000-8000-000000000001", "timestamp": "2026-01-01T00:00:00Z",
+             "properties": {"x": [1, {"y": null}], "token": "t2", "distinct_id": "other", "$lib": "web", "n": 1.5e3, "s": "é\"\\"}},
+            {"event": "b", "uuid": "0190a0a0-0000-7000-8000-000000000002", "properties": {"distinct_id": 42, "$set": {"a": 1}}},
+            {"event": "c", "distinct_id": "d", "uuid": "0190a0a0-0000-7000-8000-000000000003", "$set": {"p": 1}, "properties": {"$set": {"q": 2}}},
+            {"event": "d", "distinct_id": null, "uuid": "0190a0a0-0000-7000-8000-000000000004"},
+            {"event": "e", "distinct_id": "d", "uuid": "0190a0a0-0000-7000-8000-000000000005", "properties": "nope"},
+            {"event": "f", "distinct_id": "d", "uuid": "bad"},
+            {"event": "g", "$distinct_id": "dd", "uuid": "0190a0a0-0000-7000-8000-000000000007", "properties": null, "offset": 500},
+        ]}),
+        json!([{"event": "h", "distinct_id": "d", "api_key": "k", "uuid": "0190a0a0-0000-7000-8000-000000000008", "properties": {"token": "x"}}]),
+        json!({"event": "i", "distinct_id": "d", "token": "k", "uuid": "0190a0a0-0000-7000-8000-000000000009", "properties": {}}),
+        json!({"api_key": 5, "batch": [{"event": "j", "distinct_id": "d"}]}),
+    ];
+    let now = chrono::Utc::now();
+    for body in bodies {
+        let text = body.to_string();
+        let fast = parse_posthog(&RawRequest::post(text.as_bytes()), &Limits::default(), now);
+        let form = format!(
+            "data={}&compression=base64",
+            base64::engine::general_purpose::STANDARD
+                .encode(&text)
+                .replace('+', "%2B")
+                .replace('/', "%2F")
+                .replace('=', "%3D")
+        );
+        let mut req = RawRequest::post(form.as_bytes());
+        req.content_type = Some("application/x-www-form-urlencoded");
+        let general = parse_posthog(&req, &Limits::default(), now);
+        match (fast, general) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(a.rejected, b.rejected, "{text}");
+                assert_eq!(a.events.len(), b.events.len(), "{text}");
+                for (x, y) in a.events.iter().zip(&b.events) {
+                    assert_eq!(
+                        (
+                            x.index,
+                            &x.token,
+                            x.uuid,
+                            &x.event,
+                            &x.distinct_id,
+                            x.timestamp
+                        ),
+                        (
+                            y.index,
+                            &y.token,
+                            y.uuid,
+                            &y.event,
+                            &y.distinct_id,
+                            y.timestamp
+                        ),
+                        "{text}"
+                    );
+                    assert_eq!(x.properties_map(), y.properties_map(), "{text}");
+                }
+            }
+            (Err(a), Err(b)) => assert_eq!(a.code(), b.code(), "{text}"),
+            (a, b) => panic!("paths disagree on {text}: {a:?} vs {b:?}"),
+        }
     }
 }

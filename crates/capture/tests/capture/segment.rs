@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::util::{gzip, now, one_segment, Req};
 
 fn props(e: &flywheel_capture::CapturedEvent) -> Value {
-    Value::Object(e.properties.clone())
+    Value::Object(e.properties_map())
 }
 
 #[test]
@@ -115,7 +115,7 @@ fn page_maps_name_and_url() {
     // URL from context when properties have none.
     let body = json!({"userId": "u1", "context": {"page": {"url": "https://ctx.example/a"}}});
     let e = one_segment(SegmentCall::Page, &Req::post(body.to_string()).basic("wk"));
-    assert_eq!(e.properties["$current_url"], "https://ctx.example/a");
+    assert_eq!(e.properties_map()["$current_url"], "https://ctx.example/a");
 }
 
 #[test]
@@ -197,10 +197,10 @@ fn batch_with_every_type_and_batch_context() {
     let rejected: Vec<(usize, &str)> = p.rejected.iter().map(|e| (e.index, e.code)).collect();
     assert_eq!(rejected, [(6, "invalid_type"), (7, "missing_type")]);
     // Message context wins key by key over the batch context.
-    assert_eq!(p.events[0].properties["$lib"], "override");
-    assert!(p.events[0].properties.get("$lib_version").is_none());
-    assert_eq!(p.events[1].properties["$lib"], "analytics-python");
-    assert_eq!(p.events[1].properties["$lib_version"], "2.0");
+    assert_eq!(p.events[0].properties_map()["$lib"], "override");
+    assert!(p.events[0].properties_map().get("$lib_version").is_none());
+    assert_eq!(p.events[1].properties_map()["$lib"], "analytics-python");
+    assert_eq!(p.events[1].properties_map()["$lib_version"], "2.0");
     assert_eq!(p.events[0].token, "batch_wk");
     assert_eq!(p.events[6].token, "msg_wk");
 }
