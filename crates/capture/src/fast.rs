@@ -97,13 +97,14 @@ pub(crate) fn exceeds_depth(bytes: &[u8], max_depth: usize) -> bool {
     while i < bytes.len() {
         match bytes[i] {
             b'"' => {
+                // Jump to the closing quote, skipping escaped characters.
                 i += 1;
-                while i < bytes.len() {
-                    match bytes[i] {
-                        b'\\' => i += 2,
-                        b'"' => break,
-                        _ => i += 1,
+                while let Some(at) = memchr::memchr2(b'"', b'\\', &bytes[i.min(bytes.len())..]) {
+                    i += at;
+                    if bytes[i] == b'"' {
+                        break;
                     }
+                    i += 2;
                 }
             }
             b'{' | b'[' => {

@@ -172,7 +172,13 @@ async fn capture_inner(
     let mut keys = Vec::with_capacity(events.len());
     let mut in_request = crate::state::KeySet::default();
     let mut duplicates = 0usize;
-    for (ev, project) in events.into_iter().zip(event_projects) {
+    let candidate_keys: Vec<(i64, u128)> = events
+        .iter()
+        .zip(&event_projects)
+        .map(|(ev, p)| (p.unwrap_or(0), ev.uuid.as_u128()))
+        .collect();
+    let seen_before = state.dedupe.seen_all(&candidate_keys);
+    for ((ev, project), seen) in events.into_iter().zip(event_projects).zip(seen_before) {
         let Some(project_id) = project else {
             rejected.push(EventError {
                 index: ev.index,
@@ -182,7 +188,7 @@ async fn capture_inner(
             continue;
         };
         let key = (project_id, ev.uuid.as_u128());
-        if !in_request.insert(key) || state.dedupe.seen(key) {
+        if !in_request.insert(key) || seen {
             duplicates += 1;
             continue;
         }

@@ -31,15 +31,7 @@ pub fn ops_for(event: &EventRef<'_>, out: &mut Vec<IdentityOp>, touched: &mut To
         "$identify" | "$create_alias" | "$merge_dangerously" | "$groupidentify"
     );
     // Most events touch only their person; skip parsing the properties unless they may matter.
-    let props_may_matter = special
-        || [
-            "\"$set",
-            "\"$unset",
-            "\"$groups",
-            "\"$process_person_profile",
-        ]
-        .iter()
-        .any(|needle| event.properties.contains(needle));
+    let props_may_matter = special || mentions_person_keys(event.properties);
     if !props_may_matter {
         let seen = touched.entry(project_id).or_default();
         if !seen.contains(event.distinct_id) {
@@ -145,6 +137,17 @@ pub fn ops_for(event: &EventRef<'_>, out: &mut Vec<IdentityOp>, touched: &mut To
             });
         }
     }
+}
+
+/// Whether a properties text may hold a key that changes identity (`$set*`, `$unset`, `$groups`,
+/// `$process_person_profile`): one scan for `"$`, then a prefix check.
+fn mentions_person_keys(properties: &str) -> bool {
+    const KEYS: [&[u8]; 4] = [b"set", b"unset", b"groups", b"process_person_profile"];
+    let bytes = properties.as_bytes();
+    memchr::memmem::find_iter(bytes, b"\"$").any(|at| {
+        let rest = &bytes[at + 2..];
+        KEYS.iter().any(|k| rest.starts_with(k))
+    })
 }
 
 fn object(value: Option<&Value>) -> Map<String, Value> {

@@ -142,8 +142,15 @@ impl Dedupe {
     }
 
     pub fn seen(&self, key: (i64, u128)) -> bool {
+        self.seen_all(&[key])[0]
+    }
+
+    /// For each key, whether it was seen (one lock for a whole request).
+    pub fn seen_all(&self, keys: &[(i64, u128)]) -> Vec<bool> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.0.contains(&key) || inner.1.contains(&key)
+        keys.iter()
+            .map(|k| inner.0.contains(k) || inner.1.contains(k))
+            .collect()
     }
 
     pub fn remember(&self, keys: &[(i64, u128)]) {
