@@ -37,7 +37,7 @@ pub struct IngestArgs {
     #[arg(long, default_value_t = 100)]
     batch: usize,
     /// Requests in flight.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 16)]
     concurrency: usize,
     /// Distinct users the events are spread over.
     #[arg(long, default_value_t = 10_000)]
