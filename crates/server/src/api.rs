@@ -85,7 +85,7 @@ impl Caller {
     }
 }
 
-fn parse_project(raw: &str) -> Result<i64, ApiError> {
+pub(crate) fn parse_project(raw: &str) -> Result<i64, ApiError> {
     raw.parse::<i64>().map_err(|_| {
         ApiError::bad_request(
             "invalid_project_id",

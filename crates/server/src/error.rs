@@ -11,6 +11,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Field-level problems (`[{field, message}]`), when there are any.
+    pub errors: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -19,7 +21,13 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            errors: None,
         }
+    }
+
+    pub fn with_errors(mut self, errors: serde_json::Value) -> Self {
+        self.errors = Some(errors);
+        self
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -67,7 +75,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"type": self.kind(), "code": self.code, "message": self.message});
+        let mut body = json!({"type": self.kind(), "code": self.code, "message": self.message});
+        if let Some(errors) = self.errors {
+            body["errors"] = errors;
+        }
         (self.status, Json(body)).into_response()
     }
 }

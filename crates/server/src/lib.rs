@@ -7,6 +7,7 @@
 pub mod api;
 pub mod capture;
 pub mod error;
+pub mod features;
 pub mod identity;
 pub mod metrics_names;
 pub mod ops;
@@ -93,10 +94,13 @@ pub async fn bootstrap_if_empty(store: &Store) -> anyhow::Result<Option<Bootstra
 /// The whole HTTP application for a state.
 pub fn app(state: AppState) -> Router {
     let timeout = state.config.request_timeout;
-    let sdk = capture::router().layer(CorsLayer::very_permissive());
+    let sdk = capture::router()
+        .merge(features::sdk_router())
+        .layer(CorsLayer::very_permissive());
     Router::new()
         .merge(sdk)
         .merge(api::router())
+        .merge(features::router())
         .merge(ops::router())
         .layer(axum::middleware::from_fn(ops::track))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -154,6 +158,7 @@ impl Server {
             store,
             intake,
             tokens: Arc::new(state::TokenCache::default()),
+            payloads: Arc::new(features::PayloadCache::default()),
             clock: Arc::new(SystemClock),
             identity_progress: progress_rx,
             metrics: ops::prometheus(),

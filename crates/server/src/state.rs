@@ -32,6 +32,8 @@ pub struct AppState {
     pub store: Store,
     pub intake: Intake,
     pub tokens: Arc<TokenCache>,
+    /// GrowthBook payloads per (project, environment), dropped when the project's features change.
+    pub payloads: Arc<crate::features::PayloadCache>,
     pub dedupe: Arc<Dedupe>,
     pub clock: Arc<dyn Clock>,
     /// LSN up to which identity state has been applied.

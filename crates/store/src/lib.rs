@@ -14,6 +14,7 @@
 //! # });
 //! ```
 
+mod features;
 mod identity;
 mod keys;
 mod persons;
@@ -25,6 +26,10 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
+pub use features::{
+    json_diff, Actor, AuditEntry, AuditFilter, EnvironmentRecord, FeatureRecord, SdkConnection,
+    WriteError, SDK_KEY_PREFIX,
+};
 pub use identity::{ApplyStats, IdentityOp, IdentityWriter, MergeMode};
 pub use keys::{Bootstrap, PersonalKey};
 pub use persons::{GroupMembership, PersonRecord};

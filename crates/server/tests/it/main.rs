@@ -2,6 +2,7 @@
 
 mod api;
 mod capture;
+mod features;
 mod malformed;
 
 use std::net::SocketAddr;

@@ -1,0 +1,367 @@
+//! Feature management, validation, optimistic concurrency, the audit log and the GrowthBook payload endpoint.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::{json, Value};
+
+use crate::TestServer;
+
+impl TestServer {
+    pub async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("/api/v1/projects/{}{path}", self.project_id))
+            .header("authorization", format!("Bearer {}", self.personal_key))
+            .header("content-type", "application/json")
+            .body(
+                body.map(|b| Body::from(b.to_string()))
+                    .unwrap_or_else(Body::empty),
+            )
+            .unwrap();
+        let (s, v, _) = self.send(req).await;
+        (s, v)
+    }
+}
+
+fn checkout() -> Value {
+    json!({
+        "key": "new-checkout",
+        "value_type": "boolean",
+        "default_value": false,
+        "description": "The redesigned checkout",
+        "owner": "growth@example.com",
+        "tags": ["checkout"],
+        "environments": {
+            "production": {"enabled": true, "rules": [
+                {"type": "force", "id": "staff", "condition": {"email": {"$regex": "@example\\.com$"}}, "value": true},
+                {"type": "rollout", "id": "half", "condition": {"country": {"$in": ["US", "CA"]}}, "value": true, "coverage": 0.5}
+            ]},
+            "staging": {"enabled": false, "rules": []}
+        }
+    })
+}
+
+#[tokio::test]
+async fn features_are_created_read_listed_and_validated() {
+    let t = TestServer::start().await;
+    let (s, created) = t.api("POST", "/features", Some(checkout())).await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    assert_eq!(created["version"], 1);
+    assert_eq!(
+        created["environments"]["production"]["rules"][1]["hash_attribute"], "id",
+        "defaults filled in"
+    );
+    let (s, got) = t.api("GET", "/features/new-checkout", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(got, created);
+    let (_, list) = t.api("GET", "/features", None).await;
+    assert_eq!(list["results"].as_array().unwrap().len(), 1);
+    let (s, b) = t.api("POST", "/features", Some(checkout())).await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (StatusCode::CONFLICT, Some("already_exists"))
+    );
+
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "unknown operator",
+            json!({"environments": {"production": {"enabled": true, "rules": [
+            {"type": "force", "condition": {"country": {"$inn": ["US"]}}, "value": true}]}}}),
+            "environments.production.rules[0].condition",
+        ),
+        (
+            "weights not summing to 1",
+            json!({"environments": {"production": {"enabled": true, "rules": [
+            {"type": "experiment", "variations": [false, true], "weights": [0.5, 0.6]}]}}}),
+            "environments.production.rules[0].weights",
+        ),
+        (
+            "rollout outside 0-1",
+            json!({"environments": {"production": {"enabled": true, "rules": [
+            {"type": "rollout", "value": true, "coverage": 1.5}]}}}),
+            "environments.production.rules[0].coverage",
+        ),
+        (
+            "wrong value type",
+            json!({"default_value": "yes"}),
+            "default_value",
+        ),
+        (
+            "wrong variation type",
+            json!({"environments": {"production": {"enabled": true, "rules": [
+            {"type": "experiment", "variations": [false, 3]}]}}}),
+            "environments.production.rules[0].variations[1]",
+        ),
+        (
+            "unknown environment",
+            json!({"environments": {"prod": {"enabled": true}}}),
+            "environments.prod",
+        ),
+        (
+            "missing prerequisite",
+            json!({"prerequisites": [{"id": "nope"}]}),
+            "prerequisites[0].id",
+        ),
+        ("unknown field", json!({"colour": "red"}), "body"),
+        ("bad key", json!({"key": "has space"}), "key"),
+        (
+            "unknown rule type",
+            json!({"environments": {"production": {"enabled": true, "rules": [{"type": "magic", "value": true}]}}}),
+            "body",
+        ),
+    ];
+    for (name, patch, field) in cases {
+        let mut body = json!({"key": format!("f-{}", name.replace(' ', "-")), "value_type": "boolean", "default_value": false});
+        for (k, v) in patch.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (s, b) = t.api("POST", "/features", Some(body)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{name}: {b}");
+        assert_eq!(b["code"], "validation_error", "{name}: {b}");
+        let fields: Vec<&str> = b["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["field"].as_str().unwrap())
+            .collect();
+        assert!(
+            fields.contains(&field),
+            "{name}: expected an error on {field}, got {b}"
+        );
+    }
+    let (_, list) = t.api("GET", "/features", None).await;
+    assert_eq!(
+        list["results"].as_array().unwrap().len(),
+        1,
+        "nothing invalid was stored"
+    );
+}
+
+#[tokio::test]
+async fn stale_updates_conflict_and_cycles_are_refused() {
+    let t = TestServer::start().await;
+    t.api("POST", "/features", Some(checkout())).await;
+    let mut update = checkout();
+    update["version"] = json!(1);
+    update["description"] = json!("v2");
+    let (s, b) = t
+        .api("PUT", "/features/new-checkout", Some(update.clone()))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["version"], 2);
+    let (s, b) = t.api("PUT", "/features/new-checkout", Some(update)).await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (StatusCode::CONFLICT, Some("version_conflict")),
+        "{b}"
+    );
+    assert!(b["message"].as_str().unwrap().contains("version is 2"));
+
+    // a → b is fine; b → a closes a cycle.
+    let f = |key: &str, pre: Value| json!({"key": key, "value_type": "boolean", "default_value": true, "prerequisites": pre});
+    assert_eq!(
+        t.api("POST", "/features", Some(f("b", json!([])))).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        t.api("POST", "/features", Some(f("a", json!([{"id": "b"}]))))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    let mut b_update = f("b", json!([{"id": "a"}]));
+    b_update["version"] = json!(1);
+    let (s, body) = t.api("PUT", "/features/b", Some(b_update)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("cyclic prerequisites: b → a → b"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn every_change_is_audited_and_the_log_cannot_be_edited() {
+    let t = TestServer::start().await;
+    t.api("POST", "/features", Some(checkout())).await;
+    let mut update = checkout();
+    update["version"] = json!(1);
+    update["environments"]["production"]["rules"][1]["coverage"] = json!(0.8);
+    t.api("PUT", "/features/new-checkout", Some(update)).await;
+    t.api("DELETE", "/features/new-checkout?version=2", None)
+        .await;
+    t.api(
+        "POST",
+        "/environments",
+        Some(json!({"key": "qa", "description": "QA"})),
+    )
+    .await;
+    t.api(
+        "POST",
+        "/sdk-connections",
+        Some(json!({"environment": "production", "name": "web"})),
+    )
+    .await;
+
+    let (s, log) = t.api("GET", "/audit", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let entries = log["results"].as_array().unwrap();
+    let actions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            "sdk_connection.created",
+            "environment.created",
+            "feature.archived",
+            "feature.updated",
+            "feature.created"
+        ]
+    );
+    let updated = &entries[3];
+    assert_eq!(
+        updated["diff"],
+        json!([
+            {"path": "definition.environments.production.rules[1].coverage", "before": 0.5, "after": 0.8},
+            {"path": "updated_at", "before": updated["before"]["updated_at"], "after": updated["after"]["updated_at"]},
+            {"path": "version", "before": 1, "after": 2},
+        ])
+    );
+    assert!(entries.iter().all(
+        |e| e["actor"].as_str().unwrap().starts_with("personal_key:")
+            && e["source_ip"] == "127.0.0.1"
+    ));
+    let (_, filtered) = t
+        .api(
+            "GET",
+            "/audit?entity_type=feature&action=feature.archived",
+            None,
+        )
+        .await;
+    assert_eq!(filtered["results"].as_array().unwrap().len(), 1);
+    assert_eq!(filtered["results"][0]["after"]["archived"], true);
+    // No endpoint edits or deletes an entry.
+    for method in ["PUT", "PATCH", "DELETE", "POST"] {
+        let (s, _) = t.api(method, "/audit", Some(json!({}))).await;
+        assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{method} /audit");
+    }
+}
+
+#[tokio::test]
+async fn growthbook_payload_serves_the_environment_with_etags() {
+    let t = TestServer::start().await;
+    t.api("POST", "/features", Some(checkout())).await;
+    let (_, prod) = t
+        .api(
+            "POST",
+            "/sdk-connections",
+            Some(json!({"environment": "production", "name": "web"})),
+        )
+        .await;
+    let (_, staging) = t
+        .api(
+            "POST",
+            "/sdk-connections",
+            Some(json!({"environment": "staging"})),
+        )
+        .await;
+    let prod_key = prod["client_key"].as_str().unwrap().to_owned();
+    assert!(prod_key.starts_with("sdk-"));
+    let (_, conns) = t.api("GET", "/sdk-connections", None).await;
+    assert!(
+        conns.to_string().find(&prod_key).is_none(),
+        "keys are shown once, not listed"
+    );
+
+    let get = |key: String, etag: Option<String>| {
+        let mut req = Request::get(format!("/api/features/{key}"));
+        if let Some(e) = etag {
+            req = req.header("if-none-match", e);
+        }
+        req.body(Body::empty()).unwrap()
+    };
+    let (s, payload, headers) = t.send(get(prod_key.clone(), None)).await;
+    assert_eq!(s, StatusCode::OK);
+    let etag = headers["etag"].to_str().unwrap().to_owned();
+    assert!(payload["dateUpdated"].is_string());
+    // Evaluate the served payload with the flag engine, as an SDK would.
+    let set = flywheel_flags::FeatureSet::from_value(&payload).unwrap();
+    assert!(set.diagnostics().is_empty(), "{:?}", set.diagnostics());
+    let on = |attrs: Value| {
+        set.evaluate(
+            "new-checkout",
+            &flywheel_flags::EvalContext::new(&flywheel_flags::Attributes::from_json(&attrs)),
+        )
+        .on
+    };
+    assert!(
+        on(json!({"id": "1", "email": "me@example.com"})),
+        "staff rule"
+    );
+    assert!(
+        !on(json!({"id": "1", "country": "FR"})),
+        "outside the rollout's audience"
+    );
+    let in_rollout = (0..1000)
+        .filter(|i| on(json!({"id": format!("user-{i}"), "country": "US"})))
+        .count();
+    assert!(
+        (400..600).contains(&in_rollout),
+        "a 50% rollout serves about half: {in_rollout}"
+    );
+
+    let (s, staging_payload, _) = t
+        .send(get(
+            staging["client_key"].as_str().unwrap().to_owned(),
+            None,
+        ))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        staging_payload["features"],
+        json!({}),
+        "disabled in staging: not served"
+    );
+
+    let (s, _, _) = t.send(get(prod_key.clone(), Some(etag.clone()))).await;
+    assert_eq!(s, StatusCode::NOT_MODIFIED);
+    // A change is served at once with a new ETag.
+    let mut update = checkout();
+    update["version"] = json!(1);
+    update["default_value"] = json!(true);
+    t.api("PUT", "/features/new-checkout", Some(update)).await;
+    let (s, payload, headers) = t.send(get(prod_key.clone(), Some(etag.clone()))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_ne!(headers["etag"].to_str().unwrap(), etag);
+    assert_eq!(payload["features"]["new-checkout"]["defaultValue"], true);
+    // Archived features are not served.
+    t.api("DELETE", "/features/new-checkout", None).await;
+    let (_, payload, _) = t.send(get(prod_key, None)).await;
+    assert_eq!(payload["features"], json!({}));
+    let (s, b, _) = t.send(get("sdk-unknown".into(), None)).await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("invalid_client_key"))
+    );
+}
+
+#[tokio::test]
+async fn another_organization_cannot_manage_features() {
+    let t = TestServer::start().await;
+    let store = &t.server().state.store;
+    let org2 = store.create_organization("Other").await.unwrap();
+    let key2 = store.create_personal_key(org2, None, "k").await.unwrap();
+    let req = Request::post(format!("/api/v1/projects/{}/features", t.project_id))
+        .header("authorization", format!("Bearer {key2}"))
+        .header("content-type", "application/json")
+        .body(Body::from(checkout().to_string()))
+        .unwrap();
+    let (s, _, _) = t.send(req).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (_, list) = t.api("GET", "/features", None).await;
+    assert_eq!(list["results"], json!([]));
+}

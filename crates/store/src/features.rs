@@ -1,0 +1,575 @@
+//! Feature flags, environments, SDK connections and the append-only audit log.
+//!
+//! A feature's definition is one JSON document validated by the server before it reaches the store. Every write
+//! appends an audit entry (who, what, before/after and the changed paths, from where) in the same transaction, so
+//! a change and its record exist together or not at all. The table refuses updates and deletes (triggers).
+
+use serde::Serialize;
+use serde_json::{json, Value};
+use sqlx::{Sqlite, Transaction};
+
+use crate::keys::key_digest;
+use crate::{now_text, Result, Store, StoreError};
+
+/// Who made a change, and from where.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    /// e.g. `personal_key:3`.
+    pub label: String,
+    pub source_ip: Option<String>,
+}
+
+/// Why a write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("not found")]
+    NotFound,
+    #[error("already exists")]
+    AlreadyExists,
+    #[error("stale version: the current version is {current}")]
+    VersionConflict { current: i64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for WriteError {
+    fn from(e: sqlx::Error) -> Self {
+        WriteError::Store(e.into())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EnvironmentRecord {
+    pub key: String,
+    pub description: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FeatureRecord {
+    pub key: String,
+    pub definition: Value,
+    pub archived: bool,
+    pub version: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SdkConnection {
+    pub id: i64,
+    pub environment: String,
+    pub name: String,
+    pub key_prefix: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub actor: String,
+    pub action: String,
+    pub entity_type: String,
+    pub entity_id: String,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+    pub diff: Value,
+    pub source_ip: Option<String>,
+    pub at: String,
+}
+
+/// Filters of [`Store::audit`]; all optional.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub entity_type: Option<String>,
+    pub entity_id: Option<String>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub after: Option<String>,
+    pub before: Option<String>,
+    pub limit: i64,
+}
+
+/// Prefix of SDK client keys (GrowthBook-style).
+pub const SDK_KEY_PREFIX: &str = "sdk-";
+
+type FeatureRow = (String, String, bool, i64, String, String);
+
+fn feature_from_row(row: FeatureRow) -> Result<FeatureRecord> {
+    let (key, definition, archived, version, created_at, updated_at) = row;
+    Ok(FeatureRecord {
+        key,
+        definition: serde_json::from_str(&definition)?,
+        archived,
+        version,
+        created_at,
+        updated_at,
+    })
+}
+
+const FEATURE_COLUMNS: &str = "key, definition, archived, version, created_at, updated_at";
+
+impl Store {
+    pub async fn environments(&self, project_id: i64) -> Result<Vec<EnvironmentRecord>> {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT key, description, created_at FROM environments WHERE project_id = ? ORDER BY created_at, key",
+        )
+        .bind(project_id)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(key, description, created_at)| EnvironmentRecord {
+                key,
+                description,
+                created_at,
+            })
+            .collect())
+    }
+
+    pub async fn create_environment(
+        &self,
+        project_id: i64,
+        key: &str,
+        description: &str,
+        actor: &Actor,
+    ) -> Result<EnvironmentRecord, WriteError> {
+        let mut tx = self.pool().begin().await?;
+        let now = now_text();
+        let inserted = sqlx::query(
+            "INSERT OR IGNORE INTO environments (project_id, key, description, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(project_id)
+        .bind(key)
+        .bind(description)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Err(WriteError::AlreadyExists);
+        }
+        let record = EnvironmentRecord {
+            key: key.to_owned(),
+            description: description.to_owned(),
+            created_at: now,
+        };
+        let after = serde_json::to_value(&record).map_err(StoreError::from)?;
+        append_audit(
+            &mut tx,
+            project_id,
+            actor,
+            "environment.created",
+            "environment",
+            key,
+            None,
+            Some(&after),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    pub async fn features(
+        &self,
+        project_id: i64,
+        include_archived: bool,
+    ) -> Result<Vec<FeatureRecord>> {
+        let rows: Vec<FeatureRow> = sqlx::query_as(&format!(
+            "SELECT {FEATURE_COLUMNS} FROM features WHERE project_id = ? AND (archived = 0 OR ?) ORDER BY key"
+        ))
+        .bind(project_id)
+        .bind(include_archived)
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter().map(feature_from_row).collect()
+    }
+
+    pub async fn feature(&self, project_id: i64, key: &str) -> Result<Option<FeatureRecord>> {
+        let row: Option<FeatureRow> = sqlx::query_as(&format!(
+            "SELECT {FEATURE_COLUMNS} FROM features WHERE project_id = ? AND key = ?"
+        ))
+        .bind(project_id)
+        .bind(key)
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(feature_from_row).transpose()
+    }
+
+    pub async fn create_feature(
+        &self,
+        project_id: i64,
+        key: &str,
+        definition: &Value,
+        actor: &Actor,
+    ) -> Result<FeatureRecord, WriteError> {
+        let mut tx = self.pool().begin().await?;
+        let now = now_text();
+        let inserted = sqlx::query(
+            "INSERT OR IGNORE INTO features (project_id, key, definition, archived, version, created_at, updated_at)
+             VALUES (?, ?, ?, 0, 1, ?, ?)",
+        )
+        .bind(project_id)
+        .bind(key)
+        .bind(definition.to_string())
+        .bind(&now)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Err(WriteError::AlreadyExists);
+        }
+        let record = FeatureRecord {
+            key: key.to_owned(),
+            definition: definition.clone(),
+            archived: false,
+            version: 1,
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        let after = serde_json::to_value(&record).map_err(StoreError::from)?;
+        append_audit(
+            &mut tx,
+            project_id,
+            actor,
+            "feature.created",
+            "feature",
+            key,
+            None,
+            Some(&after),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    /// Replaces a feature's definition and archived flag if its version is still `expected_version`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn update_feature(
+        &self,
+        project_id: i64,
+        key: &str,
+        expected_version: i64,
+        definition: &Value,
+        archived: bool,
+        action: &str,
+        actor: &Actor,
+    ) -> Result<FeatureRecord, WriteError> {
+        let mut tx = self.pool().begin().await?;
+        let row: Option<FeatureRow> = sqlx::query_as(&format!(
+            "SELECT {FEATURE_COLUMNS} FROM features WHERE project_id = ? AND key = ?"
+        ))
+        .bind(project_id)
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let before = feature_from_row(row.ok_or(WriteError::NotFound)?)?;
+        if before.version != expected_version {
+            return Err(WriteError::VersionConflict {
+                current: before.version,
+            });
+        }
+        let now = now_text();
+        sqlx::query(
+            "UPDATE features SET definition = ?, archived = ?, version = version + 1, updated_at = ?
+             WHERE project_id = ? AND key = ? AND version = ?",
+        )
+        .bind(definition.to_string())
+        .bind(archived)
+        .bind(&now)
+        .bind(project_id)
+        .bind(key)
+        .bind(expected_version)
+        .execute(&mut *tx)
+        .await?;
+        let after = FeatureRecord {
+            key: key.to_owned(),
+            definition: definition.clone(),
+            archived,
+            version: expected_version + 1,
+            created_at: before.created_at.clone(),
+            updated_at: now,
+        };
+        let b = serde_json::to_value(&before).map_err(StoreError::from)?;
+        let a = serde_json::to_value(&after).map_err(StoreError::from)?;
+        append_audit(
+            &mut tx,
+            project_id,
+            actor,
+            action,
+            "feature",
+            key,
+            Some(&b),
+            Some(&a),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(after)
+    }
+
+    /// Creates a client key for one environment; returns the record and the key text (shown once).
+    pub async fn create_sdk_connection(
+        &self,
+        project_id: i64,
+        environment: &str,
+        name: &str,
+        actor: &Actor,
+    ) -> Result<(SdkConnection, String), WriteError> {
+        use rand::Rng;
+        let body: String = rand::thread_rng()
+            .sample_iter(&rand::distributions::Alphanumeric)
+            .take(24)
+            .map(char::from)
+            .collect();
+        let key = format!("{SDK_KEY_PREFIX}{body}");
+        let mut tx = self.pool().begin().await?;
+        let exists: Option<String> =
+            sqlx::query_scalar("SELECT key FROM environments WHERE project_id = ? AND key = ?")
+                .bind(project_id)
+                .bind(environment)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if exists.is_none() {
+            return Err(WriteError::NotFound);
+        }
+        let now = now_text();
+        let prefix: String = key.chars().take(9).collect();
+        let id = sqlx::query(
+            "INSERT INTO sdk_connections (project_id, environment, name, key_hash, key_prefix, created_at)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(project_id)
+        .bind(environment)
+        .bind(name)
+        .bind(key_digest(&key))
+        .bind(&prefix)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?
+        .last_insert_rowid();
+        let record = SdkConnection {
+            id,
+            environment: environment.to_owned(),
+            name: name.to_owned(),
+            key_prefix: prefix,
+            created_at: now,
+        };
+        let after = serde_json::to_value(&record).map_err(StoreError::from)?;
+        append_audit(
+            &mut tx,
+            project_id,
+            actor,
+            "sdk_connection.created",
+            "sdk_connection",
+            &id.to_string(),
+            None,
+            Some(&after),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((record, key))
+    }
+
+    pub async fn sdk_connections(&self, project_id: i64) -> Result<Vec<SdkConnection>> {
+        let rows: Vec<(i64, String, String, String, String)> = sqlx::query_as(
+            "SELECT id, environment, name, key_prefix, created_at FROM sdk_connections
+             WHERE project_id = ? AND revoked_at IS NULL ORDER BY id",
+        )
+        .bind(project_id)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, environment, name, key_prefix, created_at)| SdkConnection {
+                    id,
+                    environment,
+                    name,
+                    key_prefix,
+                    created_at,
+                },
+            )
+            .collect())
+    }
+
+    /// The (project, environment) a client key serves.
+    pub async fn sdk_connection_for_key(&self, key: &str) -> Result<Option<(i64, String)>> {
+        let row: Option<(i64, String)> = sqlx::query_as(
+            "SELECT project_id, environment FROM sdk_connections WHERE key_hash = ? AND revoked_at IS NULL",
+        )
+        .bind(key_digest(key))
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row)
+    }
+
+    /// Audit entries of a project, newest first.
+    pub async fn audit(&self, project_id: i64, f: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        type Row = (
+            i64,
+            String,
+            String,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            String,
+            Option<String>,
+            String,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, actor, action, entity_type, entity_id, before, after, diff, source_ip, at FROM audit_log
+             WHERE project_id = ?
+               AND (? IS NULL OR entity_type = ?) AND (? IS NULL OR entity_id = ?)
+               AND (? IS NULL OR actor = ?) AND (? IS NULL OR action = ?)
+               AND (? IS NULL OR at >= ?) AND (? IS NULL OR at < ?)
+             ORDER BY id DESC LIMIT ?",
+        )
+        .bind(project_id)
+        .bind(&f.entity_type)
+        .bind(&f.entity_type)
+        .bind(&f.entity_id)
+        .bind(&f.entity_id)
+        .bind(&f.actor)
+        .bind(&f.actor)
+        .bind(&f.action)
+        .bind(&f.action)
+        .bind(&f.after)
+        .bind(&f.after)
+        .bind(&f.before)
+        .bind(&f.before)
+        .bind(f.limit)
+        .fetch_all(self.pool())
+        .await?;
+        let parse = |s: Option<String>| -> Result<Option<Value>> {
+            s.map(|t| serde_json::from_str(&t))
+                .transpose()
+                .map_err(Into::into)
+        };
+        rows.into_iter()
+            .map(
+                |(
+                    id,
+                    actor,
+                    action,
+                    entity_type,
+                    entity_id,
+                    before,
+                    after,
+                    diff,
+                    source_ip,
+                    at,
+                )| {
+                    Ok(AuditEntry {
+                        id,
+                        actor,
+                        action,
+                        entity_type,
+                        entity_id,
+                        before: parse(before)?,
+                        after: parse(after)?,
+                        diff: serde_json::from_str(&diff)?,
+                        source_ip,
+                        at,
+                    })
+                },
+            )
+            .collect()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn append_audit(
+    tx: &mut Transaction<'static, Sqlite>,
+    project_id: i64,
+    actor: &Actor,
+    action: &str,
+    entity_type: &str,
+    entity_id: &str,
+    before: Option<&Value>,
+    after: Option<&Value>,
+) -> Result<()> {
+    let mut changes = Vec::new();
+    json_diff(
+        "",
+        before.unwrap_or(&Value::Null),
+        after.unwrap_or(&Value::Null),
+        &mut changes,
+    );
+    sqlx::query(
+        "INSERT INTO audit_log (project_id, actor, action, entity_type, entity_id, before, after, diff, source_ip, at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(project_id)
+    .bind(&actor.label)
+    .bind(action)
+    .bind(entity_type)
+    .bind(entity_id)
+    .bind(before.map(Value::to_string))
+    .bind(after.map(Value::to_string))
+    .bind(Value::Array(changes).to_string())
+    .bind(&actor.source_ip)
+    .bind(now_text())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The changed paths between two documents: `{path, before, after}` per changed leaf (objects are walked,
+/// arrays of equal length compared per element, anything else compared whole).
+pub fn json_diff(path: &str, before: &Value, after: &Value, out: &mut Vec<Value>) {
+    if before == after {
+        return;
+    }
+    match (before, after) {
+        (Value::Object(b), Value::Object(a)) => {
+            let mut keys: Vec<&String> = b.keys().chain(a.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let sub = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                json_diff(
+                    &sub,
+                    b.get(k).unwrap_or(&Value::Null),
+                    a.get(k).unwrap_or(&Value::Null),
+                    out,
+                );
+            }
+        }
+        (Value::Array(b), Value::Array(a)) if b.len() == a.len() => {
+            for (i, (x, y)) in b.iter().zip(a).enumerate() {
+                json_diff(&format!("{path}[{i}]"), x, y, out);
+            }
+        }
+        _ => out.push(json!({"path": path, "before": before, "after": after})),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_lists_changed_leaves() {
+        let mut out = Vec::new();
+        json_diff(
+            "",
+            &json!({"a": 1, "b": {"c": [1, 2], "d": "x"}, "gone": true}),
+            &json!({"a": 1, "b": {"c": [1, 3], "d": "x"}, "new": 5}),
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            vec![
+                json!({"path": "b.c[1]", "before": 2, "after": 3}),
+                json!({"path": "gone", "before": true, "after": null}),
+                json!({"path": "new", "before": null, "after": 5}),
+            ]
+        );
+    }
+}
