@@ -46,7 +46,9 @@ pub fn router() -> Router<AppState> {
 
 /// The GrowthBook SDK endpoint (public: the client key is the credential).
 pub fn sdk_router() -> Router<AppState> {
-    Router::new().route("/api/features/{client_key}", get(growthbook_payload))
+    Router::new()
+        .route("/api/features/{client_key}", get(growthbook_payload))
+        .route("/sub/{client_key}", get(growthbook_stream))
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -572,10 +574,20 @@ pub fn growthbook_feature(key: &str, def: &FeatureDefinition, env: &str) -> Opti
     Some(Value::Object(f))
 }
 
-/// Serialized payloads per (project, environment), rebuilt after a write to the project.
-#[derive(Default)]
+/// Serialized payloads per (project, environment), rebuilt after a write to the project; every write is also
+/// announced to open streams.
 pub struct PayloadCache {
     entries: RwLock<HashMap<(i64, String), Arc<CachedPayload>>>,
+    changes: tokio::sync::broadcast::Sender<i64>,
+}
+
+impl Default for PayloadCache {
+    fn default() -> Self {
+        Self {
+            entries: RwLock::default(),
+            changes: tokio::sync::broadcast::channel(1024).0,
+        }
+    }
 }
 
 pub struct CachedPayload {
@@ -589,6 +601,8 @@ impl PayloadCache {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|(p, _), _| *p != project_id);
+        // No receiver (no open stream) is not an error.
+        let _ = self.changes.send(project_id);
     }
 }
 
@@ -671,6 +685,60 @@ async fn growthbook_payload(
         [(header::CONTENT_TYPE, "application/json".to_owned())],
         payload.body.clone(),
     )
+        .into_response())
+}
+
+/// Server-sent events for streaming GrowthBook SDKs (`{streamingHost}/sub/{clientKey}`): an `event: features`
+/// with the whole payload whenever the environment's payload changes; a comment every 20 s keeps proxies open.
+async fn growthbook_stream(
+    State(state): State<AppState>,
+    Path(client_key): Path<String>,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+
+    let Some((project_id, env)) = state.store.sdk_connection_for_key(&client_key).await? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_client_key",
+            "unknown or revoked SDK client key",
+        ));
+    };
+    let changes = state.payloads.changes.subscribe();
+    let etag = payload_for(&state, project_id, &env).await?.etag.clone();
+    let shutdown = state.shutdown.clone();
+    let stream = futures_util::stream::unfold(
+        (state, changes, shutdown, etag),
+        move |(state, mut changes, mut shutdown, mut etag)| {
+            let env = env.clone();
+            async move {
+                loop {
+                    let changed = tokio::select! {
+                        r = changes.recv() => r,
+                        _ = shutdown.wait_for(|s| *s) => return None,
+                    };
+                    match changed {
+                        Ok(p) if p != project_id => continue,
+                        Ok(_) | Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => return None,
+                    }
+                    let payload = payload_for(&state, project_id, &env).await.ok()?;
+                    if payload.etag != etag {
+                        etag = payload.etag.clone();
+                        let event = Event::default()
+                            .event("features")
+                            .data(payload.body.clone());
+                        return Some((
+                            Ok::<_, std::convert::Infallible>(event),
+                            (state, changes, shutdown, etag),
+                        ));
+                    }
+                }
+            }
+        },
+    );
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(20)))
         .into_response())
 }
 

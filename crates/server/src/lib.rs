@@ -162,6 +162,7 @@ impl Server {
             clock: Arc::new(SystemClock),
             identity_progress: progress_rx,
             metrics: ops::prometheus(),
+            shutdown: shutdown_rx.clone(),
         };
         let listener = tokio::net::TcpListener::bind(state.config.listen)
             .await

@@ -39,6 +39,8 @@ pub struct AppState {
     /// LSN up to which identity state has been applied.
     pub identity_progress: watch::Receiver<u64>,
     pub metrics: PrometheusHandle,
+    /// Turns true when the server shuts down (long-lived streams end).
+    pub shutdown: watch::Receiver<bool>,
 }
 
 impl AppState {

@@ -365,3 +365,75 @@ async fn another_organization_cannot_manage_features() {
     let (_, list) = t.api("GET", "/features", None).await;
     assert_eq!(list["results"], json!([]));
 }
+
+#[tokio::test]
+async fn streaming_sdks_get_changes_within_a_second() {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let t = TestServer::start().await;
+    t.api("POST", "/features", Some(checkout())).await;
+    let (_, prod) = t
+        .api(
+            "POST",
+            "/sdk-connections",
+            Some(json!({"environment": "production"})),
+        )
+        .await;
+    let key = prod["client_key"].as_str().unwrap();
+    let mut req = Request::get(format!("/sub/{key}"))
+        .body(Body::empty())
+        .unwrap();
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            1,
+        ))));
+    let resp = flywheel_server::app(t.server().state.clone())
+        .oneshot(req)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+
+    // A change to another project's feature is not sent; this project's change is, within a second.
+    let mut update = checkout();
+    update["version"] = json!(1);
+    update["default_value"] = json!(true);
+    let started = std::time::Instant::now();
+    let (s, b) = t.api("PUT", "/features/new-checkout", Some(update)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(1), body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("an event within 1 s; got so far: {text:?}"));
+        let frame = frame.unwrap().unwrap();
+        if let Some(data) = frame.data_ref() {
+            text.push_str(std::str::from_utf8(data).unwrap());
+        }
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    assert!(text.starts_with("event: features\ndata: "), "{text}");
+    let payload: Value =
+        serde_json::from_str(text.trim_start_matches("event: features\ndata: ").trim()).unwrap();
+    assert_eq!(payload["features"]["new-checkout"]["defaultValue"], true);
+
+    // Unknown client keys are refused before streaming.
+    let (s, _, _) = t
+        .send(Request::get("/sub/sdk-nope").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Shutting down ends open streams instead of waiting for them.
+    let mut t = t;
+    let server = t.server.take().unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), server.shutdown())
+        .await
+        .expect("shutdown with an open stream")
+        .unwrap();
+    let end = tokio::time::timeout(std::time::Duration::from_secs(2), body.frame())
+        .await
+        .expect("the stream ends");
+    assert!(end.is_none(), "no more events after shutdown");
+}
