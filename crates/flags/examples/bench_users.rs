@@ -42,6 +42,10 @@ fn main() {
             println!("wrote {features} features and {users} users to {dir}");
         }
         Some("windows") => windows(),
+        Some("count") => {
+            let n: u64 = args.get(1).map_or(1_000_000, |s| s.parse().expect("N"));
+            count(n);
+        }
         Some("conditions") => {
             let dir = args.get(1).expect("DIR");
             let n: u64 = args.get(2).map_or(100_000, |s| s.parse().expect("N"));
@@ -54,7 +58,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: bench_users generate DIR [USERS] [FEATURES] | run DIR [ITERATIONS] | conditions DIR [N] | windows"
+                "usage: bench_users generate DIR [USERS] [FEATURES] | run DIR [ITERATIONS] | conditions DIR [N] | windows | count [N]"
             );
             std::process::exit(2);
         }
@@ -85,6 +89,23 @@ fn windows() {
         "5-rule feature, ns per evaluation over 40 windows: min {:.1} p25 {:.1} median {:.1} p75 {:.1} max {:.1}",
         v[0], v[10], v[20], v[30], v[39]
     );
+}
+
+/// Evaluates the 5-rule benchmark feature `n` times (no timing): run it
+/// under `valgrind --tool=callgrind` or `perf stat -e instructions` with two
+/// values of `n` and divide the difference by the difference in `n` for a
+/// noise-free instructions-per-evaluation figure.
+fn count(n: u64) {
+    let attrs = Attributes::from_json(&gen::bench_user());
+    let ctx = EvalContext::new(&attrs);
+    let set = FeatureSet::from_value(&gen::five_rule_feature()).unwrap();
+    let mut k = 0u64;
+    for _ in 0..n {
+        k += std::hint::black_box(&set)
+            .evaluate(std::hint::black_box("checkout"), &ctx)
+            .on as u64;
+    }
+    println!("{k} of {n} evaluations on");
 }
 
 /// Random conditions and attributes with the engine's verdicts, for a

@@ -76,9 +76,49 @@ impl BuildHasher for FastBuild {
 /// A `HashMap` keyed by strings using [`FastBuild`].
 pub type FastMap<K, V> = std::collections::HashMap<K, V, FastBuild>;
 
+/// `a * b` as a 128-bit product folded to 64 bits: a fast, well-mixed
+/// combination of two words.
+#[inline(always)]
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let p = (a as u128).wrapping_mul(b as u128);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+/// The table hash of a name whose words are `words`. Names of up to 15
+/// bytes hash their words (already computed for the comparison), longer
+/// names every byte.
+#[inline(always)]
+fn words_hash(words: &NameWords, s: &str) -> u64 {
+    if words.complete() {
+        fold_mul(words.w0 ^ SEED, words.w1 ^ SEED2)
+    } else {
+        hash_bytes(s.len() as u64, s.as_bytes()).wrapping_mul(SEED)
+    }
+}
+
+const SEED2: u64 = 0x9e37_79b9_7f4a_7c15;
+
 #[inline]
 pub(crate) fn key_hash(s: &str) -> u64 {
-    hash_bytes(s.len() as u64, s.as_bytes()).wrapping_mul(SEED)
+    words_hash(&NameWords::of(s), s)
+}
+
+/// A name prepared for lookups: its words and hash.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NameKey {
+    pub words: NameWords,
+    pub hash: u64,
+}
+
+impl NameKey {
+    #[inline(always)]
+    pub(crate) fn of(s: &str) -> NameKey {
+        let words = NameWords::of(s);
+        NameKey {
+            hash: words_hash(&words, s),
+            words,
+        }
+    }
 }
 
 /// Table slot of a hash (its well-mixed high bits).
@@ -97,18 +137,25 @@ pub(crate) struct AttrKey {
     pub index: Option<u32>,
 }
 
-/// A name's length and first 16 bytes as two words: names of up to 16
-/// bytes compare with three integer comparisons, without touching the heap.
+/// A name as two words. Names of up to [`SHORT_NAME`] bytes are their
+/// bytes (little endian, zero padded) with the length in the top byte of
+/// `w1`, so that two integer comparisons prove equality without touching
+/// the heap. Longer names keep their first 15 bytes and [`LONG_NAME`] in
+/// the top byte: equal words then only say "compare the names".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub(crate) struct NameWords {
     w0: u64,
     w1: u64,
-    len: u64,
 }
 
+/// The longest name held entirely in its [`NameWords`].
+const SHORT_NAME: usize = 15;
+/// Top byte of `w1` for longer names.
+const LONG_NAME: u64 = 0xfe;
+/// Top byte of `w1` in an empty table slot.
+const EMPTY_SLOT: u64 = 0xff;
+
 impl NameWords {
-    /// Words covering the first 16 bytes (overlapping reads, so that equal
-    /// words and length prove equal names of up to 16 bytes).
     #[inline(always)]
     pub(crate) fn of(s: &str) -> NameWords {
         let b = s.as_bytes();
@@ -123,38 +170,49 @@ impl NameWords {
             w.copy_from_slice(&b[i..i + 4]);
             u32::from_le_bytes(w) as u64
         };
-        let (w0, w1) = if n >= 16 {
-            (rd8(0), rd8(8))
+        // Overlapping reads assemble the exact little-endian bytes.
+        let (w0, w1) = if n > SHORT_NAME {
+            (rd8(0), (rd8(8) & !(0xff << 56)) | LONG_NAME << 56)
         } else if n >= 8 {
-            (rd8(0), rd8(n - 8))
+            // Bytes 8..n are the top `n - 8` bytes of the word at `n - 8`.
+            let hi = rd8(n - 8).checked_shr(8 * (16 - n) as u32).unwrap_or(0);
+            (rd8(0), hi | (n as u64) << 56)
         } else if n >= 4 {
-            (rd4(0), rd4(n - 4))
+            (rd4(0) | rd4(n - 4) << (8 * (n - 4)), (n as u64) << 56)
+        } else if n > 0 {
+            let byte = |i: usize| (b[i] as u64) << (8 * i);
+            (byte(0) | byte(n / 2) | byte(n - 1), (n as u64) << 56)
         } else {
-            let mut w = 0u64;
-            for (i, &c) in b.iter().enumerate() {
-                w |= (c as u64) << (8 * i);
-            }
-            (w, 0)
+            (0, 0)
         };
-        NameWords {
-            w0,
-            w1,
-            len: n as u64,
-        }
+        NameWords { w0, w1 }
     }
 
     /// Whether equal words prove equal names.
     #[inline(always)]
-    fn complete(&self) -> bool {
-        self.len <= 16
+    pub(crate) fn complete(&self) -> bool {
+        self.w1 >> 56 <= SHORT_NAME as u64
     }
+
+    /// Whether these are the words of an empty table slot.
+    #[inline(always)]
+    fn is_empty_slot(&self) -> bool {
+        self.w1 >> 56 == EMPTY_SLOT
+    }
+
+    const EMPTY_SLOT: NameWords = NameWords {
+        w0: 0,
+        w1: EMPTY_SLOT << 56,
+    };
 }
 
 /// An open-addressing index from names to entry positions (linear probing,
-/// load factor <= 1/2). Names up to 16 bytes are compared inside the slot.
+/// load factor <= 1/2). Names up to 15 bytes are compared inside the slot.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct NameIndex {
     slots: Vec<Slot>,
+    /// `slots.len() - 1` (0 while there are no slots).
+    mask: usize,
 }
 
 impl NameIndex {
@@ -170,7 +228,8 @@ impl NameIndex {
         if (entry + 1) * 2 > self.slots.len() {
             let cap = ((entry + 1) * 2).next_power_of_two().max(8);
             self.slots.clear();
-            self.slots.resize(cap, Slot::default());
+            self.slots.resize(cap, Slot::EMPTY);
+            self.mask = cap - 1;
             for (i, (h, n)) in all.enumerate().take(entry) {
                 self.place(h, n, i);
             }
@@ -179,19 +238,19 @@ impl NameIndex {
     }
 
     fn place(&mut self, hash: u64, name: &str, entry: usize) {
-        let mask = self.slots.len() - 1;
+        let mask = self.mask;
         let mut s = slot_of(hash, mask);
-        while self.slots[s].entry != 0 {
+        while !self.slots[s].words.is_empty_slot() {
             s = (s + 1) & mask;
         }
         self.slots[s] = Slot {
             words: NameWords::of(name),
-            entry: entry as u32 + 1,
+            entry: entry as u32,
         };
     }
 
     /// The entry of `name`; `full` gives an entry's name (only consulted
-    /// for names longer than 16 bytes).
+    /// for names longer than 15 bytes).
     #[inline(always)]
     pub fn find<'n>(
         &self,
@@ -200,30 +259,36 @@ impl NameIndex {
         name: &str,
         full: impl Fn(usize) -> &'n str,
     ) -> Option<usize> {
-        let mask = self.slots.len().wrapping_sub(1);
+        let mask = self.mask;
         let mut s = slot_of(hash, mask);
         loop {
-            let slot = *self.slots.get(s)?;
-            if slot.entry == 0 {
-                return None;
-            }
+            let slot = self.slots.get(s)?;
             if slot.words == words {
-                let i = slot.entry as usize - 1;
+                let i = slot.entry as usize;
                 if words.complete() || full(i) == name {
                     return Some(i);
                 }
+            } else if slot.words.is_empty_slot() {
+                return None;
             }
             s = (s + 1) & mask;
         }
     }
 }
 
-/// One slot of the attribute table: the name's words and entry index + 1
-/// (0 = empty).
-#[derive(Clone, Copy, Debug, Default)]
+/// One slot of a name table: the name's words (an [`EMPTY_SLOT`] marker in
+/// empty slots) and the entry index.
+#[derive(Clone, Copy, Debug)]
 struct Slot {
     words: NameWords,
     entry: u32,
+}
+
+impl Slot {
+    const EMPTY: Slot = Slot {
+        words: NameWords::EMPTY_SLOT,
+        entry: 0,
+    };
 }
 
 impl AttrKey {
@@ -237,10 +302,11 @@ impl AttrKey {
         } else {
             None
         };
+        let key = NameKey::of(name);
         AttrKey {
             name: name.into(),
-            hash: key_hash(name),
-            words: NameWords::of(name),
+            hash: key.hash,
+            words: key.words,
             index,
         }
     }
@@ -249,6 +315,12 @@ impl AttrKey {
 /// Something conditions can look top-level names up in.
 pub(crate) trait Root {
     fn lookup(&self, key: &AttrKey) -> Option<&Value>;
+
+    /// `root[first][second]` (a two-part path such as `company.size`).
+    #[inline]
+    fn lookup_child(&self, first: &AttrKey, second: &AttrKey) -> Option<&Value> {
+        child(self.lookup(first)?, second)
+    }
 }
 
 impl Root for Value {
@@ -304,8 +376,118 @@ impl Root for ValueRoot<'_> {
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct Attributes {
-    entries: Vec<(u64, Box<str>, Value)>,
-    index: NameIndex,
+    /// Open-addressing table (linear probing, load factor <= 1/2) holding
+    /// the values inline, so that a lookup is one probe and no indirection.
+    slots: Vec<AttrSlot>,
+    /// `slots.len() - 1` (0 while there are no slots).
+    mask: usize,
+    /// Which bits of a name's hash choose its slot (see [`best_shift`]).
+    shift: u32,
+    /// The slot of each attribute, in insertion order.
+    order: Vec<u32>,
+}
+
+/// Hash bits used for slots when no better choice was made.
+const DEFAULT_SHIFT: u32 = 40;
+
+/// Tables up to this size choose their hash bits (see [`best_shift`]).
+const TUNED_CAPACITY: usize = 64;
+
+/// The slot count for `n` attributes (load factor <= 1/2).
+fn capacity_for(n: usize) -> usize {
+    (n * 2).next_power_of_two().max(8)
+}
+
+/// Chooses which bits of the hashes select slots in a small table so that
+/// as many names as possible sit in their first slot: a lookup is then a
+/// single probe. Linear probing is simulated on a 64-bit occupancy mask.
+fn best_shift(hashes: &[u64], mask: usize) -> u32 {
+    if mask >= TUNED_CAPACITY || hashes.len() > TUNED_CAPACITY / 2 {
+        return DEFAULT_SHIFT;
+    }
+    let mut best = (usize::MAX, DEFAULT_SHIFT);
+    for shift in [DEFAULT_SHIFT, 0, 6, 12, 18, 24, 30, 34, 46, 52, 58] {
+        let mut occupied = 0u64;
+        let mut displaced = 0;
+        for &h in hashes {
+            let mut s = (h >> shift) as usize & mask;
+            while occupied & (1 << s) != 0 {
+                s = (s + 1) & mask;
+                displaced += 1;
+            }
+            occupied |= 1 << s;
+        }
+        if displaced < best.0 {
+            best = (displaced, shift);
+            if displaced == 0 {
+                break;
+            }
+        }
+    }
+    best.1
+}
+
+/// One slot of the attribute table (`words` marked [`EMPTY_SLOT`] when
+/// empty).
+#[derive(Clone, Debug)]
+struct AttrSlot {
+    words: NameWords,
+    value: Value,
+    /// For a small object of scalars (`{"size": 120, "industry": "saas"}`),
+    /// a copy of its members: paths such as `company.size` are then
+    /// resolved by comparing words instead of walking the B-tree map.
+    members: Option<Box<[Member]>>,
+    name: Box<str>,
+}
+
+/// A member of a small object attribute (see [`AttrSlot::members`]).
+#[derive(Clone, Debug)]
+struct Member {
+    words: NameWords,
+    value: Value,
+    /// The name when longer than 15 bytes (the words do not prove
+    /// equality); empty otherwise.
+    long_name: Box<str>,
+}
+
+/// Objects with at most this many members, all scalars, get
+/// [`AttrSlot::members`].
+const MAX_MEMBERS: usize = 8;
+
+fn members_of(v: &Value) -> Option<Box<[Member]>> {
+    let Value::Object(m) = v else {
+        return None;
+    };
+    if m.is_empty() || m.len() > MAX_MEMBERS || m.values().any(|v| v.is_array() || v.is_object()) {
+        return None;
+    }
+    Some(
+        m.iter()
+            .map(|(k, v)| {
+                let words = NameWords::of(k);
+                Member {
+                    words,
+                    value: v.clone(),
+                    long_name: if words.complete() {
+                        Box::default()
+                    } else {
+                        k.as_str().into()
+                    },
+                }
+            })
+            .collect(),
+    )
+}
+
+impl AttrSlot {
+    fn empty() -> AttrSlot {
+        AttrSlot {
+            words: Slot::EMPTY.words,
+            value: Value::Null,
+            members: None,
+            name: Box::default(),
+        }
+    }
 }
 
 impl Attributes {
@@ -333,12 +515,21 @@ impl Attributes {
 
     /// Builds attributes from an owned JSON map.
     pub fn from_map(map: Map<String, Value>) -> Attributes {
-        let mut a = Attributes {
-            entries: Vec::with_capacity(map.len()),
-            index: NameIndex::default(),
+        let mut a = Attributes::new();
+        let cap = capacity_for(map.len());
+        let mut hashes = [0u64; TUNED_CAPACITY / 2];
+        let shift = if map.len() <= hashes.len() {
+            for (h, k) in hashes.iter_mut().zip(map.keys()) {
+                *h = key_hash(k);
+            }
+            best_shift(&hashes[..map.len()], cap - 1)
+        } else {
+            DEFAULT_SHIFT
         };
+        a.rebuild(cap, shift);
         for (k, v) in map {
-            a.push(key_hash(&k), k.into_boxed_str(), v);
+            // Map keys are distinct.
+            a.push(NameKey::of(&k), k.into_boxed_str(), v);
         }
         a
     }
@@ -346,23 +537,72 @@ impl Attributes {
     /// Sets an attribute, replacing any previous value.
     pub fn insert(&mut self, name: impl Into<String>, value: Value) {
         let name: String = name.into();
-        let h = key_hash(&name);
-        if let Some(i) = self.find(h, NameWords::of(&name), &name) {
-            self.entries[i].2 = value;
+        let key = NameKey::of(&name);
+        if let Some(s) = self.find(key.hash, key.words, &name) {
+            self.slots[s].members = members_of(&value);
+            self.slots[s].value = value;
             return;
         }
-        self.push(h, name.into_boxed_str(), value);
+        self.push(key, name.into_boxed_str(), value);
     }
 
-    fn push(&mut self, hash: u64, name: Box<str>, value: Value) {
-        let entry = self.entries.len();
-        self.index.insert(
-            hash,
-            &name,
-            entry,
-            self.entries.iter().map(|(h, n, _)| (*h, &**n)),
-        );
-        self.entries.push((hash, name, value));
+    /// Rehashes into `cap` slots selected by hash bits `shift`.
+    fn rebuild(&mut self, cap: usize, shift: u32) {
+        let mut old: Vec<AttrSlot> = (0..cap).map(|_| AttrSlot::empty()).collect();
+        std::mem::swap(&mut old, &mut self.slots);
+        self.mask = cap - 1;
+        self.shift = shift;
+        let mut order = std::mem::take(&mut self.order);
+        for s in &mut order {
+            let slot = std::mem::replace(&mut old[*s as usize], AttrSlot::empty());
+            let hash = words_hash(&slot.words, &slot.name);
+            let free = self.free_slot(hash);
+            self.slots[free] = slot;
+            *s = free as u32;
+        }
+        self.order = order;
+    }
+
+    /// Grows the table for `n` attributes, `extra` being the hash of the one
+    /// about to be added.
+    fn grow(&mut self, n: usize, extra: u64) {
+        let cap = capacity_for(n);
+        let mut hashes = [0u64; TUNED_CAPACITY / 2];
+        let shift = if n <= hashes.len() {
+            for (h, &s) in hashes.iter_mut().zip(&self.order) {
+                let slot = &self.slots[s as usize];
+                *h = words_hash(&slot.words, &slot.name);
+            }
+            hashes[n - 1] = extra;
+            best_shift(&hashes[..n], cap - 1)
+        } else {
+            DEFAULT_SHIFT
+        };
+        self.rebuild(cap, shift);
+    }
+
+    fn free_slot(&self, hash: u64) -> usize {
+        let mut s = (hash >> self.shift) as usize & self.mask;
+        while !self.slots[s].words.is_empty_slot() {
+            s = (s + 1) & self.mask;
+        }
+        s
+    }
+
+    /// Adds an attribute known to be absent.
+    fn push(&mut self, key: NameKey, name: Box<str>, value: Value) {
+        let n = self.order.len() + 1;
+        if n * 2 > self.slots.len() {
+            self.grow(n, key.hash);
+        }
+        let s = self.free_slot(key.hash);
+        self.slots[s] = AttrSlot {
+            words: key.words,
+            members: members_of(&value),
+            value,
+            name,
+        };
+        self.order.push(s as u32);
     }
 
     /// Builder-style [`Attributes::insert`].
@@ -373,44 +613,83 @@ impl Attributes {
 
     /// The value of a top-level attribute.
     pub fn get(&self, name: &str) -> Option<&Value> {
-        self.find(key_hash(name), NameWords::of(name), name)
-            .map(|i| &self.entries[i].2)
+        let key = NameKey::of(name);
+        self.find(key.hash, key.words, name)
+            .map(|s| &self.slots[s].value)
     }
 
     /// Number of top-level attributes.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.order.len()
     }
 
     /// Whether there are no attributes.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.order.is_empty()
     }
 
     /// Iterates `(name, value)` pairs.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
-        self.entries.iter().map(|(_, k, v)| (&**k, v))
+        self.order.iter().map(|&s| {
+            let slot = &self.slots[s as usize];
+            (&*slot.name, &slot.value)
+        })
     }
 
     /// The attributes as a JSON object.
     pub fn to_json(&self) -> Value {
         Value::Object(
-            self.entries
-                .iter()
-                .map(|(_, k, v)| (k.to_string(), v.clone()))
+            self.iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
         )
     }
 
-    #[inline(always)]
+    /// The slot holding `name`.
     fn find(&self, hash: u64, words: NameWords, name: &str) -> Option<usize> {
-        self.index.find(hash, words, name, |i| &self.entries[i].1)
+        let mut s = (hash >> self.shift) as usize & self.mask;
+        loop {
+            let slot = self.slots.get(s)?;
+            if slot.words == words && (words.complete() || *slot.name == *name) {
+                return Some(s);
+            }
+            if slot.words.is_empty_slot() {
+                return None;
+            }
+            s = (s + 1) & self.mask;
+        }
+    }
+
+    /// The value of a top-level attribute whose name was prepared when the
+    /// feature set was loaded: names of up to 15 bytes are found by one
+    /// probe comparing two words.
+    #[inline(always)]
+    pub(crate) fn get_key(&self, key: &AttrKey) -> Option<&Value> {
+        self.slot_of_key(key).map(|slot| &slot.value)
     }
 
     #[inline(always)]
-    pub(crate) fn get_key(&self, key: &AttrKey) -> Option<&Value> {
+    fn slot_of_key(&self, key: &AttrKey) -> Option<&AttrSlot> {
+        if !key.words.complete() {
+            return self.slot_of_long(key);
+        }
+        let mut s = (key.hash >> self.shift) as usize & self.mask;
+        loop {
+            let slot = self.slots.get(s)?;
+            if slot.words == key.words {
+                return Some(slot);
+            }
+            if slot.words.is_empty_slot() {
+                return None;
+            }
+            s = (s + 1) & self.mask;
+        }
+    }
+
+    #[inline(never)]
+    fn slot_of_long(&self, key: &AttrKey) -> Option<&AttrSlot> {
         self.find(key.hash, key.words, &key.name)
-            .map(|i| &self.entries[i].2)
+            .map(|s| &self.slots[s])
     }
 }
 
@@ -419,6 +698,29 @@ impl Root for Attributes {
     fn lookup(&self, key: &AttrKey) -> Option<&Value> {
         self.get_key(key)
     }
+
+    #[inline(always)]
+    fn lookup_child(&self, first: &AttrKey, second: &AttrKey) -> Option<&Value> {
+        let slot = self.slot_of_key(first)?;
+        match &slot.members {
+            Some(members) => {
+                for m in members.iter() {
+                    if m.words == second.words
+                        && (second.words.complete() || *m.long_name == *second.name)
+                    {
+                        return Some(&m.value);
+                    }
+                }
+                None
+            }
+            None => child_cold(&slot.value, second),
+        }
+    }
+}
+
+#[inline(never)]
+fn child_cold<'v>(v: &'v Value, key: &AttrKey) -> Option<&'v Value> {
+    child(v, key)
 }
 
 impl From<Value> for Attributes {
@@ -462,5 +764,109 @@ mod tests {
         assert_eq!(a.len(), 52);
         assert_eq!(AttrKey::new("01").index, None);
         assert_eq!(AttrKey::new("10").index, Some(10));
+        let order: Vec<&str> = a.iter().map(|(k, _)| k).collect();
+        assert_eq!(&order[..3], ["a", "b", "k0"]);
+        assert_eq!(order[51], "k49");
+    }
+
+    /// Names of up to 15 bytes are equal exactly when their words are;
+    /// longer names never have the words of a shorter one.
+    #[test]
+    fn name_words_are_exact() {
+        let mut names = vec![String::new()];
+        for len in 1..=20 {
+            let base: Vec<char> = "xyzw0123456789abcdefghij".chars().take(len).collect();
+            for fill in ['a', 'b', '\0', '\u{e9}'] {
+                let mut v = base.clone();
+                names.push(v.iter().collect());
+                v[len - 1] = fill;
+                names.push(v.iter().collect());
+                v[0] = fill;
+                names.push(v.iter().collect());
+                v[len / 2] = fill;
+                names.push(v.iter().collect());
+            }
+        }
+        for a in &names {
+            let wa = NameWords::of(a);
+            assert_eq!(wa.complete(), a.len() <= SHORT_NAME, "{a:?}");
+            assert!(!wa.is_empty_slot());
+            for b in &names {
+                let wb = NameWords::of(b);
+                if wa.complete() && wb.complete() {
+                    assert_eq!(wa == wb, a == b, "{a:?} {b:?}");
+                } else if a == b {
+                    assert_eq!(wa, wb);
+                } else {
+                    assert!(wa != wb || a.len() > SHORT_NAME && b.len() > SHORT_NAME);
+                }
+            }
+        }
+    }
+
+    /// Every name stays reachable whatever hash bits the table picked,
+    /// including long names and names sharing their first 15 bytes.
+    #[test]
+    fn lookups_across_table_sizes() {
+        for n in 0..80 {
+            let names: Vec<String> = (0..n)
+                .map(|i| match i % 3 {
+                    0 => format!("k{i}"),
+                    1 => format!("a-rather-long-attribute-name-{i}"),
+                    _ => format!("{i:0>15}"),
+                })
+                .collect();
+            let map: Map<String, Value> = names
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (k.clone(), json!(i)))
+                .collect();
+            let mut a = Attributes::from_map(map);
+            let mut b = Attributes::new();
+            for (i, k) in names.iter().enumerate() {
+                b.insert(k.clone(), json!(i));
+            }
+            for attrs in [&mut a, &mut b] {
+                for (i, k) in names.iter().enumerate() {
+                    assert_eq!(attrs.get(k), Some(&json!(i)), "{n} {k}");
+                    assert_eq!(attrs.get_key(&AttrKey::new(k)), Some(&json!(i)));
+                }
+                assert_eq!(attrs.get("missing"), None);
+                assert_eq!(attrs.get("a-rather-long-attribute-name-x"), None);
+                assert_eq!(attrs.len(), n);
+            }
+        }
+    }
+
+    /// Two-part paths resolve through the copied members of small objects
+    /// and through the object itself otherwise, with the same results.
+    #[test]
+    fn nested_members() {
+        let size = AttrKey::new("size");
+        let company = AttrKey::new("company");
+        let long = AttrKey::new("a-member-name-longer-than-15");
+        let mut a = Attributes::from_json(&json!({
+            "company": {"size": 120, "industry": "saas", "a-member-name-longer-than-15": true}
+        }));
+        assert_eq!(a.lookup_child(&company, &size), Some(&json!(120)));
+        assert_eq!(a.lookup_child(&company, &long), Some(&json!(true)));
+        assert_eq!(a.lookup_child(&company, &AttrKey::new("plan")), None);
+        assert_eq!(
+            a.lookup_child(&company, &AttrKey::new("a-member-name-longer-than-16")),
+            None
+        );
+        a.insert("company", json!({"size": [1], "x": 2}));
+        assert_eq!(a.lookup_child(&company, &size), Some(&json!([1])));
+        a.insert("company", json!({"size": 7}));
+        assert_eq!(a.lookup_child(&company, &size), Some(&json!(7)));
+        a.insert("company", json!("size"));
+        assert_eq!(a.lookup_child(&company, &size), None);
+        let big: Map<String, Value> = (0..20).map(|i| (format!("m{i}"), json!(i))).collect();
+        a.insert("company", Value::Object(big));
+        assert_eq!(
+            a.lookup_child(&company, &AttrKey::new("m19")),
+            Some(&json!(19))
+        );
+        assert_eq!(a.lookup_child(&AttrKey::new("nope"), &size), None);
     }
 }

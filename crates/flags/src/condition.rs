@@ -38,7 +38,12 @@ pub(crate) static NULL: Value = Value::Null;
 /// ```
 #[derive(Debug)]
 pub struct Condition {
-    node: Node,
+    /// Attribute tests that must all pass, cheapest first: the flat
+    /// conjunction most conditions are, evaluated inline.
+    fields: Box<[FieldTest]>,
+    /// The rest of the condition (`$or`, `$not`, ...), tested after
+    /// `fields`; `None` when there is nothing else.
+    rest: Option<Box<Node>>,
 }
 
 impl Condition {
@@ -55,15 +60,44 @@ impl Condition {
             diags,
             path: at.to_string(),
         };
+        Condition::from_node(cx.node(doc, 0))
+    }
+
+    /// Splits a compiled tree into its leading attribute tests and the
+    /// rest, keeping the evaluation order.
+    fn from_node(node: Node) -> Condition {
+        let (fields, rest): (Vec<FieldTest>, Option<Node>) = match node {
+            Node::Fields(list) => (list.into_vec(), None),
+            Node::Field(f) => (vec![f], None),
+            Node::All(parts) => {
+                let mut fields = Vec::new();
+                let mut parts = parts.into_iter().peekable();
+                while let Some(Node::Field(_)) = parts.peek() {
+                    if let Some(Node::Field(f)) = parts.next() {
+                        fields.push(f);
+                    }
+                }
+                let mut rest: Vec<Node> = parts.collect();
+                let rest = match rest.len() {
+                    0 => None,
+                    1 => rest.pop(),
+                    _ => Some(Node::All(rest)),
+                };
+                (fields, rest)
+            }
+            other => (Vec::new(), Some(other)),
+        };
         Condition {
-            node: cx.node(doc, 0),
+            fields: fields.into_boxed_slice(),
+            rest: rest.map(Box::new),
         }
     }
 
     /// A condition that always passes (`{}`).
     pub fn always() -> Condition {
         Condition {
-            node: Node::All(Vec::new()),
+            fields: Box::new([]),
+            rest: None,
         }
     }
 
@@ -85,21 +119,21 @@ impl Condition {
     /// Flat conditions (the common case) are evaluated inline in the caller.
     #[inline(always)]
     pub(crate) fn eval_root<R: Root + ?Sized>(&self, root: &R, groups: &SavedGroups) -> bool {
-        let cx = Scope {
-            groups,
-            visited: None,
-        };
-        match &self.node {
-            Node::Fields(list) => {
-                for f in list.iter() {
-                    if !f.eval(root, &cx) {
-                        return false;
-                    }
-                }
-                true
+        self.eval_in(root, &Scope::new(groups))
+    }
+
+    /// [`Condition::eval_root`] with a scope built once by the caller (one
+    /// per feature rather than one per rule).
+    #[inline(always)]
+    pub(crate) fn eval_in<R: Root + ?Sized>(&self, root: &R, cx: &Scope<'_>) -> bool {
+        for f in self.fields.iter() {
+            if !f.eval(root, cx) {
+                return false;
             }
-            Node::Field(f) => f.eval(root, &cx),
-            node => eval_node(node, root, &cx),
+        }
+        match &self.rest {
+            None => true,
+            Some(node) => eval_node(node, root, cx),
         }
     }
 }
@@ -140,12 +174,24 @@ impl Path {
 
     #[inline(always)]
     fn get<'v, R: Root + ?Sized>(&self, root: &'v R) -> &'v Value {
-        let mut cur = root.lookup(&self.first).unwrap_or(&NULL);
-        for key in self.rest.iter() {
-            cur = child(cur, key).unwrap_or(&NULL);
+        match &*self.rest {
+            [] => root.lookup(&self.first).unwrap_or(&NULL),
+            [second, more @ ..] => {
+                let mut cur = root.lookup_child(&self.first, second).unwrap_or(&NULL);
+                for key in more {
+                    cur = child(cur, key).unwrap_or(&NULL);
+                }
+                cur
+            }
         }
-        cur
     }
+}
+
+/// `actual <rel> n` for an attribute that is not a number (JavaScript's
+/// relational comparison with coercion).
+#[inline(never)]
+fn cmp_number_slow(actual: &Value, n: f64, rel: Rel) -> bool {
+    js::to_number_cmp(actual, n).is_some_and(|o| rel.holds(o))
 }
 
 /// A test on the value at an attribute path.
@@ -167,12 +213,18 @@ enum Check {
     NotStrictStr(Box<str>),
     /// `{"$in": [...]}` (case-sensitive).
     In(Box<ValueSet>),
-    /// `{"$lt|$lte|$gt|$gte": number}`.
-    NumCmp(Rel, f64),
+    /// `{"$lt": number}`
+    Lt(f64),
+    /// `{"$lte": number}`
+    Lte(f64),
+    /// `{"$gt": number}`
+    Gt(f64),
+    /// `{"$gte": number}`
+    Gte(f64),
     /// `"field": true|false`.
     Bool(bool),
     /// Anything else.
-    Other(Test),
+    Other(Box<Test>),
 }
 
 impl FieldTest {
@@ -182,9 +234,12 @@ impl FieldTest {
             Test::Op(Op::Eq(Value::String(s))) => Check::StrictStr(s.into_boxed_str()),
             Test::Op(Op::Ne(Value::String(s))) => Check::NotStrictStr(s.into_boxed_str()),
             Test::Op(Op::In(set)) if !set.insensitive => Check::In(set),
-            Test::Op(Op::Cmp(rel, Prim::Num(n))) => Check::NumCmp(rel, n),
+            Test::Op(Op::Cmp(Rel::Lt, Prim::Num(n))) => Check::Lt(n),
+            Test::Op(Op::Cmp(Rel::Lte, Prim::Num(n))) => Check::Lte(n),
+            Test::Op(Op::Cmp(Rel::Gt, Prim::Num(n))) => Check::Gt(n),
+            Test::Op(Op::Cmp(Rel::Gte, Prim::Num(n))) => Check::Gte(n),
             Test::Bool(b) => Check::Bool(b),
-            other => Check::Other(other),
+            other => Check::Other(Box::new(other)),
         };
         FieldTest {
             path: Path::new(path),
@@ -206,9 +261,22 @@ impl FieldTest {
                 Value::String(a) => set.contains_str(a),
                 _ => set.is_in(actual),
             },
-            Check::NumCmp(rel, n) => match actual {
-                Value::Number(a) => js::num(a).partial_cmp(n).is_some_and(|o| rel.holds(o)),
-                _ => js::to_number_cmp(actual, *n).is_some_and(|o| rel.holds(o)),
+            // NaN compares false either way, as `partial_cmp` would.
+            Check::Lt(n) => match actual {
+                Value::Number(a) => js::num(a) < *n,
+                _ => cmp_number_slow(actual, *n, Rel::Lt),
+            },
+            Check::Lte(n) => match actual {
+                Value::Number(a) => js::num(a) <= *n,
+                _ => cmp_number_slow(actual, *n, Rel::Lte),
+            },
+            Check::Gt(n) => match actual {
+                Value::Number(a) => js::num(a) > *n,
+                _ => cmp_number_slow(actual, *n, Rel::Gt),
+            },
+            Check::Gte(n) => match actual {
+                Value::Number(a) => js::num(a) >= *n,
+                _ => cmp_number_slow(actual, *n, Rel::Gte),
             },
             Check::Bool(b) => match actual {
                 Value::Bool(a) => a == b,
@@ -222,7 +290,7 @@ impl FieldTest {
     fn cost(&self) -> u32 {
         let test = match &self.check {
             Check::Str(_) | Check::StrictStr(_) | Check::NotStrictStr(_) | Check::Bool(_) => 1,
-            Check::NumCmp(..) => 2,
+            Check::Lt(_) | Check::Lte(_) | Check::Gt(_) | Check::Gte(_) => 2,
             Check::In(_) => 3,
             Check::Other(t) => t.cost(),
         };
@@ -359,9 +427,16 @@ enum Op {
 #[derive(Debug, Default)]
 pub(crate) struct ValueSet {
     items: Vec<Value>,
+    /// The string items, for lists too short for `strs`.
+    str_items: Box<[Box<str>]>,
     insensitive: bool,
     strs: Option<HashSet<Box<str>, FastBuild>>,
     nums: Option<HashSet<u64, FastBuild>>,
+}
+
+#[inline(never)]
+fn set_contains_str(strs: &HashSet<Box<str>, FastBuild>, s: &str) -> bool {
+    strs.contains(s)
 }
 
 fn num_bits(f: f64) -> u64 {
@@ -381,8 +456,17 @@ impl ValueSet {
                 other => other.clone(),
             })
             .collect();
+        let str_items = if items.len() > SET_THRESHOLD {
+            Box::default()
+        } else {
+            items
+                .iter()
+                .filter_map(|v| v.as_str().map(Box::from))
+                .collect()
+        };
         let mut set = ValueSet {
             items,
+            str_items,
             insensitive,
             strs: None,
             nums: None,
@@ -429,20 +513,18 @@ impl ValueSet {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn contains_str(&self, s: &str) -> bool {
         match &self.strs {
-            Some(strs) => strs.contains(s),
             None => {
-                for v in &self.items {
-                    if let Value::String(x) = v {
-                        if js::str_eq(x, s) {
-                            return true;
-                        }
+                for x in self.str_items.iter() {
+                    if js::str_eq(x, s) {
+                        return true;
                     }
                 }
                 false
             }
+            Some(strs) => set_contains_str(strs, s),
         }
     }
 
@@ -575,12 +657,21 @@ struct Visited<'v> {
 
 /// What evaluation carries besides the root: saved groups and the chain of
 /// `$savedGroup` references being resolved.
-struct Scope<'g> {
+pub(crate) struct Scope<'g> {
     groups: &'g SavedGroups,
     visited: Option<&'g Visited<'g>>,
 }
 
-impl Scope<'_> {
+impl<'g> Scope<'g> {
+    /// The top-level scope of an evaluation with these saved groups.
+    #[inline(always)]
+    pub(crate) fn new(groups: &'g SavedGroups) -> Self {
+        Scope {
+            groups,
+            visited: None,
+        }
+    }
+
     fn visiting(&self, id: &str) -> bool {
         let mut v = self.visited;
         while let Some(node) = v {

@@ -2,10 +2,12 @@
 //! and experiments (the `run` algorithm), with results that say why.
 
 use crate::attributes::{AttrKey, Attributes, ValueRoot};
-use crate::condition::{SavedGroups, NULL};
+use crate::condition::{SavedGroups, Scope, NULL};
 use crate::hash::{choose_variation, get_bucket_ranges, hash_value, in_namespace, in_range};
 use crate::js;
-use crate::model::{ContextualBandits, Experiment, Filter, Rollout, RuleKind, BAD_HASH_VERSION};
+use crate::model::{
+    ContextualBandits, Experiment, Feature, Filter, Rollout, Rule, RuleKind, BAD_HASH_VERSION,
+};
 use crate::sticky::{experiment_key, StickyAssignmentsDoc, StickyBucketService};
 use crate::url::{get_query_string_override, is_url_targeted};
 use crate::FeatureSet;
@@ -263,9 +265,15 @@ impl PartialEq for FeatureResult<'_> {
 impl<'a> FeatureResult<'a> {
     #[inline]
     fn new(value: &'a Value, source: Source, rule_id: &'a str) -> Self {
+        Self::with_on(value, js::truthy(value), source, rule_id)
+    }
+
+    /// A result whose value's truthiness is known (precomputed).
+    #[inline(always)]
+    fn with_on(value: &'a Value, on: bool, source: Source, rule_id: &'a str) -> Self {
         FeatureResult {
             value,
-            on: js::truthy(value),
+            on,
             source,
             rule_id,
             experiment: None,
@@ -334,6 +342,16 @@ pub struct UrlRedirect<'a> {
     /// `url_redirect` with the current URL's query parameters merged in
     /// when the experiment has `persistQueryString`.
     pub url_with_params: String,
+}
+
+/// What a rule's prerequisites and filters decide.
+enum Gate {
+    /// Evaluate the rule.
+    Pass,
+    /// Skip to the next rule.
+    Skip,
+    /// Stop: the feature evaluates to `null` with this source.
+    Stop(Source),
 }
 
 /// The chain of features being evaluated (for prerequisite cycle detection).
@@ -462,6 +480,7 @@ impl FeatureSet {
         }
     }
 
+    #[inline(always)]
     fn eval_feature<'a>(
         &'a self,
         idx: usize,
@@ -475,70 +494,106 @@ impl FeatureSet {
         }
         let chain = Chain { idx, depth, parent };
         let groups = self.groups(ctx);
-        'rules: for rule in &feature.rules {
-            for pc in &rule.parent_conditions {
-                let parent = self.eval_by_id(&pc.id, pc.target, ctx, &chain);
-                if parent.source == Source::CyclicPrerequisite {
-                    return FeatureResult::new(&NULL, Source::CyclicPrerequisite, "");
-                }
-                if !pc.condition.eval_root(&ValueRoot(parent.value), groups) {
-                    if pc.gate {
-                        return FeatureResult::new(&NULL, Source::Prerequisite, "");
-                    }
-                    continue 'rules;
-                }
-            }
-            if let Some(filters) = &rule.filters {
-                if self.is_filtered_out(filters, ctx) {
-                    continue;
+        let scope = Scope::new(groups);
+        for rule in &feature.rules {
+            if rule.gated {
+                match self.rule_gate(rule, ctx, &chain, groups) {
+                    Gate::Pass => {}
+                    Gate::Skip => continue,
+                    Gate::Stop(source) => return FeatureResult::new(&NULL, source, ""),
                 }
             }
             match &rule.kind {
                 RuleKind::Force {
                     value,
+                    on,
                     condition,
                     rollout,
                 } => {
-                    if let Some(c) = condition {
-                        if !c.eval_root(ctx.attributes, groups) {
-                            continue;
-                        }
+                    if !condition.eval_in(ctx.attributes, &scope) {
+                        continue;
                     }
                     if let Some(rollout) = rollout {
                         if !self.is_included_in_rollout(rollout, ctx) {
                             continue;
                         }
                     }
-                    return FeatureResult::new(value, Source::Force, &rule.id);
+                    return FeatureResult::with_on(value, *on, Source::Force, &rule.id);
                 }
                 RuleKind::Experiment(exp) => {
-                    let routing = self.bandit_routing(exp, ctx);
-                    let mut res = self.run_experiment(
-                        exp,
-                        Some(&feature.key),
-                        ctx,
-                        Some(&chain),
-                        routing.as_ref(),
-                    );
-                    if res.in_experiment && !res.passthrough {
-                        if res.hash_used {
-                            res.bandit = routing;
-                        }
-                        return FeatureResult {
-                            value: res.value,
-                            on: js::truthy(res.value),
-                            source: Source::Experiment,
-                            rule_id: &rule.id,
-                            experiment: Some(exp),
-                            experiment_result: Some(res),
-                            bandit_routing: routing,
-                        };
+                    if let Some(r) = self.experiment_rule(feature, rule, exp, ctx, &chain) {
+                        return r;
                     }
                 }
                 RuleKind::Empty => {}
             }
         }
-        FeatureResult::new(&feature.default_value, Source::DefaultValue, "")
+        FeatureResult::with_on(
+            &feature.default_value,
+            feature.default_on,
+            Source::DefaultValue,
+            "",
+        )
+    }
+
+    /// Prerequisites and filters of a rule.
+    #[cold]
+    #[inline(never)]
+    fn rule_gate<'a>(
+        &'a self,
+        rule: &'a Rule,
+        ctx: &EvalContext<'a>,
+        chain: &Chain<'_>,
+        groups: &'a SavedGroups,
+    ) -> Gate {
+        for pc in &rule.parent_conditions {
+            let parent = self.eval_by_id(&pc.id, pc.target, ctx, chain);
+            if parent.source == Source::CyclicPrerequisite {
+                return Gate::Stop(Source::CyclicPrerequisite);
+            }
+            if !pc.condition.eval_root(&ValueRoot(parent.value), groups) {
+                if pc.gate {
+                    return Gate::Stop(Source::Prerequisite);
+                }
+                return Gate::Skip;
+            }
+        }
+        if let Some(filters) = &rule.filters {
+            if self.is_filtered_out(filters, ctx) {
+                return Gate::Skip;
+            }
+        }
+        Gate::Pass
+    }
+
+    /// An experiment rule: the result when it puts the user in a variation.
+    #[inline(never)]
+    fn experiment_rule<'a>(
+        &'a self,
+        feature: &'a Feature,
+        rule: &'a Rule,
+        exp: &'a Experiment,
+        ctx: &EvalContext<'a>,
+        chain: &Chain<'_>,
+    ) -> Option<FeatureResult<'a>> {
+        let routing = self.bandit_routing(exp, ctx);
+        let mut res =
+            self.run_experiment(exp, Some(&feature.key), ctx, Some(chain), routing.as_ref());
+        if res.in_experiment && !res.passthrough {
+            if res.hash_used {
+                res.bandit = routing;
+            }
+            return Some(FeatureResult {
+                value: res.value,
+                on: js::truthy(res.value),
+                source: Source::Experiment,
+                rule_id: &rule.id,
+                experiment: Some(exp),
+                experiment_result: Some(res),
+                bandit_routing: routing,
+            });
+        }
+        None
     }
 
     /// `attributes[attr] || attributes[fallback] || ""`
@@ -563,8 +618,24 @@ impl FeatureSet {
         (&attr.name, &EMPTY_STRING)
     }
 
-    #[inline]
+    #[inline(always)]
     fn is_included_in_rollout<'a>(&'a self, r: &'a Rollout, ctx: &EvalContext<'a>) -> bool {
+        // Full coverage: a truthy hash attribute is all it takes (the
+        // fallback attribute only matters when the attribute is falsy).
+        if r.full
+            && ctx
+                .attributes
+                .get_key(&r.hash_attribute)
+                .is_some_and(js::truthy)
+        {
+            return true;
+        }
+        self.rollout_hash(r, ctx)
+    }
+
+    /// Rollouts that need hashing (or a fallback attribute).
+    #[inline(never)]
+    fn rollout_hash<'a>(&'a self, r: &'a Rollout, ctx: &EvalContext<'a>) -> bool {
         if r.range.is_none() {
             match r.coverage {
                 None => return true,

@@ -49,7 +49,7 @@ pub fn str_eq(a: &str, b: &str) -> bool {
 }
 
 /// JavaScript truthiness (`!!value`).
-#[inline]
+#[inline(always)]
 pub fn truthy(v: &Value) -> bool {
     match v {
         Value::Null => false,

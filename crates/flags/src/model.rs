@@ -487,13 +487,19 @@ pub(crate) struct Rollout {
     pub range: Option<(f64, f64)>,
     pub coverage: Option<f64>,
     pub hash_version: u32,
+    /// No range, coverage >= 1 and a valid hash version: every user with a
+    /// truthy hash attribute is included, no hashing needed.
+    pub full: bool,
 }
 
 #[derive(Debug)]
 pub(crate) enum RuleKind {
     Force {
         value: Value,
-        condition: Option<Condition>,
+        /// JavaScript truthiness of `value`.
+        on: bool,
+        /// [`Condition::always`] when the rule has none.
+        condition: Condition,
         /// `None` when the rule has neither `coverage` nor `range`.
         rollout: Option<Box<Rollout>>,
     },
@@ -506,6 +512,8 @@ pub(crate) enum RuleKind {
 #[derive(Debug)]
 pub(crate) struct Rule {
     pub id: Box<str>,
+    /// Whether the rule has prerequisites or filters to check first.
+    pub gated: bool,
     pub parent_conditions: Vec<ParentCondition>,
     pub filters: Option<Vec<Filter>>,
     pub kind: RuleKind,
@@ -516,6 +524,8 @@ pub(crate) struct Rule {
 pub(crate) struct Feature {
     pub key: Box<str>,
     pub default_value: Value,
+    /// JavaScript truthiness of `default_value`.
+    pub default_on: bool,
     pub rules: Vec<Rule>,
 }
 
@@ -570,9 +580,11 @@ pub(crate) fn compile_feature(key: &str, doc: &Value, diags: &mut Vec<String>) -
             compile_rule(key, r, &mut d)
         })
         .collect();
+    let default_value = obj.get("defaultValue").cloned().unwrap_or(Value::Null);
     Feature {
         key: key.into(),
-        default_value: obj.get("defaultValue").cloned().unwrap_or(Value::Null),
+        default_on: js::truthy(&default_value),
+        default_value,
         rules,
     }
 }
@@ -594,11 +606,13 @@ fn compile_rule(feature: &str, doc: &Value, d: &mut Diags) -> Rule {
     let parent_conditions = parent_conditions_of(obj, d);
     let filters = filters_of(obj, d);
     let kind = if obj.contains_key("force") {
+        let value = obj.get("force").cloned().unwrap_or(Value::Null);
         RuleKind::Force {
-            value: obj.get("force").cloned().unwrap_or(Value::Null),
+            on: js::truthy(&value),
+            value,
             condition: match obj.get("condition") {
-                None | Some(Value::Null) => None,
-                Some(c) => Some(Condition::compile_with(c, d.out, &d.at("condition"))),
+                None | Some(Value::Null) => Condition::always(),
+                Some(c) => Condition::compile_with(c, d.out, &d.at("condition")),
             },
             rollout: Some(Box::new(Rollout {
                 seed: opt_str(obj, "seed", d).unwrap_or(feature).into(),
@@ -619,8 +633,15 @@ fn compile_rule(feature: &str, doc: &Value, d: &mut Diags) -> Rule {
                 },
                 coverage: opt_f64(obj, "coverage", d),
                 hash_version: hash_version(obj, 1, d),
+                full: false,
             }))
-            .filter(|r| r.range.is_some() || r.coverage.is_some()),
+            .filter(|r| r.range.is_some() || r.coverage.is_some())
+            .map(|mut r| {
+                r.full = r.range.is_none()
+                    && r.coverage.is_some_and(|c| c >= 1.0)
+                    && r.hash_version != BAD_HASH_VERSION;
+                r
+            }),
         }
     } else {
         let variations = obj
@@ -658,6 +679,7 @@ fn compile_rule(feature: &str, doc: &Value, d: &mut Diags) -> Rule {
     };
     Rule {
         id,
+        gated: !parent_conditions.is_empty() || filters.is_some(),
         parent_conditions,
         filters,
         kind,

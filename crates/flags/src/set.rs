@@ -1,6 +1,6 @@
 //! Loading a features payload into an immutable, shareable [`FeatureSet`].
 
-use crate::attributes::{key_hash, NameIndex, NameWords};
+use crate::attributes::{key_hash, NameIndex, NameKey};
 use crate::condition::SavedGroups;
 use crate::decrypt::{decrypt, DecryptError};
 use crate::model::{
@@ -220,10 +220,9 @@ impl FeatureSet {
     /// Position of a feature in [`FeatureSet::keys`] order.
     #[inline]
     pub(crate) fn position(&self, key: &str) -> Option<usize> {
+        let k = NameKey::of(key);
         self.index
-            .find(key_hash(key), NameWords::of(key), key, |i| {
-                &self.features[i].key
-            })
+            .find(k.hash, k.words, key, |i| &self.features[i].key)
     }
 
     /// Feature keys, in evaluation order of [`FeatureSet::evaluate_all`].

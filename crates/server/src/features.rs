@@ -42,6 +42,10 @@ pub fn router() -> Router<AppState> {
             get(list_sdk_connections).post(create_sdk_connection),
         )
         .route("/api/v1/projects/{project_id}/audit", get(list_audit))
+        .route(
+            "/api/v1/projects/{project_id}/evaluate",
+            axum::routing::post(evaluate),
+        )
 }
 
 /// The GrowthBook SDK endpoint (public: the client key is the credential).
@@ -522,7 +526,10 @@ pub fn growthbook_feature(key: &str, def: &FeatureDefinition, env: &str) -> Opti
                 ..
             } => {
                 r.insert("force".into(), value.clone());
-                r.insert("coverage".into(), json!(coverage));
+                // A half-open bucket range rather than `coverage`: SDKs disagree on `coverage` at the exact
+                // boundary (the JavaScript SDK includes `n == coverage`, the Python SDK excludes it), while every
+                // SDK tests ranges as `start <= n < end`.
+                r.insert("range".into(), json!([0.0, coverage]));
                 r.insert("hashAttribute".into(), json!(hash_attribute));
                 (id, condition)
             }
@@ -593,6 +600,8 @@ impl Default for PayloadCache {
 pub struct CachedPayload {
     pub etag: String,
     pub body: String,
+    /// The payload compiled by the flag engine, for server-side evaluation.
+    pub set: flywheel_flags::FeatureSet,
 }
 
 impl PayloadCache {
@@ -638,7 +647,8 @@ async fn payload_for(
     }
     let body = json!({"status": 200, "features": features, "dateUpdated": updated}).to_string();
     let etag = format!("\"{}\"", hex_prefix(&sha2::Sha256::digest(body.as_bytes())));
-    let cached = Arc::new(CachedPayload { etag, body });
+    let set = flywheel_flags::FeatureSet::from_json(&body).map_err(ApiError::internal)?;
+    let cached = Arc::new(CachedPayload { etag, body, set });
     state
         .payloads
         .entries
@@ -1099,6 +1109,61 @@ async fn create_sdk_connection(
     let mut out = serde_json::to_value(record).map_err(ApiError::internal)?;
     out["client_key"] = json!(key);
     Ok((StatusCode::CREATED, Json(out)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvaluateRequest {
+    environment: String,
+    #[serde(default)]
+    attributes: Map<String, Value>,
+    /// Only these features (all when absent).
+    #[serde(default)]
+    features: Option<Vec<String>>,
+}
+
+/// Server-side evaluation of a project's features for one set of attributes, saying why for each feature:
+/// the engine behind every serving endpoint, and the "test this user" tool.
+async fn evaluate(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(project): Path<String>,
+    body: Result<Json<EvaluateRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let project_id = project_context(&state, &caller, &project).await?;
+    let Json(req) = body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
+    if !environment_keys(&state, project_id)
+        .await?
+        .contains(&req.environment)
+    {
+        return Err(validation_failed(vec![FieldError {
+            field: "environment".into(),
+            message: format!("no environment `{}` in this project", req.environment),
+        }]));
+    }
+    let payload = payload_for(&state, project_id, &req.environment).await?;
+    let attributes = flywheel_flags::Attributes::from_map(req.attributes);
+    let ctx = flywheel_flags::EvalContext::new(&attributes);
+    let mut results = Map::new();
+    let mut put = |key: &str, r: flywheel_flags::FeatureResult<'_>| {
+        let experiment = r.experiment_result.as_ref().map(|e| {
+            json!({"key": e.key, "variation_id": e.variation_id, "in_experiment": e.in_experiment,
+                   "hash_attribute": e.hash_attribute, "hash_value": e.hash_value, "bucket": e.bucket})
+        });
+        results.insert(
+            key.to_owned(),
+            json!({"value": r.value, "on": r.on, "source": r.source.as_str(), "rule_id": r.rule_id, "experiment": experiment}),
+        );
+    };
+    match &req.features {
+        Some(keys) => keys
+            .iter()
+            .for_each(|k| put(k, payload.set.evaluate(k, &ctx))),
+        None => payload.set.evaluate_all(&ctx).for_each(|(k, r)| put(k, r)),
+    }
+    Ok(Json(
+        json!({"environment": req.environment, "results": results}),
+    ))
 }
 
 #[derive(Deserialize)]

@@ -1,4 +1,4 @@
-//! Real published SDKs (posthog-python, segment-analytics-python; versions pinned in
+//! Real published SDKs (posthog-python, segment-analytics-python, growthbook; versions pinned in
 //! tests/clients/requirements.txt) send realistic sessions to a real `flywheel serve`; the Python scripts read
 //! the data back through the native API and assert every event, merge and property.
 
@@ -44,4 +44,9 @@ fn posthog_python_session_round_trips() {
 #[test]
 fn segment_python_session_round_trips() {
     run_session("segment_session.py");
+}
+
+#[test]
+fn growthbook_python_sdk_agrees_with_server_side_evaluation() {
+    run_session("growthbook_differential.py");
 }
