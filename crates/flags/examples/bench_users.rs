@@ -5,11 +5,15 @@
 //! ```text
 //! cargo run --release -p flywheel-flags --example bench_users -- generate DIR [USERS] [FEATURES]
 //! cargo run --release -p flywheel-flags --example bench_users -- run DIR [ITERATIONS]
+//! cargo run --release -p flywheel-flags --example bench_users -- windows
+//! cargo run --release -p flywheel-flags --example bench_users -- count [N] [five|set|users|attrs]
 //! ```
 //!
 //! `generate` writes `DIR/features.json` and `DIR/users.json`; `run` times
 //! the evaluation of every feature for every user, writes one line of
 //! results per user to `DIR/results-rust.jsonl` and prints a summary line.
+//! `windows` times the 5-rule benchmark feature in short windows; `count`
+//! runs a benchmark workload without timing, for instruction counts.
 
 use flywheel_flags::{Attributes, EvalContext, FeatureSet};
 use serde_json::{json, Value};
@@ -44,7 +48,7 @@ fn main() {
         Some("windows") => windows(),
         Some("count") => {
             let n: u64 = args.get(1).map_or(1_000_000, |s| s.parse().expect("N"));
-            count(n);
+            count(n, args.get(2).map_or("five", String::as_str));
         }
         Some("conditions") => {
             let dir = args.get(1).expect("DIR");
@@ -58,7 +62,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: bench_users generate DIR [USERS] [FEATURES] | run DIR [ITERATIONS] | conditions DIR [N] | windows | count [N]"
+                "usage: bench_users generate DIR [USERS] [FEATURES] | run DIR [ITERATIONS] | conditions DIR [N] | windows | count [N] [five|set|users|attrs]"
             );
             std::process::exit(2);
         }
@@ -91,21 +95,53 @@ fn windows() {
     );
 }
 
-/// Evaluates the 5-rule benchmark feature `n` times (no timing): run it
-/// under `valgrind --tool=callgrind` or `perf stat -e instructions` with two
-/// values of `n` and divide the difference by the difference in `n` for a
-/// noise-free instructions-per-evaluation figure.
-fn count(n: u64) {
-    let attrs = Attributes::from_json(&gen::bench_user());
+/// Runs a benchmark workload `n` times without timing it, for
+/// instruction counts: run it under `valgrind --tool=cachegrind` (or
+/// `perf stat -e instructions`) with two values of `n` and divide the
+/// difference by the difference in `n`. Workloads: `five` (default, the
+/// 5-rule feature), `set` (all 100 generated features for one user),
+/// `users` (the same for 100 users) and `attrs` (building the user's
+/// attributes from JSON).
+fn count(n: u64, workload: &str) {
+    let user = gen::bench_user();
+    let attrs = Attributes::from_json(&user);
     let ctx = EvalContext::new(&attrs);
-    let set = FeatureSet::from_value(&gen::five_rule_feature()).unwrap();
     let mut k = 0u64;
-    for _ in 0..n {
-        k += std::hint::black_box(&set)
-            .evaluate(std::hint::black_box("checkout"), &ctx)
-            .on as u64;
+    match workload {
+        "five" => {
+            let set = FeatureSet::from_value(&gen::five_rule_feature()).unwrap();
+            for _ in 0..n {
+                k += std::hint::black_box(&set)
+                    .evaluate(std::hint::black_box("checkout"), &ctx)
+                    .on as u64;
+            }
+        }
+        "set" | "users" => {
+            let set = FeatureSet::from_value(&gen::features(100)).unwrap();
+            let users: Vec<Attributes> = if workload == "set" {
+                vec![attrs.clone()]
+            } else {
+                (0..100)
+                    .map(|i| Attributes::from_json(&gen::user(i)))
+                    .collect()
+            };
+            for _ in 0..n {
+                for a in &users {
+                    let ctx = EvalContext::new(a);
+                    for (_, r) in std::hint::black_box(&set).evaluate_all(&ctx) {
+                        k += r.on as u64;
+                    }
+                }
+            }
+        }
+        "attrs" => {
+            for _ in 0..n {
+                k += Attributes::from_json(std::hint::black_box(&user)).len() as u64;
+            }
+        }
+        other => panic!("unknown workload {other}"),
     }
-    println!("{k} of {n} evaluations on");
+    println!("{k} ({workload} x {n})");
 }
 
 /// Random conditions and attributes with the engine's verdicts, for a

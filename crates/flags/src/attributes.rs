@@ -3,7 +3,9 @@
 //! Conditions and rules refer to attributes by name. Names are hashed once
 //! when a feature set is loaded ([`AttrKey`]) and once when an
 //! [`Attributes`] value is built, so a lookup during evaluation is a probe
-//! into a small open-addressing table plus one string comparison.
+//! into a small open-addressing table comparing two words (names of up to
+//! 15 bytes); small tables pick the hash bits that put every name in its
+//! first slot.
 
 use serde_json::{Map, Value};
 use std::hash::{BuildHasher, Hasher};
@@ -315,12 +317,6 @@ impl AttrKey {
 /// Something conditions can look top-level names up in.
 pub(crate) trait Root {
     fn lookup(&self, key: &AttrKey) -> Option<&Value>;
-
-    /// `root[first][second]` (a two-part path such as `company.size`).
-    #[inline]
-    fn lookup_child(&self, first: &AttrKey, second: &AttrKey) -> Option<&Value> {
-        child(self.lookup(first)?, second)
-    }
 }
 
 impl Root for Value {
@@ -376,15 +372,22 @@ impl Root for ValueRoot<'_> {
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct Attributes {
-    /// Open-addressing table (linear probing, load factor <= 1/2) holding
-    /// the values inline, so that a lookup is one probe and no indirection.
-    slots: Vec<AttrSlot>,
+    /// Open-addressing table (linear probing, load factor <= 1/2) from
+    /// name words to entries.
+    slots: Vec<Slot>,
     /// `slots.len() - 1` (0 while there are no slots).
     mask: usize,
     /// Which bits of a name's hash choose its slot (see [`best_shift`]).
     shift: u32,
-    /// The slot of each attribute, in insertion order.
-    order: Vec<u32>,
+    /// The attributes, in insertion order.
+    entries: Vec<Entry>,
+}
+
+/// One attribute.
+#[derive(Clone, Debug)]
+struct Entry {
+    value: Value,
+    name: Box<str>,
 }
 
 /// Hash bits used for slots when no better choice was made.
@@ -427,69 +430,6 @@ fn best_shift(hashes: &[u64], mask: usize) -> u32 {
     best.1
 }
 
-/// One slot of the attribute table (`words` marked [`EMPTY_SLOT`] when
-/// empty).
-#[derive(Clone, Debug)]
-struct AttrSlot {
-    words: NameWords,
-    value: Value,
-    /// For a small object of scalars (`{"size": 120, "industry": "saas"}`),
-    /// a copy of its members: paths such as `company.size` are then
-    /// resolved by comparing words instead of walking the B-tree map.
-    members: Option<Box<[Member]>>,
-    name: Box<str>,
-}
-
-/// A member of a small object attribute (see [`AttrSlot::members`]).
-#[derive(Clone, Debug)]
-struct Member {
-    words: NameWords,
-    value: Value,
-    /// The name when longer than 15 bytes (the words do not prove
-    /// equality); empty otherwise.
-    long_name: Box<str>,
-}
-
-/// Objects with at most this many members, all scalars, get
-/// [`AttrSlot::members`].
-const MAX_MEMBERS: usize = 8;
-
-fn members_of(v: &Value) -> Option<Box<[Member]>> {
-    let Value::Object(m) = v else {
-        return None;
-    };
-    if m.is_empty() || m.len() > MAX_MEMBERS || m.values().any(|v| v.is_array() || v.is_object()) {
-        return None;
-    }
-    Some(
-        m.iter()
-            .map(|(k, v)| {
-                let words = NameWords::of(k);
-                Member {
-                    words,
-                    value: v.clone(),
-                    long_name: if words.complete() {
-                        Box::default()
-                    } else {
-                        k.as_str().into()
-                    },
-                }
-            })
-            .collect(),
-    )
-}
-
-impl AttrSlot {
-    fn empty() -> AttrSlot {
-        AttrSlot {
-            words: Slot::EMPTY.words,
-            value: Value::Null,
-            members: None,
-            name: Box::default(),
-        }
-    }
-}
-
 impl Attributes {
     /// No attributes.
     pub fn new() -> Attributes {
@@ -515,18 +455,21 @@ impl Attributes {
 
     /// Builds attributes from an owned JSON map.
     pub fn from_map(map: Map<String, Value>) -> Attributes {
-        let mut a = Attributes::new();
-        let cap = capacity_for(map.len());
-        let mut hashes = [0u64; TUNED_CAPACITY / 2];
-        let shift = if map.len() <= hashes.len() {
-            for (h, k) in hashes.iter_mut().zip(map.keys()) {
-                *h = key_hash(k);
-            }
-            best_shift(&hashes[..map.len()], cap - 1)
-        } else {
-            DEFAULT_SHIFT
+        let mut a = Attributes {
+            entries: Vec::with_capacity(map.len()),
+            ..Attributes::default()
         };
-        a.rebuild(cap, shift);
+        let mut hashes = [0u64; TUNED_CAPACITY / 2];
+        let hashes = match hashes.get_mut(..map.len()) {
+            Some(hashes) => {
+                for (h, k) in hashes.iter_mut().zip(map.keys()) {
+                    *h = key_hash(k);
+                }
+                Some(&*hashes)
+            }
+            None => None,
+        };
+        a.rebuild(capacity_for(map.len()), hashes);
         for (k, v) in map {
             // Map keys are distinct.
             a.push(NameKey::of(&k), k.into_boxed_str(), v);
@@ -538,71 +481,57 @@ impl Attributes {
     pub fn insert(&mut self, name: impl Into<String>, value: Value) {
         let name: String = name.into();
         let key = NameKey::of(&name);
-        if let Some(s) = self.find(key.hash, key.words, &name) {
-            self.slots[s].members = members_of(&value);
-            self.slots[s].value = value;
+        if let Some(i) = self.find(key.hash, key.words, &name) {
+            self.entries[i].value = value;
             return;
         }
         self.push(key, name.into_boxed_str(), value);
     }
 
-    /// Rehashes into `cap` slots selected by hash bits `shift`.
-    fn rebuild(&mut self, cap: usize, shift: u32) {
-        let mut old: Vec<AttrSlot> = (0..cap).map(|_| AttrSlot::empty()).collect();
-        std::mem::swap(&mut old, &mut self.slots);
+    /// Rebuilds the table with `cap` slots for the current entries, choosing
+    /// the hash bits from `hashes` (the hashes of every name the table is
+    /// meant for) when given.
+    fn rebuild(&mut self, cap: usize, hashes: Option<&[u64]>) {
+        self.slots.clear();
+        self.slots.resize(cap, Slot::EMPTY);
         self.mask = cap - 1;
-        self.shift = shift;
-        let mut order = std::mem::take(&mut self.order);
-        for s in &mut order {
-            let slot = std::mem::replace(&mut old[*s as usize], AttrSlot::empty());
-            let hash = words_hash(&slot.words, &slot.name);
-            let free = self.free_slot(hash);
-            self.slots[free] = slot;
-            *s = free as u32;
+        self.shift = hashes.map_or(DEFAULT_SHIFT, |h| best_shift(h, self.mask));
+        for i in 0..self.entries.len() {
+            let key = NameKey::of(&self.entries[i].name);
+            self.place(key, i);
         }
-        self.order = order;
     }
 
-    /// Grows the table for `n` attributes, `extra` being the hash of the one
-    /// about to be added.
-    fn grow(&mut self, n: usize, extra: u64) {
-        let cap = capacity_for(n);
-        let mut hashes = [0u64; TUNED_CAPACITY / 2];
-        let shift = if n <= hashes.len() {
-            for (h, &s) in hashes.iter_mut().zip(&self.order) {
-                let slot = &self.slots[s as usize];
-                *h = words_hash(&slot.words, &slot.name);
-            }
-            hashes[n - 1] = extra;
-            best_shift(&hashes[..n], cap - 1)
-        } else {
-            DEFAULT_SHIFT
-        };
-        self.rebuild(cap, shift);
-    }
-
-    fn free_slot(&self, hash: u64) -> usize {
-        let mut s = (hash >> self.shift) as usize & self.mask;
+    fn place(&mut self, key: NameKey, entry: usize) {
+        let mut s = (key.hash >> self.shift) as usize & self.mask;
         while !self.slots[s].words.is_empty_slot() {
             s = (s + 1) & self.mask;
         }
-        s
+        self.slots[s] = Slot {
+            words: key.words,
+            entry: entry as u32,
+        };
     }
 
     /// Adds an attribute known to be absent.
     fn push(&mut self, key: NameKey, name: Box<str>, value: Value) {
-        let n = self.order.len() + 1;
+        let n = self.entries.len() + 1;
         if n * 2 > self.slots.len() {
-            self.grow(n, key.hash);
+            let mut hashes = [0u64; TUNED_CAPACITY / 2];
+            let hashes = match hashes.get_mut(..n) {
+                Some(hashes) => {
+                    for (h, e) in hashes.iter_mut().zip(&self.entries) {
+                        *h = key_hash(&e.name);
+                    }
+                    hashes[n - 1] = key.hash;
+                    Some(&*hashes)
+                }
+                None => None,
+            };
+            self.rebuild(capacity_for(n), hashes);
         }
-        let s = self.free_slot(key.hash);
-        self.slots[s] = AttrSlot {
-            words: key.words,
-            members: members_of(&value),
-            value,
-            name,
-        };
-        self.order.push(s as u32);
+        self.place(key, n - 1);
+        self.entries.push(Entry { value, name });
     }
 
     /// Builder-style [`Attributes::insert`].
@@ -615,25 +544,22 @@ impl Attributes {
     pub fn get(&self, name: &str) -> Option<&Value> {
         let key = NameKey::of(name);
         self.find(key.hash, key.words, name)
-            .map(|s| &self.slots[s].value)
+            .map(|i| &self.entries[i].value)
     }
 
     /// Number of top-level attributes.
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.entries.len()
     }
 
     /// Whether there are no attributes.
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.entries.is_empty()
     }
 
     /// Iterates `(name, value)` pairs.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
-        self.order.iter().map(|&s| {
-            let slot = &self.slots[s as usize];
-            (&*slot.name, &slot.value)
-        })
+        self.entries.iter().map(|e| (&*e.name, &e.value))
     }
 
     /// The attributes as a JSON object.
@@ -645,15 +571,17 @@ impl Attributes {
         )
     }
 
-    /// The slot holding `name`.
+    /// The entry named `name`.
     fn find(&self, hash: u64, words: NameWords, name: &str) -> Option<usize> {
         let mut s = (hash >> self.shift) as usize & self.mask;
         loop {
             let slot = self.slots.get(s)?;
-            if slot.words == words && (words.complete() || *slot.name == *name) {
-                return Some(s);
-            }
-            if slot.words.is_empty_slot() {
+            if slot.words == words {
+                let i = slot.entry as usize;
+                if words.complete() || *self.entries[i].name == *name {
+                    return Some(i);
+                }
+            } else if slot.words.is_empty_slot() {
                 return None;
             }
             s = (s + 1) & self.mask;
@@ -665,19 +593,14 @@ impl Attributes {
     /// probe comparing two words.
     #[inline(always)]
     pub(crate) fn get_key(&self, key: &AttrKey) -> Option<&Value> {
-        self.slot_of_key(key).map(|slot| &slot.value)
-    }
-
-    #[inline(always)]
-    fn slot_of_key(&self, key: &AttrKey) -> Option<&AttrSlot> {
         if !key.words.complete() {
-            return self.slot_of_long(key);
+            return self.get_long(key);
         }
         let mut s = (key.hash >> self.shift) as usize & self.mask;
         loop {
             let slot = self.slots.get(s)?;
             if slot.words == key.words {
-                return Some(slot);
+                return self.entries.get(slot.entry as usize).map(|e| &e.value);
             }
             if slot.words.is_empty_slot() {
                 return None;
@@ -687,9 +610,9 @@ impl Attributes {
     }
 
     #[inline(never)]
-    fn slot_of_long(&self, key: &AttrKey) -> Option<&AttrSlot> {
+    fn get_long(&self, key: &AttrKey) -> Option<&Value> {
         self.find(key.hash, key.words, &key.name)
-            .map(|s| &self.slots[s])
+            .map(|i| &self.entries[i].value)
     }
 }
 
@@ -698,29 +621,6 @@ impl Root for Attributes {
     fn lookup(&self, key: &AttrKey) -> Option<&Value> {
         self.get_key(key)
     }
-
-    #[inline(always)]
-    fn lookup_child(&self, first: &AttrKey, second: &AttrKey) -> Option<&Value> {
-        let slot = self.slot_of_key(first)?;
-        match &slot.members {
-            Some(members) => {
-                for m in members.iter() {
-                    if m.words == second.words
-                        && (second.words.complete() || *m.long_name == *second.name)
-                    {
-                        return Some(&m.value);
-                    }
-                }
-                None
-            }
-            None => child_cold(&slot.value, second),
-        }
-    }
-}
-
-#[inline(never)]
-fn child_cold<'v>(v: &'v Value, key: &AttrKey) -> Option<&'v Value> {
-    child(v, key)
 }
 
 impl From<Value> for Attributes {
@@ -836,37 +736,5 @@ mod tests {
                 assert_eq!(attrs.len(), n);
             }
         }
-    }
-
-    /// Two-part paths resolve through the copied members of small objects
-    /// and through the object itself otherwise, with the same results.
-    #[test]
-    fn nested_members() {
-        let size = AttrKey::new("size");
-        let company = AttrKey::new("company");
-        let long = AttrKey::new("a-member-name-longer-than-15");
-        let mut a = Attributes::from_json(&json!({
-            "company": {"size": 120, "industry": "saas", "a-member-name-longer-than-15": true}
-        }));
-        assert_eq!(a.lookup_child(&company, &size), Some(&json!(120)));
-        assert_eq!(a.lookup_child(&company, &long), Some(&json!(true)));
-        assert_eq!(a.lookup_child(&company, &AttrKey::new("plan")), None);
-        assert_eq!(
-            a.lookup_child(&company, &AttrKey::new("a-member-name-longer-than-16")),
-            None
-        );
-        a.insert("company", json!({"size": [1], "x": 2}));
-        assert_eq!(a.lookup_child(&company, &size), Some(&json!([1])));
-        a.insert("company", json!({"size": 7}));
-        assert_eq!(a.lookup_child(&company, &size), Some(&json!(7)));
-        a.insert("company", json!("size"));
-        assert_eq!(a.lookup_child(&company, &size), None);
-        let big: Map<String, Value> = (0..20).map(|i| (format!("m{i}"), json!(i))).collect();
-        a.insert("company", Value::Object(big));
-        assert_eq!(
-            a.lookup_child(&company, &AttrKey::new("m19")),
-            Some(&json!(19))
-        );
-        assert_eq!(a.lookup_child(&AttrKey::new("nope"), &size), None);
     }
 }

@@ -174,16 +174,11 @@ impl Path {
 
     #[inline(always)]
     fn get<'v, R: Root + ?Sized>(&self, root: &'v R) -> &'v Value {
-        match &*self.rest {
-            [] => root.lookup(&self.first).unwrap_or(&NULL),
-            [second, more @ ..] => {
-                let mut cur = root.lookup_child(&self.first, second).unwrap_or(&NULL);
-                for key in more {
-                    cur = child(cur, key).unwrap_or(&NULL);
-                }
-                cur
-            }
+        let mut cur = root.lookup(&self.first).unwrap_or(&NULL);
+        for key in self.rest.iter() {
+            cur = child(cur, key).unwrap_or(&NULL);
         }
+        cur
     }
 }
 

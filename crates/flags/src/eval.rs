@@ -401,7 +401,7 @@ impl FeatureSet {
         self.features.iter().enumerate().map(move |(i, f)| {
             let r = match ctx.forced_features.and_then(|m| m.get(&*f.key)) {
                 Some(v) => FeatureResult::new(v, Source::Override, ""),
-                None => self.eval_feature(i, ctx, None),
+                None => self.eval_feature_outlined(i, ctx, None),
             };
             (&*f.key, r)
         })
@@ -475,9 +475,21 @@ impl FeatureSet {
             return FeatureResult::new(v, Source::Override, "");
         }
         match target {
-            Some(t) => self.eval_feature(t, ctx, Some(chain)),
+            Some(t) => self.eval_feature_outlined(t, ctx, Some(chain)),
             None => FeatureResult::new(&NULL, Source::UnknownFeature, ""),
         }
+    }
+
+    /// [`FeatureSet::eval_feature`] as one shared copy, for callers other
+    /// than [`FeatureSet::evaluate`] (which gets its own inlined copy).
+    #[inline(never)]
+    fn eval_feature_outlined<'a>(
+        &'a self,
+        idx: usize,
+        ctx: &EvalContext<'a>,
+        parent: Option<&Chain<'_>>,
+    ) -> FeatureResult<'a> {
+        self.eval_feature(idx, ctx, parent)
     }
 
     #[inline(always)]
@@ -536,8 +548,7 @@ impl FeatureSet {
         )
     }
 
-    /// Prerequisites and filters of a rule.
-    #[cold]
+    /// Prerequisites and filters of a rule (kept out of the rule loop).
     #[inline(never)]
     fn rule_gate<'a>(
         &'a self,

@@ -30,13 +30,16 @@
 //! * [`FeatureSet::from_json`] compiles a payload once: conditions become a
 //!   [`Condition`] tree (regular expressions compiled — plain literals such
 //!   as `@example\.com$` become string tests —, `$in` lists turned into sets
-//!   when long, version strings padded, cheap checks ordered first),
-//!   prerequisites are resolved to indices and bucket ranges precomputed.
+//!   when long, version strings padded, cheap checks ordered first and
+//!   plain attribute tests flattened into a list the rule loop runs
+//!   inline), prerequisites are resolved to indices, bucket ranges and the
+//!   truthiness of forced values precomputed.
 //!   Problems are collected in [`FeatureSet::diagnostics`]; malformed
 //!   conditions evaluate to `false`, nothing panics, nesting is bounded by
 //!   [`MAX_DEPTH`].
 //! * A [`FeatureSet`] is immutable and `Send + Sync`; share it with `Arc`.
-//! * [`Attributes`] are built once per user (names hashed once) and an
+//! * [`Attributes`] are built once per user (names hashed once into a
+//!   table tuned so that a lookup is usually one probe) and an
 //!   [`EvalContext`] borrows them plus optional forced variations/features,
 //!   saved groups, contextual bandits, the page URL and a
 //!   [`StickyBucketService`] the caller implements over its storage.
