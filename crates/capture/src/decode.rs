@@ -482,6 +482,15 @@ pub(crate) fn segment_value(req: &RawRequest<'_>, limits: &Limits) -> Result<Val
     parse_json(body, what, limits)
 }
 
+/// The JSON document of a PostHog SDK request (`/flags`, `/decide`): the same encodings as capture (plain or
+/// gzip JSON, `data=` form fields or query parameters, base64, lz64), size- and depth-limited.
+pub fn posthog_document(req: &RawRequest<'_>, limits: &Limits) -> Result<Value, RequestError> {
+    match posthog_decoded(req, limits)?.0 {
+        Decoded::Text(text, what) => parse_json_str(&text, what, limits),
+        Decoded::Value(v) => Ok(v),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

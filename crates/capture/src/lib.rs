@@ -51,6 +51,7 @@ mod time;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use decode::posthog_document;
 pub use error::{codes, EventError, RequestError};
 pub use posthog::parse_posthog;
 pub use segment::{message_id_uuid, parse_segment, SegmentCall};

@@ -61,6 +61,10 @@ pub struct ServeArgs {
     /// Seconds a request may take before it is cut off [default: 60].
     #[arg(long, env = "FLYWHEEL_REQUEST_TIMEOUT_SECS")]
     pub request_timeout_secs: Option<u64>,
+    /// Requests per second per key on the flag-serving endpoints (OFREP, /flags, /decide); excess requests get
+    /// 429 with Retry-After. 0 turns the limit off [default: 0].
+    #[arg(long, env = "FLYWHEEL_SDK_RATE_LIMIT")]
+    pub sdk_rate_limit: Option<u32>,
 }
 
 /// Resolved settings.
@@ -76,6 +80,7 @@ pub struct Settings {
     pub max_json_depth: usize,
     pub max_decompressed_mb: usize,
     pub request_timeout_secs: u64,
+    pub sdk_rate_limit: u32,
 }
 
 impl ServeArgs {
@@ -122,6 +127,7 @@ impl ServeArgs {
                 .request_timeout_secs
                 .or(file.request_timeout_secs)
                 .unwrap_or(60),
+            sdk_rate_limit: self.sdk_rate_limit.or(file.sdk_rate_limit).unwrap_or(0),
         };
         anyhow::ensure!(settings.segment_mb >= 1, "segment_mb must be at least 1");
         anyhow::ensure!(
@@ -153,6 +159,7 @@ impl Settings {
         config.capture_limits.max_json_depth = self.max_json_depth;
         config.capture_limits.max_decompressed_bytes = self.max_decompressed_mb * 1024 * 1024;
         config.request_timeout = Duration::from_secs(self.request_timeout_secs);
+        config.sdk_rate_limit = self.sdk_rate_limit;
         config
     }
 }

@@ -3,7 +3,7 @@
 //! as `"<ivBase64>.<cipherTextBase64>"` and the key as base64 (16, 24 or 32
 //! bytes for AES-128/192/256).
 
-use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, KeyIvInit};
+use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, BlockEncryptMut, KeyIvInit};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use std::fmt;
@@ -99,9 +99,60 @@ pub fn decrypt(encrypted: &str, key_base64: &str) -> Result<String, DecryptError
     String::from_utf8(buf).map_err(|_| DecryptError::InvalidUtf8)
 }
 
+/// Encrypts `plain` for SDKs that [`decrypt`]: AES-CBC with PKCS#7 padding under a base64 key (16, 24 or 32
+/// bytes) and the given IV (random per payload), as `"<ivBase64>.<cipherTextBase64>"`.
+pub fn encrypt(plain: &str, key_base64: &str, iv: [u8; 16]) -> Result<String, DecryptError> {
+    let key = STANDARD
+        .decode(key_base64.trim())
+        .map_err(|_| DecryptError::InvalidKey)?;
+    let padded_len = (plain.len() / 16 + 1) * 16;
+    let mut buf = vec![0u8; padded_len];
+    buf[..plain.len()].copy_from_slice(plain.as_bytes());
+    let n = plain.len();
+    let bad_len = |_| DecryptError::InvalidKeyLength(key.len());
+    let cipher_len = match key.len() {
+        16 => cbc::Encryptor::<aes::Aes128>::new_from_slices(&key, &iv)
+            .map_err(bad_len)?
+            .encrypt_padded_mut::<Pkcs7>(&mut buf, n)
+            .map_err(|_| DecryptError::BadPadding)?
+            .len(),
+        24 => cbc::Encryptor::<aes::Aes192>::new_from_slices(&key, &iv)
+            .map_err(bad_len)?
+            .encrypt_padded_mut::<Pkcs7>(&mut buf, n)
+            .map_err(|_| DecryptError::BadPadding)?
+            .len(),
+        32 => cbc::Encryptor::<aes::Aes256>::new_from_slices(&key, &iv)
+            .map_err(bad_len)?
+            .encrypt_padded_mut::<Pkcs7>(&mut buf, n)
+            .map_err(|_| DecryptError::BadPadding)?
+            .len(),
+        n => return Err(DecryptError::InvalidKeyLength(n)),
+    };
+    buf.truncate(cipher_len);
+    Ok(format!("{}.{}", STANDARD.encode(iv), STANDARD.encode(&buf)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encrypt_round_trips_through_decrypt() {
+        for key in [
+            "Zvwv/+uhpFDznZ6SX28Yjg==",
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYX",
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        ] {
+            for plain in ["", "x", "exactly 16 bytes", r#"{"f":{"defaultValue":"é"}}"#] {
+                let sealed = encrypt(plain, key, [7; 16]).unwrap();
+                assert_eq!(decrypt(&sealed, key).unwrap(), plain);
+            }
+        }
+        assert_eq!(
+            encrypt("x", "AAAA", [0; 16]),
+            Err(DecryptError::InvalidKeyLength(3))
+        );
+    }
 
     #[test]
     fn errors_not_panics() {

@@ -76,7 +76,7 @@ mod url;
 
 pub use attributes::Attributes;
 pub use condition::{padded_version_string, Condition, SavedGroups, MAX_DEPTH};
-pub use decrypt::{decrypt, DecryptError};
+pub use decrypt::{decrypt, encrypt, DecryptError};
 pub use eval::{
     BanditAssignment, EvalContext, ExperimentResult, FeatureResult, ForcedFeatures,
     ForcedVariations, Source, UrlRedirect, MAX_PREREQUISITE_DEPTH,

@@ -7,17 +7,15 @@
 //! SDK connections hand out client keys that serve one environment's GrowthBook payload.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, RwLock};
 
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use flywheel_store::{Actor, AuditFilter, FeatureRecord, WriteError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use sha2::Digest;
 
 use crate::api::{parse_project, Caller};
 use crate::error::ApiError;
@@ -41,18 +39,25 @@ pub fn router() -> Router<AppState> {
             "/api/v1/projects/{project_id}/sdk-connections",
             get(list_sdk_connections).post(create_sdk_connection),
         )
+        .route(
+            "/api/v1/projects/{project_id}/sdk-connections/{id}",
+            axum::routing::delete(revoke_sdk_connection),
+        )
+        .route(
+            "/api/v1/projects/{project_id}/saved-groups",
+            get(list_saved_groups).post(create_saved_group),
+        )
+        .route(
+            "/api/v1/projects/{project_id}/saved-groups/{key}",
+            get(get_saved_group)
+                .put(update_saved_group)
+                .delete(delete_saved_group),
+        )
         .route("/api/v1/projects/{project_id}/audit", get(list_audit))
         .route(
             "/api/v1/projects/{project_id}/evaluate",
             axum::routing::post(evaluate),
         )
-}
-
-/// The GrowthBook SDK endpoint (public: the client key is the credential).
-pub fn sdk_router() -> Router<AppState> {
-    Router::new()
-        .route("/api/features/{client_key}", get(growthbook_payload))
-        .route("/sub/{client_key}", get(growthbook_stream))
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -138,6 +143,9 @@ pub enum Rule {
         description: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         condition: Option<Value>,
+        /// Audiences (saved groups) the user must also be in (or out of).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        saved_groups: Vec<SavedGroupRef>,
         value: Value,
         #[serde(default = "yes")]
         enabled: bool,
@@ -150,6 +158,9 @@ pub enum Rule {
         description: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         condition: Option<Value>,
+        /// Audiences (saved groups) the user must also be in (or out of).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        saved_groups: Vec<SavedGroupRef>,
         value: Value,
         coverage: f64,
         #[serde(default = "id_attribute")]
@@ -165,6 +176,9 @@ pub enum Rule {
         description: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         condition: Option<Value>,
+        /// Audiences (saved groups) the user must also be in (or out of).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        saved_groups: Vec<SavedGroupRef>,
         /// Experiment key reported with exposures (default: the feature key).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tracking_key: Option<String>,
@@ -188,6 +202,116 @@ impl Rule {
         match self {
             Rule::Force { id, .. } | Rule::Rollout { id, .. } | Rule::Experiment { id, .. } => id,
         }
+    }
+
+    fn targeting(&self) -> (&Option<Value>, &[SavedGroupRef]) {
+        match self {
+            Rule::Force {
+                condition,
+                saved_groups,
+                ..
+            }
+            | Rule::Rollout {
+                condition,
+                saved_groups,
+                ..
+            }
+            | Rule::Experiment {
+                condition,
+                saved_groups,
+                ..
+            } => (condition, saved_groups),
+        }
+    }
+}
+
+/// A rule's reference to saved groups: the user must be in `all`, `any` or `none` of them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedGroupRef {
+    #[serde(default = "match_all", rename = "match")]
+    pub match_: GroupMatch,
+    pub ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupMatch {
+    All,
+    Any,
+    None,
+}
+
+fn match_all() -> GroupMatch {
+    GroupMatch::All
+}
+
+/// A saved group (reusable audience): a list of values of one attribute, or a condition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SavedGroup {
+    List {
+        #[serde(default)]
+        name: String,
+        #[serde(default)]
+        description: String,
+        #[serde(default)]
+        owner: String,
+        attribute: String,
+        values: Vec<Value>,
+    },
+    Condition {
+        #[serde(default)]
+        name: String,
+        #[serde(default)]
+        description: String,
+        #[serde(default)]
+        owner: String,
+        condition: Value,
+    },
+}
+
+impl SavedGroup {
+    /// The values of a list group (served as the payload's `savedGroups`).
+    pub fn list_values(&self) -> Option<&[Value]> {
+        match self {
+            SavedGroup::List { values, .. } => Some(values),
+            SavedGroup::Condition { .. } => None,
+        }
+    }
+
+    /// The condition that tests membership of the group with key `key`.
+    fn membership(&self, key: &str) -> Value {
+        match self {
+            SavedGroup::List { attribute, .. } => json!({ attribute: {"$inGroup": key} }),
+            SavedGroup::Condition { condition, .. } => condition.clone(),
+        }
+    }
+}
+
+/// A rule's condition with its saved groups folded in (`None`: everyone).
+pub fn rule_condition(
+    condition: &Option<Value>,
+    refs: &[SavedGroupRef],
+    groups: &HashMap<String, SavedGroup>,
+) -> Option<Value> {
+    let mut all: Vec<Value> = condition.iter().cloned().collect();
+    for r in refs {
+        let members: Vec<Value> = r
+            .ids
+            .iter()
+            .filter_map(|id| groups.get(id).map(|g| g.membership(id)))
+            .collect();
+        all.push(match r.match_ {
+            GroupMatch::All => json!({ "$and": members }),
+            GroupMatch::Any => json!({ "$or": members }),
+            GroupMatch::None => json!({ "$nor": members }),
+        });
+    }
+    match all.len() {
+        0 => None,
+        1 => all.pop(),
+        _ => Some(json!({ "$and": all })),
     }
 }
 
@@ -247,6 +371,7 @@ fn validate(
     def: &mut FeatureDefinition,
     environments: &HashSet<String>,
     others: &HashMap<String, FeatureDefinition>,
+    groups: &HashMap<String, SavedGroup>,
 ) -> Vec<FieldError> {
     let mut errors = Vec::new();
     if !valid_key(key) {
@@ -416,11 +541,25 @@ fn validate(
                     }
                 }
             }
-            let condition = match rule {
-                Rule::Force { condition, .. }
-                | Rule::Rollout { condition, .. }
-                | Rule::Experiment { condition, .. } => condition,
-            };
+            let (condition, refs) = rule.targeting();
+            for (j, r) in refs.iter().enumerate() {
+                if r.ids.is_empty() {
+                    field(
+                        &mut errors,
+                        format!("{at}.saved_groups[{j}].ids"),
+                        "name at least one saved group",
+                    );
+                }
+                for id in &r.ids {
+                    if !groups.contains_key(id) {
+                        field(
+                            &mut errors,
+                            format!("{at}.saved_groups[{j}].ids"),
+                            format!("no saved group `{id}` in this project"),
+                        );
+                    }
+                }
+            }
             if let Some(c) = condition {
                 if !c.is_object() {
                     field(
@@ -491,7 +630,12 @@ fn prerequisite_cycle(
 
 /// The GrowthBook SDK definition of a feature in one environment; `None` when it is not served there (archived,
 /// disabled, or not configured), which GrowthBook SDKs treat as an unknown feature.
-pub fn growthbook_feature(key: &str, def: &FeatureDefinition, env: &str) -> Option<Value> {
+pub fn growthbook_feature(
+    key: &str,
+    def: &FeatureDefinition,
+    env: &str,
+    groups: &HashMap<String, SavedGroup>,
+) -> Option<Value> {
     let settings = def.environments.get(env).filter(|s| s.enabled)?;
     let mut rules = Vec::new();
     if !def.prerequisites.is_empty() {
@@ -568,8 +712,8 @@ pub fn growthbook_feature(key: &str, def: &FeatureDefinition, env: &str) -> Opti
             }
         };
         r.insert("id".into(), json!(id));
-        if let Some(c) = condition {
-            r.insert("condition".into(), c.clone());
+        if let Some(c) = rule_condition(condition, rule.targeting().1, groups) {
+            r.insert("condition".into(), c);
         }
         rules.push(Value::Object(r));
     }
@@ -579,177 +723,6 @@ pub fn growthbook_feature(key: &str, def: &FeatureDefinition, env: &str) -> Opti
         f.insert("rules".into(), Value::Array(rules));
     }
     Some(Value::Object(f))
-}
-
-/// Serialized payloads per (project, environment), rebuilt after a write to the project; every write is also
-/// announced to open streams.
-pub struct PayloadCache {
-    entries: RwLock<HashMap<(i64, String), Arc<CachedPayload>>>,
-    changes: tokio::sync::broadcast::Sender<i64>,
-}
-
-impl Default for PayloadCache {
-    fn default() -> Self {
-        Self {
-            entries: RwLock::default(),
-            changes: tokio::sync::broadcast::channel(1024).0,
-        }
-    }
-}
-
-pub struct CachedPayload {
-    pub etag: String,
-    pub body: String,
-    /// The payload compiled by the flag engine, for server-side evaluation.
-    pub set: flywheel_flags::FeatureSet,
-}
-
-impl PayloadCache {
-    pub fn invalidate(&self, project_id: i64) {
-        self.entries
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(p, _), _| *p != project_id);
-        // No receiver (no open stream) is not an error.
-        let _ = self.changes.send(project_id);
-    }
-}
-
-async fn payload_for(
-    state: &AppState,
-    project_id: i64,
-    env: &str,
-) -> Result<Arc<CachedPayload>, ApiError> {
-    let key = (project_id, env.to_owned());
-    if let Some(hit) = state
-        .payloads
-        .entries
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&key)
-    {
-        return Ok(hit.clone());
-    }
-    let records = state.store.features(project_id, false).await?;
-    let mut features = Map::new();
-    let mut updated = String::new();
-    for record in &records {
-        updated = updated.max(record.updated_at.clone());
-        let Ok(def) = serde_json::from_value::<FeatureDefinition>(record.definition.clone()) else {
-            continue;
-        };
-        if let Some(f) = growthbook_feature(&record.key, &def, env) {
-            features.insert(record.key.clone(), f);
-        }
-    }
-    if updated.is_empty() {
-        updated = "1970-01-01T00:00:00.000000Z".to_owned();
-    }
-    let body = json!({"status": 200, "features": features, "dateUpdated": updated}).to_string();
-    let etag = format!("\"{}\"", hex_prefix(&sha2::Sha256::digest(body.as_bytes())));
-    let set = flywheel_flags::FeatureSet::from_json(&body).map_err(ApiError::internal)?;
-    let cached = Arc::new(CachedPayload { etag, body, set });
-    state
-        .payloads
-        .entries
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(key, cached.clone());
-    Ok(cached)
-}
-
-fn hex_prefix(bytes: &[u8]) -> String {
-    bytes.iter().take(12).map(|b| format!("{b:02x}")).collect()
-}
-
-async fn growthbook_payload(
-    State(state): State<AppState>,
-    Path(client_key): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let Some((project_id, env)) = state.store.sdk_connection_for_key(&client_key).await? else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "invalid_client_key",
-            "unknown or revoked SDK client key",
-        ));
-    };
-    let payload = payload_for(&state, project_id, &env).await?;
-    let matches = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim() == payload.etag || t.trim() == "*")
-        });
-    let common = [
-        (header::ETAG, payload.etag.clone()),
-        (header::CACHE_CONTROL, "no-cache".to_owned()),
-    ];
-    if matches {
-        return Ok((StatusCode::NOT_MODIFIED, common).into_response());
-    }
-    Ok((
-        StatusCode::OK,
-        common,
-        [(header::CONTENT_TYPE, "application/json".to_owned())],
-        payload.body.clone(),
-    )
-        .into_response())
-}
-
-/// Server-sent events for streaming GrowthBook SDKs (`{streamingHost}/sub/{clientKey}`): an `event: features`
-/// with the whole payload whenever the environment's payload changes; a comment every 20 s keeps proxies open.
-async fn growthbook_stream(
-    State(state): State<AppState>,
-    Path(client_key): Path<String>,
-) -> Result<Response, ApiError> {
-    use axum::response::sse::{Event, KeepAlive, Sse};
-    use tokio::sync::broadcast::error::RecvError;
-
-    let Some((project_id, env)) = state.store.sdk_connection_for_key(&client_key).await? else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "invalid_client_key",
-            "unknown or revoked SDK client key",
-        ));
-    };
-    let changes = state.payloads.changes.subscribe();
-    let etag = payload_for(&state, project_id, &env).await?.etag.clone();
-    let shutdown = state.shutdown.clone();
-    let stream = futures_util::stream::unfold(
-        (state, changes, shutdown, etag),
-        move |(state, mut changes, mut shutdown, mut etag)| {
-            let env = env.clone();
-            async move {
-                loop {
-                    let changed = tokio::select! {
-                        r = changes.recv() => r,
-                        _ = shutdown.wait_for(|s| *s) => return None,
-                    };
-                    match changed {
-                        Ok(p) if p != project_id => continue,
-                        Ok(_) | Err(RecvError::Lagged(_)) => {}
-                        Err(RecvError::Closed) => return None,
-                    }
-                    let payload = payload_for(&state, project_id, &env).await.ok()?;
-                    if payload.etag != etag {
-                        etag = payload.etag.clone();
-                        let event = Event::default()
-                            .event("features")
-                            .data(payload.body.clone());
-                        return Some((
-                            Ok::<_, std::convert::Infallible>(event),
-                            (state, changes, shutdown, etag),
-                        ));
-                    }
-                }
-            }
-        },
-    );
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(20)))
-        .into_response())
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -815,6 +788,23 @@ async fn others(
             serde_json::from_value(r.definition)
                 .ok()
                 .map(|d| (r.key, d))
+        })
+        .collect())
+}
+
+async fn saved_group_defs(
+    state: &AppState,
+    project_id: i64,
+) -> Result<HashMap<String, SavedGroup>, ApiError> {
+    Ok(state
+        .store
+        .saved_groups(project_id)
+        .await?
+        .into_iter()
+        .filter_map(|g| {
+            serde_json::from_value(g.definition)
+                .ok()
+                .map(|d| (g.key, d))
         })
         .collect())
 }
@@ -888,6 +878,7 @@ async fn create_feature(
         &mut def,
         &environment_keys(&state, project_id).await?,
         &others(&state, project_id, &key).await?,
+        &saved_group_defs(&state, project_id).await?,
     );
     if !errors.is_empty() {
         return Err(validation_failed(errors));
@@ -903,7 +894,7 @@ async fn create_feature(
         )
         .await
         .map_err(|e| write_error(e, &format!("feature `{key}`")))?;
-    state.payloads.invalidate(project_id);
+    state.flags.refresh(&state.store, project_id).await;
     Ok((StatusCode::CREATED, Json(feature_json(&record))).into_response())
 }
 
@@ -917,12 +908,7 @@ async fn update_feature(
 ) -> Result<Json<Value>, ApiError> {
     let project_id = project_context(&state, &caller, &project).await?;
     let Json(body) = body.map_err(|e| ApiError::bad_request("invalid_json", e.body_text()))?;
-    let version = body.get("version").and_then(Value::as_i64).ok_or_else(|| {
-        validation_failed(vec![FieldError {
-            field: "version".into(),
-            message: "required: the version you are updating (optimistic concurrency)".into(),
-        }])
-    })?;
+    let version = required_version(&body)?;
     let archived = match body.get("archived") {
         None => None,
         Some(Value::Bool(b)) => Some(*b),
@@ -944,6 +930,7 @@ async fn update_feature(
         &mut def,
         &environment_keys(&state, project_id).await?,
         &others(&state, project_id, &key).await?,
+        &saved_group_defs(&state, project_id).await?,
     );
     if !errors.is_empty() {
         return Err(validation_failed(errors));
@@ -968,7 +955,7 @@ async fn update_feature(
         )
         .await
         .map_err(|e| write_error(e, &format!("feature `{key}`")))?;
-    state.payloads.invalidate(project_id);
+    state.flags.refresh(&state.store, project_id).await;
     Ok(Json(feature_json(&record)))
 }
 
@@ -1005,7 +992,7 @@ async fn archive_feature(
         )
         .await
         .map_err(|e| write_error(e, &format!("feature `{key}`")))?;
-    state.payloads.invalidate(project_id);
+    state.flags.refresh(&state.store, project_id).await;
     Ok(Json(feature_json(&record)))
 }
 
@@ -1078,6 +1065,9 @@ struct NewSdkConnection {
     environment: String,
     #[serde(default)]
     name: String,
+    /// Serve the payload encrypted (GrowthBook `encryptedFeatures`); the response carries the decryption key.
+    #[serde(default)]
+    encrypt: bool,
 }
 
 async fn create_sdk_connection(
@@ -1090,12 +1080,13 @@ async fn create_sdk_connection(
 ) -> Result<Response, ApiError> {
     let project_id = project_context(&state, &caller, &project).await?;
     let Json(conn) = body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
-    let (record, key) = state
+    let (record, key, decryption_key) = state
         .store
         .create_sdk_connection(
             project_id,
             &conn.environment,
             &conn.name,
+            conn.encrypt,
             &actor(&caller, &headers, peer),
         )
         .await
@@ -1106,9 +1097,264 @@ async fn create_sdk_connection(
             }]),
             other => write_error(other, "SDK connection"),
         })?;
+    state.flags.forget_bindings();
     let mut out = serde_json::to_value(record).map_err(ApiError::internal)?;
     out["client_key"] = json!(key);
+    if let Some(k) = decryption_key {
+        out["decryption_key"] = json!(k);
+    }
     Ok((StatusCode::CREATED, Json(out)).into_response())
+}
+
+/// Revokes a client key; SDKs using it get 401/404 from the next request on.
+async fn revoke_sdk_connection(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    caller: Caller,
+    Path((project, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let project_id = project_context(&state, &caller, &project).await?;
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::not_found(format!("SDK connection `{id}` not found")))?;
+    state
+        .store
+        .revoke_sdk_connection(project_id, id, &actor(&caller, &headers, peer))
+        .await
+        .map_err(|e| write_error(e, &format!("SDK connection `{id}`")))?;
+    state.flags.forget_bindings();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Saved groups
+
+fn saved_group_json(r: &flywheel_store::SavedGroupRecord) -> Value {
+    let mut out = json!({
+        "key": r.key, "version": r.version, "created_at": r.created_at, "updated_at": r.updated_at,
+    });
+    if let (Value::Object(o), Value::Object(d)) = (&mut out, &r.definition) {
+        for (k, v) in d {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
+/// Parses and checks a saved group body (the `key`, `version` and timestamps are not part of the definition).
+fn parse_saved_group(mut body: Value) -> Result<Value, ApiError> {
+    if let Value::Object(m) = &mut body {
+        for k in ["key", "version", "created_at", "updated_at"] {
+            m.remove(k);
+        }
+    }
+    let group: SavedGroup = serde_json::from_value(body).map_err(|e| {
+        validation_failed(vec![FieldError {
+            field: "body".into(),
+            message: e.to_string(),
+        }])
+    })?;
+    let mut errors = Vec::new();
+    match &group {
+        SavedGroup::List {
+            attribute, values, ..
+        } => {
+            if attribute.is_empty() {
+                field(&mut errors, "attribute", "must not be empty");
+            }
+            for (i, v) in values.iter().enumerate() {
+                if !(v.is_string() || v.is_number()) {
+                    field(
+                        &mut errors,
+                        format!("values[{i}]"),
+                        "must be a string or a number",
+                    );
+                }
+            }
+        }
+        SavedGroup::Condition { condition, .. } => {
+            if !condition.is_object() {
+                field(&mut errors, "condition", "must be a condition object");
+            } else {
+                let probe = json!({"features": {"p": {"defaultValue": null, "rules": [{"condition": condition, "force": true}]}}});
+                for d in compile_diagnostics(&probe) {
+                    field(&mut errors, "condition", d);
+                }
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(validation_failed(errors));
+    }
+    serde_json::to_value(&group).map_err(ApiError::internal)
+}
+
+/// Features whose rules reference the saved group `key`.
+async fn features_using_group(
+    state: &AppState,
+    project_id: i64,
+    key: &str,
+) -> Result<Vec<String>, ApiError> {
+    Ok(state
+        .store
+        .features(project_id, true)
+        .await?
+        .into_iter()
+        .filter_map(|r| {
+            let def: FeatureDefinition = serde_json::from_value(r.definition).ok()?;
+            def.environments
+                .values()
+                .flat_map(|e| &e.rules)
+                .any(|rule| {
+                    rule.targeting()
+                        .1
+                        .iter()
+                        .any(|g| g.ids.iter().any(|i| i == key))
+                })
+                .then_some(r.key)
+        })
+        .collect())
+}
+
+async fn list_saved_groups(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(project): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let project_id = project_context(&state, &caller, &project).await?;
+    let groups = state.store.saved_groups(project_id).await?;
+    Ok(Json(
+        json!({"results": groups.iter().map(saved_group_json).collect::<Vec<_>>()}),
+    ))
+}
+
+async fn get_saved_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, key)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let project_id = project_context(&state, &caller, &project).await?;
+    match state.store.saved_group(project_id, &key).await? {
+        Some(r) => Ok(Json(saved_group_json(&r))),
+        None => Err(ApiError::not_found(format!(
+            "saved group `{key}` not found"
+        ))),
+    }
+}
+
+async fn create_saved_group(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    caller: Caller,
+    Path(project): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let project_id = project_context(&state, &caller, &project).await?;
+    let Json(body) = body.map_err(|e| ApiError::bad_request("invalid_json", e.body_text()))?;
+    let key = match body.get("key").and_then(Value::as_str) {
+        Some(k) if valid_key(k) => k.to_owned(),
+        _ => {
+            return Err(validation_failed(vec![FieldError {
+                field: "key".into(),
+                message: "required: 1–100 characters of letters, digits and - _ . : | /".into(),
+            }]))
+        }
+    };
+    let definition = parse_saved_group(body)?;
+    let record = state
+        .store
+        .write_saved_group(
+            project_id,
+            &key,
+            None,
+            Some(&definition),
+            &actor(&caller, &headers, peer),
+        )
+        .await
+        .map_err(|e| write_error(e, &format!("saved group `{key}`")))?
+        .ok_or_else(|| ApiError::internal("saved group write returned nothing"))?;
+    state.flags.refresh(&state.store, project_id).await;
+    Ok((StatusCode::CREATED, Json(saved_group_json(&record))).into_response())
+}
+
+async fn update_saved_group(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    caller: Caller,
+    Path((project, key)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let project_id = project_context(&state, &caller, &project).await?;
+    let Json(body) = body.map_err(|e| ApiError::bad_request("invalid_json", e.body_text()))?;
+    let version = required_version(&body)?;
+    let definition = parse_saved_group(body)?;
+    let record = state
+        .store
+        .write_saved_group(
+            project_id,
+            &key,
+            Some(version),
+            Some(&definition),
+            &actor(&caller, &headers, peer),
+        )
+        .await
+        .map_err(|e| write_error(e, &format!("saved group `{key}`")))?
+        .ok_or_else(|| ApiError::internal("saved group write returned nothing"))?;
+    state.flags.refresh(&state.store, project_id).await;
+    Ok(Json(saved_group_json(&record)))
+}
+
+/// Deletes a saved group no feature references (409 naming the features otherwise).
+async fn delete_saved_group(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    caller: Caller,
+    Path((project, key)): Path<(String, String)>,
+    Query(q): Query<VersionQuery>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let project_id = project_context(&state, &caller, &project).await?;
+    let current = state
+        .store
+        .saved_group(project_id, &key)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("saved group `{key}` not found")))?;
+    let users = features_using_group(&state, project_id, &key).await?;
+    if !users.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "saved_group_in_use",
+            format!(
+                "saved group `{key}` is used by feature(s) {}; remove it from their rules first",
+                users.join(", ")
+            ),
+        ));
+    }
+    state
+        .store
+        .write_saved_group(
+            project_id,
+            &key,
+            Some(q.version.unwrap_or(current.version)),
+            None,
+            &actor(&caller, &headers, peer),
+        )
+        .await
+        .map_err(|e| write_error(e, &format!("saved group `{key}`")))?;
+    state.flags.refresh(&state.store, project_id).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn required_version(body: &Value) -> Result<i64, ApiError> {
+    body.get("version").and_then(Value::as_i64).ok_or_else(|| {
+        validation_failed(vec![FieldError {
+            field: "version".into(),
+            message: "required: the version you are updating (optimistic concurrency)".into(),
+        }])
+    })
 }
 
 #[derive(Deserialize)]
@@ -1120,6 +1366,10 @@ struct EvaluateRequest {
     /// Only these features (all when absent).
     #[serde(default)]
     features: Option<Vec<String>>,
+    /// Record a `$feature_flag_called` exposure for each evaluated feature (experiments always are), for the
+    /// user named by the `id` attribute.
+    #[serde(default)]
+    track: bool,
 }
 
 /// Server-side evaluation of a project's features for one set of attributes, saying why for each feature:
@@ -1141,11 +1391,37 @@ async fn evaluate(
             message: format!("no environment `{}` in this project", req.environment),
         }]));
     }
-    let payload = payload_for(&state, project_id, &req.environment).await?;
+    let snapshot = state
+        .flags
+        .snapshot(&state.store, project_id, &req.environment)
+        .await?;
+    let user = match req.attributes.get("id") {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
     let attributes = flywheel_flags::Attributes::from_map(req.attributes);
     let ctx = flywheel_flags::EvalContext::new(&attributes);
+    let now_us = state.clock.now().timestamp_micros();
     let mut results = Map::new();
     let mut put = |key: &str, r: flywheel_flags::FeatureResult<'_>| {
+        let in_experiment = r.experiment_result.as_ref().filter(|x| x.in_experiment);
+        if let (Some(user), true) = (&user, req.track || in_experiment.is_some()) {
+            if snapshot.set.contains(key) {
+                state.exposures.record(
+                    &crate::exposure::Exposure {
+                        project_id,
+                        distinct_id: user,
+                        flag: key,
+                        response: r.value,
+                        variant: in_experiment.map(|x| x.key),
+                        experiment: r.experiment.map(|e| e.key()),
+                        endpoint: "evaluate",
+                    },
+                    now_us,
+                );
+            }
+        }
         let experiment = r.experiment_result.as_ref().map(|e| {
             json!({"key": e.key, "variation_id": e.variation_id, "in_experiment": e.in_experiment,
                    "hash_attribute": e.hash_attribute, "hash_value": e.hash_value, "bucket": e.bucket})
@@ -1158,8 +1434,8 @@ async fn evaluate(
     match &req.features {
         Some(keys) => keys
             .iter()
-            .for_each(|k| put(k, payload.set.evaluate(k, &ctx))),
-        None => payload.set.evaluate_all(&ctx).for_each(|(k, r)| put(k, r)),
+            .for_each(|k| put(k, snapshot.set.evaluate(k, &ctx))),
+        None => snapshot.set.evaluate_all(&ctx).for_each(|(k, r)| put(k, r)),
     }
     Ok(Json(
         json!({"environment": req.environment, "results": results}),

@@ -7,10 +7,14 @@
 pub mod api;
 pub mod capture;
 pub mod error;
+pub mod exposure;
 pub mod features;
 pub mod identity;
 pub mod metrics_names;
+pub mod ofrep;
 pub mod ops;
+pub mod posthog_flags;
+pub mod serving;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -41,6 +45,8 @@ pub struct Config {
     pub read_barrier_timeout: Duration,
     /// Time a request may take before it is answered 408/503.
     pub request_timeout: Duration,
+    /// Requests per second per credential on the flag-serving endpoints (`0`: unlimited).
+    pub sdk_rate_limit: u32,
 }
 
 impl Config {
@@ -55,6 +61,7 @@ impl Config {
             dedupe_window: 1_000_000,
             read_barrier_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),
+            sdk_rate_limit: 0,
         }
     }
 
@@ -95,7 +102,16 @@ pub async fn bootstrap_if_empty(store: &Store) -> anyhow::Result<Option<Bootstra
 pub fn app(state: AppState) -> Router {
     let timeout = state.config.request_timeout;
     let sdk = capture::router()
-        .merge(features::sdk_router())
+        .route(
+            "/api/features/{client_key}",
+            axum::routing::get(serving::growthbook_payload),
+        )
+        .route(
+            "/sub/{client_key}",
+            axum::routing::get(serving::growthbook_stream),
+        )
+        .merge(posthog_flags::router())
+        .merge(ofrep::router())
         .layer(CorsLayer::very_permissive());
     Router::new()
         .merge(sdk)
@@ -117,6 +133,7 @@ pub struct Server {
     shutdown_tx: watch::Sender<bool>,
     serve_task: tokio::task::JoinHandle<std::io::Result<()>>,
     identity_task: tokio::task::JoinHandle<()>,
+    exposure_task: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
@@ -152,13 +169,21 @@ impl Server {
             progress_tx,
             shutdown_rx.clone(),
         ));
+        let flags = Arc::new(serving::FlagRegistry::new(config.sdk_rate_limit));
+        let compiled = flags
+            .warm(&store)
+            .await
+            .map_err(|e| anyhow::anyhow!("compiling feature flags: {}", e.message))?;
+        tracing::info!(projects = compiled, "feature flags compiled");
+        let (exposures, exposure_task) = exposure::Exposures::start(intake.clone());
         let state = AppState {
             dedupe: Arc::new(state::Dedupe::new(config.dedupe_window)),
             config: Arc::new(config),
             store,
             intake,
             tokens: Arc::new(state::TokenCache::default()),
-            payloads: Arc::new(features::PayloadCache::default()),
+            flags,
+            exposures: Arc::new(exposures),
             clock: Arc::new(SystemClock),
             identity_progress: progress_rx,
             metrics: ops::prometheus(),
@@ -184,6 +209,7 @@ impl Server {
             shutdown_tx,
             serve_task,
             identity_task,
+            exposure_task,
         })
     }
 
@@ -195,6 +221,9 @@ impl Server {
             Ok(joined) => joined?.context("HTTP server failed")?,
             Err(_) => tracing::warn!("in-flight requests did not finish within 30 s"),
         }
+        // Exposures recorded by the last requests reach the log before it closes.
+        self.state.exposures.flush().await;
+        self.exposure_task.abort();
         self.state
             .intake
             .shutdown()

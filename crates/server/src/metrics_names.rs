@@ -12,3 +12,8 @@ pub const IDENTITY_ERRORS: &str = "flywheel_identity_errors_total";
 
 pub const LABEL_SOURCE: &str = "source";
 pub const LABEL_REASON: &str = "reason";
+pub const FLAG_EVALUATIONS: &str = "flywheel_flag_evaluations_total";
+pub const EXPOSURES_RECORDED: &str = "flywheel_exposures_recorded_total";
+pub const EXPOSURES_DROPPED: &str = "flywheel_exposures_dropped_total";
+pub const SDK_RATE_LIMITED: &str = "flywheel_sdk_rate_limited_total";
+pub const LABEL_ENDPOINT: &str = "endpoint";

@@ -32,8 +32,10 @@ pub struct AppState {
     pub store: Store,
     pub intake: Intake,
     pub tokens: Arc<TokenCache>,
-    /// GrowthBook payloads per (project, environment), dropped when the project's features change.
-    pub payloads: Arc<crate::features::PayloadCache>,
+    /// Compiled flag snapshots per project environment, swapped after every change, and the client-key cache.
+    pub flags: Arc<crate::serving::FlagRegistry>,
+    /// Server-side exposures (`$feature_flag_called`) waiting to be written to the intake log.
+    pub exposures: Arc<crate::exposure::Exposures>,
     pub dedupe: Arc<Dedupe>,
     pub clock: Arc<dyn Clock>,
     /// LSN up to which identity state has been applied.

@@ -61,7 +61,29 @@ pub struct SdkConnection {
     pub environment: String,
     pub name: String,
     pub key_prefix: String,
+    /// The payload is served encrypted (AES-CBC, GrowthBook's `encryptedFeatures`).
+    pub encrypted: bool,
     pub created_at: String,
+}
+
+/// What a client key serves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SdkBinding {
+    pub connection_id: i64,
+    pub project_id: i64,
+    pub environment: String,
+    /// Base64 AES key when the payload is served encrypted.
+    pub encryption_key: Option<String>,
+}
+
+/// A saved group (reusable audience) as stored: its definition is validated by the server.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SavedGroupRecord {
+    pub key: String,
+    pub definition: Value,
+    pub version: i64,
+    pub created_at: String,
+    pub updated_at: String,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -106,6 +128,21 @@ fn feature_from_row(row: FeatureRow) -> Result<FeatureRecord> {
         updated_at,
     })
 }
+
+type SavedGroupRow = (String, String, i64, String, String);
+
+fn saved_group_from_row(row: SavedGroupRow) -> Result<SavedGroupRecord> {
+    let (key, definition, version, created_at, updated_at) = row;
+    Ok(SavedGroupRecord {
+        key,
+        definition: serde_json::from_str(&definition)?,
+        version,
+        created_at,
+        updated_at,
+    })
+}
+
+const SAVED_GROUP_COLUMNS: &str = "key, definition, version, created_at, updated_at";
 
 const FEATURE_COLUMNS: &str = "key, definition, archived, version, created_at, updated_at";
 
@@ -314,9 +351,15 @@ impl Store {
         project_id: i64,
         environment: &str,
         name: &str,
+        encrypt: bool,
         actor: &Actor,
-    ) -> Result<(SdkConnection, String), WriteError> {
+    ) -> Result<(SdkConnection, String, Option<String>), WriteError> {
+        use base64::Engine as _;
         use rand::Rng;
+        let encryption_key = encrypt.then(|| {
+            let bytes: [u8; 16] = rand::thread_rng().gen();
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        });
         let body: String = rand::thread_rng()
             .sample_iter(&rand::distributions::Alphanumeric)
             .take(24)
@@ -336,8 +379,9 @@ impl Store {
         let now = now_text();
         let prefix: String = key.chars().take(9).collect();
         let id = sqlx::query(
-            "INSERT INTO sdk_connections (project_id, environment, name, key_hash, key_prefix, created_at)
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO sdk_connections
+               (project_id, environment, name, key_hash, key_prefix, created_at, encryption_key)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(project_id)
         .bind(environment)
@@ -345,6 +389,7 @@ impl Store {
         .bind(key_digest(&key))
         .bind(&prefix)
         .bind(&now)
+        .bind(&encryption_key)
         .execute(&mut *tx)
         .await?
         .last_insert_rowid();
@@ -353,6 +398,7 @@ impl Store {
             environment: environment.to_owned(),
             name: name.to_owned(),
             key_prefix: prefix,
+            encrypted: encryption_key.is_some(),
             created_at: now,
         };
         let after = serde_json::to_value(&record).map_err(StoreError::from)?;
@@ -368,12 +414,13 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        Ok((record, key))
+        Ok((record, key, encryption_key))
     }
 
     pub async fn sdk_connections(&self, project_id: i64) -> Result<Vec<SdkConnection>> {
-        let rows: Vec<(i64, String, String, String, String)> = sqlx::query_as(
-            "SELECT id, environment, name, key_prefix, created_at FROM sdk_connections
+        type Row = (i64, String, String, String, bool, String);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, environment, name, key_prefix, encryption_key IS NOT NULL, created_at FROM sdk_connections
              WHERE project_id = ? AND revoked_at IS NULL ORDER BY id",
         )
         .bind(project_id)
@@ -382,26 +429,210 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(
-                |(id, environment, name, key_prefix, created_at)| SdkConnection {
+                |(id, environment, name, key_prefix, encrypted, created_at)| SdkConnection {
                     id,
                     environment,
                     name,
                     key_prefix,
+                    encrypted,
                     created_at,
                 },
             )
             .collect())
     }
 
-    /// The (project, environment) a client key serves.
-    pub async fn sdk_connection_for_key(&self, key: &str) -> Result<Option<(i64, String)>> {
-        let row: Option<(i64, String)> = sqlx::query_as(
-            "SELECT project_id, environment FROM sdk_connections WHERE key_hash = ? AND revoked_at IS NULL",
+    /// Revokes a client key: it stops serving at once (the server drops its cached bindings).
+    pub async fn revoke_sdk_connection(
+        &self,
+        project_id: i64,
+        id: i64,
+        actor: &Actor,
+    ) -> Result<(), WriteError> {
+        let mut tx = self.pool().begin().await?;
+        let now = now_text();
+        let revoked = sqlx::query(
+            "UPDATE sdk_connections SET revoked_at = ? WHERE project_id = ? AND id = ? AND revoked_at IS NULL",
+        )
+        .bind(&now)
+        .bind(project_id)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if revoked == 0 {
+            return Err(WriteError::NotFound);
+        }
+        append_audit(
+            &mut tx,
+            project_id,
+            actor,
+            "sdk_connection.revoked",
+            "sdk_connection",
+            &id.to_string(),
+            Some(&json!({"id": id, "revoked_at": null})),
+            Some(&json!({"id": id, "revoked_at": now})),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// What a client key serves, `None` for unknown or revoked keys.
+    pub async fn sdk_binding(&self, key: &str) -> Result<Option<SdkBinding>> {
+        let row: Option<(i64, i64, String, Option<String>)> = sqlx::query_as(
+            "SELECT id, project_id, environment, encryption_key FROM sdk_connections
+             WHERE key_hash = ? AND revoked_at IS NULL",
         )
         .bind(key_digest(key))
         .fetch_optional(self.pool())
         .await?;
-        Ok(row)
+        Ok(row.map(
+            |(connection_id, project_id, environment, encryption_key)| SdkBinding {
+                connection_id,
+                project_id,
+                environment,
+                encryption_key,
+            },
+        ))
+    }
+
+    /// Projects that have at least one feature (the server compiles their flags at start).
+    pub async fn projects_with_features(&self) -> Result<Vec<i64>> {
+        Ok(
+            sqlx::query_scalar("SELECT DISTINCT project_id FROM features ORDER BY project_id")
+                .fetch_all(self.pool())
+                .await?,
+        )
+    }
+
+    pub async fn saved_groups(&self, project_id: i64) -> Result<Vec<SavedGroupRecord>> {
+        let rows: Vec<SavedGroupRow> = sqlx::query_as(&format!(
+            "SELECT {SAVED_GROUP_COLUMNS} FROM saved_groups WHERE project_id = ? ORDER BY key"
+        ))
+        .bind(project_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter().map(saved_group_from_row).collect()
+    }
+
+    pub async fn saved_group(
+        &self,
+        project_id: i64,
+        key: &str,
+    ) -> Result<Option<SavedGroupRecord>> {
+        let row: Option<SavedGroupRow> = sqlx::query_as(&format!(
+            "SELECT {SAVED_GROUP_COLUMNS} FROM saved_groups WHERE project_id = ? AND key = ?"
+        ))
+        .bind(project_id)
+        .bind(key)
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(saved_group_from_row).transpose()
+    }
+
+    /// Creates (`expected_version` `None`), replaces (the current version) or deletes (`definition` `None`) a saved
+    /// group, with its audit entry.
+    pub async fn write_saved_group(
+        &self,
+        project_id: i64,
+        key: &str,
+        expected_version: Option<i64>,
+        definition: Option<&Value>,
+        actor: &Actor,
+    ) -> Result<Option<SavedGroupRecord>, WriteError> {
+        let mut tx = self.pool().begin().await?;
+        let row: Option<SavedGroupRow> = sqlx::query_as(&format!(
+            "SELECT {SAVED_GROUP_COLUMNS} FROM saved_groups WHERE project_id = ? AND key = ?"
+        ))
+        .bind(project_id)
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let before = row.map(saved_group_from_row).transpose()?;
+        let now = now_text();
+        let (action, after) = match (&before, expected_version, definition) {
+            (Some(_), None, _) => return Err(WriteError::AlreadyExists),
+            (None, Some(_), _) | (None, None, None) => return Err(WriteError::NotFound),
+            (Some(b), Some(v), _) if b.version != v => {
+                return Err(WriteError::VersionConflict { current: b.version })
+            }
+            (None, None, Some(def)) => {
+                sqlx::query(
+                    "INSERT INTO saved_groups (project_id, key, definition, version, created_at, updated_at)
+                     VALUES (?, ?, ?, 1, ?, ?)",
+                )
+                .bind(project_id)
+                .bind(key)
+                .bind(def.to_string())
+                .bind(&now)
+                .bind(&now)
+                .execute(&mut *tx)
+                .await?;
+                let record = SavedGroupRecord {
+                    key: key.to_owned(),
+                    definition: def.clone(),
+                    version: 1,
+                    created_at: now.clone(),
+                    updated_at: now,
+                };
+                ("saved_group.created", Some(record))
+            }
+            (Some(b), Some(v), Some(def)) => {
+                sqlx::query(
+                    "UPDATE saved_groups SET definition = ?, version = version + 1, updated_at = ?
+                     WHERE project_id = ? AND key = ? AND version = ?",
+                )
+                .bind(def.to_string())
+                .bind(&now)
+                .bind(project_id)
+                .bind(key)
+                .bind(v)
+                .execute(&mut *tx)
+                .await?;
+                let record = SavedGroupRecord {
+                    key: key.to_owned(),
+                    definition: def.clone(),
+                    version: v + 1,
+                    created_at: b.created_at.clone(),
+                    updated_at: now,
+                };
+                ("saved_group.updated", Some(record))
+            }
+            (Some(_), Some(v), None) => {
+                sqlx::query(
+                    "DELETE FROM saved_groups WHERE project_id = ? AND key = ? AND version = ?",
+                )
+                .bind(project_id)
+                .bind(key)
+                .bind(v)
+                .execute(&mut *tx)
+                .await?;
+                ("saved_group.deleted", None)
+            }
+        };
+        let b = before
+            .as_ref()
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(StoreError::from)?;
+        let a = after
+            .as_ref()
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(StoreError::from)?;
+        append_audit(
+            &mut tx,
+            project_id,
+            actor,
+            action,
+            "saved_group",
+            key,
+            b.as_ref(),
+            a.as_ref(),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(after)
     }
 
     /// Audit entries of a project, newest first.

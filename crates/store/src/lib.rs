@@ -27,12 +27,12 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 
 pub use features::{
-    json_diff, Actor, AuditEntry, AuditFilter, EnvironmentRecord, FeatureRecord, SdkConnection,
-    WriteError, SDK_KEY_PREFIX,
+    json_diff, Actor, AuditEntry, AuditFilter, EnvironmentRecord, FeatureRecord, SavedGroupRecord,
+    SdkBinding, SdkConnection, WriteError, SDK_KEY_PREFIX,
 };
 pub use identity::{ApplyStats, IdentityOp, IdentityWriter, MergeMode};
 pub use keys::{Bootstrap, PersonalKey};
-pub use persons::{GroupMembership, PersonRecord};
+pub use persons::{FlagSubject, GroupMembership, PersonRecord};
 
 /// Errors of the metadata store.
 #[derive(Debug, thiserror::Error)]

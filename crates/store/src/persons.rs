@@ -142,3 +142,55 @@ impl Store {
         Ok(out)
     }
 }
+
+/// What the flag-serving endpoints know about a user: the stored person's properties and those of the groups the
+/// request names.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlagSubject {
+    pub person_properties: serde_json::Map<String, Value>,
+    /// Group type → the named group's stored properties (absent when the group was never identified).
+    pub group_properties: HashMap<String, serde_json::Map<String, Value>>,
+}
+
+impl Store {
+    /// Stored properties of the person behind `distinct_id` and of the given `(group type, group key)` groups.
+    pub async fn flag_subject(
+        &self,
+        project_id: i64,
+        distinct_id: &str,
+        groups: &[(String, String)],
+    ) -> Result<FlagSubject> {
+        let mut out = FlagSubject::default();
+        let person: Option<String> = sqlx::query_scalar(
+            "SELECT p.properties FROM person_distinct_ids d JOIN persons p ON p.id = d.person_id
+             WHERE d.project_id = ? AND d.distinct_id = ?",
+        )
+        .bind(project_id)
+        .bind(distinct_id)
+        .fetch_optional(self.pool())
+        .await?;
+        if let Some(text) = person {
+            if let Value::Object(m) = serde_json::from_str(&text)? {
+                out.person_properties = m;
+            }
+        }
+        for (group_type, group_key) in groups {
+            let props: Option<String> = sqlx::query_scalar(
+                "SELECT g.properties FROM group_types t JOIN groups g
+                   ON g.project_id = t.project_id AND g.group_type_index = t.group_type_index
+                 WHERE t.project_id = ? AND t.group_type = ? AND g.group_key = ?",
+            )
+            .bind(project_id)
+            .bind(group_type)
+            .bind(group_key)
+            .fetch_optional(self.pool())
+            .await?;
+            if let Some(text) = props {
+                if let Value::Object(m) = serde_json::from_str(&text)? {
+                    out.group_properties.insert(group_type.clone(), m);
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,558 @@
+//! Compiled flag snapshots: what every serving endpoint (GrowthBook, PostHog, OFREP, `/evaluate`) reads.
+//!
+//! A [`Snapshot`] is one project environment compiled once: the GrowthBook payload text and its ETag, the flag
+//! engine's [`FeatureSet`](flywheel_flags::FeatureSet), and per feature what the PostHog and OFREP shapes need
+//! (type, version, description, rule kinds). Writes rebuild the project's snapshots right after they commit and
+//! swap them in whole ([`FlagRegistry::rebuild`]); readers clone an `Arc` under a read lock and never wait on
+//! storage. Every swap is announced on a broadcast channel that streaming endpoints listen to.
+//!
+//! Client keys are resolved through a small cache (positive and negative answers), dropped whenever a key is
+//! created or revoked.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use flywheel_store::{SdkBinding, Store};
+use serde_json::{json, Map, Value};
+use sha2::Digest;
+
+use crate::error::ApiError;
+use crate::features::{growthbook_feature, FeatureDefinition, Rule, SavedGroup, ValueType};
+use crate::state::AppState;
+
+/// The environment a project API key (`fwpub_…`) serves flags from; SDK client keys name their own.
+pub const DEFAULT_ENVIRONMENT: &str = "production";
+
+/// How a rule decides, for the reasons reported to PostHog and OFREP clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleKind {
+    Force,
+    Rollout,
+    Experiment,
+}
+
+/// What the serving endpoints need to know about one feature in one environment.
+#[derive(Debug, Clone)]
+pub struct FlagInfo {
+    pub key: String,
+    pub value_type: ValueType,
+    pub version: i64,
+    pub description: String,
+    pub owner: String,
+    pub tags: Vec<String>,
+    /// Enabled in this environment (otherwise clients get "disabled").
+    pub served: bool,
+    /// Rule id → (position, kind) of the rules served in this environment.
+    pub rules: HashMap<String, (usize, RuleKind)>,
+    pub has_experiment: bool,
+}
+
+/// One project environment, compiled.
+pub struct Snapshot {
+    pub project_id: i64,
+    pub environment: String,
+    /// The GrowthBook payload (`{"status":200,"features":…,"savedGroups":…,"dateUpdated":…}`).
+    pub body: String,
+    /// Strong ETag of `body`, quoted.
+    pub etag: String,
+    pub date_updated: String,
+    pub set: flywheel_flags::FeatureSet,
+    /// Every live (not archived) feature, by key order, including those disabled in this environment.
+    pub flags: Vec<FlagInfo>,
+    index: HashMap<String, usize>,
+    /// Encrypted forms of `body` per AES key: (payload text, ETag), made on first use.
+    encrypted: Mutex<HashMap<String, Arc<(String, String)>>>,
+}
+
+impl Snapshot {
+    pub fn flag(&self, key: &str) -> Option<&FlagInfo> {
+        self.index.get(key).map(|&i| &self.flags[i])
+    }
+
+    /// The payload and ETag for a connection: the plain payload, or GrowthBook's `encryptedFeatures` form under
+    /// the connection's key (one random IV per snapshot and key, so the ETag is stable until the flags change).
+    pub fn payload_for(
+        &self,
+        encryption_key: Option<&str>,
+    ) -> Result<Arc<(String, String)>, ApiError> {
+        let Some(key) = encryption_key else {
+            return Ok(Arc::new((self.body.clone(), self.etag.clone())));
+        };
+        let mut cache = self.encrypted.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(hit) = cache.get(key) {
+            return Ok(hit.clone());
+        }
+        let doc: Value = serde_json::from_str(&self.body).map_err(ApiError::internal)?;
+        let iv = *uuid::Uuid::new_v4().as_bytes();
+        let seal = |v: &Value| {
+            flywheel_flags::encrypt(&v.to_string(), key, iv).map_err(ApiError::internal)
+        };
+        let mut out = json!({
+            "status": 200,
+            "features": {},
+            "encryptedFeatures": seal(&doc["features"])?,
+            "dateUpdated": doc["dateUpdated"],
+        });
+        if let Some(groups) = doc.get("savedGroups") {
+            out["encryptedSavedGroups"] = json!(seal(groups)?);
+        }
+        let text = out.to_string();
+        let etag = strong_etag(&[text.as_bytes()]);
+        let entry = Arc::new((text, etag));
+        cache.insert(key.to_owned(), entry.clone());
+        Ok(entry)
+    }
+}
+
+/// A quoted strong ETag over some byte strings.
+pub fn strong_etag(parts: &[&[u8]]) -> String {
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    let digest = h.finalize();
+    let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+    format!("\"{hex}\"")
+}
+
+/// Whether an `If-None-Match` header matches an ETag (`*`, lists, weak forms).
+pub fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',').any(|t| {
+                let t = t.trim();
+                t == "*" || t == etag || t.strip_prefix("W/") == Some(etag)
+            })
+        })
+}
+
+const BINDING_CACHE_LIMIT: usize = 10_000;
+
+/// Compiled snapshots of every project environment that has been served, and the client-key cache.
+pub struct FlagRegistry {
+    /// Project → environment → snapshot.
+    snapshots: RwLock<HashMap<i64, HashMap<String, Arc<Snapshot>>>>,
+    bindings: RwLock<HashMap<String, Option<Arc<SdkBinding>>>>,
+    /// Serializes rebuilds, so that the last one to run read the newest committed state.
+    rebuilding: tokio::sync::Mutex<()>,
+    changes: tokio::sync::broadcast::Sender<i64>,
+    /// Per-credential request limit of the SDK endpoints.
+    pub limiter: RateLimiter,
+}
+
+impl FlagRegistry {
+    /// `rate_limit`: requests per second per SDK credential (`0`: unlimited).
+    pub fn new(rate_limit: u32) -> Self {
+        Self {
+            snapshots: RwLock::default(),
+            bindings: RwLock::default(),
+            rebuilding: tokio::sync::Mutex::new(()),
+            changes: tokio::sync::broadcast::channel(1024).0,
+            limiter: RateLimiter::new(rate_limit),
+        }
+    }
+
+    /// The compiled snapshot of a project environment; compiles it from storage only the first time.
+    pub async fn snapshot(
+        &self,
+        store: &Store,
+        project_id: i64,
+        environment: &str,
+    ) -> Result<Arc<Snapshot>, ApiError> {
+        if let Some(hit) = self.cached(project_id, environment) {
+            return Ok(hit);
+        }
+        self.rebuild_quietly(store, project_id).await?;
+        if let Some(hit) = self.cached(project_id, environment) {
+            return Ok(hit);
+        }
+        // An environment without features still has an (empty) snapshot.
+        let snapshot = Arc::new(compile(project_id, environment, &[], &HashMap::new()));
+        self.snapshots
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(project_id)
+            .or_default()
+            .insert(environment.to_owned(), snapshot.clone());
+        Ok(snapshot)
+    }
+
+    fn cached(&self, project_id: i64, environment: &str) -> Option<Arc<Snapshot>> {
+        let map = self.snapshots.read().unwrap_or_else(|e| e.into_inner());
+        map.get(&project_id)?.get(environment).cloned()
+    }
+
+    /// Recompiles every environment of a project from storage, swaps the snapshots in and announces the change.
+    pub async fn rebuild(&self, store: &Store, project_id: i64) -> Result<(), ApiError> {
+        self.rebuild_quietly(store, project_id).await?;
+        // No receiver (no open stream) is not an error.
+        let _ = self.changes.send(project_id);
+        Ok(())
+    }
+
+    /// [`Self::rebuild`] after a write has committed: a failure must not turn the (successful) write into an
+    /// error, so it is logged and the project's snapshots are dropped, to be compiled again on the next read.
+    pub async fn refresh(&self, store: &Store, project_id: i64) {
+        if let Err(e) = self.rebuild(store, project_id).await {
+            tracing::error!(project_id, error = ?e, "recompiling flags failed; they will be compiled on next use");
+            self.snapshots
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&project_id);
+            let _ = self.changes.send(project_id);
+        }
+    }
+
+    async fn rebuild_quietly(&self, store: &Store, project_id: i64) -> Result<(), ApiError> {
+        let _serial = self.rebuilding.lock().await;
+        let records = store.features(project_id, false).await?;
+        let environments = store.environments(project_id).await?;
+        let groups: HashMap<String, SavedGroup> = store
+            .saved_groups(project_id)
+            .await?
+            .into_iter()
+            .filter_map(|g| {
+                serde_json::from_value(g.definition)
+                    .ok()
+                    .map(|d| (g.key, d))
+            })
+            .collect();
+        let features: Vec<(String, i64, String, FeatureDefinition)> = records
+            .into_iter()
+            .filter_map(|r| {
+                let def = serde_json::from_value(r.definition).ok()?;
+                Some((r.key, r.version, r.updated_at, def))
+            })
+            .collect();
+        let compiled: HashMap<String, Arc<Snapshot>> = environments
+            .iter()
+            .map(|e| {
+                let s = compile(project_id, &e.key, &features, &groups);
+                (e.key.clone(), Arc::new(s))
+            })
+            .collect();
+        self.snapshots
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(project_id, compiled);
+        Ok(())
+    }
+
+    /// Compiles the snapshots of every project that has features (at start-up, so that the first requests do
+    /// not wait on storage).
+    pub async fn warm(&self, store: &Store) -> Result<usize, ApiError> {
+        let projects = store.projects_with_features().await?;
+        for &p in &projects {
+            self.rebuild_quietly(store, p).await?;
+        }
+        Ok(projects.len())
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<i64> {
+        self.changes.subscribe()
+    }
+
+    /// What an SDK client key serves (`None`: unknown or revoked).
+    pub async fn binding(
+        &self,
+        store: &Store,
+        key: &str,
+    ) -> Result<Option<Arc<SdkBinding>>, ApiError> {
+        if let Some(hit) = self
+            .bindings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+        {
+            return Ok(hit.clone());
+        }
+        let found = store.sdk_binding(key).await?.map(Arc::new);
+        let mut map = self.bindings.write().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= BINDING_CACHE_LIMIT {
+            map.clear();
+        }
+        map.insert(key.to_owned(), found.clone());
+        Ok(found)
+    }
+
+    /// Drops cached client-key answers (a key was created or revoked).
+    pub fn forget_bindings(&self) {
+        self.bindings
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+/// Compiles one environment of a project.
+fn compile(
+    project_id: i64,
+    environment: &str,
+    features: &[(String, i64, String, FeatureDefinition)],
+    groups: &HashMap<String, SavedGroup>,
+) -> Snapshot {
+    let mut served = Map::new();
+    let mut flags = Vec::with_capacity(features.len());
+    let mut date_updated = String::new();
+    for (key, version, updated_at, def) in features {
+        date_updated = date_updated.max(updated_at.clone());
+        let settings = def.environments.get(environment).filter(|s| s.enabled);
+        if let Some(f) = growthbook_feature(key, def, environment, groups) {
+            served.insert(key.clone(), f);
+        }
+        let mut rules = HashMap::new();
+        let mut has_experiment = false;
+        for (i, rule) in settings
+            .map(|s| s.rules.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            let (id, kind) = match rule {
+                Rule::Force { id, .. } => (id, RuleKind::Force),
+                Rule::Rollout { id, .. } => (id, RuleKind::Rollout),
+                Rule::Experiment { id, .. } => {
+                    has_experiment = true;
+                    (id, RuleKind::Experiment)
+                }
+            };
+            rules.insert(id.clone(), (i, kind));
+        }
+        flags.push(FlagInfo {
+            key: key.clone(),
+            value_type: def.value_type,
+            version: *version,
+            description: def.description.clone(),
+            owner: def.owner.clone(),
+            tags: def.tags.clone(),
+            served: settings.is_some(),
+            rules,
+            has_experiment,
+        });
+    }
+    if date_updated.is_empty() {
+        date_updated = "1970-01-01T00:00:00.000000Z".to_owned();
+    }
+    let list_groups: Map<String, Value> = groups
+        .iter()
+        .filter_map(|(k, g)| g.list_values().map(|v| (k.clone(), json!(v))))
+        .collect();
+    let mut payload = json!({"status": 200, "features": served, "dateUpdated": date_updated});
+    if !list_groups.is_empty() {
+        payload["savedGroups"] = Value::Object(list_groups);
+    }
+    let body = payload.to_string();
+    let etag = strong_etag(&[body.as_bytes()]);
+    let set = flywheel_flags::FeatureSet::from_value(&payload).unwrap_or_else(|e| {
+        // Definitions are validated on write; a payload the engine refuses would be a bug. Serve nothing rather
+        // than fail every request, and say so.
+        tracing::error!(project_id, environment, error = %e, "compiled flag payload was refused by the engine");
+        flywheel_flags::FeatureSet::from_json(r#"{"features":{}}"#).expect("an empty payload compiles")
+    });
+    let index = flags
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.key.clone(), i))
+        .collect();
+    Snapshot {
+        project_id,
+        environment: environment.to_owned(),
+        body,
+        etag,
+        date_updated,
+        set,
+        flags,
+        index,
+        encrypted: Mutex::default(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Credentials of the SDK-facing endpoints
+
+/// What an SDK credential gives access to.
+pub struct Access {
+    pub project_id: i64,
+    pub environment: String,
+    pub encryption_key: Option<String>,
+}
+
+/// Resolves an SDK client key (`sdk-…`, its environment) or a project API key (the default environment).
+pub async fn resolve_key(state: &AppState, key: &str) -> Result<Option<Access>, ApiError> {
+    let key = key.trim();
+    if key.is_empty() {
+        return Ok(None);
+    }
+    if key.starts_with(flywheel_store::SDK_KEY_PREFIX) {
+        return Ok(state
+            .flags
+            .binding(&state.store, key)
+            .await?
+            .map(|b| Access {
+                project_id: b.project_id,
+                environment: b.environment.clone(),
+                encryption_key: b.encryption_key.clone(),
+            }));
+    }
+    Ok(state
+        .tokens
+        .project_for(&state.store, key)
+        .await?
+        .map(|project_id| Access {
+            project_id,
+            environment: DEFAULT_ENVIRONMENT.to_owned(),
+            encryption_key: None,
+        }))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// GrowthBook SDK endpoints
+
+fn invalid_client_key() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_client_key",
+        "unknown or revoked SDK client key",
+    )
+}
+
+/// `GET /api/features/{client_key}`: the environment's payload (encrypted when the connection says so), with an
+/// ETag; `If-None-Match` gets 304.
+pub async fn growthbook_payload(
+    State(state): State<AppState>,
+    Path(client_key): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let access = resolve_key(&state, &client_key)
+        .await?
+        .ok_or_else(invalid_client_key)?;
+    let snapshot = state
+        .flags
+        .snapshot(&state.store, access.project_id, &access.environment)
+        .await?;
+    let payload = snapshot.payload_for(access.encryption_key.as_deref())?;
+    let (body, etag) = (&payload.0, &payload.1);
+    let common = [
+        (header::ETAG, etag.clone()),
+        (header::CACHE_CONTROL, "no-cache".to_owned()),
+    ];
+    if if_none_match(&headers, etag) {
+        return Ok((StatusCode::NOT_MODIFIED, common).into_response());
+    }
+    Ok((
+        StatusCode::OK,
+        common,
+        [(header::CONTENT_TYPE, "application/json".to_owned())],
+        body.clone(),
+    )
+        .into_response())
+}
+
+/// Server-sent events for streaming GrowthBook SDKs (`{streamingHost}/sub/{clientKey}`): an `event: features`
+/// with the whole payload whenever the environment's payload changes; a comment every 20 s keeps proxies open.
+pub async fn growthbook_stream(
+    State(state): State<AppState>,
+    Path(client_key): Path<String>,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+
+    let access = resolve_key(&state, &client_key)
+        .await?
+        .ok_or_else(invalid_client_key)?;
+    let changes = state.flags.subscribe();
+    let etag = state
+        .flags
+        .snapshot(&state.store, access.project_id, &access.environment)
+        .await?
+        .payload_for(access.encryption_key.as_deref())?
+        .1
+        .clone();
+    let shutdown = state.shutdown.clone();
+    let stream = futures_util::stream::unfold(
+        (state, changes, shutdown, etag),
+        move |(state, mut changes, mut shutdown, mut etag)| {
+            let environment = access.environment.clone();
+            let encryption_key = access.encryption_key.clone();
+            let project_id = access.project_id;
+            async move {
+                loop {
+                    let changed = tokio::select! {
+                        r = changes.recv() => r,
+                        _ = shutdown.wait_for(|s| *s) => return None,
+                    };
+                    match changed {
+                        Ok(p) if p != project_id => continue,
+                        Ok(_) | Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => return None,
+                    }
+                    let snapshot = state
+                        .flags
+                        .snapshot(&state.store, project_id, &environment)
+                        .await
+                        .ok()?;
+                    let payload = snapshot.payload_for(encryption_key.as_deref()).ok()?;
+                    if payload.1 != etag {
+                        etag = payload.1.clone();
+                        let event = Event::default().event("features").data(payload.0.clone());
+                        return Some((
+                            Ok::<_, std::convert::Infallible>(event),
+                            (state, changes, shutdown, etag),
+                        ));
+                    }
+                }
+            }
+        },
+    );
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(20)))
+        .into_response())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Rate limiting of the SDK endpoints
+
+/// A token bucket per credential: `limit` requests per second, bursts up to `limit`. `0` turns it off.
+pub struct RateLimiter {
+    limit: u32,
+    buckets: Mutex<HashMap<String, (f64, std::time::Instant)>>,
+}
+
+const RATE_LIMIT_KEYS: usize = 100_000;
+
+impl RateLimiter {
+    pub fn new(limit: u32) -> Self {
+        Self {
+            limit,
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// `Ok` when the request may proceed, otherwise the whole seconds to wait before retrying.
+    pub fn check(&self, key: &str) -> Result<(), u64> {
+        if self.limit == 0 {
+            return Ok(());
+        }
+        let rate = f64::from(self.limit);
+        let now = std::time::Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() >= RATE_LIMIT_KEYS && !buckets.contains_key(key) {
+            buckets.clear();
+        }
+        let (tokens, at) = buckets.entry(key.to_owned()).or_insert((rate, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(rate);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *tokens) / rate).ceil().max(1.0) as u64)
+        }
+    }
+}
