@@ -4,6 +4,7 @@ mod api;
 mod capture;
 mod features;
 mod malformed;
+mod serving;
 
 use std::net::SocketAddr;
 
