@@ -163,13 +163,14 @@ impl Server {
         );
         let (progress_tx, progress_rx) = watch::channel(0u64);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let flags = Arc::new(serving::FlagRegistry::new(config.sdk_rate_limit));
         let identity_task = tokio::spawn(identity::run(
             store.clone(),
             intake.clone(),
             progress_tx,
             shutdown_rx.clone(),
+            flags.subjects.epoch.clone(),
         ));
-        let flags = Arc::new(serving::FlagRegistry::new(config.sdk_rate_limit));
         let compiled = flags
             .warm(&store)
             .await

@@ -214,10 +214,11 @@ async fn evaluate(
         })
         .collect();
     let stored = state
-        .store
-        .flag_subject(access.project_id, &distinct_id, &group_keys)
+        .flags
+        .subjects
+        .get(&state.store, access.project_id, &distinct_id, &group_keys)
         .await?;
-    let mut attrs = stored.person_properties;
+    let mut attrs = stored.person_properties.clone();
     attrs.extend(person_properties);
     attrs.insert("id".into(), json!(distinct_id));
     attrs.insert("distinct_id".into(), json!(distinct_id));

@@ -144,6 +144,8 @@ pub struct FlagRegistry {
     changes: tokio::sync::broadcast::Sender<i64>,
     /// Per-credential request limit of the SDK endpoints.
     pub limiter: RateLimiter,
+    /// Stored person and group properties of recently evaluated users.
+    pub subjects: SubjectCache,
 }
 
 impl FlagRegistry {
@@ -155,6 +157,7 @@ impl FlagRegistry {
             rebuilding: tokio::sync::Mutex::new(()),
             changes: tokio::sync::broadcast::channel(1024).0,
             limiter: RateLimiter::new(rate_limit),
+            subjects: SubjectCache::default(),
         }
     }
 
@@ -554,5 +557,57 @@ impl RateLimiter {
         } else {
             Err(((1.0 - *tokens) / rate).ceil().max(1.0) as u64)
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Stored properties of the users being evaluated
+
+const SUBJECT_CACHE_LIMIT: usize = 200_000;
+
+/// Stored person and group properties per (project, distinct id, groups), so that SDKs polling for the same users
+/// do not query storage on every request. Entries carry the identity epoch they were read at; the identity
+/// consumer bumps the epoch whenever it applies a property change, a merge or a group change, which makes every
+/// older entry stale (never a stale answer, at the cost of re-reading after changes).
+#[derive(Default)]
+pub struct SubjectCache {
+    pub epoch: Arc<std::sync::atomic::AtomicU64>,
+    entries: RwLock<HashMap<(i64, String), (u64, Arc<flywheel_store::FlagSubject>)>>,
+}
+
+impl SubjectCache {
+    pub async fn get(
+        &self,
+        store: &Store,
+        project_id: i64,
+        distinct_id: &str,
+        groups: &[(String, String)],
+    ) -> Result<Arc<flywheel_store::FlagSubject>, ApiError> {
+        use std::fmt::Write as _;
+        let mut key = String::with_capacity(distinct_id.len() + 16 * groups.len());
+        key.push_str(distinct_id);
+        for (t, k) in groups {
+            // Separators that cannot be confused with the parts (lengths prefix each part).
+            let _ = write!(key, "\u{0}{}:{t}{}:{k}", t.len(), k.len());
+        }
+        let epoch = self.epoch.load(std::sync::atomic::Ordering::Acquire);
+        let cache_key = (project_id, key);
+        if let Some((at, hit)) = self
+            .entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&cache_key)
+        {
+            if *at == epoch {
+                return Ok(hit.clone());
+            }
+        }
+        let subject = Arc::new(store.flag_subject(project_id, distinct_id, groups).await?);
+        let mut map = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= SUBJECT_CACHE_LIMIT {
+            map.clear();
+        }
+        map.insert(cache_key, (epoch, subject.clone()));
+        Ok(subject)
     }
 }

@@ -197,6 +197,26 @@ async fn posthog_flags_serve_every_shape_with_stored_person_properties() {
     let (s, gz) = t.post("/flags?v=2&compression=gzip-js", body).await;
     assert_eq!(s, StatusCode::OK, "{gz}");
     assert_eq!(gz["flags"]["pro-only"]["enabled"], true);
+
+    // Stored properties are cached per user, but a property change is seen once identity has applied it.
+    async fn pro_only(t: &TestServer) -> Value {
+        let body = json!({"api_key": t.token, "distinct_id": "u3"});
+        t.flags("/flags?v=2", body).await.1["flags"]["pro-only"]["enabled"].clone()
+    }
+    assert_eq!(pro_only(&t).await, false);
+    assert_eq!(pro_only(&t).await, false, "cached");
+    t.post(
+        "/capture/",
+        json!({"api_key": t.token, "event": "upgraded", "distinct_id": "u3", "properties": {"$set": {"plan": "pro"}}})
+            .to_string(),
+    )
+    .await;
+    t.server().state.catch_up().await;
+    assert_eq!(
+        pro_only(&t).await,
+        true,
+        "the change invalidated the cached properties"
+    );
 }
 
 #[tokio::test]
