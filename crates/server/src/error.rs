@@ -13,6 +13,8 @@ pub struct ApiError {
     pub message: String,
     /// Field-level problems (`[{field, message}]`), when there are any.
     pub errors: Option<serde_json::Value>,
+    /// Seconds for a `Retry-After` header (429, 503).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -22,11 +24,17 @@ impl ApiError {
             code,
             message: message.into(),
             errors: None,
+            retry_after: None,
         }
     }
 
     pub fn with_errors(mut self, errors: serde_json::Value) -> Self {
         self.errors = Some(errors);
+        self
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
         self
     }
 
@@ -79,7 +87,14 @@ impl IntoResponse for ApiError {
         if let Some(errors) = self.errors {
             body["errors"] = errors;
         }
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+        }
+        resp
     }
 }
 

@@ -112,7 +112,11 @@ pub fn app(state: AppState) -> Router {
         )
         .merge(posthog_flags::router())
         .merge(ofrep::router())
-        .layer(CorsLayer::very_permissive());
+        // Browser SDKs must read the ETag (OFREP and GrowthBook revalidation) and Retry-After cross-origin.
+        .layer(
+            CorsLayer::very_permissive()
+                .expose_headers([axum::http::header::ETAG, axum::http::header::RETRY_AFTER]),
+        );
     Router::new()
         .merge(sdk)
         .merge(api::router())

@@ -11,7 +11,7 @@
 //! decided: the rule id, the experiment's variation key, or `default`.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -22,7 +22,7 @@ use serde_json::{json, Map, Value};
 use crate::exposure::Exposure;
 use crate::metrics_names as m;
 use crate::serving::{
-    if_none_match, resolve_key, strong_etag, Access, FlagInfo, RuleKind, Snapshot,
+    if_none_match, push_json, push_json_str, resolve_key, strong_etag, Access, FlagInfo, RuleKind,
 };
 use crate::state::AppState;
 
@@ -165,50 +165,65 @@ fn context(body: &[u8], key: Option<&str>) -> Result<(String, Map<String, Value>
     Ok((targeting_key, ctx))
 }
 
-/// The success object of one evaluated flag.
-fn success(info: &FlagInfo, snapshot: &Snapshot, result: &FeatureResult<'_>) -> Value {
-    let mut metadata = Map::new();
-    metadata.insert("version".into(), json!(info.version));
-    metadata.insert("environment".into(), json!(snapshot.environment));
-    metadata.insert("source".into(), json!(result.source.as_str()));
-    if !info.description.is_empty() {
-        metadata.insert("description".into(), json!(info.description));
-    }
-    if !info.owner.is_empty() {
-        metadata.insert("owner".into(), json!(info.owner));
-    }
-    if !info.tags.is_empty() {
-        metadata.insert("tags".into(), json!(info.tags.join(",")));
-    }
+/// Appends the success object of one evaluated flag.
+fn write_success(out: &mut Vec<u8>, info: &FlagInfo, result: &FeatureResult<'_>) {
+    out.extend_from_slice(b"{\"key\":");
+    out.extend_from_slice(info.key_json.as_bytes());
     if !info.served {
-        return json!({"key": info.key, "reason": "DISABLED", "variant": "disabled", "metadata": metadata});
+        out.extend_from_slice(b",\"reason\":\"DISABLED\",\"variant\":\"disabled\",\"metadata\":{");
+        out.extend_from_slice(info.ofrep_metadata.as_bytes());
+        out.extend_from_slice(b"}}");
+        return;
     }
     let rule = info.rules.get(result.rule_id).map(|&(_, kind)| kind);
-    let (reason, variant) = match (result.source, rule) {
+    let (reason, variant): (&str, &str) = match (result.source, rule) {
         (Source::Experiment, _) => (
             "SPLIT",
             result
                 .experiment_result
                 .as_ref()
-                .map(|x| x.key.to_owned())
-                .unwrap_or_default(),
+                .map(|x| x.key)
+                .unwrap_or(""),
         ),
-        (Source::Force, Some(RuleKind::Rollout)) => ("SPLIT", result.rule_id.to_owned()),
-        (Source::Force, _) => ("TARGETING_MATCH", result.rule_id.to_owned()),
-        (Source::DefaultValue, _) if info.rules.is_empty() => ("STATIC", "default".to_owned()),
-        (Source::Prerequisite, _) => ("TARGETING_MATCH", "prerequisite".to_owned()),
-        _ => ("TARGETING_MATCH", "default".to_owned()),
+        (Source::Force, Some(RuleKind::Rollout)) => ("SPLIT", result.rule_id),
+        (Source::Force, _) => ("TARGETING_MATCH", result.rule_id),
+        (Source::DefaultValue, _) if info.rules.is_empty() => ("STATIC", "default"),
+        (Source::Prerequisite, _) => ("TARGETING_MATCH", "prerequisite"),
+        _ => ("TARGETING_MATCH", "default"),
     };
+    out.extend_from_slice(b",\"reason\":\"");
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\",\"variant\":");
+    push_json_str(out, variant);
+    out.extend_from_slice(b",\"metadata\":{");
+    out.extend_from_slice(info.ofrep_metadata.as_bytes());
+    out.extend_from_slice(b",\"source\":\"");
+    out.extend_from_slice(result.source.as_str().as_bytes());
+    out.push(b'"');
     if !result.rule_id.is_empty() {
-        metadata.insert("ruleId".into(), json!(result.rule_id));
+        out.extend_from_slice(b",\"ruleId\":");
+        push_json_str(out, result.rule_id);
     }
-    let mut out =
-        json!({"key": info.key, "reason": reason, "variant": variant, "metadata": metadata});
+    out.push(b'}');
     // `null` has no OFREP type: the provider falls back to the code default.
     if !result.value.is_null() {
-        out["value"] = result.value.clone();
+        out.extend_from_slice(b",\"value\":");
+        push_json(out, result.value);
     }
-    out
+    out.push(b'}');
+}
+
+fn json_response(status: StatusCode, etag: Option<String>, body: Vec<u8>) -> Response {
+    let mut resp = (status, body).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(e) = etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
+        h.insert(header::ETAG, e);
+    }
+    resp
 }
 
 fn record_exposure(
@@ -274,43 +289,74 @@ async fn single(
         state.clock.now().timestamp_micros(),
     );
     metrics::counter!(m::FLAG_EVALUATIONS, m::LABEL_ENDPOINT => "ofrep").increment(1);
-    Ok(Json(success(info, &snapshot, &result)).into_response())
+    let mut out = Vec::with_capacity(256);
+    write_success(&mut out, info, &result);
+    Ok(json_response(StatusCode::OK, None, out))
+}
+
+/// The bulk endpoint's optional query (change-notification metadata; `flagConfigEtag`, any string, is accepted
+/// and not needed: every answer is computed from the current snapshot), checked against the spec's types.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BulkQuery {
+    flag_config_last_modified: Option<String>,
+}
+
+fn check_bulk_query(q: &BulkQuery) -> Result<(), Failure> {
+    if let Some(lm) = &q.flag_config_last_modified {
+        let epoch_seconds = !lm.is_empty() && lm.bytes().all(|b| b.is_ascii_digit());
+        if !epoch_seconds && chrono::DateTime::parse_from_rfc3339(lm).is_err() {
+            return Err(Failure::new(
+                StatusCode::BAD_REQUEST,
+                "PARSE_ERROR",
+                format!(
+                    "`flagConfigLastModified` must be Unix seconds (≥ 0) or an RFC 3339 date-time, got `{lm}`"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 async fn bulk(
     State(state): State<AppState>,
+    query: Result<Query<BulkQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Failure> {
     let access = authorize(&state, &headers).await?;
+    let Query(query) =
+        query.map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "PARSE_ERROR", e.body_text()))?;
+    check_bulk_query(&query)?;
     let (targeting_key, attrs) = context(&body, None)?;
     let snapshot = state
         .flags
         .snapshot(&state.store, access.project_id, &access.environment)
         .await?;
-    // The answer depends on the flags and on the context: the ETag covers both.
-    let context_text = Value::Object(attrs.clone()).to_string();
-    let etag = strong_etag(&[snapshot.etag.as_bytes(), context_text.as_bytes()]);
+    // The answer depends on the flags and on the context: the ETag covers both (the context as sent).
+    let etag = strong_etag(&[snapshot.etag.as_bytes(), &body]);
     if if_none_match(&headers, &etag) {
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
     let attributes = flywheel_flags::Attributes::from_map(attrs);
     let ctx = flywheel_flags::EvalContext::new(&attributes);
     let now_us = state.clock.now().timestamp_micros();
-    let flags: Vec<Value> = snapshot
-        .flags
-        .iter()
-        .map(|info| {
-            let result = snapshot.set.evaluate(&info.key, &ctx);
-            record_exposure(&state, &access, &targeting_key, info, &result, now_us);
-            success(info, &snapshot, &result)
-        })
-        .collect();
+    let mut out = Vec::with_capacity(64 + 200 * snapshot.flags.len());
+    out.extend_from_slice(b"{\"flags\":[");
+    for (i, info) in snapshot.flags.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let result = snapshot.set.evaluate(&info.key, &ctx);
+        record_exposure(&state, &access, &targeting_key, info, &result, now_us);
+        write_success(&mut out, info, &result);
+    }
+    out.extend_from_slice(b"],\"metadata\":{\"environment\":");
+    push_json_str(&mut out, &snapshot.environment);
+    out.extend_from_slice(b",\"version\":");
+    push_json_str(&mut out, snapshot.etag.trim_matches('"'));
+    out.extend_from_slice(b"}}");
     metrics::counter!(m::FLAG_EVALUATIONS, m::LABEL_ENDPOINT => "ofrep")
-        .increment(flags.len() as u64);
-    let body = json!({
-        "flags": flags,
-        "metadata": {"environment": snapshot.environment, "version": snapshot.etag.trim_matches('"')},
-    });
-    Ok((StatusCode::OK, [(header::ETAG, etag)], Json(body)).into_response())
+        .increment(snapshot.flags.len() as u64);
+    Ok(json_response(StatusCode::OK, Some(etag), out))
 }

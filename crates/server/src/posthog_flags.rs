@@ -18,19 +18,18 @@ use std::net::SocketAddr;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::on;
 use axum::routing::MethodFilter;
-use axum::{Json, Router};
+use axum::Router;
 use flywheel_capture::RawRequest;
 use flywheel_flags::{FeatureResult, Source};
 use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
-use crate::exposure::Exposure;
 use crate::metrics_names as m;
-use crate::serving::{resolve_key, FlagInfo, RuleKind, Snapshot};
+use crate::serving::{push_json, push_json_str, resolve_key, FlagInfo, RuleKind};
 use crate::state::AppState;
 
 const BODY_LIMIT: usize = 2 * 1024 * 1024;
@@ -99,7 +98,14 @@ async fn handle(
         return StatusCode::NO_CONTENT.into_response();
     }
     match evaluate(&state, &method, &uri, &headers, body, endpoint).await {
-        Ok(v) => Json(v).into_response(),
+        Ok(body) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response(),
         Err(e) => e.into_response(),
     }
 }
@@ -111,7 +117,7 @@ async fn evaluate(
     headers: &HeaderMap,
     body: Body,
     endpoint: Endpoint,
-) -> Result<Value, ApiError> {
+) -> Result<Vec<u8>, ApiError> {
     let version = match query_param(uri, "v") {
         None | Some("") => None,
         Some(v) => Some(v.parse::<u32>().map_err(|_| {
@@ -172,6 +178,15 @@ async fn evaluate(
             "unknown API key: use the project's API key or an SDK client key",
         )
     })?;
+    if let Err(secs) = state.flags.limiter.check(token) {
+        metrics::counter!(m::SDK_RATE_LIMITED, m::LABEL_ENDPOINT => "posthog").increment(1);
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("rate limit exceeded for this key; retry in {secs} s"),
+        )
+        .with_retry_after(secs));
+    }
     let distinct_id = match doc.get("distinct_id") {
         Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
@@ -249,70 +264,29 @@ async fn evaluate(
         .await?;
     let attributes = flywheel_flags::Attributes::from_map(attrs);
     let ctx = flywheel_flags::EvalContext::new(&attributes);
-    let now_us = state.clock.now().timestamp_micros();
     let mut out = Rendering::new(shape);
     for info in &snapshot.flags {
         if only.as_ref().is_some_and(|o| !o.contains(&info.key)) {
             continue;
         }
         let result = snapshot.set.evaluate(&info.key, &ctx);
-        if let Some(x) = result
-            .experiment_result
-            .as_ref()
-            .filter(|x| x.in_experiment)
-        {
-            state.exposures.record(
-                &Exposure {
-                    project_id: access.project_id,
-                    distinct_id: &distinct_id,
-                    flag: &info.key,
-                    response: &response_value(result.value),
-                    variant: Some(x.key),
-                    experiment: result.experiment.map(|e| e.key()),
-                    endpoint: "posthog",
-                },
-                now_us,
-            );
-        }
-        out.push(info, &snapshot, &result);
+        out.push(info, &result);
     }
     metrics::counter!(m::FLAG_EVALUATIONS, m::LABEL_ENDPOINT => "posthog")
         .increment(snapshot.flags.len() as u64);
-    let mut body = out.finish();
-    if endpoint == Endpoint::Decide || query_param(uri, "config").is_some_and(|v| v == "true") {
-        for (k, v) in decide_config() {
-            body.entry(k).or_insert(v);
-        }
-    }
-    Ok(Value::Object(body))
+    let config =
+        endpoint == Endpoint::Decide || query_param(uri, "config").is_some_and(|v| v == "true");
+    Ok(out.finish(config))
 }
 
-/// What `$feature_flag_response` reports: the variant, or whether the flag is enabled.
-fn response_value(value: &Value) -> Value {
-    let (enabled, variant, _) = legacy(value);
-    variant.map(Value::String).unwrap_or(Value::Bool(enabled))
-}
-
-/// The settings PostHog's browser SDK reads from `/decide` (Flywheel has no session recording or surveys).
-fn decide_config() -> Map<String, Value> {
-    let Value::Object(m) = json!({
-        "config": {"enable_collect_everything": true},
-        "toolbarParams": {},
-        "isAuthenticated": false,
-        "supportedCompression": ["gzip", "gzip-js"],
-        "sessionRecording": false,
-        "capturePerformance": false,
-        "autocapture_opt_out": false,
-        "autocaptureExceptions": false,
-        "heatmaps": false,
-        "surveys": false,
-        "siteApps": [],
-        "elementsChainAsString": true,
-    }) else {
-        unreachable!("a JSON object literal")
-    };
-    m
-}
+/// The settings PostHog's browser SDK reads from `/decide` (Flywheel has no session recording or surveys), as
+/// JSON object members.
+const DECIDE_CONFIG: &str = concat!(
+    r#""config":{"enable_collect_everything":true},"toolbarParams":{},"isAuthenticated":false,"#,
+    r#""supportedCompression":["gzip","gzip-js"],"sessionRecording":false,"capturePerformance":false,"#,
+    r#""autocapture_opt_out":false,"autocaptureExceptions":false,"heatmaps":false,"surveys":false,"#,
+    r#""siteApps":[],"elementsChainAsString":true"#
+);
 
 /// `(enabled, variant, JSON payload)` of a typed value, as PostHog SDKs render typed `/flags?v=4` values.
 fn legacy(value: &Value) -> (bool, Option<String>, Option<String>) {
@@ -324,49 +298,82 @@ fn legacy(value: &Value) -> (bool, Option<String>, Option<String>) {
     }
 }
 
-/// PostHog's reason for a result.
-fn reason(info: &FlagInfo, result: &FeatureResult<'_>) -> Value {
-    if !info.served {
-        return json!({"code": "flag_disabled", "condition_index": null,
-                      "description": "Flag is disabled in this environment"});
-    }
-    let rule = info.rules.get(result.rule_id);
-    match result.source {
-        Source::Force | Source::Experiment => {
-            let (index, kind) = rule.copied().unwrap_or((0, RuleKind::Force));
-            let description = match kind {
-                RuleKind::Force => format!("Matched rule {} ({})", index, result.rule_id),
-                RuleKind::Rollout => {
-                    format!("In the rollout of rule {} ({})", index, result.rule_id)
-                }
-                RuleKind::Experiment => format!(
-                    "Assigned to variation {} of experiment rule {} ({})",
-                    result
-                        .experiment_result
-                        .as_ref()
-                        .map(|x| x.key)
-                        .unwrap_or(""),
-                    index,
-                    result.rule_id
-                ),
-            };
-            json!({"code": "condition_match", "condition_index": index, "description": description})
+/// Appends PostHog's reason object for a result.
+fn write_reason(out: &mut Vec<u8>, info: &FlagInfo, result: &FeatureResult<'_>) {
+    let (code, index, description): (&str, Option<usize>, String) = if !info.served {
+        (
+            "flag_disabled",
+            None,
+            "Flag is disabled in this environment".into(),
+        )
+    } else {
+        match result.source {
+            Source::Force | Source::Experiment => {
+                let (index, kind) = info
+                    .rules
+                    .get(result.rule_id)
+                    .copied()
+                    .unwrap_or((0, RuleKind::Force));
+                let id = result.rule_id;
+                let description = match kind {
+                    RuleKind::Force => format!("Matched rule {index} ({id})"),
+                    RuleKind::Rollout => format!("In the rollout of rule {index} ({id})"),
+                    RuleKind::Experiment => format!(
+                        "Assigned to variation {} of experiment rule {index} ({id})",
+                        result
+                            .experiment_result
+                            .as_ref()
+                            .map(|x| x.key)
+                            .unwrap_or("")
+                    ),
+                };
+                ("condition_match", Some(index), description)
+            }
+            Source::Prerequisite => (
+                "no_condition_match",
+                None,
+                "A prerequisite flag did not pass".into(),
+            ),
+            Source::DefaultValue if info.rules.is_empty() => {
+                ("condition_match", None, "Default value (no rules)".into())
+            }
+            _ => (
+                "no_condition_match",
+                None,
+                "No rule matched; default value".into(),
+            ),
         }
-        Source::Prerequisite => json!({"code": "no_condition_match", "condition_index": null,
-                                       "description": "A prerequisite flag did not pass"}),
-        Source::DefaultValue if info.rules.is_empty() => json!({"code": "condition_match",
-            "condition_index": null, "description": "Default value (no rules)"}),
-        _ => json!({"code": "no_condition_match", "condition_index": null,
-                    "description": "No rule matched; default value"}),
+    };
+    out.extend_from_slice(b"{\"code\":\"");
+    out.extend_from_slice(code.as_bytes());
+    out.extend_from_slice(b"\",\"condition_index\":");
+    match index {
+        Some(i) => out.extend_from_slice(i.to_string().as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"description\":");
+    push_json_str(out, &description);
+    out.push(b'}');
+}
+
+fn push_bool(out: &mut Vec<u8>, b: bool) {
+    out.extend_from_slice(if b { b"true" } else { b"false" });
+}
+
+/// A comma before every member but the first.
+fn sep(buf: &mut Vec<u8>) {
+    if !buf.is_empty() {
+        buf.push(b',');
     }
 }
 
+/// The response body, written as flags are evaluated.
 struct Rendering {
     shape: Shape,
-    values: Map<String, Value>,
-    payloads: Map<String, Value>,
-    enabled_keys: Vec<Value>,
-    records: Map<String, Value>,
+    /// `flags` records, `featureFlags` members or enabled keys (comma-separated JSON).
+    main: Vec<u8>,
+    /// `featureFlagPayloads` members.
+    payloads: Vec<u8>,
     errors: bool,
 }
 
@@ -374,15 +381,13 @@ impl Rendering {
     fn new(shape: Shape) -> Self {
         Self {
             shape,
-            values: Map::new(),
-            payloads: Map::new(),
-            enabled_keys: Vec::new(),
-            records: Map::new(),
+            main: Vec::with_capacity(8192),
+            payloads: Vec::new(),
             errors: false,
         }
     }
 
-    fn push(&mut self, info: &FlagInfo, _snapshot: &Snapshot, result: &FeatureResult<'_>) {
+    fn push(&mut self, info: &FlagInfo, result: &FeatureResult<'_>) {
         let failed = matches!(result.source, Source::CyclicPrerequisite);
         self.errors |= failed;
         let value = if info.served && !failed {
@@ -391,76 +396,110 @@ impl Rendering {
             &Value::Null
         };
         let (enabled, variant, payload) = legacy(value);
+        let out = &mut self.main;
         match self.shape {
             Shape::KeyList => {
                 if enabled {
-                    self.enabled_keys.push(json!(info.key));
+                    sep(out);
+                    out.extend_from_slice(info.key_json.as_bytes());
                 }
             }
             Shape::Values | Shape::ValuesAndPayloads => {
-                let v = variant
-                    .clone()
-                    .map(Value::String)
-                    .unwrap_or(Value::Bool(enabled));
-                self.values.insert(info.key.clone(), v);
+                sep(out);
+                out.extend_from_slice(info.key_json.as_bytes());
+                out.push(b':');
+                match &variant {
+                    Some(v) => push_json_str(out, v),
+                    None => push_bool(out, enabled),
+                }
                 if let (Shape::ValuesAndPayloads, Some(p), true) = (self.shape, &payload, enabled) {
-                    self.payloads.insert(info.key.clone(), json!(p));
+                    sep(&mut self.payloads);
+                    self.payloads.extend_from_slice(info.key_json.as_bytes());
+                    self.payloads.push(b':');
+                    push_json_str(&mut self.payloads, p);
                 }
             }
             Shape::Records { typed } => {
-                let mut metadata = json!({
-                    "id": null,
-                    "version": info.version,
-                    "description": info.description,
-                    "payload": payload,
-                    "has_experiment": info.has_experiment,
-                });
-                let mut record = json!({
-                    "key": info.key,
-                    "enabled": enabled,
-                    "variant": variant,
-                    "failed": failed,
-                    "reason": reason(info, result),
-                });
-                if typed {
-                    // PostHog SDKs read typed values of these JSON types only; an array travels as the payload
-                    // of an enabled flag.
-                    if value.is_array() {
-                        record["value"] = json!(true);
-                    } else {
-                        record["value"] = value.clone();
-                        metadata["payload"] = Value::Null;
-                    }
-                    if !info.rules.is_empty() || !result.rule_id.is_empty() {
-                        metadata["rule_id"] = json!(result.rule_id);
-                    }
+                sep(out);
+                out.extend_from_slice(info.key_json.as_bytes());
+                out.extend_from_slice(b":{\"key\":");
+                out.extend_from_slice(info.key_json.as_bytes());
+                out.extend_from_slice(b",\"enabled\":");
+                push_bool(out, enabled);
+                out.extend_from_slice(b",\"variant\":");
+                match &variant {
+                    Some(v) => push_json_str(out, v),
+                    None => out.extend_from_slice(b"null"),
                 }
-                record["metadata"] = metadata;
-                self.records.insert(info.key.clone(), record);
+                out.extend_from_slice(b",\"failed\":");
+                push_bool(out, failed);
+                out.extend_from_slice(b",\"reason\":");
+                write_reason(out, info, result);
+                // Typed records carry the value; PostHog SDKs read typed values of these JSON types only, so an
+                // array travels as the payload of an enabled flag.
+                let payload_text = if typed {
+                    out.extend_from_slice(b",\"value\":");
+                    if value.is_array() {
+                        out.extend_from_slice(b"true");
+                        payload.as_deref()
+                    } else {
+                        push_json(out, value);
+                        None
+                    }
+                } else {
+                    payload.as_deref()
+                };
+                out.extend_from_slice(b",\"metadata\":{");
+                out.extend_from_slice(info.posthog_metadata.as_bytes());
+                out.extend_from_slice(b",\"payload\":");
+                match payload_text {
+                    Some(p) => push_json_str(out, p),
+                    None => out.extend_from_slice(b"null"),
+                }
+                if typed && !result.rule_id.is_empty() {
+                    out.extend_from_slice(b",\"rule_id\":");
+                    push_json_str(out, result.rule_id);
+                }
+                out.extend_from_slice(b"}}");
             }
         }
     }
 
-    fn finish(self) -> Map<String, Value> {
-        let mut out = Map::new();
+    /// The whole body; `config`: with the `/decide` settings.
+    fn finish(self, config: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.main.len() + self.payloads.len() + 512);
         match self.shape {
             Shape::KeyList => {
-                out.insert("featureFlags".into(), Value::Array(self.enabled_keys));
+                out.extend_from_slice(b"{\"featureFlags\":[");
+                out.extend_from_slice(&self.main);
+                out.push(b']');
             }
-            Shape::Values => {
-                out.insert("featureFlags".into(), Value::Object(self.values));
-            }
-            Shape::ValuesAndPayloads => {
-                out.insert("featureFlags".into(), Value::Object(self.values));
-                out.insert("featureFlagPayloads".into(), Value::Object(self.payloads));
+            Shape::Values | Shape::ValuesAndPayloads => {
+                out.extend_from_slice(b"{\"featureFlags\":{");
+                out.extend_from_slice(&self.main);
+                out.push(b'}');
+                if self.shape == Shape::ValuesAndPayloads {
+                    out.extend_from_slice(b",\"featureFlagPayloads\":{");
+                    out.extend_from_slice(&self.payloads);
+                    out.push(b'}');
+                }
             }
             Shape::Records { .. } => {
-                out.insert("flags".into(), Value::Object(self.records));
-                out.insert("requestId".into(), json!(uuid::Uuid::new_v4().to_string()));
+                out.extend_from_slice(b"{\"flags\":{");
+                out.extend_from_slice(&self.main);
+                out.extend_from_slice(b"},\"requestId\":\"");
+                out.extend_from_slice(uuid::Uuid::new_v4().to_string().as_bytes());
+                out.push(b'"');
             }
         }
-        out.insert("errorsWhileComputingFlags".into(), json!(self.errors));
-        out.insert("quotaLimited".into(), json!([]));
+        out.extend_from_slice(b",\"errorsWhileComputingFlags\":");
+        push_bool(&mut out, self.errors);
+        out.extend_from_slice(b",\"quotaLimited\":[]");
+        if config {
+            out.push(b',');
+            out.extend_from_slice(DECIDE_CONFIG.as_bytes());
+        }
+        out.push(b'}');
         out
     }
 }

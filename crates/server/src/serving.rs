@@ -48,6 +48,29 @@ pub struct FlagInfo {
     /// Rule id → (position, kind) of the rules served in this environment.
     pub rules: HashMap<String, (usize, RuleKind)>,
     pub has_experiment: bool,
+    /// The key as a JSON string literal.
+    pub key_json: String,
+    /// OFREP's static flag metadata members (`"version":…,"environment":…,…`), pre-rendered.
+    pub ofrep_metadata: String,
+    /// PostHog's static metadata members (`"id":null,"version":…,"description":…,"has_experiment":…`).
+    pub posthog_metadata: String,
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Appends `v` as JSON.
+pub fn push_json(out: &mut Vec<u8>, v: &Value) {
+    let _ = serde_json::to_writer(&mut *out, v);
+}
+
+fn json_text(s: &str) -> String {
+    let mut out = Vec::with_capacity(s.len() + 2);
+    push_json_str(&mut out, s);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// One project environment, compiled.
@@ -327,7 +350,27 @@ fn compile(
             };
             rules.insert(id.clone(), (i, kind));
         }
+        let mut ofrep_metadata = format!(
+            "\"version\":{version},\"environment\":{}",
+            json_text(environment)
+        );
+        for (name, value) in [
+            ("description", def.description.clone()),
+            ("owner", def.owner.clone()),
+            ("tags", def.tags.join(",")),
+        ] {
+            if !value.is_empty() {
+                ofrep_metadata.push_str(&format!(",\"{name}\":{}", json_text(&value)));
+            }
+        }
+        let posthog_metadata = format!(
+            "\"id\":null,\"version\":{version},\"description\":{},\"has_experiment\":{has_experiment}",
+            json_text(&def.description)
+        );
         flags.push(FlagInfo {
+            key_json: json_text(key),
+            ofrep_metadata,
+            posthog_metadata,
             key: key.clone(),
             value_type: def.value_type,
             version: *version,
@@ -565,6 +608,9 @@ impl RateLimiter {
 
 const SUBJECT_CACHE_LIMIT: usize = 200_000;
 
+/// A subject and the identity epoch it was read at.
+type CachedSubject = (u64, Arc<flywheel_store::FlagSubject>);
+
 /// Stored person and group properties per (project, distinct id, groups), so that SDKs polling for the same users
 /// do not query storage on every request. Entries carry the identity epoch they were read at; the identity
 /// consumer bumps the epoch whenever it applies a property change, a merge or a group change, which makes every
@@ -572,7 +618,7 @@ const SUBJECT_CACHE_LIMIT: usize = 200_000;
 #[derive(Default)]
 pub struct SubjectCache {
     pub epoch: Arc<std::sync::atomic::AtomicU64>,
-    entries: RwLock<HashMap<(i64, String), (u64, Arc<flywheel_store::FlagSubject>)>>,
+    entries: RwLock<HashMap<(i64, String), CachedSubject>>,
 }
 
 impl SubjectCache {
