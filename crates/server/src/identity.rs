@@ -163,7 +163,7 @@ pub async fn run(
     intake: Intake,
     progress: watch::Sender<u64>,
     mut stop: watch::Receiver<bool>,
-    properties_epoch: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    subjects: std::sync::Arc<crate::serving::SubjectCache>,
 ) {
     let mut writer = store.identity_writer(CONSUMER);
     let mut lsn = match store.checkpoint(CONSUMER).await {
@@ -203,10 +203,8 @@ pub async fn run(
             };
             match writer.apply(&ops, end).await {
                 Ok(stats) => {
-                    // Person or group properties (or who is who) changed: cached flag subjects are stale.
-                    if ops.iter().any(|op| !matches!(op, IdentityOp::Touch { .. })) {
-                        properties_epoch.fetch_add(1, std::sync::atomic::Ordering::Release);
-                    }
+                    // New persons, and changed properties or merges, for the flag endpoints' caches.
+                    subjects.applied(&ops);
                     metrics::counter!(m::IDENTITY_MERGES).increment(stats.merges);
                     metrics::counter!(m::IDENTITY_MERGES_REFUSED).increment(stats.merges_refused);
                     lsn = end;

@@ -173,7 +173,7 @@ impl Server {
             intake.clone(),
             progress_tx,
             shutdown_rx.clone(),
-            flags.subjects.epoch.clone(),
+            flags.subjects.clone(),
         ));
         let compiled = flags
             .warm(&store)
@@ -181,6 +181,10 @@ impl Server {
             .map_err(|e| anyhow::anyhow!("compiling feature flags: {}", e.message))?;
         tracing::info!(projects = compiled, "feature flags compiled");
         let (exposures, exposure_task) = exposure::Exposures::start(intake.clone());
+        {
+            let (subjects, store) = (flags.subjects.clone(), store.clone());
+            tokio::spawn(async move { subjects.load_known(&store).await });
+        }
         let state = AppState {
             dedupe: Arc::new(state::Dedupe::new(config.dedupe_window)),
             config: Arc::new(config),

@@ -228,19 +228,21 @@ async fn evaluate(
             _ => None,
         })
         .collect();
-    let stored = state
-        .flags
-        .subjects
-        .get(&state.store, access.project_id, &distinct_id, &group_keys)
-        .await?;
-    let mut attrs = stored.person_properties.clone();
+    let subjects = &state.flags.subjects;
+    let mut attrs = (*subjects
+        .person(&state.store, access.project_id, &distinct_id)
+        .await?)
+        .clone();
     attrs.extend(person_properties);
     attrs.insert("id".into(), json!(distinct_id));
     attrs.insert("distinct_id".into(), json!(distinct_id));
     if !group_keys.is_empty() {
         let mut gp = Map::new();
-        for (t, _) in &group_keys {
-            let mut props = stored.group_properties.get(t).cloned().unwrap_or_default();
+        for (t, k) in &group_keys {
+            let mut props = (*subjects
+                .group(&state.store, access.project_id, t, k)
+                .await?)
+                .clone();
             if let Some(Value::Object(given)) = group_properties.get(t) {
                 props.extend(given.clone());
             }

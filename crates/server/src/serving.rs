@@ -168,7 +168,7 @@ pub struct FlagRegistry {
     /// Per-credential request limit of the SDK endpoints.
     pub limiter: RateLimiter,
     /// Stored person and group properties of recently evaluated users.
-    pub subjects: SubjectCache,
+    pub subjects: Arc<SubjectCache>,
 }
 
 impl FlagRegistry {
@@ -180,7 +180,7 @@ impl FlagRegistry {
             rebuilding: tokio::sync::Mutex::new(()),
             changes: tokio::sync::broadcast::channel(1024).0,
             limiter: RateLimiter::new(rate_limit),
-            subjects: SubjectCache::default(),
+            subjects: Arc::default(),
         }
     }
 
@@ -606,54 +606,224 @@ impl RateLimiter {
 // ---------------------------------------------------------------------------------------------------------------
 // Stored properties of the users being evaluated
 
+type Properties = Map<String, Value>;
+
 const SUBJECT_CACHE_LIMIT: usize = 200_000;
 
-/// A subject and the identity epoch it was read at.
-type CachedSubject = (u64, Arc<flywheel_store::FlagSubject>);
-
-/// Stored person and group properties per (project, distinct id, groups), so that SDKs polling for the same users
-/// do not query storage on every request. Entries carry the identity epoch they were read at; the identity
-/// consumer bumps the epoch whenever it applies a property change, a merge or a group change, which makes every
-/// older entry stale (never a stale answer, at the cost of re-reading after changes).
-#[derive(Default)]
-pub struct SubjectCache {
-    pub epoch: Arc<std::sync::atomic::AtomicU64>,
-    entries: RwLock<HashMap<(i64, String), CachedSubject>>,
+/// A cache of stored properties whose entries are valid for one identity epoch.
+struct EpochCache<K> {
+    entries: RwLock<HashMap<K, (u64, Arc<Properties>)>>,
 }
 
-impl SubjectCache {
-    pub async fn get(
-        &self,
-        store: &Store,
-        project_id: i64,
-        distinct_id: &str,
-        groups: &[(String, String)],
-    ) -> Result<Arc<flywheel_store::FlagSubject>, ApiError> {
-        use std::fmt::Write as _;
-        let mut key = String::with_capacity(distinct_id.len() + 16 * groups.len());
-        key.push_str(distinct_id);
-        for (t, k) in groups {
-            // Separators that cannot be confused with the parts (lengths prefix each part).
-            let _ = write!(key, "\u{0}{}:{t}{}:{k}", t.len(), k.len());
+impl<K: std::hash::Hash + Eq> EpochCache<K> {
+    fn new() -> Self {
+        Self {
+            entries: RwLock::default(),
         }
-        let epoch = self.epoch.load(std::sync::atomic::Ordering::Acquire);
-        let cache_key = (project_id, key);
-        if let Some((at, hit)) = self
-            .entries
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&cache_key)
-        {
-            if *at == epoch {
-                return Ok(hit.clone());
-            }
-        }
-        let subject = Arc::new(store.flag_subject(project_id, distinct_id, groups).await?);
+    }
+
+    fn get(&self, key: &K, epoch: u64) -> Option<Arc<Properties>> {
+        let map = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        map.get(key)
+            .filter(|(at, _)| *at == epoch)
+            .map(|(_, p)| p.clone())
+    }
+
+    fn put(&self, key: K, epoch: u64, value: Arc<Properties>) {
         let mut map = self.entries.write().unwrap_or_else(|e| e.into_inner());
         if map.len() >= SUBJECT_CACHE_LIMIT {
             map.clear();
         }
-        map.insert(cache_key, (epoch, subject.clone()));
-        Ok(subject)
+        map.insert(key, (epoch, value));
+    }
+}
+
+/// A Bloom filter of the (project, distinct id) pairs that have a person: a flag request for a user Flywheel has
+/// never seen (most requests of a fresh anonymous visitor) skips storage entirely. Filled from storage in the
+/// background at start (until then every id counts as known) and by the identity consumer as it creates persons.
+/// False positives only cost a lookup.
+struct KnownIds {
+    bits: Box<[std::sync::atomic::AtomicU64]>,
+    ready: std::sync::atomic::AtomicBool,
+}
+
+/// 2^26 bits (8 MiB, touched lazily): about 5 % false positives at 10 million distinct ids.
+const KNOWN_BITS_LOG2: u32 = 26;
+const KNOWN_HASHES: u64 = 3;
+
+impl KnownIds {
+    fn new() -> Self {
+        Self {
+            bits: (0..1usize << (KNOWN_BITS_LOG2 - 6))
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+            ready: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn positions(project_id: i64, distinct_id: &str) -> impl Iterator<Item = usize> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        project_id.hash(&mut h);
+        distinct_id.hash(&mut h);
+        let h1 = h.finish();
+        let h2 = h1.rotate_left(32).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mask = (1u64 << KNOWN_BITS_LOG2) - 1;
+        (0..KNOWN_HASHES).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) & mask) as usize)
+    }
+
+    fn insert(&self, project_id: i64, distinct_id: &str) {
+        for bit in Self::positions(project_id, distinct_id) {
+            self.bits[bit >> 6].fetch_or(1 << (bit & 63), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn maybe_contains(&self, project_id: i64, distinct_id: &str) -> bool {
+        use std::sync::atomic::Ordering;
+        !self.ready.load(Ordering::Acquire)
+            || Self::positions(project_id, distinct_id)
+                .all(|bit| self.bits[bit >> 6].load(Ordering::Relaxed) & (1 << (bit & 63)) != 0)
+    }
+}
+
+/// Stored person and group properties of the users being evaluated, so that SDKs polling for the same users do
+/// not query storage on every request. Entries carry the identity epoch they were read at; the identity consumer
+/// bumps the epoch whenever it applies a property change, a merge or a group change, which makes every older entry
+/// stale: never a stale answer, at the cost of re-reading after changes.
+pub struct SubjectCache {
+    epoch: std::sync::atomic::AtomicU64,
+    known: KnownIds,
+    persons: EpochCache<(i64, String)>,
+    groups: EpochCache<(i64, String, String)>,
+}
+
+impl Default for SubjectCache {
+    fn default() -> Self {
+        Self {
+            epoch: std::sync::atomic::AtomicU64::new(0),
+            known: KnownIds::new(),
+            persons: EpochCache::new(),
+            groups: EpochCache::new(),
+        }
+    }
+}
+
+impl SubjectCache {
+    fn epoch(&self) -> u64 {
+        // Read before storage, so that a change applied meanwhile makes the entry stale rather than hiding it.
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Stored properties of the person behind `distinct_id` (empty when there is none).
+    pub async fn person(
+        &self,
+        store: &Store,
+        project_id: i64,
+        distinct_id: &str,
+    ) -> Result<Arc<Properties>, ApiError> {
+        if !self.known.maybe_contains(project_id, distinct_id) {
+            return Ok(Arc::default());
+        }
+        let epoch = self.epoch();
+        let key = (project_id, distinct_id.to_owned());
+        if let Some(hit) = self.persons.get(&key, epoch) {
+            return Ok(hit);
+        }
+        let props = Arc::new(
+            store
+                .person_properties(project_id, distinct_id)
+                .await?
+                .unwrap_or_default(),
+        );
+        self.persons.put(key, epoch, props.clone());
+        Ok(props)
+    }
+
+    /// Stored properties of a group (empty when it was never identified).
+    pub async fn group(
+        &self,
+        store: &Store,
+        project_id: i64,
+        group_type: &str,
+        group_key: &str,
+    ) -> Result<Arc<Properties>, ApiError> {
+        let epoch = self.epoch();
+        let key = (project_id, group_type.to_owned(), group_key.to_owned());
+        if let Some(hit) = self.groups.get(&key, epoch) {
+            return Ok(hit);
+        }
+        let props = Arc::new(
+            store
+                .group_properties(project_id, group_type, group_key)
+                .await?
+                .unwrap_or_default(),
+        );
+        self.groups.put(key, epoch, props.clone());
+        Ok(props)
+    }
+
+    /// Called by the identity consumer after a batch of operations is stored.
+    pub fn applied(&self, ops: &[flywheel_store::IdentityOp]) {
+        use flywheel_store::IdentityOp as Op;
+        let mut changed = false;
+        for op in ops {
+            match op {
+                Op::Touch {
+                    project_id,
+                    distinct_id,
+                    ..
+                } => self.known.insert(*project_id, distinct_id),
+                Op::Merge {
+                    project_id,
+                    target,
+                    other,
+                    ..
+                } => {
+                    self.known.insert(*project_id, target);
+                    self.known.insert(*project_id, other);
+                    changed = true;
+                }
+                Op::SetProperties {
+                    project_id,
+                    distinct_id,
+                    ..
+                }
+                | Op::LinkGroups {
+                    project_id,
+                    distinct_id,
+                    ..
+                } => {
+                    self.known.insert(*project_id, distinct_id);
+                    changed = true;
+                }
+                Op::GroupIdentify { .. } => changed = true,
+            }
+        }
+        if changed {
+            self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+
+    /// Fills the filter of known distinct ids from storage (at start, in the background).
+    pub async fn load_known(&self, store: &Store) {
+        let started = std::time::Instant::now();
+        match store
+            .for_each_distinct_id(|p, d| self.known.insert(p, d))
+            .await
+        {
+            Ok(n) => {
+                self.known
+                    .ready
+                    .store(true, std::sync::atomic::Ordering::Release);
+                tracing::info!(
+                    distinct_ids = n,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "known distinct ids loaded"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "loading known distinct ids failed; every flag request reads storage")
+            }
+        }
     }
 }

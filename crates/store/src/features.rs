@@ -171,7 +171,7 @@ impl Store {
         description: &str,
         actor: &Actor,
     ) -> Result<EnvironmentRecord, WriteError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         let now = now_text();
         let inserted = sqlx::query(
             "INSERT OR IGNORE INTO environments (project_id, key, description, created_at) VALUES (?, ?, ?, ?)",
@@ -240,7 +240,7 @@ impl Store {
         definition: &Value,
         actor: &Actor,
     ) -> Result<FeatureRecord, WriteError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         let now = now_text();
         let inserted = sqlx::query(
             "INSERT OR IGNORE INTO features (project_id, key, definition, archived, version, created_at, updated_at)
@@ -293,7 +293,7 @@ impl Store {
         action: &str,
         actor: &Actor,
     ) -> Result<FeatureRecord, WriteError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         let row: Option<FeatureRow> = sqlx::query_as(&format!(
             "SELECT {FEATURE_COLUMNS} FROM features WHERE project_id = ? AND key = ?"
         ))
@@ -366,7 +366,7 @@ impl Store {
             .map(char::from)
             .collect();
         let key = format!("{SDK_KEY_PREFIX}{body}");
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         let exists: Option<String> =
             sqlx::query_scalar("SELECT key FROM environments WHERE project_id = ? AND key = ?")
                 .bind(project_id)
@@ -448,7 +448,7 @@ impl Store {
         id: i64,
         actor: &Actor,
     ) -> Result<(), WriteError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         let now = now_text();
         let revoked = sqlx::query(
             "UPDATE sdk_connections SET revoked_at = ? WHERE project_id = ? AND id = ? AND revoked_at IS NULL",
@@ -540,7 +540,7 @@ impl Store {
         definition: Option<&Value>,
         actor: &Actor,
     ) -> Result<Option<SavedGroupRecord>, WriteError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         let row: Option<SavedGroupRow> = sqlx::query_as(&format!(
             "SELECT {SAVED_GROUP_COLUMNS} FROM saved_groups WHERE project_id = ? AND key = ?"
         ))
@@ -784,6 +784,60 @@ pub fn json_diff(path: &str, before: &Value, after: &Value, out: &mut Vec<Value>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A read-then-write transaction must wait for, not fail on, a commit by another connection in between
+    /// (ingestion writes persons all the time).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn feature_writes_succeed_while_identity_writes() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("m.db")).await.unwrap();
+        let boot = store.bootstrap("o", "p").await.unwrap();
+        let actor = Actor {
+            label: "test".into(),
+            source_ip: None,
+        };
+        let p = boot.project_id;
+        store
+            .create_feature(p, "f", &json!({}), &actor)
+            .await
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (store, stop) = (store.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut w = store.identity_writer("test");
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let op = crate::IdentityOp::Touch {
+                        project_id: p,
+                        distinct_id: format!("user-{n}"),
+                        at: 0,
+                    };
+                    w.apply(&[op], n).await.unwrap();
+                }
+                n
+            })
+        };
+        for v in 1..=100 {
+            store
+                .update_feature(
+                    p,
+                    "f",
+                    v,
+                    &json!({"n": v}),
+                    false,
+                    "feature.updated",
+                    &actor,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("update {v} failed: {e}"));
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(writer.await.unwrap() > 0);
+    }
 
     #[test]
     fn diff_lists_changed_leaves() {

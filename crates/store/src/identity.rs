@@ -141,7 +141,7 @@ impl IdentityWriter {
     /// any change, and at least once a second otherwise). On error nothing is applied and the caches are dropped.
     pub async fn apply(&mut self, ops: &[IdentityOp], lsn: u64) -> Result<ApplyStats> {
         let mut stats = ApplyStats::default();
-        let mut tx = self.store.pool().begin().await?;
+        let mut tx = self.store.write_tx().await?;
         let mut wrote = false;
         let result = async {
             for op in ops {

@@ -83,7 +83,7 @@ impl Store {
 
     /// Creates a project and its public key; returns (project id, key text).
     pub async fn create_project(&self, organization_id: i64, name: &str) -> Result<(i64, String)> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         let now = now_text();
         let project_id = sqlx::query(
             "INSERT INTO projects (organization_id, name, created_at) VALUES (?, ?, ?)",

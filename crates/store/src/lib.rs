@@ -32,7 +32,7 @@ pub use features::{
 };
 pub use identity::{ApplyStats, IdentityOp, IdentityWriter, MergeMode};
 pub use keys::{Bootstrap, PersonalKey};
-pub use persons::{FlagSubject, GroupMembership, PersonRecord};
+pub use persons::{GroupMembership, PersonRecord};
 
 /// Errors of the metadata store.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +96,13 @@ impl Store {
 
     pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// A write transaction. `BEGIN IMMEDIATE` takes the write lock up front: a deferred transaction that reads
+    /// and then writes fails at once with `SQLITE_BUSY` (no waiting) when another connection committed in between,
+    /// which concurrent ingestion makes likely.
+    pub(crate) async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 }
 

@@ -143,25 +143,14 @@ impl Store {
     }
 }
 
-/// What the flag-serving endpoints know about a user: the stored person's properties and those of the groups the
-/// request names.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct FlagSubject {
-    pub person_properties: serde_json::Map<String, Value>,
-    /// Group type → the named group's stored properties (absent when the group was never identified).
-    pub group_properties: HashMap<String, serde_json::Map<String, Value>>,
-}
-
 impl Store {
-    /// Stored properties of the person behind `distinct_id` and of the given `(group type, group key)` groups.
-    pub async fn flag_subject(
+    /// Stored properties of the person behind `distinct_id` (`None`: no such person).
+    pub async fn person_properties(
         &self,
         project_id: i64,
         distinct_id: &str,
-        groups: &[(String, String)],
-    ) -> Result<FlagSubject> {
-        let mut out = FlagSubject::default();
-        let person: Option<String> = sqlx::query_scalar(
+    ) -> Result<Option<serde_json::Map<String, Value>>> {
+        let text: Option<String> = sqlx::query_scalar(
             "SELECT p.properties FROM person_distinct_ids d JOIN persons p ON p.id = d.person_id
              WHERE d.project_id = ? AND d.distinct_id = ?",
         )
@@ -169,28 +158,51 @@ impl Store {
         .bind(distinct_id)
         .fetch_optional(self.pool())
         .await?;
-        if let Some(text) = person {
-            if let Value::Object(m) = serde_json::from_str(&text)? {
-                out.person_properties = m;
-            }
+        object(text)
+    }
+
+    /// Stored properties of a group (`None`: never identified).
+    pub async fn group_properties(
+        &self,
+        project_id: i64,
+        group_type: &str,
+        group_key: &str,
+    ) -> Result<Option<serde_json::Map<String, Value>>> {
+        let text: Option<String> = sqlx::query_scalar(
+            "SELECT g.properties FROM group_types t JOIN groups g
+               ON g.project_id = t.project_id AND g.group_type_index = t.group_type_index
+             WHERE t.project_id = ? AND t.group_type = ? AND g.group_key = ?",
+        )
+        .bind(project_id)
+        .bind(group_type)
+        .bind(group_key)
+        .fetch_optional(self.pool())
+        .await?;
+        object(text)
+    }
+
+    /// Calls `f(project_id, distinct_id)` for every distinct id that has a person.
+    pub async fn for_each_distinct_id(&self, mut f: impl FnMut(i64, &str)) -> Result<u64> {
+        use futures_util::TryStreamExt;
+        let mut rows = sqlx::query_as::<_, (i64, String)>(
+            "SELECT project_id, distinct_id FROM person_distinct_ids",
+        )
+        .fetch(self.pool());
+        let mut n = 0;
+        while let Some((project_id, distinct_id)) = rows.try_next().await? {
+            f(project_id, &distinct_id);
+            n += 1;
         }
-        for (group_type, group_key) in groups {
-            let props: Option<String> = sqlx::query_scalar(
-                "SELECT g.properties FROM group_types t JOIN groups g
-                   ON g.project_id = t.project_id AND g.group_type_index = t.group_type_index
-                 WHERE t.project_id = ? AND t.group_type = ? AND g.group_key = ?",
-            )
-            .bind(project_id)
-            .bind(group_type)
-            .bind(group_key)
-            .fetch_optional(self.pool())
-            .await?;
-            if let Some(text) = props {
-                if let Value::Object(m) = serde_json::from_str(&text)? {
-                    out.group_properties.insert(group_type.clone(), m);
-                }
-            }
-        }
-        Ok(out)
+        Ok(n)
+    }
+}
+
+fn object(text: Option<String>) -> Result<Option<serde_json::Map<String, Value>>> {
+    match text {
+        None => Ok(None),
+        Some(t) => match serde_json::from_str(&t)? {
+            Value::Object(m) => Ok(Some(m)),
+            _ => Ok(Some(serde_json::Map::new())),
+        },
     }
 }
