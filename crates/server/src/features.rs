@@ -1366,8 +1366,8 @@ struct EvaluateRequest {
     /// Only these features (all when absent).
     #[serde(default)]
     features: Option<Vec<String>>,
-    /// Record a `$feature_flag_called` exposure for each evaluated feature (experiments always are), for the
-    /// user named by the `id` attribute.
+    /// Record a `$feature_flag_called` exposure for each evaluated feature, for the user named by the `id`
+    /// attribute (off by default: this endpoint is also the "test this user" tool).
     #[serde(default)]
     track: bool,
 }
@@ -1406,7 +1406,7 @@ async fn evaluate(
     let mut results = Map::new();
     let mut put = |key: &str, r: flywheel_flags::FeatureResult<'_>| {
         let in_experiment = r.experiment_result.as_ref().filter(|x| x.in_experiment);
-        if let (Some(user), true) = (&user, req.track || in_experiment.is_some()) {
+        if let (Some(user), true) = (&user, req.track) {
             if snapshot.set.contains(key) {
                 state.exposures.record(
                     &crate::exposure::Exposure {

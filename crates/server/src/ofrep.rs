@@ -328,7 +328,9 @@ async fn bulk(
     let Query(query) =
         query.map_err(|e| Failure::new(StatusCode::BAD_REQUEST, "PARSE_ERROR", e.body_text()))?;
     check_bulk_query(&query)?;
-    let (targeting_key, attrs) = context(&body, None)?;
+    // A bulk answer is a prefetch, not an exposure: the app may never read most flags. Exposures are recorded by
+    // single evaluations (the app asked for that flag now) or reported by the client when it reads a flag.
+    let (_, attrs) = context(&body, None)?;
     let snapshot = state
         .flags
         .snapshot(&state.store, access.project_id, &access.environment)
@@ -340,7 +342,6 @@ async fn bulk(
     }
     let attributes = flywheel_flags::Attributes::from_map(attrs);
     let ctx = flywheel_flags::EvalContext::new(&attributes);
-    let now_us = state.clock.now().timestamp_micros();
     let mut out = Vec::with_capacity(64 + 200 * snapshot.flags.len());
     out.extend_from_slice(b"{\"flags\":[");
     for (i, info) in snapshot.flags.iter().enumerate() {
@@ -348,7 +349,6 @@ async fn bulk(
             out.push(b',');
         }
         let result = snapshot.set.evaluate(&info.key, &ctx);
-        record_exposure(&state, &access, &targeting_key, info, &result, now_us);
         write_success(&mut out, info, &result);
     }
     out.extend_from_slice(b"],\"metadata\":{\"environment\":");

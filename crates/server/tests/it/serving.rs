@@ -723,6 +723,16 @@ async fn experiment_exposures_become_events_once_per_user_and_day() {
             .await;
         assert_eq!(s, StatusCode::OK);
     }
+    // A bulk evaluation is a prefetch, not an exposure.
+    let (s, _, _) = t
+        .ofrep(
+            "",
+            &key,
+            r#"{"context": {"targetingKey": "bulk-user"}}"#,
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
     // Not an experiment: no exposure unless asked to track.
     t.ofrep(
         "/pro-only",
@@ -763,7 +773,7 @@ async fn experiment_exposures_become_events_once_per_user_and_day() {
             ("exp-user".to_owned(), "theme".to_owned()),
             ("tracked".to_owned(), "limits".to_owned()),
         ],
-        "PostHog SDKs send their own $feature_flag_called when the app reads a flag: /flags records none; {events:#?}"
+        "PostHog SDKs send their own $feature_flag_called when the app reads a flag: bulk endpoints record none; {events:#?}"
     );
     let exposure = events
         .iter()
