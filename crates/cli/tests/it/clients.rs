@@ -1,6 +1,8 @@
-//! Real published SDKs (posthog-python, segment-analytics-python, growthbook; versions pinned in
-//! tests/clients/requirements.txt) send realistic sessions to a real `flywheel serve`; the Python scripts read
-//! the data back through the native API and assert every event, merge and property.
+//! Real published SDKs against a real `flywheel serve`: posthog-python (capture and remote flag evaluation),
+//! segment-analytics-python, growthbook, openfeature-sdk with the OFREP provider, and the JavaScript OFREP
+//! providers (versions pinned in tests/clients/requirements.txt and tests/clients/js/package-lock.json); plus
+//! schemathesis checking the OFREP endpoints against the spec in ../shared/conformance/ofrep. Each script
+//! asserts every value it reads back.
 
 use std::process::Command;
 
@@ -16,12 +18,18 @@ fn python() -> String {
 }
 
 fn run_session(script: &str) {
+    run_client(&python(), script, "tests/clients");
+}
+
+/// Runs a client program (`interpreter script`) in `dir` against a fresh `flywheel serve`; it must exit 0 and
+/// print "all checks passed".
+fn run_client(interpreter: &str, script: &str, dir_in_repo: &str) {
     let dir = tempfile::tempdir().unwrap();
     let keys = init(dir.path());
     let serve = Serve::start(dir.path(), &[]);
-    let out = Command::new(python())
+    let out = Command::new(interpreter)
         .arg(script)
-        .current_dir(repo_root().join("tests/clients"))
+        .current_dir(repo_root().join(dir_in_repo))
         .env("FLYWHEEL_URL", serve.url())
         .env("FLYWHEEL_PROJECT_ID", keys.project_id.to_string())
         .env("FLYWHEEL_PROJECT_KEY", &keys.project_key)
@@ -49,4 +57,30 @@ fn segment_python_session_round_trips() {
 #[test]
 fn growthbook_python_sdk_agrees_with_server_side_evaluation() {
     run_session("growthbook_differential.py");
+}
+
+#[test]
+fn posthog_python_remote_flag_evaluation() {
+    run_session("posthog_flags.py");
+}
+
+#[test]
+fn openfeature_python_ofrep_provider() {
+    run_session("openfeature_ofrep.py");
+}
+
+#[test]
+fn ofrep_conforms_to_the_spec_under_schemathesis() {
+    run_session("ofrep_schemathesis.py");
+}
+
+#[test]
+fn openfeature_javascript_ofrep_providers() {
+    let js = repo_root().join("tests/clients/js/node_modules/@openfeature/ofrep-web-provider");
+    assert!(
+        js.exists(),
+        "the JavaScript OFREP providers are not installed: run the suite with scripts/test (scripts/setup-test-env \
+         runs npm ci in tests/clients/js)"
+    );
+    run_client("node", "ofrep_clients.mjs", "tests/clients/js");
 }
