@@ -266,7 +266,8 @@ async fn evaluate(
         .await?;
     let attributes = flywheel_flags::Attributes::from_map(attrs);
     let ctx = flywheel_flags::EvalContext::new(&attributes);
-    let mut out = Rendering::new(shape);
+    // Records are ~300 bytes each; the legacy shapes far less.
+    let mut out = Rendering::new(shape, 1024 + 320 * snapshot.flags.len());
     for info in &snapshot.flags {
         if only.as_ref().is_some_and(|o| !o.contains(&info.key)) {
             continue;
@@ -291,99 +292,134 @@ const DECIDE_CONFIG: &str = concat!(
 );
 
 /// `(enabled, variant, JSON payload)` of a typed value, as PostHog SDKs render typed `/flags?v=4` values.
-fn legacy(value: &Value) -> (bool, Option<String>, Option<String>) {
+/// The payload, when there is one, is the value itself ([`push_payload`]).
+fn legacy(value: &Value) -> (bool, Option<&str>, bool) {
     match value {
-        Value::Null => (false, None, None),
-        Value::Bool(b) => (*b, None, None),
-        Value::String(s) => (true, Some(s.clone()), None),
-        other => (true, None, Some(other.to_string())),
+        Value::Null => (false, None, false),
+        Value::Bool(b) => (*b, None, false),
+        Value::String(s) => (true, Some(s), false),
+        _ => (true, None, true),
     }
 }
 
-/// Appends PostHog's reason object for a result.
-fn write_reason(out: &mut Vec<u8>, info: &FlagInfo, result: &FeatureResult<'_>) {
-    let (code, index, description): (&str, Option<usize>, String) = if !info.served {
-        (
-            "flag_disabled",
-            None,
-            "Flag is disabled in this environment".into(),
-        )
-    } else {
-        match result.source {
-            Source::Force | Source::Experiment => {
-                let (index, kind) = info
-                    .rules
-                    .get(result.rule_id)
-                    .copied()
-                    .unwrap_or((0, RuleKind::Force));
-                let id = result.rule_id;
-                let description = match kind {
-                    RuleKind::Force => format!("Matched rule {index} ({id})"),
-                    RuleKind::Rollout => format!("In the rollout of rule {index} ({id})"),
-                    RuleKind::Experiment => format!(
-                        "Assigned to variation {} of experiment rule {index} ({id})",
-                        result
-                            .experiment_result
-                            .as_ref()
-                            .map(|x| x.key)
-                            .unwrap_or("")
-                    ),
-                };
-                ("condition_match", Some(index), description)
+/// Appends a value's JSON text as a JSON string literal (a PostHog payload), without building the text first.
+fn push_payload(out: &mut Vec<u8>, value: &Value) {
+    /// Escapes what compact JSON text can contain that a string literal cannot: quotes and backslashes (control
+    /// characters are already escaped in JSON text).
+    struct Escaping<'a>(&'a mut Vec<u8>);
+    impl std::io::Write for Escaping<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            for &b in buf {
+                if b == b'"' || b == b'\\' {
+                    self.0.push(b'\\');
+                }
+                self.0.push(b);
             }
-            Source::Prerequisite => (
-                "no_condition_match",
-                None,
-                "A prerequisite flag did not pass".into(),
-            ),
-            Source::DefaultValue if info.rules.is_empty() => {
-                ("condition_match", None, "Default value (no rules)".into())
-            }
-            _ => (
-                "no_condition_match",
-                None,
-                "No rule matched; default value".into(),
-            ),
+            Ok(buf.len())
         }
-    };
-    out.extend_from_slice(b"{\"code\":\"");
-    out.extend_from_slice(code.as_bytes());
-    out.extend_from_slice(b"\",\"condition_index\":");
-    match index {
-        Some(i) => out.extend_from_slice(i.to_string().as_bytes()),
-        None => out.extend_from_slice(b"null"),
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
-    out.extend_from_slice(b",\"description\":");
-    push_json_str(out, &description);
-    out.push(b'}');
+    out.push(b'"');
+    let _ = serde_json::to_writer(Escaping(out), value);
+    out.push(b'"');
+}
+
+/// Appends PostHog's reason object for a result (PostHog's codes and wording; condition sets are the rules of the
+/// environment, numbered from 1 in the description and from 0 in `condition_index`).
+fn write_reason(out: &mut Vec<u8>, info: &FlagInfo, result: &FeatureResult<'_>) {
+    let matched = |out: &mut Vec<u8>, index: usize, what: &str| {
+        out.extend_from_slice(br#"{"code":"condition_match","condition_index":"#);
+        push_usize(out, index);
+        out.extend_from_slice(br#","description":""#);
+        out.extend_from_slice(what.as_bytes());
+        out.push(b' ');
+        push_usize(out, index + 1);
+        out.extend_from_slice(br#""}"#);
+    };
+    if !info.served {
+        out.extend_from_slice(
+            br#"{"code":"flag_disabled","condition_index":null,"description":"Flag is disabled in this environment"}"#,
+        );
+        return;
+    }
+    match result.source {
+        Source::Force | Source::Experiment => {
+            let (index, kind) = info
+                .rules
+                .get(result.rule_id)
+                .copied()
+                .unwrap_or((0, RuleKind::Force));
+            let what = match kind {
+                RuleKind::Force => "Matched condition set",
+                RuleKind::Rollout => "In the rollout of condition set",
+                RuleKind::Experiment => "In the experiment of condition set",
+            };
+            matched(out, index, what);
+        }
+        Source::Prerequisite => out.extend_from_slice(
+            br#"{"code":"no_condition_match","condition_index":null,"description":"A prerequisite flag did not pass"}"#,
+        ),
+        Source::DefaultValue if info.rules.is_empty() => out.extend_from_slice(
+            br#"{"code":"condition_match","condition_index":null,"description":"No conditions: default value"}"#,
+        ),
+        _ => out.extend_from_slice(
+            br#"{"code":"no_condition_match","condition_index":null,"description":"No matching condition set"}"#,
+        ),
+    }
+}
+
+fn push_usize(out: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 fn push_bool(out: &mut Vec<u8>, b: bool) {
     out.extend_from_slice(if b { b"true" } else { b"false" });
 }
 
-/// A comma before every member but the first.
-fn sep(buf: &mut Vec<u8>) {
-    if !buf.is_empty() {
+/// A comma before every member but the first (`open`: the length of the buffer before its first member).
+fn sep(buf: &mut Vec<u8>, open: usize) {
+    if buf.len() > open {
         buf.push(b',');
     }
 }
 
-/// The response body, written as flags are evaluated.
+/// The response body, written straight into its final buffer as flags are evaluated.
 struct Rendering {
     shape: Shape,
-    /// `flags` records, `featureFlags` members or enabled keys (comma-separated JSON).
+    /// The body so far: the opening, then `flags` records, `featureFlags` members or enabled keys.
     main: Vec<u8>,
+    /// Length of `main` before the first member.
+    open: usize,
     /// `featureFlagPayloads` members.
     payloads: Vec<u8>,
     errors: bool,
 }
 
 impl Rendering {
-    fn new(shape: Shape) -> Self {
+    /// `capacity`: expected body size.
+    fn new(shape: Shape, capacity: usize) -> Self {
+        let mut main = Vec::with_capacity(capacity);
+        main.extend_from_slice(match shape {
+            Shape::KeyList => b"{\"featureFlags\":[".as_slice(),
+            Shape::Values | Shape::ValuesAndPayloads => b"{\"featureFlags\":{",
+            Shape::Records { .. } => b"{\"flags\":{",
+        });
         Self {
             shape,
-            main: Vec::with_capacity(8192),
+            open: main.len(),
+            main,
             payloads: Vec::new(),
             errors: false,
         }
@@ -398,38 +434,39 @@ impl Rendering {
             &Value::Null
         };
         let (enabled, variant, payload) = legacy(value);
+        let open = self.open;
         let out = &mut self.main;
         match self.shape {
             Shape::KeyList => {
                 if enabled {
-                    sep(out);
+                    sep(out, open);
                     out.extend_from_slice(info.key_json.as_bytes());
                 }
             }
             Shape::Values | Shape::ValuesAndPayloads => {
-                sep(out);
+                sep(out, open);
                 out.extend_from_slice(info.key_json.as_bytes());
                 out.push(b':');
-                match &variant {
+                match variant {
                     Some(v) => push_json_str(out, v),
                     None => push_bool(out, enabled),
                 }
-                if let (Shape::ValuesAndPayloads, Some(p), true) = (self.shape, &payload, enabled) {
-                    sep(&mut self.payloads);
+                if self.shape == Shape::ValuesAndPayloads && payload && enabled {
+                    sep(&mut self.payloads, 0);
                     self.payloads.extend_from_slice(info.key_json.as_bytes());
                     self.payloads.push(b':');
-                    push_json_str(&mut self.payloads, p);
+                    push_payload(&mut self.payloads, value);
                 }
             }
             Shape::Records { typed } => {
-                sep(out);
+                sep(out, open);
                 out.extend_from_slice(info.key_json.as_bytes());
                 out.extend_from_slice(b":{\"key\":");
                 out.extend_from_slice(info.key_json.as_bytes());
                 out.extend_from_slice(b",\"enabled\":");
                 push_bool(out, enabled);
                 out.extend_from_slice(b",\"variant\":");
-                match &variant {
+                match variant {
                     Some(v) => push_json_str(out, v),
                     None => out.extend_from_slice(b"null"),
                 }
@@ -439,24 +476,25 @@ impl Rendering {
                 write_reason(out, info, result);
                 // Typed records carry the value; PostHog SDKs read typed values of these JSON types only, so an
                 // array travels as the payload of an enabled flag.
-                let payload_text = if typed {
+                let with_payload = if typed {
                     out.extend_from_slice(b",\"value\":");
                     if value.is_array() {
                         out.extend_from_slice(b"true");
-                        payload.as_deref()
+                        payload
                     } else {
                         push_json(out, value);
-                        None
+                        false
                     }
                 } else {
-                    payload.as_deref()
+                    payload
                 };
                 out.extend_from_slice(b",\"metadata\":{");
                 out.extend_from_slice(info.posthog_metadata.as_bytes());
                 out.extend_from_slice(b",\"payload\":");
-                match payload_text {
-                    Some(p) => push_json_str(out, p),
-                    None => out.extend_from_slice(b"null"),
+                if with_payload {
+                    push_payload(out, value);
+                } else {
+                    out.extend_from_slice(b"null");
                 }
                 if typed && !result.rule_id.is_empty() {
                     out.extend_from_slice(b",\"rule_id\":");
@@ -469,26 +507,16 @@ impl Rendering {
 
     /// The whole body; `config`: with the `/decide` settings.
     fn finish(self, config: bool) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.main.len() + self.payloads.len() + 512);
+        let mut out = self.main;
         match self.shape {
-            Shape::KeyList => {
-                out.extend_from_slice(b"{\"featureFlags\":[");
-                out.extend_from_slice(&self.main);
-                out.push(b']');
-            }
-            Shape::Values | Shape::ValuesAndPayloads => {
-                out.extend_from_slice(b"{\"featureFlags\":{");
-                out.extend_from_slice(&self.main);
+            Shape::KeyList => out.push(b']'),
+            Shape::Values => out.push(b'}'),
+            Shape::ValuesAndPayloads => {
+                out.extend_from_slice(b"},\"featureFlagPayloads\":{");
+                out.extend_from_slice(&self.payloads);
                 out.push(b'}');
-                if self.shape == Shape::ValuesAndPayloads {
-                    out.extend_from_slice(b",\"featureFlagPayloads\":{");
-                    out.extend_from_slice(&self.payloads);
-                    out.push(b'}');
-                }
             }
             Shape::Records { .. } => {
-                out.extend_from_slice(b"{\"flags\":{");
-                out.extend_from_slice(&self.main);
                 out.extend_from_slice(b"},\"requestId\":\"");
                 out.extend_from_slice(uuid::Uuid::new_v4().to_string().as_bytes());
                 out.push(b'"');
@@ -532,14 +560,30 @@ mod tests {
 
     #[test]
     fn typed_values_render_like_the_sdks() {
-        assert_eq!(legacy(&json!(true)), (true, None, None));
-        assert_eq!(legacy(&json!(false)), (false, None, None));
-        assert_eq!(legacy(&Value::Null), (false, None, None));
-        assert_eq!(legacy(&json!("test")), (true, Some("test".into()), None));
-        assert_eq!(legacy(&json!(0)), (true, None, Some("0".into())));
-        assert_eq!(
-            legacy(&json!({"a": [1]})),
-            (true, None, Some(r#"{"a":[1]}"#.into()))
-        );
+        assert_eq!(legacy(&json!(true)), (true, None, false));
+        assert_eq!(legacy(&json!(false)), (false, None, false));
+        assert_eq!(legacy(&Value::Null), (false, None, false));
+        assert_eq!(legacy(&json!("test")), (true, Some("test"), false));
+        assert_eq!(legacy(&json!(0)), (true, None, true));
+        assert_eq!(legacy(&json!({"a": [1]})), (true, None, true));
+    }
+
+    #[test]
+    fn payloads_are_json_text_in_a_string() {
+        for v in [
+            json!(0),
+            json!({"a": "q\"uote", "b": "back\\slash\n"}),
+            json!([1, "x"]),
+        ] {
+            let mut out = Vec::new();
+            push_payload(&mut out, &v);
+            let text: String = serde_json::from_slice(&out).unwrap();
+            assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), v);
+        }
+        let mut out = Vec::new();
+        push_usize(&mut out, 0);
+        out.push(b' ');
+        push_usize(&mut out, 1234567);
+        assert_eq!(out, b"0 1234567");
     }
 }

@@ -58,8 +58,16 @@ pub struct FlagInfo {
 
 /// Appends `s` as a JSON string literal.
 pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    // Writing into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+    // Most strings (keys, variants, rule ids) need no escaping: copy them.
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
 }
 
 /// Appends `v` as JSON.
@@ -825,5 +833,47 @@ impl SubjectCache {
                 tracing::error!(error = %e, "loading known distinct ids failed; every flag request reads storage")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_escaped_only_when_needed() {
+        for s in [
+            "plain-key_1",
+            "",
+            "ünïcødé",
+            "quote\"",
+            "back\\slash",
+            "line\nbreak",
+            "tab\t\u{1}",
+        ] {
+            let mut out = Vec::new();
+            push_json_str(&mut out, s);
+            assert_eq!(serde_json::from_slice::<String>(&out).unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn known_ids_have_no_false_negatives() {
+        let known = KnownIds::new();
+        assert!(
+            known.maybe_contains(1, "x"),
+            "not loaded yet: everyone may be known"
+        );
+        known
+            .ready
+            .store(true, std::sync::atomic::Ordering::Release);
+        for i in 0..10_000 {
+            known.insert(1, &format!("user-{i}"));
+        }
+        assert!((0..10_000).all(|i| known.maybe_contains(1, &format!("user-{i}"))));
+        let false_positives = (0..10_000)
+            .filter(|i| known.maybe_contains(2, &format!("user-{i}")))
+            .count();
+        assert!(false_positives < 10, "{false_positives}");
     }
 }
