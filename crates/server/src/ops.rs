@@ -66,20 +66,63 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
-/// Counts requests by method, route template and status, and times them.
+/// Counts requests by method, route template and status, and times them. Metric handles are looked up once per
+/// (method, route, status) and kept, so that a request allocates nothing here.
 pub async fn track(req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = req.method().as_str().to_owned();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().clone();
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let response = next.run(req).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!(m::HTTP_REQUESTS, "method" => method.clone(), "route" => route.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!(m::HTTP_DURATION, "method" => method, "route" => route)
-        .record(start.elapsed().as_secs_f64());
+    let route = route
+        .as_ref()
+        .map(MatchedPath::as_str)
+        .unwrap_or("unmatched");
+    let (requests, duration) = handles(&method, route, response.status());
+    requests.increment(1);
+    duration.record(start.elapsed().as_secs_f64());
     response
+}
+
+/// Per route template: (method, status) → the request counter and duration histogram.
+type RouteHandles = Vec<(
+    axum::http::Method,
+    u16,
+    metrics::Counter,
+    metrics::Histogram,
+)>;
+
+fn handles(
+    method: &axum::http::Method,
+    route: &str,
+    status: StatusCode,
+) -> (metrics::Counter, metrics::Histogram) {
+    use std::collections::HashMap;
+    use std::sync::RwLock;
+    static HANDLES: OnceLock<RwLock<HashMap<String, RouteHandles>>> = OnceLock::new();
+    let map = HANDLES.get_or_init(Default::default);
+    let status = status.as_u16();
+    let find = |v: &RouteHandles| {
+        v.iter()
+            .find(|(m, s, _, _)| m == method && *s == status)
+            .map(|(_, _, c, h)| (c.clone(), h.clone()))
+    };
+    if let Some(hit) = map
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(route)
+        .and_then(find)
+    {
+        return hit;
+    }
+    let mut map = map.write().unwrap_or_else(|e| e.into_inner());
+    let entries = map.entry(route.to_owned()).or_default();
+    if let Some(hit) = find(entries) {
+        return hit;
+    }
+    let (m_label, r_label) = (method.as_str().to_owned(), route.to_owned());
+    let counter = metrics::counter!(m::HTTP_REQUESTS, "method" => m_label.clone(), "route" => r_label.clone(),
+                                    "status" => status.to_string());
+    let histogram = metrics::histogram!(m::HTTP_DURATION, "method" => m_label, "route" => r_label);
+    entries.push((method.clone(), status, counter.clone(), histogram.clone()));
+    (counter, histogram)
 }

@@ -156,7 +156,7 @@ async fn evaluate(
                 err.to_string(),
             )
         })?;
-    let Value::Object(doc) = doc else {
+    let Value::Object(mut doc) = doc else {
         return Err(ApiError::bad_request(
             "invalid_payload",
             "the request body must be a JSON object",
@@ -197,10 +197,10 @@ async fn evaluate(
             ))
         }
     };
-    let object = |k: &str| -> Result<Map<String, Value>, ApiError> {
-        match doc.get(k) {
+    let mut object = |k: &str| -> Result<Map<String, Value>, ApiError> {
+        match doc.remove(k) {
             None | Some(Value::Null) => Ok(Map::new()),
-            Some(Value::Object(m)) => Ok(m.clone()),
+            Some(Value::Object(m)) => Ok(m),
             Some(_) => Err(ApiError::bad_request(
                 "invalid_payload",
                 format!("`{k}` must be an object"),
@@ -290,6 +290,17 @@ const DECIDE_CONFIG: &str = concat!(
     r#""autocapture_opt_out":false,"autocaptureExceptions":false,"heatmaps":false,"surveys":false,"#,
     r#""siteApps":[],"elementsChainAsString":true"#
 );
+
+/// A unique request id: a random per-process prefix and a counter (no system call per request).
+fn request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    uuid::Uuid::from_u64_pair(prefix, n).to_string()
+}
 
 /// `(enabled, variant, JSON payload)` of a typed value, as PostHog SDKs render typed `/flags?v=4` values.
 /// The payload, when there is one, is the value itself ([`push_payload`]).
@@ -470,8 +481,9 @@ impl Rendering {
                     Some(v) => push_json_str(out, v),
                     None => out.extend_from_slice(b"null"),
                 }
-                out.extend_from_slice(b",\"failed\":");
-                push_bool(out, failed);
+                if failed {
+                    out.extend_from_slice(b",\"failed\":true");
+                }
                 out.extend_from_slice(b",\"reason\":");
                 write_reason(out, info, result);
                 // Typed records carry the value; PostHog SDKs read typed values of these JSON types only, so an
@@ -518,7 +530,7 @@ impl Rendering {
             }
             Shape::Records { .. } => {
                 out.extend_from_slice(b"},\"requestId\":\"");
-                out.extend_from_slice(uuid::Uuid::new_v4().to_string().as_bytes());
+                out.extend_from_slice(request_id().as_bytes());
                 out.push(b'"');
             }
         }

@@ -52,7 +52,8 @@ pub struct FlagInfo {
     pub key_json: String,
     /// OFREP's static flag metadata members (`"version":…,"environment":…,…`), pre-rendered.
     pub ofrep_metadata: String,
-    /// PostHog's static metadata members (`"id":null,"version":…,"description":…,"has_experiment":…`).
+    /// PostHog's static metadata members (`"version":…` and, when not empty/false, `"description"`,
+    /// `"has_experiment"`).
     pub posthog_metadata: String,
 }
 
@@ -371,10 +372,14 @@ fn compile(
                 ofrep_metadata.push_str(&format!(",\"{name}\":{}", json_text(&value)));
             }
         }
-        let posthog_metadata = format!(
-            "\"id\":null,\"version\":{version},\"description\":{},\"has_experiment\":{has_experiment}",
-            json_text(&def.description)
-        );
+        // Optional members are left out when they have their default (PostHog SDKs read them as optional).
+        let mut posthog_metadata = format!("\"version\":{version}");
+        if !def.description.is_empty() {
+            posthog_metadata.push_str(&format!(",\"description\":{}", json_text(&def.description)));
+        }
+        if has_experiment {
+            posthog_metadata.push_str(",\"has_experiment\":true");
+        }
         flags.push(FlagInfo {
             key_json: json_text(key),
             ofrep_metadata,
