@@ -711,7 +711,7 @@ impl Store {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn append_audit(
+pub(crate) async fn append_audit(
     tx: &mut Transaction<'static, Sqlite>,
     project_id: i64,
     actor: &Actor,

@@ -4,6 +4,8 @@ use rand::distributions::Alphanumeric;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
+use serde_json::json;
+
 use crate::{now_text, Result, Store};
 
 /// Prefix of public project keys (SDK capture and evaluation).
@@ -95,7 +97,7 @@ impl Store {
         .await?
         .last_insert_rowid();
         let key = random_key(PROJECT_KEY_PREFIX, 32);
-        sqlx::query(
+        let key_id = sqlx::query(
             "INSERT INTO api_keys (kind, organization_id, project_id, name, key_hash, key_prefix, created_at)
              VALUES ('project', ?, ?, 'project key', ?, ?, ?)",
         )
@@ -105,7 +107,11 @@ impl Store {
         .bind(display_prefix(&key))
         .bind(&now)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .last_insert_rowid();
+        let record = json!({"id": key_id, "kind": "project", "name": "project key",
+                            "prefix": display_prefix(&key), "project_id": project_id});
+        audit_key_created(&mut tx, project_id, key_id, &record).await?;
         tx.commit().await?;
         Ok((project_id, key))
     }
@@ -118,7 +124,8 @@ impl Store {
         name: &str,
     ) -> Result<String> {
         let key = random_key(PERSONAL_KEY_PREFIX, 40);
-        sqlx::query(
+        let mut tx = self.write_tx().await?;
+        let key_id = sqlx::query(
             "INSERT INTO api_keys (kind, organization_id, project_id, name, key_hash, key_prefix, created_at)
              VALUES ('personal', ?, ?, ?, ?, ?, ?)",
         )
@@ -128,8 +135,24 @@ impl Store {
         .bind(key_digest(&key))
         .bind(display_prefix(&key))
         .bind(now_text())
-        .execute(self.pool())
+        .execute(&mut *tx)
+        .await?
+        .last_insert_rowid();
+        // Recorded in the audit log of every project the key reaches.
+        let projects: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM projects WHERE organization_id = ? AND (? IS NULL OR id = ?)",
+        )
+        .bind(organization_id)
+        .bind(project_id)
+        .bind(project_id)
+        .fetch_all(&mut *tx)
         .await?;
+        let record = json!({"id": key_id, "kind": "personal", "name": name,
+                            "prefix": display_prefix(&key), "project_id": project_id});
+        for p in projects {
+            audit_key_created(&mut tx, p, key_id, &record).await?;
+        }
+        tx.commit().await?;
         Ok(key)
     }
 
@@ -180,4 +203,28 @@ impl Store {
                 .await?;
         Ok(org)
     }
+}
+
+/// Key creation happens at initialisation (no caller yet): the actor is `system`.
+async fn audit_key_created(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    project_id: i64,
+    key_id: i64,
+    record: &serde_json::Value,
+) -> Result<()> {
+    let actor = crate::Actor {
+        label: "system".to_owned(),
+        source_ip: None,
+    };
+    crate::features::append_audit(
+        tx,
+        project_id,
+        &actor,
+        "api_key.created",
+        "api_key",
+        &key_id.to_string(),
+        None,
+        Some(record),
+    )
+    .await
 }
