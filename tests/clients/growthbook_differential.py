@@ -53,9 +53,20 @@ feature("namespaced", "boolean", False, [
      "hash_attribute": "company"},
 ])
 feature("disabled", "boolean", True, [], enabled=False)
+# Saved groups: a list the SDK tests with $inGroup (from the payload's savedGroups) and a condition inlined by the server.
+for group in [{"key": "vip-companies", "type": "list", "attribute": "company", "values": [f"co-{i}" for i in range(0, 200, 3)]},
+              {"key": "adult-pros", "type": "condition", "condition": {"plan": "pro", "age": {"$gte": 18}}}]:
+    status, created = post("/saved-groups", group)
+    assert status == 201, created
+feature("grouped", "string", "none", [
+    {"type": "force", "value": "vip", "saved_groups": [{"match": "all", "ids": ["vip-companies"]}]},
+    {"type": "force", "value": "adult-pro", "saved_groups": [{"match": "any", "ids": ["adult-pros"]}]},
+    {"type": "force", "value": "neither", "saved_groups": [{"match": "none", "ids": ["vip-companies", "adult-pros"]}]},
+])
 status, conn = post("/sdk-connections", {"environment": "production", "name": "python"})
 assert status == 201, conn
-keys = ["bool-force", "string-rollout", "number-experiment", "json-flag", "version-gated", "child", "namespaced", "disabled"]
+keys = ["bool-force", "string-rollout", "number-experiment", "json-flag", "version-gated", "child", "namespaced", "disabled",
+        "grouped"]
 
 gb = GrowthBook(api_host=fw.url, client_key=conn["client_key"])
 gb.load_features()
@@ -87,6 +98,25 @@ for i in range(1000):
         if local.value != remote_value or local.source != remote_source:
             mismatches.append((key, attrs, local.value, local.source, remote_value, remote_source))
 gb.destroy()
-check(compared == 8000, f"compared {compared} evaluations")
+check(compared == 9000, f"compared {compared} evaluations")
 check(not mismatches, f"SDK and server agree on every evaluation ({len(mismatches)} differ, e.g. {mismatches[:3]})")
+
+# An encrypted connection: the SDK decrypts the payload with the key handed out once, and evaluates the same.
+status, secret_conn = post("/sdk-connections", {"environment": "production", "name": "encrypted", "encrypt": True})
+assert status == 201, secret_conn
+check(bool(secret_conn.get("decryption_key")), "an encrypted connection returns its decryption key")
+with urllib.request.urlopen(f"{fw.url}/api/features/{secret_conn['client_key']}", timeout=30) as resp:
+    raw = json.loads(resp.read())
+check(raw["features"] == {} and "encryptedFeatures" in raw, "the encrypted payload shows no feature in the clear")
+egb = GrowthBook(api_host=fw.url, client_key=secret_conn["client_key"], decryption_key=secret_conn["decryption_key"])
+egb.load_features()
+check(sorted(egb.get_features().keys()) == sorted(k for k in keys if k != "disabled"), "the SDK decrypted every enabled feature")
+sample = {"id": "user-42", "country": "US", "plan": "pro", "age": 30, "company": "co-3", "email": "a@acme.io",
+          "appVersion": "2.10.0"}
+egb.set_attributes(sample)
+status, server = post("/evaluate", {"environment": "production", "attributes": sample})
+check(all(egb.eval_feature(k).value == server["results"][k]["value"] for k in keys if k != "disabled"),
+      "decrypted features evaluate as the server does")
+check(egb.eval_feature("grouped").value == "vip", "the saved list group matched through the decrypted savedGroups")
+egb.destroy()
 print("growthbook differential: all checks passed")

@@ -741,17 +741,22 @@ fn actor(caller: &Caller, headers: &HeaderMap, peer: std::net::SocketAddr) -> Ac
     }
 }
 
-fn feature_json(r: &FeatureRecord) -> Value {
-    let mut out = json!({
-        "key": r.key, "version": r.version, "archived": r.archived,
-        "created_at": r.created_at, "updated_at": r.updated_at,
-    });
-    if let (Value::Object(o), Value::Object(d)) = (&mut out, &r.definition) {
+/// A stored document as the API shows it: its bookkeeping members and its definition's, side by side.
+fn document_json(mut head: Value, definition: &Value) -> Value {
+    if let (Value::Object(o), Value::Object(d)) = (&mut head, definition) {
         for (k, v) in d {
             o.insert(k.clone(), v.clone());
         }
     }
-    out
+    head
+}
+
+fn feature_json(r: &FeatureRecord) -> Value {
+    let head = json!({
+        "key": r.key, "version": r.version, "archived": r.archived,
+        "created_at": r.created_at, "updated_at": r.updated_at,
+    });
+    document_json(head, &r.definition)
 }
 
 fn write_error(e: WriteError, what: &str) -> ApiError {
@@ -1131,15 +1136,10 @@ async fn revoke_sdk_connection(
 // Saved groups
 
 fn saved_group_json(r: &flywheel_store::SavedGroupRecord) -> Value {
-    let mut out = json!({
+    let head = json!({
         "key": r.key, "version": r.version, "created_at": r.created_at, "updated_at": r.updated_at,
     });
-    if let (Value::Object(o), Value::Object(d)) = (&mut out, &r.definition) {
-        for (k, v) in d {
-            o.insert(k.clone(), v.clone());
-        }
-    }
-    out
+    document_json(head, &r.definition)
 }
 
 /// Parses and checks a saved group body (the `key`, `version` and timestamps are not part of the definition).

@@ -291,15 +291,21 @@ const DECIDE_CONFIG: &str = concat!(
     r#""siteApps":[],"elementsChainAsString":true"#
 );
 
-/// A unique request id: a random per-process prefix and a counter (no system call per request).
+/// A unique request id (a version-4 UUID): random per process, then counted, so that no request pays for a system
+/// call to the random source.
 fn request_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
-    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static BASE: OnceLock<(u64, u64)> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    let (high, low) = *BASE.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair());
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    uuid::Uuid::from_u64_pair(prefix, n).to_string()
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&high.to_be_bytes());
+    bytes[8..].copy_from_slice(&low.wrapping_add(n).to_be_bytes());
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 /// `(enabled, variant, JSON payload)` of a typed value, as PostHog SDKs render typed `/flags?v=4` values.
@@ -578,6 +584,15 @@ mod tests {
         assert_eq!(legacy(&json!("test")), (true, Some("test"), false));
         assert_eq!(legacy(&json!(0)), (true, None, true));
         assert_eq!(legacy(&json!({"a": [1]})), (true, None, true));
+    }
+
+    #[test]
+    fn request_ids_are_distinct_v4_uuids() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| request_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(ids
+            .iter()
+            .all(|i| uuid::Uuid::parse_str(i).unwrap().get_version_num() == 4));
     }
 
     #[test]
