@@ -212,7 +212,7 @@ check(rec[LIST]["value"] is True and json.loads(rec[LIST]["metadata"]["payload"]
 check(rec[BANNER]["enabled"] is True and rec[BANNER]["variant"] is None, "a json flag: enabled, no variant")
 check(rec[OFF]["enabled"] is False and rec[FRENCH]["enabled"] is False and rec[EXP]["enabled"] is True
       and isinstance(rec[EXP]["variant"], str), "enabled/variant rendering of disabled, unmatched and experiment flags")
-check(all(r["key"] == k and r["failed"] is False and isinstance(r.get("reason"), dict) and isinstance(r.get("metadata"), dict)
+check(all(r["key"] == k and r.get("failed", False) is False and isinstance(r.get("reason"), dict) and isinstance(r.get("metadata"), dict)
           for k, r in rec.items()), "every record has key, failed=false, reason and metadata")
 check(all(isinstance(r["metadata"].get("version"), int) and (r["metadata"].get("id") is None or isinstance(r["metadata"]["id"], int))
           for r in rec.values()), "metadata.version is an integer and metadata.id an integer (posthog-python rejects anything else)")
