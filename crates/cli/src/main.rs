@@ -2,6 +2,7 @@
 
 mod bench;
 mod config;
+mod generate;
 
 use std::io::Write;
 
@@ -32,6 +33,10 @@ enum Command {
     /// Benchmarks that print numbers (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Write a deterministic synthetic SaaS history (visits, sign-ups, merges, activation, invitations, trials,
+    /// upgrades, churn, companies) into a data directory's event log. Stop the server first; it applies persons
+    /// and merges when it next starts.
+    Generate(generate::GenerateArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -50,6 +55,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => serve(args),
         Command::Init(args) => init(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Generate(args) => generate::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
