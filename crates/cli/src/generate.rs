@@ -276,17 +276,20 @@ pub struct Generator {
     generated: u64,
     /// Current window's target.
     target: u64,
-    /// Current window's events, sorted newest first (popped from the end).
-    ready: Vec<Event>,
+    /// Current window's events: fixed fields, with their strings in `text`.
+    recs: Vec<Rec>,
+    text: String,
+    /// Emission order of `recs`: (timestamp, index), sorted; `pos` is the next to emit.
+    order: Vec<(i64, u32)>,
+    pos: usize,
     /// Events generated for later windows (sessions crossing midnight).
-    carry: Vec<Event>,
+    carry: Vec<CarriedEvent>,
     /// Current session's person and clock.
     ts: i64,
     emitted: u64,
     distinct_ids: u64,
     merges: u64,
     counts: Vec<(&'static str, u64)>,
-    scratch: String,
 }
 
 fn traits(seed: u64, person: u32) -> Traits {
@@ -310,20 +313,23 @@ fn traits(seed: u64, person: u32) -> Traits {
 
 /// An anonymous id that looks like a browser SDK's (uuid-shaped), fixed by seed, person and device.
 pub fn anon_id(seed: u64, person: u32, device: u8) -> String {
-    let a = splitmix(seed ^ splitmix(((person as u64) << 8 | device as u64) ^ 0xA11CE));
-    let b = splitmix(a);
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xffff,
-        b >> 48,
-        b & 0xffff_ffff_ffff
-    )
+    let mut s = String::new();
+    push_anon_id(&mut s, seed, person, device);
+    s
 }
 
-pub fn user_id(person: u32) -> String {
-    format!("user_{person}")
+fn push_anon_id(out: &mut String, seed: u64, person: u32, device: u8) {
+    let a = splitmix(seed ^ splitmix(((person as u64) << 8 | device as u64) ^ 0xA11CE));
+    let b = splitmix(a);
+    push_hex(out, a >> 32, 8);
+    out.push('-');
+    push_hex(out, a >> 16, 4);
+    out.push('-');
+    push_hex(out, a, 4);
+    out.push('-');
+    push_hex(out, b >> 48, 4);
+    out.push('-');
+    push_hex(out, b, 12);
 }
 
 fn company_key(company: u32) -> String {
@@ -393,14 +399,16 @@ impl Generator {
             companies: 0,
             generated: 0,
             target: 0,
-            ready: Vec::new(),
+            recs: Vec::new(),
+            text: String::new(),
+            order: Vec::new(),
+            pos: 0,
             carry: Vec::new(),
             ts: 0,
             emitted: 0,
             distinct_ids: 0,
             merges: 0,
             counts: Vec::new(),
-            scratch: String::new(),
             cfg,
         })
     }
@@ -419,18 +427,28 @@ impl Generator {
         }
     }
 
-    /// Appends up to `max` next events to `out`; returns how many (0 once all were produced).
+    /// Puts up to `max` next events into `out`, reusing the events already there (their string buffers), and
+    /// truncates it to what was written; returns how many (0 once all were produced).
     pub fn fill(&mut self, out: &mut Vec<Event>, max: usize) -> usize {
         let mut n = 0;
         while n < max {
-            match self.next() {
-                Some(e) => {
-                    out.push(e);
-                    n += 1;
+            if self.pos == self.order.len() {
+                if !self.advance_window() {
+                    break;
                 }
-                None => break,
+                continue;
             }
+            let (_, idx) = self.order[self.pos];
+            self.pos += 1;
+            let rec = &self.recs[idx as usize];
+            match out.get_mut(n) {
+                Some(e) => rec.write_into(&self.text, self.cfg.project_id, e),
+                None => out.push(rec.to_event(&self.text, self.cfg.project_id)),
+            }
+            n += 1;
         }
+        self.emitted += n as u64;
+        out.truncate(n);
         n
     }
 
@@ -442,16 +460,26 @@ impl Generator {
             let (_, wend) = self.windows[i];
             self.cohort_start.push(self.persons.len() as u32);
             // Events carried over from sessions that crossed into this window.
-            let carried = std::mem::take(&mut self.carry);
-            let mut current = Vec::new();
-            for e in carried {
+            self.recs.clear();
+            self.text.clear();
+            for e in std::mem::take(&mut self.carry) {
                 if e.timestamp_us < wend {
-                    current.push(e);
+                    let d0 = self.text.len();
+                    self.text.push_str(&e.distinct_id);
+                    let d1 = self.text.len();
+                    self.text.push_str(&e.properties);
+                    self.recs.push(Rec {
+                        uuid: e.uuid,
+                        ts: e.timestamp_us,
+                        received: e.received_us,
+                        event: e.event_name,
+                        did: (d0 as u32, d1 as u32),
+                        props_end: self.text.len() as u32,
+                    });
                 } else {
                     self.carry.push(e);
                 }
             }
-            self.ready = current;
             self.target = self.event_targets[i];
             // First sessions of the window's new persons.
             while self.generated < self.target
@@ -477,12 +505,13 @@ impl Generator {
                 };
                 self.session(p, i, false);
             }
-            let mut ready = std::mem::take(&mut self.ready);
-            // Stable: events with equal timestamps keep their generation order (a person's order).
-            ready.sort_by_key(|e| e.timestamp_us);
-            ready.reverse();
-            self.ready = ready;
-            if !self.ready.is_empty() {
+            // By time; equal timestamps keep their generation order (a person's order).
+            self.order.clear();
+            self.order
+                .extend(self.recs.iter().enumerate().map(|(i, r)| (r.ts, i as u32)));
+            self.order.sort_unstable();
+            self.pos = 0;
+            if !self.order.is_empty() {
                 return true;
             }
         }
@@ -891,49 +920,65 @@ impl Generator {
             return false;
         }
         let person = self.persons[p as usize];
-        let distinct_id = match did {
-            Did::Anon(d) => anon_id(self.cfg.seed, p, d),
-            Did::User => user_id(p),
-        };
-        let props = &mut self.scratch;
-        props.clear();
-        props.push('{');
-        props.push_str(extra);
-        props.push_str("\"$browser\":\"");
-        props.push_str(t.browser);
-        props.push_str("\",\"$os\":\"");
-        props.push_str(t.os);
-        props.push_str("\",\"$device_type\":\"");
-        props.push_str(if t.mobile { "Mobile" } else { "Desktop" });
-        props.push_str("\",\"$geoip_country_code\":\"");
-        props.push_str(t.country);
-        props.push_str("\",\"$lib\":\"web\"");
-        if let (Did::User, c @ 1..) = (did, person.company) {
-            props.push_str(",\"$groups\":{\"company\":\"");
-            props.push_str(&company_key(c));
-            props.push_str("\"}");
+        let text = &mut self.text;
+        let d0 = text.len();
+        match did {
+            Did::Anon(d) => push_anon_id(text, self.cfg.seed, p, d),
+            Did::User => {
+                text.push_str("user_");
+                push_u64(text, p as u64);
+            }
         }
-        props.push('}');
+        let d1 = text.len();
+        text.push('{');
+        text.push_str(extra);
+        text.push_str("\"$browser\":\"");
+        text.push_str(t.browser);
+        text.push_str("\",\"$os\":\"");
+        text.push_str(t.os);
+        text.push_str("\",\"$device_type\":\"");
+        text.push_str(if t.mobile { "Mobile" } else { "Desktop" });
+        text.push_str("\",\"$geoip_country_code\":\"");
+        text.push_str(t.country);
+        text.push_str("\",\"$lib\":\"web\"");
+        if let (Did::User, c @ 1..) = (did, person.company) {
+            text.push_str(",\"$groups\":{\"company\":\"company_");
+            push_u64(text, c as u64);
+            text.push_str("\"}");
+        }
+        text.push('}');
         let r = self.rng.next_u64();
         let ts = self.ts;
-        let event_rec = Event {
+        let rec = Rec {
             uuid: uuid_v7(ts, r, self.rng.next_u64()),
-            project_id: self.cfg.project_id,
-            timestamp_us: ts,
-            received_us: ts + (r & 0x1f_ffff) as i64,
-            event: event.to_owned(),
-            distinct_id,
-            properties: props.clone(),
+            ts,
+            received: ts + (r & 0x1f_ffff) as i64,
+            event,
+            did: (d0 as u32, d1 as u32),
+            props_end: text.len() as u32,
         };
         let (_, wend) = self.windows[self.window - 1];
         if ts < wend {
-            self.ready.push(event_rec);
+            self.recs.push(rec);
         } else {
-            self.carry.push(event_rec);
+            let e = rec.to_event(&self.text, self.cfg.project_id);
+            self.text.truncate(d0);
+            self.carry.push(CarriedEvent {
+                uuid: e.uuid,
+                timestamp_us: e.timestamp_us,
+                received_us: e.received_us,
+                event_name: event,
+                distinct_id: e.distinct_id,
+                properties: e.properties,
+            });
         }
         self.persons[p as usize].last_ts = ts;
         self.generated += 1;
-        match self.counts.iter_mut().find(|(n, _)| *n == event) {
+        match self
+            .counts
+            .iter_mut()
+            .find(|(n, _)| std::ptr::eq(*n, event) || *n == event)
+        {
             Some((_, c)) => *c += 1,
             None => self.counts.push((event, 1)),
         }
@@ -953,15 +998,87 @@ impl Iterator for Generator {
     type Item = Event;
 
     fn next(&mut self) -> Option<Event> {
-        loop {
-            if let Some(e) = self.ready.pop() {
-                self.emitted += 1;
-                return Some(e);
-            }
+        while self.pos == self.order.len() {
             if !self.advance_window() {
                 return None;
             }
         }
+        let (_, idx) = self.order[self.pos];
+        self.pos += 1;
+        self.emitted += 1;
+        Some(self.recs[idx as usize].to_event(&self.text, self.cfg.project_id))
+    }
+}
+
+/// A generated event inside a window: fixed fields, strings as ranges of the window's text.
+struct Rec {
+    uuid: u128,
+    ts: i64,
+    received: i64,
+    event: &'static str,
+    /// Distinct id: `text[did.0..did.1]`; properties: `text[did.1..props_end]`.
+    did: (u32, u32),
+    props_end: u32,
+}
+
+impl Rec {
+    fn to_event(&self, text: &str, project_id: i64) -> Event {
+        Event {
+            uuid: self.uuid,
+            project_id,
+            timestamp_us: self.ts,
+            received_us: self.received,
+            event: self.event.to_owned(),
+            distinct_id: text[self.did.0 as usize..self.did.1 as usize].to_owned(),
+            properties: text[self.did.1 as usize..self.props_end as usize].to_owned(),
+        }
+    }
+
+    /// Overwrites `e` in place, reusing its strings' buffers.
+    fn write_into(&self, text: &str, project_id: i64, e: &mut Event) {
+        e.uuid = self.uuid;
+        e.project_id = project_id;
+        e.timestamp_us = self.ts;
+        e.received_us = self.received;
+        e.event.clear();
+        e.event.push_str(self.event);
+        e.distinct_id.clear();
+        e.distinct_id
+            .push_str(&text[self.did.0 as usize..self.did.1 as usize]);
+        e.properties.clear();
+        e.properties
+            .push_str(&text[self.did.1 as usize..self.props_end as usize]);
+    }
+}
+
+/// An event of a later window, kept whole until its window is generated.
+struct CarriedEvent {
+    uuid: u128,
+    timestamp_us: i64,
+    received_us: i64,
+    event_name: &'static str,
+    distinct_id: String,
+    properties: String,
+}
+
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
+}
+
+fn push_hex(out: &mut String, n: u64, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for k in (0..digits).rev() {
+        out.push(HEX[((n >> (4 * k)) & 0xf) as usize] as char);
     }
 }
 
@@ -1165,27 +1282,35 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         let lsn_before = intake.committed_lsn();
         let started = Instant::now();
         let mut progress = Progress::new(args.events, args.quiet);
+        // Batches in flight (encoding and writing overlap with generating the next one); written batches come
+        // back and are refilled in place, so steady state allocates nothing per event.
+        const IN_FLIGHT: usize = 3;
         let mut in_flight = std::collections::VecDeque::new();
+        let mut spare: Vec<Vec<Event>> = Vec::new();
         let mut written = 0u64;
         loop {
-            let mut batch = Vec::with_capacity(args.batch);
+            let mut batch = spare.pop().unwrap_or_default();
             if generator.fill(&mut batch, args.batch) == 0 {
                 break;
             }
-            let n = batch.len() as u64;
             let writer = intake.clone();
-            // Encoding and writing overlap with generating the next batch.
-            in_flight.push_back((n, tokio::spawn(async move { writer.append(&batch).await })));
-            while in_flight.len() >= 4 {
-                let (n, task) = in_flight.pop_front().expect("non-empty");
-                task.await?.context("writing to the intake log")?;
-                written += n;
+            in_flight.push_back(tokio::spawn(async move {
+                let result = writer.append(&batch).await;
+                (result, batch)
+            }));
+            while in_flight.len() >= IN_FLIGHT {
+                let task = in_flight.pop_front().expect("non-empty");
+                let (result, batch) = task.await?;
+                result.context("writing to the intake log")?;
+                written += batch.len() as u64;
                 progress.update(written);
+                spare.push(batch);
             }
         }
-        while let Some((n, task)) = in_flight.pop_front() {
-            task.await?.context("writing to the intake log")?;
-            written += n;
+        while let Some(task) = in_flight.pop_front() {
+            let (result, batch) = task.await?;
+            result.context("writing to the intake log")?;
+            written += batch.len() as u64;
             progress.update(written);
         }
         let bytes = intake.committed_lsn() - lsn_before;
