@@ -1325,7 +1325,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).into()))
                 .collect();
-            let value = serde_json::json!({
+            let mut value = serde_json::json!({
                 "data_dir": args.data_dir,
                 "project_id": project_id,
                 "seed": args.seed,
@@ -1341,6 +1341,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
                 "events_per_second": rate,
                 "by_event": by_event,
             });
+            if let Some(boot) = &boot {
+                // A fresh directory: its keys, shown once (also printed to stderr).
+                value["project_api_key"] = boot.project_api_key.clone().into();
+                value["personal_api_key"] = boot.personal_api_key.clone().into();
+            }
             writeln!(out, "{value}")?;
         } else {
             writeln!(

@@ -2,6 +2,7 @@
 
 mod clients;
 mod crash;
+mod generate;
 mod process;
 
 use std::io::{BufRead, BufReader, Read, Write};
