@@ -1284,7 +1284,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         let mut progress = Progress::new(args.events, args.quiet);
         // Batches in flight (encoding and writing overlap with generating the next one); written batches come
         // back and are refilled in place, so steady state allocates nothing per event.
-        const IN_FLIGHT: usize = 3;
+        const IN_FLIGHT: usize = 4;
         let mut in_flight = std::collections::VecDeque::new();
         let mut spare: Vec<Vec<Event>> = Vec::new();
         let mut written = 0u64;
