@@ -30,6 +30,61 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/ofrep/v1/evaluate/flags", post(bulk))
         .route("/ofrep/v1/evaluate/flags/{key}", post(single))
+        .route("/ofrep/v1/events/{key}", axum::routing::get(events))
+}
+
+/// The credential of a request, as sent (for the event stream's address).
+fn credential(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters (keys are, but the address must be valid anyway).
+fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `GET /ofrep/v1/events/{key}`: the change notifications a bulk answer advertises in `eventStreams` (OFREP
+/// ADR-0008). A `refetchEvaluation` message, with the flag configuration's ETag and last-modified time, whenever
+/// the key's environment changes. EventSource cannot send headers, so the (public, SDK) key is in the path, as in
+/// GrowthBook's `/sub/{client_key}`.
+async fn events(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+) -> Result<Response, Failure> {
+    let access = resolve_key(&state, &key).await?.ok_or_else(|| {
+        Failure::new(
+            StatusCode::UNAUTHORIZED,
+            "GENERAL",
+            "unknown or revoked key: use an SDK client key or the project API key",
+        )
+    })?;
+    Ok(crate::serving::change_stream(state, access, |snapshot, _| {
+        let etag = snapshot.etag.trim_matches('"').to_owned();
+        let mut data = json!({"type": "refetchEvaluation", "etag": etag});
+        if let Ok(t) = chrono::DateTime::parse_from_rfc3339(&snapshot.date_updated) {
+            data["lastModified"] = json!(t.timestamp().max(0));
+        }
+        let event = axum::response::sse::Event::default().data(data.to_string());
+        Some((etag, event))
+    })
+    .await?)
 }
 
 /// An OFREP error response.
@@ -83,17 +138,7 @@ impl From<crate::error::ApiError> for Failure {
 
 /// The credential, checked and rate limited.
 async fn authorize(state: &AppState, headers: &HeaderMap) -> Result<Access, Failure> {
-    let key = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| {
+    let key = credential(headers).ok_or_else(|| {
             Failure::new(
                 StatusCode::UNAUTHORIZED,
                 "GENERAL",
@@ -355,7 +400,14 @@ async fn bulk(
     push_json_str(&mut out, &snapshot.environment);
     out.extend_from_slice(b",\"version\":");
     push_json_str(&mut out, snapshot.etag.trim_matches('"'));
-    out.extend_from_slice(b"}}");
+    // Change notifications: the provider's own origin and this path (so no public address needs configuring).
+    out.extend_from_slice(b"},\"eventStreams\":[{\"type\":\"sse\",\"endpoint\":{\"requestUri\":");
+    let uri = format!(
+        "/ofrep/v1/events/{}",
+        path_segment(credential(&headers).unwrap_or_default())
+    );
+    push_json_str(&mut out, &uri);
+    out.extend_from_slice(b"},\"inactivityDelaySec\":120}]}");
     metrics::counter!(m::FLAG_EVALUATIONS, m::LABEL_ENDPOINT => "ofrep")
         .increment(snapshot.flags.len() as u64);
     Ok(json_response(StatusCode::OK, Some(etag), out))

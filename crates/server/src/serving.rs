@@ -519,52 +519,65 @@ pub async fn growthbook_stream(
     State(state): State<AppState>,
     Path(client_key): Path<String>,
 ) -> Result<Response, ApiError> {
-    use axum::response::sse::{Event, KeepAlive, Sse};
-    use tokio::sync::broadcast::error::RecvError;
-
     let access = resolve_key(&state, &client_key)
         .await?
         .ok_or_else(invalid_client_key)?;
+    change_stream(state, access, |snapshot, access| {
+        let payload = snapshot
+            .payload_for(access.encryption_key.as_deref())
+            .ok()?;
+        let event = axum::response::sse::Event::default()
+            .event("features")
+            .data(payload.0.clone());
+        Some((payload.1.clone(), event))
+    })
+    .await
+}
+
+/// A server-sent-events response that emits `render(snapshot)` each time the environment's snapshot changes to one
+/// whose tag (the first part of `render`'s answer) differs from the last one sent (or seen at connection), and ends
+/// on shutdown. `render` answering `None` ends the stream.
+pub async fn change_stream(
+    state: AppState,
+    access: Access,
+    render: fn(&Snapshot, &Access) -> Option<(String, axum::response::sse::Event)>,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+
     let changes = state.flags.subscribe();
-    let etag = state
+    let current = state
         .flags
         .snapshot(&state.store, access.project_id, &access.environment)
-        .await?
-        .payload_for(access.encryption_key.as_deref())?
-        .1
-        .clone();
+        .await?;
+    let (tag, _) =
+        render(&current, &access).ok_or_else(|| ApiError::internal("stream rendering failed"))?;
     let shutdown = state.shutdown.clone();
     let stream = futures_util::stream::unfold(
-        (state, changes, shutdown, etag),
-        move |(state, mut changes, mut shutdown, mut etag)| {
-            let environment = access.environment.clone();
-            let encryption_key = access.encryption_key.clone();
-            let project_id = access.project_id;
-            async move {
-                loop {
-                    let changed = tokio::select! {
-                        r = changes.recv() => r,
-                        _ = shutdown.wait_for(|s| *s) => return None,
-                    };
-                    match changed {
-                        Ok(p) if p != project_id => continue,
-                        Ok(_) | Err(RecvError::Lagged(_)) => {}
-                        Err(RecvError::Closed) => return None,
-                    }
-                    let snapshot = state
-                        .flags
-                        .snapshot(&state.store, project_id, &environment)
-                        .await
-                        .ok()?;
-                    let payload = snapshot.payload_for(encryption_key.as_deref()).ok()?;
-                    if payload.1 != etag {
-                        etag = payload.1.clone();
-                        let event = Event::default().event("features").data(payload.0.clone());
-                        return Some((
-                            Ok::<_, std::convert::Infallible>(event),
-                            (state, changes, shutdown, etag),
-                        ));
-                    }
+        (state, access, changes, shutdown, tag),
+        move |(state, access, mut changes, mut shutdown, mut tag)| async move {
+            loop {
+                let changed = tokio::select! {
+                    r = changes.recv() => r,
+                    _ = shutdown.wait_for(|s| *s) => return None,
+                };
+                match changed {
+                    Ok(p) if p != access.project_id => continue,
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return None,
+                }
+                let snapshot = state
+                    .flags
+                    .snapshot(&state.store, access.project_id, &access.environment)
+                    .await
+                    .ok()?;
+                let (new_tag, event) = render(&snapshot, &access)?;
+                if new_tag != tag {
+                    tag = new_tag;
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(event),
+                        (state, access, changes, shutdown, tag),
+                    ));
                 }
             }
         },

@@ -806,3 +806,78 @@ async fn compiled_flags_survive_a_restart() {
         (StatusCode::OK, json!({"seats": 3}))
     );
 }
+
+#[tokio::test]
+async fn ofrep_event_streams_announce_changes_within_a_second() {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let t = TestServer::start().await;
+    catalogue(&t).await;
+    let key = t.client_key("production", false).await["client_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, bulk, _) = t
+        .ofrep("", &key, r#"{"context": {"targetingKey": "u"}}"#, None)
+        .await;
+    let stream = &bulk["eventStreams"][0];
+    assert_eq!(stream["type"], "sse", "{bulk}");
+    let uri = stream["endpoint"]["requestUri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(uri, format!("/ofrep/v1/events/{key}"));
+
+    let mut req = Request::get(&uri).body(Body::empty()).unwrap();
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            1,
+        ))));
+    let resp = flywheel_server::app(t.server().state.clone())
+        .oneshot(req)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+
+    let (_, current) = t.api("GET", "/features/limits", None).await;
+    let mut update = current.clone();
+    update["default_value"] = json!({"seats": 99});
+    let started = std::time::Instant::now();
+    let (s, _) = t.api("PUT", "/features/limits", Some(update)).await;
+    assert_eq!(s, StatusCode::OK);
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(1), body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("a notification within 1 s; got so far: {text:?}"));
+        if let Some(data) = frame.unwrap().unwrap().data_ref() {
+            text.push_str(std::str::from_utf8(data).unwrap());
+        }
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    let event: Value = serde_json::from_str(text.trim().trim_start_matches("data: ")).unwrap();
+    assert_eq!(event["type"], "refetchEvaluation", "{text}");
+    assert!(
+        event["etag"].is_string() && event["lastModified"].is_i64(),
+        "{event}"
+    );
+    // The refetch it asks for sees the change.
+    let (_, again, _) = t
+        .ofrep("", &key, r#"{"context": {"targetingKey": "u"}}"#, None)
+        .await;
+    let limits = again["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["key"] == "limits")
+        .unwrap()
+        .clone();
+    assert_eq!(limits["value"], json!({"seats": 99}));
+    let req = Request::get("/ofrep/v1/events/sdk-nope")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(t.send(req).await.0, StatusCode::UNAUTHORIZED);
+}
