@@ -1,5 +1,6 @@
 //! OpenFeature Remote Evaluation Protocol 0.3.0: `POST /ofrep/v1/evaluate/flags/{key}` and the bulk
-//! `POST /ofrep/v1/evaluate/flags`, so any OpenFeature SDK with an OFREP provider evaluates Flywheel's features.
+//! `POST /ofrep/v1/evaluate/flags`, so any OpenFeature SDK with an OFREP provider evaluates Flywheel's features;
+//! bulk answers advertise `GET /ofrep/v1/events/{key}`, a server-sent-events stream of change notifications.
 //!
 //! Credentials: `Authorization: Bearer <key>` or `X-API-Key: <key>`, an SDK client key (its environment) or a
 //! project API key (production). The context's `targetingKey` is required (the spec's schema says so) and becomes

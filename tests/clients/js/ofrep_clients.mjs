@@ -10,6 +10,7 @@ import { OpenFeature as WebOpenFeature, ProviderEvents as WebEvents } from '@ope
 import { OFREPWebProvider } from '@openfeature/ofrep-web-provider';
 import { OpenFeature as ServerOpenFeature } from '@openfeature/server-sdk';
 import { OFREPProvider } from '@openfeature/ofrep-provider';
+import { EventSource } from 'eventsource';
 
 const url = process.env.FLYWHEEL_URL.replace(/\/$/, '');
 const projectId = process.env.FLYWHEEL_PROJECT_ID;
@@ -166,6 +167,45 @@ const userFetch = sent.slice(beforeUser).find((r) => r.ifNoneMatch === null);
 check(userFetch && userFetch.status === 200,
   'web: a new targeting key re-fetches without If-None-Match');
 check(web.getBooleanValue(BOOL, false) === true && web.getStringValue(TEXT, 'x') === 'blue', 'web: values for the new user');
+await WebOpenFeature.close();
+
+// ------------------------------------------------------------------------------------------------------------------
+// Web provider with change notifications: bulk answers advertise an SSE stream (OFREP eventStreams); with polling
+// off, a change reaches the provider only through it. Node 20 has no EventSource: the `eventsource` package
+// provides the browser API.
+globalThis.EventSource = EventSource;
+const SSE = `js-sse-${run}`;
+await createFeature(SSE, 'string', 'before');
+const sseSent = [];
+async function sseFetch(request, init) {
+  const response = await fetch(request, init);
+  sseSent.push({ path: new URL(request.url).pathname, status: response.status });
+  return response;
+}
+const sseProvider = new OFREPWebProvider({
+  baseUrl: url,
+  headers: [['Authorization', `Bearer ${clientKey}`]],
+  fetchImplementation: sseFetch,
+  pollInterval: 0, // no polling: only the event stream can announce a change
+  cacheMode: 'disabled',
+  disableVisibilityRefresh: true,
+});
+await WebOpenFeature.setContext({ targetingKey: `${user}-sse`, plan: 'pro' });
+await WebOpenFeature.setProviderAndWait('sse', sseProvider);
+const sseClient = WebOpenFeature.getClient('sse');
+check(sseClient.getStringValue(SSE, 'code-default') === 'before', 'sse: the initial bulk evaluation');
+await sleep(500); // the EventSource connects
+const fetchesBefore = sseSent.length;
+const sseChanged = nextEvent(sseClient, WebEvents.ConfigurationChanged, 5000);
+const changeStarted = Date.now();
+await updateDefault(SSE, 'after');
+await sseChanged;
+const took = Date.now() - changeStarted;
+check(sseClient.getStringValue(SSE, 'code-default') === 'after', `sse: the change reached the provider in ${took} ms`);
+check(took < 1500, `sse: within the second (plus the provider's 50 ms debounce): ${took} ms`);
+const refetches = sseSent.slice(fetchesBefore);
+check(refetches.length === 1 && refetches[0].path === '/ofrep/v1/evaluate/flags' && refetches[0].status === 200,
+  `sse: exactly one re-fetch, triggered by the event (${show(refetches)})`);
 await WebOpenFeature.close();
 
 // A wrong key: initialisation fails with a fatal provider error.
