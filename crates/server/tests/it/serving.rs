@@ -24,6 +24,14 @@ impl TestServer {
         b
     }
 
+    /// A production client key.
+    async fn sdk_key(&self) -> String {
+        self.client_key("production", false).await["client_key"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     async fn flags(&self, path: &str, body: Value) -> (StatusCode, Value) {
         self.post(path, body.to_string()).await
     }
@@ -292,10 +300,7 @@ async fn posthog_flags_refuse_bad_requests_clearly() {
 async fn ofrep_evaluates_single_and_bulk_with_etags_and_spec_errors() {
     let t = TestServer::start().await;
     catalogue(&t).await;
-    let key = t.client_key("production", false).await["client_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = t.sdk_key().await;
     let ctx = |tk: &str, extra: Value| {
         let mut c = json!({"targetingKey": tk});
         c.as_object_mut()
@@ -469,10 +474,7 @@ async fn ofrep_evaluates_single_and_bulk_with_etags_and_spec_errors() {
 async fn sdk_rate_limit_answers_429_with_retry_after() {
     let t = TestServer::start_with(|c| c.sdk_rate_limit = 3).await;
     catalogue(&t).await;
-    let key = t.client_key("production", false).await["client_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = t.sdk_key().await;
     let body = r#"{"context": {"targetingKey": "u"}}"#;
     let mut statuses = Vec::new();
     let mut retry_after = None;
@@ -701,10 +703,7 @@ async fn revoked_client_keys_stop_serving_and_the_revocation_is_audited() {
 async fn experiment_exposures_become_events_once_per_user_and_day() {
     let t = TestServer::start().await;
     catalogue(&t).await;
-    let key = t.client_key("production", false).await["client_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = t.sdk_key().await;
     for _ in 0..3 {
         let (s, _, _) = t
             .ofrep(
@@ -788,10 +787,7 @@ async fn experiment_exposures_become_events_once_per_user_and_day() {
 async fn compiled_flags_survive_a_restart() {
     let mut t = TestServer::start().await;
     catalogue(&t).await;
-    let key = t.client_key("production", false).await["client_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = t.sdk_key().await;
     t.restart().await;
     let (s, b, _) = t
         .ofrep(
@@ -813,10 +809,7 @@ async fn ofrep_event_streams_announce_changes_within_a_second() {
     use tower::ServiceExt;
     let t = TestServer::start().await;
     catalogue(&t).await;
-    let key = t.client_key("production", false).await["client_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let key = t.sdk_key().await;
     let (_, bulk, _) = t
         .ofrep("", &key, r#"{"context": {"targetingKey": "u"}}"#, None)
         .await;
