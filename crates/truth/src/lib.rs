@@ -1,0 +1,689 @@
+//! Ground truth for insights: deliberately plain, brute-force computations over raw event rows.
+//!
+//! The embedded engine answers insights with single-pass kernels over columnar segments, and the scale-out backend
+//! with ClickHouse SQL; both are checked against this crate on the same events. It is written separately from the
+//! query planner and the kernels, favours obviousness over speed (quadratic loops are fine), and states every
+//! semantic choice here, once:
+//!
+//! - **Rows** are already resolved to persons (`person`: identity merges applied by the caller) and already
+//!   filtered (properties, test accounts). Times are microseconds since the Unix epoch, UTC.
+//! - **Ordering**: a person's events are ordered by time, then by their position in the input (the log order), so
+//!   events with identical timestamps keep a deterministic order. One event occurrence never counts for two steps.
+//! - **Buckets** are UTC: days start at midnight, weeks on Monday, months on the 1st. A [`Range`] is half-open,
+//!   `[from, to)`, and its buckets are those whose start lies in it (the first one aligned down to its bucket).
+//! - **Conversion windows** are inclusive: a step `window` after the first step still counts.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// One event of one person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Row<'a> {
+    pub person: u64,
+    pub ts_us: i64,
+    pub event: &'a str,
+}
+
+pub const DAY_US: i64 = 86_400_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interval {
+    Day,
+    Week,
+    Month,
+}
+
+/// A half-open time range `[from_us, to_us)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    pub from_us: i64,
+    pub to_us: i64,
+}
+
+impl Range {
+    pub fn contains(&self, ts_us: i64) -> bool {
+        self.from_us <= ts_us && ts_us < self.to_us
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's civil-days algorithm, rewritten).
+pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The (year, month, day) of a day number since 1970-01-01.
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Start (µs) of the bucket holding `ts_us`.
+pub fn bucket_start(ts_us: i64, interval: Interval) -> i64 {
+    let day = ts_us.div_euclid(DAY_US);
+    let start_day = match interval {
+        Interval::Day => day,
+        // 1970-01-01 was a Thursday: Monday-based weekday is (day + 3) mod 7.
+        Interval::Week => day - (day + 3).rem_euclid(7),
+        Interval::Month => {
+            let (y, m, _) = civil_from_days(day);
+            days_from_civil(y, m, 1)
+        }
+    };
+    start_day * DAY_US
+}
+
+/// Start (µs) of the bucket after the one starting at `start_us`.
+pub fn next_bucket(start_us: i64, interval: Interval) -> i64 {
+    match interval {
+        Interval::Day => start_us + DAY_US,
+        Interval::Week => start_us + 7 * DAY_US,
+        Interval::Month => {
+            let (y, m, _) = civil_from_days(start_us.div_euclid(DAY_US));
+            let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+            days_from_civil(y, m, 1) * DAY_US
+        }
+    }
+}
+
+/// The bucket starts of a range, in order.
+pub fn buckets(range: Range, interval: Interval) -> Vec<i64> {
+    let mut out = Vec::new();
+    let mut b = bucket_start(range.from_us, interval);
+    while b < range.to_us {
+        out.push(b);
+        b = next_bucket(b, interval);
+    }
+    out
+}
+
+/// Each person's rows, ordered by (time, input position).
+fn by_person<'a>(rows: &[Row<'a>]) -> BTreeMap<u64, Vec<Row<'a>>> {
+    let mut out: BTreeMap<u64, Vec<(i64, usize, Row<'a>)>> = BTreeMap::new();
+    for (i, r) in rows.iter().enumerate() {
+        out.entry(r.person).or_default().push((r.ts_us, i, *r));
+    }
+    out.into_iter()
+        .map(|(p, mut v)| {
+            v.sort_by_key(|(ts, i, _)| (*ts, *i));
+            (p, v.into_iter().map(|(_, _, r)| r).collect())
+        })
+        .collect()
+}
+
+fn index_of(buckets: &[i64], ts_us: i64, interval: Interval) -> Option<usize> {
+    buckets.binary_search(&bucket_start(ts_us, interval)).ok()
+}
+
+// -----------------------------------------------------------------------------------------------------------------
+// Trends
+
+/// Events named `event` per bucket of `range`.
+pub fn total(rows: &[Row<'_>], event: &str, range: Range, interval: Interval) -> Vec<u64> {
+    let b = buckets(range, interval);
+    let mut out = vec![0; b.len()];
+    for r in rows
+        .iter()
+        .filter(|r| r.event == event && range.contains(r.ts_us))
+    {
+        if let Some(i) = index_of(&b, r.ts_us, interval) {
+            out[i] += 1;
+        }
+    }
+    out
+}
+
+/// Distinct persons who did `event` per bucket of `range` (DAU for days, WAU for weeks, MAU for months).
+pub fn unique_persons(rows: &[Row<'_>], event: &str, range: Range, interval: Interval) -> Vec<u64> {
+    let b = buckets(range, interval);
+    let mut sets = vec![BTreeSet::new(); b.len()];
+    for r in rows
+        .iter()
+        .filter(|r| r.event == event && range.contains(r.ts_us))
+    {
+        if let Some(i) = index_of(&b, r.ts_us, interval) {
+            sets[i].insert(r.person);
+        }
+    }
+    sets.iter().map(|s| s.len() as u64).collect()
+}
+
+/// For each day of `range`, the distinct persons who did `event` in the `days` days ending with it (7: weekly
+/// active, 30: monthly active). Events before the range count towards its first days.
+pub fn rolling_active(rows: &[Row<'_>], event: &str, range: Range, days: i64) -> Vec<u64> {
+    buckets(range, Interval::Day)
+        .into_iter()
+        .map(|day| {
+            let window = Range {
+                from_us: day - (days - 1) * DAY_US,
+                to_us: day + DAY_US,
+            };
+            rows.iter()
+                .filter(|r| r.event == event && window.contains(r.ts_us))
+                .map(|r| r.person)
+                .collect::<BTreeSet<_>>()
+                .len() as u64
+        })
+        .collect()
+}
+
+// -----------------------------------------------------------------------------------------------------------------
+// Funnels
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Steps in order; other events may come between them.
+    Ordered,
+    /// Steps in order with none of the person's other events between them.
+    Strict,
+    /// Steps in any order, within the window from the earliest of them.
+    Unordered,
+}
+
+/// Persons reaching at least step `k` (index `k`; index 0 is step 1): a person enters with a first-step event inside
+/// `range` and reaches as far as the best such entry allows within `window_us`.
+pub fn funnel(
+    rows: &[Row<'_>],
+    steps: &[&str],
+    window_us: i64,
+    order: Order,
+    range: Range,
+) -> Vec<u64> {
+    let mut reached_counts = vec![0u64; steps.len()];
+    for events in by_person(rows).values() {
+        let best = (0..events.len())
+            .map(|i| reach_from(events, i, steps, window_us, order, range))
+            .max()
+            .unwrap_or(0);
+        for c in reached_counts.iter_mut().take(best) {
+            *c += 1;
+        }
+    }
+    reached_counts
+}
+
+/// How many steps a person reaches when entering at their `i`-th event.
+fn reach_from(
+    events: &[Row<'_>],
+    i: usize,
+    steps: &[&str],
+    window_us: i64,
+    order: Order,
+    range: Range,
+) -> usize {
+    let start = events[i];
+    if !range.contains(start.ts_us) {
+        return 0;
+    }
+    let within = |r: &Row<'_>| r.ts_us - start.ts_us <= window_us;
+    match order {
+        Order::Ordered | Order::Strict => {
+            if start.event != steps[0] {
+                return 0;
+            }
+            let mut reached = 1;
+            for e in &events[i + 1..] {
+                if reached == steps.len() || !within(e) {
+                    break;
+                }
+                if e.event == steps[reached] {
+                    reached += 1;
+                } else if order == Order::Strict {
+                    break;
+                }
+            }
+            reached
+        }
+        Order::Unordered => {
+            // The entry event must be one of the steps; then every step needs its own occurrence in the window.
+            if !steps.contains(&start.event) {
+                return 0;
+            }
+            let mut available: HashMap<&str, usize> = HashMap::new();
+            for e in events[i..].iter().take_while(|e| within(e)) {
+                *available.entry(e.event).or_default() += 1;
+            }
+            let mut reached = 0;
+            for step in steps {
+                match available.get_mut(step) {
+                    Some(n) if *n > 0 => {
+                        *n -= 1;
+                        reached += 1;
+                    }
+                    _ => {}
+                }
+            }
+            reached
+        }
+    }
+}
+
+// -----------------------------------------------------------------------------------------------------------------
+// Retention
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cohorting {
+    /// A person belongs to the cohort of the period of their first start event ever (any time, not only in range).
+    FirstTime,
+    /// A person belongs to the cohort of every period in which they did the start event.
+    Recurring,
+}
+
+/// A retention question.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention<'a> {
+    pub start_event: &'a str,
+    pub return_event: &'a str,
+    pub cohorting: Cohorting,
+    pub interval: Interval,
+    /// The first period is the bucket holding this instant.
+    pub from_us: i64,
+    pub periods: usize,
+    /// Returning in period `p + k` *or any later period* counts for column `k`.
+    pub on_or_after: bool,
+}
+
+/// The retention table: `table[p][k]` counts the persons of period `p`'s cohort who did the return event `k`
+/// periods later (`k = 0`: the cohort's size; a return in the cohort's own period does not count). Returns are
+/// looked for up to the end of the last period.
+pub fn retention(rows: &[Row<'_>], q: Retention<'_>) -> Vec<Vec<u64>> {
+    let Retention {
+        start_event,
+        return_event,
+        cohorting,
+        interval,
+        from_us,
+        periods,
+        on_or_after,
+    } = q;
+    let mut starts = vec![bucket_start(from_us, interval)];
+    while starts.len() < periods {
+        let next = next_bucket(*starts.last().expect("not empty"), interval);
+        starts.push(next);
+    }
+    let period_of = |ts: i64| starts.binary_search(&bucket_start(ts, interval)).ok();
+    let mut table = vec![vec![0u64; periods]; periods];
+    for events in by_person(rows).values() {
+        let cohorts: BTreeSet<usize> = match cohorting {
+            Cohorting::FirstTime => events
+                .iter()
+                .find(|e| e.event == start_event)
+                .and_then(|e| period_of(e.ts_us))
+                .into_iter()
+                .collect(),
+            Cohorting::Recurring => events
+                .iter()
+                .filter(|e| e.event == start_event)
+                .filter_map(|e| period_of(e.ts_us))
+                .collect(),
+        };
+        let returned: BTreeSet<usize> = events
+            .iter()
+            .filter(|e| e.event == return_event)
+            .filter_map(|e| period_of(e.ts_us))
+            .collect();
+        for &p in &cohorts {
+            for (k, cell) in table[p].iter_mut().enumerate().take(periods - p) {
+                let counted = k == 0
+                    || if on_or_after {
+                        returned.range(p + k..).next().is_some()
+                    } else {
+                        returned.contains(&(p + k))
+                    };
+                if counted {
+                    *cell += 1;
+                }
+            }
+        }
+    }
+    table
+}
+
+// -----------------------------------------------------------------------------------------------------------------
+// Stickiness and lifecycle
+
+/// `out[n - 1]` counts the persons who did `event` in exactly `n` of the range's buckets.
+pub fn stickiness(rows: &[Row<'_>], event: &str, range: Range, interval: Interval) -> Vec<u64> {
+    let b = buckets(range, interval);
+    let mut out = vec![0u64; b.len()];
+    for events in by_person(rows).values() {
+        let active: BTreeSet<usize> = events
+            .iter()
+            .filter(|e| e.event == event && range.contains(e.ts_us))
+            .filter_map(|e| index_of(&b, e.ts_us, interval))
+            .collect();
+        if !active.is_empty() {
+            out[active.len() - 1] += 1;
+        }
+    }
+    out
+}
+
+/// Lifecycle per bucket of the range, for one event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// Active in the bucket, which holds their first event ever.
+    pub new: Vec<u64>,
+    /// Active in the bucket and in the one before.
+    pub returning: Vec<u64>,
+    /// Active in the bucket, not in the one before, and active at some earlier time.
+    pub resurrecting: Vec<u64>,
+    /// Active in the bucket before and not in this one (shown as a negative count by clients).
+    pub dormant: Vec<u64>,
+}
+
+pub fn lifecycle(rows: &[Row<'_>], event: &str, range: Range, interval: Interval) -> Lifecycle {
+    let b = buckets(range, interval);
+    let mut out = Lifecycle {
+        new: vec![0; b.len()],
+        returning: vec![0; b.len()],
+        resurrecting: vec![0; b.len()],
+        dormant: vec![0; b.len()],
+    };
+    for events in by_person(rows).values() {
+        let mine: Vec<i64> = events
+            .iter()
+            .filter(|e| e.event == event)
+            .map(|e| bucket_start(e.ts_us, interval))
+            .collect();
+        let Some(&first) = mine.first() else { continue };
+        let active: BTreeSet<i64> = mine.into_iter().collect();
+        for (i, &start) in b.iter().enumerate() {
+            let previous = if i > 0 {
+                b[i - 1]
+            } else {
+                // The bucket before the range's first one.
+                let mut p = bucket_start(start - 1, interval);
+                while next_bucket(p, interval) < start {
+                    p = next_bucket(p, interval);
+                }
+                p
+            };
+            let now = active.contains(&start);
+            let before = active.contains(&previous);
+            match (now, before) {
+                (true, _) if first == start => out.new[i] += 1,
+                (true, true) => out.returning[i] += 1,
+                (true, false) => out.resurrecting[i] += 1,
+                (false, true) => out.dormant[i] += 1,
+                (false, false) => {}
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: i64 = 3_600_000_000;
+
+    fn day(n: i64) -> i64 {
+        // 2026-01-05 is a Monday.
+        (days_from_civil(2026, 1, 5) + n) * DAY_US
+    }
+
+    fn row(person: u64, ts_us: i64, event: &str) -> Row<'_> {
+        Row {
+            person,
+            ts_us,
+            event,
+        }
+    }
+
+    #[test]
+    fn civil_dates_round_trip_and_buckets_align() {
+        for d in [-800_000, -1, 0, 59, 365 * 30, 20_000, 2_000_000] {
+            let (y, m, dd) = civil_from_days(d);
+            assert_eq!(days_from_civil(y, m, dd), d);
+        }
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(
+            days_from_civil(2024, 2, 29) + 1,
+            days_from_civil(2024, 3, 1)
+        );
+        let ts = day(3) + 5 * H; // Thursday 05:00
+        assert_eq!(bucket_start(ts, Interval::Day), day(3));
+        assert_eq!(bucket_start(ts, Interval::Week), day(0));
+        assert_eq!(
+            bucket_start(ts, Interval::Month),
+            days_from_civil(2026, 1, 1) * DAY_US
+        );
+        assert_eq!(
+            next_bucket(days_from_civil(2025, 12, 1) * DAY_US, Interval::Month),
+            days_from_civil(2026, 1, 1) * DAY_US
+        );
+        let r = Range {
+            from_us: day(0) + H,
+            to_us: day(3),
+        };
+        assert_eq!(buckets(r, Interval::Day), vec![day(0), day(1), day(2)]);
+    }
+
+    #[test]
+    fn trends_count_events_and_persons() {
+        let rows = [
+            row(1, day(0) + H, "a"),
+            row(1, day(0) + 2 * H, "a"),
+            row(2, day(0) + 3 * H, "a"),
+            row(2, day(1), "a"),
+            row(3, day(1), "b"),
+            row(3, day(9), "a"),
+        ];
+        let r = Range {
+            from_us: day(0),
+            to_us: day(3),
+        };
+        assert_eq!(total(&rows, "a", r, Interval::Day), vec![3, 1, 0]);
+        assert_eq!(unique_persons(&rows, "a", r, Interval::Day), vec![2, 1, 0]);
+        assert_eq!(unique_persons(&rows, "a", r, Interval::Week), vec![2]);
+        let r = Range {
+            from_us: day(6),
+            to_us: day(10),
+        };
+        // Day 6's 7-day window is days 0–6 (persons 1 and 2); day 7's is 1–7 (person 2); day 9: 3–9 (person 3).
+        assert_eq!(rolling_active(&rows, "a", r, 7), vec![2, 1, 0, 1]);
+    }
+
+    #[test]
+    fn funnel_orders_and_windows() {
+        let steps = ["visit", "signup", "pay"];
+        let rows = [
+            // 1: all three, with noise between.
+            row(1, day(0), "visit"),
+            row(1, day(0) + H, "noise"),
+            row(1, day(0) + 2 * H, "signup"),
+            row(1, day(1), "pay"),
+            // 2: pays before signing up: ordered stops at signup.
+            row(2, day(0), "visit"),
+            row(2, day(0) + H, "pay"),
+            row(2, day(0) + 2 * H, "signup"),
+            // 3: signup outside a one-day window; a later visit starts a better entry.
+            row(3, day(0), "visit"),
+            row(3, day(3), "visit"),
+            row(3, day(3) + H, "signup"),
+            // 4: identical timestamps, in log order.
+            row(4, day(2), "visit"),
+            row(4, day(2), "signup"),
+            row(4, day(2), "pay"),
+            // 5: starts before the range: not counted.
+            row(5, day(-1), "visit"),
+            row(5, day(0), "signup"),
+        ];
+        let r = Range {
+            from_us: day(0),
+            to_us: day(5),
+        };
+        assert_eq!(
+            funnel(&rows, &steps, DAY_US, Order::Ordered, r),
+            vec![4, 4, 2]
+        );
+        // Strict: person 1's noise and person 2's early payment break their chains after the visit.
+        assert_eq!(
+            funnel(&rows, &steps, DAY_US, Order::Strict, r),
+            vec![4, 2, 1]
+        );
+        // Unordered: person 2 has all three within the window; person 5 enters with the sign-up inside the range.
+        assert_eq!(
+            funnel(&rows, &steps, DAY_US, Order::Unordered, r),
+            vec![5, 4, 3]
+        );
+        // The window is inclusive.
+        let edge = [row(9, day(0), "visit"), row(9, day(1), "signup")];
+        assert_eq!(
+            funnel(&edge, &steps[..2], DAY_US, Order::Ordered, r),
+            vec![1, 1]
+        );
+        assert_eq!(
+            funnel(&edge, &steps[..2], DAY_US - 1, Order::Ordered, r),
+            vec![1, 0]
+        );
+    }
+
+    #[test]
+    fn retention_tables() {
+        let rows = [
+            row(1, day(0), "start"),
+            row(1, day(1), "back"),
+            row(1, day(3), "back"),
+            row(2, day(1), "start"),
+            row(2, day(3), "back"),
+            row(3, day(-5), "start"),
+            row(3, day(2), "start"),
+            row(3, day(2), "back"),
+        ];
+        let q = Retention {
+            start_event: "start",
+            return_event: "back",
+            cohorting: Cohorting::FirstTime,
+            interval: Interval::Day,
+            from_us: day(0),
+            periods: 4,
+            on_or_after: false,
+        };
+        let t = retention(&rows, q);
+        assert_eq!(
+            t,
+            vec![
+                vec![1, 1, 0, 1],
+                vec![1, 0, 1, 0],
+                vec![0, 0, 0, 0],
+                vec![0, 0, 0, 0]
+            ]
+        );
+        let t = retention(
+            &rows,
+            Retention {
+                cohorting: Cohorting::Recurring,
+                ..q
+            },
+        );
+        assert_eq!(
+            t[2],
+            vec![1, 0, 0, 0],
+            "person 3 recurs on day 2 (a same-period return is not counted)"
+        );
+        let t = retention(
+            &rows,
+            Retention {
+                on_or_after: true,
+                ..q
+            },
+        );
+        assert_eq!(
+            t[0],
+            vec![1, 1, 1, 1],
+            "on or after: a later return counts for earlier columns"
+        );
+    }
+
+    #[test]
+    fn stickiness_and_lifecycle() {
+        let rows = [
+            row(1, day(0), "use"),
+            row(1, day(1), "use"),
+            row(1, day(2), "use"),
+            row(2, day(0), "use"),
+            row(2, day(2), "use"),
+            row(3, day(-3), "use"),
+            row(3, day(1), "use"),
+        ];
+        let r = Range {
+            from_us: day(0),
+            to_us: day(3),
+        };
+        assert_eq!(stickiness(&rows, "use", r, Interval::Day), vec![1, 1, 1]);
+        let l = lifecycle(&rows, "use", r, Interval::Day);
+        assert_eq!(l.new, vec![2, 0, 0]);
+        assert_eq!(l.returning, vec![0, 1, 1]);
+        assert_eq!(l.resurrecting, vec![0, 1, 1]);
+        assert_eq!(l.dormant, vec![0, 1, 1]);
+    }
+
+    /// Invariants on pseudo-random data: funnel counts never grow with the step, unordered ≥ ordered ≥ strict, the
+    /// stickiness histogram adds up to the persons active in the range.
+    #[test]
+    fn invariants_on_random_rows() {
+        let names = ["a", "b", "c", "d"];
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let rows: Vec<Row<'_>> = (0..3000)
+            .map(|_| {
+                row(
+                    next() % 200,
+                    day(0) + (next() % (20 * 24)) as i64 * H,
+                    names[(next() % 4) as usize],
+                )
+            })
+            .collect();
+        let r = Range {
+            from_us: day(2),
+            to_us: day(15),
+        };
+        let steps = ["a", "b", "c"];
+        let [o, s, u] = [Order::Ordered, Order::Strict, Order::Unordered]
+            .map(|order| funnel(&rows, &steps, 3 * DAY_US, order, r));
+        for f in [&o, &s, &u] {
+            assert!(f.windows(2).all(|w| w[0] >= w[1]), "{f:?}");
+        }
+        for k in 0..3 {
+            assert!(u[k] >= o[k] && o[k] >= s[k], "{u:?} {o:?} {s:?}");
+        }
+        let st = stickiness(&rows, "a", r, Interval::Day);
+        let active: BTreeSet<u64> = rows
+            .iter()
+            .filter(|e| e.event == "a" && r.contains(e.ts_us))
+            .map(|e| e.person)
+            .collect();
+        assert_eq!(st.iter().sum::<u64>(), active.len() as u64);
+        let q = Retention {
+            start_event: "a",
+            return_event: "b",
+            cohorting: Cohorting::Recurring,
+            interval: Interval::Week,
+            from_us: day(0),
+            periods: 3,
+            on_or_after: true,
+        };
+        let t = retention(&rows, q);
+        assert!(t.iter().all(|row| row[1..].iter().all(|&n| n <= row[0])));
+    }
+}
