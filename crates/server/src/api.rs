@@ -308,3 +308,36 @@ async fn get_person(
         ))),
     }
 }
+
+/// A JSON request body of the native API, whatever the `Content-Type` says (`curl -d` sends a form type): an empty
+/// body is 400 `empty_body`, text that is not JSON 400 `invalid_json`, JSON of the wrong shape (a missing or unknown
+/// field, a wrong type) 400 `invalid_body`; each message names the problem and where it is.
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::new(e.status(), "invalid_body", e.body_text()))?;
+        if bytes.trim_ascii().is_empty() {
+            return Err(ApiError::bad_request(
+                "empty_body",
+                "the request needs a JSON body",
+            ));
+        }
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
+            let code = if e.classify() == serde_json::error::Category::Data {
+                "invalid_body"
+            } else {
+                "invalid_json"
+            };
+            ApiError::bad_request(code, format!("request body: {e}"))
+        })
+    }
+}

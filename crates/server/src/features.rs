@@ -17,7 +17,7 @@ use flywheel_store::{Actor, AuditFilter, FeatureRecord, WriteError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::api::{parse_project, Caller};
+use crate::api::{parse_project, Caller, JsonBody};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -863,10 +863,9 @@ async fn create_feature(
     caller: Caller,
     Path(project): Path<String>,
     headers: HeaderMap,
-    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+    JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
     let project_id = project_context(&state, &caller, &project).await?;
-    let Json(body) = body.map_err(|e| ApiError::bad_request("invalid_json", e.body_text()))?;
     let key = body
         .get("key")
         .and_then(Value::as_str)
@@ -909,10 +908,9 @@ async fn update_feature(
     caller: Caller,
     Path((project, key)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+    JsonBody(body): JsonBody<Value>,
 ) -> Result<Json<Value>, ApiError> {
     let project_id = project_context(&state, &caller, &project).await?;
-    let Json(body) = body.map_err(|e| ApiError::bad_request("invalid_json", e.body_text()))?;
     let version = required_version(&body)?;
     let archived = match body.get("archived") {
         None => None,
@@ -1026,10 +1024,9 @@ async fn create_environment(
     caller: Caller,
     Path(project): Path<String>,
     headers: HeaderMap,
-    body: Result<Json<NewEnvironment>, axum::extract::rejection::JsonRejection>,
+    JsonBody(env): JsonBody<NewEnvironment>,
 ) -> Result<Response, ApiError> {
     let project_id = project_context(&state, &caller, &project).await?;
-    let Json(env) = body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
     if !valid_key(&env.key) || env.key.contains('.') {
         return Err(validation_failed(vec![FieldError {
             field: "key".into(),
@@ -1081,10 +1078,9 @@ async fn create_sdk_connection(
     caller: Caller,
     Path(project): Path<String>,
     headers: HeaderMap,
-    body: Result<Json<NewSdkConnection>, axum::extract::rejection::JsonRejection>,
+    JsonBody(conn): JsonBody<NewSdkConnection>,
 ) -> Result<Response, ApiError> {
     let project_id = project_context(&state, &caller, &project).await?;
-    let Json(conn) = body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
     let (record, key, decryption_key) = state
         .store
         .create_sdk_connection(
@@ -1249,10 +1245,9 @@ async fn create_saved_group(
     caller: Caller,
     Path(project): Path<String>,
     headers: HeaderMap,
-    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+    JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
     let project_id = project_context(&state, &caller, &project).await?;
-    let Json(body) = body.map_err(|e| ApiError::bad_request("invalid_json", e.body_text()))?;
     let key = match body.get("key").and_then(Value::as_str) {
         Some(k) if valid_key(k) => k.to_owned(),
         _ => {
@@ -1285,10 +1280,9 @@ async fn update_saved_group(
     caller: Caller,
     Path((project, key)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+    JsonBody(body): JsonBody<Value>,
 ) -> Result<Json<Value>, ApiError> {
     let project_id = project_context(&state, &caller, &project).await?;
-    let Json(body) = body.map_err(|e| ApiError::bad_request("invalid_json", e.body_text()))?;
     let version = required_version(&body)?;
     let definition = parse_saved_group(body)?;
     let record = state
@@ -1378,10 +1372,9 @@ async fn evaluate(
     State(state): State<AppState>,
     caller: Caller,
     Path(project): Path<String>,
-    body: Result<Json<EvaluateRequest>, axum::extract::rejection::JsonRejection>,
+    JsonBody(req): JsonBody<EvaluateRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let project_id = project_context(&state, &caller, &project).await?;
-    let Json(req) = body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
     if !environment_keys(&state, project_id)
         .await?
         .contains(&req.environment)

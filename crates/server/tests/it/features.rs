@@ -441,3 +441,53 @@ async fn streaming_sdks_get_changes_within_a_second() {
         .expect("the stream ends");
     assert!(end.is_none(), "no more events after shutdown");
 }
+
+#[tokio::test]
+async fn bodies_are_json_whatever_the_content_type_and_errors_say_what_is_wrong() {
+    let t = TestServer::start().await;
+    let post = |content_type: Option<&'static str>, body: &'static str| {
+        let mut req = Request::post(format!("/api/v1/projects/{}/features", t.project_id))
+            .header("authorization", format!("Bearer {}", t.personal_key));
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        req.body(Body::from(body)).unwrap()
+    };
+    // `curl -d` sends a form content type with a JSON body: accepted.
+    let body = r#"{"key": "curl-made", "value_type": "boolean", "default_value": false}"#;
+    let (s, b, _) = t
+        .send(post(Some("application/x-www-form-urlencoded"), body))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let (s, _, _) = t
+        .send(post(
+            None,
+            r#"{"key": "no-type", "value_type": "string", "default_value": ""}"#,
+        ))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    for (body, code) in [
+        ("", "empty_body"),
+        ("  \n", "empty_body"),
+        ("{\"key\": ", "invalid_json"),
+        ("key=x", "invalid_json"),
+    ] {
+        let (s, b, _) = t.send(post(Some("application/json"), body)).await;
+        assert_eq!(
+            (s, b["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(code)),
+            "{body:?}: {b}"
+        );
+    }
+    // JSON of the wrong shape for a typed body names the field.
+    let req = Request::post(format!("/api/v1/projects/{}/environments", t.project_id))
+        .header("authorization", format!("Bearer {}", t.personal_key))
+        .body(Body::from(r#"{"key": "qa", "colour": "red"}"#))
+        .unwrap();
+    let (s, b, _) = t.send(req).await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_body"))
+    );
+    assert!(b["message"].as_str().unwrap().contains("colour"), "{b}");
+}
