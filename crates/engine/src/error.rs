@@ -69,6 +69,15 @@ pub enum EngineError {
     #[error("WAL directory {} is already in use (is another flywheel process running on this data directory?)", .0.display())]
     AlreadyOpen(PathBuf),
 
+    /// A columnar segment or manifest could not be written or read.
+    #[error("segment {}: {reason}", path.display())]
+    Segment {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+
     /// The configuration is not usable.
     #[error("invalid intake configuration: {0}")]
     Config(String),

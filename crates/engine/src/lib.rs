@@ -52,12 +52,15 @@
 //! # }
 //! ```
 //!
+//! * [`columnar`]: columnar segments (Parquet, sorted by person and time, shredded properties) and the manifest
+//!   that lists them.
 //! * [`event`]: the [`Event`] model and its compact batch encoding (format described
 //!   there), with an allocation-free decoder ([`BatchRef`], [`EventRef`]).
 //! * [`intake`]: the WAL: on-disk format, group commit, durability of each
 //!   [`SyncMode`], recovery rules.
 //! * [`metrics_names`]: metric names emitted through the `metrics` facade.
 
+pub mod columnar;
 pub mod error;
 pub mod event;
 pub mod intake;
