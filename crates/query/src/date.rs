@@ -131,7 +131,9 @@ impl FromStr for DateBound {
             _ => {}
         }
         if let Some(rest) = s.strip_prefix('-') {
-            let (digits, unit) = rest.split_at(rest.len().saturating_sub(1));
+            // The unit is the last character (not byte: the text may be any Unicode).
+            let split = rest.char_indices().last().map_or(0, |(i, _)| i);
+            let (digits, unit) = rest.split_at(split);
             let unit = match unit {
                 "h" => RelativeUnit::Hour,
                 "d" => RelativeUnit::Day,

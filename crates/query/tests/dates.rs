@@ -537,3 +537,18 @@ fn retention_covers_its_periods() {
         (utc("2024-02-29T00:00:00Z"), utc("2024-03-02T00:00:00Z"))
     );
 }
+
+/// Found by the robustness proptest: a relative range ending in a multi-byte character was split inside it.
+#[test]
+fn relative_ranges_ending_in_multibyte_characters_are_errors() {
+    for s in [
+        "-1\u{202e}",
+        "-\u{202e}",
+        "-30d\u{301}",
+        "-\u{3934d}",
+        "X\t%¥-F\"\u{3934d}\u{202e}",
+    ] {
+        assert!(s.parse::<flywheel_query::DateBound>().is_err(), "{s:?}");
+    }
+    assert!("-30d".parse::<flywheel_query::DateBound>().is_ok());
+}
