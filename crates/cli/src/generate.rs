@@ -1209,14 +1209,9 @@ impl Progress {
     }
 }
 
-/// The first project of the data directory (ids start at 1 and are never reused).
+/// The first project of the data directory.
 async fn first_project(store: &flywheel_store::Store) -> anyhow::Result<Option<i64>> {
-    for id in 1..=10_000 {
-        if store.project_organization(id).await?.is_some() {
-            return Ok(Some(id));
-        }
-    }
-    Ok(None)
+    Ok(store.first_project().await?)
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {

@@ -203,6 +203,13 @@ impl Store {
                 .await?;
         Ok(org)
     }
+
+    /// The project with the smallest id, if any.
+    pub async fn first_project(&self) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar("SELECT MIN(id) FROM projects")
+            .fetch_one(self.pool())
+            .await?)
+    }
 }
 
 /// Key creation happens at initialisation (no caller yet): the actor is `system`.
