@@ -49,3 +49,16 @@ async fn audit_rows_cannot_be_updated_or_deleted_even_with_sql() {
         .unwrap();
     assert_eq!(n, 3, "nothing was removed");
 }
+
+#[tokio::test]
+async fn first_project_is_the_smallest_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("meta.db")).await.unwrap();
+    assert_eq!(store.first_project().await.unwrap(), None);
+    let boot = store.bootstrap("Org", "P").await.unwrap();
+    store
+        .create_project(boot.organization_id, "Second")
+        .await
+        .unwrap();
+    assert_eq!(store.first_project().await.unwrap(), Some(boot.project_id));
+}
