@@ -95,6 +95,38 @@ async fn capture(
     }
 }
 
+/// The parts of an HTTP request the capture crate's decoders read.
+pub(crate) fn raw_request<'a>(
+    method: &Method,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+    body: &'a [u8],
+    basic_auth_user: Option<&'a str>,
+) -> RawRequest<'a> {
+    let header_str = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    RawRequest {
+        method: if method == Method::GET {
+            flywheel_capture::Method::Get
+        } else {
+            flywheel_capture::Method::Post
+        },
+        query: uri.query(),
+        content_type: header_str(header::CONTENT_TYPE),
+        content_encoding: header_str(header::CONTENT_ENCODING),
+        body,
+        basic_auth_user,
+    }
+}
+
+/// A request the capture crate refused as a whole, as an API error with its status and code.
+pub(crate) fn request_error(err: flywheel_capture::RequestError) -> ApiError {
+    ApiError::new(
+        StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST),
+        err.code(),
+        err.to_string(),
+    )
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn capture_inner(
     state: &AppState,
@@ -107,33 +139,15 @@ async fn capture_inner(
     limit: usize,
 ) -> Result<Response, ApiError> {
     let body = read_body(body, limit).await?;
-    let header_str = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let basic_user = basic_auth_user(&headers);
-    let raw = RawRequest {
-        method: if method == Method::GET {
-            flywheel_capture::Method::Get
-        } else {
-            flywheel_capture::Method::Post
-        },
-        query: uri.query(),
-        content_type: header_str(header::CONTENT_TYPE),
-        content_encoding: header_str(header::CONTENT_ENCODING),
-        body: &body,
-        basic_auth_user: basic_user.as_deref(),
-    };
+    let raw = raw_request(&method, &uri, &headers, &body, basic_user.as_deref());
     let now = state.clock.now();
     let limits = &state.config.capture_limits;
     let parsed = match flavor {
         Flavor::PostHog => flywheel_capture::parse_posthog(&raw, limits, now),
         Flavor::Segment(call) => flywheel_capture::parse_segment(call, &raw, limits, now),
     }
-    .map_err(|err| {
-        ApiError::new(
-            StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST),
-            err.code(),
-            err.to_string(),
-        )
-    })?;
+    .map_err(request_error)?;
     let Payload {
         events,
         mut rejected,

@@ -23,7 +23,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::on;
 use axum::routing::MethodFilter;
 use axum::Router;
-use flywheel_capture::RawRequest;
 use flywheel_flags::{FeatureResult, Source};
 use serde_json::{json, Map, Value};
 
@@ -135,27 +134,9 @@ async fn evaluate(
             format!("the request body exceeds {BODY_LIMIT} bytes"),
         )
     })?;
-    let header_str = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    let raw = RawRequest {
-        method: if method == Method::GET {
-            flywheel_capture::Method::Get
-        } else {
-            flywheel_capture::Method::Post
-        },
-        query: uri.query(),
-        content_type: header_str(header::CONTENT_TYPE),
-        content_encoding: header_str(header::CONTENT_ENCODING),
-        body: &bytes,
-        basic_auth_user: None,
-    };
-    let doc =
-        flywheel_capture::posthog_document(&raw, &state.config.capture_limits).map_err(|err| {
-            ApiError::new(
-                StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST),
-                err.code(),
-                err.to_string(),
-            )
-        })?;
+    let raw = crate::capture::raw_request(method, uri, headers, &bytes, None);
+    let doc = flywheel_capture::posthog_document(&raw, &state.config.capture_limits)
+        .map_err(crate::capture::request_error)?;
     let Value::Object(mut doc) = doc else {
         return Err(ApiError::bad_request(
             "invalid_payload",
