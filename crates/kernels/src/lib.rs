@@ -22,6 +22,12 @@
 //!
 //! This crate has no dependencies and does no I/O; it is checked against `flywheel-truth`.
 
+pub mod funnel;
+pub mod lifecycle;
+pub mod retention;
+pub mod stickiness;
+pub mod trends;
+
 use std::ops::Range;
 
 /// Microseconds in a day.
