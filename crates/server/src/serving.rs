@@ -834,7 +834,7 @@ impl SubjectCache {
     pub async fn load_known(&self, store: &Store) {
         let started = std::time::Instant::now();
         match store
-            .for_each_distinct_id(|p, d| self.known.insert(p, d))
+            .for_each_distinct_id(|p, d, _| self.known.insert(p, d))
             .await
         {
             Ok(n) => {

@@ -66,6 +66,26 @@ pub enum IdentityOp {
     },
 }
 
+/// A change of the distinct id → person mapping made by [`IdentityWriter::apply`], for consumers that keep the
+/// mapping in memory (the event engine resolves each event's person from its distinct id at read time).
+/// Taken with [`IdentityWriter::take_changes`] after a successful `apply`, in the order they happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityChange {
+    /// `distinct_id` now belongs to the person `person_id` (it had no person before).
+    Assigned {
+        project_id: i64,
+        distinct_id: String,
+        person_id: i64,
+    },
+    /// The person `from` was merged into `into`: every distinct id of `from` now belongs to `into`, and `from`
+    /// no longer exists.
+    Merged {
+        project_id: i64,
+        from: i64,
+        into: i64,
+    },
+}
+
 /// What one `apply` did, for metrics and tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ApplyStats {
@@ -115,8 +135,16 @@ struct PersonRef {
 pub struct IdentityWriter {
     store: Store,
     consumer: String,
-    /// project → distinct id → person (nested so that lookups by `&str` need no allocation).
-    persons: HashMap<i64, HashMap<String, PersonRef>>,
+    /// project → distinct id → person id (nested so that lookups by `&str` need no allocation). The id may be
+    /// of a person merged since: follow `merged_into`.
+    persons: HashMap<i64, HashMap<String, i64>>,
+    /// Merged person id → the person it was merged into (cached entries are not rewritten on a merge).
+    merged_into: HashMap<i64, i64>,
+    /// Whether each cached person is identified.
+    identified: HashMap<i64, bool>,
+    /// Changes of the mapping since the last `take_changes`, kept only when asked for.
+    changes: Vec<IdentityChange>,
+    record_changes: bool,
     group_types: HashMap<(i64, String), Option<i64>>,
     links: HashSet<(i64, i64, String)>,
     last_checkpoint: Instant,
@@ -129,6 +157,10 @@ impl Store {
             store: self.clone(),
             consumer: consumer.to_owned(),
             persons: HashMap::new(),
+            merged_into: HashMap::new(),
+            identified: HashMap::new(),
+            changes: Vec::new(),
+            record_changes: false,
             group_types: HashMap::new(),
             links: HashSet::new(),
             last_checkpoint: Instant::now() - CHECKPOINT_EVERY,
@@ -137,10 +169,22 @@ impl Store {
 }
 
 impl IdentityWriter {
+    /// Keep the [`IdentityChange`]s of every `apply` for [`IdentityWriter::take_changes`].
+    pub fn record_changes(&mut self) {
+        self.record_changes = true;
+    }
+
+    /// The mapping changes made by the `apply` calls since the last call (empty unless
+    /// [`IdentityWriter::record_changes`] was called). A failed `apply` contributes nothing.
+    pub fn take_changes(&mut self) -> Vec<IdentityChange> {
+        std::mem::take(&mut self.changes)
+    }
+
     /// Applies `ops` in order in one transaction and records `lsn` as this consumer's checkpoint (written with
     /// any change, and at least once a second otherwise). On error nothing is applied and the caches are dropped.
     pub async fn apply(&mut self, ops: &[IdentityOp], lsn: u64) -> Result<ApplyStats> {
         let mut stats = ApplyStats::default();
+        let changes_before = self.changes.len();
         let mut tx = self.store.write_tx().await?;
         let mut wrote = false;
         let result = async {
@@ -152,6 +196,7 @@ impl IdentityWriter {
         .await;
         if let Err(err) = result {
             self.clear_caches();
+            self.changes.truncate(changes_before);
             return Err(err);
         }
         if wrote || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
@@ -165,13 +210,18 @@ impl IdentityWriter {
             .await?;
             if let Err(err) = tx.commit().await {
                 self.clear_caches();
+                self.changes.truncate(changes_before);
                 return Err(err.into());
             }
             self.last_checkpoint = Instant::now();
         }
         // A transaction without writes and without a checkpoint rolls back on drop: nothing to keep.
-        if self.persons.values().map(HashMap::len).sum::<usize>() > CACHE_LIMIT {
+        if self.persons.values().map(HashMap::len).sum::<usize>() > CACHE_LIMIT
+            || self.merged_into.len() > CACHE_LIMIT
+        {
             self.persons.clear();
+            self.merged_into.clear();
+            self.identified.clear();
         }
         if self.links.len() > CACHE_LIMIT {
             self.links.clear();
@@ -189,11 +239,24 @@ impl IdentityWriter {
         self.persons
             .entry(project_id)
             .or_default()
-            .insert(distinct_id.to_owned(), person);
+            .insert(distinct_id.to_owned(), person.id);
+        self.identified.insert(person.id, person.identified);
+    }
+
+    /// The cached person of `distinct_id`, merges followed.
+    fn cached(&self, project_id: i64, distinct_id: &str) -> Option<PersonRef> {
+        let mut id = *self.persons.get(&project_id)?.get(distinct_id)?;
+        while let Some(&next) = self.merged_into.get(&id) {
+            id = next;
+        }
+        let identified = *self.identified.get(&id)?;
+        Some(PersonRef { id, identified })
     }
 
     fn clear_caches(&mut self) {
         self.persons.clear();
+        self.merged_into.clear();
+        self.identified.clear();
         self.group_types.clear();
         self.links.clear();
     }
@@ -337,12 +400,8 @@ impl IdentityWriter {
         project_id: i64,
         distinct_id: &str,
     ) -> Result<Option<PersonRef>> {
-        if let Some(p) = self
-            .persons
-            .get(&project_id)
-            .and_then(|m| m.get(distinct_id))
-        {
-            return Ok(Some(*p));
+        if let Some(p) = self.cached(project_id, distinct_id) {
+            return Ok(Some(p));
         }
         let row: Option<(i64, bool)> = sqlx::query_as(
             "SELECT p.id, p.is_identified FROM person_distinct_ids d JOIN persons p ON p.id = d.person_id
@@ -384,16 +443,23 @@ impl IdentityWriter {
         identified: bool,
         at: i64,
     ) -> Result<PersonRef> {
-        let id = sqlx::query(
-            "INSERT INTO persons (uuid, project_id, properties, is_identified, created_at) VALUES (?, ?, '{}', ?, ?)",
+        // Never reuse an id (see migration 0004): take the next from the sequence.
+        let id: i64 = sqlx::query_scalar(
+            "UPDATE id_sequences SET last = last + 1 WHERE name = 'persons' RETURNING last",
         )
+        .fetch_one(&mut **tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO persons (id, uuid, project_id, properties, is_identified, created_at) VALUES (?, ?, ?, '{}', ?, ?)",
+        )
+        .bind(id)
         .bind(uuid::Uuid::now_v7().to_string())
         .bind(project_id)
         .bind(identified)
         .bind(at_text(at))
         .execute(&mut **tx)
         .await?
-        .last_insert_rowid();
+        ;
         let person = PersonRef { id, identified };
         for did in distinct_ids {
             self.add_distinct_id(tx, project_id, did, person).await?;
@@ -417,13 +483,19 @@ impl IdentityWriter {
         .execute(&mut **tx)
         .await?;
         self.cache(project_id, distinct_id, person);
+        if self.record_changes {
+            self.changes.push(IdentityChange::Assigned {
+                project_id,
+                distinct_id: distinct_id.to_owned(),
+                person_id: person.id,
+            });
+        }
         Ok(())
     }
 
     async fn mark_identified(
         &mut self,
         tx: &mut Transaction<'static, Sqlite>,
-        project_id: i64,
         person: PersonRef,
     ) -> Result<bool> {
         if person.identified {
@@ -433,15 +505,7 @@ impl IdentityWriter {
             .bind(person.id)
             .execute(&mut **tx)
             .await?;
-        let updated = PersonRef {
-            id: person.id,
-            identified: true,
-        };
-        for p in self.persons.entry(project_id).or_default().values_mut() {
-            if p.id == person.id {
-                *p = updated;
-            }
-        }
+        self.identified.insert(person.id, true);
         Ok(true)
     }
 
@@ -476,15 +540,15 @@ impl IdentityWriter {
             }
             (Some(o), None) => {
                 self.add_distinct_id(tx, project_id, target, o).await?;
-                self.mark_identified(tx, project_id, o).await?;
+                self.mark_identified(tx, o).await?;
                 Ok(true)
             }
             (None, Some(t)) => {
                 self.add_distinct_id(tx, project_id, other, t).await?;
-                self.mark_identified(tx, project_id, t).await?;
+                self.mark_identified(tx, t).await?;
                 Ok(true)
             }
-            (Some(o), Some(t)) if o.id == t.id => self.mark_identified(tx, project_id, t).await,
+            (Some(o), Some(t)) if o.id == t.id => self.mark_identified(tx, t).await,
             (Some(o), Some(t)) => {
                 if o.identified && mode != MergeMode::Dangerous {
                     stats.merges_refused += 1;
@@ -566,17 +630,19 @@ impl IdentityWriter {
         .bind(at_text(at))
         .execute(&mut **tx)
         .await?;
-        let survivor = PersonRef {
-            id: into.id,
-            identified: true,
-        };
-        for p in self.persons.entry(project_id).or_default().values_mut() {
-            if p.id == from.id || p.id == into.id {
-                *p = survivor;
-            }
-        }
+        // Cached distinct ids of the merged person follow `merged_into`; uncached ones resolve through the
+        // database.
+        self.merged_into.insert(from.id, into.id);
+        self.identified.remove(&from.id);
+        self.identified.insert(into.id, true);
         self.links.retain(|(person, _, _)| *person != from.id);
-        // Distinct ids of the merged person that were not cached now resolve through the database.
+        if self.record_changes {
+            self.changes.push(IdentityChange::Merged {
+                project_id,
+                from: from.id,
+                into: into.id,
+            });
+        }
         Ok(())
     }
 

@@ -30,7 +30,7 @@ pub use features::{
     json_diff, Actor, AuditEntry, AuditFilter, EnvironmentRecord, FeatureRecord, SavedGroupRecord,
     SdkBinding, SdkConnection, WriteError, SDK_KEY_PREFIX,
 };
-pub use identity::{ApplyStats, IdentityOp, IdentityWriter, MergeMode};
+pub use identity::{ApplyStats, IdentityChange, IdentityOp, IdentityWriter, MergeMode};
 pub use keys::{Bootstrap, PersonalKey};
 pub use persons::{GroupMembership, PersonRecord};
 

@@ -181,16 +181,16 @@ impl Store {
         object(text)
     }
 
-    /// Calls `f(project_id, distinct_id)` for every distinct id that has a person.
-    pub async fn for_each_distinct_id(&self, mut f: impl FnMut(i64, &str)) -> Result<u64> {
+    /// Calls `f(project_id, distinct_id, person_id)` for every distinct id that has a person.
+    pub async fn for_each_distinct_id(&self, mut f: impl FnMut(i64, &str, i64)) -> Result<u64> {
         use futures_util::TryStreamExt;
-        let mut rows = sqlx::query_as::<_, (i64, String)>(
-            "SELECT project_id, distinct_id FROM person_distinct_ids",
+        let mut rows = sqlx::query_as::<_, (i64, String, i64)>(
+            "SELECT project_id, distinct_id, person_id FROM person_distinct_ids",
         )
         .fetch(self.pool());
         let mut n = 0;
-        while let Some((project_id, distinct_id)) = rows.try_next().await? {
-            f(project_id, &distinct_id);
+        while let Some((project_id, distinct_id, person_id)) = rows.try_next().await? {
+            f(project_id, &distinct_id, person_id);
             n += 1;
         }
         Ok(n)

@@ -347,3 +347,84 @@ async fn keys_are_stored_hashed_and_authenticate() {
         "keys are not stored in clear"
     );
 }
+
+/// The change feed, replayed into a map the way the event engine keeps it, always equals the database's mapping,
+/// across merges, chains of merges, refused merges, placeholders and a writer whose cache was dropped.
+#[tokio::test]
+async fn change_feed_replays_to_the_database_mapping() {
+    use flywheel_store::IdentityChange;
+    use std::collections::HashMap;
+    let (_dir, store, p) = store().await;
+    let mut replayed: HashMap<String, i64> = HashMap::new();
+    let mut redirect: HashMap<i64, i64> = HashMap::new();
+    let resolve = |redirect: &HashMap<i64, i64>, mut id: i64| {
+        while let Some(&n) = redirect.get(&id) {
+            id = n;
+        }
+        id
+    };
+    let batches: Vec<Vec<IdentityOp>> = vec![
+        vec![touch(p, "a1"), touch(p, "a2"), touch(p, "a3")],
+        vec![merge(p, "u1", "a1", MergeMode::Identify)],
+        vec![merge(p, "u1", "a2", MergeMode::Identify), touch(p, "a4")],
+        // a4's person merges into u1's, then u2 (new) aliases a3.
+        vec![
+            merge(p, "u1", "a4", MergeMode::Alias),
+            merge(p, "u2", "a3", MergeMode::Identify),
+        ],
+        // Refused: u2 is identified. Then dangerously: chain u2 → u1.
+        vec![merge(p, "u1", "u2", MergeMode::Identify)],
+        vec![merge(p, "u1", "u2", MergeMode::Dangerous)],
+        vec![
+            merge(p, "anonymous", "a5", MergeMode::Identify),
+            touch(p, "a6"),
+        ],
+    ];
+    for (i, batch) in batches.iter().enumerate() {
+        // A fresh writer per batch: its cache is empty, lookups go to the database.
+        let mut w = store.identity_writer("test");
+        w.record_changes();
+        w.apply(batch, i as u64 + 1).await.unwrap();
+        for change in w.take_changes() {
+            match change {
+                IdentityChange::Assigned {
+                    project_id,
+                    distinct_id,
+                    person_id,
+                } => {
+                    assert_eq!(project_id, p);
+                    assert!(
+                        replayed.insert(distinct_id.clone(), person_id).is_none(),
+                        "{distinct_id} assigned twice"
+                    );
+                }
+                IdentityChange::Merged { from, into, .. } => {
+                    assert_ne!(from, into);
+                    redirect.insert(from, into);
+                }
+            }
+        }
+        let mut db: HashMap<String, i64> = HashMap::new();
+        store
+            .for_each_distinct_id(|project, d, person| {
+                assert_eq!(project, p);
+                db.insert(d.to_owned(), person);
+            })
+            .await
+            .unwrap();
+        let mine: HashMap<String, i64> = replayed
+            .iter()
+            .map(|(d, &id)| (d.clone(), resolve(&redirect, id)))
+            .collect();
+        assert_eq!(mine, db, "after batch {i}");
+    }
+    let all = |d: &str| resolve(&redirect, replayed[d]);
+    assert_eq!(all("a1"), all("u2"), "the dangerous merge joined everyone");
+    assert!(!replayed.contains_key("a5"), "a placeholder target merges nothing");
+    assert_ne!(all("anonymous"), all("a1"));
+    assert_ne!(all("a6"), all("anonymous"), "new persons never take a merged id");
+    // Without record_changes nothing is kept.
+    let mut w = store.identity_writer("test");
+    w.apply(&[touch(p, "b1")], 99).await.unwrap();
+    assert!(w.take_changes().is_empty());
+}
