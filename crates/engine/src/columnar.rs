@@ -4,14 +4,15 @@
 //!
 //! | column | type | notes |
 //! |---|---|---|
-//! | `person` | fixed 16 bytes | the person uuid the event belonged to when the segment was built |
+//! | `person_id` | int64 | the metadata store's id of the event's person when the segment was built (identity merges since then are applied at read time through the distinct id) |
 //! | `timestamp` | timestamp µs, UTC | |
 //! | `event` | dictionary string | |
 //! | `distinct_id` | dictionary string | |
 //! | `uuid` | fixed 16 bytes | |
 //! | `p:<key>` | per top-level property key | dictionary string, f64, bool, or JSON text |
 //!
-//! Rows are sorted by (person, timestamp, uuid). Properties are *shredded*: each top-level key present in the
+//! Rows are sorted by (person, timestamp); rows with the same person and time keep the order the writer gave them
+//! (the intake log's order). Properties are *shredded*: each top-level key present in the
 //! segment gets its own column, typed when every value of the key is a string, a number (exactly representable
 //! as f64) or a boolean, and JSON text otherwise (also when some event sets it to an explicit `null`, which is
 //! kept). A missing key is a null cell. Reconstructing an event's properties gives back the same JSON object,
@@ -31,7 +32,7 @@ use arrow_array::builder::{
     BooleanBuilder, FixedSizeBinaryBuilder, Float64Builder, StringBuilder, StringDictionaryBuilder,
 };
 use arrow_array::types::Int32Type;
-use arrow_array::{Array, ArrayRef, RecordBatch, TimestampMicrosecondArray};
+use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, TimestampMicrosecondArray};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -44,7 +45,7 @@ pub const PROPERTY_PREFIX: &str = "p:";
 /// One event as a segment stores it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SegmentRow<'a> {
-    pub person: u128,
+    pub person: i64,
     pub timestamp_us: i64,
     pub event: &'a str,
     pub distinct_id: &'a str,
@@ -68,6 +69,12 @@ pub enum PropertyType {
 pub struct SegmentMeta {
     /// File name inside the segment directory.
     pub file: String,
+    /// The project whose events the segment holds (a segment holds one project's events).
+    #[serde(default)]
+    pub project_id: i64,
+    /// The time partition: UTC day number since 1970-01-01 of every event in the segment.
+    #[serde(default)]
+    pub partition: i32,
     pub rows: u64,
     pub persons: u64,
     pub min_timestamp_us: i64,
@@ -128,7 +135,7 @@ fn dictionary() -> DataType {
 /// Writes `rows` (sorted here) as a segment file at `path`; returns its metadata. Fails on properties that are not
 /// a JSON object, leaving no file behind.
 pub fn write_segment(path: &Path, rows: &mut [SegmentRow<'_>]) -> Result<SegmentMeta, EngineError> {
-    rows.sort_by_key(|r| (r.person, r.timestamp_us, r.uuid));
+    rows.sort_by_key(|r| (r.person, r.timestamp_us)); // stable: ties keep the caller's (log) order
     let objects = rows
         .iter()
         .map(|r| match serde_json::from_str::<Value>(r.properties) {
@@ -146,7 +153,7 @@ pub fn write_segment(path: &Path, rows: &mut [SegmentRow<'_>]) -> Result<Segment
     let types = property_types(&objects);
 
     let mut fields = vec![
-        Field::new("person", DataType::FixedSizeBinary(16), false),
+        Field::new("person_id", DataType::Int64, false),
         Field::new(
             "timestamp",
             DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
@@ -156,14 +163,10 @@ pub fn write_segment(path: &Path, rows: &mut [SegmentRow<'_>]) -> Result<Segment
         Field::new("distinct_id", dictionary(), false),
         Field::new("uuid", DataType::FixedSizeBinary(16), false),
     ];
-    let mut person = FixedSizeBinaryBuilder::with_capacity(rows.len(), 16);
     let mut uuid = FixedSizeBinaryBuilder::with_capacity(rows.len(), 16);
     let mut event = StringDictionaryBuilder::<Int32Type>::new();
     let mut distinct_id = StringDictionaryBuilder::<Int32Type>::new();
     for r in rows.iter() {
-        person
-            .append_value(r.person.to_be_bytes())
-            .map_err(|e| segment_error(path, e))?;
         uuid.append_value(r.uuid.to_be_bytes())
             .map_err(|e| segment_error(path, e))?;
         event.append_value(r.event);
@@ -172,8 +175,9 @@ pub fn write_segment(path: &Path, rows: &mut [SegmentRow<'_>]) -> Result<Segment
     let timestamps =
         TimestampMicrosecondArray::from(rows.iter().map(|r| r.timestamp_us).collect::<Vec<_>>())
             .with_timezone("UTC");
+    let person = Int64Array::from(rows.iter().map(|r| r.person).collect::<Vec<_>>());
     let mut columns: Vec<ArrayRef> = vec![
-        Arc::new(person.finish()),
+        Arc::new(person),
         Arc::new(timestamps),
         Arc::new(event.finish()),
         Arc::new(distinct_id.finish()),
@@ -266,6 +270,8 @@ pub fn write_segment(path: &Path, rows: &mut [SegmentRow<'_>]) -> Result<Segment
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default(),
+        project_id: 0,
+        partition: 0,
         rows: rows.len() as u64,
         persons,
         min_timestamp_us: rows.iter().map(|r| r.timestamp_us).min().unwrap_or(0),
@@ -351,6 +357,10 @@ pub fn row_properties(batch: &RecordBatch, i: usize) -> Map<String, Value> {
 pub struct Manifest {
     /// Grows by one with every commit.
     pub generation: u64,
+    /// Every intake-log record below this position is in the segments (the builder's checkpoint, committed
+    /// with the segment set it describes).
+    #[serde(default)]
+    pub lsn: u64,
     pub segments: Vec<SegmentMeta>,
 }
 
@@ -395,7 +405,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, p)| SegmentRow {
-                person: (i % 3) as u128 + 1,
+                person: (i % 3) as i64 + 1,
                 timestamp_us: 1_000 - i as i64,
                 event: ["signup", "pageview"][i % 2],
                 distinct_id: ["a", "b", "c"][i % 3],
@@ -437,12 +447,14 @@ mod tests {
         let batch = &batches[0];
         assert_eq!(batch.num_rows(), 5);
         // Sorted by (person, time): person 1 holds rows 0 and 3 (times 1000 and 997).
-        let persons = batch.column(0).as_fixed_size_binary();
+        let persons = batch
+            .column(0)
+            .as_primitive::<arrow_array::types::Int64Type>();
         let times = batch
             .column(1)
             .as_primitive::<arrow_array::types::TimestampMicrosecondType>();
         let order: Vec<(u8, i64)> = (0..5)
-            .map(|i| (persons.value(i)[15], times.value(i)))
+            .map(|i| (persons.value(i) as u8, times.value(i)))
             .collect();
         assert_eq!(order, [(1, 997), (1, 1000), (2, 996), (2, 999), (3, 998)]);
         let uuids = batch.column(4).as_fixed_size_binary();

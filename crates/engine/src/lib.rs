@@ -59,6 +59,8 @@
 //! * [`intake`]: the WAL: on-disk format, group commit, durability of each
 //!   [`SyncMode`], recovery rules.
 //! * [`metrics_names`]: metric names emitted through the `metrics` facade.
+//! * [`table`]: every project's events in memory by UTC day (distinct id, time, event name), persons resolved at
+//!   read time, sorted views for the kernels, sealing into segments.
 
 pub mod columnar;
 pub mod error;
@@ -67,6 +69,7 @@ pub mod intake;
 pub mod metrics_names;
 mod reader;
 mod segment;
+pub mod table;
 
 pub use error::EngineError;
 pub use event::{
