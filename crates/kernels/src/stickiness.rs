@@ -104,7 +104,7 @@ impl<S: PersonState<Active>> ActiveSink<'_, S> {
 }
 
 impl<S: PersonState<Active>> Sink for ActiveSink<'_, S> {
-    #[inline]
+    #[inline(always)]
     fn row(&mut self, person: usize, ts: i64, code: u32, _value: f64) {
         let Some(b) = self.at.index(ts) else { return };
         let a = self.active.get(person, code);

@@ -247,7 +247,7 @@ struct TotalSink<'b> {
 }
 
 impl Sink for TotalSink<'_> {
-    #[inline]
+    #[inline(always)]
     fn row(&mut self, _person: usize, ts: i64, code: u32, _value: f64) {
         if let Some(b) = self.at.index(ts) {
             self.counts[code as usize * self.n + b] += 1;
@@ -301,7 +301,7 @@ struct UniqueSink<'b, S> {
 }
 
 impl<S: PersonState<u32>> Sink for UniqueSink<'_, S> {
-    #[inline]
+    #[inline(always)]
     fn row(&mut self, person: usize, ts: i64, code: u32, _value: f64) {
         let Some(b) = self.at.index(ts) else { return };
         let last = self.last.get(person, code);
@@ -323,7 +323,7 @@ struct UniqueBitsSink<'b> {
 }
 
 impl Sink for UniqueBitsSink<'_> {
-    #[inline]
+    #[inline(always)]
     fn row(&mut self, person: usize, ts: i64, code: u32, _value: f64) {
         let Some(b) = self.at.index(ts) else { return };
         if self.last[person] != b as u32 {
@@ -407,7 +407,7 @@ impl<'b, S> RollingSink<'b, S> {
 }
 
 impl<S: PersonState<u32>> Sink for RollingSink<'_, S> {
-    #[inline]
+    #[inline(always)]
     fn row(&mut self, person: usize, ts: i64, code: u32, _value: f64) {
         let hi = self.hi.position(ts.saturating_add(self.width));
         let lo = self.lo.position(ts);
@@ -495,7 +495,7 @@ impl<S: PersonState<Open>> PerUserSink<'_, S> {
 }
 
 impl<S: PersonState<Open>> Sink for PerUserSink<'_, S> {
-    #[inline]
+    #[inline(always)]
     fn row(&mut self, person: usize, ts: i64, code: u32, _value: f64) {
         let Some(b) = self.at.index(ts) else { return };
         let open = self.open.get(person, code);
@@ -692,7 +692,7 @@ struct StatsSink<'b> {
 impl Sink for StatsSink<'_> {
     const VALUES: bool = true;
 
-    #[inline]
+    #[inline(always)]
     fn row(&mut self, _person: usize, ts: i64, code: u32, value: f64) {
         if value.is_nan() {
             return;
@@ -715,7 +715,7 @@ struct ValuesSink<'b> {
 impl Sink for ValuesSink<'_> {
     const VALUES: bool = true;
 
-    #[inline]
+    #[inline(always)]
     fn row(&mut self, _person: usize, ts: i64, code: u32, value: f64) {
         if value.is_nan() {
             return;
