@@ -2,6 +2,7 @@
 
 mod bench;
 mod config;
+mod export;
 mod generate;
 
 use std::io::Write;
@@ -37,6 +38,9 @@ enum Command {
     /// upgrades, churn, companies) into a data directory's event log. Stop the server first; it applies persons
     /// and merges when it next starts.
     Generate(generate::GenerateArgs),
+    /// Write one project's events to a Parquet file with persons resolved (merges applied) and chosen person
+    /// properties as columns. Stop the server first.
+    ExportEvents(export::ExportArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -56,6 +60,7 @@ fn main() -> std::process::ExitCode {
         Command::Init(args) => init(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Generate(args) => generate::run(args),
+        Command::ExportEvents(args) => export::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -24,6 +24,10 @@ pub fn router() -> Router<AppState> {
             "/api/v1/projects/{project_id}/persons/{distinct_id}",
             get(get_person),
         )
+        .route(
+            "/api/v1/projects/{project_id}/insights/{kind}",
+            axum::routing::post(crate::insights::post_insight),
+        )
 }
 
 /// A caller authenticated with `Authorization: Bearer <personal API key>`.

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 
 use flywheel_engine::{BatchRef, EventRef, Intake};
-use flywheel_store::{IdentityOp, MergeMode, Store};
+use flywheel_store::{IdentityChange, IdentityOp, MergeMode, Store};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
@@ -164,8 +164,10 @@ pub async fn run(
     progress: watch::Sender<u64>,
     mut stop: watch::Receiver<bool>,
     subjects: std::sync::Arc<crate::serving::SubjectCache>,
+    tables: std::sync::Arc<flywheel_engine::table::EventTables>,
 ) {
     let mut writer = store.identity_writer(CONSUMER);
+    writer.record_changes();
     let mut lsn = match store.checkpoint(CONSUMER).await {
         Ok(lsn) => lsn,
         Err(err) => {
@@ -205,6 +207,21 @@ pub async fn run(
                 Ok(stats) => {
                     // New persons, and changed properties or merges, for the flag endpoints' caches.
                     subjects.applied(&ops);
+                    // The insights tables resolve events' persons through the same mapping.
+                    for change in writer.take_changes() {
+                        match change {
+                            IdentityChange::Assigned {
+                                project_id,
+                                distinct_id,
+                                person_id,
+                            } => tables.assign(project_id, &distinct_id, person_id),
+                            IdentityChange::Merged {
+                                project_id,
+                                from,
+                                into,
+                            } => tables.merge(project_id, from, into),
+                        }
+                    }
                     metrics::counter!(m::IDENTITY_MERGES).increment(stats.merges);
                     metrics::counter!(m::IDENTITY_MERGES_REFUSED).increment(stats.merges_refused);
                     lsn = end;

@@ -7,9 +7,11 @@
 pub mod api;
 pub mod capture;
 pub mod error;
+pub mod events_table;
 pub mod exposure;
 pub mod features;
 pub mod identity;
+pub mod insights;
 pub mod metrics_names;
 pub mod ofrep;
 pub mod ops;
@@ -24,6 +26,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use flywheel_engine::table::EventTables;
 use flywheel_engine::{Intake, IntakeConfig, SyncMode};
 use flywheel_store::{Bootstrap, Store};
 use tokio::sync::watch;
@@ -71,6 +74,11 @@ impl Config {
 
     pub fn wal_dir(&self) -> PathBuf {
         self.data_dir.join("events").join("wal")
+    }
+
+    /// Directory of the columnar segments.
+    pub fn columnar_dir(&self) -> PathBuf {
+        self.data_dir.join("events").join("columnar")
     }
 }
 
@@ -137,6 +145,7 @@ pub struct Server {
     shutdown_tx: watch::Sender<bool>,
     serve_task: tokio::task::JoinHandle<std::io::Result<()>>,
     identity_task: tokio::task::JoinHandle<()>,
+    tables_task: tokio::task::JoinHandle<()>,
     exposure_task: tokio::task::JoinHandle<()>,
 }
 
@@ -165,7 +174,13 @@ impl Server {
             end_lsn = report.end_lsn,
             "intake log recovered"
         );
+        let columnar_dir = config.columnar_dir();
+        let tables = tokio::task::spawn_blocking(move || EventTables::open(&columnar_dir))
+            .await?
+            .context("cannot open the columnar segments")?;
+        let tables = Arc::new(tables);
         let (progress_tx, progress_rx) = watch::channel(0u64);
+        let (tables_tx, tables_rx) = watch::channel(0u64);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let flags = Arc::new(serving::FlagRegistry::new(config.sdk_rate_limit));
         let identity_task = tokio::spawn(identity::run(
@@ -174,6 +189,14 @@ impl Server {
             progress_tx,
             shutdown_rx.clone(),
             flags.subjects.clone(),
+            tables.clone(),
+        ));
+        let tables_task = tokio::spawn(events_table::run(
+            store.clone(),
+            intake.clone(),
+            tables.clone(),
+            progress_rx.clone(),
+            tables_tx,
         ));
         let compiled = flags
             .warm(&store)
@@ -195,6 +218,9 @@ impl Server {
             exposures: Arc::new(exposures),
             clock: Arc::new(SystemClock),
             identity_progress: progress_rx,
+            tables,
+            tables_progress: tables_rx,
+            insights: Arc::default(),
             metrics: ops::prometheus(),
             shutdown: shutdown_rx.clone(),
         };
@@ -218,6 +244,7 @@ impl Server {
             shutdown_tx,
             serve_task,
             identity_task,
+            tables_task,
             exposure_task,
         })
     }
@@ -239,6 +266,8 @@ impl Server {
             .await
             .context("closing the intake log")?;
         let _ = tokio::time::timeout(Duration::from_secs(30), self.identity_task).await;
+        // The insights consumer appends what identity applied last, then seals its tail into segments.
+        let _ = tokio::time::timeout(Duration::from_secs(60), self.tables_task).await;
         self.state.store.close().await;
         Ok(())
     }

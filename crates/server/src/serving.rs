@@ -735,7 +735,8 @@ impl Default for SubjectCache {
 }
 
 impl SubjectCache {
-    fn epoch(&self) -> u64 {
+    /// The identity epoch: changes whenever identity applies a property change, a merge or a group change.
+    pub fn epoch(&self) -> u64 {
         // Read before storage, so that a change applied meanwhile makes the entry stale rather than hiding it.
         self.epoch.load(std::sync::atomic::Ordering::Acquire)
     }

@@ -40,6 +40,12 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// LSN up to which identity state has been applied.
     pub identity_progress: watch::Receiver<u64>,
+    /// Every project's events, queryable (the insights tables).
+    pub tables: Arc<flywheel_engine::table::EventTables>,
+    /// LSN up to which events have been appended to `tables`.
+    pub tables_progress: watch::Receiver<u64>,
+    /// Person-property columns for insights.
+    pub insights: Arc<crate::insights::InsightsCache>,
     pub metrics: PrometheusHandle,
     /// Turns true when the server shuts down (long-lived streams end).
     pub shutdown: watch::Receiver<bool>,
@@ -53,6 +59,17 @@ impl AppState {
         let mut progress = self.identity_progress.clone();
         let wait = progress.wait_for(|lsn| *lsn >= target);
         let _ = tokio::time::timeout(self.config.read_barrier_timeout, wait).await;
+    }
+
+    /// Waits (bounded) until the insights tables hold everything acknowledged so far. Returns false when they
+    /// did not catch up in time (the answer may then miss the newest events).
+    pub async fn tables_catch_up(&self) -> bool {
+        let target = self.intake.committed_lsn();
+        let mut progress = self.tables_progress.clone();
+        let wait = progress.wait_for(|lsn| *lsn >= target);
+        tokio::time::timeout(self.config.read_barrier_timeout, wait)
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 }
 

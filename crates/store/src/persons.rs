@@ -144,6 +144,49 @@ impl Store {
 }
 
 impl Store {
+    /// Calls `f(person_id, value)` for every person of the project that has the top-level property `key` (for
+    /// breakdowns and filters on person properties over all persons at once).
+    pub async fn for_each_person_property(
+        &self,
+        project_id: i64,
+        key: &str,
+        mut f: impl FnMut(i64, Value),
+    ) -> Result<u64> {
+        use futures_util::TryStreamExt;
+        let mut n = 0;
+        if key.contains('"') || key.contains('\\') {
+            // Not expressible as a SQLite JSON path label: read whole documents.
+            let mut rows = sqlx::query_as::<_, (i64, String)>(
+                "SELECT id, properties FROM persons WHERE project_id = ?",
+            )
+            .bind(project_id)
+            .fetch(self.pool());
+            while let Some((id, text)) = rows.try_next().await? {
+                if let Ok(Value::Object(mut m)) = serde_json::from_str::<Value>(&text) {
+                    if let Some(v) = m.remove(key) {
+                        f(id, v);
+                        n += 1;
+                    }
+                }
+            }
+            return Ok(n);
+        }
+        let path = format!("$.\"{key}\"");
+        let mut rows = sqlx::query_as::<_, (i64, String)>(
+            "SELECT id, properties -> ?1 FROM persons WHERE project_id = ?2 AND properties -> ?1 IS NOT NULL",
+        )
+        .bind(&path)
+        .bind(project_id)
+        .fetch(self.pool());
+        while let Some((id, json)) = rows.try_next().await? {
+            if let Ok(v) = serde_json::from_str::<Value>(&json) {
+                f(id, v);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Stored properties of the person behind `distinct_id` (`None`: no such person).
     pub async fn person_properties(
         &self,

@@ -420,11 +420,72 @@ async fn change_feed_replays_to_the_database_mapping() {
     }
     let all = |d: &str| resolve(&redirect, replayed[d]);
     assert_eq!(all("a1"), all("u2"), "the dangerous merge joined everyone");
-    assert!(!replayed.contains_key("a5"), "a placeholder target merges nothing");
+    assert!(
+        !replayed.contains_key("a5"),
+        "a placeholder target merges nothing"
+    );
     assert_ne!(all("anonymous"), all("a1"));
-    assert_ne!(all("a6"), all("anonymous"), "new persons never take a merged id");
+    assert_ne!(
+        all("a6"),
+        all("anonymous"),
+        "new persons never take a merged id"
+    );
     // Without record_changes nothing is kept.
     let mut w = store.identity_writer("test");
     w.apply(&[touch(p, "b1")], 99).await.unwrap();
     assert!(w.take_changes().is_empty());
+}
+
+#[tokio::test]
+async fn person_property_columns_read_every_person_with_the_key() {
+    let (_dir, store, p) = store().await;
+    let mut w = store.identity_writer("test");
+    w.apply(
+        &[
+            set(
+                p,
+                "a",
+                json!({"plan": "pro", "a.b": 1, "q\"k": true}),
+                json!({}),
+                &[],
+            ),
+            set(p, "b", json!({"plan": 7}), json!({}), &[]),
+            set(
+                p,
+                "c",
+                json!({"plan": null, "other": {"x": [1]}}),
+                json!({}),
+                &[],
+            ),
+            set(p, "d", json!({"x": 1}), json!({}), &[]),
+        ],
+        1,
+    )
+    .await
+    .unwrap();
+    let read = |key: &'static str| {
+        let store = store.clone();
+        async move {
+            let mut out = Vec::new();
+            let n = store
+                .for_each_person_property(p, key, |id, v| out.push((id, v)))
+                .await
+                .unwrap();
+            assert_eq!(n as usize, out.len());
+            out.sort_by_key(|(id, _)| *id);
+            out.into_iter().map(|(_, v)| v).collect::<Vec<Value>>()
+        }
+    };
+    assert_eq!(
+        read("plan").await,
+        vec![json!("pro"), json!(7), Value::Null]
+    );
+    assert_eq!(
+        read("a.b").await,
+        vec![json!(1)],
+        "a dot is part of the key"
+    );
+    assert_eq!(read("q\"k").await, vec![json!(true)]);
+    assert_eq!(read("other").await, vec![json!({"x": [1]})]);
+    assert!(read("missing").await.is_empty());
 }

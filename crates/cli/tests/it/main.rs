@@ -3,6 +3,7 @@
 mod clients;
 mod crash;
 mod generate;
+mod insights;
 mod process;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,0 +1,592 @@
+//! Insights against ground truth: `flywheel generate` writes a product's history, `flywheel serve` answers every
+//! insight kind through the API, and each answer is compared with `flywheel-truth`'s brute-force computation over
+//! the same events, read back from the intake log, with each distinct id's person taken from the metadata store
+//! (the identity layer's own answer; the engine resolves persons separately, through its in-memory mapping).
+//! Then the server restarts — its tail now sealed into Parquet segments — and must answer the same.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use flywheel_truth as truth;
+use serde_json::{json, Value};
+
+use crate::{http, Serve, BIN};
+
+struct Owned {
+    person: u64,
+    ts_us: i64,
+    event: String,
+}
+
+fn post(serve: &Serve, key: &str, path: &str, body: &Value) -> (u16, Value) {
+    let auth = format!("Bearer {key}");
+    let (status, out) = http(
+        &serve.addr,
+        "POST",
+        path,
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        body.to_string().as_bytes(),
+    )
+    .unwrap();
+    (status, serde_json::from_slice(&out).unwrap_or(Value::Null))
+}
+
+/// Runs an insight, waiting until the server has every generated event (identity replays on start).
+fn insight(serve: &Serve, key: &str, project: i64, kind: &str, body: Value) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, v) = post(
+            serve,
+            key,
+            &format!("/api/v1/projects/{project}/insights/{kind}"),
+            &body,
+        );
+        assert_eq!(status, 200, "{kind} {body}: {v}");
+        if v["complete"] == true {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "the tables never caught up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn micros(v: &Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap())
+        .unwrap()
+        .timestamp_micros()
+}
+
+fn range_of(v: &Value) -> truth::Range {
+    truth::Range {
+        from_us: micros(&v["date_from"]),
+        to_us: micros(&v["date_to"]),
+    }
+}
+
+fn counts(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            let f = x.as_f64().unwrap();
+            assert!(f >= 0.0 && f.fract() == 0.0, "{f}");
+            f as u64
+        })
+        .collect()
+}
+
+/// Every generated event with its person, from the log and the metadata store (server stopped).
+fn ground_rows(dir: &std::path::Path, project: i64) -> (Vec<Owned>, HashMap<u64, String>) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (persons, plans) = rt.block_on(async {
+        let store = flywheel_store::Store::open(&dir.join("metadata.db"))
+            .await
+            .unwrap();
+        let mut m = HashMap::new();
+        store
+            .for_each_distinct_id(|p, d, person| {
+                if p == project {
+                    m.insert(d.to_owned(), person);
+                }
+            })
+            .await
+            .unwrap();
+        let mut plans: HashMap<u64, String> = HashMap::new();
+        store
+            .for_each_person_property(project, "plan", |person, v| {
+                if let Some(s) = v.as_str() {
+                    plans.insert(person as u64, s.to_owned());
+                }
+            })
+            .await
+            .unwrap();
+        store.close().await;
+        (m, plans)
+    });
+    let (intake, _) = flywheel_engine::Intake::open(flywheel_engine::IntakeConfig::new(
+        dir.join("events").join("wal"),
+    ))
+    .unwrap();
+    let mut reader = intake.reader(0);
+    let mut rows = Vec::new();
+    let mut personless: HashMap<String, u64> = HashMap::new();
+    while let Some(item) = reader.next_payload() {
+        let (_, payload) = item.unwrap();
+        for e in flywheel_engine::BatchRef::new(payload).unwrap().iter() {
+            let e = e.unwrap();
+            if e.project_id != project {
+                continue;
+            }
+            let person = match persons.get(e.distinct_id) {
+                Some(&p) => p as u64,
+                None => {
+                    let n = personless.len() as u64;
+                    *personless
+                        .entry(e.distinct_id.to_owned())
+                        .or_insert((1 << 40) + n)
+                }
+            };
+            rows.push(Owned {
+                person,
+                ts_us: e.timestamp_us,
+                event: e.event.to_owned(),
+            });
+        }
+    }
+    (rows, plans)
+}
+
+/// The queries checked, each with a function computing the truth's answer and the API's, as comparable values.
+/// The ground truth's inputs: every event with its person, and each person's current `plan`.
+struct Ctx<'a> {
+    rows: Vec<truth::Row<'a>>,
+    plan_of: HashMap<u64, String>,
+}
+
+impl<'a> Ctx<'a> {
+    /// The rows of the persons whose plan is `label` (`null`: no plan).
+    fn with_plan(&self, label: &Value) -> Vec<truth::Row<'a>> {
+        self.rows
+            .iter()
+            .filter(|r| self.plan_of.get(&r.person).map(String::as_str) == label.as_str())
+            .copied()
+            .collect()
+    }
+}
+
+type Check = (
+    &'static str,
+    Value,
+    fn(&Ctx<'_>, &Value, &Value) -> (Value, Value),
+);
+
+fn checks() -> Vec<Check> {
+    let range = json!({"date_from": "2025-12-04", "date_to": "2025-12-31"});
+    let with = |extra: Value| {
+        let mut v = range.clone();
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        v
+    };
+    vec![
+        (
+            "trends",
+            with(json!({"series": [
+                {"event": "$pageview", "math": "total"},
+                {"event": "$pageview", "math": "dau"},
+                {"event": "task_completed", "math": "weekly_active"},
+                {"event": "$pageview", "math": "monthly_active"},
+                {"event": "$all", "math": "dau"},
+            ]})),
+            |c, _q, v| {
+                let rows = &c.rows[..];
+                let r = range_of(v);
+                let res = &v["result"];
+                let all: Vec<truth::Row<'_>> = rows
+                    .iter()
+                    .map(|x| truth::Row { event: "*", ..*x })
+                    .collect();
+                let want = json!([
+                    truth::total(rows, "$pageview", r, truth::Interval::Day),
+                    truth::unique_persons(rows, "$pageview", r, truth::Interval::Day),
+                    truth::rolling_active(rows, "task_completed", r, 7),
+                    truth::rolling_active(rows, "$pageview", r, 30),
+                    truth::unique_persons(&all, "*", r, truth::Interval::Day),
+                ]);
+                let got: Vec<Vec<u64>> = (0..5).map(|i| counts(&res[i]["data"])).collect();
+                (want, json!(got))
+            },
+        ),
+        (
+            "trends",
+            with(
+                json!({"interval": "week", "series": [{"event": "signed_up", "math": "dau"}, {"event": "$pageview"}]}),
+            ),
+            |c, _q, v| {
+                let rows = &c.rows[..];
+                let r = range_of(v);
+                let want = json!([
+                    truth::unique_persons(rows, "signed_up", r, truth::Interval::Week),
+                    truth::total(rows, "$pageview", r, truth::Interval::Week),
+                ]);
+                let res = &v["result"];
+                (
+                    want,
+                    json!([counts(&res[0]["data"]), counts(&res[1]["data"])]),
+                )
+            },
+        ),
+        (
+            "funnel",
+            with(
+                json!({"steps": [{"event": "signed_up"}, {"event": "project_created"}, {"event": "teammate_invited"}, {"event": "trial_started"}]}),
+            ),
+            funnel_check::<0>,
+        ),
+        (
+            "funnel",
+            with(
+                json!({"order": "strict", "steps": [{"event": "$pageview"}, {"event": "signed_up"}, {"event": "project_created"}]}),
+            ),
+            funnel_check::<1>,
+        ),
+        (
+            "funnel",
+            with(
+                json!({"order": "unordered", "conversion_window": {"value": 2, "unit": "day"}, "steps": [{"event": "task_created"}, {"event": "task_completed"}, {"event": "$pageview"}]}),
+            ),
+            funnel_check::<2>,
+        ),
+        (
+            "retention",
+            json!({"start_event": {"event": "signed_up"}, "return_event": {"event": "task_completed"}, "period": "week", "periods": 4, "date_to": "2025-12-31"}),
+            retention_check,
+        ),
+        (
+            "retention",
+            json!({"start_event": {"event": "$pageview"}, "return_event": {"event": "$pageview"}, "cohort": "recurring", "mode": "on_or_after", "period": "day", "periods": 10, "date_to": "2025-12-31"}),
+            retention_check,
+        ),
+        (
+            "stickiness",
+            with(json!({"event": {"event": "task_completed"}})),
+            |c, _q, v| {
+                let rows = &c.rows[..];
+                let r = range_of(v);
+                let want = json!(truth::stickiness(
+                    rows,
+                    "task_completed",
+                    r,
+                    truth::Interval::Day
+                ));
+                (want, json!(counts(&v["result"]["data"])))
+            },
+        ),
+        (
+            "lifecycle",
+            with(json!({"event": {"event": "$pageview"}})),
+            |c, _q, v| {
+                let rows = &c.rows[..];
+                let r = range_of(v);
+                let t = truth::lifecycle(rows, "$pageview", r, truth::Interval::Day);
+                let res = &v["result"];
+                let dormant: Vec<u64> = res["dormant"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| (-d.as_i64().unwrap()) as u64)
+                    .collect();
+                (
+                    json!([t.new, t.returning, t.resurrecting, t.dormant]),
+                    json!([
+                        counts(&res["new"]),
+                        counts(&res["returning"]),
+                        counts(&res["resurrecting"]),
+                        dormant
+                    ]),
+                )
+            },
+        ),
+        (
+            "trends",
+            with(
+                json!({"series": [{"event": "$pageview", "math": "dau"}], "breakdown": {"type": "person", "property": "plan"}}),
+            ),
+            |c, _q, v| {
+                let r = range_of(v);
+                let mut want = serde_json::Map::new();
+                let mut got = serde_json::Map::new();
+                for item in v["result"].as_array().unwrap() {
+                    let label = &item["breakdown_value"];
+                    let key = label.to_string();
+                    got.insert(key.clone(), json!(counts(&item["data"])));
+                    want.insert(
+                        key,
+                        json!(truth::unique_persons(
+                            &c.with_plan(label),
+                            "$pageview",
+                            r,
+                            truth::Interval::Day
+                        )),
+                    );
+                }
+                // Every plan with a pageview in the range has its row.
+                let total: Vec<u64> =
+                    truth::unique_persons(&c.rows, "$pageview", r, truth::Interval::Day);
+                let summed: Vec<u64> = (0..total.len())
+                    .map(|i| got.values().map(|d| d[i].as_u64().unwrap()).sum())
+                    .collect();
+                assert_eq!(
+                    summed, total,
+                    "breakdown rows add up to the total (one plan per person)"
+                );
+                assert!(got.len() >= 2, "several plans: {got:?}");
+                (json!(want), json!(got))
+            },
+        ),
+        (
+            "funnel",
+            with(
+                json!({"steps": [{"event": "signed_up"}, {"event": "project_created"}, {"event": "trial_started"}], "breakdown": {"type": "person", "property": "plan"}}),
+            ),
+            |c, q, v| {
+                let steps: Vec<&str> = q["steps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s["event"].as_str().unwrap())
+                    .collect();
+                let mut want = serde_json::Map::new();
+                let mut got = serde_json::Map::new();
+                for item in v["result"].as_array().unwrap() {
+                    let label = &item["breakdown_value"];
+                    let counts: Vec<u64> = item["steps"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|s| s["count"].as_u64().unwrap())
+                        .collect();
+                    got.insert(label.to_string(), json!(counts));
+                    want.insert(
+                        label.to_string(),
+                        json!(truth::funnel(
+                            &c.with_plan(label),
+                            &steps,
+                            14 * truth::DAY_US,
+                            truth::Order::Ordered,
+                            range_of(v)
+                        )),
+                    );
+                }
+                assert!(got.len() >= 2, "several plans: {got:?}");
+                (json!(want), json!(got))
+            },
+        ),
+        (
+            "retention",
+            json!({"start_event": {"event": "$pageview"}, "return_event": {"event": "task_completed"}, "period": "week", "periods": 4, "date_to": "2025-12-31", "breakdown": {"type": "person", "property": "plan"}}),
+            |c, q, v| {
+                let mut want = serde_json::Map::new();
+                let mut got = serde_json::Map::new();
+                for item in v["result"].as_array().unwrap() {
+                    let label = &item["breakdown_value"];
+                    let periods = 4;
+                    let table = truth::retention(
+                        &c.with_plan(label),
+                        truth::Retention {
+                            start_event: q["start_event"]["event"].as_str().unwrap(),
+                            return_event: q["return_event"]["event"].as_str().unwrap(),
+                            cohorting: truth::Cohorting::FirstTime,
+                            interval: truth::Interval::Week,
+                            from_us: micros(&v["date_from"]),
+                            periods,
+                            on_or_after: false,
+                        },
+                    );
+                    let w: Vec<Vec<u64>> = table
+                        .iter()
+                        .enumerate()
+                        .map(|(p, row)| row[..periods - p].to_vec())
+                        .collect();
+                    let g: Vec<Vec<u64>> = item["cohorts"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .enumerate()
+                        .map(|(p, c)| counts(&c["values"])[..periods - p].to_vec())
+                        .collect();
+                    want.insert(label.to_string(), json!(w));
+                    got.insert(label.to_string(), json!(g));
+                }
+                assert!(got.len() >= 2, "several plans: {got:?}");
+                (json!(want), json!(got))
+            },
+        ),
+    ]
+}
+
+fn funnel_check<const ORDER: u8>(c: &Ctx<'_>, q: &Value, v: &Value) -> (Value, Value) {
+    let rows = &c.rows[..];
+    let steps: Vec<&str> = q["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["event"].as_str().unwrap())
+        .collect();
+    let window = match q.get("conversion_window") {
+        Some(w) => w["value"].as_i64().unwrap() * truth::DAY_US,
+        None => 14 * truth::DAY_US,
+    };
+    let order = [
+        truth::Order::Ordered,
+        truth::Order::Strict,
+        truth::Order::Unordered,
+    ][ORDER as usize];
+    let want = truth::funnel(rows, &steps, window, order, range_of(v));
+    let got: Vec<u64> = v["result"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["count"].as_u64().unwrap())
+        .collect();
+    (json!(want), json!(got))
+}
+
+fn retention_check(c: &Ctx<'_>, q: &Value, v: &Value) -> (Value, Value) {
+    let rows = &c.rows[..];
+    let interval = match q["period"].as_str() {
+        Some("day") => truth::Interval::Day,
+        _ => truth::Interval::Week,
+    };
+    let periods = q["periods"].as_u64().unwrap() as usize;
+    let table = truth::retention(
+        rows,
+        truth::Retention {
+            start_event: q["start_event"]["event"].as_str().unwrap(),
+            return_event: q["return_event"]["event"].as_str().unwrap(),
+            cohorting: if q["cohort"] == "recurring" {
+                truth::Cohorting::Recurring
+            } else {
+                truth::Cohorting::FirstTime
+            },
+            interval,
+            from_us: micros(&v["date_from"]),
+            periods,
+            on_or_after: q["mode"] == "on_or_after",
+        },
+    );
+    let want: Vec<Vec<u64>> = table
+        .iter()
+        .enumerate()
+        .map(|(p, row)| row[..periods - p].to_vec())
+        .collect();
+    let got: Vec<Vec<u64>> = v["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(p, c)| counts(&c["values"])[..periods - p].to_vec())
+        .collect();
+    (json!(want), json!(got))
+}
+
+fn generate(dir: &std::path::Path, seed: &str) -> (i64, String) {
+    let out = Command::new(BIN)
+        .args(["generate", "--data-dir"])
+        .arg(dir)
+        .args(["--events", "30000", "--persons", "3000", "--seed", seed])
+        .args(["--days", "30", "--end", "2026-01-01", "--json", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "generate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        summary["project_id"].as_i64().unwrap(),
+        summary["personal_api_key"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn check_seed(seed: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (project, key) = generate(dir.path(), seed);
+    let serve = Serve::start(dir.path(), &[]);
+    let answers: Vec<Value> = checks()
+        .iter()
+        .map(|(kind, q, _)| insight(&serve, &key, project, kind, q.clone()))
+        .collect();
+    assert!(serve.terminate().success());
+
+    let (owned, plan_of) = ground_rows(dir.path(), project);
+    assert_eq!(owned.len(), 30_000);
+    let rows: Vec<truth::Row<'_>> = owned
+        .iter()
+        .map(|o| truth::Row {
+            person: o.person,
+            ts_us: o.ts_us,
+            event: &o.event,
+        })
+        .collect();
+    let ctx = Ctx { rows, plan_of };
+    for ((kind, q, check), answer) in checks().iter().zip(&answers) {
+        let (want, got) = check(&ctx, q, answer);
+        assert_eq!(got, want, "seed {seed}, {kind} {q}");
+        // Not vacuous: something was counted.
+        assert!(
+            want.to_string().bytes().any(|b| (b'1'..=b'9').contains(&b)),
+            "{kind} {q}: {want}"
+        );
+    }
+
+    // Restarted, the server reads its sealed segments and answers the same.
+    let columnar = dir.path().join("events").join("columnar");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(columnar.join("manifest.json")).unwrap()).unwrap();
+    let sealed: u64 = manifest["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["rows"].as_u64().unwrap())
+        .sum();
+    assert!(sealed >= 30_000, "shutdown sealed the tail: {manifest}");
+    let serve = Serve::start(dir.path(), &[]);
+    for ((kind, q, _), answer) in checks().iter().zip(&answers) {
+        let again = insight(&serve, &key, project, kind, q.clone());
+        assert_eq!(
+            again["result"], answer["result"],
+            "after restart: {kind} {q}"
+        );
+    }
+    assert!(serve.terminate().success());
+}
+
+#[test]
+fn insights_match_ground_truth_seed_1() {
+    check_seed("1");
+}
+
+#[test]
+fn insights_match_ground_truth_seed_77() {
+    check_seed("77");
+}
+
+#[test]
+fn bad_definitions_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = crate::init(dir.path());
+    let serve = Serve::start(dir.path(), &[]);
+    let path = |kind: &str| format!("/api/v1/projects/{}/insights/{kind}", keys.project_id);
+    let (status, v) = post(
+        &serve,
+        &keys.personal_key,
+        &path("funnel"),
+        &json!({"steps": [{"event": "a"}]}),
+    );
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["code"], "validation_error");
+    assert_eq!(v["errors"][0]["field"], "steps");
+    let (status, v) = post(&serve, &keys.personal_key, &path("pie"), &json!({}));
+    assert_eq!(status, 400);
+    assert_eq!(v["errors"][0]["field"], "kind");
+    // A project without events answers zeros, not an error.
+    let (status, v) = post(
+        &serve,
+        &keys.personal_key,
+        &path("trends"),
+        &json!({"series": [{"event": "x"}], "date_from": "-3d"}),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"][0]["data"], json!([0.0, 0.0, 0.0, 0.0]));
+    // No key: 401.
+    let (status, _) = http(&serve.addr, "POST", &path("trends"), &[], b"{}").unwrap();
+    assert_eq!(status, 401);
+    assert!(serve.terminate().success());
+}

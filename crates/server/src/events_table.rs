@@ -1,0 +1,151 @@
+//! The insights consumer: keeps the engine's in-memory event tables ([`EventTables`]) up to date with the intake
+//! log, and seals them into columnar segments.
+//!
+//! On start it loads the distinct id → person mapping from the metadata store (the identity consumer feeds every
+//! later change directly, see `identity::run`; the mapping is order-insensitive because merges are kept as
+//! "person A now belongs to B", so the load and the feed may interleave). Then it replays the log from the
+//! position the segments cover, and follows it: a batch is appended once the identity consumer has applied it,
+//! so its distinct ids have persons. Appended events are queryable at once (the tail); the tail is sealed into
+//! Parquet segments when it reaches [`SEAL_ROWS`] rows, every [`SEAL_EVERY`], and on shutdown.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flywheel_engine::table::EventTables;
+use flywheel_engine::{BatchRef, Intake};
+use flywheel_store::Store;
+use tokio::sync::watch;
+
+/// Tail rows that trigger a seal.
+pub const SEAL_ROWS: usize = 1_000_000;
+/// A non-empty tail is sealed at least this often.
+pub const SEAL_EVERY: Duration = Duration::from_secs(300);
+/// Batches appended per step (bounded so the table lock is held briefly).
+const CHUNK_BATCHES: usize = 256;
+
+/// Loads the identity mapping into `tables`.
+pub async fn load_identity(store: &Store, tables: &EventTables) -> anyhow::Result<u64> {
+    let mut buf: Vec<(i64, String, i64)> = Vec::with_capacity(65_536);
+    let flush = |buf: &mut Vec<(i64, String, i64)>| {
+        tables.assign_all(buf.iter().map(|(p, d, id)| (*p, d.as_str(), *id)));
+        buf.clear();
+    };
+    let n = store
+        .for_each_distinct_id(|p, d, id| {
+            buf.push((p, d.to_owned(), id));
+            if buf.len() == buf.capacity() {
+                flush(&mut buf);
+            }
+        })
+        .await?;
+    flush(&mut buf);
+    Ok(n)
+}
+
+/// Runs until the identity consumer ends (shutdown) and everything it applied has been appended, then seals.
+pub async fn run(
+    store: Store,
+    intake: Intake,
+    tables: Arc<EventTables>,
+    mut identity: watch::Receiver<u64>,
+    progress: watch::Sender<u64>,
+) {
+    let started = Instant::now();
+    match load_identity(&store, &tables).await {
+        Ok(n) => tracing::info!(
+            distinct_ids = n,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "insights: identity mapping loaded"
+        ),
+        Err(err) => {
+            tracing::error!(error = %err, "insights: cannot load the identity mapping; persons resolve as events arrive")
+        }
+    }
+    let mut lsn = tables.appended_lsn();
+    let _ = progress.send(lsn);
+    let mut last_seal = Instant::now();
+    let mut identity_ended = false;
+    loop {
+        let target = *identity.borrow_and_update();
+        if lsn < target {
+            let (from, intake2, tables2) = (lsn, intake.clone(), tables.clone());
+            let step =
+                tokio::task::spawn_blocking(move || append_chunk(&intake2, &tables2, from, target))
+                    .await;
+            match step {
+                Ok(Ok(end)) if end > from => {
+                    lsn = end;
+                    let _ = progress.send(lsn);
+                }
+                Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Ok(Err(err)) => {
+                    tracing::error!(error = %err, lsn, "insights: cannot read the intake log");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(err) => tracing::error!(error = %err, "insights: append task failed"),
+            }
+            if tables.tail_rows() >= SEAL_ROWS {
+                seal(&tables).await;
+                last_seal = Instant::now();
+            }
+            continue;
+        }
+        if identity_ended {
+            break;
+        }
+        if tables.tail_rows() > 0 && last_seal.elapsed() >= SEAL_EVERY {
+            seal(&tables).await;
+            last_seal = Instant::now();
+        }
+        tokio::select! {
+            changed = identity.changed() => identity_ended = changed.is_err(),
+            _ = tokio::time::sleep(SEAL_EVERY) => {}
+        }
+    }
+    if tables.tail_rows() > 0 {
+        seal(&tables).await;
+    }
+}
+
+async fn seal(tables: &Arc<EventTables>) {
+    let t = tables.clone();
+    let started = Instant::now();
+    match tokio::task::spawn_blocking(move || t.seal()).await {
+        Ok(Ok(stats)) => tracing::info!(
+            segments = stats.segments,
+            rows = stats.rows,
+            bytes = stats.bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "insights: sealed events into segments"
+        ),
+        Ok(Err(err)) => {
+            tracing::error!(error = %err, "insights: sealing failed; the events stay in memory and in the log")
+        }
+        Err(err) => tracing::error!(error = %err, "insights: seal task failed"),
+    }
+}
+
+/// Appends the batches in `[from, target)`, at most [`CHUNK_BATCHES`]; returns the position reached.
+pub fn append_chunk(
+    intake: &Intake,
+    tables: &EventTables,
+    from: u64,
+    target: u64,
+) -> Result<u64, flywheel_engine::EngineError> {
+    let mut reader = intake.reader(from);
+    let mut reached = from;
+    for _ in 0..CHUNK_BATCHES {
+        let Some(item) = reader.next_payload() else {
+            break;
+        };
+        let (end, payload) = item?;
+        if end > target {
+            break;
+        }
+        let batch = BatchRef::new(payload)?;
+        let events = batch.iter().collect::<Result<Vec<_>, _>>()?;
+        tables.append(events, end);
+        reached = end;
+    }
+    Ok(reached)
+}

@@ -1,0 +1,848 @@
+//! Insights over the embedded engine: an [`InsightQuery`] (parsed and validated by `flywheel-query`) runs as
+//! kernels (`flywheel-kernels`) over a snapshot of the project's event tables.
+//!
+//! Planning is small and explicit: every event spec of the query (a series, a funnel step, an exclusion, a
+//! retention start or return event) gets a bit; each partition's sorted view gets a per-row mask of the specs it
+//! matches (by event name, looked up once per event name); the partitions the date range needs become the kernel's
+//! blocks. Persons are the engine's dense persons (identity merges applied at read time).
+//!
+//! Not yet supported (answered with `400 unsupported`, naming the field, rather than a wrong number): property
+//! filters, breakdowns, cohorts, group aggregation, test-account filters.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use flywheel_engine::table::{Partition, Snapshot, Sorted};
+use flywheel_kernels as k;
+use flywheel_query::{
+    BreakdownBy, EventRef, EventSpec, Filter, FunnelOrder, InsightQuery, Interval, Math,
+    PerUserMath, RetentionCohort, RetentionMode, TimeRange,
+};
+use serde_json::{json, Value};
+
+/// A problem with a definition that parsing could not see (it depends on the engine), naming the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported {
+    pub field: String,
+    pub message: String,
+}
+
+fn unsupported(field: impl Into<String>, message: impl Into<String>) -> Unsupported {
+    Unsupported {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// One person property of every person of a project: the distinct values (as breakdown labels) and each
+/// person's value index.
+#[derive(Debug, Default)]
+pub struct PersonColumn {
+    /// Metadata-store person id → index into `values`.
+    pub by_person: std::collections::HashMap<i64, u32>,
+    /// Distinct values, as labels (strings as they are, other JSON as its text).
+    pub values: Vec<String>,
+}
+
+/// Value of the "other values" breakdown row (PostHog's marker, so its clients label it).
+pub const BREAKDOWN_OTHER: &str = "$$_posthog_breakdown_other_$$";
+
+fn label_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Person-property columns, cached per (project, key) for one identity epoch (any property change or merge
+/// makes them stale).
+#[derive(Default)]
+pub struct InsightsCache {
+    columns: std::sync::Mutex<std::collections::HashMap<(i64, String), (u64, Arc<PersonColumn>)>>,
+}
+
+const COLUMN_CACHE_ENTRIES: usize = 32;
+
+impl InsightsCache {
+    /// The column of `key` for `project_id`, read from the store unless cached for `epoch`.
+    pub async fn person_column(
+        &self,
+        store: &flywheel_store::Store,
+        project_id: i64,
+        key: &str,
+        epoch: u64,
+    ) -> Result<Arc<PersonColumn>, flywheel_store::StoreError> {
+        let cache_key = (project_id, key.to_owned());
+        if let Some((at, col)) = self.columns.lock().expect("column cache").get(&cache_key) {
+            if *at == epoch {
+                return Ok(col.clone());
+            }
+        }
+        let mut col = PersonColumn::default();
+        let mut index: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+        store
+            .for_each_person_property(project_id, key, |person, v| {
+                if v.is_null() {
+                    return;
+                }
+                let label = label_of(&v);
+                let next = index.len() as u32;
+                let code = *index.entry(label.clone()).or_insert_with(|| {
+                    col.values.push(label);
+                    next
+                });
+                col.by_person.insert(person, code);
+            })
+            .await?;
+        let col = Arc::new(col);
+        let mut cache = self.columns.lock().expect("column cache");
+        if cache.len() >= COLUMN_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(cache_key, (epoch, col.clone()));
+        Ok(col)
+    }
+}
+
+/// A person-property breakdown resolved for one query: each dense person's code, and each code's label.
+struct PersonCodes {
+    codes: Vec<u32>,
+    labels: Vec<Value>,
+}
+
+/// Ranks the values of `col` by the rows matching `bits` in `blocks` (most first, then by value), keeps the top
+/// `limit` (values without rows are left out), folds the rest into [`BREAKDOWN_OTHER`], and persons without the
+/// property into a `null` row.
+fn person_codes(
+    snap: &Snapshot,
+    col: &PersonColumn,
+    blocks: &[k::Block<'_>],
+    bits: u64,
+    limit: usize,
+) -> PersonCodes {
+    let none = col.values.len() as u32;
+    let raw: Vec<u32> = snap
+        .person_ids
+        .iter()
+        .map(|id| col.by_person.get(id).copied().unwrap_or(none))
+        .collect();
+    let mut counts = vec![0u64; col.values.len() + 1];
+    for b in blocks {
+        for (i, &m) in b.mask.iter().enumerate() {
+            if m & bits != 0 {
+                counts[raw[b.person[i] as usize] as usize] += 1;
+            }
+        }
+    }
+    let mut ranked: Vec<u32> = (0..none).filter(|&c| counts[c as usize] > 0).collect();
+    ranked.sort_by(|&a, &b| {
+        counts[b as usize]
+            .cmp(&counts[a as usize])
+            .then_with(|| col.values[a as usize].cmp(&col.values[b as usize]))
+    });
+    let kept = ranked.len().min(limit);
+    let mut remap = vec![u32::MAX; col.values.len() + 1];
+    let mut labels: Vec<Value> = Vec::new();
+    for (i, &c) in ranked[..kept].iter().enumerate() {
+        remap[c as usize] = i as u32;
+        labels.push(Value::String(col.values[c as usize].clone()));
+    }
+    if ranked.len() > kept {
+        let other = labels.len() as u32;
+        for &c in &ranked[kept..] {
+            remap[c as usize] = other;
+        }
+        labels.push(Value::String(BREAKDOWN_OTHER.into()));
+    }
+    let none_code = labels.len() as u32;
+    remap[none as usize] = none_code;
+    labels.push(Value::Null);
+    // Values without matching rows (not ranked) still need a code: they count nowhere, so "other" or none is
+    // irrelevant; send them to the null row only if they have no rows (they then add nothing).
+    for r in remap.iter_mut() {
+        if *r == u32::MAX {
+            *r = none_code;
+        }
+    }
+    PersonCodes {
+        codes: raw.iter().map(|&c| remap[c as usize]).collect(),
+        labels,
+    }
+}
+
+/// The person column a query needs, if any (its breakdown's property).
+pub fn person_breakdown_key(q: &InsightQuery) -> Option<&str> {
+    let b = match q {
+        InsightQuery::Trends(t) => t.breakdown.as_ref(),
+        InsightQuery::Funnel(f) => f.breakdown.as_ref(),
+        InsightQuery::Retention(r) => r.breakdown.as_ref(),
+        InsightQuery::Stickiness(_) | InsightQuery::Lifecycle(_) => None,
+    }?;
+    match &b.by {
+        BreakdownBy::Person { property } => Some(property),
+        _ => None,
+    }
+}
+
+fn check_breakdown(b: &Option<flywheel_query::Breakdown>) -> Result<(), Unsupported> {
+    match b.as_ref().map(|b| &b.by) {
+        None | Some(BreakdownBy::Person { .. }) => Ok(()),
+        Some(_) => Err(unsupported(
+            "breakdown.type",
+            "only person-property breakdowns are supported by the embedded engine yet",
+        )),
+    }
+}
+
+/// One partition prepared for a kernel.
+struct Prepared {
+    sorted: Arc<Sorted>,
+    mask: Vec<u64>,
+}
+
+/// The event specs of a query, compiled against a snapshot's event dictionary.
+struct Specs {
+    /// Per event-name index: the bits of the specs that accept it.
+    by_event: Vec<u64>,
+}
+
+impl Specs {
+    fn new(snap: &Snapshot, specs: &[(&EventSpec, String)]) -> Result<Specs, Unsupported> {
+        let mut by_event = vec![0u64; snap.events.len()];
+        for (bit, (spec, field)) in specs.iter().enumerate() {
+            check_filters(&spec.properties, &format!("{field}.properties"))?;
+            match &spec.event {
+                EventRef::All => by_event.iter_mut().for_each(|m| *m |= 1 << bit),
+                EventRef::Named(name) => {
+                    if let Some(i) = snap.events.get(name) {
+                        by_event[i as usize] |= 1 << bit;
+                    }
+                }
+            }
+        }
+        Ok(Specs { by_event })
+    }
+
+    /// The partitions overlapping `[from, to)` (all of them for `None`), sorted and masked.
+    fn prepare(&self, snap: &Snapshot, range: Option<(i64, i64)>) -> Vec<Prepared> {
+        let parts: Vec<&Arc<Partition>> = match range {
+            Some((from, to)) => snap.partitions_in(from, to).map(|(_, p)| p).collect(),
+            None => snap.partitions.values().collect(),
+        };
+        parts
+            .into_iter()
+            .map(|p| {
+                let sorted = p.sorted(&snap.resolved);
+                let mask = sorted
+                    .event
+                    .iter()
+                    .map(|&e| self.by_event[e as usize])
+                    .collect();
+                Prepared { sorted, mask }
+            })
+            .collect()
+    }
+}
+
+fn blocks(prepared: &[Prepared]) -> Vec<k::Block<'_>> {
+    prepared
+        .iter()
+        .map(|p| k::Block {
+            person: &p.sorted.person,
+            ts: &p.sorted.ts,
+            mask: &p.mask,
+            breakdown: None,
+            value: None,
+        })
+        .collect()
+}
+
+fn check_filters(filters: &[Filter], field: &str) -> Result<(), Unsupported> {
+    if filters.is_empty() {
+        Ok(())
+    } else {
+        Err(unsupported(
+            field,
+            "property and cohort filters are not supported by the embedded engine yet",
+        ))
+    }
+}
+
+fn check_common(c: &flywheel_query::Common) -> Result<(), Unsupported> {
+    check_filters(&c.properties, "properties")?;
+    if c.filter_test_accounts {
+        return Err(unsupported(
+            "filter_test_accounts",
+            "test-account filters are not configurable yet",
+        ));
+    }
+    Ok(())
+}
+
+fn us(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+/// Kernel buckets of a resolved range: the first bucket starts at the range's start (events before it are not
+/// counted even when its bucket begins earlier), the last ends at the range's end.
+fn buckets(range: &TimeRange) -> k::Buckets {
+    let mut starts: Vec<i64> = range.buckets.iter().map(|b| us(b.start)).collect();
+    if let Some(first) = starts.first_mut() {
+        *first = (*first).max(us(range.from));
+    }
+    k::Buckets {
+        starts,
+        end: us(range.to),
+    }
+}
+
+fn labels_of(range: &TimeRange) -> Vec<String> {
+    range
+        .buckets
+        .iter()
+        .map(|b| match range.interval {
+            Interval::Hour => b.label.format("%Y-%m-%d %H:%M:%S").to_string(),
+            _ => b.label.format("%Y-%m-%d").to_string(),
+        })
+        .collect()
+}
+
+fn event_label(spec: &EventRef) -> String {
+    match spec {
+        EventRef::All => "All events".into(),
+        EventRef::Named(n) => n.clone(),
+    }
+}
+
+/// Runs a validated query over a snapshot (`None`: the project has no events yet, every count is zero).
+pub fn run(
+    snap: Option<&Snapshot>,
+    q: &InsightQuery,
+    now: DateTime<Utc>,
+    threads: usize,
+    column: Option<&PersonColumn>,
+) -> Result<Value, Unsupported> {
+    let empty;
+    let snap = match snap {
+        Some(s) => s,
+        None => {
+            empty = Snapshot::empty();
+            &empty
+        }
+    };
+    let range = q
+        .resolve(now, &Utc)
+        .map_err(|e| unsupported(e.field, e.message))?;
+    let mut out = match q {
+        InsightQuery::Trends(t) => trends(snap, t, &range, threads, column),
+        InsightQuery::Funnel(f) => funnel(snap, f, &range, threads, column),
+        InsightQuery::Retention(r) => retention(snap, r, &range, threads, column),
+        InsightQuery::Stickiness(s) => stickiness(snap, s, &range, threads),
+        InsightQuery::Lifecycle(l) => lifecycle(snap, l, &range, threads),
+    }?;
+    // The resolved range, so a client knows exactly which instants were counted.
+    out["date_from"] = json!(range
+        .from
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+    out["date_to"] = json!(range
+        .to
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+    out["interval"] = json!(range.interval);
+    Ok(out)
+}
+
+fn trends(
+    snap: &Snapshot,
+    t: &flywheel_query::TrendsQuery,
+    range: &TimeRange,
+    threads: usize,
+    column: Option<&PersonColumn>,
+) -> Result<Value, Unsupported> {
+    check_common(&t.common)?;
+    check_breakdown(&t.breakdown)?;
+    let specs: Vec<(EventSpec, String)> = t
+        .series
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            (
+                EventSpec {
+                    event: s.event.clone(),
+                    name: s.name.clone(),
+                    properties: s.properties.clone(),
+                },
+                format!("series[{i}]"),
+            )
+        })
+        .collect();
+    let mut maths = Vec::new();
+    for (i, s) in t.series.iter().enumerate() {
+        let math = match s.math.unwrap_or(Math::Total) {
+            Math::Total => k::trends::TrendMath::Total,
+            Math::Dau => k::trends::TrendMath::Unique,
+            Math::WeeklyActive => k::trends::TrendMath::Rolling { days: 7 },
+            Math::MonthlyActive => k::trends::TrendMath::Rolling { days: 30 },
+            Math::PerUser => k::trends::TrendMath::PerUser(match s.per_user {
+                Some(PerUserMath::Min) => k::trends::Agg::Min,
+                Some(PerUserMath::Max) => k::trends::Agg::Max,
+                Some(PerUserMath::Median) => k::trends::Agg::Median,
+                Some(PerUserMath::Avg) | None => k::trends::Agg::Avg,
+            }),
+            _ => {
+                return Err(unsupported(
+                    format!("series[{i}].math"),
+                    "property math is not supported by the embedded engine yet",
+                ))
+            }
+        };
+        maths.push(math);
+    }
+    let refs: Vec<(&EventSpec, String)> = specs.iter().map(|(s, f)| (s, f.clone())).collect();
+    let compiled = Specs::new(snap, &refs)?;
+    let all_bits = (1u64 << t.series.len()) - 1;
+    let limit = t.breakdown.as_ref().and_then(|b| b.limit).unwrap_or(25) as usize;
+    // Per series: one row per breakdown label (a single unlabeled row without a breakdown).
+    let run_range = |range: &TimeRange| -> (Vec<Option<Value>>, Vec<Vec<Vec<f64>>>) {
+        let b = buckets(range);
+        // Rolling windows reach back up to 30 days before the first bucket.
+        let reach = if maths
+            .iter()
+            .any(|m| matches!(m, k::trends::TrendMath::Rolling { .. }))
+        {
+            30 * k::DAY_US
+        } else {
+            0
+        };
+        let prepared = compiled.prepare(snap, Some((us(range.from) - reach, us(range.to))));
+        let blocks = blocks(&prepared);
+        let codes = column.map(|col| person_codes(snap, col, &blocks, all_bits, limit));
+        let (source, values, labels) = match &codes {
+            Some(c) => (
+                k::trends::BreakdownSource::Person(&c.codes),
+                c.labels.len() as u32,
+                c.labels.iter().cloned().map(Some).collect(),
+            ),
+            None => (k::trends::BreakdownSource::None, 1, vec![None]),
+        };
+        let per_series = maths
+            .iter()
+            .enumerate()
+            .map(|(bit, &math)| {
+                let spec = k::trends::TrendSpec {
+                    bit: bit as u32,
+                    math,
+                    buckets: b.clone(),
+                    breakdown: source,
+                    breakdown_values: values,
+                };
+                k::trends::trend(&blocks, snap.persons(), threads, &spec)
+            })
+            .collect();
+        (labels, per_series)
+    };
+    let render = |range: &TimeRange,
+                  (labels, values): (Vec<Option<Value>>, Vec<Vec<Vec<f64>>>),
+                  compare: Option<&str>|
+     -> Vec<Value> {
+        let dates = labels_of(range);
+        let mut out: Vec<Value> = Vec::new();
+        for (code, label) in labels.iter().enumerate() {
+            let rows: Vec<&Vec<f64>> = values.iter().map(|series| &series[code]).collect();
+            if label.is_some() && rows.iter().all(|r| r.iter().all(|&x| x == 0.0)) {
+                continue; // a breakdown value with nothing in this range
+            }
+            let mut push = |mut item: Value| {
+                item["labels"] = json!(dates);
+                item["compare"] = json!(compare);
+                if let Some(l) = label {
+                    item["breakdown_value"] = l.clone();
+                }
+                out.push(item);
+            };
+            if let Some(formula) = &t.formula {
+                let data: Vec<Value> = (0..dates.len())
+                    .map(|i| {
+                        let row: Vec<f64> = rows.iter().map(|s| s[i]).collect();
+                        formula.expr.eval(&row).map_or(Value::Null, |v| json!(v))
+                    })
+                    .collect();
+                push(json!({"label": formula.text, "formula": formula.text, "data": data}));
+            } else {
+                for (i, (s, data)) in t.series.iter().zip(&rows).enumerate() {
+                    let count: f64 = data.iter().sum();
+                    push(json!({
+                        "label": s.name.clone().unwrap_or_else(|| event_label(&s.event)),
+                        "series": i,
+                        "event": s.event,
+                        "math": s.math.unwrap_or(Math::Total),
+                        "data": data,
+                        "count": count,
+                    }));
+                }
+            }
+        }
+        out
+    };
+    let mut result = render(range, run_range(range), t.compare.then_some("current"));
+    if t.compare {
+        let previous = range.previous_period(&Utc);
+        result.extend(render(&previous, run_range(&previous), Some("previous")));
+    }
+    Ok(json!({ "kind": "trends", "result": result }))
+}
+
+fn funnel(
+    snap: &Snapshot,
+    f: &flywheel_query::FunnelQuery,
+    range: &TimeRange,
+    threads: usize,
+    column: Option<&PersonColumn>,
+) -> Result<Value, Unsupported> {
+    check_common(&f.common)?;
+    check_breakdown(&f.breakdown)?;
+    if matches!(f.aggregation, Some(flywheel_query::Aggregation::Group(_))) {
+        return Err(unsupported(
+            "aggregation",
+            "group aggregation is not supported by the embedded engine yet",
+        ));
+    }
+    let mut specs: Vec<(&EventSpec, String)> = f
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s, format!("steps[{i}]")))
+        .collect();
+    for (i, x) in f.exclusions.iter().enumerate() {
+        specs.push((&x.step, format!("exclusions[{i}]")));
+    }
+    let compiled = Specs::new(snap, &specs)?;
+    let window = f
+        .conversion_window
+        .unwrap_or(flywheel_query::ConversionWindow::DEFAULT)
+        .duration()
+        .num_microseconds()
+        .unwrap_or(i64::MAX / 4);
+    let (from, to) = (us(range.from), us(range.to));
+    let prepared = compiled.prepare(snap, Some((from, to.saturating_add(window))));
+    let blocks = blocks(&prepared);
+    let steps = f.steps.len();
+    let limit = f.breakdown.as_ref().and_then(|b| b.limit).unwrap_or(25) as usize;
+    let codes = column.map(|col| person_codes(snap, col, &blocks, 1, limit));
+    let spec = k::funnel::FunnelSpec {
+        steps: (0..steps as u32).collect(),
+        order: match f.order.unwrap_or(FunnelOrder::Ordered) {
+            FunnelOrder::Ordered => k::funnel::Order::Ordered,
+            FunnelOrder::Strict => k::funnel::Order::Strict,
+            FunnelOrder::Unordered => k::funnel::Order::Unordered,
+        },
+        window_us: window,
+        entry: from..to,
+        exclusions: f
+            .exclusions
+            .iter()
+            .enumerate()
+            .map(|(i, x)| k::funnel::Exclusion {
+                bit: (steps + i) as u32,
+                from_step: x.from_step,
+                to_step: x.to_step,
+            })
+            .collect(),
+        breakdown: codes
+            .as_ref()
+            .map_or(k::trends::BreakdownSource::None, |c| {
+                k::trends::BreakdownSource::Person(&c.codes)
+            }),
+        breakdown_values: codes.as_ref().map_or(1, |c| c.labels.len() as u32),
+        attribution: k::funnel::Attribution::FirstTouch,
+        trend: f.trends.then(|| buckets(range)),
+        collect_persons: false,
+    };
+    let r = k::funnel::funnel(&blocks, snap.persons(), threads, &spec);
+    let render = |stats: &[k::funnel::StepStats]| -> Value {
+        let first = stats.first().map_or(0, |s| s.reached);
+        let last = stats.last().map_or(0, |s| s.reached);
+        let steps_json: Vec<Value> = f
+            .steps
+            .iter()
+            .zip(stats)
+            .enumerate()
+            .map(|(i, (step, s))| {
+                let previous = if i == 0 {
+                    s.reached
+                } else {
+                    stats[i - 1].reached
+                };
+                json!({
+                    "order": i,
+                    "event": step.event,
+                    "name": step.name.clone().unwrap_or_else(|| event_label(&step.event)),
+                    "count": s.reached,
+                    "conversion_from_first": ratio(s.reached, first),
+                    "conversion_from_previous": ratio(s.reached, previous),
+                    "dropped_from_previous": previous - s.reached,
+                    "average_conversion_time_s": s.avg_time_us.map(|t| t / 1e6),
+                    "median_conversion_time_s": s.median_time_us.map(|t| t / 1e6),
+                })
+            })
+            .collect();
+        json!({
+            "steps": steps_json,
+            "entered": first,
+            "converted": last,
+            "conversion_rate": ratio(last, first),
+        })
+    };
+    let mut out = match &codes {
+        None => json!({
+            "kind": "funnel",
+            "result": render(r.by_breakdown.first().map_or(&[][..], |s| &s[..])),
+        }),
+        Some(c) => {
+            let rows: Vec<Value> = c
+                .labels
+                .iter()
+                .zip(&r.by_breakdown)
+                .filter(|(_, stats)| stats.first().is_some_and(|s| s.reached > 0))
+                .map(|(label, stats)| {
+                    let mut v = render(stats);
+                    v["breakdown_value"] = label.clone();
+                    v
+                })
+                .collect();
+            json!({"kind": "funnel", "result": rows})
+        }
+    };
+    if let (Some(trend), None) = (r.trend, &codes) {
+        let labels = labels_of(range);
+        out["result"]["trend"] = trend
+            .iter()
+            .zip(labels)
+            .map(|(&(entered, completed), label)| {
+                json!({"label": label, "entered": entered, "converted": completed, "conversion_rate": ratio(completed, entered)})
+            })
+            .collect();
+    }
+    Ok(out)
+}
+
+fn ratio(a: u64, b: u64) -> Value {
+    if b == 0 {
+        Value::Null
+    } else {
+        json!(a as f64 / b as f64)
+    }
+}
+
+fn retention(
+    snap: &Snapshot,
+    r: &flywheel_query::RetentionQuery,
+    range: &TimeRange,
+    threads: usize,
+    column: Option<&PersonColumn>,
+) -> Result<Value, Unsupported> {
+    check_filters(&r.properties, "properties")?;
+    if r.filter_test_accounts {
+        return Err(unsupported(
+            "filter_test_accounts",
+            "test-account filters are not configurable yet",
+        ));
+    }
+    check_breakdown(&r.breakdown)?;
+    if matches!(r.aggregation, Some(flywheel_query::Aggregation::Group(_))) {
+        return Err(unsupported(
+            "aggregation",
+            "group aggregation is not supported by the embedded engine yet",
+        ));
+    }
+    let specs = [
+        (&r.start_event, "start_event".to_string()),
+        (&r.return_event, "return_event".to_string()),
+    ];
+    let compiled = Specs::new(snap, &specs)?;
+    let cohorting = match r.cohort.unwrap_or(RetentionCohort::FirstTime) {
+        RetentionCohort::FirstTime => k::retention::Cohorting::FirstTime,
+        RetentionCohort::Recurring => k::retention::Cohorting::Recurring,
+    };
+    // First-time cohorts need every earlier event (a person's first start event may precede the range).
+    let prepared = match cohorting {
+        k::retention::Cohorting::FirstTime => {
+            compiled.prepare(snap, Some((i64::MIN / 2, us(range.to))))
+        }
+        k::retention::Cohorting::Recurring => {
+            compiled.prepare(snap, Some((us(range.from), us(range.to))))
+        }
+    };
+    let blocks = blocks(&prepared);
+    let limit = r.breakdown.as_ref().and_then(|b| b.limit).unwrap_or(25) as usize;
+    let codes = column.map(|col| person_codes(snap, col, &blocks, 1, limit));
+    let spec = k::retention::RetentionSpec {
+        start_bit: 0,
+        return_bit: 1,
+        cohorting,
+        periods: buckets(range),
+        on_or_after: r.mode == Some(RetentionMode::OnOrAfter),
+        breakdown: codes
+            .as_ref()
+            .map_or(k::trends::BreakdownSource::None, |c| {
+                k::trends::BreakdownSource::Person(&c.codes)
+            }),
+        breakdown_values: codes.as_ref().map_or(1, |c| c.labels.len() as u32),
+    };
+    let tables = k::retention::retention(&blocks, snap.persons(), threads, &spec);
+    let render = |table: &[Vec<u64>]| -> Vec<Value> {
+        let n = range.buckets.len();
+        table
+            .iter()
+            .zip(labels_of(range))
+            .map(|(row, label)| {
+                let size = row.first().copied().unwrap_or(0);
+                let values: Vec<u64> = row.iter().copied().take(n).collect();
+                json!({
+                    "label": label,
+                    "size": size,
+                    "values": values,
+                    "percentages": values.iter().map(|&v| ratio(v, size)).collect::<Vec<_>>(),
+                })
+            })
+            .collect()
+    };
+    let result = match &codes {
+        None => json!(render(tables.first().map_or(&[][..], |t| &t[..]))),
+        Some(c) => c
+            .labels
+            .iter()
+            .zip(&tables)
+            .filter(|(_, t)| t.iter().any(|row| row.first().is_some_and(|&n| n > 0)))
+            .map(|(label, t)| json!({"breakdown_value": label, "cohorts": render(t)}))
+            .collect(),
+    };
+    Ok(json!({"kind": "retention", "result": result}))
+}
+
+fn stickiness(
+    snap: &Snapshot,
+    s: &flywheel_query::StickinessQuery,
+    range: &TimeRange,
+    threads: usize,
+) -> Result<Value, Unsupported> {
+    check_common(&s.common)?;
+    let compiled = Specs::new(snap, &[(&s.event, "event".to_string())])?;
+    let prepared = compiled.prepare(snap, Some((us(range.from), us(range.to))));
+    let blocks = blocks(&prepared);
+    let b = buckets(range);
+    let counts = k::stickiness::stickiness(
+        &blocks,
+        snap.persons(),
+        threads,
+        0,
+        &b,
+        k::trends::BreakdownSource::None,
+        1,
+    )
+    .into_iter()
+    .next()
+    .unwrap_or_default();
+    let unit = match range.interval {
+        Interval::Hour => "hour",
+        Interval::Day => "day",
+        Interval::Week => "week",
+        Interval::Month => "month",
+    };
+    Ok(json!({
+        "kind": "stickiness",
+        "result": {
+            "label": s.event.name.clone().unwrap_or_else(|| event_label(&s.event.event)),
+            "labels": (1..=counts.len()).map(|n| format!("{n} {unit}{}", if n == 1 { "" } else { "s" })).collect::<Vec<_>>(),
+            "data": counts,
+        }
+    }))
+}
+
+fn lifecycle(
+    snap: &Snapshot,
+    l: &flywheel_query::LifecycleQuery,
+    range: &TimeRange,
+    threads: usize,
+) -> Result<Value, Unsupported> {
+    check_common(&l.common)?;
+    let compiled = Specs::new(snap, &[(&l.event, "event".to_string())])?;
+    // "New" needs every earlier event.
+    let prepared = compiled.prepare(snap, Some((i64::MIN / 2, us(range.to))));
+    let blocks = blocks(&prepared);
+    let b = buckets(range);
+    let first = range
+        .buckets
+        .first()
+        .map_or(us(range.from), |b| us(b.start));
+    let previous = us(range
+        .previous_period(&Utc)
+        .buckets
+        .last()
+        .map_or(range.from, |b| b.start));
+    let previous = previous.min(first);
+    let out = k::lifecycle::lifecycle(&blocks, snap.persons(), threads, 0, &b, previous);
+    Ok(json!({
+        "kind": "lifecycle",
+        "result": {
+            "labels": labels_of(range),
+            "new": out.new,
+            "returning": out.returning,
+            "resurrecting": out.resurrecting,
+            "dormant": out.dormant.iter().map(|&d| -(d as i64)).collect::<Vec<_>>(),
+        }
+    }))
+}
+
+/// `POST /api/v1/projects/{project_id}/insights/{kind}`: runs an insight definition. Waits (bounded) until the
+/// tables hold every event acknowledged before the request, so a client sees its own writes.
+pub async fn post_insight(
+    axum::extract::State(state): axum::extract::State<crate::state::AppState>,
+    caller: crate::api::Caller,
+    axum::extract::Path((project_id, kind)): axum::extract::Path<(String, String)>,
+    crate::api::JsonBody(body): crate::api::JsonBody<Value>,
+) -> Result<axum::Json<Value>, crate::error::ApiError> {
+    use crate::error::ApiError;
+    let project_id = crate::api::parse_project(&project_id)?;
+    caller.authorize(&state, project_id).await?;
+    let query = flywheel_query::parse_kind(&kind, &body).map_err(|errors| {
+        let summary: Vec<String> = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect();
+        ApiError::bad_request(
+            "validation_error",
+            format!("the insight definition is invalid: {}", summary.join("; ")),
+        )
+        .with_errors(json!(errors))
+    })?;
+    let complete = state.tables_catch_up().await;
+    let column = match person_breakdown_key(&query) {
+        Some(key) => Some(
+            state
+                .insights
+                .person_column(&state.store, project_id, key, state.flags.subjects.epoch())
+                .await?,
+        ),
+        None => None,
+    };
+    let snapshot = state.tables.snapshot(project_id);
+    let now = state.clock.now();
+    let started = std::time::Instant::now();
+    let threads = k::default_threads();
+    let result = tokio::task::spawn_blocking(move || {
+        run(snapshot.as_ref(), &query, now, threads, column.as_deref())
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    match result {
+        Ok(mut v) => {
+            v["complete"] = json!(complete);
+            v["query_ms"] = json!(started.elapsed().as_secs_f64() * 1e3);
+            Ok(axum::Json(v))
+        }
+        Err(u) => Err(
+            ApiError::bad_request("unsupported", format!("{}: {}", u.field, u.message))
+                .with_errors(json!([{"field": u.field, "message": u.message}])),
+        ),
+    }
+}
