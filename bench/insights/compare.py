@@ -376,7 +376,7 @@ def run_flywheel(args):
             q["peak_rss_mb"] = max([q["cold"]["peak_rss_mb"]] + [x["peak_rss_mb"] for x in q["runs"]])
             q["max_rss_increase_mb"] = max([q["cold"]["rss_increase_mb"]] + [x["rss_increase_mb"] for x in q["runs"]])
             log(f"   cold {q['cold']['wall_s']:.3f} s, warm median {q['median_wall_s']:.3f} s "
-                f"(server {q['median_server_ms']} ms), peak RSS {q['peak_rss_mb']:.0f} MB")
+                f"(server {fmt(q['median_server_ms'], '.1f')} ms), peak RSS {q['peak_rss_mb']:.0f} MB")
         except Exception as e:  # one failing query must not hide the others
             q["error"] = f"{type(e).__name__}: {e}"
             log(f"   FAILED: {q['error']}")
@@ -997,6 +997,7 @@ def run_report(args):
     gen = P("generate.json") or {}
     serve1, stop1, disk, fw, stop2, export = P("serve1.json"), P("stop1.json"), P("disk.json"), P("flywheel.json"), P("stop2.json"), P("export.json")
     engines = {n: P(f"engine-{n}.json") for n in ENGINES}
+    fwq = (fw or {}).get("queries", {})
     results = {"config": cfg, "generate": gen, "first_start": serve1, "first_stop": stop1, "disk": disk,
                "flywheel": fw, "second_stop": stop2, "export": export, "engines": engines, "comparisons": {}, "targets": []}
     lines = []
@@ -1006,6 +1007,9 @@ def run_report(args):
         f"{gen.get('persons', '?'):,} persons over {cfg.get('days')} days (seed {cfg.get('seed')}, end {cfg.get('end')}), "
         f"{os.cpu_count()} CPUs, {cfg.get('started')}" if isinstance(gen.get("events"), int) else
         f"== Flywheel insights benchmark ({cfg})")
+    if cfg.get("loadavg"):
+        say(f"load average at the start: {cfg['loadavg']}, at the end: {' '.join(open('/proc/loadavg').read().split()[:3])} "
+            f"(the numbers are noisy on a shared machine)")
     if cfg.get("reused"):
         say("   (data directory reused: generation and first-start numbers are from the run that created it / a start from sealed segments)")
     if gen.get("seconds") is not None:
@@ -1027,9 +1031,14 @@ def run_report(args):
     if fw:
         say(f"restart → listening     {fmt(fw.get('restart_ready_s'), '8.2f')} s   (RSS {fmt(fw.get('rss_at_ready_mb'), '.0f')} MB, "
             f"startup peak {fmt(fw.get('hwm_at_ready_mb'), '.0f')} MB)")
+    if fwq:
+        peaks = [fwq[n]["peak_rss_mb"] for n in QUERIES if "peak_rss_mb" in fwq.get(n, {})]
+        if peaks:
+            say(f"server RSS in queries   peak {max(peaks):.0f} MB (VmHWM reset before each query; "
+                f"RSS {fmt((fw or {}).get('rss_at_ready_mb'), '.0f')} MB before the first, {fmt((fw or {}).get('rss_after_mb'), '.0f')} MB after the probes)")
     if export:
         if "error" in export:
-            say(f"export-events           ERROR {export['error']}")
+            say(f"export-events           ERROR {export['error'].strip().splitlines()[0] if export['error'].strip() else ''}")
         else:
             say(f"export-events           {export['seconds']:8.2f} s   ({export.get('bytes', 0):,} B Parquet)")
     for n, e in engines.items():
@@ -1040,15 +1049,15 @@ def run_report(args):
 
     say("")
     E = 26  # width of the engine column
-    say(f"{'query':<10} {'engine':<{E}} {'cold s':>8} {'median s':>9} {'server ms':>10} {'peak RSS':>9} {'+RSS':>7}  result")
-    fwq = (fw or {}).get("queries", {})
+    say(f"{'query':<10} {'engine':<{E}} {'cold s':>8} {'median s':>9} {'server ms c/m':>13} {'peak RSS':>9} {'+RSS':>7}  result")
     for name in QUERIES:
         f = fwq.get(name, {})
         if "error" in f or not f:
             say(f"{name:<10} {'flywheel':<{E}} {'ERROR: ' + f.get('error', 'not run')}")
         else:
+            server_ms = f"{fmt(f['cold'].get('server_ms'), '.1f')}/{fmt(f.get('median_server_ms'), '.1f')}"
             say(f"{name:<10} {'flywheel':<{E}} {f['cold']['wall_s']:8.3f} {f['median_wall_s']:9.3f} "
-                f"{fmt(f.get('median_server_ms'), '10.1f')} {f['peak_rss_mb']:7.0f}MB {f['max_rss_increase_mb']:5.0f}MB  "
+                f"{server_ms:>13} {f['peak_rss_mb']:7.0f}MB {f['max_rss_increase_mb']:5.0f}MB  "
                 + ("; ".join(f.get("notes", [])) or ""))
         variants = [name] + (["retention_fn"] if name == "retention" else []) + (list(DIAGNOSTICS) if name == "funnel" else [])
         for n, e in engines.items():
@@ -1064,10 +1073,13 @@ def run_report(args):
                     continue
                 key = f"{name}:{n}:{v}"
                 equal, diffs, count = compare(name, f.get("result"), q.get("result"))
-                results["comparisons"][key] = {"equal": equal, "differences": count, "first": diffs}
+                diagnostic = v in DIAGNOSTICS
+                results["comparisons"][key] = {"equal": equal, "differences": count, "first": diffs, "diagnostic": diagnostic}
                 verdict = "-" if equal is None else ("= flywheel" if equal else f"≠ flywheel ({plural(count, 'difference')})")
-                say(f"{'':<10} {label:<{E}} {q['first_s']:8.3f} {q['median_s']:9.3f} {'':>10} {q['peak_rss_mb']:7.0f}MB {'':>7}  {verdict}")
-                for d in diffs:
+                if diagnostic:
+                    verdict = f"(ties never advance: {q['result']}) {verdict}"
+                say(f"{'':<10} {label:<{E}} {q['first_s']:8.3f} {q['median_s']:9.3f} {'':>13} {q['peak_rss_mb']:7.0f}MB {'':>7}  {verdict}")
+                for d in ([] if diagnostic else diffs):
                     say(f"{'':<14}   {d}")
                 if name == "funnel" and v == "funnel" and equal is False:
                     lower = [(((x or {}).get("queries") or {}).get(d) or {}).get("result")
@@ -1084,6 +1096,11 @@ def run_report(args):
             results["comparisons"][f"{name}:clickhouse-vs-duckdb"] = {"equal": equal, "differences": count, "first": diffs}
             if not equal:
                 say(f"{'':<14}   ClickHouse and DuckDB disagree ({count}): " + "; ".join(diffs[:3]))
+
+    say("   Flywheel: client wall time over HTTP (JSON included) and the server's query_ms (cold/median); cold = the first")
+    say("   complete answer after the restart, in the order funnel, retention, dau (later ones find views sorted by earlier")
+    say("   ones). ClickHouse/DuckDB: in-process wall time, first run after the load and median of the next ones. Peak RSS:")
+    say("   the server's for Flywheel (+RSS: over its RSS before the query), the benchmark process's for the in-process engines.")
 
     # The engines use ranges computed here: Flywheel's resolved ranges must be the same instants.
     r = Ranges(cfg.get("end", "2026-01-05"), cfg.get("days", 90))
