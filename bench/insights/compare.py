@@ -454,7 +454,15 @@ def run_wait(args):
     while True:
         fail_if_dead(args.pid, args.log)
         attempts += 1
-        status, resp, _ = api.request("POST", path, body, auth)
+        try:
+            status, resp, _ = api.request("POST", path, body, auth)
+        except OSError as e:  # a connection dropped while the server is busy starting: ask again
+            if time.monotonic() > deadline:
+                out["error"] = f"{type(e).__name__}: {e}"
+                break
+            log(f"   {type(e).__name__}: {e}; retrying")
+            time.sleep(0.5)
+            continue
         hwm = max(hwm, (proc_status(args.pid) or {}).get("VmHWM", 0))
         if status != 200:
             out["error"] = f"POST {path} answered HTTP {status}: {str(resp)[:800]}" + (" (does this binary have the insights API?)" if status == 404 else "")
@@ -1040,7 +1048,10 @@ def run_report(args):
         if "error" in export:
             say(f"export-events           ERROR {export['error'].strip().splitlines()[0] if export['error'].strip() else ''}")
         else:
-            say(f"export-events           {export['seconds']:8.2f} s   ({export.get('bytes', 0):,} B Parquet)")
+            if export.get("given"):
+                say(f"reference data          {export['path']} (given with --parquet, not exported by this run)")
+            else:
+                say(f"export-events           {export['seconds']:8.2f} s   ({export.get('bytes', 0):,} B Parquet)")
     for n, e in engines.items():
         if e and "load_s" in e:
             say(f"load into {n:<13} {e['load_s']:8.2f} s   ({e['rows']:,} rows, {fmt((e.get('storage_bytes') or 0) / max(1, e['rows']), '.1f')} B/row stored; {e['version']})")
