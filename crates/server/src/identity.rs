@@ -17,6 +17,10 @@ pub const CONSUMER: &str = "identity";
 
 /// Most batches read from the log per transaction.
 const CHUNK_BATCHES: usize = 512;
+/// A chunk stops after the batch that reaches this many events: bounded memory and transaction size whatever the
+/// batch sizes (SDK batches are small; `flywheel generate` writes 10,000-event batches, and 512 of those made one
+/// 5M-event transaction holding gigabytes of operations).
+const CHUNK_EVENTS: usize = 20_000;
 
 /// Distinct ids already touched in the current chunk, per project: a repeated plain event of the same distinct id
 /// adds no operation (a person, once ensured, stays).
@@ -250,7 +254,7 @@ pub async fn run(
     }
 }
 
-/// Reads up to [`CHUNK_BATCHES`] batches from `from` and turns their events into identity operations without
+/// Reads up to [`CHUNK_BATCHES`] batches (and about [`CHUNK_EVENTS`] events) from `from` and turns their events into identity operations without
 /// copying the events. Returns the LSN after the last batch read, or `None` when there was nothing to read.
 #[allow(clippy::type_complexity)]
 fn read_chunk(
@@ -261,6 +265,7 @@ fn read_chunk(
     let mut ops = Vec::new();
     let mut touched = Touched::new();
     let mut end = None;
+    let mut events = 0;
     for _ in 0..CHUNK_BATCHES {
         let Some(item) = reader.next_payload() else {
             break;
@@ -270,7 +275,11 @@ fn read_chunk(
         for event in batch.iter() {
             ops_for(&event?, &mut ops, &mut touched);
         }
+        events += batch.len();
         end = Some(lsn);
+        if events >= CHUNK_EVENTS {
+            break;
+        }
     }
     Ok(end.map(|end| (end, ops)))
 }

@@ -145,6 +145,10 @@ pub struct IdentityWriter {
     /// Changes of the mapping since the last `take_changes`, kept only when asked for.
     changes: Vec<IdentityChange>,
     record_changes: bool,
+    /// The last person id handed out, once read in the current transaction (written back before commit).
+    last_person_id: Option<i64>,
+    /// `last_person_id` as read from the database in the current transaction.
+    stored_person_id: Option<i64>,
     group_types: HashMap<(i64, String), Option<i64>>,
     links: HashSet<(i64, i64, String)>,
     last_checkpoint: Instant,
@@ -161,6 +165,8 @@ impl Store {
             identified: HashMap::new(),
             changes: Vec::new(),
             record_changes: false,
+            last_person_id: None,
+            stored_person_id: None,
             group_types: HashMap::new(),
             links: HashSet::new(),
             last_checkpoint: Instant::now() - CHECKPOINT_EVERY,
@@ -194,6 +200,10 @@ impl IdentityWriter {
             Ok::<_, crate::StoreError>(())
         }
         .await;
+        let result = match result {
+            Ok(()) => self.write_person_sequence(&mut tx).await,
+            Err(err) => Err(err),
+        };
         if let Err(err) = result {
             self.clear_caches();
             self.changes.truncate(changes_before);
@@ -229,6 +239,18 @@ impl IdentityWriter {
         Ok(stats)
     }
 
+    /// Writes back the person-id sequence if this transaction handed out ids.
+    async fn write_person_sequence(&mut self, tx: &mut Transaction<'static, Sqlite>) -> Result<()> {
+        let stored = self.stored_person_id.take();
+        if let Some(last) = self.last_person_id.take().filter(|&l| Some(l) != stored) {
+            sqlx::query("UPDATE id_sequences SET last = ? WHERE name = 'persons'")
+                .bind(last)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Writes the checkpoint now (on shutdown).
     pub async fn flush_checkpoint(&mut self, lsn: u64) -> Result<()> {
         self.last_checkpoint = Instant::now() - CHECKPOINT_EVERY;
@@ -254,6 +276,8 @@ impl IdentityWriter {
     }
 
     fn clear_caches(&mut self) {
+        self.last_person_id = None;
+        self.stored_person_id = None;
         self.persons.clear();
         self.merged_into.clear();
         self.identified.clear();
@@ -443,12 +467,21 @@ impl IdentityWriter {
         identified: bool,
         at: i64,
     ) -> Result<PersonRef> {
-        // Never reuse an id (see migration 0004): take the next from the sequence.
-        let id: i64 = sqlx::query_scalar(
-            "UPDATE id_sequences SET last = last + 1 WHERE name = 'persons' RETURNING last",
-        )
-        .fetch_one(&mut **tx)
-        .await?;
+        // Never reuse an id (see migration 0004): take the next from the sequence, read once per transaction and
+        // written back before it commits.
+        let last = match self.last_person_id {
+            Some(last) => last,
+            None => {
+                let stored: i64 =
+                    sqlx::query_scalar("SELECT last FROM id_sequences WHERE name = 'persons'")
+                        .fetch_one(&mut **tx)
+                        .await?;
+                self.stored_person_id = Some(stored);
+                stored
+            }
+        };
+        let id = last + 1;
+        self.last_person_id = Some(id);
         sqlx::query(
             "INSERT INTO persons (id, uuid, project_id, properties, is_identified, created_at) VALUES (?, ?, ?, '{}', ?, ?)",
         )
@@ -635,7 +668,7 @@ impl IdentityWriter {
         self.merged_into.insert(from.id, into.id);
         self.identified.remove(&from.id);
         self.identified.insert(into.id, true);
-        self.links.retain(|(person, _, _)| *person != from.id);
+        // `links` entries of `from` are left: person ids are never reused, so they can no longer match.
         if self.record_changes {
             self.changes.push(IdentityChange::Merged {
                 project_id,
