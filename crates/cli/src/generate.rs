@@ -1277,9 +1277,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         let lsn_before = intake.committed_lsn();
         let started = Instant::now();
         let mut progress = Progress::new(args.events, args.quiet);
-        // Batches in flight (encoding and writing overlap with generating the next one); written batches come
-        // back and are refilled in place, so steady state allocates nothing per event.
-        const IN_FLIGHT: usize = 4;
+        // One batch in flight: generating the next batch overlaps with encoding and writing the previous one, and
+        // each append starts only after the previous one finished, so the log holds the batches in generation
+        // order (several concurrent appends could reach the log in any order, and identity applies `$set` in log
+        // order: the same seed gave different person properties). Written batches come back and are refilled in
+        // place, so steady state allocates nothing per event.
         let mut in_flight = std::collections::VecDeque::new();
         let mut spare: Vec<Vec<Event>> = Vec::new();
         let mut written = 0u64;
@@ -1288,19 +1290,18 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             if generator.fill(&mut batch, args.batch) == 0 {
                 break;
             }
+            if let Some(task) = in_flight.pop_front() {
+                let (result, done): (Result<u64, _>, Vec<Event>) = task.await?;
+                result.context("writing to the intake log")?;
+                written += done.len() as u64;
+                progress.update(written);
+                spare.push(done);
+            }
             let writer = intake.clone();
             in_flight.push_back(tokio::spawn(async move {
                 let result = writer.append(&batch).await;
                 (result, batch)
             }));
-            while in_flight.len() >= IN_FLIGHT {
-                let task = in_flight.pop_front().expect("non-empty");
-                let (result, batch) = task.await?;
-                result.context("writing to the intake log")?;
-                written += batch.len() as u64;
-                progress.update(written);
-                spare.push(batch);
-            }
         }
         while let Some(task) = in_flight.pop_front() {
             let (result, batch) = task.await?;
