@@ -6,13 +6,18 @@
 //! matches (by event name, looked up once per event name); the partitions the date range needs become the kernel's
 //! blocks. Persons are the engine's dense persons (identity merges applied at read time).
 //!
-//! Not yet supported (answered with `400 unsupported`, naming the field, rather than a wrong number): property
-//! filters, breakdowns, cohorts, group aggregation, test-account filters.
+//! Filters on event properties (read column by column from the segments) and on person properties (read once per
+//! query from the metadata store, cached per identity epoch) clear the bit of the rows they reject; see
+//! `insight_filters` for their semantics.
+//!
+//! Not yet supported (answered with `400 unsupported`, naming the field, rather than a wrong number): group-property
+//! filters, cohorts, event- and group-property breakdowns, group aggregation, property math, test-account filters.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use flywheel_engine::table::{Partition, Snapshot, Sorted};
+use flywheel_engine::EngineError;
 use flywheel_kernels as k;
 use flywheel_query::{
     BreakdownBy, EventRef, EventSpec, Filter, FunnelOrder, InsightQuery, Interval, Math,
@@ -25,6 +30,27 @@ use serde_json::{json, Value};
 pub struct Unsupported {
     pub field: String,
     pub message: String,
+}
+
+/// Why a query did not run.
+#[derive(Debug)]
+pub enum RunError {
+    /// The definition asks for something this engine cannot answer (a 400 naming the field).
+    Unsupported(Unsupported),
+    /// Reading the segments failed (a 500).
+    Storage(EngineError),
+}
+
+impl From<Unsupported> for RunError {
+    fn from(u: Unsupported) -> Self {
+        RunError::Unsupported(u)
+    }
+}
+
+impl From<EngineError> for RunError {
+    fn from(e: EngineError) -> Self {
+        RunError::Storage(e)
+    }
 }
 
 fn unsupported(field: impl Into<String>, message: impl Into<String>) -> Unsupported {
@@ -184,6 +210,13 @@ pub fn person_breakdown_key(q: &InsightQuery) -> Option<&str> {
     }
 }
 
+fn person_breakdown_key_of(b: &Option<flywheel_query::Breakdown>) -> Option<&str> {
+    match &b.as_ref()?.by {
+        BreakdownBy::Person { property } => Some(property),
+        _ => None,
+    }
+}
+
 fn check_breakdown(b: &Option<flywheel_query::Breakdown>) -> Result<(), Unsupported> {
     match b.as_ref().map(|b| &b.by) {
         None | Some(BreakdownBy::Person { .. }) => Ok(()),
@@ -200,15 +233,40 @@ struct Prepared {
     mask: Vec<u64>,
 }
 
+/// Person-property columns a query needs, by key.
+pub type Columns = std::collections::HashMap<String, Arc<PersonColumn>>;
+
+/// A compiled filter and where its value comes from.
+enum Source {
+    /// The event's property: evaluated per partition.
+    Event,
+    /// The person's property: evaluated once per dense person.
+    Person(Vec<bool>),
+}
+
 /// The event specs of a query, compiled against a snapshot's event dictionary.
 struct Specs {
     /// Per event-name index: the bits of the specs that accept it.
     by_event: Vec<u64>,
+    /// Distinct filters of all specs.
+    filters: Vec<(crate::insight_filters::Compiled, Source)>,
+    /// Per spec bit: the indexes into `filters` that must hold.
+    needs: Vec<Vec<usize>>,
 }
 
 impl Specs {
-    fn new(snap: &Snapshot, specs: &[(&EventSpec, String)]) -> Result<Specs, Unsupported> {
+    /// `common` filters apply to every spec.
+    fn new(
+        snap: &Snapshot,
+        specs: &[(&EventSpec, String)],
+        common: &[Filter],
+        columns: &Columns,
+    ) -> Result<Specs, Unsupported> {
         let mut by_event = vec![0u64; snap.events.len()];
+        let mut filters: Vec<(crate::insight_filters::Compiled, Source)> = Vec::new();
+        let mut seen: Vec<&flywheel_query::PropertyFilter> = Vec::new();
+        let mut needs = Vec::new();
+        check_filters(common, "properties")?;
         for (bit, (spec, field)) in specs.iter().enumerate() {
             check_filters(&spec.properties, &format!("{field}.properties"))?;
             match &spec.event {
@@ -219,12 +277,56 @@ impl Specs {
                     }
                 }
             }
+            let mut mine = Vec::new();
+            for f in spec.properties.iter().chain(common) {
+                let Filter::Property(pf) = f else { continue };
+                let at = match seen.iter().position(|x| *x == pf) {
+                    Some(at) => at,
+                    None => {
+                        let compiled = crate::insight_filters::Compiled::new(pf);
+                        let source = match pf.property_type {
+                            flywheel_query::PropertyType::Person => {
+                                let col = columns.get(&pf.key);
+                                let pass = snap
+                                    .person_ids
+                                    .iter()
+                                    .map(|id| {
+                                        let v =
+                                            col.and_then(|c| c.by_person.get(id)).map(|&code| {
+                                                Value::String(
+                                                    col.expect("column").values[code as usize]
+                                                        .clone(),
+                                                )
+                                            });
+                                        compiled.matches(v.as_ref())
+                                    })
+                                    .collect();
+                                Source::Person(pass)
+                            }
+                            _ => Source::Event,
+                        };
+                        seen.push(pf);
+                        filters.push((compiled, source));
+                        filters.len() - 1
+                    }
+                };
+                mine.push(at);
+            }
+            needs.push(mine);
         }
-        Ok(Specs { by_event })
+        Ok(Specs {
+            by_event,
+            filters,
+            needs,
+        })
     }
 
     /// The partitions overlapping `[from, to)` (all of them for `None`), sorted and masked.
-    fn prepare(&self, snap: &Snapshot, range: Option<(i64, i64)>) -> Vec<Prepared> {
+    fn prepare(
+        &self,
+        snap: &Snapshot,
+        range: Option<(i64, i64)>,
+    ) -> Result<Vec<Prepared>, EngineError> {
         let parts: Vec<&Arc<Partition>> = match range {
             Some((from, to)) => snap.partitions_in(from, to).map(|(_, p)| p).collect(),
             None => snap.partitions.values().collect(),
@@ -233,12 +335,45 @@ impl Specs {
             .into_iter()
             .map(|p| {
                 let sorted = p.sorted(&snap.resolved);
-                let mask = sorted
+                let mut mask: Vec<u64> = sorted
                     .event
                     .iter()
                     .map(|&e| self.by_event[e as usize])
                     .collect();
-                Prepared { sorted, mask }
+                if !self.filters.is_empty() {
+                    // Which rows pass each filter (event filters in storage order, person filters by person).
+                    let mut event_pass: Vec<Option<Vec<bool>>> =
+                        Vec::with_capacity(self.filters.len());
+                    for (f, source) in &self.filters {
+                        event_pass.push(match source {
+                            Source::Event => Some(crate::insight_filters::event_pass(snap, p, f)?),
+                            Source::Person(_) => None,
+                        });
+                    }
+                    for (bit, needs) in self.needs.iter().enumerate() {
+                        for &fi in needs {
+                            let clear = !(1u64 << bit);
+                            match (&self.filters[fi].1, &event_pass[fi]) {
+                                (Source::Person(pass), _) => {
+                                    for (m, &person) in mask.iter_mut().zip(&sorted.person) {
+                                        if !pass[person as usize] {
+                                            *m &= clear;
+                                        }
+                                    }
+                                }
+                                (Source::Event, Some(pass)) => {
+                                    for (m, &row) in mask.iter_mut().zip(&sorted.order) {
+                                        if !pass[row as usize] {
+                                            *m &= clear;
+                                        }
+                                    }
+                                }
+                                (Source::Event, None) => {}
+                            }
+                        }
+                    }
+                }
+                Ok(Prepared { sorted, mask })
             })
             .collect()
     }
@@ -258,23 +393,84 @@ fn blocks(prepared: &[Prepared]) -> Vec<k::Block<'_>> {
 }
 
 fn check_filters(filters: &[Filter], field: &str) -> Result<(), Unsupported> {
-    if filters.is_empty() {
-        Ok(())
-    } else {
-        Err(unsupported(
-            field,
-            "property and cohort filters are not supported by the embedded engine yet",
-        ))
+    for (i, f) in filters.iter().enumerate() {
+        match f {
+            Filter::Cohort { .. } => {
+                return Err(unsupported(
+                    format!("{field}[{i}]"),
+                    "cohort filters are not supported by the embedded engine yet",
+                )
+                .into())
+            }
+            Filter::Property(p) if p.property_type == flywheel_query::PropertyType::Group => {
+                return Err(unsupported(
+                    format!("{field}[{i}].type"),
+                    "group-property filters are not supported by the embedded engine yet",
+                )
+                .into())
+            }
+            Filter::Property(_) => {}
+        }
     }
+    Ok(())
+}
+
+/// The person properties a query reads (breakdown and filters), to load before running it.
+pub fn person_keys(q: &InsightQuery) -> Vec<String> {
+    let mut filters: Vec<&Filter> = Vec::new();
+    let mut specs: Vec<&EventSpec> = Vec::new();
+    let common: &[Filter] = match q {
+        InsightQuery::Trends(t) => {
+            for s in &t.series {
+                filters.extend(&s.properties);
+            }
+            &t.common.properties
+        }
+        InsightQuery::Funnel(f) => {
+            specs.extend(&f.steps);
+            specs.extend(f.exclusions.iter().map(|x| &x.step));
+            &f.common.properties
+        }
+        InsightQuery::Retention(r) => {
+            specs.push(&r.start_event);
+            specs.push(&r.return_event);
+            &r.properties
+        }
+        InsightQuery::Stickiness(s) => {
+            specs.push(&s.event);
+            &s.common.properties
+        }
+        InsightQuery::Lifecycle(l) => {
+            specs.push(&l.event);
+            &l.common.properties
+        }
+    };
+    filters.extend(common);
+    for s in specs {
+        filters.extend(&s.properties);
+    }
+    let mut keys: Vec<String> = filters
+        .into_iter()
+        .filter_map(|f| match f {
+            Filter::Property(p) if p.property_type == flywheel_query::PropertyType::Person => {
+                Some(p.key.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    keys.extend(person_breakdown_key(q).map(str::to_owned));
+    keys.sort();
+    keys.dedup();
+    keys
 }
 
 fn check_common(c: &flywheel_query::Common) -> Result<(), Unsupported> {
-    check_filters(&c.properties, "properties")?;
     if c.filter_test_accounts {
         return Err(unsupported(
             "filter_test_accounts",
             "test-account filters are not configurable yet",
-        ));
+        )
+        .into());
     }
     Ok(())
 }
@@ -320,8 +516,8 @@ pub fn run(
     q: &InsightQuery,
     now: DateTime<Utc>,
     threads: usize,
-    column: Option<&PersonColumn>,
-) -> Result<Value, Unsupported> {
+    columns: &Columns,
+) -> Result<Value, RunError> {
     let empty;
     let snap = match snap {
         Some(s) => s,
@@ -332,13 +528,13 @@ pub fn run(
     };
     let range = q
         .resolve(now, &Utc)
-        .map_err(|e| unsupported(e.field, e.message))?;
+        .map_err(|e| RunError::Unsupported(unsupported(e.field, e.message)))?;
     let mut out = match q {
-        InsightQuery::Trends(t) => trends(snap, t, &range, threads, column),
-        InsightQuery::Funnel(f) => funnel(snap, f, &range, threads, column),
-        InsightQuery::Retention(r) => retention(snap, r, &range, threads, column),
-        InsightQuery::Stickiness(s) => stickiness(snap, s, &range, threads),
-        InsightQuery::Lifecycle(l) => lifecycle(snap, l, &range, threads),
+        InsightQuery::Trends(t) => trends(snap, t, &range, threads, columns),
+        InsightQuery::Funnel(f) => funnel(snap, f, &range, threads, columns),
+        InsightQuery::Retention(r) => retention(snap, r, &range, threads, columns),
+        InsightQuery::Stickiness(s) => stickiness(snap, s, &range, threads, columns),
+        InsightQuery::Lifecycle(l) => lifecycle(snap, l, &range, threads, columns),
     }?;
     // The resolved range, so a client knows exactly which instants were counted.
     out["date_from"] = json!(range
@@ -356,8 +552,8 @@ fn trends(
     t: &flywheel_query::TrendsQuery,
     range: &TimeRange,
     threads: usize,
-    column: Option<&PersonColumn>,
-) -> Result<Value, Unsupported> {
+    columns: &Columns,
+) -> Result<Value, RunError> {
     check_common(&t.common)?;
     check_breakdown(&t.breakdown)?;
     let specs: Vec<(EventSpec, String)> = t
@@ -392,54 +588,57 @@ fn trends(
                 return Err(unsupported(
                     format!("series[{i}].math"),
                     "property math is not supported by the embedded engine yet",
-                ))
+                )
+                .into())
             }
         };
         maths.push(math);
     }
     let refs: Vec<(&EventSpec, String)> = specs.iter().map(|(s, f)| (s, f.clone())).collect();
-    let compiled = Specs::new(snap, &refs)?;
+    let compiled = Specs::new(snap, &refs, &t.common.properties, columns)?;
     let all_bits = (1u64 << t.series.len()) - 1;
     let limit = t.breakdown.as_ref().and_then(|b| b.limit).unwrap_or(25) as usize;
     // Per series: one row per breakdown label (a single unlabeled row without a breakdown).
-    let run_range = |range: &TimeRange| -> (Vec<Option<Value>>, Vec<Vec<Vec<f64>>>) {
-        let b = buckets(range);
-        // Rolling windows reach back up to 30 days before the first bucket.
-        let reach = if maths
-            .iter()
-            .any(|m| matches!(m, k::trends::TrendMath::Rolling { .. }))
-        {
-            30 * k::DAY_US
-        } else {
-            0
+    let run_range =
+        |range: &TimeRange| -> Result<(Vec<Option<Value>>, Vec<Vec<Vec<f64>>>), EngineError> {
+            let b = buckets(range);
+            // Rolling windows reach back up to 30 days before the first bucket.
+            let reach = if maths
+                .iter()
+                .any(|m| matches!(m, k::trends::TrendMath::Rolling { .. }))
+            {
+                30 * k::DAY_US
+            } else {
+                0
+            };
+            let prepared = compiled.prepare(snap, Some((us(range.from) - reach, us(range.to))))?;
+            let blocks = blocks(&prepared);
+            let column = person_breakdown_key_of(&t.breakdown).and_then(|k| columns.get(k));
+            let codes = column.map(|col| person_codes(snap, col, &blocks, all_bits, limit));
+            let (source, values, labels) = match &codes {
+                Some(c) => (
+                    k::trends::BreakdownSource::Person(&c.codes),
+                    c.labels.len() as u32,
+                    c.labels.iter().cloned().map(Some).collect(),
+                ),
+                None => (k::trends::BreakdownSource::None, 1, vec![None]),
+            };
+            let per_series = maths
+                .iter()
+                .enumerate()
+                .map(|(bit, &math)| {
+                    let spec = k::trends::TrendSpec {
+                        bit: bit as u32,
+                        math,
+                        buckets: b.clone(),
+                        breakdown: source,
+                        breakdown_values: values,
+                    };
+                    k::trends::trend(&blocks, snap.persons(), threads, &spec)
+                })
+                .collect();
+            Ok((labels, per_series))
         };
-        let prepared = compiled.prepare(snap, Some((us(range.from) - reach, us(range.to))));
-        let blocks = blocks(&prepared);
-        let codes = column.map(|col| person_codes(snap, col, &blocks, all_bits, limit));
-        let (source, values, labels) = match &codes {
-            Some(c) => (
-                k::trends::BreakdownSource::Person(&c.codes),
-                c.labels.len() as u32,
-                c.labels.iter().cloned().map(Some).collect(),
-            ),
-            None => (k::trends::BreakdownSource::None, 1, vec![None]),
-        };
-        let per_series = maths
-            .iter()
-            .enumerate()
-            .map(|(bit, &math)| {
-                let spec = k::trends::TrendSpec {
-                    bit: bit as u32,
-                    math,
-                    buckets: b.clone(),
-                    breakdown: source,
-                    breakdown_values: values,
-                };
-                k::trends::trend(&blocks, snap.persons(), threads, &spec)
-            })
-            .collect();
-        (labels, per_series)
-    };
     let render = |range: &TimeRange,
                   (labels, values): (Vec<Option<Value>>, Vec<Vec<Vec<f64>>>),
                   compare: Option<&str>|
@@ -483,10 +682,10 @@ fn trends(
         }
         out
     };
-    let mut result = render(range, run_range(range), t.compare.then_some("current"));
+    let mut result = render(range, run_range(range)?, t.compare.then_some("current"));
     if t.compare {
         let previous = range.previous_period(&Utc);
-        result.extend(render(&previous, run_range(&previous), Some("previous")));
+        result.extend(render(&previous, run_range(&previous)?, Some("previous")));
     }
     Ok(json!({ "kind": "trends", "result": result }))
 }
@@ -496,15 +695,16 @@ fn funnel(
     f: &flywheel_query::FunnelQuery,
     range: &TimeRange,
     threads: usize,
-    column: Option<&PersonColumn>,
-) -> Result<Value, Unsupported> {
+    columns: &Columns,
+) -> Result<Value, RunError> {
     check_common(&f.common)?;
     check_breakdown(&f.breakdown)?;
     if matches!(f.aggregation, Some(flywheel_query::Aggregation::Group(_))) {
         return Err(unsupported(
             "aggregation",
             "group aggregation is not supported by the embedded engine yet",
-        ));
+        )
+        .into());
     }
     let mut specs: Vec<(&EventSpec, String)> = f
         .steps
@@ -515,7 +715,7 @@ fn funnel(
     for (i, x) in f.exclusions.iter().enumerate() {
         specs.push((&x.step, format!("exclusions[{i}]")));
     }
-    let compiled = Specs::new(snap, &specs)?;
+    let compiled = Specs::new(snap, &specs, &f.common.properties, columns)?;
     let window = f
         .conversion_window
         .unwrap_or(flywheel_query::ConversionWindow::DEFAULT)
@@ -523,10 +723,11 @@ fn funnel(
         .num_microseconds()
         .unwrap_or(i64::MAX / 4);
     let (from, to) = (us(range.from), us(range.to));
-    let prepared = compiled.prepare(snap, Some((from, to.saturating_add(window))));
+    let prepared = compiled.prepare(snap, Some((from, to.saturating_add(window))))?;
     let blocks = blocks(&prepared);
     let steps = f.steps.len();
     let limit = f.breakdown.as_ref().and_then(|b| b.limit).unwrap_or(25) as usize;
+    let column = person_breakdown_key_of(&f.breakdown).and_then(|k| columns.get(k));
     let codes = column.map(|col| person_codes(snap, col, &blocks, 1, limit));
     let spec = k::funnel::FunnelSpec {
         steps: (0..steps as u32).collect(),
@@ -638,27 +839,29 @@ fn retention(
     r: &flywheel_query::RetentionQuery,
     range: &TimeRange,
     threads: usize,
-    column: Option<&PersonColumn>,
-) -> Result<Value, Unsupported> {
+    columns: &Columns,
+) -> Result<Value, RunError> {
     check_filters(&r.properties, "properties")?;
     if r.filter_test_accounts {
         return Err(unsupported(
             "filter_test_accounts",
             "test-account filters are not configurable yet",
-        ));
+        )
+        .into());
     }
     check_breakdown(&r.breakdown)?;
     if matches!(r.aggregation, Some(flywheel_query::Aggregation::Group(_))) {
         return Err(unsupported(
             "aggregation",
             "group aggregation is not supported by the embedded engine yet",
-        ));
+        )
+        .into());
     }
     let specs = [
         (&r.start_event, "start_event".to_string()),
         (&r.return_event, "return_event".to_string()),
     ];
-    let compiled = Specs::new(snap, &specs)?;
+    let compiled = Specs::new(snap, &specs, &r.properties, columns)?;
     let cohorting = match r.cohort.unwrap_or(RetentionCohort::FirstTime) {
         RetentionCohort::FirstTime => k::retention::Cohorting::FirstTime,
         RetentionCohort::Recurring => k::retention::Cohorting::Recurring,
@@ -666,14 +869,15 @@ fn retention(
     // First-time cohorts need every earlier event (a person's first start event may precede the range).
     let prepared = match cohorting {
         k::retention::Cohorting::FirstTime => {
-            compiled.prepare(snap, Some((i64::MIN / 2, us(range.to))))
+            compiled.prepare(snap, Some((i64::MIN / 2, us(range.to))))?
         }
         k::retention::Cohorting::Recurring => {
-            compiled.prepare(snap, Some((us(range.from), us(range.to))))
+            compiled.prepare(snap, Some((us(range.from), us(range.to))))?
         }
     };
     let blocks = blocks(&prepared);
     let limit = r.breakdown.as_ref().and_then(|b| b.limit).unwrap_or(25) as usize;
+    let column = person_breakdown_key_of(&r.breakdown).and_then(|k| columns.get(k));
     let codes = column.map(|col| person_codes(snap, col, &blocks, 1, limit));
     let spec = k::retention::RetentionSpec {
         start_bit: 0,
@@ -724,10 +928,16 @@ fn stickiness(
     s: &flywheel_query::StickinessQuery,
     range: &TimeRange,
     threads: usize,
-) -> Result<Value, Unsupported> {
+    columns: &Columns,
+) -> Result<Value, RunError> {
     check_common(&s.common)?;
-    let compiled = Specs::new(snap, &[(&s.event, "event".to_string())])?;
-    let prepared = compiled.prepare(snap, Some((us(range.from), us(range.to))));
+    let compiled = Specs::new(
+        snap,
+        &[(&s.event, "event".to_string())],
+        &s.common.properties,
+        columns,
+    )?;
+    let prepared = compiled.prepare(snap, Some((us(range.from), us(range.to))))?;
     let blocks = blocks(&prepared);
     let b = buckets(range);
     let counts = k::stickiness::stickiness(
@@ -763,11 +973,17 @@ fn lifecycle(
     l: &flywheel_query::LifecycleQuery,
     range: &TimeRange,
     threads: usize,
-) -> Result<Value, Unsupported> {
+    columns: &Columns,
+) -> Result<Value, RunError> {
     check_common(&l.common)?;
-    let compiled = Specs::new(snap, &[(&l.event, "event".to_string())])?;
+    let compiled = Specs::new(
+        snap,
+        &[(&l.event, "event".to_string())],
+        &l.common.properties,
+        columns,
+    )?;
     // "New" needs every earlier event.
-    let prepared = compiled.prepare(snap, Some((i64::MIN / 2, us(range.to))));
+    let prepared = compiled.prepare(snap, Some((i64::MIN / 2, us(range.to))))?;
     let blocks = blocks(&prepared);
     let b = buckets(range);
     let first = range
@@ -816,33 +1032,34 @@ pub async fn post_insight(
         .with_errors(json!(errors))
     })?;
     let complete = state.tables_catch_up().await;
-    let column = match person_breakdown_key(&query) {
-        Some(key) => Some(
-            state
-                .insights
-                .person_column(&state.store, project_id, key, state.flags.subjects.epoch())
-                .await?,
-        ),
-        None => None,
-    };
+    let epoch = state.flags.subjects.epoch();
+    let mut columns = Columns::new();
+    for key in person_keys(&query) {
+        let col = state
+            .insights
+            .person_column(&state.store, project_id, &key, epoch)
+            .await?;
+        columns.insert(key, col);
+    }
     let snapshot = state.tables.snapshot(project_id);
     let now = state.clock.now();
     let started = std::time::Instant::now();
     let threads = k::default_threads();
-    let result = tokio::task::spawn_blocking(move || {
-        run(snapshot.as_ref(), &query, now, threads, column.as_deref())
-    })
-    .await
-    .map_err(ApiError::internal)?;
+    let result =
+        tokio::task::spawn_blocking(move || run(snapshot.as_ref(), &query, now, threads, &columns))
+            .await
+            .map_err(ApiError::internal)?;
     match result {
         Ok(mut v) => {
             v["complete"] = json!(complete);
             v["query_ms"] = json!(started.elapsed().as_secs_f64() * 1e3);
             Ok(axum::Json(v))
         }
-        Err(u) => Err(
-            ApiError::bad_request("unsupported", format!("{}: {}", u.field, u.message))
-                .with_errors(json!([{"field": u.field, "message": u.message}])),
-        ),
+        Err(RunError::Unsupported(u)) => Err(ApiError::bad_request(
+            "unsupported",
+            format!("{}: {}", u.field, u.message),
+        )
+        .with_errors(json!([{"field": u.field, "message": u.message}]))),
+        Err(RunError::Storage(e)) => Err(ApiError::internal(e)),
     }
 }

@@ -11,6 +11,7 @@ pub mod events_table;
 pub mod exposure;
 pub mod features;
 pub mod identity;
+pub mod insight_filters;
 pub mod insights;
 pub mod metrics_names;
 pub mod ofrep;

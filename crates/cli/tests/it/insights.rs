@@ -17,6 +17,7 @@ struct Owned {
     person: u64,
     ts_us: i64,
     event: String,
+    props: serde_json::Map<String, Value>,
 }
 
 fn post(serve: &Serve, key: &str, path: &str, body: &Value) -> (u16, Value) {
@@ -134,6 +135,7 @@ fn ground_rows(dir: &std::path::Path, project: i64) -> (Vec<Owned>, HashMap<u64,
                 person,
                 ts_us: e.timestamp_us,
                 event: e.event.to_owned(),
+                props: serde_json::from_str(e.properties).unwrap(),
             });
         }
     }
@@ -144,10 +146,25 @@ fn ground_rows(dir: &std::path::Path, project: i64) -> (Vec<Owned>, HashMap<u64,
 /// The ground truth's inputs: every event with its person, and each person's current `plan`.
 struct Ctx<'a> {
     rows: Vec<truth::Row<'a>>,
+    /// The events' properties, parallel to `rows`.
+    props: Vec<&'a serde_json::Map<String, Value>>,
     plan_of: HashMap<u64, String>,
 }
 
 impl<'a> Ctx<'a> {
+    /// The rows whose event properties satisfy `keep`.
+    fn where_props(
+        &self,
+        keep: impl Fn(&serde_json::Map<String, Value>) -> bool,
+    ) -> Vec<truth::Row<'a>> {
+        self.rows
+            .iter()
+            .zip(&self.props)
+            .filter(|(_, p)| keep(p))
+            .map(|(r, _)| *r)
+            .collect()
+    }
+
     /// The rows of the persons whose plan is `label` (`null`: no plan).
     fn with_plan(&self, label: &Value) -> Vec<truth::Row<'a>> {
         self.rows
@@ -407,6 +424,77 @@ fn checks() -> Vec<Check> {
                 (json!(want), json!(got))
             },
         ),
+        (
+            "trends",
+            with(json!({"series": [
+                {"event": "$pageview", "properties": [{"key": "$browser", "value": ["Chrome", "Safari"]}]},
+                {"event": "$pageview", "math": "dau", "properties": [{"key": "load_ms", "operator": "gt", "value": 1500}]},
+                {"event": "$pageview", "math": "dau", "properties": [{"key": "$current_url", "operator": "contains", "value": "PRICING"}]},
+            ]})),
+            |c, _q, v| {
+                let r = range_of(v);
+                let browser = c.where_props(|p| {
+                    matches!(
+                        p.get("$browser").and_then(Value::as_str),
+                        Some("Chrome" | "Safari")
+                    )
+                });
+                let slow = c.where_props(|p| {
+                    p.get("load_ms")
+                        .and_then(Value::as_f64)
+                        .is_some_and(|x| x > 1500.0)
+                });
+                let pricing = c.where_props(|p| {
+                    p.get("$current_url")
+                        .and_then(Value::as_str)
+                        .is_some_and(|u| u.to_lowercase().contains("pricing"))
+                });
+                assert!(!slow.is_empty() && !pricing.is_empty() && !browser.is_empty());
+                let want = json!([
+                    truth::total(&browser, "$pageview", r, truth::Interval::Day),
+                    truth::unique_persons(&slow, "$pageview", r, truth::Interval::Day),
+                    truth::unique_persons(&pricing, "$pageview", r, truth::Interval::Day),
+                ]);
+                let res = &v["result"];
+                (
+                    want,
+                    json!([
+                        counts(&res[0]["data"]),
+                        counts(&res[1]["data"]),
+                        counts(&res[2]["data"])
+                    ]),
+                )
+            },
+        ),
+        (
+            "funnel",
+            with(json!({
+                "steps": [{"event": "signed_up"}, {"event": "project_created"}, {"event": "trial_started"}],
+                "properties": [{"key": "plan", "type": "person", "operator": "is_not", "value": "free"}],
+            })),
+            |c, _q, v| {
+                let rows: Vec<truth::Row<'_>> = c
+                    .rows
+                    .iter()
+                    .filter(|r| c.plan_of.get(&r.person).map(String::as_str) != Some("free"))
+                    .copied()
+                    .collect();
+                let want = truth::funnel(
+                    &rows,
+                    &["signed_up", "project_created", "trial_started"],
+                    14 * truth::DAY_US,
+                    truth::Order::Ordered,
+                    range_of(v),
+                );
+                let got: Vec<u64> = v["result"]["steps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s["count"].as_u64().unwrap())
+                    .collect();
+                (json!(want), json!(got))
+            },
+        ),
     ]
 }
 
@@ -515,7 +603,12 @@ fn check_seed(seed: &str) {
             event: &o.event,
         })
         .collect();
-    let ctx = Ctx { rows, plan_of };
+    let props = owned.iter().map(|o| &o.props).collect();
+    let ctx = Ctx {
+        rows,
+        props,
+        plan_of,
+    };
     for ((kind, q, check), answer) in checks().iter().zip(&answers) {
         let (want, got) = check(&ctx, q, answer);
         assert_eq!(got, want, "seed {seed}, {kind} {q}");
