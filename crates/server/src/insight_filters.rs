@@ -107,18 +107,27 @@ pub fn event_pass(
     part: &Partition,
     filter: &Compiled,
 ) -> Result<Vec<bool>, EngineError> {
+    map_event_property(snap, part, &filter.key, filter.matches(None), |v| {
+        filter.matches(Some(v))
+    })
+}
+
+/// `f` of the event property `key` of every row of `part`, in storage order; `missing` where the row does not
+/// have it (or has `null`). A dictionary-encoded column calls `f` once per distinct value.
+pub fn map_event_property<T: Clone>(
+    snap: &Snapshot,
+    part: &Partition,
+    key: &str,
+    missing: T,
+    mut f: impl FnMut(&Value) -> T,
+) -> Result<Vec<T>, EngineError> {
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Float64Type, Int32Type};
     use arrow_array::Array;
     use arrow_schema::DataType;
 
-    let mut out = vec![false; part.len()];
-    let column = format!(
-        "{}{}",
-        flywheel_engine::columnar::PROPERTY_PREFIX,
-        filter.key
-    );
-    let missing = filter.matches(None);
+    let mut out = vec![missing.clone(); part.len()];
+    let column = format!("{}{}", flywheel_engine::columnar::PROPERTY_PREFIX, key);
     for (file, rows) in part.segments() {
         let batches = flywheel_engine::columnar::read_segment(
             &snap.dir.join(file),
@@ -127,63 +136,55 @@ pub fn event_pass(
         let mut at = rows.start;
         for b in &batches {
             let n = b.num_rows();
-            match b.column_by_name(&column) {
-                None => out[at..at + n].fill(missing),
-                Some(c) => match c.data_type() {
+            if let Some(c) = b.column_by_name(&column) {
+                let slots = &mut out[at..at + n];
+                match c.data_type() {
                     DataType::Dictionary(_, _) => {
                         let dict = c.as_dictionary::<Int32Type>();
                         let values = dict.values().as_string::<i32>();
-                        let pass: Vec<bool> = (0..values.len())
-                            .map(|i| {
-                                filter.matches(Some(&Value::String(values.value(i).to_owned())))
-                            })
+                        let mapped: Vec<T> = (0..values.len())
+                            .map(|i| f(&Value::String(values.value(i).to_owned())))
                             .collect();
-                        for (i, k) in dict.keys().iter().enumerate() {
-                            out[at + i] = match k {
-                                Some(k) => pass[k as usize],
-                                None => missing,
-                            };
+                        for (slot, k) in slots.iter_mut().zip(dict.keys().iter()) {
+                            if let Some(k) = k {
+                                *slot = mapped[k as usize].clone();
+                            }
                         }
                     }
                     DataType::Float64 => {
                         let a = c.as_primitive::<Float64Type>();
-                        for i in 0..n {
-                            out[at + i] = if a.is_null(i) {
-                                missing
-                            } else {
+                        for (i, slot) in slots.iter_mut().enumerate() {
+                            if !a.is_null(i) {
                                 let x = a.value(i);
                                 let v = if x.fract() == 0.0 && x.abs() <= (1u64 << 53) as f64 {
                                     Value::from(x as i64)
                                 } else {
                                     Value::from(x)
                                 };
-                                filter.matches(Some(&v))
-                            };
+                                *slot = f(&v);
+                            }
                         }
                     }
                     DataType::Boolean => {
                         let a = c.as_boolean();
-                        for i in 0..n {
-                            out[at + i] = if a.is_null(i) {
-                                missing
-                            } else {
-                                filter.matches(Some(&Value::Bool(a.value(i))))
-                            };
+                        for (i, slot) in slots.iter_mut().enumerate() {
+                            if !a.is_null(i) {
+                                *slot = f(&Value::Bool(a.value(i)));
+                            }
                         }
                     }
                     _ => {
                         let a = c.as_string::<i32>();
-                        for i in 0..n {
-                            out[at + i] = if a.is_null(i) {
-                                missing
-                            } else {
-                                let v: Value =
-                                    serde_json::from_str(a.value(i)).unwrap_or(Value::Null);
-                                filter.matches(Some(&v))
-                            };
+                        for (i, slot) in slots.iter_mut().enumerate() {
+                            if !a.is_null(i) {
+                                match serde_json::from_str::<Value>(a.value(i)) {
+                                    Ok(Value::Null) | Err(_) => {}
+                                    Ok(v) => *slot = f(&v),
+                                }
+                            }
                         }
                     }
-                },
+                }
             }
             at += n;
         }
@@ -191,13 +192,19 @@ pub fn event_pass(
     let sealed = part.len() - part.tail_len();
     for (row, slot) in out.iter_mut().enumerate().skip(sealed) {
         let props = part.tail_properties(row).unwrap_or("{}");
-        let v = match serde_json::from_str::<Value>(props) {
-            Ok(Value::Object(mut m)) => m.remove(&filter.key),
-            _ => None,
-        };
-        *slot = filter.matches(v.as_ref());
+        if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(props) {
+            match m.get(key) {
+                None | Some(Value::Null) => {}
+                Some(v) => *slot = f(v),
+            }
+        }
     }
     Ok(out)
+}
+
+/// A number from a property value (a string holding a number counts).
+pub fn number_of(v: &Value) -> Option<f64> {
+    number(v)
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@
 //! `insight_filters` for their semantics.
 //!
 //! Not yet supported (answered with `400 unsupported`, naming the field, rather than a wrong number): group-property
-//! filters, cohorts, event- and group-property breakdowns, group aggregation, property math, test-account filters.
+//! filters, cohorts, group breakdowns (and event breakdowns outside trends), group aggregation, test-account
+//! filters.
 
 use std::sync::Arc;
 
@@ -160,18 +161,30 @@ fn person_codes(
             }
         }
     }
+    let (remap, labels) = rank_codes(&counts, &col.values, limit);
+    PersonCodes {
+        codes: raw.iter().map(|&c| remap[c as usize]).collect(),
+        labels,
+    }
+}
+
+/// Ranks breakdown values by their matching rows (`counts[i]` for value `i`, the last entry for rows without a
+/// value): the top `limit` values with rows keep a code each (most rows first, then by value), the rest share
+/// [`BREAKDOWN_OTHER`], rows without a value get the `null` code. Returns the old → new code map and the labels.
+fn rank_codes(counts: &[u64], values: &[String], limit: usize) -> (Vec<u32>, Vec<Value>) {
+    let none = values.len() as u32;
     let mut ranked: Vec<u32> = (0..none).filter(|&c| counts[c as usize] > 0).collect();
     ranked.sort_by(|&a, &b| {
         counts[b as usize]
             .cmp(&counts[a as usize])
-            .then_with(|| col.values[a as usize].cmp(&col.values[b as usize]))
+            .then_with(|| values[a as usize].cmp(&values[b as usize]))
     });
     let kept = ranked.len().min(limit);
-    let mut remap = vec![u32::MAX; col.values.len() + 1];
+    let mut remap = vec![u32::MAX; values.len() + 1];
     let mut labels: Vec<Value> = Vec::new();
     for (i, &c) in ranked[..kept].iter().enumerate() {
         remap[c as usize] = i as u32;
-        labels.push(Value::String(col.values[c as usize].clone()));
+        labels.push(Value::String(values[c as usize].clone()));
     }
     if ranked.len() > kept {
         let other = labels.len() as u32;
@@ -180,20 +193,88 @@ fn person_codes(
         }
         labels.push(Value::String(BREAKDOWN_OTHER.into()));
     }
+    // Values without matching rows count nowhere: any code will do; they share the null row's.
     let none_code = labels.len() as u32;
-    remap[none as usize] = none_code;
     labels.push(Value::Null);
-    // Values without matching rows (not ranked) still need a code: they count nowhere, so "other" or none is
-    // irrelevant; send them to the null row only if they have no rows (they then add nothing).
     for r in remap.iter_mut() {
         if *r == u32::MAX {
             *r = none_code;
         }
     }
-    PersonCodes {
-        codes: raw.iter().map(|&c| remap[c as usize]).collect(),
-        labels,
+    (remap, labels)
+}
+
+/// Event-property breakdown codes for prepared partitions: per partition, a code per sorted row (see
+/// [`rank_codes`]), and the labels.
+fn event_codes(
+    snap: &Snapshot,
+    prepared: &[Prepared],
+    key: &str,
+    bits: u64,
+    limit: usize,
+) -> Result<(Vec<Vec<u32>>, Vec<Value>), EngineError> {
+    let mut index: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+    let mut values: Vec<String> = Vec::new();
+    let mut per_part = Vec::with_capacity(prepared.len());
+    for p in prepared {
+        let storage =
+            crate::insight_filters::map_event_property(snap, &p.part, key, u32::MAX, |v| {
+                let label = label_of(v);
+                let next = values.len() as u32;
+                *index.entry(label.clone()).or_insert_with(|| {
+                    values.push(label);
+                    next
+                })
+            })?;
+        per_part.push(
+            p.sorted
+                .order
+                .iter()
+                .map(|&r| storage[r as usize])
+                .collect::<Vec<u32>>(),
+        );
     }
+    let none = values.len() as u32;
+    let mut counts = vec![0u64; values.len() + 1];
+    for (p, codes) in prepared.iter().zip(&mut per_part) {
+        for (c, &m) in codes.iter_mut().zip(&p.mask) {
+            if *c == u32::MAX {
+                *c = none;
+            }
+            if m & bits != 0 {
+                counts[*c as usize] += 1;
+            }
+        }
+    }
+    let (remap, labels) = rank_codes(&counts, &values, limit);
+    for codes in &mut per_part {
+        for c in codes.iter_mut() {
+            *c = remap[*c as usize];
+        }
+    }
+    Ok((per_part, labels))
+}
+
+/// Numbers of the event property `key` per sorted row of each prepared partition (`NaN` where there is none).
+fn event_numbers(
+    snap: &Snapshot,
+    prepared: &[Prepared],
+    key: &str,
+) -> Result<Vec<Vec<f64>>, EngineError> {
+    prepared
+        .iter()
+        .map(|p| {
+            let storage =
+                crate::insight_filters::map_event_property(snap, &p.part, key, f64::NAN, |v| {
+                    crate::insight_filters::number_of(v).unwrap_or(f64::NAN)
+                })?;
+            Ok(p.sorted
+                .order
+                .iter()
+                .map(|&r| storage[r as usize])
+                .collect())
+        })
+        .collect()
 }
 
 /// The person column a query needs, if any (its breakdown's property).
@@ -217,18 +298,27 @@ fn person_breakdown_key_of(b: &Option<flywheel_query::Breakdown>) -> Option<&str
     }
 }
 
-fn check_breakdown(b: &Option<flywheel_query::Breakdown>) -> Result<(), Unsupported> {
+fn check_breakdown(
+    b: &Option<flywheel_query::Breakdown>,
+    event_ok: bool,
+) -> Result<(), Unsupported> {
     match b.as_ref().map(|b| &b.by) {
         None | Some(BreakdownBy::Person { .. }) => Ok(()),
+        Some(BreakdownBy::Event { .. }) if event_ok => Ok(()),
         Some(_) => Err(unsupported(
             "breakdown.type",
-            "only person-property breakdowns are supported by the embedded engine yet",
+            if event_ok {
+                "group and cohort breakdowns are not supported by the embedded engine yet"
+            } else {
+                "only person-property breakdowns are supported by the embedded engine for this kind yet"
+            },
         )),
     }
 }
 
 /// One partition prepared for a kernel.
 struct Prepared {
+    part: Arc<Partition>,
     sorted: Arc<Sorted>,
     mask: Vec<u64>,
 }
@@ -373,7 +463,11 @@ impl Specs {
                         }
                     }
                 }
-                Ok(Prepared { sorted, mask })
+                Ok(Prepared {
+                    part: p.clone(),
+                    sorted,
+                    mask,
+                })
             })
             .collect()
     }
@@ -555,7 +649,7 @@ fn trends(
     columns: &Columns,
 ) -> Result<Value, RunError> {
     check_common(&t.common)?;
-    check_breakdown(&t.breakdown)?;
+    check_breakdown(&t.breakdown, true)?;
     let specs: Vec<(EventSpec, String)> = t
         .series
         .iter()
@@ -572,7 +666,7 @@ fn trends(
         })
         .collect();
     let mut maths = Vec::new();
-    for (i, s) in t.series.iter().enumerate() {
+    for s in &t.series {
         let math = match s.math.unwrap_or(Math::Total) {
             Math::Total => k::trends::TrendMath::Total,
             Math::Dau => k::trends::TrendMath::Unique,
@@ -584,13 +678,14 @@ fn trends(
                 Some(PerUserMath::Median) => k::trends::Agg::Median,
                 Some(PerUserMath::Avg) | None => k::trends::Agg::Avg,
             }),
-            _ => {
-                return Err(unsupported(
-                    format!("series[{i}].math"),
-                    "property math is not supported by the embedded engine yet",
-                )
-                .into())
-            }
+            Math::Sum => k::trends::TrendMath::Property(k::trends::Agg::Sum),
+            Math::Avg => k::trends::TrendMath::Property(k::trends::Agg::Avg),
+            Math::Min => k::trends::TrendMath::Property(k::trends::Agg::Min),
+            Math::Max => k::trends::TrendMath::Property(k::trends::Agg::Max),
+            Math::Median => k::trends::TrendMath::Property(k::trends::Agg::Median),
+            Math::P90 => k::trends::TrendMath::Property(k::trends::Agg::P90),
+            Math::P95 => k::trends::TrendMath::Property(k::trends::Agg::P95),
+            Math::P99 => k::trends::TrendMath::Property(k::trends::Agg::P99),
         };
         maths.push(math);
     }
@@ -612,31 +707,55 @@ fn trends(
                 0
             };
             let prepared = compiled.prepare(snap, Some((us(range.from) - reach, us(range.to))))?;
-            let blocks = blocks(&prepared);
+            let plain = blocks(&prepared);
             let column = person_breakdown_key_of(&t.breakdown).and_then(|k| columns.get(k));
-            let codes = column.map(|col| person_codes(snap, col, &blocks, all_bits, limit));
-            let (source, values, labels) = match &codes {
-                Some(c) => (
+            let codes = column.map(|col| person_codes(snap, col, &plain, all_bits, limit));
+            let row_codes = match t.breakdown.as_ref().map(|b| &b.by) {
+                Some(BreakdownBy::Event { property }) => {
+                    Some(event_codes(snap, &prepared, property, all_bits, limit)?)
+                }
+                _ => None,
+            };
+            let (source, values, labels) = match (&codes, &row_codes) {
+                (Some(c), _) => (
                     k::trends::BreakdownSource::Person(&c.codes),
                     c.labels.len() as u32,
                     c.labels.iter().cloned().map(Some).collect(),
                 ),
-                None => (k::trends::BreakdownSource::None, 1, vec![None]),
+                (None, Some((_, labels))) => (
+                    k::trends::BreakdownSource::Row,
+                    labels.len() as u32,
+                    labels.iter().cloned().map(Some).collect(),
+                ),
+                (None, None) => (k::trends::BreakdownSource::None, 1, vec![None]),
             };
-            let per_series = maths
-                .iter()
-                .enumerate()
-                .map(|(bit, &math)| {
-                    let spec = k::trends::TrendSpec {
-                        bit: bit as u32,
-                        math,
-                        buckets: b.clone(),
-                        breakdown: source,
-                        breakdown_values: values,
-                    };
-                    k::trends::trend(&blocks, snap.persons(), threads, &spec)
-                })
-                .collect();
+            let mut per_series = Vec::with_capacity(maths.len());
+            for (bit, &math) in maths.iter().enumerate() {
+                // Property math reads the series' numeric property for every row of the range.
+                let numbers = match (&math, &t.series[bit].math_property) {
+                    (k::trends::TrendMath::Property(_), Some(key)) => {
+                        Some(event_numbers(snap, &prepared, key)?)
+                    }
+                    _ => None,
+                };
+                let blocks: Vec<k::Block<'_>> = plain
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| k::Block {
+                        breakdown: row_codes.as_ref().map(|(c, _)| &c[i][..]),
+                        value: numbers.as_ref().map(|n| &n[i][..]),
+                        ..*b
+                    })
+                    .collect();
+                let spec = k::trends::TrendSpec {
+                    bit: bit as u32,
+                    math,
+                    buckets: b.clone(),
+                    breakdown: source,
+                    breakdown_values: values,
+                };
+                per_series.push(k::trends::trend(&blocks, snap.persons(), threads, &spec));
+            }
             Ok((labels, per_series))
         };
     let render = |range: &TimeRange,
@@ -698,7 +817,7 @@ fn funnel(
     columns: &Columns,
 ) -> Result<Value, RunError> {
     check_common(&f.common)?;
-    check_breakdown(&f.breakdown)?;
+    check_breakdown(&f.breakdown, false)?;
     if matches!(f.aggregation, Some(flywheel_query::Aggregation::Group(_))) {
         return Err(unsupported(
             "aggregation",
@@ -849,7 +968,7 @@ fn retention(
         )
         .into());
     }
-    check_breakdown(&r.breakdown)?;
+    check_breakdown(&r.breakdown, false)?;
     if matches!(r.aggregation, Some(flywheel_query::Aggregation::Group(_))) {
         return Err(unsupported(
             "aggregation",

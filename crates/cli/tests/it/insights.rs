@@ -495,6 +495,115 @@ fn checks() -> Vec<Check> {
                 (json!(want), json!(got))
             },
         ),
+        (
+            "trends",
+            with(
+                json!({"series": [{"event": "$pageview"}], "breakdown": {"type": "event", "property": "$browser", "limit": 3}}),
+            ),
+            |c, _q, v| {
+                let r = range_of(v);
+                let mut got = serde_json::Map::new();
+                let mut want = serde_json::Map::new();
+                let items = v["result"].as_array().unwrap();
+                let named: Vec<String> = items
+                    .iter()
+                    .filter_map(|i| i["breakdown_value"].as_str().map(str::to_owned))
+                    .filter(|l| l != "$$_posthog_breakdown_other_$$")
+                    .collect();
+                assert_eq!(named.len(), 3, "limit 3: {named:?}");
+                for item in items {
+                    let label = &item["breakdown_value"];
+                    got.insert(label.to_string(), json!(counts(&item["data"])));
+                    let rows = c.where_props(|p| {
+                        let b = p.get("$browser").and_then(Value::as_str);
+                        match label.as_str() {
+                            Some("$$_posthog_breakdown_other_$$") => {
+                                b.is_some_and(|b| !named.iter().any(|n| n == b))
+                            }
+                            Some(l) => b == Some(l),
+                            None => b.is_none(),
+                        }
+                    });
+                    want.insert(
+                        label.to_string(),
+                        json!(truth::total(&rows, "$pageview", r, truth::Interval::Day)),
+                    );
+                }
+                assert!(
+                    got.contains_key("\"$$_posthog_breakdown_other_$$\""),
+                    "more than 3 browsers: {got:?}"
+                );
+                (json!(want), json!(got))
+            },
+        ),
+        (
+            "trends",
+            with(json!({"series": [
+                {"event": "$pageview", "math": "sum", "math_property": "load_ms"},
+                {"event": "$pageview", "math": "avg", "math_property": "load_ms"},
+                {"event": "$pageview", "math": "p90", "math_property": "load_ms"},
+                {"event": "$pageview", "math": "max", "math_property": "load_ms"},
+            ]})),
+            |c, _q, v| {
+                let r = range_of(v);
+                let days = truth::buckets(r, truth::Interval::Day);
+                let mut per_day: Vec<Vec<f64>> = vec![Vec::new(); days.len()];
+                for (row, p) in c.rows.iter().zip(&c.props) {
+                    if row.event != "$pageview" || !r.contains(row.ts_us) {
+                        continue;
+                    }
+                    if let Some(x) = p.get("load_ms").and_then(Value::as_f64) {
+                        let d = days
+                            .binary_search(&truth::bucket_start(row.ts_us, truth::Interval::Day))
+                            .unwrap();
+                        per_day[d].push(x);
+                    }
+                }
+                // numpy's default percentile: linear interpolation between closest ranks.
+                let p90 = |xs: &[f64]| {
+                    if xs.is_empty() {
+                        return 0.0;
+                    }
+                    let mut xs = xs.to_vec();
+                    xs.sort_by(f64::total_cmp);
+                    let h = 0.9 * (xs.len() - 1) as f64;
+                    let lo = h.floor() as usize;
+                    let hi = (lo + 1).min(xs.len() - 1);
+                    xs[lo] + (xs[hi] - xs[lo]) * (h - lo as f64)
+                };
+                let round = |x: f64| (x * 1000.0).round() / 1000.0;
+                let want = json!([
+                    per_day
+                        .iter()
+                        .map(|xs| round(xs.iter().sum()))
+                        .collect::<Vec<_>>(),
+                    per_day
+                        .iter()
+                        .map(|xs| round(if xs.is_empty() {
+                            0.0
+                        } else {
+                            xs.iter().sum::<f64>() / xs.len() as f64
+                        }))
+                        .collect::<Vec<_>>(),
+                    per_day.iter().map(|xs| round(p90(xs))).collect::<Vec<_>>(),
+                    per_day
+                        .iter()
+                        .map(|xs| round(xs.iter().copied().fold(0.0, f64::max)))
+                        .collect::<Vec<_>>(),
+                ]);
+                let got: Vec<Vec<f64>> = (0..4)
+                    .map(|i| {
+                        v["result"][i]["data"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|x| round(x.as_f64().unwrap()))
+                            .collect()
+                    })
+                    .collect();
+                (want, json!(got))
+            },
+        ),
     ]
 }
 
