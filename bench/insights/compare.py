@@ -333,7 +333,8 @@ def run_flywheel(args):
     st = proc_status(args.pid) or {}
     out["rss_at_ready_mb"] = st.get("VmRSS", 0) / 1024
     out["hwm_at_ready_mb"] = st.get("VmHWM", 0) / 1024
-    auth = {"Authorization": f"Bearer {key}"}
+    # no-cache: every timed run computes its answer (the server caches complete answers by data version).
+    auth = {"Authorization": f"Bearer {key}", "Cache-Control": "no-cache"}
 
     for name, (kind, body) in flywheel_queries(r).items():
         q = {"kind": kind, "body": body, "runs": []}

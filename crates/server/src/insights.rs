@@ -86,11 +86,27 @@ fn label_of(v: &Value) -> String {
 #[derive(Default)]
 pub struct InsightsCache {
     columns: std::sync::Mutex<std::collections::HashMap<(i64, String), (u64, Arc<PersonColumn>)>>,
+    /// Answers by (project, definition, resolved range, data version, identity epoch): any new event, merge or
+    /// property change makes a different key, so an entry is never stale, only unused.
+    results: std::sync::Mutex<std::collections::HashMap<String, Arc<Value>>>,
 }
 
 const COLUMN_CACHE_ENTRIES: usize = 32;
+const RESULT_CACHE_ENTRIES: usize = 512;
 
 impl InsightsCache {
+    fn result(&self, key: &str) -> Option<Arc<Value>> {
+        self.results.lock().expect("result cache").get(key).cloned()
+    }
+
+    fn keep_result(&self, key: String, value: Arc<Value>) {
+        let mut cache = self.results.lock().expect("result cache");
+        if cache.len() >= RESULT_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, value);
+    }
+
     /// The column of `key` for `project_id`, read from the store unless cached for `epoch`.
     pub async fn person_column(
         &self,
@@ -1129,9 +1145,12 @@ fn lifecycle(
 }
 
 /// `POST /api/v1/projects/{project_id}/insights/{kind}`: runs an insight definition. Waits (bounded) until the
-/// tables hold every event acknowledged before the request, so a client sees its own writes.
+/// tables hold every event acknowledged before the request, so a client sees its own writes. Complete answers are
+/// cached by definition, resolved range and data version (`"cached": true`); `Cache-Control: no-cache` bypasses
+/// the cache.
 pub async fn post_insight(
     axum::extract::State(state): axum::extract::State<crate::state::AppState>,
+    headers: axum::http::HeaderMap,
     caller: crate::api::Caller,
     axum::extract::Path((project_id, kind)): axum::extract::Path<(String, String)>,
     crate::api::JsonBody(body): crate::api::JsonBody<Value>,
@@ -1163,16 +1182,51 @@ pub async fn post_insight(
     let snapshot = state.tables.snapshot(project_id);
     let now = state.clock.now();
     let started = std::time::Instant::now();
+    let range = query.resolve(now, &Utc).map_err(|e| {
+        ApiError::bad_request("validation_error", format!("{}: {}", e.field, e.message))
+            .with_errors(json!([e]))
+    })?;
+    let cache_key = format!(
+        "{project_id}|{}|{}|{}|{}|{epoch}",
+        serde_json::to_string(&query).unwrap_or_default(),
+        range.from.timestamp_micros(),
+        range.to.timestamp_micros(),
+        snapshot.as_ref().map_or(0, |s| s.version),
+    );
+    let respond = |v: &Value, cached: bool| {
+        let mut v = v.clone();
+        v["complete"] = json!(complete);
+        v["cached"] = json!(cached);
+        v["query_ms"] = json!(started.elapsed().as_secs_f64() * 1e3);
+        axum::Json(v)
+    };
+    // `Cache-Control: no-cache` computes the answer again (benchmarks, or a client that distrusts the cache).
+    let no_cache = headers
+        .get_all(axum::http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|d| d.trim().eq_ignore_ascii_case("no-cache"))
+        });
+    if !no_cache {
+        if let Some(hit) = state.insights.result(&cache_key) {
+            return Ok(respond(&hit, true));
+        }
+    }
     let threads = k::default_threads();
     let result =
         tokio::task::spawn_blocking(move || run(snapshot.as_ref(), &query, now, threads, &columns))
             .await
             .map_err(ApiError::internal)?;
     match result {
-        Ok(mut v) => {
-            v["complete"] = json!(complete);
-            v["query_ms"] = json!(started.elapsed().as_secs_f64() * 1e3);
-            Ok(axum::Json(v))
+        Ok(v) => {
+            let v = Arc::new(v);
+            // Only complete answers are kept: an incomplete one is missing events the next call will have.
+            if complete {
+                state.insights.keep_result(cache_key, v.clone());
+            }
+            Ok(respond(&v, false))
         }
         Err(RunError::Unsupported(u)) => Err(ApiError::bad_request(
             "unsupported",

@@ -792,3 +792,69 @@ fn bad_definitions_name_the_field() {
     assert_eq!(status, 401);
     assert!(serve.terminate().success());
 }
+
+/// Answers are cached until the data changes: a second identical query is served from the cache, a new event
+/// makes a fresh answer, and `Cache-Control: no-cache` always computes.
+#[test]
+fn answers_are_cached_until_the_data_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = crate::init(dir.path());
+    let serve = Serve::start(dir.path(), &[]);
+    let capture = |n: usize| {
+        let batch: Vec<Value> = (0..n)
+            .map(|i| json!({"event": "opened", "distinct_id": format!("u{i}")}))
+            .collect();
+        let body = json!({"api_key": keys.project_key, "batch": batch}).to_string();
+        let (status, _) = http(
+            &serve.addr,
+            "POST",
+            "/batch",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(status, 200);
+    };
+    let path = format!("/api/v1/projects/{}/insights/trends", keys.project_id);
+    let body = json!({"series": [{"event": "opened", "math": "dau"}], "date_from": "-1d"});
+    let ask = |headers: &[(&str, &str)]| -> Value {
+        let auth = format!("Bearer {}", keys.personal_key);
+        let mut all = vec![
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ];
+        all.extend_from_slice(headers);
+        let (status, out) = http(
+            &serve.addr,
+            "POST",
+            &path,
+            &all,
+            body.to_string().as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(status, 200);
+        serde_json::from_slice(&out).unwrap()
+    };
+    let today = |v: &Value| {
+        v["result"][0]["data"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .as_f64()
+            .unwrap()
+    };
+    capture(3);
+    let first = ask(&[]);
+    assert_eq!(first["cached"], false);
+    assert_eq!(today(&first), 3.0);
+    let second = ask(&[]);
+    assert_eq!(second["cached"], true);
+    assert_eq!(second["result"], first["result"]);
+    assert_eq!(ask(&[("Cache-Control", "no-cache")])["cached"], false);
+    capture(4); // u0..u3: one new person
+    let third = ask(&[]);
+    assert_eq!(third["cached"], false, "new data, new answer");
+    assert_eq!(today(&third), 4.0);
+    assert!(serve.terminate().success());
+}
