@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 
 use flywheel_engine::{BatchRef, EventRef, Intake};
-use flywheel_store::{IdentityChange, IdentityOp, MergeMode, Store};
+use flywheel_store::{IdentityChange, IdentityOp, IdentityWriter, MergeMode, Store};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
@@ -170,7 +170,9 @@ pub async fn run(
     subjects: std::sync::Arc<crate::serving::SubjectCache>,
     tables: std::sync::Arc<flywheel_engine::table::EventTables>,
 ) {
-    let mut writer = store.identity_writer(CONSUMER);
+    let Some(mut writer) = open_writer(&store, &mut stop).await else {
+        return;
+    };
     writer.record_changes();
     let mut lsn = match store.checkpoint(CONSUMER).await {
         Ok(lsn) => lsn,
@@ -207,7 +209,18 @@ pub async fn run(
                     continue;
                 }
             };
-            match writer.apply(&ops, end).await {
+            // The writer blocks on its own SQLite connection: on the blocking pool, handed there and back.
+            let (returned, ops, applied) = match tokio::task::spawn_blocking(move || {
+                let applied = writer.apply(&ops, end);
+                (writer, ops, applied)
+            })
+            .await
+            {
+                Ok(done) => done,
+                Err(err) => return blocking_task_failed(err),
+            };
+            writer = returned;
+            match applied {
                 Ok(stats) => {
                     // New persons, and changed properties or merges, for the flag endpoints' caches.
                     subjects.applied(&ops);
@@ -249,8 +262,48 @@ pub async fn run(
             _ = stop.changed() => {}
         }
     }
-    if let Err(err) = writer.flush_checkpoint(lsn).await {
-        tracing::warn!(error = %err, "identity: final checkpoint failed; the next start replays a little more");
+    let flushed = tokio::task::spawn_blocking(move || writer.flush_checkpoint(lsn)).await;
+    match flushed {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "identity: final checkpoint failed; the next start replays a little more");
+        }
+        Err(err) => blocking_task_failed(err),
+    }
+}
+
+/// The identity writer (it opens its own connection to the metadata database), retried every second until it
+/// opens or `stop` turns true.
+async fn open_writer(store: &Store, stop: &mut watch::Receiver<bool>) -> Option<IdentityWriter> {
+    loop {
+        let opening = store.clone();
+        match tokio::task::spawn_blocking(move || opening.identity_writer(CONSUMER)).await {
+            Ok(Ok(writer)) => return Some(writer),
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "identity: cannot open the metadata database; will retry");
+                metrics::counter!(m::IDENTITY_ERRORS).increment(1);
+            }
+            Err(err) => {
+                blocking_task_failed(err);
+                return None;
+            }
+        }
+        if *stop.borrow() {
+            return None;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            changed = stop.changed() => if changed.is_err() { return None },
+        }
+    }
+}
+
+/// A blocking task holding the writer did not finish: re-raise its panic here (as when the writer ran on this
+/// task), or log a cancellation (the runtime is shutting down).
+fn blocking_task_failed(err: tokio::task::JoinError) {
+    match err.try_into_panic() {
+        Ok(panic) => std::panic::resume_unwind(panic),
+        Err(err) => tracing::error!(error = %err, "identity: writer task cancelled"),
     }
 }
 

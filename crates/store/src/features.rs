@@ -806,8 +806,9 @@ mod tests {
         let stop = Arc::new(AtomicBool::new(false));
         let writer = {
             let (store, stop) = (store.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut w = store.identity_writer("test");
+            // The writer blocks on its own connection, as in the server: on a blocking thread.
+            tokio::task::spawn_blocking(move || {
+                let mut w = store.identity_writer("test").unwrap();
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
@@ -816,7 +817,7 @@ mod tests {
                         distinct_id: format!("user-{n}"),
                         at: 0,
                     };
-                    w.apply(&[op], n).await.unwrap();
+                    w.apply(&[op], n).unwrap();
                 }
                 n
             })

@@ -5,12 +5,13 @@
 //! common event (a known distinct id, no property change) costs no database access at all.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{Map, Value};
-use sqlx::{Sqlite, Transaction};
 
-use crate::{Result, Store};
+use crate::{Result, Store, BUSY_TIMEOUT};
 
 /// How two distinct ids come to share a person.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,10 +132,23 @@ struct PersonRef {
     identified: bool,
 }
 
-/// The single writer of identity state. Not shared: one task owns it.
+/// The single writer of identity state. Not shared: one thread at a time owns it.
+///
+/// It has its own synchronous SQLite connection (not the store's sqlx pool): identity replay runs thousands of
+/// small statements per batch, and sqlx runs each on its worker thread with a channel round trip, which cost more
+/// than the statements themselves (see docs/architecture.md, "Identity writer"). Its methods block: call them
+/// from a blocking thread (`tokio::task::spawn_blocking`), not from an async task.
 pub struct IdentityWriter {
-    store: Store,
+    conn: rusqlite::Connection,
     consumer: String,
+    state: Resolver,
+    last_checkpoint: Instant,
+}
+
+/// The writer's caches and bookkeeping, apart from the connection so that a transaction (which borrows the
+/// connection) and the caches can be used together.
+#[derive(Default)]
+struct Resolver {
     /// project → distinct id → person id (nested so that lookups by `&str` need no allocation). The id may be
     /// of a person merged since: follow `merged_into`.
     persons: HashMap<i64, HashMap<String, i64>>,
@@ -151,81 +165,119 @@ pub struct IdentityWriter {
     stored_person_id: Option<i64>,
     group_types: HashMap<(i64, String), Option<i64>>,
     links: HashSet<(i64, i64, String)>,
-    last_checkpoint: Instant,
 }
 
+/// Distinct statements the writer prepares (rusqlite caches 16 by default; a merge alone uses 8).
+const STATEMENT_CACHE: usize = 32;
+
 impl Store {
-    /// The identity writer for the intake consumer named `consumer`.
-    pub fn identity_writer(&self, consumer: &str) -> IdentityWriter {
-        IdentityWriter {
-            store: self.clone(),
+    /// The identity writer for the intake consumer named `consumer`, with its own connection to the store's
+    /// database file (opened here; fails when the file cannot be opened).
+    pub fn identity_writer(&self, consumer: &str) -> Result<IdentityWriter> {
+        Ok(IdentityWriter {
+            conn: open_connection(self.path())?,
             consumer: consumer.to_owned(),
-            persons: HashMap::new(),
-            merged_into: HashMap::new(),
-            identified: HashMap::new(),
-            changes: Vec::new(),
-            record_changes: false,
-            last_person_id: None,
-            stored_person_id: None,
-            group_types: HashMap::new(),
-            links: HashSet::new(),
+            state: Resolver::default(),
             last_checkpoint: Instant::now() - CHECKPOINT_EVERY,
-        }
+        })
     }
+}
+
+/// A connection configured like the store's pool (see `Store::open`): WAL, `synchronous = NORMAL`, foreign keys,
+/// 10 s busy timeout. The file exists and is migrated: `Store::open` did both.
+fn open_connection(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    use rusqlite::OpenFlags;
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // `journal_mode` answers with the mode in force; WAL is a property of the file, already set by the pool.
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(%mode, "identity writer: the metadata database is not in WAL mode");
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
 }
 
 impl IdentityWriter {
     /// Keep the [`IdentityChange`]s of every `apply` for [`IdentityWriter::take_changes`].
     pub fn record_changes(&mut self) {
-        self.record_changes = true;
+        self.state.record_changes = true;
     }
 
     /// The mapping changes made by the `apply` calls since the last call (empty unless
     /// [`IdentityWriter::record_changes`] was called). A failed `apply` contributes nothing.
     pub fn take_changes(&mut self) -> Vec<IdentityChange> {
-        std::mem::take(&mut self.changes)
+        std::mem::take(&mut self.state.changes)
     }
 
     /// Applies `ops` in order in one transaction and records `lsn` as this consumer's checkpoint (written with
     /// any change, and at least once a second otherwise). On error nothing is applied and the caches are dropped.
-    pub async fn apply(&mut self, ops: &[IdentityOp], lsn: u64) -> Result<ApplyStats> {
+    /// Blocks on SQLite.
+    pub fn apply(&mut self, ops: &[IdentityOp], lsn: u64) -> Result<ApplyStats> {
         let mut stats = ApplyStats::default();
-        let changes_before = self.changes.len();
-        let mut tx = self.store.write_tx().await?;
+        let changes_before = self.state.changes.len();
+        // `BEGIN IMMEDIATE`, as for every metadata write (see `Store::write_tx`).
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let state = &mut self.state;
         let mut wrote = false;
-        let result = async {
-            for op in ops {
-                wrote |= self.apply_one(&mut tx, op, &mut stats).await?;
-            }
-            Ok::<_, crate::StoreError>(())
+        let mut result = ops
+            .iter()
+            .try_for_each(|op| {
+                wrote |= state.apply_one(&tx, op, &mut stats)?;
+                Ok(())
+            })
+            .and_then(|()| state.write_person_sequence(&tx));
+        let checkpoint = wrote || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
+        if result.is_ok() && checkpoint {
+            result = write_checkpoint(&tx, &self.consumer, lsn)
+                .and_then(|()| tx.commit().map_err(Into::into));
         }
-        .await;
-        let result = match result {
-            Ok(()) => self.write_person_sequence(&mut tx).await,
-            Err(err) => Err(err),
-        };
+        // Otherwise the transaction (no writes, no checkpoint due, or failed) rolls back when dropped.
         if let Err(err) = result {
-            self.clear_caches();
-            self.changes.truncate(changes_before);
+            state.clear_caches();
+            state.changes.truncate(changes_before);
             return Err(err);
         }
-        if wrote || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
-            sqlx::query(
-                "INSERT INTO intake_checkpoints (consumer, lsn) VALUES (?, ?)
-                 ON CONFLICT (consumer) DO UPDATE SET lsn = excluded.lsn",
-            )
-            .bind(&self.consumer)
-            .bind(lsn as i64)
-            .execute(&mut *tx)
-            .await?;
-            if let Err(err) = tx.commit().await {
-                self.clear_caches();
-                self.changes.truncate(changes_before);
-                return Err(err.into());
-            }
+        if checkpoint {
             self.last_checkpoint = Instant::now();
         }
-        // A transaction without writes and without a checkpoint rolls back on drop: nothing to keep.
+        state.trim_caches();
+        Ok(stats)
+    }
+
+    /// Writes the checkpoint now (on shutdown). Blocks on SQLite.
+    pub fn flush_checkpoint(&mut self, lsn: u64) -> Result<()> {
+        self.last_checkpoint = Instant::now() - CHECKPOINT_EVERY;
+        self.apply(&[], lsn).map(|_| ())
+    }
+}
+
+fn write_checkpoint(tx: &Connection, consumer: &str, lsn: u64) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO intake_checkpoints (consumer, lsn) VALUES (?, ?)
+         ON CONFLICT (consumer) DO UPDATE SET lsn = excluded.lsn",
+    )?
+    .execute(params![consumer, lsn as i64])?;
+    Ok(())
+}
+
+/// Runs a cached statement that returns no rows.
+fn exec(tx: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<()> {
+    tx.prepare_cached(sql)?.execute(params)?;
+    Ok(())
+}
+
+impl Resolver {
+    /// Bounds the caches (after a successful apply).
+    fn trim_caches(&mut self) {
         if self.persons.values().map(HashMap::len).sum::<usize>() > CACHE_LIMIT
             || self.merged_into.len() > CACHE_LIMIT
         {
@@ -236,25 +288,19 @@ impl IdentityWriter {
         if self.links.len() > CACHE_LIMIT {
             self.links.clear();
         }
-        Ok(stats)
     }
 
     /// Writes back the person-id sequence if this transaction handed out ids.
-    async fn write_person_sequence(&mut self, tx: &mut Transaction<'static, Sqlite>) -> Result<()> {
+    fn write_person_sequence(&mut self, tx: &Connection) -> Result<()> {
         let stored = self.stored_person_id.take();
         if let Some(last) = self.last_person_id.take().filter(|&l| Some(l) != stored) {
-            sqlx::query("UPDATE id_sequences SET last = ? WHERE name = 'persons'")
-                .bind(last)
-                .execute(&mut **tx)
-                .await?;
+            exec(
+                tx,
+                "UPDATE id_sequences SET last = ? WHERE name = 'persons'",
+                [last],
+            )?;
         }
         Ok(())
-    }
-
-    /// Writes the checkpoint now (on shutdown).
-    pub async fn flush_checkpoint(&mut self, lsn: u64) -> Result<()> {
-        self.last_checkpoint = Instant::now() - CHECKPOINT_EVERY;
-        self.apply(&[], lsn).await.map(|_| ())
     }
 
     fn cache(&mut self, project_id: i64, distinct_id: &str, person: PersonRef) {
@@ -286,9 +332,9 @@ impl IdentityWriter {
     }
 
     /// Returns whether anything was written.
-    async fn apply_one(
+    fn apply_one(
         &mut self,
-        tx: &mut Transaction<'static, Sqlite>,
+        tx: &Connection,
         op: &IdentityOp,
         stats: &mut ApplyStats,
     ) -> Result<bool> {
@@ -298,9 +344,7 @@ impl IdentityWriter {
                 distinct_id,
                 at,
             } => {
-                let (_, created) = self
-                    .ensure_person(tx, *project_id, distinct_id, *at)
-                    .await?;
+                let (_, created) = self.ensure_person(tx, *project_id, distinct_id, *at)?;
                 stats.persons_created += created as u64;
                 Ok(created)
             }
@@ -310,10 +354,7 @@ impl IdentityWriter {
                 other,
                 mode,
                 at,
-            } => {
-                self.merge(tx, *project_id, target, other, *mode, *at, stats)
-                    .await
-            }
+            } => self.merge(tx, *project_id, target, other, *mode, *at, stats),
             IdentityOp::SetProperties {
                 project_id,
                 distinct_id,
@@ -322,25 +363,22 @@ impl IdentityWriter {
                 unset,
                 at,
             } => {
-                let (person, created) = self
-                    .ensure_person(tx, *project_id, distinct_id, *at)
-                    .await?;
+                let (person, created) = self.ensure_person(tx, *project_id, distinct_id, *at)?;
                 stats.persons_created += created as u64;
                 if set.is_empty() && set_once.is_empty() && unset.is_empty() {
                     return Ok(created);
                 }
-                let mut props =
-                    load_properties(tx, "SELECT properties FROM persons WHERE id = ?", person.id)
-                        .await?;
+                let text: String = tx
+                    .prepare_cached("SELECT properties FROM persons WHERE id = ?")?
+                    .query_row([person.id], |row| row.get(0))?;
+                let mut props = parse_object(&text)?;
                 let changed = update_properties(&mut props, set, set_once, unset);
                 if changed {
-                    sqlx::query(
+                    exec(
+                        tx,
                         "UPDATE persons SET properties = ?, version = version + 1 WHERE id = ?",
-                    )
-                    .bind(Value::Object(props).to_string())
-                    .bind(person.id)
-                    .execute(&mut **tx)
-                    .await?;
+                        params![Value::Object(props).to_string(), person.id],
+                    )?;
                     stats.property_updates += 1;
                 }
                 Ok(created || changed)
@@ -352,35 +390,34 @@ impl IdentityWriter {
                 set,
                 at,
             } => {
-                let Some(index) = self.group_type_index(tx, *project_id, group_type).await? else {
+                let Some(index) = self.group_type_index(tx, *project_id, group_type)? else {
                     stats.group_types_refused += 1;
                     return Ok(false);
                 };
-                let existing: Option<String> = sqlx::query_scalar(
-                    "SELECT properties FROM groups WHERE project_id = ? AND group_type_index = ? AND group_key = ?",
-                )
-                .bind(project_id)
-                .bind(index)
-                .bind(group_key)
-                .fetch_optional(&mut **tx)
-                .await?;
+                let existing: Option<String> = tx
+                    .prepare_cached(
+                        "SELECT properties FROM groups WHERE project_id = ? AND group_type_index = ? AND group_key = ?",
+                    )?
+                    .query_row(params![project_id, index, group_key], |row| row.get(0))
+                    .optional()?;
                 let mut props = match existing {
                     Some(text) => parse_object(&text)?,
                     None => Map::new(),
                 };
                 update_properties(&mut props, set, &Map::new(), &[]);
-                sqlx::query(
+                exec(
+                    tx,
                     "INSERT INTO groups (project_id, group_type_index, group_key, properties, created_at)
                      VALUES (?, ?, ?, ?, ?)
                      ON CONFLICT (project_id, group_type_index, group_key) DO UPDATE SET properties = excluded.properties",
-                )
-                .bind(project_id)
-                .bind(index)
-                .bind(group_key)
-                .bind(Value::Object(props).to_string())
-                .bind(at_text(*at))
-                .execute(&mut **tx)
-                .await?;
+                    params![
+                        project_id,
+                        index,
+                        group_key,
+                        Value::Object(props).to_string(),
+                        at_text(*at)
+                    ],
+                )?;
                 Ok(true)
             }
             IdentityOp::LinkGroups {
@@ -389,12 +426,11 @@ impl IdentityWriter {
                 groups,
             } => {
                 let mut wrote = false;
-                let Some(person) = self.person_of(tx, *project_id, distinct_id).await? else {
+                let Some(person) = self.person_of(tx, *project_id, distinct_id)? else {
                     return Ok(false);
                 };
                 for (group_type, group_key) in groups {
-                    let Some(index) = self.group_type_index(tx, *project_id, group_type).await?
-                    else {
+                    let Some(index) = self.group_type_index(tx, *project_id, group_type)? else {
                         stats.group_types_refused += 1;
                         continue;
                     };
@@ -402,14 +438,11 @@ impl IdentityWriter {
                     if self.links.contains(&link) {
                         continue;
                     }
-                    sqlx::query(
+                    exec(
+                        tx,
                         "INSERT OR IGNORE INTO person_groups (person_id, group_type_index, group_key) VALUES (?, ?, ?)",
-                    )
-                    .bind(person.id)
-                    .bind(index)
-                    .bind(group_key)
-                    .execute(&mut **tx)
-                    .await?;
+                        params![person.id, index, group_key],
+                    )?;
                     self.links.insert(link);
                     wrote = true;
                 }
@@ -418,24 +451,27 @@ impl IdentityWriter {
         }
     }
 
-    async fn person_of(
+    fn person_of(
         &mut self,
-        tx: &mut Transaction<'static, Sqlite>,
+        tx: &Connection,
         project_id: i64,
         distinct_id: &str,
     ) -> Result<Option<PersonRef>> {
         if let Some(p) = self.cached(project_id, distinct_id) {
             return Ok(Some(p));
         }
-        let row: Option<(i64, bool)> = sqlx::query_as(
-            "SELECT p.id, p.is_identified FROM person_distinct_ids d JOIN persons p ON p.id = d.person_id
-             WHERE d.project_id = ? AND d.distinct_id = ?",
-        )
-        .bind(project_id)
-        .bind(distinct_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-        let found = row.map(|(id, identified)| PersonRef { id, identified });
+        let found = tx
+            .prepare_cached(
+                "SELECT p.id, p.is_identified FROM person_distinct_ids d JOIN persons p ON p.id = d.person_id
+                 WHERE d.project_id = ? AND d.distinct_id = ?",
+            )?
+            .query_row(params![project_id, distinct_id], |row| {
+                Ok(PersonRef {
+                    id: row.get(0)?,
+                    identified: row.get(1)?,
+                })
+            })
+            .optional()?;
         if let Some(p) = found {
             self.cache(project_id, distinct_id, p);
         }
@@ -443,25 +479,23 @@ impl IdentityWriter {
     }
 
     /// The person of `distinct_id`, created if absent; the flag says whether it was created.
-    async fn ensure_person(
+    fn ensure_person(
         &mut self,
-        tx: &mut Transaction<'static, Sqlite>,
+        tx: &Connection,
         project_id: i64,
         distinct_id: &str,
         at: i64,
     ) -> Result<(PersonRef, bool)> {
-        if let Some(p) = self.person_of(tx, project_id, distinct_id).await? {
+        if let Some(p) = self.person_of(tx, project_id, distinct_id)? {
             return Ok((p, false));
         }
-        let p = self
-            .create_person(tx, project_id, &[distinct_id], false, at)
-            .await?;
+        let p = self.create_person(tx, project_id, &[distinct_id], false, at)?;
         Ok((p, true))
     }
 
-    async fn create_person(
+    fn create_person(
         &mut self,
-        tx: &mut Transaction<'static, Sqlite>,
+        tx: &Connection,
         project_id: i64,
         distinct_ids: &[&str],
         identified: bool,
@@ -472,49 +506,45 @@ impl IdentityWriter {
         let last = match self.last_person_id {
             Some(last) => last,
             None => {
-                let stored: i64 =
-                    sqlx::query_scalar("SELECT last FROM id_sequences WHERE name = 'persons'")
-                        .fetch_one(&mut **tx)
-                        .await?;
+                let stored: i64 = tx
+                    .prepare_cached("SELECT last FROM id_sequences WHERE name = 'persons'")?
+                    .query_row([], |row| row.get(0))?;
                 self.stored_person_id = Some(stored);
                 stored
             }
         };
         let id = last + 1;
         self.last_person_id = Some(id);
-        sqlx::query(
+        exec(
+            tx,
             "INSERT INTO persons (id, uuid, project_id, properties, is_identified, created_at) VALUES (?, ?, ?, '{}', ?, ?)",
-        )
-        .bind(id)
-        .bind(uuid::Uuid::now_v7().to_string())
-        .bind(project_id)
-        .bind(identified)
-        .bind(at_text(at))
-        .execute(&mut **tx)
-        .await?
-        ;
+            params![
+                id,
+                uuid::Uuid::now_v7().to_string(),
+                project_id,
+                identified,
+                at_text(at)
+            ],
+        )?;
         let person = PersonRef { id, identified };
         for did in distinct_ids {
-            self.add_distinct_id(tx, project_id, did, person).await?;
+            self.add_distinct_id(tx, project_id, did, person)?;
         }
         Ok(person)
     }
 
-    async fn add_distinct_id(
+    fn add_distinct_id(
         &mut self,
-        tx: &mut Transaction<'static, Sqlite>,
+        tx: &Connection,
         project_id: i64,
         distinct_id: &str,
         person: PersonRef,
     ) -> Result<()> {
-        sqlx::query(
+        exec(
+            tx,
             "INSERT INTO person_distinct_ids (project_id, distinct_id, person_id) VALUES (?, ?, ?)",
-        )
-        .bind(project_id)
-        .bind(distinct_id)
-        .bind(person.id)
-        .execute(&mut **tx)
-        .await?;
+            params![project_id, distinct_id, person.id],
+        )?;
         self.cache(project_id, distinct_id, person);
         if self.record_changes {
             self.changes.push(IdentityChange::Assigned {
@@ -526,18 +556,15 @@ impl IdentityWriter {
         Ok(())
     }
 
-    async fn mark_identified(
-        &mut self,
-        tx: &mut Transaction<'static, Sqlite>,
-        person: PersonRef,
-    ) -> Result<bool> {
+    fn mark_identified(&mut self, tx: &Connection, person: PersonRef) -> Result<bool> {
         if person.identified {
             return Ok(false);
         }
-        sqlx::query("UPDATE persons SET is_identified = 1, version = version + 1 WHERE id = ?")
-            .bind(person.id)
-            .execute(&mut **tx)
-            .await?;
+        exec(
+            tx,
+            "UPDATE persons SET is_identified = 1, version = version + 1 WHERE id = ?",
+            [person.id],
+        )?;
         self.identified.insert(person.id, true);
         Ok(true)
     }
@@ -547,9 +574,9 @@ impl IdentityWriter {
     /// identified persons). Target properties win over the other's; the earlier `created_at` is kept; the merged
     /// person's id is recorded as an override so events keep resolving.
     #[allow(clippy::too_many_arguments)]
-    async fn merge(
+    fn merge(
         &mut self,
-        tx: &mut Transaction<'static, Sqlite>,
+        tx: &Connection,
         project_id: i64,
         target: &str,
         other: &str,
@@ -558,111 +585,95 @@ impl IdentityWriter {
         stats: &mut ApplyStats,
     ) -> Result<bool> {
         if target == other || is_illegal_merge_id(target) || is_illegal_merge_id(other) {
-            let (_, created) = self.ensure_person(tx, project_id, target, at).await?;
+            let (_, created) = self.ensure_person(tx, project_id, target, at)?;
             stats.persons_created += created as u64;
             return Ok(created);
         }
-        let other_person = self.person_of(tx, project_id, other).await?;
-        let target_person = self.person_of(tx, project_id, target).await?;
+        let other_person = self.person_of(tx, project_id, other)?;
+        let target_person = self.person_of(tx, project_id, target)?;
         match (other_person, target_person) {
             (None, None) => {
-                self.create_person(tx, project_id, &[target, other], true, at)
-                    .await?;
+                self.create_person(tx, project_id, &[target, other], true, at)?;
                 stats.persons_created += 1;
                 Ok(true)
             }
             (Some(o), None) => {
-                self.add_distinct_id(tx, project_id, target, o).await?;
-                self.mark_identified(tx, o).await?;
+                self.add_distinct_id(tx, project_id, target, o)?;
+                self.mark_identified(tx, o)?;
                 Ok(true)
             }
             (None, Some(t)) => {
-                self.add_distinct_id(tx, project_id, other, t).await?;
-                self.mark_identified(tx, t).await?;
+                self.add_distinct_id(tx, project_id, other, t)?;
+                self.mark_identified(tx, t)?;
                 Ok(true)
             }
-            (Some(o), Some(t)) if o.id == t.id => self.mark_identified(tx, t).await,
+            (Some(o), Some(t)) if o.id == t.id => self.mark_identified(tx, t),
             (Some(o), Some(t)) => {
                 if o.identified && mode != MergeMode::Dangerous {
                     stats.merges_refused += 1;
                     return Ok(false);
                 }
-                self.merge_persons(tx, project_id, o, t, at).await?;
+                self.merge_persons(tx, project_id, o, t, at)?;
                 stats.merges += 1;
                 Ok(true)
             }
         }
     }
 
-    async fn merge_persons(
+    fn merge_persons(
         &mut self,
-        tx: &mut Transaction<'static, Sqlite>,
+        tx: &Connection,
         project_id: i64,
         from: PersonRef,
         into: PersonRef,
         at: i64,
     ) -> Result<()> {
-        let (from_uuid, from_props, from_created): (String, String, String) =
-            sqlx::query_as("SELECT uuid, properties, created_at FROM persons WHERE id = ?")
-                .bind(from.id)
-                .fetch_one(&mut **tx)
-                .await?;
-        let (into_uuid, into_props, into_created): (String, String, String) =
-            sqlx::query_as("SELECT uuid, properties, created_at FROM persons WHERE id = ?")
-                .bind(into.id)
-                .fetch_one(&mut **tx)
-                .await?;
+        let person = |id: i64| -> Result<(String, String, String)> {
+            Ok(tx
+                .prepare_cached("SELECT uuid, properties, created_at FROM persons WHERE id = ?")?
+                .query_row([id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?)
+        };
+        let (from_uuid, from_props, from_created) = person(from.id)?;
+        let (into_uuid, into_props, into_created) = person(into.id)?;
         let mut merged = parse_object(&from_props)?;
         for (k, v) in parse_object(&into_props)? {
             merged.insert(k, v);
         }
         let created = from_created.min(into_created);
-        sqlx::query(
+        exec(
+            tx,
             "UPDATE persons SET properties = ?, created_at = ?, is_identified = 1, version = version + 1 WHERE id = ?",
-        )
-        .bind(Value::Object(merged).to_string())
-        .bind(created)
-        .bind(into.id)
-        .execute(&mut **tx)
-        .await?;
-        sqlx::query("UPDATE person_distinct_ids SET person_id = ? WHERE person_id = ?")
-            .bind(into.id)
-            .bind(from.id)
-            .execute(&mut **tx)
-            .await?;
-        sqlx::query(
+            params![Value::Object(merged).to_string(), created, into.id],
+        )?;
+        exec(
+            tx,
+            "UPDATE person_distinct_ids SET person_id = ? WHERE person_id = ?",
+            [into.id, from.id],
+        )?;
+        exec(
+            tx,
             "INSERT OR IGNORE INTO person_groups (person_id, group_type_index, group_key)
              SELECT ?, group_type_index, group_key FROM person_groups WHERE person_id = ?",
-        )
-        .bind(into.id)
-        .bind(from.id)
-        .execute(&mut **tx)
-        .await?;
-        sqlx::query("DELETE FROM person_groups WHERE person_id = ?")
-            .bind(from.id)
-            .execute(&mut **tx)
-            .await?;
-        sqlx::query("DELETE FROM persons WHERE id = ?")
-            .bind(from.id)
-            .execute(&mut **tx)
-            .await?;
+            [into.id, from.id],
+        )?;
+        exec(
+            tx,
+            "DELETE FROM person_groups WHERE person_id = ?",
+            [from.id],
+        )?;
+        exec(tx, "DELETE FROM persons WHERE id = ?", [from.id])?;
         // Flatten chains: whatever pointed at the merged person now points at the survivor.
-        sqlx::query("UPDATE person_overrides SET new_person_uuid = ? WHERE project_id = ? AND new_person_uuid = ?")
-            .bind(&into_uuid)
-            .bind(project_id)
-            .bind(&from_uuid)
-            .execute(&mut **tx)
-            .await?;
-        sqlx::query(
+        exec(
+            tx,
+            "UPDATE person_overrides SET new_person_uuid = ? WHERE project_id = ? AND new_person_uuid = ?",
+            params![into_uuid, project_id, from_uuid],
+        )?;
+        exec(
+            tx,
             "INSERT OR REPLACE INTO person_overrides (project_id, old_person_uuid, new_person_uuid, merged_at)
              VALUES (?, ?, ?, ?)",
-        )
-        .bind(project_id)
-        .bind(&from_uuid)
-        .bind(&into_uuid)
-        .bind(at_text(at))
-        .execute(&mut **tx)
-        .await?;
+            params![project_id, from_uuid, into_uuid, at_text(at)],
+        )?;
         // Cached distinct ids of the merged person follow `merged_into`; uncached ones resolve through the
         // database.
         self.merged_into.insert(from.id, into.id);
@@ -679,9 +690,9 @@ impl IdentityWriter {
         Ok(())
     }
 
-    async fn group_type_index(
+    fn group_type_index(
         &mut self,
-        tx: &mut Transaction<'static, Sqlite>,
+        tx: &Connection,
         project_id: i64,
         group_type: &str,
     ) -> Result<Option<i64>> {
@@ -689,31 +700,28 @@ impl IdentityWriter {
         if let Some(index) = self.group_types.get(&key) {
             return Ok(*index);
         }
-        let existing: Option<i64> = sqlx::query_scalar(
-            "SELECT group_type_index FROM group_types WHERE project_id = ? AND group_type = ?",
-        )
-        .bind(project_id)
-        .bind(group_type)
-        .fetch_optional(&mut **tx)
-        .await?;
+        let existing: Option<i64> = tx
+            .prepare_cached(
+                "SELECT group_type_index FROM group_types WHERE project_id = ? AND group_type = ?",
+            )?
+            .query_row(params![project_id, group_type], |row| row.get(0))
+            .optional()?;
         let index = match existing {
             Some(i) => Some(i),
             None => {
-                let next: i64 = sqlx::query_scalar(
-                    "SELECT COALESCE(MAX(group_type_index) + 1, 0) FROM group_types WHERE project_id = ?",
-                )
-                .bind(project_id)
-                .fetch_one(&mut **tx)
-                .await?;
+                let next: i64 = tx
+                    .prepare_cached(
+                        "SELECT COALESCE(MAX(group_type_index) + 1, 0) FROM group_types WHERE project_id = ?",
+                    )?
+                    .query_row([project_id], |row| row.get(0))?;
                 if next >= MAX_GROUP_TYPES {
                     None
                 } else {
-                    sqlx::query("INSERT INTO group_types (project_id, group_type, group_type_index) VALUES (?, ?, ?)")
-                        .bind(project_id)
-                        .bind(group_type)
-                        .bind(next)
-                        .execute(&mut **tx)
-                        .await?;
+                    exec(
+                        tx,
+                        "INSERT INTO group_types (project_id, group_type, group_type_index) VALUES (?, ?, ?)",
+                        params![project_id, group_type, next],
+                    )?;
                     Some(next)
                 }
             }
@@ -735,18 +743,6 @@ fn parse_object(text: &str) -> Result<Map<String, Value>> {
         Value::Object(map) => Ok(map),
         _ => Ok(Map::new()),
     }
-}
-
-async fn load_properties(
-    tx: &mut Transaction<'static, Sqlite>,
-    sql: &str,
-    id: i64,
-) -> Result<Map<String, Value>> {
-    let text: String = sqlx::query_scalar(sql)
-        .bind(id)
-        .fetch_one(&mut **tx)
-        .await?;
-    parse_object(&text)
 }
 
 /// Applies `$set_once`, then `$set`, then `$unset`; returns whether anything changed.

@@ -3,7 +3,8 @@
 //! The embedded default is SQLite through sqlx (with migrations under `migrations/sqlite`). Everything that the
 //! server derives from the intake log (persons, merges, groups) is applied by [`IdentityWriter`] in log order, in
 //! one transaction per batch together with the consumer's checkpoint, so a crash replays at most the batches after
-//! the last checkpoint and replaying them is idempotent.
+//! the last checkpoint and replaying them is idempotent. The identity writer has its own synchronous connection
+//! (rusqlite) to the same file: its many small statements cost less there than through sqlx's worker thread.
 //!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -19,8 +20,9 @@ mod identity;
 mod keys;
 mod persons;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -39,6 +41,9 @@ pub use persons::{GroupMembership, PersonRecord};
 pub enum StoreError {
     #[error("metadata database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// From the identity writer's own connection (rusqlite), see [`IdentityWriter`].
+    #[error("metadata database error (identity writer connection): {0}")]
+    IdentityDatabase(#[from] rusqlite::Error),
     #[error("metadata migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("stored JSON is corrupt: {0}")]
@@ -51,7 +56,12 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
+    /// The database file, for connections outside the pool (the identity writer's).
+    path: Arc<PathBuf>,
 }
+
+/// How long a statement waits for another connection's write lock before failing with `SQLITE_BUSY`.
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -64,14 +74,17 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(1)
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            path: Arc::new(path.to_owned()),
+        })
     }
 
     /// True when the storage answers a trivial query (readiness).
@@ -96,6 +109,10 @@ impl Store {
 
     pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 
     /// A write transaction. `BEGIN IMMEDIATE` takes the write lock up front: a deferred transaction that reads

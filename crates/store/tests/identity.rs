@@ -45,7 +45,7 @@ fn set(p: i64, d: &str, set: Value, once: Value, unset: &[&str]) -> IdentityOp {
 #[tokio::test]
 async fn identify_merges_anonymous_person_into_identified_one() {
     let (_dir, store, p) = store().await;
-    let mut w = store.identity_writer("test");
+    let mut w = store.identity_writer("test").unwrap();
     w.apply(
         &[
             touch(p, "anon-1"),
@@ -59,7 +59,6 @@ async fn identify_merges_anonymous_person_into_identified_one() {
         ],
         1,
     )
-    .await
     .unwrap();
     let anon = store
         .person_by_distinct_id(p, "anon-1")
@@ -74,7 +73,6 @@ async fn identify_merges_anonymous_person_into_identified_one() {
         ],
         2,
     )
-    .await
     .unwrap();
     let person = store
         .person_by_distinct_id(p, "user-1")
@@ -97,7 +95,7 @@ async fn identify_merges_anonymous_person_into_identified_one() {
 #[tokio::test]
 async fn identified_persons_merge_only_dangerously() {
     let (_dir, store, p) = store().await;
-    let mut w = store.identity_writer("test");
+    let mut w = store.identity_writer("test").unwrap();
     // Two identified persons: a@ (from anon-a) and b@ (from anon-b).
     w.apply(
         &[
@@ -110,25 +108,19 @@ async fn identified_persons_merge_only_dangerously() {
         ],
         1,
     )
-    .await
     .unwrap();
     let stats = w
         .apply(&[merge(p, "a", "b", MergeMode::Identify)], 2)
-        .await
         .unwrap();
     assert_eq!(stats.merges_refused, 1);
     let a = store.person_by_distinct_id(p, "a").await.unwrap().unwrap();
     let b = store.person_by_distinct_id(p, "b").await.unwrap().unwrap();
     assert_ne!(a.id, b.id);
-    let stats = w
-        .apply(&[merge(p, "a", "b", MergeMode::Alias)], 3)
-        .await
-        .unwrap();
+    let stats = w.apply(&[merge(p, "a", "b", MergeMode::Alias)], 3).unwrap();
     assert_eq!(stats.merges_refused, 1);
 
     let stats = w
         .apply(&[merge(p, "a", "b", MergeMode::Dangerous)], 4)
-        .await
         .unwrap();
     assert_eq!(stats.merges, 1);
     let merged = store.person_by_distinct_id(p, "b").await.unwrap().unwrap();
@@ -152,7 +144,7 @@ async fn identified_persons_merge_only_dangerously() {
 #[tokio::test]
 async fn alias_links_a_new_id_and_merges_an_anonymous_person() {
     let (_dir, store, p) = store().await;
-    let mut w = store.identity_writer("test");
+    let mut w = store.identity_writer("test").unwrap();
     w.apply(
         &[
             touch(p, "user"),
@@ -160,7 +152,6 @@ async fn alias_links_a_new_id_and_merges_an_anonymous_person() {
         ],
         1,
     )
-    .await
     .unwrap();
     let person = store
         .person_by_distinct_id(p, "alias-x")
@@ -176,7 +167,6 @@ async fn alias_links_a_new_id_and_merges_an_anonymous_person() {
         ],
         2,
     )
-    .await
     .unwrap();
     let person2 = store
         .person_by_distinct_id(p, "anon-2")
@@ -192,7 +182,6 @@ async fn alias_links_a_new_id_and_merges_an_anonymous_person() {
         ],
         3,
     )
-    .await
     .unwrap();
     assert!(store
         .person_by_distinct_id(p, "undefined")
@@ -204,7 +193,7 @@ async fn alias_links_a_new_id_and_merges_an_anonymous_person() {
 #[tokio::test]
 async fn set_set_once_and_unset_apply_in_order() {
     let (_dir, store, p) = store().await;
-    let mut w = store.identity_writer("test");
+    let mut w = store.identity_writer("test").unwrap();
     w.apply(
         &[
             set(p, "u", json!({"a": 1}), json!({"first": "x"}), &[]),
@@ -213,7 +202,6 @@ async fn set_set_once_and_unset_apply_in_order() {
         ],
         1,
     )
-    .await
     .unwrap();
     let person = store.person_by_distinct_id(p, "u").await.unwrap().unwrap();
     assert_eq!(person.properties, json!({"a": 2, "first": "x"}));
@@ -222,7 +210,7 @@ async fn set_set_once_and_unset_apply_in_order() {
 #[tokio::test]
 async fn groups_allow_five_types_and_link_persons() {
     let (_dir, store, p) = store().await;
-    let mut w = store.identity_writer("test");
+    let mut w = store.identity_writer("test").unwrap();
     let mut ops = vec![touch(p, "u")];
     for i in 0..6 {
         ops.push(IdentityOp::GroupIdentify {
@@ -241,7 +229,7 @@ async fn groups_allow_five_types_and_link_persons() {
             ("type1".into(), "other".into()),
         ],
     });
-    let stats = w.apply(&ops, 1).await.unwrap();
+    let stats = w.apply(&ops, 1).unwrap();
     assert_eq!(
         stats.group_types_refused, 1,
         "the sixth group type is refused"
@@ -263,12 +251,12 @@ async fn replaying_a_batch_is_idempotent() {
         merge(p, "id", "anon", MergeMode::Identify),
         set(p, "id", json!({"x": 2}), json!({}), &[]),
     ];
-    let mut w = store.identity_writer("test");
-    w.apply(&ops, 1).await.unwrap();
+    let mut w = store.identity_writer("test").unwrap();
+    w.apply(&ops, 1).unwrap();
     let first = store.person_by_distinct_id(p, "id").await.unwrap().unwrap();
     // A fresh writer (as after a crash) replays the same batch.
-    let mut w2 = store.identity_writer("test");
-    w2.apply(&ops, 1).await.unwrap();
+    let mut w2 = store.identity_writer("test").unwrap();
+    w2.apply(&ops, 1).unwrap();
     let second = store.person_by_distinct_id(p, "id").await.unwrap().unwrap();
     assert_eq!(first, second);
 }
@@ -278,7 +266,7 @@ async fn projects_do_not_share_persons() {
     let (_dir, store, p) = store().await;
     let org2 = store.create_organization("Other").await.unwrap();
     let (p2, _) = store.create_project(org2, "P2").await.unwrap();
-    let mut w = store.identity_writer("test");
+    let mut w = store.identity_writer("test").unwrap();
     w.apply(
         &[
             touch(p, "same"),
@@ -286,7 +274,6 @@ async fn projects_do_not_share_persons() {
         ],
         1,
     )
-    .await
     .unwrap();
     let a = store
         .person_by_distinct_id(p, "same")
@@ -382,9 +369,9 @@ async fn change_feed_replays_to_the_database_mapping() {
     ];
     for (i, batch) in batches.iter().enumerate() {
         // A fresh writer per batch: its cache is empty, lookups go to the database.
-        let mut w = store.identity_writer("test");
+        let mut w = store.identity_writer("test").unwrap();
         w.record_changes();
-        w.apply(batch, i as u64 + 1).await.unwrap();
+        w.apply(batch, i as u64 + 1).unwrap();
         for change in w.take_changes() {
             match change {
                 IdentityChange::Assigned {
@@ -431,15 +418,15 @@ async fn change_feed_replays_to_the_database_mapping() {
         "new persons never take a merged id"
     );
     // Without record_changes nothing is kept.
-    let mut w = store.identity_writer("test");
-    w.apply(&[touch(p, "b1")], 99).await.unwrap();
+    let mut w = store.identity_writer("test").unwrap();
+    w.apply(&[touch(p, "b1")], 99).unwrap();
     assert!(w.take_changes().is_empty());
 }
 
 #[tokio::test]
 async fn person_property_columns_read_every_person_with_the_key() {
     let (_dir, store, p) = store().await;
-    let mut w = store.identity_writer("test");
+    let mut w = store.identity_writer("test").unwrap();
     w.apply(
         &[
             set(
@@ -461,7 +448,6 @@ async fn person_property_columns_read_every_person_with_the_key() {
         ],
         1,
     )
-    .await
     .unwrap();
     let read = |key: &'static str| {
         let store = store.clone();
