@@ -620,6 +620,16 @@ fn event_label(spec: &EventRef) -> String {
     }
 }
 
+/// Request options beyond the definition (URL parameters of the endpoint).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Funnels: list the persons who reached step `n` (1-based), or with `-n` those who reached step `n - 1` but
+    /// not step `n` (PostHog's `funnelStep`).
+    pub funnel_step: Option<i32>,
+    /// Most persons listed.
+    pub persons_limit: usize,
+}
+
 /// Runs a validated query over a snapshot (`None`: the project has no events yet, every count is zero).
 pub fn run(
     snap: Option<&Snapshot>,
@@ -627,6 +637,7 @@ pub fn run(
     now: DateTime<Utc>,
     threads: usize,
     columns: &Columns,
+    options: Options,
 ) -> Result<Value, RunError> {
     let empty;
     let snap = match snap {
@@ -641,7 +652,7 @@ pub fn run(
         .map_err(|e| RunError::Unsupported(unsupported(e.field, e.message)))?;
     let mut out = match q {
         InsightQuery::Trends(t) => trends(snap, t, &range, threads, columns),
-        InsightQuery::Funnel(f) => funnel(snap, f, &range, threads, columns),
+        InsightQuery::Funnel(f) => funnel(snap, f, &range, threads, columns, options),
         InsightQuery::Retention(r) => retention(snap, r, &range, threads, columns),
         InsightQuery::Stickiness(s) => stickiness(snap, s, &range, threads, columns),
         InsightQuery::Lifecycle(l) => lifecycle(snap, l, &range, threads, columns),
@@ -831,9 +842,10 @@ fn funnel(
     range: &TimeRange,
     threads: usize,
     columns: &Columns,
+    options: Options,
 ) -> Result<Value, RunError> {
     check_common(&f.common)?;
-    check_breakdown(&f.breakdown, false)?;
+    check_breakdown(&f.breakdown, true)?;
     if matches!(f.aggregation, Some(flywheel_query::Aggregation::Group(_))) {
         return Err(unsupported(
             "aggregation",
@@ -863,7 +875,26 @@ fn funnel(
     let steps = f.steps.len();
     let limit = f.breakdown.as_ref().and_then(|b| b.limit).unwrap_or(25) as usize;
     let column = person_breakdown_key_of(&f.breakdown).and_then(|k| columns.get(k));
-    let codes = column.map(|col| person_codes(snap, col, &blocks, 1, limit));
+    let person_codes = column.map(|col| person_codes(snap, col, &blocks, 1, limit));
+    // Event-property breakdowns: ranked by the rows of the first step; attributed as asked.
+    let row_codes = match f.breakdown.as_ref().map(|b| &b.by) {
+        Some(BreakdownBy::Event { property }) => {
+            Some(event_codes(snap, &prepared, property, 1, limit)?)
+        }
+        _ => None,
+    };
+    let blocks: Vec<k::Block<'_>> = blocks
+        .iter()
+        .enumerate()
+        .map(|(i, b)| k::Block {
+            breakdown: row_codes.as_ref().map(|(c, _)| &c[i][..]),
+            ..*b
+        })
+        .collect();
+    let labels: Option<&Vec<Value>> = person_codes
+        .as_ref()
+        .map(|c| &c.labels)
+        .or(row_codes.as_ref().map(|(_, l)| l));
     let spec = k::funnel::FunnelSpec {
         steps: (0..steps as u32).collect(),
         order: match f.order.unwrap_or(FunnelOrder::Ordered) {
@@ -883,15 +914,21 @@ fn funnel(
                 to_step: x.to_step,
             })
             .collect(),
-        breakdown: codes
-            .as_ref()
-            .map_or(k::trends::BreakdownSource::None, |c| {
-                k::trends::BreakdownSource::Person(&c.codes)
-            }),
-        breakdown_values: codes.as_ref().map_or(1, |c| c.labels.len() as u32),
-        attribution: k::funnel::Attribution::FirstTouch,
+        breakdown: match (&person_codes, &row_codes) {
+            (Some(c), _) => k::trends::BreakdownSource::Person(&c.codes),
+            (None, Some(_)) => k::trends::BreakdownSource::Row,
+            (None, None) => k::trends::BreakdownSource::None,
+        },
+        breakdown_values: labels.map_or(1, |l| l.len() as u32),
+        attribution: match f.breakdown_attribution {
+            Some(flywheel_query::Attribution::LastTouch) => k::funnel::Attribution::LastTouch,
+            Some(flywheel_query::Attribution::Step(n)) => k::funnel::Attribution::Step(n),
+            Some(flywheel_query::Attribution::FirstTouch) | None => {
+                k::funnel::Attribution::FirstTouch
+            }
+        },
         trend: f.trends.then(|| buckets(range)),
-        collect_persons: false,
+        collect_persons: options.funnel_step.is_some(),
     };
     let r = k::funnel::funnel(&blocks, snap.persons(), threads, &spec);
     let render = |stats: &[k::funnel::StepStats]| -> Value {
@@ -928,14 +965,13 @@ fn funnel(
             "conversion_rate": ratio(last, first),
         })
     };
-    let mut out = match &codes {
+    let mut out = match labels {
         None => json!({
             "kind": "funnel",
             "result": render(r.by_breakdown.first().map_or(&[][..], |s| &s[..])),
         }),
-        Some(c) => {
-            let rows: Vec<Value> = c
-                .labels
+        Some(labels) => {
+            let rows: Vec<Value> = labels
                 .iter()
                 .zip(&r.by_breakdown)
                 .filter(|(_, stats)| stats.first().is_some_and(|s| s.reached > 0))
@@ -948,7 +984,10 @@ fn funnel(
             json!({"kind": "funnel", "result": rows})
         }
     };
-    if let (Some(trend), None) = (r.trend, &codes) {
+    if let Some(step) = options.funnel_step {
+        out["persons"] = persons_at_step(snap, &r.persons, step, steps, options.persons_limit)?;
+    }
+    if let (Some(trend), None) = (r.trend, labels) {
         let labels = labels_of(range);
         out["result"]["trend"] = trend
             .iter()
@@ -959,6 +998,60 @@ fn funnel(
             .collect();
     }
     Ok(out)
+}
+
+/// The persons of a funnel step (see [`Options::funnel_step`]), each with their distinct ids.
+fn persons_at_step(
+    snap: &Snapshot,
+    persons: &[(u32, u8)],
+    step: i32,
+    steps: usize,
+    limit: usize,
+) -> Result<Value, Unsupported> {
+    let n = step.unsigned_abs() as usize;
+    if n == 0 || n > steps || (step < 0 && n == 1) {
+        return Err(unsupported(
+            "funnel_step",
+            format!(
+                "must be 1..={steps} (reached the step) or -2..=-{steps} (dropped off before it)"
+            ),
+        ));
+    }
+    let chosen: Vec<u32> = persons
+        .iter()
+        .filter(|&&(_, reached)| {
+            let reached = reached as usize;
+            if step > 0 {
+                reached >= n
+            } else {
+                reached == n - 1
+            }
+        })
+        .map(|&(p, _)| p)
+        .collect();
+    let total = chosen.len();
+    let listed: std::collections::HashMap<u32, usize> = chosen
+        .iter()
+        .take(limit)
+        .enumerate()
+        .map(|(i, &p)| (p, i))
+        .collect();
+    let mut dids: Vec<Vec<String>> = vec![Vec::new(); listed.len()];
+    for (did, &p) in snap.resolved.iter().enumerate() {
+        if let Some(&i) = listed.get(&p) {
+            dids[i].push(snap.dids.value(did as u32).to_owned());
+        }
+    }
+    let list: Vec<Value> = chosen
+        .iter()
+        .take(limit)
+        .zip(dids)
+        .map(|(&p, d)| {
+            let id = snap.person_ids[p as usize];
+            json!({"person_id": (id >= 0).then_some(id), "distinct_ids": d})
+        })
+        .collect();
+    Ok(json!({"step": step, "count": total, "results": list}))
 }
 
 fn ratio(a: u64, b: u64) -> Value {
@@ -1144,6 +1237,55 @@ fn lifecycle(
     }))
 }
 
+/// Most persons a funnel-step request lists.
+const MAX_PERSONS: usize = 10_000;
+
+fn parse_options(
+    params: &std::collections::HashMap<String, String>,
+    query: &InsightQuery,
+) -> Result<Options, crate::error::ApiError> {
+    use crate::error::ApiError;
+    let bad = |field: &str, message: String| {
+        ApiError::bad_request("invalid_query", format!("{field}: {message}"))
+            .with_errors(json!([{"field": field, "message": message}]))
+    };
+    let mut options = Options {
+        funnel_step: None,
+        persons_limit: 100,
+    };
+    for (k, v) in params {
+        match k.as_str() {
+            "funnel_step" => {
+                if !matches!(query, InsightQuery::Funnel(_)) {
+                    return Err(bad(k, "applies to funnels only".into()));
+                }
+                options.funnel_step = Some(v.parse().map_err(|_| {
+                    bad(
+                        k,
+                        format!(
+                            "must be a whole number (a step, negative for drop-offs), got `{v}`"
+                        ),
+                    )
+                })?);
+            }
+            "limit" => {
+                options.persons_limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_PERSONS).contains(n))
+                    .ok_or_else(|| {
+                        bad(
+                            k,
+                            format!("must be a whole number from 1 to {MAX_PERSONS}, got `{v}`"),
+                        )
+                    })?;
+            }
+            _ => return Err(bad(k, "unknown parameter (use funnel_step, limit)".into())),
+        }
+    }
+    Ok(options)
+}
+
 /// `POST /api/v1/projects/{project_id}/insights/{kind}`: runs an insight definition. Waits (bounded) until the
 /// tables hold every event acknowledged before the request, so a client sees its own writes. Complete answers are
 /// cached by definition, resolved range and data version (`"cached": true`); `Cache-Control: no-cache` bypasses
@@ -1151,6 +1293,7 @@ fn lifecycle(
 pub async fn post_insight(
     axum::extract::State(state): axum::extract::State<crate::state::AppState>,
     headers: axum::http::HeaderMap,
+    axum::extract::Query(params): axum::extract::Query<std::collections::HashMap<String, String>>,
     caller: crate::api::Caller,
     axum::extract::Path((project_id, kind)): axum::extract::Path<(String, String)>,
     crate::api::JsonBody(body): crate::api::JsonBody<Value>,
@@ -1169,6 +1312,7 @@ pub async fn post_insight(
         )
         .with_errors(json!(errors))
     })?;
+    let options = parse_options(&params, &query)?;
     let complete = state.tables_catch_up().await;
     let epoch = state.flags.subjects.epoch();
     let mut columns = Columns::new();
@@ -1187,7 +1331,7 @@ pub async fn post_insight(
             .with_errors(json!([e]))
     })?;
     let cache_key = format!(
-        "{project_id}|{}|{}|{}|{}|{epoch}",
+        "{project_id}|{options:?}|{}|{}|{}|{}|{epoch}",
         serde_json::to_string(&query).unwrap_or_default(),
         range.from.timestamp_micros(),
         range.to.timestamp_micros(),
@@ -1215,10 +1359,11 @@ pub async fn post_insight(
         }
     }
     let threads = k::default_threads();
-    let result =
-        tokio::task::spawn_blocking(move || run(snapshot.as_ref(), &query, now, threads, &columns))
-            .await
-            .map_err(ApiError::internal)?;
+    let result = tokio::task::spawn_blocking(move || {
+        run(snapshot.as_ref(), &query, now, threads, &columns, options)
+    })
+    .await
+    .map_err(ApiError::internal)?;
     match result {
         Ok(v) => {
             let v = Arc::new(v);

@@ -81,7 +81,10 @@ fn counts(v: &Value) -> Vec<u64> {
 }
 
 /// Every generated event with its person, from the log and the metadata store (server stopped).
-fn ground_rows(dir: &std::path::Path, project: i64) -> (Vec<Owned>, HashMap<u64, String>) {
+fn ground_rows(
+    dir: &std::path::Path,
+    project: i64,
+) -> (Vec<Owned>, HashMap<u64, String>, HashMap<String, u64>) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (persons, plans) = rt.block_on(async {
         let store = flywheel_store::Store::open(&dir.join("metadata.db"))
@@ -139,7 +142,11 @@ fn ground_rows(dir: &std::path::Path, project: i64) -> (Vec<Owned>, HashMap<u64,
             });
         }
     }
-    (rows, plans)
+    let did_person = persons
+        .iter()
+        .map(|(d, &p)| (d.clone(), p as u64))
+        .collect();
+    (rows, plans, did_person)
 }
 
 /// The queries checked, each with a function computing the truth's answer and the API's, as comparable values.
@@ -604,6 +611,37 @@ fn checks() -> Vec<Check> {
                 (want, json!(got))
             },
         ),
+        (
+            "funnel",
+            with(
+                json!({"steps": [{"event": "$pageview"}, {"event": "signed_up"}, {"event": "project_created"}], "breakdown": {"type": "event", "property": "$browser"}, "breakdown_attribution": "first_touch"}),
+            ),
+            |c, q, v| {
+                // Every entered person is attributed to exactly one browser: the rows add up to the whole funnel.
+                let steps: Vec<&str> = q["steps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s["event"].as_str().unwrap())
+                    .collect();
+                let want = truth::funnel(
+                    &c.rows,
+                    &steps,
+                    14 * truth::DAY_US,
+                    truth::Order::Ordered,
+                    range_of(v),
+                );
+                let items = v["result"].as_array().unwrap();
+                assert!(items.len() >= 3, "several browsers: {v}");
+                let mut summed = vec![0u64; steps.len()];
+                for item in items {
+                    for (i, s) in item["steps"].as_array().unwrap().iter().enumerate() {
+                        summed[i] += s["count"].as_u64().unwrap();
+                    }
+                }
+                (json!(want), json!(summed))
+            },
+        ),
     ]
 }
 
@@ -700,9 +738,41 @@ fn check_seed(seed: &str) {
         .iter()
         .map(|(kind, q, _)| insight(&serve, &key, project, kind, q.clone()))
         .collect();
+    let persons_of_steps: Vec<(i32, Value)> = [2, 3, -2, -3]
+        .into_iter()
+        .map(|step| {
+            let body = json!({"date_from": "2025-12-04", "date_to": "2025-12-31", "steps": [{"event": "signed_up"}, {"event": "project_created"}, {"event": "teammate_invited"}]});
+            let (status, v) = post(
+                &serve,
+                &key,
+                &format!("/api/v1/projects/{project}/insights/funnel?funnel_step={step}&limit=25"),
+                &body,
+            );
+            assert_eq!(status, 200, "{v}");
+            (step, v)
+        })
+        .collect();
+    let (status, v) = post(
+        &serve,
+        &key,
+        &format!("/api/v1/projects/{project}/insights/funnel?funnel_step=9"),
+        &json!({"steps": [{"event": "a"}, {"event": "b"}]}),
+    );
+    assert_eq!(
+        (status, v["errors"][0]["field"].as_str()),
+        (400, Some("funnel_step")),
+        "{v}"
+    );
+    let (status, v) = post(
+        &serve,
+        &key,
+        &format!("/api/v1/projects/{project}/insights/trends?funnel_step=1"),
+        &json!({"series": [{"event": "a"}]}),
+    );
+    assert_eq!(status, 400, "{v}");
     assert!(serve.terminate().success());
 
-    let (owned, plan_of) = ground_rows(dir.path(), project);
+    let (owned, plan_of, did_person) = ground_rows(dir.path(), project);
     assert_eq!(owned.len(), 30_000);
     let rows: Vec<truth::Row<'_>> = owned
         .iter()
@@ -726,6 +796,60 @@ fn check_seed(seed: &str) {
             want.to_string().bytes().any(|b| (b'1'..=b'9').contains(&b)),
             "{kind} {q}: {want}"
         );
+    }
+
+    // The persons of a funnel step are exactly the truth's, and their distinct ids are theirs.
+    let steps = ["signed_up", "project_created", "teammate_invited"];
+    let range = range_of(&answers[2]);
+    let reach_of = |person: u64| -> usize {
+        let mine: Vec<truth::Row<'_>> = ctx
+            .rows
+            .iter()
+            .filter(|r| r.person == person)
+            .copied()
+            .collect();
+        truth::funnel(
+            &mine,
+            &steps,
+            14 * truth::DAY_US,
+            truth::Order::Ordered,
+            range,
+        )
+        .iter()
+        .filter(|&&n| n > 0)
+        .count()
+    };
+    for (step, listed) in persons_of_steps {
+        let v = &listed["persons"];
+        let results = v["results"].as_array().unwrap();
+        assert!(!results.is_empty(), "step {step}: {listed}");
+        for p in results {
+            let did = p["distinct_ids"][0].as_str().unwrap();
+            let person = *did_person.get(did).unwrap();
+            let reach = reach_of(person);
+            if step > 0 {
+                assert!(reach >= step as usize, "step {step}: {did} reached {reach}");
+            } else {
+                assert_eq!(
+                    reach,
+                    step.unsigned_abs() as usize - 1,
+                    "drop-off {step}: {did}"
+                );
+            }
+            assert_eq!(p["person_id"].as_u64(), Some(person), "{p}");
+        }
+        let counts: Vec<u64> = listed["result"]["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["count"].as_u64().unwrap())
+            .collect();
+        let expected = if step > 0 {
+            counts[step as usize - 1]
+        } else {
+            counts[step.unsigned_abs() as usize - 2] - counts[step.unsigned_abs() as usize - 1]
+        };
+        assert_eq!(v["count"].as_u64(), Some(expected), "step {step}");
     }
 
     // Restarted, the server reads its sealed segments and answers the same.
