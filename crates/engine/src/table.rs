@@ -722,6 +722,80 @@ fn load_segment(dir: &Path, meta: &SegmentMeta, project: &mut Project) -> Result
     Ok(())
 }
 
+/// Writes every event of a snapshot to one Parquet file, persons resolved: columns `person_id` (the metadata
+/// store's person id after all merges; a distinct id without a person gets a negative id of its own),
+/// `timestamp` (µs, UTC), `event`, and one nullable string column per entry of `person_columns` (a value per
+/// dense person). Rows are ordered by partition (day), then person, then time. Returns the rows written.
+pub fn export_parquet(
+    snap: &Snapshot,
+    path: &Path,
+    person_columns: &[(String, Vec<Option<String>>)],
+) -> Result<u64, EngineError> {
+    use arrow_array::builder::{StringBuilder, StringDictionaryBuilder};
+    use arrow_array::{ArrayRef, Int64Array, RecordBatch, TimestampMicrosecondArray};
+    use arrow_schema::{DataType, Field, Schema, TimeUnit};
+
+    let mut fields = vec![
+        Field::new("person_id", DataType::Int64, false),
+        Field::new(
+            "timestamp",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new(
+            "event",
+            DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+            false,
+        ),
+    ];
+    for (name, _) in person_columns {
+        fields.push(Field::new(name, DataType::Utf8, true));
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let file = std::fs::File::create(path)
+        .map_err(|e| EngineError::io(format!("creating {}", path.display()), e))?;
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .build();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), Some(props))
+        .map_err(|e| segment_error(path, e))?;
+    let person_id = |dense: u32| match snap.person_ids[dense as usize] {
+        id if id >= 0 => id,
+        _ => -(i64::from(dense) + 1),
+    };
+    let mut rows = 0u64;
+    for part in snap.partitions.values() {
+        let v = part.sorted(&snap.resolved);
+        if v.order.is_empty() {
+            continue;
+        }
+        let mut events = StringDictionaryBuilder::<Int32Type>::new();
+        for &e in &v.event {
+            events.append_value(snap.events.value(e));
+        }
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(
+                v.person.iter().map(|&p| person_id(p)).collect::<Vec<_>>(),
+            )),
+            Arc::new(TimestampMicrosecondArray::from(v.ts.clone()).with_timezone("UTC")),
+            Arc::new(events.finish()),
+        ];
+        for (_, values) in person_columns {
+            let mut b = StringBuilder::new();
+            for &p in &v.person {
+                b.append_option(values.get(p as usize).and_then(|x| x.as_deref()));
+            }
+            columns.push(Arc::new(b.finish()));
+        }
+        let batch =
+            RecordBatch::try_new(schema.clone(), columns).map_err(|e| segment_error(path, e))?;
+        writer.write(&batch).map_err(|e| segment_error(path, e))?;
+        rows += v.order.len() as u64;
+    }
+    writer.close().map_err(|e| segment_error(path, e))?;
+    Ok(rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -872,78 +946,4 @@ mod tests {
             .collect();
         assert_eq!(days, [1, 2, 3]);
     }
-}
-
-/// Writes every event of a snapshot to one Parquet file, persons resolved: columns `person_id` (the metadata
-/// store's person id after all merges; a distinct id without a person gets a negative id of its own),
-/// `timestamp` (µs, UTC), `event`, and one nullable string column per entry of `person_columns` (a value per
-/// dense person). Rows are ordered by partition (day), then person, then time. Returns the rows written.
-pub fn export_parquet(
-    snap: &Snapshot,
-    path: &Path,
-    person_columns: &[(String, Vec<Option<String>>)],
-) -> Result<u64, EngineError> {
-    use arrow_array::builder::{StringBuilder, StringDictionaryBuilder};
-    use arrow_array::{ArrayRef, Int64Array, RecordBatch, TimestampMicrosecondArray};
-    use arrow_schema::{DataType, Field, Schema, TimeUnit};
-
-    let mut fields = vec![
-        Field::new("person_id", DataType::Int64, false),
-        Field::new(
-            "timestamp",
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            false,
-        ),
-        Field::new(
-            "event",
-            DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
-            false,
-        ),
-    ];
-    for (name, _) in person_columns {
-        fields.push(Field::new(name, DataType::Utf8, true));
-    }
-    let schema = Arc::new(Schema::new(fields));
-    let file = std::fs::File::create(path)
-        .map_err(|e| EngineError::io(format!("creating {}", path.display()), e))?;
-    let props = parquet::file::properties::WriterProperties::builder()
-        .set_compression(parquet::basic::Compression::SNAPPY)
-        .build();
-    let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema.clone(), Some(props))
-        .map_err(|e| segment_error(path, e))?;
-    let person_id = |dense: u32| match snap.person_ids[dense as usize] {
-        id if id >= 0 => id,
-        _ => -(i64::from(dense) + 1),
-    };
-    let mut rows = 0u64;
-    for part in snap.partitions.values() {
-        let v = part.sorted(&snap.resolved);
-        if v.order.is_empty() {
-            continue;
-        }
-        let mut events = StringDictionaryBuilder::<Int32Type>::new();
-        for &e in &v.event {
-            events.append_value(snap.events.value(e));
-        }
-        let mut columns: Vec<ArrayRef> = vec![
-            Arc::new(Int64Array::from(
-                v.person.iter().map(|&p| person_id(p)).collect::<Vec<_>>(),
-            )),
-            Arc::new(TimestampMicrosecondArray::from(v.ts.clone()).with_timezone("UTC")),
-            Arc::new(events.finish()),
-        ];
-        for (_, values) in person_columns {
-            let mut b = StringBuilder::new();
-            for &p in &v.person {
-                b.append_option(values.get(p as usize).and_then(|x| x.as_deref()));
-            }
-            columns.push(Arc::new(b.finish()));
-        }
-        let batch =
-            RecordBatch::try_new(schema.clone(), columns).map_err(|e| segment_error(path, e))?;
-        writer.write(&batch).map_err(|e| segment_error(path, e))?;
-        rows += v.order.len() as u64;
-    }
-    writer.close().map_err(|e| segment_error(path, e))?;
-    Ok(rows)
 }

@@ -81,11 +81,17 @@ fn label_of(v: &Value) -> String {
     }
 }
 
+/// (project, key) → (identity epoch, column).
+type ColumnCache = std::collections::HashMap<(i64, String), (u64, Arc<PersonColumn>)>;
+
+/// Per breakdown label (`None` without a breakdown): the label, and per series one row of values per label.
+type SeriesRows = (Vec<Option<Value>>, Vec<Vec<Vec<f64>>>);
+
 /// Person-property columns, cached per (project, key) for one identity epoch (any property change or merge
 /// makes them stale).
 #[derive(Default)]
 pub struct InsightsCache {
-    columns: std::sync::Mutex<std::collections::HashMap<(i64, String), (u64, Arc<PersonColumn>)>>,
+    columns: std::sync::Mutex<ColumnCache>,
     /// Answers by (project, definition, resolved range, data version, identity epoch): any new event, merge or
     /// property change makes a different key, so an entry is never stale, only unused.
     results: std::sync::Mutex<std::collections::HashMap<String, Arc<Value>>>,
@@ -509,15 +515,13 @@ fn check_filters(filters: &[Filter], field: &str) -> Result<(), Unsupported> {
                 return Err(unsupported(
                     format!("{field}[{i}]"),
                     "cohort filters are not supported by the embedded engine yet",
-                )
-                .into())
+                ))
             }
             Filter::Property(p) if p.property_type == flywheel_query::PropertyType::Group => {
                 return Err(unsupported(
                     format!("{field}[{i}].type"),
                     "group-property filters are not supported by the embedded engine yet",
-                )
-                .into())
+                ))
             }
             Filter::Property(_) => {}
         }
@@ -579,8 +583,7 @@ fn check_common(c: &flywheel_query::Common) -> Result<(), Unsupported> {
         return Err(unsupported(
             "filter_test_accounts",
             "test-account filters are not configurable yet",
-        )
-        .into());
+        ));
     }
     Ok(())
 }
@@ -721,113 +724,110 @@ fn trends(
     let all_bits = (1u64 << t.series.len()) - 1;
     let limit = t.breakdown.as_ref().and_then(|b| b.limit).unwrap_or(25) as usize;
     // Per series: one row per breakdown label (a single unlabeled row without a breakdown).
-    let run_range =
-        |range: &TimeRange| -> Result<(Vec<Option<Value>>, Vec<Vec<Vec<f64>>>), EngineError> {
-            let b = buckets(range);
-            // Rolling windows reach back up to 30 days before the first bucket.
-            let reach = if maths
-                .iter()
-                .any(|m| matches!(m, k::trends::TrendMath::Rolling { .. }))
-            {
-                30 * k::DAY_US
-            } else {
-                0
-            };
-            let prepared = compiled.prepare(snap, Some((us(range.from) - reach, us(range.to))))?;
-            let plain = blocks(&prepared);
-            let column = person_breakdown_key_of(&t.breakdown).and_then(|k| columns.get(k));
-            let codes = column.map(|col| person_codes(snap, col, &plain, all_bits, limit));
-            let row_codes = match t.breakdown.as_ref().map(|b| &b.by) {
-                Some(BreakdownBy::Event { property }) => {
-                    Some(event_codes(snap, &prepared, property, all_bits, limit)?)
+    let run_range = |range: &TimeRange| -> Result<SeriesRows, EngineError> {
+        let b = buckets(range);
+        // Rolling windows reach back up to 30 days before the first bucket.
+        let reach = if maths
+            .iter()
+            .any(|m| matches!(m, k::trends::TrendMath::Rolling { .. }))
+        {
+            30 * k::DAY_US
+        } else {
+            0
+        };
+        let prepared = compiled.prepare(snap, Some((us(range.from) - reach, us(range.to))))?;
+        let plain = blocks(&prepared);
+        let column = person_breakdown_key_of(&t.breakdown).and_then(|k| columns.get(k));
+        let codes = column.map(|col| person_codes(snap, col, &plain, all_bits, limit));
+        let row_codes = match t.breakdown.as_ref().map(|b| &b.by) {
+            Some(BreakdownBy::Event { property }) => {
+                Some(event_codes(snap, &prepared, property, all_bits, limit)?)
+            }
+            _ => None,
+        };
+        let (source, values, labels) = match (&codes, &row_codes) {
+            (Some(c), _) => (
+                k::trends::BreakdownSource::Person(&c.codes),
+                c.labels.len() as u32,
+                c.labels.iter().cloned().map(Some).collect(),
+            ),
+            (None, Some((_, labels))) => (
+                k::trends::BreakdownSource::Row,
+                labels.len() as u32,
+                labels.iter().cloned().map(Some).collect(),
+            ),
+            (None, None) => (k::trends::BreakdownSource::None, 1, vec![None]),
+        };
+        let mut per_series = Vec::with_capacity(maths.len());
+        for (bit, &math) in maths.iter().enumerate() {
+            // Property math reads the series' numeric property for every row of the range.
+            let numbers = match (&math, &t.series[bit].math_property) {
+                (k::trends::TrendMath::Property(_), Some(key)) => {
+                    Some(event_numbers(snap, &prepared, key)?)
                 }
                 _ => None,
             };
-            let (source, values, labels) = match (&codes, &row_codes) {
-                (Some(c), _) => (
-                    k::trends::BreakdownSource::Person(&c.codes),
-                    c.labels.len() as u32,
-                    c.labels.iter().cloned().map(Some).collect(),
-                ),
-                (None, Some((_, labels))) => (
-                    k::trends::BreakdownSource::Row,
-                    labels.len() as u32,
-                    labels.iter().cloned().map(Some).collect(),
-                ),
-                (None, None) => (k::trends::BreakdownSource::None, 1, vec![None]),
+            let blocks: Vec<k::Block<'_>> = plain
+                .iter()
+                .enumerate()
+                .map(|(i, b)| k::Block {
+                    breakdown: row_codes.as_ref().map(|(c, _)| &c[i][..]),
+                    value: numbers.as_ref().map(|n| &n[i][..]),
+                    ..*b
+                })
+                .collect();
+            let spec = k::trends::TrendSpec {
+                bit: bit as u32,
+                math,
+                buckets: b.clone(),
+                breakdown: source,
+                breakdown_values: values,
             };
-            let mut per_series = Vec::with_capacity(maths.len());
-            for (bit, &math) in maths.iter().enumerate() {
-                // Property math reads the series' numeric property for every row of the range.
-                let numbers = match (&math, &t.series[bit].math_property) {
-                    (k::trends::TrendMath::Property(_), Some(key)) => {
-                        Some(event_numbers(snap, &prepared, key)?)
-                    }
-                    _ => None,
-                };
-                let blocks: Vec<k::Block<'_>> = plain
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| k::Block {
-                        breakdown: row_codes.as_ref().map(|(c, _)| &c[i][..]),
-                        value: numbers.as_ref().map(|n| &n[i][..]),
-                        ..*b
-                    })
-                    .collect();
-                let spec = k::trends::TrendSpec {
-                    bit: bit as u32,
-                    math,
-                    buckets: b.clone(),
-                    breakdown: source,
-                    breakdown_values: values,
-                };
-                per_series.push(k::trends::trend(&blocks, snap.persons(), threads, &spec));
-            }
-            Ok((labels, per_series))
-        };
-    let render = |range: &TimeRange,
-                  (labels, values): (Vec<Option<Value>>, Vec<Vec<Vec<f64>>>),
-                  compare: Option<&str>|
-     -> Vec<Value> {
-        let dates = labels_of(range);
-        let mut out: Vec<Value> = Vec::new();
-        for (code, label) in labels.iter().enumerate() {
-            let rows: Vec<&Vec<f64>> = values.iter().map(|series| &series[code]).collect();
-            if label.is_some() && rows.iter().all(|r| r.iter().all(|&x| x == 0.0)) {
-                continue; // a breakdown value with nothing in this range
-            }
-            let mut push = |mut item: Value| {
-                item["labels"] = json!(dates);
-                item["compare"] = json!(compare);
-                if let Some(l) = label {
-                    item["breakdown_value"] = l.clone();
-                }
-                out.push(item);
-            };
-            if let Some(formula) = &t.formula {
-                let data: Vec<Value> = (0..dates.len())
-                    .map(|i| {
-                        let row: Vec<f64> = rows.iter().map(|s| s[i]).collect();
-                        formula.expr.eval(&row).map_or(Value::Null, |v| json!(v))
-                    })
-                    .collect();
-                push(json!({"label": formula.text, "formula": formula.text, "data": data}));
-            } else {
-                for (i, (s, data)) in t.series.iter().zip(&rows).enumerate() {
-                    let count: f64 = data.iter().sum();
-                    push(json!({
-                        "label": s.name.clone().unwrap_or_else(|| event_label(&s.event)),
-                        "series": i,
-                        "event": s.event,
-                        "math": s.math.unwrap_or(Math::Total),
-                        "data": data,
-                        "count": count,
-                    }));
-                }
-            }
+            per_series.push(k::trends::trend(&blocks, snap.persons(), threads, &spec));
         }
-        out
+        Ok((labels, per_series))
     };
+    let render =
+        |range: &TimeRange, (labels, values): SeriesRows, compare: Option<&str>| -> Vec<Value> {
+            let dates = labels_of(range);
+            let mut out: Vec<Value> = Vec::new();
+            for (code, label) in labels.iter().enumerate() {
+                let rows: Vec<&Vec<f64>> = values.iter().map(|series| &series[code]).collect();
+                if label.is_some() && rows.iter().all(|r| r.iter().all(|&x| x == 0.0)) {
+                    continue; // a breakdown value with nothing in this range
+                }
+                let mut push = |mut item: Value| {
+                    item["labels"] = json!(dates);
+                    item["compare"] = json!(compare);
+                    if let Some(l) = label {
+                        item["breakdown_value"] = l.clone();
+                    }
+                    out.push(item);
+                };
+                if let Some(formula) = &t.formula {
+                    let data: Vec<Value> = (0..dates.len())
+                        .map(|i| {
+                            let row: Vec<f64> = rows.iter().map(|s| s[i]).collect();
+                            formula.expr.eval(&row).map_or(Value::Null, |v| json!(v))
+                        })
+                        .collect();
+                    push(json!({"label": formula.text, "formula": formula.text, "data": data}));
+                } else {
+                    for (i, (s, data)) in t.series.iter().zip(&rows).enumerate() {
+                        let count: f64 = data.iter().sum();
+                        push(json!({
+                            "label": s.name.clone().unwrap_or_else(|| event_label(&s.event)),
+                            "series": i,
+                            "event": s.event,
+                            "math": s.math.unwrap_or(Math::Total),
+                            "data": data,
+                            "count": count,
+                        }));
+                    }
+                }
+            }
+            out
+        };
     let mut result = render(range, run_range(range)?, t.compare.then_some("current"));
     if t.compare {
         let previous = range.previous_period(&Utc);
