@@ -23,9 +23,10 @@
 //! # Cost
 //!
 //! One pass over the rows, sharded by person ([`crate::par_shards`]); per thread, two flat arrays over the shard's
-//! persons (a 128-bit set of return periods, and either the first-time cohort in a byte or a 128-bit set of start
-//! periods), then `O(cohorts × periods)` per person at the end. No allocation or hashing per row; a binary
-//! search over the period starts per start or return row.
+//! persons (a set of return periods, and either the first-time cohort in a byte or a set of start periods; a set
+//! is the smallest integer with a bit per period: a byte for up to 8 periods), then `O(cohorts × periods)` per
+//! person at the end. No allocation or hashing per row; the last period found is remembered (a block's rows
+//! mostly fall in one period), otherwise a binary search over the period starts.
 
 use crate::trends::BreakdownSource;
 use crate::{par_shards, Block, Buckets};
@@ -118,8 +119,67 @@ fn bit_mask(bit: u32) -> u64 {
     1u64.checked_shl(bit).unwrap_or(0)
 }
 
+/// A set of periods, one bit each: the smallest integer holding them all, so that the per-person arrays stay
+/// small (8 periods take a byte per person).
+trait PeriodSet: Copy + Default {
+    fn insert(&mut self, period: usize);
+    fn bits(self) -> u128;
+}
+
+macro_rules! period_set {
+    ($($t:ty),*) => {$(
+        impl PeriodSet for $t {
+            #[inline]
+            fn insert(&mut self, period: usize) {
+                *self |= 1 << period;
+            }
+            #[inline]
+            fn bits(self) -> u128 {
+                u128::from(self)
+            }
+        }
+    )*};
+}
+period_set!(u8, u16, u32, u64, u128);
+
 /// One shard: collects each person's periods, then adds their cells to `table` (`[code][p][k]`, flat).
 fn scan(
+    blocks: &[Block<'_>],
+    shard: &std::ops::Range<u32>,
+    spec: &RetentionSpec<'_>,
+    table: &mut [u64],
+) {
+    match spec.periods.len() {
+        0..=8 => scan_with::<u8>(blocks, shard, spec, table),
+        9..=16 => scan_with::<u16>(blocks, shard, spec, table),
+        17..=32 => scan_with::<u32>(blocks, shard, spec, table),
+        33..=64 => scan_with::<u64>(blocks, shard, spec, table),
+        _ => scan_with::<u128>(blocks, shard, spec, table),
+    }
+}
+
+/// The period of a timestamp, remembering the last one found (a block's rows mostly fall in one period).
+struct PeriodAt<'b> {
+    buckets: &'b Buckets,
+    /// The last period found and its bounds.
+    last: Option<(usize, i64, i64)>,
+}
+
+impl PeriodAt<'_> {
+    #[inline]
+    fn of(&mut self, ts: i64) -> Option<usize> {
+        if let Some((p, lo, hi)) = self.last {
+            if lo <= ts && ts < hi {
+                return Some(p);
+            }
+        }
+        let p = self.buckets.index(ts)?;
+        self.last = Some((p, self.buckets.starts[p], self.buckets.bucket_end(p)));
+        Some(p)
+    }
+}
+
+fn scan_with<S: PeriodSet>(
     blocks: &[Block<'_>],
     shard: &std::ops::Range<u32>,
     spec: &RetentionSpec<'_>,
@@ -137,10 +197,13 @@ fn scan(
     let mut starts = if first_time {
         Vec::new()
     } else {
-        vec![0u128; width]
+        vec![S::default(); width]
     };
-    let mut returns = vec![0u128; width];
-    let buckets = &spec.periods;
+    let mut returns = vec![S::default(); width];
+    let mut at = PeriodAt {
+        buckets: &spec.periods,
+        last: None,
+    };
     for block in blocks {
         let rows = block.rows_of(shard);
         let cols = block.person[rows.clone()]
@@ -155,20 +218,20 @@ fn scan(
             if m & start_bit != 0 {
                 if first_time {
                     if first[i] == UNSEEN {
-                        first[i] = buckets.index(ts).map_or(NO_COHORT, |b| b as u8);
+                        first[i] = at.of(ts).map_or(NO_COHORT, |b| b as u8);
                     }
-                } else if let Some(b) = buckets.index(ts) {
-                    starts[i] |= 1 << b;
+                } else if let Some(b) = at.of(ts) {
+                    starts[i].insert(b);
                 }
             }
             if m & return_bit != 0 {
-                if let Some(b) = buckets.index(ts) {
-                    returns[i] |= 1 << b;
+                if let Some(b) = at.of(ts) {
+                    returns[i].insert(b);
                 }
             }
         }
     }
-    let periods = buckets.len();
+    let periods = spec.periods.len();
     let groups = table.len() / (periods * periods);
     for i in 0..width {
         let cohorts = if first_time {
@@ -177,7 +240,7 @@ fn scan(
                 b => 1u128 << b,
             }
         } else {
-            starts[i]
+            starts[i].bits()
         };
         if cohorts == 0 {
             continue;
@@ -191,7 +254,7 @@ fn scan(
             }
             _ => 0,
         };
-        let ret = returns[i];
+        let ret = returns[i].bits();
         let mut left = cohorts;
         while left != 0 {
             let p = left.trailing_zeros() as usize;
