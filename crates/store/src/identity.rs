@@ -799,6 +799,85 @@ mod tests {
         ));
     }
 
+    /// The writer's connection is configured like the pool's (see `Store::open`).
+    #[tokio::test]
+    async fn writer_connection_matches_the_pool_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("m.db")).await.unwrap();
+        let w = store.identity_writer("test").unwrap();
+        let pragma = |name: &str| -> String {
+            w.conn
+                .query_row(&format!("PRAGMA {name}"), [], |row| {
+                    row.get::<_, rusqlite::types::Value>(0)
+                })
+                .map(|v| match v {
+                    rusqlite::types::Value::Integer(i) => i.to_string(),
+                    rusqlite::types::Value::Text(t) => t,
+                    other => format!("{other:?}"),
+                })
+                .unwrap()
+        };
+        assert_eq!(pragma("journal_mode"), "wal");
+        assert_eq!(pragma("synchronous"), "1", "NORMAL");
+        assert_eq!(pragma("foreign_keys"), "1");
+        assert_eq!(pragma("busy_timeout"), BUSY_TIMEOUT.as_millis().to_string());
+    }
+
+    /// A batch that fails half-way leaves nothing: no rows, no checkpoint, no changes, no cached person or
+    /// person id, so the retry starts from the database.
+    #[tokio::test]
+    async fn a_failed_apply_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("m.db")).await.unwrap();
+        let p = store.bootstrap("o", "p").await.unwrap().project_id;
+        let touch = |d: &str| IdentityOp::Touch {
+            project_id: p,
+            distinct_id: d.into(),
+            at: 0,
+        };
+        let mut w = store.identity_writer("test").unwrap();
+        w.record_changes();
+        w.apply(&[touch("a")], 1).unwrap();
+        let [IdentityChange::Assigned { person_id: a, .. }] = w.take_changes()[..] else {
+            panic!("one assignment expected");
+        };
+        // Linking a group now fails after "b" got a person in the same transaction.
+        sqlx::query("DROP TABLE person_groups")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let link = IdentityOp::LinkGroups {
+            project_id: p,
+            distinct_id: "b".into(),
+            groups: vec![("company".into(), "acme".into())],
+        };
+        assert!(matches!(
+            w.apply(&[touch("b"), link], 2),
+            Err(crate::StoreError::IdentityDatabase(_))
+        ));
+        assert!(w.take_changes().is_empty());
+        assert_eq!(store.checkpoint("test").await.unwrap(), 1);
+        let ids: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM person_distinct_ids")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(ids, 1);
+        let types: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM group_types")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(types, 0);
+        w.apply(&[touch("b")], 2).unwrap();
+        assert_eq!(
+            w.take_changes(),
+            vec![IdentityChange::Assigned {
+                project_id: p,
+                distinct_id: "b".into(),
+                person_id: a + 1,
+            }]
+        );
+    }
+
     #[test]
     fn illegal_ids_are_recognised_case_insensitively() {
         assert!(is_illegal_merge_id("Anonymous"));
