@@ -71,7 +71,8 @@ pub struct Partition {
     /// Sealed rows come first, described by `sources`; the tail follows.
     sources: Vec<Source>,
     tail: Vec<TailRow>,
-    sorted: Mutex<Option<Arc<Sorted>>>,
+    /// The cached sorted view and the identity version it was last known valid for.
+    sorted: Mutex<Option<(u64, Arc<Sorted>)>>,
 }
 
 impl Clone for Partition {
@@ -116,18 +117,22 @@ impl Partition {
         self.tail.len()
     }
 
-    /// The view sorted by (person, time, storage order) under `resolved` (distinct id → dense person); cached
-    /// until rows are added or a merge moves one of the partition's rows to another person.
-    pub fn sorted(&self, resolved: &[u32]) -> Arc<Sorted> {
+    /// The view sorted by (person, time, storage order) under `resolved` (distinct id → dense person) at
+    /// `identity_version`; cached until rows are added or a merge moves one of the partition's rows to another
+    /// person. Same version: no check at all; a newer one: a linear check, and a re-sort only if a row moved.
+    pub fn sorted(&self, resolved: &[u32], identity_version: u64) -> Arc<Sorted> {
         let mut cache = self.sorted.lock().expect("sorted view lock");
-        if let Some(s) = cache.as_ref() {
-            let still_valid = s.order.len() == self.len()
-                && s.order
-                    .iter()
-                    .zip(&s.person)
-                    .all(|(&row, &p)| resolved[self.did[row as usize] as usize] == p);
-            if still_valid {
-                return s.clone();
+        if let Some((version, s)) = cache.as_mut() {
+            if s.order.len() == self.len() {
+                let still_valid = *version == identity_version
+                    || s.order
+                        .iter()
+                        .zip(&s.person)
+                        .all(|(&row, &p)| resolved[self.did[row as usize] as usize] == p);
+                if still_valid {
+                    *version = (*version).max(identity_version);
+                    return s.clone();
+                }
             }
         }
         let mut keyed: Vec<(u32, i64, u32)> = (0..self.len())
@@ -140,7 +145,7 @@ impl Partition {
             ts: keyed.iter().map(|k| k.1).collect(),
             event: keyed.iter().map(|k| self.event[k.2 as usize]).collect(),
         });
-        *cache = Some(sorted.clone());
+        *cache = Some((identity_version, sorted.clone()));
         sorted
     }
 
@@ -211,8 +216,11 @@ struct Project {
     /// Dense person → the person it was merged into (itself when not merged).
     parent: Vec<u32>,
     /// Dense person → the metadata store's person id (`-1`: a distinct id without a person).
-    person_ids: Vec<i64>,
+    person_ids: Arc<Vec<i64>>,
     dense_of: HashMap<i64, u32>,
+    /// Grows whenever the person of a distinct id that may already have rows changes (a merge, or a first
+    /// assignment of a distinct id that was its own person): sorted views of an older version are checked.
+    identity_version: u64,
     /// `resolved` is stale when set.
     identity_dirty: bool,
     resolved: Arc<Vec<u32>>,
@@ -228,9 +236,23 @@ impl Project {
         }
         let d = self.parent.len() as u32;
         self.parent.push(d);
-        self.person_ids.push(person_id);
+        Arc::make_mut(&mut self.person_ids).push(person_id);
         self.dense_of.insert(person_id, d);
         d
+    }
+
+    fn set_person(&mut self, distinct_id: &str, person_id: i64) {
+        let did = self.did(distinct_id);
+        let dense = self.dense(person_id);
+        let before = self.did_person[did as usize];
+        if before != dense {
+            if before != NO_PERSON {
+                self.identity_version += 1;
+            }
+            self.did_person[did as usize] = dense;
+            self.identity_dirty = true;
+            self.version += 1;
+        }
     }
 
     fn did(&mut self, distinct_id: &str) -> u32 {
@@ -265,7 +287,7 @@ impl Project {
                     // Its own person until the store assigns one.
                     p = self.parent.len() as u32;
                     self.parent.push(p);
-                    self.person_ids.push(-1);
+                    Arc::make_mut(&mut self.person_ids).push(-1);
                     self.did_person[did] = p;
                 }
                 out.push(self.find(p));
@@ -288,8 +310,10 @@ pub struct Snapshot {
     pub person_ids: Arc<Vec<i64>>,
     /// Event names.
     pub events: Arc<Dictionary>,
-    /// Distinct ids.
-    pub dids: Arc<Dictionary>,
+    /// The project (for [`EventTables::distinct_ids`]).
+    pub project_id: i64,
+    /// See `Project::identity_version`.
+    pub identity_version: u64,
     /// The project's data version (changes with every append, merge or seal).
     pub version: u64,
     /// Directory of the segment files.
@@ -297,6 +321,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The sorted view of one of this snapshot's partitions (see [`Partition::sorted`]).
+    pub fn sorted(&self, part: &Partition) -> Arc<Sorted> {
+        part.sorted(&self.resolved, self.identity_version)
+    }
+
     /// A project without events.
     pub fn empty() -> Snapshot {
         Snapshot {
@@ -304,7 +333,8 @@ impl Snapshot {
             resolved: Arc::new(Vec::new()),
             person_ids: Arc::new(Vec::new()),
             events: Arc::new(Dictionary::default()),
-            dids: Arc::new(Dictionary::default()),
+            project_id: 0,
+            identity_version: 0,
             version: 0,
             dir: PathBuf::new(),
         }
@@ -441,23 +471,17 @@ impl EventTables {
     pub fn assign(&self, project_id: i64, distinct_id: &str, person_id: i64) {
         let mut st = self.write();
         let p = st.projects.entry(project_id).or_default();
-        let did = p.did(distinct_id);
-        let dense = p.dense(person_id);
-        p.did_person[did as usize] = dense;
-        p.identity_dirty = true;
-        p.version += 1;
+        p.set_person(distinct_id, person_id);
     }
 
     /// Assigns many distinct ids at once (the initial load): `(project, distinct id, person id)`.
     pub fn assign_all<'a>(&self, items: impl IntoIterator<Item = (i64, &'a str, i64)>) {
         let mut st = self.write();
         for (project_id, distinct_id, person_id) in items {
-            let p = st.projects.entry(project_id).or_default();
-            let did = p.did(distinct_id);
-            let dense = p.dense(person_id);
-            p.did_person[did as usize] = dense;
-            p.identity_dirty = true;
-            p.version += 1;
+            st.projects
+                .entry(project_id)
+                .or_default()
+                .set_person(distinct_id, person_id);
         }
     }
 
@@ -470,6 +494,7 @@ impl EventTables {
         let (rf, ri) = (p.find(from), p.find(into));
         if rf != ri {
             p.parent[rf as usize] = ri;
+            p.identity_version += 1;
         }
         p.identity_dirty = true;
         p.version += 1;
@@ -511,12 +536,26 @@ impl EventTables {
         Some(Snapshot {
             partitions: p.partitions.clone(),
             resolved,
-            person_ids: Arc::new(p.person_ids.clone()),
+            person_ids: p.person_ids.clone(),
             events: Arc::new(p.events.clone()),
-            dids: Arc::new(p.dids.clone()),
+            project_id,
+            identity_version: p.identity_version,
             version: p.version,
             dir: self.dir.clone(),
         })
+    }
+
+    /// The names of distinct ids (indexes as in [`Snapshot::resolved`]) of a project; unknown indexes are left
+    /// out.
+    pub fn distinct_id_names(&self, project_id: i64, dids: &[u32]) -> Vec<String> {
+        let st = self.read();
+        let Some(p) = st.projects.get(&project_id) else {
+            return Vec::new();
+        };
+        dids.iter()
+            .filter(|&&d| (d as usize) < p.dids.len())
+            .map(|&d| p.dids.value(d).to_owned())
+            .collect()
     }
 
     /// The data version of a project (for result caches), 0 when it has no events.
@@ -541,7 +580,7 @@ impl EventTables {
             events: Arc<Dictionary>,
             dids: Arc<Dictionary>,
             resolved: Arc<Vec<u32>>,
-            person_ids: Vec<i64>,
+            person_ids: Arc<Vec<i64>>,
         }
         let (jobs, lsn, generation) = {
             let mut st = self.write();
@@ -765,7 +804,7 @@ pub fn export_parquet(
     };
     let mut rows = 0u64;
     for part in snap.partitions.values() {
-        let v = part.sorted(&snap.resolved);
+        let v = snap.sorted(part);
         if v.order.is_empty() {
             continue;
         }
@@ -815,7 +854,7 @@ mod tests {
     fn rows_of(s: &Snapshot) -> Vec<(i64, i64, String)> {
         let mut out = Vec::new();
         for part in s.partitions.values() {
-            let v = part.sorted(&s.resolved);
+            let v = s.sorted(part);
             for i in 0..v.order.len() {
                 out.push((
                     s.person_ids[v.person[i] as usize],
@@ -872,14 +911,14 @@ mod tests {
         let t = EventTables::open(dir.path()).unwrap();
         t.append([ev(1, "a", "x", 1, "{}"), ev(1, "b", "x", 2, "{}")], 1);
         let s = t.snapshot(1).unwrap();
-        let v = s.partitions[&0].sorted(&s.resolved);
+        let v = s.sorted(&s.partitions[&0]);
         assert_ne!(v.person[0], v.person[1]);
         assert_eq!(s.person_ids[v.person[0] as usize], -1);
         // A later assignment gives it the real person.
         t.assign(1, "a", 5);
         t.assign(1, "b", 5);
         let s = t.snapshot(1).unwrap();
-        let v = s.partitions[&0].sorted(&s.resolved);
+        let v = s.sorted(&s.partitions[&0]);
         assert_eq!(v.person[0], v.person[1]);
     }
 

@@ -249,8 +249,7 @@ fn event_codes(
                 })
             })?;
         per_part.push(
-            p.sorted
-                .order
+            p.storage_rows()
                 .iter()
                 .map(|&r| storage[r as usize])
                 .collect::<Vec<u32>>(),
@@ -290,8 +289,7 @@ fn event_numbers(
                 crate::insight_filters::map_event_property(snap, &p.part, key, f64::NAN, |v| {
                     crate::insight_filters::number_of(v).unwrap_or(f64::NAN)
                 })?;
-            Ok(p.sorted
-                .order
+            Ok(p.storage_rows()
                 .iter()
                 .map(|&r| storage[r as usize])
                 .collect())
@@ -338,11 +336,45 @@ fn check_breakdown(
     }
 }
 
-/// One partition prepared for a kernel.
+/// One partition prepared for a kernel: its sorted rows with their masks — only the rows some spec matches,
+/// unless the kernel needs every row (strict funnels).
 struct Prepared {
     part: Arc<Partition>,
     sorted: Arc<Sorted>,
     mask: Vec<u64>,
+    kept: Option<Kept>,
+}
+
+/// The rows of a sorted view that match some spec.
+struct Kept {
+    /// Index in the sorted view of each kept row.
+    rows: Vec<u32>,
+    person: Vec<u32>,
+    ts: Vec<i64>,
+}
+
+impl Prepared {
+    fn person(&self) -> &[u32] {
+        self.kept
+            .as_ref()
+            .map_or(&self.sorted.person, |k| &k.person)
+    }
+
+    fn ts(&self) -> &[i64] {
+        self.kept.as_ref().map_or(&self.sorted.ts, |k| &k.ts)
+    }
+
+    /// The storage row (in the partition) of each prepared row.
+    fn storage_rows(&self) -> Vec<u32> {
+        match &self.kept {
+            Some(k) => k
+                .rows
+                .iter()
+                .map(|&i| self.sorted.order[i as usize])
+                .collect(),
+            None => self.sorted.order.clone(),
+        }
+    }
 }
 
 /// Person-property columns a query needs, by key.
@@ -433,11 +465,13 @@ impl Specs {
         })
     }
 
-    /// The partitions overlapping `[from, to)` (all of them for `None`), sorted and masked.
+    /// The partitions overlapping `[from, to)` (all of them for `None`), sorted and masked; with `compact`, only
+    /// the rows that match some spec (every kernel but the strict funnel ignores the others).
     fn prepare(
         &self,
         snap: &Snapshot,
         range: Option<(i64, i64)>,
+        compact: bool,
     ) -> Result<Vec<Prepared>, EngineError> {
         let parts: Vec<&Arc<Partition>> = match range {
             Some((from, to)) => snap.partitions_in(from, to).map(|(_, p)| p).collect(),
@@ -446,7 +480,7 @@ impl Specs {
         parts
             .into_iter()
             .map(|p| {
-                let sorted = p.sorted(&snap.resolved);
+                let sorted = snap.sorted(p);
                 let mut mask: Vec<u64> = sorted
                     .event
                     .iter()
@@ -485,10 +519,24 @@ impl Specs {
                         }
                     }
                 }
+                let kept = compact.then(|| {
+                    let rows: Vec<u32> = (0..mask.len() as u32)
+                        .filter(|&i| mask[i as usize] != 0)
+                        .collect();
+                    Kept {
+                        person: rows.iter().map(|&i| sorted.person[i as usize]).collect(),
+                        ts: rows.iter().map(|&i| sorted.ts[i as usize]).collect(),
+                        rows,
+                    }
+                });
+                if let Some(k) = &kept {
+                    mask = k.rows.iter().map(|&i| mask[i as usize]).collect();
+                }
                 Ok(Prepared {
                     part: p.clone(),
                     sorted,
                     mask,
+                    kept,
                 })
             })
             .collect()
@@ -499,8 +547,8 @@ fn blocks(prepared: &[Prepared]) -> Vec<k::Block<'_>> {
     prepared
         .iter()
         .map(|p| k::Block {
-            person: &p.sorted.person,
-            ts: &p.sorted.ts,
+            person: p.person(),
+            ts: p.ts(),
             mask: &p.mask,
             breakdown: None,
             value: None,
@@ -623,6 +671,9 @@ fn event_label(spec: &EventRef) -> String {
     }
 }
 
+/// Looks up the names of distinct ids (indexes as in [`Snapshot::resolved`]).
+pub type Names<'a> = &'a dyn Fn(&[u32]) -> Vec<String>;
+
 /// Request options beyond the definition (URL parameters of the endpoint).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
@@ -641,6 +692,7 @@ pub fn run(
     threads: usize,
     columns: &Columns,
     options: Options,
+    names: Names<'_>,
 ) -> Result<Value, RunError> {
     let empty;
     let snap = match snap {
@@ -655,7 +707,7 @@ pub fn run(
         .map_err(|e| RunError::Unsupported(unsupported(e.field, e.message)))?;
     let mut out = match q {
         InsightQuery::Trends(t) => trends(snap, t, &range, threads, columns),
-        InsightQuery::Funnel(f) => funnel(snap, f, &range, threads, columns, options),
+        InsightQuery::Funnel(f) => funnel(snap, f, &range, threads, columns, options, names),
         InsightQuery::Retention(r) => retention(snap, r, &range, threads, columns),
         InsightQuery::Stickiness(s) => stickiness(snap, s, &range, threads, columns),
         InsightQuery::Lifecycle(l) => lifecycle(snap, l, &range, threads, columns),
@@ -735,7 +787,8 @@ fn trends(
         } else {
             0
         };
-        let prepared = compiled.prepare(snap, Some((us(range.from) - reach, us(range.to))))?;
+        let prepared =
+            compiled.prepare(snap, Some((us(range.from) - reach, us(range.to))), true)?;
         let plain = blocks(&prepared);
         let column = person_breakdown_key_of(&t.breakdown).and_then(|k| columns.get(k));
         let codes = column.map(|col| person_codes(snap, col, &plain, all_bits, limit));
@@ -843,6 +896,7 @@ fn funnel(
     threads: usize,
     columns: &Columns,
     options: Options,
+    names: Names<'_>,
 ) -> Result<Value, RunError> {
     check_common(&f.common)?;
     check_breakdown(&f.breakdown, true)?;
@@ -870,7 +924,9 @@ fn funnel(
         .num_microseconds()
         .unwrap_or(i64::MAX / 4);
     let (from, to) = (us(range.from), us(range.to));
-    let prepared = compiled.prepare(snap, Some((from, to.saturating_add(window))))?;
+    // A strict funnel needs every row (any other event between two steps breaks the chain).
+    let strict = f.order == Some(FunnelOrder::Strict);
+    let prepared = compiled.prepare(snap, Some((from, to.saturating_add(window))), !strict)?;
     let blocks = blocks(&prepared);
     let steps = f.steps.len();
     let limit = f.breakdown.as_ref().and_then(|b| b.limit).unwrap_or(25) as usize;
@@ -985,7 +1041,8 @@ fn funnel(
         }
     };
     if let Some(step) = options.funnel_step {
-        out["persons"] = persons_at_step(snap, &r.persons, step, steps, options.persons_limit)?;
+        out["persons"] =
+            persons_at_step(snap, &r.persons, step, steps, options.persons_limit, names)?;
     }
     if let (Some(trend), None) = (r.trend, labels) {
         let labels = labels_of(range);
@@ -1007,6 +1064,7 @@ fn persons_at_step(
     step: i32,
     steps: usize,
     limit: usize,
+    names: Names<'_>,
 ) -> Result<Value, Unsupported> {
     let n = step.unsigned_abs() as usize;
     if n == 0 || n > steps || (step < 0 && n == 1) {
@@ -1036,12 +1094,13 @@ fn persons_at_step(
         .enumerate()
         .map(|(i, &p)| (p, i))
         .collect();
-    let mut dids: Vec<Vec<String>> = vec![Vec::new(); listed.len()];
+    let mut indexes: Vec<Vec<u32>> = vec![Vec::new(); listed.len()];
     for (did, &p) in snap.resolved.iter().enumerate() {
         if let Some(&i) = listed.get(&p) {
-            dids[i].push(snap.dids.value(did as u32).to_owned());
+            indexes[i].push(did as u32);
         }
     }
+    let dids: Vec<Vec<String>> = indexes.iter().map(|d| names(d)).collect();
     let list: Vec<Value> = chosen
         .iter()
         .take(limit)
@@ -1097,10 +1156,10 @@ fn retention(
     // First-time cohorts need every earlier event (a person's first start event may precede the range).
     let prepared = match cohorting {
         k::retention::Cohorting::FirstTime => {
-            compiled.prepare(snap, Some((i64::MIN / 2, us(range.to))))?
+            compiled.prepare(snap, Some((i64::MIN / 2, us(range.to))), true)?
         }
         k::retention::Cohorting::Recurring => {
-            compiled.prepare(snap, Some((us(range.from), us(range.to))))?
+            compiled.prepare(snap, Some((us(range.from), us(range.to))), true)?
         }
     };
     let blocks = blocks(&prepared);
@@ -1165,7 +1224,7 @@ fn stickiness(
         &s.common.properties,
         columns,
     )?;
-    let prepared = compiled.prepare(snap, Some((us(range.from), us(range.to))))?;
+    let prepared = compiled.prepare(snap, Some((us(range.from), us(range.to))), true)?;
     let blocks = blocks(&prepared);
     let b = buckets(range);
     let counts = k::stickiness::stickiness(
@@ -1211,7 +1270,7 @@ fn lifecycle(
         columns,
     )?;
     // "New" needs every earlier event.
-    let prepared = compiled.prepare(snap, Some((i64::MIN / 2, us(range.to))))?;
+    let prepared = compiled.prepare(snap, Some((i64::MIN / 2, us(range.to))), true)?;
     let blocks = blocks(&prepared);
     let b = buckets(range);
     let first = range
@@ -1359,8 +1418,18 @@ pub async fn post_insight(
         }
     }
     let threads = k::default_threads();
+    let tables = state.tables.clone();
     let result = tokio::task::spawn_blocking(move || {
-        run(snapshot.as_ref(), &query, now, threads, &columns, options)
+        let names = |dids: &[u32]| tables.distinct_id_names(project_id, dids);
+        run(
+            snapshot.as_ref(),
+            &query,
+            now,
+            threads,
+            &columns,
+            options,
+            &names,
+        )
     })
     .await
     .map_err(ApiError::internal)?;
