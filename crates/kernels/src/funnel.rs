@@ -74,23 +74,25 @@
 //! # Cost
 //!
 //! Sharded by person ([`crate::par_shards`]). Each thread gathers the rows of a chunk of its persons (about
-//! sixteen thousand rows) from every block into a scratch buffer in (person, time, log order), keeping only the
-//! rows the order needs (rows matching a step or an exclusion; every row for strict funnels), then runs one pass
-//! over each person's rows:
+//! sixteen thousand rows) from every block into a scratch buffer in (person, time, log order) — a counting sort
+//! by person, branch-free — with a compact mask per row (bit `k`: matches step `k`); only the rows the order
+//! needs are kept (rows matching a step or an exclusion; every row for strict funnels). Then each person's rows,
+//! from their first possible entry on:
 //!
-//! - ordered: all of the person's open attempts advance together. Attempts are kept in entry order, and the
-//!   levels they reached never increase along that order (an earlier entry is at least as far), so the attempts
-//!   at one level are a contiguous run: a row matching step `k` moves the whole run at level `k` to `k + 1` by
-//!   moving one boundary. Attempts whose window has passed are final. This is exact per attempt — which the best
-//!   attempt (earliest entry among the furthest) and the per-bucket trend need, and which windowFunnel's "latest
-//!   entry per level" state cannot give — at O(steps) per row plus O(steps) per attempt;
-//! - strict: at most one open attempt per level (they all advanced at every row since their entries);
-//! - unordered: a sliding window over the entries with per-step-bit counts (a small bipartite matching when a row
-//!   matches several step bits).
+//! - strict: each entry's attempt is spelled out; it is at most `steps` consecutive rows.
+//! - ordered, up to 32 gathered rows: each entry's attempt is spelled out, scanning its window.
+//! - ordered, longer histories: all open attempts advance together, in one pass. Attempts are kept in entry
+//!   order, and the levels they reached never increase along that order (an earlier entry is at least as far),
+//!   so the attempts at one level are a contiguous run: a row matching step `k` moves the whole run at level `k`
+//!   to `k + 1` by moving one boundary, and attempts whose window has passed are final. This stays exact per
+//!   attempt — which the best attempt (earliest entry among the furthest) and the per-bucket trend need, and
+//!   which windowFunnel's "latest entry per level" state cannot give — at O(steps) per row and per attempt.
+//! - unordered: a sliding window over the entries with a count per step bit (a small bipartite matching when a
+//!   row matches several step bits).
 //!
 //! No allocation or hashing per row: the scratch buffers are reused across persons and chunks. Extra memory is
-//! the chunk's rows (about 20 bytes each, more when one person has more rows) plus, per thread, the open
-//! attempts of the current person (`4 × (steps + 2)` bytes each) and one `i64` per (person, step reached) for the
+//! the chunk's rows (about 20 bytes each; more when one person alone has more rows) plus, per thread, the open
+//! attempts of the current person (`4 × steps + 24` bytes each) and one `i64` per (person, step reached) for the
 //! median times.
 
 use std::ops::Range;
@@ -420,9 +422,10 @@ fn for_each_person(
         start.resize(width + 1, 0);
         for (b, block) in blocks.iter().enumerate() {
             let persons = &block.person[cursor[b]..ranges[b].end];
-            let len = gallop(persons, p1);
-            for &p in &persons[..len] {
-                start[(p - p0) as usize + 1] += 1;
+            let mut len = 0;
+            while len < persons.len() && persons[len] < p1 {
+                start[(persons[len] - p0) as usize + 1] += 1;
+                len += 1;
             }
             hi[b] = cursor[b] + len;
         }
@@ -540,24 +543,14 @@ fn scatter_block(
     }
 }
 
-/// The number of leading persons below `p1` in `persons` (sorted): an exponential search from the front, so the
-/// cost follows the (small) answer and touches only rows about to be read anyway.
-fn gallop(persons: &[u32], p1: u32) -> usize {
-    let mut hi = 1;
-    while hi < persons.len() && persons[hi - 1] < p1 {
-        hi *= 2;
-    }
-    let lo = hi / 2;
-    let hi = hi.min(persons.len());
-    lo + persons[lo..hi].partition_point(|&p| p < p1)
-}
-
 // -----------------------------------------------------------------------------------------------------------------
 // One person.
 
 /// An attempt, by the position of its entry among the person's rows.
 #[derive(Debug, Clone, Copy)]
 struct Attempt {
+    /// The entry's time.
+    ts: i64,
     pos: u32,
     /// Steps reached (set when done).
     level: u8,
@@ -565,6 +558,10 @@ struct Attempt {
     /// No further step or exclusion can change it.
     done: bool,
 }
+
+/// Ordered funnels over at most this many gathered rows of a person scan each entry's window; longer histories
+/// advance all open attempts together (linear in rows whatever the number of entries).
+const SMALL: usize = 32;
 
 /// Drop finished attempts from the front of the scratch arena once this many have piled up.
 const COMPACT_AT: usize = 64;
@@ -644,8 +641,8 @@ impl Work {
         self.bucket = None;
         self.bucket_done = false;
         match plan.order {
-            Order::Ordered => self.ordered(plan, rows.ts, rows.mask, acc),
-            Order::Strict => self.strict(plan, rows.ts, rows.mask, acc),
+            Order::Ordered if rows.ts.len() > SMALL => self.ordered(plan, rows.ts, rows.mask, acc),
+            Order::Ordered | Order::Strict => self.each_entry(plan, rows.ts, rows.mask, acc),
             Order::Unordered => self.unordered(plan, rows.ts, rows.mask, acc),
         }
         self.finish_person(plan, person, rows, acc);
@@ -656,16 +653,23 @@ impl Work {
     /// i.e. `lo`), so the attempts at level `k` are `end[k + 1]..end[k]`.
     fn ordered(&mut self, plan: &Plan<'_>, ts: &[i64], mask: &[u64], acc: &mut Acc) {
         let n = self.n;
-        let mut end = [0usize; MAX_STEPS + 2];
+        let window = plan.window;
+        let mut end = [0u32; MAX_STEPS + 2];
         let mut lo = 0usize;
+        // After this time the oldest open attempt is over.
+        let mut deadline = i64::MAX;
         for (r, (&t, &m)) in ts.iter().zip(mask).enumerate() {
             // Attempts whose window has passed are final (checked at every gathered row: exclusion rows too).
-            if lo < self.att.len() && t - ts[self.att[lo].pos as usize] > plan.window {
-                while lo < self.att.len() && t - ts[self.att[lo].pos as usize] > plan.window {
-                    let level = (1..=n).rev().find(|&k| lo < end[k]).unwrap_or(1);
-                    self.close(plan, lo, level, 0);
+            if t > deadline {
+                while lo < self.att.len() && t - self.att[lo].ts > window {
+                    let level = (1..=n).rev().find(|&k| lo < end[k] as usize).unwrap_or(1);
+                    self.close(plan, lo, level);
                     lo += 1;
                 }
+                deadline = self
+                    .att
+                    .get(lo)
+                    .map_or(i64::MAX, |a| a.ts.saturating_add(window));
                 self.fold_done(plan, ts, acc);
                 if self.head == self.att.len() {
                     self.att.clear();
@@ -678,7 +682,7 @@ impl Work {
                     self.compact();
                     lo -= h;
                     for e in &mut end {
-                        *e = e.saturating_sub(h);
+                        *e = e.saturating_sub(h as u32);
                     }
                 }
             }
@@ -687,87 +691,80 @@ impl Work {
             while later != 0 {
                 let k = 63 - later.leading_zeros() as usize;
                 later &= !(1 << k);
-                let (a, b) = (end[k + 1].max(lo), end[k].max(lo));
+                let (a, b) = ((end[k + 1] as usize).max(lo), (end[k] as usize).max(lo));
                 if a < b {
                     for i in a..b {
                         self.path[i * n + k] = r as u32;
                         self.reached(plan, i, k);
                     }
-                    end[k + 1] = b;
+                    end[k + 1] = b as u32;
                 }
             }
             if !plan.excl.is_empty() {
                 self.note_exclusions(plan, r, m);
             }
             if m & plan.step[0] != 0 && plan.entry.contains(&t) {
-                self.open(r);
-                end[1] = self.att.len();
+                if lo == self.att.len() {
+                    deadline = t.saturating_add(window);
+                }
+                self.open(r, t);
+                end[1] = self.att.len() as u32;
             }
         }
         for i in lo..self.att.len() {
-            let level = (1..=n).rev().find(|&k| i < end[k]).unwrap_or(1);
-            self.close(plan, i, level, 0);
+            let level = (1..=n).rev().find(|&k| i < end[k] as usize).unwrap_or(1);
+            self.close(plan, i, level);
         }
         self.fold_done(plan, ts, acc);
     }
 
-    /// Strict: `chain[k]` is the open attempt at level `k` (at most one: open attempts advanced at every row
-    /// since their entry).
-    fn strict(&mut self, plan: &Plan<'_>, ts: &[i64], mask: &[u64], acc: &mut Acc) {
+    /// Ordered and strict funnels, one entry at a time: each attempt spelled out as in the module docs, in entry
+    /// order. Strict attempts take at most `n` rows; ordered ones are only taken this way for small histories
+    /// (at most [`SMALL`] rows), each scanning its window.
+    fn each_entry(&mut self, plan: &Plan<'_>, ts: &[i64], mask: &[u64], acc: &mut Acc) {
         let n = self.n;
-        let mut chain = [NONE; MAX_STEPS + 1];
-        for (r, (&t, &m)) in ts.iter().zip(mask).enumerate() {
-            for k in (1..n).rev() {
-                let c = chain[k];
-                if c == NONE {
-                    continue;
-                }
-                chain[k] = NONE;
-                let i = c as usize;
-                let within = t - ts[self.att[i].pos as usize] <= plan.window;
-                if within && m & plan.step[k] != 0 {
-                    self.path[i * n + k] = r as u32;
-                    self.reached(plan, i, k);
-                    if k + 1 == n {
-                        self.close(plan, i, n, 0);
-                    } else {
-                        chain[k + 1] = c;
-                    }
-                } else {
-                    // The attempt stops here; this row excludes it if it was within the window.
-                    self.close(plan, i, k, if within { m } else { 0 });
-                }
+        let strict = plan.order == Order::Strict;
+        let mut path = [0u32; MAX_STEPS];
+        for (e, (&t0, &m0)) in ts.iter().zip(mask).enumerate() {
+            if m0 & plan.step[0] == 0 || !plan.entry.contains(&t0) {
+                continue;
             }
-            self.note_exclusions(plan, r, m);
-            if m & plan.step[0] != 0 && plan.entry.contains(&t) {
-                let c = self.open(r);
-                if n == 1 {
-                    self.close(plan, c, 1, 0);
-                } else {
-                    chain[1] = c as u32;
+            path[0] = e as u32;
+            let mut level = 1;
+            // Ends at the first row beyond the window, or (strict) at the row that did not continue the attempt.
+            let mut r = e + 1;
+            while level < n && r < ts.len() && ts[r] - t0 <= plan.window {
+                if mask[r] & plan.step[level] != 0 {
+                    path[level] = r as u32;
+                    level += 1;
+                } else if strict {
+                    break;
                 }
+                r += 1;
             }
-            if self.head < self.att.len() && self.att[self.head].done {
-                self.fold_done(plan, ts, acc);
-                if self.head == self.att.len() {
-                    self.att.clear();
-                    self.path.clear();
-                    self.head = 0;
-                } else if self.head >= COMPACT_AT {
-                    let h = self.head as u32;
-                    self.compact();
-                    for c in chain.iter_mut().filter(|c| **c != NONE) {
-                        *c -= h;
-                    }
+            // The rows after the last step while the attempt was open: up to the window's end, or the row that
+            // stopped a strict attempt.
+            let open_until = if strict && r < ts.len() && ts[r] - t0 <= plan.window {
+                r + 1
+            } else {
+                r
+            };
+            let valid = plan.excl.iter().all(|x| {
+                if x.from >= level {
+                    return true;
                 }
+                let until = if x.to < level {
+                    path[x.to] as usize
+                } else {
+                    open_until
+                };
+                let from = path[x.from] as usize + 1;
+                mask[from..until.max(from)].iter().all(|&m| m & x.bit == 0)
+            });
+            if self.fold(plan, e as u32, level, valid, ts, acc) {
+                self.best_path[..level].copy_from_slice(&path[..level]);
             }
         }
-        for (k, &c) in chain.iter().enumerate() {
-            if c != NONE {
-                self.close(plan, c as usize, k, 0);
-            }
-        }
-        self.fold_done(plan, ts, acc);
     }
 
     /// Unordered: entries in order, with the rows of the current entry's window counted per slot.
@@ -868,14 +865,27 @@ impl Work {
     /// far and it can be given distinct steps.
     fn unordered_path(&mut self, plan: &Plan<'_>, ts: &[i64], mask: &[u64]) {
         let e = self.best_pos as usize;
+        let classes = plan.demand.len();
+        // With one class per row (the usual case), a row joins while its class has steps left.
+        let single = self.slot_mask.len() == classes;
+        let mut left = [0u32; MAX_STEPS];
+        left[..classes].copy_from_slice(&plan.demand);
         let mut owner = [NONE; MAX_STEPS];
         let mut joined = 0;
         for r in e..ts.len() {
             if joined == self.best_level || ts[r] - ts[e] > plan.window {
                 break;
             }
-            let mut seen = [false; MAX_STEPS];
-            if augment_row(r, mask, &plan.step[..plan.n], &mut owner, &mut seen) {
+            let joins = if single {
+                let c = self.slot[r] as usize;
+                let free = left[c] > 0;
+                left[c] -= u32::from(free);
+                free
+            } else {
+                let mut seen = [false; MAX_STEPS];
+                augment_row(r, mask, &plan.step[..plan.n], &mut owner, &mut seen)
+            };
+            if joins {
                 self.best_path[joined] = r as u32;
                 joined += 1;
             }
@@ -884,8 +894,9 @@ impl Work {
     }
 
     /// Starts an attempt at row `r`; returns its index.
-    fn open(&mut self, r: usize) -> usize {
+    fn open(&mut self, r: usize, ts: i64) -> usize {
         self.att.push(Attempt {
+            ts,
             pos: r as u32,
             level: 0,
             valid: true,
@@ -907,14 +918,11 @@ impl Work {
     }
 
     /// Attempt `i` ends with `level` steps: exclusions it reached the start of but not the end of look for a row
-    /// since step `from` among the rows so far, and in `row` (the mask of the row that ended a strict attempt).
-    fn close(&mut self, plan: &Plan<'_>, i: usize, level: usize, row: u64) {
+    /// since step `from` among the rows so far.
+    fn close(&mut self, plan: &Plan<'_>, i: usize, level: usize) {
         let base = i * self.n;
         for (x, &last) in plan.excl.iter().zip(&self.last_x) {
-            if x.from < level
-                && level <= x.to
-                && (row & x.bit != 0 || last > i64::from(self.path[base + x.from]))
-            {
+            if x.from < level && level <= x.to && last > i64::from(self.path[base + x.from]) {
                 self.att[i].valid = false;
             }
         }

@@ -467,33 +467,85 @@ proptest! {
         assert_same(&got, &FunnelResult { persons: Vec::new(), ..want })?;
     }
 
-    /// Long, dense histories (hundreds of entries, many of them open at a time, and long runs of step rows that
-    /// keep strict attempts open) on one thread, so the per-person scratch is compacted while attempts are open.
+    /// Long, dense histories (hundreds of entries, many of them open at a time) on one thread: ordered funnels
+    /// then advance all open attempts together, and the per-person scratch is compacted while attempts are open.
     #[test]
     fn long_histories_match_the_reference(
         rows in prop::collection::vec(
-            (0u32..2, 0i64..1000, prop_oneof![6 => Just(1u64), 3 => row_mask()]),
+            (0u32..2, 0i64..1000, prop_oneof![6 => Just(1u64), 3 => row_mask()], 0u32..4),
             1000..2000,
         ),
         steps in prop::collection::vec(prop_oneof![3 => Just(0u32), 1 => 0u32..3], 2..=3),
-        exclusion in prop::option::of(0u32..6),
+        exclusions in prop::collection::vec((0u32..6, 0usize..3, 0usize..3), 0..3),
         order in 0usize..3,
+        attribution in attribution(),
     ) {
         let evs: Vec<Ev> = rows
             .iter()
-            .map(|&(person, t, mask)| Ev { person, ts: base() + t * 60_000_000, mask, code: 0 })
+            .map(|&(person, t, mask, code)| Ev { person, ts: base() + t * 60_000_000, mask, code })
             .collect();
-        let n = steps.len();
-        let spec = FunnelSpec {
-            exclusions: exclusion
-                .map(|bit| Exclusion { bit, from_step: 0, to_step: n - 1 })
-                .into_iter()
-                .collect(),
-            collect_persons: true,
-            ..spec(&steps, ORDERS[order], 300 * 60_000_000, base()..base() + 800 * 60_000_000)
-        };
+        let spec = long_spec(&steps, exclusions, ORDERS[order], attribution, 300);
         let got = run(&evs, 2, 1, &spec);
         assert_same(&got, &reference(&evs, 2, &spec))?;
+    }
+
+    /// Histories of a few dozen rows: some persons take the per-entry path, some the all-attempts path.
+    #[test]
+    fn medium_histories_match_the_reference(
+        rows in prop::collection::vec((0u32..4, 0i64..300, row_mask(), 0u32..4), 100..300),
+        steps in prop::collection::vec(0u32..4, 2..=4),
+        exclusions in prop::collection::vec((0u32..6, 0usize..4, 0usize..4), 0..3),
+        attribution in attribution(),
+        threads in 1usize..=3,
+    ) {
+        let evs: Vec<Ev> = rows
+            .iter()
+            .map(|&(person, t, mask, code)| Ev { person, ts: base() + t * 60_000_000, mask, code })
+            .collect();
+        let spec = long_spec(&steps, exclusions, Order::Ordered, attribution, 60);
+        let got = run(&evs, 4, threads, &spec);
+        assert_same(&got, &reference(&evs, 4, &spec))?;
+    }
+}
+
+/// A spec over minute timestamps from `base()`: a window of `window_min` minutes, entries in the first 800,
+/// valid random exclusions, row codes, a trend by 100-minute buckets, persons.
+fn long_spec(
+    steps: &[u32],
+    exclusions: Vec<(u32, usize, usize)>,
+    order: Order,
+    attribution: Attribution,
+    window_min: i64,
+) -> FunnelSpec<'static> {
+    let n = steps.len();
+    let minute = 60_000_000;
+    FunnelSpec {
+        exclusions: exclusions
+            .into_iter()
+            .filter(|&(_, f, t)| f < t && t < n)
+            .map(|(bit, from_step, to_step)| Exclusion {
+                bit,
+                from_step,
+                to_step,
+            })
+            .collect(),
+        breakdown: BreakdownSource::Row,
+        breakdown_values: 3,
+        attribution: match attribution {
+            Attribution::Step(i) => Attribution::Step(i % n),
+            a => a,
+        },
+        trend: Some(Buckets {
+            starts: (0..10).map(|i| base() + i * 100 * minute).collect(),
+            end: base() + 1000 * minute,
+        }),
+        collect_persons: true,
+        ..spec(
+            steps,
+            order,
+            window_min * minute,
+            base()..base() + 800 * minute,
+        )
     }
 }
 
