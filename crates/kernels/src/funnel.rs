@@ -147,7 +147,7 @@ pub struct FunnelSpec<'a> {
     pub window_us: i64,
     /// The entry row's timestamp must lie in `[start, end)`.
     pub entry: Range<i64>,
-    /// Rows that invalidate attempts (ordered and strict funnels only).
+    /// Rows that invalidate attempts (ordered and strict funnels only; at most 32).
     pub exclusions: Vec<Exclusion>,
     /// Where breakdown codes come from.
     pub breakdown: BreakdownSource<'a>,
@@ -183,13 +183,14 @@ pub struct FunnelResult {
     pub persons: Vec<(u32, u8)>,
 }
 
-/// Computes a funnel over `blocks` (in time order, see the crate docs) for the dense persons `0..persons`, on up
-/// to `threads` threads.
+/// Computes a funnel over `blocks` (in time order, see the crate docs) for the dense persons `0..persons` (rows of
+/// other persons are ignored), on up to `threads` threads.
 ///
 /// # Panics
 ///
 /// When the spec has no steps or more than [`MAX_STEPS`], an exclusion whose steps are not
-/// `from_step < to_step < steps.len()`, or an [`Attribution::Step`] beyond the last step.
+/// `from_step < to_step < steps.len()`, more than 32 exclusions (ordered and strict funnels), or an
+/// [`Attribution::Step`] beyond the last step.
 pub fn funnel(
     blocks: &[Block<'_>],
     persons: u32,

@@ -63,8 +63,9 @@ pub struct RetentionSpec<'a> {
 }
 
 /// Computes a retention table over `blocks` (in time order, see the crate docs) for the dense persons
-/// `0..persons`, on up to `threads` threads. Returns `[code][cohort period p][k]`, one `periods × periods` table
-/// per breakdown code (one table without a breakdown).
+/// `0..persons` (rows of other persons are ignored), on up to `threads` threads. Returns
+/// `[code][cohort period p][k]`, one `periods × periods` table per breakdown code (one table without a
+/// breakdown).
 ///
 /// # Panics
 ///
