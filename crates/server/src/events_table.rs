@@ -61,6 +61,19 @@ pub async fn run(
             tracing::error!(error = %err, "insights: cannot load the identity mapping; persons resolve as events arrive")
         }
     }
+    // Sort what the segments hold now, in the background: the first queries find their views ready.
+    {
+        let tables = tables.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let rows = tables.warm();
+            tracing::info!(
+                rows,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "insights: sorted views ready"
+            );
+        });
+    }
     let mut lsn = tables.appended_lsn();
     let _ = progress.send(lsn);
     let mut last_seal = Instant::now();
