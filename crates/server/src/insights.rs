@@ -69,6 +69,28 @@ pub struct PersonColumn {
     pub by_person: std::collections::HashMap<i64, u32>,
     /// Distinct values, as labels (strings as they are, other JSON as its text).
     pub values: Vec<String>,
+    /// The value index of each dense person of the engine (`values.len()`: none), built on first use and
+    /// extended as dense persons are added (their ids never change).
+    dense: std::sync::Mutex<Arc<Vec<u32>>>,
+}
+
+impl PersonColumn {
+    /// Each dense person's value index (`values.len()` when the person has none).
+    fn dense_codes(&self, person_ids: &[i64]) -> Arc<Vec<u32>> {
+        let mut dense = self.dense.lock().expect("dense codes");
+        if dense.len() != person_ids.len() {
+            let none = self.values.len() as u32;
+            let have = dense.len().min(person_ids.len());
+            let mut codes: Vec<u32> = dense[..have].to_vec();
+            codes.extend(
+                person_ids[have..]
+                    .iter()
+                    .map(|id| self.by_person.get(id).copied().unwrap_or(none)),
+            );
+            *dense = Arc::new(codes);
+        }
+        dense.clone()
+    }
 }
 
 /// Value of the "other values" breakdown row (PostHog's marker, so its clients label it).
@@ -169,12 +191,7 @@ fn person_codes(
     bits: u64,
     limit: usize,
 ) -> PersonCodes {
-    let none = col.values.len() as u32;
-    let raw: Vec<u32> = snap
-        .person_ids
-        .iter()
-        .map(|id| col.by_person.get(id).copied().unwrap_or(none))
-        .collect();
+    let raw = col.dense_codes(&snap.person_ids);
     let mut counts = vec![0u64; col.values.len() + 1];
     for b in blocks {
         for (i, &m) in b.mask.iter().enumerate() {
@@ -430,21 +447,24 @@ impl Specs {
                         let compiled = crate::insight_filters::Compiled::new(pf);
                         let source = match pf.property_type {
                             flywheel_query::PropertyType::Person => {
-                                let col = columns.get(&pf.key);
-                                let pass = snap
-                                    .person_ids
-                                    .iter()
-                                    .map(|id| {
-                                        let v =
-                                            col.and_then(|c| c.by_person.get(id)).map(|&code| {
-                                                Value::String(
-                                                    col.expect("column").values[code as usize]
-                                                        .clone(),
-                                                )
-                                            });
-                                        compiled.matches(v.as_ref())
-                                    })
-                                    .collect();
+                                // Tested once per distinct value, then looked up per person.
+                                let pass = match columns.get(&pf.key) {
+                                    Some(col) => {
+                                        let by_value: Vec<bool> = col
+                                            .values
+                                            .iter()
+                                            .map(|v| {
+                                                compiled.matches(Some(&Value::String(v.clone())))
+                                            })
+                                            .chain([compiled.matches(None)])
+                                            .collect();
+                                        col.dense_codes(&snap.person_ids)
+                                            .iter()
+                                            .map(|&c| by_value[c as usize])
+                                            .collect()
+                                    }
+                                    None => vec![compiled.matches(None); snap.person_ids.len()],
+                                };
                                 Source::Person(pass)
                             }
                             _ => Source::Event,
@@ -477,69 +497,121 @@ impl Specs {
             Some((from, to)) => snap.partitions_in(from, to).map(|(_, p)| p).collect(),
             None => snap.partitions.values().collect(),
         };
-        parts
-            .into_iter()
-            .map(|p| {
-                let sorted = snap.sorted(p);
-                let mut mask: Vec<u64> = sorted
-                    .event
-                    .iter()
-                    .map(|&e| self.by_event[e as usize])
+        // Partitions are independent: prepare them on every core (the kernels are parallel by person after).
+        let threads = k::default_threads().min(parts.len()).max(1);
+        let prepared: Vec<Result<Vec<(usize, Prepared)>, EngineError>> =
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let parts = &parts;
+                        scope.spawn(move || {
+                            (t..parts.len())
+                                .step_by(threads)
+                                .map(|i| Ok((i, self.prepare_one(snap, parts[i], compact)?)))
+                                .collect()
+                        })
+                    })
                     .collect();
-                if !self.filters.is_empty() {
-                    // Which rows pass each filter (event filters in storage order, person filters by person).
-                    let mut event_pass: Vec<Option<Vec<bool>>> =
-                        Vec::with_capacity(self.filters.len());
-                    for (f, source) in &self.filters {
-                        event_pass.push(match source {
-                            Source::Event => Some(crate::insight_filters::event_pass(snap, p, f)?),
-                            Source::Person(_) => None,
-                        });
-                    }
-                    for (bit, needs) in self.needs.iter().enumerate() {
-                        for &fi in needs {
-                            let clear = !(1u64 << bit);
-                            match (&self.filters[fi].1, &event_pass[fi]) {
-                                (Source::Person(pass), _) => {
-                                    for (m, &person) in mask.iter_mut().zip(&sorted.person) {
-                                        if !pass[person as usize] {
-                                            *m &= clear;
-                                        }
-                                    }
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("prepare thread panicked"))
+                    .collect()
+            });
+        let mut out: Vec<(usize, Prepared)> = Vec::with_capacity(parts.len());
+        for chunk in prepared {
+            out.extend(chunk?);
+        }
+        out.sort_by_key(|(i, _)| *i);
+        Ok(out.into_iter().map(|(_, p)| p).collect())
+    }
+
+    fn prepare_one(
+        &self,
+        snap: &Snapshot,
+        p: &Arc<Partition>,
+        compact: bool,
+    ) -> Result<Prepared, EngineError> {
+        let sorted = snap.sorted(p);
+        if compact && self.filters.is_empty() {
+            // One pass: the event's bits decide; only matching rows are copied.
+            let mut kept = Kept {
+                rows: Vec::new(),
+                person: Vec::new(),
+                ts: Vec::new(),
+            };
+            let mut mask = Vec::new();
+            for (i, &e) in sorted.event.iter().enumerate() {
+                let m = self.by_event[e as usize];
+                if m != 0 {
+                    kept.rows.push(i as u32);
+                    kept.person.push(sorted.person[i]);
+                    kept.ts.push(sorted.ts[i]);
+                    mask.push(m);
+                }
+            }
+            return Ok(Prepared {
+                part: p.clone(),
+                sorted,
+                mask,
+                kept: Some(kept),
+            });
+        }
+        let mut mask: Vec<u64> = sorted
+            .event
+            .iter()
+            .map(|&e| self.by_event[e as usize])
+            .collect();
+        if !self.filters.is_empty() {
+            // Which rows pass each filter (event filters in storage order, person filters by person).
+            let mut event_pass: Vec<Option<Vec<bool>>> = Vec::with_capacity(self.filters.len());
+            for (f, source) in &self.filters {
+                event_pass.push(match source {
+                    Source::Event => Some(crate::insight_filters::event_pass(snap, p, f)?),
+                    Source::Person(_) => None,
+                });
+            }
+            for (bit, needs) in self.needs.iter().enumerate() {
+                for &fi in needs {
+                    let clear = !(1u64 << bit);
+                    match (&self.filters[fi].1, &event_pass[fi]) {
+                        (Source::Person(pass), _) => {
+                            for (m, &person) in mask.iter_mut().zip(&sorted.person) {
+                                if !pass[person as usize] {
+                                    *m &= clear;
                                 }
-                                (Source::Event, Some(pass)) => {
-                                    for (m, &row) in mask.iter_mut().zip(&sorted.order) {
-                                        if !pass[row as usize] {
-                                            *m &= clear;
-                                        }
-                                    }
-                                }
-                                (Source::Event, None) => {}
                             }
                         }
+                        (Source::Event, Some(pass)) => {
+                            for (m, &row) in mask.iter_mut().zip(&sorted.order) {
+                                if !pass[row as usize] {
+                                    *m &= clear;
+                                }
+                            }
+                        }
+                        (Source::Event, None) => {}
                     }
                 }
-                let kept = compact.then(|| {
-                    let rows: Vec<u32> = (0..mask.len() as u32)
-                        .filter(|&i| mask[i as usize] != 0)
-                        .collect();
-                    Kept {
-                        person: rows.iter().map(|&i| sorted.person[i as usize]).collect(),
-                        ts: rows.iter().map(|&i| sorted.ts[i as usize]).collect(),
-                        rows,
-                    }
-                });
-                if let Some(k) = &kept {
-                    mask = k.rows.iter().map(|&i| mask[i as usize]).collect();
-                }
-                Ok(Prepared {
-                    part: p.clone(),
-                    sorted,
-                    mask,
-                    kept,
-                })
-            })
-            .collect()
+            }
+        }
+        let kept = compact.then(|| {
+            let rows: Vec<u32> = (0..mask.len() as u32)
+                .filter(|&i| mask[i as usize] != 0)
+                .collect();
+            Kept {
+                person: rows.iter().map(|&i| sorted.person[i as usize]).collect(),
+                ts: rows.iter().map(|&i| sorted.ts[i as usize]).collect(),
+                rows,
+            }
+        });
+        if let Some(k) = &kept {
+            mask = k.rows.iter().map(|&i| mask[i as usize]).collect();
+        }
+        Ok(Prepared {
+            part: p.clone(),
+            sorted,
+            mask,
+            kept,
+        })
     }
 }
 

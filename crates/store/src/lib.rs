@@ -41,9 +41,12 @@ pub use persons::{GroupMembership, PersonRecord};
 pub enum StoreError {
     #[error("metadata database error: {0}")]
     Database(#[from] sqlx::Error),
-    /// From the identity writer's own connection (rusqlite), see [`IdentityWriter`].
-    #[error("metadata database error (identity writer connection): {0}")]
+    /// From a direct connection (rusqlite): the identity writer's ([`IdentityWriter`]) or a bulk reader's.
+    #[error("metadata database error (direct connection): {0}")]
     IdentityDatabase(#[from] rusqlite::Error),
+    /// A blocking task of the store failed (panicked or was cancelled).
+    #[error("metadata store task failed: {0}")]
+    Task(String),
     #[error("metadata migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("stored JSON is corrupt: {0}")]

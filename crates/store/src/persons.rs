@@ -145,40 +145,52 @@ impl Store {
 
 impl Store {
     /// Calls `f(person_id, value)` for every person of the project that has the top-level property `key` (for
-    /// breakdowns and filters on person properties over all persons at once).
+    /// breakdowns and filters on person properties over all persons at once). Read on a blocking thread through
+    /// a read-only rusqlite connection: streaming a million rows through sqlx's worker thread took seconds.
     pub async fn for_each_person_property(
         &self,
         project_id: i64,
         key: &str,
         mut f: impl FnMut(i64, Value),
     ) -> Result<u64> {
-        use futures_util::TryStreamExt;
-        let mut n = 0;
-        if key.contains('"') || key.contains('\\') {
-            // Not expressible as a SQLite JSON path label: read whole documents.
-            let mut rows = sqlx::query_as::<_, (i64, String)>(
-                "SELECT id, properties FROM persons WHERE project_id = ?",
-            )
-            .bind(project_id)
-            .fetch(self.pool());
-            while let Some((id, text)) = rows.try_next().await? {
-                if let Ok(Value::Object(mut m)) = serde_json::from_str::<Value>(&text) {
-                    if let Some(v) = m.remove(key) {
-                        f(id, v);
-                        n += 1;
+        let path = self.path().to_path_buf();
+        let key = key.to_owned();
+        let rows = tokio::task::spawn_blocking(move || -> Result<Vec<(i64, String)>> {
+            use rusqlite::OpenFlags;
+            let conn = rusqlite::Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            conn.busy_timeout(crate::BUSY_TIMEOUT)?;
+            let mut out = Vec::new();
+            if key.contains('"') || key.contains('\\') {
+                // Not expressible as a SQLite JSON path label: read whole documents.
+                let mut stmt = conn.prepare("SELECT id, properties FROM persons WHERE project_id = ?1")?;
+                let mut rows = stmt.query([project_id])?;
+                while let Some(row) = rows.next()? {
+                    let text: String = row.get(1)?;
+                    if let Ok(Value::Object(mut m)) = serde_json::from_str::<Value>(&text) {
+                        if let Some(v) = m.remove(&key) {
+                            out.push((row.get(0)?, v.to_string()));
+                        }
                     }
                 }
+                return Ok(out);
             }
-            return Ok(n);
-        }
-        let path = format!("$.\"{key}\"");
-        let mut rows = sqlx::query_as::<_, (i64, String)>(
-            "SELECT id, properties -> ?1 FROM persons WHERE project_id = ?2 AND properties -> ?1 IS NOT NULL",
-        )
-        .bind(&path)
-        .bind(project_id)
-        .fetch(self.pool());
-        while let Some((id, json)) = rows.try_next().await? {
+            let path = format!("$.\"{key}\"");
+            let mut stmt = conn.prepare(
+                "SELECT id, properties -> ?1 FROM persons WHERE project_id = ?2 AND properties -> ?1 IS NOT NULL",
+            )?;
+            let mut rows = stmt.query(rusqlite::params![path, project_id])?;
+            while let Some(row) = rows.next()? {
+                out.push((row.get(0)?, row.get(1)?));
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| crate::StoreError::Task(format!("person property reader: {e}")))??;
+        let mut n = 0;
+        for (id, json) in rows {
             if let Ok(v) = serde_json::from_str::<Value>(&json) {
                 f(id, v);
                 n += 1;
