@@ -728,7 +728,7 @@ pub fn growthbook_feature(
 // ---------------------------------------------------------------------------------------------------------------
 // Handlers
 
-fn actor(caller: &Caller, headers: &HeaderMap, peer: std::net::SocketAddr) -> Actor {
+pub(crate) fn actor(caller: &Caller, headers: &HeaderMap, peer: std::net::SocketAddr) -> Actor {
     let ip = headers
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())

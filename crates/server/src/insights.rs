@@ -11,8 +11,7 @@
 //! `insight_filters` for their semantics.
 //!
 //! Not yet supported (answered with `400 unsupported`, naming the field, rather than a wrong number): group-property
-//! filters, cohorts, group breakdowns (and event breakdowns outside trends), group aggregation, test-account
-//! filters.
+//! filters, cohorts, group breakdowns (and event breakdowns of retention), group aggregation.
 
 use std::sync::Arc;
 
@@ -702,7 +701,7 @@ fn check_common(c: &flywheel_query::Common) -> Result<(), Unsupported> {
     if c.filter_test_accounts {
         return Err(unsupported(
             "filter_test_accounts",
-            "test-account filters are not configurable yet",
+            "the project's test-account filters were not applied to this query",
         ));
     }
     Ok(())
@@ -747,8 +746,10 @@ fn event_label(spec: &EventRef) -> String {
 pub type Names<'a> = &'a dyn Fn(&[u32]) -> Vec<String>;
 
 /// Request options beyond the definition (URL parameters of the endpoint).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Options {
+    /// The project's time zone (buckets start at its local midnights).
+    pub tz: chrono_tz::Tz,
     /// Funnels: list the persons who reached step `n` (1-based), or with `-n` those who reached step `n - 1` but
     /// not step `n` (PostHog's `funnelStep`).
     pub funnel_step: Option<i32>,
@@ -766,6 +767,7 @@ pub fn run(
     options: Options,
     names: Names<'_>,
 ) -> Result<Value, RunError> {
+    let tz = options.tz;
     let empty;
     let snap = match snap {
         Some(s) => s,
@@ -775,14 +777,14 @@ pub fn run(
         }
     };
     let range = q
-        .resolve(now, &Utc)
+        .resolve(now, &tz)
         .map_err(|e| RunError::Unsupported(unsupported(e.field, e.message)))?;
     let mut out = match q {
-        InsightQuery::Trends(t) => trends(snap, t, &range, threads, columns),
+        InsightQuery::Trends(t) => trends(snap, t, &range, threads, columns, tz),
         InsightQuery::Funnel(f) => funnel(snap, f, &range, threads, columns, options, names),
         InsightQuery::Retention(r) => retention(snap, r, &range, threads, columns),
         InsightQuery::Stickiness(s) => stickiness(snap, s, &range, threads, columns),
-        InsightQuery::Lifecycle(l) => lifecycle(snap, l, &range, threads, columns),
+        InsightQuery::Lifecycle(l) => lifecycle(snap, l, &range, threads, columns, tz),
     }?;
     // The resolved range, so a client knows exactly which instants were counted.
     out["date_from"] = json!(range
@@ -801,6 +803,7 @@ fn trends(
     range: &TimeRange,
     threads: usize,
     columns: &Columns,
+    tz: chrono_tz::Tz,
 ) -> Result<Value, RunError> {
     check_common(&t.common)?;
     check_breakdown(&t.breakdown, true)?;
@@ -955,7 +958,7 @@ fn trends(
         };
     let mut result = render(range, run_range(range)?, t.compare.then_some("current"));
     if t.compare {
-        let previous = range.previous_period(&Utc);
+        let previous = range.previous_period(&tz);
         result.extend(render(&previous, run_range(&previous)?, Some("previous")));
     }
     Ok(json!({ "kind": "trends", "result": result }))
@@ -1204,7 +1207,7 @@ fn retention(
     if r.filter_test_accounts {
         return Err(unsupported(
             "filter_test_accounts",
-            "test-account filters are not configurable yet",
+            "the project's test-account filters were not applied to this query",
         )
         .into());
     }
@@ -1333,6 +1336,7 @@ fn lifecycle(
     range: &TimeRange,
     threads: usize,
     columns: &Columns,
+    tz: chrono_tz::Tz,
 ) -> Result<Value, RunError> {
     check_common(&l.common)?;
     let compiled = Specs::new(
@@ -1350,7 +1354,7 @@ fn lifecycle(
         .first()
         .map_or(us(range.from), |b| us(b.start));
     let previous = us(range
-        .previous_period(&Utc)
+        .previous_period(&tz)
         .buckets
         .last()
         .map_or(range.from, |b| b.start));
@@ -1368,6 +1372,41 @@ fn lifecycle(
     }))
 }
 
+/// With `filter_test_accounts`, the project's test-account filters join the definition's common filters (so the
+/// cache key and the planner see them like any other filter).
+fn apply_test_account_filters(
+    query: &mut InsightQuery,
+    filters: &Value,
+) -> Result<(), crate::error::ApiError> {
+    let (flag, common) = match query {
+        InsightQuery::Trends(t) => (&mut t.common.filter_test_accounts, &mut t.common.properties),
+        InsightQuery::Funnel(f) => (&mut f.common.filter_test_accounts, &mut f.common.properties),
+        InsightQuery::Stickiness(s) => {
+            (&mut s.common.filter_test_accounts, &mut s.common.properties)
+        }
+        InsightQuery::Lifecycle(l) => {
+            (&mut l.common.filter_test_accounts, &mut l.common.properties)
+        }
+        InsightQuery::Retention(r) => (&mut r.filter_test_accounts, &mut r.properties),
+    };
+    if !*flag {
+        return Ok(());
+    }
+    let probe = json!({"series": [{"event": "$pageview"}], "properties": filters});
+    let parsed = flywheel_query::parse(flywheel_query::InsightKind::Trends, &probe).map_err(|_| {
+        crate::error::ApiError::bad_request(
+            "invalid_settings",
+            "the project's test_account_filters are not valid filters; fix them with PATCH /api/v1/projects/{id}",
+        )
+    })?;
+    let InsightQuery::Trends(t) = parsed else {
+        return Ok(());
+    };
+    common.extend(t.common.properties);
+    *flag = false;
+    Ok(())
+}
+
 /// Most persons a funnel-step request lists.
 const MAX_PERSONS: usize = 10_000;
 
@@ -1381,6 +1420,7 @@ fn parse_options(
             .with_errors(json!([{"field": field, "message": message}]))
     };
     let mut options = Options {
+        tz: chrono_tz::UTC,
         funnel_step: None,
         persons_limit: 100,
     };
@@ -1444,6 +1484,16 @@ pub async fn post_insight(
         .with_errors(json!(errors))
     })?;
     let options = parse_options(&params, &query)?;
+    // The project's time zone and test-account filters.
+    let settings = state
+        .store
+        .project_settings(project_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("project {project_id} not found")))?;
+    let tz = flywheel_query::parse_time_zone(&settings.time_zone).unwrap_or(chrono_tz::UTC);
+    let options = Options { tz, ..options };
+    let mut query = query;
+    apply_test_account_filters(&mut query, &settings.test_account_filters)?;
     let complete = state.tables_catch_up().await;
     let epoch = state.flags.subjects.epoch();
     let mut columns = Columns::new();
@@ -1457,7 +1507,7 @@ pub async fn post_insight(
     let snapshot = state.tables.snapshot(project_id);
     let now = state.clock.now();
     let started = std::time::Instant::now();
-    let range = query.resolve(now, &Utc).map_err(|e| {
+    let range = query.resolve(now, &tz).map_err(|e| {
         ApiError::bad_request("validation_error", format!("{}: {}", e.field, e.message))
             .with_errors(json!([e]))
     })?;

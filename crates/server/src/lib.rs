@@ -17,6 +17,7 @@ pub mod metrics_names;
 pub mod ofrep;
 pub mod ops;
 pub mod posthog_flags;
+pub mod projects;
 pub mod serving;
 pub mod state;
 
@@ -129,6 +130,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(sdk)
         .merge(api::router())
+        .merge(projects::router())
         .merge(features::router())
         .merge(ops::router())
         .layer(axum::middleware::from_fn(ops::track))

@@ -19,6 +19,7 @@ mod features;
 mod identity;
 mod keys;
 mod persons;
+mod projects;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -35,6 +36,7 @@ pub use features::{
 pub use identity::{ApplyStats, IdentityChange, IdentityOp, IdentityWriter, MergeMode};
 pub use keys::{Bootstrap, PersonalKey};
 pub use persons::{GroupMembership, PersonRecord};
+pub use projects::{ProjectSettings, ProjectUpdate};
 
 /// Errors of the metadata store.
 #[derive(Debug, thiserror::Error)]

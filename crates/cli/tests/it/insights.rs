@@ -982,3 +982,121 @@ fn answers_are_cached_until_the_data_changes() {
     assert_eq!(today(&third), 4.0);
     assert!(serve.terminate().success());
 }
+
+/// A project's time zone moves every bucket to local midnight; its test-account filters apply when a query asks.
+#[test]
+fn project_time_zone_and_test_account_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let (project, key) = generate(dir.path(), "5");
+    let serve = Serve::start(dir.path(), &[]);
+    let auth = format!("Bearer {key}");
+    let patch = |body: Value| -> (u16, Value) {
+        let (status, out) = http(
+            &serve.addr,
+            "PATCH",
+            &format!("/api/v1/projects/{project}"),
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body.to_string().as_bytes(),
+        )
+        .unwrap();
+        (status, serde_json::from_slice(&out).unwrap_or(Value::Null))
+    };
+    let (status, v) = patch(
+        json!({"time_zone": "Mars/Olympus", "test_account_filters": [{"key": "plan", "operator": "often"}]}),
+    );
+    assert_eq!(status, 400, "{v}");
+    let fields: Vec<&str> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert!(
+        fields.contains(&"time_zone")
+            && fields.iter().any(|f| f.starts_with("test_account_filters")),
+        "{v}"
+    );
+    let test_filter =
+        json!([{"key": "plan", "type": "person", "operator": "is_not", "value": "free"}]);
+    let (status, v) =
+        patch(json!({"time_zone": "America/New_York", "test_account_filters": test_filter}));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["time_zone"], "America/New_York");
+    let (status, got) = crate::get_json(&serve.addr, &format!("/api/v1/projects/{project}"), &key);
+    assert_eq!((status, &got["test_account_filters"]), (200, &test_filter));
+
+    let range = json!({"date_from": "2025-12-04", "date_to": "2025-12-31"});
+    let with = |extra: Value| {
+        let mut v = range.clone();
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        v
+    };
+    let local = insight(
+        &serve,
+        &key,
+        project,
+        "trends",
+        with(json!({"series": [{"event": "$pageview", "math": "dau"}]})),
+    );
+    assert_eq!(
+        local["date_from"], "2025-12-04T05:00:00.000000Z",
+        "local midnight in New York (EST)"
+    );
+    let filtered = insight(
+        &serve,
+        &key,
+        project,
+        "trends",
+        with(json!({"series": [{"event": "$pageview"}], "filter_test_accounts": true})),
+    );
+    let explicit = insight(
+        &serve,
+        &key,
+        project,
+        "trends",
+        with(json!({"series": [{"event": "$pageview"}], "properties": test_filter})),
+    );
+    let all = insight(
+        &serve,
+        &key,
+        project,
+        "trends",
+        with(json!({"series": [{"event": "$pageview"}]})),
+    );
+    assert_eq!(filtered["result"], explicit["result"]);
+    assert_ne!(
+        filtered["result"], all["result"],
+        "the filter leaves someone out"
+    );
+    let (_, audit) = crate::get_json(
+        &serve.addr,
+        &format!("/api/v1/projects/{project}/audit?entity_type=project"),
+        &key,
+    );
+    assert!(audit.to_string().contains("project.updated"), "{audit}");
+    assert!(serve.terminate().success());
+
+    // Truth: New York days are UTC days of times shifted by -5 h (no DST change in December).
+    let (owned, _, _) = ground_rows(dir.path(), project);
+    let shift = 5 * 3_600_000_000i64;
+    let rows: Vec<truth::Row<'_>> = owned
+        .iter()
+        .map(|o| truth::Row {
+            person: o.person,
+            ts_us: o.ts_us - shift,
+            event: &o.event,
+        })
+        .collect();
+    let r = range_of(&local);
+    let shifted = truth::Range {
+        from_us: r.from_us - shift,
+        to_us: r.to_us - shift,
+    };
+    let want = truth::unique_persons(&rows, "$pageview", shifted, truth::Interval::Day);
+    assert_eq!(counts(&local["result"][0]["data"]), want);
+}

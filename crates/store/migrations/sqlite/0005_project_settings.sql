@@ -1,0 +1,4 @@
+-- Project settings for insights: the IANA time zone that days, weeks and months are counted in, and the filters
+-- that leave out test accounts (a JSON list of property filters, applied when a query sets filter_test_accounts).
+ALTER TABLE projects ADD COLUMN time_zone TEXT NOT NULL DEFAULT 'UTC';
+ALTER TABLE projects ADD COLUMN test_account_filters TEXT NOT NULL DEFAULT '[]';

@@ -1,0 +1,111 @@
+//! Project settings: name, time zone, test-account filters (changes are audited).
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::features::{append_audit, Actor};
+use crate::{Result, Store};
+
+/// A project's settings, as the API shows them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProjectSettings {
+    pub id: i64,
+    pub name: String,
+    /// IANA time zone of the project's days, weeks and months (`UTC` by default).
+    pub time_zone: String,
+    /// Property filters (the insight `properties` format) that leave out test accounts.
+    pub test_account_filters: Value,
+    pub created_at: String,
+}
+
+/// What an update changes (`None`: unchanged). Values are validated by the caller.
+#[derive(Debug, Default, Clone)]
+pub struct ProjectUpdate {
+    pub name: Option<String>,
+    pub time_zone: Option<String>,
+    pub test_account_filters: Option<Value>,
+}
+
+type Row = (i64, String, String, String, String);
+
+fn from_row((id, name, time_zone, filters, created_at): Row) -> Result<ProjectSettings> {
+    Ok(ProjectSettings {
+        id,
+        name,
+        time_zone,
+        test_account_filters: serde_json::from_str(&filters)?,
+        created_at,
+    })
+}
+
+const COLUMNS: &str = "id, name, time_zone, test_account_filters, created_at";
+
+impl Store {
+    /// The settings of a project (`None`: no such project).
+    pub async fn project_settings(&self, project_id: i64) -> Result<Option<ProjectSettings>> {
+        let row: Option<Row> =
+            sqlx::query_as(&format!("SELECT {COLUMNS} FROM projects WHERE id = ?"))
+                .bind(project_id)
+                .fetch_optional(self.pool())
+                .await?;
+        row.map(from_row).transpose()
+    }
+
+    /// Applies `update` and appends a `project.updated` audit entry (none when nothing changed).
+    pub async fn update_project_settings(
+        &self,
+        project_id: i64,
+        update: &ProjectUpdate,
+        actor: &Actor,
+    ) -> Result<Option<ProjectSettings>> {
+        let mut tx = self.write_tx().await?;
+        let row: Option<Row> =
+            sqlx::query_as(&format!("SELECT {COLUMNS} FROM projects WHERE id = ?"))
+                .bind(project_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(before) = row.map(from_row).transpose()? else {
+            return Ok(None);
+        };
+        let after = ProjectSettings {
+            name: update.name.clone().unwrap_or_else(|| before.name.clone()),
+            time_zone: update
+                .time_zone
+                .clone()
+                .unwrap_or_else(|| before.time_zone.clone()),
+            test_account_filters: update
+                .test_account_filters
+                .clone()
+                .unwrap_or_else(|| before.test_account_filters.clone()),
+            ..before.clone()
+        };
+        if after != before {
+            sqlx::query(
+                "UPDATE projects SET name = ?, time_zone = ?, test_account_filters = ? WHERE id = ?",
+            )
+            .bind(&after.name)
+            .bind(&after.time_zone)
+            .bind(after.test_account_filters.to_string())
+            .bind(project_id)
+            .execute(&mut *tx)
+            .await?;
+            let (b, a) = (
+                serde_json::to_value(&before)?,
+                serde_json::to_value(&after)?,
+            );
+            append_audit(
+                &mut tx,
+                project_id,
+                actor,
+                "project.updated",
+                "project",
+                &project_id.to_string(),
+                Some(&b),
+                Some(&a),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Some(after))
+    }
+}
