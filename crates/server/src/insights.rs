@@ -11,7 +11,7 @@
 //! `insight_filters` for their semantics.
 //!
 //! Not yet supported (answered with `400 unsupported`, naming the field, rather than a wrong number): group-property
-//! filters, cohorts, group breakdowns (and event breakdowns of retention), group aggregation.
+//! filters, cohorts, group breakdowns (and event breakdowns of retention), group aggregation of retention.
 
 use std::sync::Arc;
 
@@ -742,12 +742,58 @@ fn event_label(spec: &EventRef) -> String {
     }
 }
 
+/// Per prepared partition, its rows keyed by the event's group of type `group_type` (from `$groups`) and sorted by
+/// (group, time, person order); rows without such a group are left out. Returns the rows and the number of groups.
+#[allow(clippy::type_complexity)]
+fn group_rows(
+    snap: &Snapshot,
+    prepared: &[Prepared],
+    group_type: Option<&str>,
+) -> Result<(Vec<(Vec<u32>, Vec<i64>, Vec<u64>)>, u32), EngineError> {
+    let Some(group_type) = group_type else {
+        return Ok((prepared.iter().map(|_| Default::default()).collect(), 0));
+    };
+    let mut index: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+    let mut out = Vec::with_capacity(prepared.len());
+    for p in prepared {
+        let storage =
+            crate::insight_filters::map_event_property(snap, &p.part, "$groups", u32::MAX, |v| {
+                match v.get(group_type).and_then(Value::as_str) {
+                    Some(key) => {
+                        let next = index.len() as u32;
+                        *index.entry(key.to_owned()).or_insert(next)
+                    }
+                    None => u32::MAX,
+                }
+            })?;
+        let (ts, mask) = (p.ts(), &p.mask);
+        let mut keyed: Vec<(u32, i64, u32)> = p
+            .storage_rows()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &row)| {
+                let g = storage[row as usize];
+                (g != u32::MAX).then_some((g, ts[i], i as u32))
+            })
+            .collect();
+        keyed.sort_unstable();
+        out.push((
+            keyed.iter().map(|k| k.0).collect(),
+            keyed.iter().map(|k| k.1).collect(),
+            keyed.iter().map(|k| mask[k.2 as usize]).collect(),
+        ));
+    }
+    Ok((out, index.len() as u32))
+}
+
 /// Looks up the names of distinct ids (indexes as in [`Snapshot::resolved`]).
 pub type Names<'a> = &'a dyn Fn(&[u32]) -> Vec<String>;
 
 /// Request options beyond the definition (URL parameters of the endpoint).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Options {
+    /// For `aggregation: group:<i>`: the group type's name (`None` when the project has no such type: no groups).
+    pub group_type: Option<String>,
     /// The project's time zone (buckets start at its local midnights).
     pub tz: chrono_tz::Tz,
     /// Funnels: list the persons who reached step `n` (1-based), or with `-n` those who reached step `n - 1` but
@@ -764,10 +810,11 @@ pub fn run(
     now: DateTime<Utc>,
     threads: usize,
     columns: &Columns,
-    options: Options,
+    options: &Options,
     names: Names<'_>,
 ) -> Result<Value, RunError> {
     let tz = options.tz;
+    let options = options.clone();
     let empty;
     let snap = match snap {
         Some(s) => s,
@@ -975,10 +1022,11 @@ fn funnel(
 ) -> Result<Value, RunError> {
     check_common(&f.common)?;
     check_breakdown(&f.breakdown, true)?;
-    if matches!(f.aggregation, Some(flywheel_query::Aggregation::Group(_))) {
+    let by_group = matches!(f.aggregation, Some(flywheel_query::Aggregation::Group(_)));
+    if by_group && (f.breakdown.is_some() || options.funnel_step.is_some()) {
         return Err(unsupported(
             "aggregation",
-            "group aggregation is not supported by the embedded engine yet",
+            "a group-aggregated funnel cannot be broken down or list persons yet",
         )
         .into());
     }
@@ -1002,7 +1050,27 @@ fn funnel(
     // A strict funnel needs every row (any other event between two steps breaks the chain).
     let strict = f.order == Some(FunnelOrder::Strict);
     let prepared = compiled.prepare(snap, Some((from, to.saturating_add(window))), !strict)?;
-    let blocks = blocks(&prepared);
+    // Account-level funnels: the same rows keyed by the event's group (`$groups`) instead of its person.
+    let grouped = if by_group {
+        Some(group_rows(snap, &prepared, options.group_type.as_deref())?)
+    } else {
+        None
+    };
+    let (blocks, units) = match &grouped {
+        Some((rows, count)) => (
+            rows.iter()
+                .map(|g| k::Block {
+                    person: &g.0,
+                    ts: &g.1,
+                    mask: &g.2,
+                    breakdown: None,
+                    value: None,
+                })
+                .collect(),
+            *count,
+        ),
+        None => (blocks(&prepared), snap.persons()),
+    };
     let steps = f.steps.len();
     let limit = f.breakdown.as_ref().and_then(|b| b.limit).unwrap_or(25) as usize;
     let column = person_breakdown_key_of(&f.breakdown).and_then(|k| columns.get(k));
@@ -1061,7 +1129,7 @@ fn funnel(
         trend: f.trends.then(|| buckets(range)),
         collect_persons: options.funnel_step.is_some(),
     };
-    let r = k::funnel::funnel(&blocks, snap.persons(), threads, &spec);
+    let r = k::funnel::funnel(&blocks, units, threads, &spec);
     let render = |stats: &[k::funnel::StepStats]| -> Value {
         let first = stats.first().map_or(0, |s| s.reached);
         let last = stats.last().map_or(0, |s| s.reached);
@@ -1420,6 +1488,7 @@ fn parse_options(
             .with_errors(json!([{"field": field, "message": message}]))
     };
     let mut options = Options {
+        group_type: None,
         tz: chrono_tz::UTC,
         funnel_step: None,
         persons_limit: 100,
@@ -1491,7 +1560,20 @@ pub async fn post_insight(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("project {project_id} not found")))?;
     let tz = flywheel_query::parse_time_zone(&settings.time_zone).unwrap_or(chrono_tz::UTC);
-    let options = Options { tz, ..options };
+    let group_type = match &query {
+        InsightQuery::Funnel(f) => match f.aggregation {
+            Some(flywheel_query::Aggregation::Group(i)) => {
+                state.store.group_type_name(project_id, i).await?
+            }
+            _ => None,
+        },
+        _ => None,
+    };
+    let options = Options {
+        tz,
+        group_type,
+        ..options
+    };
     let mut query = query;
     apply_test_account_filters(&mut query, &settings.test_account_filters)?;
     let complete = state.tables_catch_up().await;
@@ -1549,7 +1631,7 @@ pub async fn post_insight(
             now,
             threads,
             &columns,
-            options,
+            &options,
             &names,
         )
     })

@@ -199,6 +199,17 @@ impl Store {
         Ok(n)
     }
 
+    /// The name of a project's group type by its index (0–4), if defined.
+    pub async fn group_type_name(&self, project_id: i64, index: u8) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT group_type FROM group_types WHERE project_id = ? AND group_type_index = ?",
+        )
+        .bind(project_id)
+        .bind(i64::from(index))
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
     /// Stored properties of the person behind `distinct_id` (`None`: no such person).
     pub async fn person_properties(
         &self,

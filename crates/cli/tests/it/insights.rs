@@ -642,6 +642,47 @@ fn checks() -> Vec<Check> {
                 (json!(want), json!(summed))
             },
         ),
+        (
+            "funnel",
+            with(
+                json!({"aggregation": "group:0", "steps": [{"event": "project_created"}, {"event": "teammate_invited"}, {"event": "trial_started"}]}),
+            ),
+            |c, q, v| {
+                // Account-level: each event counts for its company (`$groups.company`), events without one are out.
+                let mut ids: HashMap<String, u64> = HashMap::new();
+                let rows: Vec<truth::Row<'_>> = c
+                    .rows
+                    .iter()
+                    .zip(&c.props)
+                    .filter_map(|(r, p)| {
+                        let key = p.get("$groups")?.get("company")?.as_str()?;
+                        let next = ids.len() as u64;
+                        let person = *ids.entry(key.to_owned()).or_insert(next);
+                        Some(truth::Row { person, ..*r })
+                    })
+                    .collect();
+                let steps: Vec<&str> = q["steps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s["event"].as_str().unwrap())
+                    .collect();
+                let want = truth::funnel(
+                    &rows,
+                    &steps,
+                    14 * truth::DAY_US,
+                    truth::Order::Ordered,
+                    range_of(v),
+                );
+                let got: Vec<u64> = v["result"]["steps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s["count"].as_u64().unwrap())
+                    .collect();
+                (json!(want), json!(got))
+            },
+        ),
     ]
 }
 
