@@ -11,7 +11,7 @@
 //! `insight_filters` for their semantics.
 //!
 //! Not yet supported (answered with `400 unsupported`, naming the field, rather than a wrong number): group-property
-//! filters, cohorts, group breakdowns (and event breakdowns of retention), group aggregation of retention.
+//! filters, cohorts, group breakdowns (and event breakdowns of retention), breakdowns of group aggregations.
 
 use std::sync::Arc;
 
@@ -829,7 +829,7 @@ pub fn run(
     let mut out = match q {
         InsightQuery::Trends(t) => trends(snap, t, &range, threads, columns, tz),
         InsightQuery::Funnel(f) => funnel(snap, f, &range, threads, columns, options, names),
-        InsightQuery::Retention(r) => retention(snap, r, &range, threads, columns),
+        InsightQuery::Retention(r) => retention(snap, r, &range, threads, columns, &options),
         InsightQuery::Stickiness(s) => stickiness(snap, s, &range, threads, columns),
         InsightQuery::Lifecycle(l) => lifecycle(snap, l, &range, threads, columns, tz),
     }?;
@@ -1270,6 +1270,7 @@ fn retention(
     range: &TimeRange,
     threads: usize,
     columns: &Columns,
+    options: &Options,
 ) -> Result<Value, RunError> {
     check_filters(&r.properties, "properties")?;
     if r.filter_test_accounts {
@@ -1280,10 +1281,11 @@ fn retention(
         .into());
     }
     check_breakdown(&r.breakdown, false)?;
-    if matches!(r.aggregation, Some(flywheel_query::Aggregation::Group(_))) {
+    let by_group = matches!(r.aggregation, Some(flywheel_query::Aggregation::Group(_)));
+    if by_group && r.breakdown.is_some() {
         return Err(unsupported(
             "aggregation",
-            "group aggregation is not supported by the embedded engine yet",
+            "a group-aggregated retention table cannot be broken down yet",
         )
         .into());
     }
@@ -1322,7 +1324,23 @@ fn retention(
             }),
         breakdown_values: codes.as_ref().map_or(1, |c| c.labels.len() as u32),
     };
-    let tables = k::retention::retention(&blocks, snap.persons(), threads, &spec);
+    let tables = if by_group {
+        // Account-level: the rows keyed by the events' group (see `group_rows`).
+        let (rows, groups) = group_rows(snap, &prepared, options.group_type.as_deref())?;
+        let grouped: Vec<k::Block<'_>> = rows
+            .iter()
+            .map(|g| k::Block {
+                person: &g.0,
+                ts: &g.1,
+                mask: &g.2,
+                breakdown: None,
+                value: None,
+            })
+            .collect();
+        k::retention::retention(&grouped, groups, threads, &spec)
+    } else {
+        k::retention::retention(&blocks, snap.persons(), threads, &spec)
+    };
     let render = |table: &[Vec<u64>]| -> Vec<Value> {
         let n = range.buckets.len();
         table
@@ -1560,13 +1578,15 @@ pub async fn post_insight(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("project {project_id} not found")))?;
     let tz = flywheel_query::parse_time_zone(&settings.time_zone).unwrap_or(chrono_tz::UTC);
-    let group_type = match &query {
-        InsightQuery::Funnel(f) => match f.aggregation {
-            Some(flywheel_query::Aggregation::Group(i)) => {
-                state.store.group_type_name(project_id, i).await?
-            }
-            _ => None,
-        },
+    let aggregation = match &query {
+        InsightQuery::Funnel(f) => f.aggregation,
+        InsightQuery::Retention(r) => r.aggregation,
+        _ => None,
+    };
+    let group_type = match aggregation {
+        Some(flywheel_query::Aggregation::Group(i)) => {
+            state.store.group_type_name(project_id, i).await?
+        }
         _ => None,
     };
     let options = Options {

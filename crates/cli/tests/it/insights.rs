@@ -683,6 +683,30 @@ fn checks() -> Vec<Check> {
                 (json!(want), json!(got))
             },
         ),
+        (
+            "retention",
+            json!({"aggregation": "group:0", "start_event": {"event": "$pageview"}, "return_event": {"event": "task_completed"}, "period": "week", "periods": 4, "date_to": "2025-12-31"}),
+            |c, q, v| {
+                let mut ids: HashMap<String, u64> = HashMap::new();
+                let rows: Vec<truth::Row<'_>> = c
+                    .rows
+                    .iter()
+                    .zip(&c.props)
+                    .filter_map(|(r, p)| {
+                        let key = p.get("$groups")?.get("company")?.as_str()?;
+                        let next = ids.len() as u64;
+                        let person = *ids.entry(key.to_owned()).or_insert(next);
+                        Some(truth::Row { person, ..*r })
+                    })
+                    .collect();
+                let ctx = Ctx {
+                    rows,
+                    props: Vec::new(),
+                    plan_of: HashMap::new(),
+                };
+                retention_check(&ctx, q, v)
+            },
+        ),
     ]
 }
 
