@@ -159,6 +159,10 @@ pub fn append_chunk(
         let events = batch.iter().collect::<Result<Vec<_>, _>>()?;
         tables.append(events, end);
         reached = end;
+        // Stop at the seal threshold so the caller seals before the tail (and the seal's memory) grows further.
+        if tables.tail_rows() >= SEAL_ROWS {
+            break;
+        }
     }
     Ok(reached)
 }
