@@ -10,8 +10,7 @@
 //! query from the metadata store, cached per identity epoch) clear the bit of the rows they reject; see
 //! `insight_filters` for their semantics.
 //!
-//! Not yet supported (answered with `400 unsupported`, naming the field, rather than a wrong number): group-property
-//! filters, cohorts, group breakdowns (and event breakdowns of retention), breakdowns of group aggregations.
+//! Not yet supported (answered with `400 unsupported`, naming the field, rather than a wrong number): cohorts, group breakdowns (and event breakdowns of retention), breakdowns of group aggregations.
 
 use std::sync::Arc;
 
@@ -393,8 +392,46 @@ impl Prepared {
     }
 }
 
-/// Person-property columns a query needs, by key.
-pub type Columns = std::collections::HashMap<String, Arc<PersonColumn>>;
+/// The person- and group-property columns a query needs.
+#[derive(Debug, Default)]
+pub struct Columns {
+    /// Person properties by key.
+    pub persons: std::collections::HashMap<String, Arc<PersonColumn>>,
+    /// Group properties by (group type index, key).
+    pub groups: std::collections::HashMap<(u8, String), GroupColumn>,
+}
+
+impl Columns {
+    /// The person column of `key`.
+    pub fn get(&self, key: &str) -> Option<&Arc<PersonColumn>> {
+        self.persons.get(key)
+    }
+}
+
+/// One property of every group of a type: the type's name (to find an event's group in `$groups`) and each
+/// group key's value.
+#[derive(Debug, Default)]
+pub struct GroupColumn {
+    /// `None`: the project has no group type of that index (no event has such a group).
+    pub type_name: Option<String>,
+    pub by_key: std::collections::HashMap<String, Value>,
+}
+
+/// The group properties a query filters on: (group type index, key).
+pub fn group_keys(q: &InsightQuery) -> Vec<(u8, String)> {
+    let mut out: Vec<(u8, String)> = all_filters(q)
+        .into_iter()
+        .filter_map(|f| match f {
+            Filter::Property(p) if p.property_type == flywheel_query::PropertyType::Group => {
+                Some((p.group_type_index.unwrap_or(0), p.key.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
 
 /// A compiled filter and where its value comes from.
 enum Source {
@@ -402,6 +439,12 @@ enum Source {
     Event,
     /// The person's property: evaluated once per dense person.
     Person(Vec<bool>),
+    /// The property of the event's group of a type (named in `$groups`): tested once per group, looked up per row.
+    Group {
+        type_name: Option<String>,
+        pass: std::collections::HashMap<String, bool>,
+        missing: bool,
+    },
 }
 
 /// The event specs of a query, compiled against a snapshot's event dictionary.
@@ -466,7 +509,26 @@ impl Specs {
                                 };
                                 Source::Person(pass)
                             }
-                            _ => Source::Event,
+                            flywheel_query::PropertyType::Group => {
+                                let col = columns
+                                    .groups
+                                    .get(&(pf.group_type_index.unwrap_or(0), pf.key.clone()));
+                                Source::Group {
+                                    type_name: col.and_then(|c| c.type_name.clone()),
+                                    pass: col
+                                        .map(|c| {
+                                            c.by_key
+                                                .iter()
+                                                .map(|(k, v)| {
+                                                    (k.clone(), compiled.matches(Some(v)))
+                                                })
+                                                .collect()
+                                        })
+                                        .unwrap_or_default(),
+                                    missing: compiled.matches(None),
+                                }
+                            }
+                            flywheel_query::PropertyType::Event => Source::Event,
                         };
                         seen.push(pf);
                         filters.push((compiled, source));
@@ -567,6 +629,23 @@ impl Specs {
                 event_pass.push(match source {
                     Source::Event => Some(crate::insight_filters::event_pass(snap, p, f)?),
                     Source::Person(_) => None,
+                    Source::Group {
+                        type_name,
+                        pass,
+                        missing,
+                    } => Some(match type_name {
+                        None => vec![*missing; p.len()],
+                        Some(t) => crate::insight_filters::map_event_property(
+                            snap,
+                            p,
+                            "$groups",
+                            *missing,
+                            |v| match v.get(t).and_then(Value::as_str) {
+                                Some(key) => pass.get(key).copied().unwrap_or(*missing),
+                                None => *missing,
+                            },
+                        )?,
+                    }),
                 });
             }
             for (bit, needs) in self.needs.iter().enumerate() {
@@ -580,14 +659,14 @@ impl Specs {
                                 }
                             }
                         }
-                        (Source::Event, Some(pass)) => {
+                        (Source::Event | Source::Group { .. }, Some(pass)) => {
                             for (m, &row) in mask.iter_mut().zip(&sorted.order) {
                                 if !pass[row as usize] {
                                     *m &= clear;
                                 }
                             }
                         }
-                        (Source::Event, None) => {}
+                        (Source::Event | Source::Group { .. }, None) => {}
                     }
                 }
             }
@@ -636,12 +715,6 @@ fn check_filters(filters: &[Filter], field: &str) -> Result<(), Unsupported> {
                     "cohort filters are not supported by the embedded engine yet",
                 ))
             }
-            Filter::Property(p) if p.property_type == flywheel_query::PropertyType::Group => {
-                return Err(unsupported(
-                    format!("{field}[{i}].type"),
-                    "group-property filters are not supported by the embedded engine yet",
-                ))
-            }
             Filter::Property(_) => {}
         }
     }
@@ -650,6 +723,23 @@ fn check_filters(filters: &[Filter], field: &str) -> Result<(), Unsupported> {
 
 /// The person properties a query reads (breakdown and filters), to load before running it.
 pub fn person_keys(q: &InsightQuery) -> Vec<String> {
+    let mut keys: Vec<String> = all_filters(q)
+        .into_iter()
+        .filter_map(|f| match f {
+            Filter::Property(p) if p.property_type == flywheel_query::PropertyType::Person => {
+                Some(p.key.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    keys.extend(person_breakdown_key(q).map(str::to_owned));
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// Every filter of a query: common, per series and per step.
+fn all_filters(q: &InsightQuery) -> Vec<&Filter> {
     let mut filters: Vec<&Filter> = Vec::new();
     let mut specs: Vec<&EventSpec> = Vec::new();
     let common: &[Filter] = match q {
@@ -682,19 +772,7 @@ pub fn person_keys(q: &InsightQuery) -> Vec<String> {
     for s in specs {
         filters.extend(&s.properties);
     }
-    let mut keys: Vec<String> = filters
-        .into_iter()
-        .filter_map(|f| match f {
-            Filter::Property(p) if p.property_type == flywheel_query::PropertyType::Person => {
-                Some(p.key.clone())
-            }
-            _ => None,
-        })
-        .collect();
-    keys.extend(person_breakdown_key(q).map(str::to_owned));
-    keys.sort();
-    keys.dedup();
-    keys
+    filters
 }
 
 fn check_common(c: &flywheel_query::Common) -> Result<(), Unsupported> {
@@ -1598,13 +1676,25 @@ pub async fn post_insight(
     apply_test_account_filters(&mut query, &settings.test_account_filters)?;
     let complete = state.tables_catch_up().await;
     let epoch = state.flags.subjects.epoch();
-    let mut columns = Columns::new();
+    let mut columns = Columns::default();
     for key in person_keys(&query) {
         let col = state
             .insights
             .person_column(&state.store, project_id, &key, epoch)
             .await?;
-        columns.insert(key, col);
+        columns.persons.insert(key, col);
+    }
+    for (index, key) in group_keys(&query) {
+        let column = GroupColumn {
+            type_name: state.store.group_type_name(project_id, index).await?,
+            by_key: state
+                .store
+                .group_property_values(project_id, index, &key)
+                .await?
+                .into_iter()
+                .collect(),
+        };
+        columns.groups.insert((index, key), column);
     }
     let snapshot = state.tables.snapshot(project_id);
     let now = state.clock.now();

@@ -199,6 +199,29 @@ impl Store {
         Ok(n)
     }
 
+    /// Every group of type `index` that has the top-level property `key`: (group key, value).
+    pub async fn group_property_values(
+        &self,
+        project_id: i64,
+        index: u8,
+        key: &str,
+    ) -> Result<Vec<(String, Value)>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT group_key, properties FROM groups WHERE project_id = ? AND group_type_index = ?",
+        )
+        .bind(project_id)
+        .bind(i64::from(index))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(k, text)| match serde_json::from_str::<Value>(&text) {
+                Ok(Value::Object(mut m)) => m.remove(key).map(|v| (k, v)),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// The name of a project's group type by its index (0–4), if defined.
     pub async fn group_type_name(&self, project_id: i64, index: u8) -> Result<Option<String>> {
         Ok(sqlx::query_scalar(

@@ -803,6 +803,10 @@ fn check_seed(seed: &str) {
         .iter()
         .map(|(kind, q, _)| insight(&serve, &key, project, kind, q.clone()))
         .collect();
+    let group_filter = json!({"date_from": "2025-12-04", "date_to": "2025-12-31",
+        "series": [{"event": "$pageview"}, {"event": "task_completed", "math": "dau"}],
+        "properties": [{"key": "industry", "type": "group", "group_type_index": 0, "value": "software"}]});
+    let by_industry = insight(&serve, &key, project, "trends", group_filter);
     let persons_of_steps: Vec<(i32, Value)> = [2, 3, -2, -3]
         .into_iter()
         .map(|step| {
@@ -862,6 +866,38 @@ fn check_seed(seed: &str) {
             "{kind} {q}: {want}"
         );
     }
+
+    // Group-property filter: events whose company (`$groups.company`) has industry `software`.
+    let industry: HashMap<String, Value> =
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let store = flywheel_store::Store::open(&dir.path().join("metadata.db"))
+                .await
+                .unwrap();
+            let v = store
+                .group_property_values(project, 0, "industry")
+                .await
+                .unwrap();
+            store.close().await;
+            v.into_iter().collect()
+        });
+    let software = ctx.where_props(|p| {
+        p.get("$groups")
+            .and_then(|g| g.get("company"))
+            .and_then(Value::as_str)
+            .and_then(|c| industry.get(c))
+            .is_some_and(|i| i == "software")
+    });
+    let r = range_of(&by_industry);
+    let want = json!([
+        truth::total(&software, "$pageview", r, truth::Interval::Day),
+        truth::unique_persons(&software, "task_completed", r, truth::Interval::Day),
+    ]);
+    let got = json!([
+        counts(&by_industry["result"][0]["data"]),
+        counts(&by_industry["result"][1]["data"])
+    ]);
+    assert_eq!(got, want, "group-property filter");
+    assert!(want.to_string().bytes().any(|b| (b'1'..=b'9').contains(&b)));
 
     // The persons of a funnel step are exactly the truth's, and their distinct ids are theirs.
     let steps = ["signed_up", "project_created", "teammate_invited"];
