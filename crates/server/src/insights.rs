@@ -10,7 +10,8 @@
 //! query from the metadata store, cached per identity epoch) clear the bit of the rows they reject; see
 //! `insight_filters` for their semantics.
 //!
-//! Not yet supported (answered with `400 unsupported`, naming the field, rather than a wrong number): cohorts, group breakdowns (and event breakdowns of retention), breakdowns of group aggregations.
+//! Not yet supported (answered with `400 unsupported`, naming the field, rather than a wrong number): cohorts,
+//! group breakdowns (and event breakdowns of retention), breakdowns of group aggregations.
 
 use std::sync::Arc;
 
