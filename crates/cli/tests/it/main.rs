@@ -46,12 +46,16 @@ pub fn init(dir: &Path) -> Keys {
     }
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// The `127.0.0.1:port` after `local_addr` in a ready line (plain or JSON log format).
+fn ready_addr(line: &str) -> Option<String> {
+    let at = line.find("local_addr")?;
+    let rest = &line[at..];
+    let start = rest.find("127.0.0.1:")?;
+    let digits: String = rest[start + "127.0.0.1:".len()..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    (!digits.is_empty()).then(|| format!("127.0.0.1:{digits}"))
 }
 
 /// A `flywheel serve` child process; killed on drop.
@@ -63,16 +67,17 @@ pub struct Serve {
 
 impl Serve {
     pub fn start(dir: &Path, extra: &[&str]) -> Serve {
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
+        // Port 0: the server binds a free port itself and logs it ("flywheel is ready local_addr=…"). Picking a
+        // free port here and passing it raced with the other tests' servers (one could take it first, and this
+        // test then talked to the wrong server).
         let child = Command::new(BIN)
             .args(["serve", "--data-dir"])
             .arg(dir)
-            .args(["--listen", &addr])
+            .args(["--listen", "127.0.0.1:0"])
             .args(if extra.contains(&"--log-level") {
                 &[][..]
             } else {
-                &["--log-level", "warn"][..]
+                &["--log-level", "info"][..]
             })
             .args(extra)
             .stdout(Stdio::null())
@@ -80,18 +85,38 @@ impl Serve {
             .spawn()
             .unwrap();
         let mut child = child;
-        // Drain stderr continuously so a chatty log level can never block the server on a full pipe.
-        let mut pipe = child.stderr.take().unwrap();
+        // Drain stderr continuously so a chatty log level can never block the server on a full pipe; the ready
+        // line's address is sent back as soon as it appears.
+        let pipe = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
         let stderr = std::thread::spawn(move || {
             let mut s = String::new();
-            let _ = pipe.read_to_string(&mut s);
+            let mut tx = Some(tx);
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if tx.is_some() && line.contains("flywheel is ready") {
+                    if let Some(addr) = ready_addr(&line) {
+                        let _ = tx.take().expect("sender").send(addr);
+                    }
+                }
+                s.push_str(&line);
+                s.push('\n');
+            }
             s
         });
+        let addr = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
         let mut serve = Serve {
             child,
             addr,
             stderr: Some(stderr),
         };
+        if serve.addr.is_empty() {
+            let _ = serve.child.kill();
+            panic!(
+                "server did not log its address within 30 s:\n{}",
+                serve.stderr_after_exit()
+            );
+        }
         serve.wait_ready();
         serve
     }
