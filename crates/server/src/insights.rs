@@ -11,7 +11,7 @@
 //! `insight_filters` for their semantics.
 //!
 //! Not yet supported (answered with `400 unsupported`, naming the field, rather than a wrong number): cohorts,
-//! group breakdowns (and event breakdowns of retention), breakdowns of group aggregations.
+//! event and group breakdowns of retention, breakdowns of group aggregations.
 
 use std::sync::Arc;
 
@@ -251,13 +251,48 @@ fn event_codes(
     bits: u64,
     limit: usize,
 ) -> Result<(Vec<Vec<u32>>, Vec<Value>), EngineError> {
+    row_codes(snap, prepared, key, bits, limit, |v| Some(label_of(v)))
+}
+
+/// Group-property breakdown codes: each row's value is its group's (of the column's type, from `$groups`).
+fn group_codes(
+    snap: &Snapshot,
+    prepared: &[Prepared],
+    column: &GroupColumn,
+    bits: u64,
+    limit: usize,
+) -> Result<(Vec<Vec<u32>>, Vec<Value>), EngineError> {
+    let Some(type_name) = column.type_name.as_deref() else {
+        return row_codes(snap, prepared, "$groups", bits, limit, |_| None);
+    };
+    row_codes(snap, prepared, "$groups", bits, limit, |v| {
+        let key = v.get(type_name)?.as_str()?;
+        column
+            .by_key
+            .get(key)
+            .filter(|v| !v.is_null())
+            .map(label_of)
+    })
+}
+
+/// Breakdown codes from the event property `key` of each row, labelled by `label` (`None`: no value).
+fn row_codes(
+    snap: &Snapshot,
+    prepared: &[Prepared],
+    key: &str,
+    bits: u64,
+    limit: usize,
+    mut label: impl FnMut(&Value) -> Option<String>,
+) -> Result<(Vec<Vec<u32>>, Vec<Value>), EngineError> {
     let mut index: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
     let mut values: Vec<String> = Vec::new();
     let mut per_part = Vec::with_capacity(prepared.len());
     for p in prepared {
         let storage =
             crate::insight_filters::map_event_property(snap, &p.part, key, u32::MAX, |v| {
-                let label = label_of(v);
+                let Some(label) = label(v) else {
+                    return u32::MAX;
+                };
                 let next = values.len() as u32;
                 *index.entry(label.clone()).or_insert_with(|| {
                     values.push(label);
@@ -340,11 +375,11 @@ fn check_breakdown(
 ) -> Result<(), Unsupported> {
     match b.as_ref().map(|b| &b.by) {
         None | Some(BreakdownBy::Person { .. }) => Ok(()),
-        Some(BreakdownBy::Event { .. }) if event_ok => Ok(()),
+        Some(BreakdownBy::Event { .. } | BreakdownBy::Group { .. }) if event_ok => Ok(()),
         Some(_) => Err(unsupported(
             "breakdown.type",
             if event_ok {
-                "group and cohort breakdowns are not supported by the embedded engine yet"
+                "cohort breakdowns are not supported by the embedded engine yet"
             } else {
                 "only person-property breakdowns are supported by the embedded engine for this kind yet"
             },
@@ -429,6 +464,18 @@ pub fn group_keys(q: &InsightQuery) -> Vec<(u8, String)> {
             _ => None,
         })
         .collect();
+    let breakdown = match q {
+        InsightQuery::Trends(t) => t.breakdown.as_ref(),
+        InsightQuery::Funnel(f) => f.breakdown.as_ref(),
+        _ => None,
+    };
+    if let Some(BreakdownBy::Group {
+        group_type_index,
+        property,
+    }) = breakdown.map(|b| &b.by)
+    {
+        out.push((*group_type_index, property.clone()));
+    }
     out.sort();
     out.dedup();
     out
@@ -997,6 +1044,13 @@ fn trends(
             Some(BreakdownBy::Event { property }) => {
                 Some(event_codes(snap, &prepared, property, all_bits, limit)?)
             }
+            Some(BreakdownBy::Group {
+                group_type_index,
+                property,
+            }) => match columns.groups.get(&(*group_type_index, property.clone())) {
+                Some(col) => Some(group_codes(snap, &prepared, col, all_bits, limit)?),
+                None => None,
+            },
             _ => None,
         };
         let (source, values, labels) = match (&codes, &row_codes) {
@@ -1159,6 +1213,13 @@ fn funnel(
         Some(BreakdownBy::Event { property }) => {
             Some(event_codes(snap, &prepared, property, 1, limit)?)
         }
+        Some(BreakdownBy::Group {
+            group_type_index,
+            property,
+        }) => match columns.groups.get(&(*group_type_index, property.clone())) {
+            Some(col) => Some(group_codes(snap, &prepared, col, 1, limit)?),
+            None => None,
+        },
         _ => None,
     };
     let blocks: Vec<k::Block<'_>> = blocks

@@ -156,6 +156,8 @@ struct Ctx<'a> {
     /// The events' properties, parallel to `rows`.
     props: Vec<&'a serde_json::Map<String, Value>>,
     plan_of: HashMap<u64, String>,
+    /// Company (group key) → its `industry`.
+    industry: HashMap<String, Value>,
 }
 
 impl<'a> Ctx<'a> {
@@ -703,8 +705,38 @@ fn checks() -> Vec<Check> {
                     rows,
                     props: Vec::new(),
                     plan_of: HashMap::new(),
+                    industry: HashMap::new(),
                 };
                 retention_check(&ctx, q, v)
+            },
+        ),
+        (
+            "trends",
+            with(
+                json!({"series": [{"event": "$pageview"}], "breakdown": {"type": "group", "group_type_index": 0, "property": "industry"}}),
+            ),
+            |c, _q, v| {
+                let r = range_of(v);
+                let industry_of = |p: &serde_json::Map<String, Value>| -> Option<String> {
+                    let company = p.get("$groups")?.get("company")?.as_str()?;
+                    c.industry.get(company)?.as_str().map(str::to_owned)
+                };
+                let mut got = serde_json::Map::new();
+                let mut want = serde_json::Map::new();
+                for item in v["result"].as_array().unwrap() {
+                    let label = &item["breakdown_value"];
+                    got.insert(label.to_string(), json!(counts(&item["data"])));
+                    let rows = c.where_props(|p| industry_of(p).as_deref() == label.as_str());
+                    want.insert(
+                        label.to_string(),
+                        json!(truth::total(&rows, "$pageview", r, truth::Interval::Day)),
+                    );
+                }
+                assert!(
+                    got.len() >= 3,
+                    "several industries and the null row: {got:?}"
+                );
+                (json!(want), json!(got))
             },
         ),
     ]
@@ -852,22 +884,7 @@ fn check_seed(seed: &str) {
         })
         .collect();
     let props = owned.iter().map(|o| &o.props).collect();
-    let ctx = Ctx {
-        rows,
-        props,
-        plan_of,
-    };
-    for ((kind, q, check), answer) in checks().iter().zip(&answers) {
-        let (want, got) = check(&ctx, q, answer);
-        assert_eq!(got, want, "seed {seed}, {kind} {q}");
-        // Not vacuous: something was counted.
-        assert!(
-            want.to_string().bytes().any(|b| (b'1'..=b'9').contains(&b)),
-            "{kind} {q}: {want}"
-        );
-    }
-
-    // Group-property filter: events whose company (`$groups.company`) has industry `software`.
+    // Company → industry, for the group checks (read from the metadata store, as identity left it).
     let industry: HashMap<String, Value> =
         tokio::runtime::Runtime::new().unwrap().block_on(async {
             let store = flywheel_store::Store::open(&dir.path().join("metadata.db"))
@@ -880,6 +897,24 @@ fn check_seed(seed: &str) {
             store.close().await;
             v.into_iter().collect()
         });
+    let ctx = Ctx {
+        rows,
+        props,
+        plan_of,
+        industry,
+    };
+    for ((kind, q, check), answer) in checks().iter().zip(&answers) {
+        let (want, got) = check(&ctx, q, answer);
+        assert_eq!(got, want, "seed {seed}, {kind} {q}");
+        // Not vacuous: something was counted.
+        assert!(
+            want.to_string().bytes().any(|b| (b'1'..=b'9').contains(&b)),
+            "{kind} {q}: {want}"
+        );
+    }
+
+    // Group-property filter: events whose company (`$groups.company`) has industry `software`.
+    let industry = &ctx.industry;
     let software = ctx.where_props(|p| {
         p.get("$groups")
             .and_then(|g| g.get("company"))
