@@ -23,8 +23,13 @@ pub const SEAL_EVERY: Duration = Duration::from_secs(300);
 /// Batches appended per step (bounded so the table lock is held briefly).
 const CHUNK_BATCHES: usize = 256;
 
-/// Loads the identity mapping into `tables`.
-pub async fn load_identity(store: &Store, tables: &EventTables) -> anyhow::Result<u64> {
+/// Loads the identity mapping into `tables` and, when given, the flag endpoints' filter of known distinct ids
+/// (one read of the mapping for both).
+pub async fn load_identity(
+    store: &Store,
+    tables: &EventTables,
+    known: Option<&crate::serving::SubjectCache>,
+) -> anyhow::Result<u64> {
     let mut buf: Vec<(i64, String, i64)> = Vec::with_capacity(65_536);
     let flush = |buf: &mut Vec<(i64, String, i64)>| {
         tables.assign_all(buf.iter().map(|(p, d, id)| (*p, d.as_str(), *id)));
@@ -32,6 +37,9 @@ pub async fn load_identity(store: &Store, tables: &EventTables) -> anyhow::Resul
     };
     let n = store
         .for_each_distinct_id(|p, d, id| {
+            if let Some(known) = known {
+                known.note_known(p, d);
+            }
             buf.push((p, d.to_owned(), id));
             if buf.len() == buf.capacity() {
                 flush(&mut buf);
@@ -39,6 +47,9 @@ pub async fn load_identity(store: &Store, tables: &EventTables) -> anyhow::Resul
         })
         .await?;
     flush(&mut buf);
+    if let Some(known) = known {
+        known.known_loaded();
+    }
     Ok(n)
 }
 
@@ -49,13 +60,14 @@ pub async fn run(
     tables: Arc<EventTables>,
     mut identity: watch::Receiver<u64>,
     progress: watch::Sender<u64>,
+    known: Arc<crate::serving::SubjectCache>,
 ) {
     let started = Instant::now();
-    match load_identity(&store, &tables).await {
+    match load_identity(&store, &tables, Some(&known)).await {
         Ok(n) => tracing::info!(
             distinct_ids = n,
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "insights: identity mapping loaded"
+            "insights: identity mapping (and the flag endpoints' known distinct ids) loaded"
         ),
         Err(err) => {
             tracing::error!(error = %err, "insights: cannot load the identity mapping; persons resolve as events arrive")

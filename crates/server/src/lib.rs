@@ -200,6 +200,7 @@ impl Server {
             tables.clone(),
             progress_rx.clone(),
             tables_tx,
+            flags.subjects.clone(),
         ));
         let compiled = flags
             .warm(&store)
@@ -207,10 +208,7 @@ impl Server {
             .map_err(|e| anyhow::anyhow!("compiling feature flags: {}", e.message))?;
         tracing::info!(projects = compiled, "feature flags compiled");
         let (exposures, exposure_task) = exposure::Exposures::start(intake.clone());
-        {
-            let (subjects, store) = (flags.subjects.clone(), store.clone());
-            tokio::spawn(async move { subjects.load_known(&store).await });
-        }
+        // The flag endpoints' filter of known distinct ids is filled by the insights consumer's identity load.
         let state = AppState {
             dedupe: Arc::new(state::Dedupe::new(config.dedupe_window)),
             config: Arc::new(config),

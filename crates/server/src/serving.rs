@@ -832,26 +832,16 @@ impl SubjectCache {
     }
 
     /// Fills the filter of known distinct ids from storage (at start, in the background).
-    pub async fn load_known(&self, store: &Store) {
-        let started = std::time::Instant::now();
-        match store
-            .for_each_distinct_id(|p, d, _| self.known.insert(p, d))
-            .await
-        {
-            Ok(n) => {
-                self.known
-                    .ready
-                    .store(true, std::sync::atomic::Ordering::Release);
-                tracing::info!(
-                    distinct_ids = n,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "known distinct ids loaded"
-                );
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "loading known distinct ids failed; every flag request reads storage")
-            }
-        }
+    /// Records a distinct id as known (the start-up load, see `events_table::load_identity`).
+    pub fn note_known(&self, project_id: i64, distinct_id: &str) {
+        self.known.insert(project_id, distinct_id);
+    }
+
+    /// Every stored distinct id has been noted: the filter may now answer "unknown".
+    pub fn known_loaded(&self) {
+        self.known
+            .ready
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 }
 
