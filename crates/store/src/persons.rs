@@ -165,7 +165,8 @@ impl Store {
             let mut out = Vec::new();
             if key.contains('"') || key.contains('\\') {
                 // Not expressible as a SQLite JSON path label: read whole documents.
-                let mut stmt = conn.prepare("SELECT id, properties FROM persons WHERE project_id = ?1")?;
+                let mut stmt =
+                    conn.prepare("SELECT id, properties FROM persons WHERE project_id = ?1")?;
                 let mut rows = stmt.query([project_id])?;
                 while let Some(row) = rows.next()? {
                     let text: String = row.get(1)?;
@@ -178,12 +179,14 @@ impl Store {
                 return Ok(out);
             }
             let path = format!("$.\"{key}\"");
-            let mut stmt = conn.prepare(
-                "SELECT id, properties -> ?1 FROM persons WHERE project_id = ?2 AND properties -> ?1 IS NOT NULL",
-            )?;
+            // One JSON extraction per person (a `WHERE … IS NOT NULL` on it would parse every document twice).
+            let mut stmt =
+                conn.prepare("SELECT id, properties -> ?1 FROM persons WHERE project_id = ?2")?;
             let mut rows = stmt.query(rusqlite::params![path, project_id])?;
             while let Some(row) = rows.next()? {
-                out.push((row.get(0)?, row.get(1)?));
+                if let Some(json) = row.get::<_, Option<String>>(1)? {
+                    out.push((row.get(0)?, json));
+                }
             }
             Ok(out)
         })
