@@ -2,7 +2,8 @@
 //! cover (exclusions, breakdown attribution, time to convert, trend, persons, rows matching several steps),
 //! against a brute-force reference written here that enumerates every attempt of every person.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::ops::Range;
 use std::time::Instant;
 
@@ -43,20 +44,13 @@ struct Columns {
 }
 
 fn partition(evs: &[Ev]) -> Vec<Columns> {
-    let mut parts: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
-    for (i, e) in evs.iter().enumerate() {
-        parts.entry(e.ts.div_euclid(DAY_US)).or_default().push(i);
-    }
-    parts
-        .into_values()
-        .map(|mut idx| {
-            idx.sort_by_key(|&i| (evs[i].person, evs[i].ts, i));
-            Columns {
-                person: idx.iter().map(|&i| evs[i].person).collect(),
-                ts: idx.iter().map(|&i| evs[i].ts).collect(),
-                mask: idx.iter().map(|&i| evs[i].mask).collect(),
-                code: idx.iter().map(|&i| evs[i].code).collect(),
-            }
+    common::layout(evs.len(), DAY_US, |i| (evs[i].person, evs[i].ts))
+        .into_iter()
+        .map(|idx| Columns {
+            person: idx.iter().map(|&i| evs[i].person).collect(),
+            ts: idx.iter().map(|&i| evs[i].ts).collect(),
+            mask: idx.iter().map(|&i| evs[i].mask).collect(),
+            code: idx.iter().map(|&i| evs[i].code).collect(),
         })
         .collect()
 }

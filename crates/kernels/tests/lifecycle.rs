@@ -1,6 +1,8 @@
 //! Lifecycle kernel against `flywheel-truth` (calendar buckets) and, for arbitrary boundaries (project time zones,
 //! rows before the previous bucket), against a brute-force reference written here.
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use flywheel_kernels::lifecycle::{lifecycle, Lifecycle};
@@ -32,14 +34,9 @@ struct Columns {
 }
 
 fn partition(evs: &[Ev], width: i64) -> Vec<Columns> {
-    let mut parts: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
-    for (i, e) in evs.iter().enumerate() {
-        parts.entry(e.ts.div_euclid(width)).or_default().push(i);
-    }
-    parts
-        .into_values()
-        .map(|mut idx| {
-            idx.sort_by_key(|&i| (evs[i].person, evs[i].ts, i));
+    common::layout(evs.len(), width, |i| (evs[i].person, evs[i].ts))
+        .into_iter()
+        .map(|idx| {
             let rows = idx.iter().map(|&i| &evs[i]);
             Columns {
                 person: rows.clone().map(|e| e.person).collect(),

@@ -1,7 +1,8 @@
 //! Retention kernel against `flywheel-truth`: first-time and recurring cohorts, `on` and `on or after`, day, week
 //! and month periods, person breakdowns (the truth run on each code's persons), up to 120 periods.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::time::Instant;
 
 use flywheel_kernels::retention::{retention, Cohorting, RetentionSpec};
@@ -36,25 +37,18 @@ struct Columns {
 /// Rows as the engine lays them out: partitioned by UTC day, each partition sorted by (person, ts, log order);
 /// bit 0 marks start rows, bit 1 return rows.
 fn partition(evs: &[Ev], start: usize, ret: usize) -> Vec<Columns> {
-    let mut parts: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
-    for (i, e) in evs.iter().enumerate() {
-        parts.entry(e.ts.div_euclid(DAY_US)).or_default().push(i);
-    }
-    parts
-        .into_values()
-        .map(|mut idx| {
-            idx.sort_by_key(|&i| (evs[i].person, evs[i].ts, i));
-            Columns {
-                person: idx.iter().map(|&i| evs[i].person).collect(),
-                ts: idx.iter().map(|&i| evs[i].ts).collect(),
-                mask: idx
-                    .iter()
-                    .map(|&i| {
-                        let e = evs[i].event;
-                        u64::from(e == start) | u64::from(e == ret) << 1 | 1 << NOISE
-                    })
-                    .collect(),
-            }
+    common::layout(evs.len(), DAY_US, |i| (evs[i].person, evs[i].ts))
+        .into_iter()
+        .map(|idx| Columns {
+            person: idx.iter().map(|&i| evs[i].person).collect(),
+            ts: idx.iter().map(|&i| evs[i].ts).collect(),
+            mask: idx
+                .iter()
+                .map(|&i| {
+                    let e = evs[i].event;
+                    u64::from(e == start) | u64::from(e == ret) << 1 | 1 << NOISE
+                })
+                .collect(),
         })
         .collect()
 }

@@ -1,6 +1,8 @@
 //! Stickiness kernel against `flywheel-truth` and, for breakdowns and arbitrary bucket boundaries, against a
 //! brute-force reference written here.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use flywheel_kernels::stickiness::stickiness;
@@ -36,14 +38,9 @@ struct Columns {
 }
 
 fn partition(evs: &[Ev], width: i64, breakdown_values: u32) -> Vec<Columns> {
-    let mut parts: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
-    for (i, e) in evs.iter().enumerate() {
-        parts.entry(e.ts.div_euclid(width)).or_default().push(i);
-    }
-    parts
-        .into_values()
-        .map(|mut idx| {
-            idx.sort_by_key(|&i| (evs[i].person, evs[i].ts, i));
+    common::layout(evs.len(), width, |i| (evs[i].person, evs[i].ts))
+        .into_iter()
+        .map(|idx| {
             let rows = idx.iter().map(|&i| &evs[i]);
             Columns {
                 person: rows.clone().map(|e| e.person).collect(),
