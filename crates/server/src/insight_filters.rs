@@ -31,7 +31,8 @@ fn text(v: &Value) -> std::borrow::Cow<'_, str> {
     }
 }
 
-fn number(v: &Value) -> Option<f64> {
+/// A number from a property value (a string holding a number counts).
+pub fn number(v: &Value) -> Option<f64> {
     match v {
         Value::Number(n) => n.as_f64(),
         Value::String(s) => s.trim().parse().ok(),
@@ -200,11 +201,6 @@ pub fn map_event_property<T: Clone>(
         }
     }
     Ok(out)
-}
-
-/// A number from a property value (a string holding a number counts).
-pub fn number_of(v: &Value) -> Option<f64> {
-    number(v)
 }
 
 #[cfg(test)]

@@ -338,7 +338,7 @@ fn event_numbers(
         .map(|p| {
             let storage =
                 crate::insight_filters::map_event_property(snap, &p.part, key, f64::NAN, |v| {
-                    crate::insight_filters::number_of(v).unwrap_or(f64::NAN)
+                    crate::insight_filters::number(v).unwrap_or(f64::NAN)
                 })?;
             Ok(p.storage_rows()
                 .iter()
@@ -912,6 +912,19 @@ fn group_rows(
     Ok((out, index.len() as u32))
 }
 
+/// Kernel blocks over [`group_rows`]' output (groups in the place of persons).
+fn group_blocks(rows: &[(Vec<u32>, Vec<i64>, Vec<u64>)]) -> Vec<k::Block<'_>> {
+    rows.iter()
+        .map(|g| k::Block {
+            person: &g.0,
+            ts: &g.1,
+            mask: &g.2,
+            breakdown: None,
+            value: None,
+        })
+        .collect()
+}
+
 /// Looks up the names of distinct ids (indexes as in [`Snapshot::resolved`]).
 pub type Names<'a> = &'a dyn Fn(&[u32]) -> Vec<String>;
 
@@ -1190,18 +1203,7 @@ fn funnel(
         None
     };
     let (blocks, units) = match &grouped {
-        Some((rows, count)) => (
-            rows.iter()
-                .map(|g| k::Block {
-                    person: &g.0,
-                    ts: &g.1,
-                    mask: &g.2,
-                    breakdown: None,
-                    value: None,
-                })
-                .collect(),
-            *count,
-        ),
+        Some((rows, count)) => (group_blocks(rows), *count),
         None => (blocks(&prepared), snap.persons()),
     };
     let steps = f.steps.len();
@@ -1467,17 +1469,7 @@ fn retention(
     let tables = if by_group {
         // Account-level: the rows keyed by the events' group (see `group_rows`).
         let (rows, groups) = group_rows(snap, &prepared, options.group_type.as_deref())?;
-        let grouped: Vec<k::Block<'_>> = rows
-            .iter()
-            .map(|g| k::Block {
-                person: &g.0,
-                ts: &g.1,
-                mask: &g.2,
-                breakdown: None,
-                value: None,
-            })
-            .collect();
-        k::retention::retention(&grouped, groups, threads, &spec)
+        k::retention::retention(&group_blocks(&rows), groups, threads, &spec)
     } else {
         k::retention::retention(&blocks, snap.persons(), threads, &spec)
     };

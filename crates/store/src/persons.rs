@@ -156,12 +156,7 @@ impl Store {
         let path = self.path().to_path_buf();
         let key = key.to_owned();
         let rows = tokio::task::spawn_blocking(move || -> Result<Vec<(i64, String)>> {
-            use rusqlite::OpenFlags;
-            let conn = rusqlite::Connection::open_with_flags(
-                &path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )?;
-            conn.busy_timeout(crate::BUSY_TIMEOUT)?;
+            let conn = read_connection(&path)?;
             let mut out = Vec::new();
             if key.contains('"') || key.contains('\\') {
                 // Not expressible as a SQLite JSON path label: read whole documents.
@@ -281,12 +276,7 @@ impl Store {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(i64, String, i64)>>(4);
         let path = self.path().to_path_buf();
         let reader = tokio::task::spawn_blocking(move || -> Result<()> {
-            use rusqlite::OpenFlags;
-            let mut conn = rusqlite::Connection::open_with_flags(
-                &path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )?;
-            conn.busy_timeout(crate::BUSY_TIMEOUT)?;
+            let mut conn = read_connection(&path)?;
             let txn = conn.transaction()?;
             let mut stmt =
                 txn.prepare("SELECT project_id, distinct_id, person_id FROM person_distinct_ids")?;
@@ -318,6 +308,17 @@ impl Store {
             .map_err(|e| crate::StoreError::Task(format!("distinct id reader: {e}")))??;
         Ok(n)
     }
+}
+
+/// A read-only rusqlite connection for bulk reads on a blocking thread (sqlx hands every row over a channel).
+fn read_connection(path: &std::path::Path) -> rusqlite::Result<rusqlite::Connection> {
+    use rusqlite::OpenFlags;
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(crate::BUSY_TIMEOUT)?;
+    Ok(conn)
 }
 
 fn object(text: Option<String>) -> Result<Option<serde_json::Map<String, Value>>> {

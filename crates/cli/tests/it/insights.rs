@@ -161,6 +161,21 @@ struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
+    /// Account level: each event as its company's (`$groups.company`); events without one are left out.
+    fn by_company(&self) -> Vec<truth::Row<'a>> {
+        let mut ids: HashMap<String, u64> = HashMap::new();
+        self.rows
+            .iter()
+            .zip(&self.props)
+            .filter_map(|(r, p)| {
+                let key = p.get("$groups")?.get("company")?.as_str()?;
+                let next = ids.len() as u64;
+                let person = *ids.entry(key.to_owned()).or_insert(next);
+                Some(truth::Row { person, ..*r })
+            })
+            .collect()
+    }
+
     /// The rows whose event properties satisfy `keep`.
     fn where_props(
         &self,
@@ -651,18 +666,7 @@ fn checks() -> Vec<Check> {
             ),
             |c, q, v| {
                 // Account-level: each event counts for its company (`$groups.company`), events without one are out.
-                let mut ids: HashMap<String, u64> = HashMap::new();
-                let rows: Vec<truth::Row<'_>> = c
-                    .rows
-                    .iter()
-                    .zip(&c.props)
-                    .filter_map(|(r, p)| {
-                        let key = p.get("$groups")?.get("company")?.as_str()?;
-                        let next = ids.len() as u64;
-                        let person = *ids.entry(key.to_owned()).or_insert(next);
-                        Some(truth::Row { person, ..*r })
-                    })
-                    .collect();
+                let rows = c.by_company();
                 let steps: Vec<&str> = q["steps"]
                     .as_array()
                     .unwrap()
@@ -689,18 +693,7 @@ fn checks() -> Vec<Check> {
             "retention",
             json!({"aggregation": "group:0", "start_event": {"event": "$pageview"}, "return_event": {"event": "task_completed"}, "period": "week", "periods": 4, "date_to": "2025-12-31"}),
             |c, q, v| {
-                let mut ids: HashMap<String, u64> = HashMap::new();
-                let rows: Vec<truth::Row<'_>> = c
-                    .rows
-                    .iter()
-                    .zip(&c.props)
-                    .filter_map(|(r, p)| {
-                        let key = p.get("$groups")?.get("company")?.as_str()?;
-                        let next = ids.len() as u64;
-                        let person = *ids.entry(key.to_owned()).or_insert(next);
-                        Some(truth::Row { person, ..*r })
-                    })
-                    .collect();
+                let rows = c.by_company();
                 let ctx = Ctx {
                     rows,
                     props: Vec::new(),
