@@ -89,18 +89,6 @@ fn arb_range() -> impl Strategy<Value = truth::Range> {
     })
 }
 
-fn arb_width() -> impl Strategy<Value = i64> {
-    prop::sample::select(vec![DAY_US, 3 * DAY_US, 7 * DAY_US, 5 * H, 1000 * DAY_US])
-}
-
-fn arb_interval() -> impl Strategy<Value = truth::Interval> {
-    prop::sample::select(vec![
-        truth::Interval::Day,
-        truth::Interval::Week,
-        truth::Interval::Month,
-    ])
-}
-
 /// Arbitrary boundaries, and a previous-bucket start anywhere from well before the first bucket to after it.
 fn arb_buckets() -> impl Strategy<Value = (Buckets, i64)> {
     (
@@ -124,8 +112,8 @@ proptest! {
     fn matches_the_truth(
         (persons, evs) in arb_evs(),
         range in arb_range(),
-        interval in arb_interval(),
-        width in arb_width(),
+        interval in common::arb_interval(),
+        width in common::arb_width(),
     ) {
         let cols = partition(&evs, width);
         let blocks = blocks(&cols);
@@ -153,7 +141,7 @@ proptest! {
     fn matches_the_reference(
         (persons, evs) in arb_evs(),
         (buckets, previous_start) in arb_buckets(),
-        width in arb_width(),
+        width in common::arb_width(),
         bit in 0u32..3,
     ) {
         let cols = partition(&evs, width);

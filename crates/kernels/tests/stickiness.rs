@@ -104,18 +104,6 @@ fn arb_range() -> impl Strategy<Value = truth::Range> {
     })
 }
 
-fn arb_width() -> impl Strategy<Value = i64> {
-    prop::sample::select(vec![DAY_US, 3 * DAY_US, 7 * DAY_US, 5 * H, 1000 * DAY_US])
-}
-
-fn arb_interval() -> impl Strategy<Value = truth::Interval> {
-    prop::sample::select(vec![
-        truth::Interval::Day,
-        truth::Interval::Week,
-        truth::Interval::Month,
-    ])
-}
-
 fn arb_buckets() -> impl Strategy<Value = Buckets> {
     prop::collection::btree_set(-5i64..75 * 24, 2..9).prop_map(|hours| {
         let mut b: Vec<i64> = hours.into_iter().map(|h| base() + h * H).collect();
@@ -133,8 +121,8 @@ proptest! {
     fn matches_the_truth(
         (persons, evs) in arb_evs(),
         range in arb_range(),
-        interval in arb_interval(),
-        width in arb_width(),
+        interval in common::arb_interval(),
+        width in common::arb_width(),
     ) {
         let cols = partition(&evs, width, 1);
         let blocks = blocks(&cols);
@@ -160,7 +148,7 @@ proptest! {
     fn matches_the_reference(
         (persons, evs) in arb_evs(),
         buckets in arb_buckets(),
-        width in arb_width(),
+        width in common::arb_width(),
         bit in 0u32..3,
         breakdown_values in prop::sample::select(vec![1u32, 3, 70]),
         person_codes in prop::collection::vec(0u32..72, 0..8),

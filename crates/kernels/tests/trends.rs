@@ -131,18 +131,6 @@ fn arb_range() -> impl Strategy<Value = truth::Range> {
     })
 }
 
-fn arb_width() -> impl Strategy<Value = i64> {
-    prop::sample::select(vec![DAY_US, 3 * DAY_US, 7 * DAY_US, 5 * H, 1000 * DAY_US])
-}
-
-fn arb_interval() -> impl Strategy<Value = truth::Interval> {
-    prop::sample::select(vec![
-        truth::Interval::Day,
-        truth::Interval::Week,
-        truth::Interval::Month,
-    ])
-}
-
 /// Arbitrary increasing boundaries inside (and around) the data's span.
 fn arb_buckets() -> impl Strategy<Value = Buckets> {
     prop::collection::btree_set(-5i64..75 * 24, 2..9).prop_map(|hours| {
@@ -185,8 +173,8 @@ proptest! {
     fn matches_the_truth(
         (persons, evs) in arb_evs(),
         range in arb_range(),
-        interval in arb_interval(),
-        width in arb_width(),
+        interval in common::arb_interval(),
+        width in common::arb_width(),
         extra_persons in 0u32..3,
         days in 1i64..40,
     ) {
@@ -226,7 +214,7 @@ proptest! {
     fn matches_the_reference(
         (persons, evs) in arb_evs(),
         buckets in arb_buckets(),
-        width in arb_width(),
+        width in common::arb_width(),
         bit in 0u32..=ALL,
         breakdown_values in prop::sample::select(vec![1u32, 3, 70]),
         person_codes in prop::collection::vec(0u32..72, 0..8),

@@ -68,6 +68,16 @@ fn range_of(v: &Value) -> truth::Range {
     }
 }
 
+/// The persons reaching each step of a funnel result.
+fn step_counts(result: &Value) -> Vec<u64> {
+    result["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["count"].as_u64().unwrap())
+        .collect()
+}
+
 fn counts(v: &Value) -> Vec<u64> {
     v.as_array()
         .unwrap()
@@ -386,13 +396,7 @@ fn checks() -> Vec<Check> {
                 let mut got = serde_json::Map::new();
                 for item in v["result"].as_array().unwrap() {
                     let label = &item["breakdown_value"];
-                    let counts: Vec<u64> = item["steps"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|s| s["count"].as_u64().unwrap())
-                        .collect();
-                    got.insert(label.to_string(), json!(counts));
+                    got.insert(label.to_string(), json!(step_counts(item)));
                     want.insert(
                         label.to_string(),
                         json!(truth::funnel(
@@ -510,12 +514,7 @@ fn checks() -> Vec<Check> {
                     truth::Order::Ordered,
                     range_of(v),
                 );
-                let got: Vec<u64> = v["result"]["steps"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|s| s["count"].as_u64().unwrap())
-                    .collect();
+                let got = step_counts(&v["result"]);
                 (json!(want), json!(got))
             },
         ),
@@ -680,12 +679,7 @@ fn checks() -> Vec<Check> {
                     truth::Order::Ordered,
                     range_of(v),
                 );
-                let got: Vec<u64> = v["result"]["steps"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|s| s["count"].as_u64().unwrap())
-                    .collect();
+                let got = step_counts(&v["result"]);
                 (json!(want), json!(got))
             },
         ),
@@ -753,12 +747,7 @@ fn funnel_check<const ORDER: u8>(c: &Ctx<'_>, q: &Value, v: &Value) -> (Value, V
         truth::Order::Unordered,
     ][ORDER as usize];
     let want = truth::funnel(rows, &steps, window, order, range_of(v));
-    let got: Vec<u64> = v["result"]["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["count"].as_u64().unwrap())
-        .collect();
+    let got = step_counts(&v["result"]);
     (json!(want), json!(got))
 }
 
@@ -967,12 +956,7 @@ fn check_seed(seed: &str) {
             }
             assert_eq!(p["person_id"].as_u64(), Some(person), "{p}");
         }
-        let counts: Vec<u64> = listed["result"]["steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["count"].as_u64().unwrap())
-            .collect();
+        let counts = step_counts(&listed["result"]);
         let expected = if step > 0 {
             counts[step as usize - 1]
         } else {

@@ -2,6 +2,12 @@
 
 use std::collections::BTreeMap;
 
+use flywheel_kernels::DAY_US;
+use flywheel_truth as truth;
+use proptest::prelude::*;
+
+const H: i64 = 3_600_000_000;
+
 /// The indexes of `n` rows grouped into time partitions `width` µs wide (in time order), each partition sorted by
 /// (person, time, input position) — the order the kernels rely on. `key(i)` is row `i`'s (person, time).
 pub fn layout(n: usize, width: i64, key: impl Fn(usize) -> (u32, i64)) -> Vec<Vec<usize>> {
@@ -19,4 +25,20 @@ pub fn layout(n: usize, width: i64, key: impl Fn(usize) -> (u32, i64)) -> Vec<Ve
             idx
         })
         .collect()
+}
+
+/// Partition widths to lay rows out with: days, several days, hours, one huge partition.
+#[allow(dead_code)] // not every test file uses every helper
+pub fn arb_width() -> impl Strategy<Value = i64> {
+    prop::sample::select(vec![DAY_US, 3 * DAY_US, 7 * DAY_US, 5 * H, 1000 * DAY_US])
+}
+
+/// The truth's calendar intervals.
+#[allow(dead_code)]
+pub fn arb_interval() -> impl Strategy<Value = truth::Interval> {
+    prop::sample::select(vec![
+        truth::Interval::Day,
+        truth::Interval::Week,
+        truth::Interval::Month,
+    ])
 }
