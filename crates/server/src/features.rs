@@ -759,7 +759,7 @@ fn feature_json(r: &FeatureRecord) -> Value {
     document_json(head, &r.definition)
 }
 
-fn write_error(e: WriteError, what: &str) -> ApiError {
+pub(crate) fn write_error(e: WriteError, what: &str) -> ApiError {
     match e {
         WriteError::NotFound => ApiError::not_found(format!("{what} not found")),
         WriteError::AlreadyExists => ApiError::new(StatusCode::CONFLICT, "already_exists", format!("{what} already exists")),
@@ -768,6 +768,7 @@ fn write_error(e: WriteError, what: &str) -> ApiError {
             "version_conflict",
             format!("{what} was changed by someone else: the current version is {current}; reload and retry"),
         ),
+        WriteError::Invalid(message) => ApiError::bad_request("invalid_request", message),
         WriteError::Store(e) => ApiError::internal(e),
     }
 }

@@ -28,8 +28,17 @@ pub enum WriteError {
     AlreadyExists,
     #[error("stale version: the current version is {current}")]
     VersionConflict { current: i64 },
+    /// The change does not apply to this entity (e.g. members of a dynamic cohort).
+    #[error("{0}")]
+    Invalid(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<serde_json::Error> for WriteError {
+    fn from(e: serde_json::Error) -> Self {
+        WriteError::Store(e.into())
+    }
 }
 
 impl From<sqlx::Error> for WriteError {

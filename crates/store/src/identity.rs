@@ -661,6 +661,18 @@ impl Resolver {
             "DELETE FROM person_groups WHERE person_id = ?",
             [from.id],
         )?;
+        // Static cohorts keep the person: the merged person's memberships become the survivor's.
+        exec(
+            tx,
+            "INSERT OR IGNORE INTO cohort_people (cohort_id, person_id)
+             SELECT cohort_id, ? FROM cohort_people WHERE person_id = ?",
+            [into.id, from.id],
+        )?;
+        exec(
+            tx,
+            "DELETE FROM cohort_people WHERE person_id = ?",
+            [from.id],
+        )?;
         exec(tx, "DELETE FROM persons WHERE id = ?", [from.id])?;
         // Flatten chains: whatever pointed at the merged person now points at the survivor.
         exec(

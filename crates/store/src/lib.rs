@@ -15,6 +15,7 @@
 //! # });
 //! ```
 
+mod cohorts;
 mod features;
 mod identity;
 mod keys;
@@ -29,6 +30,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
+pub use cohorts::{CohortRecord, CohortUpdate};
 pub use features::{
     json_diff, Actor, AuditEntry, AuditFilter, EnvironmentRecord, FeatureRecord, SavedGroupRecord,
     SdkBinding, SdkConnection, WriteError, SDK_KEY_PREFIX,

@@ -120,20 +120,43 @@ impl Store {
         Ok(Some(ids))
     }
 
-    /// Current person id of each given distinct id (missing ones are absent from the map).
+    /// Current person (its uuid) of each given distinct id (missing ones are absent from the map).
     pub async fn person_ids_for(
         &self,
         project_id: i64,
         distinct_ids: &[&str],
     ) -> Result<HashMap<String, String>> {
+        self.by_distinct_ids(project_id, distinct_ids, "p.uuid")
+            .await
+    }
+
+    /// The person id (the store's number) of each given distinct id (missing ones are absent).
+    pub async fn person_numbers_for(
+        &self,
+        project_id: i64,
+        distinct_ids: &[&str],
+    ) -> Result<HashMap<String, i64>> {
+        self.by_distinct_ids(project_id, distinct_ids, "p.id").await
+    }
+
+    /// `column` (of `persons p`) of the person of each given distinct id, 500 ids per statement.
+    async fn by_distinct_ids<T>(
+        &self,
+        project_id: i64,
+        distinct_ids: &[&str],
+        column: &str,
+    ) -> Result<HashMap<String, T>>
+    where
+        T: for<'r> sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + Send + Unpin,
+    {
         let mut out = HashMap::with_capacity(distinct_ids.len());
         for chunk in distinct_ids.chunks(500) {
             let placeholders = vec!["?"; chunk.len()].join(",");
             let sql = format!(
-                "SELECT d.distinct_id, p.uuid FROM person_distinct_ids d JOIN persons p ON p.id = d.person_id
+                "SELECT d.distinct_id, {column} FROM person_distinct_ids d JOIN persons p ON p.id = d.person_id
                  WHERE d.project_id = ? AND d.distinct_id IN ({placeholders})"
             );
-            let mut query = sqlx::query_as::<_, (String, String)>(&sql).bind(project_id);
+            let mut query = sqlx::query_as::<_, (String, T)>(&sql).bind(project_id);
             for did in chunk {
                 query = query.bind(*did);
             }

@@ -475,3 +475,123 @@ async fn person_property_columns_read_every_person_with_the_key() {
     assert_eq!(read("other").await, vec![json!({"x": [1]})]);
     assert!(read("missing").await.is_empty());
 }
+
+#[tokio::test]
+async fn static_cohorts_keep_members_through_merges_and_audit_changes() {
+    let (_dir, store, p) = store().await;
+    let actor = flywheel_store::Actor {
+        label: "test".into(),
+        source_ip: None,
+    };
+    let mut w = store.identity_writer("test").unwrap();
+    w.apply(&[touch(p, "a"), touch(p, "b"), touch(p, "c")], 1)
+        .unwrap();
+    let ids = store
+        .person_numbers_for(p, &["a", "b", "c", "zz"])
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 3, "unknown distinct ids are left out: {ids:?}");
+    let cohort = store
+        .create_cohort(p, "Beta", "early users", None, &actor)
+        .await
+        .unwrap();
+    assert!(cohort.is_static);
+    let (added, after) = store
+        .change_cohort_people(
+            p,
+            cohort.id,
+            &[ids["a"], ids["b"], ids["b"], 999_999],
+            true,
+            &actor,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (added, after.version),
+        (2, 2),
+        "duplicates and strangers add nothing"
+    );
+    // `a` is merged into `c`: the membership follows the surviving person.
+    w.apply(&[merge(p, "c", "a", MergeMode::Identify)], 2)
+        .unwrap();
+    let survivor = store.person_numbers_for(p, &["a"]).await.unwrap()["a"];
+    let mut want = vec![survivor, ids["b"]];
+    want.sort();
+    assert_eq!(store.cohort_people(cohort.id).await.unwrap(), want);
+    let (removed, after) = store
+        .change_cohort_people(p, cohort.id, &[ids["b"]], false, &actor)
+        .await
+        .unwrap();
+    assert_eq!((removed, after.version), (1, 3));
+    // A stale version is refused; a current one applies.
+    let update = flywheel_store::CohortUpdate {
+        name: Some("Beta testers".into()),
+        ..Default::default()
+    };
+    let stale = store
+        .update_cohort(p, cohort.id, Some(1), &update, &actor)
+        .await;
+    assert!(
+        matches!(
+            stale,
+            Err(flywheel_store::WriteError::VersionConflict { current: 3 })
+        ),
+        "{stale:?}"
+    );
+    let renamed = store
+        .update_cohort(p, cohort.id, Some(3), &update, &actor)
+        .await
+        .unwrap();
+    assert_eq!(
+        (renamed.name.as_str(), renamed.version),
+        ("Beta testers", 4)
+    );
+    // A dynamic cohort has no uploaded members.
+    let dynamic = store
+        .create_cohort(
+            p,
+            "Pro",
+            "",
+            Some(&json!({"properties": {"type": "AND", "values": []}})),
+            &actor,
+        )
+        .await
+        .unwrap();
+    let refused = store
+        .change_cohort_people(p, dynamic.id, &[survivor], true, &actor)
+        .await;
+    assert!(
+        matches!(refused, Err(flywheel_store::WriteError::Invalid(_))),
+        "{refused:?}"
+    );
+    assert!(store.delete_cohort(p, cohort.id, &actor).await.unwrap());
+    assert!(store.cohort(p, cohort.id).await.unwrap().is_none());
+    assert!(store.cohort_people(cohort.id).await.unwrap().is_empty());
+    assert_eq!(store.cohorts(p).await.unwrap().len(), 1);
+    let actions: Vec<String> = store
+        .audit(
+            p,
+            &flywheel_store::AuditFilter {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.entity_type == "cohort")
+        .map(|e| e.action)
+        .collect();
+    for action in [
+        "cohort.created",
+        "cohort.members_added",
+        "cohort.members_removed",
+        "cohort.updated",
+        "cohort.deleted",
+    ] {
+        assert!(
+            actions.iter().any(|a| a == action),
+            "{action} in {actions:?}"
+        );
+    }
+}
