@@ -208,7 +208,8 @@ pub struct DateRange {
     pub date_to: Option<DateBound>,
 }
 
-fn read_bound(o: &mut Obj<'_>, key: &'static str, e: &mut Errors) -> Option<DateBound> {
+/// Reads an optional date bound (`-30d`, `2024-03-01`, …) at `key`.
+pub(crate) fn read_bound(o: &mut Obj<'_>, key: &'static str, e: &mut Errors) -> Option<DateBound> {
     let v = o.get(key)?;
     match v.as_str() {
         Some(s) => match s.parse::<DateBound>() {
@@ -408,7 +409,7 @@ fn out_of_range(field: &str) -> FieldError {
 }
 
 /// `now` moved back by a relative amount, in the project's calendar.
-fn shift_back<Tz: TimeZone>(
+pub(crate) fn shift_back<Tz: TimeZone>(
     now: DateTime<Utc>,
     amount: u32,
     unit: RelativeUnit,
@@ -423,6 +424,32 @@ fn shift_back<Tz: TimeZone>(
         RelativeUnit::Year => l.checked_sub_months(Months::new(amount.checked_mul(12)?))?,
     };
     Some(local_to_utc(shifted, tz))
+}
+
+/// The first instant of a range starting at `bound` (a `date_from`), bucketed by `interval`.
+/// Errors name `date_from`.
+pub(crate) fn resolve_from<Tz: TimeZone>(
+    bound: DateBound,
+    now: DateTime<Utc>,
+    tz: &Tz,
+    interval: Interval,
+) -> Result<DateTime<Utc>, FieldError> {
+    Ok(match bound {
+        DateBound::Date(d) => local_to_utc(d.and_time(NaiveTime::MIN), tz),
+        DateBound::LocalDateTime(t) => local_to_utc(t, tz),
+        DateBound::Instant(t) => t.with_timezone(&Utc),
+        DateBound::Relative { amount, unit } => {
+            let t = shift_back(now, amount, unit, tz).ok_or_else(|| out_of_range("date_from"))?;
+            floor(t, interval, tz)
+        }
+        DateBound::MonthToDate => floor(now, Interval::Month, tz),
+        DateBound::YearToDate => {
+            let d = local(now, tz).date();
+            let jan1 =
+                NaiveDate::from_ymd_opt(d.year(), 1, 1).ok_or_else(|| out_of_range("date_from"))?;
+            local_to_utc(jan1.and_time(NaiveTime::MIN), tz)
+        }
+    })
 }
 
 impl DateRange {
@@ -440,23 +467,7 @@ impl DateRange {
             amount: 7,
             unit: RelativeUnit::Day,
         });
-        let from = match from_bound {
-            DateBound::Date(d) => local_to_utc(d.and_time(NaiveTime::MIN), tz),
-            DateBound::LocalDateTime(t) => local_to_utc(t, tz),
-            DateBound::Instant(t) => t.with_timezone(&Utc),
-            DateBound::Relative { amount, unit } => {
-                let t =
-                    shift_back(now, amount, unit, tz).ok_or_else(|| out_of_range("date_from"))?;
-                floor(t, interval, tz)
-            }
-            DateBound::MonthToDate => floor(now, Interval::Month, tz),
-            DateBound::YearToDate => {
-                let d = local(now, tz).date();
-                let jan1 = NaiveDate::from_ymd_opt(d.year(), 1, 1)
-                    .ok_or_else(|| out_of_range("date_from"))?;
-                local_to_utc(jan1.and_time(NaiveTime::MIN), tz)
-            }
-        };
+        let from = resolve_from(from_bound, now, tz, interval)?;
         let to = self.resolve_to(now, tz, interval)?;
         if from >= to {
             return Err(FieldError {

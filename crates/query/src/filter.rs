@@ -29,7 +29,8 @@ pub enum EventRef {
 }
 
 impl EventRef {
-    fn parse(s: String) -> Self {
+    /// An event name as written: `"$all"` is every event.
+    pub(crate) fn parse(s: String) -> Self {
         if s == "$all" {
             EventRef::All
         } else {
@@ -196,11 +197,19 @@ pub(crate) fn read_filter(v: &Value, at: &str, e: &mut Errors) -> Option<Filter>
         o.finish(e);
         return id.map(|id| Filter::Cohort { id, negate });
     }
+    let p = read_property_filter(&mut o, e);
+    o.finish(e);
+    p.map(Filter::Property)
+}
+
+/// Reads the keys of a property filter (`key`, `operator`, `type`, `group_type_index`, `value`)
+/// from an object, leaving its other keys to the caller (who then calls [`Obj::finish`]).
+pub(crate) fn read_property_filter(o: &mut Obj<'_>, e: &mut Errors) -> Option<PropertyFilter> {
     let key = o.required_string("key", MAX_NAME, e);
     let operator = o
         .choice::<Operator>("operator", e)
         .unwrap_or(Operator::Exact);
-    let (property_type, group_type_index) = read_property_type(&mut o, e);
+    let (property_type, group_type_index) = read_property_type(o, e);
     let value = o.get("value").cloned();
     let vat = o.at("value");
     match operator {
@@ -249,14 +258,13 @@ pub(crate) fn read_filter(v: &Value, at: &str, e: &mut Errors) -> Option<Filter>
             Some(_) => e.push(vat, format!("must be a number for operator {operator}")),
         },
     }
-    o.finish(e);
-    Some(Filter::Property(PropertyFilter {
+    Some(PropertyFilter {
         key: key?,
         value,
         operator,
         property_type,
         group_type_index,
-    }))
+    })
 }
 
 /// Reads an optional `properties` list of filters.

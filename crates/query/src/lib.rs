@@ -1,8 +1,9 @@
 //! Flywheel's insight definitions: the JSON bodies that
 //! `POST /api/v1/projects/{project_id}/insights/{kind}` accepts, for the kinds `trends`, `funnel`,
 //! `retention`, `stickiness` and `lifecycle`; their parsing, validation and normalisation; and the
-//! resolution of their date ranges to UTC instants and buckets in the project's time zone.
-//! Pure: no I/O, no async, no global state.
+//! resolution of their date ranges to UTC instants and buckets in the project's time zone. Also
+//! the definitions of dynamic cohorts (persons selected by person properties and behaviour), in
+//! the [`cohort`] module. Pure: no I/O, no async, no global state.
 //!
 //! ```
 //! use flywheel_query::{parse, InsightKind, InsightQuery};
@@ -34,9 +35,13 @@
 //! * Date ranges resolve with [`InsightQuery::resolve`]; see the [`date`] module for the exact
 //!   semantics (PostHog's: relative starts are rounded down to their bucket, `-7d` by day is 8
 //!   buckets ending with today; weeks start on Monday).
-//! * Cohorts appear only as references (`{"type": "cohort", "id": 7}` in `properties`, a
-//!   `{"type": "cohort", "ids": [..]}` breakdown); resolving them is the caller's job.
+//! * In insights, cohorts appear only as references (`{"type": "cohort", "id": 7}` in
+//!   `properties`, a `{"type": "cohort", "ids": [..]}` breakdown); resolving them is the caller's
+//!   job. A dynamic cohort's own definition (PostHog's `filters`: AND/OR groups of person-property,
+//!   cohort-membership and behavioural conditions) parses with [`parse_cohort_filters`], which
+//!   reports problems in the same way, to a [`CohortDefinition`].
 
+pub mod cohort;
 pub mod date;
 pub mod filter;
 pub mod formula;
@@ -51,6 +56,10 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
+pub use cohort::{
+    parse_cohort_filters, Behavioral, BehavioralKind, CohortDefinition, CohortNode, CountOp,
+    GroupOp, Window, WindowUnit as CohortWindowUnit,
+};
 pub use date::{parse_time_zone, Bucket, DateBound, DateRange, Interval, TimeRange};
 pub use filter::{
     Aggregation, Breakdown, BreakdownBy, EventRef, EventSpec, Filter, Operator, PropertyFilter,

@@ -122,11 +122,11 @@ const COLUMN_CACHE_ENTRIES: usize = 32;
 const RESULT_CACHE_ENTRIES: usize = 512;
 
 impl InsightsCache {
-    fn result(&self, key: &str) -> Option<Arc<Value>> {
+    pub(crate) fn result(&self, key: &str) -> Option<Arc<Value>> {
         self.results.lock().expect("result cache").get(key).cloned()
     }
 
-    fn keep_result(&self, key: String, value: Arc<Value>) {
+    pub(crate) fn keep_result(&self, key: String, value: Arc<Value>) {
         let mut cache = self.results.lock().expect("result cache");
         if cache.len() >= RESULT_CACHE_ENTRIES {
             cache.clear();
@@ -376,13 +376,11 @@ fn check_breakdown(
     match b.as_ref().map(|b| &b.by) {
         None | Some(BreakdownBy::Person { .. }) => Ok(()),
         Some(BreakdownBy::Event { .. } | BreakdownBy::Group { .. }) if event_ok => Ok(()),
+        // Run once per cohort by `by_cohorts`.
+        Some(BreakdownBy::Cohort { .. }) => Ok(()),
         Some(_) => Err(unsupported(
             "breakdown.type",
-            if event_ok {
-                "cohort breakdowns are not supported by the embedded engine yet"
-            } else {
-                "only person-property breakdowns are supported by the embedded engine for this kind yet"
-            },
+            "only person-property and cohort breakdowns are supported by the embedded engine for this kind yet",
         )),
     }
 }
@@ -435,6 +433,10 @@ pub struct Columns {
     pub persons: std::collections::HashMap<String, Arc<PersonColumn>>,
     /// Group properties by (group type index, key).
     pub groups: std::collections::HashMap<(u8, String), GroupColumn>,
+    /// The cohorts the query uses (loaded by the caller).
+    pub cohort_defs: crate::cohorts::Cohorts,
+    /// Each used cohort's membership per dense person (computed by [`run`] from `cohort_defs`).
+    pub cohorts: std::collections::HashMap<u64, Arc<Vec<bool>>>,
 }
 
 impl Columns {
@@ -484,8 +486,8 @@ pub fn group_keys(q: &InsightQuery) -> Vec<(u8, String)> {
 /// A compiled filter and where its value comes from.
 enum Source {
     /// The event's property: evaluated per partition.
-    Event,
-    /// The person's property: evaluated once per dense person.
+    Event(crate::insight_filters::Compiled),
+    /// The person's property or cohort membership: evaluated once per dense person.
     Person(Vec<bool>),
     /// The property of the event's group of a type (named in `$groups`): tested once per group, looked up per row.
     Group {
@@ -500,7 +502,7 @@ struct Specs {
     /// Per event-name index: the bits of the specs that accept it.
     by_event: Vec<u64>,
     /// Distinct filters of all specs.
-    filters: Vec<(crate::insight_filters::Compiled, Source)>,
+    filters: Vec<Source>,
     /// Per spec bit: the indexes into `filters` that must hold.
     needs: Vec<Vec<usize>>,
 }
@@ -514,12 +516,10 @@ impl Specs {
         columns: &Columns,
     ) -> Result<Specs, Unsupported> {
         let mut by_event = vec![0u64; snap.events.len()];
-        let mut filters: Vec<(crate::insight_filters::Compiled, Source)> = Vec::new();
-        let mut seen: Vec<&flywheel_query::PropertyFilter> = Vec::new();
+        let mut filters: Vec<Source> = Vec::new();
+        let mut seen: Vec<&Filter> = Vec::new();
         let mut needs = Vec::new();
-        check_filters(common, "properties")?;
-        for (bit, (spec, field)) in specs.iter().enumerate() {
-            check_filters(&spec.properties, &format!("{field}.properties"))?;
+        for (bit, (spec, _)) in specs.iter().enumerate() {
             match &spec.event {
                 EventRef::All => by_event.iter_mut().for_each(|m| *m |= 1 << bit),
                 EventRef::Named(name) => {
@@ -530,32 +530,27 @@ impl Specs {
             }
             let mut mine = Vec::new();
             for f in spec.properties.iter().chain(common) {
-                let Filter::Property(pf) = f else { continue };
-                let at = match seen.iter().position(|x| *x == pf) {
+                let at = match seen.iter().position(|x| *x == f) {
                     Some(at) => at,
                     None => {
+                        let pf = match f {
+                            Filter::Property(pf) => pf,
+                            Filter::Cohort { id, negate } => {
+                                let members = columns.cohorts.get(id).ok_or_else(|| {
+                                    unsupported("properties", format!("cohort {id} was not loaded"))
+                                })?;
+                                seen.push(f);
+                                filters.push(Source::Person(
+                                    members.iter().map(|&m| m != *negate).collect(),
+                                ));
+                                mine.push(filters.len() - 1);
+                                continue;
+                            }
+                        };
                         let compiled = crate::insight_filters::Compiled::new(pf);
                         let source = match pf.property_type {
                             flywheel_query::PropertyType::Person => {
-                                // Tested once per distinct value, then looked up per person.
-                                let pass = match columns.get(&pf.key) {
-                                    Some(col) => {
-                                        let by_value: Vec<bool> = col
-                                            .values
-                                            .iter()
-                                            .map(|v| {
-                                                compiled.matches(Some(&Value::String(v.clone())))
-                                            })
-                                            .chain([compiled.matches(None)])
-                                            .collect();
-                                        col.dense_codes(&snap.person_ids)
-                                            .iter()
-                                            .map(|&c| by_value[c as usize])
-                                            .collect()
-                                    }
-                                    None => vec![compiled.matches(None); snap.person_ids.len()],
-                                };
-                                Source::Person(pass)
+                                Source::Person(person_pass(snap, columns.get(&pf.key), &compiled))
                             }
                             flywheel_query::PropertyType::Group => {
                                 let col = columns
@@ -576,10 +571,10 @@ impl Specs {
                                     missing: compiled.matches(None),
                                 }
                             }
-                            flywheel_query::PropertyType::Event => Source::Event,
+                            flywheel_query::PropertyType::Event => Source::Event(compiled),
                         };
-                        seen.push(pf);
-                        filters.push((compiled, source));
+                        seen.push(f);
+                        filters.push(source);
                         filters.len() - 1
                     }
                 };
@@ -673,9 +668,9 @@ impl Specs {
         if !self.filters.is_empty() {
             // Which rows pass each filter (event filters in storage order, person filters by person).
             let mut event_pass: Vec<Option<Vec<bool>>> = Vec::with_capacity(self.filters.len());
-            for (f, source) in &self.filters {
+            for source in &self.filters {
                 event_pass.push(match source {
-                    Source::Event => Some(crate::insight_filters::event_pass(snap, p, f)?),
+                    Source::Event(f) => Some(crate::insight_filters::event_pass(snap, p, f)?),
                     Source::Person(_) => None,
                     Source::Group {
                         type_name,
@@ -699,7 +694,7 @@ impl Specs {
             for (bit, needs) in self.needs.iter().enumerate() {
                 for &fi in needs {
                     let clear = !(1u64 << bit);
-                    match (&self.filters[fi].1, &event_pass[fi]) {
+                    match (&self.filters[fi], &event_pass[fi]) {
                         (Source::Person(pass), _) => {
                             for (m, &person) in mask.iter_mut().zip(&sorted.person) {
                                 if !pass[person as usize] {
@@ -707,14 +702,14 @@ impl Specs {
                                 }
                             }
                         }
-                        (Source::Event | Source::Group { .. }, Some(pass)) => {
+                        (Source::Event(_) | Source::Group { .. }, Some(pass)) => {
                             for (m, &row) in mask.iter_mut().zip(&sorted.order) {
                                 if !pass[row as usize] {
                                     *m &= clear;
                                 }
                             }
                         }
-                        (Source::Event | Source::Group { .. }, None) => {}
+                        (Source::Event(_) | Source::Group { .. }, None) => {}
                     }
                 }
             }
@@ -754,19 +749,28 @@ fn blocks(prepared: &[Prepared]) -> Vec<k::Block<'_>> {
         .collect()
 }
 
-fn check_filters(filters: &[Filter], field: &str) -> Result<(), Unsupported> {
-    for (i, f) in filters.iter().enumerate() {
-        match f {
-            Filter::Cohort { .. } => {
-                return Err(unsupported(
-                    format!("{field}[{i}]"),
-                    "cohort filters are not supported by the embedded engine yet",
-                ))
-            }
-            Filter::Property(_) => {}
+/// Each dense person's pass of a person-property filter: tested once per distinct value of the column, then
+/// looked up per person (`None`: no person has the property).
+pub(crate) fn person_pass(
+    snap: &Snapshot,
+    col: Option<&Arc<PersonColumn>>,
+    compiled: &crate::insight_filters::Compiled,
+) -> Vec<bool> {
+    match col {
+        Some(col) => {
+            let by_value: Vec<bool> = col
+                .values
+                .iter()
+                .map(|v| compiled.matches(Some(&Value::String(v.clone()))))
+                .chain([compiled.matches(None)])
+                .collect();
+            col.dense_codes(&snap.person_ids)
+                .iter()
+                .map(|&c| by_value[c as usize])
+                .collect()
         }
+        None => vec![compiled.matches(None); snap.person_ids.len()],
     }
-    Ok(())
 }
 
 /// The person properties a query reads (breakdown and filters), to load before running it.
@@ -948,7 +952,7 @@ pub fn run(
     q: &InsightQuery,
     now: DateTime<Utc>,
     threads: usize,
-    columns: &Columns,
+    mut columns: Columns,
     options: &Options,
     names: Names<'_>,
 ) -> Result<Value, RunError> {
@@ -965,13 +969,44 @@ pub fn run(
     let range = q
         .resolve(now, &tz)
         .map_err(|e| RunError::Unsupported(unsupported(e.field, e.message)))?;
-    let mut out = match q {
+    // Each cohort the query uses, evaluated once.
+    let used: Vec<u64> = crate::cohorts::references(&serde_json::to_value(q).unwrap_or_default())
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    if !used.is_empty() {
+        let cohort_now = crate::cohorts::minute_of(now);
+        let mut eval =
+            crate::cohorts::Evaluator::new(snap, &columns.cohort_defs, &columns, cohort_now, tz);
+        let mut members = std::collections::HashMap::new();
+        for id in used {
+            members.insert(id, eval.members(id)?);
+        }
+        columns.cohorts = members;
+    }
+    let columns = &columns;
+    let one = |q: &InsightQuery| match q {
         InsightQuery::Trends(t) => trends(snap, t, &range, threads, columns, tz),
-        InsightQuery::Funnel(f) => funnel(snap, f, &range, threads, columns, options, names),
+        InsightQuery::Funnel(f) => {
+            funnel(snap, f, &range, threads, columns, options.clone(), names)
+        }
         InsightQuery::Retention(r) => retention(snap, r, &range, threads, columns, &options),
         InsightQuery::Stickiness(s) => stickiness(snap, s, &range, threads, columns),
         InsightQuery::Lifecycle(l) => lifecycle(snap, l, &range, threads, columns, tz),
-    }?;
+    };
+    let mut out = match cohort_breakdown(q) {
+        Some(ids) => {
+            if options.funnel_step.is_some() {
+                return Err(unsupported(
+                    "funnel_step",
+                    "cannot be combined with a cohort breakdown: filter by the cohort instead",
+                )
+                .into());
+            }
+            by_cohorts(q, ids, one)?
+        }
+        None => one(q)?,
+    };
     // The resolved range, so a client knows exactly which instants were counted.
     out["date_from"] = json!(range
         .from
@@ -981,6 +1016,68 @@ pub fn run(
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
     out["interval"] = json!(range.interval);
     Ok(out)
+}
+
+/// The cohorts of a cohort breakdown.
+fn cohort_breakdown(q: &InsightQuery) -> Option<&[u64]> {
+    let b = match q {
+        InsightQuery::Trends(t) => t.breakdown.as_ref(),
+        InsightQuery::Funnel(f) => f.breakdown.as_ref(),
+        InsightQuery::Retention(r) => r.breakdown.as_ref(),
+        InsightQuery::Stickiness(_) | InsightQuery::Lifecycle(_) => None,
+    }?;
+    match &b.by {
+        BreakdownBy::Cohort { ids } => Some(ids),
+        _ => None,
+    }
+}
+
+/// A cohort breakdown: the query once per cohort, filtered to its members (a person in several cohorts counts in
+/// each), each answer labelled with the cohort's id as its `breakdown_value`. Every requested cohort is listed,
+/// even when it counts nothing.
+fn by_cohorts(
+    q: &InsightQuery,
+    ids: &[u64],
+    one: impl Fn(&InsightQuery) -> Result<Value, RunError>,
+) -> Result<Value, RunError> {
+    let mut rows: Vec<Value> = Vec::new();
+    for &id in ids {
+        let mut q = q.clone();
+        let member = Filter::Cohort { id, negate: false };
+        match &mut q {
+            InsightQuery::Trends(t) => {
+                t.breakdown = None;
+                t.common.properties.push(member);
+            }
+            InsightQuery::Funnel(f) => {
+                f.breakdown = None;
+                f.common.properties.push(member);
+            }
+            InsightQuery::Retention(r) => {
+                r.breakdown = None;
+                r.properties.push(member);
+            }
+            InsightQuery::Stickiness(_) | InsightQuery::Lifecycle(_) => {}
+        }
+        let v = one(&q)?;
+        match q {
+            InsightQuery::Trends(_) => {
+                for mut item in v["result"].as_array().cloned().unwrap_or_default() {
+                    item["breakdown_value"] = json!(id);
+                    rows.push(item);
+                }
+            }
+            InsightQuery::Retention(_) => {
+                rows.push(json!({"breakdown_value": id, "cohorts": v["result"]}));
+            }
+            _ => {
+                let mut result = v["result"].clone();
+                result["breakdown_value"] = json!(id);
+                rows.push(result);
+            }
+        }
+    }
+    Ok(json!({"kind": q.kind(), "result": rows}))
 }
 
 fn trends(
@@ -1372,7 +1469,17 @@ fn persons_at_step(
         })
         .map(|&(p, _)| p)
         .collect();
-    let total = chosen.len();
+    let list = list_persons(snap, &chosen, limit, names);
+    Ok(json!({"step": step, "count": chosen.len(), "results": list}))
+}
+
+/// The first `limit` of `chosen` (dense persons) with their person ids and distinct ids.
+pub(crate) fn list_persons(
+    snap: &Snapshot,
+    chosen: &[u32],
+    limit: usize,
+    names: Names<'_>,
+) -> Vec<Value> {
     let listed: std::collections::HashMap<u32, usize> = chosen
         .iter()
         .take(limit)
@@ -1386,7 +1493,7 @@ fn persons_at_step(
         }
     }
     let dids: Vec<Vec<String>> = indexes.iter().map(|d| names(d)).collect();
-    let list: Vec<Value> = chosen
+    chosen
         .iter()
         .take(limit)
         .zip(dids)
@@ -1394,8 +1501,7 @@ fn persons_at_step(
             let id = snap.person_ids[p as usize];
             json!({"person_id": (id >= 0).then_some(id), "distinct_ids": d})
         })
-        .collect();
-    Ok(json!({"step": step, "count": total, "results": list}))
+        .collect()
 }
 
 fn ratio(a: u64, b: u64) -> Value {
@@ -1414,7 +1520,6 @@ fn retention(
     columns: &Columns,
     options: &Options,
 ) -> Result<Value, RunError> {
-    check_filters(&r.properties, "properties")?;
     if r.filter_test_accounts {
         return Err(unsupported(
             "filter_test_accounts",
@@ -1730,14 +1835,18 @@ pub async fn post_insight(
     apply_test_account_filters(&mut query, &settings.test_account_filters)?;
     let complete = state.tables_catch_up().await;
     let epoch = state.flags.subjects.epoch();
-    let mut columns = Columns::default();
-    for key in person_keys(&query) {
-        let col = state
-            .insights
-            .person_column(&state.store, project_id, &key, epoch)
-            .await?;
-        columns.persons.insert(key, col);
-    }
+    let mut columns = Columns {
+        cohort_defs: crate::cohorts::load(
+            &state,
+            project_id,
+            &crate::cohorts::references(&json!(query)),
+        )
+        .await?,
+        ..Default::default()
+    };
+    let mut keys = person_keys(&query);
+    keys.extend(columns.cohort_defs.person_keys());
+    load_person_columns(&state, project_id, &keys, epoch, &mut columns).await?;
     for (index, key) in group_keys(&query) {
         let column = GroupColumn {
             type_name: state.store.group_type_name(project_id, index).await?,
@@ -1758,11 +1867,12 @@ pub async fn post_insight(
             .with_errors(json!([e]))
     })?;
     let cache_key = format!(
-        "{project_id}|{options:?}|{}|{}|{}|{}|{epoch}",
+        "{project_id}|{options:?}|{}|{}|{}|{}|{epoch}|{}",
         serde_json::to_string(&query).unwrap_or_default(),
         range.from.timestamp_micros(),
         range.to.timestamp_micros(),
         snapshot.as_ref().map_or(0, |s| s.version),
+        columns.cohort_defs.cache_key(now),
     );
     let respond = |v: &Value, cached: bool| {
         let mut v = v.clone();
@@ -1794,7 +1904,7 @@ pub async fn post_insight(
             &query,
             now,
             threads,
-            &columns,
+            columns,
             &options,
             &names,
         )
@@ -1810,11 +1920,39 @@ pub async fn post_insight(
             }
             Ok(respond(&v, false))
         }
-        Err(RunError::Unsupported(u)) => Err(ApiError::bad_request(
-            "unsupported",
-            format!("{}: {}", u.field, u.message),
-        )
-        .with_errors(json!([{"field": u.field, "message": u.message}]))),
-        Err(RunError::Storage(e)) => Err(ApiError::internal(e)),
+        Err(e) => Err(run_error(e)),
     }
+}
+
+/// The API's answer to a query that did not run: `400 unsupported` naming the field, or a 500.
+pub(crate) fn run_error(e: RunError) -> crate::error::ApiError {
+    use crate::error::ApiError;
+    match e {
+        RunError::Unsupported(u) => {
+            ApiError::bad_request("unsupported", format!("{}: {}", u.field, u.message))
+                .with_errors(json!([{"field": u.field, "message": u.message}]))
+        }
+        RunError::Storage(e) => ApiError::internal(e),
+    }
+}
+
+/// Loads the person-property columns `keys` of a project into `columns` (cached per identity epoch).
+pub(crate) async fn load_person_columns(
+    state: &crate::state::AppState,
+    project_id: i64,
+    keys: &[String],
+    epoch: u64,
+    columns: &mut Columns,
+) -> Result<(), flywheel_store::StoreError> {
+    for key in keys {
+        if columns.persons.contains_key(key) {
+            continue;
+        }
+        let col = state
+            .insights
+            .person_column(&state.store, project_id, key, epoch)
+            .await?;
+        columns.persons.insert(key.clone(), col);
+    }
+    Ok(())
 }

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod capture;
+pub mod cohorts;
 pub mod error;
 pub mod events_table;
 pub mod exposure;
@@ -131,6 +132,7 @@ pub fn app(state: AppState) -> Router {
         .merge(sdk)
         .merge(api::router())
         .merge(projects::router())
+        .merge(cohorts::router())
         .merge(features::router())
         .merge(ops::router())
         .layer(axum::middleware::from_fn(ops::track))

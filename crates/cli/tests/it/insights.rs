@@ -20,7 +20,7 @@ struct Owned {
     props: serde_json::Map<String, Value>,
 }
 
-fn post(serve: &Serve, key: &str, path: &str, body: &Value) -> (u16, Value) {
+pub(crate) fn post(serve: &Serve, key: &str, path: &str, body: &Value) -> (u16, Value) {
     let auth = format!("Bearer {key}");
     let (status, out) = http(
         &serve.addr,
@@ -37,7 +37,7 @@ fn post(serve: &Serve, key: &str, path: &str, body: &Value) -> (u16, Value) {
 }
 
 /// Runs an insight, waiting until the server has every generated event (identity replays on start).
-fn insight(serve: &Serve, key: &str, project: i64, kind: &str, body: Value) -> Value {
+pub(crate) fn insight(serve: &Serve, key: &str, project: i64, kind: &str, body: Value) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (status, v) = post(
@@ -61,7 +61,7 @@ fn micros(v: &Value) -> i64 {
         .timestamp_micros()
 }
 
-fn range_of(v: &Value) -> truth::Range {
+pub(crate) fn range_of(v: &Value) -> truth::Range {
     truth::Range {
         from_us: micros(&v["date_from"]),
         to_us: micros(&v["date_to"]),
@@ -69,7 +69,7 @@ fn range_of(v: &Value) -> truth::Range {
 }
 
 /// The persons reaching each step of a funnel result.
-fn step_counts(result: &Value) -> Vec<u64> {
+pub(crate) fn step_counts(result: &Value) -> Vec<u64> {
     result["steps"]
         .as_array()
         .unwrap()
@@ -78,7 +78,7 @@ fn step_counts(result: &Value) -> Vec<u64> {
         .collect()
 }
 
-fn counts(v: &Value) -> Vec<u64> {
+pub(crate) fn counts(v: &Value) -> Vec<u64> {
     v.as_array()
         .unwrap()
         .iter()
@@ -161,11 +161,11 @@ fn ground_rows(
 
 /// The queries checked, each with a function computing the truth's answer and the API's, as comparable values.
 /// The ground truth's inputs: every event with its person, and each person's current `plan`.
-struct Ctx<'a> {
-    rows: Vec<truth::Row<'a>>,
+pub(crate) struct Ctx<'a> {
+    pub(crate) rows: Vec<truth::Row<'a>>,
     /// The events' properties, parallel to `rows`.
-    props: Vec<&'a serde_json::Map<String, Value>>,
-    plan_of: HashMap<u64, String>,
+    pub(crate) props: Vec<&'a serde_json::Map<String, Value>>,
+    pub(crate) plan_of: HashMap<u64, String>,
     /// Company (group key) → its `industry`.
     industry: HashMap<String, Value>,
 }
@@ -730,7 +730,17 @@ fn checks() -> Vec<Check> {
 }
 
 fn funnel_check<const ORDER: u8>(c: &Ctx<'_>, q: &Value, v: &Value) -> (Value, Value) {
-    let rows = &c.rows[..];
+    funnel_truth::<ORDER>(&c.rows, q, v, &v["result"])
+}
+
+/// The truth's funnel over `rows` for definition `q` (range from the answer `v`), and the answer's steps in
+/// `result`.
+pub(crate) fn funnel_truth<const ORDER: u8>(
+    rows: &[truth::Row<'_>],
+    q: &Value,
+    v: &Value,
+    result: &Value,
+) -> (Value, Value) {
     let steps: Vec<&str> = q["steps"]
         .as_array()
         .unwrap()
@@ -747,12 +757,22 @@ fn funnel_check<const ORDER: u8>(c: &Ctx<'_>, q: &Value, v: &Value) -> (Value, V
         truth::Order::Unordered,
     ][ORDER as usize];
     let want = truth::funnel(rows, &steps, window, order, range_of(v));
-    let got = step_counts(&v["result"]);
+    let got = step_counts(result);
     (json!(want), json!(got))
 }
 
 fn retention_check(c: &Ctx<'_>, q: &Value, v: &Value) -> (Value, Value) {
-    let rows = &c.rows[..];
+    retention_truth(&c.rows, q, v, &v["result"])
+}
+
+/// The truth's retention table over `rows` for definition `q` (start from the answer `v`), and the answer's
+/// table in `result`.
+pub(crate) fn retention_truth(
+    rows: &[truth::Row<'_>],
+    q: &Value,
+    v: &Value,
+    result: &Value,
+) -> (Value, Value) {
     let interval = match q["period"].as_str() {
         Some("day") => truth::Interval::Day,
         _ => truth::Interval::Week,
@@ -779,7 +799,7 @@ fn retention_check(c: &Ctx<'_>, q: &Value, v: &Value) -> (Value, Value) {
         .enumerate()
         .map(|(p, row)| row[..periods - p].to_vec())
         .collect();
-    let got: Vec<Vec<u64>> = v["result"]
+    let got: Vec<Vec<u64>> = result
         .as_array()
         .unwrap()
         .iter()
@@ -835,6 +855,14 @@ fn check_seed(seed: &str) {
             (step, v)
         })
         .collect();
+    // Cohorts: an uploaded list made of the persons listed at a funnel step, and dynamic ones.
+    let known: Vec<String> = persons_of_steps[0].1["persons"]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["distinct_ids"][0].as_str().unwrap().to_owned())
+        .collect();
+    let cohort_answers = crate::cohorts::ask(&serve, &key, project, &known);
     let (status, v) = post(
         &serve,
         &key,
@@ -894,6 +922,8 @@ fn check_seed(seed: &str) {
             "{kind} {q}: {want}"
         );
     }
+
+    crate::cohorts::check(&ctx, &did_person, &cohort_answers);
 
     // Group-property filter: events whose company (`$groups.company`) has industry `software`.
     let industry = &ctx.industry;
@@ -978,6 +1008,13 @@ fn check_seed(seed: &str) {
     assert!(sealed >= 30_000, "shutdown sealed the tail: {manifest}");
     let serve = Serve::start(dir.path(), &[]);
     for ((kind, q, _), answer) in checks().iter().zip(&answers) {
+        let again = insight(&serve, &key, project, kind, q.clone());
+        assert_eq!(
+            again["result"], answer["result"],
+            "after restart: {kind} {q}"
+        );
+    }
+    for (kind, q, answer) in cohort_answers.insights() {
         let again = insight(&serve, &key, project, kind, q.clone());
         assert_eq!(
             again["result"], answer["result"],

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `flywheel` binary: real processes, real sockets, real SDKs.
 
 mod clients;
+mod cohorts;
 mod crash;
 mod generate;
 mod insights;
