@@ -10,8 +10,11 @@
 //! query from the metadata store, cached per identity epoch) clear the bit of the rows they reject; see
 //! `insight_filters` for their semantics.
 //!
-//! Not yet supported (answered with `400 unsupported`, naming the field, rather than a wrong number): cohorts,
-//! event and group breakdowns of retention, breakdowns of group aggregations.
+//! Cohort filters are per-person passes like person-property filters (memberships from `cohorts`); a cohort
+//! breakdown runs the query once per cohort.
+//!
+//! Not yet supported (answered with `400 unsupported`, naming the field, rather than a wrong number): event and
+//! group breakdowns of retention, breakdowns of group aggregations.
 
 use std::sync::Arc;
 
