@@ -387,6 +387,25 @@ pub(crate) fn read_breakdown(o: &mut Obj<'_>, e: &mut Errors) -> Option<Breakdow
     Some(Breakdown { by: by?, limit })
 }
 
+/// Reads an optional `breakdown` that must be by cohorts (`kind` names the insight kind in the error).
+pub(crate) fn read_cohort_breakdown(
+    o: &mut Obj<'_>,
+    e: &mut Errors,
+    kind: &str,
+) -> Option<Breakdown> {
+    let b = read_breakdown(o, e)?;
+    if !matches!(b.by, BreakdownBy::Cohort { .. }) {
+        e.push(
+            o.at("breakdown.type"),
+            format!(
+                "{kind} breaks down by cohorts only (`{{\"type\": \"cohort\", \"ids\": [..]}}`)"
+            ),
+        );
+        return None;
+    }
+    Some(b)
+}
+
 /// Whose conversions or returns are counted: persons, or groups of one type (account-level).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Aggregation {

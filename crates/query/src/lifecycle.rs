@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::date::{DateBound, RelativeUnit};
-use crate::filter::{read_event_key, EventRef, EventSpec};
+use crate::filter::{read_cohort_breakdown, read_event_key, Breakdown, EventRef, EventSpec};
 use crate::read::{Errors, Obj};
 use crate::{read_common, Common};
 
@@ -14,6 +14,9 @@ use crate::{read_common, Common};
 pub struct LifecycleQuery {
     /// The event (a name, or an object with `event`, `name` and `properties`).
     pub event: EventSpec,
+    /// A cohort breakdown (`{"type": "cohort", "ids": [..]}`): the answer once per cohort.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breakdown: Option<Breakdown>,
     /// Date range, filters, interval (default `day`).
     #[serde(flatten)]
     pub common: Common,
@@ -21,6 +24,7 @@ pub struct LifecycleQuery {
 
 pub(crate) fn read(o: &mut Obj<'_>, e: &mut Errors) -> LifecycleQuery {
     let event = read_event_key(o, "event", e);
+    let breakdown = read_cohort_breakdown(o, e, "lifecycle");
     let common = read_common(o, e);
     LifecycleQuery {
         event: event.unwrap_or(EventSpec {
@@ -28,6 +32,7 @@ pub(crate) fn read(o: &mut Obj<'_>, e: &mut Errors) -> LifecycleQuery {
             name: None,
             properties: Vec::new(),
         }),
+        breakdown,
         common,
     }
 }

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::date::{DateBound, RelativeUnit};
-use crate::filter::{read_event_key, EventRef, EventSpec};
+use crate::filter::{read_cohort_breakdown, read_event_key, Breakdown, EventRef, EventSpec};
 use crate::read::{Errors, Obj};
 use crate::{read_common, Common};
 
@@ -13,6 +13,9 @@ use crate::{read_common, Common};
 pub struct StickinessQuery {
     /// The event (a name, or an object with `event`, `name` and `properties`).
     pub event: EventSpec,
+    /// A cohort breakdown (`{"type": "cohort", "ids": [..]}`): the answer once per cohort.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breakdown: Option<Breakdown>,
     /// Date range, filters, and the interval counted (default `day`).
     #[serde(flatten)]
     pub common: Common,
@@ -20,6 +23,7 @@ pub struct StickinessQuery {
 
 pub(crate) fn read(o: &mut Obj<'_>, e: &mut Errors) -> StickinessQuery {
     let event = read_event_key(o, "event", e);
+    let breakdown = read_cohort_breakdown(o, e, "stickiness");
     let common = read_common(o, e);
     StickinessQuery {
         event: event.unwrap_or(EventSpec {
@@ -27,6 +31,7 @@ pub(crate) fn read(o: &mut Obj<'_>, e: &mut Errors) -> StickinessQuery {
             name: None,
             properties: Vec::new(),
         }),
+        breakdown,
         common,
     }
 }

@@ -583,10 +583,21 @@ fn invalid_stickiness_and_lifecycle() {
                 ),
                 (
                     json!({"event": "a", "breakdown": {"property": "x"}}),
-                    &["breakdown"],
+                    &["breakdown.type"],
+                ),
+                (
+                    json!({"event": "a", "breakdown": {"type": "cohort", "ids": []}}),
+                    &["breakdown.ids"],
                 ),
                 (json!({"event": "a", "date_from": "-3q"}), &["date_from"]),
             ],
+        );
+        // Cohort breakdowns are accepted and serialize back.
+        let body = json!({"event": "a", "breakdown": {"type": "cohort", "ids": [3, 4]}});
+        let q = flywheel_query::parse(kind, &body).unwrap();
+        assert_eq!(
+            serde_json::to_value(&q).unwrap()["breakdown"],
+            body["breakdown"]
         );
     }
 }

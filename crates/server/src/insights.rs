@@ -1027,7 +1027,8 @@ fn cohort_breakdown(q: &InsightQuery) -> Option<&[u64]> {
         InsightQuery::Trends(t) => t.breakdown.as_ref(),
         InsightQuery::Funnel(f) => f.breakdown.as_ref(),
         InsightQuery::Retention(r) => r.breakdown.as_ref(),
-        InsightQuery::Stickiness(_) | InsightQuery::Lifecycle(_) => None,
+        InsightQuery::Stickiness(s) => s.breakdown.as_ref(),
+        InsightQuery::Lifecycle(l) => l.breakdown.as_ref(),
     }?;
     match &b.by {
         BreakdownBy::Cohort { ids } => Some(ids),
@@ -1060,7 +1061,14 @@ fn by_cohorts(
                 r.breakdown = None;
                 r.properties.push(member);
             }
-            InsightQuery::Stickiness(_) | InsightQuery::Lifecycle(_) => {}
+            InsightQuery::Stickiness(s) => {
+                s.breakdown = None;
+                s.common.properties.push(member);
+            }
+            InsightQuery::Lifecycle(l) => {
+                l.breakdown = None;
+                l.common.properties.push(member);
+            }
         }
         let v = one(&q)?;
         match q {

@@ -8,7 +8,9 @@ use std::collections::{HashMap, HashSet};
 use flywheel_truth as truth;
 use serde_json::{json, Value};
 
-use crate::insights::{counts, funnel_truth, insight, post, range_of, retention_truth, Ctx};
+use crate::insights::{
+    counts, funnel_truth, insight, lifecycle_truth, post, range_of, retention_truth, Ctx,
+};
 use crate::{get_json, http, Serve};
 
 /// Microseconds of a UTC midnight.
@@ -172,6 +174,18 @@ pub(crate) fn ask(serve: &Serve, key: &str, project: i64, known: &[String]) -> A
                 "period": "week", "periods": 4, "date_to": "2025-12-31",
                 "properties": [{"type": "cohort", "id": ids[3], "negate": true}]}),
         ),
+        (
+            "stickiness",
+            with(
+                json!({"event": {"event": "task_completed"}, "breakdown": {"type": "cohort", "ids": [ids[0], ids[2]]}}),
+            ),
+        ),
+        (
+            "lifecycle",
+            with(
+                json!({"event": {"event": "$pageview"}, "breakdown": {"type": "cohort", "ids": [ids[2]]}}),
+            ),
+        ),
     ];
     let insights = questions
         .into_iter()
@@ -300,6 +314,24 @@ pub(crate) fn check(ctx: &Ctx<'_>, did_person: &HashMap<String, u64>, answers: &
     let (want, got) = retention_truth(&rows, q, v, &v["result"]);
     assert_eq!(got, want, "retention outside a cohort");
     assert!(want.to_string().bytes().any(|b| (b'1'..=b'9').contains(&b)));
+
+    // Stickiness by A and C, lifecycle by C.
+    let (_, _, v) = &answers.insights[4];
+    let r = range_of(v);
+    let items = v["result"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{v}");
+    for (item, id) in items.iter().zip([answers.ids[0], answers.ids[2]]) {
+        assert_eq!(item["breakdown_value"], json!(id));
+        let rows = rows_in(by_id[&id], true);
+        let want = truth::stickiness(&rows, "task_completed", r, truth::Interval::Day);
+        assert_eq!(counts(&item["data"]), want, "stickiness of cohort {id}");
+        assert!(want.iter().any(|&n| n > 0));
+    }
+    let (_, _, v) = &answers.insights[5];
+    let item = &v["result"][0];
+    assert_eq!(item["breakdown_value"], json!(answers.ids[2]), "{v}");
+    let (want, got) = lifecycle_truth(&rows_in(&c, true), "$pageview", v, item);
+    assert_eq!(got, want, "lifecycle of cohort C");
 }
 
 /// The cohort API: validation naming fields, references that must exist and not loop, static uploads, optimistic

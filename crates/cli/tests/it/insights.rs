@@ -321,27 +321,7 @@ fn checks() -> Vec<Check> {
         (
             "lifecycle",
             with(json!({"event": {"event": "$pageview"}})),
-            |c, _q, v| {
-                let rows = &c.rows[..];
-                let r = range_of(v);
-                let t = truth::lifecycle(rows, "$pageview", r, truth::Interval::Day);
-                let res = &v["result"];
-                let dormant: Vec<u64> = res["dormant"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|d| (-d.as_i64().unwrap()) as u64)
-                    .collect();
-                (
-                    json!([t.new, t.returning, t.resurrecting, t.dormant]),
-                    json!([
-                        counts(&res["new"]),
-                        counts(&res["returning"]),
-                        counts(&res["resurrecting"]),
-                        dormant
-                    ]),
-                )
-            },
+            |c, _q, v| lifecycle_truth(&c.rows, "$pageview", v, &v["result"]),
         ),
         (
             "trends",
@@ -759,6 +739,31 @@ pub(crate) fn funnel_truth<const ORDER: u8>(
     let want = truth::funnel(rows, &steps, window, order, range_of(v));
     let got = step_counts(result);
     (json!(want), json!(got))
+}
+
+/// The truth's daily lifecycle of `event` over `rows` (range from the answer `v`), and the answer's in `res`.
+pub(crate) fn lifecycle_truth(
+    rows: &[truth::Row<'_>],
+    event: &str,
+    v: &Value,
+    res: &Value,
+) -> (Value, Value) {
+    let t = truth::lifecycle(rows, event, range_of(v), truth::Interval::Day);
+    let dormant: Vec<u64> = res["dormant"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (-d.as_i64().unwrap()) as u64)
+        .collect();
+    (
+        json!([t.new, t.returning, t.resurrecting, t.dormant]),
+        json!([
+            counts(&res["new"]),
+            counts(&res["returning"]),
+            counts(&res["resurrecting"]),
+            dormant
+        ]),
+    )
 }
 
 fn retention_check(c: &Ctx<'_>, q: &Value, v: &Value) -> (Value, Value) {
