@@ -875,27 +875,75 @@ fn event_label(spec: &EventRef) -> String {
     }
 }
 
+/// One prepared partition's rows keyed by the event's group (see [`group_rows`]).
+#[derive(Default)]
+struct GroupRows {
+    group: Vec<u32>,
+    ts: Vec<i64>,
+    mask: Vec<u64>,
+    /// The prepared row each row comes from (to carry per-row breakdown codes over).
+    from: Vec<u32>,
+}
+
+/// Rows keyed by groups: per prepared partition, the rows; and each group's key (by group index).
+struct Grouped {
+    parts: Vec<GroupRows>,
+    keys: Vec<String>,
+}
+
+impl Grouped {
+    /// Kernel blocks (groups in the place of persons), with per-row breakdown codes of the prepared rows
+    /// (`codes[part][prepared row]`) carried over.
+    fn blocks<'a>(
+        &'a self,
+        codes: Option<&'a [Vec<u32>]>,
+    ) -> (Vec<k::Block<'a>>, Option<Vec<Vec<u32>>>) {
+        let carried: Option<Vec<Vec<u32>>> = codes.map(|codes| {
+            self.parts
+                .iter()
+                .zip(codes)
+                .map(|(g, c)| g.from.iter().map(|&i| c[i as usize]).collect())
+                .collect()
+        });
+        let blocks = self
+            .parts
+            .iter()
+            .map(|g| k::Block {
+                person: &g.group,
+                ts: &g.ts,
+                mask: &g.mask,
+                breakdown: None,
+                value: None,
+            })
+            .collect();
+        (blocks, carried)
+    }
+}
+
 /// Per prepared partition, its rows keyed by the event's group of type `group_type` (from `$groups`) and sorted by
-/// (group, time, person order); rows without such a group are left out. Returns the rows and the number of groups.
-#[allow(clippy::type_complexity)]
+/// (group, time, person order); rows without such a group are left out.
 fn group_rows(
     snap: &Snapshot,
     prepared: &[Prepared],
     group_type: Option<&str>,
-) -> Result<(Vec<(Vec<u32>, Vec<i64>, Vec<u64>)>, u32), EngineError> {
+) -> Result<Grouped, EngineError> {
     let Some(group_type) = group_type else {
-        return Ok((prepared.iter().map(|_| Default::default()).collect(), 0));
+        return Ok(Grouped {
+            parts: prepared.iter().map(|_| GroupRows::default()).collect(),
+            keys: Vec::new(),
+        });
     };
     let mut index: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
-    let mut out = Vec::with_capacity(prepared.len());
+    let mut keys: Vec<String> = Vec::new();
+    let mut parts = Vec::with_capacity(prepared.len());
     for p in prepared {
         let storage =
             crate::insight_filters::map_event_property(snap, &p.part, "$groups", u32::MAX, |v| {
                 match v.get(group_type).and_then(Value::as_str) {
-                    Some(key) => {
-                        let next = index.len() as u32;
-                        *index.entry(key.to_owned()).or_insert(next)
-                    }
+                    Some(key) => *index.entry(key.to_owned()).or_insert_with(|| {
+                        keys.push(key.to_owned());
+                        keys.len() as u32 - 1
+                    }),
                     None => u32::MAX,
                 }
             })?;
@@ -910,26 +958,14 @@ fn group_rows(
             })
             .collect();
         keyed.sort_unstable();
-        out.push((
-            keyed.iter().map(|k| k.0).collect(),
-            keyed.iter().map(|k| k.1).collect(),
-            keyed.iter().map(|k| mask[k.2 as usize]).collect(),
-        ));
+        parts.push(GroupRows {
+            group: keyed.iter().map(|k| k.0).collect(),
+            ts: keyed.iter().map(|k| k.1).collect(),
+            mask: keyed.iter().map(|k| mask[k.2 as usize]).collect(),
+            from: keyed.iter().map(|k| k.2).collect(),
+        });
     }
-    Ok((out, index.len() as u32))
-}
-
-/// Kernel blocks over [`group_rows`]' output (groups in the place of persons).
-fn group_blocks(rows: &[(Vec<u32>, Vec<i64>, Vec<u64>)]) -> Vec<k::Block<'_>> {
-    rows.iter()
-        .map(|g| k::Block {
-            person: &g.0,
-            ts: &g.1,
-            mask: &g.2,
-            breakdown: None,
-            value: None,
-        })
-        .collect()
+    Ok(Grouped { parts, keys })
 }
 
 /// Looks up the names of distinct ids (indexes as in [`Snapshot::resolved`]).
@@ -1277,10 +1313,10 @@ fn funnel(
     check_common(&f.common)?;
     check_breakdown(&f.breakdown, true)?;
     let by_group = matches!(f.aggregation, Some(flywheel_query::Aggregation::Group(_)));
-    if by_group && (f.breakdown.is_some() || options.funnel_step.is_some()) {
+    if by_group && person_breakdown_key_of(&f.breakdown).is_some() {
         return Err(unsupported(
-            "aggregation",
-            "a group-aggregated funnel cannot be broken down or list persons yet",
+            "breakdown.type",
+            "a group-aggregated funnel breaks down by event or group properties (or cohorts), not person properties",
         )
         .into());
     }
@@ -1304,20 +1340,10 @@ fn funnel(
     // A strict funnel needs every row (any other event between two steps breaks the chain).
     let strict = f.order == Some(FunnelOrder::Strict);
     let prepared = compiled.prepare(snap, Some((from, to.saturating_add(window))), !strict)?;
-    // Account-level funnels: the same rows keyed by the event's group (`$groups`) instead of its person.
-    let grouped = if by_group {
-        Some(group_rows(snap, &prepared, options.group_type.as_deref())?)
-    } else {
-        None
-    };
-    let (blocks, units) = match &grouped {
-        Some((rows, count)) => (group_blocks(rows), *count),
-        None => (blocks(&prepared), snap.persons()),
-    };
     let steps = f.steps.len();
     let limit = f.breakdown.as_ref().and_then(|b| b.limit).unwrap_or(25) as usize;
     let column = person_breakdown_key_of(&f.breakdown).and_then(|k| columns.get(k));
-    let person_codes = column.map(|col| person_codes(snap, col, &blocks, 1, limit));
+    let person_codes = column.map(|col| person_codes(snap, col, &blocks(&prepared), 1, limit));
     // Event-property breakdowns: ranked by the rows of the first step; attributed as asked.
     let row_codes = match f.breakdown.as_ref().map(|b| &b.by) {
         Some(BreakdownBy::Event { property }) => {
@@ -1332,11 +1358,27 @@ fn funnel(
         },
         _ => None,
     };
+    // Account-level funnels: the same rows keyed by the event's group (`$groups`) instead of its person.
+    let grouped = if by_group {
+        Some(group_rows(snap, &prepared, options.group_type.as_deref())?)
+    } else {
+        None
+    };
+    let (blocks, units, carried) = match &grouped {
+        Some(g) => {
+            let (blocks, carried) = g.blocks(row_codes.as_ref().map(|(c, _)| &c[..]));
+            (blocks, g.keys.len() as u32, carried)
+        }
+        None => (blocks(&prepared), snap.persons(), None),
+    };
+    let codes: Option<&[Vec<u32>]> = carried
+        .as_deref()
+        .or(row_codes.as_ref().map(|(c, _)| &c[..]));
     let blocks: Vec<k::Block<'_>> = blocks
         .iter()
         .enumerate()
         .map(|(i, b)| k::Block {
-            breakdown: row_codes.as_ref().map(|(c, _)| &c[i][..]),
+            breakdown: codes.map(|c| &c[i][..]),
             ..*b
         })
         .collect();
@@ -1434,8 +1476,17 @@ fn funnel(
         }
     };
     if let Some(step) = options.funnel_step {
-        out["persons"] =
-            persons_at_step(snap, &r.persons, step, steps, options.persons_limit, names)?;
+        let chosen = reached_step(&r.persons, step, steps)?;
+        let listed = match &grouped {
+            // Account-level: the groups, by key.
+            Some(g) => chosen
+                .iter()
+                .take(options.persons_limit)
+                .map(|&i| json!({"group_key": g.keys[i as usize]}))
+                .collect(),
+            None => list_persons(snap, &chosen, options.persons_limit, names),
+        };
+        out["persons"] = json!({"step": step, "count": chosen.len(), "results": listed});
     }
     if let (Some(trend), None) = (r.trend, labels) {
         let labels = labels_of(range);
@@ -1450,15 +1501,8 @@ fn funnel(
     Ok(out)
 }
 
-/// The persons of a funnel step (see [`Options::funnel_step`]), each with their distinct ids.
-fn persons_at_step(
-    snap: &Snapshot,
-    persons: &[(u32, u8)],
-    step: i32,
-    steps: usize,
-    limit: usize,
-    names: Names<'_>,
-) -> Result<Value, Unsupported> {
+/// The persons (or groups) of a funnel step (see [`Options::funnel_step`]).
+fn reached_step(persons: &[(u32, u8)], step: i32, steps: usize) -> Result<Vec<u32>, Unsupported> {
     let n = step.unsigned_abs() as usize;
     if n == 0 || n > steps || (step < 0 && n == 1) {
         return Err(unsupported(
@@ -1480,8 +1524,7 @@ fn persons_at_step(
         })
         .map(|&(p, _)| p)
         .collect();
-    let list = list_persons(snap, &chosen, limit, names);
-    Ok(json!({"step": step, "count": chosen.len(), "results": list}))
+    Ok(chosen)
 }
 
 /// The first `limit` of `chosen` (dense persons) with their person ids and distinct ids.
@@ -1584,8 +1627,9 @@ fn retention(
     };
     let tables = if by_group {
         // Account-level: the rows keyed by the events' group (see `group_rows`).
-        let (rows, groups) = group_rows(snap, &prepared, options.group_type.as_deref())?;
-        k::retention::retention(&group_blocks(&rows), groups, threads, &spec)
+        let grouped = group_rows(snap, &prepared, options.group_type.as_deref())?;
+        let (blocks, _) = grouped.blocks(None);
+        k::retention::retention(&blocks, grouped.keys.len() as u32, threads, &spec)
     } else {
         k::retention::retention(&blocks, snap.persons(), threads, &spec)
     };

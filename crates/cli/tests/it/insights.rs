@@ -664,6 +664,43 @@ fn checks() -> Vec<Check> {
             },
         ),
         (
+            "funnel",
+            with(
+                json!({"aggregation": "group:0", "steps": [{"event": "project_created"}, {"event": "teammate_invited"}, {"event": "task_completed"}],
+                    "breakdown": {"type": "group", "group_type_index": 0, "property": "industry"}}),
+            ),
+            |c, q, v| {
+                // Account-level, by the company's industry: every event of a company has its industry, so each
+                // row is the funnel of that industry's companies.
+                let by_company = c.by_company();
+                let companies: Vec<&str> = c
+                    .rows
+                    .iter()
+                    .zip(&c.props)
+                    .filter_map(|(_, p)| p.get("$groups")?.get("company")?.as_str())
+                    .collect();
+                let items = v["result"].as_array().unwrap();
+                assert!(items.len() >= 2, "several industries: {v}");
+                let mut want = serde_json::Map::new();
+                let mut got = serde_json::Map::new();
+                for item in items {
+                    let label = &item["breakdown_value"];
+                    let rows: Vec<truth::Row<'_>> = by_company
+                        .iter()
+                        .zip(&companies)
+                        .filter(|(_, company)| {
+                            c.industry.get(**company).unwrap_or(&Value::Null) == label
+                        })
+                        .map(|(r, _)| *r)
+                        .collect();
+                    let (w, g) = funnel_truth::<0>(&rows, q, v, item);
+                    want.insert(label.to_string(), w);
+                    got.insert(label.to_string(), g);
+                }
+                (json!(want), json!(got))
+            },
+        ),
+        (
             "retention",
             json!({"aggregation": "group:0", "start_event": {"event": "$pageview"}, "return_event": {"event": "task_completed"}, "period": "week", "periods": 4, "date_to": "2025-12-31"}),
             |c, q, v| {
@@ -860,6 +897,16 @@ fn check_seed(seed: &str) {
             (step, v)
         })
         .collect();
+    // Account-level funnel: the companies that reached step 2.
+    let group_funnel = json!({"date_from": "2025-12-04", "date_to": "2025-12-31", "aggregation": "group:0",
+        "steps": [{"event": "project_created"}, {"event": "teammate_invited"}]});
+    let (status, companies_at_2) = post(
+        &serve,
+        &key,
+        &format!("/api/v1/projects/{project}/insights/funnel?funnel_step=2&limit=10000"),
+        &group_funnel,
+    );
+    assert_eq!(status, 200, "{companies_at_2}");
     // Cohorts: an uploaded list made of the persons listed at a funnel step, and dynamic ones.
     let known: Vec<String> = persons_of_steps[0].1["persons"]["results"]
         .as_array()
@@ -929,6 +976,50 @@ fn check_seed(seed: &str) {
     }
 
     crate::cohorts::check(&ctx, &did_person, &cohort_answers);
+
+    // The companies listed at step 2 are exactly those whose own funnel reaches it.
+    let mut company_rows: HashMap<&str, Vec<truth::Row<'_>>> = HashMap::new();
+    for (r, p) in ctx.rows.iter().zip(&ctx.props) {
+        if let Some(company) = p
+            .get("$groups")
+            .and_then(|g| g.get("company"))
+            .and_then(Value::as_str)
+        {
+            company_rows
+                .entry(company)
+                .or_default()
+                .push(truth::Row { person: 0, ..*r });
+        }
+    }
+    let range = range_of(&companies_at_2);
+    let reached: Vec<&str> = company_rows
+        .iter()
+        .filter(|(_, rows)| {
+            truth::funnel(
+                rows,
+                &["project_created", "teammate_invited"],
+                14 * truth::DAY_US,
+                truth::Order::Ordered,
+                range,
+            )[1] > 0
+        })
+        .map(|(c, _)| *c)
+        .collect();
+    let mut listed: Vec<&str> = companies_at_2["persons"]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["group_key"].as_str().unwrap())
+        .collect();
+    listed.sort();
+    let mut want = reached.clone();
+    want.sort();
+    assert!(!want.is_empty());
+    assert_eq!(listed, want, "companies at step 2");
+    assert_eq!(
+        companies_at_2["persons"]["count"].as_u64(),
+        Some(want.len() as u64)
+    );
 
     // Group-property filter: events whose company (`$groups.company`) has industry `software`.
     let industry = &ctx.industry;
