@@ -444,10 +444,18 @@ pub fn parse_cohort_filters(v: &Value) -> Result<CohortDefinition, Vec<FieldErro
     }
 }
 
+/// Keys PostHog derives from a condition and stores with it.
+const POSTHOG_DERIVED: [&str; 3] = ["conditionHash", "bytecode", "bytecode_error"];
+
 /// Reads the node at `at`, inside `depth` groups (0: the top-level `properties`, which must be a
 /// group).
 fn read_node(v: &Value, at: &str, depth: usize, e: &mut Errors) -> Option<CohortNode> {
     let mut o = Obj::new(v, at, e)?;
+    // What PostHog stores next to a condition (a hash of it, its compiled HogQL): definitions exported from
+    // PostHog carry them; they are derived, so they are ignored.
+    for derived in POSTHOG_DERIVED {
+        o.allow(derived);
+    }
     let t = match o.get("type") {
         Some(Value::String(t)) => t.as_str(),
         Some(other) => {
@@ -636,8 +644,9 @@ fn read_window(o: &mut Obj<'_>, e: &mut Errors) -> Option<Window> {
     let has_value = o.has("time_value");
     let has_interval = o.has("time_interval");
     let has_explicit = o.has("explicit_datetime");
+    // PostHog's UI stores the number as text (`"30"`).
     let amount = o
-        .integer("time_value", 1, MAX_TIME_VALUE as u64, e)
+        .integer_or_digits("time_value", 1, MAX_TIME_VALUE as u64, e)
         .map(|n| n as u32);
     let unit = o.choice::<WindowUnit>("time_interval", e);
     let since = read_bound(o, "explicit_datetime", e);
@@ -1238,11 +1247,20 @@ mod tests {
             "from 1 to 3650",
         );
         assert!(parse_cohort_filters(&one(beh(json!({"time_value": 3650})))).is_ok());
+        // PostHog's UI writes the number as text; other text is refused.
+        let text = parse_cohort_filters(&one(beh(json!({"time_value": "30"})))).unwrap();
+        let number = parse_cohort_filters(&one(beh(json!({"time_value": 30})))).unwrap();
+        assert_eq!(text, number);
         assert_error(
-            one(beh(json!({"time_value": "30"}))),
+            one(beh(json!({"time_value": "thirty"}))),
             "properties.values[0].time_value",
-            "not a string",
+            "not `thirty`",
         );
+        // PostHog's derived keys are ignored, not reported as unknown.
+        assert!(parse_cohort_filters(&one(beh(
+            json!({"conditionHash": "ab12", "bytecode": ["_H", 1], "bytecode_error": null})
+        )))
+        .is_ok());
         assert_error(
             one(beh(json!({"time_interval": "minute"}))),
             "properties.values[0].time_interval",

@@ -179,6 +179,30 @@ impl<'a> Obj<'a> {
         }
     }
 
+    /// An integer in `min..=max`, also given as text of decimal digits (`"30"`).
+    pub(crate) fn integer_or_digits(
+        &mut self,
+        key: &'static str,
+        min: u64,
+        max: u64,
+        e: &mut Errors,
+    ) -> Option<u64> {
+        if let Some(Value::String(text)) = self.map.get(key) {
+            self.seen.push(key);
+            return match text.trim().parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => Some(n),
+                _ => {
+                    e.push(
+                        self.at(key),
+                        format!("must be a whole number from {min} to {max}, not `{text}`"),
+                    );
+                    None
+                }
+            };
+        }
+        self.integer(key, min, max, e)
+    }
+
     /// One of a fixed set of names.
     pub(crate) fn choice<T: Named>(&mut self, key: &'static str, e: &mut Errors) -> Option<T> {
         let v = self.get(key)?;
