@@ -852,11 +852,16 @@ pub(crate) fn retention_truth(
 }
 
 fn generate(dir: &std::path::Path, seed: &str) -> (i64, String) {
+    generate_until(dir, seed, "2026-01-01")
+}
+
+/// 30,000 events of 3,000 persons over the 30 days before `end`.
+fn generate_until(dir: &std::path::Path, seed: &str, end: &str) -> (i64, String) {
     let out = Command::new(BIN)
         .args(["generate", "--data-dir"])
         .arg(dir)
         .args(["--events", "30000", "--persons", "3000", "--seed", seed])
-        .args(["--days", "30", "--end", "2026-01-01", "--json", "--quiet"])
+        .args(["--days", "30", "--end", end, "--json", "--quiet"])
         .output()
         .unwrap();
     assert!(
@@ -1345,4 +1350,106 @@ fn project_time_zone_and_test_account_filters() {
     };
     let want = truth::unique_persons(&rows, "$pageview", shifted, truth::Interval::Day);
     assert_eq!(counts(&local["result"][0]["data"]), want);
+}
+
+/// Days, weeks and hours in a time zone across a DST change: New York leaves daylight time on 2025-11-02 (01:00 EST
+/// follows 01:59 EDT, a 25-hour day). The truth shifts each event by its own offset (−4 h before 06:00 UTC that
+/// day, −5 h after) and counts local days as UTC days of the shifted times.
+#[test]
+fn local_days_across_a_dst_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let (project, key) = generate_until(dir.path(), "9", "2025-11-12");
+    let serve = Serve::start(dir.path(), &[]);
+    let (status, out) = http(
+        &serve.addr,
+        "PATCH",
+        &format!("/api/v1/projects/{project}"),
+        &[
+            ("Authorization", &format!("Bearer {key}")),
+            ("Content-Type", "application/json"),
+        ],
+        json!({"time_zone": "America/New_York"})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out));
+    let range = json!({"date_from": "2025-10-20", "date_to": "2025-11-10"});
+    let ask = |extra: Value| {
+        let mut q = range.clone();
+        q.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        insight(&serve, &key, project, "trends", q)
+    };
+    let daily =
+        ask(json!({"series": [{"event": "$pageview"}, {"event": "$pageview", "math": "dau"}]}));
+    let weekly =
+        ask(json!({"interval": "week", "series": [{"event": "$pageview", "math": "dau"}]}));
+    let hourly = ask(
+        json!({"interval": "hour", "date_from": "2025-11-02", "date_to": "2025-11-02",
+        "series": [{"event": "$pageview"}]}),
+    );
+    assert!(serve.terminate().success());
+    assert_eq!(
+        daily["date_from"], "2025-10-20T04:00:00.000000Z",
+        "EDT midnight"
+    );
+    assert_eq!(
+        daily["date_to"], "2025-11-11T05:00:00.000000Z",
+        "EST midnight"
+    );
+    assert_eq!(
+        hourly["result"][0]["data"].as_array().unwrap().len(),
+        25,
+        "the local day of the change has 25 hours"
+    );
+
+    let (owned, _, _) = ground_rows(dir.path(), project);
+    let change = 1_762_063_200_000_000i64; // 2025-11-02T06:00:00Z
+    let hour = 3_600_000_000i64;
+    let local = |ts: i64| ts - if ts < change { 4 * hour } else { 5 * hour };
+    let rows: Vec<truth::Row<'_>> = owned
+        .iter()
+        .map(|o| truth::Row {
+            person: o.person,
+            ts_us: local(o.ts_us),
+            event: &o.event,
+        })
+        .collect();
+    let shifted = |v: &Value| {
+        let r = range_of(v);
+        truth::Range {
+            from_us: local(r.from_us),
+            to_us: local(r.to_us),
+        }
+    };
+    let r = shifted(&daily);
+    assert_eq!(
+        json!([
+            counts(&daily["result"][0]["data"]),
+            counts(&daily["result"][1]["data"])
+        ]),
+        json!([
+            truth::total(&rows, "$pageview", r, truth::Interval::Day),
+            truth::unique_persons(&rows, "$pageview", r, truth::Interval::Day),
+        ]),
+        "daily, across the change"
+    );
+    assert_eq!(
+        counts(&weekly["result"][0]["data"]),
+        truth::unique_persons(&rows, "$pageview", shifted(&weekly), truth::Interval::Week),
+        "weekly"
+    );
+    // Hours: local hours map to UTC hours one to one, so the truth counts UTC hours of the real times.
+    let r = range_of(&hourly);
+    let mut want = vec![0u64; 25];
+    for o in owned
+        .iter()
+        .filter(|o| o.event == "$pageview" && r.contains(o.ts_us))
+    {
+        want[((o.ts_us - r.from_us) / hour) as usize] += 1;
+    }
+    assert_eq!(counts(&hourly["result"][0]["data"]), want, "hourly");
+    assert!(want.iter().sum::<u64>() > 0);
 }
