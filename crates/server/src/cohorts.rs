@@ -144,8 +144,7 @@ pub fn references(definition: &Value) -> Vec<(String, u64)> {
 }
 
 fn invalid(field: &str, message: String) -> ApiError {
-    ApiError::bad_request("validation_error", format!("{field}: {message}"))
-        .with_errors(json!([{"field": field, "message": message}]))
+    ApiError::invalid_field("request", field, message)
 }
 
 /// Loads the cohorts referenced at `roots` (field, id) and every cohort they reach. A missing cohort is a 400
@@ -523,18 +522,6 @@ fn read_body(body: &Map<String, Value>, creating: bool) -> Result<CohortBody, Ve
     }
 }
 
-fn validation_failed(what: &str, errors: Vec<FieldError>) -> ApiError {
-    let summary: Vec<String> = errors
-        .iter()
-        .map(|e| format!("{}: {}", e.field, e.message))
-        .collect();
-    ApiError::bad_request(
-        "validation_error",
-        format!("the {what} is invalid: {}", summary.join("; ")),
-    )
-    .with_errors(json!(errors))
-}
-
 /// Checks that a definition's references exist and do not lead back to cohort `own` (when updating it).
 async fn check_references(
     state: &AppState,
@@ -702,7 +689,7 @@ async fn create_cohort(
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let project_id = project_of(&state, &caller, &project_id).await?;
-    let b = read_body(&body, true).map_err(|e| validation_failed("cohort", e))?;
+    let b = read_body(&body, true).map_err(|e| ApiError::validation("cohort", &e))?;
     if let Some((_, definition)) = &b.filters {
         check_references(&state, project_id, definition, None).await?;
     }
@@ -731,7 +718,7 @@ async fn patch_cohort(
 ) -> Result<Json<Value>, ApiError> {
     let project_id = project_of(&state, &caller, &project_id).await?;
     let current = cohort_record(&state, project_id, &cohort_id).await?;
-    let b = read_body(&body, false).map_err(|e| validation_failed("cohort update", e))?;
+    let b = read_body(&body, false).map_err(|e| ApiError::validation("cohort update", &e))?;
     if let Some((_, definition)) = &b.filters {
         if current.is_static {
             return Err(invalid(

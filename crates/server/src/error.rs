@@ -38,6 +38,31 @@ impl ApiError {
         self
     }
 
+    /// `400 validation_error` naming every problem: "the {what} is invalid: field: message; …", with the list
+    /// in `errors`.
+    pub fn validation(what: &str, errors: &[flywheel_query::FieldError]) -> Self {
+        let summary: Vec<String> = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect();
+        Self::bad_request(
+            "validation_error",
+            format!("the {what} is invalid: {}", summary.join("; ")),
+        )
+        .with_errors(json!(errors))
+    }
+
+    /// [`ApiError::validation`] of one field.
+    pub fn invalid_field(what: &str, field: &str, message: impl Into<String>) -> Self {
+        Self::validation(
+            what,
+            &[flywheel_query::FieldError {
+                field: field.into(),
+                message: message.into(),
+            }],
+        )
+    }
+
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }

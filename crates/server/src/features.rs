@@ -315,12 +315,7 @@ pub fn rule_condition(
     }
 }
 
-/// A field-level validation problem.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
+pub use flywheel_query::FieldError;
 
 fn field(errors: &mut Vec<FieldError>, field: impl Into<String>, message: impl Into<String>) {
     errors.push(FieldError {
@@ -330,16 +325,7 @@ fn field(errors: &mut Vec<FieldError>, field: impl Into<String>, message: impl I
 }
 
 fn validation_failed(errors: Vec<FieldError>) -> ApiError {
-    let summary = errors
-        .iter()
-        .map(|e| format!("{}: {}", e.field, e.message))
-        .collect::<Vec<_>>()
-        .join("; ");
-    ApiError::bad_request(
-        "validation_error",
-        format!("the feature is invalid: {summary}"),
-    )
-    .with_errors(serde_json::to_value(&errors).unwrap_or_default())
+    ApiError::validation("feature", &errors)
 }
 
 fn valid_key(key: &str) -> bool {

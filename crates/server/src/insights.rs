@@ -1851,17 +1851,8 @@ pub async fn post_insight(
     use crate::error::ApiError;
     let project_id = crate::api::parse_project(&project_id)?;
     caller.authorize(&state, project_id).await?;
-    let query = flywheel_query::parse_kind(&kind, &body).map_err(|errors| {
-        let summary: Vec<String> = errors
-            .iter()
-            .map(|e| format!("{}: {}", e.field, e.message))
-            .collect();
-        ApiError::bad_request(
-            "validation_error",
-            format!("the insight definition is invalid: {}", summary.join("; ")),
-        )
-        .with_errors(json!(errors))
-    })?;
+    let query = flywheel_query::parse_kind(&kind, &body)
+        .map_err(|errors| ApiError::validation("insight definition", &errors))?;
     let options = parse_options(&params, &query)?;
     // The project's time zone and test-account filters.
     let settings = state
@@ -1917,10 +1908,9 @@ pub async fn post_insight(
     let snapshot = state.tables.snapshot(project_id);
     let now = state.clock.now();
     let started = std::time::Instant::now();
-    let range = query.resolve(now, &tz).map_err(|e| {
-        ApiError::bad_request("validation_error", format!("{}: {}", e.field, e.message))
-            .with_errors(json!([e]))
-    })?;
+    let range = query
+        .resolve(now, &tz)
+        .map_err(|e| ApiError::validation("insight definition", &[e]))?;
     let cache_key = format!(
         "{project_id}|{options:?}|{}|{}|{}|{}|{epoch}|{}",
         serde_json::to_string(&query).unwrap_or_default(),

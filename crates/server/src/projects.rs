@@ -96,17 +96,8 @@ async fn patch_project(
 ) -> Result<Json<Value>, ApiError> {
     let project_id = parse_project(&project_id)?;
     caller.authorize(&state, project_id).await?;
-    let update = read_update(&Value::Object(body)).map_err(|errors| {
-        let summary: Vec<String> = errors
-            .iter()
-            .map(|e| format!("{}: {}", e.field, e.message))
-            .collect();
-        ApiError::bad_request(
-            "validation_error",
-            format!("the project settings are invalid: {}", summary.join("; ")),
-        )
-        .with_errors(json!(errors))
-    })?;
+    let update = read_update(&Value::Object(body))
+        .map_err(|errors| ApiError::validation("project settings", &errors))?;
     let actor = crate::features::actor(&caller, &headers, peer);
     let settings = state
         .store

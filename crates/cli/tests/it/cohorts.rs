@@ -9,7 +9,8 @@ use flywheel_truth as truth;
 use serde_json::{json, Value};
 
 use crate::insights::{
-    counts, funnel_truth, insight, lifecycle_truth, post, range_of, retention_truth, Ctx,
+    counts, funnel_truth, insight, lifecycle_truth, pageviews_and_task_dau, post, range_of,
+    retention_truth, Ctx,
 };
 use crate::{get_json, http, Serve};
 
@@ -270,16 +271,7 @@ pub(crate) fn check(ctx: &Ctx<'_>, did_person: &HashMap<String, u64>, answers: &
 
     // Trends filtered by A.
     let (_, _, v) = &answers.insights[0];
-    let rows = rows_in(&a, true);
-    let r = range_of(v);
-    let want = json!([
-        truth::total(&rows, "$pageview", r, truth::Interval::Day),
-        truth::unique_persons(&rows, "task_completed", r, truth::Interval::Day),
-    ]);
-    let got = json!([
-        counts(&v["result"][0]["data"]),
-        counts(&v["result"][1]["data"])
-    ]);
+    let (want, got) = pageviews_and_task_dau(&rows_in(&a, true), v);
     assert_eq!(got, want, "trends filtered by a cohort");
 
     // DAU broken down by every cohort: one row per cohort, in the order asked.

@@ -778,6 +778,21 @@ pub(crate) fn funnel_truth<const ORDER: u8>(
     (json!(want), json!(got))
 }
 
+/// For a trends answer `v` of daily `$pageview` totals and daily unique persons of `task_completed`: the truth's
+/// over `rows`, and the answer's.
+pub(crate) fn pageviews_and_task_dau(rows: &[truth::Row<'_>], v: &Value) -> (Value, Value) {
+    let r = range_of(v);
+    let want = json!([
+        truth::total(rows, "$pageview", r, truth::Interval::Day),
+        truth::unique_persons(rows, "task_completed", r, truth::Interval::Day),
+    ]);
+    let got = json!([
+        counts(&v["result"][0]["data"]),
+        counts(&v["result"][1]["data"])
+    ]);
+    (want, got)
+}
+
 /// The truth's daily lifecycle of `event` over `rows` (range from the answer `v`), and the answer's in `res`.
 pub(crate) fn lifecycle_truth(
     rows: &[truth::Row<'_>],
@@ -1035,15 +1050,7 @@ fn check_seed(seed: &str) {
             .and_then(|c| industry.get(c))
             .is_some_and(|i| i == "software")
     });
-    let r = range_of(&by_industry);
-    let want = json!([
-        truth::total(&software, "$pageview", r, truth::Interval::Day),
-        truth::unique_persons(&software, "task_completed", r, truth::Interval::Day),
-    ]);
-    let got = json!([
-        counts(&by_industry["result"][0]["data"]),
-        counts(&by_industry["result"][1]["data"])
-    ]);
+    let (want, got) = pageviews_and_task_dau(&software, &by_industry);
     assert_eq!(got, want, "group-property filter");
     assert!(want.to_string().bytes().any(|b| (b'1'..=b'9').contains(&b)));
 
