@@ -21,17 +21,31 @@
 //! build time, see [`crate::columnar`]) and commits the manifest with the intake-log position the segments cover;
 //! on start [`EventTables::open`] loads the segments' core columns, and the caller replays the log from
 //! [`EventTables::lsn`] into the tail.
+//!
+//! **Compaction.** Sealing every few minutes leaves many small segments per day, and a property read opens each.
+//! [`EventTables::compact`] merges all the sealed segments of a day into one, once the day is over
+//! ([`COMPACT_AFTER_DAY_END_US`] after its end) or as soon as it has [`COMPACT_SEGMENTS`] of them: rows sorted by
+//! the person *now* (merges since the seals applied), then time, then previous storage order, every column kept.
+//! The file is written outside the state lock (under the seal lock, one day at a time); the manifest commit swaps
+//! the new segment in for the old ones, ahead of any newer segment or tail of the day. A replaced file is only
+//! *retired*: it is deleted once no copy of a partition that lists it (a snapshot's) is alive, checked on every
+//! `compact`, `seal` and [`EventTables::collect_retired`]. A crash between writing and committing leaves the new
+//! file unlisted; after the commit, the old ones; [`EventTables::open`] deletes segment files the manifest does not
+//! list.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int32Type, TimestampMicrosecondType};
+use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, DictionaryArray};
 
-use crate::columnar::{read_segment, write_segment, Manifest, SegmentMeta, SegmentRow};
+use crate::columnar::{
+    read_segment, row_properties, write_segment, Manifest, SegmentMeta, SegmentRow,
+};
 use crate::{EngineError, EventRef};
 
 /// Microseconds in a day.
@@ -48,8 +62,11 @@ pub fn partition_of(ts_us: i64) -> i32 {
 /// Where a partition's rows come from, in storage order.
 #[derive(Debug, Clone)]
 enum Source {
-    /// Rows of a sealed segment file, in file order.
-    Segment { file: String, rows: Range<usize> },
+    /// Rows of a sealed segment file, in file order. The file name (relative to the segment directory) is shared by
+    /// every copy of the partition that lists the file — the tables' and every snapshot's — so its strong count
+    /// tells whether anything may still read the file once compaction replaced it (see
+    /// [`EventTables::collect_retired`]).
+    Segment { file: Arc<str>, rows: Range<usize> },
 }
 
 /// An unsealed event's remaining fields.
@@ -160,7 +177,7 @@ impl Partition {
     /// The sealed segments of the partition and the storage rows each covers.
     pub fn segments(&self) -> impl Iterator<Item = (&str, Range<usize>)> {
         self.sources.iter().map(|s| match s {
-            Source::Segment { file, rows } => (file.as_str(), rows.clone()),
+            Source::Segment { file, rows } => (file.as_ref(), rows.clone()),
         })
     }
 }
@@ -370,6 +387,53 @@ pub struct SealStats {
     pub bytes: u64,
 }
 
+/// A day with 2 or more segments is compacted once it ended this long ago (µs), so today's data is not rewritten
+/// after every seal...
+pub const COMPACT_AFTER_DAY_END_US: i64 = 3_600_000_000;
+/// ... or as soon as it has this many segments.
+pub const COMPACT_SEGMENTS: usize = 16;
+
+/// Compaction statistics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CompactStats {
+    /// (project, day) partitions compacted.
+    pub days: usize,
+    /// Segments merged (and retired).
+    pub segments_in: usize,
+    /// Segments written (one per day).
+    pub segments_out: usize,
+    /// Rows rewritten.
+    pub rows: usize,
+    /// On-disk bytes of the merged segments.
+    pub bytes_before: u64,
+    /// On-disk bytes of the segments written.
+    pub bytes_after: u64,
+    /// Retired files deleted during the call (this call's or earlier ones' that no snapshot reads any more).
+    pub files_deleted: usize,
+}
+
+/// Whether a day with `segments` sealed segments is due for compaction at `now_us`.
+fn compaction_due(day: i32, segments: usize, now_us: i64) -> bool {
+    let over = (i64::from(day) + 1)
+        .saturating_mul(DAY_US)
+        .saturating_add(COMPACT_AFTER_DAY_END_US)
+        <= now_us;
+    segments >= 2 && (over || segments >= COMPACT_SEGMENTS)
+}
+
+/// A day's merged segment, written and not committed yet.
+struct Compacted {
+    project_id: i64,
+    day: i32,
+    /// The segments merged: the partition's first sources when the file was written.
+    merged: Vec<(Arc<str>, Range<usize>)>,
+    /// The manifest generation that is to list it (its file is named after it).
+    generation: u64,
+    meta: SegmentMeta,
+    /// Old storage row of each row of the new segment.
+    order: Vec<u32>,
+}
+
 struct State {
     manifest: Manifest,
     projects: HashMap<i64, Project>,
@@ -382,8 +446,10 @@ struct State {
 pub struct EventTables {
     dir: PathBuf,
     state: RwLock<State>,
-    /// Serializes `seal` (file writes happen outside the state lock).
+    /// Serializes `seal` and the compaction of each day (file writes happen outside the state lock).
     seal_lock: Mutex<()>,
+    /// Files of segments replaced by compaction, deleted once nothing holds their name (see [`Source`]).
+    retired: Mutex<Vec<Arc<str>>>,
 }
 
 impl std::fmt::Debug for EventTables {
@@ -425,6 +491,7 @@ impl EventTables {
         std::fs::create_dir_all(dir)
             .map_err(|e| EngineError::io(format!("creating {}", dir.display()), e))?;
         let manifest = Manifest::load(dir)?;
+        remove_orphans(dir, &manifest);
         let mut projects: HashMap<i64, Project> = HashMap::new();
         for meta in &manifest.segments {
             let project = projects.entry(meta.project_id).or_default();
@@ -440,6 +507,7 @@ impl EventTables {
                 tail_rows: 0,
             }),
             seal_lock: Mutex::new(()),
+            retired: Mutex::new(Vec::new()),
         })
     }
 
@@ -585,6 +653,7 @@ impl EventTables {
     /// manifest with the log position they cover, and turns the tail rows into sealed rows. Returns what it
     /// wrote. Appends may continue meanwhile; rows appended during the seal stay in the tail.
     pub fn seal(&self) -> Result<SealStats, EngineError> {
+        self.collect_retired();
         let _one = self.seal_lock.lock().expect("seal lock");
         // 1. Take what to write: per (project, partition) the tail rows present now.
         struct Job {
@@ -708,7 +777,7 @@ impl EventTables {
             part.event = event;
             part.tail.drain(..n);
             part.sources.push(Source::Segment {
-                file: meta.file.clone(),
+                file: Arc::from(meta.file.as_str()),
                 rows: sealed..sealed + n,
             });
             *part.sorted.get_mut().expect("sorted view lock") = None;
@@ -727,6 +796,433 @@ impl EventTables {
     pub fn segment_rows(&self) -> u64 {
         self.read().manifest.segments.iter().map(|s| s.rows).sum()
     }
+
+    /// Merges the sealed segments of every (project, day) that has 2 or more of them and is due — the day ended
+    /// at least [`COMPACT_AFTER_DAY_END_US`] before `now_us`, or it has [`COMPACT_SEGMENTS`] segments — into one
+    /// segment per day (see the module docs), one day at a time. Queries, appends and identity changes go on
+    /// meanwhile; a seal waits for the day being merged. The replaced files are retired, and deleted once no
+    /// snapshot can read them. On an error the day keeps its segments (nothing is lost) and the days after it wait
+    /// for the next call; the days merged before it stay merged.
+    pub fn compact(&self, now_us: i64) -> Result<CompactStats, EngineError> {
+        self.compact_unless(now_us, &AtomicBool::new(false))
+    }
+
+    /// [`EventTables::compact`], stopping between two days once `stop` is set (shutdown need not wait for every
+    /// due day).
+    pub fn compact_unless(
+        &self,
+        now_us: i64,
+        stop: &AtomicBool,
+    ) -> Result<CompactStats, EngineError> {
+        let mut stats = CompactStats {
+            files_deleted: self.collect_retired(),
+            ..CompactStats::default()
+        };
+        let mut due: Vec<(i64, i32)> = {
+            let st = self.read();
+            st.projects
+                .iter()
+                .flat_map(|(&project_id, p)| {
+                    p.partitions
+                        .iter()
+                        .filter(|(&day, part)| compaction_due(day, part.sources.len(), now_us))
+                        .map(move |(&day, _)| (project_id, day))
+                })
+                .collect()
+        };
+        due.sort_unstable();
+        for (project_id, day) in due {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let merged = {
+                let _one = self.seal_lock.lock().expect("seal lock");
+                match self.write_compacted(project_id, day, now_us)? {
+                    Some(c) => self.install_compacted(c)?,
+                    None => None,
+                }
+            };
+            if let Some(d) = merged {
+                stats.days += d.days;
+                stats.segments_in += d.segments_in;
+                stats.segments_out += d.segments_out;
+                stats.rows += d.rows;
+                stats.bytes_before += d.bytes_before;
+                stats.bytes_after += d.bytes_after;
+            }
+            stats.files_deleted += self.collect_retired();
+        }
+        Ok(stats)
+    }
+
+    /// Deletes the retired files (segments replaced by compaction) that no partition lists any more — no snapshot
+    /// taken before their compaction is alive. Best effort: a file that cannot be deleted stays retired (and
+    /// [`EventTables::open`] deletes it as an orphan). Returns the files deleted.
+    pub fn collect_retired(&self) -> usize {
+        let unused: Vec<Arc<str>> = {
+            let mut retired = self.retired.lock().expect("retired files lock");
+            if retired.is_empty() {
+                return 0;
+            }
+            // Only the list holds the name: every copy of a partition listing the file is gone, and none can
+            // be made again (the tables' partitions no longer list it).
+            let (unused, held) = std::mem::take(&mut *retired)
+                .into_iter()
+                .partition(|file| Arc::strong_count(file) == 1);
+            *retired = held;
+            unused
+        };
+        let mut deleted = 0;
+        let mut failed = Vec::new();
+        for file in unused {
+            match std::fs::remove_file(self.dir.join(&*file)) {
+                Ok(()) => deleted += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(_) => failed.push(file),
+            }
+        }
+        if !failed.is_empty() {
+            self.retired
+                .lock()
+                .expect("retired files lock")
+                .extend(failed);
+        }
+        deleted
+    }
+
+    /// Writes the merged segment of `(project_id, day)` when the day is (still) due, from its segment files and
+    /// the identity mapping now. Takes the state lock only to look; the caller holds the seal lock.
+    fn write_compacted(
+        &self,
+        project_id: i64,
+        day: i32,
+        now_us: i64,
+    ) -> Result<Option<Compacted>, EngineError> {
+        // The sealed rows' distinct ids and times are copied rather than the partition shared: an append would
+        // then copy all of it, tail included.
+        let (merged, did, ts, resolved, person_ids, generation) = {
+            let mut st = self.write();
+            let generation = st.manifest.generation + 1;
+            let Some(p) = st.projects.get_mut(&project_id) else {
+                return Ok(None);
+            };
+            let Some(part) = p.partitions.get(&day) else {
+                return Ok(None);
+            };
+            if !compaction_due(day, part.sources.len(), now_us) {
+                return Ok(None);
+            }
+            let merged: Vec<(Arc<str>, Range<usize>)> = part
+                .sources
+                .iter()
+                .map(|s| match s {
+                    Source::Segment { file, rows } => (file.clone(), rows.clone()),
+                })
+                .collect();
+            let sealed = merged.last().map_or(0, |(_, rows)| rows.end);
+            let (did, ts) = (part.did[..sealed].to_vec(), part.ts[..sealed].to_vec());
+            (
+                merged,
+                did,
+                ts,
+                p.resolved(),
+                p.person_ids.clone(),
+                generation,
+            )
+        };
+        let sealed = ts.len();
+        // Every column of the merged segments; a segment's rows are its storage rows, in order.
+        let mut files = Vec::with_capacity(merged.len());
+        for (file, rows) in &merged {
+            let path = self.dir.join(&**file);
+            let batches = read_segment(&path, None)?;
+            let n: usize = batches.iter().map(|b| b.num_rows()).sum();
+            if n != rows.len() {
+                return Err(segment_error(
+                    &path,
+                    format!("holds {n} rows, its partition {}", rows.len()),
+                ));
+            }
+            files.push((path, rows.start, batches));
+        }
+        // Per storage row: uuid, event name, distinct id, and the properties rebuilt as JSON text.
+        let mut cells: Vec<(u128, &str, &str)> = Vec::with_capacity(sealed);
+        let mut properties: Vec<String> = Vec::with_capacity(sealed);
+        for (path, start, batches) in &files {
+            let mut row = *start;
+            for b in batches {
+                let col = |name: &str| {
+                    b.column_by_name(name)
+                        .ok_or_else(|| segment_error(path, format!("no column `{name}`")))
+                };
+                let times = col("timestamp")?
+                    .as_primitive_opt::<TimestampMicrosecondType>()
+                    .ok_or_else(|| segment_error(path, "`timestamp` is not a µs timestamp"))?;
+                let event = col("event")?
+                    .as_dictionary_opt::<Int32Type>()
+                    .ok_or_else(|| segment_error(path, "`event` is not a dictionary"))?;
+                let distinct_id = col("distinct_id")?
+                    .as_dictionary_opt::<Int32Type>()
+                    .ok_or_else(|| segment_error(path, "`distinct_id` is not a dictionary"))?;
+                let half = |name: &str| {
+                    col(name)?
+                        .as_primitive_opt::<Int64Type>()
+                        .ok_or_else(|| segment_error(path, format!("`{name}` is not an int64")))
+                };
+                let (high, low) = (half("uuid_high")?, half("uuid_low")?);
+                for i in 0..b.num_rows() {
+                    if times.value(i) != ts[row] {
+                        return Err(segment_error(path, "does not match its partition's rows"));
+                    }
+                    let uuid =
+                        (u128::from(high.value(i) as u64) << 64) | u128::from(low.value(i) as u64);
+                    cells.push((
+                        uuid,
+                        dictionary_value(event, i, path)?,
+                        dictionary_value(distinct_id, i, path)?,
+                    ));
+                    properties.push(serde_json::Value::Object(row_properties(b, i)).to_string());
+                    row += 1;
+                }
+            }
+        }
+        // The order of the new file: person now, time, previous storage order.
+        let person_of = |r: usize| person_ids[resolved[did[r] as usize] as usize];
+        let mut order: Vec<u32> = (0..sealed as u32).collect();
+        order.sort_unstable_by_key(|&r| (person_of(r as usize), ts[r as usize], r));
+        let mut rows: Vec<SegmentRow<'_>> = order
+            .iter()
+            .map(|&r| {
+                let r = r as usize;
+                let (uuid, event, distinct_id) = cells[r];
+                SegmentRow {
+                    person: person_of(r),
+                    timestamp_us: ts[r],
+                    event,
+                    distinct_id,
+                    uuid,
+                    properties: &properties[r],
+                }
+            })
+            .collect();
+        let file = format!("p{project_id}/d{day}-g{generation}.parquet");
+        // Sorts stably by (person, time): the order above stays.
+        let mut meta = write_segment(&self.dir.join(&file), &mut rows)?;
+        meta.file = file;
+        meta.project_id = project_id;
+        meta.partition = day;
+        Ok(Some(Compacted {
+            project_id,
+            day,
+            merged,
+            generation,
+            meta,
+            order,
+        }))
+    }
+
+    /// Commits a merged segment in place of the segments it merged and swaps it into the partition; the old files
+    /// are retired. `None` (and the new file deleted) when the day's first segments are no longer the merged ones
+    /// or another commit came first. The caller holds the seal lock (so neither happens).
+    fn install_compacted(&self, c: Compacted) -> Result<Option<CompactStats>, EngineError> {
+        let path = self.dir.join(&c.meta.file);
+        let mut guard = self.write();
+        let st = &mut *guard;
+        // Never delete a listed file (the name could only be reused if a commit slipped in since the write).
+        let drop_file = |manifest: &Manifest| {
+            if !manifest.segments.iter().any(|m| m.file == c.meta.file) {
+                let _ = std::fs::remove_file(&path);
+            }
+        };
+        let unchanged = st.manifest.generation + 1 == c.generation
+            && st
+                .projects
+                .get(&c.project_id)
+                .and_then(|p| p.partitions.get(&c.day))
+                .is_some_and(|part| starts_with(&part.sources, &c.merged));
+        if !unchanged {
+            drop_file(&st.manifest);
+            return Ok(None);
+        }
+        let Some((mut manifest, bytes_before)) = compacted_manifest(&st.manifest, &c) else {
+            drop_file(&st.manifest);
+            return Err(segment_error(
+                &self.dir.join("manifest.json"),
+                format!(
+                    "does not list every segment of project {} day {}",
+                    c.project_id, c.day
+                ),
+            ));
+        };
+        if let Err(e) = manifest.commit(&self.dir) {
+            // The new file stays: if the commit got as far as the rename, the manifest on disk lists it (when it
+            // does not, the next open deletes it). Its generation is never reused for another file.
+            st.manifest.generation = manifest.generation;
+            return Err(e);
+        }
+        st.manifest = manifest;
+        let p = st
+            .projects
+            .get_mut(&c.project_id)
+            .expect("project of a compacted day");
+        let part = Arc::make_mut(
+            p.partitions
+                .get_mut(&c.day)
+                .expect("partition of a compacted day"),
+        );
+        // The merged rows in the new file's order; newer segments and the tail follow unchanged.
+        part.did = reordered(&part.did, &c.order);
+        part.ts = reordered(&part.ts, &c.order);
+        part.event = reordered(&part.event, &c.order);
+        let old: Vec<Arc<str>> = part
+            .sources
+            .drain(..c.merged.len())
+            .map(|s| match s {
+                Source::Segment { file, .. } => file,
+            })
+            .collect();
+        part.sources.insert(
+            0,
+            Source::Segment {
+                file: Arc::from(c.meta.file.as_str()),
+                rows: 0..c.order.len(),
+            },
+        );
+        *part.sorted.get_mut().expect("sorted view lock") = None;
+        p.version += 1;
+        drop(guard);
+        self.retired.lock().expect("retired files lock").extend(old);
+        Ok(Some(CompactStats {
+            days: 1,
+            segments_in: c.merged.len(),
+            segments_out: 1,
+            rows: c.order.len(),
+            bytes_before,
+            bytes_after: c.meta.bytes,
+            files_deleted: 0,
+        }))
+    }
+}
+
+/// Whether a partition's sources start with exactly the `merged` segments.
+fn starts_with(sources: &[Source], merged: &[(Arc<str>, Range<usize>)]) -> bool {
+    sources.len() >= merged.len()
+        && sources
+            .iter()
+            .zip(merged)
+            .all(|(Source::Segment { file, rows }, (f, r))| file == f && rows == r)
+}
+
+/// `manifest` with `c`'s segment in place of the segments it merged (where the first of them was), and the bytes
+/// of those; `None` when the manifest does not list every one of them.
+fn compacted_manifest(manifest: &Manifest, c: &Compacted) -> Option<(Manifest, u64)> {
+    let names: HashSet<&str> = c.merged.iter().map(|(f, _)| &**f).collect();
+    let mut out = manifest.clone();
+    let mut at = None;
+    let mut removed = 0;
+    let mut bytes = 0;
+    out.segments.clear();
+    for m in &manifest.segments {
+        if names.contains(m.file.as_str()) {
+            at.get_or_insert(out.segments.len());
+            removed += 1;
+            bytes += m.bytes;
+        } else {
+            out.segments.push(m.clone());
+        }
+    }
+    if removed != c.merged.len() {
+        return None;
+    }
+    out.segments.insert(at?, c.meta.clone());
+    Some((out, bytes))
+}
+
+/// `column` with its first `order.len()` rows put in `order` (old row of each), the rest unchanged.
+fn reordered<T: Copy>(column: &[T], order: &[u32]) -> Vec<T> {
+    let mut out = Vec::with_capacity(column.len());
+    out.extend(order.iter().map(|&r| column[r as usize]));
+    out.extend_from_slice(&column[order.len()..]);
+    out
+}
+
+/// The string of row `i` of a dictionary column.
+fn dictionary_value<'a>(
+    column: &'a DictionaryArray<Int32Type>,
+    i: usize,
+    path: &Path,
+) -> Result<&'a str, EngineError> {
+    let values = column
+        .values()
+        .as_string_opt::<i32>()
+        .ok_or_else(|| segment_error(path, "a dictionary of non-strings"))?;
+    column
+        .is_valid(i)
+        .then(|| column.keys().value(i))
+        .and_then(|k| usize::try_from(k).ok())
+        .filter(|&k| k < values.len())
+        .map(|k| values.value(k))
+        .ok_or_else(|| segment_error(path, "a null or out-of-range dictionary key"))
+}
+
+/// Deletes the segment files that `manifest` does not list — written by a seal or compaction that did not commit,
+/// or retired and never deleted — and returns how many. Only names exactly as the engine writes them
+/// (`p<project>/d<day>-g<generation>.parquet`) are touched, and nothing before a first commit (a directory whose
+/// manifest went missing keeps its files). Best effort.
+fn remove_orphans(dir: &Path, manifest: &Manifest) -> usize {
+    if manifest.generation == 0 {
+        return 0;
+    }
+    let live: HashSet<&str> = manifest.segments.iter().map(|m| m.file.as_str()).collect();
+    let Ok(projects) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut deleted = 0;
+    for project in projects.flatten() {
+        let name = project.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        if !canonical::<i64>(name.strip_prefix('p'))
+            || !project.file_type().is_ok_and(|t| t.is_dir())
+        {
+            continue;
+        }
+        let Ok(files) = std::fs::read_dir(project.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let file = f.file_name();
+            let Some(file) = file.to_str() else {
+                continue;
+            };
+            if is_segment_name(file)
+                && f.file_type().is_ok_and(|t| t.is_file())
+                && !live.contains(format!("{name}/{file}").as_str())
+                && std::fs::remove_file(f.path()).is_ok()
+            {
+                deleted += 1;
+            }
+        }
+    }
+    deleted
+}
+
+/// Whether `text` is an integer as `format!` writes it.
+fn canonical<T: std::str::FromStr + ToString>(text: Option<&str>) -> bool {
+    text.is_some_and(|t| t.parse::<T>().is_ok_and(|v| v.to_string() == t))
+}
+
+/// Whether `file` is `d<day>-g<generation>.parquet`.
+fn is_segment_name(file: &str) -> bool {
+    let Some((day, generation)) = file
+        .strip_prefix('d')
+        .and_then(|f| f.strip_suffix(".parquet"))
+        .and_then(|f| f.rsplit_once("-g"))
+    else {
+        return false;
+    };
+    canonical::<i32>(Some(day)) && canonical::<u64>(Some(generation))
 }
 
 /// Appends a segment's rows (core columns) to its partition.
@@ -769,7 +1265,7 @@ fn load_segment(dir: &Path, meta: &SegmentMeta, project: &mut Project) -> Result
     part.ts.extend(ts);
     part.event.extend(event);
     part.sources.push(Source::Segment {
-        file: meta.file.clone(),
+        file: Arc::from(meta.file.as_str()),
         rows: start..part.len(),
     });
     project.version += 1;
@@ -999,5 +1495,625 @@ mod tests {
             .map(|(d, _)| d)
             .collect();
         assert_eq!(days, [1, 2, 3]);
+    }
+
+    // ---- compaction ----
+
+    use arrow_array::types::Int64Type;
+    use serde_json::Value;
+
+    /// The day the compaction tests write to, and a time well after it.
+    const D: i32 = 10;
+    const LATER: i64 = (D as i64 + 3) * DAY_US;
+
+    /// One event of project 1 with an explicit uuid.
+    fn evu<'a>(uuid: u128, did: &'a str, event: &'a str, ts: i64, props: &'a str) -> EventRef<'a> {
+        EventRef {
+            uuid,
+            project_id: 1,
+            timestamp_us: ts,
+            received_us: ts,
+            event,
+            distinct_id: did,
+            properties: props,
+        }
+    }
+
+    /// What a row is: distinct id, time, event name, properties.
+    type Row = (String, i64, String, Value);
+
+    /// The events of round `round` (6 per round, day `day`): times interleave with other rounds' and repeat, the
+    /// properties vary in keys and types (`mixed` is a string in even rounds and a number in odd ones).
+    fn round(round: u32, day: i32) -> Vec<(u128, &'static str, &'static str, i64, String)> {
+        (0..6u32)
+            .map(|i| {
+                let did = ["a", "b", "c", "anon"][(i % 4) as usize];
+                let event = ["view", "click", "signup"][((i + round) % 3) as usize];
+                let ts = i64::from(day) * DAY_US + i64::from((i * 7 + round * 3) % 20) * 1_000;
+                let mixed = if round.is_multiple_of(2) {
+                    Value::from(format!("m{i}"))
+                } else {
+                    Value::from(i)
+                };
+                let mut props = serde_json::json!({"round": round, "i": i, "mixed": mixed});
+                match i % 3 {
+                    0 => props["plan"] = Value::from(["free", "pro"][(round % 2) as usize]),
+                    1 => props["nested"] = serde_json::json!({"a": [1, "x"], "round": round}),
+                    _ => {
+                        props["ok"] = Value::Bool(round.is_multiple_of(2));
+                        props["n"] = Value::from(2.5 + f64::from(round));
+                        props["gone"] = Value::Null;
+                    }
+                }
+                let uuid = u128::from(round) << 64 | u128::from(i) | 1 << 100;
+                (uuid, did, event, ts, props.to_string())
+            })
+            .collect()
+    }
+
+    /// Appends `rounds` rounds on day `day`, sealing after each; returns every event by uuid as written.
+    fn sealed_rounds(
+        t: &EventTables,
+        rounds: std::ops::Range<u32>,
+        day: i32,
+    ) -> BTreeMap<u128, Row> {
+        let mut all = BTreeMap::new();
+        for r in rounds {
+            let events = round(r, day);
+            t.append(
+                events.iter().map(|(u, d, e, ts, p)| evu(*u, d, e, *ts, p)),
+                u64::from(r) + 1,
+            );
+            t.seal().unwrap();
+            for (u, d, e, ts, p) in events {
+                let props: Value = serde_json::from_str(&p).unwrap();
+                all.insert(u, (d.to_owned(), ts, e.to_owned(), props));
+            }
+        }
+        all
+    }
+
+    fn identity(t: &EventTables) {
+        t.assign_all([(1, "a", 1), (1, "b", 2), (1, "c", 3)]);
+    }
+
+    /// Every row of day `day` of snapshot `s` by uuid: sealed rows read from their segment files through
+    /// `segments()` + `read_segment` (checking that each file row is its storage row: same time, distinct id and
+    /// event as in memory), tail rows from memory.
+    fn rows_by_uuid(t: &EventTables, s: &Snapshot, day: i32) -> BTreeMap<u128, Row> {
+        let part = &s.partitions[&day];
+        let did_name = |row: usize| {
+            t.distinct_id_names(s.project_id, &[part.did[row]])
+                .remove(0)
+        };
+        let mut out = BTreeMap::new();
+        let mut covered = 0;
+        for (file, rows) in part.segments() {
+            assert_eq!(
+                rows.start, covered,
+                "segments cover the sealed rows in order"
+            );
+            covered = rows.end;
+            let mut row = rows.start;
+            for b in read_segment(&s.dir.join(file), None).unwrap() {
+                let ts = b
+                    .column_by_name("timestamp")
+                    .unwrap()
+                    .as_primitive::<TimestampMicrosecondType>();
+                let event = b
+                    .column_by_name("event")
+                    .unwrap()
+                    .as_dictionary::<Int32Type>();
+                let did = b
+                    .column_by_name("distinct_id")
+                    .unwrap()
+                    .as_dictionary::<Int32Type>();
+                let high = b
+                    .column_by_name("uuid_high")
+                    .unwrap()
+                    .as_primitive::<Int64Type>();
+                let low = b
+                    .column_by_name("uuid_low")
+                    .unwrap()
+                    .as_primitive::<Int64Type>();
+                for i in 0..b.num_rows() {
+                    let path = Path::new(file);
+                    let event_name = dictionary_value(event, i, path).unwrap();
+                    let did_value = dictionary_value(did, i, path).unwrap();
+                    assert_eq!(ts.value(i), part.ts[row], "{file} row {i}: time");
+                    assert_eq!(did_value, did_name(row), "{file} row {i}: distinct id");
+                    assert_eq!(
+                        event_name,
+                        s.events.value(part.event[row]),
+                        "{file} row {i}: event"
+                    );
+                    let uuid =
+                        u128::from(high.value(i) as u64) << 64 | u128::from(low.value(i) as u64);
+                    let props = Value::Object(row_properties(&b, i));
+                    let prev = out.insert(
+                        uuid,
+                        (
+                            did_value.to_owned(),
+                            ts.value(i),
+                            event_name.to_owned(),
+                            props,
+                        ),
+                    );
+                    assert!(prev.is_none(), "uuid {uuid:x} twice");
+                    row += 1;
+                }
+            }
+            assert_eq!(row, rows.end, "{file}: row count");
+        }
+        assert_eq!(covered + part.tail_len(), part.len());
+        for (i, tail) in part.tail.iter().enumerate() {
+            let row = covered + i;
+            let props: Value = serde_json::from_str(&tail.properties).unwrap();
+            let prev = out.insert(
+                tail.uuid,
+                (
+                    did_name(row),
+                    part.ts[row],
+                    s.events.value(part.event[row]).to_owned(),
+                    props,
+                ),
+            );
+            assert!(prev.is_none(), "uuid {:x} twice", tail.uuid);
+        }
+        out
+    }
+
+    fn manifest_files(t: &EventTables, day: i32) -> Vec<String> {
+        t.read()
+            .manifest
+            .segments
+            .iter()
+            .filter(|m| m.partition == day)
+            .map(|m| m.file.clone())
+            .collect()
+    }
+
+    fn segment_files(s: &Snapshot, day: i32) -> Vec<PathBuf> {
+        s.partitions[&day]
+            .segments()
+            .map(|(f, _)| s.dir.join(f))
+            .collect()
+    }
+
+    #[test]
+    fn compaction_merges_a_days_segments_into_one_and_keeps_every_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = EventTables::open(dir.path()).unwrap();
+        identity(&t);
+        let written = sealed_rounds(&t, 0..4, D);
+        // Another day with a single segment: nothing to merge.
+        t.append([evu(7, "a", "view", (D + 1) as i64 * DAY_US, "{}")], 10);
+        t.seal().unwrap();
+        let before = t.snapshot(1).unwrap();
+        let rows_before = rows_of(&before);
+        assert_eq!(before.partitions[&D].segments().count(), 4);
+        assert_eq!(manifest_files(&t, D).len(), 4);
+        assert_eq!(rows_by_uuid(&t, &before, D), written);
+        let version = t.version(1);
+
+        let stats = t.compact(LATER).unwrap();
+        assert_eq!(
+            (
+                stats.days,
+                stats.segments_in,
+                stats.segments_out,
+                stats.rows
+            ),
+            (1, 4, 1, 24)
+        );
+        assert!(
+            stats.bytes_before > stats.bytes_after && stats.bytes_after > 0,
+            "{stats:?}"
+        );
+        assert!(t.version(1) > version, "a new data version");
+        let after = t.snapshot(1).unwrap();
+        let part = &after.partitions[&D];
+        assert_eq!(part.segments().count(), 1);
+        assert_eq!(part.segments().next().unwrap().1, 0..24);
+        assert_eq!(
+            after.partitions[&(D + 1)].segments().count(),
+            1,
+            "one segment: left alone"
+        );
+        assert_eq!(
+            rows_by_uuid(&t, &after, D),
+            written,
+            "every row and property, by uuid"
+        );
+        assert_eq!(
+            rows_of(&after),
+            rows_before,
+            "same persons, times and events"
+        );
+        assert_eq!(
+            rows_of(&before),
+            rows_before,
+            "the old snapshot is unchanged"
+        );
+        let files = manifest_files(&t, D);
+        assert_eq!(files.len(), 1);
+        assert!(files[0].starts_with(&format!("p1/d{D}-g")), "{files:?}");
+        assert_eq!(t.segment_rows(), 25);
+        assert_eq!(t.lsn(), 10, "the manifest keeps its log position");
+        assert_eq!(t.compact(LATER).unwrap().days, 0, "nothing left to merge");
+
+        drop((before, after));
+        drop(t);
+        let t = EventTables::open(dir.path()).unwrap();
+        identity(&t);
+        let reopened = t.snapshot(1).unwrap();
+        assert_eq!(manifest_files(&t, D), files);
+        assert_eq!(rows_by_uuid(&t, &reopened, D), written);
+        assert_eq!(t.segment_rows(), 25);
+        assert_eq!(t.lsn(), 10);
+        // The merged files were deleted (by the collection at the end of `compact`, or as orphans on open).
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("p1"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+    }
+
+    #[test]
+    fn a_snapshot_taken_before_compaction_keeps_its_files_until_it_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = EventTables::open(dir.path()).unwrap();
+        identity(&t);
+        let written = sealed_rounds(&t, 0..3, D);
+        let old = t.snapshot(1).unwrap();
+        let old_files = segment_files(&old, D);
+        assert_eq!(old_files.len(), 3);
+
+        let stats = t.compact(LATER).unwrap();
+        assert_eq!((stats.days, stats.files_deleted), (1, 0));
+        assert_eq!(
+            t.collect_retired(),
+            0,
+            "the old snapshot still lists the files"
+        );
+        t.seal().unwrap();
+        assert!(old_files.iter().all(|f| f.exists()));
+        assert_eq!(
+            rows_by_uuid(&t, &old, D),
+            written,
+            "the old snapshot reads every property"
+        );
+        let clone = old.clone();
+        drop(old);
+        assert_eq!(
+            t.collect_retired(),
+            0,
+            "a clone of the snapshot holds them too"
+        );
+        assert_eq!(rows_by_uuid(&t, &clone, D), written);
+
+        drop(clone);
+        assert_eq!(t.collect_retired(), 3);
+        assert!(old_files.iter().all(|f| !f.exists()));
+        assert!(t.retired.lock().unwrap().is_empty());
+        let now = t.snapshot(1).unwrap();
+        assert_eq!(rows_by_uuid(&t, &now, D), written);
+    }
+
+    #[test]
+    fn a_snapshot_of_an_older_copy_of_the_partition_keeps_its_files() {
+        // The snapshot's partition is not the one compaction replaces: an append made the tables copy it.
+        let dir = tempfile::tempdir().unwrap();
+        let t = EventTables::open(dir.path()).unwrap();
+        identity(&t);
+        let written = sealed_rounds(&t, 0..2, D);
+        let old = t.snapshot(1).unwrap();
+        t.append(
+            [evu(
+                99,
+                "a",
+                "late",
+                D as i64 * DAY_US + 5,
+                r#"{"late":true}"#,
+            )],
+            50,
+        );
+        let old_files = segment_files(&old, D);
+        assert_eq!(t.compact(LATER).unwrap().days, 1);
+        assert_eq!(t.collect_retired(), 0);
+        assert!(old_files.iter().all(|f| f.exists()));
+        assert_eq!(rows_by_uuid(&t, &old, D), written);
+        drop(old);
+        assert_eq!(t.collect_retired(), 2);
+        assert!(old_files.iter().all(|f| !f.exists()));
+    }
+
+    #[test]
+    fn compaction_keeps_the_tail_appended_before_and_during_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = EventTables::open(dir.path()).unwrap();
+        identity(&t);
+        let mut written = sealed_rounds(&t, 0..3, D);
+        let mut tail = |uuid: u128, did: &'static str, ts: i64, props: &'static str| {
+            t.append([evu(uuid, did, "late", ts, props)], 60 + uuid as u64);
+            let row = (
+                did.into(),
+                ts,
+                "late".into(),
+                serde_json::from_str(props).unwrap(),
+            );
+            written.insert(uuid, row);
+        };
+        tail(98, "a", D as i64 * DAY_US + 2, r#"{"late":"before"}"#);
+        // The merged segment is written; rows are appended before it is swapped in.
+        let c = t.write_compacted(1, D, LATER).unwrap().unwrap();
+        tail(99, "b", D as i64 * DAY_US + 3, r#"{"late":"during"}"#);
+        let stats = t.install_compacted(c).unwrap().unwrap();
+        assert_eq!((stats.segments_in, stats.rows), (3, 18));
+        let s = t.snapshot(1).unwrap();
+        let part = &s.partitions[&D];
+        let segments: Vec<_> = part.segments().map(|(_, rows)| rows).collect();
+        assert_eq!(segments, vec![0..18_usize]);
+        assert_eq!(part.tail_len(), 2);
+        assert_eq!(part.tail_properties(18), Some(r#"{"late":"before"}"#));
+        assert_eq!(part.tail_properties(19), Some(r#"{"late":"during"}"#));
+        assert_eq!(rows_by_uuid(&t, &s, D), written);
+        assert_eq!(t.tail_rows(), 2);
+
+        // Sealed, the tail is a newer segment after the merged one, in memory and in the manifest; the next
+        // compaction merges both.
+        t.seal().unwrap();
+        let s = t.snapshot(1).unwrap();
+        let files: Vec<String> = s.partitions[&D]
+            .segments()
+            .map(|(f, _)| f.to_owned())
+            .collect();
+        assert_eq!(
+            manifest_files(&t, D),
+            files,
+            "manifest order is storage order"
+        );
+        assert_eq!(files.len(), 2);
+        assert_eq!(rows_by_uuid(&t, &s, D), written);
+        drop(s);
+        drop(t);
+        let t = EventTables::open(dir.path()).unwrap();
+        identity(&t);
+        assert_eq!(rows_by_uuid(&t, &t.snapshot(1).unwrap(), D), written);
+        let stats = t.compact(LATER).unwrap();
+        assert_eq!((stats.segments_in, stats.rows), (2, 20));
+        assert_eq!(rows_by_uuid(&t, &t.snapshot(1).unwrap(), D), written);
+    }
+
+    #[test]
+    fn today_is_compacted_an_hour_after_it_ends_or_at_16_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = EventTables::open(dir.path()).unwrap();
+        identity(&t);
+        let written = sealed_rounds(&t, 0..3, D);
+        let end = (D as i64 + 1) * DAY_US;
+        for now in [
+            D as i64 * DAY_US + 20_000,
+            end,
+            end + COMPACT_AFTER_DAY_END_US - 1,
+        ] {
+            assert_eq!(t.compact(now).unwrap(), CompactStats::default(), "at {now}");
+        }
+        assert_eq!(manifest_files(&t, D).len(), 3);
+        assert_eq!(t.compact(end + COMPACT_AFTER_DAY_END_US).unwrap().days, 1);
+        assert_eq!(manifest_files(&t, D).len(), 1);
+
+        // Today again (another day): 15 segments wait, the 16th triggers a merge.
+        let today = D + 5;
+        let now = today as i64 * DAY_US + DAY_US / 2;
+        let mut today_rows = sealed_rounds(&t, 0..15, today);
+        assert_eq!(t.compact(now).unwrap().days, 0);
+        assert_eq!(manifest_files(&t, today).len(), 15);
+        today_rows.extend(sealed_rounds(&t, 15..16, today));
+        let stats = t.compact(now).unwrap();
+        assert_eq!((stats.days, stats.segments_in), (1, 16));
+        assert_eq!(manifest_files(&t, today).len(), 1);
+        let s = t.snapshot(1).unwrap();
+        assert_eq!(rows_by_uuid(&t, &s, today), today_rows);
+        assert_eq!(rows_by_uuid(&t, &s, D), written);
+        // One segment is never rewritten, however old.
+        assert_eq!(t.compact(LATER * 10).unwrap().days, 0);
+    }
+
+    #[test]
+    fn merges_between_seals_are_reflected_in_the_compacted_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = EventTables::open(dir.path()).unwrap();
+        identity(&t);
+        let written = sealed_rounds(&t, 0..2, D);
+        t.merge(1, 3, 1); // c's person merged into a's
+        t.assign(1, "anon", 2); // anon identified as b
+        let written_after = sealed_rounds(&t, 2..3, D);
+        let s = t.snapshot(1).unwrap();
+        let first = segment_files(&s, D).remove(0);
+        let persons = |path: &Path| -> Vec<(i64, i64, String)> {
+            let mut out = Vec::new();
+            for b in read_segment(path, None).unwrap() {
+                let p = b
+                    .column_by_name("person_id")
+                    .unwrap()
+                    .as_primitive::<Int64Type>();
+                let ts = b
+                    .column_by_name("timestamp")
+                    .unwrap()
+                    .as_primitive::<TimestampMicrosecondType>();
+                let did = b
+                    .column_by_name("distinct_id")
+                    .unwrap()
+                    .as_dictionary::<Int32Type>();
+                for i in 0..b.num_rows() {
+                    let d = dictionary_value(did, i, path).unwrap().to_owned();
+                    out.push((p.value(i), ts.value(i), d));
+                }
+            }
+            out
+        };
+        let old = persons(&first);
+        assert!(
+            old.iter().any(|(p, _, d)| d == "c" && *p == 3),
+            "built before the merge"
+        );
+        assert!(old.iter().any(|(p, _, d)| d == "anon" && *p == -1));
+        // A cached sorted view, in terms of the old storage order.
+        let v = s.sorted(&s.partitions[&D]);
+        assert_ne!(v.order, (0..18).collect::<Vec<u32>>());
+        drop(s);
+
+        assert_eq!(t.compact(LATER).unwrap().days, 1);
+        let s = t.snapshot(1).unwrap();
+        let merged = persons(&segment_files(&s, D)[0]);
+        assert_eq!(merged.len(), 18);
+        let now = |d: &str| match d {
+            "a" | "c" => 1,
+            _ => 2,
+        };
+        for (p, _, d) in &merged {
+            assert_eq!(*p, now(d), "{d}: the person now");
+        }
+        let keys: Vec<(i64, i64)> = merged.iter().map(|(p, ts, _)| (*p, *ts)).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted, "sorted by (person now, time)");
+        let mut all = written;
+        all.extend(written_after);
+        assert_eq!(rows_by_uuid(&t, &s, D), all);
+        // The sorted view (rebuilt) agrees with the file: storage order is now the kernels' order.
+        let v = s.sorted(&s.partitions[&D]);
+        assert_eq!(v.order, (0..18).collect::<Vec<u32>>());
+    }
+
+    #[test]
+    fn a_crash_before_the_manifest_commit_leaves_the_new_file_an_orphan() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = EventTables::open(dir.path()).unwrap();
+        identity(&t);
+        let written = sealed_rounds(&t, 0..3, D);
+        let old_files = manifest_files(&t, D);
+        let c = t.write_compacted(1, D, LATER).unwrap().unwrap();
+        let new_file = dir.path().join(&c.meta.file);
+        assert!(new_file.exists());
+        drop(c);
+        drop(t); // the process dies here
+
+        let t = EventTables::open(dir.path()).unwrap();
+        identity(&t);
+        assert!(!new_file.exists(), "the unlisted file was deleted on open");
+        assert_eq!(manifest_files(&t, D), old_files);
+        assert!(old_files.iter().all(|f| dir.path().join(f).exists()));
+        assert_eq!(rows_by_uuid(&t, &t.snapshot(1).unwrap(), D), written);
+        assert_eq!(t.segment_rows(), 18);
+        // And compaction works from there.
+        assert_eq!(t.compact(LATER).unwrap().days, 1);
+        assert_eq!(rows_by_uuid(&t, &t.snapshot(1).unwrap(), D), written);
+    }
+
+    #[test]
+    fn a_crash_after_the_manifest_commit_leaves_the_old_files_orphans() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = EventTables::open(dir.path()).unwrap();
+        identity(&t);
+        let written = sealed_rounds(&t, 0..3, D);
+        let old_files = manifest_files(&t, D);
+        let c = t.write_compacted(1, D, LATER).unwrap().unwrap();
+        let (mut manifest, bytes) = compacted_manifest(&t.read().manifest, &c).unwrap();
+        assert!(bytes > 0);
+        manifest.commit(dir.path()).unwrap();
+        let new_file = c.meta.file.clone();
+        drop(c);
+        drop(t); // the process dies here: the partition still lists the old files, none was retired
+
+        assert!(old_files.iter().all(|f| dir.path().join(f).exists()));
+        let t = EventTables::open(dir.path()).unwrap();
+        identity(&t);
+        assert_eq!(manifest_files(&t, D), [new_file]);
+        assert!(
+            old_files.iter().all(|f| !dir.path().join(f).exists()),
+            "orphans deleted"
+        );
+        assert_eq!(rows_by_uuid(&t, &t.snapshot(1).unwrap(), D), written);
+        assert_eq!(t.segment_rows(), 18, "nothing duplicated");
+        assert_eq!(t.lsn(), 3);
+    }
+
+    #[test]
+    fn a_stale_merge_is_dropped_without_touching_the_live_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = EventTables::open(dir.path()).unwrap();
+        identity(&t);
+        let written = sealed_rounds(&t, 0..3, D);
+        let stale = t.write_compacted(1, D, LATER).unwrap().unwrap();
+        // Another compaction of the day commits first (the seal lock normally prevents this); it even reuses the
+        // stale merge's file name.
+        assert_eq!(t.compact(LATER).unwrap().days, 1);
+        assert_eq!(manifest_files(&t, D), vec![stale.meta.file.clone()]);
+        assert_eq!(t.install_compacted(stale).unwrap(), None);
+        let s = t.snapshot(1).unwrap();
+        assert!(
+            segment_files(&s, D).iter().all(|f| f.exists()),
+            "the live file is kept"
+        );
+        assert_eq!(rows_by_uuid(&t, &s, D), written);
+    }
+
+    #[test]
+    fn open_deletes_only_unlisted_files_named_like_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = EventTables::open(dir.path()).unwrap();
+        identity(&t);
+        sealed_rounds(&t, 0..1, D);
+        sealed_rounds(&t, 0..1, -3); // a day before 1970: `d-3-g2.parquet`
+        let listed: Vec<String> = t
+            .read()
+            .manifest
+            .segments
+            .iter()
+            .map(|m| m.file.clone())
+            .collect();
+        assert_eq!(listed.len(), 2);
+        drop(t);
+        let orphans = [
+            "p1/d10-g99.parquet",
+            "p1/d-3-g7.parquet",
+            "p5/d0-g1.parquet",
+        ];
+        let kept = [
+            "p1/d10-g99.parquet.tmp",
+            "p1/notes.parquet",
+            "p1/d10-g1.parquet.bak",
+            "p1/d010-g1.parquet",
+            "p1/x/d1-g1.parquet",
+            "px/d10-g1.parquet",
+            "d10-g1.parquet",
+            "other.parquet",
+        ];
+        for f in orphans.iter().chain(&kept) {
+            let path = dir.path().join(f);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, b"x").unwrap();
+        }
+        let t = EventTables::open(dir.path()).unwrap();
+        for f in &orphans {
+            assert!(!dir.path().join(f).exists(), "{f} deleted");
+        }
+        for f in kept.iter().map(|f| f.to_string()).chain(listed) {
+            assert!(dir.path().join(&f).exists(), "{f} kept");
+        }
+        assert_eq!(t.segment_rows(), 12);
+    }
+
+    #[test]
+    fn no_manifest_means_no_orphan_sweep() {
+        let dir = tempfile::tempdir().unwrap();
+        let stray = dir.path().join("p1/d10-g1.parquet");
+        std::fs::create_dir_all(stray.parent().unwrap()).unwrap();
+        std::fs::write(&stray, b"x").unwrap();
+        let t = EventTables::open(dir.path()).unwrap();
+        assert!(stray.exists(), "nothing is deleted before a first commit");
+        assert_eq!(t.segment_rows(), 0);
     }
 }

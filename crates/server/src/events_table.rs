@@ -6,10 +6,13 @@
 //! "person A now belongs to B", so the load and the feed may interleave). Then it replays the log from the
 //! position the segments cover, and follows it: a batch is appended once the identity consumer has applied it,
 //! so its distinct ids have persons. Appended events are queryable at once (the tail); the tail is sealed into
-//! Parquet segments when it reaches [`SEAL_ROWS`] rows, every [`SEAL_EVERY`], and on shutdown.
+//! Parquet segments when it reaches [`SEAL_ROWS`] rows, every [`SEAL_EVERY`], and on shutdown. After a seal, at
+//! most once per [`SEAL_EVERY`], it compacts the days whose segments are due ([`EventTables::compact`]) in the
+//! background; a failed compaction leaves the day's segments as they were.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flywheel_engine::table::EventTables;
 use flywheel_engine::{BatchRef, Intake};
@@ -89,6 +92,7 @@ pub async fn run(
     let mut lsn = tables.appended_lsn();
     let _ = progress.send(lsn);
     let mut last_seal = Instant::now();
+    let mut compactor = Compactor::new();
     let mut identity_ended = false;
     loop {
         let target = *identity.borrow_and_update();
@@ -112,6 +116,7 @@ pub async fn run(
             if tables.tail_rows() >= SEAL_ROWS {
                 seal(&tables).await;
                 last_seal = Instant::now();
+                compactor.maybe_start(&tables);
             }
             continue;
         }
@@ -122,13 +127,77 @@ pub async fn run(
             seal(&tables).await;
             last_seal = Instant::now();
         }
+        // Also when nothing was sealed: a day becomes due an hour after it ends, traffic or not.
+        compactor.maybe_start(&tables);
         tokio::select! {
             changed = identity.changed() => identity_ended = changed.is_err(),
             _ = tokio::time::sleep(SEAL_EVERY) => {}
         }
     }
+    compactor.finish().await;
     if tables.tail_rows() > 0 {
         seal(&tables).await;
+    }
+}
+
+/// Runs [`EventTables::compact`] on the blocking pool, one run at a time, at most once per [`SEAL_EVERY`] (the first
+/// one [`SEAL_EVERY`] after start).
+struct Compactor {
+    task: Option<tokio::task::JoinHandle<()>>,
+    last: Instant,
+    stop: Arc<AtomicBool>,
+}
+
+impl Compactor {
+    fn new() -> Compactor {
+        Compactor {
+            task: None,
+            last: Instant::now(),
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn maybe_start(&mut self, tables: &Arc<EventTables>) {
+        if self.last.elapsed() < SEAL_EVERY || self.task.as_ref().is_some_and(|t| !t.is_finished())
+        {
+            return;
+        }
+        self.last = Instant::now();
+        let (tables, stop) = (tables.clone(), self.stop.clone());
+        self.task = Some(tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let now_us = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64);
+            match tables.compact_unless(now_us, &stop) {
+                Ok(stats) if stats.days > 0 || stats.files_deleted > 0 => tracing::info!(
+                    days = stats.days,
+                    segments_in = stats.segments_in,
+                    segments_out = stats.segments_out,
+                    rows = stats.rows,
+                    bytes_before = stats.bytes_before,
+                    bytes_after = stats.bytes_after,
+                    files_deleted = stats.files_deleted,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "insights: compacted segments"
+                ),
+                Ok(_) => {}
+                Err(err) => tracing::error!(
+                    error = %err,
+                    "insights: compaction failed; the day keeps its segments, retried later"
+                ),
+            }
+        }));
+    }
+
+    /// Lets a running compaction finish the day it is merging, and stops it there.
+    async fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(task) = self.task {
+            if let Err(err) = task.await {
+                tracing::error!(error = %err, "insights: compaction task failed");
+            }
+        }
     }
 }
 
