@@ -47,6 +47,7 @@ pub mod filter;
 pub mod formula;
 pub mod funnel;
 pub mod lifecycle;
+pub mod plan;
 mod read;
 pub mod retention;
 pub mod stickiness;

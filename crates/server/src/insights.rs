@@ -22,6 +22,7 @@ use chrono::{DateTime, Utc};
 use flywheel_engine::table::{Partition, Snapshot, Sorted};
 use flywheel_engine::EngineError;
 use flywheel_kernels as k;
+use flywheel_query::plan::{Period, Plan, Read};
 use flywheel_query::{
     BreakdownBy, EventRef, EventSpec, Filter, FunnelOrder, InsightQuery, Interval, Math,
     PerUserMath, RetentionCohort, RetentionMode, TimeRange,
@@ -512,17 +513,14 @@ struct Specs {
 
 impl Specs {
     /// `common` filters apply to every spec.
-    fn new(
-        snap: &Snapshot,
-        specs: &[(&EventSpec, String)],
-        common: &[Filter],
-        columns: &Columns,
-    ) -> Result<Specs, Unsupported> {
+    fn new(snap: &Snapshot, plan: &Plan, columns: &Columns) -> Result<Specs, Unsupported> {
+        let common = &plan.common[..];
         let mut by_event = vec![0u64; snap.events.len()];
         let mut filters: Vec<Source> = Vec::new();
         let mut seen: Vec<&Filter> = Vec::new();
         let mut needs = Vec::new();
-        for (bit, (spec, _)) in specs.iter().enumerate() {
+        for (bit, scan) in plan.specs.iter().enumerate() {
+            let spec = &scan.spec;
             match &spec.event {
                 EventRef::All => by_event.iter_mut().for_each(|m| *m |= 1 << bit),
                 EventRef::Named(name) => {
@@ -844,17 +842,22 @@ fn us(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
-/// Kernel buckets of a resolved range: the first bucket starts at the range's start (events before it are not
-/// counted even when its bucket begins earlier), the last ends at the range's end.
-fn buckets(range: &TimeRange) -> k::Buckets {
-    let mut starts: Vec<i64> = range.buckets.iter().map(|b| us(b.start)).collect();
-    if let Some(first) = starts.first_mut() {
-        *first = (*first).max(us(range.from));
-    }
+/// Kernel buckets of a planned read (the first clamped to the range's start, the last ending at its end).
+fn buckets(read: &Read) -> k::Buckets {
     k::Buckets {
-        starts,
-        end: us(range.to),
+        starts: read.bucket_starts_us.clone(),
+        end: read.end_us,
     }
+}
+
+/// Prepares the rows a planned read needs.
+fn prepare_read(
+    snap: &Snapshot,
+    specs: &Specs,
+    plan: &Plan,
+    read: &Read,
+) -> Result<Vec<Prepared>, EngineError> {
+    specs.prepare(snap, Some((read.from_us, read.to_us)), !plan.every_row)
 }
 
 fn labels_of(range: &TimeRange) -> Vec<String> {
@@ -1024,17 +1027,20 @@ pub fn run(
         columns.cohorts = members;
     }
     let columns = &columns;
-    let one = |q: &InsightQuery| match q {
-        InsightQuery::Trends(t) => trends(snap, t, &range, threads, columns, tz),
-        InsightQuery::Funnel(f) => {
-            funnel(snap, f, &range, threads, columns, options.clone(), names)
+    let one = |q: &InsightQuery| {
+        let plan = flywheel_query::plan::plan(q, &range, &tz);
+        match q {
+            InsightQuery::Trends(t) => trends(snap, t, &plan, threads, columns),
+            InsightQuery::Funnel(f) => {
+                funnel(snap, f, &plan, threads, columns, options.clone(), names)
+            }
+            InsightQuery::Retention(r) => retention(snap, r, &plan, threads, columns, &options),
+            InsightQuery::Stickiness(s) => stickiness(snap, s, &plan, threads, columns),
+            InsightQuery::Lifecycle(l) => lifecycle(snap, l, &plan, threads, columns, tz),
         }
-        InsightQuery::Retention(r) => retention(snap, r, &range, threads, columns, &options),
-        InsightQuery::Stickiness(s) => stickiness(snap, s, &range, threads, columns),
-        InsightQuery::Lifecycle(l) => lifecycle(snap, l, &range, threads, columns, tz),
     };
-    let mut out = match cohort_breakdown(q) {
-        Some(ids) => {
+    let mut out = match flywheel_query::plan::cohort_parts(q) {
+        Some(parts) => {
             if options.funnel_step.is_some() {
                 return Err(unsupported(
                     "funnel_step",
@@ -1042,7 +1048,7 @@ pub fn run(
                 )
                 .into());
             }
-            by_cohorts(q, ids, one)?
+            by_cohorts(q, parts, one)?
         }
         None => one(q)?,
     };
@@ -1057,57 +1063,17 @@ pub fn run(
     Ok(out)
 }
 
-/// The cohorts of a cohort breakdown.
-fn cohort_breakdown(q: &InsightQuery) -> Option<&[u64]> {
-    let b = match q {
-        InsightQuery::Trends(t) => t.breakdown.as_ref(),
-        InsightQuery::Funnel(f) => f.breakdown.as_ref(),
-        InsightQuery::Retention(r) => r.breakdown.as_ref(),
-        InsightQuery::Stickiness(s) => s.breakdown.as_ref(),
-        InsightQuery::Lifecycle(l) => l.breakdown.as_ref(),
-    }?;
-    match &b.by {
-        BreakdownBy::Cohort { ids } => Some(ids),
-        _ => None,
-    }
-}
-
-/// A cohort breakdown: the query once per cohort, filtered to its members (a person in several cohorts counts in
-/// each), each answer labelled with the cohort's id as its `breakdown_value`. Every requested cohort is listed,
-/// even when it counts nothing.
+/// A cohort breakdown: the answer of each cohort's part (see `flywheel_query::plan::cohort_parts`), labelled
+/// with the cohort's id as its `breakdown_value`. Every requested cohort is listed, even when it counts nothing.
 fn by_cohorts(
     q: &InsightQuery,
-    ids: &[u64],
+    parts: Vec<(u64, InsightQuery)>,
     one: impl Fn(&InsightQuery) -> Result<Value, RunError>,
 ) -> Result<Value, RunError> {
     let mut rows: Vec<Value> = Vec::new();
-    for &id in ids {
-        let mut q = q.clone();
-        let member = Filter::Cohort { id, negate: false };
-        match &mut q {
-            InsightQuery::Trends(t) => {
-                t.breakdown = None;
-                t.common.properties.push(member);
-            }
-            InsightQuery::Funnel(f) => {
-                f.breakdown = None;
-                f.common.properties.push(member);
-            }
-            InsightQuery::Retention(r) => {
-                r.breakdown = None;
-                r.properties.push(member);
-            }
-            InsightQuery::Stickiness(s) => {
-                s.breakdown = None;
-                s.common.properties.push(member);
-            }
-            InsightQuery::Lifecycle(l) => {
-                l.breakdown = None;
-                l.common.properties.push(member);
-            }
-        }
-        let v = one(&q)?;
-        match q {
+    for (id, part) in parts {
+        let v = one(&part)?;
+        match part {
             InsightQuery::Trends(_) => {
                 for mut item in v["result"].as_array().cloned().unwrap_or_default() {
                     item["breakdown_value"] = json!(id);
@@ -1130,28 +1096,12 @@ fn by_cohorts(
 fn trends(
     snap: &Snapshot,
     t: &flywheel_query::TrendsQuery,
-    range: &TimeRange,
+    plan: &Plan,
     threads: usize,
     columns: &Columns,
-    tz: chrono_tz::Tz,
 ) -> Result<Value, RunError> {
     check_common(&t.common)?;
     check_breakdown(&t.breakdown, true)?;
-    let specs: Vec<(EventSpec, String)> = t
-        .series
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            (
-                EventSpec {
-                    event: s.event.clone(),
-                    name: s.name.clone(),
-                    properties: s.properties.clone(),
-                },
-                format!("series[{i}]"),
-            )
-        })
-        .collect();
     let mut maths = Vec::new();
     for s in &t.series {
         let math = match s.math.unwrap_or(Math::Total) {
@@ -1176,24 +1126,13 @@ fn trends(
         };
         maths.push(math);
     }
-    let refs: Vec<(&EventSpec, String)> = specs.iter().map(|(s, f)| (s, f.clone())).collect();
-    let compiled = Specs::new(snap, &refs, &t.common.properties, columns)?;
+    let compiled = Specs::new(snap, plan, columns)?;
     let all_bits = (1u64 << t.series.len()) - 1;
     let limit = t.breakdown.as_ref().and_then(|b| b.limit).unwrap_or(25) as usize;
     // Per series: one row per breakdown label (a single unlabeled row without a breakdown).
-    let run_range = |range: &TimeRange| -> Result<SeriesRows, EngineError> {
-        let b = buckets(range);
-        // Rolling windows reach back up to 30 days before the first bucket.
-        let reach = if maths
-            .iter()
-            .any(|m| matches!(m, k::trends::TrendMath::Rolling { .. }))
-        {
-            30 * k::DAY_US
-        } else {
-            0
-        };
-        let prepared =
-            compiled.prepare(snap, Some((us(range.from) - reach, us(range.to))), true)?;
+    let run_read = |read: &Read| -> Result<SeriesRows, EngineError> {
+        let b = buckets(read);
+        let prepared = prepare_read(snap, &compiled, plan, read)?;
         let plain = blocks(&prepared);
         let column = person_breakdown_key_of(&t.breakdown).and_then(|k| columns.get(k));
         let codes = column.map(|col| person_codes(snap, col, &plain, all_bits, limit));
@@ -1293,10 +1232,13 @@ fn trends(
             }
             out
         };
-    let mut result = render(range, run_range(range)?, t.compare.then_some("current"));
-    if t.compare {
-        let previous = range.previous_period(&tz);
-        result.extend(render(&previous, run_range(&previous)?, Some("previous")));
+    let mut result = Vec::new();
+    for read in &plan.reads {
+        let compare = t.compare.then_some(match read.period {
+            Period::Current => "current",
+            Period::Previous => "previous",
+        });
+        result.extend(render(&read.range, run_read(read)?, compare));
     }
     Ok(json!({ "kind": "trends", "result": result }))
 }
@@ -1304,7 +1246,7 @@ fn trends(
 fn funnel(
     snap: &Snapshot,
     f: &flywheel_query::FunnelQuery,
-    range: &TimeRange,
+    plan: &Plan,
     threads: usize,
     columns: &Columns,
     options: Options,
@@ -1320,26 +1262,12 @@ fn funnel(
         )
         .into());
     }
-    let mut specs: Vec<(&EventSpec, String)> = f
-        .steps
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s, format!("steps[{i}]")))
-        .collect();
-    for (i, x) in f.exclusions.iter().enumerate() {
-        specs.push((&x.step, format!("exclusions[{i}]")));
-    }
-    let compiled = Specs::new(snap, &specs, &f.common.properties, columns)?;
-    let window = f
-        .conversion_window
-        .unwrap_or(flywheel_query::ConversionWindow::DEFAULT)
-        .duration()
-        .num_microseconds()
-        .unwrap_or(i64::MAX / 4);
+    let compiled = Specs::new(snap, plan, columns)?;
+    let window = flywheel_query::plan::funnel_window_us(f.conversion_window);
+    let read = &plan.reads[0];
+    let range = &read.range;
     let (from, to) = (us(range.from), us(range.to));
-    // A strict funnel needs every row (any other event between two steps breaks the chain).
-    let strict = f.order == Some(FunnelOrder::Strict);
-    let prepared = compiled.prepare(snap, Some((from, to.saturating_add(window))), !strict)?;
+    let prepared = prepare_read(snap, &compiled, plan, read)?;
     let steps = f.steps.len();
     let limit = f.breakdown.as_ref().and_then(|b| b.limit).unwrap_or(25) as usize;
     let column = person_breakdown_key_of(&f.breakdown).and_then(|k| columns.get(k));
@@ -1418,7 +1346,7 @@ fn funnel(
                 k::funnel::Attribution::FirstTouch
             }
         },
-        trend: f.trends.then(|| buckets(range)),
+        trend: f.trends.then(|| buckets(read)),
         collect_persons: options.funnel_step.is_some(),
     };
     let r = k::funnel::funnel(&blocks, units, threads, &spec);
@@ -1569,7 +1497,7 @@ fn ratio(a: u64, b: u64) -> Value {
 fn retention(
     snap: &Snapshot,
     r: &flywheel_query::RetentionQuery,
-    range: &TimeRange,
+    plan: &Plan,
     threads: usize,
     columns: &Columns,
     options: &Options,
@@ -1590,24 +1518,14 @@ fn retention(
         )
         .into());
     }
-    let specs = [
-        (&r.start_event, "start_event".to_string()),
-        (&r.return_event, "return_event".to_string()),
-    ];
-    let compiled = Specs::new(snap, &specs, &r.properties, columns)?;
+    let compiled = Specs::new(snap, plan, columns)?;
     let cohorting = match r.cohort.unwrap_or(RetentionCohort::FirstTime) {
         RetentionCohort::FirstTime => k::retention::Cohorting::FirstTime,
         RetentionCohort::Recurring => k::retention::Cohorting::Recurring,
     };
-    // First-time cohorts need every earlier event (a person's first start event may precede the range).
-    let prepared = match cohorting {
-        k::retention::Cohorting::FirstTime => {
-            compiled.prepare(snap, Some((i64::MIN / 2, us(range.to))), true)?
-        }
-        k::retention::Cohorting::Recurring => {
-            compiled.prepare(snap, Some((us(range.from), us(range.to))), true)?
-        }
-    };
+    let read = &plan.reads[0];
+    let range = &read.range;
+    let prepared = prepare_read(snap, &compiled, plan, read)?;
     let blocks = blocks(&prepared);
     let limit = r.breakdown.as_ref().and_then(|b| b.limit).unwrap_or(25) as usize;
     let column = person_breakdown_key_of(&r.breakdown).and_then(|k| columns.get(k));
@@ -1616,7 +1534,7 @@ fn retention(
         start_bit: 0,
         return_bit: 1,
         cohorting,
-        periods: buckets(range),
+        periods: buckets(read),
         on_or_after: r.mode == Some(RetentionMode::OnOrAfter),
         breakdown: codes
             .as_ref()
@@ -1666,20 +1584,17 @@ fn retention(
 fn stickiness(
     snap: &Snapshot,
     s: &flywheel_query::StickinessQuery,
-    range: &TimeRange,
+    plan: &Plan,
     threads: usize,
     columns: &Columns,
 ) -> Result<Value, RunError> {
     check_common(&s.common)?;
-    let compiled = Specs::new(
-        snap,
-        &[(&s.event, "event".to_string())],
-        &s.common.properties,
-        columns,
-    )?;
-    let prepared = compiled.prepare(snap, Some((us(range.from), us(range.to))), true)?;
+    let compiled = Specs::new(snap, plan, columns)?;
+    let read = &plan.reads[0];
+    let range = &read.range;
+    let prepared = prepare_read(snap, &compiled, plan, read)?;
     let blocks = blocks(&prepared);
-    let b = buckets(range);
+    let b = buckets(read);
     let counts = k::stickiness::stickiness(
         &blocks,
         snap.persons(),
@@ -1711,22 +1626,18 @@ fn stickiness(
 fn lifecycle(
     snap: &Snapshot,
     l: &flywheel_query::LifecycleQuery,
-    range: &TimeRange,
+    plan: &Plan,
     threads: usize,
     columns: &Columns,
     tz: chrono_tz::Tz,
 ) -> Result<Value, RunError> {
     check_common(&l.common)?;
-    let compiled = Specs::new(
-        snap,
-        &[(&l.event, "event".to_string())],
-        &l.common.properties,
-        columns,
-    )?;
-    // "New" needs every earlier event.
-    let prepared = compiled.prepare(snap, Some((i64::MIN / 2, us(range.to))), true)?;
+    let compiled = Specs::new(snap, plan, columns)?;
+    let read = &plan.reads[0];
+    let range = &read.range;
+    let prepared = prepare_read(snap, &compiled, plan, read)?;
     let blocks = blocks(&prepared);
-    let b = buckets(range);
+    let b = buckets(read);
     let first = range
         .buckets
         .first()

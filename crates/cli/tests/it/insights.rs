@@ -664,6 +664,44 @@ fn checks() -> Vec<Check> {
             },
         ),
         (
+            "trends",
+            json!({"date_from": "2025-12-18", "date_to": "2025-12-31", "compare": true,
+                "series": [{"event": "$pageview"}, {"event": "task_completed", "math": "weekly_active"}]}),
+            |c, _q, v| {
+                // The previous period: as many days, just before the range (the truth's own day arithmetic).
+                let items = v["result"].as_array().unwrap();
+                assert_eq!(items.len(), 4, "two series, current and previous: {v}");
+                let current = range_of(v);
+                let days = (current.to_us - current.from_us) / truth::DAY_US;
+                let previous = truth::Range {
+                    from_us: current.from_us - days * truth::DAY_US,
+                    to_us: current.from_us,
+                };
+                let mut want = Vec::new();
+                let mut got = Vec::new();
+                for item in items {
+                    let r = if item["compare"] == "previous" {
+                        previous
+                    } else {
+                        current
+                    };
+                    want.push(match item["series"].as_u64() {
+                        Some(0) => truth::total(&c.rows, "$pageview", r, truth::Interval::Day),
+                        _ => truth::rolling_active(&c.rows, "task_completed", r, 7),
+                    });
+                    got.push(counts(&item["data"]));
+                }
+                assert_eq!(
+                    items
+                        .iter()
+                        .map(|i| i["compare"].as_str().unwrap())
+                        .collect::<Vec<_>>(),
+                    ["current", "current", "previous", "previous"]
+                );
+                (json!(want), json!(got))
+            },
+        ),
+        (
             "funnel",
             with(
                 json!({"aggregation": "group:0", "steps": [{"event": "project_created"}, {"event": "teammate_invited"}, {"event": "task_completed"}],
