@@ -132,6 +132,89 @@ fn dictionary() -> DataType {
     DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
 }
 
+/// A property column being built, row by row: [`PropertyColumn::push`] the row's value (if it has the key), then
+/// [`PropertyColumn::end_row`] appends a null when it had none.
+enum PropertyColumn {
+    String(StringDictionaryBuilder<Int32Type>, bool),
+    Number(Float64Builder, bool),
+    Bool(BooleanBuilder, bool),
+    Json(StringBuilder, bool),
+}
+
+impl PropertyColumn {
+    fn new(t: PropertyType, rows: usize) -> Self {
+        match t {
+            PropertyType::String => PropertyColumn::String(StringDictionaryBuilder::new(), false),
+            PropertyType::Number => {
+                PropertyColumn::Number(Float64Builder::with_capacity(rows), false)
+            }
+            PropertyType::Bool => PropertyColumn::Bool(BooleanBuilder::with_capacity(rows), false),
+            PropertyType::Json => PropertyColumn::Json(StringBuilder::new(), false),
+        }
+    }
+
+    /// The current row's value (values of another type than the column's are null, as the types say they
+    /// cannot occur except for JSON columns, which take anything).
+    fn push(&mut self, v: &Value) {
+        match self {
+            PropertyColumn::String(b, done) => {
+                match v {
+                    Value::String(s) => b.append_value(s),
+                    _ => b.append_null(),
+                }
+                *done = true;
+            }
+            PropertyColumn::Number(b, done) => {
+                b.append_option(v.as_number().and_then(exact_f64));
+                *done = true;
+            }
+            PropertyColumn::Bool(b, done) => {
+                b.append_option(v.as_bool());
+                *done = true;
+            }
+            PropertyColumn::Json(b, done) => {
+                b.append_value(v.to_string());
+                *done = true;
+            }
+        }
+    }
+
+    /// Ends the row: a null when the row had no value.
+    fn end_row(&mut self) {
+        match self {
+            PropertyColumn::String(b, done) => {
+                if !std::mem::take(done) {
+                    b.append_null();
+                }
+            }
+            PropertyColumn::Number(b, done) => {
+                if !std::mem::take(done) {
+                    b.append_null();
+                }
+            }
+            PropertyColumn::Bool(b, done) => {
+                if !std::mem::take(done) {
+                    b.append_null();
+                }
+            }
+            PropertyColumn::Json(b, done) => {
+                if !std::mem::take(done) {
+                    b.append_null();
+                }
+            }
+        }
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            PropertyColumn::String(mut b, _) => Arc::new(b.finish()),
+            PropertyColumn::Number(mut b, _) => Arc::new(b.finish()),
+            PropertyColumn::Bool(mut b, _) => Arc::new(b.finish()),
+            PropertyColumn::Json(mut b, _) => Arc::new(b.finish()),
+        }
+    }
+}
+
 /// Writes `rows` (sorted here) as a segment file at `path`; returns its metadata. Fails on properties that are not
 /// a JSON object, leaving no file behind.
 pub fn write_segment(path: &Path, rows: &mut [SegmentRow<'_>]) -> Result<SegmentMeta, EngineError> {
@@ -190,50 +273,38 @@ pub fn write_segment(path: &Path, rows: &mut [SegmentRow<'_>]) -> Result<Segment
                 .collect::<Vec<_>>(),
         )),
     ];
-    for (key, t) in &types {
+    // One pass over the events, each value routed to its key's column (a per-column lookup in every event's map
+    // was most of a seal's time: rows × keys B-tree probes).
+    let mut builders: Vec<PropertyColumn> = types
+        .values()
+        .map(|t| PropertyColumn::new(*t, rows.len()))
+        .collect();
+    let column_of: std::collections::HashMap<&str, usize> = types
+        .keys()
+        .enumerate()
+        .map(|(i, k)| (k.as_str(), i))
+        .collect();
+    for object in &objects {
+        for (k, v) in object {
+            builders[column_of[k.as_str()]].push(v);
+        }
+        for b in &mut builders {
+            b.end_row();
+        }
+    }
+    for ((key, t), b) in types.iter().zip(builders) {
         let name = format!("{PROPERTY_PREFIX}{key}");
-        let values = objects.iter().map(|o| o.get(key));
-        let column: ArrayRef = match t {
-            PropertyType::String => {
-                let mut b = StringDictionaryBuilder::<Int32Type>::new();
-                for v in values {
-                    match v {
-                        Some(Value::String(s)) => b.append_value(s),
-                        _ => b.append_null(),
-                    }
-                }
-                fields.push(Field::new(&name, dictionary(), true));
-                Arc::new(b.finish())
-            }
-            PropertyType::Number => {
-                let mut b = Float64Builder::with_capacity(rows.len());
-                for v in values {
-                    b.append_option(v.and_then(Value::as_number).and_then(exact_f64));
-                }
-                fields.push(Field::new(&name, DataType::Float64, true));
-                Arc::new(b.finish())
-            }
-            PropertyType::Bool => {
-                let mut b = BooleanBuilder::with_capacity(rows.len());
-                for v in values {
-                    b.append_option(v.and_then(Value::as_bool));
-                }
-                fields.push(Field::new(&name, DataType::Boolean, true));
-                Arc::new(b.finish())
-            }
-            PropertyType::Json => {
-                let mut b = StringBuilder::new();
-                for v in values {
-                    match v {
-                        Some(v) => b.append_value(v.to_string()),
-                        None => b.append_null(),
-                    }
-                }
-                fields.push(Field::new(&name, DataType::Utf8, true));
-                Arc::new(b.finish())
-            }
-        };
-        columns.push(column);
+        fields.push(Field::new(
+            &name,
+            match t {
+                PropertyType::String => dictionary(),
+                PropertyType::Number => DataType::Float64,
+                PropertyType::Bool => DataType::Boolean,
+                PropertyType::Json => DataType::Utf8,
+            },
+            true,
+        ));
+        columns.push(b.finish());
     }
     let schema = Arc::new(Schema::new(fields));
     let batch =

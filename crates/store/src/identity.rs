@@ -183,6 +183,9 @@ impl Store {
     }
 }
 
+/// Page cache of the identity writer's connection, in KiB.
+const IDENTITY_CACHE_KIB: i64 = 64 * 1024;
+
 /// A connection configured like the store's pool (see `Store::open`): WAL, `synchronous = NORMAL`, foreign keys,
 /// 10 s busy timeout. The file exists and is migrated: `Store::open` did both.
 fn open_connection(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
@@ -200,6 +203,9 @@ fn open_connection(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
     }
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Identity replay looks up and inserts distinct ids all over the persons and distinct-id B-trees; with
+    // SQLite's default 2 MB page cache most lookups re-read pages from the OS (BENCHMARKS.md, "Identity replay").
+    conn.pragma_update(None, "cache_size", -IDENTITY_CACHE_KIB)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
 }
@@ -832,6 +838,7 @@ mod tests {
         assert_eq!(pragma("journal_mode"), "wal");
         assert_eq!(pragma("synchronous"), "1", "NORMAL");
         assert_eq!(pragma("foreign_keys"), "1");
+        assert_eq!(pragma("cache_size"), (-IDENTITY_CACHE_KIB).to_string());
         assert_eq!(pragma("busy_timeout"), BUSY_TIMEOUT.as_millis().to_string());
     }
 
