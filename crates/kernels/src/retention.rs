@@ -18,7 +18,15 @@
 //! - **Breakdown** ([`RetentionSpec::breakdown`], the trends' [`BreakdownSource`]): [`BreakdownSource::None`]
 //!   gives one table; [`BreakdownSource::Person`] one table per code, a person counting in the table of their
 //!   code (persons beyond the end of the code table, or with a code `>= breakdown_values`, count nowhere).
-//!   Event-property breakdowns ([`BreakdownSource::Row`]) are not supported.
+//!   [`BreakdownSource::Row`] (event-property breakdowns) gives one table per code too, each cohort membership
+//!   taking the [`Block::breakdown`] code of **the start row that placed the person in that cohort**: with
+//!   [`Cohorting::FirstTime`] their first start row ever (the one deciding their cohort, first in time, then
+//!   block order, then row order); with [`Cohorting::Recurring`], for each cohort period, their first start row
+//!   in that period, so a recurring person may count under different codes in different cohort periods. The
+//!   membership's cells (size and returns, from all the person's return rows whatever their codes) go to that
+//!   code's table; a code `>= breakdown_values` counts nowhere, and rows of a block without codes have code
+//!   `u32::MAX` (a first-time person whose first start row is such a row counts nowhere, not under a later row's
+//!   code).
 //!
 //! # Cost
 //!
@@ -26,7 +34,10 @@
 //! persons (a set of return periods, and either the first-time cohort in a byte or a set of start periods; a set
 //! is the smallest integer with a bit per period: a byte for up to 8 periods), then `O(cohorts × periods)` per
 //! person at the end. No allocation or hashing per row; the last period found is remembered (a block's rows
-//! mostly fall in one period), otherwise a binary search over the period starts.
+//! mostly fall in one period), otherwise a binary search over the period starts. Row breakdowns add, per thread,
+//! a flat array of the first-time code (4 bytes a person) or, for recurring cohorts, a list of (person, period,
+//! code) appended when a person's start period is first seen (12 bytes a cohort membership); a row's code is only
+//! read when it places a person in a cohort.
 
 use crate::trends::BreakdownSource;
 use crate::{par_shards, Block, Buckets};
@@ -56,7 +67,8 @@ pub struct RetentionSpec<'a> {
     pub periods: Buckets,
     /// A return in period `p + k` or any later one counts for column `k`.
     pub on_or_after: bool,
-    /// Where breakdown codes come from ([`BreakdownSource::None`] or [`BreakdownSource::Person`]).
+    /// Where breakdown codes come from (with [`BreakdownSource::Row`], the code of the start row that placed the
+    /// person in the cohort).
     pub breakdown: BreakdownSource<'a>,
     /// Number of breakdown codes (`0..breakdown_values`); ignored without a breakdown.
     pub breakdown_values: u32,
@@ -69,7 +81,8 @@ pub struct RetentionSpec<'a> {
 ///
 /// # Panics
 ///
-/// With more than [`MAX_PERIODS`] periods, or a [`BreakdownSource::Row`] breakdown.
+/// With more than [`MAX_PERIODS`] periods, or when a block's `breakdown` slice is shorter than its rows (with
+/// [`BreakdownSource::Row`]).
 pub fn retention(
     blocks: &[Block<'_>],
     persons: u32,
@@ -83,10 +96,7 @@ pub fn retention(
     );
     let groups = match spec.breakdown {
         BreakdownSource::None => 1,
-        BreakdownSource::Person(_) => spec.breakdown_values as usize,
-        BreakdownSource::Row => {
-            panic!("retention does not support event-property (row) breakdowns")
-        }
+        BreakdownSource::Person(_) | BreakdownSource::Row => spec.breakdown_values as usize,
     };
     let cells = groups * periods * periods;
     let parts = par_shards(persons, threads, |shard| {
@@ -180,6 +190,15 @@ impl PeriodAt<'_> {
     }
 }
 
+/// A recurring cohort membership under a row breakdown: the person (offset in the shard), the cohort period and
+/// the code of their first start row in it.
+#[derive(Clone, Copy)]
+struct Entry {
+    person: u32,
+    code: u32,
+    period: u8,
+}
+
 fn scan_with<S: PeriodSet>(
     blocks: &[Block<'_>],
     shard: &std::ops::Range<u32>,
@@ -190,6 +209,7 @@ fn scan_with<S: PeriodSet>(
     let either = start_bit | return_bit;
     let width = (shard.end - shard.start) as usize;
     let first_time = spec.cohorting == Cohorting::FirstTime;
+    let by_row = matches!(spec.breakdown, BreakdownSource::Row);
     let mut first = if first_time {
         vec![UNSEEN; width]
     } else {
@@ -201,17 +221,31 @@ fn scan_with<S: PeriodSet>(
         vec![S::default(); width]
     };
     let mut returns = vec![S::default(); width];
+    // Row breakdowns: the code of each first-time cohort's first start row, or the recurring memberships.
+    let mut first_code = if by_row && first_time {
+        vec![u32::MAX; width]
+    } else {
+        Vec::new()
+    };
+    let mut entries: Vec<Entry> = Vec::new();
     let mut at = PeriodAt {
         buckets: &spec.periods,
         last: None,
     };
     for block in blocks {
         let rows = block.rows_of(shard);
+        let codes = if by_row {
+            block.breakdown.map(|c| &c[rows.clone()])
+        } else {
+            None
+        };
+        let code_of = |r: usize| codes.map_or(u32::MAX, |c| c[r]);
         let cols = block.person[rows.clone()]
             .iter()
             .zip(&block.ts[rows.clone()])
-            .zip(&block.mask[rows]);
-        for ((&p, &ts), &m) in cols {
+            .zip(&block.mask[rows])
+            .enumerate();
+        for (r, ((&p, &ts), &m)) in cols {
             if m & either == 0 {
                 continue;
             }
@@ -219,9 +253,27 @@ fn scan_with<S: PeriodSet>(
             if m & start_bit != 0 {
                 if first_time {
                     if first[i] == UNSEEN {
-                        first[i] = at.of(ts).map_or(NO_COHORT, |b| b as u8);
+                        first[i] = match at.of(ts) {
+                            Some(b) => {
+                                if by_row {
+                                    first_code[i] = code_of(r);
+                                }
+                                b as u8
+                            }
+                            None => NO_COHORT,
+                        };
                     }
                 } else if let Some(b) = at.of(ts) {
+                    if by_row {
+                        // The first start row of the period: its code is the membership's.
+                        if (starts[i].bits() >> b) & 1 == 0 {
+                            entries.push(Entry {
+                                person: i as u32,
+                                code: code_of(r),
+                                period: b as u8,
+                            });
+                        }
+                    }
                     starts[i].insert(b);
                 }
             }
@@ -234,6 +286,23 @@ fn scan_with<S: PeriodSet>(
     }
     let periods = spec.periods.len();
     let groups = table.len() / (periods * periods);
+    let on_or_after = spec.on_or_after;
+    if by_row && !first_time {
+        for e in entries {
+            if (e.code as usize) < groups {
+                let ret = returns[e.person as usize].bits();
+                add_member(
+                    table,
+                    periods,
+                    e.code as usize,
+                    e.period as usize,
+                    ret,
+                    on_or_after,
+                );
+            }
+        }
+        return;
+    }
     for i in 0..width {
         let cohorts = if first_time {
             match first[i] {
@@ -248,37 +317,53 @@ fn scan_with<S: PeriodSet>(
         }
         let code = match spec.breakdown {
             BreakdownSource::Person(codes) => {
-                match codes.get(shard.start as usize + i).map(|&c| c as usize) {
-                    Some(c) if c < groups => c,
-                    _ => continue,
-                }
+                codes.get(shard.start as usize + i).map(|&c| c as usize)
             }
-            _ => 0,
+            BreakdownSource::Row => Some(first_code[i] as usize),
+            BreakdownSource::None => Some(0),
+        };
+        let code = match code {
+            Some(c) if c < groups => c,
+            _ => continue,
         };
         let ret = returns[i].bits();
         let mut left = cohorts;
         while left != 0 {
             let p = left.trailing_zeros() as usize;
             left &= left - 1;
-            let row = &mut table[(code * periods + p) * periods..][..periods];
-            row[0] += 1;
-            // Returns after the cohort's period, as offsets from it (bit j: period p + 1 + j).
-            let later = ret.checked_shr(p as u32 + 1).unwrap_or(0);
-            if later == 0 {
-                continue;
-            }
-            if spec.on_or_after {
-                let furthest = 128 - later.leading_zeros() as usize;
-                for cell in &mut row[1..=furthest] {
-                    *cell += 1;
-                }
-            } else {
-                let mut bits = later;
-                while bits != 0 {
-                    row[1 + bits.trailing_zeros() as usize] += 1;
-                    bits &= bits - 1;
-                }
-            }
+            add_member(table, periods, code, p, ret, on_or_after);
+        }
+    }
+}
+
+/// Adds one member of cohort period `p` with return periods `ret` to the table of `code` (`table` is
+/// `[code][p][k]`, flat).
+#[inline]
+fn add_member(
+    table: &mut [u64],
+    periods: usize,
+    code: usize,
+    p: usize,
+    ret: u128,
+    on_or_after: bool,
+) {
+    let row = &mut table[(code * periods + p) * periods..][..periods];
+    row[0] += 1;
+    // Returns after the cohort's period, as offsets from it (bit j: period p + 1 + j).
+    let later = ret.checked_shr(p as u32 + 1).unwrap_or(0);
+    if later == 0 {
+        return;
+    }
+    if on_or_after {
+        let furthest = 128 - later.leading_zeros() as usize;
+        for cell in &mut row[1..=furthest] {
+            *cell += 1;
+        }
+    } else {
+        let mut bits = later;
+        while bits != 0 {
+            row[1 + bits.trailing_zeros() as usize] += 1;
+            bits &= bits - 1;
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Retention kernel against `flywheel-truth`: first-time and recurring cohorts, `on` and `on or after`, day, week
-//! and month periods, person breakdowns (the truth run on each code's persons), up to 120 periods.
+//! and month periods, person breakdowns (the truth run on each code's persons), event-property (row) breakdowns
+//! (against `truth::retention_by_row`), up to 120 periods.
 
 mod common;
 
@@ -32,6 +33,8 @@ struct Columns {
     person: Vec<u32>,
     ts: Vec<i64>,
     mask: Vec<u64>,
+    /// Row breakdown codes, when the block has them.
+    code: Option<Vec<u32>>,
 }
 
 /// Rows as the engine lays them out: partitioned by UTC day, each partition sorted by (person, ts, log order);
@@ -49,6 +52,7 @@ fn partition(evs: &[Ev], start: usize, ret: usize) -> Vec<Columns> {
                     u64::from(e == start) | u64::from(e == ret) << 1 | 1 << NOISE
                 })
                 .collect(),
+            code: None,
         })
         .collect()
 }
@@ -59,7 +63,7 @@ fn blocks(cols: &[Columns]) -> Vec<Block<'_>> {
             person: &c.person,
             ts: &c.ts,
             mask: &c.mask,
-            breakdown: None,
+            breakdown: c.code.as_deref(),
             value: None,
         })
         .collect()
@@ -217,6 +221,227 @@ proptest! {
     }
 }
 
+/// Rows laid out in partitions `width` µs wide with row breakdown codes; the blocks whose index has its bit set in
+/// `no_codes` (modulo 8) carry no codes. Also returns each row's code as the kernel sees it (`u32::MAX` in a block
+/// without codes), by input position, for the truth.
+fn partition_with_codes(
+    evs: &[Ev],
+    codes: &[u32],
+    width: i64,
+    no_codes: u8,
+) -> (Vec<Columns>, Vec<u32>) {
+    let mut labels = vec![u32::MAX; evs.len()];
+    let parts = common::layout(evs.len(), width, |i| (evs[i].person, evs[i].ts))
+        .into_iter()
+        .enumerate()
+        .map(|(b, idx)| {
+            let cols = Columns {
+                person: idx.iter().map(|&i| evs[i].person).collect(),
+                ts: idx.iter().map(|&i| evs[i].ts).collect(),
+                mask: idx
+                    .iter()
+                    .map(|&i| {
+                        u64::from(evs[i].event == 0)
+                            | u64::from(evs[i].event == 1) << 1
+                            | 1 << NOISE
+                    })
+                    .collect(),
+                code: None,
+            };
+            if no_codes >> (b % 8) & 1 == 0 {
+                for &i in &idx {
+                    labels[i] = codes[i];
+                }
+                Columns {
+                    code: Some(idx.iter().map(|&i| codes[i]).collect()),
+                    ..cols
+                }
+            } else {
+                cols
+            }
+        })
+        .collect();
+    (parts, labels)
+}
+
+/// Row breakdown with 3 codes (codes 3 and 4 count nowhere) against `truth::retention_by_row`, for both
+/// cohortings, `on` and `on or after`, on 1 to 3 threads. Start rows are event 0, return rows event 1.
+#[allow(clippy::too_many_arguments)]
+fn check_by_row(
+    evs: &[Ev],
+    codes: &[u32],
+    width: i64,
+    no_codes: u8,
+    interval: truth::Interval,
+    from_us: i64,
+    count: usize,
+) -> Result<(), TestCaseError> {
+    let (parts, labels) = partition_with_codes(evs, codes, width, no_codes);
+    let blocks = blocks(&parts);
+    let rows = truth_rows(evs);
+    for first_time in [false, true] {
+        for on_or_after in [false, true] {
+            let q = truth::Retention {
+                start_event: NAMES[0],
+                return_event: NAMES[1],
+                cohorting: if first_time {
+                    truth::Cohorting::FirstTime
+                } else {
+                    truth::Cohorting::Recurring
+                },
+                interval,
+                from_us,
+                periods: count,
+                on_or_after,
+            };
+            let want = truth::retention_by_row(&rows, &labels, 3, q);
+            let spec = RetentionSpec {
+                start_bit: 0,
+                return_bit: 1,
+                cohorting: if first_time {
+                    Cohorting::FirstTime
+                } else {
+                    Cohorting::Recurring
+                },
+                periods: periods(from_us, interval, count),
+                on_or_after,
+                breakdown: BreakdownSource::Row,
+                breakdown_values: 3,
+            };
+            for threads in 1..=3 {
+                let got = retention(&blocks, 7, threads, &spec);
+                prop_assert_eq!(
+                    &got,
+                    &want,
+                    "first time {}, on or after {}, {} threads",
+                    first_time,
+                    on_or_after,
+                    threads
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// Row breakdowns: rows over 100 days on a 6-hour grid, or on a daily grid (`coarse`: many start rows of one
+    /// person at the same instant, in different partitions' orders by input position), codes 0..5 per row, some
+    /// partitions without codes, partitions of several widths.
+    #[test]
+    fn row_breakdowns_match_the_truth(
+        rows in prop::collection::vec((0u32..6, 0i64..400, 0usize..3, 0u32..5), 0..80),
+        coarse in any::<bool>(),
+        width in common::arb_width(),
+        no_codes in prop_oneof![3 => Just(0u8), 1 => any::<u8>()],
+        interval in common::arb_interval(),
+        from_hours in 0i64..1440,
+        count in 1usize..8,
+    ) {
+        let step = if coarse { 4 } else { 1 };
+        let evs: Vec<Ev> = rows
+            .iter()
+            .map(|&(person, g, event, _)| Ev { person, ts: base() + g / step * step * 6 * H, event })
+            .collect();
+        let codes: Vec<u32> = rows.iter().map(|r| r.3).collect();
+        check_by_row(&evs, &codes, width, no_codes, interval, base() + from_hours * H, count)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(60))]
+
+    /// Row breakdowns over up to 120 daily periods.
+    #[test]
+    fn row_breakdowns_over_many_periods_match_the_truth(
+        rows in prop::collection::vec((0u32..6, 0i64..130, 0usize..3, 0u32..5), 0..150),
+        width in common::arb_width(),
+        no_codes in prop_oneof![3 => Just(0u8), 1 => any::<u8>()],
+        count in 60usize..=120,
+    ) {
+        let evs: Vec<Ev> = rows
+            .iter()
+            .map(|&(person, d, event, _)| Ev { person, ts: base() + d * DAY_US + 5 * H, event })
+            .collect();
+        let codes: Vec<u32> = rows.iter().map(|r| r.3).collect();
+        check_by_row(&evs, &codes, width, no_codes, truth::Interval::Day, base() + 2 * DAY_US, count)?;
+    }
+}
+
+/// A recurring person entering two periods with different codes counts under each period's first start row's
+/// code; first-time, under their first start row's code only.
+#[test]
+fn recurring_person_counts_under_each_periods_first_code() {
+    let ev = |person, day: i64, hour: i64, event| Ev {
+        person,
+        ts: base() + day * DAY_US + hour * H,
+        event,
+    };
+    // Person 1: starts on day 0 with code 1 (then code 0 later that day), on day 2 with code 0 (then code 2),
+    // returns on days 1 and 3. Person 2: starts on day 1 in a block without codes, and on day 1 again with code 2
+    // (counts nowhere: the period's first start row has no code), returns on day 3.
+    let evs = [
+        ev(1, 0, 1, 0),
+        ev(1, 0, 5, 0),
+        ev(1, 1, 1, 1),
+        ev(1, 2, 1, 0),
+        ev(1, 2, 5, 0),
+        ev(1, 3, 1, 1),
+        ev(2, 1, 1, 0),
+        ev(2, 1, 7, 0),
+        ev(2, 3, 1, 1),
+    ];
+    let codes = [1, 0, 0, 0, 2, 0, 0, 2, 0];
+    // 5-hour partitions: person 2's day-1 rows at 01:00 and 07:00 fall in different blocks; the block holding
+    // day 1, 01:00 is found, then laid out again without codes.
+    let (parts, _) = partition_with_codes(&evs, &codes, 5 * H, 0);
+    let day1 = parts
+        .iter()
+        .position(|c| c.ts[0] == base() + DAY_US + H)
+        .expect("a block at day 1, 01:00");
+    let (parts, labels) = partition_with_codes(&evs, &codes, 5 * H, 1 << (day1 % 8));
+    assert_eq!(labels[6], u32::MAX);
+    assert_eq!(
+        parts.iter().filter(|c| c.code.is_none()).count(),
+        1,
+        "only day 1, 01:00 lacks codes"
+    );
+    let blocks = blocks(&parts);
+    let mut spec = RetentionSpec {
+        start_bit: 0,
+        return_bit: 1,
+        cohorting: Cohorting::Recurring,
+        periods: periods(base(), truth::Interval::Day, 4),
+        on_or_after: false,
+        breakdown: BreakdownSource::Row,
+        breakdown_values: 3,
+    };
+    let z = vec![0u64; 4];
+    for threads in [1, 2] {
+        let t = retention(&blocks, 3, threads, &spec);
+        assert_eq!(t.len(), 3);
+        assert_eq!(
+            t[0],
+            vec![z.clone(), z.clone(), vec![1, 1, 0, 0], z.clone()]
+        );
+        assert_eq!(
+            t[1],
+            vec![vec![1, 1, 0, 1], z.clone(), z.clone(), z.clone()]
+        );
+        assert_eq!(t[2], vec![z.clone(); 4]);
+    }
+    spec.cohorting = Cohorting::FirstTime;
+    let t = retention(&blocks, 3, 2, &spec);
+    assert_eq!(t[0], vec![z.clone(); 4]);
+    assert_eq!(
+        t[1],
+        vec![vec![1, 1, 0, 1], z.clone(), z.clone(), z.clone()]
+    );
+    assert_eq!(t[2], vec![z.clone(); 4]);
+}
+
 #[test]
 fn the_truths_example() {
     let evs = [
@@ -309,21 +534,6 @@ fn no_periods_no_cells() {
         breakdown_values: 0,
     };
     assert_eq!(retention(&[], 3, 2, &spec), vec![Vec::<Vec<u64>>::new()]);
-}
-
-#[test]
-#[should_panic(expected = "row) breakdowns")]
-fn row_breakdowns_are_refused() {
-    let spec = RetentionSpec {
-        start_bit: 0,
-        return_bit: 1,
-        cohorting: Cohorting::Recurring,
-        periods: periods(base(), truth::Interval::Day, 3),
-        on_or_after: false,
-        breakdown: BreakdownSource::Row,
-        breakdown_values: 2,
-    };
-    retention(&[], 3, 1, &spec);
 }
 
 /// 10M rows, 1M persons, 30 daily partitions, weekly retention over 5 weeks. Run with

@@ -279,6 +279,39 @@ fn group_codes(
     })
 }
 
+/// Per prepared partition a breakdown code per row, and each code's label.
+type RowCodes = (Vec<Vec<u32>>, Vec<Value>);
+
+/// Per-row codes of an event- or group-property breakdown (`None` for other breakdowns, or a group property of a
+/// type the project does not have), ranked by the rows matching `bits`.
+fn row_breakdown(
+    snap: &Snapshot,
+    prepared: &[Prepared],
+    breakdown: &Option<flywheel_query::Breakdown>,
+    columns: &Columns,
+    bits: u64,
+) -> Result<Option<RowCodes>, EngineError> {
+    let Some(b) = breakdown else {
+        return Ok(None);
+    };
+    let limit = b
+        .limit
+        .unwrap_or(flywheel_query::filter::DEFAULT_BREAKDOWN_LIMIT) as usize;
+    Ok(match &b.by {
+        BreakdownBy::Event { property } => {
+            Some(event_codes(snap, prepared, property, bits, limit)?)
+        }
+        BreakdownBy::Group {
+            group_type_index,
+            property,
+        } => match columns.groups.get(&(*group_type_index, property.clone())) {
+            Some(col) => Some(group_codes(snap, prepared, col, bits, limit)?),
+            None => None,
+        },
+        BreakdownBy::Person { .. } | BreakdownBy::Cohort { .. } => None,
+    })
+}
+
 /// Breakdown codes from the event property `key` of each row, labelled by `label` (`None`: no value).
 fn row_codes(
     snap: &Snapshot,
@@ -473,6 +506,7 @@ pub fn group_keys(q: &InsightQuery) -> Vec<(u8, String)> {
     let breakdown = match q {
         InsightQuery::Trends(t) => t.breakdown.as_ref(),
         InsightQuery::Funnel(f) => f.breakdown.as_ref(),
+        InsightQuery::Retention(r) => r.breakdown.as_ref(),
         _ => None,
     };
     if let Some(BreakdownBy::Group {
@@ -842,6 +876,21 @@ fn us(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
+/// `blocks` with per-row breakdown codes (`codes[i]` for block `i`), when there are any.
+fn with_breakdown<'a>(
+    blocks: Vec<k::Block<'a>>,
+    codes: Option<&'a [Vec<u32>]>,
+) -> Vec<k::Block<'a>> {
+    blocks
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| k::Block {
+            breakdown: codes.map(|c| &c[i][..]),
+            ..b
+        })
+        .collect()
+}
+
 /// Kernel buckets of a planned read (the first clamped to the range's start, the last ending at its end).
 fn buckets(read: &Read) -> k::Buckets {
     k::Buckets {
@@ -1136,19 +1185,7 @@ fn trends(
         let plain = blocks(&prepared);
         let column = person_breakdown_key_of(&t.breakdown).and_then(|k| columns.get(k));
         let codes = column.map(|col| person_codes(snap, col, &plain, all_bits, limit));
-        let row_codes = match t.breakdown.as_ref().map(|b| &b.by) {
-            Some(BreakdownBy::Event { property }) => {
-                Some(event_codes(snap, &prepared, property, all_bits, limit)?)
-            }
-            Some(BreakdownBy::Group {
-                group_type_index,
-                property,
-            }) => match columns.groups.get(&(*group_type_index, property.clone())) {
-                Some(col) => Some(group_codes(snap, &prepared, col, all_bits, limit)?),
-                None => None,
-            },
-            _ => None,
-        };
+        let row_codes = row_breakdown(snap, &prepared, &t.breakdown, columns, all_bits)?;
         let (source, values, labels) = match (&codes, &row_codes) {
             (Some(c), _) => (
                 k::trends::BreakdownSource::Person(&c.codes),
@@ -1273,19 +1310,7 @@ fn funnel(
     let column = person_breakdown_key_of(&f.breakdown).and_then(|k| columns.get(k));
     let person_codes = column.map(|col| person_codes(snap, col, &blocks(&prepared), 1, limit));
     // Event-property breakdowns: ranked by the rows of the first step; attributed as asked.
-    let row_codes = match f.breakdown.as_ref().map(|b| &b.by) {
-        Some(BreakdownBy::Event { property }) => {
-            Some(event_codes(snap, &prepared, property, 1, limit)?)
-        }
-        Some(BreakdownBy::Group {
-            group_type_index,
-            property,
-        }) => match columns.groups.get(&(*group_type_index, property.clone())) {
-            Some(col) => Some(group_codes(snap, &prepared, col, 1, limit)?),
-            None => None,
-        },
-        _ => None,
-    };
+    let row_codes = row_breakdown(snap, &prepared, &f.breakdown, columns, 1)?;
     // Account-level funnels: the same rows keyed by the event's group (`$groups`) instead of its person.
     let grouped = if by_group {
         Some(group_rows(snap, &prepared, options.group_type.as_deref())?)
@@ -1302,14 +1327,7 @@ fn funnel(
     let codes: Option<&[Vec<u32>]> = carried
         .as_deref()
         .or(row_codes.as_ref().map(|(c, _)| &c[..]));
-    let blocks: Vec<k::Block<'_>> = blocks
-        .iter()
-        .enumerate()
-        .map(|(i, b)| k::Block {
-            breakdown: codes.map(|c| &c[i][..]),
-            ..*b
-        })
-        .collect();
+    let blocks = with_breakdown(blocks, codes);
     let labels: Option<&Vec<Value>> = person_codes
         .as_ref()
         .map(|c| &c.labels)
@@ -1509,12 +1527,12 @@ fn retention(
         )
         .into());
     }
-    check_breakdown(&r.breakdown, false)?;
+    check_breakdown(&r.breakdown, true)?;
     let by_group = matches!(r.aggregation, Some(flywheel_query::Aggregation::Group(_)));
-    if by_group && r.breakdown.is_some() {
+    if by_group && person_breakdown_key_of(&r.breakdown).is_some() {
         return Err(unsupported(
-            "aggregation",
-            "a group-aggregated retention table cannot be broken down yet",
+            "breakdown.type",
+            "a group-aggregated retention table breaks down by event or group properties (or cohorts), not person properties",
         )
         .into());
     }
@@ -1530,25 +1548,35 @@ fn retention(
     let limit = r.breakdown.as_ref().and_then(|b| b.limit).unwrap_or(25) as usize;
     let column = person_breakdown_key_of(&r.breakdown).and_then(|k| columns.get(k));
     let codes = column.map(|col| person_codes(snap, col, &blocks, 1, limit));
+    // Event- and group-property breakdowns: the value on the start event that put the person in the cohort,
+    // ranked by start events.
+    let row_codes = row_breakdown(snap, &prepared, &r.breakdown, columns, 1)?;
+    let labels: Option<&Vec<Value>> = codes
+        .as_ref()
+        .map(|c| &c.labels)
+        .or(row_codes.as_ref().map(|(_, l)| l));
     let spec = k::retention::RetentionSpec {
         start_bit: 0,
         return_bit: 1,
         cohorting,
         periods: buckets(read),
         on_or_after: r.mode == Some(RetentionMode::OnOrAfter),
-        breakdown: codes
-            .as_ref()
-            .map_or(k::trends::BreakdownSource::None, |c| {
-                k::trends::BreakdownSource::Person(&c.codes)
-            }),
-        breakdown_values: codes.as_ref().map_or(1, |c| c.labels.len() as u32),
+        breakdown: match (&codes, &row_codes) {
+            (Some(c), _) => k::trends::BreakdownSource::Person(&c.codes),
+            (None, Some(_)) => k::trends::BreakdownSource::Row,
+            (None, None) => k::trends::BreakdownSource::None,
+        },
+        breakdown_values: labels.map_or(1, |l| l.len() as u32),
     };
+    let row_code_slices = row_codes.as_ref().map(|(c, _)| &c[..]);
     let tables = if by_group {
         // Account-level: the rows keyed by the events' group (see `group_rows`).
         let grouped = group_rows(snap, &prepared, options.group_type.as_deref())?;
-        let (blocks, _) = grouped.blocks(None);
+        let (blocks, carried) = grouped.blocks(row_code_slices);
+        let blocks = with_breakdown(blocks, carried.as_deref());
         k::retention::retention(&blocks, grouped.keys.len() as u32, threads, &spec)
     } else {
+        let blocks = with_breakdown(blocks, row_code_slices);
         k::retention::retention(&blocks, snap.persons(), threads, &spec)
     };
     let render = |table: &[Vec<u64>]| -> Vec<Value> {
@@ -1568,10 +1596,9 @@ fn retention(
             })
             .collect()
     };
-    let result = match &codes {
+    let result = match labels {
         None => json!(render(tables.first().map_or(&[][..], |t| &t[..]))),
-        Some(c) => c
-            .labels
+        Some(labels) => labels
             .iter()
             .zip(&tables)
             .filter(|(_, t)| t.iter().any(|row| row.first().is_some_and(|&n| n > 0)))

@@ -111,16 +111,22 @@ pub fn buckets(range: Range, interval: Interval) -> Vec<i64> {
 
 /// Each person's rows, ordered by (time, input position).
 fn by_person<'a>(rows: &[Row<'a>]) -> BTreeMap<u64, Vec<Row<'a>>> {
-    let mut out: BTreeMap<u64, Vec<(i64, usize, Row<'a>)>> = BTreeMap::new();
-    for (i, r) in rows.iter().enumerate() {
-        out.entry(r.person).or_default().push((r.ts_us, i, *r));
-    }
-    out.into_iter()
-        .map(|(p, mut v)| {
-            v.sort_by_key(|(ts, i, _)| (*ts, *i));
-            (p, v.into_iter().map(|(_, _, r)| r).collect())
-        })
+    by_person_indexes(rows)
+        .into_iter()
+        .map(|(p, v)| (p, v.into_iter().map(|i| rows[i]).collect()))
         .collect()
+}
+
+/// Each person's row indexes (into `rows`), ordered by (time, input position): [`by_person`]'s order.
+fn by_person_indexes(rows: &[Row<'_>]) -> BTreeMap<u64, Vec<usize>> {
+    let mut out: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    for (i, r) in rows.iter().enumerate() {
+        out.entry(r.person).or_default().push(i);
+    }
+    for v in out.values_mut() {
+        v.sort_by_key(|&i| (rows[i].ts_us, i));
+    }
+    out
 }
 
 fn index_of(buckets: &[i64], ts_us: i64, interval: Interval) -> Option<usize> {
@@ -303,17 +309,10 @@ pub fn retention(rows: &[Row<'_>], q: Retention<'_>) -> Vec<Vec<u64>> {
         start_event,
         return_event,
         cohorting,
-        interval,
-        from_us,
         periods,
-        on_or_after,
+        ..
     } = q;
-    let mut starts = vec![bucket_start(from_us, interval)];
-    while starts.len() < periods {
-        let next = next_bucket(*starts.last().expect("not empty"), interval);
-        starts.push(next);
-    }
-    let period_of = |ts: i64| starts.binary_search(&bucket_start(ts, interval)).ok();
+    let period_of = retention_periods(q);
     let mut table = vec![vec![0u64; periods]; periods];
     for events in by_person(rows).values() {
         let cohorts: BTreeSet<usize> = match cohorting {
@@ -335,20 +334,102 @@ pub fn retention(rows: &[Row<'_>], q: Retention<'_>) -> Vec<Vec<u64>> {
             .filter_map(|e| period_of(e.ts_us))
             .collect();
         for &p in &cohorts {
-            for (k, cell) in table[p].iter_mut().enumerate().take(periods - p) {
-                let counted = k == 0
-                    || if on_or_after {
-                        returned.range(p + k..).next().is_some()
-                    } else {
-                        returned.contains(&(p + k))
-                    };
-                if counted {
-                    *cell += 1;
-                }
-            }
+            count_member(&mut table[p], p, &returned, q);
         }
     }
     table
+}
+
+/// Retention per breakdown label: the person's cohort in period p counts under the label of the start row that
+/// placed them there (first-time: their first start row ever; recurring: their first start row in period p).
+/// `labels[i]` is the label of `rows[i]` (values `>= n_labels` count nowhere). Returns `[label][p][k]`.
+///
+/// "First" is in the person's order of [`retention`] (time, then input position). A first-time person whose first
+/// start row has a label `>= n_labels` counts nowhere (not under a later row's label). Returns are counted from all
+/// the person's return rows, whatever their labels.
+///
+/// # Panics
+///
+/// When `labels` and `rows` differ in length.
+pub fn retention_by_row(
+    rows: &[Row<'_>],
+    labels: &[u32],
+    n_labels: usize,
+    q: Retention<'_>,
+) -> Vec<Vec<Vec<u64>>> {
+    assert_eq!(rows.len(), labels.len(), "one label per row");
+    let Retention {
+        start_event,
+        return_event,
+        cohorting,
+        periods,
+        ..
+    } = q;
+    let period_of = retention_periods(q);
+    let mut tables = vec![vec![vec![0u64; periods]; periods]; n_labels];
+    for events in by_person_indexes(rows).values() {
+        let mut start_rows = events.iter().filter(|&&i| rows[i].event == start_event);
+        // Cohort period -> the label of the start row placing the person in it.
+        let mut cohorts: BTreeMap<usize, u32> = BTreeMap::new();
+        match cohorting {
+            Cohorting::FirstTime => {
+                if let Some(&i) = start_rows.next() {
+                    if let Some(p) = period_of(rows[i].ts_us) {
+                        cohorts.insert(p, labels[i]);
+                    }
+                }
+            }
+            Cohorting::Recurring => {
+                for &i in start_rows {
+                    if let Some(p) = period_of(rows[i].ts_us) {
+                        cohorts.entry(p).or_insert(labels[i]);
+                    }
+                }
+            }
+        }
+        let returned: BTreeSet<usize> = events
+            .iter()
+            .filter(|&&i| rows[i].event == return_event)
+            .filter_map(|&i| period_of(rows[i].ts_us))
+            .collect();
+        for (&p, &label) in &cohorts {
+            if let Some(table) = tables.get_mut(label as usize) {
+                count_member(&mut table[p], p, &returned, q);
+            }
+        }
+    }
+    tables
+}
+
+/// The period index of an instant, for a retention question's periods.
+fn retention_periods(q: Retention<'_>) -> impl Fn(i64) -> Option<usize> {
+    let Retention {
+        interval,
+        from_us,
+        periods,
+        ..
+    } = q;
+    let mut starts = vec![bucket_start(from_us, interval)];
+    while starts.len() < periods {
+        let next = next_bucket(*starts.last().expect("not empty"), interval);
+        starts.push(next);
+    }
+    move |ts: i64| starts.binary_search(&bucket_start(ts, interval)).ok()
+}
+
+/// Adds one member of period `p`'s cohort to its table row, given the periods the person returned in.
+fn count_member(row: &mut [u64], p: usize, returned: &BTreeSet<usize>, q: Retention<'_>) {
+    for (k, cell) in row.iter_mut().enumerate().take(q.periods - p) {
+        let counted = k == 0
+            || if q.on_or_after {
+                returned.range(p + k..).next().is_some()
+            } else {
+                returned.contains(&(p + k))
+            };
+        if counted {
+            *cell += 1;
+        }
+    }
 }
 
 // -----------------------------------------------------------------------------------------------------------------
@@ -608,6 +689,131 @@ mod tests {
             vec![1, 1, 1, 1],
             "on or after: a later return counts for earlier columns"
         );
+    }
+
+    #[test]
+    fn retention_by_row_labels_the_placing_start_row() {
+        // Labels: 0 and 1; 7 counts nowhere.
+        let rows = [
+            // 1: first start on day 0 (label 1; a tie at the same instant, later in the input, has label 0),
+            //    starts again on day 2 with label 0 then 1, returns on days 1 and 3.
+            row(1, day(0), "start"),
+            row(1, day(0), "start"),
+            row(1, day(1), "back"),
+            row(1, day(2), "start"),
+            row(1, day(2) + H, "start"),
+            row(1, day(3), "back"),
+            // 2: first start ever before the periods: no first-time cohort; recurring on day 1 (label 0).
+            row(2, day(-3), "start"),
+            row(2, day(1), "start"),
+            row(2, day(2), "back"),
+            // 3: first start has label 7 (nowhere), a later one label 0.
+            row(3, day(1), "start"),
+            row(3, day(1) + H, "start"),
+        ];
+        let labels = [1, 0, 0, 0, 1, 0, 1, 0, 0, 7, 0];
+        let q = Retention {
+            start_event: "start",
+            return_event: "back",
+            cohorting: Cohorting::FirstTime,
+            interval: Interval::Day,
+            from_us: day(0),
+            periods: 4,
+            on_or_after: false,
+        };
+        let t = retention_by_row(&rows, &labels, 2, q);
+        let empty = vec![0; 4];
+        assert_eq!(t[0], vec![empty.clone(); 4]);
+        assert_eq!(
+            t[1],
+            vec![
+                vec![1, 1, 0, 1],
+                empty.clone(),
+                empty.clone(),
+                empty.clone()
+            ]
+        );
+        let t = retention_by_row(
+            &rows,
+            &labels,
+            2,
+            Retention {
+                cohorting: Cohorting::Recurring,
+                ..q
+            },
+        );
+        // Person 1: day 0 under label 1, day 2 under label 0; person 2: day 1 under 0; person 3: day 1 under 7.
+        assert_eq!(
+            t[0],
+            vec![
+                empty.clone(),
+                vec![1, 1, 0, 0],
+                vec![1, 1, 0, 0],
+                empty.clone()
+            ]
+        );
+        assert_eq!(
+            t[1],
+            vec![
+                vec![1, 1, 0, 1],
+                empty.clone(),
+                empty.clone(),
+                empty.clone()
+            ]
+        );
+    }
+
+    /// With every label in range, the cohort sizes (and every cell) summed over labels are `retention`'s, and a
+    /// single label gives `retention`'s tables.
+    #[test]
+    fn retention_by_row_adds_up_to_retention() {
+        let names = ["a", "b", "c"];
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let rows: Vec<Row<'_>> = (0..2000)
+            .map(|_| {
+                row(
+                    next() % 100,
+                    day(-5) + (next() % (30 * 4)) as i64 * 6 * H,
+                    names[(next() % 3) as usize],
+                )
+            })
+            .collect();
+        let labels: Vec<u32> = rows.iter().map(|_| (next() % 4) as u32).collect();
+        for cohorting in [Cohorting::FirstTime, Cohorting::Recurring] {
+            for on_or_after in [false, true] {
+                let q = Retention {
+                    start_event: "a",
+                    return_event: "b",
+                    cohorting,
+                    interval: Interval::Week,
+                    from_us: day(0),
+                    periods: 4,
+                    on_or_after,
+                };
+                let whole = retention(&rows, q);
+                let zeros = vec![0u32; rows.len()];
+                assert_eq!(retention_by_row(&rows, &zeros, 1, q), vec![whole.clone()]);
+                let t = retention_by_row(&rows, &labels, 4, q);
+                for p in 0..4 {
+                    let size: u64 = t.iter().map(|table| table[p][0]).sum();
+                    assert_eq!(size, whole[p][0], "{cohorting:?}, period {p}");
+                    // Each cohort membership has one label, so every cell adds up too.
+                    for k in 0..4 {
+                        let cell: u64 = t.iter().map(|table| table[p][k]).sum();
+                        assert_eq!(cell, whole[p][k], "{cohorting:?}, period {p}, column {k}");
+                    }
+                }
+                // A label out of range drops those memberships.
+                let dropped = retention_by_row(&rows, &labels, 3, q);
+                assert_eq!(dropped[..], t[..3]);
+            }
+        }
     }
 
     #[test]

@@ -664,6 +664,93 @@ fn checks() -> Vec<Check> {
             },
         ),
         (
+            "retention",
+            json!({"start_event": {"event": "$pageview"}, "return_event": {"event": "$pageview"}, "period": "week",
+                "periods": 4, "date_to": "2025-12-31", "cohort": "recurring",
+                "breakdown": {"type": "event", "property": "$browser"}}),
+            |c, _q, v| {
+                // Each cohort membership counts under the browser of the page view that entered it (the first
+                // of its week for recurring cohorts).
+                let items = v["result"].as_array().unwrap();
+                assert!(items.len() >= 3, "several browsers: {v}");
+                let labels: Vec<&Value> = items.iter().map(|i| &i["breakdown_value"]).collect();
+                let code_of = |p: &serde_json::Map<String, Value>| -> u32 {
+                    let b = p.get("$browser").cloned().unwrap_or(Value::Null);
+                    labels.iter().position(|l| **l == b).unwrap_or(labels.len()) as u32
+                };
+                let codes: Vec<u32> = c.props.iter().map(|p| code_of(p)).collect();
+                let periods = 4;
+                let tables = truth::retention_by_row(
+                    &c.rows,
+                    &codes,
+                    labels.len(),
+                    truth::Retention {
+                        start_event: "$pageview",
+                        return_event: "$pageview",
+                        cohorting: truth::Cohorting::Recurring,
+                        interval: truth::Interval::Week,
+                        from_us: micros(&v["date_from"]),
+                        periods,
+                        on_or_after: false,
+                    },
+                );
+                let cut = |t: &[Vec<u64>]| -> Vec<Vec<u64>> {
+                    t.iter()
+                        .enumerate()
+                        .map(|(p, row)| row[..periods - p].to_vec())
+                        .collect()
+                };
+                let want: Vec<Vec<Vec<u64>>> = tables.iter().map(|t| cut(t)).collect();
+                let got: Vec<Vec<Vec<u64>>> = items
+                    .iter()
+                    .map(|i| {
+                        let t: Vec<Vec<u64>> = i["cohorts"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|c| counts(&c["values"]))
+                            .collect();
+                        cut(&t)
+                    })
+                    .collect();
+                (json!(want), json!(got))
+            },
+        ),
+        (
+            "retention",
+            json!({"aggregation": "group:0", "start_event": {"event": "project_created"}, "return_event": {"event": "task_completed"},
+                "period": "week", "periods": 4, "date_to": "2025-12-31",
+                "breakdown": {"type": "group", "group_type_index": 0, "property": "industry"}}),
+            |c, q, v| {
+                // Account-level, by the company's industry: each table is that industry's companies' retention.
+                let by_company = c.by_company();
+                let companies: Vec<&str> = c
+                    .props
+                    .iter()
+                    .filter_map(|p| p.get("$groups")?.get("company")?.as_str())
+                    .collect();
+                let items = v["result"].as_array().unwrap();
+                assert!(items.len() >= 2, "several industries: {v}");
+                let mut want = serde_json::Map::new();
+                let mut got = serde_json::Map::new();
+                for item in items {
+                    let label = &item["breakdown_value"];
+                    let rows: Vec<truth::Row<'_>> = by_company
+                        .iter()
+                        .zip(&companies)
+                        .filter(|(_, company)| {
+                            c.industry.get(**company).unwrap_or(&Value::Null) == label
+                        })
+                        .map(|(r, _)| *r)
+                        .collect();
+                    let (w, g) = retention_truth(&rows, q, v, &item["cohorts"]);
+                    want.insert(label.to_string(), w);
+                    got.insert(label.to_string(), g);
+                }
+                (json!(want), json!(got))
+            },
+        ),
+        (
             "trends",
             json!({"date_from": "2025-12-18", "date_to": "2025-12-31", "compare": true,
                 "series": [{"event": "$pageview"}, {"event": "task_completed", "math": "weekly_active"}]}),
