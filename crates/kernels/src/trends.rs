@@ -115,9 +115,10 @@ pub enum TrendMath {
 pub enum BreakdownSource<'a> {
     /// No breakdown: one series.
     None,
-    /// The row's [`Block::breakdown`] code (event-property breakdowns).
+    /// The row's [`Block::breakdown`] code (event- and group-property breakdowns; funnels and retention take it
+    /// from the row their attribution names).
     Row,
-    /// The person's code, indexed by dense person id (person-property and cohort breakdowns).
+    /// The person's code, indexed by dense person id (person-property breakdowns).
     Person(&'a [u32]),
 }
 
