@@ -508,6 +508,16 @@ pub fn lifecycle(rows: &[Row<'_>], event: &str, range: Range, interval: Interval
 
 #[cfg(test)]
 mod tests {
+    /// A deterministic xorshift64 generator of test inputs.
+    fn xorshift(mut x: u64) -> impl FnMut() -> u64 {
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        }
+    }
+
     use super::*;
 
     const H: i64 = 3_600_000_000;
@@ -768,13 +778,7 @@ mod tests {
     #[test]
     fn retention_by_row_adds_up_to_retention() {
         let names = ["a", "b", "c"];
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = xorshift(0x2545_F491_4F6C_DD1Du64);
         let rows: Vec<Row<'_>> = (0..2000)
             .map(|_| {
                 row(
@@ -844,13 +848,7 @@ mod tests {
     #[test]
     fn invariants_on_random_rows() {
         let names = ["a", "b", "c", "d"];
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = xorshift(0x9E37_79B9_7F4A_7C15u64);
         let rows: Vec<Row<'_>> = (0..3000)
             .map(|_| {
                 row(

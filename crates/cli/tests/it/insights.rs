@@ -186,6 +186,20 @@ impl<'a> Ctx<'a> {
             .collect()
     }
 
+    /// Account-level rows (see [`Ctx::by_company`]) of the companies whose `industry` is `label` (`null`: none).
+    fn companies_in(&self, label: &Value) -> Vec<truth::Row<'a>> {
+        let companies = self
+            .props
+            .iter()
+            .filter_map(|p| p.get("$groups")?.get("company")?.as_str());
+        self.by_company()
+            .into_iter()
+            .zip(companies)
+            .filter(|(_, company)| self.industry.get(*company).unwrap_or(&Value::Null) == label)
+            .map(|(r, _)| r)
+            .collect()
+    }
+
     /// The rows whose event properties satisfy `keep`.
     fn where_props(
         &self,
@@ -723,26 +737,13 @@ fn checks() -> Vec<Check> {
                 "breakdown": {"type": "group", "group_type_index": 0, "property": "industry"}}),
             |c, q, v| {
                 // Account-level, by the company's industry: each table is that industry's companies' retention.
-                let by_company = c.by_company();
-                let companies: Vec<&str> = c
-                    .props
-                    .iter()
-                    .filter_map(|p| p.get("$groups")?.get("company")?.as_str())
-                    .collect();
                 let items = v["result"].as_array().unwrap();
                 assert!(items.len() >= 2, "several industries: {v}");
                 let mut want = serde_json::Map::new();
                 let mut got = serde_json::Map::new();
                 for item in items {
                     let label = &item["breakdown_value"];
-                    let rows: Vec<truth::Row<'_>> = by_company
-                        .iter()
-                        .zip(&companies)
-                        .filter(|(_, company)| {
-                            c.industry.get(**company).unwrap_or(&Value::Null) == label
-                        })
-                        .map(|(r, _)| *r)
-                        .collect();
+                    let rows = c.companies_in(label);
                     let (w, g) = retention_truth(&rows, q, v, &item["cohorts"]);
                     want.insert(label.to_string(), w);
                     got.insert(label.to_string(), g);
@@ -797,27 +798,13 @@ fn checks() -> Vec<Check> {
             |c, q, v| {
                 // Account-level, by the company's industry: every event of a company has its industry, so each
                 // row is the funnel of that industry's companies.
-                let by_company = c.by_company();
-                let companies: Vec<&str> = c
-                    .rows
-                    .iter()
-                    .zip(&c.props)
-                    .filter_map(|(_, p)| p.get("$groups")?.get("company")?.as_str())
-                    .collect();
                 let items = v["result"].as_array().unwrap();
                 assert!(items.len() >= 2, "several industries: {v}");
                 let mut want = serde_json::Map::new();
                 let mut got = serde_json::Map::new();
                 for item in items {
                     let label = &item["breakdown_value"];
-                    let rows: Vec<truth::Row<'_>> = by_company
-                        .iter()
-                        .zip(&companies)
-                        .filter(|(_, company)| {
-                            c.industry.get(**company).unwrap_or(&Value::Null) == label
-                        })
-                        .map(|(r, _)| *r)
-                        .collect();
+                    let rows = c.companies_in(label);
                     let (w, g) = funnel_truth::<0>(&rows, q, v, item);
                     want.insert(label.to_string(), w);
                     got.insert(label.to_string(), g);
