@@ -48,6 +48,9 @@ use crate::columnar::{
 };
 use crate::{EngineError, EventRef};
 
+mod recent;
+pub use recent::{RecentFilter, StoredEvent};
+
 /// Microseconds in a day.
 pub const DAY_US: i64 = 86_400_000_000;
 

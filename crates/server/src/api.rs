@@ -187,7 +187,12 @@ async fn list_events(
         .as_deref()
         .map(|r| parse_time("before", r))
         .transpose()?;
-    state.catch_up().await;
+    // The event tables answer from the newest days; while they lag behind the log (a replay after a restart),
+    // the log itself is scanned instead, newest first.
+    let from_tables = state.tables_catch_up().await;
+    if !from_tables {
+        state.catch_up().await;
+    }
 
     let mut distinct_ids: Option<HashSet<String>> =
         q.distinct_id.clone().map(|d| HashSet::from([d]));
@@ -208,8 +213,28 @@ async fn list_events(
     }
 
     let intake = state.intake.clone();
+    let tables = state.tables.clone();
     let event_filter = q.event.clone();
     let rows = tokio::task::spawn_blocking(move || {
+        if from_tables {
+            let filter = flywheel_engine::table::RecentFilter {
+                event: event_filter,
+                distinct_ids: distinct_ids.map(|d| d.into_iter().collect()),
+                after_us: after,
+                before_us: before,
+            };
+            return Ok(tables
+                .recent(project_id, &filter, limit)?
+                .into_iter()
+                .map(|e| Row {
+                    timestamp_us: e.timestamp_us,
+                    uuid: e.uuid,
+                    event: e.event,
+                    distinct_id: e.distinct_id,
+                    properties: e.properties,
+                })
+                .collect());
+        }
         // Newest-first top-N by timestamp; a uuid seen twice (an SDK retry) keeps its first-stored copy, which the
         // reverse scan meets last.
         let mut heap: BinaryHeap<Reverse<Row>> = BinaryHeap::with_capacity(limit + 1);
