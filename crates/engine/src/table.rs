@@ -750,7 +750,12 @@ impl EventTables {
         manifest
             .segments
             .extend(written.iter().map(|(_, m, _)| m.clone()));
-        manifest.commit(&self.dir)?;
+        if let Err(e) = manifest.commit(&self.dir) {
+            // The rows stay in the tail (the next seal writes them again); the files written stay until the next
+            // open deletes the unlisted ones. Their generation is never reused, so no later file takes their name.
+            st.manifest.generation = manifest.generation;
+            return Err(e);
+        }
         st.manifest = manifest;
         for (j, meta, order) in written {
             let job = &jobs[j];
@@ -1171,8 +1176,8 @@ fn dictionary_value<'a>(
 
 /// Deletes the segment files that `manifest` does not list — written by a seal or compaction that did not commit,
 /// or retired and never deleted — and returns how many. Only names exactly as the engine writes them
-/// (`p<project>/d<day>-g<generation>.parquet`) are touched, and nothing before a first commit (a directory whose
-/// manifest went missing keeps its files). Best effort.
+/// (`p<project>/d<day>-g<generation>.parquet`, and the same with `.tmp` for a write cut short) are touched, and
+/// nothing before a first commit (a directory whose manifest went missing keeps its files). Best effort.
 fn remove_orphans(dir: &Path, manifest: &Manifest) -> usize {
     if manifest.generation == 0 {
         return 0;
@@ -1200,9 +1205,13 @@ fn remove_orphans(dir: &Path, manifest: &Manifest) -> usize {
             let Some(file) = file.to_str() else {
                 continue;
             };
-            if is_segment_name(file)
+            // A segment the manifest does not list, or a segment's temporary file (a write cut short: never
+            // live, the file is only renamed into place once complete).
+            let orphan = (is_segment_name(file)
+                && !live.contains(format!("{name}/{file}").as_str()))
+                || file.strip_suffix(".tmp").is_some_and(is_segment_name);
+            if orphan
                 && f.file_type().is_ok_and(|t| t.is_file())
-                && !live.contains(format!("{name}/{file}").as_str())
                 && std::fs::remove_file(f.path()).is_ok()
             {
                 deleted += 1;
@@ -2064,6 +2073,50 @@ mod tests {
         assert_eq!(rows_by_uuid(&t, &s, D), written);
     }
 
+    /// A seal whose manifest commit fails keeps its rows in the tail; the next seal writes them under a new
+    /// generation (never the failed one's file names), and a restart finds every row exactly once.
+    #[test]
+    fn a_failed_seal_commit_loses_nothing_and_reuses_no_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = EventTables::open(dir.path()).unwrap();
+        identity(&t);
+        sealed_rounds(&t, 0..1, D);
+        let events = round(1, D);
+        t.append(
+            events.iter().map(|(u, d, e, ts, p)| evu(*u, d, e, *ts, p)),
+            2,
+        );
+        // The manifest's temporary file cannot be created: the commit fails after the segment was written.
+        let blocker = dir.path().join("manifest.json.tmp");
+        std::fs::create_dir(&blocker).unwrap();
+        assert!(t.seal().is_err());
+        assert_eq!(t.tail_rows(), 6, "the rows stay in memory");
+        let failed: Vec<String> = std::fs::read_dir(dir.path().join("p1"))
+            .unwrap()
+            .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        std::fs::remove_dir(&blocker).unwrap();
+        t.seal().unwrap();
+        assert_eq!(t.tail_rows(), 0);
+        let listed: Vec<String> = t
+            .read()
+            .manifest
+            .segments
+            .iter()
+            .map(|m| m.file.clone())
+            .collect();
+        for f in &failed {
+            let path = format!("p1/{f}");
+            assert!(
+                !listed.contains(&path) || f.ends_with("-g1.parquet"),
+                "{path}: a failed seal's name is not reused ({listed:?})"
+            );
+        }
+        drop(t);
+        let t = EventTables::open(dir.path()).unwrap();
+        assert_eq!(t.segment_rows(), 12, "every row once");
+    }
+
     #[test]
     fn open_deletes_only_unlisted_files_named_like_segments() {
         let dir = tempfile::tempdir().unwrap();
@@ -2084,9 +2137,10 @@ mod tests {
             "p1/d10-g99.parquet",
             "p1/d-3-g7.parquet",
             "p5/d0-g1.parquet",
+            "p1/d10-g99.parquet.tmp",
         ];
         let kept = [
-            "p1/d10-g99.parquet.tmp",
+            "p1/notes.parquet.tmp",
             "p1/notes.parquet",
             "p1/d10-g1.parquet.bak",
             "p1/d010-g1.parquet",
