@@ -183,6 +183,8 @@ pub async fn run(
     };
     let _ = progress.send(lsn);
     let mut committed = intake.subscribe();
+    // Consecutive failures of the chunk at `lsn`.
+    let mut failures = 0u32;
     loop {
         let target = *committed.borrow_and_update();
         if lsn < target {
@@ -209,9 +211,16 @@ pub async fn run(
                     continue;
                 }
             };
-            // The writer blocks on its own SQLite connection: on the blocking pool, handed there and back.
+            // The writer blocks on its own SQLite connection: on the blocking pool, handed there and back. After
+            // repeated failures the chunk is applied op by op, so that one op that cannot apply does not stop
+            // identity (and the insights behind it) for everyone.
+            let isolate = failures >= ISOLATE_AFTER;
             let (returned, ops, applied) = match tokio::task::spawn_blocking(move || {
-                let applied = writer.apply(&ops, end);
+                let applied = if isolate {
+                    apply_one_by_one(&mut writer, &ops, from, end)
+                } else {
+                    writer.apply(&ops, end)
+                };
                 (writer, ops, applied)
             })
             .await
@@ -222,6 +231,7 @@ pub async fn run(
             writer = returned;
             match applied {
                 Ok(stats) => {
+                    failures = 0;
                     // New persons, and changed properties or merges, for the flag endpoints' caches.
                     subjects.applied(&ops);
                     // The insights tables resolve events' persons through the same mapping.
@@ -247,7 +257,8 @@ pub async fn run(
                         .set(intake.committed_lsn().saturating_sub(lsn) as f64);
                 }
                 Err(err) => {
-                    tracing::error!(error = %err, lsn = from, "identity: applying a batch failed; will retry");
+                    failures += 1;
+                    tracing::error!(error = %err, lsn = from, failures, "identity: applying a batch failed; will retry");
                     metrics::counter!(m::IDENTITY_ERRORS).increment(1);
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 }
@@ -270,6 +281,47 @@ pub async fn run(
         }
         Err(err) => blocking_task_failed(err),
     }
+}
+
+/// Failures of one chunk before it is applied op by op.
+const ISOLATE_AFTER: u32 = 3;
+
+/// Applies `ops` one at a time (checkpoint unchanged at `from`), skipping an op that fails twice while others
+/// apply — logged with its distinct id and counted in `flywheel_identity_ops_skipped_total` — then moves the
+/// checkpoint to `end`. When no op applies at all the failure is not the ops' (the database is unavailable, the
+/// disk full): nothing is skipped and the error is returned, to be retried.
+fn apply_one_by_one(
+    writer: &mut IdentityWriter,
+    ops: &[IdentityOp],
+    from: u64,
+    end: u64,
+) -> flywheel_store::Result<flywheel_store::ApplyStats> {
+    let mut stats = flywheel_store::ApplyStats::default();
+    let mut skipped: Vec<(usize, flywheel_store::StoreError)> = Vec::new();
+    let mut applied = 0usize;
+    for (i, op) in ops.iter().enumerate() {
+        let one = std::slice::from_ref(op);
+        match writer.apply(one, from).or_else(|_| writer.apply(one, from)) {
+            Ok(s) => {
+                applied += 1;
+                stats.merges += s.merges;
+                stats.merges_refused += s.merges_refused;
+                stats.persons_created += s.persons_created;
+            }
+            Err(err) => skipped.push((i, err)),
+        }
+    }
+    if applied == 0 && !ops.is_empty() {
+        let (_, err) = skipped.pop().expect("every op failed");
+        return Err(err);
+    }
+    for (i, err) in &skipped {
+        // The op itself is not logged: it carries distinct ids and person properties.
+        tracing::error!(error = %err, lsn = from, op_index = i, "identity: an identity change cannot be applied; skipped (its events stay in the log and the tables)");
+        metrics::counter!(m::IDENTITY_OPS_SKIPPED).increment(1);
+    }
+    writer.apply(&[], end)?;
+    Ok(stats)
 }
 
 /// The identity writer (it opens its own connection to the metadata database), retried every second until it

@@ -9,6 +9,8 @@ pub const IDENTITY_LAG: &str = "flywheel_identity_lag_bytes";
 pub const IDENTITY_MERGES: &str = "flywheel_identity_merges_total";
 pub const IDENTITY_MERGES_REFUSED: &str = "flywheel_identity_merges_refused_total";
 pub const IDENTITY_ERRORS: &str = "flywheel_identity_errors_total";
+/// Identity changes skipped because they failed alone while the rest of their chunk applied.
+pub const IDENTITY_OPS_SKIPPED: &str = "flywheel_identity_ops_skipped_total";
 
 pub const LABEL_SOURCE: &str = "source";
 pub const LABEL_REASON: &str = "reason";

@@ -323,3 +323,51 @@ async fn operations_endpoints_answer() {
         assert!(text.contains(name), "/metrics lacks {name}");
     }
 }
+
+/// An identity change that cannot be applied (here a database trigger refuses one distinct id) is skipped after a
+/// few retries; the rest of its chunk applies, identity goes on, and every event stays listed.
+#[tokio::test]
+async fn an_identity_change_that_cannot_apply_does_not_stop_identity() {
+    let t = TestServer::start().await;
+    let db = rusqlite::Connection::open(t.server().state.config.metadata_path()).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER poison BEFORE INSERT ON person_distinct_ids WHEN NEW.distinct_id = 'poison'
+         BEGIN SELECT RAISE(ABORT, 'poisoned for the test'); END;",
+    )
+    .unwrap();
+    let batch: Vec<serde_json::Value> = ["good-1", "poison", "good-2"]
+        .iter()
+        .map(|d| json!({"event": "opened", "distinct_id": d}))
+        .collect();
+    let (status, _) = t
+        .post(
+            "/batch",
+            json!({"api_key": t.token, "batch": batch}).to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let person = |d: &'static str| {
+        let t = &t;
+        async move {
+            t.get_api(
+                &format!("/api/v1/projects/{}/persons/{d}", t.project_id),
+                &t.personal_key,
+            )
+            .await
+            .0
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while person("good-2").await != StatusCode::OK {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "identity stalled on the poisoned change"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(person("good-1").await, StatusCode::OK);
+    assert_eq!(person("poison").await, StatusCode::NOT_FOUND);
+    let listed = t.events("limit=10").await;
+    assert_eq!(listed.len(), 3, "every event is kept: {listed:?}");
+}
