@@ -10,9 +10,9 @@ use serde_json::{json, Value};
 
 use crate::insights::{
     counts, funnel_truth, insight, lifecycle_truth, pageviews_and_task_dau, post, range_of,
-    retention_truth, Ctx,
+    request, retention_truth, Ctx,
 };
-use crate::{get_json, http, Serve};
+use crate::{get_json, Serve};
 
 /// Microseconds of a UTC midnight.
 fn day(date: &str) -> i64 {
@@ -335,21 +335,7 @@ fn cohort_api_validates_and_guards_references() {
     let serve = Serve::start(dir.path(), &[]);
     let (p, key) = (keys.project_id, keys.personal_key.as_str());
     let base = format!("/api/v1/projects/{p}/cohorts");
-    let call = |method: &str, path: &str, body: Value| -> (u16, Value) {
-        let auth = format!("Bearer {key}");
-        let (status, out) = http(
-            &serve.addr,
-            method,
-            path,
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
-            body.to_string().as_bytes(),
-        )
-        .unwrap();
-        (status, serde_json::from_slice(&out).unwrap_or(Value::Null))
-    };
+    let call = |method: &str, path: &str, body: Value| request(&serve, key, method, path, &body);
     let fields = |v: &Value| -> Vec<String> {
         v["errors"]
             .as_array()

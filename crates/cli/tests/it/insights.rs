@@ -21,10 +21,21 @@ struct Owned {
 }
 
 pub(crate) fn post(serve: &Serve, key: &str, path: &str, body: &Value) -> (u16, Value) {
+    request(serve, key, "POST", path, body)
+}
+
+/// A JSON request with a personal key; the status and the JSON answer (`null` when there is none).
+pub(crate) fn request(
+    serve: &Serve,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: &Value,
+) -> (u16, Value) {
     let auth = format!("Bearer {key}");
     let (status, out) = http(
         &serve.addr,
-        "POST",
+        method,
         path,
         &[
             ("Authorization", &auth),
@@ -1359,20 +1370,14 @@ fn project_time_zone_and_test_account_filters() {
     let dir = tempfile::tempdir().unwrap();
     let (project, key) = generate(dir.path(), "5");
     let serve = Serve::start(dir.path(), &[]);
-    let auth = format!("Bearer {key}");
-    let patch = |body: Value| -> (u16, Value) {
-        let (status, out) = http(
-            &serve.addr,
+    let patch = |body: Value| {
+        request(
+            &serve,
+            &key,
             "PATCH",
             &format!("/api/v1/projects/{project}"),
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
-            body.to_string().as_bytes(),
+            &body,
         )
-        .unwrap();
-        (status, serde_json::from_slice(&out).unwrap_or(Value::Null))
     };
     let (status, v) = patch(
         json!({"time_zone": "Mars/Olympus", "test_account_filters": [{"key": "plan", "operator": "often"}]}),
@@ -1479,20 +1484,14 @@ fn local_days_across_a_dst_change() {
     let dir = tempfile::tempdir().unwrap();
     let (project, key) = generate_until(dir.path(), "9", "2025-11-12");
     let serve = Serve::start(dir.path(), &[]);
-    let (status, out) = http(
-        &serve.addr,
+    let (status, out) = request(
+        &serve,
+        &key,
         "PATCH",
         &format!("/api/v1/projects/{project}"),
-        &[
-            ("Authorization", &format!("Bearer {key}")),
-            ("Content-Type", "application/json"),
-        ],
-        json!({"time_zone": "America/New_York"})
-            .to_string()
-            .as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out));
+        &json!({"time_zone": "America/New_York"}),
+    );
+    assert_eq!(status, 200, "{out}");
     let range = json!({"date_from": "2025-10-20", "date_to": "2025-11-10"});
     let ask = |extra: Value| {
         let mut q = range.clone();
