@@ -386,7 +386,25 @@ pub fn read_segment(
     path: &Path,
     columns: Option<&[&str]>,
 ) -> Result<Vec<RecordBatch>, EngineError> {
-    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    read_segment_selected(path, columns, None)
+}
+
+/// Like [`read_segment`], but only the rows at the given offsets of the file (sorted, no duplicates), in order:
+/// the pages holding none of them are not decoded.
+pub fn read_segment_rows(
+    path: &Path,
+    columns: Option<&[&str]>,
+    rows: &[usize],
+) -> Result<Vec<RecordBatch>, EngineError> {
+    read_segment_selected(path, columns, Some(rows))
+}
+
+fn read_segment_selected(
+    path: &Path,
+    columns: Option<&[&str]>,
+    rows: Option<&[usize]>,
+) -> Result<Vec<RecordBatch>, EngineError> {
+    use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection};
     use parquet::arrow::ProjectionMask;
     let file =
         File::open(path).map_err(|e| EngineError::io(format!("opening {}", path.display()), e))?;
@@ -400,6 +418,27 @@ pub fn read_segment(
             .collect();
         let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
         builder = builder.with_projection(mask);
+    }
+    if let Some(rows) = rows {
+        let total = builder.metadata().file_metadata().num_rows().max(0) as usize;
+        if rows.windows(2).any(|w| w[0] >= w[1]) || rows.last().is_some_and(|&r| r >= total) {
+            return Err(segment_error(
+                path,
+                "rows to read must be sorted, distinct offsets inside the file",
+            ));
+        }
+        // Consecutive offsets as ranges.
+        let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+        for &r in rows {
+            match ranges.last_mut() {
+                Some(last) if last.end == r => last.end += 1,
+                _ => ranges.push(r..r + 1),
+            }
+        }
+        builder = builder.with_row_selection(RowSelection::from_consecutive_ranges(
+            ranges.into_iter(),
+            total,
+        ));
     }
     builder
         .with_batch_size(1 << 16)
@@ -579,6 +618,34 @@ mod tests {
             .map(|f| f.name().clone())
             .collect();
         assert_eq!(names, ["timestamp", "p:plan"]);
+    }
+
+    #[test]
+    fn selected_rows_are_read_in_order_and_bad_selections_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.parquet");
+        let props: Vec<String> = (0..5).map(|i| format!(r#"{{"i": {i}}}"#)).collect();
+        let refs: Vec<&'static str> = props
+            .iter()
+            .map(|p| &*Box::leak(p.clone().into_boxed_str()))
+            .collect();
+        write_segment(&path, &mut rows(&refs)).unwrap();
+        let all = read_segment(&path, None).unwrap();
+        let some = read_segment_rows(&path, None, &[0, 2, 3]).unwrap();
+        let got: Vec<Map<String, Value>> = some
+            .iter()
+            .flat_map(|b| (0..b.num_rows()).map(move |i| row_properties(b, i)))
+            .collect();
+        let want: Vec<Map<String, Value>> = [0, 2, 3]
+            .iter()
+            .map(|&i| row_properties(&all[0], i))
+            .collect();
+        assert_eq!(got, want);
+        assert!(read_segment_rows(&path, None, &[3, 1]).is_err(), "unsorted");
+        assert!(
+            read_segment_rows(&path, None, &[5]).is_err(),
+            "past the end"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use arrow_array::types::Int64Type;
 use arrow_array::RecordBatch;
 
 use super::{EventTables, Partition, Source, DAY_US};
-use crate::columnar::{read_segment, row_properties};
+use crate::columnar::{read_segment_rows, row_properties};
 use crate::EngineError;
 
 /// Which events [`EventTables::recent`] returns (all optional).
@@ -67,8 +67,11 @@ impl Partition {
         }
         for (s, wanted) in by_source {
             let Source::Segment { file, rows: range } = &self.sources[s];
-            let batches = read_segment(&dir.join(file.as_ref()), columns)?;
-            // Batch of each offset in the file.
+            // Only the wanted rows are decoded; the k-th smallest offset is the k-th row read.
+            let mut offsets: Vec<usize> = wanted.iter().map(|&(_, r)| r - range.start).collect();
+            offsets.sort_unstable();
+            offsets.dedup();
+            let batches = read_segment_rows(&dir.join(file.as_ref()), columns, &offsets)?;
             let mut starts = Vec::with_capacity(batches.len());
             let mut at = 0;
             for b in &batches {
@@ -76,9 +79,11 @@ impl Partition {
                 at += b.num_rows();
             }
             for (i, r) in wanted {
-                let offset = r - range.start;
-                let b = starts.partition_point(|&s| s <= offset) - 1;
-                out[i] = Some(sealed(&batches[b], offset - starts[b]));
+                let k = offsets
+                    .binary_search(&(r - range.start))
+                    .expect("offset selected");
+                let b = starts.partition_point(|&s| s <= k) - 1;
+                out[i] = Some(sealed(&batches[b], k - starts[b]));
             }
         }
         Ok(out
