@@ -24,7 +24,8 @@
 //!
 //! **Compaction.** Sealing every few minutes leaves many small segments per day, and a property read opens each.
 //! [`EventTables::compact`] merges all the sealed segments of a day into one, once the day is over
-//! ([`COMPACT_AFTER_DAY_END_US`] after its end) or as soon as it has [`COMPACT_SEGMENTS`] of them: rows sorted by
+//! ([`COMPACT_AFTER_DAY_END_US`] after its end; late additions to a past day wait until they are an eighth of it
+//! or [`COMPACT_ENDED_SEGMENTS`] segments) or as soon as it has [`COMPACT_SEGMENTS`] of them: rows sorted by
 //! the person *now* (merges since the seals applied), then time, then previous storage order, every column kept.
 //! The file is written outside the state lock (under the seal lock, one day at a time); the manifest commit swaps
 //! the new segment in for the old ones, ahead of any newer segment or tail of the day. A replaced file is only
@@ -396,6 +397,8 @@ pub struct SealStats {
 pub const COMPACT_AFTER_DAY_END_US: i64 = 3_600_000_000;
 /// ... or as soon as it has this many segments.
 pub const COMPACT_SEGMENTS: usize = 16;
+/// An ended day whose extra segments are small (late events) waits for this many segments.
+pub const COMPACT_ENDED_SEGMENTS: usize = 8;
 
 /// Compaction statistics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -416,13 +419,30 @@ pub struct CompactStats {
     pub files_deleted: usize,
 }
 
-/// Whether a day with `segments` sealed segments is due for compaction at `now_us`.
-fn compaction_due(day: i32, segments: usize, now_us: i64) -> bool {
+/// Whether day `day` with sealed segments `sources` is due for compaction at `now_us`: at
+/// [`COMPACT_SEGMENTS`] segments; or, an hour after the day ended, when the segments besides the largest hold at
+/// least an eighth of its rows (the day's own segments, merged once after it ends) or there are
+/// [`COMPACT_ENDED_SEGMENTS`] of them — so a trickle of late events for a past day (each seal adds a small
+/// segment) rewrites the day every few seals, not at every one.
+fn compaction_due(day: i32, sources: &[Source], now_us: i64) -> bool {
+    let segments = sources.len();
+    if segments < 2 {
+        return false;
+    }
+    if segments >= COMPACT_SEGMENTS {
+        return true;
+    }
     let over = (i64::from(day) + 1)
         .saturating_mul(DAY_US)
         .saturating_add(COMPACT_AFTER_DAY_END_US)
         <= now_us;
-    segments >= 2 && (over || segments >= COMPACT_SEGMENTS)
+    let rows: Vec<usize> = sources
+        .iter()
+        .map(|Source::Segment { rows, .. }| rows.len())
+        .collect();
+    let largest = rows.iter().copied().max().unwrap_or(0);
+    let rest: usize = rows.iter().sum::<usize>() - largest;
+    over && (rest.saturating_mul(8) >= largest || segments >= COMPACT_ENDED_SEGMENTS)
 }
 
 /// A day's merged segment, written and not committed yet.
@@ -834,7 +854,7 @@ impl EventTables {
                 .flat_map(|(&project_id, p)| {
                     p.partitions
                         .iter()
-                        .filter(|(&day, part)| compaction_due(day, part.sources.len(), now_us))
+                        .filter(|(&day, part)| compaction_due(day, &part.sources, now_us))
                         .map(move |(&day, _)| (project_id, day))
                 })
                 .collect()
@@ -918,7 +938,7 @@ impl EventTables {
             let Some(part) = p.partitions.get(&day) else {
                 return Ok(None);
             };
-            if !compaction_due(day, part.sources.len(), now_us) {
+            if !compaction_due(day, &part.sources, now_us) {
                 return Ok(None);
             }
             let merged: Vec<(Arc<str>, Range<usize>)> = part
@@ -1893,8 +1913,63 @@ mod tests {
         let t = EventTables::open(dir.path()).unwrap();
         identity(&t);
         assert_eq!(rows_by_uuid(&t, &t.snapshot(1).unwrap(), D), written);
+        // Two late rows beside 18 are a trickle: the day waits (no rewrite for every late event)...
+        assert_eq!(t.compact(LATER).unwrap().days, 0);
+        // ... until the late rows reach an eighth of the day's segment.
+        t.append(
+            [evu(
+                97,
+                "c",
+                "late",
+                D as i64 * DAY_US + 4,
+                r#"{"late":"after"}"#,
+            )],
+            100,
+        );
+        t.seal().unwrap();
+        written.insert(
+            97,
+            (
+                "c".into(),
+                D as i64 * DAY_US + 4,
+                "late".into(),
+                serde_json::json!({"late": "after"}),
+            ),
+        );
         let stats = t.compact(LATER).unwrap();
-        assert_eq!((stats.segments_in, stats.rows), (2, 20));
+        assert_eq!((stats.segments_in, stats.rows), (3, 21));
+        assert_eq!(rows_by_uuid(&t, &t.snapshot(1).unwrap(), D), written);
+    }
+
+    /// A past day with small late segments is merged once they are many, even when they stay small.
+    #[test]
+    fn late_trickles_wait_for_several_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = EventTables::open(dir.path()).unwrap();
+        identity(&t);
+        let mut written = sealed_rounds(&t, 0..10, D);
+        assert_eq!(
+            t.compact(LATER).unwrap().days,
+            1,
+            "the day's own segments merge once"
+        );
+        for i in 0..(COMPACT_ENDED_SEGMENTS as u128 - 1) {
+            let ts = D as i64 * DAY_US + 5 + i as i64;
+            t.append([evu(500 + i, "a", "late", ts, "{}")], 200 + i as u64);
+            t.seal().unwrap();
+            written.insert(
+                500 + i,
+                ("a".into(), ts, "late".into(), serde_json::json!({})),
+            );
+            let due = i as usize + 2 >= COMPACT_ENDED_SEGMENTS;
+            assert_eq!(
+                t.compact(LATER).unwrap().days,
+                usize::from(due),
+                "after {} late segments",
+                i + 1
+            );
+        }
+        assert_eq!(manifest_files(&t, D).len(), 1);
         assert_eq!(rows_by_uuid(&t, &t.snapshot(1).unwrap(), D), written);
     }
 
