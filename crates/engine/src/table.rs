@@ -332,7 +332,7 @@ pub struct Snapshot {
     pub person_ids: Arc<Vec<i64>>,
     /// Event names.
     pub events: Arc<Dictionary>,
-    /// The project (for [`EventTables::distinct_ids`]).
+    /// The project (for [`EventTables::distinct_id_names`]).
     pub project_id: i64,
     /// See `Project::identity_version`.
     pub identity_version: u64,
