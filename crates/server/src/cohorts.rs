@@ -15,7 +15,7 @@
 //! API (personal key): `GET/POST /api/v1/projects/{p}/cohorts`, `GET/PATCH/DELETE /api/v1/projects/{p}/cohorts/{id}`
 //! (GET computes `count`), `GET /api/v1/projects/{p}/cohorts/{id}/persons?limit=&offset=` and
 //! `POST/DELETE /api/v1/projects/{p}/cohorts/{id}/members` (static cohorts: `{"distinct_ids": [..]}` or
-//! `{"person_ids": [..]}`). Changes are audited (`cohort.*`).
+//! `{"person_ids": [..]}`, or a CSV). Changes are audited (`cohort.*`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -818,6 +818,100 @@ async fn cohort_persons(
     })))
 }
 
+/// The persons of a members request: JSON (`{"distinct_ids": [..]}` or `{"person_ids": [..]}`), or CSV
+/// (`Content-Type: text/csv`, as exported from a spreadsheet or a CRM: the first column of each line, an optional
+/// header `distinct_id` or `person_id` saying which; distinct ids by default).
+struct Members(Vec<String>, Vec<i64>);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Members {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let csv = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/csv"));
+        if !csv {
+            let JsonBody(body) = JsonBody::<Map<String, Value>>::from_request(req, state).await?;
+            let (dids, ids) = read_members(&body)?;
+            return Ok(Members(dids, ids));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::new(e.status(), "invalid_body", e.body_text()))?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| invalid("body", "the CSV is not UTF-8 text".into()))?;
+        let (dids, ids) = read_csv_members(text)?;
+        Ok(Members(dids, ids))
+    }
+}
+
+/// The first column of each non-empty line of a CSV (quotes around a cell removed); a first line `distinct_id` or
+/// `person_id` is a header saying which the cells are.
+fn read_csv_members(text: &str) -> Result<(Vec<String>, Vec<i64>), ApiError> {
+    let mut cells = text
+        .lines()
+        .enumerate()
+        .map(|(i, line)| {
+            let cell = line.split(',').next().unwrap_or("").trim();
+            let cell = cell
+                .strip_prefix('"')
+                .and_then(|c| c.strip_suffix('"'))
+                .unwrap_or(cell);
+            (i + 1, cell)
+        })
+        .filter(|(_, c)| !c.is_empty())
+        .peekable();
+    let persons = match cells.peek().map(|(_, c)| c.to_ascii_lowercase()) {
+        Some(h) if h == "person_id" => {
+            cells.next();
+            true
+        }
+        Some(h) if h == "distinct_id" => {
+            cells.next();
+            false
+        }
+        _ => false,
+    };
+    let (mut dids, mut ids) = (Vec::new(), Vec::new());
+    for (line, cell) in cells {
+        if dids.len() + ids.len() >= MAX_MEMBERS_PER_REQUEST {
+            return Err(invalid(
+                "body",
+                format!(
+                    "at most {MAX_MEMBERS_PER_REQUEST} persons per request; send several requests"
+                ),
+            ));
+        }
+        if persons {
+            match cell.parse::<i64>().ok().filter(|&n| n > 0) {
+                Some(n) => ids.push(n),
+                None => {
+                    return Err(invalid(
+                        &format!("line {line}"),
+                        format!("`{cell}` is not a person id (a positive whole number)"),
+                    ))
+                }
+            }
+        } else if cell.len() > 200 {
+            return Err(invalid(
+                &format!("line {line}"),
+                "a distinct id is at most 200 bytes".into(),
+            ));
+        } else {
+            dids.push(cell.to_owned());
+        }
+    }
+    if dids.is_empty() && ids.is_empty() {
+        return Err(invalid(
+            "body",
+            "the CSV lists no persons (one distinct id per line, first column)".into(),
+        ));
+    }
+    Ok((dids, ids))
+}
+
 /// A members request: distinct ids or person ids (not both).
 fn read_members(body: &Map<String, Value>) -> Result<(Vec<String>, Vec<i64>), ApiError> {
     let mut dids = Vec::new();
@@ -882,7 +976,7 @@ async fn change_members(
     headers: HeaderMap,
     caller: Caller,
     (project_id, cohort_id): (String, String),
-    body: Map<String, Value>,
+    Members(dids, mut ids): Members,
     add: bool,
 ) -> Result<Json<Value>, ApiError> {
     let project_id = project_of(&state, &caller, &project_id).await?;
@@ -896,7 +990,6 @@ async fn change_members(
             ),
         ));
     }
-    let (dids, mut ids) = read_members(&body)?;
     let refs: Vec<&str> = dids.iter().map(String::as_str).collect();
     let found = state.store.person_numbers_for(project_id, &refs).await?;
     let unknown: Vec<&str> = refs
@@ -928,9 +1021,9 @@ async fn add_members(
     headers: HeaderMap,
     caller: Caller,
     Path(path): Path<(String, String)>,
-    JsonBody(body): JsonBody<Map<String, Value>>,
+    members: Members,
 ) -> Result<Json<Value>, ApiError> {
-    change_members(state, peer, headers, caller, path, body, true).await
+    change_members(state, peer, headers, caller, path, members, true).await
 }
 
 /// `DELETE …/cohorts/{id}/members`: removes persons from a static cohort.
@@ -940,7 +1033,50 @@ async fn remove_members(
     headers: HeaderMap,
     caller: Caller,
     Path(path): Path<(String, String)>,
-    JsonBody(body): JsonBody<Map<String, Value>>,
+    members: Members,
 ) -> Result<Json<Value>, ApiError> {
-    change_members(state, peer, headers, caller, path, body, false).await
+    change_members(state, peer, headers, caller, path, members, false).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(e: ApiError) -> Vec<String> {
+        e.errors
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e["field"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn csv_members_take_the_first_column_with_an_optional_header() {
+        let (dids, ids) =
+            read_csv_members("distinct_id,email\r\nuser_1,a@x.io\n\n\"user 2\",b@x.io\nuser_3\n")
+                .unwrap();
+        assert_eq!(
+            (dids, ids),
+            (
+                vec!["user_1".into(), "user 2".into(), "user_3".into()],
+                vec![]
+            )
+        );
+        let (dids, ids) = read_csv_members("Person_ID\n7\n 9 \n").unwrap();
+        assert_eq!((dids, ids), (vec![], vec![7, 9]));
+        // No header: every line is a distinct id.
+        let (dids, _) = read_csv_members("a\nb").unwrap();
+        assert_eq!(dids, ["a", "b"]);
+        assert_eq!(
+            fields(read_csv_members("person_id\n7\nseven\n").unwrap_err()),
+            ["line 3"]
+        );
+        assert_eq!(
+            fields(read_csv_members("distinct_id\n\n").unwrap_err()),
+            ["body"]
+        );
+        let many = "x\n".repeat(MAX_MEMBERS_PER_REQUEST + 1);
+        assert_eq!(fields(read_csv_members(&many).unwrap_err()), ["body"]);
+    }
 }

@@ -436,6 +436,26 @@ fn cohort_api_validates_and_guards_references() {
         json!({"distinct_ids": []}),
     );
     assert_eq!(status, 400, "{v}");
+    // A CSV upload (first column, optional header): unknown distinct ids are reported, not silently dropped.
+    let (status, out) = crate::http(
+        &serve.addr,
+        "POST",
+        &format!("{base}/{sid}/members"),
+        &[
+            ("Authorization", &format!("Bearer {key}")),
+            ("Content-Type", "text/csv"),
+        ],
+        b"distinct_id,email\nghost-1,a@x.io\n\"ghost-2\",b@x.io\n",
+    )
+    .unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["unknown_distinct_ids"],
+        json!(["ghost-1", "ghost-2"]),
+        "{v}"
+    );
+    assert_eq!(v["added"], 0);
     let (status, v) = call(
         "POST",
         &format!("{base}/{sid}/members"),
