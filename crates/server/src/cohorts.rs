@@ -33,7 +33,7 @@ use flywheel_query::{
 };
 use serde_json::{json, Map, Value};
 
-use crate::api::{parse_project, Caller, JsonBody};
+use crate::api::{Caller, JsonBody};
 use crate::error::ApiError;
 use crate::insights::{person_pass, Columns, RunError, Unsupported};
 use crate::state::AppState;
@@ -561,12 +561,6 @@ fn parse_cohort_id(raw: &str) -> Result<i64, ApiError> {
     })
 }
 
-async fn project_of(state: &AppState, caller: &Caller, raw: &str) -> Result<i64, ApiError> {
-    let project_id = parse_project(raw)?;
-    caller.authorize(state, project_id).await?;
-    Ok(project_id)
-}
-
 async fn cohort_record(
     state: &AppState,
     project_id: i64,
@@ -578,15 +572,20 @@ async fn cohort_record(
     })
 }
 
-/// Evaluates cohort `id` of a project over the current tables: the snapshot and each dense person's membership.
-/// Waits (bounded) for every acknowledged event first, as insights do.
+/// Cohort `id` of a project and every cohort it reaches (see [`load`]).
+async fn load_one(state: &AppState, project_id: i64, id: i64) -> Result<Cohorts, ApiError> {
+    load(state, project_id, &[("cohort".to_owned(), id as u64)]).await
+}
+
+/// Evaluates cohort `id` (loaded with what it reaches in `cohorts`) over the current tables: the snapshot and each
+/// dense person's membership. Waits (bounded) for every acknowledged event first, as insights do.
 async fn evaluate(
     state: &AppState,
     project_id: i64,
+    cohorts: Cohorts,
     id: i64,
 ) -> Result<(Option<Snapshot>, Arc<Vec<bool>>, bool), ApiError> {
     let complete = state.tables_catch_up().await;
-    let cohorts = load(state, project_id, &[("cohort".to_owned(), id as u64)]).await?;
     let epoch = state.flags.subjects.epoch();
     let mut columns = Columns::default();
     crate::insights::load_person_columns(
@@ -623,13 +622,8 @@ async fn count(
     project_id: i64,
     record: &flywheel_store::CohortRecord,
 ) -> Result<u64, ApiError> {
-    let cohorts_key = load(
-        state,
-        project_id,
-        &[("cohort".to_owned(), record.id as u64)],
-    )
-    .await?
-    .cache_key(state.clock.now());
+    let cohorts = load_one(state, project_id, record.id).await?;
+    let cohorts_key = cohorts.cache_key(state.clock.now());
     let version = state.tables.version(project_id);
     let key = format!(
         "cohort-count|{project_id}|{}|{cohorts_key}|{version}|{}",
@@ -641,7 +635,7 @@ async fn count(
             return Ok(n);
         }
     }
-    let (snapshot, members, complete) = evaluate(state, project_id, record.id).await?;
+    let (snapshot, members, complete) = evaluate(state, project_id, cohorts, record.id).await?;
     let n = snapshot.map_or(0, |s| member_list(&s, &members).len() as u64);
     if complete {
         state.insights.keep_result(key, Arc::new(json!(n)));
@@ -660,7 +654,7 @@ async fn list_cohorts(
     caller: Caller,
     Path(project_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let project_id = project_of(&state, &caller, &project_id).await?;
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
     let mut out = Vec::new();
     for record in state.store.cohorts(project_id).await? {
         let n = count(&state, project_id, &record).await?;
@@ -674,7 +668,7 @@ async fn get_cohort(
     caller: Caller,
     Path((project_id, cohort_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let project_id = project_of(&state, &caller, &project_id).await?;
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
     let record = cohort_record(&state, project_id, &cohort_id).await?;
     let n = count(&state, project_id, &record).await?;
     Ok(Json(with_count(&record, n)))
@@ -688,7 +682,7 @@ async fn create_cohort(
     Path(project_id): Path<String>,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let project_id = project_of(&state, &caller, &project_id).await?;
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
     let b = read_body(&body, true).map_err(|e| ApiError::validation("cohort", &e))?;
     if let Some((_, definition)) = &b.filters {
         check_references(&state, project_id, definition, None).await?;
@@ -716,7 +710,7 @@ async fn patch_cohort(
     Path((project_id, cohort_id)): Path<(String, String)>,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Json<Value>, ApiError> {
-    let project_id = project_of(&state, &caller, &project_id).await?;
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
     let current = cohort_record(&state, project_id, &cohort_id).await?;
     let b = read_body(&body, false).map_err(|e| ApiError::validation("cohort update", &e))?;
     if let Some((_, definition)) = &b.filters {
@@ -750,7 +744,7 @@ async fn delete_cohort(
     caller: Caller,
     Path((project_id, cohort_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let project_id = project_of(&state, &caller, &project_id).await?;
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
     let record = cohort_record(&state, project_id, &cohort_id).await?;
     let actor = crate::features::actor(&caller, &headers, peer);
     state
@@ -794,11 +788,12 @@ async fn cohort_persons(
     Path((project_id, cohort_id)): Path<(String, String)>,
     Query(page): Query<Page>,
 ) -> Result<Json<Value>, ApiError> {
-    let project_id = project_of(&state, &caller, &project_id).await?;
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
     let record = cohort_record(&state, project_id, &cohort_id).await?;
     let limit = page_number(page.limit.as_deref(), "limit", 100, MAX_PAGE)?.max(1);
     let offset = page_number(page.offset.as_deref(), "offset", 0, usize::MAX)?;
-    let (snapshot, members, complete) = evaluate(&state, project_id, record.id).await?;
+    let cohorts = load_one(&state, project_id, record.id).await?;
+    let (snapshot, members, complete) = evaluate(&state, project_id, cohorts, record.id).await?;
     let Some(snap) = snapshot else {
         return Ok(Json(
             json!({"count": 0, "results": [], "complete": complete}),
@@ -979,7 +974,7 @@ async fn change_members(
     Members(dids, mut ids): Members,
     add: bool,
 ) -> Result<Json<Value>, ApiError> {
-    let project_id = project_of(&state, &caller, &project_id).await?;
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
     let record = cohort_record(&state, project_id, &cohort_id).await?;
     if !record.is_static {
         return Err(ApiError::bad_request(

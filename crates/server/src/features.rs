@@ -759,7 +759,11 @@ pub(crate) fn write_error(e: WriteError, what: &str) -> ApiError {
     }
 }
 
-async fn project_context(state: &AppState, caller: &Caller, raw: &str) -> Result<i64, ApiError> {
+pub(crate) async fn project_context(
+    state: &AppState,
+    caller: &Caller,
+    raw: &str,
+) -> Result<i64, ApiError> {
     let project_id = parse_project(raw)?;
     caller.authorize(state, project_id).await?;
     Ok(project_id)

@@ -1061,10 +1061,8 @@ pub fn run(
         .resolve(now, &tz)
         .map_err(|e| RunError::Unsupported(unsupported(e.field, e.message)))?;
     // Each cohort the query uses, evaluated once.
-    let used: Vec<u64> = crate::cohorts::references(&serde_json::to_value(q).unwrap_or_default())
-        .into_iter()
-        .map(|(_, id)| id)
-        .collect();
+    // The caller loaded exactly the cohorts the query reaches (references of references included).
+    let used: Vec<u64> = columns.cohort_defs.by_id.keys().copied().collect();
     if !used.is_empty() {
         let cohort_now = crate::cohorts::minute_of(now);
         let mut eval =

@@ -55,14 +55,16 @@ impl Partition {
                 out[i] = Some(tail(&self.tail[r - first_tail]));
                 continue;
             }
-            let s = self
-                .sources
-                .iter()
-                .position(|Source::Segment { rows, .. }| rows.contains(&r))
-                .ok_or_else(|| EngineError::Segment {
-                    path: dir.to_path_buf(),
-                    reason: format!("storage row {r} is in no segment"),
-                })?;
+            // Sources cover the sealed rows in storage order.
+            let s = Some(
+                self.sources
+                    .partition_point(|Source::Segment { rows, .. }| rows.end <= r),
+            )
+            .filter(|&s| s < self.sources.len())
+            .ok_or_else(|| EngineError::Segment {
+                path: dir.to_path_buf(),
+                reason: format!("storage row {r} is in no segment"),
+            })?;
             by_source.entry(s).or_default().push((i, r));
         }
         for (s, wanted) in by_source {
