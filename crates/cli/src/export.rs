@@ -61,7 +61,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
         let tables = tokio::task::spawn_blocking(move || flywheel_engine::table::EventTables::open(&dir))
             .await?
             .context("cannot open the columnar segments")?;
-        flywheel_server::events_table::load_identity(&store, &tables, None).await?;
+        flywheel_server::events_table::load_identity(&store, &tables).await?;
         let target = intake.committed_lsn();
         loop {
             let from = tables.appended_lsn();

@@ -49,6 +49,7 @@ use crate::columnar::{
 };
 use crate::{EngineError, EventRef};
 
+mod identity;
 mod recent;
 pub use recent::{RecentFilter, StoredEvent};
 
@@ -225,6 +226,12 @@ impl Dictionary {
     /// True when empty.
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()
+    }
+
+    /// Makes room for `additional` more values.
+    pub fn reserve(&mut self, additional: usize) {
+        self.values.reserve(additional);
+        self.index.reserve(additional);
     }
 }
 
@@ -464,6 +471,18 @@ struct State {
     /// Intake-log position of everything appended (sealed or in the tail).
     appended_lsn: u64,
     tail_rows: usize,
+    identity: IdentityProgress,
+}
+
+/// How much of the metadata store's identity mapping the tables hold, by its 'identity' sequence numbers.
+#[derive(Debug, Default, Clone, Copy)]
+struct IdentityProgress {
+    /// What the mapping saved next to the segments covered when it was loaded (`None`: nothing was saved).
+    saved: Option<i64>,
+    /// The store's load ([`EventTables::identity_loaded`]) is done: the mapping is complete up to `seq`.
+    complete: bool,
+    /// Every change numbered up to this is applied (the load's number, then the change feed's).
+    seq: i64,
 }
 
 /// Every project's queryable events. Shared (`Arc`) between the consumer that appends and the queries.
@@ -474,6 +493,8 @@ pub struct EventTables {
     seal_lock: Mutex<()>,
     /// Files of segments replaced by compaction, deleted once nothing holds their name (see [`Source`]).
     retired: Mutex<Vec<Arc<str>>>,
+    /// The identity mapping's files as last saved; serializes saves.
+    saved_identity: Mutex<identity::Saved>,
 }
 
 impl std::fmt::Debug for EventTables {
@@ -517,6 +538,19 @@ impl EventTables {
         let manifest = Manifest::load(dir)?;
         remove_orphans(dir, &manifest);
         let mut projects: HashMap<i64, Project> = HashMap::new();
+        // The saved identity mapping first: its dictionary order is kept, and the segments only look values up.
+        let (saved_seq, saved_identity) = match identity::load(dir, &mut projects) {
+            Ok(Some((seq, saved))) => (Some(seq), saved),
+            Ok(None) => (None, identity::Saved::default()),
+            Err(reason) => {
+                tracing::warn!(
+                    reason,
+                    "insights: the saved identity mapping is unusable; loading it from the metadata store"
+                );
+                projects.clear();
+                (None, identity::Saved::default())
+            }
+        };
         for meta in &manifest.segments {
             let project = projects.entry(meta.project_id).or_default();
             load_segment(dir, meta, project)?;
@@ -529,10 +563,79 @@ impl EventTables {
                 projects,
                 appended_lsn: lsn,
                 tail_rows: 0,
+                identity: IdentityProgress {
+                    saved: saved_seq,
+                    complete: false,
+                    seq: saved_seq.unwrap_or(0),
+                },
             }),
             seal_lock: Mutex::new(()),
             retired: Mutex::new(Vec::new()),
+            saved_identity: Mutex::new(saved_identity),
         })
+    }
+
+    /// The metadata store's 'identity' sequence number that the mapping loaded from the segment directory covers:
+    /// load only the mapping rows changed after it (`Store::read_distinct_ids(Some(seq))`). `None`: nothing was
+    /// saved (or it was unusable): load the whole mapping.
+    pub fn identity_seq(&self) -> Option<i64> {
+        self.read().identity.saved
+    }
+
+    /// The load of the mapping from the metadata store is done and covers every change numbered up to `seq`.
+    /// Until then [`EventTables::save_identity`] saves nothing.
+    pub fn identity_loaded(&self, seq: i64) {
+        let mut st = self.write();
+        st.identity.complete = true;
+        st.identity.seq = st.identity.seq.max(seq);
+    }
+
+    /// The change feed applied every mapping change numbered up to `seq`.
+    pub fn note_identity_seq(&self, seq: i64) {
+        let mut st = self.write();
+        st.identity.seq = st.identity.seq.max(seq);
+    }
+
+    /// Saves the identity mapping next to the segments (see `table/identity.rs`), unless the load from the store
+    /// is not done or nothing changed since the last save. Returns whether it wrote. The copy is taken under the
+    /// state lock (a few milliseconds per million distinct ids), the files are written outside it.
+    pub fn save_identity(&self) -> Result<bool, EngineError> {
+        let mut saved = self.saved_identity.lock().expect("identity save lock");
+        let (seq, copies) = {
+            let st = self.read();
+            if !st.identity.complete {
+                return Ok(false);
+            }
+            let mut ids: Vec<i64> = st.projects.keys().copied().collect();
+            ids.sort_unstable();
+            let copies: Vec<identity::ProjectCopy> = ids
+                .iter()
+                .map(|id| identity::ProjectCopy::of(*id, &st.projects[id], &saved))
+                .collect();
+            (st.identity.seq, copies)
+        };
+        if saved.unchanged(seq, &copies) {
+            return Ok(false);
+        }
+        identity::save(&self.dir, seq, &copies, &mut saved)?;
+        Ok(true)
+    }
+
+    /// Calls `f(project_id, distinct_id)` for every distinct id the tables know (from events, the saved mapping
+    /// or the identity feed), without holding the state lock while `f` runs.
+    pub fn for_each_distinct_id(&self, mut f: impl FnMut(i64, &str)) {
+        let projects: Vec<(i64, Vec<Arc<str>>)> = {
+            let st = self.read();
+            st.projects
+                .iter()
+                .map(|(id, p)| (*id, p.dids.values.clone()))
+                .collect()
+        };
+        for (id, dids) in &projects {
+            for d in dids {
+                f(*id, d);
+            }
+        }
     }
 
     /// The intake-log position the segments cover: replay the log from here into the tail on start.
@@ -1447,6 +1550,146 @@ mod tests {
         // The old snapshot is unchanged.
         assert_eq!(rows_of(&s)[0].0, 10);
         assert_eq!(t.appended_lsn(), 7);
+    }
+
+    /// Person id of each row, by (distinct id, time), for comparing mappings across restarts.
+    fn persons_by_row(t: &EventTables, project: i64) -> Vec<(String, i64, i64)> {
+        let s = t.snapshot(project).unwrap();
+        let mut out = Vec::new();
+        for part in s.partitions.values() {
+            for r in 0..part.len() {
+                let did = t.distinct_id_names(project, &[part.did[r]]).remove(0);
+                let person = s.person_ids[s.resolved[part.did[r] as usize] as usize];
+                out.push((did, part.ts[r], person));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn the_identity_mapping_is_saved_and_loaded_with_the_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = EventTables::open(dir.path()).unwrap();
+        assert_eq!(t.identity_seq(), None, "nothing saved yet");
+        t.assign_all([
+            (1, "anon", 10),
+            (1, "user", 20),
+            (1, "other", 30),
+            (2, "x", 40),
+        ]);
+        t.append(
+            [
+                ev(1, "anon", "view", 5, "{}"),
+                ev(1, "user", "signup", 6, "{}"),
+                ev(1, "other", "view", 7, "{}"),
+                ev(1, "nobody", "view", 8, "{}"),
+                ev(2, "x", "view", 9, "{}"),
+            ],
+            3,
+        );
+        assert!(
+            !t.save_identity().unwrap(),
+            "not before the store's load is done"
+        );
+        t.identity_loaded(4);
+        t.merge(1, 10, 20);
+        t.note_identity_seq(6);
+        t.seal().unwrap();
+        assert!(t.save_identity().unwrap());
+        assert!(!t.save_identity().unwrap(), "nothing changed since");
+        let before = persons_by_row(&t, 1);
+        assert_eq!(before.iter().filter(|r| r.2 == 20).count(), 2, "{before:?}");
+        drop(t);
+
+        let t = EventTables::open(dir.path()).unwrap();
+        assert_eq!(t.identity_seq(), Some(6));
+        assert_eq!(persons_by_row(&t, 1), before);
+        assert_eq!(persons_by_row(&t, 2)[0].2, 40);
+        // Changes after the save (read from the store as a delta) apply on top; new distinct ids are appended to
+        // the dictionary file at the next save.
+        t.identity_loaded(7);
+        t.assign(1, "nobody", 50);
+        t.merge(1, 30, 50);
+        t.append([ev(1, "late", "view", 10, "{}")], 4);
+        t.assign(1, "late", 50);
+        t.note_identity_seq(8);
+        assert!(t.save_identity().unwrap());
+        let after = persons_by_row(&t, 1);
+        drop(t);
+        let t = EventTables::open(dir.path()).unwrap();
+        assert_eq!(t.identity_seq(), Some(8));
+        // The tail ("late") was not sealed: replayed from the log on a real start; here only the mapping counts.
+        t.append([ev(1, "late", "view", 10, "{}")], 4);
+        assert_eq!(persons_by_row(&t, 1), after);
+        assert_eq!(after.iter().filter(|r| r.2 == 50).count(), 3, "{after:?}");
+    }
+
+    #[test]
+    fn an_unusable_saved_mapping_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = EventTables::open(dir.path()).unwrap();
+        t.assign_all([(1, "a", 10), (1, "b", 20)]);
+        t.append([ev(1, "a", "x", 1, "{}"), ev(1, "b", "x", 2, "{}")], 1);
+        t.identity_loaded(3);
+        t.seal().unwrap();
+        assert!(t.save_identity().unwrap());
+        drop(t);
+        let dids = dir.path().join("identity/p1.dids");
+        let map = dir.path().join("identity/map");
+
+        // A torn append (bytes past what the map lists) is ignored.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&dids)
+            .unwrap();
+        std::io::Write::write_all(&mut f, &[7, 0, 0]).unwrap();
+        drop(f);
+        let t = EventTables::open(dir.path()).unwrap();
+        assert_eq!(t.identity_seq(), Some(3));
+        t.identity_loaded(3);
+        t.assign(1, "c", 30);
+        t.append([ev(1, "c", "x", 3, "{}")], 2);
+        assert!(
+            t.save_identity().unwrap(),
+            "the next save appends over the torn bytes"
+        );
+        drop(t);
+        let t = EventTables::open(dir.path()).unwrap();
+        assert_eq!(t.identity_seq(), Some(3));
+        t.append([ev(1, "c", "x", 3, "{}")], 2);
+        let persons: Vec<i64> = persons_by_row(&t, 1).iter().map(|r| r.2).collect();
+        assert_eq!(persons, [10, 20, 30]);
+        drop(t);
+
+        // A flipped byte in the map, a truncated dictionary: load everything from the store instead.
+        let mut bytes = std::fs::read(&map).unwrap();
+        bytes[20] ^= 1;
+        std::fs::write(&map, &bytes).unwrap();
+        let t = EventTables::open(dir.path()).unwrap();
+        assert_eq!(t.identity_seq(), None);
+        let persons: Vec<i64> = persons_by_row(&t, 1).iter().map(|r| r.2).collect();
+        assert_eq!(
+            persons,
+            [-1, -1],
+            "no persons until the store's mapping is loaded"
+        );
+        t.assign_all([(1, "a", 10), (1, "b", 20)]);
+        t.identity_loaded(3);
+        assert!(t.save_identity().unwrap(), "rewritten from scratch");
+        drop(t);
+        let t = EventTables::open(dir.path()).unwrap();
+        assert_eq!(t.identity_seq(), Some(3));
+        drop(t);
+        let len = std::fs::metadata(&dids).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&dids)
+            .unwrap()
+            .set_len(len - 1)
+            .unwrap();
+        let t = EventTables::open(dir.path()).unwrap();
+        assert_eq!(t.identity_seq(), None);
     }
 
     #[test]

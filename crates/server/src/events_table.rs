@@ -1,9 +1,10 @@
 //! The insights consumer: keeps the engine's in-memory event tables ([`EventTables`]) up to date with the intake
 //! log, and seals them into columnar segments.
 //!
-//! On start it loads the distinct id → person mapping from the metadata store (the identity consumer feeds every
-//! later change directly, see `identity::run`; the mapping is order-insensitive because merges are kept as
-//! "person A now belongs to B", so the load and the feed may interleave). Then it replays the log from the
+//! On start it loads the distinct id → person mapping: the tables saved it next to their segments at the last seal,
+//! so only what changed since is read from the metadata store (all of it on a first start). The identity consumer
+//! feeds every later change directly (see `identity::run`); the mapping is order-insensitive because merges are
+//! kept as "person A now belongs to B", so the load and the feed may interleave. Then it replays the log from the
 //! position the segments cover, and follows it: a batch is appended once the identity consumer has applied it,
 //! so its distinct ids have persons. Appended events are queryable at once (the tail); the tail is sealed into
 //! Parquet segments when it reaches [`SEAL_ROWS`] rows, every [`SEAL_EVERY`], and on shutdown. After a seal, at
@@ -26,23 +27,26 @@ pub const SEAL_EVERY: Duration = Duration::from_secs(300);
 /// Batches appended per step (bounded so the table lock is held briefly).
 const CHUNK_BATCHES: usize = 256;
 
-/// Loads the identity mapping into `tables` and, when given, the flag endpoints' filter of known distinct ids
-/// (one read of the mapping for both).
-pub async fn load_identity(
-    store: &Store,
-    tables: &EventTables,
-    known: Option<&crate::serving::SubjectCache>,
-) -> anyhow::Result<u64> {
+/// What [`load_identity`] read from the metadata store.
+#[derive(Debug, Clone, Copy)]
+pub struct IdentityLoad {
+    /// Mapping rows applied.
+    pub rows: u64,
+    /// Whether only the rows changed since the mapping saved next to the segments were read.
+    pub incremental: bool,
+}
+
+/// Loads the identity mapping into `tables`: only what changed since the mapping the tables loaded from their
+/// directory ([`EventTables::identity_seq`]), or all of it when nothing was saved.
+pub async fn load_identity(store: &Store, tables: &EventTables) -> anyhow::Result<IdentityLoad> {
+    let since = tables.identity_seq();
     let mut buf: Vec<(i64, String, i64)> = Vec::with_capacity(65_536);
     let flush = |buf: &mut Vec<(i64, String, i64)>| {
         tables.assign_all(buf.iter().map(|(p, d, id)| (*p, d.as_str(), *id)));
         buf.clear();
     };
-    let n = store
-        .for_each_distinct_id(|p, d, id| {
-            if let Some(known) = known {
-                known.note_known(p, d);
-            }
+    let read = store
+        .read_distinct_ids(since, |p, d, id| {
             buf.push((p, d.to_owned(), id));
             if buf.len() == buf.capacity() {
                 flush(&mut buf);
@@ -50,10 +54,23 @@ pub async fn load_identity(
         })
         .await?;
     flush(&mut buf);
-    if let Some(known) = known {
-        known.known_loaded();
-    }
-    Ok(n)
+    tables.identity_loaded(read.seq);
+    Ok(IdentityLoad {
+        rows: read.rows,
+        incremental: since.is_some(),
+    })
+}
+
+/// Fills the flag endpoints' filter of known distinct ids from the tables' dictionaries, which hold every stored
+/// distinct id once [`load_identity`] is done (the identity consumer notes later ones itself).
+fn fill_known(tables: &EventTables, known: &crate::serving::SubjectCache) -> usize {
+    let mut n = 0;
+    tables.for_each_distinct_id(|p, d| {
+        known.note_known(p, d);
+        n += 1;
+    });
+    known.known_loaded();
+    n
 }
 
 /// Runs until the identity consumer ends (shutdown) and everything it applied has been appended, then seals.
@@ -66,15 +83,29 @@ pub async fn run(
     known: Arc<crate::serving::SubjectCache>,
 ) {
     let started = Instant::now();
-    match load_identity(&store, &tables, Some(&known)).await {
-        Ok(n) => tracing::info!(
-            distinct_ids = n,
+    match load_identity(&store, &tables).await {
+        Ok(load) => tracing::info!(
+            rows = load.rows,
+            incremental = load.incremental,
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "insights: identity mapping (and the flag endpoints' known distinct ids) loaded"
+            "insights: identity mapping loaded"
         ),
         Err(err) => {
             tracing::error!(error = %err, "insights: cannot load the identity mapping; persons resolve as events arrive")
         }
+    }
+    {
+        let tables = tables.clone();
+        let known = known.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let n = fill_known(&tables, &known);
+            tracing::info!(
+                distinct_ids = n,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "insights: the flag endpoints' known distinct ids loaded"
+            );
+        });
     }
     // Sort what the segments hold now, in the background: the first queries find their views ready.
     {
@@ -137,6 +168,8 @@ pub async fn run(
     compactor.finish().await;
     if tables.tail_rows() > 0 {
         seal(&tables).await;
+    } else {
+        save_identity(&tables).await;
     }
 }
 
@@ -216,6 +249,26 @@ async fn seal(tables: &Arc<EventTables>) {
             tracing::error!(error = %err, "insights: sealing failed; the events stay in memory and in the log")
         }
         Err(err) => tracing::error!(error = %err, "insights: seal task failed"),
+    }
+    save_identity(tables).await;
+}
+
+/// Saves the identity mapping next to the segments (after each seal and on shutdown), so that a restart reads only
+/// what changed since from the metadata store.
+async fn save_identity(tables: &Arc<EventTables>) {
+    let t = tables.clone();
+    let started = Instant::now();
+    match tokio::task::spawn_blocking(move || t.save_identity()).await {
+        Ok(Ok(true)) => tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "insights: identity mapping saved"
+        ),
+        Ok(Ok(false)) => {}
+        Ok(Err(err)) => tracing::warn!(
+            error = %err,
+            "insights: cannot save the identity mapping; the next start reads it from the metadata store"
+        ),
+        Err(err) => tracing::error!(error = %err, "insights: identity save task failed"),
     }
 }
 

@@ -249,6 +249,9 @@ pub async fn run(
                             } => tables.merge(project_id, from, into),
                         }
                     }
+                    if let Some(seq) = writer.mapping_seq() {
+                        tables.note_identity_seq(seq);
+                    }
                     metrics::counter!(m::IDENTITY_MERGES).increment(stats.merges);
                     metrics::counter!(m::IDENTITY_MERGES_REFUSED).increment(stats.merges_refused);
                     lsn = end;

@@ -831,8 +831,7 @@ impl SubjectCache {
         }
     }
 
-    /// Fills the filter of known distinct ids from storage (at start, in the background).
-    /// Records a distinct id as known (the start-up load, see `events_table::load_identity`).
+    /// Records a distinct id as known (the start-up fill from the insights tables, see `events_table::run`).
     pub fn note_known(&self, project_id: i64, distinct_id: &str) {
         self.known.insert(project_id, distinct_id);
     }

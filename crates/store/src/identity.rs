@@ -143,6 +143,8 @@ pub struct IdentityWriter {
     consumer: String,
     state: Resolver,
     last_checkpoint: Instant,
+    /// The number of the last committed transaction that changed the mapping (see [`IdentityWriter::mapping_seq`]).
+    committed_mapping_seq: Option<i64>,
 }
 
 /// The writer's caches and bookkeeping, apart from the connection so that a transaction (which borrows the
@@ -163,6 +165,9 @@ struct Resolver {
     last_person_id: Option<i64>,
     /// `last_person_id` as read from the database in the current transaction.
     stored_person_id: Option<i64>,
+    /// The number of the current transaction in the 'identity' sequence, once it changed the mapping
+    /// (migration 0007): set on every `person_distinct_ids` row it inserts or moves, written back before commit.
+    mapping_seq: Option<i64>,
     group_types: HashMap<(i64, String), Option<i64>>,
     links: HashSet<(i64, i64, String)>,
 }
@@ -179,6 +184,7 @@ impl Store {
             consumer: consumer.to_owned(),
             state: Resolver::default(),
             last_checkpoint: Instant::now() - CHECKPOINT_EVERY,
+            committed_mapping_seq: None,
         })
     }
 }
@@ -222,6 +228,13 @@ impl IdentityWriter {
         std::mem::take(&mut self.state.changes)
     }
 
+    /// The number (in the 'identity' sequence, see `Store::for_each_distinct_id`) of the last committed `apply`
+    /// that changed the mapping; `None` until one did. A consumer that applied every [`IdentityChange`] taken so
+    /// far holds every mapping row numbered up to it.
+    pub fn mapping_seq(&self) -> Option<i64> {
+        self.committed_mapping_seq
+    }
+
     /// Applies `ops` in order in one transaction and records `lsn` as this consumer's checkpoint (written with
     /// any change, and at least once a second otherwise). On error nothing is applied and the caches are dropped.
     /// Blocks on SQLite.
@@ -240,13 +253,14 @@ impl IdentityWriter {
                 wrote |= state.apply_one(&tx, op, &mut stats)?;
                 Ok(())
             })
-            .and_then(|()| state.write_person_sequence(&tx));
+            .and_then(|()| state.write_sequences(&tx));
         let checkpoint = wrote || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
         if result.is_ok() && checkpoint {
             result = write_checkpoint(&tx, &self.consumer, lsn)
                 .and_then(|()| tx.commit().map_err(Into::into));
         }
         // Otherwise the transaction (no writes, no checkpoint due, or failed) rolls back when dropped.
+        let mapping_seq = state.mapping_seq.take();
         if let Err(err) = result {
             state.clear_caches();
             state.changes.truncate(changes_before);
@@ -254,6 +268,9 @@ impl IdentityWriter {
         }
         if checkpoint {
             self.last_checkpoint = Instant::now();
+            if mapping_seq.is_some() {
+                self.committed_mapping_seq = mapping_seq;
+            }
         }
         state.trim_caches();
         Ok(stats)
@@ -296,8 +313,9 @@ impl Resolver {
         }
     }
 
-    /// Writes back the person-id sequence if this transaction handed out ids.
-    fn write_person_sequence(&mut self, tx: &Connection) -> Result<()> {
+    /// Writes back the person-id sequence if this transaction handed out ids, and the identity sequence if it
+    /// changed the mapping (`mapping_seq` stays set for `apply` to see).
+    fn write_sequences(&mut self, tx: &Connection) -> Result<()> {
         let stored = self.stored_person_id.take();
         if let Some(last) = self.last_person_id.take().filter(|&l| Some(l) != stored) {
             exec(
@@ -306,7 +324,26 @@ impl Resolver {
                 [last],
             )?;
         }
+        if let Some(seq) = self.mapping_seq {
+            exec(
+                tx,
+                "UPDATE id_sequences SET last = ? WHERE name = 'identity'",
+                [seq],
+            )?;
+        }
         Ok(())
+    }
+
+    /// This transaction's number in the 'identity' sequence (read once per transaction).
+    fn mapping_seq(&mut self, tx: &Connection) -> Result<i64> {
+        if let Some(seq) = self.mapping_seq {
+            return Ok(seq);
+        }
+        let last: i64 = tx
+            .prepare_cached("SELECT last FROM id_sequences WHERE name = 'identity'")?
+            .query_row([], |row| row.get(0))?;
+        self.mapping_seq = Some(last + 1);
+        Ok(last + 1)
     }
 
     fn cache(&mut self, project_id: i64, distinct_id: &str, person: PersonRef) {
@@ -330,6 +367,7 @@ impl Resolver {
     fn clear_caches(&mut self) {
         self.last_person_id = None;
         self.stored_person_id = None;
+        self.mapping_seq = None;
         self.persons.clear();
         self.merged_into.clear();
         self.identified.clear();
@@ -546,10 +584,11 @@ impl Resolver {
         distinct_id: &str,
         person: PersonRef,
     ) -> Result<()> {
+        let seq = self.mapping_seq(tx)?;
         exec(
             tx,
-            "INSERT INTO person_distinct_ids (project_id, distinct_id, person_id) VALUES (?, ?, ?)",
-            params![project_id, distinct_id, person.id],
+            "INSERT INTO person_distinct_ids (project_id, distinct_id, person_id, seq) VALUES (?, ?, ?, ?)",
+            params![project_id, distinct_id, person.id, seq],
         )?;
         self.cache(project_id, distinct_id, person);
         if self.record_changes {
@@ -651,10 +690,11 @@ impl Resolver {
             "UPDATE persons SET properties = ?, created_at = ?, is_identified = 1, version = version + 1 WHERE id = ?",
             params![Value::Object(merged).to_string(), created, into.id],
         )?;
+        let seq = self.mapping_seq(tx)?;
         exec(
             tx,
-            "UPDATE person_distinct_ids SET person_id = ? WHERE person_id = ?",
-            [into.id, from.id],
+            "UPDATE person_distinct_ids SET person_id = ?, seq = ? WHERE person_id = ?",
+            [into.id, seq, from.id],
         )?;
         exec(
             tx,

@@ -303,32 +303,57 @@ impl Store {
     }
 
     /// Calls `f(project_id, distinct_id, person_id)` for every distinct id that has a person.
-    pub async fn for_each_distinct_id(&self, mut f: impl FnMut(i64, &str, i64)) -> Result<u64> {
+    pub async fn for_each_distinct_id(&self, f: impl FnMut(i64, &str, i64)) -> Result<u64> {
+        Ok(self.read_distinct_ids(None, f).await?.rows)
+    }
+
+    /// Calls `f(project_id, distinct_id, person_id)` for every distinct id that has a person (`since: None`), or
+    /// only for those inserted or moved to another person (a merge) by a change numbered above `since` in the
+    /// 'identity' sequence (migration 0007). One consistent read; returns the sequence number it covers.
+    pub async fn read_distinct_ids(
+        &self,
+        since: Option<i64>,
+        mut f: impl FnMut(i64, &str, i64),
+    ) -> Result<MappingRead> {
         // In chunks from a read-only rusqlite connection on a blocking thread (one transaction, so a consistent
         // snapshot): through sqlx's worker thread 1.3M rows took seconds of start-up.
         const CHUNK: usize = 65_536;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(i64, String, i64)>>(4);
         let path = self.path().to_path_buf();
-        let reader = tokio::task::spawn_blocking(move || -> Result<()> {
+        let reader = tokio::task::spawn_blocking(move || -> Result<i64> {
             let mut conn = read_connection(&path)?;
             let txn = conn.transaction()?;
-            let mut stmt =
-                txn.prepare("SELECT project_id, distinct_id, person_id FROM person_distinct_ids")?;
-            let mut rows = stmt.query([])?;
+            let seq: i64 = txn.query_row(
+                "SELECT last FROM id_sequences WHERE name = 'identity'",
+                [],
+                |row| row.get(0),
+            )?;
+            let mut stmt = match since {
+                None => {
+                    txn.prepare("SELECT project_id, distinct_id, person_id FROM person_distinct_ids")?
+                }
+                Some(_) => txn.prepare(
+                    "SELECT project_id, distinct_id, person_id FROM person_distinct_ids WHERE seq > ?1",
+                )?,
+            };
+            let mut rows = match since {
+                None => stmt.query([])?,
+                Some(since) => stmt.query([since])?,
+            };
             let mut chunk = Vec::with_capacity(CHUNK);
             while let Some(row) = rows.next()? {
                 chunk.push((row.get(0)?, row.get(1)?, row.get(2)?));
                 if chunk.len() == CHUNK {
                     let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
                     if tx.blocking_send(full).is_err() {
-                        return Ok(()); // the caller went away
+                        return Ok(seq); // the caller went away
                     }
                 }
             }
             if !chunk.is_empty() {
                 let _ = tx.blocking_send(chunk);
             }
-            Ok(())
+            Ok(seq)
         });
         let mut n = 0;
         while let Some(chunk) = rx.recv().await {
@@ -337,10 +362,10 @@ impl Store {
             }
             n += chunk.len() as u64;
         }
-        reader
+        let seq = reader
             .await
             .map_err(|e| crate::StoreError::Task(format!("distinct id reader: {e}")))??;
-        Ok(n)
+        Ok(MappingRead { rows: n, seq })
     }
 }
 
@@ -405,4 +430,13 @@ fn person_property_range(
         }
     }
     Ok(out)
+}
+
+/// What [`Store::read_distinct_ids`] read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MappingRead {
+    /// Rows passed to the callback.
+    pub rows: u64,
+    /// The 'identity' sequence number the read covers: every mapping change numbered up to it is included.
+    pub seq: i64,
 }

@@ -424,6 +424,67 @@ async fn change_feed_replays_to_the_database_mapping() {
 }
 
 #[tokio::test]
+async fn mapping_reads_since_a_sequence_number_return_only_what_changed() {
+    let (_dir, store, p) = store().await;
+    let mut w = store.identity_writer("test").unwrap();
+    assert_eq!(w.mapping_seq(), None);
+    w.apply(&[touch(p, "a"), touch(p, "b"), touch(p, "c")], 1)
+        .unwrap();
+    let first = w
+        .mapping_seq()
+        .expect("the first apply changed the mapping");
+    // Property changes do not change the mapping: no new number.
+    w.apply(&[set(p, "a", json!({"plan": "pro"}), json!({}), &[])], 2)
+        .unwrap();
+    assert_eq!(w.mapping_seq(), Some(first));
+
+    let mut all = Vec::new();
+    let read = store
+        .read_distinct_ids(None, |_, d, person| all.push((d.to_owned(), person)))
+        .await
+        .unwrap();
+    assert_eq!((read.rows, read.seq), (3, first));
+    let person = |d: &str| all.iter().find(|(x, _)| x == d).unwrap().1;
+    let (pa, pb) = (person("a"), person("b"));
+    assert_ne!(pa, pb);
+
+    // A merge moves b's distinct ids to a; "d" is new. Only those come back after `first`.
+    w.apply(
+        &[merge(p, "a", "b", MergeMode::Dangerous), touch(p, "d")],
+        3,
+    )
+    .unwrap();
+    let second = w.mapping_seq().unwrap();
+    assert!(second > first);
+    let mut changed = Vec::new();
+    let read = store
+        .read_distinct_ids(Some(first), |_, d, person| {
+            changed.push((d.to_owned(), person))
+        })
+        .await
+        .unwrap();
+    changed.sort();
+    assert_eq!(read.seq, second);
+    assert_eq!(changed.len(), 2, "{changed:?}");
+    assert_eq!(
+        changed[0],
+        ("b".to_owned(), pa),
+        "b now belongs to a's person"
+    );
+    assert_eq!(changed[1].0, "d");
+    let none = store
+        .read_distinct_ids(Some(second), |_, d, _| panic!("{d} did not change"))
+        .await
+        .unwrap();
+    assert_eq!((none.rows, none.seq), (0, second));
+    // A new writer (a restart) continues the sequence.
+    drop(w);
+    let mut w = store.identity_writer("test").unwrap();
+    w.apply(&[touch(p, "e")], 4).unwrap();
+    assert_eq!(w.mapping_seq(), Some(second + 1));
+}
+
+#[tokio::test]
 async fn person_property_columns_read_every_person_with_the_key() {
     let (_dir, store, p) = store().await;
     let mut w = store.identity_writer("test").unwrap();

@@ -6,6 +6,7 @@ mod crash;
 mod generate;
 mod insights;
 mod process;
+mod restart;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

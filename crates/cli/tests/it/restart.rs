@@ -1,0 +1,160 @@
+//! Restarts keep every merge: the identity mapping saved next to the segments on shutdown, plus what changed in the
+//! metadata store after it (a merge followed by `kill -9`, which saves nothing), must resolve persons exactly as a
+//! server that never stopped.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::insights::request;
+use crate::{http, init, Keys, Serve};
+
+fn post_batch(serve: &Serve, keys: &Keys, events: Value) {
+    let body = json!({"api_key": keys.project_key, "batch": events});
+    let (status, out) = http(
+        &serve.addr,
+        "POST",
+        "/batch",
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out));
+}
+
+fn pageview(distinct_id: &str) -> Value {
+    json!({"event": "$pageview", "distinct_id": distinct_id, "timestamp": "2026-01-10T12:00:00Z"})
+}
+
+fn identify(user: &str, anon: &str) -> Value {
+    json!({"event": "$identify", "distinct_id": user, "timestamp": "2026-01-10T13:00:00Z",
+           "properties": {"$anon_distinct_id": anon}})
+}
+
+/// Unique persons who viewed a page on 2026-01-10, once the tables have every accepted event.
+fn viewers(serve: &Serve, keys: &Keys) -> u64 {
+    let body = json!({"series": [{"event": "$pageview", "math": "dau"}], "interval": "day",
+                      "date_from": "2026-01-10", "date_to": "2026-01-10"});
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, v) = request(
+            serve,
+            &keys.personal_key,
+            "POST",
+            &format!("/api/v1/projects/{}/insights/trends", keys.project_id),
+            &body,
+        );
+        assert_eq!(status, 200, "{v}");
+        if v["complete"] == true {
+            return v["result"][0]["data"][0]
+                .as_f64()
+                .map(|n| n as u64)
+                .unwrap_or_else(|| panic!("no count in {v}"));
+        }
+        assert!(Instant::now() < deadline, "the tables never caught up: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until the answer is `want` (the identity consumer applies a merge shortly after the event is accepted).
+fn wait_viewers(serve: &Serve, keys: &Keys, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while viewers(serve, keys) != want {
+        assert!(Instant::now() < deadline, "never saw {want} viewers");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn plain(log: &str) -> String {
+    let mut out = String::new();
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The "identity mapping loaded" log line of a server's run.
+fn load_line(serve: Serve) -> String {
+    let mut serve = serve;
+    let pid = serve.child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(serve.child.wait().unwrap().success());
+    let log = plain(&serve.stderr_after_exit());
+    log.lines()
+        .find(|l| l.contains("identity mapping loaded"))
+        .unwrap_or_else(|| panic!("no load line in:\n{log}"))
+        .to_owned()
+}
+
+#[test]
+fn merges_survive_restarts_with_and_without_a_clean_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = init(dir.path());
+
+    // 1. Five distinct ids, anon-1 identified as user-1: four persons. A clean stop saves the mapping.
+    let serve = Serve::start(dir.path(), &[]);
+    post_batch(
+        &serve,
+        &keys,
+        json!([
+            pageview("anon-1"),
+            pageview("anon-2"),
+            pageview("anon-3"),
+            pageview("user-1"),
+            pageview("user-2"),
+            identify("user-1", "anon-1")
+        ]),
+    );
+    wait_viewers(&serve, &keys, 4);
+    let line = load_line(serve);
+    assert!(line.contains("incremental=false"), "{line}");
+
+    // 2. From the saved mapping. Then anon-2 becomes user-2 and the server is killed: nothing saved this time.
+    let mut serve = Serve::start(dir.path(), &[]);
+    assert_eq!(
+        viewers(&serve, &keys),
+        4,
+        "the saved mapping keeps the first merge"
+    );
+    post_batch(&serve, &keys, json!([identify("user-2", "anon-2")]));
+    wait_viewers(&serve, &keys, 3);
+    serve.child.kill().unwrap();
+    serve.child.wait().unwrap();
+
+    // 3. The saved mapping is older than the second merge: it is read from the store.
+    let serve = Serve::start(dir.path(), &[]);
+    assert_eq!(
+        viewers(&serve, &keys),
+        3,
+        "the merge after the save is read back"
+    );
+    post_batch(&serve, &keys, json!([identify("user-1", "anon-3")]));
+    wait_viewers(&serve, &keys, 2);
+    let line = load_line(serve);
+    assert!(line.contains("incremental=true"), "{line}");
+    assert!(
+        line.contains("rows=1"),
+        "only anon-2 changed after the save: {line}"
+    );
+
+    // 4. Everything saved on the clean stop; nothing left to read.
+    let serve = Serve::start(dir.path(), &[]);
+    assert_eq!(viewers(&serve, &keys), 2);
+    let line = load_line(serve);
+    assert!(
+        line.contains("incremental=true") && line.contains("rows=0"),
+        "{line}"
+    );
+}
