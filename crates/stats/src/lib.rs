@@ -1,0 +1,2 @@
+//! Flywheel's experiment statistics.
+pub mod special;
