@@ -176,7 +176,7 @@ fn beta_inc_by_quadrature(a: f64, b: f64, x: f64, y: f64) -> (f64, f64) {
 }
 
 /// Gauss–Legendre nodes and weights on [−1, 1] (20 points), computed once by Newton's method on P₂₀.
-fn gauss_legendre_20() -> &'static ([f64; 20], [f64; 20]) {
+pub(crate) fn gauss_legendre_20() -> &'static ([f64; 20], [f64; 20]) {
     static NODES: std::sync::OnceLock<([f64; 20], [f64; 20])> = std::sync::OnceLock::new();
     NODES.get_or_init(|| {
         const N: usize = 20;
