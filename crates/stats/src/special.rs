@@ -155,22 +155,23 @@ fn beta_inc_by_quadrature(a: f64, b: f64, x: f64, y: f64) -> (f64, f64) {
     let density_at_x = beta_prefix(a, b, x, y) / (x * y);
     let am = a - 1.0;
     let bm = b - 1.0;
-    let rel = |d: f64| {
-        // ln f(x + d) − ln f(x) and its first two derivatives in d (d is exact: offsets from x, not points near
-        // 1 that would round to 1e-16 absolute).
-        let v = am * (d / x).ln_1p() + bm * (-d / y).ln_1p();
+    // ln f(x + d) − ln f(x) and its first two derivatives in d (d is exact: offsets from x, not points near 1
+    // that would round to 1e-16 absolute).
+    let value = |d: f64| am * (d / x).ln_1p() + bm * (-d / y).ln_1p();
+    let slopes = |d: f64| {
         let s = x + d;
         let one_minus_s = y - d;
-        let d1 = am / s - bm / one_minus_s;
-        let d2 = -am / (s * s) - bm / (one_minus_s * one_minus_s);
-        (v, d1, d2)
+        (
+            am / s - bm / one_minus_s,
+            -am / (s * s) - bm / (one_minus_s * one_minus_s),
+        )
     };
     // Integrate the side with less mass (x below the mean: [0, x]; above: [x, 1]).
     if x * b <= y * a {
-        let v = density_at_x * log_concave_integral(&rel, -x);
+        let v = density_at_x * log_concave_integral(&value, &slopes, -x);
         (v, 1.0 - v)
     } else {
-        let v = density_at_x * log_concave_integral(&rel, y);
+        let v = density_at_x * log_concave_integral(&value, &slopes, y);
         (1.0 - v, v)
     }
 }
@@ -208,22 +209,25 @@ pub(crate) fn gauss_legendre_20() -> &'static ([f64; 20], [f64; 20]) {
     })
 }
 
-/// `|∫_0^end exp(g(u)) du|` (`end` of either sign) for a concave `g` with `g(0) = 0`; `g` returns
-/// `(g(u), g'(u), g''(u))`. Panels of 20-point Gauss–Legendre, each a few e-folds (`4/|g'|`) or standard
+/// `|∫_0^end exp(g(u)) du|` (`end` of either sign) for a concave `g` with `g(0) = 0`; `value` returns `g(u)` and
+/// `slopes` `(g'(u), g''(u))`. Panels of 20-point Gauss–Legendre, each a few e-folds (`4/|g'|`) or standard
 /// deviations (`4/√|g''|`) wide, march from 0 until what is left is below 1e-18 of the running total (or `end` is
 /// reached). The variable is the offset from the start so that it is exact at every scale.
-fn log_concave_integral(g: &dyn Fn(f64) -> (f64, f64, f64), end: f64) -> f64 {
-    let start = 0.0;
+fn log_concave_integral(
+    value: &dyn Fn(f64) -> f64,
+    slopes: &dyn Fn(f64) -> (f64, f64),
+    end: f64,
+) -> f64 {
     let (nodes, weights) = gauss_legendre_20();
-    let dir = if end >= start { 1.0 } else { -1.0 };
-    let mut at = start;
+    let dir = if end >= 0.0 { 1.0 } else { -1.0 };
+    let mut at = 0.0;
     let mut total = 0.0;
+    let (mut d1, mut d2) = slopes(at);
     for _ in 0..10_000 {
         let remaining = (end - at).abs();
         if remaining <= 0.0 {
             break;
         }
-        let (_, d1, d2) = g(at);
         let mut width = f64::INFINITY;
         if d1 != 0.0 {
             width = width.min(4.0 / d1.abs());
@@ -238,16 +242,16 @@ fn log_concave_integral(g: &dyn Fn(f64) -> (f64, f64, f64), end: f64) -> f64 {
         let mid = 0.5 * (hi + lo);
         let mut panel = 0.0;
         for (z, w) in nodes.iter().zip(weights) {
-            panel += w * g(mid + half * z).0.exp();
+            panel += w * value(mid + half * z).exp();
         }
         total += panel * half.abs();
         if last {
             break;
         }
         at = hi;
+        (d1, d2) = slopes(at);
         // What is left is below e^{g(at)} times a few e-fold lengths (the integrand is log-concave).
-        let (g_end, d1_end, _) = g(at);
-        if g_end - d1_end.abs().max(1e-300).ln() < total.ln() - 41.5 {
+        if value(at) - d1.abs().max(1e-300).ln() < total.ln() - 41.5 {
             break;
         }
     }
@@ -594,22 +598,24 @@ pub fn t_sf(t: f64, df: f64) -> f64 {
 /// fraction loses ≈ `ν · 1e-17` relative precision when `x = ν/(ν+t²)` is close to 1).
 const LARGE_DF: f64 = 100.0;
 
-/// `P(T > t)` for `t ≥ 0`, `ν ≥ 2`, as `C ∫_{θ_t}^{π/2} cos^{ν−1}θ dθ` with `t = √ν tan θ` and
-/// `C = Γ((ν+1)/2) / (Γ(ν/2) √π)`: the integrand is log-concave, and relative to its value at `θ_t`,
-/// `cos^{ν−1}θ_t = (1 + t²/ν)^{−(ν−1)/2}`, it is `exp((ν−1) ln1p(−2 sin²(u/2) − (t/√ν) sin u))` at `θ_t + u`.
+/// `P(T > t)` for `t ≥ 0`, `ν ≥ 3`, as `C ∫_{s₀}^1 (1 − s²)^{(ν−2)/2} ds` (`t = √ν tan θ`, `s = sin θ`,
+/// `s₀ = t/√(ν + t²)`, `C = Γ((ν+1)/2) / (Γ(ν/2) √π)`). The integrand is log-concave; relative to its value at
+/// `s₀`, `(1 − s₀²)^{(ν−2)/2} = (1 + t²/ν)^{−(ν−2)/2}`, it is `exp((ν−2)/2 · ln1p(−u (2 s₀ + u)/(1 − s₀²)))` at
+/// `s₀ + u`: one `ln1p` and one `exp` per node.
 fn t_sf_by_quadrature(t: f64, df: f64) -> f64 {
-    let k = df - 1.0;
-    let tan0 = t / df.sqrt();
-    let theta0 = tan0.atan();
-    let g = |u: f64| {
-        let half = (0.5 * u).sin();
-        let v = k * (-2.0 * half * half - tan0 * u.sin()).ln_1p();
-        let tan = (theta0 + u).tan();
-        (v, -k * tan, -k * (1.0 + tan * tan))
+    let k = 0.5 * (df - 2.0);
+    let r = t * t / df;
+    let s0 = t / (df + t * t).sqrt();
+    let c0 = 1.0 / (1.0 + r); // 1 − s₀² = cos²θ₀
+    let value = |u: f64| k * (-u * (2.0 * s0 + u) / c0).ln_1p();
+    let slopes = |u: f64| {
+        let s = s0 + u;
+        let c = (1.0 - s) * (1.0 + s);
+        (-2.0 * k * s / c, -2.0 * k * (1.0 + s * s) / (c * c))
     };
-    let integral = log_concave_integral(&g, 0.5 * PI - theta0);
+    let integral = log_concave_integral(&value, &slopes, 1.0 - s0);
     let c = (-ln_gamma_ratio(0.5 * df, 0.5)).exp() / PI.sqrt();
-    c * (-0.5 * k * (t * t / df).ln_1p()).exp() * integral
+    c * (-k * r.ln_1p()).exp() * integral
 }
 
 /// Student t CDF `P(T ≤ t)`.
@@ -707,7 +713,7 @@ pub fn t_isf(q: f64, df: f64) -> f64 {
     // bracket [lo, hi] so that a bad step falls back to bisection.
     let mut lo = 0.0_f64;
     let mut hi = f64::INFINITY;
-    for _ in 0..200 {
+    for _ in 0..100 {
         let sf = t_sf(t, df);
         if sf.is_nan() {
             return f64::NAN;
@@ -725,6 +731,10 @@ pub fn t_isf(q: f64, df: f64) -> f64 {
         // d/dt ln sf = −pdf / sf
         let slope = -t_pdf(t, df) / sf;
         let mut next = t - g / slope;
+        // sf matches q to its own rounding: one last Newton correction and stop (further steps only chase noise).
+        if g.abs() <= 1e-15 && next.is_finite() {
+            return next;
+        }
         if !(next > lo && next < hi && next.is_finite()) {
             next = if hi.is_finite() {
                 0.5 * (lo + hi)
