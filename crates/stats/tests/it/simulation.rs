@@ -313,3 +313,30 @@ fn three_arm_analysis_compares_each_treatment_with_the_control() {
     let json = serde_json::to_value(&a).unwrap();
     assert_eq!(json["comparisons"][1]["result"]["engine"], "frequentist");
 }
+
+/// The order-statistic interval of a quantile covers the true p50/p90/p99 of an exponential distribution in
+/// about 95 % of 2,000 samples of 2,000 values (at least 94 %: the interval's ranks are rounded outwards).
+#[test]
+fn quantile_interval_covers_the_true_quantile() {
+    let mut rng = StdRng::seed_from_u64(6);
+    for level in [0.5, 0.9, 0.99] {
+        let truth = -(1.0_f64 - level).ln();
+        let runs = 2_000;
+        let mut covered = 0;
+        for _ in 0..runs {
+            let values: Vec<f64> = (0..2_000).map(|_| -(1.0 - rng.gen::<f64>()).ln()).collect();
+            match flywheel_stats::sample::quantile_from_sample(&values, level, 0.05).unwrap() {
+                ArmData::Quantile { lower, upper, .. } => {
+                    covered += (lower <= truth && truth <= upper) as usize
+                }
+                _ => unreachable!(),
+            }
+        }
+        let coverage = covered as f64 / runs as f64;
+        eprintln!(
+            "p{}: quantile interval coverage {coverage:.4} ({runs} samples)",
+            level * 100.0
+        );
+        assert!((0.94..=0.975).contains(&coverage), "p{level}: {coverage}");
+    }
+}
