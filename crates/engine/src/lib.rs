@@ -69,6 +69,7 @@ pub mod intake;
 pub mod metrics_names;
 mod reader;
 mod segment;
+pub mod sidecar;
 pub mod table;
 
 pub use error::EngineError;

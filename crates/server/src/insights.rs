@@ -94,6 +94,113 @@ impl PersonColumn {
         }
         dense.clone()
     }
+
+    /// A copy with `changes` applied: `(person, value)`, `Null` when the person no longer has the property.
+    fn with_changes(&self, changes: Vec<(i64, Value)>) -> PersonColumn {
+        let mut col = PersonColumn {
+            by_person: self.by_person.clone(),
+            values: self.values.clone(),
+            dense: Default::default(),
+        };
+        let mut index: std::collections::HashMap<String, u32> = col
+            .values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.clone(), i as u32))
+            .collect();
+        for (person, v) in changes {
+            col.set(&mut index, person, &v);
+        }
+        col
+    }
+
+    /// Sets (or, for `Null`, clears) the value of `person`; `index` maps labels to their value index.
+    fn set(&mut self, index: &mut std::collections::HashMap<String, u32>, person: i64, v: &Value) {
+        if v.is_null() {
+            self.by_person.remove(&person);
+            return;
+        }
+        let label = label_of(v);
+        let next = index.len() as u32;
+        let code = *index.entry(label.clone()).or_insert_with(|| {
+            self.values.push(label);
+            next
+        });
+        self.by_person.insert(person, code);
+    }
+
+    const MAGIC: &'static [u8] = b"FWPCOL01";
+
+    /// The file that keeps the column of `key` of `project_id` under `dir` between restarts.
+    fn path(dir: &std::path::Path, project_id: i64, key: &str) -> std::path::PathBuf {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(key.as_bytes());
+        let name: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        dir.join(format!("p{project_id}"))
+            .join(format!("{name}.col"))
+    }
+
+    /// Writes the column (as of identity sequence number `seq`) to its file.
+    fn save(
+        &self,
+        dir: &std::path::Path,
+        project_id: i64,
+        key: &str,
+        seq: i64,
+    ) -> std::io::Result<()> {
+        let mut w = flywheel_engine::sidecar::Writer::new(Self::MAGIC);
+        w.str(key);
+        w.i64(seq);
+        w.u64(self.values.len() as u64);
+        for v in &self.values {
+            w.str(v);
+        }
+        w.u64(self.by_person.len() as u64);
+        for (&person, &code) in &self.by_person {
+            w.i64(person);
+            w.u32(code);
+        }
+        flywheel_engine::sidecar::write(&Self::path(dir, project_id, key), w.bytes)
+    }
+
+    /// The column saved by [`PersonColumn::save`] and its sequence number; `None` when there is none or it is
+    /// unusable (logged; it is read again from the store).
+    fn load(dir: &std::path::Path, project_id: i64, key: &str) -> Option<(i64, PersonColumn)> {
+        let path = Self::path(dir, project_id, key);
+        let parse = |body: &[u8]| -> Result<(i64, PersonColumn), String> {
+            let mut r = flywheel_engine::sidecar::Reader::new(body);
+            if r.str()? != key {
+                return Err("another property's column".into());
+            }
+            let seq = r.i64()?;
+            let mut col = PersonColumn::default();
+            for _ in 0..r.count(4)? {
+                col.values.push(r.str()?.to_owned());
+            }
+            let n = r.count(12)?;
+            col.by_person.reserve(n);
+            for _ in 0..n {
+                let (person, code) = (r.i64()?, r.u32()?);
+                if code as usize >= col.values.len() {
+                    return Err("a value index out of range".into());
+                }
+                col.by_person.insert(person, code);
+            }
+            if !r.is_empty() {
+                return Err("trailing bytes".into());
+            }
+            Ok((seq, col))
+        };
+        match flywheel_engine::sidecar::read(&path, Self::MAGIC)
+            .and_then(|b| b.map(|b| parse(&b)).transpose())
+        {
+            Ok(found) => found,
+            Err(reason) => {
+                tracing::warn!(reason, path = %path.display(), "insights: ignoring an unusable saved person-property column");
+                None
+            }
+        }
+    }
 }
 
 /// Value of the "other values" breakdown row (PostHog's marker, so its clients label it).
@@ -106,17 +213,29 @@ fn label_of(v: &Value) -> String {
     }
 }
 
-/// (project, key) → (identity epoch, column).
-type ColumnCache = std::collections::HashMap<(i64, String), (u64, Arc<PersonColumn>)>;
+/// A person-property column as of an identity epoch and sequence number (see [`InsightsCache::person_column`]).
+#[derive(Clone)]
+struct CachedColumn {
+    epoch: u64,
+    seq: i64,
+    /// The sequence number of its saved file (`None`: not saved).
+    saved: Option<i64>,
+    column: Arc<PersonColumn>,
+}
+
+/// (project, key) → column.
+type ColumnCache = std::collections::HashMap<(i64, String), CachedColumn>;
 
 /// Per breakdown label (`None` without a breakdown): the label, and per series one row of values per label.
 type SeriesRows = (Vec<Option<Value>>, Vec<Vec<Vec<f64>>>);
 
-/// Person-property columns, cached per (project, key) for one identity epoch (any property change or merge
-/// makes them stale).
+/// Person-property columns, cached per (project, key) and brought up to date from the store's identity changes
+/// when the identity epoch moved (any new person, property change or merge), and answers.
 #[derive(Default)]
 pub struct InsightsCache {
     columns: std::sync::Mutex<ColumnCache>,
+    /// Where person-property columns are saved between restarts (`None`: not saved, e.g. in unit tests).
+    columns_dir: Option<std::path::PathBuf>,
     /// Answers by (project, definition, resolved range, data version, identity epoch): any new event, merge or
     /// property change makes a different key, so an entry is never stale, only unused.
     results: std::sync::Mutex<std::collections::HashMap<String, Arc<Value>>>,
@@ -138,7 +257,18 @@ impl InsightsCache {
         cache.insert(key, value);
     }
 
-    /// The column of `key` for `project_id`, read from the store unless cached for `epoch`.
+    /// An empty cache whose person-property columns are saved under `dir` (see [`InsightsCache::save_columns`]).
+    pub fn with_columns_dir(dir: std::path::PathBuf) -> InsightsCache {
+        InsightsCache {
+            columns_dir: Some(dir),
+            ..Default::default()
+        }
+    }
+
+    /// The column of `key` for `project_id` as of identity `epoch`: cached for it; or the cached (or saved) column
+    /// with the persons changed since its sequence number re-read from the store; or, the first time, every person
+    /// read from the store (about a second per million persons: a million JSON documents; then saved in the
+    /// background, so a restart reads only what changed).
     pub async fn person_column(
         &self,
         store: &flywheel_store::Store,
@@ -147,34 +277,128 @@ impl InsightsCache {
         epoch: u64,
     ) -> Result<Arc<PersonColumn>, flywheel_store::StoreError> {
         let cache_key = (project_id, key.to_owned());
-        if let Some((at, col)) = self.columns.lock().expect("column cache").get(&cache_key) {
-            if *at == epoch {
-                return Ok(col.clone());
+        let cached = self
+            .columns
+            .lock()
+            .expect("column cache")
+            .get(&cache_key)
+            .cloned();
+        if let Some(c) = &cached {
+            if c.epoch == epoch {
+                return Ok(c.column.clone());
             }
         }
-        let mut col = PersonColumn::default();
-        let mut index: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
-        store
-            .for_each_person_property(project_id, key, |person, v| {
-                if v.is_null() {
-                    return;
+        let base = match cached {
+            Some(c) => Some((c.seq, c.saved, c.column)),
+            None => match &self.columns_dir {
+                Some(dir) => {
+                    let (dir, k) = (dir.clone(), key.to_owned());
+                    tokio::task::spawn_blocking(move || PersonColumn::load(&dir, project_id, &k))
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|(seq, col)| (seq, Some(seq), Arc::new(col)))
                 }
-                let label = label_of(&v);
-                let next = index.len() as u32;
-                let code = *index.entry(label.clone()).or_insert_with(|| {
-                    col.values.push(label);
-                    next
-                });
-                col.by_person.insert(person, code);
-            })
-            .await?;
-        let col = Arc::new(col);
-        let mut cache = self.columns.lock().expect("column cache");
-        if cache.len() >= COLUMN_CACHE_ENTRIES {
-            cache.clear();
+                None => None,
+            },
+        };
+        let entry = match base {
+            Some((since, saved, column)) => {
+                let mut changes = Vec::new();
+                let read = store
+                    .read_person_property(project_id, key, Some(since), |person, v| {
+                        changes.push((person, v))
+                    })
+                    .await?;
+                let column = if changes.is_empty() {
+                    column
+                } else {
+                    Arc::new(column.with_changes(changes))
+                };
+                CachedColumn {
+                    epoch,
+                    seq: read.seq.max(since),
+                    saved,
+                    column,
+                }
+            }
+            None => {
+                let mut col = PersonColumn::default();
+                let mut index = std::collections::HashMap::new();
+                let read = store
+                    .read_person_property(project_id, key, None, |person, v| {
+                        col.set(&mut index, person, &v)
+                    })
+                    .await?;
+                CachedColumn {
+                    epoch,
+                    seq: read.seq,
+                    saved: None,
+                    column: Arc::new(col),
+                }
+            }
+        };
+        let column = entry.column.clone();
+        let first_read = entry.saved.is_none();
+        {
+            let mut cache = self.columns.lock().expect("column cache");
+            if cache.len() >= COLUMN_CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(cache_key, entry);
         }
-        cache.insert(cache_key, (epoch, col.clone()));
-        Ok(col)
+        if first_read {
+            // Saved at once, so that a restart never reads every person again (tens of ms next to the read).
+            self.save_column(project_id, key).await;
+        }
+        Ok(column)
+    }
+
+    /// Saves the column of (project, key) if it changed since it was last saved; failures are logged (the next
+    /// start reads it from the store).
+    async fn save_column(&self, project_id: i64, key: &str) {
+        let cache_key = (project_id, key.to_owned());
+        let job = self.columns_dir.clone().and_then(|dir| {
+            let cache = self.columns.lock().expect("column cache");
+            let c = cache.get(&cache_key)?;
+            (c.saved != Some(c.seq)).then(|| (dir, c.seq, c.column.clone()))
+        });
+        let Some((dir, seq, column)) = job else {
+            return;
+        };
+        let k = key.to_owned();
+        match tokio::task::spawn_blocking(move || column.save(&dir, project_id, &k, seq)).await {
+            Ok(Ok(())) => {
+                if let Some(c) = self
+                    .columns
+                    .lock()
+                    .expect("column cache")
+                    .get_mut(&cache_key)
+                {
+                    if c.seq == seq {
+                        c.saved = Some(seq);
+                    }
+                }
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, project_id, key, "insights: cannot save a person-property column")
+            }
+            Err(err) => tracing::warn!(error = %err, "insights: column save task failed"),
+        }
+    }
+
+    /// Saves every cached person-property column that changed since it was saved (on shutdown).
+    pub async fn save_columns(&self) {
+        let keys: Vec<(i64, String)> = self
+            .columns
+            .lock()
+            .expect("column cache")
+            .keys()
+            .cloned()
+            .collect();
+        for (project_id, key) in keys {
+            self.save_column(project_id, &key).await;
+        }
     }
 }
 
@@ -1787,6 +2011,8 @@ pub async fn post_insight(
     use crate::error::ApiError;
     let project_id = crate::api::parse_project(&project_id)?;
     caller.authorize(&state, project_id).await?;
+    // `query_ms` counts everything from here: reading person-property columns and cohorts included.
+    let started = std::time::Instant::now();
     let query = flywheel_query::parse_kind(&kind, &body)
         .map_err(|errors| ApiError::validation("insight definition", &errors))?;
     let options = parse_options(&params, &query)?;
@@ -1843,7 +2069,6 @@ pub async fn post_insight(
     }
     let snapshot = state.tables.snapshot(project_id);
     let now = state.clock.now();
-    let started = std::time::Instant::now();
     let range = query
         .resolve(now, &tz)
         .map_err(|e| ApiError::validation("insight definition", &[e]))?;

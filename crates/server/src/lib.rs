@@ -180,6 +180,7 @@ impl Server {
             "intake log recovered"
         );
         let columnar_dir = config.columnar_dir();
+        let person_columns = columnar_dir.join("person-columns");
         let tables = tokio::task::spawn_blocking(move || EventTables::open(&columnar_dir))
             .await?
             .context("cannot open the columnar segments")?;
@@ -223,7 +224,9 @@ impl Server {
             identity_progress: progress_rx,
             tables,
             tables_progress: tables_rx,
-            insights: Arc::default(),
+            insights: Arc::new(crate::insights::InsightsCache::with_columns_dir(
+                person_columns,
+            )),
             metrics: ops::prometheus(),
             shutdown: shutdown_rx.clone(),
         };
@@ -271,6 +274,8 @@ impl Server {
         let _ = tokio::time::timeout(Duration::from_secs(30), self.identity_task).await;
         // The insights consumer appends what identity applied last, then seals its tail into segments.
         let _ = tokio::time::timeout(Duration::from_secs(60), self.tables_task).await;
+        // Person-property columns brought up to date since they were saved: the next start reads less.
+        self.state.insights.save_columns().await;
         self.state.store.close().await;
         Ok(())
     }

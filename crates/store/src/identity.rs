@@ -165,8 +165,9 @@ struct Resolver {
     last_person_id: Option<i64>,
     /// `last_person_id` as read from the database in the current transaction.
     stored_person_id: Option<i64>,
-    /// The number of the current transaction in the 'identity' sequence, once it changed the mapping
-    /// (migration 0007): set on every `person_distinct_ids` row it inserts or moves, written back before commit.
+    /// The number of the current transaction in the 'identity' sequence, once it changed the mapping or a person
+    /// (migration 0007): set on every `person_distinct_ids` row it inserts or moves and every `persons` row it
+    /// creates or changes the properties of, written back before commit.
     mapping_seq: Option<i64>,
     group_types: HashMap<(i64, String), Option<i64>>,
     links: HashSet<(i64, i64, String)>,
@@ -228,9 +229,9 @@ impl IdentityWriter {
         std::mem::take(&mut self.state.changes)
     }
 
-    /// The number (in the 'identity' sequence, see `Store::for_each_distinct_id`) of the last committed `apply`
-    /// that changed the mapping; `None` until one did. A consumer that applied every [`IdentityChange`] taken so
-    /// far holds every mapping row numbered up to it.
+    /// The number (in the 'identity' sequence, see `Store::read_distinct_ids`) of the last committed `apply`
+    /// that changed the mapping or a person's properties; `None` until one did. A consumer that applied every
+    /// [`IdentityChange`] taken so far holds every mapping row numbered up to it.
     pub fn mapping_seq(&self) -> Option<i64> {
         self.committed_mapping_seq
     }
@@ -418,10 +419,11 @@ impl Resolver {
                 let mut props = parse_object(&text)?;
                 let changed = update_properties(&mut props, set, set_once, unset);
                 if changed {
+                    let seq = self.mapping_seq(tx)?;
                     exec(
                         tx,
-                        "UPDATE persons SET properties = ?, version = version + 1 WHERE id = ?",
-                        params![Value::Object(props).to_string(), person.id],
+                        "UPDATE persons SET properties = ?, version = version + 1, seq = ? WHERE id = ?",
+                        params![Value::Object(props).to_string(), seq, person.id],
                     )?;
                     stats.property_updates += 1;
                 }
@@ -559,15 +561,17 @@ impl Resolver {
         };
         let id = last + 1;
         self.last_person_id = Some(id);
+        let seq = self.mapping_seq(tx)?;
         exec(
             tx,
-            "INSERT INTO persons (id, uuid, project_id, properties, is_identified, created_at) VALUES (?, ?, ?, '{}', ?, ?)",
+            "INSERT INTO persons (id, uuid, project_id, properties, is_identified, created_at, seq) VALUES (?, ?, ?, '{}', ?, ?, ?)",
             params![
                 id,
                 uuid::Uuid::now_v7().to_string(),
                 project_id,
                 identified,
-                at_text(at)
+                at_text(at),
+                seq
             ],
         )?;
         let person = PersonRef { id, identified };
@@ -687,8 +691,8 @@ impl Resolver {
         let created = from_created.min(into_created);
         exec(
             tx,
-            "UPDATE persons SET properties = ?, created_at = ?, is_identified = 1, version = version + 1 WHERE id = ?",
-            params![Value::Object(merged).to_string(), created, into.id],
+            "UPDATE persons SET properties = ?, created_at = ?, is_identified = 1, version = version + 1, seq = ? WHERE id = ?",
+            params![Value::Object(merged).to_string(), created, self.mapping_seq(tx)?, into.id],
         )?;
         let seq = self.mapping_seq(tx)?;
         exec(

@@ -37,7 +37,7 @@ pub use features::{
 };
 pub use identity::{ApplyStats, IdentityChange, IdentityOp, IdentityWriter, MergeMode};
 pub use keys::{Bootstrap, PersonalKey};
-pub use persons::{GroupMembership, MappingRead, PersonRecord};
+pub use persons::{GroupMembership, IdentityRead, PersonRecord};
 pub use projects::{ProjectSettings, ProjectUpdate};
 
 /// Errors of the metadata store.

@@ -174,8 +174,50 @@ impl Store {
         &self,
         project_id: i64,
         key: &str,
-        mut f: impl FnMut(i64, Value),
+        f: impl FnMut(i64, Value),
     ) -> Result<u64> {
+        Ok(self
+            .read_person_property(project_id, key, None, f)
+            .await?
+            .rows)
+    }
+
+    /// Calls `f(person_id, value)` for every person of `project_id` that has the top-level property `key`
+    /// (`since: None`), or for every person created or changed by an identity change numbered above `since`
+    /// (migration 0007), with `Value::Null` when it does not have `key` (any more). Returns the sequence number
+    /// the read covers: every change numbered up to it is included (a full read may include later ones too).
+    pub async fn read_person_property(
+        &self,
+        project_id: i64,
+        key: &str,
+        since: Option<i64>,
+        mut f: impl FnMut(i64, Value),
+    ) -> Result<IdentityRead> {
+        // Read first: rows changed after it may be read too, which only re-applies them on the next read.
+        let path = self.path().to_path_buf();
+        let seq = tokio::task::spawn_blocking(move || -> Result<i64> {
+            Ok(read_connection(&path)?.query_row(
+                "SELECT last FROM id_sequences WHERE name = 'identity'",
+                [],
+                |row| row.get(0),
+            )?)
+        })
+        .await
+        .map_err(|e| crate::StoreError::Task(format!("identity sequence reader: {e}")))??;
+        if let Some(since) = since {
+            let path = self.path().to_path_buf();
+            let key = key.to_owned();
+            let rows = tokio::task::spawn_blocking(move || {
+                changed_person_property(&path, project_id, &key, since)
+            })
+            .await
+            .map_err(|e| crate::StoreError::Task(format!("person property reader: {e}")))??;
+            let n = rows.len() as u64;
+            for (id, v) in rows {
+                f(id, v);
+            }
+            return Ok(IdentityRead { rows: n, seq });
+        }
         let path = self.path().to_path_buf();
         let key = key.to_owned();
         let rows = tokio::task::spawn_blocking(move || -> Result<Vec<(i64, Value)>> {
@@ -228,7 +270,7 @@ impl Store {
         for (id, v) in rows {
             f(id, v);
         }
-        Ok(n)
+        Ok(IdentityRead { rows: n, seq })
     }
 
     /// Every group of type `index` that has the top-level property `key`: (group key, value).
@@ -314,7 +356,7 @@ impl Store {
         &self,
         since: Option<i64>,
         mut f: impl FnMut(i64, &str, i64),
-    ) -> Result<MappingRead> {
+    ) -> Result<IdentityRead> {
         // In chunks from a read-only rusqlite connection on a blocking thread (one transaction, so a consistent
         // snapshot): through sqlx's worker thread 1.3M rows took seconds of start-up.
         const CHUNK: usize = 65_536;
@@ -365,7 +407,7 @@ impl Store {
         let seq = reader
             .await
             .map_err(|e| crate::StoreError::Task(format!("distinct id reader: {e}")))??;
-        Ok(MappingRead { rows: n, seq })
+        Ok(IdentityRead { rows: n, seq })
     }
 }
 
@@ -391,6 +433,29 @@ fn object(text: Option<String>) -> Result<Option<serde_json::Map<String, Value>>
 }
 
 /// The top-level property `key` of the project's persons with ids in `[from, to)`.
+/// The value of `key` (`Null` when absent) of every person of `project_id` changed after `since`.
+fn changed_person_property(
+    path: &std::path::Path,
+    project_id: i64,
+    key: &str,
+    since: i64,
+) -> Result<Vec<(i64, Value)>> {
+    let conn = read_connection(path)?;
+    let mut stmt =
+        conn.prepare("SELECT id, properties FROM persons WHERE seq > ?1 AND project_id = ?2")?;
+    let mut rows = stmt.query(rusqlite::params![since, project_id])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let text: String = row.get(1)?;
+        let v = match serde_json::from_str::<Value>(&text) {
+            Ok(Value::Object(mut m)) => m.remove(key).unwrap_or(Value::Null),
+            _ => Value::Null,
+        };
+        out.push((row.get(0)?, v));
+    }
+    Ok(out)
+}
+
 fn person_property_range(
     path: &std::path::Path,
     project_id: i64,
@@ -434,7 +499,7 @@ fn person_property_range(
 
 /// What [`Store::read_distinct_ids`] read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MappingRead {
+pub struct IdentityRead {
     /// Rows passed to the callback.
     pub rows: u64,
     /// The 'identity' sequence number the read covers: every mapping change numbered up to it is included.

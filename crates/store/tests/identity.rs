@@ -430,13 +430,29 @@ async fn mapping_reads_since_a_sequence_number_return_only_what_changed() {
     assert_eq!(w.mapping_seq(), None);
     w.apply(&[touch(p, "a"), touch(p, "b"), touch(p, "c")], 1)
         .unwrap();
-    let first = w
+    let created = w
         .mapping_seq()
         .expect("the first apply changed the mapping");
-    // Property changes do not change the mapping: no new number.
+    // A property change is numbered too (person-property columns read it), without touching the mapping.
     w.apply(&[set(p, "a", json!({"plan": "pro"}), json!({}), &[])], 2)
         .unwrap();
-    assert_eq!(w.mapping_seq(), Some(first));
+    let first = w.mapping_seq().unwrap();
+    assert!(first > created);
+    let mut plans = Vec::new();
+    let read = store
+        .read_person_property(p, "plan", Some(created), |person, v| {
+            plans.push((person, v))
+        })
+        .await
+        .unwrap();
+    assert_eq!(read.seq, first);
+    assert_eq!(plans.len(), 1, "only a's person changed: {plans:?}");
+    assert_eq!(plans[0].1, json!("pro"));
+    let untouched = store
+        .read_distinct_ids(Some(created), |_, d, _| panic!("{d} did not move"))
+        .await
+        .unwrap();
+    assert_eq!(untouched.rows, 0);
 
     let mut all = Vec::new();
     let read = store
@@ -456,6 +472,16 @@ async fn mapping_reads_since_a_sequence_number_return_only_what_changed() {
     .unwrap();
     let second = w.mapping_seq().unwrap();
     assert!(second > first);
+    // The merge changed a's person (it absorbed b's properties, none); "d" is a new person without a plan.
+    let mut plans = Vec::new();
+    store
+        .read_person_property(p, "plan", Some(first), |person, v| plans.push((person, v)))
+        .await
+        .unwrap();
+    plans.sort_by_key(|(person, _)| *person);
+    assert_eq!(plans.len(), 2, "{plans:?}");
+    assert_eq!(plans[0].1, json!("pro"));
+    assert_eq!(plans[1].1, Value::Null);
     let mut changed = Vec::new();
     let read = store
         .read_distinct_ids(Some(first), |_, d, person| {

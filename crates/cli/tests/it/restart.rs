@@ -2,6 +2,7 @@
 //! metadata store after it (a merge followed by `kill -9`, which saves nothing), must resolve persons exactly as a
 //! server that never stopped.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -24,6 +25,11 @@ fn post_batch(serve: &Serve, keys: &Keys, events: Value) {
 
 fn pageview(distinct_id: &str) -> Value {
     json!({"event": "$pageview", "distinct_id": distinct_id, "timestamp": "2026-01-10T12:00:00Z"})
+}
+
+fn set_plan(distinct_id: &str, plan: &str) -> Value {
+    json!({"event": "$set", "distinct_id": distinct_id, "timestamp": "2026-01-10T14:00:00Z",
+           "properties": {"$set": {"plan": plan}}})
 }
 
 fn identify(user: &str, anon: &str) -> Value {
@@ -52,6 +58,52 @@ fn viewers(serve: &Serve, keys: &Keys) -> u64 {
                 .unwrap_or_else(|| panic!("no count in {v}"));
         }
         assert!(Instant::now() < deadline, "the tables never caught up: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Viewers by their person's `plan` ("none" for persons without one).
+fn viewers_by_plan(serve: &Serve, keys: &Keys) -> BTreeMap<String, u64> {
+    let body = json!({"series": [{"event": "$pageview", "math": "dau"}], "interval": "day",
+                      "date_from": "2026-01-10", "date_to": "2026-01-10",
+                      "breakdown": {"type": "person", "property": "plan"}});
+    let (status, v) = request(
+        serve,
+        &keys.personal_key,
+        "POST",
+        &format!("/api/v1/projects/{}/insights/trends", keys.project_id),
+        &body,
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["complete"], true, "{v}");
+    v["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let label = r["breakdown_value"].as_str().unwrap_or("none").to_owned();
+            (label, r["data"][0].as_f64().unwrap() as u64)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+fn plans(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+/// Waits until the breakdown by plan is `want` (person properties apply shortly after the event is accepted).
+fn wait_plans(serve: &Serve, keys: &Keys, want: &BTreeMap<String, u64>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = viewers_by_plan(serve, keys);
+        if &got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never saw {want:?}, last {got:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -99,7 +151,7 @@ fn load_line(serve: Serve) -> String {
 }
 
 #[test]
-fn merges_survive_restarts_with_and_without_a_clean_shutdown() {
+fn merges_and_person_properties_survive_restarts_with_and_without_a_clean_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let keys = init(dir.path());
 
@@ -118,27 +170,61 @@ fn merges_survive_restarts_with_and_without_a_clean_shutdown() {
         ]),
     );
     wait_viewers(&serve, &keys, 4);
+    // The first breakdown by plan reads every person and saves the column.
+    post_batch(
+        &serve,
+        &keys,
+        json!([set_plan("user-1", "pro"), set_plan("user-2", "free")]),
+    );
+    wait_plans(
+        &serve,
+        &keys,
+        &plans(&[("pro", 1), ("free", 1), ("none", 2)]),
+    );
+    // A later change is read as a change, not as a new read of every person.
+    post_batch(&serve, &keys, json!([set_plan("anon-3", "team")]));
+    wait_plans(
+        &serve,
+        &keys,
+        &plans(&[("pro", 1), ("free", 1), ("team", 1), ("none", 1)]),
+    );
     let line = load_line(serve);
     assert!(line.contains("incremental=false"), "{line}");
 
-    // 2. From the saved mapping. Then anon-2 becomes user-2 and the server is killed: nothing saved this time.
+    // 2. From the saved mapping and column. Then anon-2 becomes user-2, whose plan changes, and the server is
+    // killed: nothing saved this time.
     let mut serve = Serve::start(dir.path(), &[]);
     assert_eq!(
         viewers(&serve, &keys),
         4,
         "the saved mapping keeps the first merge"
     );
-    post_batch(&serve, &keys, json!([identify("user-2", "anon-2")]));
+    assert_eq!(
+        viewers_by_plan(&serve, &keys),
+        plans(&[("pro", 1), ("free", 1), ("team", 1), ("none", 1)]),
+        "the saved column (saved on shutdown with the last change)"
+    );
+    post_batch(
+        &serve,
+        &keys,
+        json!([identify("user-2", "anon-2"), set_plan("user-2", "pro")]),
+    );
     wait_viewers(&serve, &keys, 3);
+    wait_plans(&serve, &keys, &plans(&[("pro", 2), ("team", 1)]));
     serve.child.kill().unwrap();
     serve.child.wait().unwrap();
 
-    // 3. The saved mapping is older than the second merge: it is read from the store.
+    // 3. The saved mapping and column are older than the second merge: the changes are read from the store.
     let serve = Serve::start(dir.path(), &[]);
     assert_eq!(
         viewers(&serve, &keys),
         3,
         "the merge after the save is read back"
+    );
+    assert_eq!(
+        viewers_by_plan(&serve, &keys),
+        plans(&[("pro", 2), ("team", 1)]),
+        "the property change after the save is read back"
     );
     post_batch(&serve, &keys, json!([identify("user-1", "anon-3")]));
     wait_viewers(&serve, &keys, 2);
@@ -152,6 +238,13 @@ fn merges_survive_restarts_with_and_without_a_clean_shutdown() {
     // 4. Everything saved on the clean stop; nothing left to read.
     let serve = Serve::start(dir.path(), &[]);
     assert_eq!(viewers(&serve, &keys), 2);
+    assert_eq!(viewers_by_plan(&serve, &keys), plans(&[("pro", 2)]));
+    let columns = dir.path().join("events/columnar/person-columns");
+    assert!(
+        std::fs::read_dir(&columns).is_ok_and(|mut d| d.next().is_some()),
+        "columns saved under {}",
+        columns.display()
+    );
     let line = load_line(serve);
     assert!(
         line.contains("incremental=true") && line.contains("rows=0"),

@@ -9,7 +9,7 @@
 //! - `identity/map`, for all projects, rewritten whole (temporary file, fsync, rename): the 'identity' sequence
 //!   number of the metadata store it covers, and per project the number of dictionary values and their byte length
 //!   in the `.dids` file, the person of each distinct id (dense), the union-find parents of the dense persons and
-//!   their store person ids; an FNV-1a checksum at the end.
+//!   their store person ids (a [`sidecar`] file: checksummed, replaced atomically).
 //!
 //! [`EventTables::open`](super::EventTables::open) loads the saved mapping *before* the segments, so that loading
 //! the segments only looks values up, and the caller then reads from the store only the mapping rows changed after
@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{Project, NO_PERSON};
-use crate::EngineError;
+use crate::{sidecar, EngineError};
 
 const MAGIC: &[u8; 8] = b"FWIDMAP1";
 const DIR: &str = "identity";
@@ -96,13 +96,6 @@ fn dids_path(root: &Path, project_id: i64) -> PathBuf {
     dir_of(root).join(format!("p{project_id}.dids"))
 }
 
-/// 64-bit FNV-1a.
-fn checksum(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 fn io(context: String) -> impl FnOnce(std::io::Error) -> EngineError {
     move |e| EngineError::io(context, e)
 }
@@ -158,98 +151,34 @@ pub(super) fn save(
         );
     }
 
-    let mut out = Vec::new();
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&(copies.len() as u64).to_le_bytes());
+    let mut out = sidecar::Writer::new(MAGIC);
+    out.i64(seq);
+    out.u64(copies.len() as u64);
     for c in copies {
         let file = files.get(&c.project_id).copied().unwrap_or_default();
-        for n in [
-            c.project_id as u64,
-            file.values,
-            file.bytes,
-            c.parent.len() as u64,
-        ] {
-            out.extend_from_slice(&n.to_le_bytes());
-        }
+        out.i64(c.project_id);
+        out.u64(file.values);
+        out.u64(file.bytes);
+        out.u64(c.parent.len() as u64);
         // Only the distinct ids the `.dids` file holds (all of them, see above).
         for &p in &c.did_person[..file.values as usize] {
-            out.extend_from_slice(&p.to_le_bytes());
+            out.u32(p);
         }
         for &p in &c.parent {
-            out.extend_from_slice(&p.to_le_bytes());
+            out.u32(p);
         }
         for &p in c.person_ids.iter() {
-            out.extend_from_slice(&p.to_le_bytes());
+            out.i64(p);
         }
     }
-    let sum = checksum(&out);
-    out.extend_from_slice(&sum.to_le_bytes());
-    let tmp = dir.join(format!("{MAP}.tmp"));
     let path = dir.join(MAP);
-    {
-        let mut f =
-            std::fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
-        f.write_all(&out)
-            .and_then(|()| f.sync_all())
-            .map_err(io(format!("writing {}", tmp.display())))?;
-    }
-    std::fs::rename(&tmp, &path).map_err(io(format!("renaming {}", tmp.display())))?;
-    if let Ok(d) = std::fs::File::open(&dir) {
-        let _ = d.sync_all();
-    }
+    sidecar::write(&path, out.bytes).map_err(io(format!("writing {}", path.display())))?;
     saved.files = files;
     saved.last = Some((
         seq,
         copies.iter().map(|c| (c.project_id, c.version)).collect(),
     ));
     Ok(())
-}
-
-/// A little-endian reader over the map file that fails instead of panicking.
-struct Cursor<'a> {
-    bytes: &'a [u8],
-}
-
-impl Cursor<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], String> {
-        if self.bytes.len() < n {
-            return Err("the map file is truncated".into());
-        }
-        let (head, rest) = self.bytes.split_at(n);
-        self.bytes = rest;
-        Ok(head)
-    }
-
-    fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().unwrap_or_default(),
-        ))
-    }
-
-    fn len(&mut self, limit: usize, what: &str) -> Result<usize, String> {
-        let n = self.u64()?;
-        if n as usize > limit {
-            return Err(format!("{what} ({n}) larger than the file"));
-        }
-        Ok(n as usize)
-    }
-
-    fn u32s(&mut self, n: usize) -> Result<Vec<u32>, String> {
-        Ok(self
-            .take(n * 4)?
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
-    }
-
-    fn i64s(&mut self, n: usize) -> Result<Vec<i64>, String> {
-        Ok(self
-            .take(n * 8)?
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap_or_default()))
-            .collect())
-    }
 }
 
 /// Loads the saved mapping into `projects` (empty projects are created). `Ok(None)`: nothing saved.
@@ -259,29 +188,18 @@ pub(super) fn load(
     projects: &mut HashMap<i64, Project>,
 ) -> Result<Option<(i64, Saved)>, String> {
     let path = dir_of(root).join(MAP);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("reading {}: {e}", path.display())),
+    let Some(body) = sidecar::read(&path, MAGIC)? else {
+        return Ok(None);
     };
-    if bytes.len() < MAGIC.len() + 8 + 8 + 8 || &bytes[..MAGIC.len()] != MAGIC {
-        return Err(format!("{} is not an identity map", path.display()));
-    }
-    let (body, sum) = bytes.split_at(bytes.len() - 8);
-    if checksum(body) != u64::from_le_bytes(sum.try_into().unwrap_or_default()) {
-        return Err(format!("{}: checksum mismatch", path.display()));
-    }
-    let mut c = Cursor {
-        bytes: &body[MAGIC.len()..],
-    };
-    let seq = c.u64()? as i64;
-    let n_projects = c.len(body.len(), "project count")?;
+    let mut c = sidecar::Reader::new(&body);
+    let seq = c.i64()?;
+    let n_projects = c.count(32)?;
     let mut saved = Saved::default();
     for _ in 0..n_projects {
-        let project_id = c.u64()? as i64;
-        let values = c.len(body.len(), "distinct id count")?;
+        let project_id = c.i64()?;
+        let values = c.u64()? as usize;
         let dids_bytes = c.u64()?;
-        let dense = c.len(body.len(), "person count")?;
+        let dense = c.u64()? as usize;
         let did_person = c.u32s(values)?;
         let parent = c.u32s(dense)?;
         let person_ids = c.i64s(dense)?;
@@ -316,7 +234,7 @@ pub(super) fn load(
             },
         );
     }
-    if !c.bytes.is_empty() {
+    if !c.is_empty() {
         return Err(format!("{}: trailing bytes", path.display()));
     }
     Ok(Some((seq, saved)))
