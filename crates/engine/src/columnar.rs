@@ -11,8 +11,9 @@
 //! | `uuid_high`, `uuid_low` | int64 each | the event uuid's big-endian halves: `(high as u128) << 64 \| low as u64` (a v7 uuid starts with its millisecond time, so the high half delta-encodes well) |
 //! | `p:<key>` | per top-level property key | dictionary string, f64, bool, or JSON text |
 //!
-//! Rows are sorted by (person, timestamp); rows with the same person and time keep the order the writer gave them
-//! (the intake log's order). Properties are *shredded*: each top-level key present in the
+//! Rows are sorted by (person, timestamp) — the person as the engine numbers them (in the order it meets them,
+//! which follows the store's person ids), so `person_id` is nearly sorted; rows with the same person and time keep
+//! the order the writer gave them (the intake log's order). Properties are *shredded*: each top-level key present in the
 //! segment gets its own column, typed when every value of the key is a string, a number (exactly representable
 //! as f64) or a boolean, and JSON text otherwise (also when some event sets it to an explicit `null`, which is
 //! kept). A missing key is a null cell. Reconstructing an event's properties gives back the same JSON object,
@@ -215,10 +216,10 @@ impl PropertyColumn {
     }
 }
 
-/// Writes `rows` (sorted here) as a segment file at `path`; returns its metadata. Fails on properties that are not
-/// a JSON object, leaving no file behind.
+/// Writes `rows`, in the order given, as a segment file at `path`; returns its metadata. Callers give them grouped
+/// by person and in time order within a person (the engine: its sorted-view order, see `EventTables::seal`). Fails
+/// on properties that are not a JSON object, leaving no file behind.
 pub fn write_segment(path: &Path, rows: &mut [SegmentRow<'_>]) -> Result<SegmentMeta, EngineError> {
-    rows.sort_by_key(|r| (r.person, r.timestamp_us)); // stable: ties keep the caller's (log) order
     let objects = rows
         .iter()
         .map(|r| match serde_json::from_str::<Value>(r.properties) {
@@ -353,10 +354,10 @@ pub fn write_segment(path: &Path, rows: &mut [SegmentRow<'_>]) -> Result<Segment
 
     let events: BTreeSet<&str> = rows.iter().map(|r| r.event).collect();
     let persons = rows
-        .windows(2)
-        .filter(|w| w[0].person != w[1].person)
-        .count() as u64
-        + u64::from(!rows.is_empty());
+        .iter()
+        .map(|r| r.person)
+        .collect::<std::collections::HashSet<i64>>()
+        .len() as u64;
     Ok(SegmentMeta {
         file: path
             .file_name()
@@ -547,7 +548,7 @@ mod tests {
     }
 
     #[test]
-    fn properties_round_trip_and_rows_are_sorted() {
+    fn properties_round_trip_and_rows_keep_their_order() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s1.parquet");
         let props = [
@@ -558,6 +559,7 @@ mod tests {
             r#"{}"#,
         ];
         let mut input = rows(&props);
+        input.sort_by_key(|r| (r.person, r.timestamp_us)); // the caller's order (the engine's sorted views)
         let meta = write_segment(&path, &mut input).unwrap();
         assert_eq!(meta.rows, 5);
         assert_eq!(meta.persons, 3);

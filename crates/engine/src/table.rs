@@ -17,8 +17,8 @@
 //! cached sorted view; a query re-sorts a partition only when rows were added to it or when a merge changed the
 //! person of one of its rows (checked against the cached view, a linear pass), so static data is sorted once.
 //!
-//! **Segments.** [`EventTables::seal`] writes each partition's tail as one Parquet segment (sorted by the person at
-//! build time, see [`crate::columnar`]) and commits the manifest with the intake-log position the segments cover;
+//! **Segments.** [`EventTables::seal`] writes each partition's tail as one Parquet segment (in sorted-view order:
+//! by the dense person at build time, then time; see [`crate::columnar`]) and commits the manifest with the intake-log position the segments cover;
 //! on start [`EventTables::open`] loads the segments' core columns, and the caller replays the log from
 //! [`EventTables::lsn`] into the tail.
 //!
@@ -160,7 +160,9 @@ impl Partition {
         let mut keyed: Vec<(u32, i64, u32)> = (0..self.len())
             .map(|i| (resolved[self.did[i] as usize], self.ts[i], i as u32))
             .collect();
-        keyed.sort_unstable();
+        // The stable sort finds and merges runs: segments are written in this order (see `EventTables::seal`),
+        // so a partition of k segments costs a k-way merge, not a full sort (keys are unique: same result).
+        keyed.sort();
         let sorted = Arc::new(Sorted {
             order: keyed.iter().map(|k| k.2).collect(),
             person: keyed.iter().map(|k| k.0).collect(),
@@ -839,13 +841,14 @@ impl EventTables {
             let file = format!("p{}/d{}-g{}.parquet", job.project_id, job.day, generation);
             let part = &job.part;
             let sealed = job.rows.start;
-            // Build-time person of each row, then the order the file will have (stable: log order on ties).
-            let person_of = |row: usize| {
-                let dense = job.resolved[part.did[row] as usize];
-                job.person_ids[dense as usize]
-            };
+            // Build-time person of each row, then the order the file will have (stable: log order on ties): by
+            // dense person, the order of the sorted views — dense ids are kept across restarts with the saved
+            // identity mapping, so a loaded segment is already in view order and sorting the views on start is a
+            // linear pass (see `Partition::sorted`).
+            let dense_of = |row: usize| job.resolved[part.did[row] as usize];
+            let person_of = |row: usize| job.person_ids[dense_of(row) as usize];
             let mut order: Vec<usize> = job.rows.clone().collect();
-            order.sort_by_key(|&r| (person_of(r), part.ts[r]));
+            order.sort_by_key(|&r| (dense_of(r), part.ts[r]));
             let mut rows: Vec<SegmentRow<'_>> = order
                 .iter()
                 .map(|&r| SegmentRow {
@@ -1118,10 +1121,11 @@ impl EventTables {
                 }
             }
         }
-        // The order of the new file: person now, time, previous storage order.
+        // The order of the new file: (dense) person now, time, previous storage order — the sorted view's order,
+        // as for a seal.
         let person_of = |r: usize| person_ids[resolved[did[r] as usize] as usize];
         let mut order: Vec<u32> = (0..sealed as u32).collect();
-        order.sort_unstable_by_key(|&r| (person_of(r as usize), ts[r as usize], r));
+        order.sort_unstable_by_key(|&r| (resolved[did[r as usize] as usize], ts[r as usize], r));
         let mut rows: Vec<SegmentRow<'_>> = order
             .iter()
             .map(|&r| {

@@ -371,9 +371,11 @@ impl Store {
                 |row| row.get(0),
             )?;
             let mut stmt = match since {
-                None => {
-                    txn.prepare("SELECT project_id, distinct_id, person_id FROM person_distinct_ids")?
-                }
+                // In person order (a scan of the covering person index): the event engine numbers persons in the
+                // order it meets them, and keeps segment rows in that order.
+                None => txn.prepare(
+                    "SELECT project_id, distinct_id, person_id FROM person_distinct_ids ORDER BY person_id",
+                )?,
                 Some(_) => txn.prepare(
                     "SELECT project_id, distinct_id, person_id FROM person_distinct_ids WHERE seq > ?1",
                 )?,
@@ -441,8 +443,10 @@ fn changed_person_property(
     since: i64,
 ) -> Result<Vec<(i64, Value)>> {
     let conn = read_connection(path)?;
+    // `+project_id`: without statistics SQLite would rather take the project index (every person of the project)
+    // than the range of changed ones.
     let mut stmt =
-        conn.prepare("SELECT id, properties FROM persons WHERE seq > ?1 AND project_id = ?2")?;
+        conn.prepare("SELECT id, properties FROM persons WHERE seq > ?1 AND +project_id = ?2")?;
     let mut rows = stmt.query(rusqlite::params![since, project_id])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
