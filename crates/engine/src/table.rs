@@ -157,18 +157,32 @@ impl Partition {
                 }
             }
         }
-        let mut keyed: Vec<(u32, i64, u32)> = (0..self.len())
-            .map(|i| (resolved[self.did[i] as usize], self.ts[i], i as u32))
-            .collect();
-        // The stable sort finds and merges runs: segments are written in this order (see `EventTables::seal`),
-        // so a partition of k segments costs a k-way merge, not a full sort (keys are unique: same result).
-        keyed.sort();
-        let sorted = Arc::new(Sorted {
-            order: keyed.iter().map(|k| k.2).collect(),
-            person: keyed.iter().map(|k| k.0).collect(),
-            ts: keyed.iter().map(|k| k.1).collect(),
-            event: keyed.iter().map(|k| self.event[k.2 as usize]).collect(),
-        });
+        let person: Vec<u32> = self.did.iter().map(|&d| resolved[d as usize]).collect();
+        // Segments are written in view order (see `EventTables::seal`) and a compacted day is one segment: often
+        // the storage order already is the view's, found in one pass without building sort keys.
+        let in_order =
+            (1..self.len()).all(|i| (person[i - 1], self.ts[i - 1]) <= (person[i], self.ts[i]));
+        let sorted = if in_order {
+            Arc::new(Sorted {
+                order: (0..self.len() as u32).collect(),
+                person,
+                ts: self.ts.clone(),
+                event: self.event.clone(),
+            })
+        } else {
+            let mut keyed: Vec<(u32, i64, u32)> = (0..self.len())
+                .map(|i| (person[i], self.ts[i], i as u32))
+                .collect();
+            // The stable sort finds and merges runs: a partition of k segments costs a k-way merge, not a full
+            // sort (keys are unique: same result as any sort).
+            keyed.sort();
+            Arc::new(Sorted {
+                order: keyed.iter().map(|k| k.2).collect(),
+                person: keyed.iter().map(|k| k.0).collect(),
+                ts: keyed.iter().map(|k| k.1).collect(),
+                event: keyed.iter().map(|k| self.event[k.2 as usize]).collect(),
+            })
+        };
         *cache = Some((identity_version, sorted.clone()));
         sorted
     }

@@ -94,22 +94,12 @@ pub async fn run(
             tracing::error!(error = %err, "insights: cannot load the identity mapping; persons resolve as events arrive")
         }
     }
+    // In the background, one after the other (a core stays free for the first queries): sort what the segments
+    // hold now, so the first queries find their views ready; then fill the flag endpoints' filter of known
+    // distinct ids (until it is ready they look every distinct id up).
     {
         let tables = tables.clone();
         let known = known.clone();
-        tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            let n = fill_known(&tables, &known);
-            tracing::info!(
-                distinct_ids = n,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "insights: the flag endpoints' known distinct ids loaded"
-            );
-        });
-    }
-    // Sort what the segments hold now, in the background: the first queries find their views ready.
-    {
-        let tables = tables.clone();
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let rows = tables.warm();
@@ -117,6 +107,13 @@ pub async fn run(
                 rows,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "insights: sorted views ready"
+            );
+            let started = Instant::now();
+            let n = fill_known(&tables, &known);
+            tracing::info!(
+                distinct_ids = n,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "insights: the flag endpoints' known distinct ids loaded"
             );
         });
     }
