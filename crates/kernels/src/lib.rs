@@ -22,6 +22,7 @@
 //!
 //! This crate has no dependencies and does no I/O; it is checked against `flywheel-truth`.
 
+pub mod experiment;
 pub mod funnel;
 pub mod lifecycle;
 pub mod retention;

@@ -506,6 +506,173 @@ pub fn lifecycle(rows: &[Row<'_>], event: &str, range: Range, interval: Interval
     out
 }
 
+// -----------------------------------------------------------------------------------------------------------------
+// Experiments
+
+/// One event for an experiment analysis: an exposure (with the variation it showed) or a metric event (with an
+/// optional numeric property).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ExperimentRow<'a> {
+    pub person: u64,
+    pub ts_us: i64,
+    pub event: &'a str,
+    /// The variation index an exposure event carries (`None`: the event has none).
+    pub variation: Option<u32>,
+    /// The numeric value a `Sum` metric adds (`None`: no number).
+    pub value: Option<f64>,
+}
+
+/// How a unit's metric events in a window make its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExperimentAggregation {
+    /// 1 when there is at least one event, else 0.
+    Conversion,
+    /// The number of events.
+    Count,
+    /// The sum of the events' values (events without one add nothing).
+    Sum,
+}
+
+/// A metric: the events named `event` in `[t0 + delay_us, t0 + delay_us + window_us)` (to the analysis end when
+/// `window_us` is `None`), aggregated and capped per unit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ExperimentMetric<'a> {
+    pub event: &'a str,
+    pub aggregation: ExperimentAggregation,
+    pub delay_us: i64,
+    pub window_us: Option<i64>,
+    /// A unit's value above it becomes it.
+    pub cap: Option<f64>,
+    /// Ratio: the metric (index) whose value is the denominator.
+    pub denominator: Option<usize>,
+    /// CUPED: the same metric over `[t0 - pre, t0)`.
+    pub pre_window_us: Option<i64>,
+}
+
+/// An experiment analysis.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Experiment<'a> {
+    pub exposure_event: &'a str,
+    /// Valid variations are `0..variations`.
+    pub variations: u32,
+    /// Exposures count in `[exposure_from_us, exposure_to_us)`.
+    pub exposure_from_us: i64,
+    pub exposure_to_us: i64,
+    /// Metric events at or after it never count.
+    pub analysis_end_us: i64,
+    pub metrics: &'a [ExperimentMetric<'a>],
+}
+
+/// One unit's variables for one metric (`None` where the metric has no such variable).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ExperimentUnit {
+    pub value: f64,
+    pub denominator: Option<f64>,
+    pub pre: Option<f64>,
+    pub pre_denominator: Option<f64>,
+}
+
+/// One variation's result.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExperimentArm {
+    /// Units exposed to this variation only.
+    pub n: u64,
+    /// Units whose first exposure was this variation and who later saw another one (excluded).
+    pub multiple_exposures: u64,
+    /// Per metric, every unit of the arm in person order.
+    pub units: Vec<Vec<ExperimentUnit>>,
+}
+
+/// An experiment's per-unit values, per variation.
+///
+/// - A person's events are ordered by (time, input position). Exposures are the `exposure_event` events with a
+///   variation `< variations` and a time in `[exposure_from_us, exposure_to_us)`; every other exposure event is
+///   ignored, including for the multiple-exposure check.
+/// - A person with exposures is a unit of the variation of the first one (`t0` its time), unless their exposures
+///   show two or more variations: then they are in no arm and counted in `multiple_exposures` of the first one's.
+/// - A metric's value for a unit: its events (by name) before `analysis_end_us` in its window relative to `t0`,
+///   aggregated, then capped (`min(value, cap)`); 0 without events. The denominator of a ratio is the
+///   denominator metric's value; the pre value (CUPED) is the metric over `[t0 - pre, t0)`; the pre denominator
+///   (ratio with CUPED) is the denominator metric's events, aggregation and cap over the ratio's pre window.
+pub fn experiment(rows: &[ExperimentRow<'_>], q: &Experiment<'_>) -> Vec<ExperimentArm> {
+    let mut arms: Vec<ExperimentArm> = (0..q.variations)
+        .map(|_| ExperimentArm {
+            units: vec![Vec::new(); q.metrics.len()],
+            ..ExperimentArm::default()
+        })
+        .collect();
+    let mut persons: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    for (i, r) in rows.iter().enumerate() {
+        persons.entry(r.person).or_default().push(i);
+    }
+    for idx in persons.values_mut() {
+        idx.sort_by_key(|&i| (rows[i].ts_us, i));
+    }
+    for idx in persons.values() {
+        let mine: Vec<ExperimentRow<'_>> = idx.iter().map(|&i| rows[i]).collect();
+        let exposures: Vec<(i64, u32)> = mine
+            .iter()
+            .filter(|r| r.event == q.exposure_event)
+            .filter(|r| q.exposure_from_us <= r.ts_us && r.ts_us < q.exposure_to_us)
+            .filter_map(|r| {
+                r.variation
+                    .filter(|&v| v < q.variations)
+                    .map(|v| (r.ts_us, v))
+            })
+            .collect();
+        let Some(&(t0, first)) = exposures.first() else {
+            continue;
+        };
+        let seen: BTreeSet<u32> = exposures.iter().map(|e| e.1).collect();
+        let arm = &mut arms[first as usize];
+        if seen.len() > 1 {
+            arm.multiple_exposures += 1;
+            continue;
+        }
+        arm.n += 1;
+        // The value of metric `m` over the events in `[lo, hi)` (in i128: no overflow at any delay).
+        let value = |m: &ExperimentMetric<'_>, lo: i128, hi: i128| {
+            let hits: Vec<&ExperimentRow<'_>> = mine
+                .iter()
+                .filter(|r| r.event == m.event && r.ts_us < q.analysis_end_us)
+                .filter(|r| lo <= i128::from(r.ts_us) && i128::from(r.ts_us) < hi)
+                .collect();
+            let v = match m.aggregation {
+                ExperimentAggregation::Conversion => {
+                    if hits.is_empty() {
+                        0.0
+                    } else {
+                        1.0
+                    }
+                }
+                ExperimentAggregation::Count => hits.len() as f64,
+                ExperimentAggregation::Sum => hits.iter().filter_map(|r| r.value).sum(),
+            };
+            match m.cap {
+                Some(c) if v > c => c,
+                _ => v,
+            }
+        };
+        let t0 = i128::from(t0);
+        let post = |m: &ExperimentMetric<'_>| {
+            let lo = t0 + i128::from(m.delay_us);
+            let hi = m.window_us.map_or(i128::MAX, |w| lo + i128::from(w));
+            value(m, lo, hi)
+        };
+        let pre = |m: &ExperimentMetric<'_>, len: i64| value(m, t0 - i128::from(len), t0);
+        for (k, m) in q.metrics.iter().enumerate() {
+            let den = m.denominator.map(|d| &q.metrics[d]);
+            arm.units[k].push(ExperimentUnit {
+                value: post(m),
+                denominator: den.map(post),
+                pre: m.pre_window_us.map(|len| pre(m, len)),
+                pre_denominator: den.zip(m.pre_window_us).map(|(d, len)| pre(d, len)),
+            });
+        }
+    }
+    arms
+}
+
 #[cfg(test)]
 mod tests {
     /// A deterministic xorshift64 generator of test inputs.
