@@ -43,6 +43,7 @@
 
 pub mod cohort;
 pub mod date;
+pub mod experiment;
 pub mod filter;
 pub mod formula;
 pub mod funnel;

@@ -9,6 +9,7 @@ pub mod capture;
 pub mod cohorts;
 pub mod error;
 pub mod events_table;
+pub mod experiments;
 pub mod exposure;
 pub mod features;
 pub mod identity;
@@ -133,6 +134,7 @@ pub fn app(state: AppState) -> Router {
         .merge(api::router())
         .merge(projects::router())
         .merge(cohorts::router())
+        .merge(experiments::router())
         .merge(features::router())
         .merge(ops::router())
         .layer(axum::middleware::from_fn(ops::track))

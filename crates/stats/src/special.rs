@@ -373,34 +373,46 @@ pub fn gamma_inc(a: f64, x: f64) -> (f64, f64) {
         }
         (f64::NAN, f64::NAN)
     } else {
-        // Legendre's continued fraction for Q (modified Lentz).
-        let mut b = x + 1.0 - a;
-        let mut c = 1.0 / TINY;
-        let mut d = 1.0 / b;
-        let mut h = d;
+        // Legendre's continued fraction for Q.
         let max_iter = 20_000 + (40.0 * a.sqrt()) as usize;
-        for i in 1..max_iter {
-            let i = i as f64;
-            let an = -i * (i - a);
-            b += 2.0;
-            d = an * d + b;
-            if d.abs() < TINY {
-                d = TINY;
-            }
-            c = b + an / c;
-            if c.abs() < TINY {
-                c = TINY;
-            }
-            d = 1.0 / d;
-            let del = d * c;
-            h *= del;
-            if (del - 1.0).abs() < EPS {
+        match legendre_q_fraction(a, x, max_iter) {
+            Some(h) => {
                 let q = prefix * h;
-                return (1.0 - q, q);
+                (1.0 - q, q)
             }
+            None => (f64::NAN, f64::NAN),
         }
-        (f64::NAN, f64::NAN)
     }
+}
+
+/// Legendre's continued fraction of the upper incomplete gamma function, `Q(a, x) = x^a e^{−x} / Γ(a) · h`, in
+/// its even contraction `h = 1/(x + 1 − a −) 1·(1 − a)/(x + 3 − a −) 2·(2 − a)/(x + 5 − a −) …`, evaluated by
+/// modified Lentz; `None` when it has not converged after `max_iter` terms. Converges fast for `x > a + 1`.
+fn legendre_q_fraction(a: f64, x: f64, max_iter: usize) -> Option<f64> {
+    let mut b = x + 1.0 - a;
+    let mut c = 1.0 / TINY;
+    let mut d = 1.0 / b;
+    let mut h = d;
+    for i in 1..max_iter {
+        let i = i as f64;
+        let an = -i * (i - a);
+        b += 2.0;
+        d = an * d + b;
+        if d.abs() < TINY {
+            d = TINY;
+        }
+        c = b + an / c;
+        if c.abs() < TINY {
+            c = TINY;
+        }
+        d = 1.0 / d;
+        let del = d * c;
+        h *= del;
+        if (del - 1.0).abs() < EPS {
+            return Some(h);
+        }
+    }
+    None
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -459,32 +471,10 @@ pub fn erfc(x: f64) -> f64 {
     if x > 27.3 {
         return 0.0;
     }
-    // erfc(x) = e^{−x²}/√π · 1/(x + ½/(x + 1/(x + 3/2/(x + …)))) evaluated by modified Lentz, written as
-    // Q(½, x²)'s even contraction: h = 1/(x² + ½ −) … with partial numerators −n(n − ½).
-    let z = x * x;
-    let mut b = z + 0.5;
-    let mut c = 1.0 / TINY;
-    let mut d = 1.0 / b;
-    let mut h = d;
-    for i in 1..5000 {
-        let i = i as f64;
-        let an = -i * (i - 0.5);
-        b += 2.0;
-        d = an * d + b;
-        if d.abs() < TINY {
-            d = TINY;
-        }
-        c = b + an / c;
-        if c.abs() < TINY {
-            c = TINY;
-        }
-        d = 1.0 / d;
-        let del = d * c;
-        h *= del;
-        if (del - 1.0).abs() < EPS {
-            break;
-        }
-    }
+    // erfc(x) = Q(½, x²), by Legendre's continued fraction (x ≥ 1.5: a few dozen terms).
+    let Some(h) = legendre_q_fraction(0.5, x * x, 5000) else {
+        return f64::NAN;
+    };
     // Q(½, z) = z^{½} e^{−z} / Γ(½) · h, Γ(½) = √π.
     x * exp_neg_square(x) * h / PI.sqrt()
 }

@@ -16,6 +16,7 @@
 //! ```
 
 mod cohorts;
+mod documents;
 mod features;
 mod identity;
 mod keys;
@@ -31,6 +32,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 
 pub use cohorts::{CohortRecord, CohortUpdate};
+pub use documents::{Document, DocumentUpdate};
 pub use features::{
     json_diff, Actor, AuditEntry, AuditFilter, EnvironmentRecord, FeatureRecord, SavedGroupRecord,
     SdkBinding, SdkConnection, WriteError, SDK_KEY_PREFIX,

@@ -3,6 +3,7 @@
 mod clients;
 mod cohorts;
 mod crash;
+mod experiments;
 mod generate;
 mod insights;
 mod process;

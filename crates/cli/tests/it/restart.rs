@@ -37,10 +37,14 @@ fn identify(user: &str, anon: &str) -> Value {
            "properties": {"$anon_distinct_id": anon}})
 }
 
-/// Unique persons who viewed a page on 2026-01-10, once the tables have every accepted event.
-fn viewers(serve: &Serve, keys: &Keys) -> u64 {
-    let body = json!({"series": [{"event": "$pageview", "math": "dau"}], "interval": "day",
-                      "date_from": "2026-01-10", "date_to": "2026-01-10"});
+/// Viewers of a page on 2026-01-10 (`breakdown`: none or a breakdown definition), once the tables have every
+/// accepted event.
+fn viewers_query(serve: &Serve, keys: &Keys, breakdown: Value) -> Value {
+    let mut body = json!({"series": [{"event": "$pageview", "math": "dau"}], "interval": "day",
+                          "date_from": "2026-01-10", "date_to": "2026-01-10"});
+    if !breakdown.is_null() {
+        body["breakdown"] = breakdown;
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (status, v) = request(
@@ -52,30 +56,25 @@ fn viewers(serve: &Serve, keys: &Keys) -> u64 {
         );
         assert_eq!(status, 200, "{v}");
         if v["complete"] == true {
-            return v["result"][0]["data"][0]
-                .as_f64()
-                .map(|n| n as u64)
-                .unwrap_or_else(|| panic!("no count in {v}"));
+            return v;
         }
         assert!(Instant::now() < deadline, "the tables never caught up: {v}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
+/// Unique persons who viewed a page on 2026-01-10.
+fn viewers(serve: &Serve, keys: &Keys) -> u64 {
+    let v = viewers_query(serve, keys, Value::Null);
+    v["result"][0]["data"][0]
+        .as_f64()
+        .map(|n| n as u64)
+        .unwrap_or_else(|| panic!("no count in {v}"))
+}
+
 /// Viewers by their person's `plan` ("none" for persons without one).
 fn viewers_by_plan(serve: &Serve, keys: &Keys) -> BTreeMap<String, u64> {
-    let body = json!({"series": [{"event": "$pageview", "math": "dau"}], "interval": "day",
-                      "date_from": "2026-01-10", "date_to": "2026-01-10",
-                      "breakdown": {"type": "person", "property": "plan"}});
-    let (status, v) = request(
-        serve,
-        &keys.personal_key,
-        "POST",
-        &format!("/api/v1/projects/{}/insights/trends", keys.project_id),
-        &body,
-    );
-    assert_eq!(status, 200, "{v}");
-    assert_eq!(v["complete"], true, "{v}");
+    let v = viewers_query(serve, keys, json!({"type": "person", "property": "plan"}));
     v["result"]
         .as_array()
         .unwrap()

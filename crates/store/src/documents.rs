@@ -1,0 +1,245 @@
+//! Documents: named configuration objects of a project whose content is JSON validated by the server (experiment
+//! metrics, experiments). One table (migration 0008) and one API for every kind: create, read by key or id, list,
+//! update with optimistic concurrency, archive. Every change is audited as `<kind>.created`, `<kind>.updated`,
+//! `<kind>.archived` with the document before and after.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::features::{append_audit, Actor, WriteError};
+use crate::{now_text, Result, Store};
+
+/// A document as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Document {
+    pub id: i64,
+    #[serde(skip)]
+    pub kind: String,
+    pub key: String,
+    pub name: String,
+    /// The content, as validated by the server for its kind.
+    pub body: Value,
+    /// Counts every change.
+    pub version: i64,
+    pub archived: bool,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+type Row = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    bool,
+    String,
+    String,
+);
+
+const COLUMNS: &str = "id, kind, key, name, body, version, archived, created_at, updated_at";
+
+fn from_row(
+    (id, kind, key, name, body, version, archived, created_at, updated_at): Row,
+) -> Result<Document> {
+    Ok(Document {
+        id,
+        kind,
+        key,
+        name,
+        body: serde_json::from_str(&body)?,
+        version,
+        archived,
+        created_at,
+        updated_at,
+    })
+}
+
+async fn audit(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    project_id: i64,
+    actor: &Actor,
+    action: &str,
+    before: Option<&Document>,
+    after: Option<&Document>,
+) -> Result<()> {
+    let Some(doc) = after.or(before) else {
+        return Ok(());
+    };
+    let b = before.map(serde_json::to_value).transpose()?;
+    let a = after.map(serde_json::to_value).transpose()?;
+    append_audit(
+        tx,
+        project_id,
+        actor,
+        &format!("{}.{action}", doc.kind),
+        &doc.kind,
+        &doc.key,
+        b.as_ref(),
+        a.as_ref(),
+    )
+    .await
+}
+
+async fn read(
+    conn: &mut sqlx::SqliteConnection,
+    project_id: i64,
+    kind: &str,
+    key: &str,
+) -> Result<Option<Document>> {
+    let row: Option<Row> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM documents WHERE project_id = ? AND kind = ? AND key = ?"
+    ))
+    .bind(project_id)
+    .bind(kind)
+    .bind(key)
+    .fetch_optional(conn)
+    .await?;
+    row.map(from_row).transpose()
+}
+
+/// What an update changes (`None`: unchanged).
+#[derive(Debug, Default, Clone)]
+pub struct DocumentUpdate {
+    pub name: Option<String>,
+    pub body: Option<Value>,
+    pub archived: Option<bool>,
+}
+
+impl Store {
+    /// Creates a document; `AlreadyExists` when the project has one of this kind and key (archived or not).
+    pub async fn create_document(
+        &self,
+        project_id: i64,
+        kind: &str,
+        key: &str,
+        name: &str,
+        body: &Value,
+        actor: &Actor,
+    ) -> std::result::Result<Document, WriteError> {
+        let mut tx = self.write_tx().await?;
+        if read(&mut tx, project_id, kind, key).await?.is_some() {
+            return Err(WriteError::AlreadyExists);
+        }
+        let now = now_text();
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO documents (project_id, kind, key, name, body, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(project_id)
+        .bind(kind)
+        .bind(key)
+        .bind(name)
+        .bind(body.to_string())
+        .bind(&now)
+        .bind(&now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let doc = Document {
+            id,
+            kind: kind.to_owned(),
+            key: key.to_owned(),
+            name: name.to_owned(),
+            body: body.clone(),
+            version: 1,
+            archived: false,
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        audit(&mut tx, project_id, actor, "created", None, Some(&doc)).await?;
+        tx.commit().await?;
+        Ok(doc)
+    }
+
+    /// The document of `kind` with `key` (archived ones included).
+    pub async fn document(
+        &self,
+        project_id: i64,
+        kind: &str,
+        key: &str,
+    ) -> Result<Option<Document>> {
+        let mut conn = self.pool().acquire().await?;
+        read(&mut conn, project_id, kind, key).await
+    }
+
+    /// The project's documents of `kind`, by key (archived ones only when asked).
+    pub async fn documents(
+        &self,
+        project_id: i64,
+        kind: &str,
+        include_archived: bool,
+    ) -> Result<Vec<Document>> {
+        let rows: Vec<Row> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM documents WHERE project_id = ? AND kind = ? AND (archived = 0 OR ?)
+             ORDER BY key"
+        ))
+        .bind(project_id)
+        .bind(kind)
+        .bind(include_archived)
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter().map(from_row).collect()
+    }
+
+    /// Applies `update` if the document's version is still `expected_version` (when given); audited as
+    /// `<kind>.updated` (`<kind>.archived` when it archives). Nothing is written when nothing changes. Rules that
+    /// depend on the current state are the caller's: read, check, then update with the version read.
+    pub async fn update_document(
+        &self,
+        project_id: i64,
+        kind: &str,
+        key: &str,
+        expected_version: Option<i64>,
+        update: &DocumentUpdate,
+        actor: &Actor,
+    ) -> std::result::Result<Document, WriteError> {
+        let mut tx = self.write_tx().await?;
+        let before = read(&mut tx, project_id, kind, key)
+            .await?
+            .ok_or(WriteError::NotFound)?;
+        if expected_version.is_some_and(|v| v != before.version) {
+            return Err(WriteError::VersionConflict {
+                current: before.version,
+            });
+        }
+        let mut after = Document {
+            name: update.name.clone().unwrap_or_else(|| before.name.clone()),
+            body: update.body.clone().unwrap_or_else(|| before.body.clone()),
+            archived: update.archived.unwrap_or(before.archived),
+            ..before.clone()
+        };
+        if after == before {
+            return Ok(before);
+        }
+        after.version += 1;
+        after.updated_at = now_text();
+        sqlx::query(
+            "UPDATE documents SET name = ?, body = ?, archived = ?, version = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(&after.name)
+        .bind(after.body.to_string())
+        .bind(after.archived)
+        .bind(after.version)
+        .bind(&after.updated_at)
+        .bind(after.id)
+        .execute(&mut *tx)
+        .await?;
+        let action = if after.archived && !before.archived {
+            "archived"
+        } else {
+            "updated"
+        };
+        audit(
+            &mut tx,
+            project_id,
+            actor,
+            action,
+            Some(&before),
+            Some(&after),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(after)
+    }
+}
