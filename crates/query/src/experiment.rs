@@ -325,6 +325,227 @@ pub fn parse_metric(body: &Value) -> Result<Metric, Vec<FieldError>> {
     })
 }
 
+named_enum! {
+    /// How an experiment's results are computed (see `flywheel-stats`).
+    pub enum StatsEngine {
+        /// Gaussian model on the lift: chance to win, risk, credible interval.
+        Bayesian = "bayesian",
+        /// Welch's t-test: p-value and confidence interval, valid when looked at once, at the planned end.
+        Frequentist = "frequentist",
+        /// mSPRT: always-valid p-values and confidence sequences, for looking at results while it runs.
+        Sequential = "sequential",
+    }
+}
+
+named_enum! {
+    /// Correction of p-values across metrics and arms.
+    pub enum Correction {
+        /// None.
+        None = "none",
+        /// Holm's step-down (family-wise error).
+        Holm = "holm",
+        /// Benjamini–Hochberg (false discovery rate).
+        BenjaminiHochberg = "bh",
+        /// Bonferroni.
+        Bonferroni = "bonferroni",
+    }
+}
+
+/// How an experiment is analysed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Analysis {
+    /// The statistics.
+    pub engine: StatsEngine,
+    /// CUPED variance reduction with each metric's value before exposure.
+    pub cuped: bool,
+    /// Days before exposure that CUPED uses.
+    pub pre_window_days: u64,
+    /// Significance level (frequentist and sequential), in (0, 0.5).
+    pub alpha: f64,
+    /// Multiple-testing correction.
+    pub correction: Correction,
+    /// The sequential test's tuning: the sample size it is most powerful at.
+    pub sequential_tuning: u64,
+}
+
+impl Default for Analysis {
+    fn default() -> Self {
+        Analysis {
+            engine: StatsEngine::Bayesian,
+            cuped: true,
+            pre_window_days: 14,
+            alpha: 0.05,
+            correction: Correction::Holm,
+            sequential_tuning: 5_000,
+        }
+    }
+}
+
+/// An experiment's definition: the flag rule it analyses and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Experiment {
+    /// Unique per project.
+    pub key: String,
+    /// For people.
+    pub name: String,
+    /// What the team expects, free text.
+    pub hypothesis: String,
+    /// The feature flag whose experiment rule assigns the variations.
+    pub feature: String,
+    /// The rule's id in that feature.
+    pub rule_id: String,
+    /// The environment whose rule it is.
+    pub environment: String,
+    /// Metric keys: the decision metrics.
+    pub primary: Vec<String>,
+    /// Metric keys: watched, not decided on.
+    pub secondary: Vec<String>,
+    /// Metric keys: must not get worse.
+    pub guardrail: Vec<String>,
+    /// How to analyse.
+    pub analysis: Analysis,
+}
+
+/// Most metrics in one list.
+pub const MAX_METRICS: usize = 20;
+
+fn read_keys(o: &mut Obj<'_>, key: &'static str, e: &mut Errors) -> Vec<String> {
+    let Some((at, items)) = o.array(key, MAX_METRICS, e) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = Vec::new();
+    for (i, v) in items.iter().enumerate() {
+        match v.as_str() {
+            Some(k) if !k.is_empty() && !out.iter().any(|x| x == k) => out.push(k.to_owned()),
+            Some(k) if !k.is_empty() => {
+                e.push(format!("{at}[{i}]"), format!("`{k}` is listed twice"))
+            }
+            _ => e.push(format!("{at}[{i}]"), "must be a metric key"),
+        }
+    }
+    out
+}
+
+/// Parses an experiment definition (the API body; `status`, `phases` and other state are not part of it).
+pub fn parse_experiment(body: &Value) -> Result<Experiment, Vec<FieldError>> {
+    let mut e = Errors::default();
+    let Some(mut o) = Obj::new(body, "", &mut e) else {
+        return Err(e.0);
+    };
+    let key = o.required_string("key", MAX_KEY, &mut e);
+    if key.as_ref().is_some_and(|k| {
+        !k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    }) {
+        e.push("key", "may only hold letters, digits, `-`, `_` and `.`");
+    }
+    let name = o.required_string("name", MAX_NAME, &mut e);
+    let hypothesis = o.string("hypothesis", 10_000, &mut e).unwrap_or_default();
+    let feature = o.required_string("feature", MAX_KEY * 2, &mut e);
+    let rule_id = o.required_string("rule_id", MAX_KEY * 2, &mut e);
+    let environment = o
+        .string("environment", MAX_KEY, &mut e)
+        .unwrap_or_else(|| "production".to_owned());
+    let (mut primary, mut secondary, mut guardrail) = (Vec::new(), Vec::new(), Vec::new());
+    match o.get("metrics") {
+        None => e.push("metrics", "is required (at least one primary metric)"),
+        Some(v) => {
+            if let Some(mut m) = Obj::new(v, "metrics", &mut e) {
+                primary = read_keys(&mut m, "primary", &mut e);
+                secondary = read_keys(&mut m, "secondary", &mut e);
+                guardrail = read_keys(&mut m, "guardrail", &mut e);
+                m.finish(&mut e);
+                if primary.is_empty() && !e.0.iter().any(|x| x.field.starts_with("metrics.primary"))
+                {
+                    e.push("metrics.primary", "needs at least one metric");
+                }
+            }
+        }
+    }
+    let mut analysis = Analysis::default();
+    if let Some(v) = o.get("analysis") {
+        if let Some(mut a) = Obj::new(v, "analysis", &mut e) {
+            if let Some(x) = a.choice::<StatsEngine>("engine", &mut e) {
+                analysis.engine = x;
+            }
+            if let Some(x) = a.boolean("cuped", &mut e) {
+                analysis.cuped = x;
+            }
+            if let Some(x) = a.integer("pre_window_days", 1, 90, &mut e) {
+                analysis.pre_window_days = x;
+            }
+            if let Some(x) = number_between(&mut a, "alpha", 0.0, 0.5, &mut e) {
+                analysis.alpha = x;
+            }
+            if let Some(x) = a.choice::<Correction>("correction", &mut e) {
+                analysis.correction = x;
+            }
+            if let Some(x) = a.integer("sequential_tuning", 100, 1_000_000_000, &mut e) {
+                analysis.sequential_tuning = x;
+            }
+            a.finish(&mut e);
+        }
+    }
+    o.finish(&mut e);
+    if !e.0.is_empty() {
+        return Err(e.0);
+    }
+    let (Some(key), Some(name), Some(feature), Some(rule_id)) = (key, name, feature, rule_id)
+    else {
+        return Err(vec![FieldError {
+            field: "body".into(),
+            message: "is not an experiment definition".into(),
+        }]);
+    };
+    Ok(Experiment {
+        key,
+        name,
+        hypothesis,
+        feature,
+        rule_id,
+        environment,
+        primary,
+        secondary,
+        guardrail,
+        analysis,
+    })
+}
+
+impl Experiment {
+    /// Every metric key, primary first.
+    pub fn metric_keys(&self) -> impl Iterator<Item = &String> {
+        self.primary
+            .iter()
+            .chain(&self.secondary)
+            .chain(&self.guardrail)
+    }
+
+    /// The definition in its API form (parses back to the same experiment).
+    pub fn to_json(&self) -> Value {
+        let a = &self.analysis;
+        let mut v = json!({
+            "key": self.key,
+            "name": self.name,
+            "feature": self.feature,
+            "rule_id": self.rule_id,
+            "environment": self.environment,
+            "metrics": {"primary": self.primary, "secondary": self.secondary, "guardrail": self.guardrail},
+            "analysis": {
+                "engine": a.engine.name(),
+                "cuped": a.cuped,
+                "pre_window_days": a.pre_window_days,
+                "alpha": a.alpha,
+                "correction": a.correction.name(),
+                "sequential_tuning": a.sequential_tuning,
+            },
+        });
+        if !self.hypothesis.is_empty() {
+            v["hypothesis"] = json!(self.hypothesis);
+        }
+        v
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,5 +627,50 @@ mod tests {
             ]
         );
         assert_eq!(fields(json!([1])), ["body"]);
+    }
+
+    #[test]
+    fn experiments_parse_with_defaults_and_round_trip() {
+        let x = parse_experiment(&json!({
+            "key": "onboarding-v2", "name": "Onboarding v2", "feature": "onboarding", "rule_id": "exp",
+            "metrics": {"primary": ["activated"], "guardrail": ["errors"]},
+            "analysis": {"engine": "sequential", "alpha": 0.01},
+        }))
+        .unwrap();
+        assert_eq!(x.environment, "production");
+        assert_eq!(x.analysis.engine, StatsEngine::Sequential);
+        assert_eq!(
+            (
+                x.analysis.alpha,
+                x.analysis.cuped,
+                x.analysis.pre_window_days
+            ),
+            (0.01, true, 14)
+        );
+        assert_eq!(x.metric_keys().collect::<Vec<_>>(), ["activated", "errors"]);
+        assert_eq!(parse_experiment(&x.to_json()).unwrap(), x);
+        let errors: Vec<String> = parse_experiment(&json!({
+            "key": "k", "name": "N", "feature": "f",
+            "metrics": {"primary": [], "secondary": ["a", "a", 3]},
+            "analysis": {"engine": "magic", "alpha": 0.7, "pre_window_days": 0},
+            "status": "running",
+        }))
+        .unwrap_err()
+        .into_iter()
+        .map(|e| e.field)
+        .collect();
+        assert_eq!(
+            errors,
+            [
+                "rule_id",
+                "metrics.secondary[1]",
+                "metrics.secondary[2]",
+                "metrics.primary",
+                "analysis.engine",
+                "analysis.pre_window_days",
+                "analysis.alpha",
+                "status"
+            ]
+        );
     }
 }

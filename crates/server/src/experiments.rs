@@ -1,15 +1,22 @@
-//! Experiment metrics (and, next, experiments): `…/projects/{project_id}/metrics`.
+//! Experiment metrics and experiments: `…/projects/{project_id}/metrics`, `…/projects/{project_id}/experiments`.
 //!
 //! A metric is a [`flywheel_query::experiment::Metric`] kept as a store document of kind `metric` (key unique per
 //! project, versioned, archived instead of deleted, every change audited as `metric.created` / `metric.updated` /
 //! `metric.archived`). Creating takes the whole definition; `PATCH` takes the fields to change (and optionally the
 //! `version` it read: a stale one gets 409), merges them into the stored definition and validates the result as a
 //! whole, so an update can never leave an invalid metric. The key cannot change.
+//!
+//! An experiment ([`flywheel_query::experiment::Experiment`], a document of kind `experiment`) analyses the
+//! experiment rule `rule_id` of a feature in one environment, with metrics named by key (they must exist and not
+//! be archived). Its state is kept with the definition: `status` (`draft` → `running` ⇄ `stopped`) and `phases`,
+//! each with its start, stop and the rule's weights and coverage when it started. `POST …/start` and
+//! `POST …/stop` move it; the binding (feature, rule, environment) can only change in a draft; a running
+//! experiment cannot be archived. Every change is audited (`experiment.created|updated|archived`).
 
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use flywheel_query::experiment::parse_metric;
 use flywheel_query::FieldError;
@@ -20,6 +27,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 const METRIC: &str = "metric";
+const EXPERIMENT: &str = "experiment";
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -31,10 +39,28 @@ pub fn router() -> Router<AppState> {
             "/api/v1/projects/{project_id}/metrics/{key}",
             get(get_metric).patch(patch_metric).delete(archive_metric),
         )
+        .route(
+            "/api/v1/projects/{project_id}/experiments",
+            get(list_experiments).post(create_experiment),
+        )
+        .route(
+            "/api/v1/projects/{project_id}/experiments/{key}",
+            get(get_experiment)
+                .patch(patch_experiment)
+                .delete(archive_experiment),
+        )
+        .route(
+            "/api/v1/projects/{project_id}/experiments/{key}/start",
+            post(start_experiment),
+        )
+        .route(
+            "/api/v1/projects/{project_id}/experiments/{key}/stop",
+            post(stop_experiment),
+        )
 }
 
-/// The API's view of a metric document: its definition's fields, then the document's.
-fn metric_json(doc: &flywheel_store::Document) -> Value {
+/// The API's view of a document: its body's fields, then the document's.
+fn document_json(doc: &flywheel_store::Document) -> Value {
     let mut v = doc.body.clone();
     v["id"] = json!(doc.id);
     v["key"] = json!(doc.key);
@@ -81,6 +107,18 @@ struct ListParams {
     archived: Option<String>,
 }
 
+fn archived_param(params: &ListParams, what: &str) -> Result<bool, ApiError> {
+    match params.archived.as_deref() {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(ApiError::invalid_field(
+            what,
+            "archived",
+            format!("must be true or false, not `{other}`"),
+        )),
+    }
+}
+
 async fn list_metrics(
     State(state): State<AppState>,
     caller: Caller,
@@ -88,21 +126,26 @@ async fn list_metrics(
     Query(params): Query<ListParams>,
 ) -> Result<Json<Value>, ApiError> {
     let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
-    let archived = match params.archived.as_deref() {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => {
-            return Err(ApiError::invalid_field(
-                "metric list",
-                "archived",
-                format!("must be true or false, not `{other}`"),
-            ))
-        }
-    };
+    let archived = archived_param(&params, "metric list")?;
     let docs = state.store.documents(project_id, METRIC, archived).await?;
     Ok(Json(
-        json!({"results": docs.iter().map(metric_json).collect::<Vec<_>>()}),
+        json!({"results": docs.iter().map(document_json).collect::<Vec<_>>()}),
     ))
+}
+
+async fn document(
+    state: &AppState,
+    project_id: i64,
+    kind: &str,
+    key: &str,
+) -> Result<flywheel_store::Document, ApiError> {
+    state
+        .store
+        .document(project_id, kind, key)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!("{kind} `{key}` not found in project {project_id}"))
+        })
 }
 
 async fn metric_doc(
@@ -110,13 +153,34 @@ async fn metric_doc(
     project_id: i64,
     key: &str,
 ) -> Result<flywheel_store::Document, ApiError> {
-    state
-        .store
-        .document(project_id, METRIC, key)
-        .await?
-        .ok_or_else(|| {
-            ApiError::not_found(format!("metric `{key}` not found in project {project_id}"))
-        })
+    document(state, project_id, METRIC, key).await
+}
+
+/// The optional `version` of an update body (removed from it).
+fn take_version(body: &mut Map<String, Value>, what: &str) -> Result<Option<i64>, ApiError> {
+    match body.remove("version") {
+        None => Ok(None),
+        Some(v) => Ok(Some(v.as_i64().filter(|&n| n >= 1).ok_or_else(|| {
+            ApiError::invalid_field(
+                what,
+                "version",
+                format!("must be the {what}'s current version (a whole number)"),
+            )
+        })?)),
+    }
+}
+
+/// `stored` with the fields of `body` replaced (`null` removes one).
+fn merge(stored: &Value, body: Map<String, Value>) -> Map<String, Value> {
+    let mut merged = stored.as_object().cloned().unwrap_or_default();
+    for (k, v) in body {
+        if v.is_null() {
+            merged.remove(&k);
+        } else {
+            merged.insert(k, v);
+        }
+    }
+    merged
 }
 
 async fn get_metric(
@@ -125,7 +189,7 @@ async fn get_metric(
     Path((project_id, key)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
-    Ok(Json(metric_json(
+    Ok(Json(document_json(
         &metric_doc(&state, project_id, &key).await?,
     )))
 }
@@ -146,7 +210,7 @@ async fn create_metric(
         .create_document(project_id, METRIC, &key, &name, &stored, &actor)
         .await
         .map_err(|e| crate::features::write_error(e, "metric"))?;
-    Ok((StatusCode::CREATED, Json(metric_json(&doc))))
+    Ok((StatusCode::CREATED, Json(document_json(&doc))))
 }
 
 async fn patch_metric(
@@ -159,16 +223,7 @@ async fn patch_metric(
 ) -> Result<Json<Value>, ApiError> {
     let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
     let current = metric_doc(&state, project_id, &key).await?;
-    let version = match body.remove("version") {
-        None => None,
-        Some(v) => Some(v.as_i64().filter(|&n| n >= 1).ok_or_else(|| {
-            ApiError::invalid_field(
-                "metric update",
-                "version",
-                "must be the metric's current version (a whole number)",
-            )
-        })?),
-    };
+    let version = take_version(&mut body, "metric")?;
     if body
         .get("key")
         .is_some_and(|k| k.as_str() != Some(key.as_str()))
@@ -179,16 +234,7 @@ async fn patch_metric(
             "cannot be changed: create a new metric (experiments name metrics by key)",
         ));
     }
-    // The stored definition with the given fields replaced (`null` removes an optional field).
-    let mut merged = current.body.as_object().cloned().unwrap_or_default();
-    for (k, v) in body {
-        if v.is_null() {
-            merged.remove(&k);
-        } else {
-            merged.insert(k, v);
-        }
-    }
-    let (_, name, stored) = definition(&merged)?;
+    let (_, name, stored) = definition(&merge(&current.body, body))?;
     let update = flywheel_store::DocumentUpdate {
         name: Some(name),
         body: Some(stored),
@@ -200,7 +246,7 @@ async fn patch_metric(
         .update_document(project_id, METRIC, &key, version, &update, &actor)
         .await
         .map_err(|e| crate::features::write_error(e, "metric"))?;
-    Ok(Json(metric_json(&doc)))
+    Ok(Json(document_json(&doc)))
 }
 
 async fn archive_metric(
@@ -222,5 +268,401 @@ async fn archive_metric(
         .update_document(project_id, METRIC, &key, None, &update, &actor)
         .await
         .map_err(|e| crate::features::write_error(e, "metric"))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Experiments
+
+/// Fields of an experiment's body that are its state, set by the server.
+const STATE_FIELDS: &[&str] = &["status", "phases"];
+
+/// The experiment rule an experiment analyses: its variations, weights and coverage.
+struct BoundRule {
+    variations: usize,
+    weights: Vec<f64>,
+    coverage: f64,
+}
+
+/// Checks the binding and the metrics of `x`; returns the rule.
+async fn check_experiment(
+    state: &AppState,
+    project_id: i64,
+    x: &flywheel_query::experiment::Experiment,
+) -> Result<BoundRule, ApiError> {
+    let invalid =
+        |field: &str, message: String| ApiError::invalid_field("experiment", field, message);
+    let feature = state
+        .store
+        .feature(project_id, &x.feature)
+        .await?
+        .filter(|f| !f.archived)
+        .ok_or_else(|| {
+            invalid(
+                "feature",
+                format!("no feature `{}` in this project", x.feature),
+            )
+        })?;
+    let definition: crate::features::FeatureDefinition =
+        serde_json::from_value(feature.definition.clone()).map_err(ApiError::internal)?;
+    let env = definition.environments.get(&x.environment).ok_or_else(|| {
+        invalid(
+            "environment",
+            format!(
+                "feature `{}` has no settings for environment `{}`",
+                x.feature, x.environment
+            ),
+        )
+    })?;
+    let rule = env
+        .rules
+        .iter()
+        .find_map(|r| match r {
+            crate::features::Rule::Experiment {
+                id,
+                variations,
+                weights,
+                coverage,
+                ..
+            } if *id == x.rule_id => Some(BoundRule {
+                variations: variations.len(),
+                weights: weights.clone().unwrap_or_else(|| {
+                    vec![1.0 / variations.len().max(1) as f64; variations.len()]
+                }),
+                coverage: *coverage,
+            }),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            invalid(
+                "rule_id",
+                format!(
+                    "feature `{}` has no experiment rule `{}` in `{}`",
+                    x.feature, x.rule_id, x.environment
+                ),
+            )
+        })?;
+    let mut errors = Vec::new();
+    for (list, keys) in [
+        ("primary", &x.primary),
+        ("secondary", &x.secondary),
+        ("guardrail", &x.guardrail),
+    ] {
+        for (i, k) in keys.iter().enumerate() {
+            let found = state.store.document(project_id, METRIC, k).await?;
+            if found.is_none_or(|m| m.archived) {
+                errors.push(FieldError {
+                    field: format!("metrics.{list}[{i}]"),
+                    message: format!("no metric `{k}` (or it is archived)"),
+                });
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation("experiment", &errors));
+    }
+    Ok(rule)
+}
+
+/// Parses an experiment definition (`body` without document or state fields, which are refused).
+fn experiment_definition(
+    body: &Map<String, Value>,
+) -> Result<flywheel_query::experiment::Experiment, ApiError> {
+    let is_state = |k: &str| STATE_FIELDS.contains(&k);
+    let is_document = |k: &str| DOCUMENT_FIELDS.contains(&k);
+    let mut errors: Vec<FieldError> = body
+        .keys()
+        .filter(|k| is_document(k) || is_state(k))
+        .map(|k| FieldError {
+            field: k.clone(),
+            message: if is_state(k) {
+                "is set by …/start and …/stop".into()
+            } else {
+                "cannot be set".into()
+            },
+        })
+        .collect();
+    let definition: Map<String, Value> = body
+        .iter()
+        .filter(|(k, _)| !is_document(k) && !is_state(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    match flywheel_query::experiment::parse_experiment(&Value::Object(definition)) {
+        Ok(x) if errors.is_empty() => Ok(x),
+        Ok(_) => Err(ApiError::validation("experiment", &errors)),
+        Err(es) => {
+            errors.extend(es);
+            Err(ApiError::validation("experiment", &errors))
+        }
+    }
+}
+
+/// The stored body: the definition and the state.
+fn experiment_body(
+    x: &flywheel_query::experiment::Experiment,
+    status: &str,
+    phases: &Value,
+) -> Value {
+    let mut v = x.to_json();
+    v["status"] = json!(status);
+    v["phases"] = phases.clone();
+    v
+}
+
+/// The state of a stored experiment, and its definition alone.
+fn state_of(doc: &flywheel_store::Document) -> (String, Value, Value) {
+    let mut definition = doc.body.clone();
+    if let Some(o) = definition.as_object_mut() {
+        for f in STATE_FIELDS {
+            o.remove(*f);
+        }
+    }
+    (
+        doc.body["status"].as_str().unwrap_or("draft").to_owned(),
+        doc.body.get("phases").cloned().unwrap_or_else(|| json!([])),
+        definition,
+    )
+}
+
+fn stored_experiment(
+    key: &str,
+    definition: &Value,
+) -> Result<flywheel_query::experiment::Experiment, ApiError> {
+    flywheel_query::experiment::parse_experiment(definition)
+        .map_err(|_| ApiError::internal(format!("stored experiment `{key}` does not parse")))
+}
+
+async fn list_experiments(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(project_id): Path<String>,
+    Query(params): Query<ListParams>,
+) -> Result<Json<Value>, ApiError> {
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
+    let archived = archived_param(&params, "experiment list")?;
+    let docs = state
+        .store
+        .documents(project_id, EXPERIMENT, archived)
+        .await?;
+    Ok(Json(
+        json!({"results": docs.iter().map(document_json).collect::<Vec<_>>()}),
+    ))
+}
+
+async fn get_experiment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project_id, key)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
+    Ok(Json(document_json(
+        &document(&state, project_id, EXPERIMENT, &key).await?,
+    )))
+}
+
+async fn create_experiment(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    caller: Caller,
+    Path(project_id): Path<String>,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
+    let x = experiment_definition(&body)?;
+    check_experiment(&state, project_id, &x).await?;
+    let actor = crate::features::actor(&caller, &headers, peer);
+    let doc = state
+        .store
+        .create_document(
+            project_id,
+            EXPERIMENT,
+            &x.key,
+            &x.name,
+            &experiment_body(&x, "draft", &json!([])),
+            &actor,
+        )
+        .await
+        .map_err(|e| crate::features::write_error(e, "experiment"))?;
+    Ok((StatusCode::CREATED, Json(document_json(&doc))))
+}
+
+async fn patch_experiment(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    caller: Caller,
+    Path((project_id, key)): Path<(String, String)>,
+    JsonBody(mut body): JsonBody<Map<String, Value>>,
+) -> Result<Json<Value>, ApiError> {
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
+    let current = document(&state, project_id, EXPERIMENT, &key).await?;
+    let version = take_version(&mut body, "experiment")?;
+    if body
+        .get("key")
+        .is_some_and(|k| k.as_str() != Some(key.as_str()))
+    {
+        return Err(ApiError::invalid_field(
+            "experiment update",
+            "key",
+            "cannot be changed",
+        ));
+    }
+    let (status, phases, stored) = state_of(&current);
+    let before = stored_experiment(&key, &stored)?;
+    let x = experiment_definition(&merge(&stored, body))?;
+    if status != "draft"
+        && (x.feature != before.feature
+            || x.rule_id != before.rule_id
+            || x.environment != before.environment)
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "experiment_started",
+            "the feature, rule and environment of an experiment that has started cannot change: \
+             create a new experiment",
+        ));
+    }
+    check_experiment(&state, project_id, &x).await?;
+    let update = flywheel_store::DocumentUpdate {
+        name: Some(x.name.clone()),
+        body: Some(experiment_body(&x, &status, &phases)),
+        archived: None,
+    };
+    let actor = crate::features::actor(&caller, &headers, peer);
+    let doc = state
+        .store
+        .update_document(project_id, EXPERIMENT, &key, version, &update, &actor)
+        .await
+        .map_err(|e| crate::features::write_error(e, "experiment"))?;
+    Ok(Json(document_json(&doc)))
+}
+
+/// Moves an experiment to `to`: `running` opens a phase with the rule's weights now, `stopped` closes it.
+async fn transition(
+    state: &AppState,
+    caller: &Caller,
+    actor: flywheel_store::Actor,
+    project_id: &str,
+    key: &str,
+    to: &str,
+) -> Result<Json<Value>, ApiError> {
+    let project_id = crate::features::project_context(state, caller, project_id).await?;
+    let current = document(state, project_id, EXPERIMENT, key).await?;
+    if current.archived {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "archived",
+            format!("experiment `{key}` is archived"),
+        ));
+    }
+    let (status, phases, stored) = state_of(&current);
+    let mut phases: Vec<Value> = phases.as_array().cloned().unwrap_or_default();
+    let now = state
+        .clock
+        .now()
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    match (status.as_str(), to) {
+        ("draft" | "stopped", "running") => {
+            let x = stored_experiment(key, &stored)?;
+            let rule = check_experiment(state, project_id, &x).await?;
+            phases.push(json!({
+                "started_at": now,
+                "stopped_at": null,
+                "variations": rule.variations,
+                "weights": rule.weights,
+                "coverage": rule.coverage,
+            }));
+        }
+        ("running", "stopped") => {
+            if let Some(last) = phases.last_mut() {
+                last["stopped_at"] = json!(now);
+            }
+        }
+        (from, to) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "invalid_transition",
+                format!("experiment `{key}` is {from}: it cannot become {to}"),
+            ))
+        }
+    }
+    let mut body = current.body.clone();
+    body["status"] = json!(to);
+    body["phases"] = Value::Array(phases);
+    let update = flywheel_store::DocumentUpdate {
+        body: Some(body),
+        ..Default::default()
+    };
+    let doc = state
+        .store
+        .update_document(
+            project_id,
+            EXPERIMENT,
+            key,
+            Some(current.version),
+            &update,
+            &actor,
+        )
+        .await
+        .map_err(|e| crate::features::write_error(e, "experiment"))?;
+    Ok(Json(document_json(&doc)))
+}
+
+async fn start_experiment(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    caller: Caller,
+    Path((project_id, key)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let actor = crate::features::actor(&caller, &headers, peer);
+    transition(&state, &caller, actor, &project_id, &key, "running").await
+}
+
+async fn stop_experiment(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    caller: Caller,
+    Path((project_id, key)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let actor = crate::features::actor(&caller, &headers, peer);
+    transition(&state, &caller, actor, &project_id, &key, "stopped").await
+}
+
+async fn archive_experiment(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    caller: Caller,
+    Path((project_id, key)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
+    let current = document(&state, project_id, EXPERIMENT, &key).await?;
+    if state_of(&current).0 == "running" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "experiment_running",
+            format!("experiment `{key}` is running: stop it first"),
+        ));
+    }
+    let update = flywheel_store::DocumentUpdate {
+        archived: Some(true),
+        ..Default::default()
+    };
+    let actor = crate::features::actor(&caller, &headers, peer);
+    state
+        .store
+        .update_document(
+            project_id,
+            EXPERIMENT,
+            &key,
+            Some(current.version),
+            &update,
+            &actor,
+        )
+        .await
+        .map_err(|e| crate::features::write_error(e, "experiment"))?;
     Ok(StatusCode::NO_CONTENT)
 }

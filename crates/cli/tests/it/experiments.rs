@@ -111,3 +111,120 @@ fn metrics_are_validated_versioned_archived_and_audited() {
     }
     assert!(serve.terminate().success());
 }
+
+#[test]
+fn experiments_bind_to_an_experiment_rule_and_move_through_phases() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = init(dir.path());
+    let serve = Serve::start(dir.path(), &[]);
+    let p = keys.project_id;
+    let call = |method: &str, path: &str, body: Value| {
+        request(
+            &serve,
+            &keys.personal_key,
+            method,
+            &format!("/api/v1/projects/{p}{path}"),
+            &body,
+        )
+    };
+    let (status, v) = call(
+        "POST",
+        "/features",
+        json!({"key": "onboarding", "value_type": "string", "default_value": "control",
+               "environments": {"production": {"enabled": true, "rules": [
+                   {"type": "force", "id": "staff", "condition": {"staff": true}, "value": "b"},
+                   {"type": "experiment", "id": "exp", "variations": ["control", "b", "c"],
+                    "weights": [0.5, 0.25, 0.25]}]}}}),
+    );
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = call(
+        "POST",
+        "/metrics",
+        json!({"key": "activated", "name": "Activated", "kind": "conversion", "event": "activated"}),
+    );
+    assert_eq!(status, 201, "{v}");
+
+    let x = json!({"key": "onboarding-v2", "name": "Onboarding v2", "feature": "onboarding",
+                   "rule_id": "exp", "metrics": {"primary": ["activated"]}});
+    // The binding and the metrics must exist; state cannot be set.
+    for (patch, field) in [
+        (json!({"feature": "nope"}), "feature"),
+        (json!({"rule_id": "staff"}), "rule_id"),
+        (json!({"environment": "staging"}), "environment"),
+        (
+            json!({"metrics": {"primary": ["activated", "ghost"]}}),
+            "metrics.primary[1]",
+        ),
+        (json!({"status": "running"}), "status"),
+    ] {
+        let mut body = x.clone();
+        for (k, v) in patch.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, v) = call("POST", "/experiments", body);
+        assert_eq!(status, 400, "{patch}: {v}");
+        assert_eq!(v["errors"][0]["field"], field, "{patch}: {v}");
+    }
+    let (status, v) = call("POST", "/experiments", x);
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(
+        (v["status"].as_str(), v["phases"].as_array().map(Vec::len)),
+        (Some("draft"), Some(0))
+    );
+    assert_eq!(
+        v["analysis"]["engine"], "bayesian",
+        "defaults are filled: {v}"
+    );
+
+    // Running: a phase with the rule's weights; the binding is frozen; it cannot be archived.
+    let (status, v) = call("POST", "/experiments/onboarding-v2/start", Value::Null);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["status"], "running");
+    assert_eq!(v["phases"][0]["weights"], json!([0.5, 0.25, 0.25]), "{v}");
+    assert_eq!(v["phases"][0]["variations"], 3);
+    assert!(v["phases"][0]["stopped_at"].is_null());
+    let (status, v) = call("POST", "/experiments/onboarding-v2/start", Value::Null);
+    assert_eq!(status, 409, "already running: {v}");
+    let (status, v) = call(
+        "PATCH",
+        "/experiments/onboarding-v2",
+        json!({"rule_id": "other"}),
+    );
+    assert_eq!(status, 409, "{v}");
+    let (status, v) = call(
+        "PATCH",
+        "/experiments/onboarding-v2",
+        json!({"hypothesis": "Shorter onboarding activates more", "analysis": {"engine": "sequential"}}),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["analysis"]["engine"].as_str(), v["status"].as_str()),
+        (Some("sequential"), Some("running"))
+    );
+    let (status, _) = call("DELETE", "/experiments/onboarding-v2", Value::Null);
+    assert_eq!(status, 409, "running experiments are not archived");
+
+    // Stop closes the phase; a restart opens a second one.
+    let (status, v) = call("POST", "/experiments/onboarding-v2/stop", Value::Null);
+    assert_eq!(status, 200, "{v}");
+    assert!(v["phases"][0]["stopped_at"].is_string(), "{v}");
+    let (status, v) = call("POST", "/experiments/onboarding-v2/start", Value::Null);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["phases"].as_array().unwrap().len(), 2);
+    let (status, _) = call("POST", "/experiments/onboarding-v2/stop", Value::Null);
+    assert_eq!(status, 200);
+    let (status, _) = call("DELETE", "/experiments/onboarding-v2", Value::Null);
+    assert_eq!(status, 204);
+    let (status, v) = call("POST", "/experiments/onboarding-v2/start", Value::Null);
+    assert_eq!(status, 409, "archived: {v}");
+    let (_, v) = call("GET", "/audit?entity_type=experiment", Value::Null);
+    let text = v.to_string();
+    for action in [
+        "experiment.created",
+        "experiment.updated",
+        "experiment.archived",
+    ] {
+        assert!(text.contains(action), "{action}: {v}");
+    }
+    assert!(serve.terminate().success());
+}
