@@ -50,12 +50,8 @@ pub fn router() -> Router<AppState> {
                 .delete(archive_experiment),
         )
         .route(
-            "/api/v1/projects/{project_id}/experiments/{key}/start",
-            post(start_experiment),
-        )
-        .route(
-            "/api/v1/projects/{project_id}/experiments/{key}/stop",
-            post(stop_experiment),
+            "/api/v1/projects/{project_id}/experiments/{key}/{action}",
+            post(experiment_action),
         )
 }
 
@@ -609,26 +605,25 @@ async fn transition(
     Ok(Json(document_json(&doc)))
 }
 
-async fn start_experiment(
+/// `POST …/experiments/{key}/start` and `…/stop`.
+async fn experiment_action(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     caller: Caller,
-    Path((project_id, key)): Path<(String, String)>,
+    Path((project_id, key, action)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
+    let to = match action.as_str() {
+        "start" => "running",
+        "stop" => "stopped",
+        other => {
+            return Err(ApiError::not_found(format!(
+                "no experiment action `{other}` (start, stop)"
+            )))
+        }
+    };
     let actor = crate::features::actor(&caller, &headers, peer);
-    transition(&state, &caller, actor, &project_id, &key, "running").await
-}
-
-async fn stop_experiment(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    headers: HeaderMap,
-    caller: Caller,
-    Path((project_id, key)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
-    let actor = crate::features::actor(&caller, &headers, peer);
-    transition(&state, &caller, actor, &project_id, &key, "stopped").await
+    transition(&state, &caller, actor, &project_id, &key, to).await
 }
 
 async fn archive_experiment(
