@@ -232,15 +232,14 @@ enum Window {
 }
 
 impl Window {
-    /// The window's `[lo, hi)` for an exposure at `t0` (saturating: times are far from `i64`'s ends).
+    /// The window as offsets `[lo, hi)` from the exposure (saturating: no window reaches 2^63 µs).
     #[inline]
-    fn bounds(self, t0: i64) -> (i64, i64) {
+    fn offsets(self) -> (i64, i64) {
         match self {
             Window::Post { delay, len } => {
-                let lo = t0.saturating_add(delay);
-                (lo, len.map_or(i64::MAX, |l| lo.saturating_add(l)))
+                (delay, len.map_or(i64::MAX, |l| delay.saturating_add(l)))
             }
-            Window::Pre { len } => (t0.saturating_sub(len), t0),
+            Window::Pre { len } => (len.saturating_neg(), 0),
         }
     }
 }
@@ -316,8 +315,38 @@ fn plan(spec: &ExperimentSpec) -> (Vec<Accumulator>, Vec<Plan>) {
                 },
             }
         })
+        .collect::<Vec<Plan>>();
+    // Accumulators of the same bit side by side, so that a row visits only those of its bits.
+    let mut order: Vec<usize> = (0..accs.len()).collect();
+    order.sort_by_key(|&i| accs[i].bit);
+    let mut at = vec![0; accs.len()];
+    for (new, &old) in order.iter().enumerate() {
+        at[old] = new;
+    }
+    let plans = plans
+        .into_iter()
+        .map(|p| Plan {
+            value: at[p.value],
+            denominator: p.denominator.map(|(a, cap)| (at[a], cap)),
+            pre: p.pre.map(|a| at[a]),
+            pre_denominator: p.pre_denominator.map(|a| at[a]),
+            ..p
+        })
         .collect();
-    (accs, plans)
+    (order.iter().map(|&i| accs[i]).collect(), plans)
+}
+
+/// The runs of accumulators sharing a bit (accumulators sorted by bit), without the bit-less ones.
+fn groups(accs: &[Accumulator]) -> Vec<(u64, Range<usize>)> {
+    let mut out: Vec<(u64, Range<usize>)> = Vec::new();
+    for (i, a) in accs.iter().enumerate() {
+        match out.last_mut() {
+            Some((bit, r)) if *bit == a.bit => r.end = i + 1,
+            _ => out.push((a.bit, i..i + 1)),
+        }
+    }
+    out.retain(|g| g.0 != 0);
+    out
 }
 
 /// Unit state: no valid exposure yet.
@@ -392,7 +421,14 @@ fn empty_arms(spec: &ExperimentSpec, plans: &[Plan]) -> Vec<Arm> {
         .collect()
 }
 
-/// One shard: exposures, then metric rows, then the units' values into their arms.
+/// Units per chunk: a chunk's per-unit state (12 + 8 × accumulators bytes a unit) stays in the core's cache while
+/// every block's rows of the chunk go through it.
+const CHUNK: u32 = 4096;
+
+/// Each accumulator's value column in one block (only sums read one).
+type Columns<'a> = [Option<&'a [f64]>; MAX_METRICS * 3];
+
+/// One shard, a chunk of units at a time: exposures, then metric rows, then the units' values into their arms.
 fn scan(
     blocks: &[Block<'_>],
     values: &[Vec<Option<&[f64]>>],
@@ -401,14 +437,84 @@ fn scan(
     accs: &[Accumulator],
     plans: &[Plan],
 ) -> Vec<Arm> {
-    let width = (shard.end - shard.start) as usize;
     let mut arms = empty_arms(spec, plans);
-    if width == 0 || spec.variations == 0 {
+    if shard.is_empty() || spec.variations == 0 {
         return arms;
     }
-    let (state, t0) = exposures(blocks, shard, spec);
-    let acc_values = accumulate(blocks, values, shard, spec, accs, &state, &t0);
+    let columns: Vec<Columns<'_>> = blocks
+        .iter()
+        .enumerate()
+        .map(|(b, block)| {
+            let mut columns: Columns<'_> = [None; MAX_METRICS * 3];
+            for (c, a) in columns.iter_mut().zip(accs) {
+                if a.aggregation == Aggregation::Sum {
+                    *c = values
+                        .get(b)
+                        .and_then(|v| v.get(a.column).copied().flatten());
+                    if let Some(col) = c {
+                        assert!(
+                            col.len() >= block.len(),
+                            "value column shorter than block {b}"
+                        );
+                    }
+                }
+            }
+            columns
+        })
+        .collect();
+    // Each block's first row of the next chunk.
+    let mut cursor: Vec<usize> = blocks.iter().map(|b| b.rows_of(shard).start).collect();
+    let mut rows: Vec<Range<usize>> = vec![0..0; blocks.len()];
     let k = accs.len();
+    let chunk = CHUNK.min(shard.end - shard.start) as usize;
+    let mut state = vec![UNEXPOSED; chunk];
+    let mut t0 = vec![0i64; chunk];
+    let mut acc_values = vec![0.0f64; chunk * k];
+    let mut lo = shard.start;
+    while lo < shard.end {
+        let hi = lo.saturating_add(CHUNK).min(shard.end);
+        let width = (hi - lo) as usize;
+        for ((r, c), block) in rows.iter_mut().zip(&mut cursor).zip(blocks) {
+            let end = *c + block.person[*c..].partition_point(|&p| p < hi);
+            *r = *c..end;
+            *c = end;
+        }
+        state[..width].fill(UNEXPOSED);
+        acc_values[..width * k].fill(0.0);
+        exposures(blocks, &rows, lo, spec, &mut state, &mut t0);
+        accumulate(
+            blocks,
+            &columns,
+            &rows,
+            lo,
+            spec,
+            accs,
+            &state,
+            &t0,
+            &mut acc_values,
+        );
+        add_units(
+            &state[..width],
+            &acc_values[..width * k],
+            k,
+            spec,
+            plans,
+            &mut arms,
+        );
+        lo = hi;
+    }
+    arms
+}
+
+/// Adds each unit of a chunk to its arm: `n` or `multiple_exposures`, and its metrics' variables.
+fn add_units(
+    state: &[u32],
+    acc_values: &[f64],
+    k: usize,
+    spec: &ExperimentSpec,
+    plans: &[Plan],
+    arms: &mut [Arm],
+) {
     let capped = |v: f64, cap: Option<f64>| cap.map_or(v, |c| v.min(c));
     for (i, &s) in state.iter().enumerate() {
         if s == UNEXPOSED {
@@ -451,36 +557,34 @@ fn scan(
             }
         }
     }
-    arms
 }
 
-/// First pass: each unit's state ([`UNEXPOSED`], its variation, or [`MULTIPLE`] with the first variation) and
-/// the time of its first valid exposure.
+/// First pass over a chunk (units from `base`, rows `rows[b]` of block `b`): each unit's state ([`UNEXPOSED`],
+/// its variation, or [`MULTIPLE`] with the first variation) and the time of its first valid exposure.
 fn exposures(
     blocks: &[Block<'_>],
-    shard: &Range<u32>,
+    rows: &[Range<usize>],
+    base: u32,
     spec: &ExperimentSpec,
-) -> (Vec<u32>, Vec<i64>) {
-    let width = (shard.end - shard.start) as usize;
-    let mut state = vec![UNEXPOSED; width];
-    let mut t0 = vec![0i64; width];
+    state: &mut [u32],
+    t0: &mut [i64],
+) {
     let bit = bit_mask(spec.exposure_bit);
     let window = spec.exposure_from_us..spec.exposure_to_us;
-    for block in blocks {
+    for (block, rows) in blocks.iter().zip(rows) {
         let Some(codes) = block.breakdown else {
             continue;
         };
-        let rows = block.rows_of(shard);
         let cols = block.person[rows.clone()]
             .iter()
             .zip(&block.ts[rows.clone()])
             .zip(&block.mask[rows.clone()])
-            .zip(&codes[rows]);
+            .zip(&codes[rows.clone()]);
         for (((&p, &ts), &m), &code) in cols {
             if m & bit == 0 || code >= spec.variations || !window.contains(&ts) {
                 continue;
             }
-            let i = (p - shard.start) as usize;
+            let i = (p - base) as usize;
             let s = state[i];
             if s == UNEXPOSED {
                 state[i] = code;
@@ -490,44 +594,32 @@ fn exposures(
             }
         }
     }
-    (state, t0)
 }
 
-/// Second pass: per (unit, accumulator) the aggregate of the rows in its window, `[unit][accumulator]` flat.
+/// Second pass over a chunk: per (unit, accumulator) the aggregate of the rows in its window, into `out`
+/// (`[unit][accumulator]` flat, zeroed).
+#[allow(clippy::too_many_arguments)]
 fn accumulate(
     blocks: &[Block<'_>],
-    values: &[Vec<Option<&[f64]>>],
-    shard: &Range<u32>,
+    columns: &[Columns<'_>],
+    rows: &[Range<usize>],
+    base: u32,
     spec: &ExperimentSpec,
     accs: &[Accumulator],
     state: &[u32],
     t0: &[i64],
-) -> Vec<f64> {
+    out: &mut [f64],
+) {
     let k = accs.len();
-    let mut out = vec![0.0f64; state.len() * k];
-    let any = accs.iter().fold(0u64, |a, b| a | b.bit);
+    let groups = groups(accs);
+    let any = groups.iter().fold(0u64, |a, g| a | g.0);
     if any == 0 {
-        return out;
+        return;
     }
+    let offsets: Vec<(i64, i64)> = accs.iter().map(|a| a.window.offsets()).collect();
     let end = spec.analysis_end_us;
-    for (b, block) in blocks.iter().enumerate() {
-        let rows = block.rows_of(shard);
-        // Each accumulator's value column in this block (only `Sum` reads one).
-        let mut columns: [Option<&[f64]>; MAX_METRICS * 3] = [None; MAX_METRICS * 3];
-        for (c, a) in columns.iter_mut().zip(accs) {
-            if a.aggregation == Aggregation::Sum {
-                *c = values
-                    .get(b)
-                    .and_then(|v| v.get(a.column).copied().flatten());
-                if let Some(col) = c {
-                    assert!(
-                        col.len() >= block.len(),
-                        "value column shorter than block {b}"
-                    );
-                }
-            }
-        }
-        for r in rows {
+    for ((block, rows), columns) in blocks.iter().zip(rows).zip(columns) {
+        for r in rows.clone() {
             let m = block.mask[r];
             if m & any == 0 {
                 continue;
@@ -536,37 +628,35 @@ fn accumulate(
             if ts >= end {
                 continue;
             }
-            let i = (block.person[r] - shard.start) as usize;
+            let i = (block.person[r] - base) as usize;
             if state[i] & MULTIPLE != 0 {
                 // Unexposed or excluded.
                 continue;
             }
-            let t = t0[i];
+            // Offsets from the exposure (saturating: no window reaches 2^63 µs).
+            let rel = ts.saturating_sub(t0[i]);
             let unit = &mut out[i * k..(i + 1) * k];
-            for (a, acc) in accs.iter().enumerate() {
-                if m & acc.bit == 0 {
+            for (bit, range) in &groups {
+                if m & bit == 0 {
                     continue;
                 }
-                let (lo, hi) = acc.window.bounds(t);
-                if ts < lo || ts >= hi {
-                    continue;
-                }
-                match acc.aggregation {
-                    Aggregation::Conversion => unit[a] = 1.0,
-                    Aggregation::Count => unit[a] += 1.0,
-                    Aggregation::Sum => {
-                        if let Some(col) = columns[a] {
-                            let v = col[r];
-                            if !v.is_nan() {
-                                unit[a] += v;
-                            }
+                // Branch-free updates: whether a row lies in a window is unpredictable.
+                for a in range.clone() {
+                    let (lo, hi) = offsets[a];
+                    let hit = (lo <= rel) & (rel < hi);
+                    let slot = &mut unit[a];
+                    match accs[a].aggregation {
+                        Aggregation::Conversion => *slot = slot.max(f64::from(u8::from(hit))),
+                        Aggregation::Count => *slot += f64::from(u8::from(hit)),
+                        Aggregation::Sum => {
+                            let v = columns[a].map_or(f64::NAN, |c| c[r]);
+                            *slot += if hit && !v.is_nan() { v } else { 0.0 };
                         }
                     }
                 }
             }
         }
     }
-    out
 }
 
 #[cfg(test)]
