@@ -51,7 +51,7 @@ fn data() -> Vec<Day> {
         let t0 = 7 * DAY_US + (next() % (14 * DAY_US as u64)) as i64;
         let v = (next() % 2) as u32;
         evs.push((t0, EXPOSURE, v, f64::NAN));
-        if next() % 100 == 0 {
+        if next().is_multiple_of(100) {
             evs.push((t0 + DAY_US, EXPOSURE, 1 - v, f64::NAN));
         }
         for _ in 0..EVENTS {
