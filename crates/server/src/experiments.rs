@@ -19,7 +19,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use flywheel_query::experiment::parse_metric;
-use flywheel_query::FieldError;
+use flywheel_query::{FieldError, Named};
 use serde_json::{json, Map, Value};
 
 use crate::api::{Caller, JsonBody};
@@ -51,7 +51,7 @@ pub fn router() -> Router<AppState> {
         )
         .route(
             "/api/v1/projects/{project_id}/experiments/{key}/{action}",
-            post(experiment_action),
+            post(experiment_action).get(experiment_view),
         )
 }
 
@@ -278,6 +278,10 @@ struct BoundRule {
     variations: usize,
     weights: Vec<f64>,
     coverage: f64,
+    /// The variations' values.
+    values: Vec<Value>,
+    /// The key exposures report (the rule's tracking key, or the feature's key).
+    tracking_key: String,
 }
 
 /// Checks the binding and the metrics of `x`; returns the rule.
@@ -319,8 +323,11 @@ async fn check_experiment(
                 variations,
                 weights,
                 coverage,
+                tracking_key,
                 ..
             } if *id == x.rule_id => Some(BoundRule {
+                values: variations.clone(),
+                tracking_key: tracking_key.clone().unwrap_or_else(|| x.feature.clone()),
                 variations: variations.len(),
                 weights: weights.clone().unwrap_or_else(|| {
                     vec![1.0 / variations.len().max(1) as f64; variations.len()]
@@ -660,4 +667,47 @@ async fn archive_experiment(
         .await
         .map_err(|e| crate::features::write_error(e, "experiment"))?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET …/experiments/{key}/results`.
+async fn experiment_view(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project_id, key, view)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    if view != "results" {
+        return Err(ApiError::not_found(format!(
+            "no experiment view `{view}` (results)"
+        )));
+    }
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
+    let current = document(&state, project_id, EXPERIMENT, &key).await?;
+    let (_, phases, stored) = state_of(&current);
+    let Some(phase) = phases.as_array().and_then(|p| p.last()).cloned() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_started",
+            format!("experiment `{key}` has not started: no results yet"),
+        ));
+    };
+    let x = stored_experiment(&key, &stored)?;
+    let rule = check_experiment(&state, project_id, &x).await?;
+    let mut metrics = Vec::new();
+    for k in x.metric_keys() {
+        let doc = metric_doc(&state, project_id, k).await?;
+        metrics.push(
+            flywheel_query::experiment::parse_metric(&doc.body)
+                .map_err(|_| ApiError::internal(format!("stored metric `{k}` does not parse")))?,
+        );
+    }
+    let variations = crate::experiment_results::Variations {
+        values: rule.values,
+        tracking_key: rule.tracking_key,
+    };
+    let mut out =
+        crate::experiment_results::results(&state, project_id, &x, &phase, variations, metrics)
+            .await?;
+    out["experiment"] = json!(key);
+    out["engine"] = json!(x.analysis.engine.name());
+    Ok(Json(out))
 }

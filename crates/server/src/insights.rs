@@ -648,10 +648,10 @@ fn check_breakdown(
 
 /// One partition prepared for a kernel: its sorted rows with their masks — only the rows some spec matches,
 /// unless the kernel needs every row (strict funnels).
-struct Prepared {
+pub(crate) struct Prepared {
     part: Arc<Partition>,
     sorted: Arc<Sorted>,
-    mask: Vec<u64>,
+    pub(crate) mask: Vec<u64>,
     kept: Option<Kept>,
 }
 
@@ -664,18 +664,23 @@ struct Kept {
 }
 
 impl Prepared {
-    fn person(&self) -> &[u32] {
+    /// The partition.
+    pub(crate) fn partition(&self) -> &Partition {
+        &self.part
+    }
+
+    pub(crate) fn person(&self) -> &[u32] {
         self.kept
             .as_ref()
             .map_or(&self.sorted.person, |k| &k.person)
     }
 
-    fn ts(&self) -> &[i64] {
+    pub(crate) fn ts(&self) -> &[i64] {
         self.kept.as_ref().map_or(&self.sorted.ts, |k| &k.ts)
     }
 
     /// The storage row (in the partition) of each prepared row.
-    fn storage_rows(&self) -> Vec<u32> {
+    pub(crate) fn storage_rows(&self) -> Vec<u32> {
         match &self.kept {
             Some(k) => k
                 .rows
@@ -760,7 +765,7 @@ enum Source {
 }
 
 /// The event specs of a query, compiled against a snapshot's event dictionary.
-struct Specs {
+pub(crate) struct Specs {
     /// Per event-name index: the bits of the specs that accept it.
     by_event: Vec<u64>,
     /// Distinct filters of all specs.
@@ -771,7 +776,11 @@ struct Specs {
 
 impl Specs {
     /// `common` filters apply to every spec.
-    fn new(snap: &Snapshot, plan: &Plan, columns: &Columns) -> Result<Specs, Unsupported> {
+    pub(crate) fn new(
+        snap: &Snapshot,
+        plan: &Plan,
+        columns: &Columns,
+    ) -> Result<Specs, Unsupported> {
         let common = &plan.common[..];
         let mut by_event = vec![0u64; snap.events.len()];
         let mut filters: Vec<Source> = Vec::new();
@@ -850,7 +859,7 @@ impl Specs {
 
     /// The partitions overlapping `[from, to)` (all of them for `None`), sorted and masked; with `compact`, only
     /// the rows that match some spec (every kernel but the strict funnel ignores the others).
-    fn prepare(
+    pub(crate) fn prepare(
         &self,
         snap: &Snapshot,
         range: Option<(i64, i64)>,

@@ -9,6 +9,7 @@ pub mod capture;
 pub mod cohorts;
 pub mod error;
 pub mod events_table;
+pub mod experiment_results;
 pub mod experiments;
 pub mod exposure;
 pub mod features;

@@ -228,3 +228,185 @@ fn experiments_bind_to_an_experiment_rule_and_move_through_phases() {
     }
     assert!(serve.terminate().success());
 }
+
+/// A deterministic stream of numbers in [0, 1).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Posts exposures (`$feature_flag_called` of `feature`) and `purchase` events for `users` users: user `i` sees
+/// variation `i % 2`, and buys with probability `rates[variation]`. Returns (units, buyers) per variation.
+fn traffic(
+    serve: &Serve,
+    keys: &crate::Keys,
+    feature: &str,
+    users: usize,
+    rates: [f64; 2],
+    seed: u64,
+) -> ([u64; 2], [u64; 2]) {
+    let mut rng = Lcg(seed);
+    let (mut units, mut buyers) = ([0u64; 2], [0u64; 2]);
+    let mut batch = Vec::new();
+    for i in 0..users {
+        let v = i % 2;
+        let user = format!("{feature}-user-{i}");
+        let response = ["control", "treatment"][v];
+        batch.push(json!({"event": "$feature_flag_called", "distinct_id": user,
+            "properties": {"$feature_flag": feature, "$feature_flag_response": response}}));
+        units[v] += 1;
+        if rng.next() < rates[v] {
+            batch.push(json!({"event": "purchase", "distinct_id": user}));
+            buyers[v] += 1;
+        }
+        if batch.len() >= 500 || i + 1 == users {
+            let body = json!({"api_key": keys.project_key, "batch": batch});
+            let (status, out) = crate::http(
+                &serve.addr,
+                "POST",
+                "/batch",
+                &[("Content-Type", "application/json")],
+                body.to_string().as_bytes(),
+            )
+            .unwrap();
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out));
+            batch.clear();
+        }
+    }
+    (units, buyers)
+}
+
+#[test]
+fn results_find_a_true_effect_and_nothing_in_an_aa_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = init(dir.path());
+    let serve = Serve::start(dir.path(), &[]);
+    let p = keys.project_id;
+    let call = |method: &str, path: &str, body: Value| {
+        request(
+            &serve,
+            &keys.personal_key,
+            method,
+            &format!("/api/v1/projects/{p}{path}"),
+            &body,
+        )
+    };
+    let (status, v) = call(
+        "POST",
+        "/metrics",
+        json!({"key": "purchased", "name": "Purchased", "kind": "conversion", "event": "purchase"}),
+    );
+    assert_eq!(status, 201, "{v}");
+    for feature in ["checkout", "same"] {
+        let (status, v) = call(
+            "POST",
+            "/features",
+            json!({"key": feature, "value_type": "string", "default_value": "control",
+                   "environments": {"production": {"enabled": true, "rules": [
+                       {"type": "experiment", "id": "exp", "variations": ["control", "treatment"]}]}}}),
+        );
+        assert_eq!(status, 201, "{v}");
+        let (status, v) = call(
+            "POST",
+            "/experiments",
+            json!({"key": feature, "name": feature, "feature": feature, "rule_id": "exp",
+                   "metrics": {"primary": ["purchased"]},
+                   "analysis": {"engine": "frequentist", "cuped": false, "correction": "none"}}),
+        );
+        assert_eq!(status, 201, "{v}");
+        let (status, v) = call(
+            "GET",
+            &format!("/experiments/{feature}/results"),
+            Value::Null,
+        );
+        assert_eq!(status, 409, "not started: {v}");
+        let (status, v) = call(
+            "POST",
+            &format!("/experiments/{feature}/start"),
+            Value::Null,
+        );
+        assert_eq!(status, 200, "{v}");
+    }
+    // 10 % → 15 % (a +50 % lift) and an A/A test at 12 %.
+    let (units, buyers) = traffic(&serve, &keys, "checkout", 6000, [0.10, 0.15], 7);
+    let (aa_units, aa_buyers) = traffic(&serve, &keys, "same", 6000, [0.12, 0.12], 11);
+    // Ten users see both variations: excluded from both arms, counted.
+    let both: Vec<Value> = (0..10)
+        .flat_map(|i| {
+            ["treatment", "control"].map(|r| {
+                json!({"event": "$feature_flag_called", "distinct_id": format!("both-{i}"),
+                       "properties": {"$feature_flag": "same", "$feature_flag_response": r}})
+            })
+        })
+        .collect();
+    let (status, _) = crate::http(
+        &serve.addr,
+        "POST",
+        "/batch",
+        &[("Content-Type", "application/json")],
+        json!({"api_key": keys.project_key, "batch": both})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+
+    let results = |feature: &str| -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let (status, v) = call(
+                "GET",
+                &format!("/experiments/{feature}/results"),
+                Value::Null,
+            );
+            assert_eq!(status, 200, "{v}");
+            if v["complete"] == true && v["units"].as_array().is_some_and(|u| !u.is_empty()) {
+                return v;
+            }
+            assert!(std::time::Instant::now() < deadline, "{v}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    let v = results("checkout");
+    assert_eq!(v["units"], json!(units), "{v}");
+    let m = &v["metrics"][0];
+    assert_eq!(m["arms"][0]["sum"].as_f64(), Some(buyers[0] as f64), "{v}");
+    assert_eq!(m["arms"][1]["sum"].as_f64(), Some(buyers[1] as f64), "{v}");
+    let r = &m["analysis"]["comparisons"][0]["result"];
+    let lift = buyers[1] as f64 / units[1] as f64 / (buyers[0] as f64 / units[0] as f64) - 1.0;
+    assert!(
+        (r["estimate"].as_f64().unwrap() - lift).abs() < 1e-9,
+        "{r} vs {lift}"
+    );
+    assert!(
+        r["p_value"].as_f64().unwrap() < 0.001,
+        "a 50 % lift on 6,000 users: {r}"
+    );
+    assert_eq!(v["srm"]["mismatch"], false, "{v}");
+
+    let v = results("same");
+    assert_eq!(v["units"], json!(aa_units));
+    assert_eq!(
+        v["multiple_exposures"],
+        json!([0, 10]),
+        "first exposed to treatment: {v}"
+    );
+    assert_eq!(v["warnings"], json!([]), "10 of 6,010 is under 1 %: {v}");
+    let m = &v["metrics"][0];
+    assert_eq!(m["arms"][1]["sum"].as_f64(), Some(aa_buyers[1] as f64));
+    let r = &m["analysis"]["comparisons"][0]["result"];
+    assert!(r["p_value"].as_f64().unwrap() > 0.05, "no effect: {r}");
+    let (lo, hi) = (
+        r["ci"]["lower"].as_f64().unwrap(),
+        r["ci"]["upper"].as_f64().unwrap(),
+    );
+    assert!(lo < 0.0 && hi > 0.0, "the interval holds 0: {r}");
+    assert!(serve.terminate().success());
+}
