@@ -57,14 +57,25 @@
 //!
 //! # Cost
 //!
-//! Two passes over the rows, sharded by person ([`crate::par_shards`]): the first reads only the exposure rows'
-//! codes and keeps per unit its variation (4 bytes, with a flag for multiple exposures) and `t0` (8 bytes); the
-//! second, needed because a pre-exposure window must know `t0` before it sees the rows that precede it, adds
-//! each metric row to one `f64` per (unit, accumulator) — an accumulator being a distinct (bit, aggregation,
-//! value column, window): a metric's post window, its pre window, a ratio's pre denominator; a metric used as a
-//! denominator shares its accumulator. So `12 + 8 × accumulators` bytes per person of the shard (5 metrics, one
-//! with CUPED: 60 bytes). No allocation or hashing per row; per row, a test of the accumulators whose bit is set.
-//! Then one pass over the shard's units adds their values to their arm's sums.
+//! Sharded by person ([`crate::par_shards`]); each thread takes its units a chunk of 4,096 at a time, finding the
+//! chunk's rows in every block from a cursor per block (rows are sorted by person), and makes two passes over
+//! them — a pre-exposure window must know `t0` before it sees the rows that precede it:
+//!
+//! 1. exposure rows only: per unit its variation (4 bytes, with a flag for multiple exposures) and `t0` (8 bytes);
+//! 2. metric rows: one `f64` per (unit, accumulator), an accumulator being a distinct (bit, aggregation, value
+//!    column for sums, window) — a metric's post window, its pre window, a ratio's pre denominator. Metrics that
+//!    ask for the same thing share one (a denominator is its metric's accumulator; a count and a conversion of
+//!    the same rows and window are not the same thing, two counts are).
+//!
+//! So `12 + 8 × accumulators` bytes per unit of the chunk, reused from chunk to chunk and small enough to stay in
+//! the core's cache (5 metrics, one with CUPED: 6 accumulators, 240 KB), and the chunk's rows are still cached
+//! for the second pass. A row visits only the accumulators of its bits (they are grouped by bit) and updates
+//! them without branches on its window. No allocation or hashing per row. Then each unit of the chunk adds its
+//! values to its arm's sums.
+//!
+//! Measured (`cargo bench -p flywheel-kernels --bench experiment`): 1M exposed units, 2 variations, 5 metrics
+//! (conversion, count with CUPED, sum, ratio, count) over 10M rows in 28 daily blocks: ≈ 145 ms on 2 threads,
+//! ≈ 250 ms on 1 (shared 2-core VM; runs vary by ±20% with the other load).
 
 use std::ops::Range;
 

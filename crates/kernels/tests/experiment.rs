@@ -21,6 +21,7 @@ const EXPOSURE_BIT: u32 = 0;
 const METRIC_BIT: u32 = 8;
 const NOISE: u32 = 63;
 const VARIATIONS: u32 = 3;
+/// Dense persons of the random cases (person 6 never has a row).
 const PERSONS: u32 = 7;
 /// What a value column holds on the rows of other events: the kernel must not read it.
 const JUNK: f64 = 1e6;
@@ -211,6 +212,7 @@ fn compare(
 
 #[allow(clippy::too_many_arguments)]
 fn check(
+    persons: u32,
     evs: &[Ev],
     metrics: &[truth::ExperimentMetric<'_>],
     unit_values: &[bool],
@@ -247,7 +249,7 @@ fn check(
             .map(|(k, m)| kernel_metric(k, m, unit_values[k]))
             .collect(),
     };
-    let got = experiment(&blocks, &values, PERSONS, threads, &spec);
+    let got = experiment(&blocks, &values, persons, threads, &spec);
     let rows: Vec<truth::ExperimentRow<'_>> = evs
         .iter()
         .map(|e| truth::ExperimentRow {
@@ -333,7 +335,76 @@ proptest! {
         threads in 1usize..=3,
     ) {
         check(
-            &evs, &metrics, &unit_values, (at(from, 0), at(from + len, 0)), at(end, 0), width, drop, threads,
+            PERSONS, &evs, &metrics, &unit_values, (at(from, 0), at(from + len, 0)), at(end, 0), width, drop, threads,
         )?;
+    }
+}
+
+/// Many units: the kernel works through a shard a chunk of units at a time; units on both sides of every chunk
+/// boundary, and shards of uneven size, must come out as the truth says.
+#[test]
+fn many_units_across_chunks_and_shards() {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let persons = 20_000u32;
+    let mut evs = Vec::new();
+    for _ in 0..80_000 {
+        let event = (next() % 4) as usize;
+        evs.push(Ev {
+            // Half the persons have rows: gaps and runs across chunk boundaries.
+            person: (next() % u64::from(persons / 2)) as u32 * 2 + (next() % 2 == 0) as u32,
+            ts: at((next() % 40) as i64, 0),
+            event,
+            variation: (event == 0).then(|| (next() % 10).min(3) as u32 % 3),
+            value: (next() % 5 != 0).then(|| (next() % 16) as f64 * 0.5 - 2.0),
+        });
+    }
+    let metrics = [
+        truth::ExperimentMetric {
+            event: "a",
+            aggregation: truth::ExperimentAggregation::Sum,
+            delay_us: 0,
+            window_us: Some(4 * GRID),
+            cap: Some(3.5),
+            denominator: Some(1),
+            pre_window_us: Some(5 * GRID),
+        },
+        truth::ExperimentMetric {
+            event: "b",
+            aggregation: truth::ExperimentAggregation::Count,
+            delay_us: GRID,
+            window_us: None,
+            cap: None,
+            denominator: None,
+            pre_window_us: Some(2 * GRID),
+        },
+        truth::ExperimentMetric {
+            event: "c",
+            aggregation: truth::ExperimentAggregation::Conversion,
+            delay_us: 0,
+            window_us: Some(GRID),
+            cap: None,
+            denominator: None,
+            pre_window_us: None,
+        },
+    ];
+    for threads in [1, 2, 3] {
+        let result = check(
+            persons,
+            &evs,
+            &metrics,
+            &[true, false, true],
+            (at(5, 0), at(30, 0)),
+            at(38, 0),
+            DAY_US,
+            false,
+            threads,
+        );
+        assert!(result.is_ok(), "{threads} threads: {result:?}");
     }
 }

@@ -12,6 +12,9 @@
 //! - **Buckets** are UTC: days start at midnight, weeks on Monday, months on the 1st. A [`Range`] is half-open,
 //!   `[from, to)`, and its buckets are those whose start lies in it (the first one aligned down to its bucket).
 //! - **Conversion windows** are inclusive: a step `window` after the first step still counts.
+//! - **Experiments** ([`experiment`]): a unit is exposed from its first exposure in the phase; units exposed to two
+//!   variations are excluded and counted; metric windows are half-open and relative to that first exposure; see
+//!   the function for the whole statement.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -1056,5 +1059,89 @@ mod tests {
         };
         let t = retention(&rows, q);
         assert!(t.iter().all(|row| row[1..].iter().all(|&n| n <= row[0])));
+    }
+
+    #[test]
+    fn experiment_by_hand() {
+        let r = |person, ts_us, event, variation, value| ExperimentRow {
+            person,
+            ts_us,
+            event,
+            variation,
+            value,
+        };
+        let rows = [
+            // Person 1: exposed to 0 at 10 (the exposure at 5 is before the phase), buys 4 at 12, 3 at 30
+            // (outside the 10 µs window), and 9 at 8 (before exposure: the pre window [0, 10)).
+            r(1, 5, "x", Some(1), None),
+            r(1, 10, "x", Some(0), None),
+            r(1, 12, "buy", None, Some(4.0)),
+            r(1, 30, "buy", None, Some(3.0)),
+            r(1, 8, "buy", None, Some(9.0)),
+            // Person 2: variation 1 then 0: excluded, counted under 1.
+            r(2, 11, "x", Some(1), None),
+            r(2, 12, "x", Some(0), None),
+            r(2, 13, "buy", None, Some(100.0)),
+            // Person 3: variation 7 is not one of the 2: ignored; then variation 1 at 20, buys without a value.
+            r(3, 15, "x", Some(7), None),
+            r(3, 20, "x", Some(1), None),
+            r(3, 20, "buy", None, None),
+            // Person 4: exposed at the phase end: not exposed.
+            r(4, 50, "x", Some(0), None),
+        ];
+        let metrics = [
+            ExperimentMetric {
+                event: "buy",
+                aggregation: ExperimentAggregation::Sum,
+                delay_us: 0,
+                window_us: Some(10),
+                cap: Some(3.5),
+                denominator: Some(1),
+                pre_window_us: Some(10),
+            },
+            ExperimentMetric {
+                event: "buy",
+                aggregation: ExperimentAggregation::Count,
+                delay_us: 0,
+                window_us: None,
+                cap: None,
+                denominator: None,
+                pre_window_us: None,
+            },
+        ];
+        let q = Experiment {
+            exposure_event: "x",
+            variations: 2,
+            exposure_from_us: 6,
+            exposure_to_us: 50,
+            analysis_end_us: 30,
+            metrics: &metrics,
+        };
+        let arms = experiment(&rows, &q);
+        assert_eq!((arms[0].n, arms[0].multiple_exposures), (1, 0));
+        assert_eq!((arms[1].n, arms[1].multiple_exposures), (1, 1));
+        // Person 1: sum 4 capped to 3.5; 1 purchase before the end (30 is the analysis end); pre: 9 capped to 3.5
+        // over 1 purchase.
+        let unit = |value, denominator, pre, pre_denominator| ExperimentUnit {
+            value,
+            denominator,
+            pre,
+            pre_denominator,
+        };
+        assert_eq!(
+            arms[0].units,
+            vec![
+                vec![unit(3.5, Some(1.0), Some(3.5), Some(1.0))],
+                vec![unit(1.0, None, None, None)]
+            ]
+        );
+        // Person 3: a purchase at t0 without a value: sum 0, count 1.
+        assert_eq!(
+            arms[1].units,
+            vec![
+                vec![unit(0.0, Some(1.0), Some(0.0), Some(0.0))],
+                vec![unit(1.0, None, None, None)]
+            ]
+        );
     }
 }
