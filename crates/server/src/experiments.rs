@@ -12,6 +12,10 @@
 //! each with its start, stop and the rule's weights and coverage when it started. `POST …/start` and
 //! `POST …/stop` move it; the binding (feature, rule, environment) can only change in a draft; a running
 //! experiment cannot be archived. Every change is audited (`experiment.created|updated|archived`).
+//!
+//! `POST …/decision` (`{"action": "ship", "variation": i}` or `{"action": "rollback"}`) ends a started
+//! experiment: the rule becomes a force rule of variation `i`'s value, or is disabled (the feature change audited
+//! as `feature.updated`, served at once), the experiment stops and records the decision (`experiment.updated`).
 
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -48,6 +52,10 @@ pub fn router() -> Router<AppState> {
             get(get_experiment)
                 .patch(patch_experiment)
                 .delete(archive_experiment),
+        )
+        .route(
+            "/api/v1/projects/{project_id}/experiments/{key}/decision",
+            post(decide_experiment),
         )
         .route(
             "/api/v1/projects/{project_id}/experiments/{key}/{action}",
@@ -271,7 +279,7 @@ async fn archive_metric(
 // Experiments
 
 /// Fields of an experiment's body that are its state, set by the server.
-const STATE_FIELDS: &[&str] = &["status", "phases"];
+const STATE_FIELDS: &[&str] = &["status", "phases", "decision"];
 
 /// The experiment rule an experiment analyses: its variations, weights and coverage.
 struct BoundRule {
@@ -527,9 +535,13 @@ async fn patch_experiment(
         ));
     }
     check_experiment(&state, project_id, &x).await?;
+    let mut body = experiment_body(&x, &status, &phases);
+    if let Some(d) = current.body.get("decision") {
+        body["decision"] = d.clone();
+    }
     let update = flywheel_store::DocumentUpdate {
         name: Some(x.name.clone()),
-        body: Some(experiment_body(&x, &status, &phases)),
+        body: Some(body),
         archived: None,
     };
     let actor = crate::features::actor(&caller, &headers, peer);
@@ -565,6 +577,13 @@ async fn transition(
         .clock
         .now()
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    if to == "running" && current.body.get("decision").is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "decided",
+            format!("experiment `{key}` has a decision: start a new experiment"),
+        ));
+    }
     match (status.as_str(), to) {
         ("draft" | "stopped", "running") => {
             let x = stored_experiment(key, &stored)?;
@@ -710,4 +729,104 @@ async fn experiment_view(
     out["experiment"] = json!(key);
     out["engine"] = json!(x.analysis.engine.name());
     Ok(Json(out))
+}
+
+/// `POST …/experiments/{key}/decision`.
+async fn decide_experiment(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    caller: Caller,
+    Path((project_id, key)): Path<(String, String)>,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> Result<Json<Value>, ApiError> {
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
+    let mut errors = Vec::new();
+    let decision = match body.get("action").and_then(Value::as_str) {
+        Some("ship") => match body.get("variation").and_then(Value::as_u64) {
+            Some(i) => Some(crate::features::RuleDecision::Ship(i as usize)),
+            None => {
+                errors.push(FieldError {
+                    field: "variation".into(),
+                    message: "is required to ship: the index of the variation (0 is the control)"
+                        .into(),
+                });
+                None
+            }
+        },
+        Some("rollback") => Some(crate::features::RuleDecision::RollBack),
+        _ => {
+            errors.push(FieldError {
+                field: "action".into(),
+                message: "must be `ship` or `rollback`".into(),
+            });
+            None
+        }
+    };
+    for k in body.keys() {
+        if !["action", "variation", "reason"].contains(&k.as_str()) {
+            errors.push(FieldError {
+                field: k.clone(),
+                message: "unknown field (action, variation, reason)".into(),
+            });
+        }
+    }
+    let reason = body
+        .get("reason")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let Some(decision) = decision.filter(|_| errors.is_empty()) else {
+        return Err(ApiError::validation("decision", &errors));
+    };
+    let current = document(&state, project_id, EXPERIMENT, &key).await?;
+    let (status, phases, stored) = state_of(&current);
+    if status == "draft" || current.archived || current.body.get("decision").is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_decidable",
+            format!("experiment `{key}` is {status}{}: only a started experiment without a decision can be decided",
+                if current.archived { " and archived" } else { "" }),
+        ));
+    }
+    let x = stored_experiment(&key, &stored)?;
+    let actor = crate::features::actor(&caller, &headers, peer);
+    crate::features::decide_rule(
+        &state,
+        project_id,
+        &x.feature,
+        &x.environment,
+        &x.rule_id,
+        &decision,
+        &actor,
+    )
+    .await?;
+    let now = state
+        .clock
+        .now()
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let mut phases: Vec<Value> = phases.as_array().cloned().unwrap_or_default();
+    if let Some(last) = phases.last_mut().filter(|p| p["stopped_at"].is_null()) {
+        last["stopped_at"] = json!(now);
+    }
+    let mut body = current.body.clone();
+    body["status"] = json!("stopped");
+    body["phases"] = Value::Array(phases);
+    body["decision"] = match decision {
+        crate::features::RuleDecision::Ship(i) => {
+            json!({"action": "ship", "variation": i, "reason": reason, "decided_at": now, "by": actor.label})
+        }
+        crate::features::RuleDecision::RollBack => {
+            json!({"action": "rollback", "reason": reason, "decided_at": now, "by": actor.label})
+        }
+    };
+    let update = flywheel_store::DocumentUpdate {
+        body: Some(body),
+        ..Default::default()
+    };
+    let doc = state
+        .store
+        .update_document(project_id, EXPERIMENT, &key, None, &update, &actor)
+        .await
+        .map_err(|e| crate::features::write_error(e, "experiment"))?;
+    Ok(Json(document_json(&doc)))
 }

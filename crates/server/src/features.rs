@@ -198,6 +198,13 @@ pub enum Rule {
 }
 
 impl Rule {
+    /// The rule's id.
+    pub fn id(&self) -> &str {
+        match self {
+            Rule::Force { id, .. } | Rule::Rollout { id, .. } | Rule::Experiment { id, .. } => id,
+        }
+    }
+
     fn id_mut(&mut self) -> &mut String {
         match self {
             Rule::Force { id, .. } | Rule::Rollout { id, .. } | Rule::Experiment { id, .. } => id,
@@ -951,6 +958,109 @@ async fn update_feature(
         .map_err(|e| write_error(e, &format!("feature `{key}`")))?;
     state.flags.refresh(&state.store, project_id).await;
     Ok(Json(feature_json(&record)))
+}
+
+/// What an experiment's decision does to its rule.
+pub(crate) enum RuleDecision {
+    /// Everyone the rule matched gets this variation: the rule becomes a force rule of its value (same id,
+    /// condition, audiences).
+    Ship(usize),
+    /// The rule is disabled: users get what they got before the experiment (the next rules, or the default).
+    RollBack,
+}
+
+/// Applies an experiment decision to rule `rule_id` of `feature` in `environment` (validated and audited like any
+/// feature change, `feature.updated`), and refreshes the flags served. `Err` names what is wrong.
+pub(crate) async fn decide_rule(
+    state: &AppState,
+    project_id: i64,
+    feature: &str,
+    environment: &str,
+    rule_id: &str,
+    decision: &RuleDecision,
+    actor: &Actor,
+) -> Result<FeatureRecord, ApiError> {
+    let current = state
+        .store
+        .feature(project_id, feature)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("feature `{feature}` not found")))?;
+    let mut def: FeatureDefinition =
+        serde_json::from_value(current.definition.clone()).map_err(ApiError::internal)?;
+    let rule = def
+        .environments
+        .get_mut(environment)
+        .and_then(|env| env.rules.iter_mut().find(|r| r.id() == rule_id))
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "feature `{feature}` has no rule `{rule_id}` in `{environment}`"
+            ))
+        })?;
+    let Rule::Experiment {
+        id,
+        description,
+        condition,
+        saved_groups,
+        variations,
+        enabled,
+        ..
+    } = rule.clone()
+    else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_an_experiment_rule",
+            format!("rule `{rule_id}` of feature `{feature}` is no longer an experiment rule"),
+        ));
+    };
+    *rule = match decision {
+        RuleDecision::Ship(i) => Rule::Force {
+            id,
+            description,
+            condition,
+            saved_groups,
+            value: variations.get(*i).cloned().ok_or_else(|| {
+                ApiError::invalid_field(
+                    "decision",
+                    "variation",
+                    format!("the rule has {} variations", variations.len()),
+                )
+            })?,
+            enabled,
+        },
+        RuleDecision::RollBack => {
+            let mut r = rule.clone();
+            if let Rule::Experiment { enabled, .. } = &mut r {
+                *enabled = false;
+            }
+            r
+        }
+    };
+    let errors = validate(
+        feature,
+        &mut def,
+        &environment_keys(state, project_id).await?,
+        &others(state, project_id, feature).await?,
+        &saved_group_defs(state, project_id).await?,
+    );
+    if !errors.is_empty() {
+        return Err(validation_failed(errors));
+    }
+    let definition = serde_json::to_value(&def).map_err(ApiError::internal)?;
+    let record = state
+        .store
+        .update_feature(
+            project_id,
+            feature,
+            current.version,
+            &definition,
+            current.archived,
+            "feature.updated",
+            actor,
+        )
+        .await
+        .map_err(|e| write_error(e, &format!("feature `{feature}`")))?;
+    state.flags.refresh(&state.store, project_id).await;
+    Ok(record)
 }
 
 #[derive(Deserialize)]

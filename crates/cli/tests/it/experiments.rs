@@ -408,5 +408,54 @@ fn results_find_a_true_effect_and_nothing_in_an_aa_test() {
         r["ci"]["upper"].as_f64().unwrap(),
     );
     assert!(lo < 0.0 && hi > 0.0, "the interval holds 0: {r}");
+
+    // Decisions: ship the treatment of the real effect, roll the A/A test back. The flag changes at once.
+    let (status, v) = call(
+        "POST",
+        "/experiments/checkout/decision",
+        json!({"action": "ship"}),
+    );
+    assert_eq!(status, 400, "which variation: {v}");
+    let (status, v) = call(
+        "POST",
+        "/experiments/checkout/decision",
+        json!({"action": "ship", "variation": 1, "reason": "+50 % purchases"}),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["status"].as_str(), v["decision"]["action"].as_str()),
+        (Some("stopped"), Some("ship"))
+    );
+    assert!(v["phases"][0]["stopped_at"].is_string(), "{v}");
+    let (_, f) = call("GET", "/features/checkout", Value::Null);
+    let rule = &f["environments"]["production"]["rules"][0];
+    assert_eq!(
+        (rule["type"].as_str(), rule["value"].as_str()),
+        (Some("force"), Some("treatment")),
+        "{f}"
+    );
+    let (status, v) = call(
+        "POST",
+        "/experiments/checkout/decision",
+        json!({"action": "rollback"}),
+    );
+    assert_eq!(status, 409, "decided once: {v}");
+    let (status, _) = call("POST", "/experiments/checkout/start", Value::Null);
+    assert_eq!(status, 409, "a decided experiment does not restart");
+    let (status, v) = call(
+        "POST",
+        "/experiments/same/decision",
+        json!({"action": "rollback"}),
+    );
+    assert_eq!(status, 200, "{v}");
+    let (_, f) = call("GET", "/features/same", Value::Null);
+    let rule = &f["environments"]["production"]["rules"][0];
+    assert_eq!(
+        (rule["type"].as_str(), rule["enabled"].as_bool()),
+        (Some("experiment"), Some(false)),
+        "{f}"
+    );
+    let (_, v) = call("GET", "/audit?entity_type=feature", Value::Null);
+    assert!(v.to_string().contains("feature.updated"), "{v}");
     assert!(serve.terminate().success());
 }
