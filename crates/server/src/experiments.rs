@@ -561,6 +561,7 @@ async fn transition(
     project_id: &str,
     key: &str,
     to: &str,
+    at: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<Json<Value>, ApiError> {
     let project_id = crate::features::project_context(state, caller, project_id).await?;
     let current = document(state, project_id, EXPERIMENT, key).await?;
@@ -573,10 +574,38 @@ async fn transition(
     }
     let (status, phases, stored) = state_of(&current);
     let mut phases: Vec<Value> = phases.as_array().cloned().unwrap_or_default();
-    let now = state
-        .clock
-        .now()
-        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let field = if to == "running" {
+        "started_at"
+    } else {
+        "stopped_at"
+    };
+    let clock = state.clock.now();
+    let when = at.unwrap_or(clock);
+    if when > clock {
+        return Err(ApiError::invalid_field(
+            "experiment",
+            field,
+            "cannot be in the future",
+        ));
+    }
+    // A phase starts after the previous one stopped, and stops after it started.
+    let previous = phases.last().and_then(|p| {
+        p[if to == "running" {
+            "stopped_at"
+        } else {
+            "started_at"
+        }]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    });
+    if let Some(previous) = previous.filter(|p| when < *p) {
+        return Err(ApiError::invalid_field(
+            "experiment",
+            field,
+            format!("must not be before {}", previous.to_rfc3339()),
+        ));
+    }
+    let now = when.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     if to == "running" && current.body.get("decision").is_some() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -638,6 +667,7 @@ async fn experiment_action(
     headers: HeaderMap,
     caller: Caller,
     Path((project_id, key, action)): Path<(String, String, String)>,
+    body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let to = match action.as_str() {
         "start" => "running",
@@ -648,8 +678,56 @@ async fn experiment_action(
             )))
         }
     };
+    // Optional body: `{"started_at": …}` / `{"stopped_at": …}` (RFC 3339, not in the future), e.g. for an
+    // experiment that ran before it was set up here.
+    let field = if to == "running" {
+        "started_at"
+    } else {
+        "stopped_at"
+    };
+    let at = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let v: Value = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request("invalid_json", format!("the body is not JSON: {e}"))
+        })?;
+        let empty = serde_json::Map::new();
+        let obj = match &v {
+            Value::Null => &empty,
+            Value::Object(o) => o,
+            _ => {
+                return Err(ApiError::invalid_field(
+                    "experiment",
+                    "body",
+                    "must be an object",
+                ))
+            }
+        };
+        if let Some(k) = obj.keys().find(|k| k.as_str() != field) {
+            return Err(ApiError::invalid_field(
+                "experiment",
+                k,
+                format!("unknown field (only `{field}`)"),
+            ));
+        }
+        match obj.get(field) {
+            None | Some(Value::Null) => None,
+            Some(t) => Some(
+                t.as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .ok_or_else(|| {
+                        ApiError::invalid_field(
+                            "experiment",
+                            field,
+                            "must be an RFC 3339 time such as 2026-01-01T00:00:00Z",
+                        )
+                    })?,
+            ),
+        }
+    };
     let actor = crate::features::actor(&caller, &headers, peer);
-    transition(&state, &caller, actor, &project_id, &key, to).await
+    transition(&state, &caller, actor, &project_id, &key, to, at).await
 }
 
 async fn archive_experiment(

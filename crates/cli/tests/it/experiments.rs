@@ -208,6 +208,18 @@ fn experiments_bind_to_an_experiment_rule_and_move_through_phases() {
     let (status, v) = call("POST", "/experiments/onboarding-v2/stop", Value::Null);
     assert_eq!(status, 200, "{v}");
     assert!(v["phases"][0]["stopped_at"].is_string(), "{v}");
+    // A start may be dated (an experiment that ran before it was set up here), not in the future nor before
+    // the previous phase stopped.
+    for (body, field) in [
+        (json!({"started_at": "2999-01-01T00:00:00Z"}), "started_at"),
+        (json!({"started_at": "2020-01-01T00:00:00Z"}), "started_at"),
+        (json!({"started_at": "yesterday"}), "started_at"),
+        (json!({"stopped_at": "2020-01-01T00:00:00Z"}), "stopped_at"),
+    ] {
+        let (status, v) = call("POST", "/experiments/onboarding-v2/start", body.clone());
+        assert_eq!(status, 400, "{body}: {v}");
+        assert_eq!(v["errors"][0]["field"], field, "{body}: {v}");
+    }
     let (status, v) = call("POST", "/experiments/onboarding-v2/start", Value::Null);
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["phases"].as_array().unwrap().len(), 2);
