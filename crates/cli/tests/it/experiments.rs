@@ -471,3 +471,230 @@ fn results_find_a_true_effect_and_nothing_in_an_aa_test() {
     assert!(v.to_string().contains("feature.updated"), "{v}");
     assert!(serve.terminate().success());
 }
+
+/// Σx, Σx² of a per-unit variable.
+fn mean_moments(values: &[f64]) -> flywheel_stats::Moments {
+    flywheel_stats::Moments::Mean {
+        sum: values.iter().sum(),
+        sum_squares: values.iter().map(|x| x * x).sum(),
+    }
+}
+
+fn cross(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Asserts that every number of `got` equals `want`'s to 1e-9 (relative), recursively.
+fn assert_close(got: &Value, want: &Value, at: &str) {
+    match (got, want) {
+        (Value::Number(g), Value::Number(w)) => {
+            let (g, w) = (g.as_f64().unwrap(), w.as_f64().unwrap());
+            assert!(
+                (g - w).abs() <= 1e-9 * w.abs().max(1e-12),
+                "{at}: {g} vs {w}"
+            );
+        }
+        (Value::Array(g), Value::Array(w)) => {
+            assert_eq!(g.len(), w.len(), "{at}: {got} vs {want}");
+            for (i, (gv, wv)) in g.iter().zip(w).enumerate() {
+                assert_close(gv, wv, &format!("{at}[{i}]"));
+            }
+        }
+        (Value::Object(g), Value::Object(w)) => {
+            assert_eq!(g.len(), w.len(), "{at}: {got} vs {want}");
+            for (k, wv) in w {
+                assert_close(&g[k], wv, &format!("{at}.{k}"));
+            }
+        }
+        _ => assert_eq!(got, want, "{at}"),
+    }
+}
+
+#[test]
+fn cuped_ratio_and_bayesian_results_equal_the_statistics_of_the_raw_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = init(dir.path());
+    let serve = Serve::start(dir.path(), &[]);
+    let p = keys.project_id;
+    let call = |method: &str, path: &str, body: Value| {
+        request(
+            &serve,
+            &keys.personal_key,
+            method,
+            &format!("/api/v1/projects/{p}{path}"),
+            &body,
+        )
+    };
+    for (path, body) in [
+        (
+            "/features",
+            json!({"key": "pricing", "value_type": "string", "default_value": "a",
+            "environments": {"production": {"enabled": true, "rules": [
+                {"type": "experiment", "id": "exp", "variations": ["a", "b"]}]}}}),
+        ),
+        (
+            "/metrics",
+            json!({"key": "views", "name": "Views", "kind": "count", "event": "$pageview",
+                            "window_hours": 48}),
+        ),
+        (
+            "/metrics",
+            json!({"key": "aov", "name": "Revenue per order", "kind": "ratio",
+            "numerator": {"kind": "sum", "event": "order", "value_property": "amount"},
+            "denominator": {"kind": "count", "event": "order"}, "window_hours": 48}),
+        ),
+        (
+            "/experiments",
+            json!({"key": "pricing", "name": "Pricing", "feature": "pricing", "rule_id": "exp",
+            "metrics": {"primary": ["views"], "secondary": ["aov"]},
+            "analysis": {"engine": "bayesian", "cuped": true, "pre_window_days": 3, "correction": "none"}}),
+        ),
+    ] {
+        let (status, v) = call("POST", path, body);
+        assert_eq!(status, 201, "{path}: {v}");
+    }
+    // The phase starts 4 days ago; each user's exposure is 3 days ago, with events before it (CUPED's pre-window
+    // of 3 days), inside the 48-hour window after it, and after the window (not counted).
+    let now = chrono::Utc::now();
+    let ts =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let started = now - chrono::Duration::days(4);
+    let (status, v) = call(
+        "POST",
+        "/experiments/pricing/start",
+        json!({"started_at": ts(started)}),
+    );
+    assert_eq!(status, 200, "{v}");
+    let exposure = now - chrono::Duration::days(3);
+    let mut rng = Lcg(5);
+    // Per arm, per unit: views after, views before, revenue after, orders after, revenue before, orders before.
+    let mut units: [Vec<[f64; 6]>; 2] = [Vec::new(), Vec::new()];
+    let mut batch = Vec::new();
+    for i in 0..400 {
+        let arm = i % 2;
+        let user = format!("p-{i}");
+        let mut event = |name: &str, at: chrono::DateTime<chrono::Utc>, props: Value| {
+            batch.push(json!({"event": name, "distinct_id": user, "timestamp": ts(at), "properties": props}));
+        };
+        let mut u = [0.0; 6];
+        let pre_views = (rng.next() * 6.0) as usize;
+        for k in 0..pre_views {
+            event(
+                "$pageview",
+                exposure - chrono::Duration::hours(2 + k as i64),
+                json!({}),
+            );
+        }
+        u[1] = pre_views as f64;
+        let response = ["a", "b"][arm];
+        event(
+            "$feature_flag_called",
+            exposure,
+            json!({"$feature_flag": "pricing",
+                                                         "$feature_flag_response": response}),
+        );
+        let views = pre_views + (rng.next() * 3.0) as usize + arm * (rng.next() < 0.5) as usize;
+        for k in 0..views {
+            event(
+                "$pageview",
+                exposure + chrono::Duration::hours(1 + k as i64),
+                json!({}),
+            );
+        }
+        u[0] = views as f64;
+        for (when, revenue, orders) in [(1i64, 2usize, 3usize), (-1, 4, 5)] {
+            for _ in 0..(rng.next() * 3.0) as usize {
+                let amount = (10.0 + rng.next() * 90.0).round();
+                event(
+                    "order",
+                    exposure + chrono::Duration::hours(when * 5),
+                    json!({"amount": amount}),
+                );
+                u[revenue] += amount;
+                u[orders] += 1.0;
+            }
+        }
+        // After the window: never counted.
+        event(
+            "$pageview",
+            exposure + chrono::Duration::hours(49),
+            json!({}),
+        );
+        event(
+            "order",
+            exposure + chrono::Duration::hours(50),
+            json!({"amount": 1000}),
+        );
+        units[arm].push(u);
+    }
+    let (status, out) = crate::http(
+        &serve.addr,
+        "POST",
+        "/batch",
+        &[("Content-Type", "application/json")],
+        json!({"api_key": keys.project_key, "batch": batch})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out));
+    let (status, v) = call("POST", "/experiments/pricing/stop", Value::Null);
+    assert_eq!(status, 200, "{v}");
+
+    let v = loop {
+        let (status, v) = call("GET", "/experiments/pricing/results", Value::Null);
+        assert_eq!(status, 200, "{v}");
+        if v["complete"] == true && v["units"] == json!([200, 200]) {
+            break v;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    // The same statistics from the raw events.
+    let col = |arm: usize, c: usize| -> Vec<f64> { units[arm].iter().map(|u| u[c]).collect() };
+    let engine = flywheel_stats::Engine::Bayesian(flywheel_stats::BayesianConfig {
+        alpha: 0.05,
+        inverse: false,
+        ..Default::default()
+    });
+    let views: Vec<flywheel_stats::ArmData> = (0..2)
+        .map(|a| flywheel_stats::ArmData::Cuped {
+            n: 200,
+            post: mean_moments(&col(a, 0)),
+            pre: mean_moments(&col(a, 1)),
+            cross_sum: cross(&col(a, 0), &col(a, 1)),
+        })
+        .collect();
+    let aov: Vec<flywheel_stats::ArmData> = (0..2)
+        .map(|a| {
+            let (num, den, pre_num, pre_den) = (col(a, 2), col(a, 3), col(a, 4), col(a, 5));
+            flywheel_stats::ArmData::CupedRatio {
+                n: 200,
+                numerator: mean_moments(&num),
+                denominator: mean_moments(&den),
+                pre_numerator: mean_moments(&pre_num),
+                pre_denominator: mean_moments(&pre_den),
+                cross: flywheel_stats::RatioCrossSums {
+                    numerator_denominator: cross(&num, &den),
+                    numerator_pre_numerator: cross(&num, &pre_num),
+                    numerator_pre_denominator: cross(&num, &pre_den),
+                    denominator_pre_numerator: cross(&den, &pre_num),
+                    denominator_pre_denominator: cross(&den, &pre_den),
+                    pre_numerator_pre_denominator: cross(&pre_num, &pre_den),
+                },
+            }
+        })
+        .collect();
+    for (i, arms) in [views, aov].iter().enumerate() {
+        let want = flywheel_stats::analyze(arms, &[0.5, 0.5], &engine).unwrap();
+        assert_close(
+            &v["metrics"][i]["analysis"],
+            &serde_json::to_value(&want).unwrap(),
+            &format!("metrics[{i}]"),
+        );
+    }
+    assert_eq!(
+        v["metrics"][0]["analysis"]["comparisons"][0]["result"]["engine"],
+        "bayesian"
+    );
+    assert!(serve.terminate().success());
+}
