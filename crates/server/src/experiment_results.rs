@@ -213,13 +213,14 @@ fn arm_data(
     planned: &Planned,
     arm: &k::experiment::Arm,
     cuped: bool,
+    alpha: f64,
 ) -> Result<st::ArmData, st::Error> {
     let sums = &arm.metrics[planned.index];
     let n = arm.n;
     let proportion = |kind: MeasureKind| kind == MeasureKind::Conversion;
     Ok(match (m.kind, &m.denominator) {
         (MetricKind::Quantile, _) => {
-            st::sample::quantile_from_sample(&sums.unit_values, m.quantile.unwrap_or(0.5), 0.05)?
+            st::sample::quantile_from_sample(&sums.unit_values, m.quantile.unwrap_or(0.5), alpha)?
         }
         (_, Some(den)) => {
             let num = moments(&sums.value, proportion(m.measure.kind));
@@ -501,7 +502,7 @@ pub(crate) async fn results(
         };
         let data: Result<Vec<st::ArmData>, st::Error> = arms_out
             .iter()
-            .map(|a| arm_data(m, pl, a, x.analysis.cuped))
+            .map(|a| arm_data(m, pl, a, x.analysis.cuped, x.analysis.alpha))
             .collect();
         let analysis = data.and_then(|d| st::analyze(&d, &weights, &engine(x, m.inverse)));
         let value = match analysis {

@@ -544,9 +544,14 @@ fn cuped_ratio_and_bayesian_results_equal_the_statistics_of_the_raw_events() {
             "denominator": {"kind": "count", "event": "order"}, "window_hours": 48}),
         ),
         (
+            "/metrics",
+            json!({"key": "p90", "name": "p90 revenue per user", "kind": "quantile", "quantile": 0.9,
+                   "event": "order", "value_property": "amount", "window_hours": 48}),
+        ),
+        (
             "/experiments",
             json!({"key": "pricing", "name": "Pricing", "feature": "pricing", "rule_id": "exp",
-            "metrics": {"primary": ["views"], "secondary": ["aov"]},
+            "metrics": {"primary": ["views"], "secondary": ["aov", "p90"]},
             "analysis": {"engine": "bayesian", "cuped": true, "pre_window_days": 3, "correction": "none"}}),
         ),
     ] {
@@ -684,7 +689,11 @@ fn cuped_ratio_and_bayesian_results_equal_the_statistics_of_the_raw_events() {
             }
         })
         .collect();
-    for (i, arms) in [views, aov].iter().enumerate() {
+    // Quantiles (no CUPED): from every unit's value, zeros included.
+    let p90: Vec<flywheel_stats::ArmData> = (0..2)
+        .map(|a| flywheel_stats::sample::quantile_from_sample(&col(a, 2), 0.9, 0.05).unwrap())
+        .collect();
+    for (i, arms) in [views, aov, p90].iter().enumerate() {
         let want = flywheel_stats::analyze(arms, &[0.5, 0.5], &engine).unwrap();
         assert_close(
             &v["metrics"][i]["analysis"],
