@@ -766,10 +766,14 @@ async fn archive_experiment(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `GET …/experiments/{key}/results`.
+/// `GET …/experiments/{key}/results`. Complete answers are cached by the experiment's, its metrics' and the rule's
+/// versions, the data version and the identity epoch (new events, merges or property changes make a new key; an
+/// event timestamped in the future counts once its time has come and the data changed); `Cache-Control: no-cache`
+/// computes again.
 async fn experiment_view(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     Path((project_id, key, view)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     if view != "results" {
@@ -790,12 +794,34 @@ async fn experiment_view(
     let x = stored_experiment(&key, &stored)?;
     let rule = check_experiment(&state, project_id, &x).await?;
     let mut metrics = Vec::new();
+    // The key names the data the answer will see: after the tables caught up with every accepted event.
+    state.tables_catch_up().await;
+    let mut cache_key = format!(
+        "experiment-results|{project_id}|{key}|{}|{}|{}|{}",
+        current.version,
+        json!([rule.values, rule.weights, rule.tracking_key]),
+        state.tables.version(project_id),
+        state.flags.subjects.epoch(),
+    );
     for k in x.metric_keys() {
         let doc = metric_doc(&state, project_id, k).await?;
+        cache_key.push_str(&format!("|{k}:{}", doc.version));
         metrics.push(
             flywheel_query::experiment::parse_metric(&doc.body)
                 .map_err(|_| ApiError::internal(format!("stored metric `{k}` does not parse")))?,
         );
+    }
+    let no_cache = headers
+        .get_all(axum::http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("no-cache"));
+    if !no_cache {
+        if let Some(hit) = state.insights.result(&cache_key) {
+            let mut out = (*hit).clone();
+            out["cached"] = json!(true);
+            return Ok(Json(out));
+        }
     }
     let variations = crate::experiment_results::Variations {
         values: rule.values,
@@ -806,6 +832,12 @@ async fn experiment_view(
             .await?;
     out["experiment"] = json!(key);
     out["engine"] = json!(x.analysis.engine.name());
+    out["cached"] = json!(false);
+    if out["complete"] == true {
+        state
+            .insights
+            .keep_result(cache_key, std::sync::Arc::new(out.clone()));
+    }
     Ok(Json(out))
 }
 

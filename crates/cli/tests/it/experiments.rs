@@ -388,6 +388,9 @@ fn results_find_a_true_effect_and_nothing_in_an_aa_test() {
     };
     let v = results("checkout");
     assert_eq!(v["units"], json!(units), "{v}");
+    let (_, again) = call("GET", "/experiments/checkout/results", Value::Null);
+    assert_eq!(again["cached"], true, "the same data: the cached answer");
+    assert_eq!(again["metrics"], v["metrics"]);
     let m = &v["metrics"][0];
     assert_eq!(m["arms"][0]["sum"].as_f64(), Some(buyers[0] as f64), "{v}");
     assert_eq!(m["arms"][1]["sum"].as_f64(), Some(buyers[1] as f64), "{v}");
