@@ -696,7 +696,8 @@ fn cuped_ratio_and_bayesian_results_equal_the_statistics_of_the_raw_events() {
     let p90: Vec<flywheel_stats::ArmData> = (0..2)
         .map(|a| flywheel_stats::sample::quantile_from_sample(&col(a, 2), 0.9, 0.05).unwrap())
         .collect();
-    for (i, arms) in [views, aov, p90].iter().enumerate() {
+    let arms = [views, aov, p90];
+    for (i, arms) in arms.iter().enumerate() {
         let want = flywheel_stats::analyze(arms, &[0.5, 0.5], &engine).unwrap();
         assert_close(
             &v["metrics"][i]["analysis"],
@@ -708,5 +709,49 @@ fn cuped_ratio_and_bayesian_results_equal_the_statistics_of_the_raw_events() {
         v["metrics"][0]["analysis"]["comparisons"][0]["result"]["engine"],
         "bayesian"
     );
+
+    // The same data under the sequential test (a changed definition is a new cache key).
+    let (status, x) = call(
+        "PATCH",
+        "/experiments/pricing",
+        json!({"analysis": {"engine": "sequential", "cuped": true, "pre_window_days": 3, "alpha": 0.1,
+                            "sequential_tuning": 1000}}),
+    );
+    assert_eq!(status, 200, "{x}");
+    let (status, v) = call("GET", "/experiments/pricing/results", Value::Null);
+    assert_eq!((status, v["cached"].as_bool()), (200, Some(false)), "{v}");
+    let sequential = flywheel_stats::Engine::Sequential(flywheel_stats::SequentialConfig {
+        alpha: 0.1,
+        tuning: 1000.0,
+        ..Default::default()
+    });
+    // Holm's correction (the default) across the three metrics' p-values.
+    let mut raw = Vec::new();
+    let mut adjusted = Vec::new();
+    let [views, aov, _] = arms;
+    // Quantile intervals are at the experiment's alpha, now 0.1.
+    let p90: Vec<flywheel_stats::ArmData> = (0..2)
+        .map(|a| flywheel_stats::sample::quantile_from_sample(&col(a, 2), 0.9, 0.1).unwrap())
+        .collect();
+    for (i, arms) in [views, aov, p90].iter().enumerate() {
+        let want = flywheel_stats::analyze(arms, &[0.5, 0.5], &sequential).unwrap();
+        let mut got = v["metrics"][i]["analysis"].clone();
+        let comparison = got["comparisons"][0].as_object_mut().unwrap();
+        adjusted.push(
+            comparison
+                .remove("adjusted_p_value")
+                .unwrap()
+                .as_f64()
+                .unwrap(),
+        );
+        raw.push(got["comparisons"][0]["result"]["p_value"].as_f64().unwrap());
+        assert_close(
+            &got,
+            &serde_json::to_value(&want).unwrap(),
+            &format!("sequential metrics[{i}]"),
+        );
+    }
+    let holm = flywheel_stats::adjust_p_values(&raw, flywheel_stats::Correction::Holm).unwrap();
+    assert_close(&json!(adjusted), &json!(holm), "adjusted p-values");
     assert!(serve.terminate().success());
 }
