@@ -307,39 +307,42 @@ fn row_inputs(
     for p in prepared {
         let rows = p.storage_rows();
         let part = p.partition();
-        let exposure = |v: &Value| v.clone();
-        let variant = crate::insight_filters::map_event_property(
-            snap,
-            part,
-            "$feature_flag_variant",
-            Value::Null,
-            exposure,
-        )?;
-        let response = crate::insight_filters::map_event_property(
-            snap,
-            part,
-            "$feature_flag_response",
-            Value::Null,
-            exposure,
-        )?;
-        let viewed = crate::insight_filters::map_event_property(
-            snap,
-            part,
-            "variation_id",
-            Value::Null,
-            exposure,
-        )?;
         let mut c = vec![u32::MAX; rows.len()];
-        for (i, (&row, m)) in rows.iter().zip(&p.mask).enumerate() {
-            if m & 0b11 == 0 {
-                continue;
-            }
-            let r = row as usize;
-            let reported = [&variant[r], &response[r], &viewed[r]]
-                .into_iter()
-                .find(|v| !v.is_null());
-            if let Some(code) = reported.and_then(|v| variations.code_of(v)) {
-                c[i] = code;
+        // The reported variation, read only in partitions that hold exposure rows.
+        if p.mask.iter().any(|m| m & 0b11 != 0) {
+            let exposure = |v: &Value| v.clone();
+            let variant = crate::insight_filters::map_event_property(
+                snap,
+                part,
+                "$feature_flag_variant",
+                Value::Null,
+                exposure,
+            )?;
+            let response = crate::insight_filters::map_event_property(
+                snap,
+                part,
+                "$feature_flag_response",
+                Value::Null,
+                exposure,
+            )?;
+            let viewed = crate::insight_filters::map_event_property(
+                snap,
+                part,
+                "variation_id",
+                Value::Null,
+                exposure,
+            )?;
+            for (i, (&row, m)) in rows.iter().zip(&p.mask).enumerate() {
+                if m & 0b11 == 0 {
+                    continue;
+                }
+                let r = row as usize;
+                let reported = [&variant[r], &response[r], &viewed[r]]
+                    .into_iter()
+                    .find(|v| !v.is_null());
+                if let Some(code) = reported.and_then(|v| variations.code_of(v)) {
+                    c[i] = code;
+                }
             }
         }
         codes.push(c);

@@ -290,9 +290,11 @@ struct BoundRule {
     values: Vec<Value>,
     /// The key exposures report (the rule's tracking key, or the feature's key).
     tracking_key: String,
+    /// The experiment's metric documents, in `Experiment::metric_keys` order.
+    metrics: Vec<flywheel_store::Document>,
 }
 
-/// Checks the binding and the metrics of `x`; returns the rule.
+/// Checks the binding and the metrics of `x`; returns the rule and the metrics.
 async fn check_experiment(
     state: &AppState,
     project_id: i64,
@@ -322,7 +324,7 @@ async fn check_experiment(
             ),
         )
     })?;
-    let rule = env
+    let mut rule = env
         .rules
         .iter()
         .find_map(|r| match r {
@@ -334,6 +336,7 @@ async fn check_experiment(
                 tracking_key,
                 ..
             } if *id == x.rule_id => Some(BoundRule {
+                metrics: Vec::new(),
                 values: variations.clone(),
                 tracking_key: tracking_key.clone().unwrap_or_else(|| x.feature.clone()),
                 variations: variations.len(),
@@ -360,12 +363,12 @@ async fn check_experiment(
         ("guardrail", &x.guardrail),
     ] {
         for (i, k) in keys.iter().enumerate() {
-            let found = state.store.document(project_id, METRIC, k).await?;
-            if found.is_none_or(|m| m.archived) {
-                errors.push(FieldError {
+            match state.store.document(project_id, METRIC, k).await? {
+                Some(m) if !m.archived => rule.metrics.push(m),
+                _ => errors.push(FieldError {
                     field: format!("metrics.{list}[{i}]"),
                     message: format!("no metric `{k}` (or it is archived)"),
-                });
+                }),
             }
         }
     }
@@ -803,11 +806,11 @@ async fn experiment_view(
         state.tables.version(project_id),
         state.flags.subjects.epoch(),
     );
-    for k in x.metric_keys() {
-        let doc = metric_doc(&state, project_id, k).await?;
+    for doc in &rule.metrics {
+        let k = &doc.key;
         cache_key.push_str(&format!("|{k}:{}", doc.version));
         metrics.push(
-            flywheel_query::experiment::parse_metric(&doc.body)
+            parse_metric(&doc.body)
                 .map_err(|_| ApiError::internal(format!("stored metric `{k}` does not parse")))?,
         );
     }

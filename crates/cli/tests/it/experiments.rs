@@ -6,21 +6,28 @@ use serde_json::{json, Value};
 use crate::insights::request;
 use crate::{init, Serve};
 
+/// `call(method, path, body)` on the project's API (`path` after `/api/v1/projects/{id}`), with the personal key.
+fn project_api<'a>(
+    serve: &'a Serve,
+    keys: &'a crate::Keys,
+) -> impl Fn(&str, &str, Value) -> (u16, Value) + 'a {
+    move |method, path, body| {
+        request(
+            serve,
+            &keys.personal_key,
+            method,
+            &format!("/api/v1/projects/{}{path}", keys.project_id),
+            &body,
+        )
+    }
+}
+
 #[test]
 fn metrics_are_validated_versioned_archived_and_audited() {
     let dir = tempfile::tempdir().unwrap();
     let keys = init(dir.path());
     let serve = Serve::start(dir.path(), &[]);
-    let p = keys.project_id;
-    let call = |method: &str, path: &str, body: Value| {
-        request(
-            &serve,
-            &keys.personal_key,
-            method,
-            &format!("/api/v1/projects/{p}{path}"),
-            &body,
-        )
-    };
+    let call = project_api(&serve, &keys);
     let fields = |v: &Value| -> Vec<String> {
         v["errors"]
             .as_array()
@@ -109,6 +116,7 @@ fn metrics_are_validated_versioned_archived_and_audited() {
     for action in ["metric.created", "metric.updated", "metric.archived"] {
         assert!(text.contains(action), "{action}: {v}");
     }
+    drop(call);
     assert!(serve.terminate().success());
 }
 
@@ -117,16 +125,7 @@ fn experiments_bind_to_an_experiment_rule_and_move_through_phases() {
     let dir = tempfile::tempdir().unwrap();
     let keys = init(dir.path());
     let serve = Serve::start(dir.path(), &[]);
-    let p = keys.project_id;
-    let call = |method: &str, path: &str, body: Value| {
-        request(
-            &serve,
-            &keys.personal_key,
-            method,
-            &format!("/api/v1/projects/{p}{path}"),
-            &body,
-        )
-    };
+    let call = project_api(&serve, &keys);
     let (status, v) = call(
         "POST",
         "/features",
@@ -238,6 +237,7 @@ fn experiments_bind_to_an_experiment_rule_and_move_through_phases() {
     ] {
         assert!(text.contains(action), "{action}: {v}");
     }
+    drop(call);
     assert!(serve.terminate().success());
 }
 
@@ -300,16 +300,7 @@ fn results_find_a_true_effect_and_nothing_in_an_aa_test() {
     let dir = tempfile::tempdir().unwrap();
     let keys = init(dir.path());
     let serve = Serve::start(dir.path(), &[]);
-    let p = keys.project_id;
-    let call = |method: &str, path: &str, body: Value| {
-        request(
-            &serve,
-            &keys.personal_key,
-            method,
-            &format!("/api/v1/projects/{p}{path}"),
-            &body,
-        )
-    };
+    let call = project_api(&serve, &keys);
     let (status, v) = call(
         "POST",
         "/metrics",
@@ -472,6 +463,7 @@ fn results_find_a_true_effect_and_nothing_in_an_aa_test() {
     );
     let (_, v) = call("GET", "/audit?entity_type=feature", Value::Null);
     assert!(v.to_string().contains("feature.updated"), "{v}");
+    drop(call);
     assert!(serve.terminate().success());
 }
 
@@ -518,16 +510,7 @@ fn cuped_ratio_and_bayesian_results_equal_the_statistics_of_the_raw_events() {
     let dir = tempfile::tempdir().unwrap();
     let keys = init(dir.path());
     let serve = Serve::start(dir.path(), &[]);
-    let p = keys.project_id;
-    let call = |method: &str, path: &str, body: Value| {
-        request(
-            &serve,
-            &keys.personal_key,
-            method,
-            &format!("/api/v1/projects/{p}{path}"),
-            &body,
-        )
-    };
+    let call = project_api(&serve, &keys);
     for (path, body) in [
         (
             "/features",
@@ -753,5 +736,6 @@ fn cuped_ratio_and_bayesian_results_equal_the_statistics_of_the_raw_events() {
     }
     let holm = flywheel_stats::adjust_p_values(&raw, flywheel_stats::Correction::Holm).unwrap();
     assert_close(&json!(adjusted), &json!(holm), "adjusted p-values");
+    drop(call);
     assert!(serve.terminate().success());
 }
