@@ -65,6 +65,9 @@ pub struct ServeArgs {
     /// 429 with Retry-After. 0 turns the limit off [default: 0].
     #[arg(long, env = "FLYWHEEL_SDK_RATE_LIMIT")]
     pub sdk_rate_limit: Option<u32>,
+    /// Seconds between two checks of the running guarded rollouts' guardrails [default: 30].
+    #[arg(long, env = "FLYWHEEL_ROLLOUT_CHECK_SECS")]
+    pub rollout_check_secs: Option<f64>,
 }
 
 /// Resolved settings.
@@ -81,6 +84,7 @@ pub struct Settings {
     pub max_decompressed_mb: usize,
     pub request_timeout_secs: u64,
     pub sdk_rate_limit: u32,
+    pub rollout_check_secs: f64,
 }
 
 impl ServeArgs {
@@ -128,6 +132,10 @@ impl ServeArgs {
                 .or(file.request_timeout_secs)
                 .unwrap_or(60),
             sdk_rate_limit: self.sdk_rate_limit.or(file.sdk_rate_limit).unwrap_or(0),
+            rollout_check_secs: self
+                .rollout_check_secs
+                .or(file.rollout_check_secs)
+                .unwrap_or(30.0),
         };
         anyhow::ensure!(settings.segment_mb >= 1, "segment_mb must be at least 1");
         anyhow::ensure!(
@@ -141,6 +149,10 @@ impl ServeArgs {
         anyhow::ensure!(
             settings.request_timeout_secs >= 1,
             "request_timeout_secs must be at least 1"
+        );
+        anyhow::ensure!(
+            (0.05..=86_400.0).contains(&settings.rollout_check_secs),
+            "rollout_check_secs must be from 0.05 to 86400"
         );
         Ok(settings)
     }
@@ -160,6 +172,7 @@ impl Settings {
         config.capture_limits.max_decompressed_bytes = self.max_decompressed_mb * 1024 * 1024;
         config.request_timeout = Duration::from_secs(self.request_timeout_secs);
         config.sdk_rate_limit = self.sdk_rate_limit;
+        config.rollout_check_interval = Duration::from_secs_f64(self.rollout_check_secs);
         config
     }
 }

@@ -94,6 +94,7 @@ fn spec() -> ExperimentSpec {
         exposure_bit: 0,
         variations: 2,
         exposure_from_us: 0,
+        entry_from_us: 0,
         exposure_to_us: DAYS * DAY_US,
         analysis_end_us: DAYS * DAY_US,
         metrics: vec![

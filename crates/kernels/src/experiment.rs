@@ -14,6 +14,8 @@
 //!   multiple exposures (an exposure in another phase says nothing about this one).
 //! - A unit is **exposed** from its first valid exposure row at time `t0` (first in time, then block order, then
 //!   row order — the order the blocks deliver), with that row's variation.
+//! - **Carried over**: a unit first exposed before [`ExperimentSpec::entry_from_us`] is in no arm and counted in
+//!   [`Arm::carried_over`] of its first variation (before the multiple-exposure check).
 //! - **Multiple exposures**: a unit with valid exposure rows of two or more different variations is excluded from
 //!   every arm (not in `n`, no metric values) and counted in [`Arm::multiple_exposures`] of the variation of its
 //!   first exposure.
@@ -130,6 +132,10 @@ pub struct ExperimentSpec {
     pub exposure_from_us: i64,
     /// Exposures before this time count.
     pub exposure_to_us: i64,
+    /// Units first exposed before this time are *carried over* (in no arm, counted in [`Arm::carried_over`]): a
+    /// phase that continues a run with sticky assignment analyses only the units that entered in it, all assigned
+    /// with its weights. `exposure_from_us` (or earlier) analyses every unit.
+    pub entry_from_us: i64,
     /// Metric rows before this time count.
     pub analysis_end_us: i64,
     /// The metrics, at most [`MAX_METRICS`].
@@ -229,6 +235,8 @@ pub struct Arm {
     pub n: u64,
     /// Units first exposed to this variation, then to another one: excluded from every arm.
     pub multiple_exposures: u64,
+    /// Units first exposed to this variation before [`ExperimentSpec::entry_from_us`]: excluded from every arm.
+    pub carried_over: u64,
     /// Per metric of [`ExperimentSpec::metrics`], in order.
     pub metrics: Vec<MetricSums>,
 }
@@ -406,6 +414,7 @@ pub fn experiment(
         for (a, b) in arms.iter_mut().zip(part) {
             a.n += b.n;
             a.multiple_exposures += b.multiple_exposures;
+            a.carried_over += b.carried_over;
             for (x, y) in a.metrics.iter_mut().zip(b.metrics) {
                 x.merge(y);
             }
@@ -506,6 +515,7 @@ fn scan(
         );
         add_units(
             &state[..width],
+            &t0[..width],
             &acc_values[..width * k],
             k,
             spec,
@@ -520,6 +530,7 @@ fn scan(
 /// Adds each unit of a chunk to its arm: `n` or `multiple_exposures`, and its metrics' variables.
 fn add_units(
     state: &[u32],
+    t0: &[i64],
     acc_values: &[f64],
     k: usize,
     spec: &ExperimentSpec,
@@ -529,6 +540,10 @@ fn add_units(
     let capped = |v: f64, cap: Option<f64>| cap.map_or(v, |c| v.min(c));
     for (i, &s) in state.iter().enumerate() {
         if s == UNEXPOSED {
+            continue;
+        }
+        if t0[i] < spec.entry_from_us {
+            arms[(s & !MULTIPLE) as usize].carried_over += 1;
             continue;
         }
         if s & MULTIPLE != 0 {
@@ -721,6 +736,7 @@ mod tests {
             variations,
             exposure_from_us: from,
             exposure_to_us: to,
+            entry_from_us: from,
             analysis_end_us: end,
             metrics,
         }

@@ -143,8 +143,8 @@ fn compare(
     for (v, (g, w)) in got.iter().zip(want).enumerate() {
         prop_assert_eq!(g.n, w.n, "arm {} n", v);
         prop_assert_eq!(
-            g.multiple_exposures,
-            w.multiple_exposures,
+            (g.multiple_exposures, g.carried_over),
+            (w.multiple_exposures, w.carried_over),
             "arm {} multiple",
             v
         );
@@ -216,7 +216,7 @@ fn check(
     evs: &[Ev],
     metrics: &[truth::ExperimentMetric<'_>],
     unit_values: &[bool],
-    exposure: (i64, i64),
+    exposure: (i64, i64, i64),
     analysis_end: i64,
     width: i64,
     drop: bool,
@@ -241,7 +241,8 @@ fn check(
         exposure_bit: EXPOSURE_BIT,
         variations: VARIATIONS,
         exposure_from_us: exposure.0,
-        exposure_to_us: exposure.1,
+        exposure_to_us: exposure.2,
+        entry_from_us: exposure.1,
         analysis_end_us: analysis_end,
         metrics: metrics
             .iter()
@@ -264,7 +265,8 @@ fn check(
         exposure_event: NAMES[0],
         variations: VARIATIONS,
         exposure_from_us: exposure.0,
-        exposure_to_us: exposure.1,
+        exposure_to_us: exposure.2,
+        entry_from_us: exposure.1,
         analysis_end_us: analysis_end,
         metrics,
     };
@@ -329,13 +331,14 @@ proptest! {
         unit_values in prop::collection::vec(any::<bool>(), 5),
         from in 0i64..20,
         len in 0i64..30,
+        entry in prop::sample::select(vec![0i64, 0, 0, 3, 8, 40]),
         end in 0i64..45,
         width in common::arb_width(),
         drop in any::<bool>(),
         threads in 1usize..=3,
     ) {
         check(
-            PERSONS, &evs, &metrics, &unit_values, (at(from, 0), at(from + len, 0)), at(end, 0), width, drop, threads,
+            PERSONS, &evs, &metrics, &unit_values, (at(from, 0), at(from + entry, 0), at(from + len, 0)), at(end, 0), width, drop, threads,
         )?;
     }
 }
@@ -399,7 +402,7 @@ fn many_units_across_chunks_and_shards() {
             &evs,
             &metrics,
             &[true, false, true],
-            (at(5, 0), at(30, 0)),
+            (at(5, 0), at(12, 0), at(30, 0)),
             at(38, 0),
             DAY_US,
             false,

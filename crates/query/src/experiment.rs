@@ -205,7 +205,7 @@ fn read_nested(o: &mut Obj<'_>, key: &'static str, e: &mut Errors) -> Option<Mea
 }
 
 /// A finite number in `(lo, hi)`, exclusive.
-fn number_between(
+pub(crate) fn number_between(
     o: &mut Obj<'_>,
     key: &'static str,
     lo: f64,
@@ -351,6 +351,16 @@ named_enum! {
     }
 }
 
+named_enum! {
+    /// How the difference between a treatment and the control is expressed.
+    pub enum Lift {
+        /// (treatment − control) / control.
+        Relative = "relative",
+        /// treatment − control, in the metric's unit (defined when the control is 0, e.g. an error rate).
+        Absolute = "absolute",
+    }
+}
+
 /// How an experiment is analysed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Analysis {
@@ -366,6 +376,8 @@ pub struct Analysis {
     pub correction: Correction,
     /// The sequential test's tuning: the sample size it is most powerful at.
     pub sequential_tuning: u64,
+    /// Relative or absolute lift.
+    pub lift: Lift,
 }
 
 impl Default for Analysis {
@@ -377,6 +389,7 @@ impl Default for Analysis {
             alpha: 0.05,
             correction: Correction::Holm,
             sequential_tuning: 5_000,
+            lift: Lift::Relative,
         }
     }
 }
@@ -404,6 +417,9 @@ pub struct Experiment {
     pub guardrail: Vec<String>,
     /// How to analyse.
     pub analysis: Analysis,
+    /// Account-level experiments: the group type (e.g. `company`) whose groups are the units, randomised by the
+    /// rule's hash attribute and taken from the events' `$groups`; `None`: persons are the units.
+    pub unit: Option<String>,
 }
 
 /// Most metrics in one list.
@@ -462,6 +478,7 @@ pub fn parse_experiment(body: &Value) -> Result<Experiment, Vec<FieldError>> {
             }
         }
     }
+    let unit = o.string("unit", MAX_KEY, &mut e).filter(|u| u != "person");
     let mut analysis = Analysis::default();
     if let Some(v) = o.get("analysis") {
         if let Some(mut a) = Obj::new(v, "analysis", &mut e) {
@@ -482,6 +499,9 @@ pub fn parse_experiment(body: &Value) -> Result<Experiment, Vec<FieldError>> {
             }
             if let Some(x) = a.integer("sequential_tuning", 100, 1_000_000_000, &mut e) {
                 analysis.sequential_tuning = x;
+            }
+            if let Some(x) = a.choice::<Lift>("lift", &mut e) {
+                analysis.lift = x;
             }
             a.finish(&mut e);
         }
@@ -508,6 +528,7 @@ pub fn parse_experiment(body: &Value) -> Result<Experiment, Vec<FieldError>> {
         secondary,
         guardrail,
         analysis,
+        unit,
     })
 }
 
@@ -537,10 +558,14 @@ impl Experiment {
                 "alpha": a.alpha,
                 "correction": a.correction.name(),
                 "sequential_tuning": a.sequential_tuning,
+                "lift": a.lift.name(),
             },
         });
         if !self.hypothesis.is_empty() {
             v["hypothesis"] = json!(self.hypothesis);
+        }
+        if let Some(u) = &self.unit {
+            v["unit"] = json!(u);
         }
         v
     }

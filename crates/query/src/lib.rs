@@ -51,6 +51,7 @@ pub mod lifecycle;
 pub mod plan;
 mod read;
 pub mod retention;
+pub mod rollout;
 pub mod stickiness;
 pub mod trends;
 

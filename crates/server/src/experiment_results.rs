@@ -273,19 +273,25 @@ fn arm_data(
 
 fn engine(x: &Experiment, inverse: bool) -> st::Engine {
     let a = &x.analysis;
+    let lift = match a.lift {
+        flywheel_query::experiment::Lift::Relative => st::LiftType::Relative,
+        flywheel_query::experiment::Lift::Absolute => st::LiftType::Absolute,
+    };
     match a.engine {
         StatsEngine::Frequentist => st::Engine::Frequentist(st::TTestConfig {
             alpha: a.alpha,
+            lift,
             ..Default::default()
         }),
         StatsEngine::Sequential => st::Engine::Sequential(st::SequentialConfig {
             alpha: a.alpha,
             tuning: a.sequential_tuning as f64,
-            ..Default::default()
+            lift,
         }),
         StatsEngine::Bayesian => st::Engine::Bayesian(st::BayesianConfig {
             inverse,
             alpha: a.alpha,
+            lift,
             ..Default::default()
         }),
     }
@@ -375,6 +381,9 @@ pub(crate) async fn results(
     };
     let from_us = micros(&phase["started_at"])
         .ok_or_else(|| ApiError::internal("a phase without a start"))?;
+    // A phase that continues a run (weights changed; sticky assignment kept everyone where they were) sees the
+    // run's exposures, and analyses the units that entered in it.
+    let run_from_us = micros(&phase["run_started_at"]).map_or(from_us, |r| r.min(from_us));
     let now_us = state.clock.now().timestamp_micros();
     let to_us = micros(&phase["stopped_at"]).unwrap_or(now_us).min(now_us);
     let weights: Vec<f64> = phase["weights"]
@@ -413,8 +422,9 @@ pub(crate) async fn results(
     let spec = k::experiment::ExperimentSpec {
         exposure_bit: 0,
         variations: arms as u32,
-        exposure_from_us: from_us,
+        exposure_from_us: run_from_us,
         exposure_to_us: to_us,
+        entry_from_us: from_us,
         analysis_end_us: to_us,
         metrics: kernel_metrics,
     };
@@ -426,11 +436,12 @@ pub(crate) async fn results(
     let arms_out = {
         let snap = snap.clone();
         let variations = Arc::new(variations);
+        let unit = x.unit.clone();
         tokio::task::spawn_blocking(move || -> Result<Vec<k::experiment::Arm>, ApiError> {
             let specs = Specs::new(&snap, &plan, &columns)
                 .map_err(|u| crate::insights::run_error(u.into()))?;
             let mut prepared = specs
-                .prepare(&snap, Some((from_us.saturating_sub(pre), to_us)), true)
+                .prepare(&snap, Some((run_from_us.saturating_sub(pre), to_us)), true)
                 .map_err(ApiError::internal)?;
             // Both exposure specs are exposure rows for the kernel.
             for p in &mut prepared {
@@ -463,10 +474,57 @@ pub(crate) async fn results(
                 .iter()
                 .map(|cols| cols.iter().map(|c| c.as_deref()).collect())
                 .collect();
+            let Some(unit) = &unit else {
+                return Ok(k::experiment::experiment(
+                    &blocks,
+                    &value_refs,
+                    snap.persons(),
+                    k::default_threads(),
+                    &spec,
+                ));
+            };
+            // Account-level: the same rows keyed by the event's group (`$groups`), codes and values carried over.
+            let grouped = crate::insights::group_rows(&snap, &prepared, Some(unit))
+                .map_err(ApiError::internal)?;
+            let carry = |from: &[u32], column: &[f64]| -> Vec<f64> {
+                from.iter().map(|&i| column[i as usize]).collect()
+            };
+            let group_codes: Vec<Vec<u32>> = grouped
+                .parts
+                .iter()
+                .zip(&codes)
+                .map(|(g, c)| g.from.iter().map(|&i| c[i as usize]).collect())
+                .collect();
+            let group_values: Vec<Vec<Option<Vec<f64>>>> = grouped
+                .parts
+                .iter()
+                .zip(&values)
+                .map(|(g, cols)| {
+                    cols.iter()
+                        .map(|c| c.as_deref().map(|c| carry(&g.from, c)))
+                        .collect()
+                })
+                .collect();
+            let group_blocks: Vec<k::Block<'_>> = grouped
+                .parts
+                .iter()
+                .zip(&group_codes)
+                .map(|(g, c)| k::Block {
+                    person: &g.group,
+                    ts: &g.ts,
+                    mask: &g.mask,
+                    breakdown: Some(c.as_slice()),
+                    value: None,
+                })
+                .collect();
+            let group_value_refs: Vec<Vec<Option<&[f64]>>> = group_values
+                .iter()
+                .map(|cols| cols.iter().map(|c| c.as_deref()).collect())
+                .collect();
             Ok(k::experiment::experiment(
-                &blocks,
-                &value_refs,
-                snap.persons(),
+                &group_blocks,
+                &group_value_refs,
+                grouped.keys.len() as u32,
                 k::default_threads(),
                 &spec,
             ))
@@ -477,6 +535,7 @@ pub(crate) async fn results(
 
     let units: Vec<u64> = arms_out.iter().map(|a| a.n).collect();
     let multiple: Vec<u64> = arms_out.iter().map(|a| a.multiple_exposures).collect();
+    let carried_over: Vec<u64> = arms_out.iter().map(|a| a.carried_over).collect();
     let srm = st::srm(&units, &weights).ok();
     let mut warnings = Vec::new();
     if units.iter().any(|&n| n < LOW_SAMPLE) {
@@ -559,6 +618,7 @@ pub(crate) async fn results(
         "phase": phase,
         "units": units,
         "multiple_exposures": multiple,
+        "carried_over": carried_over,
         "srm": srm,
         "warnings": warnings,
         "metrics": out_metrics,

@@ -30,7 +30,7 @@ use crate::api::{Caller, JsonBody};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-const METRIC: &str = "metric";
+pub(crate) const METRIC: &str = "metric";
 const EXPERIMENT: &str = "experiment";
 
 pub fn router() -> Router<AppState> {
@@ -64,7 +64,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The API's view of a document: its body's fields, then the document's.
-fn document_json(doc: &flywheel_store::Document) -> Value {
+pub(crate) fn document_json(doc: &flywheel_store::Document) -> Value {
     let mut v = doc.body.clone();
     v["id"] = json!(doc.id);
     v["key"] = json!(doc.key);
@@ -77,7 +77,8 @@ fn document_json(doc: &flywheel_store::Document) -> Value {
 }
 
 /// Fields of the API's view that are the document's, not the definition's.
-const DOCUMENT_FIELDS: &[&str] = &["id", "version", "archived", "created_at", "updated_at"];
+pub(crate) const DOCUMENT_FIELDS: &[&str] =
+    &["id", "version", "archived", "created_at", "updated_at"];
 
 /// Validates a definition (`body` without document fields); the stored body is its normalized form.
 fn definition(body: &Map<String, Value>) -> Result<(String, String, Value), ApiError> {
@@ -107,11 +108,11 @@ fn definition(body: &Map<String, Value>) -> Result<(String, String, Value), ApiE
 }
 
 #[derive(serde::Deserialize)]
-struct ListParams {
-    archived: Option<String>,
+pub(crate) struct ListParams {
+    pub(crate) archived: Option<String>,
 }
 
-fn archived_param(params: &ListParams, what: &str) -> Result<bool, ApiError> {
+pub(crate) fn archived_param(params: &ListParams, what: &str) -> Result<bool, ApiError> {
     match params.archived.as_deref() {
         None | Some("false") => Ok(false),
         Some("true") => Ok(true),
@@ -137,7 +138,7 @@ async fn list_metrics(
     ))
 }
 
-async fn document(
+pub(crate) async fn document(
     state: &AppState,
     project_id: i64,
     kind: &str,
@@ -161,7 +162,10 @@ async fn metric_doc(
 }
 
 /// The optional `version` of an update body (removed from it).
-fn take_version(body: &mut Map<String, Value>, what: &str) -> Result<Option<i64>, ApiError> {
+pub(crate) fn take_version(
+    body: &mut Map<String, Value>,
+    what: &str,
+) -> Result<Option<i64>, ApiError> {
     match body.remove("version") {
         None => Ok(None),
         Some(v) => Ok(Some(v.as_i64().filter(|&n| n >= 1).ok_or_else(|| {
@@ -175,7 +179,7 @@ fn take_version(body: &mut Map<String, Value>, what: &str) -> Result<Option<i64>
 }
 
 /// `stored` with the fields of `body` replaced (`null` removes one).
-fn merge(stored: &Value, body: Map<String, Value>) -> Map<String, Value> {
+pub(crate) fn merge(stored: &Value, body: Map<String, Value>) -> Map<String, Value> {
     let mut merged = stored.as_object().cloned().unwrap_or_default();
     for (k, v) in body {
         if v.is_null() {
@@ -242,7 +246,7 @@ async fn patch_metric(
     let update = flywheel_store::DocumentUpdate {
         name: Some(name),
         body: Some(stored),
-        archived: None,
+        ..Default::default()
     };
     let actor = crate::features::actor(&caller, &headers, peer);
     let doc = state
@@ -283,6 +287,8 @@ const STATE_FIELDS: &[&str] = &["status", "phases", "decision"];
 
 /// The experiment rule an experiment analyses: its variations, weights and coverage.
 struct BoundRule {
+    /// The attribute users are bucketed on.
+    hash_attribute: String,
     variations: usize,
     weights: Vec<f64>,
     coverage: f64,
@@ -334,8 +340,10 @@ async fn check_experiment(
                 weights,
                 coverage,
                 tracking_key,
+                hash_attribute,
                 ..
             } if *id == x.rule_id => Some(BoundRule {
+                hash_attribute: hash_attribute.clone(),
                 metrics: Vec::new(),
                 values: variations.clone(),
                 tracking_key: tracking_key.clone().unwrap_or_else(|| x.feature.clone()),
@@ -357,6 +365,16 @@ async fn check_experiment(
             )
         })?;
     let mut errors = Vec::new();
+    if let Some(unit) = x.unit.as_ref().filter(|_| rule.hash_attribute == "id") {
+        errors.push(FieldError {
+            field: "unit".into(),
+            message: format!(
+                "rule `{}` buckets users (hash attribute `id`): an experiment on `{unit}` needs a rule bucketed \
+                 on the {unit}'s key (its `hash_attribute`), or every member would be assigned on their own",
+                x.rule_id
+            ),
+        });
+    }
     for (list, keys) in [
         ("primary", &x.primary),
         ("secondary", &x.secondary),
@@ -545,7 +563,7 @@ async fn patch_experiment(
     let update = flywheel_store::DocumentUpdate {
         name: Some(x.name.clone()),
         body: Some(body),
-        archived: None,
+        ..Default::default()
     };
     let actor = crate::features::actor(&caller, &headers, peer);
     let doc = state
@@ -942,4 +960,103 @@ async fn decide_experiment(
         .await
         .map_err(|e| crate::features::write_error(e, "experiment"))?;
     Ok(Json(document_json(&doc)))
+}
+
+/// After a feature change: each running experiment bound to one of its experiment rules whose variations, weights
+/// or coverage changed gets a new phase now (the previous one stops), which continues the run: server-side
+/// evaluations keep every assigned user in their variation (sticky bucketing), and the new phase analyses the
+/// units that entered under the new weights (`run_started_at` keeps the run's start, so returning units are
+/// recognised and reported as `carried_over`). Audited as `experiment.updated`.
+pub(crate) async fn feature_changed(
+    state: &AppState,
+    project_id: i64,
+    feature: &str,
+    def: &crate::features::FeatureDefinition,
+    actor: &flywheel_store::Actor,
+) -> Result<(), ApiError> {
+    let running = state
+        .store
+        .documents_with_status(EXPERIMENT, "running")
+        .await?;
+    for (_, doc) in running.into_iter().filter(|(p, _)| *p == project_id) {
+        let (_, phases, stored) = state_of(&doc);
+        let Ok(x) = flywheel_query::experiment::parse_experiment(&stored) else {
+            continue;
+        };
+        if x.feature != feature {
+            continue;
+        }
+        let Some(rule) = def.environments.get(&x.environment).and_then(|env| {
+            env.rules.iter().find_map(|r| match r {
+                crate::features::Rule::Experiment {
+                    id,
+                    variations,
+                    weights,
+                    coverage,
+                    ..
+                } if *id == x.rule_id => Some((
+                    variations.len(),
+                    weights.clone().unwrap_or_else(|| {
+                        vec![1.0 / variations.len().max(1) as f64; variations.len()]
+                    }),
+                    *coverage,
+                )),
+                _ => None,
+            })
+        }) else {
+            continue;
+        };
+        let mut phases: Vec<Value> = phases.as_array().cloned().unwrap_or_default();
+        let Some(last) = phases.last_mut() else {
+            continue;
+        };
+        let same = last["variations"].as_u64() == Some(rule.0 as u64)
+            && last["coverage"].as_f64() == Some(rule.2)
+            && last["weights"].as_array().is_some_and(|w| {
+                w.iter()
+                    .map(Value::as_f64)
+                    .eq(rule.1.iter().map(|&x| Some(x)))
+            });
+        if same {
+            continue;
+        }
+        let now = state
+            .clock
+            .now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let run_started_at = if last["run_started_at"].is_string() {
+            last["run_started_at"].clone()
+        } else {
+            last["started_at"].clone()
+        };
+        last["stopped_at"] = json!(now);
+        phases.push(json!({
+            "started_at": now,
+            "stopped_at": null,
+            "variations": rule.0,
+            "weights": rule.1,
+            "coverage": rule.2,
+            "run_started_at": run_started_at,
+            "reason": "the rule's variations, weights or coverage changed",
+        }));
+        let mut body = doc.body.clone();
+        body["phases"] = Value::Array(phases);
+        let update = flywheel_store::DocumentUpdate {
+            body: Some(body),
+            ..Default::default()
+        };
+        state
+            .store
+            .update_document(
+                project_id,
+                EXPERIMENT,
+                &doc.key,
+                Some(doc.version),
+                &update,
+                actor,
+            )
+            .await
+            .map_err(|e| crate::features::write_error(e, "experiment"))?;
+    }
+    Ok(())
 }

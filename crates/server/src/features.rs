@@ -194,7 +194,15 @@ pub enum Rule {
         namespace: Option<(String, f64, f64)>,
         #[serde(default = "yes")]
         enabled: bool,
+        /// Server-side evaluations keep each user's first variation when weights or coverage change (sticky
+        /// bucketing); `false` buckets afresh every time (guarded rollouts, whose treatment grows).
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        sticky: bool,
     },
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl Rule {
@@ -679,8 +687,12 @@ pub fn growthbook_feature(
                 weights,
                 coverage,
                 namespace,
+                sticky,
                 ..
             } => {
+                if !sticky {
+                    r.insert("disableStickyBucketing".into(), json!(true));
+                }
                 let tracking = tracking_key.clone().unwrap_or_else(|| key.to_owned());
                 let n = variations.len();
                 let weights = weights.clone().unwrap_or_else(|| vec![1.0 / n as f64; n]);
@@ -957,6 +969,18 @@ async fn update_feature(
         .await
         .map_err(|e| write_error(e, &format!("feature `{key}`")))?;
     state.flags.refresh(&state.store, project_id).await;
+    // The feature changed either way: a failure here is logged, not the request's.
+    if let Err(e) = crate::experiments::feature_changed(
+        &state,
+        project_id,
+        &key,
+        &def,
+        &actor(&caller, &headers, peer),
+    )
+    .await
+    {
+        tracing::warn!(project_id, feature = %key, error = %e.message, "experiment phases not updated");
+    }
     Ok(Json(feature_json(&record)))
 }
 
@@ -969,72 +993,25 @@ pub(crate) enum RuleDecision {
     RollBack,
 }
 
-/// Applies an experiment decision to rule `rule_id` of `feature` in `environment` (validated and audited like any
-/// feature change, `feature.updated`), and refreshes the flags served. `Err` names what is wrong.
-pub(crate) async fn decide_rule(
+/// Changes feature `feature` with `change` (which returns what it wants to report), validates the result like any
+/// feature change, writes it (audited as `feature.updated`) and refreshes the flags served. `Err` names what is
+/// wrong; a concurrent change of the feature is a 409.
+pub(crate) async fn change_feature<T>(
     state: &AppState,
     project_id: i64,
     feature: &str,
-    environment: &str,
-    rule_id: &str,
-    decision: &RuleDecision,
     actor: &Actor,
-) -> Result<FeatureRecord, ApiError> {
+    change: impl FnOnce(&mut FeatureDefinition) -> Result<T, ApiError>,
+) -> Result<(FeatureRecord, T), ApiError> {
     let current = state
         .store
         .feature(project_id, feature)
         .await?
+        .filter(|f| !f.archived)
         .ok_or_else(|| ApiError::not_found(format!("feature `{feature}` not found")))?;
     let mut def: FeatureDefinition =
         serde_json::from_value(current.definition.clone()).map_err(ApiError::internal)?;
-    let rule = def
-        .environments
-        .get_mut(environment)
-        .and_then(|env| env.rules.iter_mut().find(|r| r.id() == rule_id))
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "feature `{feature}` has no rule `{rule_id}` in `{environment}`"
-            ))
-        })?;
-    let Rule::Experiment {
-        id,
-        description,
-        condition,
-        saved_groups,
-        variations,
-        enabled,
-        ..
-    } = rule.clone()
-    else {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_an_experiment_rule",
-            format!("rule `{rule_id}` of feature `{feature}` is no longer an experiment rule"),
-        ));
-    };
-    *rule = match decision {
-        RuleDecision::Ship(i) => Rule::Force {
-            id,
-            description,
-            condition,
-            saved_groups,
-            value: variations.get(*i).cloned().ok_or_else(|| {
-                ApiError::invalid_field(
-                    "decision",
-                    "variation",
-                    format!("the rule has {} variations", variations.len()),
-                )
-            })?,
-            enabled,
-        },
-        RuleDecision::RollBack => {
-            let mut r = rule.clone();
-            if let Rule::Experiment { enabled, .. } = &mut r {
-                *enabled = false;
-            }
-            r
-        }
-    };
+    let out = change(&mut def)?;
     let errors = validate(
         feature,
         &mut def,
@@ -1060,7 +1037,83 @@ pub(crate) async fn decide_rule(
         .await
         .map_err(|e| write_error(e, &format!("feature `{feature}`")))?;
     state.flags.refresh(&state.store, project_id).await;
-    Ok(record)
+    Ok((record, out))
+}
+
+/// The rule `rule_id` of `environment` in `def`, or a 404 naming it.
+pub(crate) fn rule_mut<'a>(
+    def: &'a mut FeatureDefinition,
+    feature: &str,
+    environment: &str,
+    rule_id: &str,
+) -> Result<&'a mut Rule, ApiError> {
+    def.environments
+        .get_mut(environment)
+        .and_then(|env| env.rules.iter_mut().find(|r| r.id() == rule_id))
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "feature `{feature}` has no rule `{rule_id}` in `{environment}`"
+            ))
+        })
+}
+
+/// Applies an experiment decision to rule `rule_id` of `feature` in `environment` (validated and audited like any
+/// feature change, `feature.updated`), and refreshes the flags served. `Err` names what is wrong.
+pub(crate) async fn decide_rule(
+    state: &AppState,
+    project_id: i64,
+    feature: &str,
+    environment: &str,
+    rule_id: &str,
+    decision: &RuleDecision,
+    actor: &Actor,
+) -> Result<FeatureRecord, ApiError> {
+    let change = |def: &mut FeatureDefinition| {
+        let rule = rule_mut(def, feature, environment, rule_id)?;
+        let Rule::Experiment {
+            id,
+            description,
+            condition,
+            saved_groups,
+            variations,
+            enabled,
+            ..
+        } = rule.clone()
+        else {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_an_experiment_rule",
+                format!("rule `{rule_id}` of feature `{feature}` is no longer an experiment rule"),
+            ));
+        };
+        *rule = match decision {
+            RuleDecision::Ship(i) => Rule::Force {
+                id,
+                description,
+                condition,
+                saved_groups,
+                value: variations.get(*i).cloned().ok_or_else(|| {
+                    ApiError::invalid_field(
+                        "decision",
+                        "variation",
+                        format!("the rule has {} variations", variations.len()),
+                    )
+                })?,
+                enabled,
+            },
+            RuleDecision::RollBack => {
+                let mut r = rule.clone();
+                if let Rule::Experiment { enabled, .. } = &mut r {
+                    *enabled = false;
+                }
+                r
+            }
+        };
+        Ok(())
+    };
+    Ok(change_feature(state, project_id, feature, actor, change)
+        .await?
+        .0)
 }
 
 #[derive(Deserialize)]
@@ -1495,7 +1548,8 @@ async fn evaluate(
         _ => None,
     };
     let attributes = flywheel_flags::Attributes::from_map(req.attributes);
-    let ctx = flywheel_flags::EvalContext::new(&attributes);
+    let mut sticky = state.sticky.read_only(project_id);
+    let ctx = flywheel_flags::EvalContext::new(&attributes).with_sticky(&mut sticky);
     let now_us = state.clock.now().timestamp_micros();
     let mut results = Map::new();
     let mut put = |key: &str, r: flywheel_flags::FeatureResult<'_>| {

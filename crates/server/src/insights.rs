@@ -1169,18 +1169,18 @@ fn event_label(spec: &EventRef) -> String {
 
 /// One prepared partition's rows keyed by the event's group (see [`group_rows`]).
 #[derive(Default)]
-struct GroupRows {
-    group: Vec<u32>,
-    ts: Vec<i64>,
-    mask: Vec<u64>,
+pub(crate) struct GroupRows {
+    pub(crate) group: Vec<u32>,
+    pub(crate) ts: Vec<i64>,
+    pub(crate) mask: Vec<u64>,
     /// The prepared row each row comes from (to carry per-row breakdown codes over).
-    from: Vec<u32>,
+    pub(crate) from: Vec<u32>,
 }
 
 /// Rows keyed by groups: per prepared partition, the rows; and each group's key (by group index).
-struct Grouped {
-    parts: Vec<GroupRows>,
-    keys: Vec<String>,
+pub(crate) struct Grouped {
+    pub(crate) parts: Vec<GroupRows>,
+    pub(crate) keys: Vec<String>,
 }
 
 impl Grouped {
@@ -1214,7 +1214,7 @@ impl Grouped {
 
 /// Per prepared partition, its rows keyed by the event's group of type `group_type` (from `$groups`) and sorted by
 /// (group, time, person order); rows without such a group are left out.
-fn group_rows(
+pub(crate) fn group_rows(
     snap: &Snapshot,
     prepared: &[Prepared],
     group_type: Option<&str>,

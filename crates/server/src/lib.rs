@@ -21,8 +21,10 @@ pub mod ofrep;
 pub mod ops;
 pub mod posthog_flags;
 pub mod projects;
+pub mod rollouts;
 pub mod serving;
 pub mod state;
+pub mod sticky;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +57,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Requests per second per credential on the flag-serving endpoints (`0`: unlimited).
     pub sdk_rate_limit: u32,
+    /// How often the guarded-rollout watcher checks running rollouts.
+    pub rollout_check_interval: Duration,
 }
 
 impl Config {
@@ -70,6 +74,7 @@ impl Config {
             read_barrier_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),
             sdk_rate_limit: 0,
+            rollout_check_interval: Duration::from_secs(30),
         }
     }
 
@@ -136,6 +141,7 @@ pub fn app(state: AppState) -> Router {
         .merge(projects::router())
         .merge(cohorts::router())
         .merge(experiments::router())
+        .merge(rollouts::router())
         .merge(features::router())
         .merge(ops::router())
         .layer(axum::middleware::from_fn(ops::track))
@@ -155,6 +161,8 @@ pub struct Server {
     identity_task: tokio::task::JoinHandle<()>,
     tables_task: tokio::task::JoinHandle<()>,
     exposure_task: tokio::task::JoinHandle<()>,
+    rollout_task: tokio::task::JoinHandle<()>,
+    sticky_task: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
@@ -214,6 +222,9 @@ impl Server {
             .map_err(|e| anyhow::anyhow!("compiling feature flags: {}", e.message))?;
         tracing::info!(projects = compiled, "feature flags compiled");
         let (exposures, exposure_task) = exposure::Exposures::start(intake.clone());
+        let (sticky, sticky_task) = sticky::StickyStore::open(store.clone())
+            .await
+            .context("cannot load sticky assignments")?;
         // The flag endpoints' filter of known distinct ids is filled by the insights consumer's identity load.
         let state = AppState {
             dedupe: Arc::new(state::Dedupe::new(config.dedupe_window)),
@@ -232,7 +243,13 @@ impl Server {
             )),
             metrics: ops::prometheus(),
             shutdown: shutdown_rx.clone(),
+            rollouts: Arc::new(rollouts::Checks::default()),
+            sticky: Arc::new(sticky),
         };
+        let rollout_task = tokio::spawn(rollouts::run(
+            state.clone(),
+            state.config.rollout_check_interval,
+        ));
         let listener = tokio::net::TcpListener::bind(state.config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", state.config.listen))?;
@@ -255,6 +272,8 @@ impl Server {
             identity_task,
             tables_task,
             exposure_task,
+            rollout_task,
+            sticky_task,
         })
     }
 
@@ -262,6 +281,8 @@ impl Server {
     /// consumer apply everything, write checkpoints, close storage.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.shutdown_tx.send(true);
+        // A check in flight finishes its writes (each is one transaction) or is cut before them.
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.rollout_task).await;
         match tokio::time::timeout(Duration::from_secs(30), self.serve_task).await {
             Ok(joined) => joined?.context("HTTP server failed")?,
             Err(_) => tracing::warn!("in-flight requests did not finish within 30 s"),
@@ -269,6 +290,8 @@ impl Server {
         // Exposures recorded by the last requests reach the log before it closes.
         self.state.exposures.flush().await;
         self.exposure_task.abort();
+        self.state.sticky.flush().await;
+        self.sticky_task.abort();
         self.state
             .intake
             .shutdown()

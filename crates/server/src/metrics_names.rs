@@ -19,3 +19,5 @@ pub const EXPOSURES_RECORDED: &str = "flywheel_exposures_recorded_total";
 pub const EXPOSURES_DROPPED: &str = "flywheel_exposures_dropped_total";
 pub const SDK_RATE_LIMITED: &str = "flywheel_sdk_rate_limited_total";
 pub const LABEL_ENDPOINT: &str = "endpoint";
+/// Sticky assignments kept in memory only (queue full or write failed): lost at a restart.
+pub const STICKY_DROPPED: &str = "flywheel_sticky_assignments_dropped_total";

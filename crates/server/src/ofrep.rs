@@ -324,7 +324,8 @@ async fn single(
         .for_key(Some(&key)));
     };
     let attributes = flywheel_flags::Attributes::from_map(attrs);
-    let ctx = flywheel_flags::EvalContext::new(&attributes);
+    let mut sticky = state.sticky.view(access.project_id);
+    let ctx = flywheel_flags::EvalContext::new(&attributes).with_sticky(&mut sticky);
     let result = snapshot.set.evaluate(&key, &ctx);
     record_exposure(
         &state,
@@ -387,7 +388,8 @@ async fn bulk(
         return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
     }
     let attributes = flywheel_flags::Attributes::from_map(attrs);
-    let ctx = flywheel_flags::EvalContext::new(&attributes);
+    let mut sticky = state.sticky.view(access.project_id);
+    let ctx = flywheel_flags::EvalContext::new(&attributes).with_sticky(&mut sticky);
     let mut out = Vec::with_capacity(64 + 200 * snapshot.flags.len());
     out.extend_from_slice(b"{\"flags\":[");
     for (i, info) in snapshot.flags.iter().enumerate() {

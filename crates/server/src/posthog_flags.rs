@@ -246,7 +246,8 @@ async fn evaluate(
         .snapshot(&state.store, access.project_id, &access.environment)
         .await?;
     let attributes = flywheel_flags::Attributes::from_map(attrs);
-    let ctx = flywheel_flags::EvalContext::new(&attributes);
+    let mut sticky = state.sticky.view(access.project_id);
+    let ctx = flywheel_flags::EvalContext::new(&attributes).with_sticky(&mut sticky);
     // Records are ~300 bytes each; the legacy shapes far less.
     let mut out = Rendering::new(shape, 1024 + 320 * snapshot.flags.len());
     for info in &snapshot.flags {

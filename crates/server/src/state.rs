@@ -49,6 +49,10 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Turns true when the server shuts down (long-lived streams end).
     pub shutdown: watch::Receiver<bool>,
+    /// Guarded rollouts' last checks.
+    pub rollouts: Arc<crate::rollouts::Checks>,
+    /// Sticky bucket assignments of server-side evaluations.
+    pub sticky: Arc<crate::sticky::StickyStore>,
 }
 
 impl AppState {

@@ -38,6 +38,20 @@ type Row = (
     String,
 );
 
+/// A row with its project first.
+type ProjectRow = (
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    bool,
+    String,
+    String,
+);
+
 const COLUMNS: &str = "id, kind, key, name, body, version, archived, created_at, updated_at";
 
 fn from_row(
@@ -105,6 +119,36 @@ pub struct DocumentUpdate {
     pub name: Option<String>,
     pub body: Option<Value>,
     pub archived: Option<bool>,
+    /// The audit action's name after `<kind>.` instead of `updated` (e.g. `rolled_back`).
+    pub action: Option<String>,
+    /// An announcement (topic, payload) for the outbox, written in the same transaction.
+    pub announce: Option<(String, Value)>,
+}
+
+/// An outbox entry: an announcement of a change, for webhooks.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutboxEntry {
+    pub id: i64,
+    pub topic: String,
+    pub payload: Value,
+    pub created_at: String,
+    pub delivered_at: Option<String>,
+}
+
+pub(crate) async fn enqueue(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    project_id: i64,
+    topic: &str,
+    payload: &Value,
+) -> Result<()> {
+    sqlx::query("INSERT INTO outbox (project_id, topic, payload, created_at) VALUES (?, ?, ?, ?)")
+        .bind(project_id)
+        .bind(topic)
+        .bind(payload.to_string())
+        .bind(now_text())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 impl Store {
@@ -225,10 +269,10 @@ impl Store {
         .bind(after.id)
         .execute(&mut *tx)
         .await?;
-        let action = if after.archived && !before.archived {
-            "archived"
-        } else {
-            "updated"
+        let action = match &update.action {
+            Some(a) => a.as_str(),
+            None if after.archived && !before.archived => "archived",
+            None => "updated",
         };
         audit(
             &mut tx,
@@ -239,7 +283,64 @@ impl Store {
             Some(&after),
         )
         .await?;
+        if let Some((topic, payload)) = &update.announce {
+            enqueue(&mut tx, project_id, topic, payload).await?;
+        }
         tx.commit().await?;
         Ok(after)
+    }
+
+    /// Every project's unarchived documents of `kind` whose body's `status` is `status`, as (project, document).
+    pub async fn documents_with_status(
+        &self,
+        kind: &str,
+        status: &str,
+    ) -> Result<Vec<(i64, Document)>> {
+        let rows: Vec<ProjectRow> = sqlx::query_as(&format!(
+            "SELECT project_id, {COLUMNS} FROM documents
+                 WHERE kind = ? AND archived = 0 AND json_extract(body, '$.status') = ?
+                 ORDER BY project_id, key"
+        ))
+        .bind(kind)
+        .bind(status)
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|(p, id, k, key, n, b, v, a, c, u)| {
+                Ok((p, from_row((id, k, key, n, b, v, a, c, u))?))
+            })
+            .collect()
+    }
+
+    /// The project's outbox entries after `after_id` (oldest first), at most `limit`, of `topic` when given.
+    pub async fn outbox(
+        &self,
+        project_id: i64,
+        topic: Option<&str>,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxEntry>> {
+        let rows: Vec<(i64, String, String, String, Option<String>)> = sqlx::query_as(
+            "SELECT id, topic, payload, created_at, delivered_at FROM outbox
+             WHERE project_id = ? AND id > ? AND (? IS NULL OR topic = ?) ORDER BY id LIMIT ?",
+        )
+        .bind(project_id)
+        .bind(after_id)
+        .bind(topic)
+        .bind(topic)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|(id, topic, payload, created_at, delivered_at)| {
+                Ok(OutboxEntry {
+                    id,
+                    topic,
+                    payload: serde_json::from_str(&payload)?,
+                    created_at,
+                    delivered_at,
+                })
+            })
+            .collect()
     }
 }

@@ -22,6 +22,7 @@ mod identity;
 mod keys;
 mod persons;
 mod projects;
+mod sticky;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -32,7 +33,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 
 pub use cohorts::{CohortRecord, CohortUpdate};
-pub use documents::{Document, DocumentUpdate};
+pub use documents::{Document, DocumentUpdate, OutboxEntry};
 pub use features::{
     json_diff, Actor, AuditEntry, AuditFilter, EnvironmentRecord, FeatureRecord, SavedGroupRecord,
     SdkBinding, SdkConnection, WriteError, SDK_KEY_PREFIX,
@@ -41,6 +42,7 @@ pub use identity::{ApplyStats, IdentityChange, IdentityOp, IdentityWriter, Merge
 pub use keys::{Bootstrap, PersonalKey};
 pub use persons::{GroupMembership, IdentityRead, PersonRecord};
 pub use projects::{ProjectSettings, ProjectUpdate};
+pub use sticky::StickyRow;
 
 /// Errors of the metadata store.
 #[derive(Debug, thiserror::Error)]

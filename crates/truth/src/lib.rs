@@ -561,6 +561,8 @@ pub struct Experiment<'a> {
     /// Exposures count in `[exposure_from_us, exposure_to_us)`.
     pub exposure_from_us: i64,
     pub exposure_to_us: i64,
+    /// Persons first exposed before it are carried over: in no arm, counted in `carried_over`.
+    pub entry_from_us: i64,
     /// Metric events at or after it never count.
     pub analysis_end_us: i64,
     pub metrics: &'a [ExperimentMetric<'a>],
@@ -582,6 +584,8 @@ pub struct ExperimentArm {
     pub n: u64,
     /// Units whose first exposure was this variation and who later saw another one (excluded).
     pub multiple_exposures: u64,
+    /// Units whose first exposure (this variation) was before `entry_from_us` (excluded).
+    pub carried_over: u64,
     /// Per metric, every unit of the arm in person order.
     pub units: Vec<Vec<ExperimentUnit>>,
 }
@@ -592,7 +596,8 @@ pub struct ExperimentArm {
 ///   variation `< variations` and a time in `[exposure_from_us, exposure_to_us)`; every other exposure event is
 ///   ignored, including for the multiple-exposure check.
 /// - A person with exposures is a unit of the variation of the first one (`t0` its time), unless their exposures
-///   show two or more variations: then they are in no arm and counted in `multiple_exposures` of the first one's.
+///   show two or more variations: then they are in no arm and counted in `multiple_exposures` of the first one's;
+///   before that, a person whose `t0` is before `entry_from_us` is in no arm and counted in `carried_over`.
 /// - A metric's value for a unit: its events (by name) before `analysis_end_us` in its window relative to `t0`,
 ///   aggregated, then capped (`min(value, cap)`); 0 without events. The denominator of a ratio is the
 ///   denominator metric's value; the pre value (CUPED) is the metric over `[t0 - pre, t0)`; the pre denominator
@@ -628,6 +633,10 @@ pub fn experiment(rows: &[ExperimentRow<'_>], q: &Experiment<'_>) -> Vec<Experim
         };
         let seen: BTreeSet<u32> = exposures.iter().map(|e| e.1).collect();
         let arm = &mut arms[first as usize];
+        if t0 < q.entry_from_us {
+            arm.carried_over += 1;
+            continue;
+        }
         if seen.len() > 1 {
             arm.multiple_exposures += 1;
             continue;
@@ -1114,6 +1123,7 @@ mod tests {
             variations: 2,
             exposure_from_us: 6,
             exposure_to_us: 50,
+            entry_from_us: 6,
             analysis_end_us: 30,
             metrics: &metrics,
         };

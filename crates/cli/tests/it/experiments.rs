@@ -739,3 +739,118 @@ fn cuped_ratio_and_bayesian_results_equal_the_statistics_of_the_raw_events() {
     drop(call);
     assert!(serve.terminate().success());
 }
+
+#[test]
+fn account_level_experiments_count_groups_as_units() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = init(dir.path());
+    let serve = Serve::start(dir.path(), &[]);
+    let call = project_api(&serve, &keys);
+    let (status, v) = call(
+        "POST",
+        "/metrics",
+        json!({"key": "purchased", "name": "Purchased", "kind": "conversion", "event": "purchase"}),
+    );
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = call(
+        "POST",
+        "/features",
+        json!({"key": "pricing", "value_type": "string", "default_value": "old",
+               "environments": {"production": {"enabled": true, "rules": [
+                   {"type": "experiment", "id": "by-user", "variations": ["old", "new"]},
+                   {"type": "experiment", "id": "by-company", "hash_attribute": "company",
+                    "variations": ["old", "new"]}]}}}),
+    );
+    assert_eq!(status, 201, "{v}");
+    let experiment = |rule: &str| {
+        json!({"key": format!("pricing-{rule}"), "name": "Pricing", "feature": "pricing", "rule_id": rule,
+               "unit": "company", "metrics": {"primary": ["purchased"]},
+               "analysis": {"engine": "frequentist", "cuped": false}})
+    };
+    let (status, v) = call("POST", "/experiments", experiment("by-user"));
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["errors"][0]["field"], "unit", "users bucketed alone: {v}");
+    let (status, v) = call("POST", "/experiments", experiment("by-company"));
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["unit"], "company");
+    let (status, v) = call("POST", "/experiments/pricing-by-company/start", Value::Null);
+    assert_eq!(status, 200, "{v}");
+
+    // 120 companies of 3 members: company k gets variation k % 2; in a converting company one member buys.
+    // A member without `$groups` is no unit; a company seen in both variations is excluded.
+    let mut batch = Vec::new();
+    let (mut companies, mut converted) = ([0u64; 2], [0u64; 2]);
+    for k in 0..120 {
+        let v = k % 2;
+        let company = format!("co-{k}");
+        companies[v] += 1;
+        let response = ["old", "new"][v];
+        for m in 0..3 {
+            let user = format!("co-{k}-m{m}");
+            batch.push(json!({"event": "$feature_flag_called", "distinct_id": user,
+                "properties": {"$feature_flag": "pricing", "$feature_flag_response": response,
+                               "$groups": {"company": company}}}));
+        }
+        // Variation 1 converts 2 companies in 3, variation 0 one in 3; two buyers count once.
+        if k % 3 < [1, 2][v] {
+            converted[v] += 1;
+            for m in 0..2 {
+                batch.push(
+                    json!({"event": "purchase", "distinct_id": format!("co-{k}-m{m}"),
+                    "properties": {"$groups": {"company": company}}}),
+                );
+            }
+        }
+    }
+    batch.push(
+        json!({"event": "$feature_flag_called", "distinct_id": "loner",
+        "properties": {"$feature_flag": "pricing", "$feature_flag_response": "new"}}),
+    );
+    for r in ["old", "new"] {
+        batch.push(
+            json!({"event": "$feature_flag_called", "distinct_id": format!("switch-{r}"),
+            "properties": {"$feature_flag": "pricing", "$feature_flag_response": r,
+                           "$groups": {"company": "co-both"}}}),
+        );
+    }
+    let (status, out) = crate::http(
+        &serve.addr,
+        "POST",
+        "/batch",
+        &[("Content-Type", "application/json")],
+        json!({"api_key": keys.project_key, "batch": batch})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let v = loop {
+        let (status, v) = call(
+            "GET",
+            "/experiments/pricing-by-company/results",
+            Value::Null,
+        );
+        assert_eq!(status, 200, "{v}");
+        if v["complete"] == true && v["units"] == json!(companies) {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let total_multiple: u64 = v["multiple_exposures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_u64)
+        .sum();
+    assert_eq!(total_multiple, 1, "co-both: {v}");
+    let arms = &v["metrics"][0]["arms"];
+    assert_eq!(
+        [arms[0]["sum"].as_f64(), arms[1]["sum"].as_f64()],
+        [Some(converted[0] as f64), Some(converted[1] as f64)],
+        "{v}"
+    );
+    drop(call);
+    assert!(serve.terminate().success());
+}

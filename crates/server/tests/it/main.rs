@@ -2,8 +2,10 @@
 
 mod api;
 mod capture;
+mod experiments;
 mod features;
 mod malformed;
+mod rollouts;
 mod serving;
 
 use std::net::SocketAddr;

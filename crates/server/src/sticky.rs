@@ -1,0 +1,171 @@
+//! Sticky bucketing for server-side evaluations (PostHog `/flags` and `/decide`, OFREP, `…/evaluate`).
+//!
+//! GrowthBook's sticky bucketing, with the server as the storage: the first time an experiment rule assigns a
+//! hash-attribute value (a user, an account) a variation, the assignment is kept, and later evaluations give that
+//! variation even after the rule's weights or coverage changed. So changing an experiment's split mid-run never
+//! moves anyone who was already assigned; only new users follow the new weights. Rules with
+//! `sticky: false` (guarded rollouts, whose treatment must grow) are bucketed afresh on every evaluation.
+//!
+//! Documents live in memory (read on every evaluation of an experiment rule) and in SQLite (migration 0010,
+//! loaded at start). A save updates memory at once and queues the row for a writer task that upserts batches; a
+//! full queue keeps the assignment in memory only and counts it (`flywheel_sticky_assignments_dropped_total`).
+//! GrowthBook SDKs that evaluate locally keep users with their own sticky bucket service (the payload's
+//! experiment keys and bucket versions do not change with weights).
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use flywheel_flags::{StickyAssignmentsDoc, StickyBucketService};
+use flywheel_store::Store;
+use tokio::sync::{mpsc, oneshot};
+
+const QUEUE: usize = 65_536;
+const BATCH: usize = 2_048;
+
+enum Msg {
+    Save(i64, String, String),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The assignments of every project, by (project, `"<attribute>||<value>"`).
+pub struct StickyStore {
+    docs: RwLock<HashMap<(i64, String), StickyAssignmentsDoc>>,
+    tx: mpsc::Sender<Msg>,
+}
+
+impl StickyStore {
+    /// Loads the stored assignments and starts the writer task (it ends when the store is dropped).
+    pub async fn open(store: Store) -> anyhow::Result<(Self, tokio::task::JoinHandle<()>)> {
+        let mut docs = HashMap::new();
+        for (project_id, key, assignments) in store.sticky_assignments().await? {
+            let Some((name, value)) = key.split_once("||") else {
+                continue;
+            };
+            let Ok(assignments) = serde_json::from_str(&assignments) else {
+                tracing::warn!(project_id, key, "unreadable sticky assignments skipped");
+                continue;
+            };
+            let doc = StickyAssignmentsDoc {
+                attribute_name: name.to_owned(),
+                attribute_value: value.to_owned(),
+                assignments,
+            };
+            docs.insert((project_id, key), doc);
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(writer(store, rx));
+        Ok((
+            Self {
+                docs: RwLock::new(docs),
+                tx,
+            },
+            task,
+        ))
+    }
+
+    /// The service an evaluation of `project_id` uses.
+    pub fn view(&self, project_id: i64) -> StickyView<'_> {
+        StickyView {
+            store: self,
+            project_id,
+            save: true,
+        }
+    }
+
+    /// A service that reads the assignments but keeps none (trying a user out must not pin them).
+    pub fn read_only(&self, project_id: i64) -> StickyView<'_> {
+        StickyView {
+            store: self,
+            project_id,
+            save: false,
+        }
+    }
+
+    /// Waits until every save so far is in SQLite.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// Number of documents in memory.
+    pub fn len(&self) -> usize {
+        self.docs.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether no document is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One project's assignments, as the flag engine's [`StickyBucketService`].
+pub struct StickyView<'s> {
+    store: &'s StickyStore,
+    project_id: i64,
+    save: bool,
+}
+
+impl StickyBucketService for StickyView<'_> {
+    fn get_assignments(&self, name: &str, value: &str) -> Option<StickyAssignmentsDoc> {
+        let docs = self.store.docs.read().unwrap_or_else(|p| p.into_inner());
+        docs.get(&(self.project_id, format!("{name}||{value}")))
+            .cloned()
+    }
+
+    fn save_assignments(&mut self, doc: StickyAssignmentsDoc) {
+        if !self.save {
+            return;
+        }
+        let key = doc.key();
+        let text = serde_json::to_string(&doc.assignments).unwrap_or_else(|_| "{}".into());
+        self.store
+            .docs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((self.project_id, key.clone()), doc);
+        if self
+            .store
+            .tx
+            .try_send(Msg::Save(self.project_id, key, text))
+            .is_err()
+        {
+            metrics::counter!(crate::metrics_names::STICKY_DROPPED).increment(1);
+        }
+    }
+}
+
+async fn writer(store: Store, mut rx: mpsc::Receiver<Msg>) {
+    let mut batch: HashMap<(i64, String), String> = HashMap::new();
+    let mut waiting = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Save(p, k, v) => {
+                    batch.insert((p, k), v);
+                }
+                Msg::Flush(done) => waiting.push(done),
+            }
+            if batch.len() < BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            let rows: Vec<flywheel_store::StickyRow> =
+                batch.drain().map(|((p, k), v)| (p, k, v)).collect();
+            if let Err(e) = store.save_sticky_assignments(&rows).await {
+                tracing::error!(error = %e, lost = rows.len(), "saving sticky assignments failed");
+                metrics::counter!(crate::metrics_names::STICKY_DROPPED)
+                    .increment(rows.len() as u64);
+            }
+        }
+        for done in waiting.drain(..) {
+            let _ = done.send(());
+        }
+        // Let a burst accumulate into one transaction.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -1,0 +1,43 @@
+//! Sticky bucket assignments of server-side evaluations (migration 0010): one JSON object of
+//! `"<experiment>__<bucket version>" → variation key` per project and hash attribute value.
+
+use crate::{now_text, Result, Store};
+
+/// One stored document: (project, `"<attribute>||<value>"`, assignments as a JSON object text).
+pub type StickyRow = (i64, String, String);
+
+impl Store {
+    /// Every stored assignment document.
+    pub async fn sticky_assignments(&self) -> Result<Vec<StickyRow>> {
+        Ok(
+            sqlx::query_as("SELECT project_id, attribute_key, assignments FROM sticky_assignments")
+                .fetch_all(self.pool())
+                .await?,
+        )
+    }
+
+    /// Inserts or replaces documents, in one transaction.
+    pub async fn save_sticky_assignments(&self, rows: &[StickyRow]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write_tx().await?;
+        let now = now_text();
+        for (project_id, key, assignments) in rows {
+            sqlx::query(
+                "INSERT INTO sticky_assignments (project_id, attribute_key, assignments, updated_at)
+                 VALUES (?, ?, ?, ?)
+                 ON CONFLICT (project_id, attribute_key)
+                 DO UPDATE SET assignments = excluded.assignments, updated_at = excluded.updated_at",
+            )
+            .bind(project_id)
+            .bind(key)
+            .bind(assignments)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
