@@ -28,8 +28,9 @@
 //!
 //! - **window** `[t0 + delay_us, t0 + delay_us + window_us)`, or `[t0 + delay_us, analysis_end_us)` when
 //!   [`Metric::window_us`] is `None` (a negative delay reaches before the exposure);
-//! - **aggregation** ([`Aggregation`]): `Conversion` is 1 with at least one row in the window, else 0; `Count` the
-//!   number of rows; `Sum` the sum of the rows' values (the metric's value column, see [`experiment`]; `NaN`
+//! - **aggregation** ([`Aggregation`]): `Conversion` is 1 with at least one row in the window, else 0; `Steps` is
+//!   1 when the window's rows, in order (time, then block order, then row order), show step 1, then step 2, …
+//!   (a row completes at most one step), else 0; `Count` the number of rows; `Sum` the sum of the rows' values (the metric's value column, see [`experiment`]; `NaN`
 //!   values, and rows of blocks without the column, add nothing);
 //! - **capping** ([`Metric::cap`]): a value above the cap is set to the cap (absolute capping, applied to the
 //!   unit's value, never to single rows);
@@ -98,6 +99,42 @@ pub enum Aggregation {
     Count,
     /// The sum of the rows' values (`NaN` skipped).
     Sum,
+    /// 1 when the rows show every step in order (an ordered funnel), else 0. [`Metric::bit`] is not used.
+    Steps(Steps),
+}
+
+/// Most steps of a [`Aggregation::Steps`] metric.
+pub const MAX_STEPS: usize = 10;
+
+/// The mask bits of an ordered funnel's steps: `bits[..len]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Steps {
+    pub bits: [u8; MAX_STEPS],
+    pub len: u8,
+}
+
+impl Steps {
+    /// The steps of these bits (at most [`MAX_STEPS`], each below 64; `None` otherwise).
+    pub fn new(bits: &[u32]) -> Option<Self> {
+        if bits.is_empty() || bits.len() > MAX_STEPS || bits.iter().any(|&b| b >= 64) {
+            return None;
+        }
+        let mut out = Steps {
+            bits: [0; MAX_STEPS],
+            len: bits.len() as u8,
+        };
+        for (o, &b) in out.bits.iter_mut().zip(bits) {
+            *o = b as u8;
+        }
+        Some(out)
+    }
+
+    /// Every step's bit, as one mask.
+    fn mask(&self) -> u64 {
+        self.bits[..self.len as usize]
+            .iter()
+            .fold(0, |m, &b| m | bit_mask(u32::from(b)))
+    }
 }
 
 /// One metric of an experiment (see the module docs).
@@ -300,7 +337,10 @@ fn plan(spec: &ExperimentSpec) -> (Vec<Accumulator>, Vec<Plan>) {
     let post = |i: usize| {
         let m = &spec.metrics[i];
         Accumulator {
-            bit: bit_mask(m.bit),
+            bit: match m.aggregation {
+                Aggregation::Steps(steps) => steps.mask(),
+                _ => bit_mask(m.bit),
+            },
             aggregation: m.aggregation,
             // Only sums read a column: other aggregations of the same rows share an accumulator.
             column: if m.aggregation == Aggregation::Sum {
@@ -513,6 +553,7 @@ fn scan(
             &t0,
             &mut acc_values,
         );
+        finish_steps(accs, &mut acc_values[..width * k]);
         add_units(
             &state[..width],
             &t0[..width],
@@ -525,6 +566,19 @@ fn scan(
         lo = hi;
     }
     arms
+}
+
+/// Turns the step counts of [`Aggregation::Steps`] accumulators into 1 (every step done) or 0.
+fn finish_steps(accs: &[Accumulator], acc_values: &mut [f64]) {
+    let k = accs.len();
+    for (a, acc) in accs.iter().enumerate() {
+        if let Aggregation::Steps(steps) = acc.aggregation {
+            let all = f64::from(steps.len);
+            for unit in acc_values.chunks_exact_mut(k) {
+                unit[a] = f64::from(u8::from(unit[a] >= all));
+            }
+        }
+    }
 }
 
 /// Adds each unit of a chunk to its arm: `n` or `multiple_exposures`, and its metrics' variables.
@@ -677,6 +731,16 @@ fn accumulate(
                         Aggregation::Sum => {
                             let v = columns[a].map_or(f64::NAN, |c| c[r]);
                             *slot += if hit && !v.is_nan() { v } else { 0.0 };
+                        }
+                        // The slot counts the steps done so far; a row completes at most the next one.
+                        Aggregation::Steps(steps) => {
+                            let done = *slot as usize;
+                            if hit
+                                && done < usize::from(steps.len)
+                                && m & bit_mask(u32::from(steps.bits[done])) != 0
+                            {
+                                *slot += 1.0;
+                            }
                         }
                     }
                 }

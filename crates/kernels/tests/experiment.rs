@@ -5,7 +5,9 @@
 
 mod common;
 
-use flywheel_kernels::experiment::{experiment, Aggregation, Arm, ExperimentSpec, Metric, Moments};
+use flywheel_kernels::experiment::{
+    experiment, Aggregation, Arm, ExperimentSpec, Metric, Moments, Steps,
+};
 use flywheel_kernels::{Block, DAY_US};
 use flywheel_truth as truth;
 use proptest::prelude::*;
@@ -19,6 +21,8 @@ const NAMES: [&str; 4] = ["exposure", "a", "b", "c"];
 const EXPOSURE_BIT: u32 = 0;
 /// Metric `m` has mask bit `METRIC_BIT + m` (set on the rows of its event); every row also has `NOISE`.
 const METRIC_BIT: u32 = 8;
+/// Event `e` also has mask bit `EVENT_BIT + e` (the steps of funnel metrics).
+const EVENT_BIT: u32 = 40;
 const NOISE: u32 = 63;
 const VARIATIONS: u32 = 3;
 /// Dense persons of the random cases (person 6 never has a row).
@@ -87,7 +91,9 @@ fn layout(
                 mask: rows
                     .iter()
                     .map(|e| {
-                        let mut m = 1u64 << NOISE | u64::from(e.event == 0) << EXPOSURE_BIT;
+                        let mut m = 1u64 << NOISE
+                            | u64::from(e.event == 0) << EXPOSURE_BIT
+                            | 1 << (EVENT_BIT + e.event as u32);
                         for (k, metric) in metrics.iter().enumerate() {
                             if NAMES[e.event] == metric.event {
                                 m |= 1 << (METRIC_BIT + k as u32);
@@ -107,10 +113,19 @@ fn layout(
         .collect()
 }
 
+fn event_bit(name: &str) -> u32 {
+    EVENT_BIT + NAMES.iter().position(|n| *n == name).unwrap() as u32
+}
+
 fn kernel_metric(k: usize, m: &truth::ExperimentMetric<'_>, unit_values: bool) -> Metric {
+    let steps: Vec<u32> = std::iter::once(m.event)
+        .chain(m.then.iter().copied())
+        .map(event_bit)
+        .collect();
     Metric {
         bit: METRIC_BIT + k as u32,
         aggregation: match m.aggregation {
+            _ if !m.then.is_empty() => Aggregation::Steps(Steps::new(&steps).unwrap()),
             truth::ExperimentAggregation::Conversion => Aggregation::Conversion,
             truth::ExperimentAggregation::Count => Aggregation::Count,
             truth::ExperimentAggregation::Sum => Aggregation::Sum,
@@ -304,10 +319,15 @@ prop_compose! {
         cap in prop::option::weighted(0.3, prop::sample::select(vec![0.5f64, 1.0, 2.0, 3.5])),
         denominator in prop::option::weighted(0.4, 0..count),
         pre in prop::option::weighted(0.4, prop::sample::select(vec![GRID, 3 * GRID, 10 * GRID, 1])),
+        then in prop::sample::select(vec![
+            &[][..], &[][..], &[][..], &["b"][..], &["a"][..], &["b", "c"][..], &["c", "a", "a"][..],
+        ]),
     ) -> truth::ExperimentMetric<'static> {
         truth::ExperimentMetric {
             event: NAMES[event],
-            aggregation,
+            // An ordered funnel is a conversion.
+            aggregation: if then.is_empty() { aggregation } else { truth::ExperimentAggregation::Conversion },
+            then,
             delay_us: delay,
             window_us: window,
             cap,
@@ -376,6 +396,7 @@ fn many_units_across_chunks_and_shards() {
             cap: Some(3.5),
             denominator: Some(1),
             pre_window_us: Some(5 * GRID),
+            then: &[],
         },
         truth::ExperimentMetric {
             event: "b",
@@ -385,6 +406,7 @@ fn many_units_across_chunks_and_shards() {
             cap: None,
             denominator: None,
             pre_window_us: Some(2 * GRID),
+            then: &[],
         },
         truth::ExperimentMetric {
             event: "c",
@@ -394,6 +416,7 @@ fn many_units_across_chunks_and_shards() {
             cap: None,
             denominator: None,
             pre_window_us: None,
+            then: &[],
         },
     ];
     for threads in [1, 2, 3] {

@@ -18,7 +18,8 @@
 //! ```
 //!
 //! Kinds (the per-unit value; units without a matching event count with 0):
-//! - `conversion`: 1 when the unit did `event` (with `properties`) in its window, else 0;
+//! - `conversion`: 1 when the unit did `event` (with `properties`) in its window, else 0; with `steps` (2–10
+//!   objects of `event` and `properties`) instead, a funnel: 1 when the unit did every step, in order, in its window;
 //! - `count`: the number of such events;
 //! - `sum`: the sum of their numeric `value_property` (events without a number are skipped);
 //! - `ratio`: `numerator` over `denominator`, each a measure (`{"kind": "count" | "sum" | "conversion", "event",
@@ -101,6 +102,9 @@ pub struct Metric {
     pub measure: Measure,
     /// The denominator (`ratio` only).
     pub denominator: Option<Measure>,
+    /// A funnel conversion's steps after the first (`measure`): the unit converts when it did them in order in
+    /// its window. Empty for every other metric.
+    pub then: Vec<Measure>,
     /// The quantile level, in (0, 1) (`quantile` only).
     pub quantile: Option<f64>,
     /// Hours between the first exposure and the start of the window.
@@ -146,6 +150,17 @@ impl Metric {
                 den.write(&mut d, true);
                 out.insert("numerator".into(), Value::Object(num));
                 out.insert("denominator".into(), Value::Object(d));
+            }
+            None if !self.then.is_empty() => {
+                let steps: Vec<Value> = std::iter::once(&self.measure)
+                    .chain(&self.then)
+                    .map(|m| {
+                        let mut step = serde_json::Map::new();
+                        m.write(&mut step, false);
+                        Value::Object(step)
+                    })
+                    .collect();
+                out.insert("steps".into(), Value::Array(steps));
             }
             None => self.measure.write(&mut out, false),
         }
@@ -204,6 +219,34 @@ fn read_nested(o: &mut Obj<'_>, key: &'static str, e: &mut Errors) -> Option<Mea
     measure
 }
 
+/// Most steps of a funnel conversion.
+pub const MAX_STEPS: usize = 10;
+
+/// A funnel conversion's `steps`: 2 to [`MAX_STEPS`] objects of `event` and `properties`.
+fn read_steps(o: &mut Obj<'_>, e: &mut Errors) -> Vec<Measure> {
+    let Some((at, items)) = o.array("steps", MAX_STEPS, e) else {
+        return Vec::new();
+    };
+    if items.len() < 2 {
+        e.push(
+            at.clone(),
+            "needs at least 2 steps (one event is an ordinary conversion)",
+        );
+    }
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let here = format!("{at}[{i}]");
+        let Some(mut step) = Obj::new(item, &here, e) else {
+            continue;
+        };
+        if let Some(m) = read_measure(&mut step, Some(MeasureKind::Conversion), e) {
+            out.push(m);
+        }
+        step.finish(e);
+    }
+    out
+}
+
 /// A finite number in `(lo, hi)`, exclusive.
 pub(crate) fn number_between(
     o: &mut Obj<'_>,
@@ -254,6 +297,7 @@ pub fn parse_metric(body: &Value) -> Result<Metric, Vec<FieldError>> {
         e.push("kind", "is required");
     }
     let kind = o.choice::<MetricKind>("kind", &mut e);
+    let mut then = Vec::new();
     let (measure, denominator) = match kind {
         Some(MetricKind::Ratio) => {
             for key in ["event", "properties", "value_property"] {
@@ -282,7 +326,26 @@ pub fn parse_metric(body: &Value) -> Result<Metric, Vec<FieldError>> {
             }
             o.allow("numerator");
             o.allow("denominator");
-            (read_measure(&mut o, measure_kind, &mut e), None)
+            if o.has("steps") {
+                if other != Some(MetricKind::Conversion) {
+                    e.push("steps", "is only for a conversion (a funnel conversion)");
+                }
+                for key in ["event", "properties", "value_property"] {
+                    if o.has(key) {
+                        e.push(key, "a funnel conversion takes its events in `steps`");
+                    }
+                }
+                o.allow("event");
+                o.allow("properties");
+                o.allow("value_property");
+                let mut steps = read_steps(&mut o, &mut e).into_iter();
+                let first = steps.next();
+                then = steps.collect();
+                (first, None)
+            } else {
+                o.allow("steps");
+                (read_measure(&mut o, measure_kind, &mut e), None)
+            }
         }
     };
     let quantile = number_between(&mut o, "quantile", 0.0, 1.0, &mut e);
@@ -317,6 +380,7 @@ pub fn parse_metric(body: &Value) -> Result<Metric, Vec<FieldError>> {
         kind,
         measure,
         denominator,
+        then,
         quantile,
         delay_hours,
         window_hours,
@@ -582,6 +646,36 @@ mod tests {
             .into_iter()
             .map(|e| e.field)
             .collect()
+    }
+
+    #[test]
+    fn a_funnel_conversion_takes_ordered_steps() {
+        let m = parse_metric(&json!({
+            "key": "activated", "name": "Activated", "kind": "conversion", "window_hours": 72,
+            "steps": [{"event": "signed_up"}, {"event": "project_created", "properties": [{"key": "template", "value": "blank"}]},
+                      {"event": "invited"}],
+        }))
+        .unwrap();
+        assert_eq!(m.then.len(), 2);
+        assert_eq!(m.then[0].properties.len(), 1);
+        assert_eq!(parse_metric(&m.to_json()).unwrap(), m, "{}", m.to_json());
+        assert_eq!(
+            fields(
+                json!({"key": "a", "name": "A", "kind": "count", "event": "x",
+                          "steps": [{"event": "x"}, {"event": "y"}]})
+            ),
+            ["steps", "event"]
+        );
+        assert_eq!(
+            fields(json!({"key": "a", "name": "A", "kind": "conversion",
+                          "steps": [{"event": "x"}]})),
+            ["steps"]
+        );
+        assert_eq!(
+            fields(json!({"key": "a", "name": "A", "kind": "conversion",
+                          "steps": [{"event": "x"}, {"nope": 1}]})),
+            ["steps[1].event", "steps[1].nope"]
+        );
     }
 
     #[test]

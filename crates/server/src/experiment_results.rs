@@ -186,6 +186,26 @@ fn plan_metrics(
                     &mut scans,
                 );
             }
+            None if !m.then.is_empty() => {
+                // A funnel conversion: a scan (bit) per step, the kernel follows them in order.
+                let mut bits = Vec::new();
+                for step in std::iter::once(&m.measure).chain(&m.then) {
+                    bits.push(scans.len() as u32);
+                    scans.push(scan(
+                        format!("metrics.{}", m.key),
+                        &step.event,
+                        &step.properties,
+                    ));
+                }
+                kernel.push(k::experiment::Metric {
+                    bit: bits[0],
+                    aggregation: k::experiment::Steps::new(&bits)
+                        .map_or(k::experiment::Aggregation::Conversion, |s| {
+                            k::experiment::Aggregation::Steps(s)
+                        }),
+                    ..base
+                });
+            }
             None => add(&m.measure, base, &mut kernel, &mut scans),
         }
         planned.push(Planned {
@@ -392,6 +412,29 @@ pub(crate) async fn results(
         .unwrap_or_default();
     let arms = variations.values.len();
     let (kernel_metrics, scans, planned) = plan_metrics(x, &x.feature, &variations, &metrics);
+    // One mask bit per scan, and the kernel's limit (checked when the experiment is written, again here).
+    if kernel_metrics.len() > k::experiment::MAX_METRICS {
+        return Err(ApiError::invalid_field(
+            "experiment",
+            "metrics",
+            format!(
+                "the metrics need {} measures (a ratio is two); at most {} are analysed at once",
+                kernel_metrics.len(),
+                k::experiment::MAX_METRICS
+            ),
+        ));
+    }
+    if scans.len() > 63 {
+        return Err(ApiError::invalid_field(
+            "experiment",
+            "metrics",
+            format!(
+                "the metrics read {} kinds of events (each funnel step, numerator and denominator is one); \
+                 at most 61 can be analysed at once",
+                scans.len() - 2
+            ),
+        ));
+    }
     let complete = state.tables_catch_up().await;
     let epoch = state.flags.subjects.epoch();
     let mut columns = Columns::default();

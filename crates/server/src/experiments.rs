@@ -390,6 +390,30 @@ async fn check_experiment(
             }
         }
     }
+    // The kernel's limits: measures (a ratio is two) and mask bits (one per event scan).
+    let parsed: Vec<_> = rule
+        .metrics
+        .iter()
+        .filter_map(|d| parse_metric(&d.body).ok())
+        .collect();
+    let measures: usize = parsed
+        .iter()
+        .map(|m| 1 + usize::from(m.denominator.is_some()))
+        .sum();
+    let scans: usize = parsed
+        .iter()
+        .map(|m| 1 + usize::from(m.denominator.is_some()) + m.then.len())
+        .sum();
+    if measures > flywheel_kernels::experiment::MAX_METRICS || scans > 61 {
+        errors.push(FieldError {
+            field: "metrics".into(),
+            message: format!(
+                "{measures} measures (a ratio is two) over {scans} events (a funnel step is one): an experiment \
+                 analyses at most {} measures and 61 events",
+                flywheel_kernels::experiment::MAX_METRICS
+            ),
+        });
+    }
     if !errors.is_empty() {
         return Err(ApiError::validation("experiment", &errors));
     }

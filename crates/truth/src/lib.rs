@@ -550,6 +550,9 @@ pub struct ExperimentMetric<'a> {
     pub denominator: Option<usize>,
     /// CUPED: the same metric over `[t0 - pre, t0)`.
     pub pre_window_us: Option<i64>,
+    /// An ordered funnel (with `Conversion`): 1 when the window's events, in order, show `event`, then `then[0]`,
+    /// then `then[1]`, … (an event completes at most one step); empty: an ordinary metric.
+    pub then: &'a [&'a str],
 }
 
 /// An experiment analysis.
@@ -599,7 +602,7 @@ pub struct ExperimentArm {
 ///   show two or more variations: then they are in no arm and counted in `multiple_exposures` of the first one's;
 ///   before that, a person whose `t0` is before `entry_from_us` is in no arm and counted in `carried_over`.
 /// - A metric's value for a unit: its events (by name) before `analysis_end_us` in its window relative to `t0`,
-///   aggregated, then capped (`min(value, cap)`); 0 without events. The denominator of a ratio is the
+///   aggregated (an ordered funnel: 1 when the window's events in order show every step), then capped (`min(value, cap)`); 0 without events. The denominator of a ratio is the
 ///   denominator metric's value; the pre value (CUPED) is the metric over `[t0 - pre, t0)`; the pre denominator
 ///   (ratio with CUPED) is the denominator metric's events, aggregation and cap over the ratio's pre window.
 pub fn experiment(rows: &[ExperimentRow<'_>], q: &Experiment<'_>) -> Vec<ExperimentArm> {
@@ -644,10 +647,29 @@ pub fn experiment(rows: &[ExperimentRow<'_>], q: &Experiment<'_>) -> Vec<Experim
         arm.n += 1;
         // The value of metric `m` over the events in `[lo, hi)` (in i128: no overflow at any delay).
         let value = |m: &ExperimentMetric<'_>, lo: i128, hi: i128| {
+            let in_window = |r: &&ExperimentRow<'_>| {
+                r.ts_us < q.analysis_end_us && lo <= i128::from(r.ts_us) && i128::from(r.ts_us) < hi
+            };
+            if !m.then.is_empty() {
+                let steps: Vec<&str> = std::iter::once(m.event)
+                    .chain(m.then.iter().copied())
+                    .collect();
+                let mut done = 0;
+                for r in mine.iter().filter(in_window) {
+                    if done < steps.len() && r.event == steps[done] {
+                        done += 1;
+                    }
+                }
+                let v = if done == steps.len() { 1.0 } else { 0.0 };
+                return match m.cap {
+                    Some(c) if v > c => c,
+                    _ => v,
+                };
+            }
             let hits: Vec<&ExperimentRow<'_>> = mine
                 .iter()
-                .filter(|r| r.event == m.event && r.ts_us < q.analysis_end_us)
-                .filter(|r| lo <= i128::from(r.ts_us) && i128::from(r.ts_us) < hi)
+                .filter(|r| r.event == m.event)
+                .filter(in_window)
                 .collect();
             let v = match m.aggregation {
                 ExperimentAggregation::Conversion => {
@@ -1071,6 +1093,54 @@ mod tests {
     }
 
     #[test]
+    fn experiment_funnel_metrics_need_the_steps_in_order() {
+        let row = |person: u64, ts_us: i64, event: &'static str| ExperimentRow {
+            person,
+            ts_us,
+            event,
+            variation: (event == "x").then_some(0),
+            value: None,
+        };
+        let rows = [
+            // a, then b: converts (the b before the a does not count, the one after does).
+            row(1, 10, "x"),
+            row(1, 11, "b"),
+            row(1, 12, "a"),
+            row(1, 15, "b"),
+            // b, then a: does not.
+            row(2, 10, "x"),
+            row(2, 11, "b"),
+            row(2, 12, "a"),
+            // a, then b after the window: does not.
+            row(3, 10, "x"),
+            row(3, 12, "a"),
+            row(3, 40, "b"),
+        ];
+        let metrics = [ExperimentMetric {
+            event: "a",
+            aggregation: ExperimentAggregation::Conversion,
+            delay_us: 0,
+            window_us: Some(20),
+            cap: None,
+            denominator: None,
+            pre_window_us: None,
+            then: &["b"],
+        }];
+        let q = Experiment {
+            exposure_event: "x",
+            variations: 1,
+            exposure_from_us: 0,
+            exposure_to_us: 100,
+            entry_from_us: 0,
+            analysis_end_us: 100,
+            metrics: &metrics,
+        };
+        let arms = experiment(&rows, &q);
+        let values: Vec<f64> = arms[0].units[0].iter().map(|u| u.value).collect();
+        assert_eq!(values, [1.0, 0.0, 0.0]);
+    }
+
+    #[test]
     fn experiment_by_hand() {
         let r = |person, ts_us, event, variation, value| ExperimentRow {
             person,
@@ -1107,6 +1177,7 @@ mod tests {
                 cap: Some(3.5),
                 denominator: Some(1),
                 pre_window_us: Some(10),
+                then: &[],
             },
             ExperimentMetric {
                 event: "buy",
@@ -1116,6 +1187,7 @@ mod tests {
                 cap: None,
                 denominator: None,
                 pre_window_us: None,
+                then: &[],
             },
         ];
         let q = Experiment {

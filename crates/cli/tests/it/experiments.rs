@@ -854,3 +854,103 @@ fn account_level_experiments_count_groups_as_units() {
     drop(call);
     assert!(serve.terminate().success());
 }
+
+#[test]
+fn funnel_conversion_metrics_need_every_step_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = init(dir.path());
+    let serve = Serve::start(dir.path(), &[]);
+    let call = project_api(&serve, &keys);
+    let (status, v) = call(
+        "POST",
+        "/metrics",
+        json!({"key": "activated", "name": "Activated", "kind": "conversion", "window_hours": 24,
+               "steps": [{"event": "signed_up"}, {"event": "project_created"}, {"event": "invited"}]}),
+    );
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = call(
+        "POST",
+        "/features",
+        json!({"key": "onboarding", "value_type": "string", "default_value": "a",
+               "environments": {"production": {"enabled": true, "rules": [
+                   {"type": "experiment", "id": "exp", "variations": ["a", "b"]}]}}}),
+    );
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = call(
+        "POST",
+        "/experiments",
+        json!({"key": "onboarding", "name": "Onboarding", "feature": "onboarding", "rule_id": "exp",
+               "metrics": {"primary": ["activated"]}, "analysis": {"engine": "frequentist", "cuped": false}}),
+    );
+    assert_eq!(status, 201, "{v}");
+    let start = chrono::Utc::now() - chrono::Duration::hours(3);
+    let (status, v) = call(
+        "POST",
+        "/experiments/onboarding/start",
+        json!({"started_at": start.to_rfc3339()}),
+    );
+    assert_eq!(status, 200, "{v}");
+
+    // User i (variation i % 2) does one of four sequences a minute apart after their exposure.
+    let sequences: [&[&str]; 4] = [
+        &["signed_up", "project_created", "invited"], // converts
+        &["signed_up", "invited", "project_created"], // out of order: no
+        &["project_created", "signed_up", "project_created", "invited"], // the later project counts: converts
+        &["signed_up", "project_created"],                               // incomplete: no
+    ];
+    let at = |minutes: i64| (start + chrono::Duration::minutes(minutes)).to_rfc3339();
+    let mut batch = Vec::new();
+    let mut converted = [0.0f64; 2];
+    let mut units = [0u64; 2];
+    for i in 0..80usize {
+        let v = i % 2;
+        let user = format!("u{i}");
+        units[v] += 1;
+        let response = ["a", "b"][v];
+        batch.push(
+            json!({"event": "$feature_flag_called", "distinct_id": user, "timestamp": at(1),
+            "properties": {"$feature_flag": "onboarding", "$feature_flag_response": response}}),
+        );
+        // Variation 1 gets the converting sequences more often.
+        let s = if v == 1 {
+            [0, 2, 0, 1][(i / 2) % 4]
+        } else {
+            (i / 2) % 4
+        };
+        for (j, event) in sequences[s].iter().enumerate() {
+            batch.push(json!({"event": event, "distinct_id": user, "timestamp": at(2 + j as i64)}));
+        }
+        if matches!(s, 0 | 2) {
+            converted[v] += 1.0;
+        }
+    }
+    let (status, out) = crate::http(
+        &serve.addr,
+        "POST",
+        "/batch",
+        &[("Content-Type", "application/json")],
+        json!({"api_key": keys.project_key, "batch": batch})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let v = loop {
+        let (status, v) = call("GET", "/experiments/onboarding/results", Value::Null);
+        assert_eq!(status, 200, "{v}");
+        if v["complete"] == true && v["units"] == json!(units) {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let arms = &v["metrics"][0]["arms"];
+    assert_eq!(
+        [arms[0]["sum"].as_f64(), arms[1]["sum"].as_f64()],
+        [Some(converted[0]), Some(converted[1])],
+        "{v}"
+    );
+    drop(call);
+    assert!(serve.terminate().success());
+}
