@@ -19,6 +19,7 @@ pub mod insights;
 pub mod metrics_names;
 pub mod ofrep;
 pub mod ops;
+pub mod planning;
 pub mod posthog_flags;
 pub mod projects;
 pub mod rollouts;
@@ -142,6 +143,7 @@ pub fn app(state: AppState) -> Router {
         .merge(cohorts::router())
         .merge(experiments::router())
         .merge(rollouts::router())
+        .merge(planning::router())
         .merge(features::router())
         .merge(ops::router())
         .layer(axum::middleware::from_fn(ops::track))

@@ -142,3 +142,72 @@ async fn changing_weights_mid_run_starts_a_phase_and_reshuffles_nobody() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_power_calculator_answers_units_effect_or_power() {
+    let t = TestServer::start().await;
+    // 10 % → 11 % (+10 % relative), α 0.05, 80 % power: (z₀.₉₇₅ + z₀.₈)² · 2 · 0.09 / 0.01² ≈ 14,128 per arm.
+    let (s, v) = t
+        .api(
+            "POST",
+            "/power",
+            Some(json!({"conversion_rate": 0.1, "effect": 0.1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let n = v["units_per_arm"].as_f64().unwrap();
+    assert!((14_100.0..14_160.0).contains(&n), "{v}");
+    assert_eq!(v["total_units"].as_f64(), Some(2.0 * n));
+    // The round trips: that many units detect +10 % with 80 % power.
+    let (_, v) = t
+        .api(
+            "POST",
+            "/power",
+            Some(json!({"conversion_rate": 0.1, "units_per_arm": n})),
+        )
+        .await;
+    let mde = v["minimum_detectable_effect"].as_f64().unwrap();
+    assert!((mde - 0.1).abs() < 1e-3, "{v}");
+    let (_, v) = t
+        .api(
+            "POST",
+            "/power",
+            Some(json!({"conversion_rate": 0.1, "units_per_arm": n, "effect": 0.1})),
+        )
+        .await;
+    assert!((v["power"].as_f64().unwrap() - 0.8).abs() < 1e-3, "{v}");
+    // Three arms: each comparison at α/2 needs more units.
+    let (_, v) = t
+        .api(
+            "POST",
+            "/power",
+            Some(json!({"mean": 20.0, "std_dev": 30.0, "effect": 1.5, "lift": "absolute", "arms": 3})),
+        )
+        .await;
+    assert_eq!(v["alpha_per_comparison"], 0.025, "{v}");
+    assert!(
+        v["units_per_arm"].as_f64().unwrap() > 2.0 * 900.0 * 7.8 / 2.25,
+        "{v}"
+    );
+    // Every problem by field.
+    let (s, v) = t
+        .api(
+            "POST",
+            "/power",
+            Some(json!({"conversion_rate": 1.5, "alpha": 0, "lift": "log", "x": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let fields: Vec<&str> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["x", "conversion_rate", "alpha", "lift"], "{v}");
+    let (s, v) = t
+        .api("POST", "/power", Some(json!({"conversion_rate": 0.2})))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["errors"][0]["field"], "effect", "{v}");
+}
