@@ -334,40 +334,36 @@ fn row_inputs(
         let rows = p.storage_rows();
         let part = p.partition();
         let mut c = vec![u32::MAX; rows.len()];
-        // The reported variation, read only in partitions that hold exposure rows.
+        // The reported variation, read only in partitions that hold exposure rows, mapped to a code per
+        // dictionary value (or number) rather than per row: `ABSENT` when the property is not there, `UNKNOWN`
+        // when it names no variation.
         if p.mask.iter().any(|m| m & 0b11 != 0) {
-            let exposure = |v: &Value| v.clone();
-            let variant = crate::insight_filters::map_event_property(
-                snap,
-                part,
-                "$feature_flag_variant",
-                Value::Null,
-                exposure,
-            )?;
-            let response = crate::insight_filters::map_event_property(
-                snap,
-                part,
-                "$feature_flag_response",
-                Value::Null,
-                exposure,
-            )?;
-            let viewed = crate::insight_filters::map_event_property(
-                snap,
-                part,
-                "variation_id",
-                Value::Null,
-                exposure,
-            )?;
+            const ABSENT: u32 = u32::MAX;
+            const UNKNOWN: u32 = u32::MAX - 1;
+            let code = |v: &Value| {
+                if v.is_null() {
+                    ABSENT
+                } else {
+                    variations.code_of(v).unwrap_or(UNKNOWN)
+                }
+            };
+            let read = |key: &str| {
+                crate::insight_filters::map_event_property(snap, part, key, ABSENT, code)
+            };
+            let variant = read("$feature_flag_variant")?;
+            let response = read("$feature_flag_response")?;
+            let viewed = read("variation_id")?;
             for (i, (&row, m)) in rows.iter().zip(&p.mask).enumerate() {
                 if m & 0b11 == 0 {
                     continue;
                 }
                 let r = row as usize;
-                let reported = [&variant[r], &response[r], &viewed[r]]
+                // The first property present decides (a variant that names no variation is not overridden).
+                let reported = [variant[r], response[r], viewed[r]]
                     .into_iter()
-                    .find(|v| !v.is_null());
-                if let Some(code) = reported.and_then(|v| variations.code_of(v)) {
-                    c[i] = code;
+                    .find(|&x| x != ABSENT);
+                if let Some(x) = reported.filter(|&x| x != UNKNOWN) {
+                    c[i] = x;
                 }
             }
         }
