@@ -219,6 +219,18 @@ fn read_nested(o: &mut Obj<'_>, key: &'static str, e: &mut Errors) -> Option<Mea
     measure
 }
 
+/// The required `key` of a document: letters, digits, `-`, `_` and `.`, at most [`MAX_KEY`] characters.
+pub(crate) fn read_key(o: &mut Obj<'_>, e: &mut Errors) -> Option<String> {
+    let key = o.required_string("key", MAX_KEY, e);
+    if key.as_ref().is_some_and(|k| {
+        !k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    }) {
+        e.push("key", "may only hold letters, digits, `-`, `_` and `.`");
+    }
+    key
+}
+
 /// Most steps of a funnel conversion.
 pub const MAX_STEPS: usize = 10;
 
@@ -282,15 +294,7 @@ pub fn parse_metric(body: &Value) -> Result<Metric, Vec<FieldError>> {
     let Some(mut o) = Obj::new(body, "", &mut e) else {
         return Err(e.0);
     };
-    let key = o.required_string("key", MAX_KEY, &mut e);
-    if let Some(k) = &key {
-        if !k
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
-            e.push("key", "may only hold letters, digits, `-`, `_` and `.`");
-        }
-    }
+    let key = read_key(&mut o, &mut e);
     let name = o.required_string("name", MAX_NAME, &mut e);
     let description = o.string("description", 10_000, &mut e).unwrap_or_default();
     if !o.has("kind") {
@@ -512,13 +516,7 @@ pub fn parse_experiment(body: &Value) -> Result<Experiment, Vec<FieldError>> {
     let Some(mut o) = Obj::new(body, "", &mut e) else {
         return Err(e.0);
     };
-    let key = o.required_string("key", MAX_KEY, &mut e);
-    if key.as_ref().is_some_and(|k| {
-        !k.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    }) {
-        e.push("key", "may only hold letters, digits, `-`, `_` and `.`");
-    }
+    let key = read_key(&mut o, &mut e);
     let name = o.required_string("name", MAX_NAME, &mut e);
     let hypothesis = o.string("hypothesis", 10_000, &mut e).unwrap_or_default();
     let feature = o.required_string("feature", MAX_KEY * 2, &mut e);

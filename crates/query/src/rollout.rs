@@ -29,7 +29,7 @@
 
 use serde_json::{json, Value};
 
-use crate::experiment::{number_between, MAX_KEY, MAX_METRICS, MAX_NAME};
+use crate::experiment::{number_between, read_key, MAX_KEY, MAX_METRICS, MAX_NAME};
 use crate::read::{Errors, Obj};
 use crate::FieldError;
 
@@ -197,13 +197,7 @@ pub fn parse_rollout(body: &Value) -> Result<Rollout, Vec<FieldError>> {
     let Some(mut o) = Obj::new(body, "", &mut e) else {
         return Err(e.0);
     };
-    let key = o.required_string("key", MAX_KEY, &mut e);
-    if key.as_ref().is_some_and(|k| {
-        !k.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    }) {
-        e.push("key", "may only hold letters, digits, `-`, `_` and `.`");
-    }
+    let key = read_key(&mut o, &mut e);
     let name = o.required_string("name", MAX_NAME, &mut e);
     let description = o.string("description", 10_000, &mut e).unwrap_or_default();
     let feature = o.required_string("feature", MAX_KEY * 2, &mut e);

@@ -191,6 +191,101 @@ pub(crate) fn merge(stored: &Value, body: Map<String, Value>) -> Map<String, Val
     merged
 }
 
+/// Parses a definition with `parse`, refusing the document's fields and the kind's `state` fields (set by the
+/// server) by field, alongside the definition's own problems.
+pub(crate) fn definition_without_state<T>(
+    body: &Map<String, Value>,
+    what: &str,
+    state: &[&str],
+    state_message: &str,
+    parse: impl FnOnce(&Value) -> Result<T, Vec<FieldError>>,
+) -> Result<T, ApiError> {
+    let is_state = |k: &str| state.contains(&k);
+    let is_document = |k: &str| DOCUMENT_FIELDS.contains(&k);
+    let mut errors: Vec<FieldError> = body
+        .keys()
+        .filter(|k| is_document(k) || is_state(k))
+        .map(|k| FieldError {
+            field: k.clone(),
+            message: if is_state(k) {
+                state_message.into()
+            } else {
+                "cannot be set".into()
+            },
+        })
+        .collect();
+    let definition: Map<String, Value> = body
+        .iter()
+        .filter(|(k, _)| !is_document(k) && !is_state(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    match parse(&Value::Object(definition)) {
+        Ok(x) if errors.is_empty() => Ok(x),
+        Ok(_) => Err(ApiError::validation(what, &errors)),
+        Err(es) => {
+            errors.extend(es);
+            Err(ApiError::validation(what, &errors))
+        }
+    }
+}
+
+/// An update body must not rename the document.
+pub(crate) fn same_key(body: &Map<String, Value>, key: &str, what: &str) -> Result<(), ApiError> {
+    if body.get("key").is_some_and(|k| k.as_str() != Some(key)) {
+        return Err(ApiError::invalid_field(
+            &format!("{what} update"),
+            "key",
+            "cannot be changed",
+        ));
+    }
+    Ok(())
+}
+
+/// Archives a document of `kind` unless it is `running` (then 409 with `hint`).
+pub(crate) async fn archive_unless_running(
+    state: &AppState,
+    project_id: i64,
+    kind: &str,
+    key: &str,
+    hint: &str,
+    actor: &flywheel_store::Actor,
+) -> Result<StatusCode, ApiError> {
+    let current = document(state, project_id, kind, key).await?;
+    if current.body["status"] == "running" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "running",
+            format!("{kind} `{key}` is running: {hint}"),
+        ));
+    }
+    let update = flywheel_store::DocumentUpdate {
+        archived: Some(true),
+        ..Default::default()
+    };
+    state
+        .store
+        .update_document(project_id, kind, key, Some(current.version), &update, actor)
+        .await
+        .map_err(|e| crate::features::write_error(e, kind))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// An optional JSON object body of an action (`POST …/{key}/{action}`): empty or `null` is an empty object.
+pub(crate) fn optional_object(body: &[u8], what: &str) -> Result<Map<String, Value>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(o)) => Ok(o),
+        Ok(Value::Null) => Ok(Map::new()),
+        Ok(_) => Err(ApiError::invalid_field(what, "body", "must be an object")),
+        Err(e) => Err(ApiError::bad_request(
+            "invalid_json",
+            format!("the body is not JSON: {e}"),
+        )),
+    }
+}
+
 async fn get_metric(
     State(state): State<AppState>,
     caller: Caller,
@@ -424,33 +519,13 @@ async fn check_experiment(
 fn experiment_definition(
     body: &Map<String, Value>,
 ) -> Result<flywheel_query::experiment::Experiment, ApiError> {
-    let is_state = |k: &str| STATE_FIELDS.contains(&k);
-    let is_document = |k: &str| DOCUMENT_FIELDS.contains(&k);
-    let mut errors: Vec<FieldError> = body
-        .keys()
-        .filter(|k| is_document(k) || is_state(k))
-        .map(|k| FieldError {
-            field: k.clone(),
-            message: if is_state(k) {
-                "is set by …/start and …/stop".into()
-            } else {
-                "cannot be set".into()
-            },
-        })
-        .collect();
-    let definition: Map<String, Value> = body
-        .iter()
-        .filter(|(k, _)| !is_document(k) && !is_state(k))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    match flywheel_query::experiment::parse_experiment(&Value::Object(definition)) {
-        Ok(x) if errors.is_empty() => Ok(x),
-        Ok(_) => Err(ApiError::validation("experiment", &errors)),
-        Err(es) => {
-            errors.extend(es);
-            Err(ApiError::validation("experiment", &errors))
-        }
-    }
+    definition_without_state(
+        body,
+        "experiment",
+        STATE_FIELDS,
+        "is set by …/start and …/stop",
+        flywheel_query::experiment::parse_experiment,
+    )
 }
 
 /// The stored body: the definition and the state.
@@ -554,16 +629,7 @@ async fn patch_experiment(
     let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
     let current = document(&state, project_id, EXPERIMENT, &key).await?;
     let version = take_version(&mut body, "experiment")?;
-    if body
-        .get("key")
-        .is_some_and(|k| k.as_str() != Some(key.as_str()))
-    {
-        return Err(ApiError::invalid_field(
-            "experiment update",
-            "key",
-            "cannot be changed",
-        ));
-    }
+    same_key(&body, &key, "experiment")?;
     let (status, phases, stored) = state_of(&current);
     let before = stored_experiment(&key, &stored)?;
     let x = experiment_definition(&merge(&stored, body))?;
@@ -730,46 +796,28 @@ async fn experiment_action(
     } else {
         "stopped_at"
     };
-    let at = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        let v: Value = serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request("invalid_json", format!("the body is not JSON: {e}"))
-        })?;
-        let empty = serde_json::Map::new();
-        let obj = match &v {
-            Value::Null => &empty,
-            Value::Object(o) => o,
-            _ => {
-                return Err(ApiError::invalid_field(
-                    "experiment",
-                    "body",
-                    "must be an object",
-                ))
-            }
-        };
-        if let Some(k) = obj.keys().find(|k| k.as_str() != field) {
-            return Err(ApiError::invalid_field(
-                "experiment",
-                k,
-                format!("unknown field (only `{field}`)"),
-            ));
-        }
-        match obj.get(field) {
-            None | Some(Value::Null) => None,
-            Some(t) => Some(
-                t.as_str()
-                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                    .map(|t| t.with_timezone(&chrono::Utc))
-                    .ok_or_else(|| {
-                        ApiError::invalid_field(
-                            "experiment",
-                            field,
-                            "must be an RFC 3339 time such as 2026-01-01T00:00:00Z",
-                        )
-                    })?,
-            ),
-        }
+    let obj = optional_object(&body, "experiment")?;
+    if let Some(k) = obj.keys().find(|k| k.as_str() != field) {
+        return Err(ApiError::invalid_field(
+            "experiment",
+            k,
+            format!("unknown field (only `{field}`)"),
+        ));
+    }
+    let at = match obj.get(field) {
+        None | Some(Value::Null) => None,
+        Some(t) => Some(
+            t.as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .ok_or_else(|| {
+                    ApiError::invalid_field(
+                        "experiment",
+                        field,
+                        "must be an RFC 3339 time such as 2026-01-01T00:00:00Z",
+                    )
+                })?,
+        ),
     };
     let actor = crate::features::actor(&caller, &headers, peer);
     transition(&state, &caller, actor, &project_id, &key, to, at).await
@@ -783,32 +831,16 @@ async fn archive_experiment(
     Path((project_id, key)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
-    let current = document(&state, project_id, EXPERIMENT, &key).await?;
-    if state_of(&current).0 == "running" {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "experiment_running",
-            format!("experiment `{key}` is running: stop it first"),
-        ));
-    }
-    let update = flywheel_store::DocumentUpdate {
-        archived: Some(true),
-        ..Default::default()
-    };
     let actor = crate::features::actor(&caller, &headers, peer);
-    state
-        .store
-        .update_document(
-            project_id,
-            EXPERIMENT,
-            &key,
-            Some(current.version),
-            &update,
-            &actor,
-        )
-        .await
-        .map_err(|e| crate::features::write_error(e, "experiment"))?;
-    Ok(StatusCode::NO_CONTENT)
+    archive_unless_running(
+        &state,
+        project_id,
+        EXPERIMENT,
+        &key,
+        "stop it first",
+        &actor,
+    )
+    .await
 }
 
 /// `GET …/experiments/{key}/results`. Complete answers are cached by the experiment's, its metrics' and the rule's

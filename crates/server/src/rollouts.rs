@@ -41,8 +41,8 @@ use serde_json::{json, Map, Value};
 use crate::api::{Caller, JsonBody};
 use crate::error::ApiError;
 use crate::experiments::{
-    archived_param, document, document_json, merge, take_version, ListParams, DOCUMENT_FIELDS,
-    METRIC,
+    archive_unless_running, archived_param, definition_without_state, document, document_json,
+    merge, optional_object, same_key, take_version, ListParams, METRIC,
 };
 use crate::features::{change_feature, rule_mut, Rule};
 use crate::state::AppState;
@@ -87,33 +87,13 @@ fn now_text(state: &AppState) -> String {
 
 /// Parses a definition (`body` without document or state fields, which are refused).
 fn rollout_definition(body: &Map<String, Value>) -> Result<Rollout, ApiError> {
-    let mut errors: Vec<FieldError> = body
-        .keys()
-        .filter(|k| DOCUMENT_FIELDS.contains(&k.as_str()) || STATE_FIELDS.contains(&k.as_str()))
-        .map(|k| FieldError {
-            field: k.clone(),
-            message: if STATE_FIELDS.contains(&k.as_str()) {
-                "is set by the server as the rollout runs".into()
-            } else {
-                "cannot be set".into()
-            },
-        })
-        .collect();
-    let definition: Map<String, Value> = body
-        .iter()
-        .filter(|(k, _)| {
-            !DOCUMENT_FIELDS.contains(&k.as_str()) && !STATE_FIELDS.contains(&k.as_str())
-        })
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    match parse_rollout(&Value::Object(definition)) {
-        Ok(r) if errors.is_empty() => Ok(r),
-        Ok(_) => Err(ApiError::validation("rollout", &errors)),
-        Err(es) => {
-            errors.extend(es);
-            Err(ApiError::validation("rollout", &errors))
-        }
-    }
+    definition_without_state(
+        body,
+        "rollout",
+        STATE_FIELDS,
+        "is set by the server as the rollout runs",
+        parse_rollout,
+    )
 }
 
 /// The definition of a stored rollout, and its status.
@@ -256,16 +236,7 @@ async fn patch_rollout(
     let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
     let current = document(&state, project_id, ROLLOUT, &key).await?;
     let version = take_version(&mut body, "rollout")?;
-    if body
-        .get("key")
-        .is_some_and(|k| k.as_str() != Some(key.as_str()))
-    {
-        return Err(ApiError::invalid_field(
-            "rollout update",
-            "key",
-            "cannot be changed",
-        ));
-    }
+    same_key(&body, &key, "rollout")?;
     let (before, status) = stored(&current)?;
     if status != "draft" {
         return Err(ApiError::new(
@@ -298,32 +269,16 @@ async fn archive_rollout(
     Path((project_id, key)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
-    let current = document(&state, project_id, ROLLOUT, &key).await?;
-    if current.body["status"] == "running" {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "rollout_running",
-            format!("rollout `{key}` is running: roll it back first"),
-        ));
-    }
-    let update = DocumentUpdate {
-        archived: Some(true),
-        ..Default::default()
-    };
     let actor = crate::features::actor(&caller, &headers, peer);
-    state
-        .store
-        .update_document(
-            project_id,
-            ROLLOUT,
-            &key,
-            Some(current.version),
-            &update,
-            &actor,
-        )
-        .await
-        .map_err(|e| crate::features::write_error(e, "rollout"))?;
-    Ok(StatusCode::NO_CONTENT)
+    archive_unless_running(
+        &state,
+        project_id,
+        ROLLOUT,
+        &key,
+        "roll it back first",
+        &actor,
+    )
+    .await
 }
 
 /// The weights of the rollout's rule at `percent`.
@@ -342,27 +297,7 @@ async fn rollout_action(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
-    let body: Map<String, Value> = if body.iter().all(u8::is_ascii_whitespace) {
-        Map::new()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(Value::Object(o)) => o,
-            Ok(Value::Null) => Map::new(),
-            Ok(_) => {
-                return Err(ApiError::invalid_field(
-                    "rollout",
-                    "body",
-                    "must be an object",
-                ))
-            }
-            Err(e) => {
-                return Err(ApiError::bad_request(
-                    "invalid_json",
-                    format!("the body is not JSON: {e}"),
-                ))
-            }
-        }
-    };
+    let body = optional_object(&body, "rollout")?;
     let allowed: &[&str] = if action == "rollback" {
         &["reason"]
     } else {
@@ -595,18 +530,11 @@ async fn roll_back(
     let mut entry = history_entry(state, "rolled_back", step, percent);
     entry["reason"] = json!(reason);
     entry["by"] = json!(actor.label);
-    if let Some(h) = body["history"].as_array_mut() {
-        h.push(entry);
-    }
+    push_history(&mut body, entry);
     let mut message = announcement(&r, step, percent);
     message["reason"] = json!(reason);
     message["guardrails"] = guardrails;
-    state
-        .rollouts
-        .last
-        .lock()
-        .expect("rollout checks")
-        .remove(&(project_id, doc.key.clone()));
+    forget(state, project_id, &doc.key);
     record(state, project_id, &doc, body, "rolled_back", message, actor).await
 }
 
@@ -846,6 +774,22 @@ async fn check(
     Ok((doc, report))
 }
 
+/// Drops the last check of a rollout that stopped running.
+fn forget(state: &AppState, project_id: i64, key: &str) {
+    state
+        .rollouts
+        .last
+        .lock()
+        .expect("rollout checks")
+        .remove(&(project_id, key.to_owned()));
+}
+
+fn push_history(body: &mut Value, entry: Value) {
+    if let Some(h) = body["history"].as_array_mut() {
+        h.push(entry);
+    }
+}
+
 fn remember(state: &AppState, project_id: i64, key: &str, report: Value) -> Value {
     state
         .rollouts
@@ -908,19 +852,12 @@ async fn advance(
     let action = if done { "completed" } else { "advanced" };
     let mut entry = history_entry(state, action, next, percent);
     entry["guardrails"] = guardrails;
-    if let Some(h) = body["history"].as_array_mut() {
-        h.push(entry);
-    }
+    push_history(&mut body, entry);
     body["step"] = json!(next);
     body["step_started_at"] = json!(now_text(state));
     if done {
         body["status"] = json!("completed");
-        state
-            .rollouts
-            .last
-            .lock()
-            .expect("rollout checks")
-            .remove(&(project_id, doc.key.clone()));
+        forget(state, project_id, &doc.key);
     }
     record(
         state,
@@ -948,17 +885,10 @@ async fn stop(
     body["status"] = json!("stopped");
     let mut entry = history_entry(state, "stopped", step, percent);
     entry["reason"] = json!(reason);
-    if let Some(h) = body["history"].as_array_mut() {
-        h.push(entry);
-    }
+    push_history(&mut body, entry);
     let mut message = announcement(r, step, percent);
     message["reason"] = json!(reason);
-    state
-        .rollouts
-        .last
-        .lock()
-        .expect("rollout checks")
-        .remove(&(project_id, doc.key.clone()));
+    forget(state, project_id, &doc.key);
     record(
         state,
         project_id,

@@ -241,6 +241,39 @@ fn experiments_bind_to_an_experiment_rule_and_move_through_phases() {
     assert!(serve.terminate().success());
 }
 
+/// Posts events through `/batch` with the project key.
+fn post_batch(serve: &Serve, keys: &crate::Keys, batch: &[Value]) {
+    let (status, out) = crate::http(
+        &serve.addr,
+        "POST",
+        "/batch",
+        &[("Content-Type", "application/json")],
+        json!({"api_key": keys.project_key, "batch": batch})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out));
+}
+
+/// The results at `path` once complete with these units per arm (60 s at most).
+fn results_with_units(
+    call: &impl Fn(&str, &str, Value) -> (u16, Value),
+    path: &str,
+    units: &Value,
+) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (status, v) = call("GET", path, Value::Null);
+        assert_eq!(status, 200, "{v}");
+        if v["complete"] == true && &v["units"] == units {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// A deterministic stream of numbers in [0, 1).
 struct Lcg(u64);
 
@@ -279,16 +312,7 @@ fn traffic(
             buyers[v] += 1;
         }
         if batch.len() >= 500 || i + 1 == users {
-            let body = json!({"api_key": keys.project_key, "batch": batch});
-            let (status, out) = crate::http(
-                &serve.addr,
-                "POST",
-                "/batch",
-                &[("Content-Type", "application/json")],
-                body.to_string().as_bytes(),
-            )
-            .unwrap();
-            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out));
+            post_batch(serve, keys, &batch);
             batch.clear();
         }
     }
@@ -349,17 +373,7 @@ fn results_find_a_true_effect_and_nothing_in_an_aa_test() {
             })
         })
         .collect();
-    let (status, _) = crate::http(
-        &serve.addr,
-        "POST",
-        "/batch",
-        &[("Content-Type", "application/json")],
-        json!({"api_key": keys.project_key, "batch": both})
-            .to_string()
-            .as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(status, 200);
+    post_batch(&serve, &keys, &both);
 
     let results = |feature: &str| -> Value {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -618,17 +632,7 @@ fn cuped_ratio_and_bayesian_results_equal_the_statistics_of_the_raw_events() {
         );
         units[arm].push(u);
     }
-    let (status, out) = crate::http(
-        &serve.addr,
-        "POST",
-        "/batch",
-        &[("Content-Type", "application/json")],
-        json!({"api_key": keys.project_key, "batch": batch})
-            .to_string()
-            .as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out));
+    post_batch(&serve, &keys, &batch);
     let (status, v) = call("POST", "/experiments/pricing/stop", Value::Null);
     assert_eq!(status, 200, "{v}");
 
@@ -813,31 +817,12 @@ fn account_level_experiments_count_groups_as_units() {
                            "$groups": {"company": "co-both"}}}),
         );
     }
-    let (status, out) = crate::http(
-        &serve.addr,
-        "POST",
-        "/batch",
-        &[("Content-Type", "application/json")],
-        json!({"api_key": keys.project_key, "batch": batch})
-            .to_string()
-            .as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let v = loop {
-        let (status, v) = call(
-            "GET",
-            "/experiments/pricing-by-company/results",
-            Value::Null,
-        );
-        assert_eq!(status, 200, "{v}");
-        if v["complete"] == true && v["units"] == json!(companies) {
-            break v;
-        }
-        assert!(std::time::Instant::now() < deadline, "{v}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    post_batch(&serve, &keys, &batch);
+    let v = results_with_units(
+        &call,
+        "/experiments/pricing-by-company/results",
+        &json!(companies),
+    );
     let total_multiple: u64 = v["multiple_exposures"]
         .as_array()
         .unwrap()
@@ -924,27 +909,8 @@ fn funnel_conversion_metrics_need_every_step_in_order() {
             converted[v] += 1.0;
         }
     }
-    let (status, out) = crate::http(
-        &serve.addr,
-        "POST",
-        "/batch",
-        &[("Content-Type", "application/json")],
-        json!({"api_key": keys.project_key, "batch": batch})
-            .to_string()
-            .as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let v = loop {
-        let (status, v) = call("GET", "/experiments/onboarding/results", Value::Null);
-        assert_eq!(status, 200, "{v}");
-        if v["complete"] == true && v["units"] == json!(units) {
-            break v;
-        }
-        assert!(std::time::Instant::now() < deadline, "{v}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    post_batch(&serve, &keys, &batch);
+    let v = results_with_units(&call, "/experiments/onboarding/results", &json!(units));
     let arms = &v["metrics"][0]["arms"];
     assert_eq!(
         [arms[0]["sum"].as_f64(), arms[1]["sum"].as_f64()],

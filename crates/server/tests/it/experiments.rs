@@ -35,41 +35,22 @@ async fn variation(t: &TestServer, sdk_key: &str, user: &str) -> String {
 #[tokio::test]
 async fn changing_weights_mid_run_starts_a_phase_and_reshuffles_nobody() {
     let mut t = TestServer::start().await;
-    let (s, v) = t
-        .api("POST", "/features", Some(feature([0.5, 0.5], None)))
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let (s, v) = t
-        .api(
-            "POST",
-            "/metrics",
-            Some(json!({"key": "clicked", "name": "Clicked", "kind": "conversion", "event": "click"})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let (s, v) = t
-        .api(
-            "POST",
-            "/experiments",
-            Some(
-                json!({"key": "banner", "name": "Banner", "feature": "banner", "rule_id": "exp",
+    t.created("/features", feature([0.5, 0.5], None)).await;
+    t.created(
+        "/metrics",
+        json!({"key": "clicked", "name": "Clicked", "kind": "conversion", "event": "click"}),
+    )
+    .await;
+    t.created(
+        "/experiments",
+        json!({"key": "banner", "name": "Banner", "feature": "banner", "rule_id": "exp",
                         "metrics": {"primary": ["clicked"]},
                         "analysis": {"engine": "frequentist", "cuped": false}}),
-            ),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
+    )
+    .await;
     let (s, _) = t.api("POST", "/experiments/banner/start", None).await;
     assert_eq!(s, StatusCode::OK);
-    let (s, v) = t
-        .api(
-            "POST",
-            "/sdk-connections",
-            Some(json!({"environment": "production"})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let sdk_key = v["client_key"].as_str().unwrap().to_owned();
+    let sdk_key = t.production_sdk_key().await;
 
     let mut before = Vec::new();
     for i in 0..400 {

@@ -21,6 +21,25 @@ impl TestServer {
         let (s, v, _) = self.send(req).await;
         (s, v)
     }
+
+    /// `POST` on the project's API that must create (201); the created object.
+    pub async fn created(&self, path: &str, body: Value) -> Value {
+        let (s, v) = self.api("POST", path, Some(body)).await;
+        assert_eq!(s, StatusCode::CREATED, "POST {path}: {v}");
+        v
+    }
+
+    /// A new SDK key of `production`.
+    pub async fn production_sdk_key(&self) -> String {
+        self.created(
+            "/sdk-connections",
+            serde_json::json!({"environment": "production"}),
+        )
+        .await["client_key"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
 }
 
 fn checkout() -> Value {

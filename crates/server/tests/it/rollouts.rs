@@ -76,37 +76,19 @@ impl TestServer {
 #[tokio::test]
 async fn a_guarded_rollout_advances_by_itself_and_rolls_back_on_a_regression() {
     let t = TestServer::start_with(|c| c.rollout_check_interval = Duration::from_millis(100)).await;
-    let (s, v) = t
-        .api(
-            "POST",
-            "/metrics",
-            Some(
-                json!({"key": "errors", "name": "Users with an error", "kind": "conversion",
+    t.created(
+        "/metrics",
+        json!({"key": "errors", "name": "Users with an error", "kind": "conversion",
                         "event": "$exception", "inverse": true}),
-            ),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let (s, v) = t
-        .api(
-            "POST",
-            "/features",
-            Some(
-                json!({"key": "new-search", "value_type": "boolean", "default_value": false,
+    )
+    .await;
+    t.created(
+        "/features",
+        json!({"key": "new-search", "value_type": "boolean", "default_value": false,
                         "environments": {"production": {"enabled": true, "rules": []}}}),
-            ),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let (s, v) = t
-        .api(
-            "POST",
-            "/sdk-connections",
-            Some(json!({"environment": "production"})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let sdk_key = v["client_key"].as_str().unwrap().to_owned();
+    )
+    .await;
+    let sdk_key = t.production_sdk_key().await;
 
     // Every problem at once, by field; metrics and the feature must exist.
     let (s, v) = t
@@ -135,21 +117,17 @@ async fn a_guarded_rollout_advances_by_itself_and_rolls_back_on_a_regression() {
     assert_eq!(fields(&v), ["guardrails[0].metric"], "{v}");
 
     // 20 % until 300 treatment users are exposed, then 50 % (held: its minimum sample is out of reach), then 100 %.
-    let (s, v) = t
-        .api(
-            "POST",
+    let v = t
+        .created(
             "/rollouts",
-            Some(
-                json!({"key": "search-v2", "name": "Search v2", "feature": "new-search",
+            json!({"key": "search-v2", "name": "Search v2", "feature": "new-search",
                         "value": true,
                         "steps": [{"percent": 20, "min_duration_secs": 0, "min_units": 300},
                                   {"percent": 50, "min_duration_secs": 0, "min_units": 1000000},
                                   {"percent": 100}],
                         "guardrails": [{"metric": "errors", "threshold": 0.5}]}),
-            ),
         )
         .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
     assert_eq!(v["status"], "draft");
     let (s, v) = t.api("POST", "/rollouts/search-v2/check", None).await;
     assert_eq!(s, StatusCode::CONFLICT, "a draft is not checked: {v}");
@@ -325,28 +303,20 @@ async fn a_guarded_rollout_advances_by_itself_and_rolls_back_on_a_regression() {
 #[tokio::test]
 async fn a_healthy_rollout_ships_and_a_manual_rollback_is_recorded() {
     let t = TestServer::start_with(|c| c.rollout_check_interval = Duration::from_millis(100)).await;
-    let (s, v) = t
-        .api(
-            "POST",
-            "/features",
-            Some(
-                json!({"key": "layout", "value_type": "string", "default_value": "old",
+    t.created(
+        "/features",
+        json!({"key": "layout", "value_type": "string", "default_value": "old",
                         "environments": {"production": {"enabled": true, "rules": []}}}),
-            ),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
+    )
+    .await;
     // No guardrails and no minimums: a scheduled rollout that goes straight through.
-    let (s, v) = t
-        .api(
-            "POST",
-            "/rollouts",
-            Some(json!({"key": "layout-new", "name": "New layout", "feature": "layout", "value": "new",
+    t.created(
+        "/rollouts",
+        json!({"key": "layout-new", "name": "New layout", "feature": "layout", "value": "new",
                         "steps": [{"percent": 10, "min_duration_secs": 0, "min_units": 0},
-                                  {"percent": 100}]})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
+                                  {"percent": 100}]}),
+    )
+    .await;
     let (s, v) = t.api("POST", "/rollouts/layout-new/start", None).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let v = t
@@ -362,18 +332,13 @@ async fn a_healthy_rollout_ships_and_a_manual_rollback_is_recorded() {
     );
 
     // A second rollout on the same feature, rolled back by hand with a reason.
-    let (s, v) = t
-        .api(
-            "POST",
-            "/rollouts",
-            Some(
-                json!({"key": "layout-newer", "name": "Newer layout", "feature": "layout",
+    t.created(
+        "/rollouts",
+        json!({"key": "layout-newer", "name": "Newer layout", "feature": "layout",
                         "value": "newer", "control_value": "new",
                         "steps": [{"percent": 5, "min_duration_secs": 3600}, {"percent": 100}]}),
-            ),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
+    )
+    .await;
     let (s, _) = t.api("POST", "/rollouts/layout-newer/start", None).await;
     assert_eq!(s, StatusCode::OK);
     let (s, v) = t.api("POST", "/rollouts/layout-newer/check", None).await;
