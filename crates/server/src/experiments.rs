@@ -768,6 +768,7 @@ async fn transition(
         )
         .await
         .map_err(|e| crate::features::write_error(e, "experiment"))?;
+    refresh_sticky(state, project_id).await?;
     Ok(Json(document_json(&doc)))
 }
 
@@ -1015,6 +1016,7 @@ async fn decide_experiment(
         .update_document(project_id, EXPERIMENT, &key, None, &update, &actor)
         .await
         .map_err(|e| crate::features::write_error(e, "experiment"))?;
+    refresh_sticky(&state, project_id).await?;
     Ok(Json(document_json(&doc)))
 }
 
@@ -1113,6 +1115,57 @@ pub(crate) async fn feature_changed(
             )
             .await
             .map_err(|e| crate::features::write_error(e, "experiment"))?;
+    }
+    refresh_sticky(state, project_id).await
+}
+
+/// Tells the sticky store the experiment keys of `project_id`'s running experiments (after a start, stop,
+/// decision or feature change): server-side evaluations keep assignments for those only.
+pub(crate) async fn refresh_sticky(state: &AppState, project_id: i64) -> Result<(), ApiError> {
+    let mut keys = std::collections::HashSet::new();
+    for (p, doc) in state
+        .store
+        .documents_with_status(EXPERIMENT, "running")
+        .await?
+    {
+        if p != project_id {
+            continue;
+        }
+        let (_, _, stored) = state_of(&doc);
+        let Ok(x) = flywheel_query::experiment::parse_experiment(&stored) else {
+            continue;
+        };
+        let Some(feature) = state.store.feature(project_id, &x.feature).await? else {
+            continue;
+        };
+        let rule = feature.definition["environments"][&x.environment]["rules"]
+            .as_array()
+            .and_then(|rules| rules.iter().find(|r| r["id"] == json!(x.rule_id)).cloned());
+        if let Some(rule) = rule {
+            keys.insert(
+                rule["tracking_key"]
+                    .as_str()
+                    .unwrap_or(&x.feature)
+                    .to_owned(),
+            );
+        }
+    }
+    state.sticky.set_running(project_id, keys);
+    Ok(())
+}
+
+/// [`refresh_sticky`] for every project with a running experiment (at start).
+pub async fn refresh_sticky_all(state: &AppState) -> Result<(), ApiError> {
+    let mut projects: Vec<i64> = state
+        .store
+        .documents_with_status(EXPERIMENT, "running")
+        .await?
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    projects.dedup();
+    for p in projects {
+        refresh_sticky(state, p).await?;
     }
     Ok(())
 }

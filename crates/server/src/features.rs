@@ -1549,7 +1549,10 @@ async fn evaluate(
     };
     let attributes = flywheel_flags::Attributes::from_map(req.attributes);
     let mut sticky = state.sticky.read_only(project_id);
-    let ctx = flywheel_flags::EvalContext::new(&attributes).with_sticky(&mut sticky);
+    let mut ctx = flywheel_flags::EvalContext::new(&attributes);
+    if let Some(s) = sticky.as_mut() {
+        ctx = ctx.with_sticky(s);
+    }
     let now_us = state.clock.now().timestamp_micros();
     let mut results = Map::new();
     let mut put = |key: &str, r: flywheel_flags::FeatureResult<'_>| {

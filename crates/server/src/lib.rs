@@ -248,6 +248,9 @@ impl Server {
             rollouts: Arc::new(rollouts::Checks::default()),
             sticky: Arc::new(sticky),
         };
+        experiments::refresh_sticky_all(&state)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading running experiments: {}", e.message))?;
         let rollout_task = tokio::spawn(rollouts::run(
             state.clone(),
             state.config.rollout_check_interval,

@@ -325,7 +325,10 @@ async fn single(
     };
     let attributes = flywheel_flags::Attributes::from_map(attrs);
     let mut sticky = state.sticky.view(access.project_id);
-    let ctx = flywheel_flags::EvalContext::new(&attributes).with_sticky(&mut sticky);
+    let mut ctx = flywheel_flags::EvalContext::new(&attributes);
+    if let Some(s) = sticky.as_mut() {
+        ctx = ctx.with_sticky(s);
+    }
     let result = snapshot.set.evaluate(&key, &ctx);
     record_exposure(
         &state,
@@ -389,7 +392,10 @@ async fn bulk(
     }
     let attributes = flywheel_flags::Attributes::from_map(attrs);
     let mut sticky = state.sticky.view(access.project_id);
-    let ctx = flywheel_flags::EvalContext::new(&attributes).with_sticky(&mut sticky);
+    let mut ctx = flywheel_flags::EvalContext::new(&attributes);
+    if let Some(s) = sticky.as_mut() {
+        ctx = ctx.with_sticky(s);
+    }
     let mut out = Vec::with_capacity(64 + 200 * snapshot.flags.len());
     out.extend_from_slice(b"{\"flags\":[");
     for (i, info) in snapshot.flags.iter().enumerate() {

@@ -247,7 +247,10 @@ async fn evaluate(
         .await?;
     let attributes = flywheel_flags::Attributes::from_map(attrs);
     let mut sticky = state.sticky.view(access.project_id);
-    let ctx = flywheel_flags::EvalContext::new(&attributes).with_sticky(&mut sticky);
+    let mut ctx = flywheel_flags::EvalContext::new(&attributes);
+    if let Some(s) = sticky.as_mut() {
+        ctx = ctx.with_sticky(s);
+    }
     // Records are ~300 bytes each; the legacy shapes far less.
     let mut out = Rendering::new(shape, 1024 + 320 * snapshot.flags.len());
     for info in &snapshot.flags {

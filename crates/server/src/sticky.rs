@@ -6,14 +6,16 @@
 //! moves anyone who was already assigned; only new users follow the new weights. Rules with
 //! `sticky: false` (guarded rollouts, whose treatment must grow) are bucketed afresh on every evaluation.
 //!
-//! Documents live in memory (read on every evaluation of an experiment rule) and in SQLite (migration 0010,
+//! Only running experiments' assignments are kept, and a project without a running experiment evaluates without
+//! the service at all (so flag evaluation costs nothing more there). Documents live in memory (read on every
+//! evaluation of an experiment rule of a project that runs experiments) and in SQLite (migration 0010,
 //! loaded at start). A save updates memory at once and queues the row for a writer task that upserts batches; a
 //! full queue keeps the assignment in memory only and counts it (`flywheel_sticky_assignments_dropped_total`).
 //! GrowthBook SDKs that evaluate locally keep users with their own sticky bucket service (the payload's
 //! experiment keys and bucket versions do not change with weights).
 
-use std::collections::HashMap;
-use std::sync::RwLock;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use flywheel_flags::{StickyAssignmentsDoc, StickyBucketService};
@@ -28,9 +30,11 @@ enum Msg {
     Flush(oneshot::Sender<()>),
 }
 
-/// The assignments of every project, by (project, `"<attribute>||<value>"`).
+/// The assignments of every project, by (project, `"<attribute>||<value>"`), and per project the experiment keys
+/// (tracking keys) of its running experiments: only their assignments are kept.
 pub struct StickyStore {
     docs: RwLock<HashMap<(i64, String), StickyAssignmentsDoc>>,
+    running: RwLock<HashMap<i64, Arc<HashSet<String>>>>,
     tx: mpsc::Sender<Msg>,
 }
 
@@ -58,28 +62,43 @@ impl StickyStore {
         Ok((
             Self {
                 docs: RwLock::new(docs),
+                running: RwLock::new(HashMap::new()),
                 tx,
             },
             task,
         ))
     }
 
-    /// The service an evaluation of `project_id` uses.
-    pub fn view(&self, project_id: i64) -> StickyView<'_> {
-        StickyView {
-            store: self,
-            project_id,
-            save: true,
+    /// Sets the experiment keys of `project_id`'s running experiments (their assignments are kept).
+    pub fn set_running(&self, project_id: i64, keys: HashSet<String>) {
+        let mut running = self.running.write().unwrap_or_else(|p| p.into_inner());
+        if keys.is_empty() {
+            running.remove(&project_id);
+        } else {
+            running.insert(project_id, Arc::new(keys));
         }
     }
 
+    /// The service an evaluation of `project_id` uses; `None` when the project runs no experiment (evaluations
+    /// then pay nothing for stickiness).
+    pub fn view(&self, project_id: i64) -> Option<StickyView<'_>> {
+        self.make_view(project_id, true)
+    }
+
     /// A service that reads the assignments but keeps none (trying a user out must not pin them).
-    pub fn read_only(&self, project_id: i64) -> StickyView<'_> {
-        StickyView {
+    pub fn read_only(&self, project_id: i64) -> Option<StickyView<'_>> {
+        self.make_view(project_id, false)
+    }
+
+    fn make_view(&self, project_id: i64, save: bool) -> Option<StickyView<'_>> {
+        let running = self.running.read().unwrap_or_else(|p| p.into_inner());
+        let keys = running.get(&project_id)?.clone();
+        Some(StickyView {
             store: self,
             project_id,
-            save: false,
-        }
+            save,
+            running: keys,
+        })
     }
 
     /// Waits until every save so far is in SQLite.
@@ -106,6 +125,8 @@ pub struct StickyView<'s> {
     store: &'s StickyStore,
     project_id: i64,
     save: bool,
+    /// Experiment keys whose assignments are kept.
+    running: Arc<HashSet<String>>,
 }
 
 impl StickyBucketService for StickyView<'_> {
@@ -115,8 +136,16 @@ impl StickyBucketService for StickyView<'_> {
             .cloned()
     }
 
-    fn save_assignments(&mut self, doc: StickyAssignmentsDoc) {
+    fn save_assignments(&mut self, mut doc: StickyAssignmentsDoc) {
         if !self.save {
+            return;
+        }
+        // Only running experiments' assignments ("<experiment key>__<bucket version>") are kept.
+        doc.assignments.retain(|k, _| {
+            k.rsplit_once("__")
+                .is_some_and(|(experiment, _)| self.running.contains(experiment))
+        });
+        if doc.assignments.is_empty() {
             return;
         }
         let key = doc.key();
