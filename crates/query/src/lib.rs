@@ -47,6 +47,7 @@ pub mod experiment;
 pub mod filter;
 pub mod formula;
 pub mod funnel;
+pub mod growth;
 pub mod lifecycle;
 pub mod plan;
 mod read;

@@ -13,6 +13,7 @@ pub mod experiment_results;
 pub mod experiments;
 pub mod exposure;
 pub mod features;
+pub mod growth;
 pub mod identity;
 pub mod insight_filters;
 pub mod insights;
@@ -144,6 +145,7 @@ pub fn app(state: AppState) -> Router {
         .merge(experiments::router())
         .merge(rollouts::router())
         .merge(planning::router())
+        .merge(growth::router())
         .merge(features::router())
         .merge(ops::router())
         .layer(axum::middleware::from_fn(ops::track))

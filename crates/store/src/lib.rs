@@ -22,6 +22,7 @@ mod identity;
 mod keys;
 mod persons;
 mod projects;
+mod referrals;
 mod sticky;
 
 use std::path::{Path, PathBuf};
@@ -42,6 +43,7 @@ pub use identity::{ApplyStats, IdentityChange, IdentityOp, IdentityWriter, Merge
 pub use keys::{Bootstrap, PersonalKey};
 pub use persons::{GroupMembership, IdentityRead, PersonRecord};
 pub use projects::{ProjectSettings, ProjectUpdate};
+pub use referrals::ReferralCode;
 pub use sticky::StickyRow;
 
 /// Errors of the metadata store.

@@ -4,6 +4,7 @@ mod api;
 mod capture;
 mod experiments;
 mod features;
+mod growth;
 mod malformed;
 mod rollouts;
 mod serving;

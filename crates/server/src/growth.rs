@@ -1,0 +1,426 @@
+//! Growth loops, first part: referral programs, referral codes and the public click endpoint.
+//!
+//! - `…/projects/{project_id}/referral-programs`: programs ([`flywheel_query::growth::Program`]) are store
+//!   documents of kind `referral_program` (versioned, audited, archived instead of deleted). `PATCH` merges the
+//!   given fields and validates the whole.
+//! - `…/referral-programs/{key}/codes`: `POST {"referrer": "<distinct id>"}` gives the referrer's generated code
+//!   (created once: asking again returns it, 200), `POST {"referrer", "code": "ANNA-VIP"}` adds a vanity code
+//!   (codes are unique across the installation without case: 409 when taken). `GET ?referrer=` lists codes with
+//!   their click counts.
+//! - `GET /r/{code}` (public): records the click (with a salted hash of the visitor's IP address and user agent,
+//!   for fraud checks) and redirects (302) to the program's landing URL with `ref={code}&fw_click={token}`, setting
+//!   the first-party cookie `fw_ref` for the attribution window. Unknown codes and codes of archived or inactive
+//!   programs get 404.
+
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use flywheel_query::growth::{check_code, parse_program, Program};
+use serde_json::{json, Map, Value};
+use sha2::Digest;
+
+use crate::api::{Caller, JsonBody};
+use crate::error::ApiError;
+use crate::experiments::{
+    archive_unless_running, archived_param, definition_without_state, document, document_json,
+    merge, same_key, take_version, ListParams,
+};
+use crate::state::AppState;
+
+pub(crate) const PROGRAM: &str = "referral_program";
+
+/// Generated codes: 8 characters without look-alikes (no 0/o, 1/l/i).
+const ALPHABET: &[u8] = b"23456789abcdefghjkmnpqrstuvwxyz";
+const CODE_LEN: usize = 8;
+/// Longest referrer id.
+const MAX_REFERRER: usize = 200;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/v1/projects/{project_id}/referral-programs",
+            get(list_programs).post(create_program),
+        )
+        .route(
+            "/api/v1/projects/{project_id}/referral-programs/{key}",
+            get(get_program)
+                .patch(patch_program)
+                .delete(archive_program),
+        )
+        .route(
+            "/api/v1/projects/{project_id}/referral-programs/{key}/codes",
+            get(list_codes).post(create_code),
+        )
+        .route("/r/{code}", get(click))
+}
+
+fn program_definition(body: &Map<String, Value>) -> Result<Program, ApiError> {
+    definition_without_state(body, "referral program", &[], "", parse_program)
+}
+
+fn stored_program(doc: &flywheel_store::Document) -> Result<Program, ApiError> {
+    parse_program(&doc.body).map_err(|_| {
+        ApiError::internal(format!(
+            "stored referral program `{}` does not parse",
+            doc.key
+        ))
+    })
+}
+
+async fn list_programs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(project_id): Path<String>,
+    Query(params): Query<ListParams>,
+) -> Result<Json<Value>, ApiError> {
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
+    let archived = archived_param(&params, "referral program list")?;
+    let docs = state.store.documents(project_id, PROGRAM, archived).await?;
+    Ok(Json(
+        json!({"results": docs.iter().map(document_json).collect::<Vec<_>>()}),
+    ))
+}
+
+async fn get_program(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project_id, key)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
+    Ok(Json(document_json(
+        &document(&state, project_id, PROGRAM, &key).await?,
+    )))
+}
+
+async fn create_program(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    caller: Caller,
+    Path(project_id): Path<String>,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
+    let p = program_definition(&body)?;
+    let actor = crate::features::actor(&caller, &headers, peer);
+    let doc = state
+        .store
+        .create_document(project_id, PROGRAM, &p.key, &p.name, &p.to_json(), &actor)
+        .await
+        .map_err(|e| crate::features::write_error(e, "referral program"))?;
+    Ok((StatusCode::CREATED, Json(document_json(&doc))))
+}
+
+async fn patch_program(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    caller: Caller,
+    Path((project_id, key)): Path<(String, String)>,
+    JsonBody(mut body): JsonBody<Map<String, Value>>,
+) -> Result<Json<Value>, ApiError> {
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
+    let current = document(&state, project_id, PROGRAM, &key).await?;
+    let version = take_version(&mut body, "referral program")?;
+    same_key(&body, &key, "referral program")?;
+    let p = program_definition(&merge(&current.body, body))?;
+    let update = flywheel_store::DocumentUpdate {
+        name: Some(p.name.clone()),
+        body: Some(p.to_json()),
+        ..Default::default()
+    };
+    let actor = crate::features::actor(&caller, &headers, peer);
+    let doc = state
+        .store
+        .update_document(project_id, PROGRAM, &key, version, &update, &actor)
+        .await
+        .map_err(|e| crate::features::write_error(e, "referral program"))?;
+    Ok(Json(document_json(&doc)))
+}
+
+async fn archive_program(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    caller: Caller,
+    Path((project_id, key)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
+    let actor = crate::features::actor(&caller, &headers, peer);
+    // Programs have no `running` status: archiving always succeeds (its links stop working).
+    archive_unless_running(&state, project_id, PROGRAM, &key, "", &actor).await
+}
+
+/// A program that exists and is not archived.
+async fn live_program(state: &AppState, project_id: i64, key: &str) -> Result<Program, ApiError> {
+    let doc = document(state, project_id, PROGRAM, key).await?;
+    if doc.archived {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "archived",
+            format!("referral program `{key}` is archived"),
+        ));
+    }
+    stored_program(&doc)
+}
+
+#[derive(serde::Deserialize)]
+struct CodeParams {
+    referrer: Option<String>,
+}
+
+async fn list_codes(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project_id, key)): Path<(String, String)>,
+    Query(params): Query<CodeParams>,
+) -> Result<Json<Value>, ApiError> {
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
+    document(&state, project_id, PROGRAM, &key).await?;
+    let codes = state
+        .store
+        .referral_codes(project_id, &key, params.referrer.as_deref())
+        .await?;
+    Ok(Json(json!({ "results": codes })))
+}
+
+fn generated_code() -> String {
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    bytes[..CODE_LEN]
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+fn code_json(code: &flywheel_store::ReferralCode) -> Value {
+    let mut v = json!(code);
+    v["link"] = json!(format!("/r/{}", code.code));
+    v
+}
+
+async fn create_code(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    caller: Caller,
+    Path((project_id, key)): Path<(String, String)>,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> Result<Response, ApiError> {
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
+    let mut errors = Vec::new();
+    for k in body.keys() {
+        if !["referrer", "code"].contains(&k.as_str()) {
+            errors.push(flywheel_query::FieldError {
+                field: k.clone(),
+                message: "unknown field (referrer, code)".into(),
+            });
+        }
+    }
+    let referrer = match body.get("referrer") {
+        Some(Value::String(s)) if !s.trim().is_empty() && s.chars().count() <= MAX_REFERRER => {
+            Some(s.clone())
+        }
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => {
+            errors.push(flywheel_query::FieldError {
+                field: "referrer".into(),
+                message: format!(
+                    "is required: the referrer's distinct id (at most {MAX_REFERRER} characters)"
+                ),
+            });
+            None
+        }
+    };
+    let vanity = match body.get("code") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(c)) => match check_code(c) {
+            Ok(()) => Some(c.clone()),
+            Err(m) => {
+                errors.push(flywheel_query::FieldError {
+                    field: "code".into(),
+                    message: m,
+                });
+                None
+            }
+        },
+        Some(_) => {
+            errors.push(flywheel_query::FieldError {
+                field: "code".into(),
+                message: "must be a string".into(),
+            });
+            None
+        }
+    };
+    let Some(referrer) = referrer.filter(|_| errors.is_empty()) else {
+        return Err(ApiError::validation("referral code", &errors));
+    };
+    live_program(&state, project_id, &key).await?;
+    let actor = crate::features::actor(&caller, &headers, peer);
+    if let Some(code) = vanity {
+        let created = state
+            .store
+            .create_referral_code(project_id, &key, &code, &referrer, true, &actor)
+            .await
+            .map_err(|e| match e {
+                flywheel_store::WriteError::AlreadyExists => ApiError::new(
+                    StatusCode::CONFLICT,
+                    "code_taken",
+                    format!("the code `{code}` is taken (codes are compared without case)"),
+                ),
+                other => crate::features::write_error(other, "referral code"),
+            })?;
+        return Ok((StatusCode::CREATED, Json(code_json(&created))).into_response());
+    }
+    if let Some(existing) = state
+        .store
+        .generated_referral_code(project_id, &key, &referrer)
+        .await?
+    {
+        return Ok((StatusCode::OK, Json(code_json(&existing))).into_response());
+    }
+    for _ in 0..8 {
+        match state
+            .store
+            .create_referral_code(
+                project_id,
+                &key,
+                &generated_code(),
+                &referrer,
+                false,
+                &actor,
+            )
+            .await
+        {
+            Ok(created) => {
+                return Ok((StatusCode::CREATED, Json(code_json(&created))).into_response())
+            }
+            Err(flywheel_store::WriteError::AlreadyExists) => continue,
+            Err(e) => return Err(crate::features::write_error(e, "referral code")),
+        }
+    }
+    Err(ApiError::internal("no free referral code after 8 tries"))
+}
+
+/// The salted hash of a visitor's address and user agent.
+async fn fingerprint(state: &AppState, ip: &str, user_agent: &str) -> Result<String, ApiError> {
+    let candidate = uuid::Uuid::new_v4().simple().to_string();
+    let salt = state
+        .store
+        .install_secret("click_fingerprint_salt", &candidate)
+        .await?;
+    let mut h = sha2::Sha256::new();
+    for part in [salt.as_bytes(), ip.as_bytes(), user_agent.as_bytes()] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    Ok(h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// `landing` with `ref` and `fw_click` added to its query (before any fragment).
+fn landing_with(landing: &str, code: &str, token: &str) -> String {
+    let (base, fragment) = match landing.split_once('#') {
+        Some((b, f)) => (b, Some(f)),
+        None => (landing, None),
+    };
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let mut url = format!("{base}{sep}ref={code}&fw_click={token}");
+    if let Some(f) = fragment {
+        url.push('#');
+        url.push_str(f);
+    }
+    url
+}
+
+/// `GET /r/{code}`.
+async fn click(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    Path(code): Path<String>,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError::not_found(format!("no active referral link `{code}`"));
+    if check_code(&code).is_err() {
+        return Err(not_found());
+    }
+    let Some(found) = state.store.referral_code(&code).await? else {
+        return Err(not_found());
+    };
+    let Some(doc) = state
+        .store
+        .document(found.project_id, PROGRAM, &found.program)
+        .await?
+        .filter(|d| !d.archived)
+    else {
+        return Err(not_found());
+    };
+    let program = stored_program(&doc)?;
+    if !program.active {
+        return Err(not_found());
+    }
+    let ip = headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| peer.ip().to_string());
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let fp = fingerprint(&state, &ip, user_agent).await?;
+    state
+        .store
+        .record_referral_click(&found, &token, &fp)
+        .await?;
+    let location = landing_with(&program.landing_url, &found.code, &token);
+    let cookie = format!(
+        "fw_ref={}.{token}; Max-Age={}; Path=/; SameSite=Lax",
+        found.code,
+        program.attribution_window_days * 86_400
+    );
+    let mut response = StatusCode::FOUND.into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).map_err(ApiError::internal)?,
+    );
+    h.insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).map_err(ApiError::internal)?,
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn landing_urls_keep_their_query_and_fragment() {
+        assert_eq!(
+            landing_with("https://x.io/join", "abc", "t1"),
+            "https://x.io/join?ref=abc&fw_click=t1"
+        );
+        assert_eq!(
+            landing_with("https://x.io/join?utm=a#top", "abc", "t1"),
+            "https://x.io/join?utm=a&ref=abc&fw_click=t1#top"
+        );
+    }
+
+    #[test]
+    fn generated_codes_use_the_alphabet() {
+        for _ in 0..100 {
+            let c = generated_code();
+            assert_eq!(c.len(), CODE_LEN);
+            assert!(c.bytes().all(|b| ALPHABET.contains(&b)), "{c}");
+            assert!(check_code(&c).is_ok());
+        }
+    }
+}
