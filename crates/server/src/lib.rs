@@ -230,7 +230,7 @@ impl Server {
             .await
             .context("cannot load sticky assignments")?;
         // The flag endpoints' filter of known distinct ids is filled by the insights consumer's identity load.
-        let state = AppState {
+        let state = AppState::new(state::Shared {
             dedupe: Arc::new(state::Dedupe::new(config.dedupe_window)),
             config: Arc::new(config),
             store,
@@ -249,7 +249,7 @@ impl Server {
             shutdown: shutdown_rx.clone(),
             rollouts: Arc::new(rollouts::Checks::default()),
             sticky: Arc::new(sticky),
-        };
+        });
         experiments::refresh_sticky_all(&state)
             .await
             .map_err(|e| anyhow::anyhow!("reading running experiments: {}", e.message))?;
