@@ -833,7 +833,14 @@ async fn archive_experiment(
 ) -> Result<StatusCode, ApiError> {
     let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
     let actor = crate::features::actor(&caller, &headers, peer);
-    archive_unless_running(
+    let tracking = match document(&state, project_id, EXPERIMENT, &key).await {
+        Ok(doc) => match flywheel_query::experiment::parse_experiment(&state_of(&doc).2) {
+            Ok(x) => tracking_key_of(&state, project_id, &x).await?,
+            Err(_) => None,
+        },
+        Err(_) => None,
+    };
+    let archived = archive_unless_running(
         &state,
         project_id,
         EXPERIMENT,
@@ -841,7 +848,9 @@ async fn archive_experiment(
         "stop it first",
         &actor,
     )
-    .await
+    .await?;
+    purge_sticky(&state, project_id, tracking).await;
+    Ok(archived)
 }
 
 /// `GET …/experiments/{key}/results`. Complete answers are cached by the experiment's, its metrics' and the rule's
@@ -977,6 +986,7 @@ async fn decide_experiment(
         ));
     }
     let x = stored_experiment(&key, &stored)?;
+    let tracking = tracking_key_of(&state, project_id, &x).await?;
     let actor = crate::features::actor(&caller, &headers, peer);
     crate::features::decide_rule(
         &state,
@@ -1017,6 +1027,7 @@ async fn decide_experiment(
         .await
         .map_err(|e| crate::features::write_error(e, "experiment"))?;
     refresh_sticky(&state, project_id).await?;
+    purge_sticky(&state, project_id, tracking).await;
     Ok(Json(document_json(&doc)))
 }
 
@@ -1119,6 +1130,39 @@ pub(crate) async fn feature_changed(
     refresh_sticky(state, project_id).await
 }
 
+/// The key exposures and sticky assignments use for experiment `x`: its rule's tracking key, else the feature's
+/// key (`None` when the rule is gone).
+async fn tracking_key_of(
+    state: &AppState,
+    project_id: i64,
+    x: &flywheel_query::experiment::Experiment,
+) -> Result<Option<String>, ApiError> {
+    let Some(feature) = state.store.feature(project_id, &x.feature).await? else {
+        return Ok(None);
+    };
+    let rule = feature.definition["environments"][&x.environment]["rules"]
+        .as_array()
+        .and_then(|rules| rules.iter().find(|r| r["id"] == json!(x.rule_id)).cloned());
+    Ok(rule.map(|r| r["tracking_key"].as_str().unwrap_or(&x.feature).to_owned()))
+}
+
+/// Forgets the sticky assignments of an experiment that is over (decided or archived), off the async workers.
+async fn purge_sticky(state: &AppState, project_id: i64, key: Option<String>) {
+    // Another running experiment may report under the same key (two experiments on one feature): keep them.
+    let Some(key) = key.filter(|k| !state.sticky.is_running(project_id, k)) else {
+        return;
+    };
+    let sticky = state.sticky.clone();
+    let purged = tokio::task::spawn_blocking(move || sticky.purge(project_id, &key)).await;
+    if let Ok(n) = purged {
+        tracing::info!(
+            project_id,
+            documents = n,
+            "sticky assignments of a finished experiment dropped"
+        );
+    }
+}
+
 /// Tells the sticky store the experiment keys of `project_id`'s running experiments (after a start, stop,
 /// decision or feature change): server-side evaluations keep assignments for those only.
 pub(crate) async fn refresh_sticky(state: &AppState, project_id: i64) -> Result<(), ApiError> {
@@ -1135,19 +1179,8 @@ pub(crate) async fn refresh_sticky(state: &AppState, project_id: i64) -> Result<
         let Ok(x) = flywheel_query::experiment::parse_experiment(&stored) else {
             continue;
         };
-        let Some(feature) = state.store.feature(project_id, &x.feature).await? else {
-            continue;
-        };
-        let rule = feature.definition["environments"][&x.environment]["rules"]
-            .as_array()
-            .and_then(|rules| rules.iter().find(|r| r["id"] == json!(x.rule_id)).cloned());
-        if let Some(rule) = rule {
-            keys.insert(
-                rule["tracking_key"]
-                    .as_str()
-                    .unwrap_or(&x.feature)
-                    .to_owned(),
-            );
+        if let Some(k) = tracking_key_of(state, project_id, &x).await? {
+            keys.insert(k);
         }
     }
     state.sticky.set_running(project_id, keys);

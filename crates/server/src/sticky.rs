@@ -79,6 +79,14 @@ impl StickyStore {
         }
     }
 
+    /// Whether `experiment` is a running experiment's key in `project_id`.
+    pub fn is_running(&self, project_id: i64, experiment: &str) -> bool {
+        let running = self.running.read().unwrap_or_else(|p| p.into_inner());
+        running
+            .get(&project_id)
+            .is_some_and(|keys| keys.contains(experiment))
+    }
+
     /// The service an evaluation of `project_id` uses; `None` when the project runs no experiment (evaluations
     /// then pay nothing for stickiness).
     pub fn view(&self, project_id: i64) -> Option<StickyView<'_>> {
@@ -99,6 +107,34 @@ impl StickyStore {
             save,
             running: keys,
         })
+    }
+
+    /// Forgets every assignment of experiment `experiment` in `project_id` (it was decided or archived): documents
+    /// left without assignments are deleted. Returns how many documents changed. Walks the project's documents
+    /// under the write lock: call it off the async workers.
+    pub fn purge(&self, project_id: i64, experiment: &str) -> usize {
+        let prefix = format!("{experiment}__");
+        let mut changed = Vec::new();
+        {
+            let mut docs = self.docs.write().unwrap_or_else(|p| p.into_inner());
+            docs.retain(|(p, key), doc| {
+                if *p != project_id || !doc.assignments.keys().any(|k| k.starts_with(&prefix)) {
+                    return true;
+                }
+                doc.assignments.retain(|k, _| !k.starts_with(&prefix));
+                let text = serde_json::to_string(&doc.assignments).unwrap_or_else(|_| "{}".into());
+                changed.push((key.clone(), text));
+                !doc.assignments.is_empty()
+            });
+        }
+        let n = changed.len();
+        for (key, text) in changed {
+            // A full queue keeps the old row: it is dropped from memory at once and filtered again at the next load.
+            if self.tx.try_send(Msg::Save(project_id, key, text)).is_err() {
+                metrics::counter!(crate::metrics_names::STICKY_DROPPED).increment(1);
+            }
+        }
+        n
     }
 
     /// Waits until every save so far is in SQLite.

@@ -16,7 +16,7 @@ impl Store {
         )
     }
 
-    /// Inserts or replaces documents, in one transaction.
+    /// Inserts or replaces documents, in one transaction; a document without assignments (`{}`) is deleted.
     pub async fn save_sticky_assignments(&self, rows: &[StickyRow]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
@@ -24,6 +24,16 @@ impl Store {
         let mut tx = self.write_tx().await?;
         let now = now_text();
         for (project_id, key, assignments) in rows {
+            if assignments == "{}" {
+                sqlx::query(
+                    "DELETE FROM sticky_assignments WHERE project_id = ? AND attribute_key = ?",
+                )
+                .bind(project_id)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+                continue;
+            }
             sqlx::query(
                 "INSERT INTO sticky_assignments (project_id, attribute_key, assignments, updated_at)
                  VALUES (?, ?, ?, ?)

@@ -122,6 +122,21 @@ async fn changing_weights_mid_run_starts_a_phase_and_reshuffles_nobody() {
             "old-{i} after a restart"
         );
     }
+    assert_eq!(t.server().state.sticky.len(), 800, "one document per user");
+
+    // A decided experiment's assignments are dropped, in memory and on disk.
+    let (s, v) = t
+        .api(
+            "POST",
+            "/experiments/banner/decision",
+            Some(json!({"action": "rollback"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let state = &t.server().state;
+    assert_eq!(state.sticky.len(), 0);
+    state.sticky.flush().await;
+    assert_eq!(state.store.sticky_assignments().await.unwrap().len(), 0);
 }
 
 #[tokio::test]
