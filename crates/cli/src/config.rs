@@ -68,6 +68,9 @@ pub struct ServeArgs {
     /// Seconds between two checks of the running guarded rollouts' guardrails [default: 30].
     #[arg(long, env = "FLYWHEEL_ROLLOUT_CHECK_SECS")]
     pub rollout_check_secs: Option<f64>,
+    /// Seconds between two approvals of the rewards whose hold period ended [default: 60].
+    #[arg(long, env = "FLYWHEEL_REWARD_CHECK_SECS")]
+    pub reward_check_secs: Option<f64>,
 }
 
 /// Resolved settings.
@@ -85,6 +88,7 @@ pub struct Settings {
     pub request_timeout_secs: u64,
     pub sdk_rate_limit: u32,
     pub rollout_check_secs: f64,
+    pub reward_check_secs: f64,
 }
 
 impl ServeArgs {
@@ -136,6 +140,10 @@ impl ServeArgs {
                 .rollout_check_secs
                 .or(file.rollout_check_secs)
                 .unwrap_or(30.0),
+            reward_check_secs: self
+                .reward_check_secs
+                .or(file.reward_check_secs)
+                .unwrap_or(60.0),
         };
         anyhow::ensure!(settings.segment_mb >= 1, "segment_mb must be at least 1");
         anyhow::ensure!(
@@ -153,6 +161,10 @@ impl ServeArgs {
         anyhow::ensure!(
             (0.05..=86_400.0).contains(&settings.rollout_check_secs),
             "rollout_check_secs must be from 0.05 to 86400"
+        );
+        anyhow::ensure!(
+            (0.05..=86_400.0).contains(&settings.reward_check_secs),
+            "reward_check_secs must be from 0.05 to 86400"
         );
         Ok(settings)
     }
@@ -173,6 +185,7 @@ impl Settings {
         config.request_timeout = Duration::from_secs(self.request_timeout_secs);
         config.sdk_rate_limit = self.sdk_rate_limit;
         config.rollout_check_interval = Duration::from_secs_f64(self.rollout_check_secs);
+        config.reward_check_interval = Duration::from_secs_f64(self.reward_check_secs);
         config
     }
 }

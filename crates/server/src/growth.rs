@@ -54,6 +54,18 @@ pub fn router() -> Router<AppState> {
             get(list_codes).post(create_code),
         )
         .route("/r/{code}", get(click))
+        .route(
+            "/api/v1/projects/{project_id}/rewards",
+            get(list_rewards).post(create_reward),
+        )
+        .route(
+            "/api/v1/projects/{project_id}/rewards/balances",
+            get(reward_balances),
+        )
+        .route(
+            "/api/v1/projects/{project_id}/rewards/{id}/{action}",
+            axum::routing::post(reward_action),
+        )
 }
 
 fn program_definition(body: &Map<String, Value>) -> Result<Program, ApiError> {
@@ -396,6 +408,309 @@ async fn click(
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The reward ledger
+
+/// Longest beneficiary id, reason or idempotency key.
+const MAX_TEXT: usize = 500;
+
+#[derive(serde::Deserialize)]
+struct RewardParams {
+    beneficiary: Option<String>,
+    status: Option<String>,
+    limit: Option<i64>,
+}
+
+const STATUSES: &[&str] = &["pending", "approved", "fulfilled", "reversed"];
+
+async fn list_rewards(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(project_id): Path<String>,
+    Query(params): Query<RewardParams>,
+) -> Result<Json<Value>, ApiError> {
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
+    if let Some(s) = params.status.as_deref().filter(|s| !STATUSES.contains(s)) {
+        return Err(ApiError::invalid_field(
+            "reward list",
+            "status",
+            format!("`{s}` is not one of {}", STATUSES.join(", ")),
+        ));
+    }
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid_field(
+            "reward list",
+            "limit",
+            "must be from 1 to 1000",
+        ));
+    }
+    let rewards = state
+        .store
+        .rewards(
+            project_id,
+            params.beneficiary.as_deref(),
+            params.status.as_deref(),
+            limit,
+        )
+        .await?;
+    Ok(Json(json!({ "results": rewards })))
+}
+
+#[derive(serde::Deserialize)]
+struct BalanceParams {
+    beneficiary: Option<String>,
+}
+
+/// `GET …/rewards/balances?beneficiary=`: per unit, the amounts and entries in each status.
+async fn reward_balances(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(project_id): Path<String>,
+    Query(params): Query<BalanceParams>,
+) -> Result<Json<Value>, ApiError> {
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
+    let Some(beneficiary) = params.beneficiary.filter(|b| !b.is_empty()) else {
+        return Err(ApiError::invalid_field(
+            "reward balances",
+            "beneficiary",
+            "is required",
+        ));
+    };
+    let mut units = Map::new();
+    for (unit, status, sum, n) in state
+        .store
+        .reward_balances(project_id, &beneficiary)
+        .await?
+    {
+        let entry = units.entry(unit).or_insert_with(|| {
+            json!(STATUSES
+                .iter()
+                .map(|s| (s.to_string(), json!({"amount": 0.0, "entries": 0})))
+                .collect::<Map<String, Value>>())
+        });
+        entry[&status] = json!({"amount": sum, "entries": n});
+    }
+    Ok(Json(
+        json!({"beneficiary": beneficiary, "balances": Value::Object(units)}),
+    ))
+}
+
+fn text_field(
+    body: &Map<String, Value>,
+    key: &str,
+    required: bool,
+    errors: &mut Vec<flywheel_query::FieldError>,
+) -> Option<String> {
+    match body.get(key) {
+        None | Some(Value::Null) if !required => None,
+        Some(Value::String(s)) if !s.trim().is_empty() && s.chars().count() <= MAX_TEXT => {
+            Some(s.clone())
+        }
+        _ => {
+            errors.push(flywheel_query::FieldError {
+                field: key.into(),
+                message: format!("must be a non-empty string of at most {MAX_TEXT} characters"),
+            });
+            None
+        }
+    }
+}
+
+/// `POST …/rewards`: a pending reward (`beneficiary`, `amount`, `unit`, `reason`, `idempotency_key`, optional
+/// `program` and `hold_days`, by default the program's). A retry with the same key answers the same entry (200).
+async fn create_reward(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    caller: Caller,
+    Path(project_id): Path<String>,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> Result<Response, ApiError> {
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
+    const FIELDS: &[&str] = &[
+        "beneficiary",
+        "amount",
+        "unit",
+        "reason",
+        "idempotency_key",
+        "program",
+        "hold_days",
+    ];
+    let mut errors: Vec<flywheel_query::FieldError> = body
+        .keys()
+        .filter(|k| !FIELDS.contains(&k.as_str()))
+        .map(|k| flywheel_query::FieldError {
+            field: k.clone(),
+            message: format!("unknown field ({})", FIELDS.join(", ")),
+        })
+        .collect();
+    let beneficiary = text_field(&body, "beneficiary", true, &mut errors);
+    let amount = match body.get("amount").and_then(Value::as_f64) {
+        Some(a) if a > 0.0 && a.is_finite() => Some(a),
+        _ => {
+            errors.push(flywheel_query::FieldError {
+                field: "amount".into(),
+                message: "must be a number above 0".into(),
+            });
+            None
+        }
+    };
+    let unit = text_field(&body, "unit", true, &mut errors);
+    let reason = text_field(&body, "reason", true, &mut errors);
+    let key = text_field(&body, "idempotency_key", true, &mut errors);
+    let program = text_field(&body, "program", false, &mut errors);
+    let hold_days = match body.get("hold_days") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v
+            .as_u64()
+            .filter(|d| *d <= flywheel_query::growth::MAX_DAYS)
+        {
+            Some(d) => Some(d),
+            None => {
+                errors.push(flywheel_query::FieldError {
+                    field: "hold_days".into(),
+                    message: format!(
+                        "must be a whole number from 0 to {}",
+                        flywheel_query::growth::MAX_DAYS
+                    ),
+                });
+                None
+            }
+        },
+    };
+    let (Some(beneficiary), Some(amount), Some(unit), Some(reason), Some(key)) =
+        (beneficiary, amount, unit, reason, key)
+    else {
+        return Err(ApiError::validation("reward", &errors));
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::validation("reward", &errors));
+    }
+    // A named program must exist and not be archived; its hold applies unless the body sets one.
+    let hold_days = match &program {
+        Some(p) => hold_days.unwrap_or(live_program(&state, project_id, p).await?.hold_days),
+        None => hold_days.unwrap_or(0),
+    };
+    let hold_until = (state.clock.now() + chrono::Duration::days(hold_days as i64))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let actor = crate::features::actor(&caller, &headers, peer);
+    let new = flywheel_store::NewReward {
+        beneficiary: &beneficiary,
+        amount,
+        unit: &unit,
+        reason: &reason,
+        program: program.as_deref(),
+        idempotency_key: &key,
+        hold_until: &hold_until,
+    };
+    let (entry, created) = state
+        .store
+        .create_reward(project_id, &new, &actor)
+        .await
+        .map_err(|e| match e {
+            flywheel_store::WriteError::Invalid(m) => {
+                ApiError::new(StatusCode::CONFLICT, "idempotency_key_reused", m)
+            }
+            other => crate::features::write_error(other, "reward"),
+        })?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!(entry))).into_response())
+}
+
+/// `POST …/rewards/{id}/approve|fulfil|reverse` (`{"reason": …}`).
+async fn reward_action(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    caller: Caller,
+    Path((project_id, id, action)): Path<(String, String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
+    let to = match action.as_str() {
+        "approve" => "approved",
+        "fulfil" | "fulfill" => "fulfilled",
+        "reverse" => "reversed",
+        other => {
+            return Err(ApiError::not_found(format!(
+                "no reward action `{other}` (approve, fulfil, reverse)"
+            )))
+        }
+    };
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::not_found(format!("no reward `{id}`")))?;
+    let body = crate::experiments::optional_object(&body, "reward")?;
+    let mut errors = Vec::new();
+    if let Some(k) = body.keys().find(|k| k.as_str() != "reason") {
+        errors.push(flywheel_query::FieldError {
+            field: k.clone(),
+            message: "unknown field (reason)".into(),
+        });
+    }
+    let reason = text_field(&body, "reason", false, &mut errors)
+        .unwrap_or_else(|| format!("{action} by hand"));
+    if !errors.is_empty() {
+        return Err(ApiError::validation("reward", &errors));
+    }
+    let actor = crate::features::actor(&caller, &headers, peer);
+    let entry = state
+        .store
+        .transition_reward(project_id, id, to, &reason, &actor)
+        .await
+        .map_err(|e| match e {
+            flywheel_store::WriteError::Invalid(m) => {
+                ApiError::new(StatusCode::CONFLICT, "invalid_transition", m)
+            }
+            flywheel_store::WriteError::NotFound => {
+                ApiError::not_found(format!("no reward {id} in project {project_id}"))
+            }
+            other => crate::features::write_error(other, "reward"),
+        })?;
+    Ok(Json(json!(entry)))
+}
+
+/// Approves the rewards whose hold ended (nothing reversed them), every `interval` until shutdown.
+pub async fn run_holds(state: AppState, interval: std::time::Duration) {
+    let mut shutdown = state.shutdown.clone();
+    let actor = flywheel_store::Actor {
+        label: "system:reward-hold".into(),
+        source_ip: None,
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let now = state
+            .clock
+            .now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let due = match state.store.rewards_due(&now, 1000).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "reward holds cannot be read");
+                continue;
+            }
+        };
+        for (project_id, id) in due {
+            if let Err(e) = state
+                .store
+                .transition_reward(project_id, id, "approved", "hold period over", &actor)
+                .await
+            {
+                // Reversed or approved by hand meanwhile: nothing to do.
+                tracing::debug!(project_id, id, error = %e, "reward not approved");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -61,6 +61,8 @@ pub struct Config {
     pub sdk_rate_limit: u32,
     /// How often the guarded-rollout watcher checks running rollouts.
     pub rollout_check_interval: Duration,
+    /// How often rewards whose hold ended are approved.
+    pub reward_check_interval: Duration,
 }
 
 impl Config {
@@ -77,6 +79,7 @@ impl Config {
             request_timeout: Duration::from_secs(60),
             sdk_rate_limit: 0,
             rollout_check_interval: Duration::from_secs(30),
+            reward_check_interval: Duration::from_secs(60),
         }
     }
 
@@ -166,6 +169,7 @@ pub struct Server {
     tables_task: tokio::task::JoinHandle<()>,
     exposure_task: tokio::task::JoinHandle<()>,
     rollout_task: tokio::task::JoinHandle<()>,
+    reward_task: tokio::task::JoinHandle<()>,
     sticky_task: tokio::task::JoinHandle<()>,
 }
 
@@ -257,6 +261,10 @@ impl Server {
             state.clone(),
             state.config.rollout_check_interval,
         ));
+        let reward_task = tokio::spawn(growth::run_holds(
+            state.clone(),
+            state.config.reward_check_interval,
+        ));
         let listener = tokio::net::TcpListener::bind(state.config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", state.config.listen))?;
@@ -280,6 +288,7 @@ impl Server {
             tables_task,
             exposure_task,
             rollout_task,
+            reward_task,
             sticky_task,
         })
     }
@@ -290,6 +299,7 @@ impl Server {
         let _ = self.shutdown_tx.send(true);
         // A check in flight finishes its writes (each is one transaction) or is cut before them.
         let _ = tokio::time::timeout(Duration::from_secs(10), self.rollout_task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.reward_task).await;
         match tokio::time::timeout(Duration::from_secs(30), self.serve_task).await {
             Ok(joined) => joined?.context("HTTP server failed")?,
             Err(_) => tracing::warn!("in-flight requests did not finish within 30 s"),

@@ -20,6 +20,7 @@ mod documents;
 mod features;
 mod identity;
 mod keys;
+mod ledger;
 mod persons;
 mod projects;
 mod referrals;
@@ -41,6 +42,7 @@ pub use features::{
 };
 pub use identity::{ApplyStats, IdentityChange, IdentityOp, IdentityWriter, MergeMode};
 pub use keys::{Bootstrap, PersonalKey};
+pub use ledger::{transition_allowed, NewReward, RewardEntry};
 pub use persons::{GroupMembership, IdentityRead, PersonRecord};
 pub use projects::{ProjectSettings, ProjectUpdate};
 pub use referrals::ReferralCode;

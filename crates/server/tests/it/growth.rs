@@ -205,3 +205,159 @@ async fn programs_codes_and_clicks() {
         assert!(text.contains(action), "{action}");
     }
 }
+
+#[tokio::test]
+async fn the_reward_ledger_holds_approves_fulfils_and_reverses() {
+    let t =
+        TestServer::start_with(|c| c.reward_check_interval = std::time::Duration::from_millis(100))
+            .await;
+    t.created("/referral-programs", program()).await;
+    let reward = |key: &str, who: &str, hold: Option<u64>| {
+        let mut body = json!({"beneficiary": who, "amount": 20, "unit": "USD", "reason": "referral of bob",
+                              "idempotency_key": key, "program": "friends"});
+        if let Some(h) = hold {
+            body["hold_days"] = json!(h);
+        }
+        body
+    };
+    // The program's hold (14 days) applies unless the body sets one.
+    let held = t.created("/rewards", reward("r1", "alice", None)).await;
+    assert_eq!(held["status"], "pending");
+    let (s, again) = t
+        .api("POST", "/rewards", Some(reward("r1", "alice", None)))
+        .await;
+    assert_eq!(
+        (s, &again["id"]),
+        (StatusCode::OK, &held["id"]),
+        "a retry is the same entry"
+    );
+    let (s, v) = t
+        .api("POST", "/rewards", Some(reward("r1", "carol", None)))
+        .await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("idempotency_key_reused")),
+        "{v}"
+    );
+    let (s, v) = t
+        .api(
+            "POST",
+            "/rewards",
+            Some(json!({"beneficiary": "", "amount": -3, "unit": "USD", "x": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let fields: Vec<&str> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        ["x", "beneficiary", "amount", "reason", "idempotency_key"],
+        "{v}"
+    );
+
+    // No hold: approved by the approver on its own, then fulfilled by hand; nothing after that.
+    let quick = t.created("/rewards", reward("r2", "alice", Some(0))).await;
+    let id = quick["id"].as_i64().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, v) = t
+            .api("GET", "/rewards?beneficiary=alice&status=approved", None)
+            .await;
+        if v["results"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|e| e["id"] == id))
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (s, v) = t
+        .api(
+            "POST",
+            &format!("/rewards/{id}/fulfil"),
+            Some(json!({"reason": "paid out"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["status"].as_str()),
+        (StatusCode::OK, Some("fulfilled")),
+        "{v}"
+    );
+    let (s, _) = t.api("POST", &format!("/rewards/{id}/reverse"), None).await;
+    assert_eq!(
+        s,
+        StatusCode::CONFLICT,
+        "a fulfilled reward stays fulfilled"
+    );
+
+    // The held one is reversed (a refund inside the hold): it is never approved.
+    let held_id = held["id"].as_i64().unwrap();
+    let (s, v) = t
+        .api(
+            "POST",
+            &format!("/rewards/{held_id}/reverse"),
+            Some(json!({"reason": "refund_issued"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["status"].as_str()),
+        (StatusCode::OK, Some("reversed")),
+        "{v}"
+    );
+    let (s, _) = t
+        .api("POST", &format!("/rewards/{held_id}/approve"), None)
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let (s, _) = t.api("POST", "/rewards/999/approve", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Balances per unit and status.
+    let (s, v) = t
+        .api("GET", "/rewards/balances?beneficiary=alice", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let usd = &v["balances"]["USD"];
+    assert_eq!(
+        usd["fulfilled"],
+        json!({"amount": 20.0, "entries": 1}),
+        "{v}"
+    );
+    assert_eq!(
+        usd["reversed"],
+        json!({"amount": 20.0, "entries": 1}),
+        "{v}"
+    );
+    assert_eq!(usd["pending"]["entries"], 0, "{v}");
+
+    // Every change audited and announced.
+    let (_, outbox) = t.api("GET", "/outbox", None).await;
+    let topics: Vec<&str> = outbox["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["topic"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        topics,
+        ["reward.approved", "reward.fulfilled", "reward.reversed"]
+    );
+    let (_, audit) = t.api("GET", "/audit?entity_type=reward", None).await;
+    let text = audit.to_string();
+    for action in [
+        "reward.created",
+        "reward.approved",
+        "reward.fulfilled",
+        "reward.reversed",
+    ] {
+        assert!(text.contains(action), "{action}");
+    }
+    assert!(
+        text.contains("system:reward-hold"),
+        "the approval is the approver's"
+    );
+}
