@@ -55,6 +55,10 @@ pub fn router() -> Router<AppState> {
         )
         .route("/r/{code}", get(click))
         .route(
+            "/api/v1/projects/{project_id}/referral-programs/{key}/referrals",
+            get(list_referrals),
+        )
+        .route(
             "/api/v1/projects/{project_id}/rewards",
             get(list_rewards).post(create_reward),
         )
@@ -69,7 +73,26 @@ pub fn router() -> Router<AppState> {
 }
 
 fn program_definition(body: &Map<String, Value>) -> Result<Program, ApiError> {
-    definition_without_state(body, "referral program", &[], "", parse_program)
+    let p = definition_without_state(body, "referral program", &[], "", parse_program)?;
+    // The referral consumer tests the qualifying event's own properties.
+    let errors: Vec<flywheel_query::FieldError> = p
+        .qualify
+        .properties
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| {
+            !matches!(f, flywheel_query::Filter::Property(x)
+                if x.property_type == flywheel_query::PropertyType::Event)
+        })
+        .map(|(i, _)| flywheel_query::FieldError {
+            field: format!("qualify.properties[{i}]"),
+            message: "only the event's own properties can qualify a referral".into(),
+        })
+        .collect();
+    if !errors.is_empty() {
+        return Err(ApiError::validation("referral program", &errors));
+    }
+    Ok(p)
 }
 
 fn stored_program(doc: &flywheel_store::Document) -> Result<Program, ApiError> {
@@ -196,6 +219,43 @@ async fn list_codes(
         .referral_codes(project_id, &key, params.referrer.as_deref())
         .await?;
     Ok(Json(json!({ "results": codes })))
+}
+
+#[derive(serde::Deserialize)]
+struct ReferralParams {
+    referrer: Option<String>,
+    status: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET …/referral-programs/{key}/referrals?referrer=&status=&limit=`: newest first.
+async fn list_referrals(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project_id, key)): Path<(String, String)>,
+    Query(params): Query<ReferralParams>,
+) -> Result<Json<Value>, ApiError> {
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
+    document(&state, project_id, PROGRAM, &key).await?;
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid_field(
+            "referral list",
+            "limit",
+            "must be from 1 to 1000",
+        ));
+    }
+    let referrals = state
+        .store
+        .referrals(
+            project_id,
+            &key,
+            params.referrer.as_deref(),
+            params.status.as_deref(),
+            limit,
+        )
+        .await?;
+    Ok(Json(json!({ "results": referrals })))
 }
 
 fn generated_code() -> String {

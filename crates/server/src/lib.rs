@@ -23,6 +23,7 @@ pub mod ops;
 pub mod planning;
 pub mod posthog_flags;
 pub mod projects;
+pub mod referral_consumer;
 pub mod rollouts;
 pub mod serving;
 pub mod state;
@@ -170,6 +171,7 @@ pub struct Server {
     exposure_task: tokio::task::JoinHandle<()>,
     rollout_task: tokio::task::JoinHandle<()>,
     reward_task: tokio::task::JoinHandle<()>,
+    referral_task: tokio::task::JoinHandle<()>,
     sticky_task: tokio::task::JoinHandle<()>,
 }
 
@@ -265,6 +267,11 @@ impl Server {
             state.clone(),
             state.config.reward_check_interval,
         ));
+        let referral_task = tokio::spawn(referral_consumer::run(
+            state.clone(),
+            state.intake.clone(),
+            state.identity_progress.clone(),
+        ));
         let listener = tokio::net::TcpListener::bind(state.config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", state.config.listen))?;
@@ -289,6 +296,7 @@ impl Server {
             exposure_task,
             rollout_task,
             reward_task,
+            referral_task,
             sticky_task,
         })
     }
@@ -300,6 +308,8 @@ impl Server {
         // A check in flight finishes its writes (each is one transaction) or is cut before them.
         let _ = tokio::time::timeout(Duration::from_secs(10), self.rollout_task).await;
         let _ = tokio::time::timeout(Duration::from_secs(10), self.reward_task).await;
+        // Its checkpoint trails what it processed: a restart replays at most a chunk, idempotently.
+        self.referral_task.abort();
         match tokio::time::timeout(Duration::from_secs(30), self.serve_task).await {
             Ok(joined) => joined?.context("HTTP server failed")?,
             Err(_) => tracing::warn!("in-flight requests did not finish within 30 s"),

@@ -312,6 +312,21 @@ impl Store {
             .collect()
     }
 
+    /// Every project's unarchived documents of `kind`, as (project, document).
+    pub async fn all_documents(&self, kind: &str) -> Result<Vec<(i64, Document)>> {
+        let rows: Vec<ProjectRow> = sqlx::query_as(&format!(
+            "SELECT project_id, {COLUMNS} FROM documents WHERE kind = ? AND archived = 0 ORDER BY project_id, key"
+        ))
+        .bind(kind)
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|(p, id, k, key, n, b, v, a, c, u)| {
+                Ok((p, from_row((id, k, key, n, b, v, a, c, u))?))
+            })
+            .collect()
+    }
+
     /// The project's outbox entries after `after_id` (oldest first), at most `limit`, of `topic` when given.
     pub async fn outbox(
         &self,

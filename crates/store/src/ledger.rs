@@ -254,6 +254,18 @@ impl Store {
         Ok(rows.into_iter().map(from_row).collect())
     }
 
+    /// The entry made with an idempotency key, if any.
+    pub async fn reward_by_key(&self, project_id: i64, key: &str) -> Result<Option<RewardEntry>> {
+        let row: Option<Row> = sqlx::query_as(&format!(
+            "{SELECT} WHERE e.project_id = ? AND e.idempotency_key = ?"
+        ))
+        .bind(project_id)
+        .bind(key)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(from_row))
+    }
+
     /// A beneficiary's totals: (unit, status, sum of amounts, entries).
     pub async fn reward_balances(
         &self,

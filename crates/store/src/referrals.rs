@@ -186,3 +186,212 @@ impl Store {
         )
     }
 }
+
+/// A referral as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Referral {
+    pub id: i64,
+    pub program: String,
+    pub code_id: i64,
+    pub referrer: String,
+    pub referee: String,
+    pub referee_person: String,
+    pub click_token: Option<String>,
+    pub status: String,
+    pub signals: serde_json::Value,
+    pub attributed_at: String,
+    pub qualified_at: Option<String>,
+}
+
+type ReferralRow = (
+    i64,
+    String,
+    i64,
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+    String,
+    String,
+    Option<String>,
+);
+
+const REFERRAL: &str =
+    "SELECT id, program, code_id, referrer, referee, referee_person, click_token, status, signals,
+        attributed_at, qualified_at FROM referrals";
+
+fn referral(r: ReferralRow) -> Referral {
+    Referral {
+        id: r.0,
+        program: r.1,
+        code_id: r.2,
+        referrer: r.3,
+        referee: r.4,
+        referee_person: r.5,
+        click_token: r.6,
+        status: r.7,
+        signals: serde_json::from_str(&r.8).unwrap_or_else(|_| serde_json::json!([])),
+        attributed_at: r.9,
+        qualified_at: r.10,
+    }
+}
+
+/// A new attribution.
+#[derive(Debug, Clone)]
+pub struct NewReferral<'a> {
+    pub program: &'a str,
+    pub code: &'a ReferralCode,
+    pub referee: &'a str,
+    pub referee_person: &'a str,
+    pub click_token: Option<&'a str>,
+    pub status: &'a str,
+    pub signals: &'a serde_json::Value,
+    pub at: &'a str,
+}
+
+impl Store {
+    /// The referral of a referee person in a program, if any.
+    pub async fn referral_of(
+        &self,
+        project_id: i64,
+        program: &str,
+        referee_person: &str,
+    ) -> Result<Option<Referral>> {
+        let row: Option<ReferralRow> = sqlx::query_as(&format!(
+            "{REFERRAL} WHERE project_id = ? AND program = ? AND referee_person = ?"
+        ))
+        .bind(project_id)
+        .bind(program)
+        .bind(referee_person)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(referral))
+    }
+
+    /// Records an attribution; with `replace` (last touch) an unqualified attribution of the same referee moves to
+    /// the new code. Returns the referral as it is now.
+    pub async fn attribute_referral(
+        &self,
+        project_id: i64,
+        new: &NewReferral<'_>,
+        replace: bool,
+    ) -> Result<Referral> {
+        let mut tx = self.write_tx().await?;
+        let now = now_text();
+        let signals = new.signals.to_string();
+        sqlx::query(
+            "INSERT INTO referrals (project_id, program, code_id, referrer, referee, referee_person, click_token,
+                 status, signals, attributed_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (project_id, program, referee_person) DO UPDATE SET
+                 code_id = excluded.code_id, referrer = excluded.referrer, referee = excluded.referee,
+                 click_token = excluded.click_token, status = excluded.status, signals = excluded.signals,
+                 attributed_at = excluded.attributed_at, updated_at = excluded.updated_at
+             WHERE ? AND referrals.status = 'attributed' AND referrals.code_id <> excluded.code_id",
+        )
+        .bind(project_id)
+        .bind(new.program)
+        .bind(new.code.id)
+        .bind(&new.code.referrer)
+        .bind(new.referee)
+        .bind(new.referee_person)
+        .bind(new.click_token)
+        .bind(new.status)
+        .bind(&signals)
+        .bind(new.at)
+        .bind(&now)
+        .bind(replace)
+        .execute(&mut *tx)
+        .await?;
+        let row: ReferralRow = sqlx::query_as(&format!(
+            "{REFERRAL} WHERE project_id = ? AND program = ? AND referee_person = ?"
+        ))
+        .bind(project_id)
+        .bind(new.program)
+        .bind(new.referee_person)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(referral(row))
+    }
+
+    /// Marks a referral qualified (or `capped`) at `at`, unless it already left `attributed`; true when it changed.
+    pub async fn qualify_referral(&self, id: i64, status: &str, at: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE referrals SET status = ?, qualified_at = ?, updated_at = ? WHERE id = ? AND status = 'attributed'",
+        )
+        .bind(status)
+        .bind(at)
+        .bind(now_text())
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// A program's referrals (of one referrer, of one status when given), newest first.
+    pub async fn referrals(
+        &self,
+        project_id: i64,
+        program: &str,
+        referrer: Option<&str>,
+        status: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Referral>> {
+        let rows: Vec<ReferralRow> = sqlx::query_as(&format!(
+            "{REFERRAL} WHERE project_id = ? AND program = ? AND (? IS NULL OR referrer = ?)
+             AND (? IS NULL OR status = ?) ORDER BY id DESC LIMIT ?"
+        ))
+        .bind(project_id)
+        .bind(program)
+        .bind(referrer)
+        .bind(referrer)
+        .bind(status)
+        .bind(status)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(referral).collect())
+    }
+
+    /// Qualified referrals of a referrer in a program (for its cap).
+    pub async fn qualified_referrals(
+        &self,
+        project_id: i64,
+        program: &str,
+        referrer: &str,
+    ) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM referrals WHERE project_id = ? AND program = ? AND referrer = ? AND status = 'qualified'",
+        )
+        .bind(project_id)
+        .bind(program)
+        .bind(referrer)
+        .fetch_one(self.pool())
+        .await?)
+    }
+
+    /// When a click token was recorded (and for which code), if it was.
+    pub async fn referral_click(&self, token: &str) -> Result<Option<(i64, String)>> {
+        Ok(
+            sqlx::query_as("SELECT code_id, created_at FROM referral_clicks WHERE token = ?")
+                .bind(token)
+                .fetch_optional(self.pool())
+                .await?,
+        )
+    }
+
+    /// The LSN the `consumer` has processed, stored.
+    pub async fn set_checkpoint(&self, consumer: &str, lsn: u64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO intake_checkpoints (consumer, lsn) VALUES (?, ?)
+             ON CONFLICT (consumer) DO UPDATE SET lsn = excluded.lsn",
+        )
+        .bind(consumer)
+        .bind(lsn as i64)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+}

@@ -361,3 +361,191 @@ async fn the_reward_ledger_holds_approves_fulfils_and_reverses() {
         "the approval is the approver's"
     );
 }
+
+async fn capture(t: &TestServer, batch: Value) {
+    let (s, v) = t
+        .post(
+            "/batch",
+            json!({"api_key": t.token, "batch": batch}).to_string(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
+
+/// Waits until `done` holds for the program's referrals.
+async fn referrals_until(
+    t: &TestServer,
+    what: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (s, v) = t
+            .api("GET", "/referral-programs/friends/referrals", None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let list = v["results"].as_array().unwrap().clone();
+        if done(&list) {
+            return list;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waiting for {what}: {v:#}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_referral_goes_from_click_to_reward_and_a_refund_reverses_one() {
+    let t = TestServer::start().await;
+    let mut p = program();
+    p["hold_days"] = json!(7);
+    p["reversal_events"] = json!(["refund_issued"]);
+    t.created("/referral-programs", p).await;
+    let (s, v) = t
+        .api(
+            "POST",
+            "/referral-programs",
+            Some(json!({"key": "people", "name": "P", "landing_url": "https://x.io",
+                        "qualify": {"event": "paid", "properties": [{"key": "plan", "type": "person", "value": "pro"}]},
+                        "rewards": {"referrer": {"amount": 1, "unit": "USD"}}})),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "person filters cannot qualify: {v}"
+    );
+    assert_eq!(v["errors"][0]["field"], "qualify.properties[0]");
+    let code = t
+        .created(
+            "/referral-programs/friends/codes",
+            json!({"referrer": "alice"}),
+        )
+        .await["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, h) = click(&t, &code, "Mozilla/5.0").await;
+    assert_eq!(s, StatusCode::FOUND);
+    let landing = h["location"].to_str().unwrap().to_owned();
+
+    // Bob lands anonymously from the link, signs up (identify), subscribes to a paid plan.
+    // Carol comes with the code only, subscribes, and is refunded. Dave stays on the free plan.
+    // Alice follows her own link.
+    let bare = format!("https://app.example.com/signup?ref={code}");
+    capture(&t, json!([
+        {"event": "$pageview", "distinct_id": "anon-bob", "properties": {"$current_url": landing}},
+        {"event": "$identify", "distinct_id": "bob", "properties": {"$anon_distinct_id": "anon-bob"}},
+        {"event": "$pageview", "distinct_id": "carol", "properties": {"$current_url": bare}},
+        {"event": "$pageview", "distinct_id": "dave", "properties": {"$current_url": bare}},
+        {"event": "$pageview", "distinct_id": "alice", "properties": {"$current_url": bare}},
+    ]))
+    .await;
+    capture(&t, json!([
+        {"event": "subscription_started", "distinct_id": "bob", "properties": {"plan": "pro"}},
+        {"event": "subscription_started", "distinct_id": "carol", "properties": {"plan": "team"}},
+        {"event": "subscription_started", "distinct_id": "dave", "properties": {"plan": "free"}},
+        {"event": "subscription_started", "distinct_id": "alice", "properties": {"plan": "pro"}},
+    ]))
+    .await;
+    let list = referrals_until(&t, "bob and carol qualified", |l| {
+        l.iter().filter(|r| r["status"] == "qualified").count() == 2
+    })
+    .await;
+    let by = |who: &str| {
+        list.iter()
+            .find(|r| r["referee"] == who)
+            .unwrap_or_else(|| panic!("{who}: {list:#?}"))
+            .clone()
+    };
+    assert_eq!(
+        by("anon-bob")["click_token"].as_str().map(str::len),
+        Some(32)
+    );
+    assert_eq!(by("carol")["status"], "qualified");
+    assert_eq!(
+        by("dave")["status"],
+        "attributed",
+        "the free plan does not qualify"
+    );
+    assert_eq!(
+        (by("alice")["status"].as_str(), &by("alice")["signals"]),
+        (Some("rejected"), &json!(["self_referral"]))
+    );
+
+    // Rewards: both sides, pending for the program's hold.
+    let (_, v) = t.api("GET", "/rewards?status=pending", None).await;
+    let mut pending: Vec<(String, f64, String)> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["beneficiary"].as_str().unwrap().to_owned(),
+                r["amount"].as_f64().unwrap(),
+                r["unit"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    pending.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    assert_eq!(
+        pending,
+        [
+            ("alice".to_owned(), 20.0, "USD".to_owned()),
+            ("alice".to_owned(), 20.0, "USD".to_owned()),
+            ("anon-bob".to_owned(), 1.0, "months".to_owned()),
+            ("carol".to_owned(), 1.0, "months".to_owned()),
+        ]
+    );
+
+    // Carol's refund inside the hold reverses her referral's rewards.
+    capture(
+        &t,
+        json!([{"event": "refund_issued", "distinct_id": "carol"}]),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, v) = t.api("GET", "/rewards?status=reversed", None).await;
+        if v["results"].as_array().unwrap().len() == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v:#}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // Bob's referrer reward is approved and fulfilled by hand.
+    let bob_id = by("anon-bob")["id"].as_i64().unwrap();
+    let (_, v) = t
+        .api("GET", "/rewards?beneficiary=alice&status=pending", None)
+        .await;
+    let entry = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["idempotency_key"] == format!("referral:{bob_id}:referrer"))
+        .unwrap_or_else(|| panic!("{v:#}"))
+        .clone();
+    let id = entry["id"].as_i64().unwrap();
+    for action in ["approve", "fulfil"] {
+        let (s, v) = t
+            .api("POST", &format!("/rewards/{id}/{action}"), None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let (_, v) = t
+        .api("GET", "/rewards/balances?beneficiary=alice", None)
+        .await;
+    assert_eq!(
+        v["balances"]["USD"]["fulfilled"],
+        json!({"amount": 20.0, "entries": 1}),
+        "{v}"
+    );
+    assert_eq!(
+        v["balances"]["USD"]["reversed"],
+        json!({"amount": 20.0, "entries": 1}),
+        "{v}"
+    );
+}

@@ -1,0 +1,434 @@
+//! The referral consumer: follows the intake log (after the identity consumer applied each batch, so distinct ids
+//! have persons) and turns product events into referrals and rewards.
+//!
+//! - **Attribution**: an event carrying a referral code — the `$referral_code` property, or `ref` in the query of
+//!   `$current_url` (where the landing page of a `/r/{code}` link puts it; `fw_click` names the click) — credits the
+//!   event's person to the code's referrer in the code's program, if the program is active, the click (when named)
+//!   lies within the attribution window, and the person has no referral in that program yet (`first_touch`) or an
+//!   unqualified one (`last_touch` moves it). A person who is the referrer (same distinct id or same person) is
+//!   recorded as `rejected` with the signal `self_referral`.
+//! - **Qualification**: the program's `qualify` event (with its event-property filters) by an attributed person
+//!   within `within_days` of the attribution qualifies the referral and writes the rewards to the ledger (referrer,
+//!   and referee for double-sided programs; idempotency keys `referral:{id}:referrer|referee`, so replaying the log
+//!   writes nothing twice), pending for the program's `hold_days`. Past `cap_per_referrer` the referral is `capped`
+//!   and earns nothing.
+//! - **Reversal**: one of the program's `reversal_events` by a qualified referee reverses the referral's rewards
+//!   that are still pending or approved.
+//!
+//! Every step is idempotent, so the checkpoint (consumer `referrals`) is written after each chunk and a crash
+//! replays at most a chunk. Events of projects without referral programs cost a map lookup.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use flywheel_engine::{BatchRef, Intake};
+use flywheel_query::growth::{Attribution, Program};
+use flywheel_query::{Filter, PropertyType};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::insight_filters::Compiled;
+use crate::state::AppState;
+
+const CONSUMER: &str = "referrals";
+/// Batches per step.
+const CHUNK_BATCHES: usize = 256;
+/// How long the project → programs map is kept.
+const PROGRAMS_TTL: Duration = Duration::from_secs(2);
+
+/// An event the consumer acts on, copied out of the log.
+struct Ev {
+    project_id: i64,
+    timestamp_us: i64,
+    event: String,
+    distinct_id: String,
+    properties: Value,
+}
+
+/// The referral code and click token an event carries, if any.
+fn carried_code(props: &Value) -> Option<(String, Option<String>)> {
+    if let Some(code) = props.get("$referral_code").and_then(Value::as_str) {
+        let click = props
+            .get("$referral_click")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        return Some((code.to_owned(), click));
+    }
+    let url = props.get("$current_url").and_then(Value::as_str)?;
+    let query = url.split_once('?')?.1.split('#').next()?;
+    let mut code = None;
+    let mut click = None;
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("ref", v)) if !v.is_empty() => code = Some(v.to_owned()),
+            Some(("fw_click", v)) if !v.is_empty() => click = Some(v.to_owned()),
+            _ => {}
+        }
+    }
+    code.map(|c| (c, click))
+}
+
+/// Whether an event passes a program's qualifying filters (event properties only; the program was checked).
+fn passes(filters: &[Filter], props: &Value) -> bool {
+    filters.iter().all(|f| match f {
+        Filter::Property(p) if p.property_type == PropertyType::Event => {
+            Compiled::new(p).matches(props.get(&p.key))
+        }
+        _ => false,
+    })
+}
+
+fn text_time(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+fn micros(text: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.timestamp_micros())
+}
+
+/// Programs per project, reloaded every [`PROGRAMS_TTL`].
+struct Programs {
+    by_project: HashMap<i64, Vec<Program>>,
+    loaded: Option<std::time::Instant>,
+}
+
+impl Programs {
+    async fn refresh(&mut self, state: &AppState) {
+        if self.loaded.is_some_and(|t| t.elapsed() < PROGRAMS_TTL) {
+            return;
+        }
+        match state.store.all_documents(crate::growth::PROGRAM).await {
+            Ok(docs) => {
+                self.by_project.clear();
+                for (project_id, doc) in docs {
+                    if let Ok(p) = flywheel_query::growth::parse_program(&doc.body) {
+                        if p.active {
+                            self.by_project.entry(project_id).or_default().push(p);
+                        }
+                    }
+                }
+                self.loaded = Some(std::time::Instant::now());
+            }
+            Err(e) => tracing::warn!(error = %e, "referrals: cannot read the programs"),
+        }
+    }
+}
+
+/// Follows the log until shutdown.
+pub async fn run(state: AppState, intake: Intake, mut identity: watch::Receiver<u64>) {
+    let mut lsn = match state.store.checkpoint(CONSUMER).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "referrals: cannot read the checkpoint; not running");
+            return;
+        }
+    };
+    let mut programs = Programs {
+        by_project: HashMap::new(),
+        loaded: None,
+    };
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        let target = *identity.borrow_and_update();
+        if lsn < target {
+            programs.refresh(&state).await;
+            let (from, log) = (lsn, intake.clone());
+            let projects: Vec<i64> = programs.by_project.keys().copied().collect();
+            let read =
+                tokio::task::spawn_blocking(move || read_chunk(&log, from, target, &projects))
+                    .await;
+            match read {
+                Ok(Ok((end, events))) if end > from => {
+                    for ev in &events {
+                        if let Some(list) = programs.by_project.get(&ev.project_id) {
+                            if let Err(e) = handle(&state, list, ev).await {
+                                tracing::warn!(project_id = ev.project_id, error = %e.message,
+                                    "referrals: an event could not be processed");
+                            }
+                        }
+                    }
+                    lsn = end;
+                    if let Err(e) = state.store.set_checkpoint(CONSUMER, lsn).await {
+                        tracing::warn!(error = %e, "referrals: checkpoint not saved");
+                    }
+                    continue;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "referrals: reading the log failed"),
+                Err(e) => tracing::error!(error = %e, "referrals: reader task failed"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        tokio::select! {
+            changed = identity.changed() => if changed.is_err() { return },
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Reads batches after `from` up to `target`, keeping the events of `projects` (the ones with programs).
+fn read_chunk(
+    intake: &Intake,
+    from: u64,
+    target: u64,
+    projects: &[i64],
+) -> Result<(u64, Vec<Ev>), flywheel_engine::EngineError> {
+    let mut reader = intake.reader(from);
+    let mut reached = from;
+    let mut out = Vec::new();
+    for _ in 0..CHUNK_BATCHES {
+        let Some(item) = reader.next_payload() else {
+            break;
+        };
+        let (end, payload) = item?;
+        if end > target {
+            break;
+        }
+        let batch = BatchRef::new(payload)?;
+        for e in batch.iter() {
+            let e = e?;
+            if !projects.contains(&e.project_id) {
+                continue;
+            }
+            out.push(Ev {
+                project_id: e.project_id,
+                timestamp_us: e.timestamp_us,
+                event: e.event.to_owned(),
+                distinct_id: e.distinct_id.to_owned(),
+                properties: serde_json::from_str(e.properties).unwrap_or(Value::Null),
+            });
+        }
+        reached = end;
+    }
+    Ok((reached, out))
+}
+
+async fn person_of(
+    state: &AppState,
+    project_id: i64,
+    distinct_id: &str,
+) -> Result<Option<String>, crate::error::ApiError> {
+    Ok(state
+        .store
+        .person_ids_for(project_id, &[distinct_id])
+        .await?
+        .remove(distinct_id))
+}
+
+async fn handle(
+    state: &AppState,
+    programs: &[Program],
+    ev: &Ev,
+) -> Result<(), crate::error::ApiError> {
+    if let Some((code, click)) = carried_code(&ev.properties) {
+        attribute(state, programs, ev, &code, click.as_deref()).await?;
+    }
+    for p in programs {
+        let qualifies = matches!(&p.qualify.event, flywheel_query::EventRef::Named(n) if *n == ev.event)
+            || p.qualify.event == flywheel_query::EventRef::All;
+        let reverses = p.reversal_events.contains(&ev.event);
+        if !qualifies && !reverses {
+            continue;
+        }
+        let Some(person) = person_of(state, ev.project_id, &ev.distinct_id).await? else {
+            continue;
+        };
+        let Some(referral) = state
+            .store
+            .referral_of(ev.project_id, &p.key, &person)
+            .await?
+        else {
+            continue;
+        };
+        if qualifies
+            && referral.status == "attributed"
+            && passes(&p.qualify.properties, &ev.properties)
+        {
+            let within = micros(&referral.attributed_at).is_some_and(|at| {
+                ev.timestamp_us >= at
+                    && ev.timestamp_us - at <= p.qualify.within_days as i64 * 86_400_000_000
+            });
+            if within {
+                qualify(state, p, ev, &referral).await?;
+            }
+        }
+        if reverses && referral.status == "qualified" {
+            reverse(state, ev, &referral).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn attribute(
+    state: &AppState,
+    programs: &[Program],
+    ev: &Ev,
+    code: &str,
+    click: Option<&str>,
+) -> Result<(), crate::error::ApiError> {
+    let Some(found) = state.store.referral_code(code).await? else {
+        return Ok(());
+    };
+    let Some(program) = programs
+        .iter()
+        .find(|p| p.key == found.program)
+        .filter(|_| found.project_id == ev.project_id)
+    else {
+        return Ok(());
+    };
+    // A named click must be this code's, and recent enough.
+    let mut click_token = None;
+    if let Some(token) = click {
+        if let Some((code_id, at)) = state.store.referral_click(token).await? {
+            let window = program.attribution_window_days as i64 * 86_400_000_000;
+            if code_id != found.id || micros(&at).is_none_or(|t| ev.timestamp_us - t > window) {
+                return Ok(());
+            }
+            click_token = Some(token.to_owned());
+        }
+    }
+    let Some(person) = person_of(state, ev.project_id, &ev.distinct_id).await? else {
+        return Ok(());
+    };
+    let referrer_person = person_of(state, ev.project_id, &found.referrer).await?;
+    let own = ev.distinct_id == found.referrer || referrer_person.as_deref() == Some(&person);
+    let signals = if own {
+        json!(["self_referral"])
+    } else {
+        json!([])
+    };
+    let new = flywheel_store::NewReferral {
+        program: &program.key,
+        code: &found,
+        referee: &ev.distinct_id,
+        referee_person: &person,
+        click_token: click_token.as_deref(),
+        status: if own { "rejected" } else { "attributed" },
+        signals: &signals,
+        at: &text_time(ev.timestamp_us),
+    };
+    state
+        .store
+        .attribute_referral(
+            ev.project_id,
+            &new,
+            program.attribution == Attribution::LastTouch && !own,
+        )
+        .await?;
+    Ok(())
+}
+
+fn system() -> flywheel_store::Actor {
+    flywheel_store::Actor {
+        label: "system:referrals".into(),
+        source_ip: None,
+    }
+}
+
+async fn qualify(
+    state: &AppState,
+    p: &Program,
+    ev: &Ev,
+    referral: &flywheel_store::Referral,
+) -> Result<(), crate::error::ApiError> {
+    let capped = match p.cap_per_referrer {
+        Some(cap) => {
+            state
+                .store
+                .qualified_referrals(ev.project_id, &p.key, &referral.referrer)
+                .await?
+                >= cap as i64
+        }
+        None => false,
+    };
+    let at = text_time(ev.timestamp_us);
+    let status = if capped { "capped" } else { "qualified" };
+    if !state
+        .store
+        .qualify_referral(referral.id, status, &at)
+        .await?
+        || capped
+    {
+        return Ok(());
+    }
+    let hold_until = text_time(ev.timestamp_us + p.hold_days as i64 * 86_400_000_000);
+    let reason = format!(
+        "referral {} in `{}`: {} qualified",
+        referral.id, p.key, referral.referee
+    );
+    let mut rewards = vec![("referrer", &referral.referrer, &p.referrer_reward)];
+    if let Some(r) = &p.referee_reward {
+        rewards.push(("referee", &referral.referee, r));
+    }
+    for (side, who, reward) in rewards {
+        let key = format!("referral:{}:{side}", referral.id);
+        let new = flywheel_store::NewReward {
+            beneficiary: who,
+            amount: reward.amount,
+            unit: &reward.unit,
+            reason: &reason,
+            program: Some(&p.key),
+            idempotency_key: &key,
+            hold_until: &hold_until,
+        };
+        state
+            .store
+            .create_reward(ev.project_id, &new, &system())
+            .await
+            .map_err(|e| crate::features::write_error(e, "reward"))?;
+    }
+    Ok(())
+}
+
+async fn reverse(
+    state: &AppState,
+    ev: &Ev,
+    referral: &flywheel_store::Referral,
+) -> Result<(), crate::error::ApiError> {
+    for side in ["referrer", "referee"] {
+        let key = format!("referral:{}:{side}", referral.id);
+        let Some(entry) = state.store.reward_by_key(ev.project_id, &key).await? else {
+            continue;
+        };
+        if flywheel_store::transition_allowed(&entry.status, "reversed") {
+            let reason = format!("`{}` by {} within the hold", ev.event, ev.distinct_id);
+            // A concurrent approval or fulfilment wins: then there is nothing to reverse.
+            let _ = state
+                .store
+                .transition_reward(ev.project_id, entry.id, "reversed", &reason, &system())
+                .await;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_come_from_the_property_or_the_landing_url() {
+        assert_eq!(
+            carried_code(
+                &json!({"$current_url": "https://x.io/join?src=a&ref=Anna-1&fw_click=t9#top"})
+            ),
+            Some(("Anna-1".into(), Some("t9".into())))
+        );
+        assert_eq!(
+            carried_code(
+                &json!({"$referral_code": "abc", "$current_url": "https://x.io/?ref=zzz"})
+            ),
+            Some(("abc".into(), None))
+        );
+        assert_eq!(
+            carried_code(&json!({"$current_url": "https://x.io/?reference=1"})),
+            None
+        );
+        assert_eq!(carried_code(&json!({})), None);
+    }
+}
