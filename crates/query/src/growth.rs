@@ -26,7 +26,8 @@
 //!   `qualify.within_days` of the attribution; then the rewards are written to the ledger as pending, approved after
 //!   `hold_days` unless a `reversal_events` event of the referee arrives first.
 //! - `cap_per_referrer` limits rewarded referrals per referrer; `tiers` add bonuses at numbers of qualified
-//!   referrals; `fraud` sets the risk scores (0–100) at which a referral is held for review or rejected.
+//!   referrals; `fraud` sets the risk scores (0–100) at which a referral is held for review or rejected, and the
+//!   referrals per referrer per hour that count as a burst (`velocity_per_hour`, default 10).
 
 use serde_json::{json, Value};
 
@@ -84,6 +85,8 @@ pub struct Tier {
 pub struct FraudThresholds {
     pub hold_at: u64,
     pub reject_at: u64,
+    /// Referrals per referrer per hour from which the `velocity` signal fires.
+    pub velocity_per_hour: u64,
 }
 
 /// A parsed referral program.
@@ -249,6 +252,7 @@ pub fn parse_program(body: &Value) -> Result<Program, Vec<FieldError>> {
     let mut fraud = FraudThresholds {
         hold_at: 50,
         reject_at: 80,
+        velocity_per_hour: 10,
     };
     if let Some(v) = o.get("fraud") {
         if let Some(mut f) = Obj::new(v, "fraud", &mut e) {
@@ -257,6 +261,9 @@ pub fn parse_program(body: &Value) -> Result<Program, Vec<FieldError>> {
             }
             if let Some(x) = f.integer("reject_at", 0, 100, &mut e) {
                 fraud.reject_at = x;
+            }
+            if let Some(x) = f.integer("velocity_per_hour", 1, 1_000_000, &mut e) {
+                fraud.velocity_per_hour = x;
             }
             f.finish(&mut e);
             if fraud.hold_at > fraud.reject_at {
@@ -325,7 +332,8 @@ impl Program {
             "tiers": self.tiers.iter().map(|t| json!({
                 "qualified": t.qualified, "amount": t.reward.amount, "unit": t.reward.unit,
             })).collect::<Vec<_>>(),
-            "fraud": {"hold_at": self.fraud.hold_at, "reject_at": self.fraud.reject_at},
+            "fraud": {"hold_at": self.fraud.hold_at, "reject_at": self.fraud.reject_at,
+                      "velocity_per_hour": self.fraud.velocity_per_hour},
             "active": self.active,
         });
         if !self.description.is_empty() {

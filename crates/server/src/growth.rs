@@ -59,6 +59,10 @@ pub fn router() -> Router<AppState> {
             get(list_referrals),
         )
         .route(
+            "/api/v1/projects/{project_id}/referral-programs/{key}/referrals/{id}/{action}",
+            axum::routing::post(review_referral),
+        )
+        .route(
             "/api/v1/projects/{project_id}/rewards",
             get(list_rewards).post(create_reward),
         )
@@ -256,6 +260,64 @@ async fn list_referrals(
         )
         .await?;
     Ok(Json(json!({ "results": referrals })))
+}
+
+/// `POST …/referral-programs/{key}/referrals/{id}/approve|reject` (`{"reason": …}`): the review queue's decision.
+/// Approving a held referral writes its rewards, pending for the program's hold from now.
+async fn review_referral(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    caller: Caller,
+    Path((project_id, key, id, action)): Path<(String, String, String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
+    let approve = match action.as_str() {
+        "approve" => true,
+        "reject" => false,
+        other => {
+            return Err(ApiError::not_found(format!(
+                "no referral action `{other}` (approve, reject)"
+            )))
+        }
+    };
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::not_found(format!("no referral `{id}`")))?;
+    let body = crate::experiments::optional_object(&body, "referral review")?;
+    let mut errors = Vec::new();
+    if let Some(k) = body.keys().find(|k| k.as_str() != "reason") {
+        errors.push(flywheel_query::FieldError {
+            field: k.clone(),
+            message: "unknown field (reason)".into(),
+        });
+    }
+    let reason = text_field(&body, "reason", true, &mut errors);
+    let Some(reason) = reason.filter(|_| errors.is_empty()) else {
+        return Err(ApiError::validation("referral review", &errors));
+    };
+    let program = stored_program(&document(&state, project_id, PROGRAM, &key).await?)?;
+    let actor = crate::features::actor(&caller, &headers, peer);
+    let referral = state
+        .store
+        .review_referral(project_id, &key, id, approve, &reason, &actor)
+        .await
+        .map_err(|e| match e {
+            flywheel_store::WriteError::Invalid(m) => {
+                ApiError::new(StatusCode::CONFLICT, "invalid_transition", m)
+            }
+            flywheel_store::WriteError::NotFound => {
+                ApiError::not_found(format!("no referral {id} in program `{key}`"))
+            }
+            other => crate::features::write_error(other, "referral"),
+        })?;
+    if approve {
+        let now = state.clock.now().timestamp_micros();
+        crate::referral_consumer::write_rewards(&state, project_id, &program, &referral, now)
+            .await?;
+    }
+    Ok(Json(json!(referral)))
 }
 
 fn generated_code() -> String {

@@ -13,6 +13,7 @@ pub mod experiment_results;
 pub mod experiments;
 pub mod exposure;
 pub mod features;
+pub mod fraud;
 pub mod growth;
 pub mod identity;
 pub mod insight_filters;

@@ -12,6 +12,8 @@
 //!   and referee for double-sided programs; idempotency keys `referral:{id}:referrer|referee`, so replaying the log
 //!   writes nothing twice), pending for the program's `hold_days`. Past `cap_per_referrer` the referral is `capped`
 //!   and earns nothing.
+//!   Before paying, the referral is scored for fraud ([`crate::fraud`]): at the program's `reject_at` it is
+//!   rejected, at `hold_at` held for review (`POST …/referrals/{id}/approve` writes the rewards then).
 //! - **Reversal**: one of the program's `reversal_events` by a qualified referee reverses the referral's rewards
 //!   that are still pending or approved.
 //!
@@ -330,6 +332,42 @@ fn system() -> flywheel_store::Actor {
     }
 }
 
+/// The referee's (or referrer's) email from their person properties.
+async fn email_of(
+    state: &AppState,
+    project_id: i64,
+    distinct_id: &str,
+) -> Result<Option<String>, crate::error::ApiError> {
+    Ok(state
+        .store
+        .person_by_distinct_id(project_id, distinct_id)
+        .await?
+        .and_then(|p| p.properties["email"].as_str().map(str::to_owned)))
+}
+
+/// Whether the referee brought the referrer, up the chain of referrals (at most 20 steps).
+async fn cycle(
+    state: &AppState,
+    project_id: i64,
+    referee_person: &str,
+    referrer: &str,
+) -> Result<bool, crate::error::ApiError> {
+    let mut who = referrer.to_owned();
+    for _ in 0..20 {
+        let Some(person) = person_of(state, project_id, &who).await? else {
+            return Ok(false);
+        };
+        let Some(up) = state.store.referrer_of(project_id, &person).await? else {
+            return Ok(false);
+        };
+        if person_of(state, project_id, &up).await?.as_deref() == Some(referee_person) {
+            return Ok(true);
+        }
+        who = up;
+    }
+    Ok(false)
+}
+
 async fn qualify(
     state: &AppState,
     p: &Program,
@@ -346,17 +384,65 @@ async fn qualify(
         }
         None => false,
     };
+    let hour_before =
+        micros(&referral.attributed_at).map_or(String::new(), |t| text_time(t - 3_600_000_000));
+    let referee_email = email_of(state, ev.project_id, &ev.distinct_id).await?;
+    let referrer_email = email_of(state, ev.project_id, &referral.referrer).await?;
+    let facts = crate::fraud::Facts {
+        referee_email: referee_email.as_deref(),
+        referrer_email: referrer_email.as_deref(),
+        cycle: cycle(
+            state,
+            ev.project_id,
+            &referral.referee_person,
+            &referral.referrer,
+        )
+        .await?,
+        // The referrer's referrals attributed in the hour before this one.
+        recent_referrals: state
+            .store
+            .referrals_since(
+                ev.project_id,
+                &p.key,
+                &referral.referrer,
+                &hour_before,
+                referral.id,
+            )
+            .await?
+            .max(0) as u64,
+        velocity_per_hour: p.fraud.velocity_per_hour,
+    };
+    let (signals, score) = crate::fraud::score(&facts);
     let at = text_time(ev.timestamp_us);
-    let status = if capped { "capped" } else { "qualified" };
+    let status = if score >= p.fraud.reject_at {
+        "rejected"
+    } else if score >= p.fraud.hold_at {
+        "held"
+    } else if capped {
+        "capped"
+    } else {
+        "qualified"
+    };
     if !state
         .store
-        .qualify_referral(referral.id, status, &at)
+        .qualify_referral(referral.id, status, &at, &json!(signals), score as i64)
         .await?
-        || capped
+        || status != "qualified"
     {
         return Ok(());
     }
-    let hold_until = text_time(ev.timestamp_us + p.hold_days as i64 * 86_400_000_000);
+    write_rewards(state, ev.project_id, p, referral, ev.timestamp_us).await
+}
+
+/// The ledger entries of a qualified referral, pending for the program's hold from `from_us` (idempotent).
+pub(crate) async fn write_rewards(
+    state: &AppState,
+    project_id: i64,
+    p: &Program,
+    referral: &flywheel_store::Referral,
+    from_us: i64,
+) -> Result<(), crate::error::ApiError> {
+    let hold_until = text_time(from_us + p.hold_days as i64 * 86_400_000_000);
     let reason = format!(
         "referral {} in `{}`: {} qualified",
         referral.id, p.key, referral.referee
@@ -378,7 +464,7 @@ async fn qualify(
         };
         state
             .store
-            .create_reward(ev.project_id, &new, &system())
+            .create_reward(project_id, &new, &system())
             .await
             .map_err(|e| crate::features::write_error(e, "reward"))?;
     }

@@ -199,6 +199,7 @@ pub struct Referral {
     pub click_token: Option<String>,
     pub status: String,
     pub signals: serde_json::Value,
+    pub risk_score: i64,
     pub attributed_at: String,
     pub qualified_at: Option<String>,
 }
@@ -213,13 +214,14 @@ type ReferralRow = (
     Option<String>,
     String,
     String,
+    i64,
     String,
     Option<String>,
 );
 
 const REFERRAL: &str =
     "SELECT id, program, code_id, referrer, referee, referee_person, click_token, status, signals,
-        attributed_at, qualified_at FROM referrals";
+        risk_score, attributed_at, qualified_at FROM referrals";
 
 fn referral(r: ReferralRow) -> Referral {
     Referral {
@@ -232,8 +234,9 @@ fn referral(r: ReferralRow) -> Referral {
         click_token: r.6,
         status: r.7,
         signals: serde_json::from_str(&r.8).unwrap_or_else(|_| serde_json::json!([])),
-        attributed_at: r.9,
-        qualified_at: r.10,
+        risk_score: r.9,
+        attributed_at: r.10,
+        qualified_at: r.11,
     }
 }
 
@@ -316,18 +319,132 @@ impl Store {
         Ok(referral(row))
     }
 
-    /// Marks a referral qualified (or `capped`) at `at`, unless it already left `attributed`; true when it changed.
-    pub async fn qualify_referral(&self, id: i64, status: &str, at: &str) -> Result<bool> {
+    /// Records a referral's qualifying event at `at` with its fraud signals and score, as `status` (`qualified`,
+    /// `capped`, `held` or `rejected`), unless it already left `attributed`; true when it changed.
+    pub async fn qualify_referral(
+        &self,
+        id: i64,
+        status: &str,
+        at: &str,
+        signals: &serde_json::Value,
+        risk_score: i64,
+    ) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE referrals SET status = ?, qualified_at = ?, updated_at = ? WHERE id = ? AND status = 'attributed'",
+            "UPDATE referrals SET status = ?, qualified_at = ?, signals = ?, risk_score = ?, updated_at = ?
+             WHERE id = ? AND status = 'attributed'",
         )
         .bind(status)
         .bind(at)
+        .bind(signals.to_string())
+        .bind(risk_score)
         .bind(now_text())
         .bind(id)
         .execute(self.pool())
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// A review decision: a `held` referral becomes `qualified`, or a `held` or `attributed` one `rejected`;
+    /// audited as `referral.approved` / `referral.rejected` with the reason. `Invalid` when the status does not
+    /// allow it.
+    pub async fn review_referral(
+        &self,
+        project_id: i64,
+        program: &str,
+        id: i64,
+        approve: bool,
+        reason: &str,
+        actor: &Actor,
+    ) -> std::result::Result<Referral, WriteError> {
+        let mut tx = self.write_tx().await?;
+        let before: Option<ReferralRow> = sqlx::query_as(&format!(
+            "{REFERRAL} WHERE project_id = ? AND program = ? AND id = ?"
+        ))
+        .bind(project_id)
+        .bind(program)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let before = referral(before.ok_or(WriteError::NotFound)?);
+        let to = match (approve, before.status.as_str()) {
+            (true, "held") => "qualified",
+            (false, "held" | "attributed") => "rejected",
+            (_, from) => {
+                return Err(WriteError::Invalid(format!(
+                    "referral {id} is {from}: it cannot be {}",
+                    if approve { "approved" } else { "rejected" }
+                )))
+            }
+        };
+        sqlx::query("UPDATE referrals SET status = ?, updated_at = ? WHERE id = ?")
+            .bind(to)
+            .bind(now_text())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let after: ReferralRow = sqlx::query_as(&format!("{REFERRAL} WHERE id = ?"))
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let after = referral(after);
+        let mut a = serde_json::to_value(&after)?;
+        a["review_reason"] = serde_json::json!(reason);
+        append_audit(
+            &mut tx,
+            project_id,
+            actor,
+            if approve {
+                "referral.approved"
+            } else {
+                "referral.rejected"
+            },
+            "referral",
+            &id.to_string(),
+            Some(&serde_json::to_value(&before)?),
+            Some(&a),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(after)
+    }
+
+    /// Referrals of a referrer in a program attributed before referral `before_id`, at or after `since`
+    /// (velocity).
+    pub async fn referrals_since(
+        &self,
+        project_id: i64,
+        program: &str,
+        referrer: &str,
+        since: &str,
+        before_id: i64,
+    ) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM referrals WHERE project_id = ? AND program = ? AND referrer = ?
+             AND attributed_at >= ? AND id < ?",
+        )
+        .bind(project_id)
+        .bind(program)
+        .bind(referrer)
+        .bind(since)
+        .bind(before_id)
+        .fetch_one(self.pool())
+        .await?)
+    }
+
+    /// Who brought a referee person, in any program (the oldest attribution): the referrer's distinct id.
+    pub async fn referrer_of(
+        &self,
+        project_id: i64,
+        referee_person: &str,
+    ) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT referrer FROM referrals WHERE project_id = ? AND referee_person = ? AND status <> 'rejected'
+             ORDER BY id LIMIT 1",
+        )
+        .bind(project_id)
+        .bind(referee_person)
+        .fetch_optional(self.pool())
+        .await?)
     }
 
     /// A program's referrals (of one referrer, of one status when given), newest first.

@@ -549,3 +549,201 @@ async fn a_referral_goes_from_click_to_reward_and_a_refund_reverses_one() {
         "{v}"
     );
 }
+
+#[tokio::test]
+async fn a_fraud_ring_is_held_or_rejected_while_honest_referrals_pass() {
+    let t = TestServer::start().await;
+    let mut p = program();
+    p["fraud"] = json!({"hold_at": 40, "reject_at": 80, "velocity_per_hour": 3});
+    t.created("/referral-programs", p).await;
+    let code = |who: &'static str| {
+        let t = &t;
+        async move {
+            t.created("/referral-programs/friends/codes", json!({"referrer": who}))
+                .await["code"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let (mallory, spammer, olivia, erin) = (
+        code("mallory").await,
+        code("spammer").await,
+        code("olivia").await,
+        code("erin").await,
+    );
+    let landing = |c: &str| format!("https://app.example.com/signup?ref={c}");
+    let signup = |who: &str, email: &str, c: &str| {
+        json!([
+            {"event": "$pageview", "distinct_id": who, "properties": {"$current_url": landing(c)}},
+            {"event": "$identify", "distinct_id": who, "properties": {"$set": {"email": email}}},
+        ])
+    };
+    let mut batch: Vec<Value> = Vec::new();
+    batch.extend(
+        json!([{"event": "$identify", "distinct_id": "mallory", "properties": {"$set": {"email": "mallory@corp.io"}}},
+               {"event": "$identify", "distinct_id": "erin", "properties": {"$set": {"email": "erin@home.io"}}}])
+        .as_array()
+        .unwrap()
+        .clone(),
+    );
+    for (who, email, c) in [
+        ("mal2", "Mal.lory+2@corp.io", &mallory), // mallory's alias: same email
+        ("temp1", "x7@mailinator.com", &mallory), // disposable domain
+        ("bot1", "bot1@corp.io", &spammer),       // a burst: the 4th in the hour trips velocity
+        ("bot2", "bot2@corp.io", &spammer),
+        ("bot3", "bot3@corp.io", &spammer),
+        ("bot4", "bot4@corp.io", &spammer),
+        ("honest", "honest@gmail.com", &olivia), // nothing wrong
+        ("frank", "frank@home.io", &erin),       // frank came through erin…
+    ] {
+        batch.extend(signup(who, email, c).as_array().unwrap().clone());
+    }
+    capture(&t, json!(batch)).await;
+    // …and erin through frank's code: a cycle.
+    let frank = code("frank").await;
+    capture(&t, json!([{"event": "$pageview", "distinct_id": "erin", "properties": {"$current_url": landing(&frank)}}])).await;
+    let paid: Vec<Value> = ["mal2", "temp1", "bot1", "bot2", "bot3", "bot4", "honest", "erin"]
+        .iter()
+        .map(|who| json!({"event": "subscription_started", "distinct_id": who, "properties": {"plan": "pro"}}))
+        .collect();
+    capture(&t, json!(paid)).await;
+    let list = referrals_until(&t, "every referral decided", |l| {
+        l.len() == 9 && l.iter().filter(|r| r["status"] == "attributed").count() == 1
+    })
+    .await;
+    let of = |who: &str| {
+        let r = list
+            .iter()
+            .find(|r| r["referee"] == who)
+            .unwrap_or_else(|| panic!("{who}: {list:#?}"));
+        (
+            r["status"].as_str().unwrap().to_owned(),
+            r["signals"].clone(),
+            r["risk_score"].as_i64().unwrap(),
+        )
+    };
+    assert_eq!(of("mal2"), ("rejected".into(), json!(["same_email"]), 90));
+    assert_eq!(
+        of("temp1"),
+        ("held".into(), json!(["disposable_email"]), 50)
+    );
+    assert_eq!(of("bot3").0, "qualified", "three in the hour are fine");
+    assert_eq!(of("bot4"), ("held".into(), json!(["velocity"]), 40));
+    assert_eq!(of("honest"), ("qualified".into(), json!([]), 0));
+    assert_eq!(of("erin"), ("rejected".into(), json!(["cycle"]), 80));
+    assert_eq!(of("frank").0, "attributed", "frank never paid");
+
+    // Only the clean referrals were paid so far.
+    let (_, v) = t.api("GET", "/rewards?status=pending", None).await;
+    let mut paid_for: Vec<String> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["beneficiary"] != "mal2")
+        .map(|r| {
+            r["reason"]
+                .as_str()
+                .unwrap()
+                .split(": ")
+                .nth(1)
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    paid_for.sort();
+    paid_for.dedup();
+    assert_eq!(
+        paid_for,
+        [
+            "bot1 qualified",
+            "bot2 qualified",
+            "bot3 qualified",
+            "honest qualified"
+        ]
+    );
+
+    // The review queue: approve the disposable-domain one (with a reason), reject the burst.
+    let (_, held) = t
+        .api(
+            "GET",
+            "/referral-programs/friends/referrals?status=held",
+            None,
+        )
+        .await;
+    assert_eq!(held["results"].as_array().unwrap().len(), 2, "{held:#}");
+    let id_of = |who: &str| {
+        list.iter().find(|r| r["referee"] == who).unwrap()["id"]
+            .as_i64()
+            .unwrap()
+    };
+    let (s, v) = t
+        .api(
+            "POST",
+            &format!(
+                "/referral-programs/friends/referrals/{}/approve",
+                id_of("temp1")
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "a reason is required: {v}");
+    let (s, v) = t
+        .api(
+            "POST",
+            &format!(
+                "/referral-programs/friends/referrals/{}/approve",
+                id_of("temp1")
+            ),
+            Some(json!({"reason": "known customer, uses a throwaway address"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["status"].as_str()),
+        (StatusCode::OK, Some("qualified")),
+        "{v}"
+    );
+    let (s, v) = t
+        .api(
+            "POST",
+            &format!(
+                "/referral-programs/friends/referrals/{}/reject",
+                id_of("bot4")
+            ),
+            Some(json!({"reason": "bot farm"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["status"].as_str()),
+        (StatusCode::OK, Some("rejected")),
+        "{v}"
+    );
+    let (s, _) = t
+        .api(
+            "POST",
+            &format!(
+                "/referral-programs/friends/referrals/{}/approve",
+                id_of("bot4")
+            ),
+            Some(json!({"reason": "changed my mind"})),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::CONFLICT,
+        "a rejected referral stays rejected"
+    );
+    let (_, v) = t.api("GET", "/rewards?beneficiary=mallory", None).await;
+    assert_eq!(
+        v["results"].as_array().unwrap().len(),
+        1,
+        "temp1's approval paid mallory: {v:#}"
+    );
+    let (_, audit) = t.api("GET", "/audit?entity_type=referral", None).await;
+    let text = audit.to_string();
+    assert!(
+        text.contains("referral.approved")
+            && text.contains("referral.rejected")
+            && text.contains("bot farm")
+    );
+}

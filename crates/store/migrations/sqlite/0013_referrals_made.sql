@@ -1,7 +1,8 @@
 -- Referrals: a referee (a person, by the uuid their distinct id had when attributed) credited to a referral code of a
 -- program. One per (project, program, referee person). `status`: attributed → qualified (rewards written to the
--- ledger; `capped` when the referrer's cap was reached), or rejected (e.g. a self-referral); `signals` is the
--- JSON list of fraud signals found.
+-- ledger; `capped` when the referrer's cap was reached), `held` for review (then qualified or rejected by hand), or
+-- rejected (a self-referral, or a risk score at the program's threshold); `signals` is the JSON list of fraud
+-- signals found and `risk_score` their score.
 CREATE TABLE referrals (
     id             INTEGER PRIMARY KEY AUTOINCREMENT,
     project_id     INTEGER NOT NULL REFERENCES projects(id),
@@ -13,6 +14,7 @@ CREATE TABLE referrals (
     click_token    TEXT,
     status         TEXT NOT NULL,
     signals        TEXT NOT NULL DEFAULT '[]',
+    risk_score     INTEGER NOT NULL DEFAULT 0,
     attributed_at  TEXT NOT NULL,
     qualified_at   TEXT,
     updated_at     TEXT NOT NULL,
