@@ -18,6 +18,7 @@ pub mod growth;
 pub mod identity;
 pub mod insight_filters;
 pub mod insights;
+pub mod invitations;
 pub mod metrics_names;
 pub mod ofrep;
 pub mod ops;
@@ -151,6 +152,7 @@ pub fn app(state: AppState) -> Router {
         .merge(rollouts::router())
         .merge(planning::router())
         .merge(growth::router())
+        .merge(invitations::router())
         .merge(features::router())
         .merge(ops::router())
         .layer(axum::middleware::from_fn(ops::track))

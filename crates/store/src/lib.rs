@@ -19,6 +19,7 @@ mod cohorts;
 mod documents;
 mod features;
 mod identity;
+mod invitations;
 mod keys;
 mod ledger;
 mod persons;
@@ -41,6 +42,7 @@ pub use features::{
     SdkBinding, SdkConnection, WriteError, SDK_KEY_PREFIX,
 };
 pub use identity::{ApplyStats, IdentityChange, IdentityOp, IdentityWriter, MergeMode};
+pub use invitations::{Invitation, InvitationChange, NewInvitation};
 pub use keys::{Bootstrap, PersonalKey};
 pub use ledger::{transition_allowed, NewReward, RewardEntry};
 pub use persons::{GroupMembership, IdentityRead, PersonRecord};

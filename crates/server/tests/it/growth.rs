@@ -747,3 +747,175 @@ async fn a_fraud_ring_is_held_or_rejected_while_honest_referrals_pass() {
             && text.contains("bot farm")
     );
 }
+
+#[tokio::test]
+async fn invitations_are_single_use_expire_and_can_be_revoked() {
+    let t = TestServer::start().await;
+    let base = "/groups/company/acme/invitations";
+    let (s, v) = t
+        .api(
+            "POST",
+            base,
+            Some(json!({"email": "not-an-email", "role": "", "expires_in_days": 400})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let fields: Vec<&str> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        ["email", "inviter", "role", "expires_in_days"],
+        "{v}"
+    );
+
+    let inv = t
+        .created(base, json!({"email": "bob@acme.io", "inviter": "alice"}))
+        .await;
+    assert_eq!(
+        (inv["status"].as_str(), inv["role"].as_str()),
+        (Some("pending"), Some("member"))
+    );
+    let token = inv["token"].as_str().unwrap().to_owned();
+    assert_eq!(token.len(), 64);
+    let accept = |token: &str, who: &str| {
+        let body = json!({"token": token, "distinct_id": who});
+        let t = &t;
+        async move { t.api("POST", "/invitations/accept", Some(body)).await }
+    };
+    let (s, v) = accept(&token, "bob").await;
+    assert_eq!(
+        (s, v["status"].as_str(), v["accepted_by"].as_str()),
+        (StatusCode::OK, Some("accepted"), Some("bob")),
+        "{v}"
+    );
+    let (s, v) = accept(&token, "mallory").await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::GONE, Some("invitation_closed")),
+        "single use: {v}"
+    );
+    let (s, _) = accept("0000", "mallory").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Expired: not accepted; a resend gives a new token and lifetime, the old token is dead.
+    let short = t
+        .created(
+            base,
+            json!({"email": "carol@acme.io", "inviter": "alice", "expires_in_seconds": 1}),
+        )
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (s, _) = accept(short["token"].as_str().unwrap(), "carol").await;
+    assert_eq!(s, StatusCode::GONE, "expired");
+    let id = short["id"].as_i64().unwrap();
+    let (s, resent) = t
+        .api("POST", &format!("/invitations/{id}/resend"), None)
+        .await;
+    assert_eq!(
+        (s, resent["status"].as_str(), resent["resent"].as_i64()),
+        (StatusCode::OK, Some("pending"), Some(1)),
+        "{resent}"
+    );
+    let (s, _) = accept(short["token"].as_str().unwrap(), "carol").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "the old token stopped working");
+    let (s, _) = accept(resent["token"].as_str().unwrap(), "carol").await;
+    assert_eq!(s, StatusCode::OK);
+
+    // Revoked: never accepted.
+    let gone = t
+        .created(
+            base,
+            json!({"email": "dan@acme.io", "inviter": "bob", "role": "admin"}),
+        )
+        .await;
+    let (s, v) = t
+        .api("POST", &format!("/invitations/{}/revoke", gone["id"]), None)
+        .await;
+    assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("revoked")));
+    let (s, _) = accept(gone["token"].as_str().unwrap(), "dan").await;
+    assert_eq!(s, StatusCode::GONE);
+    let (s, _) = t
+        .api("POST", &format!("/invitations/{}/revoke", gone["id"]), None)
+        .await;
+    assert_eq!(s, StatusCode::GONE, "revoked once");
+
+    let (_, list) = t.api("GET", base, None).await;
+    let statuses: Vec<&str> = list["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["revoked", "accepted", "accepted"]);
+    assert!(
+        list.to_string().find("token").is_none(),
+        "tokens are never listed"
+    );
+
+    // Domain auto-join.
+    let (s, _) = t
+        .api(
+            "POST",
+            "/invitations/auto-join",
+            Some(json!({"distinct_id": "erin", "email": "erin@acme.io"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "no verified domain yet");
+    let (s, v) = t
+        .api("PUT", "/groups/company/acme/domains/ACME.io", None)
+        .await;
+    assert_eq!(
+        (s, v["domain"].as_str()),
+        (StatusCode::OK, Some("acme.io")),
+        "{v}"
+    );
+    let (s, v) = t
+        .api(
+            "POST",
+            "/invitations/auto-join",
+            Some(json!({"distinct_id": "erin", "email": "Erin@Acme.io"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["group_key"].as_str(), v["role"].as_str()),
+        (StatusCode::OK, Some("acme"), Some("member")),
+        "{v}"
+    );
+
+    // The joins are events: the inviter → invitee edges of the growth graph.
+    t.server().state.tables_catch_up().await;
+    let events = t.events("event=%24invitation_accepted").await;
+    let mut edges: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["properties"]["inviter"].as_str().unwrap().to_owned(),
+                e["distinct_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    edges.sort();
+    assert_eq!(
+        edges,
+        [
+            ("alice".to_owned(), "bob".to_owned()),
+            ("alice".to_owned(), "carol".to_owned())
+        ]
+    );
+    assert_eq!(events[0]["properties"]["$groups"]["company"], "acme");
+    assert_eq!(t.events("event=%24group_auto_joined").await.len(), 1);
+    let (_, audit) = t.api("GET", "/audit?entity_type=invitation", None).await;
+    let text = audit.to_string();
+    for action in [
+        "invitation.created",
+        "invitation.accepted",
+        "invitation.resent",
+        "invitation.revoked",
+    ] {
+        assert!(text.contains(action), "{action}");
+    }
+}
