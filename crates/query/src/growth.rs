@@ -140,7 +140,8 @@ fn read_reward(v: &Value, at: &str, e: &mut Errors) -> Option<Reward> {
     })
 }
 
-fn valid_url(url: &str) -> bool {
+/// Whether `url` is an absolute `http://` or `https://` URL with a host and no whitespace.
+pub fn valid_url(url: &str) -> bool {
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"));

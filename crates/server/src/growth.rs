@@ -31,6 +31,13 @@ use crate::state::AppState;
 
 pub(crate) const PROGRAM: &str = "referral_program";
 
+/// Tells the referral consumer that what it watches changed.
+fn bump(state: &AppState) {
+    state
+        .growth_epoch
+        .fetch_add(1, std::sync::atomic::Ordering::Release);
+}
+
 /// Generated codes: 8 characters without look-alikes (no 0/o, 1/l/i).
 const ALPHABET: &[u8] = b"23456789abcdefghjkmnpqrstuvwxyz";
 const CODE_LEN: usize = 8;
@@ -54,6 +61,11 @@ pub fn router() -> Router<AppState> {
             get(list_codes).post(create_code),
         )
         .route("/r/{code}", get(click))
+        .route(
+            "/api/v1/projects/{project_id}/share-links",
+            get(list_share_links).post(create_share_link),
+        )
+        .route("/s/{token}", get(share_click))
         .route(
             "/api/v1/projects/{project_id}/referral-programs/{key}/referrals",
             get(list_referrals),
@@ -149,6 +161,7 @@ async fn create_program(
         .create_document(project_id, PROGRAM, &p.key, &p.name, &p.to_json(), &actor)
         .await
         .map_err(|e| crate::features::write_error(e, "referral program"))?;
+    bump(&state);
     Ok((StatusCode::CREATED, Json(document_json(&doc))))
 }
 
@@ -176,6 +189,7 @@ async fn patch_program(
         .update_document(project_id, PROGRAM, &key, version, &update, &actor)
         .await
         .map_err(|e| crate::features::write_error(e, "referral program"))?;
+    bump(&state);
     Ok(Json(document_json(&doc)))
 }
 
@@ -189,7 +203,9 @@ async fn archive_program(
     let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
     let actor = crate::features::actor(&caller, &headers, peer);
     // Programs have no `running` status: archiving always succeeds (its links stop working).
-    archive_unless_running(&state, project_id, PROGRAM, &key, "", &actor).await
+    let archived = archive_unless_running(&state, project_id, PROGRAM, &key, "", &actor).await?;
+    bump(&state);
+    Ok(archived)
 }
 
 /// A program that exists and is not archived.
@@ -321,8 +337,13 @@ async fn review_referral(
 }
 
 fn generated_code() -> String {
+    random_code(CODE_LEN)
+}
+
+/// `len` (at most 16) characters of [`ALPHABET`] from a v4 UUID's random bytes.
+fn random_code(len: usize) -> String {
     let bytes = uuid::Uuid::new_v4().into_bytes();
-    bytes[..CODE_LEN]
+    bytes[..len.min(16)]
         .iter()
         .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
         .collect()
@@ -496,18 +517,9 @@ async fn click(
     if !program.active {
         return Err(not_found());
     }
-    let ip = headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|| peer.ip().to_string());
-    let user_agent = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
+    let (ip, user_agent) = visitor(&headers, peer);
     let token = uuid::Uuid::new_v4().simple().to_string();
-    let fp = fingerprint(&state, &ip, user_agent).await?;
+    let fp = fingerprint(&state, &ip, &user_agent).await?;
     state
         .store
         .record_referral_click(&found, &token, &fp)
@@ -833,6 +845,158 @@ pub async fn run_holds(state: AppState, interval: std::time::Duration) {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Share links
+
+#[derive(serde::Deserialize)]
+struct ShareParams {
+    sharer: Option<String>,
+    object_type: Option<String>,
+    object_id: Option<String>,
+}
+
+async fn list_share_links(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(project_id): Path<String>,
+    Query(params): Query<ShareParams>,
+) -> Result<Json<Value>, ApiError> {
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
+    let links = state
+        .store
+        .share_links(
+            project_id,
+            params.sharer.as_deref(),
+            params.object_type.as_deref(),
+            params.object_id.as_deref(),
+        )
+        .await?;
+    let results: Vec<Value> = links.iter().map(share_json).collect();
+    Ok(Json(json!({ "results": results })))
+}
+
+fn share_json(link: &flywheel_store::ShareLink) -> Value {
+    let mut v = json!(link);
+    v["link"] = json!(format!("/s/{}", link.token));
+    v
+}
+
+/// `POST …/share-links` `{"sharer", "object_type", "object_id", "url"}`: the sharer's link to the object (made
+/// once: asking again answers it, 200).
+async fn create_share_link(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    caller: Caller,
+    Path(project_id): Path<String>,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> Result<Response, ApiError> {
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
+    const FIELDS: &[&str] = &["sharer", "object_type", "object_id", "url"];
+    let mut errors: Vec<flywheel_query::FieldError> = body
+        .keys()
+        .filter(|k| !FIELDS.contains(&k.as_str()))
+        .map(|k| flywheel_query::FieldError {
+            field: k.clone(),
+            message: format!("unknown field ({})", FIELDS.join(", ")),
+        })
+        .collect();
+    let sharer = text_field(&body, "sharer", true, &mut errors);
+    let object_type = text_field(&body, "object_type", true, &mut errors);
+    let object_id = text_field(&body, "object_id", true, &mut errors);
+    let url = text_field(&body, "url", true, &mut errors);
+    if url
+        .as_deref()
+        .is_some_and(|u| !flywheel_query::growth::valid_url(u))
+    {
+        errors.push(flywheel_query::FieldError {
+            field: "url".into(),
+            message: "must be an absolute http:// or https:// URL without spaces".into(),
+        });
+    }
+    let (Some(sharer), Some(object_type), Some(object_id), Some(url)) =
+        (sharer, object_type, object_id, url)
+    else {
+        return Err(ApiError::validation("share link", &errors));
+    };
+    if !errors.is_empty() {
+        return Err(ApiError::validation("share link", &errors));
+    }
+    let actor = crate::features::actor(&caller, &headers, peer);
+    let (link, created) = state
+        .store
+        .share_link_for(
+            project_id,
+            &sharer,
+            (&object_type, &object_id),
+            &url,
+            &random_code(12),
+            &actor,
+        )
+        .await
+        .map_err(|e| crate::features::write_error(e, "share link"))?;
+    bump(&state);
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(share_json(&link))).into_response())
+}
+
+/// `GET /s/{token}`: counts the view and redirects to the object with `fw_share={token}`.
+async fn share_click(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError::not_found(format!("no share link `{token}`"));
+    if check_code(&token).is_err() {
+        return Err(not_found());
+    }
+    let Some(link) = state.store.share_link(&token).await? else {
+        return Err(not_found());
+    };
+    let (ip, user_agent) = visitor(&headers, peer);
+    let fp = fingerprint(&state, &ip, &user_agent).await?;
+    state.store.record_share_view(link.id, &fp).await?;
+    let (base, fragment) = match link.url.split_once('#') {
+        Some((b, f)) => (b, Some(f)),
+        None => (link.url.as_str(), None),
+    };
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let mut location = format!("{base}{sep}fw_share={}", link.token);
+    if let Some(f) = fragment {
+        location.push('#');
+        location.push_str(f);
+    }
+    let mut response = StatusCode::FOUND.into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).map_err(ApiError::internal)?,
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// The visitor's address (first `X-Forwarded-For` entry, else the peer) and user agent.
+fn visitor(headers: &HeaderMap, peer: std::net::SocketAddr) -> (String, String) {
+    let ip = headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| peer.ip().to_string());
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (ip, user_agent)
 }
 
 #[cfg(test)]

@@ -258,6 +258,7 @@ impl Server {
             shutdown: shutdown_rx.clone(),
             rollouts: Arc::new(rollouts::Checks::default()),
             sticky: Arc::new(sticky),
+            growth_epoch: Default::default(),
         });
         experiments::refresh_sticky_all(&state)
             .await

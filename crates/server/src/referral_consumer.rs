@@ -92,17 +92,26 @@ fn micros(text: &str) -> Option<i64> {
         .map(|t| t.timestamp_micros())
 }
 
-/// Programs per project, reloaded every [`PROGRAMS_TTL`].
+/// Programs per project (and projects with share links), reloaded when the growth epoch moves (a program or link
+/// changed) and every [`PROGRAMS_TTL`] (other nodes' changes).
 struct Programs {
+    /// The growth epoch they were loaded at.
+    epoch: u64,
     by_project: HashMap<i64, Vec<Program>>,
+    /// Projects with share links.
+    sharing: Vec<i64>,
     loaded: Option<std::time::Instant>,
 }
 
 impl Programs {
     async fn refresh(&mut self, state: &AppState) {
-        if self.loaded.is_some_and(|t| t.elapsed() < PROGRAMS_TTL) {
+        let epoch = state
+            .growth_epoch
+            .load(std::sync::atomic::Ordering::Acquire);
+        if epoch == self.epoch && self.loaded.is_some_and(|t| t.elapsed() < PROGRAMS_TTL) {
             return;
         }
+        self.epoch = epoch;
         match state.store.all_documents(crate::growth::PROGRAM).await {
             Ok(docs) => {
                 self.by_project.clear();
@@ -117,6 +126,10 @@ impl Programs {
             }
             Err(e) => tracing::warn!(error = %e, "referrals: cannot read the programs"),
         }
+        match state.store.share_link_projects().await {
+            Ok(p) => self.sharing = p,
+            Err(e) => tracing::warn!(error = %e, "referrals: cannot read the share links"),
+        }
     }
 }
 
@@ -130,7 +143,9 @@ pub async fn run(state: AppState, intake: Intake, mut identity: watch::Receiver<
         }
     };
     let mut programs = Programs {
+        epoch: 0,
         by_project: HashMap::new(),
+        sharing: Vec::new(),
         loaded: None,
     };
     let mut shutdown = state.shutdown.clone();
@@ -139,13 +154,18 @@ pub async fn run(state: AppState, intake: Intake, mut identity: watch::Receiver<
         if lsn < target {
             programs.refresh(&state).await;
             let (from, log) = (lsn, intake.clone());
-            let projects: Vec<i64> = programs.by_project.keys().copied().collect();
+            let mut projects: Vec<i64> = programs.by_project.keys().copied().collect();
+            projects.extend(&programs.sharing);
             let read =
                 tokio::task::spawn_blocking(move || read_chunk(&log, from, target, &projects))
                     .await;
             match read {
                 Ok(Ok((end, events))) if end > from => {
                     for ev in &events {
+                        if let Err(e) = shared_visit(&state, ev).await {
+                            tracing::warn!(project_id = ev.project_id, error = %e.message,
+                                "referrals: a share-link visit could not be recorded");
+                        }
                         if let Some(list) = programs.by_project.get(&ev.project_id) {
                             if let Err(e) = handle(&state, list, ev).await {
                                 tracing::warn!(project_id = ev.project_id, error = %e.message,
@@ -208,6 +228,51 @@ fn read_chunk(
         reached = end;
     }
     Ok((reached, out))
+}
+
+/// The share token an event carries (`$share_token`, or `fw_share` in the query of `$current_url`).
+fn carried_share(props: &Value) -> Option<String> {
+    if let Some(t) = props.get("$share_token").and_then(Value::as_str) {
+        return Some(t.to_owned());
+    }
+    let url = props.get("$current_url").and_then(Value::as_str)?;
+    let query = url.split_once('?')?.1.split('#').next()?;
+    query
+        .split('&')
+        .find_map(|pair| match pair.split_once('=') {
+            Some(("fw_share", v)) if !v.is_empty() => Some(v.to_owned()),
+            _ => None,
+        })
+}
+
+/// Credits a person who came through a share link to its sharer (once per link; the sharer's own visits aside).
+async fn shared_visit(state: &AppState, ev: &Ev) -> Result<(), crate::error::ApiError> {
+    let Some(token) = carried_share(&ev.properties) else {
+        return Ok(());
+    };
+    let Some(link) = state
+        .store
+        .share_link(&token)
+        .await?
+        .filter(|l| l.project_id == ev.project_id)
+    else {
+        return Ok(());
+    };
+    let Some(person) = person_of(state, ev.project_id, &ev.distinct_id).await? else {
+        return Ok(());
+    };
+    let own = ev.distinct_id == link.sharer
+        || person_of(state, ev.project_id, &link.sharer)
+            .await?
+            .as_deref()
+            == Some(&person);
+    if !own {
+        state
+            .store
+            .record_share_visitor(link.id, &person, &ev.distinct_id)
+            .await?;
+    }
+    Ok(())
 }
 
 async fn person_of(

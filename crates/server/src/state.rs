@@ -72,6 +72,8 @@ pub struct Shared {
     pub rollouts: Arc<crate::rollouts::Checks>,
     /// Sticky bucket assignments of server-side evaluations.
     pub sticky: Arc<crate::sticky::StickyStore>,
+    /// Bumped when referral programs, codes or share links change: the referral consumer reloads what it watches.
+    pub growth_epoch: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {

@@ -512,3 +512,194 @@ impl Store {
         Ok(())
     }
 }
+
+/// A share link with its counts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ShareLink {
+    pub id: i64,
+    #[serde(skip)]
+    pub project_id: i64,
+    pub token: String,
+    pub sharer: String,
+    pub object_type: String,
+    pub object_id: String,
+    pub url: String,
+    pub created_at: String,
+    /// Clicks on the link.
+    pub views: i64,
+    /// Persons who came through it.
+    pub visitors: i64,
+    /// Of those, the ones who are identified (signed up).
+    pub signups: i64,
+}
+
+type ShareRow = (
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+);
+
+const SHARE: &str =
+    "SELECT l.id, l.project_id, l.token, l.sharer, l.object_type, l.object_id, l.url, l.created_at,
+        (SELECT COUNT(*) FROM share_views v WHERE v.link_id = l.id),
+        (SELECT COUNT(*) FROM share_visitors s WHERE s.link_id = l.id),
+        (SELECT COUNT(*) FROM share_visitors s JOIN persons p ON p.uuid = s.person_uuid
+            WHERE s.link_id = l.id AND p.is_identified = 1)
+     FROM share_links l";
+
+fn share(r: ShareRow) -> ShareLink {
+    ShareLink {
+        id: r.0,
+        project_id: r.1,
+        token: r.2,
+        sharer: r.3,
+        object_type: r.4,
+        object_id: r.5,
+        url: r.6,
+        created_at: r.7,
+        views: r.8,
+        visitors: r.9,
+        signups: r.10,
+    }
+}
+
+impl Store {
+    /// The sharer's link to an object, made with `token` and `url` the first time (true when created), audited as
+    /// `share_link.created`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn share_link_for(
+        &self,
+        project_id: i64,
+        sharer: &str,
+        object: (&str, &str),
+        url: &str,
+        token: &str,
+        actor: &Actor,
+    ) -> std::result::Result<(ShareLink, bool), WriteError> {
+        let mut tx = self.write_tx().await?;
+        let existing: Option<ShareRow> = sqlx::query_as(&format!(
+            "{SHARE} WHERE l.project_id = ? AND l.sharer = ? AND l.object_type = ? AND l.object_id = ?"
+        ))
+        .bind(project_id)
+        .bind(sharer)
+        .bind(object.0)
+        .bind(object.1)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = existing {
+            return Ok((share(row), false));
+        }
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO share_links (project_id, token, sharer, object_type, object_id, url, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(project_id)
+        .bind(token)
+        .bind(sharer)
+        .bind(object.0)
+        .bind(object.1)
+        .bind(url)
+        .bind(now_text())
+        .fetch_one(&mut *tx)
+        .await?;
+        let row: ShareRow = sqlx::query_as(&format!("{SHARE} WHERE l.id = ?"))
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let link = share(row);
+        let after = serde_json::to_value(&link)?;
+        append_audit(
+            &mut tx,
+            project_id,
+            actor,
+            "share_link.created",
+            "share_link",
+            &link.token,
+            None,
+            Some(&after),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((link, true))
+    }
+
+    /// The link with this token, in any project.
+    pub async fn share_link(&self, token: &str) -> Result<Option<ShareLink>> {
+        let row: Option<ShareRow> = sqlx::query_as(&format!("{SHARE} WHERE l.token = ?"))
+            .bind(token)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.map(share))
+    }
+
+    /// A project's links (of a sharer, of an object type and id, when given), newest first.
+    pub async fn share_links(
+        &self,
+        project_id: i64,
+        sharer: Option<&str>,
+        object_type: Option<&str>,
+        object_id: Option<&str>,
+    ) -> Result<Vec<ShareLink>> {
+        let rows: Vec<ShareRow> = sqlx::query_as(&format!(
+            "{SHARE} WHERE l.project_id = ? AND (? IS NULL OR l.sharer = ?) AND (? IS NULL OR l.object_type = ?)
+             AND (? IS NULL OR l.object_id = ?) ORDER BY l.id DESC LIMIT 1000"
+        ))
+        .bind(project_id)
+        .bind(sharer)
+        .bind(sharer)
+        .bind(object_type)
+        .bind(object_type)
+        .bind(object_id)
+        .bind(object_id)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(share).collect())
+    }
+
+    /// Records a view of a link.
+    pub async fn record_share_view(&self, link_id: i64, fingerprint: &str) -> Result<()> {
+        sqlx::query("INSERT INTO share_views (link_id, fingerprint, created_at) VALUES (?, ?, ?)")
+            .bind(link_id)
+            .bind(fingerprint)
+            .bind(now_text())
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Records that a person came through a link (once per link and person).
+    pub async fn record_share_visitor(
+        &self,
+        link_id: i64,
+        person_uuid: &str,
+        distinct_id: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT OR IGNORE INTO share_visitors (link_id, person_uuid, distinct_id, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(link_id)
+        .bind(person_uuid)
+        .bind(distinct_id)
+        .bind(now_text())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Projects with share links.
+    pub async fn share_link_projects(&self) -> Result<Vec<i64>> {
+        Ok(
+            sqlx::query_scalar("SELECT DISTINCT project_id FROM share_links")
+                .fetch_all(self.pool())
+                .await?,
+        )
+    }
+}

@@ -919,3 +919,73 @@ async fn invitations_are_single_use_expire_and_can_be_revoked() {
         assert!(text.contains(action), "{action}");
     }
 }
+
+#[tokio::test]
+async fn share_links_credit_views_and_signups_to_the_sharer() {
+    let t = TestServer::start().await;
+    let (s, v) = t
+        .api(
+            "POST",
+            "/share-links",
+            Some(
+                json!({"sharer": "alice", "object_type": "doc", "object_id": "42",
+                                               "url": "not a url"}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (s, v["errors"][0]["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("url")),
+        "{v}"
+    );
+    let body = json!({"sharer": "alice", "object_type": "doc", "object_id": "42",
+                      "url": "https://app.example.com/docs/42#intro"});
+    let link = t.created("/share-links", body.clone()).await;
+    let (s, again) = t.api("POST", "/share-links", Some(body)).await;
+    assert_eq!(
+        (s, &again["token"]),
+        (StatusCode::OK, &link["token"]),
+        "one link per sharer and object"
+    );
+    let token = link["token"].as_str().unwrap().to_owned();
+    assert_eq!(link["link"], format!("/s/{token}"));
+
+    // Three views; two visitors come through it, one signs up; alice's own visit does not count.
+    let mut landing = String::new();
+    for agent in ["a", "b", "c"] {
+        let req = Request::get(format!("/s/{token}"))
+            .header("user-agent", agent)
+            .body(Body::empty())
+            .unwrap();
+        let (s, _, h) = t.send(req).await;
+        assert_eq!(s, StatusCode::FOUND);
+        landing = h["location"].to_str().unwrap().to_owned();
+    }
+    assert_eq!(
+        landing,
+        format!("https://app.example.com/docs/42?fw_share={token}#intro")
+    );
+    capture(&t, json!([
+        {"event": "$pageview", "distinct_id": "anon-1", "properties": {"$current_url": landing}},
+        {"event": "$identify", "distinct_id": "newbie", "properties": {"$anon_distinct_id": "anon-1"}},
+        {"event": "$pageview", "distinct_id": "anon-2", "properties": {"$current_url": landing}},
+        {"event": "$pageview", "distinct_id": "anon-2", "properties": {"$current_url": landing}},
+        {"event": "$pageview", "distinct_id": "alice", "properties": {"$current_url": landing}},
+    ]))
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let link = loop {
+        let (_, v) = t.api("GET", "/share-links?sharer=alice", None).await;
+        let l = v["results"][0].clone();
+        if l["visitors"] == 2 && l["signups"] == 1 {
+            break l;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v:#}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(link["views"], 3, "{link}");
+    let req = Request::get("/s/unknown-token")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(t.send(req).await.0, StatusCode::NOT_FOUND);
+}
