@@ -48,6 +48,11 @@ pub struct IngestArgs {
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Run twice on fresh servers, without and then with an active referral program (1 % of the events carry a
+    /// referral code, `subscription_started` qualifies): compares throughput and times how long the referral
+    /// consumer takes to catch up after the load.
+    #[arg(long)]
+    compare_referrals: bool,
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -60,6 +65,9 @@ struct Spawned {
     child: Child,
     url: String,
     token: String,
+    /// The personal API key and project of `flywheel init`.
+    personal_key: String,
+    project_id: i64,
     dir: tempfile::TempDir,
 }
 
@@ -157,6 +165,13 @@ fn spawn(fsync: &str) -> anyhow::Result<(Spawned, Duration)> {
         .as_str()
         .context("init printed no project_api_key")?
         .to_owned();
+    let personal_key = init["personal_api_key"]
+        .as_str()
+        .context("init printed no personal_api_key")?
+        .to_owned();
+    let project_id = init["project_id"]
+        .as_i64()
+        .context("init printed no project_id")?;
     let port = free_port()?;
     let (child, startup) = start_server(dir.path(), port, fsync)?;
     Ok((
@@ -164,6 +179,8 @@ fn spawn(fsync: &str) -> anyhow::Result<(Spawned, Duration)> {
             child,
             url: format!("http://127.0.0.1:{port}"),
             token,
+            personal_key,
+            project_id,
             dir,
         },
         startup,
@@ -176,7 +193,97 @@ struct Template {
     uuid_offsets: Vec<usize>,
 }
 
+/// A blocking HTTP/1.1 request with a JSON body (bench set-up): the status and the body as JSON.
+fn http_json(
+    addr: &str,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    use std::io::{Read, Write};
+    let payload = body.to_string();
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+        payload.len()
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let json = out
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(serde_json::Value::Null);
+    Ok((status, json))
+}
+
+/// Sets up a referral program with 50 referrers' codes; returns the codes.
+fn referral_program(s: &Spawned) -> anyhow::Result<Vec<String>> {
+    let addr = s.url.trim_start_matches("http://");
+    let base = format!("/api/v1/projects/{}/referral-programs", s.project_id);
+    let (status, v) = http_json(
+        addr,
+        "POST",
+        &base,
+        &s.personal_key,
+        &serde_json::json!({"key": "bench", "name": "Bench", "landing_url": "https://app.example.com/signup",
+            "qualify": {"event": "subscription_started", "properties": [{"key": "plan", "value": "pro"}]},
+            "rewards": {"referrer": {"amount": 10, "unit": "USD"}, "referee": {"amount": 1, "unit": "months"}}}),
+    )?;
+    anyhow::ensure!(status == 201, "creating the referral program: {status} {v}");
+    (0..50)
+        .map(|i| {
+            let (status, v) = http_json(
+                addr,
+                "POST",
+                &format!("{base}/bench/codes"),
+                &s.personal_key,
+                &serde_json::json!({"referrer": format!("referrer-{i}")}),
+            )?;
+            anyhow::ensure!(status == 201, "creating a referral code: {status} {v}");
+            Ok(v["code"].as_str().context("no code")?.to_owned())
+        })
+        .collect()
+}
+
+/// Waits until the server's identity and referral consumers have read everything (from `/metrics`); the wait.
+fn consumers_caught_up(url: &str, limit: Duration) -> anyhow::Result<Duration> {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let start = Instant::now();
+    loop {
+        let mut s = std::net::TcpStream::connect(addr)?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        let lag = |name: &str| -> Option<f64> {
+            out.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().last())
+                .and_then(|v| v.parse().ok())
+        };
+        if lag("flywheel_identity_lag_bytes") == Some(0.0)
+            && lag("flywheel_referrals_lag_bytes") == Some(0.0)
+        {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            bail!("the consumers did not catch up within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn template(token: &str, batch: usize, users: u64, seed: u64) -> Template {
+    template_with(token, batch, users, seed, &[])
+}
+
+/// [`template`]; with `codes`, one event in 100 is a landing page view carrying one of them.
+fn template_with(token: &str, batch: usize, users: u64, seed: u64, codes: &[String]) -> Template {
     let mut body = format!("{{\"api_key\":\"{token}\",\"batch\":[");
     let mut uuid_offsets = Vec::with_capacity(batch);
     let events = [
@@ -194,15 +301,23 @@ fn template(token: &str, batch: usize, users: u64, seed: u64) -> Template {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(i as u64 * 1442695040888963407);
         let user = n % users.max(1);
-        let event = events[(n >> 33) as usize % events.len()];
+        let landing = (!codes.is_empty() && i % 100 == 7)
+            .then(|| codes[(n % codes.len() as u64) as usize].as_str());
+        let event = match landing {
+            Some(_) => "$pageview",
+            None => events[(n >> 33) as usize % events.len()],
+        };
+        let url = match landing {
+            Some(code) => format!("https://app.example.com/signup?ref={code}"),
+            None => format!("https://app.example.com/projects/{}/settings", n % 997),
+        };
         body.push_str("{\"uuid\":\"");
         uuid_offsets.push(body.len());
         body.push_str("00000000-0000-4000-8000-000000000000");
         body.push_str(&format!(
             "\",\"event\":\"{event}\",\"distinct_id\":\"user-{user}\",\"timestamp\":\"2026-11-25T10:00:00.000Z\",\
-             \"properties\":{{\"$lib\":\"flywheel-bench\",\"$lib_version\":\"1.0\",\"$current_url\":\"https://app.example.com/projects/{}/settings\",\
+             \"properties\":{{\"$lib\":\"flywheel-bench\",\"$lib_version\":\"1.0\",\"$current_url\":\"{url}\",\
              \"$browser\":\"Chrome\",\"$os\":\"Linux\",\"plan\":\"pro\",\"price\":{}.5,\"$session_id\":\"s-{}\"}}}}",
-            n % 997,
             n % 100,
             user
         ));
@@ -232,11 +347,102 @@ fn patch(t: &Template, counter: u64) -> Vec<u8> {
     body
 }
 
+/// `--compare-referrals`: the same load on two fresh servers, without and with an active referral program.
+fn compare_referrals(args: &IngestArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.url.is_none(),
+        "--compare-referrals starts its own servers (no --url)"
+    );
+    let requests = args.events.div_ceil(args.batch as u64);
+    let mut rows = Vec::new();
+    for with_program in [false, true] {
+        let (spawned, _) = spawn(&args.fsync)?;
+        let codes = if with_program {
+            referral_program(&spawned)?
+        } else {
+            Vec::new()
+        };
+        let templates: Vec<Template> = (0..16)
+            .map(|s| template_with(&spawned.token, args.batch, args.users, s + 1, &codes))
+            .collect();
+        let (elapsed, _, failures, _) = run_load(
+            &spawned.url,
+            templates,
+            requests,
+            args.concurrency,
+            Some(spawned.child.id()),
+        )?;
+        anyhow::ensure!(failures == 0, "{failures} requests failed");
+        let caught_up = consumers_caught_up(&spawned.url, Duration::from_secs(600))?;
+        let referrals = if with_program {
+            let (status, v) = http_json(
+                spawned.url.trim_start_matches("http://"),
+                "GET",
+                &format!(
+                    "/api/v1/projects/{}/referral-programs/bench/referrals?limit=1000",
+                    spawned.project_id
+                ),
+                &spawned.personal_key,
+                &serde_json::Value::Null,
+            )?;
+            anyhow::ensure!(status == 200, "listing referrals: {status} {v}");
+            v["results"].as_array().map_or(0, Vec::len)
+        } else {
+            0
+        };
+        stop(spawned.child)?;
+        let eps = (requests * args.batch as u64) as f64 / elapsed.as_secs_f64();
+        rows.push((with_program, eps, caught_up, referrals));
+    }
+    let ratio = rows[1].1 / rows[0].1;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "events": requests * args.batch as u64,
+                "without_program": {"events_per_second": rows[0].1.round(), "catch_up_ms": rows[0].2.as_millis() as u64},
+                "with_program": {"events_per_second": rows[1].1.round(), "catch_up_ms": rows[1].2.as_millis() as u64,
+                                 "referrals": rows[1].3},
+                "ratio": ratio,
+            })
+        );
+    } else {
+        println!(
+            "flywheel bench ingest --compare-referrals: {} events per run, {} per request, {} in flight",
+            requests * args.batch as u64,
+            args.batch,
+            args.concurrency
+        );
+        for (with, eps, caught, referrals) in &rows {
+            println!(
+                "  {:<22} {:>10.0} events/s   consumers caught up {:>6} ms after the load{}",
+                if *with {
+                    "with a referral program"
+                } else {
+                    "without"
+                },
+                eps,
+                caught.as_millis(),
+                if *with {
+                    format!("   {referrals} referrals (at most 1,000 listed)")
+                } else {
+                    String::new()
+                }
+            );
+        }
+        println!("  ratio              {ratio:.3} (target ≥ 0.90)");
+    }
+    Ok(())
+}
+
 fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.batch >= 1 && args.concurrency >= 1,
         "--batch and --concurrency must be at least 1"
     );
+    if args.compare_referrals {
+        return compare_referrals(&args);
+    }
     let (spawned, first_start) = match &args.url {
         Some(_) => (None, None),
         None => {
@@ -258,62 +464,8 @@ fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         .map(|s| template(&token, args.batch, args.users, s + 1))
         .collect();
     let requests = args.events.div_ceil(args.batch as u64);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (elapsed, mut latencies, failures, peak_during) = rt.block_on(async {
-        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(args.concurrency)
-            .build_http();
-        let next = Arc::new(AtomicU64::new(0));
-        let failures = Arc::new(AtomicU64::new(0));
-        let templates = Arc::new(templates);
-        let start = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..args.concurrency {
-            let client = client.clone();
-            let next = next.clone();
-            let failures = failures.clone();
-            let templates = templates.clone();
-            let uri: hyper::Uri = format!("{url}/batch").parse().expect("valid url");
-            tasks.push(tokio::spawn(async move {
-                let mut lat = Vec::new();
-                loop {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
-                    if n >= requests {
-                        break;
-                    }
-                    let body = patch(&templates[(n % 16) as usize], n + 1);
-                    let req = hyper::Request::post(uri.clone())
-                        .header("content-type", "application/json")
-                        .body(Full::new(Bytes::from(body)))
-                        .expect("request");
-                    let t = Instant::now();
-                    match client.request(req).await {
-                        Ok(resp) => {
-                            let ok = resp.status().is_success();
-                            let _ = resp.into_body().collect().await;
-                            if !ok {
-                                failures.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        Err(_) => {
-                            failures.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    lat.push(t.elapsed().as_micros() as u32);
-                }
-                lat
-            }));
-        }
-        let mut all = Vec::new();
-        for t in tasks {
-            all.extend(t.await.unwrap_or_default());
-        }
-        let elapsed = start.elapsed();
-        let peak = pid.and_then(|p| rss_kib(p, "VmHWM:"));
-        (elapsed, all, failures.load(Ordering::Relaxed), peak)
-    });
+    let (elapsed, mut latencies, failures, peak_during) =
+        run_load(&url, templates, requests, args.concurrency, pid)?;
     latencies.sort_unstable();
     let pct = |p: f64| -> f64 {
         if latencies.is_empty() {
@@ -397,4 +549,71 @@ fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         bail!("{failures} requests failed");
     }
     Ok(())
+}
+
+/// Posts `requests` batches (cycling through `templates`) with `concurrency` in flight: the elapsed time, each
+/// request's latency in µs, the failed requests and the server's peak RSS (KiB) when `pid` is known.
+fn run_load(
+    url: &str,
+    templates: Vec<Template>,
+    requests: u64,
+    concurrency: usize,
+    pid: Option<u32>,
+) -> anyhow::Result<(Duration, Vec<u32>, u64, Option<u64>)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(rt.block_on(async {
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(concurrency)
+            .build_http();
+        let next = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(AtomicU64::new(0));
+        let templates = Arc::new(templates);
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..concurrency {
+            let client = client.clone();
+            let next = next.clone();
+            let failures = failures.clone();
+            let templates = templates.clone();
+            let uri: hyper::Uri = format!("{url}/batch").parse().expect("valid url");
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= requests {
+                        break;
+                    }
+                    let body = patch(&templates[(n % 16) as usize], n + 1);
+                    let req = hyper::Request::post(uri.clone())
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(body)))
+                        .expect("request");
+                    let t = Instant::now();
+                    match client.request(req).await {
+                        Ok(resp) => {
+                            let ok = resp.status().is_success();
+                            let _ = resp.into_body().collect().await;
+                            if !ok {
+                                failures.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Err(_) => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    lat.push(t.elapsed().as_micros() as u32);
+                }
+                lat
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap_or_default());
+        }
+        let elapsed = start.elapsed();
+        let peak = pid.and_then(|p| rss_kib(p, "VmHWM:"));
+        (elapsed, all, failures.load(Ordering::Relaxed), peak)
+    }))
 }

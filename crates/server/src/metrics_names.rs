@@ -21,3 +21,5 @@ pub const SDK_RATE_LIMITED: &str = "flywheel_sdk_rate_limited_total";
 pub const LABEL_ENDPOINT: &str = "endpoint";
 /// Sticky assignments kept in memory only (queue full or write failed): lost at a restart.
 pub const STICKY_DROPPED: &str = "flywheel_sticky_assignments_dropped_total";
+/// Bytes of the intake log the referral consumer has still to read.
+pub const REFERRALS_LAG: &str = "flywheel_referrals_lag_bytes";

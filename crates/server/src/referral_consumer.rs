@@ -133,6 +133,81 @@ impl Programs {
     }
 }
 
+/// What a chunk's events need from the store, read up front in a few statements instead of two per event: the
+/// persons of their distinct ids and those persons' referrals. Kept up to date as the chunk changes them.
+#[derive(Default)]
+struct Lookups {
+    persons: HashMap<(i64, String), String>,
+    /// (project, program, referee person) → referral.
+    referrals: HashMap<(i64, String, String), flywheel_store::Referral>,
+}
+
+impl Lookups {
+    async fn load(
+        state: &AppState,
+        events: &[Ev],
+        programs: &HashMap<i64, Vec<Program>>,
+    ) -> Result<Self, crate::error::ApiError> {
+        let mut wanted: HashMap<i64, std::collections::HashSet<&str>> = HashMap::new();
+        for ev in events {
+            let relevant = carried_code(&ev.properties).is_some()
+                || carried_share(&ev.properties).is_some()
+                || programs
+                    .get(&ev.project_id)
+                    .is_some_and(|list| list.iter().any(|p| watches(p, &ev.event)));
+            if relevant {
+                wanted
+                    .entry(ev.project_id)
+                    .or_default()
+                    .insert(&ev.distinct_id);
+            }
+        }
+        let mut out = Lookups::default();
+        for (project_id, ids) in wanted {
+            let ids: Vec<&str> = ids.into_iter().collect();
+            let persons = state.store.person_ids_for(project_id, &ids).await?;
+            let uuids: Vec<&str> = persons.values().map(String::as_str).collect();
+            for r in state.store.referrals_of_persons(project_id, &uuids).await? {
+                out.referrals
+                    .insert((project_id, r.program.clone(), r.referee_person.clone()), r);
+            }
+            for (did, uuid) in persons {
+                out.persons.insert((project_id, did), uuid);
+            }
+        }
+        Ok(out)
+    }
+
+    fn person(&self, project_id: i64, distinct_id: &str) -> Option<String> {
+        self.persons
+            .get(&(project_id, distinct_id.to_owned()))
+            .cloned()
+    }
+
+    fn referral(
+        &self,
+        project_id: i64,
+        program: &str,
+        person: &str,
+    ) -> Option<flywheel_store::Referral> {
+        self.referrals
+            .get(&(project_id, program.to_owned(), person.to_owned()))
+            .cloned()
+    }
+
+    fn remember(&mut self, project_id: i64, r: flywheel_store::Referral) {
+        self.referrals
+            .insert((project_id, r.program.clone(), r.referee_person.clone()), r);
+    }
+}
+
+/// Whether events named `event` can qualify or reverse referrals of `p`.
+fn watches(p: &Program, event: &str) -> bool {
+    matches!(&p.qualify.event, flywheel_query::EventRef::Named(n) if n == event)
+        || p.qualify.event == flywheel_query::EventRef::All
+        || p.reversal_events.iter().any(|r| r == event)
+}
+
 /// Follows the log until shutdown.
 pub async fn run(state: AppState, intake: Intake, mut identity: watch::Receiver<u64>) {
     let mut lsn = match state.store.checkpoint(CONSUMER).await {
@@ -151,23 +226,33 @@ pub async fn run(state: AppState, intake: Intake, mut identity: watch::Receiver<
     let mut shutdown = state.shutdown.clone();
     loop {
         let target = *identity.borrow_and_update();
+        metrics::gauge!(crate::metrics_names::REFERRALS_LAG).set(target.saturating_sub(lsn) as f64);
         if lsn < target {
             programs.refresh(&state).await;
             let (from, log) = (lsn, intake.clone());
-            let mut projects: Vec<i64> = programs.by_project.keys().copied().collect();
-            projects.extend(&programs.sharing);
+            let interest = Interest::of(&programs);
             let read =
-                tokio::task::spawn_blocking(move || read_chunk(&log, from, target, &projects))
+                tokio::task::spawn_blocking(move || read_chunk(&log, from, target, &interest))
                     .await;
             match read {
                 Ok(Ok((end, events))) if end > from => {
+                    let mut lookups = match Lookups::load(&state, &events, &programs.by_project)
+                        .await
+                    {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::warn!(error = %e.message, "referrals: lookups failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                    };
                     for ev in &events {
-                        if let Err(e) = shared_visit(&state, ev).await {
+                        if let Err(e) = shared_visit(&state, &lookups, ev).await {
                             tracing::warn!(project_id = ev.project_id, error = %e.message,
                                 "referrals: a share-link visit could not be recorded");
                         }
                         if let Some(list) = programs.by_project.get(&ev.project_id) {
-                            if let Err(e) = handle(&state, list, ev).await {
+                            if let Err(e) = handle(&state, &mut lookups, list, ev).await {
                                 tracing::warn!(project_id = ev.project_id, error = %e.message,
                                     "referrals: an event could not be processed");
                             }
@@ -194,11 +279,51 @@ pub async fn run(state: AppState, intake: Intake, mut identity: watch::Receiver<
 }
 
 /// Reads batches after `from` up to `target`, keeping the events of `projects` (the ones with programs).
+/// What makes an event worth a look: its project, its name, or a link marker in its properties' text.
+#[derive(Clone, Default)]
+struct Interest {
+    projects: Vec<i64>,
+    /// Names that qualify or reverse in some program.
+    events: std::collections::HashSet<String>,
+    /// Some program qualifies on every event.
+    all_events: bool,
+}
+
+impl Interest {
+    fn of(programs: &Programs) -> Self {
+        let mut out = Interest {
+            projects: programs.by_project.keys().copied().collect(),
+            ..Default::default()
+        };
+        out.projects.extend(&programs.sharing);
+        for p in programs.by_project.values().flatten() {
+            match &p.qualify.event {
+                flywheel_query::EventRef::Named(n) => {
+                    out.events.insert(n.clone());
+                }
+                flywheel_query::EventRef::All => out.all_events = true,
+            }
+            out.events.extend(p.reversal_events.iter().cloned());
+        }
+        out
+    }
+
+    /// Whether the event may matter; its properties are parsed only then (most events are not).
+    fn wants(&self, project_id: i64, event: &str, properties: &str) -> bool {
+        self.projects.contains(&project_id)
+            && (self.all_events
+                || self.events.contains(event)
+                || ["ref=", "$referral_code", "fw_share=", "$share_token"]
+                    .iter()
+                    .any(|m| properties.contains(m)))
+    }
+}
+
 fn read_chunk(
     intake: &Intake,
     from: u64,
     target: u64,
-    projects: &[i64],
+    interest: &Interest,
 ) -> Result<(u64, Vec<Ev>), flywheel_engine::EngineError> {
     let mut reader = intake.reader(from);
     let mut reached = from;
@@ -214,7 +339,7 @@ fn read_chunk(
         let batch = BatchRef::new(payload)?;
         for e in batch.iter() {
             let e = e?;
-            if !projects.contains(&e.project_id) {
+            if !interest.wants(e.project_id, e.event, e.properties) {
                 continue;
             }
             out.push(Ev {
@@ -246,7 +371,11 @@ fn carried_share(props: &Value) -> Option<String> {
 }
 
 /// Credits a person who came through a share link to its sharer (once per link; the sharer's own visits aside).
-async fn shared_visit(state: &AppState, ev: &Ev) -> Result<(), crate::error::ApiError> {
+async fn shared_visit(
+    state: &AppState,
+    lookups: &Lookups,
+    ev: &Ev,
+) -> Result<(), crate::error::ApiError> {
     let Some(token) = carried_share(&ev.properties) else {
         return Ok(());
     };
@@ -258,7 +387,7 @@ async fn shared_visit(state: &AppState, ev: &Ev) -> Result<(), crate::error::Api
     else {
         return Ok(());
     };
-    let Some(person) = person_of(state, ev.project_id, &ev.distinct_id).await? else {
+    let Some(person) = lookups.person(ev.project_id, &ev.distinct_id) else {
         return Ok(());
     };
     let own = ev.distinct_id == link.sharer
@@ -289,27 +418,26 @@ async fn person_of(
 
 async fn handle(
     state: &AppState,
+    lookups: &mut Lookups,
     programs: &[Program],
     ev: &Ev,
 ) -> Result<(), crate::error::ApiError> {
     if let Some((code, click)) = carried_code(&ev.properties) {
-        attribute(state, programs, ev, &code, click.as_deref()).await?;
+        if let Some(r) = attribute(state, lookups, programs, ev, &code, click.as_deref()).await? {
+            lookups.remember(ev.project_id, r);
+        }
     }
     for p in programs {
+        if !watches(p, &ev.event) {
+            continue;
+        }
         let qualifies = matches!(&p.qualify.event, flywheel_query::EventRef::Named(n) if *n == ev.event)
             || p.qualify.event == flywheel_query::EventRef::All;
         let reverses = p.reversal_events.contains(&ev.event);
-        if !qualifies && !reverses {
-            continue;
-        }
-        let Some(person) = person_of(state, ev.project_id, &ev.distinct_id).await? else {
+        let Some(person) = lookups.person(ev.project_id, &ev.distinct_id) else {
             continue;
         };
-        let Some(referral) = state
-            .store
-            .referral_of(ev.project_id, &p.key, &person)
-            .await?
-        else {
+        let Some(referral) = lookups.referral(ev.project_id, &p.key, &person) else {
             continue;
         };
         if qualifies
@@ -321,7 +449,11 @@ async fn handle(
                     && ev.timestamp_us - at <= p.qualify.within_days as i64 * 86_400_000_000
             });
             if within {
-                qualify(state, p, ev, &referral).await?;
+                if let Some(status) = qualify(state, p, ev, &referral).await? {
+                    let mut r = referral.clone();
+                    r.status = status.to_owned();
+                    lookups.remember(ev.project_id, r);
+                }
             }
         }
         if reverses && referral.status == "qualified" {
@@ -333,20 +465,21 @@ async fn handle(
 
 async fn attribute(
     state: &AppState,
+    lookups: &Lookups,
     programs: &[Program],
     ev: &Ev,
     code: &str,
     click: Option<&str>,
-) -> Result<(), crate::error::ApiError> {
+) -> Result<Option<flywheel_store::Referral>, crate::error::ApiError> {
     let Some(found) = state.store.referral_code(code).await? else {
-        return Ok(());
+        return Ok(None);
     };
     let Some(program) = programs
         .iter()
         .find(|p| p.key == found.program)
         .filter(|_| found.project_id == ev.project_id)
     else {
-        return Ok(());
+        return Ok(None);
     };
     // A named click must be this code's, and recent enough.
     let mut click_token = None;
@@ -354,13 +487,13 @@ async fn attribute(
         if let Some((code_id, at)) = state.store.referral_click(token).await? {
             let window = program.attribution_window_days as i64 * 86_400_000_000;
             if code_id != found.id || micros(&at).is_none_or(|t| ev.timestamp_us - t > window) {
-                return Ok(());
+                return Ok(None);
             }
             click_token = Some(token.to_owned());
         }
     }
-    let Some(person) = person_of(state, ev.project_id, &ev.distinct_id).await? else {
-        return Ok(());
+    let Some(person) = lookups.person(ev.project_id, &ev.distinct_id) else {
+        return Ok(None);
     };
     let referrer_person = person_of(state, ev.project_id, &found.referrer).await?;
     let own = ev.distinct_id == found.referrer || referrer_person.as_deref() == Some(&person);
@@ -379,7 +512,15 @@ async fn attribute(
         signals: &signals,
         at: &text_time(ev.timestamp_us),
     };
-    state
+    // First touch keeps the first: a person already referred in this program needs no write.
+    if program.attribution == Attribution::FirstTouch
+        && lookups
+            .referral(ev.project_id, &program.key, &person)
+            .is_some()
+    {
+        return Ok(None);
+    }
+    let r = state
         .store
         .attribute_referral(
             ev.project_id,
@@ -387,7 +528,7 @@ async fn attribute(
             program.attribution == Attribution::LastTouch && !own,
         )
         .await?;
-    Ok(())
+    Ok(Some(r))
 }
 
 fn system() -> flywheel_store::Actor {
@@ -433,12 +574,13 @@ async fn cycle(
     Ok(false)
 }
 
+/// Scores and decides a referral whose qualifying event arrived; its new status when it changed.
 async fn qualify(
     state: &AppState,
     p: &Program,
     ev: &Ev,
     referral: &flywheel_store::Referral,
-) -> Result<(), crate::error::ApiError> {
+) -> Result<Option<&'static str>, crate::error::ApiError> {
     let capped = match p.cap_per_referrer {
         Some(cap) => {
             state
@@ -492,11 +634,13 @@ async fn qualify(
         .store
         .qualify_referral(referral.id, status, &at, &json!(signals), score as i64)
         .await?
-        || status != "qualified"
     {
-        return Ok(());
+        return Ok(None);
     }
-    write_rewards(state, ev.project_id, p, referral, ev.timestamp_us).await
+    if status == "qualified" {
+        write_rewards(state, ev.project_id, p, referral, ev.timestamp_us).await?;
+    }
+    Ok(Some(status))
 }
 
 /// The ledger entries of a qualified referral, pending for the program's hold from `from_us` (idempotent).

@@ -703,3 +703,31 @@ impl Store {
         )
     }
 }
+
+impl Store {
+    /// Every referral (any program) of these referee persons, 500 persons per statement.
+    pub async fn referrals_of_persons(
+        &self,
+        project_id: i64,
+        persons: &[&str],
+    ) -> Result<Vec<Referral>> {
+        let mut out = Vec::new();
+        for chunk in persons.chunks(500) {
+            let placeholders = vec!["?"; chunk.len()].join(",");
+            let sql =
+                format!("{REFERRAL} WHERE project_id = ? AND referee_person IN ({placeholders})");
+            let mut query = sqlx::query_as::<_, ReferralRow>(&sql).bind(project_id);
+            for p in chunk {
+                query = query.bind(*p);
+            }
+            out.extend(
+                query
+                    .fetch_all(self.pool())
+                    .await?
+                    .into_iter()
+                    .map(referral),
+            );
+        }
+        Ok(out)
+    }
+}
