@@ -71,6 +71,10 @@ pub fn router() -> Router<AppState> {
             get(list_referrals),
         )
         .route(
+            "/api/v1/projects/{project_id}/referral-programs/{key}/leaderboard",
+            get(leaderboard),
+        )
+        .route(
             "/api/v1/projects/{project_id}/referral-programs/{key}/referrals/{id}/{action}",
             axum::routing::post(review_referral),
         )
@@ -276,6 +280,48 @@ async fn list_referrals(
         )
         .await?;
     Ok(Json(json!({ "results": referrals })))
+}
+
+#[derive(serde::Deserialize)]
+struct LeaderboardParams {
+    limit: Option<i64>,
+}
+
+/// `GET …/referral-programs/{key}/leaderboard?limit=`: referrers by qualified referrals, with the next milestone.
+async fn leaderboard(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project_id, key)): Path<(String, String)>,
+    Query(params): Query<LeaderboardParams>,
+) -> Result<Json<Value>, ApiError> {
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
+    let program = stored_program(&document(&state, project_id, PROGRAM, &key).await?)?;
+    let limit = params.limit.unwrap_or(25);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid_field(
+            "leaderboard",
+            "limit",
+            "must be from 1 to 1000",
+        ));
+    }
+    let rows = state
+        .store
+        .referral_leaderboard(project_id, &key, limit)
+        .await?;
+    let results: Vec<Value> = rows
+        .into_iter()
+        .enumerate()
+        .map(|(i, (referrer, qualified, referrals))| {
+            let next = program
+                .tiers
+                .iter()
+                .find(|t| t.qualified as i64 > qualified)
+                .map(|t| json!({"qualified": t.qualified, "amount": t.reward.amount, "unit": t.reward.unit}));
+            json!({"rank": i + 1, "referrer": referrer, "qualified": qualified, "referrals": referrals,
+                   "next_milestone": next})
+        })
+        .collect();
+    Ok(Json(json!({ "results": results })))
 }
 
 /// `POST …/referral-programs/{key}/referrals/{id}/approve|reject` (`{"reason": …}`): the review queue's decision.

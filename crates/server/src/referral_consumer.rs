@@ -677,6 +677,34 @@ pub(crate) async fn write_rewards(
             .await
             .map_err(|e| crate::features::write_error(e, "reward"))?;
     }
+    // Milestones: the referrer's bonus for the tier this referral reaches (once: keyed by tier).
+    if !p.tiers.is_empty() {
+        let qualified = state
+            .store
+            .qualified_referrals(project_id, &p.key, &referral.referrer)
+            .await?;
+        for tier in p.tiers.iter().filter(|t| t.qualified as i64 <= qualified) {
+            let key = format!("tier:{}:{}:{}", p.key, referral.referrer, tier.qualified);
+            let reason = format!(
+                "milestone of `{}`: {} qualified referrals",
+                p.key, tier.qualified
+            );
+            let new = flywheel_store::NewReward {
+                beneficiary: &referral.referrer,
+                amount: tier.reward.amount,
+                unit: &tier.reward.unit,
+                reason: &reason,
+                program: Some(&p.key),
+                idempotency_key: &key,
+                hold_until: &hold_until,
+            };
+            state
+                .store
+                .create_reward(project_id, &new, &system())
+                .await
+                .map_err(|e| crate::features::write_error(e, "reward"))?;
+        }
+    }
     Ok(())
 }
 

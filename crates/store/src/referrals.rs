@@ -731,3 +731,25 @@ impl Store {
         Ok(out)
     }
 }
+
+impl Store {
+    /// A program's referrers by qualified referrals (then by all referrals), at most `limit`: (referrer,
+    /// qualified, attributed in total).
+    pub async fn referral_leaderboard(
+        &self,
+        project_id: i64,
+        program: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, i64, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT referrer, SUM(status = 'qualified'), COUNT(*) FROM referrals
+             WHERE project_id = ? AND program = ? AND status <> 'rejected'
+             GROUP BY referrer ORDER BY 2 DESC, 3 DESC, referrer LIMIT ?",
+        )
+        .bind(project_id)
+        .bind(program)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?)
+    }
+}

@@ -989,3 +989,86 @@ async fn share_links_credit_views_and_signups_to_the_sharer() {
         .unwrap();
     assert_eq!(t.send(req).await.0, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn milestones_caps_and_the_leaderboard() {
+    let t = TestServer::start().await;
+    let mut p = program();
+    p["cap_per_referrer"] = json!(3);
+    p["tiers"] = json!([{"qualified": 2, "amount": 5, "unit": "USD"}, {"qualified": 3, "amount": 15, "unit": "USD"}]);
+    t.created("/referral-programs", p).await;
+    let code = |who: &'static str| {
+        let t = &t;
+        async move {
+            t.created("/referral-programs/friends/codes", json!({"referrer": who}))
+                .await["code"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let (alice, bob) = (code("alice").await, code("bob").await);
+    let mut batch = Vec::new();
+    for (who, c) in [
+        ("r1", &alice),
+        ("r2", &alice),
+        ("r3", &alice),
+        ("r4", &alice),
+        ("s1", &bob),
+    ] {
+        batch.push(json!({"event": "$pageview", "distinct_id": who,
+                          "properties": {"$current_url": format!("https://app.example.com/signup?ref={c}")}}));
+    }
+    capture(&t, json!(batch)).await;
+    let paid: Vec<Value> = ["r1", "r2", "r3", "r4", "s1"]
+        .iter()
+        .map(|who| json!({"event": "subscription_started", "distinct_id": who, "properties": {"plan": "pro"}}))
+        .collect();
+    capture(&t, json!(paid)).await;
+    let list = referrals_until(&t, "all five decided", |l| {
+        l.len() == 5 && l.iter().all(|r| r["status"] != "attributed")
+    })
+    .await;
+    let capped: Vec<&str> = list
+        .iter()
+        .filter(|r| r["status"] == "capped")
+        .map(|r| r["referee"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        capped,
+        ["r4"],
+        "the fourth is over alice's cap of 3: {list:#?}"
+    );
+    let (_, v) = t.api("GET", "/rewards?beneficiary=alice", None).await;
+    let mut amounts: Vec<f64> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["amount"].as_f64().unwrap())
+        .collect();
+    amounts.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    assert_eq!(
+        amounts,
+        [5.0, 15.0, 20.0, 20.0, 20.0],
+        "three referrals and two milestones: {v:#}"
+    );
+    let (s, v) = t
+        .api("GET", "/referral-programs/friends/leaderboard", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let rows = v["results"].as_array().unwrap();
+    assert_eq!(
+        (
+            rows[0]["referrer"].as_str(),
+            rows[0]["qualified"].as_i64(),
+            rows[0]["referrals"].as_i64()
+        ),
+        (Some("alice"), Some(3), Some(4))
+    );
+    assert!(rows[0]["next_milestone"].is_null());
+    assert_eq!(
+        (rows[1]["referrer"].as_str(), rows[1]["rank"].as_i64()),
+        (Some("bob"), Some(2))
+    );
+    assert_eq!(rows[1]["next_milestone"]["qualified"], 2);
+}
