@@ -67,6 +67,10 @@ pub fn router() -> Router<AppState> {
         )
         .route("/s/{token}", get(share_click))
         .route(
+            "/api/v1/projects/{project_id}/growth/path",
+            get(growth_path),
+        )
+        .route(
             "/api/v1/projects/{project_id}/referral-programs/{key}/referrals",
             get(list_referrals),
         )
@@ -1043,6 +1047,60 @@ fn visitor(headers: &HeaderMap, peer: std::net::SocketAddr) -> (String, String) 
         .unwrap_or_default()
         .to_owned();
     (ip, user_agent)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The growth graph
+
+#[derive(serde::Deserialize)]
+struct PathParams {
+    person: Option<String>,
+}
+
+/// `GET …/growth/path?person=<distinct id>`: who brought this person, who brought that one, … back to the root of
+/// the chain (referrals, accepted invitations and share-link visits; the earliest edge into each person). Stops at a
+/// person met twice (`"cycle": true`) and after 100 steps.
+async fn growth_path(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(project_id): Path<String>,
+    Query(params): Query<PathParams>,
+) -> Result<Json<Value>, ApiError> {
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
+    let Some(start) = params.person.filter(|p| !p.is_empty()) else {
+        return Err(ApiError::invalid_field(
+            "growth path",
+            "person",
+            "is required: a distinct id",
+        ));
+    };
+    let mut chain = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut who = start.clone();
+    let mut cycle = false;
+    for _ in 0..100 {
+        let person = state
+            .store
+            .person_ids_for(project_id, &[who.as_str()])
+            .await?
+            .remove(&who);
+        let Some(person) = person else { break };
+        if !seen.insert(person.clone()) {
+            cycle = true;
+            break;
+        }
+        let Some(edge) = state.store.incoming_edge(project_id, &person, &who).await? else {
+            break;
+        };
+        chain.push(
+            json!({"person": who, "via": edge.via, "from": edge.from, "at": edge.at,
+                          "context": edge.context}),
+        );
+        who = edge.from;
+    }
+    Ok(Json(
+        json!({"person": start, "root": who, "steps": chain, "cycle": cycle}),
+    ))
 }
 
 #[cfg(test)]

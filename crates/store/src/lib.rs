@@ -47,7 +47,7 @@ pub use keys::{Bootstrap, PersonalKey};
 pub use ledger::{transition_allowed, NewReward, RewardEntry};
 pub use persons::{GroupMembership, IdentityRead, PersonRecord};
 pub use projects::{ProjectSettings, ProjectUpdate};
-pub use referrals::{NewReferral, Referral, ReferralCode, ShareLink};
+pub use referrals::{GrowthEdge, NewReferral, Referral, ReferralCode, ShareLink};
 pub use sticky::StickyRow;
 
 /// Errors of the metadata store.

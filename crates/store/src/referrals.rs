@@ -753,3 +753,53 @@ impl Store {
         .await?)
     }
 }
+
+/// How a person came: the earliest of their referral (not rejected), accepted invitation and share-link visit.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GrowthEdge {
+    /// `referral`, `invitation` or `share`.
+    pub via: String,
+    /// The distinct id of who brought them.
+    pub from: String,
+    pub at: String,
+    /// The program, the group (`type/key`) or the shared object (`type/id`).
+    pub context: String,
+}
+
+impl Store {
+    /// The edge that brought the person `person_uuid` (who has distinct id `distinct_id`), if any.
+    pub async fn incoming_edge(
+        &self,
+        project_id: i64,
+        person_uuid: &str,
+        distinct_id: &str,
+    ) -> Result<Option<GrowthEdge>> {
+        let row: Option<(String, String, String, String)> = sqlx::query_as(
+            "SELECT via, source, at, context FROM (
+                 SELECT 'referral' AS via, referrer AS source, attributed_at AS at, program AS context
+                   FROM referrals WHERE project_id = ? AND referee_person = ? AND status <> 'rejected'
+                 UNION ALL
+                 SELECT 'invitation', inviter, accepted_at, group_type || '/' || group_key
+                   FROM invitations WHERE project_id = ? AND status = 'accepted' AND accepted_by = ?
+                 UNION ALL
+                 SELECT 'share', l.sharer, v.created_at, l.object_type || '/' || l.object_id
+                   FROM share_visitors v JOIN share_links l ON l.id = v.link_id
+                   WHERE l.project_id = ? AND v.person_uuid = ?
+             ) ORDER BY at LIMIT 1",
+        )
+        .bind(project_id)
+        .bind(person_uuid)
+        .bind(project_id)
+        .bind(distinct_id)
+        .bind(project_id)
+        .bind(person_uuid)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(|(via, from, at, context)| GrowthEdge {
+            via,
+            from,
+            at,
+            context,
+        }))
+    }
+}

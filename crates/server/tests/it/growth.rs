@@ -1072,3 +1072,83 @@ async fn milestones_caps_and_the_leaderboard() {
     );
     assert_eq!(rows[1]["next_milestone"]["qualified"], 2);
 }
+
+#[tokio::test]
+async fn the_growth_path_leads_back_to_the_root() {
+    let t = TestServer::start().await;
+    t.created("/referral-programs", program()).await;
+    let code = t
+        .created(
+            "/referral-programs/friends/codes",
+            json!({"referrer": "alice"}),
+        )
+        .await["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // alice → bob (referral); bob → carol (invitation); carol → dave (share link).
+    capture(&t, json!([
+        {"event": "$pageview", "distinct_id": "alice", "properties": {}},
+        {"event": "$pageview", "distinct_id": "bob", "properties": {"$current_url": format!("https://app.example.com/?ref={code}")}},
+    ]))
+    .await;
+    referrals_until(&t, "bob attributed", |l| l.len() == 1).await;
+    let inv = t
+        .created(
+            "/groups/company/acme/invitations",
+            json!({"email": "carol@acme.io", "inviter": "bob"}),
+        )
+        .await;
+    let (s, _) = t
+        .api(
+            "POST",
+            "/invitations/accept",
+            Some(json!({"token": inv["token"], "distinct_id": "carol"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let link = t
+        .created("/share-links", json!({"sharer": "carol", "object_type": "doc", "object_id": "7", "url": "https://app.example.com/d/7"}))
+        .await;
+    capture(&t, json!([
+        {"event": "$pageview", "distinct_id": "dave",
+         "properties": {"$current_url": format!("https://app.example.com/d/7?fw_share={}", link["token"].as_str().unwrap())}},
+    ]))
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let path = loop {
+        let (s, v) = t.api("GET", "/growth/path?person=dave", None).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        if v["steps"].as_array().is_some_and(|s| s.len() == 3) {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v:#}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let steps: Vec<(&str, &str, &str)> = path["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["person"].as_str().unwrap(),
+                s["via"].as_str().unwrap(),
+                s["from"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("dave", "share", "carol"),
+            ("carol", "invitation", "bob"),
+            ("bob", "referral", "alice")
+        ]
+    );
+    assert_eq!(
+        (path["root"].as_str(), path["cycle"].as_bool()),
+        (Some("alice"), Some(false))
+    );
+    let (s, _) = t.api("GET", "/growth/path", None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
