@@ -229,6 +229,30 @@ pub(crate) fn definition_without_state<T>(
     }
 }
 
+/// A `limit` query parameter: `default` when absent, else 1 to 1000.
+pub(crate) fn limit_param(v: Option<i64>, default: i64, what: &str) -> Result<i64, ApiError> {
+    let limit = v.unwrap_or(default);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid_field(
+            what,
+            "limit",
+            "must be from 1 to 1000",
+        ));
+    }
+    Ok(limit)
+}
+
+/// A field error for every key of `body` that is not `known`.
+pub(crate) fn unknown_fields(body: &Map<String, Value>, known: &[&str]) -> Vec<FieldError> {
+    body.keys()
+        .filter(|k| !known.contains(&k.as_str()))
+        .map(|k| FieldError {
+            field: k.clone(),
+            message: format!("unknown field ({})", known.join(", ")),
+        })
+        .collect()
+}
+
 /// An update body must not rename the document.
 pub(crate) fn same_key(body: &Map<String, Value>, key: &str, what: &str) -> Result<(), ApiError> {
     if body.get("key").is_some_and(|k| k.as_str() != Some(key)) {

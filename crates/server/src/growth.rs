@@ -265,14 +265,7 @@ async fn list_referrals(
 ) -> Result<Json<Value>, ApiError> {
     let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
     document(&state, project_id, PROGRAM, &key).await?;
-    let limit = params.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid_field(
-            "referral list",
-            "limit",
-            "must be from 1 to 1000",
-        ));
-    }
+    let limit = crate::experiments::limit_param(params.limit, 100, "referral list")?;
     let referrals = state
         .store
         .referrals(
@@ -300,14 +293,7 @@ async fn leaderboard(
 ) -> Result<Json<Value>, ApiError> {
     let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
     let program = stored_program(&document(&state, project_id, PROGRAM, &key).await?)?;
-    let limit = params.limit.unwrap_or(25);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid_field(
-            "leaderboard",
-            "limit",
-            "must be from 1 to 1000",
-        ));
-    }
+    let limit = crate::experiments::limit_param(params.limit, 25, "leaderboard")?;
     let rows = state
         .store
         .referral_leaderboard(project_id, &key, limit)
@@ -623,14 +609,7 @@ async fn list_rewards(
             format!("`{s}` is not one of {}", STATUSES.join(", ")),
         ));
     }
-    let limit = params.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid_field(
-            "reward list",
-            "limit",
-            "must be from 1 to 1000",
-        ));
-    }
+    let limit = crate::experiments::limit_param(params.limit, 100, "reward list")?;
     let rewards = state
         .store
         .rewards(
@@ -723,14 +702,7 @@ async fn create_reward(
         "program",
         "hold_days",
     ];
-    let mut errors: Vec<flywheel_query::FieldError> = body
-        .keys()
-        .filter(|k| !FIELDS.contains(&k.as_str()))
-        .map(|k| flywheel_query::FieldError {
-            field: k.clone(),
-            message: format!("unknown field ({})", FIELDS.join(", ")),
-        })
-        .collect();
+    let mut errors = crate::experiments::unknown_fields(&body, FIELDS);
     let beneficiary = text_field(&body, "beneficiary", true, &mut errors);
     let amount = match body.get("amount").and_then(Value::as_f64) {
         Some(a) if a > 0.0 && a.is_finite() => Some(a),
@@ -945,14 +917,7 @@ async fn create_share_link(
 ) -> Result<Response, ApiError> {
     let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
     const FIELDS: &[&str] = &["sharer", "object_type", "object_id", "url"];
-    let mut errors: Vec<flywheel_query::FieldError> = body
-        .keys()
-        .filter(|k| !FIELDS.contains(&k.as_str()))
-        .map(|k| flywheel_query::FieldError {
-            field: k.clone(),
-            message: format!("unknown field ({})", FIELDS.join(", ")),
-        })
-        .collect();
+    let mut errors = crate::experiments::unknown_fields(&body, FIELDS);
     let sharer = text_field(&body, "sharer", true, &mut errors);
     let object_type = text_field(&body, "object_type", true, &mut errors);
     let object_id = text_field(&body, "object_id", true, &mut errors);

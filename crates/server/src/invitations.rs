@@ -95,12 +95,7 @@ fn text(body: &Map<String, Value>, key: &str, errors: &mut Vec<FieldError>) -> O
 }
 
 fn unknown(body: &Map<String, Value>, known: &[&str], errors: &mut Vec<FieldError>) {
-    for k in body.keys().filter(|k| !known.contains(&k.as_str())) {
-        errors.push(FieldError {
-            field: k.clone(),
-            message: format!("unknown field ({})", known.join(", ")),
-        });
-    }
+    errors.extend(crate::experiments::unknown_fields(body, known));
 }
 
 /// The domain of a plausible email address, lower case.

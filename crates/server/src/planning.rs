@@ -42,14 +42,7 @@ async fn plan(
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> Result<Json<Value>, ApiError> {
     crate::features::project_context(&state, &caller, &project_id).await?;
-    let mut errors: Vec<FieldError> = body
-        .keys()
-        .filter(|k| !FIELDS.contains(&k.as_str()))
-        .map(|k| FieldError {
-            field: k.clone(),
-            message: format!("unknown field ({})", FIELDS.join(", ")),
-        })
-        .collect();
+    let mut errors = crate::experiments::unknown_fields(&body, FIELDS);
     let mut number = |key: &str, ok: fn(f64) -> bool, what: &str| -> Option<f64> {
         let v = body.get(key).filter(|v| !v.is_null())?;
         match v.as_f64() {

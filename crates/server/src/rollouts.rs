@@ -961,14 +961,7 @@ async fn list_outbox(
     Query(params): Query<OutboxParams>,
 ) -> Result<Json<Value>, ApiError> {
     let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
-    let limit = params.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid_field(
-            "outbox",
-            "limit",
-            "must be from 1 to 1000",
-        ));
-    }
+    let limit = crate::experiments::limit_param(params.limit, 100, "outbox")?;
     let entries = state
         .store
         .outbox(
