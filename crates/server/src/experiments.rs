@@ -265,17 +265,63 @@ pub(crate) fn same_key(body: &Map<String, Value>, key: &str, what: &str) -> Resu
     Ok(())
 }
 
-/// Archives a document of `kind` unless it is `running` (then 409 with `hint`).
-pub(crate) async fn archive_unless_running(
+/// Creates a document of `kind` from its validated definition: 201 with its API view (`what` names it in errors).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn create_definition(
     state: &AppState,
     project_id: i64,
     kind: &str,
     key: &str,
-    hint: &str,
+    name: &str,
+    body: &Value,
+    actor: &flywheel_store::Actor,
+    what: &str,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let doc = state
+        .store
+        .create_document(project_id, kind, key, name, body, actor)
+        .await
+        .map_err(|e| crate::features::write_error(e, what))?;
+    Ok((StatusCode::CREATED, Json(document_json(&doc))))
+}
+
+/// Replaces a document's name and body (with the `version` the caller read, when given): its API view.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn save_definition(
+    state: &AppState,
+    project_id: i64,
+    kind: &str,
+    key: &str,
+    version: Option<i64>,
+    name: String,
+    body: Value,
+    actor: &flywheel_store::Actor,
+    what: &str,
+) -> Result<Json<Value>, ApiError> {
+    let update = flywheel_store::DocumentUpdate {
+        name: Some(name),
+        body: Some(body),
+        ..Default::default()
+    };
+    let doc = state
+        .store
+        .update_document(project_id, kind, key, version, &update, actor)
+        .await
+        .map_err(|e| crate::features::write_error(e, what))?;
+    Ok(Json(document_json(&doc)))
+}
+
+/// Archives a document of `kind`; with `running_hint`, one that is `running` is refused (409 with the hint).
+pub(crate) async fn archive_document(
+    state: &AppState,
+    project_id: i64,
+    kind: &str,
+    key: &str,
+    running_hint: Option<&str>,
     actor: &flywheel_store::Actor,
 ) -> Result<StatusCode, ApiError> {
     let current = document(state, project_id, kind, key).await?;
-    if current.body["status"] == "running" {
+    if let Some(hint) = running_hint.filter(|_| current.body["status"] == "running") {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "running",
@@ -332,12 +378,10 @@ async fn create_metric(
     let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
     let (key, name, stored) = definition(&body)?;
     let actor = crate::features::actor(&caller, &headers, peer);
-    let doc = state
-        .store
-        .create_document(project_id, METRIC, &key, &name, &stored, &actor)
-        .await
-        .map_err(|e| crate::features::write_error(e, "metric"))?;
-    Ok((StatusCode::CREATED, Json(document_json(&doc))))
+    create_definition(
+        &state, project_id, METRIC, &key, &name, &stored, &actor, "metric",
+    )
+    .await
 }
 
 async fn patch_metric(
@@ -362,18 +406,11 @@ async fn patch_metric(
         ));
     }
     let (_, name, stored) = definition(&merge(&current.body, body))?;
-    let update = flywheel_store::DocumentUpdate {
-        name: Some(name),
-        body: Some(stored),
-        ..Default::default()
-    };
     let actor = crate::features::actor(&caller, &headers, peer);
-    let doc = state
-        .store
-        .update_document(project_id, METRIC, &key, version, &update, &actor)
-        .await
-        .map_err(|e| crate::features::write_error(e, "metric"))?;
-    Ok(Json(document_json(&doc)))
+    save_definition(
+        &state, project_id, METRIC, &key, version, name, stored, &actor, "metric",
+    )
+    .await
 }
 
 async fn archive_metric(
@@ -384,18 +421,8 @@ async fn archive_metric(
     Path((project_id, key)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
-    metric_doc(&state, project_id, &key).await?;
-    let update = flywheel_store::DocumentUpdate {
-        archived: Some(true),
-        ..Default::default()
-    };
     let actor = crate::features::actor(&caller, &headers, peer);
-    state
-        .store
-        .update_document(project_id, METRIC, &key, None, &update, &actor)
-        .await
-        .map_err(|e| crate::features::write_error(e, "metric"))?;
-    Ok(StatusCode::NO_CONTENT)
+    archive_document(&state, project_id, METRIC, &key, None, &actor).await
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -627,19 +654,17 @@ async fn create_experiment(
     let x = experiment_definition(&body)?;
     check_experiment(&state, project_id, &x).await?;
     let actor = crate::features::actor(&caller, &headers, peer);
-    let doc = state
-        .store
-        .create_document(
-            project_id,
-            EXPERIMENT,
-            &x.key,
-            &x.name,
-            &experiment_body(&x, "draft", &json!([])),
-            &actor,
-        )
-        .await
-        .map_err(|e| crate::features::write_error(e, "experiment"))?;
-    Ok((StatusCode::CREATED, Json(document_json(&doc))))
+    create_definition(
+        &state,
+        project_id,
+        EXPERIMENT,
+        &x.key,
+        &x.name,
+        &experiment_body(&x, "draft", &json!([])),
+        &actor,
+        "experiment",
+    )
+    .await
 }
 
 async fn patch_experiment(
@@ -674,18 +699,19 @@ async fn patch_experiment(
     if let Some(d) = current.body.get("decision") {
         body["decision"] = d.clone();
     }
-    let update = flywheel_store::DocumentUpdate {
-        name: Some(x.name.clone()),
-        body: Some(body),
-        ..Default::default()
-    };
     let actor = crate::features::actor(&caller, &headers, peer);
-    let doc = state
-        .store
-        .update_document(project_id, EXPERIMENT, &key, version, &update, &actor)
-        .await
-        .map_err(|e| crate::features::write_error(e, "experiment"))?;
-    Ok(Json(document_json(&doc)))
+    save_definition(
+        &state,
+        project_id,
+        EXPERIMENT,
+        &key,
+        version,
+        x.name.clone(),
+        body,
+        &actor,
+        "experiment",
+    )
+    .await
 }
 
 /// Moves an experiment to `to`: `running` opens a phase with the rule's weights now, `stopped` closes it.
@@ -864,12 +890,12 @@ async fn archive_experiment(
         },
         Err(_) => None,
     };
-    let archived = archive_unless_running(
+    let archived = archive_document(
         &state,
         project_id,
         EXPERIMENT,
         &key,
-        "stop it first",
+        Some("stop it first"),
         &actor,
     )
     .await?;

@@ -24,8 +24,8 @@ use sha2::Digest;
 use crate::api::{Caller, JsonBody};
 use crate::error::ApiError;
 use crate::experiments::{
-    archive_unless_running, archived_param, definition_without_state, document, document_json,
-    merge, same_key, take_version, ListParams,
+    archive_document, archived_param, create_definition, definition_without_state, document,
+    document_json, merge, same_key, save_definition, take_version, ListParams,
 };
 use crate::state::AppState;
 
@@ -164,13 +164,19 @@ async fn create_program(
     let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
     let p = program_definition(&body)?;
     let actor = crate::features::actor(&caller, &headers, peer);
-    let doc = state
-        .store
-        .create_document(project_id, PROGRAM, &p.key, &p.name, &p.to_json(), &actor)
-        .await
-        .map_err(|e| crate::features::write_error(e, "referral program"))?;
+    let created = create_definition(
+        &state,
+        project_id,
+        PROGRAM,
+        &p.key,
+        &p.name,
+        &p.to_json(),
+        &actor,
+        "referral program",
+    )
+    .await?;
     bump(&state);
-    Ok((StatusCode::CREATED, Json(document_json(&doc))))
+    Ok(created)
 }
 
 async fn patch_program(
@@ -186,19 +192,21 @@ async fn patch_program(
     let version = take_version(&mut body, "referral program")?;
     same_key(&body, &key, "referral program")?;
     let p = program_definition(&merge(&current.body, body))?;
-    let update = flywheel_store::DocumentUpdate {
-        name: Some(p.name.clone()),
-        body: Some(p.to_json()),
-        ..Default::default()
-    };
     let actor = crate::features::actor(&caller, &headers, peer);
-    let doc = state
-        .store
-        .update_document(project_id, PROGRAM, &key, version, &update, &actor)
-        .await
-        .map_err(|e| crate::features::write_error(e, "referral program"))?;
+    let saved = save_definition(
+        &state,
+        project_id,
+        PROGRAM,
+        &key,
+        version,
+        p.name.clone(),
+        p.to_json(),
+        &actor,
+        "referral program",
+    )
+    .await?;
     bump(&state);
-    Ok(Json(document_json(&doc)))
+    Ok(saved)
 }
 
 async fn archive_program(
@@ -210,8 +218,8 @@ async fn archive_program(
 ) -> Result<StatusCode, ApiError> {
     let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
     let actor = crate::features::actor(&caller, &headers, peer);
-    // Programs have no `running` status: archiving always succeeds (its links stop working).
-    let archived = archive_unless_running(&state, project_id, PROGRAM, &key, "", &actor).await?;
+    // Programs are never `running`: archiving always succeeds (its links stop working).
+    let archived = archive_document(&state, project_id, PROGRAM, &key, None, &actor).await?;
     bump(&state);
     Ok(archived)
 }
@@ -496,10 +504,16 @@ async fn create_code(
 
 /// The salted hash of a visitor's address and user agent.
 async fn fingerprint(state: &AppState, ip: &str, user_agent: &str) -> Result<String, ApiError> {
-    let candidate = uuid::Uuid::new_v4().simple().to_string();
+    // Created (or read) once per process, not written on every click.
     let salt = state
-        .store
-        .install_secret("click_fingerprint_salt", &candidate)
+        .click_salt
+        .get_or_try_init(|| async {
+            let candidate = uuid::Uuid::new_v4().simple().to_string();
+            state
+                .store
+                .install_secret("click_fingerprint_salt", &candidate)
+                .await
+        })
         .await?;
     let mut h = sha2::Sha256::new();
     for part in [salt.as_bytes(), ip.as_bytes(), user_agent.as_bytes()] {

@@ -259,6 +259,7 @@ impl Server {
             rollouts: Arc::new(rollouts::Checks::default()),
             sticky: Arc::new(sticky),
             growth_epoch: Default::default(),
+            click_salt: Default::default(),
         });
         experiments::refresh_sticky_all(&state)
             .await

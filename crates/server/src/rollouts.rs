@@ -41,8 +41,9 @@ use serde_json::{json, Map, Value};
 use crate::api::{Caller, JsonBody};
 use crate::error::ApiError;
 use crate::experiments::{
-    archive_unless_running, archived_param, definition_without_state, document, document_json,
-    merge, optional_object, same_key, take_version, ListParams, METRIC,
+    archive_document, archived_param, create_definition, definition_without_state, document,
+    document_json, merge, optional_object, same_key, save_definition, take_version, ListParams,
+    METRIC,
 };
 use crate::features::{change_feature, rule_mut, Rule};
 use crate::state::AppState;
@@ -210,19 +211,17 @@ async fn create_rollout(
     let r = rollout_definition(&body)?;
     check_binding(&state, project_id, &r).await?;
     let actor = crate::features::actor(&caller, &headers, peer);
-    let doc = state
-        .store
-        .create_document(
-            project_id,
-            ROLLOUT,
-            &r.key,
-            &r.name,
-            &draft_body(&r),
-            &actor,
-        )
-        .await
-        .map_err(|e| crate::features::write_error(e, "rollout"))?;
-    Ok((StatusCode::CREATED, Json(document_json(&doc))))
+    create_definition(
+        &state,
+        project_id,
+        ROLLOUT,
+        &r.key,
+        &r.name,
+        &draft_body(&r),
+        &actor,
+        "rollout",
+    )
+    .await
 }
 
 async fn patch_rollout(
@@ -247,18 +246,19 @@ async fn patch_rollout(
     }
     let r = rollout_definition(&merge(&before.to_json(), body))?;
     check_binding(&state, project_id, &r).await?;
-    let update = DocumentUpdate {
-        name: Some(r.name.clone()),
-        body: Some(draft_body(&r)),
-        ..Default::default()
-    };
     let actor = crate::features::actor(&caller, &headers, peer);
-    let doc = state
-        .store
-        .update_document(project_id, ROLLOUT, &key, version, &update, &actor)
-        .await
-        .map_err(|e| crate::features::write_error(e, "rollout"))?;
-    Ok(Json(document_json(&doc)))
+    save_definition(
+        &state,
+        project_id,
+        ROLLOUT,
+        &key,
+        version,
+        r.name.clone(),
+        draft_body(&r),
+        &actor,
+        "rollout",
+    )
+    .await
 }
 
 async fn archive_rollout(
@@ -270,12 +270,12 @@ async fn archive_rollout(
 ) -> Result<StatusCode, ApiError> {
     let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
     let actor = crate::features::actor(&caller, &headers, peer);
-    archive_unless_running(
+    archive_document(
         &state,
         project_id,
         ROLLOUT,
         &key,
-        "roll it back first",
+        Some("roll it back first"),
         &actor,
     )
     .await
