@@ -49,8 +49,9 @@ pub struct IngestArgs {
     #[arg(long)]
     json: bool,
     /// Run twice on fresh servers, without and then with an active referral program (1 % of the events carry a
-    /// referral code, `subscription_started` qualifies): compares throughput and times how long the referral
-    /// consumer takes to catch up after the load.
+    /// referral code, `subscription_started` qualifies) and a PQL model (scored every 2 s during the load):
+    /// compares throughput, times how long the referral consumer takes to catch up after the load and how long
+    /// a scoring pass over all the events takes.
     #[arg(long)]
     compare_referrals: bool,
 }
@@ -94,6 +95,8 @@ fn start_server(dir: &Path, port: u16, fsync: &str) -> anyhow::Result<(Child, Du
             "--log-level",
             "warn",
         ])
+        // The PQL scorer passes often, so that with models it works during the load.
+        .env("FLYWHEEL_PQL_CHECK_SECS", "2")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -250,6 +253,44 @@ fn referral_program(s: &Spawned) -> anyhow::Result<Vec<String>> {
         .collect()
 }
 
+/// A PQL model over the bench's events (scored during the load by the server's scorer).
+fn pql_model(s: &Spawned) -> anyhow::Result<()> {
+    let (status, v) = http_json(
+        s.url.trim_start_matches("http://"),
+        "POST",
+        &format!("/api/v1/projects/{}/pql-models", s.project_id),
+        &s.personal_key,
+        &serde_json::json!({"key": "bench", "name": "Bench", "threshold": 60, "half_life_days": 7,
+        "rules": [
+            {"id": "active", "event": "$pageview", "min_count": 5, "window_days": 14, "points": 20},
+            {"id": "clicks", "event": "button_clicked", "per_event": true, "points": 2, "max_points": 30},
+            {"id": "signed_up", "event": "signed_up", "points": 10},
+            {"id": "paid", "event": "subscription_started", "properties": [{"key": "plan", "value": "pro"}],
+             "points": 25},
+        ]}),
+    )?;
+    anyhow::ensure!(status == 201, "creating the PQL model: {status} {v}");
+    Ok(())
+}
+
+/// Times one scoring pass of the bench's PQL model: (time, entities scored, qualified).
+fn pql_pass(s: &Spawned) -> anyhow::Result<(Duration, u64, u64)> {
+    let start = Instant::now();
+    let (status, v) = http_json(
+        s.url.trim_start_matches("http://"),
+        "POST",
+        &format!("/api/v1/projects/{}/pql-models/bench/score", s.project_id),
+        &s.personal_key,
+        &serde_json::Value::Null,
+    )?;
+    anyhow::ensure!(status == 200, "scoring: {status} {v}");
+    Ok((
+        start.elapsed(),
+        v["scored"].as_u64().unwrap_or(0),
+        v["qualified"].as_u64().unwrap_or(0),
+    ))
+}
+
 /// Waits until the server's identity and referral consumers have read everything (from `/metrics`); the wait.
 fn consumers_caught_up(url: &str, limit: Duration) -> anyhow::Result<Duration> {
     use std::io::{Read, Write};
@@ -355,9 +396,11 @@ fn compare_referrals(args: &IngestArgs) -> anyhow::Result<()> {
     );
     let requests = args.events.div_ceil(args.batch as u64);
     let mut rows = Vec::new();
+    let mut pql_stats = (Duration::ZERO, 0, 0);
     for with_program in [false, true] {
         let (spawned, _) = spawn(&args.fsync)?;
         let codes = if with_program {
+            pql_model(&spawned)?;
             referral_program(&spawned)?
         } else {
             Vec::new()
@@ -374,6 +417,11 @@ fn compare_referrals(args: &IngestArgs) -> anyhow::Result<()> {
         )?;
         anyhow::ensure!(failures == 0, "{failures} requests failed");
         let caught_up = consumers_caught_up(&spawned.url, Duration::from_secs(600))?;
+        let pql = if with_program {
+            Some(pql_pass(&spawned)?)
+        } else {
+            None
+        };
         let referrals = if with_program {
             let (status, v) = http_json(
                 spawned.url.trim_start_matches("http://"),
@@ -393,6 +441,9 @@ fn compare_referrals(args: &IngestArgs) -> anyhow::Result<()> {
         stop(spawned.child)?;
         let eps = (requests * args.batch as u64) as f64 / elapsed.as_secs_f64();
         rows.push((with_program, eps, caught_up, referrals));
+        if let Some(p) = pql {
+            pql_stats = p;
+        }
     }
     let ratio = rows[1].1 / rows[0].1;
     if args.json {
@@ -403,6 +454,7 @@ fn compare_referrals(args: &IngestArgs) -> anyhow::Result<()> {
                 "without_program": {"events_per_second": rows[0].1.round(), "catch_up_ms": rows[0].2.as_millis() as u64},
                 "with_program": {"events_per_second": rows[1].1.round(), "catch_up_ms": rows[1].2.as_millis() as u64,
                                  "referrals": rows[1].3},
+                "pql_pass": {"ms": pql_stats.0.as_millis() as u64, "scored": pql_stats.1, "qualified": pql_stats.2},
                 "ratio": ratio,
             })
         );
@@ -417,7 +469,7 @@ fn compare_referrals(args: &IngestArgs) -> anyhow::Result<()> {
             println!(
                 "  {:<22} {:>10.0} events/s   consumers caught up {:>6} ms after the load{}",
                 if *with {
-                    "with a referral program"
+                    "with referrals + PQL"
                 } else {
                     "without"
                 },
@@ -430,6 +482,12 @@ fn compare_referrals(args: &IngestArgs) -> anyhow::Result<()> {
                 }
             );
         }
+        println!(
+            "  PQL scoring pass       {:>10} ms for {} entities ({} qualified)",
+            pql_stats.0.as_millis(),
+            pql_stats.1,
+            pql_stats.2
+        );
         println!("  ratio              {ratio:.3} (target ≥ 0.90)");
     }
     Ok(())

@@ -71,6 +71,9 @@ pub struct ServeArgs {
     /// Seconds between two approvals of the rewards whose hold period ended [default: 60].
     #[arg(long, env = "FLYWHEEL_REWARD_CHECK_SECS")]
     pub reward_check_secs: Option<f64>,
+    /// Seconds between two passes of the PQL scorer over every live model [default: 60].
+    #[arg(long, env = "FLYWHEEL_PQL_CHECK_SECS")]
+    pub pql_check_secs: Option<f64>,
 }
 
 /// Resolved settings.
@@ -89,6 +92,7 @@ pub struct Settings {
     pub sdk_rate_limit: u32,
     pub rollout_check_secs: f64,
     pub reward_check_secs: f64,
+    pub pql_check_secs: f64,
 }
 
 impl ServeArgs {
@@ -144,6 +148,7 @@ impl ServeArgs {
                 .reward_check_secs
                 .or(file.reward_check_secs)
                 .unwrap_or(60.0),
+            pql_check_secs: self.pql_check_secs.or(file.pql_check_secs).unwrap_or(60.0),
         };
         anyhow::ensure!(settings.segment_mb >= 1, "segment_mb must be at least 1");
         anyhow::ensure!(
@@ -166,6 +171,10 @@ impl ServeArgs {
             (0.05..=86_400.0).contains(&settings.reward_check_secs),
             "reward_check_secs must be from 0.05 to 86400"
         );
+        anyhow::ensure!(
+            (0.05..=86_400.0).contains(&settings.pql_check_secs),
+            "pql_check_secs must be from 0.05 to 86400"
+        );
         Ok(settings)
     }
 }
@@ -186,6 +195,7 @@ impl Settings {
         config.sdk_rate_limit = self.sdk_rate_limit;
         config.rollout_check_interval = Duration::from_secs_f64(self.rollout_check_secs);
         config.reward_check_interval = Duration::from_secs_f64(self.reward_check_secs);
+        config.pql_check_interval = Duration::from_secs_f64(self.pql_check_secs);
         config
     }
 }

@@ -50,11 +50,13 @@ pub mod funnel;
 pub mod growth;
 pub mod lifecycle;
 pub mod plan;
+pub mod pql;
 mod read;
 pub mod retention;
 pub mod rollout;
 pub mod stickiness;
 pub mod trends;
+pub mod viral;
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;

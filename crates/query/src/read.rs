@@ -151,6 +151,27 @@ impl<'a> Obj<'a> {
         }
     }
 
+    /// A finite number in `min..=max`.
+    pub(crate) fn number(
+        &mut self,
+        key: &'static str,
+        min: f64,
+        max: f64,
+        e: &mut Errors,
+    ) -> Option<f64> {
+        let v = self.get(key)?;
+        match v.as_f64() {
+            Some(n) if n.is_finite() && (min..=max).contains(&n) => Some(n),
+            _ => {
+                e.push(
+                    self.at(key),
+                    format!("must be a number from {min} to {max}"),
+                );
+                None
+            }
+        }
+    }
+
     /// An integer in `min..=max`.
     pub(crate) fn integer(
         &mut self,

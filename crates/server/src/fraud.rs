@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | `same_email` | 90 | referee and referrer emails are equal after normalisation (lower case, `+tag` and dots of the local part removed) |
 //! | `cycle` | 80 | the referrer was (directly or up a chain of referrals) brought by the referee |
+//! | `same_device` | 60 | the referee's click on the link, or one of the referee's recent events, came from the same IP address and user agent as one of the referrer's recent events (`$ip` with `$raw_user_agent` or `$user_agent`; compared as salted hashes) |
 //! | `disposable_email` | 50 | the referee's email domain (or a parent domain) is on the disposable-domain list shipped with the binary |
 //! | `similar_email` | 40 | same domain and local parts at most 2 edits apart (at least 5 characters) |
 //! | `velocity` | 40 | the referrer's referrals attributed in the hour before this one reach the program's `velocity_per_hour` |
@@ -86,6 +87,8 @@ pub struct Facts<'a> {
     pub referrer_email: Option<&'a str>,
     /// The referrer was brought, up the chain, by the referee.
     pub cycle: bool,
+    /// The referee used the referrer's device (same IP address and user agent).
+    pub same_device: bool,
     /// The referrer's referrals attributed in the hour before this one.
     pub recent_referrals: u64,
     pub velocity_per_hour: u64,
@@ -109,6 +112,9 @@ pub fn score(f: &Facts<'_>) -> (Vec<&'static str>, u64) {
     if f.cycle {
         signals.push("cycle");
     }
+    if f.same_device {
+        signals.push("same_device");
+    }
     if referee.as_ref().is_some_and(|(_, d)| is_disposable(d)) {
         signals.push("disposable_email");
     }
@@ -120,6 +126,7 @@ pub fn score(f: &Facts<'_>) -> (Vec<&'static str>, u64) {
         .map(|s| match *s {
             "same_email" => 90,
             "cycle" => 80,
+            "same_device" => 60,
             "disposable_email" => 50,
             _ => 40,
         })
@@ -136,6 +143,7 @@ mod tests {
             referee_email: Some(referee),
             referrer_email: Some(referrer),
             cycle: false,
+            same_device: false,
             recent_referrals: 0,
             velocity_per_hour: 10,
         }
@@ -178,6 +186,9 @@ mod tests {
         f.cycle = true;
         f.recent_referrals = 12;
         assert_eq!(score(&f), (vec!["cycle", "velocity"], 100));
+        let mut f = facts("bob@x.io", "anna@y.io");
+        f.same_device = true;
+        assert_eq!(score(&f), (vec!["same_device"], 60));
         assert_eq!(edits_within("kitten", "sitting", 3), 3);
         assert_eq!(edits_within("abcdefgh", "zzzzzzzz", 2), 3);
     }

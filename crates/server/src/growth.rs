@@ -503,7 +503,11 @@ async fn create_code(
 }
 
 /// The salted hash of a visitor's address and user agent.
-async fn fingerprint(state: &AppState, ip: &str, user_agent: &str) -> Result<String, ApiError> {
+pub(crate) async fn fingerprint(
+    state: &AppState,
+    ip: &str,
+    user_agent: &str,
+) -> Result<String, ApiError> {
     // Created (or read) once per process, not written on every click.
     let salt = state
         .click_salt

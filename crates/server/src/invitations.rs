@@ -273,7 +273,7 @@ async fn change(
 }
 
 /// Appends an event for `distinct_id` (a server-made fact: joining a group).
-async fn record(
+pub(crate) async fn record(
     state: &AppState,
     project_id: i64,
     distinct_id: &str,

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod capture;
 pub mod cohorts;
+pub mod definitions;
 pub mod error;
 pub mod events_table;
 pub mod experiment_results;
@@ -15,6 +16,7 @@ pub mod exposure;
 pub mod features;
 pub mod fraud;
 pub mod growth;
+pub mod growth_metrics;
 pub mod identity;
 pub mod insight_filters;
 pub mod insights;
@@ -24,12 +26,14 @@ pub mod ofrep;
 pub mod ops;
 pub mod planning;
 pub mod posthog_flags;
+pub mod pql;
 pub mod projects;
 pub mod referral_consumer;
 pub mod rollouts;
 pub mod serving;
 pub mod state;
 pub mod sticky;
+pub mod trials;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -66,6 +70,8 @@ pub struct Config {
     pub rollout_check_interval: Duration,
     /// How often rewards whose hold ended are approved.
     pub reward_check_interval: Duration,
+    /// How often the PQL scorer scores every live model.
+    pub pql_check_interval: Duration,
 }
 
 impl Config {
@@ -83,6 +89,7 @@ impl Config {
             sdk_rate_limit: 0,
             rollout_check_interval: Duration::from_secs(30),
             reward_check_interval: Duration::from_secs(60),
+            pql_check_interval: Duration::from_secs(60),
         }
     }
 
@@ -152,7 +159,10 @@ pub fn app(state: AppState) -> Router {
         .merge(rollouts::router())
         .merge(planning::router())
         .merge(growth::router())
+        .merge(growth_metrics::router())
         .merge(invitations::router())
+        .merge(pql::router())
+        .merge(trials::router())
         .merge(features::router())
         .merge(ops::router())
         .layer(axum::middleware::from_fn(ops::track))
@@ -174,6 +184,7 @@ pub struct Server {
     exposure_task: tokio::task::JoinHandle<()>,
     rollout_task: tokio::task::JoinHandle<()>,
     reward_task: tokio::task::JoinHandle<()>,
+    pql_task: tokio::task::JoinHandle<()>,
     referral_task: tokio::task::JoinHandle<()>,
     sticky_task: tokio::task::JoinHandle<()>,
 }
@@ -272,6 +283,10 @@ impl Server {
             state.clone(),
             state.config.reward_check_interval,
         ));
+        let pql_task = tokio::spawn(pql::run_scorer(
+            state.clone(),
+            state.config.pql_check_interval,
+        ));
         let referral_task = tokio::spawn(referral_consumer::run(
             state.clone(),
             state.intake.clone(),
@@ -301,6 +316,7 @@ impl Server {
             exposure_task,
             rollout_task,
             reward_task,
+            pql_task,
             referral_task,
             sticky_task,
         })
@@ -315,6 +331,8 @@ impl Server {
         let _ = tokio::time::timeout(Duration::from_secs(10), self.reward_task).await;
         // Its checkpoint trails what it processed: a restart replays at most a chunk, idempotently.
         self.referral_task.abort();
+        // Each pass writes in one transaction: cutting it loses nothing (the next pass scores again).
+        self.pql_task.abort();
         match tokio::time::timeout(Duration::from_secs(30), self.serve_task).await {
             Ok(joined) => joined?.context("HTTP server failed")?,
             Err(_) => tracing::warn!("in-flight requests did not finish within 30 s"),

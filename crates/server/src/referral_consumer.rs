@@ -551,6 +551,75 @@ async fn email_of(
         .and_then(|p| p.properties["email"].as_str().map(str::to_owned)))
 }
 
+/// How far back, and how many of a person's newest events, [`device_prints`] looks at.
+const DEVICE_DAYS: i64 = 30;
+const DEVICE_EVENTS: usize = 200;
+
+/// The fingerprints (salted address and user agent, as clicks keep them) of a distinct id's recent events that
+/// carry both `$ip` and a user agent (`$raw_user_agent`, as browsers send, or `$user_agent`).
+async fn device_prints(
+    state: &AppState,
+    project_id: i64,
+    distinct_id: &str,
+    until_us: i64,
+) -> Result<std::collections::HashSet<String>, crate::error::ApiError> {
+    let filter = flywheel_engine::table::RecentFilter {
+        event: None,
+        distinct_ids: Some(vec![distinct_id.to_owned()]),
+        after_us: Some(until_us - DEVICE_DAYS * 86_400_000_000),
+        before_us: Some(until_us + 1),
+    };
+    let tables = state.tables.clone();
+    let events =
+        tokio::task::spawn_blocking(move || tables.recent(project_id, &filter, DEVICE_EVENTS))
+            .await
+            .map_err(crate::error::ApiError::internal)?
+            .map_err(crate::error::ApiError::internal)?;
+    let mut pairs = std::collections::HashSet::new();
+    for e in &events {
+        // Most events carry neither: skip the parse.
+        if !e.properties.contains("\"$ip\"") || !e.properties.contains("user_agent\"") {
+            continue;
+        }
+        let Ok(props) = serde_json::from_str::<Value>(&e.properties) else {
+            continue;
+        };
+        let ip = props.get("$ip").and_then(Value::as_str);
+        let agent = props
+            .get("$raw_user_agent")
+            .or_else(|| props.get("$user_agent"))
+            .and_then(Value::as_str);
+        if let (Some(ip), Some(agent)) = (ip, agent) {
+            pairs.insert((ip.to_owned(), agent.to_owned()));
+        }
+    }
+    let mut out = std::collections::HashSet::new();
+    for (ip, agent) in pairs {
+        out.insert(crate::growth::fingerprint(state, &ip, &agent).await?);
+    }
+    Ok(out)
+}
+
+/// Whether the referee's click or recent events share a device (address and user agent) with the referrer's.
+async fn same_device(
+    state: &AppState,
+    project_id: i64,
+    referral: &flywheel_store::Referral,
+    at_us: i64,
+) -> Result<bool, crate::error::ApiError> {
+    let referrer = device_prints(state, project_id, &referral.referrer, at_us).await?;
+    if referrer.is_empty() {
+        return Ok(false);
+    }
+    let mut referee = device_prints(state, project_id, &referral.referee, at_us).await?;
+    if let Some(token) = &referral.click_token {
+        if let Some(fp) = state.store.click_fingerprint(token).await? {
+            referee.insert(fp);
+        }
+    }
+    Ok(!referrer.is_disjoint(&referee))
+}
+
 /// Whether the referee brought the referrer, up the chain of referrals (at most 20 steps).
 async fn cycle(
     state: &AppState,
@@ -605,6 +674,7 @@ async fn qualify(
             &referral.referrer,
         )
         .await?,
+        same_device: same_device(state, ev.project_id, referral, ev.timestamp_us).await?,
         // The referrer's referrals attributed in the hour before this one.
         recent_referrals: state
             .store

@@ -18,11 +18,13 @@
 mod cohorts;
 mod documents;
 mod features;
+mod growth_metrics;
 mod identity;
 mod invitations;
 mod keys;
 mod ledger;
 mod persons;
+mod pql;
 mod projects;
 mod referrals;
 mod sticky;
@@ -41,11 +43,13 @@ pub use features::{
     json_diff, Actor, AuditEntry, AuditFilter, EnvironmentRecord, FeatureRecord, SavedGroupRecord,
     SdkBinding, SdkConnection, WriteError, SDK_KEY_PREFIX,
 };
+pub use growth_metrics::{ConvertedInvite, GrowthInvites, InviteChannel, SentInvites};
 pub use identity::{ApplyStats, IdentityChange, IdentityOp, IdentityWriter, MergeMode};
 pub use invitations::{Invitation, InvitationChange, NewInvitation};
 pub use keys::{Bootstrap, PersonalKey};
 pub use ledger::{transition_allowed, NewReward, RewardEntry};
 pub use persons::{GroupMembership, IdentityRead, PersonRecord};
+pub use pql::PqlScore;
 pub use projects::{ProjectSettings, ProjectUpdate};
 pub use referrals::{GrowthEdge, NewReferral, Referral, ReferralCode, ShareLink};
 pub use sticky::StickyRow;

@@ -414,7 +414,7 @@ impl Store {
 }
 
 /// A read-only rusqlite connection for bulk reads on a blocking thread (sqlx hands every row over a channel).
-fn read_connection(path: &std::path::Path) -> rusqlite::Result<rusqlite::Connection> {
+pub(crate) fn read_connection(path: &std::path::Path) -> rusqlite::Result<rusqlite::Connection> {
     use rusqlite::OpenFlags;
     let conn = rusqlite::Connection::open_with_flags(
         path,

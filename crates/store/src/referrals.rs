@@ -499,6 +499,16 @@ impl Store {
         )
     }
 
+    /// The fingerprint (salted hash of address and user agent) of a click.
+    pub async fn click_fingerprint(&self, token: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT fingerprint FROM referral_clicks WHERE token = ?")
+                .bind(token)
+                .fetch_optional(self.pool())
+                .await?,
+        )
+    }
+
     /// The LSN the `consumer` has processed, stored.
     pub async fn set_checkpoint(&self, consumer: &str, lsn: u64) -> Result<()> {
         sqlx::query(

@@ -13,7 +13,11 @@ fn program() -> Value {
            "attribution_window_days": 7})
 }
 
-async fn click(t: &TestServer, code: &str, agent: &str) -> (StatusCode, axum::http::HeaderMap) {
+pub(crate) async fn click(
+    t: &TestServer,
+    code: &str,
+    agent: &str,
+) -> (StatusCode, axum::http::HeaderMap) {
     let req = Request::get(format!("/r/{code}"))
         .header("user-agent", agent)
         .body(Body::empty())
@@ -362,7 +366,7 @@ async fn the_reward_ledger_holds_approves_fulfils_and_reverses() {
     );
 }
 
-async fn capture(t: &TestServer, batch: Value) {
+pub(crate) async fn capture(t: &TestServer, batch: Value) {
     let (s, v) = t
         .post(
             "/batch",

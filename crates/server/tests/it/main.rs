@@ -2,10 +2,13 @@
 
 mod api;
 mod capture;
+mod devices;
 mod experiments;
 mod features;
 mod growth;
+mod growth_metrics;
 mod malformed;
+mod pql;
 mod rollouts;
 mod serving;
 
