@@ -54,6 +54,9 @@ pub struct IngestArgs {
     /// a scoring pass over all the events takes.
     #[arg(long)]
     compare_referrals: bool,
+    /// With `--compare-referrals`: alternating runs of each configuration; the medians are compared.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -260,7 +263,7 @@ fn pql_model(s: &Spawned) -> anyhow::Result<()> {
         "POST",
         &format!("/api/v1/projects/{}/pql-models", s.project_id),
         &s.personal_key,
-        &serde_json::json!({"key": "bench", "name": "Bench", "threshold": 60, "half_life_days": 7,
+        &serde_json::json!({"key": "bench", "name": "Bench", "threshold": 25, "half_life_days": 7,
         "rules": [
             {"id": "active", "event": "$pageview", "min_count": 5, "window_days": 14, "points": 20},
             {"id": "clicks", "event": "button_clicked", "per_event": true, "points": 2, "max_points": 30},
@@ -395,9 +398,13 @@ fn compare_referrals(args: &IngestArgs) -> anyhow::Result<()> {
         "--compare-referrals starts its own servers (no --url)"
     );
     let requests = args.events.div_ceil(args.batch as u64);
-    let mut rows = Vec::new();
+    let mut runs = Vec::new();
     let mut pql_stats = (Duration::ZERO, 0, 0);
-    for with_program in [false, true] {
+    // Alternating runs: the host's noise hits both configurations alike.
+    let plan: Vec<bool> = (0..args.rounds.max(1))
+        .flat_map(|_| [false, true])
+        .collect();
+    for with_program in plan {
         let (spawned, _) = spawn(&args.fsync)?;
         let codes = if with_program {
             pql_model(&spawned)?;
@@ -440,11 +447,18 @@ fn compare_referrals(args: &IngestArgs) -> anyhow::Result<()> {
         };
         stop(spawned.child)?;
         let eps = (requests * args.batch as u64) as f64 / elapsed.as_secs_f64();
-        rows.push((with_program, eps, caught_up, referrals));
+        runs.push((with_program, eps, caught_up, referrals));
         if let Some(p) = pql {
             pql_stats = p;
         }
     }
+    // The run of median throughput of each configuration.
+    let median = |with: bool| {
+        let mut of: Vec<_> = runs.iter().filter(|r| r.0 == with).cloned().collect();
+        of.sort_by(|a, b| a.1.total_cmp(&b.1));
+        of[of.len() / 2]
+    };
+    let rows = [median(false), median(true)];
     let ratio = rows[1].1 / rows[0].1;
     if args.json {
         println!(
@@ -460,10 +474,11 @@ fn compare_referrals(args: &IngestArgs) -> anyhow::Result<()> {
         );
     } else {
         println!(
-            "flywheel bench ingest --compare-referrals: {} events per run, {} per request, {} in flight",
+            "flywheel bench ingest --compare-referrals: {} events per run, {} per request, {} in flight, median of {} runs each",
             requests * args.batch as u64,
             args.batch,
-            args.concurrency
+            args.concurrency,
+            args.rounds.max(1)
         );
         for (with, eps, caught, referrals) in &rows {
             println!(

@@ -531,16 +531,22 @@ pub(crate) async fn score_model(
     Ok(stats)
 }
 
-/// The scorer: scores every live model every `interval`.
+/// The share of one core the scorer may use: after a pass that took `d`, the next starts at least
+/// `d × (1 / BUSY_SHARE − 1)` later (and never sooner than the interval), so scoring cannot starve ingestion however
+/// many events the windows hold; scores then lag by at most the interval or ten passes' time.
+const BUSY_SHARE: f64 = 0.1;
+
+/// The scorer: scores every live model every `interval` (or less often, see [`BUSY_SHARE`]).
 pub async fn run_scorer(state: AppState, interval: std::time::Duration) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wait = interval;
     loop {
-        ticker.tick().await;
+        tokio::time::sleep(wait).await;
+        let started = std::time::Instant::now();
         let docs = match state.store.all_documents(MODEL).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(error = %e, "pql: cannot read the models");
+                wait = interval;
                 continue;
             }
         };
@@ -556,6 +562,7 @@ pub async fn run_scorer(state: AppState, interval: std::time::Duration) {
                 }
             }
         }
+        wait = interval.max(started.elapsed().mul_f64(1.0 / BUSY_SHARE - 1.0));
     }
 }
 
