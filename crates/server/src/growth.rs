@@ -23,10 +23,7 @@ use sha2::Digest;
 
 use crate::api::{Caller, JsonBody};
 use crate::error::ApiError;
-use crate::experiments::{
-    archive_document, archived_param, create_definition, definition_without_state, document,
-    document_json, merge, same_key, save_definition, take_version, ListParams,
-};
+use crate::experiments::document;
 use crate::state::AppState;
 
 pub(crate) const PROGRAM: &str = "referral_program";
@@ -45,17 +42,7 @@ const CODE_LEN: usize = 8;
 const MAX_REFERRER: usize = 200;
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/api/v1/projects/{project_id}/referral-programs",
-            get(list_programs).post(create_program),
-        )
-        .route(
-            "/api/v1/projects/{project_id}/referral-programs/{key}",
-            get(get_program)
-                .patch(patch_program)
-                .delete(archive_program),
-        )
+    crate::definitions::routes("/api/v1/projects/{project_id}/referral-programs", &PROGRAMS)
         .route(
             "/api/v1/projects/{project_id}/referral-programs/{key}/codes",
             get(list_codes).post(create_code),
@@ -96,9 +83,10 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-fn program_definition(body: &Map<String, Value>) -> Result<Program, ApiError> {
-    let p = definition_without_state(body, "referral program", &[], "", parse_program)?;
-    // The referral consumer tests the qualifying event's own properties.
+/// A referral program's definition: the query crate's checks, and the consumer's limit that the qualifying event
+/// is tested on its own properties.
+fn program_definition(body: &Value) -> crate::definitions::Parsed {
+    let p = parse_program(body)?;
     let errors: Vec<flywheel_query::FieldError> = p
         .qualify
         .properties
@@ -114,10 +102,19 @@ fn program_definition(body: &Map<String, Value>) -> Result<Program, ApiError> {
         })
         .collect();
     if !errors.is_empty() {
-        return Err(ApiError::validation("referral program", &errors));
+        return Err(errors);
     }
-    Ok(p)
+    Ok((p.key.clone(), p.name.clone(), p.to_json()))
 }
+
+/// Referral programs are plain definition documents; every change tells the referral consumer (archiving one
+/// stops its links).
+static PROGRAMS: crate::definitions::Kind = crate::definitions::Kind {
+    kind: PROGRAM,
+    what: "referral program",
+    parse: program_definition,
+    changed: bump,
+};
 
 fn stored_program(doc: &flywheel_store::Document) -> Result<Program, ApiError> {
     parse_program(&doc.body).map_err(|_| {
@@ -126,102 +123,6 @@ fn stored_program(doc: &flywheel_store::Document) -> Result<Program, ApiError> {
             doc.key
         ))
     })
-}
-
-async fn list_programs(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(project_id): Path<String>,
-    Query(params): Query<ListParams>,
-) -> Result<Json<Value>, ApiError> {
-    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
-    let archived = archived_param(&params, "referral program list")?;
-    let docs = state.store.documents(project_id, PROGRAM, archived).await?;
-    Ok(Json(
-        json!({"results": docs.iter().map(document_json).collect::<Vec<_>>()}),
-    ))
-}
-
-async fn get_program(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path((project_id, key)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
-    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
-    Ok(Json(document_json(
-        &document(&state, project_id, PROGRAM, &key).await?,
-    )))
-}
-
-async fn create_program(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    headers: HeaderMap,
-    caller: Caller,
-    Path(project_id): Path<String>,
-    JsonBody(body): JsonBody<Map<String, Value>>,
-) -> Result<impl IntoResponse, ApiError> {
-    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
-    let p = program_definition(&body)?;
-    let actor = crate::features::actor(&caller, &headers, peer);
-    let created = create_definition(
-        &state,
-        project_id,
-        PROGRAM,
-        &p.key,
-        &p.name,
-        &p.to_json(),
-        &actor,
-        "referral program",
-    )
-    .await?;
-    bump(&state);
-    Ok(created)
-}
-
-async fn patch_program(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    headers: HeaderMap,
-    caller: Caller,
-    Path((project_id, key)): Path<(String, String)>,
-    JsonBody(mut body): JsonBody<Map<String, Value>>,
-) -> Result<Json<Value>, ApiError> {
-    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
-    let current = document(&state, project_id, PROGRAM, &key).await?;
-    let version = take_version(&mut body, "referral program")?;
-    same_key(&body, &key, "referral program")?;
-    let p = program_definition(&merge(&current.body, body))?;
-    let actor = crate::features::actor(&caller, &headers, peer);
-    let saved = save_definition(
-        &state,
-        project_id,
-        PROGRAM,
-        &key,
-        version,
-        p.name.clone(),
-        p.to_json(),
-        &actor,
-        "referral program",
-    )
-    .await?;
-    bump(&state);
-    Ok(saved)
-}
-
-async fn archive_program(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    headers: HeaderMap,
-    caller: Caller,
-    Path((project_id, key)): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
-    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
-    let actor = crate::features::actor(&caller, &headers, peer);
-    // Programs are never `running`: archiving always succeeds (its links stop working).
-    let archived = archive_document(&state, project_id, PROGRAM, &key, None, &actor).await?;
-    bump(&state);
-    Ok(archived)
 }
 
 /// A program that exists and is not archived.
