@@ -74,6 +74,17 @@ pub struct ServeArgs {
     /// Seconds between two passes of the PQL scorer over every live model [default: 60].
     #[arg(long, env = "FLYWHEEL_PQL_CHECK_SECS")]
     pub pql_check_secs: Option<f64>,
+    /// Networks (CIDRs or addresses, comma-separated) that webhooks may call although they are not public, e.g.
+    /// `10.0.0.0/8,127.0.0.1`; by default only public addresses are called.
+    #[arg(long, env = "FLYWHEEL_WEBHOOK_ALLOW", value_delimiter = ',')]
+    pub webhook_allow: Option<Vec<String>>,
+    /// Seconds before the first retry of a failed webhook delivery (doubling after each failure, at most 6 h)
+    /// [default: 10].
+    #[arg(long, env = "FLYWHEEL_WEBHOOK_RETRY_BASE_SECS")]
+    pub webhook_retry_base_secs: Option<f64>,
+    /// Attempts before a webhook message is dead [default: 18, about a day and a half of retries].
+    #[arg(long, env = "FLYWHEEL_WEBHOOK_MAX_ATTEMPTS")]
+    pub webhook_max_attempts: Option<u32>,
 }
 
 /// Resolved settings.
@@ -93,6 +104,9 @@ pub struct Settings {
     pub rollout_check_secs: f64,
     pub reward_check_secs: f64,
     pub pql_check_secs: f64,
+    pub webhook_allow: Vec<flywheel_server::webhooks::Cidr>,
+    pub webhook_retry_base_secs: f64,
+    pub webhook_max_attempts: u32,
 }
 
 impl ServeArgs {
@@ -149,6 +163,25 @@ impl ServeArgs {
                 .or(file.reward_check_secs)
                 .unwrap_or(60.0),
             pql_check_secs: self.pql_check_secs.or(file.pql_check_secs).unwrap_or(60.0),
+            webhook_allow: self
+                .webhook_allow
+                .or(file.webhook_allow)
+                .unwrap_or_default()
+                .iter()
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| {
+                    s.parse()
+                        .map_err(|e: String| anyhow::anyhow!("webhook_allow: {e}"))
+                })
+                .collect::<anyhow::Result<_>>()?,
+            webhook_retry_base_secs: self
+                .webhook_retry_base_secs
+                .or(file.webhook_retry_base_secs)
+                .unwrap_or(10.0),
+            webhook_max_attempts: self
+                .webhook_max_attempts
+                .or(file.webhook_max_attempts)
+                .unwrap_or(18),
         };
         anyhow::ensure!(settings.segment_mb >= 1, "segment_mb must be at least 1");
         anyhow::ensure!(
@@ -175,6 +208,14 @@ impl ServeArgs {
             (0.05..=86_400.0).contains(&settings.pql_check_secs),
             "pql_check_secs must be from 0.05 to 86400"
         );
+        anyhow::ensure!(
+            (0.01..=3600.0).contains(&settings.webhook_retry_base_secs),
+            "webhook_retry_base_secs must be from 0.01 to 3600"
+        );
+        anyhow::ensure!(
+            (1..=100).contains(&settings.webhook_max_attempts),
+            "webhook_max_attempts must be from 1 to 100"
+        );
         Ok(settings)
     }
 }
@@ -196,6 +237,9 @@ impl Settings {
         config.rollout_check_interval = Duration::from_secs_f64(self.rollout_check_secs);
         config.reward_check_interval = Duration::from_secs_f64(self.reward_check_secs);
         config.pql_check_interval = Duration::from_secs_f64(self.pql_check_secs);
+        config.webhook_allow = self.webhook_allow.clone();
+        config.webhook_retry_base = Duration::from_secs_f64(self.webhook_retry_base_secs);
+        config.webhook_max_attempts = self.webhook_max_attempts;
         config
     }
 }

@@ -34,6 +34,7 @@ pub mod serving;
 pub mod state;
 pub mod sticky;
 pub mod trials;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -72,6 +73,14 @@ pub struct Config {
     pub reward_check_interval: Duration,
     /// How often the PQL scorer scores every live model.
     pub pql_check_interval: Duration,
+    /// Networks webhooks may call although they are not public (loopback, private…); empty: public addresses only.
+    pub webhook_allow: Vec<webhooks::Cidr>,
+    /// The first retry's wait; each later one doubles (capped at 6 h), with jitter.
+    pub webhook_retry_base: Duration,
+    /// Attempts before a message is dead (the dead-letter list).
+    pub webhook_max_attempts: u32,
+    /// How often the delivery worker looks for new messages.
+    pub webhook_poll: Duration,
 }
 
 impl Config {
@@ -90,6 +99,10 @@ impl Config {
             rollout_check_interval: Duration::from_secs(30),
             reward_check_interval: Duration::from_secs(60),
             pql_check_interval: Duration::from_secs(60),
+            webhook_allow: Vec::new(),
+            webhook_retry_base: Duration::from_secs(10),
+            webhook_max_attempts: 18,
+            webhook_poll: Duration::from_millis(250),
         }
     }
 
@@ -163,6 +176,7 @@ pub fn app(state: AppState) -> Router {
         .merge(invitations::router())
         .merge(pql::router())
         .merge(trials::router())
+        .merge(webhooks::router())
         .merge(features::router())
         .merge(ops::router())
         .layer(axum::middleware::from_fn(ops::track))
@@ -185,6 +199,7 @@ pub struct Server {
     rollout_task: tokio::task::JoinHandle<()>,
     reward_task: tokio::task::JoinHandle<()>,
     pql_task: tokio::task::JoinHandle<()>,
+    webhook_task: tokio::task::JoinHandle<()>,
     referral_task: tokio::task::JoinHandle<()>,
     sticky_task: tokio::task::JoinHandle<()>,
 }
@@ -287,6 +302,7 @@ impl Server {
             state.clone(),
             state.config.pql_check_interval,
         ));
+        let webhook_task = tokio::spawn(webhooks::run(state.clone()));
         let referral_task = tokio::spawn(referral_consumer::run(
             state.clone(),
             state.intake.clone(),
@@ -317,6 +333,7 @@ impl Server {
             rollout_task,
             reward_task,
             pql_task,
+            webhook_task,
             referral_task,
             sticky_task,
         })
@@ -333,6 +350,9 @@ impl Server {
         self.referral_task.abort();
         // Each pass writes in one transaction: cutting it loses nothing (the next pass scores again).
         self.pql_task.abort();
+        // An attempt cut here is not recorded: it is made again after the restart (receivers deduplicate by
+        // message id).
+        self.webhook_task.abort();
         match tokio::time::timeout(Duration::from_secs(30), self.serve_task).await {
             Ok(joined) => joined?.context("HTTP server failed")?,
             Err(_) => tracing::warn!("in-flight requests did not finish within 30 s"),

@@ -23,3 +23,5 @@ pub const LABEL_ENDPOINT: &str = "endpoint";
 pub const STICKY_DROPPED: &str = "flywheel_sticky_assignments_dropped_total";
 /// Bytes of the intake log the referral consumer has still to read.
 pub const REFERRALS_LAG: &str = "flywheel_referrals_lag_bytes";
+/// Webhook delivery attempts, by outcome (`delivered`, `retry`, `dead`).
+pub const WEBHOOK_ATTEMPTS: &str = "flywheel_webhook_attempts_total";

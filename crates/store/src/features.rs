@@ -748,11 +748,15 @@ pub(crate) async fn append_audit(
     .bind(entity_id)
     .bind(before.map(Value::to_string))
     .bind(after.map(Value::to_string))
-    .bind(Value::Array(changes).to_string())
+    .bind(Value::Array(changes.clone()).to_string())
     .bind(&actor.source_ip)
     .bind(now_text())
     .execute(&mut **tx)
     .await?;
+    // Announced for webhooks (`audit.<action>`), with what changed.
+    let payload = serde_json::json!({"action": action, "entity_type": entity_type, "entity_id": entity_id,
+        "actor": actor.label, "changes": changes});
+    crate::documents::enqueue(tx, project_id, &format!("audit.{action}"), &payload).await?;
     Ok(())
 }
 

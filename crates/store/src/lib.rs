@@ -28,6 +28,7 @@ mod pql;
 mod projects;
 mod referrals;
 mod sticky;
+mod webhooks;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -53,6 +54,7 @@ pub use pql::PqlScore;
 pub use projects::{ProjectSettings, ProjectUpdate};
 pub use referrals::{GrowthEdge, NewReferral, Referral, ReferralCode, ShareLink};
 pub use sticky::StickyRow;
+pub use webhooks::{topic_matches, Attempt, Delivery, Outcome, Webhook, WebhookUpdate};
 
 /// Errors of the metadata store.
 #[derive(Debug, thiserror::Error)]

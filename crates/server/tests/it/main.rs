@@ -11,6 +11,7 @@ mod malformed;
 mod pql;
 mod rollouts;
 mod serving;
+mod webhooks;
 
 use std::net::SocketAddr;
 
