@@ -85,6 +85,16 @@ pub struct ServeArgs {
     /// Attempts before a webhook message is dead [default: 18, about a day and a half of retries].
     #[arg(long, env = "FLYWHEEL_WEBHOOK_MAX_ATTEMPTS")]
     pub webhook_max_attempts: Option<u32>,
+    /// Captured events per second per project; a request over it gets 429 with Retry-After, whole (0: unlimited)
+    /// [default: 0].
+    #[arg(long, env = "FLYWHEEL_CAPTURE_EVENTS_PER_SECOND")]
+    pub capture_events_per_second: Option<u32>,
+    /// Native API requests per second per API key (0: unlimited) [default: 0].
+    #[arg(long, env = "FLYWHEEL_API_REQUESTS_PER_SECOND")]
+    pub api_requests_per_second: Option<u32>,
+    /// Native API requests per second per project (0: unlimited) [default: 0].
+    #[arg(long, env = "FLYWHEEL_PROJECT_API_REQUESTS_PER_SECOND")]
+    pub project_api_requests_per_second: Option<u32>,
 }
 
 /// Resolved settings.
@@ -107,6 +117,9 @@ pub struct Settings {
     pub webhook_allow: Vec<flywheel_server::webhooks::Cidr>,
     pub webhook_retry_base_secs: f64,
     pub webhook_max_attempts: u32,
+    pub capture_events_per_second: u32,
+    pub api_requests_per_second: u32,
+    pub project_api_requests_per_second: u32,
 }
 
 impl ServeArgs {
@@ -182,6 +195,18 @@ impl ServeArgs {
                 .webhook_max_attempts
                 .or(file.webhook_max_attempts)
                 .unwrap_or(18),
+            capture_events_per_second: self
+                .capture_events_per_second
+                .or(file.capture_events_per_second)
+                .unwrap_or(0),
+            api_requests_per_second: self
+                .api_requests_per_second
+                .or(file.api_requests_per_second)
+                .unwrap_or(0),
+            project_api_requests_per_second: self
+                .project_api_requests_per_second
+                .or(file.project_api_requests_per_second)
+                .unwrap_or(0),
         };
         anyhow::ensure!(settings.segment_mb >= 1, "segment_mb must be at least 1");
         anyhow::ensure!(
@@ -240,6 +265,9 @@ impl Settings {
         config.webhook_allow = self.webhook_allow.clone();
         config.webhook_retry_base = Duration::from_secs_f64(self.webhook_retry_base_secs);
         config.webhook_max_attempts = self.webhook_max_attempts;
+        config.capture_events_per_second = self.capture_events_per_second;
+        config.api_requests_per_second = self.api_requests_per_second;
+        config.project_api_requests_per_second = self.project_api_requests_per_second;
         config
     }
 }

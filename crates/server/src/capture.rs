@@ -180,6 +180,18 @@ async fn capture_inner(
         ));
     }
 
+    // Events per second per project: the request is taken whole or refused whole (nothing written).
+    for pid in projects.iter().filter_map(|(_, p)| *p) {
+        let n = event_projects.iter().filter(|p| **p == Some(pid)).count() as u64;
+        if let Err(secs) = state.limits.capture.take(&pid.to_string(), n) {
+            return Err(crate::limits::refused(
+                "capture",
+                format!("the events of project {pid}"),
+                secs,
+            ));
+        }
+    }
+
     let ip = client_ip(&headers, peer);
     let received_us = now.timestamp_micros();
     let mut records = Vec::with_capacity(events.len());

@@ -21,6 +21,7 @@ pub mod identity;
 pub mod insight_filters;
 pub mod insights;
 pub mod invitations;
+pub mod limits;
 pub mod metrics_names;
 pub mod ofrep;
 pub mod ops;
@@ -67,6 +68,12 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Requests per second per credential on the flag-serving endpoints (`0`: unlimited).
     pub sdk_rate_limit: u32,
+    /// Captured events per second per project (`0`: unlimited).
+    pub capture_events_per_second: u32,
+    /// Native API requests per second per credential (`0`: unlimited).
+    pub api_requests_per_second: u32,
+    /// Native API requests per second per project (`0`: unlimited).
+    pub project_api_requests_per_second: u32,
     /// How often the guarded-rollout watcher checks running rollouts.
     pub rollout_check_interval: Duration,
     /// How often rewards whose hold ended are approved.
@@ -96,6 +103,9 @@ impl Config {
             read_barrier_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),
             sdk_rate_limit: 0,
+            capture_events_per_second: 0,
+            api_requests_per_second: 0,
+            project_api_requests_per_second: 0,
             rollout_check_interval: Duration::from_secs(30),
             reward_check_interval: Duration::from_secs(60),
             pql_check_interval: Duration::from_secs(60),
@@ -179,6 +189,10 @@ pub fn app(state: AppState) -> Router {
         .merge(webhooks::router())
         .merge(features::router())
         .merge(ops::router())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::api,
+        ))
         .layer(axum::middleware::from_fn(ops::track))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
@@ -238,6 +252,7 @@ impl Server {
         let (progress_tx, progress_rx) = watch::channel(0u64);
         let (tables_tx, tables_rx) = watch::channel(0u64);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let rate_limits = limits::Limits::new(&config);
         let flags = Arc::new(serving::FlagRegistry::new(config.sdk_rate_limit));
         let identity_task = tokio::spawn(identity::run(
             store.clone(),
@@ -285,6 +300,7 @@ impl Server {
             rollouts: Arc::new(rollouts::Checks::default()),
             sticky: Arc::new(sticky),
             growth_epoch: Default::default(),
+            limits: rate_limits,
             click_salt: Default::default(),
         });
         experiments::refresh_sticky_all(&state)

@@ -25,3 +25,5 @@ pub const STICKY_DROPPED: &str = "flywheel_sticky_assignments_dropped_total";
 pub const REFERRALS_LAG: &str = "flywheel_referrals_lag_bytes";
 /// Webhook delivery attempts, by outcome (`delivered`, `retry`, `dead`).
 pub const WEBHOOK_ATTEMPTS: &str = "flywheel_webhook_attempts_total";
+/// Requests refused by a rate limit, by `scope` (`capture`, `api_key`, `api_project`).
+pub const RATE_LIMITED: &str = "flywheel_rate_limited_total";

@@ -587,47 +587,7 @@ pub async fn change_stream(
         .into_response())
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// Rate limiting of the SDK endpoints
-
-/// A token bucket per credential: `limit` requests per second, bursts up to `limit`. `0` turns it off.
-pub struct RateLimiter {
-    limit: u32,
-    buckets: Mutex<HashMap<String, (f64, std::time::Instant)>>,
-}
-
-const RATE_LIMIT_KEYS: usize = 100_000;
-
-impl RateLimiter {
-    pub fn new(limit: u32) -> Self {
-        Self {
-            limit,
-            buckets: Mutex::default(),
-        }
-    }
-
-    /// `Ok` when the request may proceed, otherwise the whole seconds to wait before retrying.
-    pub fn check(&self, key: &str) -> Result<(), u64> {
-        if self.limit == 0 {
-            return Ok(());
-        }
-        let rate = f64::from(self.limit);
-        let now = std::time::Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() >= RATE_LIMIT_KEYS && !buckets.contains_key(key) {
-            buckets.clear();
-        }
-        let (tokens, at) = buckets.entry(key.to_owned()).or_insert((rate, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(rate);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - *tokens) / rate).ceil().max(1.0) as u64)
-        }
-    }
-}
+pub use crate::limits::RateLimiter;
 
 // ---------------------------------------------------------------------------------------------------------------
 // Stored properties of the users being evaluated

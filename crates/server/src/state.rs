@@ -74,6 +74,8 @@ pub struct Shared {
     pub sticky: Arc<crate::sticky::StickyStore>,
     /// Bumped when referral programs, codes or share links change: the referral consumer reloads what it watches.
     pub growth_epoch: std::sync::atomic::AtomicU64,
+    /// Rate limits of capture and the native API.
+    pub limits: crate::limits::Limits,
     /// The installation's salt of click fingerprints, read from the store once.
     pub click_salt: tokio::sync::OnceCell<String>,
 }

@@ -7,6 +7,7 @@ mod experiments;
 mod features;
 mod growth;
 mod growth_metrics;
+mod limits;
 mod malformed;
 mod pql;
 mod rollouts;
