@@ -41,6 +41,8 @@ enum Command {
     /// Write one project's events to a Parquet file with persons resolved (merges applied) and chosen person
     /// properties as columns. Stop the server first.
     ExportEvents(export::ExportArgs),
+    /// Print the OpenAPI 3.1 document of the HTTP API (the one served at /api/v1/openapi.json).
+    Openapi,
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,6 +63,9 @@ fn main() -> std::process::ExitCode {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Generate(args) => generate::run(args),
         Command::ExportEvents(args) => export::run(args),
+        Command::Openapi => serde_json::to_string_pretty(&flywheel_server::openapi::document())
+            .map(|text| println!("{text}"))
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -33,36 +33,40 @@ enum Flavor {
     Segment(SegmentCall),
 }
 
+/// PostHog's capture paths and their size limits.
+pub(crate) const POSTHOG_ROUTES: [(&str, usize); 6] = [
+    ("/batch", BATCH_LIMIT),
+    ("/e", BATCH_LIMIT),
+    ("/i/v0/e", BATCH_LIMIT),
+    ("/capture", BATCH_LIMIT),
+    ("/track", BATCH_LIMIT),
+    ("/engage", SINGLE_LIMIT),
+];
+
+/// Segment's capture paths, their calls and size limits.
+pub(crate) const SEGMENT_ROUTES: [(&str, SegmentCall, usize); 7] = [
+    ("/v1/batch", SegmentCall::Batch, BATCH_LIMIT),
+    ("/v1/track", SegmentCall::Track, SINGLE_LIMIT),
+    ("/v1/identify", SegmentCall::Identify, SINGLE_LIMIT),
+    ("/v1/group", SegmentCall::Group, SINGLE_LIMIT),
+    ("/v1/alias", SegmentCall::Alias, SINGLE_LIMIT),
+    ("/v1/page", SegmentCall::Page, SINGLE_LIMIT),
+    ("/v1/screen", SegmentCall::Screen, SINGLE_LIMIT),
+];
+
 /// The capture routes, with and without trailing slash, for GET, POST and OPTIONS (CORS preflight).
 pub fn router() -> Router<AppState> {
     let methods = MethodFilter::GET
         .or(MethodFilter::POST)
         .or(MethodFilter::OPTIONS);
     let mut router = Router::new();
-    let posthog: [(&str, usize); 6] = [
-        ("/batch", BATCH_LIMIT),
-        ("/e", BATCH_LIMIT),
-        ("/i/v0/e", BATCH_LIMIT),
-        ("/capture", BATCH_LIMIT),
-        ("/track", BATCH_LIMIT),
-        ("/engage", SINGLE_LIMIT),
-    ];
-    for (path, limit) in posthog {
+    for (path, limit) in POSTHOG_ROUTES {
         let handler = move |s, c, m, u, h, b| capture(s, c, m, u, h, b, Flavor::PostHog, limit);
         router = router
             .route(path, on(methods, handler))
             .route(&format!("{path}/"), on(methods, handler));
     }
-    let segment: [(&str, SegmentCall, usize); 7] = [
-        ("/v1/batch", SegmentCall::Batch, BATCH_LIMIT),
-        ("/v1/track", SegmentCall::Track, SINGLE_LIMIT),
-        ("/v1/identify", SegmentCall::Identify, SINGLE_LIMIT),
-        ("/v1/group", SegmentCall::Group, SINGLE_LIMIT),
-        ("/v1/alias", SegmentCall::Alias, SINGLE_LIMIT),
-        ("/v1/page", SegmentCall::Page, SINGLE_LIMIT),
-        ("/v1/screen", SegmentCall::Screen, SINGLE_LIMIT),
-    ];
-    for (path, call, limit) in segment {
+    for (path, call, limit) in SEGMENT_ROUTES {
         let handler =
             move |s, c, m, u, h, b| capture(s, c, m, u, h, b, Flavor::Segment(call), limit);
         router = router

@@ -24,6 +24,7 @@ pub mod invitations;
 pub mod limits;
 pub mod metrics_names;
 pub mod ofrep;
+pub mod openapi;
 pub mod ops;
 pub mod planning;
 pub mod posthog_flags;
@@ -187,12 +188,14 @@ pub fn app(state: AppState) -> Router {
         .merge(pql::router())
         .merge(trials::router())
         .merge(webhooks::router())
+        .merge(openapi::router())
         .merge(features::router())
         .merge(ops::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limits::api,
         ))
+        .layer(axum::middleware::from_fn(error::uniform))
         .layer(axum::middleware::from_fn(ops::track))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,

@@ -165,3 +165,45 @@ async fn malformed_inputs_get_clear_answers_and_good_events_are_kept() {
     let kept = t.events("event=ok&limit=1000").await;
     assert!(kept.len() >= 2 * 13, "good events kept: {}", kept.len());
 }
+
+/// Errors answered by the framework (unknown path, wrong method, a query string that does not parse) have the one
+/// JSON error shape too.
+#[tokio::test]
+async fn framework_errors_have_the_one_error_shape() {
+    let t = TestServer::start().await;
+    let key = t.personal_key.clone();
+    let cases = [
+        ("GET", "/no/such/path".to_owned(), 404, "not_found"),
+        ("DELETE", "/healthz".to_owned(), 405, "method_not_allowed"),
+        (
+            "GET",
+            format!("/api/v1/projects/{}/rewards?limit=many", t.project_id),
+            400,
+            "invalid_request",
+        ),
+        ("GET", "/api/v1/openapi.json".to_owned(), 200, ""),
+    ];
+    for (method, path, status, code) in cases {
+        let req = Request::builder()
+            .method(method)
+            .uri(&path)
+            .header("authorization", format!("Bearer {key}"))
+            .body(Body::empty())
+            .unwrap();
+        let (s, v, headers) = t.send(req).await;
+        assert_eq!(s.as_u16(), status, "{method} {path}: {v}");
+        assert_eq!(
+            headers["content-type"], "application/json",
+            "{method} {path}"
+        );
+        if status == 200 {
+            assert_eq!(v["openapi"], "3.1.0");
+            continue;
+        }
+        assert_eq!(v["code"], code, "{method} {path}: {v}");
+        assert!(
+            v["type"].is_string() && v["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
+    }
+}
