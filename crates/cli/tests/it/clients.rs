@@ -1,7 +1,8 @@
 //! Real published SDKs against a real `flywheel serve`: posthog-python (capture and remote flag evaluation),
 //! segment-analytics-python, growthbook, openfeature-sdk with the OFREP provider, and the JavaScript OFREP
 //! providers (versions pinned in tests/clients/requirements.txt and tests/clients/js/package-lock.json); plus
-//! schemathesis checking the OFREP endpoints against the spec in ../shared/conformance/ofrep. Each script
+//! schemathesis checking the OFREP endpoints against the spec in ../shared/conformance/ofrep and fuzzing every
+//! operation of Flywheel's own OpenAPI document for server errors. Each script
 //! asserts every value it reads back.
 
 use std::process::Command;
@@ -72,6 +73,11 @@ fn openfeature_python_ofrep_provider() {
 #[test]
 fn ofrep_conforms_to_the_spec_under_schemathesis() {
     run_session("ofrep_schemathesis.py");
+}
+
+#[test]
+fn no_server_error_anywhere_under_schemathesis() {
+    run_session("native_schemathesis.py");
 }
 
 #[test]
