@@ -95,6 +95,14 @@ pub struct ServeArgs {
     /// Native API requests per second per project (0: unlimited) [default: 0].
     #[arg(long, env = "FLYWHEEL_PROJECT_API_REQUESTS_PER_SECOND")]
     pub project_api_requests_per_second: Option<u32>,
+    /// What capture keeps of IP addresses: `truncated` (network part only: a.b.c.0, IPv6 /48), `full` or `off`
+    /// [default: truncated].
+    #[arg(long, env = "FLYWHEEL_CAPTURE_IP")]
+    pub capture_ip: Option<String>,
+    /// Property keys removed from every captured event (and its `$set`/`$set_once`) before it is stored,
+    /// comma-separated, e.g. `email,phone`.
+    #[arg(long, env = "FLYWHEEL_SCRUB_PROPERTIES", value_delimiter = ',')]
+    pub scrub_properties: Option<Vec<String>>,
 }
 
 /// Resolved settings.
@@ -120,6 +128,7 @@ pub struct Settings {
     pub capture_events_per_second: u32,
     pub api_requests_per_second: u32,
     pub project_api_requests_per_second: u32,
+    pub privacy: flywheel_server::privacy::Privacy,
 }
 
 impl ServeArgs {
@@ -207,6 +216,20 @@ impl ServeArgs {
                 .project_api_requests_per_second
                 .or(file.project_api_requests_per_second)
                 .unwrap_or(0),
+            privacy: flywheel_server::privacy::Privacy {
+                capture_ip: match self.capture_ip.or(file.capture_ip) {
+                    Some(text) => text.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+                    None => Default::default(),
+                },
+                scrub: self
+                    .scrub_properties
+                    .or(file.scrub_properties)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|k| k.trim().to_owned())
+                    .filter(|k| !k.is_empty())
+                    .collect(),
+            },
         };
         anyhow::ensure!(settings.segment_mb >= 1, "segment_mb must be at least 1");
         anyhow::ensure!(
@@ -268,6 +291,7 @@ impl Settings {
         config.capture_events_per_second = self.capture_events_per_second;
         config.api_requests_per_second = self.api_requests_per_second;
         config.project_api_requests_per_second = self.project_api_requests_per_second;
+        config.privacy = self.privacy.clone();
         config
     }
 }

@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server with the embedded storage (SQLite metadata + Flywheel's event engine).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create a data directory with a default organization and project, and print its keys.
     Init(InitArgs),
     /// Benchmarks that print numbers (see BENCHMARKS.md).
@@ -58,7 +58,7 @@ struct InitArgs {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Init(args) => init(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Generate(args) => generate::run(args),

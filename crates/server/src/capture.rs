@@ -196,7 +196,7 @@ async fn capture_inner(
         }
     }
 
-    let ip = client_ip(&headers, peer);
+    let ip = Some(client_ip(&headers, peer));
     let received_us = now.timestamp_micros();
     let mut records = Vec::with_capacity(events.len());
     let mut keys = Vec::with_capacity(events.len());
@@ -223,7 +223,13 @@ async fn capture_inner(
             continue;
         }
         keys.push(key);
-        records.push(to_record(project_id, ev, ip.as_deref(), received_us));
+        records.push(to_record(
+            project_id,
+            ev,
+            ip.as_deref(),
+            received_us,
+            &state.config.privacy,
+        ));
     }
 
     if !records.is_empty() {
@@ -308,18 +314,27 @@ fn basic_auth_user(headers: &HeaderMap) -> Option<String> {
     (!user.is_empty()).then(|| user.to_owned())
 }
 
-fn client_ip(headers: &HeaderMap, peer: SocketAddr) -> Option<String> {
-    let forwarded = headers
+/// The client's address: the first `X-Forwarded-For` entry, else the peer.
+pub(crate) fn client_ip(headers: &HeaderMap, peer: SocketAddr) -> String {
+    headers
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(',').next())
         .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty());
-    Some(forwarded.unwrap_or_else(|| peer.ip().to_string()))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| peer.ip().to_string())
 }
 
-fn to_record(project_id: i64, ev: CapturedEvent, ip: Option<&str>, received_us: i64) -> Event {
-    let mut properties = ev.properties;
+fn to_record(
+    project_id: i64,
+    ev: CapturedEvent,
+    ip: Option<&str>,
+    received_us: i64,
+    privacy: &crate::privacy::Privacy,
+) -> Event {
+    let mut properties = privacy.clean(ev.properties);
+    let ip = ip.and_then(|ip| privacy.capture_ip.apply(ip));
+    let ip = ip.as_deref();
     // `$ip` from the connection unless the client set one (a textual check: a nested `"$ip"` key also counts).
     if let Some(ip) = ip.filter(|_| !properties.contains("\"$ip\"")) {
         let ip = Value::String(ip.to_owned()).to_string();

@@ -420,6 +420,13 @@ pub(crate) async fn fingerprint(
                 .await
         })
         .await?;
+    // The address as capture keeps it, so a click and the same device's events hash alike.
+    let ip = state
+        .config
+        .privacy
+        .capture_ip
+        .apply(ip)
+        .unwrap_or_default();
     let mut h = sha2::Sha256::new();
     for part in [salt.as_bytes(), ip.as_bytes(), user_agent.as_bytes()] {
         h.update((part.len() as u64).to_le_bytes());
@@ -919,12 +926,7 @@ async fn share_click(
 
 /// The visitor's address (first `X-Forwarded-For` entry, else the peer) and user agent.
 fn visitor(headers: &HeaderMap, peer: std::net::SocketAddr) -> (String, String) {
-    let ip = headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|| peer.ip().to_string());
+    let ip = crate::capture::client_ip(headers, peer);
     let user_agent = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())

@@ -29,6 +29,7 @@ pub mod ops;
 pub mod planning;
 pub mod posthog_flags;
 pub mod pql;
+pub mod privacy;
 pub mod projects;
 pub mod referral_consumer;
 pub mod rollouts;
@@ -89,6 +90,8 @@ pub struct Config {
     pub webhook_max_attempts: u32,
     /// How often the delivery worker looks for new messages.
     pub webhook_poll: Duration,
+    /// What capture keeps of IP addresses, and the properties it scrubs.
+    pub privacy: privacy::Privacy,
 }
 
 impl Config {
@@ -114,6 +117,7 @@ impl Config {
             webhook_retry_base: Duration::from_secs(10),
             webhook_max_attempts: 18,
             webhook_poll: Duration::from_millis(250),
+            privacy: privacy::Privacy::default(),
         }
     }
 

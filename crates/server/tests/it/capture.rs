@@ -84,7 +84,8 @@ async fn posthog_endpoints_and_encodings_all_land() {
         events.iter().map(|e| e["person_id"].clone()).collect();
     assert_eq!(person_ids.len(), 1, "one person for one distinct id");
     assert!(person_ids.iter().all(|p| p.is_string()));
-    assert!(events.iter().all(|e| e["properties"]["$ip"] == "127.0.0.1"));
+    // By default the address is kept truncated to its network.
+    assert!(events.iter().all(|e| e["properties"]["$ip"] == "127.0.0.0"));
     assert!(
         events
             .iter()
@@ -370,4 +371,52 @@ async fn an_identity_change_that_cannot_apply_does_not_stop_identity() {
     assert_eq!(person("poison").await, StatusCode::NOT_FOUND);
     let listed = t.events("limit=10").await;
     assert_eq!(listed.len(), 3, "every event is kept: {listed:?}");
+}
+
+/// `capture_ip` and `scrub_properties`: what is kept of addresses (the connection's and the client's own `$ip`) and
+/// which properties never reach storage (not in events, not in persons).
+#[tokio::test]
+async fn addresses_and_scrubbed_properties_follow_the_privacy_settings() {
+    use flywheel_server::privacy::{IpCapture, Privacy};
+    for (mode, connection, client) in [
+        (IpCapture::Full, Some("127.0.0.1"), Some("198.51.100.7")),
+        (
+            IpCapture::Truncated,
+            Some("127.0.0.0"),
+            Some("198.51.100.0"),
+        ),
+        (IpCapture::Off, None, None),
+    ] {
+        let t = TestServer::start_with(|c| {
+            c.privacy = Privacy {
+                capture_ip: mode,
+                scrub: vec!["email".into(), "phone".into()],
+            }
+        })
+        .await;
+        let batch = serde_json::json!({"api_key": t.token, "batch": [
+            {"event": "a", "distinct_id": "p1", "properties": {"email": "p@x.io", "plan": "pro",
+                "$set": {"email": "p@x.io", "phone": "555", "name": "P"}}},
+            {"event": "b", "distinct_id": "p1", "properties": {"$ip": "198.51.100.7"}},
+        ]});
+        let (s, v) = t.post("/batch", batch.to_string()).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let events = t.events("distinct_id=p1&limit=10").await;
+        let by =
+            |name: &str| events.iter().find(|e| e["event"] == name).unwrap()["properties"].clone();
+        assert_eq!(by("a")["$ip"].as_str(), connection, "{mode:?}");
+        assert_eq!(by("b")["$ip"].as_str(), client, "{mode:?}");
+        assert!(
+            by("a").get("email").is_none() && by("a")["plan"] == "pro",
+            "{mode:?}: {}",
+            by("a")
+        );
+        assert_eq!(by("a")["$set"], serde_json::json!({"name": "P"}));
+        let (_, person) = t.person("p1").await;
+        let props = &person["properties"];
+        assert!(
+            props.get("email").is_none() && props.get("phone").is_none() && props["name"] == "P",
+            "{person}"
+        );
+    }
 }
