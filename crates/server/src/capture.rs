@@ -196,7 +196,12 @@ async fn capture_inner(
         }
     }
 
-    let ip = Some(client_ip(&headers, peer));
+    // The address in the form the privacy settings keep (once per request).
+    let ip = state
+        .config
+        .privacy
+        .capture_ip
+        .apply(&client_ip(&headers, peer));
     let received_us = now.timestamp_micros();
     let mut records = Vec::with_capacity(events.len());
     let mut keys = Vec::with_capacity(events.len());
@@ -333,8 +338,6 @@ fn to_record(
     privacy: &crate::privacy::Privacy,
 ) -> Event {
     let mut properties = privacy.clean(ev.properties);
-    let ip = ip.and_then(|ip| privacy.capture_ip.apply(ip));
-    let ip = ip.as_deref();
     // `$ip` from the connection unless the client set one (a textual check: a nested `"$ip"` key also counts).
     if let Some(ip) = ip.filter(|_| !properties.contains("\"$ip\"")) {
         let ip = Value::String(ip.to_owned()).to_string();
