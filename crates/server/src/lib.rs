@@ -15,6 +15,7 @@ pub mod experiments;
 pub mod exposure;
 pub mod features;
 pub mod fraud;
+pub mod gdpr;
 pub mod growth;
 pub mod growth_metrics;
 pub mod identity;
@@ -193,6 +194,7 @@ pub fn app(state: AppState) -> Router {
         .merge(trials::router())
         .merge(webhooks::router())
         .merge(openapi::router())
+        .merge(gdpr::router())
         .merge(features::router())
         .merge(ops::router())
         .layer(axum::middleware::from_fn_with_state(

@@ -45,6 +45,12 @@ pub const OPERATIONS: &[(&str, &str, &str, &str)] = &[
         "Get a person by one of their distinct ids",
     ),
     (
+        "get",
+        "~/persons/{distinct_id}/export",
+        "persons",
+        "GDPR export of everything held about a person (NDJSON or JSON)",
+    ),
+    (
         "post",
         "~/insights/{kind}",
         "insights",

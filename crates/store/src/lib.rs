@@ -18,6 +18,7 @@
 mod cohorts;
 mod documents;
 mod features;
+mod gdpr;
 mod growth_metrics;
 mod identity;
 mod invitations;

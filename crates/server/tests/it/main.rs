@@ -5,6 +5,7 @@ mod capture;
 mod devices;
 mod experiments;
 mod features;
+mod gdpr;
 mod growth;
 mod growth_metrics;
 mod limits;
