@@ -60,13 +60,22 @@ impl FromRequestParts<AppState> for Caller {
                     "Authorization must use the Bearer scheme",
                 )
             })?;
-        match state.store.authenticate_personal(key).await? {
-            Some(k) => Ok(Caller(k)),
-            None => Err(ApiError::unauthorized(
+        let Some(k) = state.store.authenticate_personal(key).await? else {
+            return Err(ApiError::unauthorized(
                 "invalid_api_key",
-                "the personal API key is unknown or revoked",
-            )),
+                "the personal API key is unknown, revoked or expired",
+            ));
+        };
+        if let Some(needed) = crate::keys::required_scope(&parts.method, parts.uri.path()) {
+            if !crate::keys::grants(k.scopes.as_deref(), &needed) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "insufficient_scope",
+                    format!("this API key lacks the scope `{needed}`"),
+                ));
+            }
         }
+        Ok(Caller(k))
     }
 }
 

@@ -22,6 +22,7 @@ pub mod identity;
 pub mod insight_filters;
 pub mod insights;
 pub mod invitations;
+pub mod keys;
 pub mod limits;
 pub mod metrics_names;
 pub mod ofrep;
@@ -195,6 +196,7 @@ pub fn app(state: AppState) -> Router {
         .merge(webhooks::router())
         .merge(openapi::router())
         .merge(gdpr::router())
+        .merge(keys::router())
         .merge(features::router())
         .merge(ops::router())
         .layer(axum::middleware::from_fn_with_state(

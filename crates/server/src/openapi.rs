@@ -445,6 +445,24 @@ pub const OPERATIONS: &[(&str, &str, &str, &str)] = &[
         "webhooks",
         "Send a dead or delivered message again",
     ),
+    (
+        "get",
+        "~/api-keys",
+        "platform",
+        "Personal API keys that reach the project (never their text)",
+    ),
+    (
+        "post",
+        "~/api-keys",
+        "platform",
+        "Create a personal API key restricted to the project, with scopes and expiry (shown once)",
+    ),
+    (
+        "delete",
+        "~/api-keys/{id}",
+        "platform",
+        "Revoke a personal API key",
+    ),
     ("get", "/api/v1/openapi.json", "platform", "This document"),
     // Serving flags
     (

@@ -29,6 +29,22 @@ pub struct PersonalKey {
     pub organization_id: i64,
     /// When set, the key may only touch this project.
     pub project_id: Option<i64>,
+    /// The scopes it grants (`None`: all).
+    pub scopes: Option<Vec<String>>,
+}
+
+/// A personal API key as listed (never its text).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KeyInfo {
+    pub id: i64,
+    pub name: String,
+    pub prefix: String,
+    pub project_id: Option<i64>,
+    pub scopes: Option<Vec<String>>,
+    pub created_at: String,
+    pub last_used_at: Option<String>,
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
 }
 
 fn random_key(prefix: &str, len: usize) -> String {
@@ -123,11 +139,33 @@ impl Store {
         project_id: Option<i64>,
         name: &str,
     ) -> Result<String> {
+        let system = crate::Actor {
+            label: "system".to_owned(),
+            source_ip: None,
+        };
+        let (_, key) = self
+            .create_scoped_key(organization_id, project_id, name, None, None, &system)
+            .await?;
+        Ok(key)
+    }
+
+    /// Creates a personal API key with scopes (`None`: all) and an expiry; returns its id and text (shown once).
+    /// Audited in every project the key reaches.
+    pub async fn create_scoped_key(
+        &self,
+        organization_id: i64,
+        project_id: Option<i64>,
+        name: &str,
+        scopes: Option<&[String]>,
+        expires_at: Option<&str>,
+        actor: &crate::Actor,
+    ) -> Result<(i64, String)> {
         let key = random_key(PERSONAL_KEY_PREFIX, 40);
         let mut tx = self.write_tx().await?;
         let key_id = sqlx::query(
-            "INSERT INTO api_keys (kind, organization_id, project_id, name, key_hash, key_prefix, created_at)
-             VALUES ('personal', ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO api_keys (kind, organization_id, project_id, name, key_hash, key_prefix, created_at, scopes,
+                                   expires_at)
+             VALUES ('personal', ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(organization_id)
         .bind(project_id)
@@ -135,6 +173,8 @@ impl Store {
         .bind(key_digest(&key))
         .bind(display_prefix(&key))
         .bind(now_text())
+        .bind(scopes.map(|s| serde_json::to_string(s).unwrap_or_default()))
+        .bind(expires_at)
         .execute(&mut *tx)
         .await?
         .last_insert_rowid();
@@ -148,12 +188,112 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         let record = json!({"id": key_id, "kind": "personal", "name": name,
-                            "prefix": display_prefix(&key), "project_id": project_id});
+                            "prefix": display_prefix(&key), "project_id": project_id,
+                            "scopes": scopes, "expires_at": expires_at});
         for p in projects {
-            audit_key_created(&mut tx, p, key_id, &record).await?;
+            crate::features::append_audit(
+                &mut tx,
+                p,
+                actor,
+                "api_key.created",
+                "api_key",
+                &key_id.to_string(),
+                None,
+                Some(&record),
+            )
+            .await?;
         }
         tx.commit().await?;
-        Ok(key)
+        Ok((key_id, key))
+    }
+
+    /// The personal keys that can reach a project (its organization's, unrestricted or restricted to it).
+    pub async fn personal_keys(&self, project_id: i64) -> Result<Vec<KeyInfo>> {
+        type Row = (
+            i64,
+            String,
+            String,
+            Option<i64>,
+            Option<String>,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT k.id, k.name, k.key_prefix, k.project_id, k.scopes, k.created_at, k.last_used_at, k.expires_at,
+                    k.revoked_at
+             FROM api_keys k JOIN projects p ON p.organization_id = k.organization_id
+             WHERE p.id = ? AND k.kind = 'personal' AND (k.project_id IS NULL OR k.project_id = p.id) ORDER BY k.id",
+        )
+        .bind(project_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(
+                |(
+                    id,
+                    name,
+                    prefix,
+                    project_id,
+                    scopes,
+                    created_at,
+                    last_used_at,
+                    expires_at,
+                    revoked_at,
+                )| {
+                    Ok(KeyInfo {
+                        id,
+                        name,
+                        prefix,
+                        project_id,
+                        scopes: scopes.map(|s| serde_json::from_str(&s)).transpose()?,
+                        created_at,
+                        last_used_at,
+                        expires_at,
+                        revoked_at,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    /// Revokes a personal key that can reach `project_id` (audited there); false when there is none to revoke.
+    pub async fn revoke_personal_key(
+        &self,
+        project_id: i64,
+        key_id: i64,
+        actor: &crate::Actor,
+    ) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let done = sqlx::query(
+            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND kind = 'personal' AND revoked_at IS NULL
+               AND organization_id = (SELECT organization_id FROM projects WHERE id = ?)
+               AND (project_id IS NULL OR project_id = ?)",
+        )
+        .bind(now_text())
+        .bind(key_id)
+        .bind(project_id)
+        .bind(project_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if done {
+            crate::features::append_audit(
+                &mut tx,
+                project_id,
+                actor,
+                "api_key.revoked",
+                "api_key",
+                &key_id.to_string(),
+                None,
+                Some(&json!({"id": key_id, "revoked": true})),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(done)
     }
 
     /// The project a public key belongs to, if the key exists and is not revoked.
@@ -169,17 +309,19 @@ impl Store {
 
     /// Looks up a personal API key by its text and records its use (at most once a minute).
     pub async fn authenticate_personal(&self, key: &str) -> Result<Option<PersonalKey>> {
-        let row: Option<(i64, i64, Option<i64>)> = sqlx::query_as(
-            "SELECT id, organization_id, project_id FROM api_keys
-             WHERE key_hash = ? AND kind = 'personal' AND revoked_at IS NULL",
+        let now = chrono::Utc::now();
+        let row: Option<(i64, i64, Option<i64>, Option<String>)> = sqlx::query_as(
+            "SELECT id, organization_id, project_id, scopes FROM api_keys
+             WHERE key_hash = ? AND kind = 'personal' AND revoked_at IS NULL
+               AND (expires_at IS NULL OR expires_at > ?)",
         )
         .bind(key_digest(key))
+        .bind(crate::time_text(now))
         .fetch_optional(self.pool())
         .await?;
-        let Some((id, organization_id, project_id)) = row else {
+        let Some((id, organization_id, project_id, scopes)) = row else {
             return Ok(None);
         };
-        let now = chrono::Utc::now();
         let stale = crate::time_text(now - chrono::Duration::seconds(60));
         sqlx::query("UPDATE api_keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)")
             .bind(crate::time_text(now))
@@ -191,6 +333,7 @@ impl Store {
             id,
             organization_id,
             project_id,
+            scopes: scopes.map(|s| serde_json::from_str(&s)).transpose()?,
         }))
     }
 

@@ -48,7 +48,7 @@ pub use features::{
 pub use growth_metrics::{ConvertedInvite, GrowthInvites, InviteChannel, SentInvites};
 pub use identity::{ApplyStats, IdentityChange, IdentityOp, IdentityWriter, MergeMode};
 pub use invitations::{Invitation, InvitationChange, NewInvitation};
-pub use keys::{Bootstrap, PersonalKey};
+pub use keys::{Bootstrap, KeyInfo, PersonalKey};
 pub use ledger::{transition_allowed, NewReward, RewardEntry};
 pub use persons::{GroupMembership, IdentityRead, PersonRecord};
 pub use pql::PqlScore;

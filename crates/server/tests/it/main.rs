@@ -8,6 +8,7 @@ mod features;
 mod gdpr;
 mod growth;
 mod growth_metrics;
+mod keys;
 mod limits;
 mod malformed;
 mod pql;
