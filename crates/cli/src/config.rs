@@ -103,6 +103,12 @@ pub struct ServeArgs {
     /// comma-separated, e.g. `email,phone`.
     #[arg(long, env = "FLYWHEEL_SCRUB_PROPERTIES", value_delimiter = ',')]
     pub scrub_properties: Option<Vec<String>>,
+    /// PEM certificate chain: serve HTTPS (with --tls-key) instead of HTTP.
+    #[arg(long, env = "FLYWHEEL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "FLYWHEEL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Resolved settings.
@@ -129,6 +135,7 @@ pub struct Settings {
     pub api_requests_per_second: u32,
     pub project_api_requests_per_second: u32,
     pub privacy: flywheel_server::privacy::Privacy,
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl ServeArgs {
@@ -216,6 +223,14 @@ impl ServeArgs {
                 .project_api_requests_per_second
                 .or(file.project_api_requests_per_second)
                 .unwrap_or(0),
+            tls: match (
+                self.tls_cert.or(file.tls_cert),
+                self.tls_key.or(file.tls_key),
+            ) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                _ => anyhow::bail!("tls_cert and tls_key go together"),
+            },
             privacy: flywheel_server::privacy::Privacy {
                 capture_ip: match self.capture_ip.or(file.capture_ip) {
                     Some(text) => text.parse().map_err(|e: String| anyhow::anyhow!(e))?,
@@ -292,6 +307,7 @@ impl Settings {
         config.api_requests_per_second = self.api_requests_per_second;
         config.project_api_requests_per_second = self.project_api_requests_per_second;
         config.privacy = self.privacy.clone();
+        config.tls = self.tls.clone();
         config
     }
 }

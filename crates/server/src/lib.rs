@@ -38,6 +38,7 @@ pub mod rollouts;
 pub mod serving;
 pub mod state;
 pub mod sticky;
+pub mod tls;
 pub mod trials;
 pub mod webhooks;
 
@@ -94,6 +95,8 @@ pub struct Config {
     pub webhook_poll: Duration,
     /// What capture keeps of IP addresses, and the properties it scrubs.
     pub privacy: privacy::Privacy,
+    /// PEM certificate chain and private key: serve HTTPS instead of HTTP.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Config {
@@ -120,6 +123,7 @@ impl Config {
             webhook_max_attempts: 18,
             webhook_poll: Duration::from_millis(250),
             privacy: privacy::Privacy::default(),
+            tls: None,
         }
     }
 
@@ -204,6 +208,10 @@ pub fn app(state: AppState) -> Router {
             limits::api,
         ))
         .layer(axum::middleware::from_fn(error::uniform))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            tls::security_headers,
+        ))
         .layer(axum::middleware::from_fn(ops::track))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
@@ -339,15 +347,28 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen on {}", state.config.listen))?;
         let local_addr = listener.local_addr()?;
-        let app = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let mut stop = shutdown_rx;
-        let serve_task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
+        let serve_task = match &state.config.tls {
+            Some((cert, key)) => {
+                let acceptor = tls::acceptor(cert, key)?;
+                tokio::spawn(tls::serve(
+                    listener,
+                    acceptor,
+                    app(state.clone()),
+                    shutdown_rx,
+                ))
+            }
+            None => {
+                let app = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+                let mut stop = shutdown_rx;
+                tokio::spawn(async move {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(async move {
+                            let _ = stop.wait_for(|s| *s).await;
+                        })
+                        .await
                 })
-                .await
-        });
+            }
+        };
         tracing::info!(%local_addr, elapsed_ms = started.elapsed().as_millis() as u64, "flywheel is ready");
         Ok(Self {
             local_addr,

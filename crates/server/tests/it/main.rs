@@ -14,6 +14,7 @@ mod malformed;
 mod pql;
 mod rollouts;
 mod serving;
+mod tls;
 mod webhooks;
 
 use std::net::SocketAddr;
