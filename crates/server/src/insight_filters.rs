@@ -66,6 +66,11 @@ impl Compiled {
         }
     }
 
+    /// The property the filter tests.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     /// Whether a property value (`None`: the property is missing) passes.
     pub fn matches(&self, v: Option<&Value>) -> bool {
         let v = v.filter(|v| !v.is_null());

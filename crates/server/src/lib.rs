@@ -9,6 +9,7 @@ pub mod capture;
 pub mod cohorts;
 pub mod definitions;
 pub mod error;
+pub mod event_hooks;
 pub mod events_table;
 pub mod experiment_results;
 pub mod experiments;
@@ -233,6 +234,7 @@ pub struct Server {
     reward_task: tokio::task::JoinHandle<()>,
     pql_task: tokio::task::JoinHandle<()>,
     webhook_task: tokio::task::JoinHandle<()>,
+    event_hook_task: tokio::task::JoinHandle<()>,
     referral_task: tokio::task::JoinHandle<()>,
     sticky_task: tokio::task::JoinHandle<()>,
 }
@@ -338,6 +340,11 @@ impl Server {
             state.config.pql_check_interval,
         ));
         let webhook_task = tokio::spawn(webhooks::run(state.clone()));
+        let event_hook_task = tokio::spawn(event_hooks::run(
+            state.clone(),
+            state.intake.clone(),
+            state.identity_progress.clone(),
+        ));
         let referral_task = tokio::spawn(referral_consumer::run(
             state.clone(),
             state.intake.clone(),
@@ -382,6 +389,7 @@ impl Server {
             reward_task,
             pql_task,
             webhook_task,
+            event_hook_task,
             referral_task,
             sticky_task,
         })
@@ -401,6 +409,9 @@ impl Server {
         // An attempt cut here is not recorded: it is made again after the restart (receivers deduplicate by
         // message id).
         self.webhook_task.abort();
+        // Announcing is idempotent per chunk only up to duplicates: a cut chunk is announced again (receivers
+        // deduplicate by the event's uuid).
+        self.event_hook_task.abort();
         match tokio::time::timeout(Duration::from_secs(30), self.serve_task).await {
             Ok(joined) => joined?.context("HTTP server failed")?,
             Err(_) => tracing::warn!("in-flight requests did not finish within 30 s"),

@@ -274,8 +274,10 @@ fn read_fields(
     creating: bool,
     allow: &[Cidr],
 ) -> Result<WebhookUpdate, ApiError> {
-    let mut errors =
-        crate::experiments::unknown_fields(body, &["url", "topics", "description", "active"]);
+    let mut errors = crate::experiments::unknown_fields(
+        body,
+        &["url", "topics", "events", "description", "active"],
+    );
     let mut problem = |field: &str, message: String| {
         errors.push(FieldError {
             field: field.into(),
@@ -301,12 +303,14 @@ fn read_fields(
             format!("must be a URL of at most {MAX_URL} characters"),
         ),
     }
+    let with_events = body.get("events").is_some_and(|e| !e.is_null());
     match body.get("topics") {
-        None if creating => problem(
+        None if creating && !with_events => problem(
             "topics",
-            "is required: the outbox topics to deliver (e.g. `reward.*`, `pql.qualified`, `*`)"
+            "is required (or `events`): the outbox topics to deliver (e.g. `reward.*`, `pql.qualified`, `*`)"
                 .into(),
         ),
+        None if creating => change.topics = Some(Vec::new()),
         None => {}
         Some(Value::Array(items)) if !items.is_empty() && items.len() <= MAX_TOPICS => {
             let mut topics = Vec::new();
@@ -334,6 +338,19 @@ fn read_fields(
             "topics",
             format!("must be a list of 1 to {MAX_TOPICS} topics"),
         ),
+    }
+    match body.get("events") {
+        None => {}
+        Some(Value::Null) => change.events = Some(Value::Null),
+        Some(v) => {
+            let problems = crate::event_hooks::check(v);
+            if problems.is_empty() {
+                change.events = Some(v.clone());
+            }
+            for p in problems {
+                problem(&p.field, p.message);
+            }
+        }
     }
     match body.get("description") {
         None => {}
@@ -604,8 +621,16 @@ async fn pump(state: &AppState, mut w: Webhook) -> Result<(), ApiError> {
 }
 
 async fn attempt(state: &AppState, w: &Webhook, d: &Delivery) -> Result<Outcome, ApiError> {
+    let mut payload = d.payload.clone();
+    // A captured event's list of matched subscriptions is the worker's business.
+    if let Some(p) = payload
+        .as_object_mut()
+        .filter(|_| d.topic.starts_with("event."))
+    {
+        p.remove("webhooks");
+    }
     let body = json!({"id": d.outbox_id, "topic": d.topic, "project_id": w.project_id,
-                      "created_at": d.message_created_at, "payload": d.payload})
+                      "created_at": d.message_created_at, "payload": payload})
     .to_string();
     let attempt_id = uuid::Uuid::new_v4().to_string();
     let started = Instant::now();

@@ -152,6 +152,19 @@ pub(crate) async fn enqueue(
 }
 
 impl Store {
+    /// Writes outbox entries `(project, topic, payload)` in one transaction.
+    pub async fn enqueue_outbox(&self, entries: &[(i64, String, Value)]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write_tx().await?;
+        for (project_id, topic, payload) in entries {
+            enqueue(&mut tx, *project_id, topic, payload).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Creates a document; `AlreadyExists` when the project has one of this kind and key (archived or not).
     pub async fn create_document(
         &self,

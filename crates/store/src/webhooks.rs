@@ -17,6 +17,9 @@ pub struct Webhook {
     #[serde(skip)]
     pub secret: String,
     pub topics: Vec<String>,
+    /// Filters of captured events delivered as `event.<name>` messages (`[{"event", "properties"?}]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<Value>,
     pub description: String,
     pub active: bool,
     /// The last outbox id the endpoint has taken.
@@ -81,6 +84,8 @@ pub enum Outcome {
 pub struct WebhookUpdate {
     pub url: Option<String>,
     pub topics: Option<Vec<String>>,
+    /// `Some(Null)` removes the filters.
+    pub events: Option<Value>,
     pub description: Option<String>,
     pub active: Option<bool>,
 }
@@ -91,6 +96,7 @@ type WebhookRow = (
     String,
     String,
     String,
+    Option<String>,
     String,
     bool,
     i64,
@@ -99,10 +105,22 @@ type WebhookRow = (
 );
 
 const WEBHOOK_COLUMNS: &str =
-    "id, project_id, url, secret, topics, description, active, cursor, created_at, updated_at";
+    "id, project_id, url, secret, topics, events, description, active, cursor, created_at, updated_at";
 
 fn webhook_from(
-    (id, project_id, url, secret, topics, description, active, cursor, created_at, updated_at): WebhookRow,
+    (
+        id,
+        project_id,
+        url,
+        secret,
+        topics,
+        events,
+        description,
+        active,
+        cursor,
+        created_at,
+        updated_at,
+    ): WebhookRow,
 ) -> Result<Webhook> {
     Ok(Webhook {
         id,
@@ -110,6 +128,7 @@ fn webhook_from(
         url,
         secret,
         topics: serde_json::from_str(&topics)?,
+        events: events.map(|e| serde_json::from_str(&e)).transpose()?,
         description,
         active,
         cursor,
@@ -190,13 +209,15 @@ impl Store {
         let mut tx = self.write_tx().await?;
         let now = now_text();
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO webhooks (project_id, url, secret, topics, description, active, cursor, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(id), 0) FROM outbox), ?, ?) RETURNING id",
+            "INSERT INTO webhooks (project_id, url, secret, topics, events, description, active, cursor, created_at,
+                                   updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(id), 0) FROM outbox), ?, ?) RETURNING id",
         )
         .bind(project_id)
         .bind(url)
         .bind(secret)
         .bind(serde_json::to_string(topics)?)
+        .bind(fields.events.as_ref().filter(|e| !e.is_null()).map(Value::to_string))
         .bind(description)
         .bind(active)
         .bind(&now)
@@ -271,13 +292,21 @@ impl Store {
         };
         let mut tx = self.write_tx().await?;
         sqlx::query(
-            "UPDATE webhooks SET url = ?, topics = ?, description = ?, active = ?, updated_at = ?
+            "UPDATE webhooks SET url = ?, topics = ?, events = ?, description = ?, active = ?, updated_at = ?
              WHERE project_id = ? AND id = ?",
         )
         .bind(change.url.as_ref().unwrap_or(&before.url))
         .bind(serde_json::to_string(
             change.topics.as_ref().unwrap_or(&before.topics),
         )?)
+        .bind(
+            match &change.events {
+                Some(e) => Some(e),
+                None => before.events.as_ref(),
+            }
+            .filter(|e| !e.is_null())
+            .map(Value::to_string),
+        )
         .bind(change.description.as_ref().unwrap_or(&before.description))
         .bind(change.active.unwrap_or(before.active))
         .bind(now_text())
@@ -359,20 +388,30 @@ impl Store {
     /// nothing more for it (up to 10,000 entries are read per call).
     pub async fn take_webhook_message(&self, w: &mut Webhook) -> Result<Option<Delivery>> {
         for _ in 0..20 {
-            let rows: Vec<(i64, String)> = sqlx::query_as(
-                "SELECT id, topic FROM outbox WHERE id > ? AND project_id = ? ORDER BY id LIMIT 500",
+            // Captured events (`event.*`) go only to the subscriptions they matched (listed in the payload).
+            let rows: Vec<(i64, String, Option<String>)> = sqlx::query_as(
+                "SELECT id, topic, CASE WHEN topic LIKE 'event.%' THEN payload END FROM outbox
+                 WHERE id > ? AND project_id = ? ORDER BY id LIMIT 500",
             )
             .bind(w.cursor)
             .bind(w.project_id)
             .fetch_all(self.pool())
             .await?;
-            let Some(&(last, _)) = rows.last() else {
+            let Some(last) = rows.last().map(|r| r.0) else {
                 return Ok(None);
+            };
+            let wanted = |topic: &str, payload: &Option<String>| match payload {
+                None => w.topics.iter().any(|p| topic_matches(p, topic)),
+                Some(text) => serde_json::from_str::<Value>(text).is_ok_and(|p| {
+                    p["webhooks"]
+                        .as_array()
+                        .is_some_and(|ids| ids.iter().any(|i| i.as_i64() == Some(w.id)))
+                }),
             };
             let found = rows
                 .iter()
-                .find(|(_, topic)| w.topics.iter().any(|p| topic_matches(p, topic)))
-                .map(|(id, _)| *id);
+                .find(|(_, topic, payload)| wanted(topic, payload))
+                .map(|(id, _, _)| *id);
             let mut tx = self.write_tx().await?;
             let now = now_text();
             if let Some(outbox_id) = found {

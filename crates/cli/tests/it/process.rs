@@ -56,7 +56,8 @@ fn first_serve_of_an_empty_dir_prints_working_keys_once_and_never_logs_them() {
     let key_after = |label: &str| -> String {
         let line = stderr
             .lines()
-            .find(|l| l.contains(label))
+            // The banner, not a JSON log line that happens to mention the words.
+            .find(|l| l.contains(label) && !l.starts_with('{'))
             .unwrap_or_else(|| panic!("no {label} in {stderr}"));
         line.split_whitespace()
             .find(|w| w.starts_with("fw"))

@@ -421,3 +421,76 @@ async fn private_addresses_are_refused_without_the_allow_list() {
     );
     assert!(rx.log.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn captured_events_matching_a_subscriptions_filters_are_delivered_to_it_alone() {
+    let t = TestServer::start_with(|c| {
+        c.webhook_allow = vec!["127.0.0.0/8".parse().unwrap()];
+        c.webhook_poll = Duration::from_millis(20);
+    })
+    .await;
+    let rx = Arc::new(Receiver::default());
+    let (_server, port) = listen(rx.clone(), 0).await;
+    let (s, v) = t
+        .api(
+            "POST",
+            "/webhooks",
+            Some(json!({"url": format!("http://127.0.0.1:{port}/x"),
+                        "events": [{"event": "paid", "properties": [{"key": "plan", "type": "person", "value": "pro"}]}]})),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "person filters are refused: {v}"
+    );
+    let pro = t
+        .created(
+            "/webhooks",
+            json!({"url": format!("http://127.0.0.1:{port}/pro"),
+                   "events": [{"event": "paid", "properties": [{"key": "plan", "value": "pro"}]}]}),
+        )
+        .await;
+    assert_eq!(pro["events"][0]["event"], "paid");
+    t.created(
+        "/webhooks",
+        json!({"url": format!("http://127.0.0.1:{port}/signups"), "events": [{"event": "signed_up"}]}),
+    )
+    .await;
+    // The announcer reloads subscriptions every 2 s: wait for it before capturing.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let batch = json!({"api_key": t.token, "batch": [
+        {"event": "paid", "distinct_id": "u1", "properties": {"plan": "pro"}},
+        {"event": "paid", "distinct_id": "u2", "properties": {"plan": "free"}},
+        {"event": "signed_up", "distinct_id": "u3"},
+        {"event": "other", "distinct_id": "u4"},
+    ]});
+    let (s, v) = t.post("/batch", batch.to_string()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let got = until("two deliveries", || async {
+        let log = rx.log.lock().unwrap().clone();
+        (log.len() >= 2).then_some(log)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = rx.log.lock().unwrap().clone();
+    assert_eq!(
+        log.len(),
+        2,
+        "only the matching events, each to its own subscription: {got:?}"
+    );
+    let by_path = |p: &str| -> Value {
+        serde_json::from_str(&log.iter().find(|r| r.path == p).unwrap().body).unwrap()
+    };
+    let paid = by_path("/pro");
+    assert_eq!(
+        (
+            paid["topic"].as_str(),
+            paid["payload"]["distinct_id"].as_str()
+        ),
+        (Some("event.paid"), Some("u1"))
+    );
+    assert_eq!(paid["payload"]["properties"]["plan"], "pro");
+    assert!(paid["payload"].get("webhooks").is_none(), "{paid}");
+    assert_eq!(by_path("/signups")["payload"]["event"], "signed_up");
+}
