@@ -34,15 +34,7 @@ pub(crate) const METRIC: &str = "metric";
 const EXPERIMENT: &str = "experiment";
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/api/v1/projects/{project_id}/metrics",
-            get(list_metrics).post(create_metric),
-        )
-        .route(
-            "/api/v1/projects/{project_id}/metrics/{key}",
-            get(get_metric).patch(patch_metric).delete(archive_metric),
-        )
+    crate::definitions::routes("/api/v1/projects/{project_id}/metrics", &METRICS)
         .route(
             "/api/v1/projects/{project_id}/experiments",
             get(list_experiments).post(create_experiment),
@@ -80,32 +72,13 @@ pub(crate) fn document_json(doc: &flywheel_store::Document) -> Value {
 pub(crate) const DOCUMENT_FIELDS: &[&str] =
     &["id", "version", "archived", "created_at", "updated_at"];
 
-/// Validates a definition (`body` without document fields); the stored body is its normalized form.
-fn definition(body: &Map<String, Value>) -> Result<(String, String, Value), ApiError> {
-    let mut errors: Vec<FieldError> = body
-        .keys()
-        .filter(|k| DOCUMENT_FIELDS.contains(&k.as_str()))
-        .map(|k| FieldError {
-            field: k.clone(),
-            message: "cannot be set".into(),
-        })
-        .collect();
-    let parsed = parse_metric(&Value::Object(body.clone()));
-    match parsed {
-        Ok(m) if errors.is_empty() => {
-            let stored = m.to_json();
-            Ok((m.key, m.name, stored))
-        }
-        Ok(_) => Err(ApiError::validation("metric", &errors)),
-        Err(es) => {
-            errors.extend(
-                es.into_iter()
-                    .filter(|e| !DOCUMENT_FIELDS.contains(&e.field.as_str())),
-            );
-            Err(ApiError::validation("metric", &errors))
-        }
-    }
-}
+/// Metrics are plain definition documents.
+static METRICS: crate::definitions::Kind = crate::definitions::Kind {
+    kind: METRIC,
+    what: "metric",
+    parse: |body| parse_metric(body).map(|m| (m.key.clone(), m.name.clone(), m.to_json())),
+    changed: |_| {},
+};
 
 #[derive(serde::Deserialize)]
 pub(crate) struct ListParams {
@@ -124,20 +97,6 @@ pub(crate) fn archived_param(params: &ListParams, what: &str) -> Result<bool, Ap
     }
 }
 
-async fn list_metrics(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(project_id): Path<String>,
-    Query(params): Query<ListParams>,
-) -> Result<Json<Value>, ApiError> {
-    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
-    let archived = archived_param(&params, "metric list")?;
-    let docs = state.store.documents(project_id, METRIC, archived).await?;
-    Ok(Json(
-        json!({"results": docs.iter().map(document_json).collect::<Vec<_>>()}),
-    ))
-}
-
 pub(crate) async fn document(
     state: &AppState,
     project_id: i64,
@@ -151,14 +110,6 @@ pub(crate) async fn document(
         .ok_or_else(|| {
             ApiError::not_found(format!("{kind} `{key}` not found in project {project_id}"))
         })
-}
-
-async fn metric_doc(
-    state: &AppState,
-    project_id: i64,
-    key: &str,
-) -> Result<flywheel_store::Document, ApiError> {
-    document(state, project_id, METRIC, key).await
 }
 
 /// The optional `version` of an update body (removed from it).
@@ -354,75 +305,6 @@ pub(crate) fn optional_object(body: &[u8], what: &str) -> Result<Map<String, Val
             format!("the body is not JSON: {e}"),
         )),
     }
-}
-
-async fn get_metric(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path((project_id, key)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
-    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
-    Ok(Json(document_json(
-        &metric_doc(&state, project_id, &key).await?,
-    )))
-}
-
-async fn create_metric(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    headers: HeaderMap,
-    caller: Caller,
-    Path(project_id): Path<String>,
-    JsonBody(body): JsonBody<Map<String, Value>>,
-) -> Result<impl IntoResponse, ApiError> {
-    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
-    let (key, name, stored) = definition(&body)?;
-    let actor = crate::features::actor(&caller, &headers, peer);
-    create_definition(
-        &state, project_id, METRIC, &key, &name, &stored, &actor, "metric",
-    )
-    .await
-}
-
-async fn patch_metric(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    headers: HeaderMap,
-    caller: Caller,
-    Path((project_id, key)): Path<(String, String)>,
-    JsonBody(mut body): JsonBody<Map<String, Value>>,
-) -> Result<Json<Value>, ApiError> {
-    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
-    let current = metric_doc(&state, project_id, &key).await?;
-    let version = take_version(&mut body, "metric")?;
-    if body
-        .get("key")
-        .is_some_and(|k| k.as_str() != Some(key.as_str()))
-    {
-        return Err(ApiError::invalid_field(
-            "metric update",
-            "key",
-            "cannot be changed: create a new metric (experiments name metrics by key)",
-        ));
-    }
-    let (_, name, stored) = definition(&merge(&current.body, body))?;
-    let actor = crate::features::actor(&caller, &headers, peer);
-    save_definition(
-        &state, project_id, METRIC, &key, version, name, stored, &actor, "metric",
-    )
-    .await
-}
-
-async fn archive_metric(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    headers: HeaderMap,
-    caller: Caller,
-    Path((project_id, key)): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
-    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
-    let actor = crate::features::actor(&caller, &headers, peer);
-    archive_document(&state, project_id, METRIC, &key, None, &actor).await
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ use serde_json::{json, Map, Value};
 use crate::state::AppState;
 
 /// The kinds served by [`crate::definitions::routes`] (list, create, get, update, archive, versions, diff).
-pub const DEFINITION_KINDS: [(&str, &str, &str); 3] = [
+pub const DEFINITION_KINDS: [(&str, &str, &str); 4] = [
+    ("metrics", "experiments", "experiment metric"),
     ("referral-programs", "growth", "referral program"),
     ("trials", "trials and PQL", "trial"),
     ("pql-models", "trials and PQL", "PQL model"),
@@ -174,21 +175,6 @@ pub const OPERATIONS: &[(&str, &str, &str, &str)] = &[
         "The outbox: announcements of changes, oldest first (topic, after, limit)",
     ),
     // Experiments
-    ("get", "~/metrics", "experiments", "List experiment metrics"),
-    (
-        "post",
-        "~/metrics",
-        "experiments",
-        "Create an experiment metric",
-    ),
-    ("get", "~/metrics/{key}", "experiments", "Get a metric"),
-    ("patch", "~/metrics/{key}", "experiments", "Change a metric"),
-    (
-        "delete",
-        "~/metrics/{key}",
-        "experiments",
-        "Archive a metric",
-    ),
     ("get", "~/experiments", "experiments", "List experiments"),
     (
         "post",
