@@ -6,6 +6,7 @@
 //! retry 4xx answers and would lose the whole batch).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
@@ -184,10 +185,25 @@ async fn capture_inner(
         ));
     }
 
-    // Events per second per project: the request is taken whole or refused whole (nothing written).
+    // Each project's ingestion policy (the server's settings with the project's overrides), and the address in the
+    // form it keeps.
+    let raw_ip = client_ip(&headers, peer);
+    let mut policies: Vec<(i64, Arc<crate::privacy::Policy>, Option<String>)> =
+        Vec::with_capacity(1);
     for pid in projects.iter().filter_map(|(_, p)| *p) {
-        let n = event_projects.iter().filter(|p| **p == Some(pid)).count() as u64;
-        if let Err(secs) = state.limits.capture.take(&pid.to_string(), n) {
+        let policy = state.policies.get(state, pid).await?;
+        let ip = policy.privacy.capture_ip.apply(&raw_ip);
+        policies.push((pid, policy, ip));
+    }
+    // Events per second per project: the request is taken whole or refused whole (nothing written).
+    for (pid, policy, _) in &policies {
+        let n = event_projects.iter().filter(|p| **p == Some(*pid)).count() as u64;
+        if let Err(secs) =
+            state
+                .limits
+                .capture
+                .take_limited(&pid.to_string(), n, policy.capture_events_per_second)
+        {
             return Err(crate::limits::refused(
                 "capture",
                 format!("the events of project {pid}"),
@@ -196,12 +212,6 @@ async fn capture_inner(
         }
     }
 
-    // The address in the form the privacy settings keep (once per request).
-    let ip = state
-        .config
-        .privacy
-        .capture_ip
-        .apply(&client_ip(&headers, peer));
     let received_us = now.timestamp_micros();
     let mut records = Vec::with_capacity(events.len());
     let mut keys = Vec::with_capacity(events.len());
@@ -228,12 +238,15 @@ async fn capture_inner(
             continue;
         }
         keys.push(key);
+        let Some((_, policy, ip)) = policies.iter().find(|(p, _, _)| *p == project_id) else {
+            continue;
+        };
         records.push(to_record(
             project_id,
             ev,
             ip.as_deref(),
             received_us,
-            &state.config.privacy,
+            &policy.privacy,
         ));
     }
 

@@ -420,11 +420,9 @@ pub(crate) async fn fingerprint(
                 .await
         })
         .await?;
-    // The address as capture keeps it, so a click and the same device's events hash alike.
-    let ip = state
-        .config
-        .privacy
-        .capture_ip
+    // The network part of the address (what capture keeps by default; a full address truncates to the same), so a
+    // click and the same device's events hash alike whatever a project keeps.
+    let ip = crate::privacy::IpCapture::Truncated
         .apply(ip)
         .unwrap_or_default();
     let mut h = sha2::Sha256::new();

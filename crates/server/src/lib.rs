@@ -322,6 +322,7 @@ impl Server {
             sticky: Arc::new(sticky),
             growth_epoch: Default::default(),
             limits: rate_limits,
+            policies: Default::default(),
             click_salt: Default::default(),
         });
         experiments::refresh_sticky_all(&state)

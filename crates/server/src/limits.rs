@@ -44,10 +44,15 @@ impl RateLimiter {
 
     /// Takes `n` tokens (all or nothing; a full bucket lends what a request larger than it needs).
     pub fn take(&self, key: &str, n: u64) -> Result<(), u64> {
-        if self.limit == 0 || n == 0 {
+        self.take_limited(key, n, self.limit)
+    }
+
+    /// [`take`](Self::take) with a limit of its own for this key (a project's override).
+    pub fn take_limited(&self, key: &str, n: u64, limit: u32) -> Result<(), u64> {
+        if limit == 0 || n == 0 {
             return Ok(());
         }
-        let rate = f64::from(self.limit);
+        let rate = f64::from(limit);
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if buckets.len() >= KEYS && !buckets.contains_key(key) {

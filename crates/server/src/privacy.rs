@@ -156,3 +156,143 @@ mod tests {
         );
     }
 }
+
+/// A project's ingestion policy: the server's settings with the project's overrides (`ingestion` in its settings).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub privacy: Privacy,
+    /// Captured events per second (`0`: unlimited).
+    pub capture_events_per_second: u32,
+}
+
+impl Policy {
+    pub fn of(config: &crate::Config, ingestion: &Value) -> Policy {
+        let mut p = Policy {
+            privacy: config.privacy.clone(),
+            capture_events_per_second: config.capture_events_per_second,
+        };
+        if let Some(mode) = ingestion
+            .get("capture_ip")
+            .and_then(Value::as_str)
+            .and_then(|m| m.parse().ok())
+        {
+            p.privacy.capture_ip = mode;
+        }
+        if let Some(keys) = ingestion.get("scrub_properties").and_then(Value::as_array) {
+            p.privacy.scrub = keys
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect();
+        }
+        if let Some(n) = ingestion
+            .get("capture_events_per_second")
+            .and_then(Value::as_u64)
+        {
+            p.capture_events_per_second = n.min(u64::from(u32::MAX)) as u32;
+        }
+        p
+    }
+}
+
+/// Validates a project's `ingestion` settings, by field.
+pub fn check_ingestion(v: &Value) -> Vec<flywheel_query::FieldError> {
+    let mut errors = Vec::new();
+    let mut err = |field: &str, message: &str| {
+        errors.push(flywheel_query::FieldError {
+            field: format!("ingestion.{field}"),
+            message: message.into(),
+        })
+    };
+    let Some(o) = v.as_object() else {
+        return vec![flywheel_query::FieldError {
+            field: "ingestion".into(),
+            message: "must be an object (capture_ip, scrub_properties, capture_events_per_second)"
+                .into(),
+        }];
+    };
+    for (k, v) in o {
+        match k.as_str() {
+            "capture_ip" => {
+                if v.as_str()
+                    .and_then(|m| m.parse::<IpCapture>().ok())
+                    .is_none()
+                {
+                    err(k, "must be full, truncated or off");
+                }
+            }
+            "scrub_properties" => {
+                let ok = v.as_array().is_some_and(|a| {
+                    a.len() <= 100
+                        && a.iter()
+                            .all(|k| k.as_str().is_some_and(|s| !s.is_empty() && s.len() <= 200))
+                });
+                if !ok {
+                    err(k, "must be a list of at most 100 property names");
+                }
+            }
+            "capture_events_per_second" => {
+                if v.as_u64().is_none_or(|n| n > u64::from(u32::MAX)) {
+                    err(k, "must be a whole number (0: unlimited)");
+                }
+            }
+            _ => err(
+                k,
+                "unknown field (capture_ip, scrub_properties, capture_events_per_second)",
+            ),
+        }
+    }
+    errors
+}
+
+/// How long a project's policy is kept (changes through this node apply at once; other nodes' within this).
+const POLICY_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Projects' policies, read from their settings and kept briefly.
+#[derive(Default)]
+pub struct Policies {
+    entries: std::sync::RwLock<
+        std::collections::HashMap<i64, (std::time::Instant, std::sync::Arc<Policy>)>,
+    >,
+}
+
+impl Policies {
+    /// The policy of a project.
+    pub async fn get(
+        &self,
+        state: &crate::state::AppState,
+        project_id: i64,
+    ) -> Result<std::sync::Arc<Policy>, crate::error::ApiError> {
+        if let Some((at, p)) = self
+            .entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&project_id)
+        {
+            if at.elapsed() < POLICY_TTL {
+                return Ok(p.clone());
+            }
+        }
+        let ingestion = state
+            .store
+            .project_settings(project_id)
+            .await?
+            .map(|s| s.ingestion)
+            .unwrap_or(Value::Null);
+        let p = std::sync::Arc::new(Policy::of(&state.config, &ingestion));
+        let mut map = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if map.len() > 100_000 {
+            map.clear();
+        }
+        map.insert(project_id, (std::time::Instant::now(), p.clone()));
+        Ok(p)
+    }
+
+    /// Forgets a project's policy (its settings changed).
+    pub fn forget(&self, project_id: i64) {
+        self.entries
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&project_id);
+    }
+}

@@ -72,10 +72,17 @@ fn read_update(body: &Value) -> Result<ProjectUpdate, Vec<FieldError>> {
                     })),
                 }
             }
+            "ingestion" => {
+                let problems = crate::privacy::check_ingestion(v);
+                if problems.is_empty() {
+                    update.ingestion = Some(v.clone());
+                }
+                errors.extend(problems);
+            }
             "id" | "created_at" => errors.push(err(k, "cannot be changed".into())),
             other => errors.push(err(
                 other,
-                "unknown field (use name, time_zone, test_account_filters)".into(),
+                "unknown field (use name, time_zone, test_account_filters, ingestion)".into(),
             )),
         }
     }
@@ -104,6 +111,7 @@ async fn patch_project(
         .update_project_settings(project_id, &update, &actor)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("project {project_id} not found")))?;
+    state.policies.forget(project_id);
     Ok(Json(json!(settings)))
 }
 

@@ -76,6 +76,8 @@ pub struct Shared {
     pub growth_epoch: std::sync::atomic::AtomicU64,
     /// Rate limits of capture and the native API.
     pub limits: crate::limits::Limits,
+    /// Projects' ingestion policies (privacy, capture limit).
+    pub policies: crate::privacy::Policies,
     /// The installation's salt of click fingerprints, read from the store once.
     pub click_salt: tokio::sync::OnceCell<String>,
 }

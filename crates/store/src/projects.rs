@@ -15,6 +15,8 @@ pub struct ProjectSettings {
     pub time_zone: String,
     /// Property filters (the insight `properties` format) that leave out test accounts.
     pub test_account_filters: Value,
+    /// Ingestion settings overriding the server's (`capture_ip`, `scrub_properties`, `capture_events_per_second`).
+    pub ingestion: Value,
     pub created_at: String,
 }
 
@@ -24,21 +26,23 @@ pub struct ProjectUpdate {
     pub name: Option<String>,
     pub time_zone: Option<String>,
     pub test_account_filters: Option<Value>,
+    pub ingestion: Option<Value>,
 }
 
-type Row = (i64, String, String, String, String);
+type Row = (i64, String, String, String, String, String);
 
-fn from_row((id, name, time_zone, filters, created_at): Row) -> Result<ProjectSettings> {
+fn from_row((id, name, time_zone, filters, ingestion, created_at): Row) -> Result<ProjectSettings> {
     Ok(ProjectSettings {
         id,
         name,
         time_zone,
         test_account_filters: serde_json::from_str(&filters)?,
+        ingestion: serde_json::from_str(&ingestion)?,
         created_at,
     })
 }
 
-const COLUMNS: &str = "id, name, time_zone, test_account_filters, created_at";
+const COLUMNS: &str = "id, name, time_zone, test_account_filters, ingestion, created_at";
 
 impl Store {
     /// The settings of a project (`None`: no such project).
@@ -77,15 +81,20 @@ impl Store {
                 .test_account_filters
                 .clone()
                 .unwrap_or_else(|| before.test_account_filters.clone()),
+            ingestion: update
+                .ingestion
+                .clone()
+                .unwrap_or_else(|| before.ingestion.clone()),
             ..before.clone()
         };
         if after != before {
             sqlx::query(
-                "UPDATE projects SET name = ?, time_zone = ?, test_account_filters = ? WHERE id = ?",
+                "UPDATE projects SET name = ?, time_zone = ?, test_account_filters = ?, ingestion = ? WHERE id = ?",
             )
             .bind(&after.name)
             .bind(&after.time_zone)
             .bind(after.test_account_filters.to_string())
+            .bind(after.ingestion.to_string())
             .bind(project_id)
             .execute(&mut *tx)
             .await?;

@@ -420,3 +420,67 @@ async fn addresses_and_scrubbed_properties_follow_the_privacy_settings() {
         );
     }
 }
+
+/// A project's `ingestion` settings override the server's: address kept, keys scrubbed, events per second.
+#[tokio::test]
+async fn a_projects_ingestion_settings_override_the_servers() {
+    let t = TestServer::start().await;
+    let (s, v) = t
+        .api(
+            "PATCH",
+            "",
+            Some(serde_json::json!({"ingestion": {"capture_ip": "sometimes", "scrub_properties": "email", "x": 1}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let fields: Vec<&str> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "ingestion.capture_ip",
+            "ingestion.scrub_properties",
+            "ingestion.x"
+        ],
+        "{v}"
+    );
+    let (s, v) = t
+        .api(
+            "PATCH",
+            "",
+            Some(
+                serde_json::json!({"ingestion": {"capture_ip": "off", "scrub_properties": ["ssn"],
+                                                  "capture_events_per_second": 5}}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["ingestion"]["capture_ip"], "off");
+    let batch = |n: usize, prefix: &str| {
+        let events: Vec<_> = (0..n)
+            .map(|i| serde_json::json!({"event": "e", "distinct_id": format!("{prefix}{i}"), "properties": {"ssn": "1", "k": i}}))
+            .collect();
+        serde_json::json!({"api_key": t.token, "batch": events}).to_string()
+    };
+    let (s, _) = t.post("/batch", batch(5, "a")).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = t.post("/batch", batch(5, "b")).await;
+    assert_eq!(
+        s,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the project's own limit: {v}"
+    );
+    let events = t.events("limit=100").await;
+    assert_eq!(events.len(), 5);
+    for e in &events {
+        assert!(e["properties"].get("$ip").is_none(), "no address kept: {e}");
+        assert!(
+            e["properties"].get("ssn").is_none() && e["properties"]["k"].is_number(),
+            "{e}"
+        );
+    }
+}
