@@ -3,8 +3,9 @@
 //! - `capture_ip` (`--capture-ip`): `truncated` (the default) keeps the network part only — the last octet of an
 //!   IPv4 address zeroed (`203.0.113.0`), an IPv6 address cut to its first 48 bits (`2001:db8:1::`); `full` keeps the
 //!   address; `off` keeps none. It applies to the `$ip` capture adds from the connection *and* to an `$ip` the
-//!   client sent, and to the addresses that referral-click and share-link fingerprints hash, so a click and the
-//!   events of the same device still compare equal.
+//!   client sent. Referral-click and share-link fingerprints always hash the truncated form, so a click and the
+//!   events of the same device compare equal whatever a project keeps. A project's `ingestion` settings override
+//!   these server-wide settings ([`Policy`]).
 //! - `scrub_properties` (`--scrub-properties email,phone`): keys removed from every captured event's properties and
 //!   from its `$set` / `$set_once` before anything is stored (so they reach neither the event log nor persons).
 
