@@ -162,11 +162,16 @@ pub async fn run(state: AppState, intake: Intake, mut identity: watch::Receiver<
     let mut subs: Subscriptions = HashMap::new();
     let mut loaded: Option<std::time::Instant> = None;
     let mut saved: Option<std::time::Instant> = None;
+    let mut seen_epoch = u64::MAX;
     let mut shutdown = state.shutdown.clone();
     loop {
         let target = *identity.borrow_and_update();
         if lsn < target {
-            if loaded.is_none_or(|t| t.elapsed() >= RELOAD) {
+            let epoch = state
+                .webhook_epoch
+                .load(std::sync::atomic::Ordering::Acquire);
+            if epoch != seen_epoch || loaded.is_none_or(|t| t.elapsed() >= RELOAD) {
+                seen_epoch = epoch;
                 if let Some(s) = load(&state).await {
                     subs = s;
                 }

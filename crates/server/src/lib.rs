@@ -321,6 +321,7 @@ impl Server {
             rollouts: Arc::new(rollouts::Checks::default()),
             sticky: Arc::new(sticky),
             growth_epoch: Default::default(),
+            webhook_epoch: Default::default(),
             limits: rate_limits,
             policies: Default::default(),
             click_salt: Default::default(),

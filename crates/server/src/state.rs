@@ -74,6 +74,8 @@ pub struct Shared {
     pub sticky: Arc<crate::sticky::StickyStore>,
     /// Bumped when referral programs, codes or share links change: the referral consumer reloads what it watches.
     pub growth_epoch: std::sync::atomic::AtomicU64,
+    /// Bumped when a webhook subscription changes: the captured-events announcer reloads at once.
+    pub webhook_epoch: std::sync::atomic::AtomicU64,
     /// Rate limits of capture and the native API.
     pub limits: crate::limits::Limits,
     /// Projects' ingestion policies (privacy, capture limit).

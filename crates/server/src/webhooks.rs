@@ -254,6 +254,13 @@ fn parse_url(url: &str) -> Result<Target, String> {
 // ---------------------------------------------------------------------------------------------------------------
 // Handlers
 
+/// Tells the captured-events announcer that subscriptions changed.
+fn changed(state: &AppState) {
+    state
+        .webhook_epoch
+        .fetch_add(1, std::sync::atomic::Ordering::Release);
+}
+
 fn webhook_json(w: &Webhook) -> Value {
     json!(w)
 }
@@ -404,6 +411,7 @@ async fn create(
         .store
         .create_webhook(project_id, &secret, &change, &actor)
         .await?;
+    changed(&state);
     let mut v = webhook_json(&w);
     v["secret"] = json!(secret);
     Ok((StatusCode::CREATED, Json(v)))
@@ -435,6 +443,7 @@ async fn update(
         .update_webhook(project_id, w.id, &change, &actor)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no webhook `{id}`")))?;
+    changed(&state);
     Ok(Json(webhook_json(&w)))
 }
 
@@ -449,6 +458,7 @@ async fn delete(
     let w = found(&state, project_id, &id).await?;
     let actor = crate::features::actor(&caller, &headers, peer);
     state.store.delete_webhook(project_id, w.id, &actor).await?;
+    changed(&state);
     Ok(StatusCode::NO_CONTENT)
 }
 
