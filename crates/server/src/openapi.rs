@@ -414,6 +414,12 @@ pub const OPERATIONS: &[(&str, &str, &str, &str)] = &[
         "Delete a subscription with its delivery log",
     ),
     (
+        "post",
+        "~/webhooks/{id}/rotate-secret",
+        "webhooks",
+        "Replace the signing secret (the new one is in the answer, shown once)",
+    ),
+    (
         "get",
         "~/webhooks/{id}/deliveries",
         "webhooks",

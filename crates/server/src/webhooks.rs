@@ -3,7 +3,7 @@
 //!
 //! - `GET/POST …/webhooks` (`{"url", "topics": ["reward.*", "pql.qualified", "audit.*", "*"], "description"?,
 //!   "active"?}`; the answer to `POST` carries the signing `secret`, shown this once), `GET/PATCH/DELETE
-//!   …/webhooks/{id}`; every change audited.
+//!   …/webhooks/{id}`, `POST …/webhooks/{id}/rotate-secret` (a new secret, shown once); every change audited.
 //! - `GET …/webhooks/{id}/deliveries?status=pending|delivered|dead&limit=` (the delivery log, newest first; `dead`
 //!   is the dead-letter list), `GET …/deliveries/{delivery_id}` (with every attempt: its id, time, status code or
 //!   error, duration), `POST …/deliveries/{delivery_id}/replay` (a dead or delivered message goes back in the queue
@@ -66,6 +66,10 @@ pub fn router() -> Router<AppState> {
         .route(
             "/api/v1/projects/{project_id}/webhooks/{id}/deliveries",
             get(deliveries),
+        )
+        .route(
+            "/api/v1/projects/{project_id}/webhooks/{id}/rotate-secret",
+            post(rotate_secret),
         )
         .route(
             "/api/v1/projects/{project_id}/webhooks/{id}/deliveries/{delivery_id}",
@@ -254,6 +258,34 @@ fn parse_url(url: &str) -> Result<Target, String> {
 // ---------------------------------------------------------------------------------------------------------------
 // Handlers
 
+/// A signing secret: 256 random bits.
+fn new_secret() -> String {
+    format!(
+        "whsec_{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// `POST …/webhooks/{id}/rotate-secret`: a new signing secret, shown this once; the old one stops signing at once.
+async fn rotate_secret(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    caller: Caller,
+    Path((project_id, id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
+    let w = found(&state, project_id, &id).await?;
+    let secret = new_secret();
+    let actor = crate::features::actor(&caller, &headers, peer);
+    state
+        .store
+        .rotate_webhook_secret(project_id, w.id, &secret, &actor)
+        .await?;
+    Ok(Json(json!({"id": w.id, "secret": secret})))
+}
+
 /// Tells the captured-events announcer that subscriptions changed.
 fn changed(state: &AppState) {
     state
@@ -401,11 +433,7 @@ async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
     let change = read_fields(&body, true, &state.config.webhook_allow)?;
-    let secret = format!(
-        "whsec_{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
+    let secret = new_secret();
     let actor = crate::features::actor(&caller, &headers, peer);
     let w = state
         .store
@@ -612,6 +640,16 @@ fn now_text(state: &AppState) -> String {
 /// One endpoint's round: its due messages in order, stopping at one that must wait for a retry.
 async fn pump(state: &AppState, mut w: Webhook) -> Result<(), ApiError> {
     for _ in 0..PER_ROUND {
+        // The subscription as it is now (a rotated secret, a new URL or a deactivation apply to the next attempt).
+        match state.store.webhook(w.project_id, w.id).await? {
+            Some(fresh) if fresh.active => {
+                w.url = fresh.url;
+                w.secret = fresh.secret;
+                w.topics = fresh.topics;
+                w.cursor = w.cursor.max(fresh.cursor);
+            }
+            _ => return Ok(()),
+        }
         let head = match state.store.webhook_head(w.id).await? {
             Some(d) => d,
             None => match state.store.take_webhook_message(&mut w).await? {

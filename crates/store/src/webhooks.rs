@@ -336,6 +336,43 @@ impl Store {
         Ok(Some(after))
     }
 
+    /// Replaces a subscription's signing secret (audited, without the secret); false when there is none.
+    pub async fn rotate_webhook_secret(
+        &self,
+        project_id: i64,
+        id: i64,
+        secret: &str,
+        actor: &Actor,
+    ) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let done = sqlx::query(
+            "UPDATE webhooks SET secret = ?, updated_at = ? WHERE project_id = ? AND id = ?",
+        )
+        .bind(secret)
+        .bind(now_text())
+        .bind(project_id)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if done {
+            append_audit(
+                &mut tx,
+                project_id,
+                actor,
+                "webhook.secret_rotated",
+                "webhook",
+                &id.to_string(),
+                None,
+                Some(&json!({"id": id})),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(done)
+    }
+
     /// Deletes a subscription with its delivery log (audited); false when there is none.
     pub async fn delete_webhook(&self, project_id: i64, id: i64, actor: &Actor) -> Result<bool> {
         let Some(before) = self.webhook(project_id, id).await? else {

@@ -359,7 +359,26 @@ async fn webhooks_retry_survive_an_outage_keep_order_and_replay_dead_letters() {
         .await;
     assert_eq!(v["status"], "delivered", "{v}");
 
-    // Deactivated, an endpoint gets nothing; deleted, it is gone; both audited.
+    // A rotated secret signs the next deliveries; the old one no longer does.
+    let (s, rotated) = t
+        .api("POST", &format!("/webhooks/{id}/rotate-secret"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{rotated}");
+    let new_secret = rotated["secret"].as_str().unwrap().to_owned();
+    assert_ne!(new_secret, secret);
+    let before = rx.log.lock().unwrap().len();
+    approved_reward(t, "g").await;
+    let latest = until("a delivery signed with the new secret", || async {
+        let log = rx.log.lock().unwrap().clone();
+        log[before..]
+            .iter()
+            .find(|r| r.path == "/in" && r.answered == 200)
+            .cloned()
+    })
+    .await;
+    verify(&new_secret, &latest);
+
+    // Deactivated, an endpoint gets nothing; deleted, it is gone; all audited.
     let (s, _) = t
         .api(
             "PATCH",
@@ -373,7 +392,11 @@ async fn webhooks_retry_survive_an_outage_keep_order_and_replay_dead_letters() {
     let (s, _) = t.api("GET", &format!("/webhooks/{dead_id}"), None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let audit = outbox_ids(t, "audit.webhook.").await;
-    assert_eq!(audit.len(), 4, "created ×2, updated, deleted");
+    assert_eq!(
+        audit.len(),
+        5,
+        "created ×2, secret rotated, updated, deleted"
+    );
 }
 
 #[tokio::test]
