@@ -720,7 +720,21 @@ pub(crate) fn bands(scored: &[(f64, bool)], n: usize) -> Vec<Value> {
     out
 }
 
-fn rate(a: usize, b: usize) -> Value {
+/// An RFC 3339 time or a date (`YYYY-MM-DD`, midnight UTC), in microseconds.
+pub(crate) fn time_or_date(text: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_micros())
+        .ok()
+        .or_else(|| {
+            chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|t| t.and_utc().timestamp_micros())
+        })
+}
+
+/// `a / b`, null when `b` is 0.
+pub(crate) fn rate(a: usize, b: usize) -> Value {
     if b == 0 {
         Value::Null
     } else {
@@ -756,19 +770,7 @@ async fn backtest(
             None
         }
         Some(text) => {
-            let parsed = chrono::DateTime::parse_from_rfc3339(text)
-                .map(|t| t.timestamp_micros())
-                .ok()
-                .or_else(|| {
-                    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
-                        .ok()
-                        .map(|d| {
-                            d.and_hms_opt(0, 0, 0)
-                                .expect("midnight")
-                                .and_utc()
-                                .timestamp_micros()
-                        })
-                });
+            let parsed = time_or_date(text);
             if parsed.is_none() {
                 problem("as_of", "must be an RFC 3339 time or a date (YYYY-MM-DD)");
             }

@@ -28,6 +28,7 @@ use serde_json::{json, Map, Value};
 use crate::api::{Caller, JsonBody};
 use crate::definitions::Kind;
 use crate::error::ApiError;
+use crate::pql::rate;
 use crate::state::AppState;
 
 pub(crate) const TRIAL: &str = "trial";
@@ -221,24 +222,13 @@ fn next_bucket(d: NaiveDate, i: Interval) -> NaiveDate {
 
 fn date_param(v: Option<&str>, field: &str, default: i64) -> Result<i64, ApiError> {
     let Some(text) = v else { return Ok(default) };
-    chrono::DateTime::parse_from_rfc3339(text)
-        .map(|t| t.timestamp_micros())
-        .ok()
-        .or_else(|| {
-            NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().map(|d| {
-                d.and_hms_opt(0, 0, 0)
-                    .expect("midnight")
-                    .and_utc()
-                    .timestamp_micros()
-            })
-        })
-        .ok_or_else(|| {
-            ApiError::invalid_field(
-                "trial report",
-                field,
-                "must be a date (YYYY-MM-DD) or an RFC 3339 time",
-            )
-        })
+    crate::pql::time_or_date(text).ok_or_else(|| {
+        ApiError::invalid_field(
+            "trial report",
+            field,
+            "must be a date (YYYY-MM-DD) or an RFC 3339 time",
+        )
+    })
 }
 
 /// The trials that started in the range of `params`, by entity label, and the range.
@@ -306,14 +296,6 @@ fn hours_summary(mut hours: Vec<f64>) -> Value {
     let mean = hours.iter().sum::<f64>() / hours.len() as f64;
     json!({"count": hours.len(), "p50": k::trends::quantile(&hours, 50),
            "p90": k::trends::quantile(&hours, 90), "mean": mean})
-}
-
-fn rate(a: usize, b: usize) -> Value {
-    if b == 0 {
-        Value::Null
-    } else {
-        json!(a as f64 / b as f64)
-    }
 }
 
 /// Counts of a set of trials.
