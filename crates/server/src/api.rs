@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
@@ -30,70 +30,247 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-/// A caller authenticated with `Authorization: Bearer <personal API key>`.
-pub struct Caller(pub PersonalKey);
+/// Who a native API request comes from: a personal API key (`Authorization: Bearer …`) or a signed-in user's
+/// session cookie (see [`crate::auth`]). The extractor checks that the credential may do what the request asks:
+/// the key's scopes, and the role the user (of the session, or who made the key) holds in the organization of
+/// the project in the path. A caller without access to that project is left for [`Caller::authorize`] to answer
+/// 404, so that nobody can probe which project ids exist.
+pub struct Caller {
+    /// The API key, when the request carries one.
+    pub key: Option<PersonalKey>,
+    /// The user behind the request: the session's, or the one who made the key.
+    pub user_id: Option<i64>,
+    /// The session, when signed in with the cookie.
+    pub session: Option<crate::auth::SessionCaller>,
+    /// For paths under `/api/v1/projects/{id}`: the user's role in that project's organization, when they are a
+    /// member with access to the project.
+    pub role: Option<crate::auth::Role>,
+    /// The project `role` was resolved for.
+    role_project: Option<i64>,
+}
+
+fn forbidden(code: &'static str, message: String) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, code, message)
+}
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| {
-                ApiError::unauthorized(
-                    "missing_api_key",
-                    "missing `Authorization: Bearer <personal API key>` header",
-                )
-            })?
-            .to_str()
-            .map_err(|_| {
-                ApiError::unauthorized("invalid_api_key", "Authorization header is not valid text")
-            })?;
-        let key = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::unauthorized(
-                    "invalid_api_key",
-                    "Authorization must use the Bearer scheme",
-                )
-            })?;
-        let Some(k) = state.store.authenticate_personal(key).await? else {
-            return Err(ApiError::unauthorized(
-                "invalid_api_key",
-                "the personal API key is unknown, revoked or expired",
-            ));
+        let mut caller = match parts.headers.get(header::AUTHORIZATION) {
+            Some(value) => {
+                let value = value.to_str().map_err(|_| {
+                    ApiError::unauthorized(
+                        "invalid_api_key",
+                        "Authorization header is not valid text",
+                    )
+                })?;
+                let key = value
+                    .strip_prefix("Bearer ")
+                    .or_else(|| value.strip_prefix("bearer "))
+                    .map(str::trim)
+                    .ok_or_else(|| {
+                        ApiError::unauthorized(
+                            "invalid_api_key",
+                            "Authorization must use the Bearer scheme",
+                        )
+                    })?;
+                let Some(k) = state.store.authenticate_personal(key).await? else {
+                    return Err(ApiError::unauthorized(
+                        "invalid_api_key",
+                        "the personal API key is unknown, revoked or expired",
+                    ));
+                };
+                Caller {
+                    user_id: k.user_id,
+                    key: Some(k),
+                    session: None,
+                    role: None,
+                    role_project: None,
+                }
+            }
+            None => {
+                let Some(token) = crate::auth::session_token(&parts.headers) else {
+                    return Err(ApiError::unauthorized(
+                        "missing_api_key",
+                        "missing `Authorization: Bearer <personal API key>` header (or a signed-in session)",
+                    ));
+                };
+                let Some(session) = crate::auth::resolve_session(state, token).await? else {
+                    return Err(ApiError::unauthorized(
+                        "invalid_session",
+                        "the session has expired or was ended; sign in again",
+                    ));
+                };
+                let writes = !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+                if writes {
+                    let sent = parts
+                        .headers
+                        .get(crate::auth::CSRF_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    if !crate::auth::secrets_equal(sent, &session.csrf_token) {
+                        return Err(forbidden(
+                            "csrf_token_invalid",
+                            format!(
+                                "a signed-in change needs the session's CSRF token in the `{}` header",
+                                crate::auth::CSRF_HEADER
+                            ),
+                        ));
+                    }
+                }
+                Caller {
+                    user_id: Some(session.user_id),
+                    key: None,
+                    session: Some(session),
+                    role: None,
+                    role_project: None,
+                }
+            }
         };
-        if let Some(needed) = crate::keys::required_scope(&parts.method, parts.uri.path()) {
+        let path = parts.uri.path();
+        let Some(needed) = crate::keys::required_scope(&parts.method, path) else {
+            return Ok(caller);
+        };
+        if let Some(k) = &caller.key {
             if !crate::keys::grants(k.scopes.as_deref(), &needed) {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
+                return Err(forbidden(
                     "insufficient_scope",
                     format!("this API key lacks the scope `{needed}`"),
                 ));
             }
         }
-        Ok(Caller(k))
+        // The role in the project's organization (organization paths check theirs in the handler).
+        if let (Some(user_id), Some(project_id)) = (caller.user_id, path_project(path)) {
+            caller.role_project = Some(project_id);
+            if let Some(org) = state.store.project_organization(project_id).await? {
+                if let Some(m) = state.store.membership(org, user_id).await? {
+                    let role = crate::auth::Role::parse(&m.role);
+                    if m.reaches(project_id) {
+                        caller.role = role;
+                    }
+                    if let Some(role) = caller.role.filter(|r| !r.grants(&needed)) {
+                        return Err(forbidden(
+                            "insufficient_role",
+                            format!(
+                                "your role `{}` in this organization does not allow this (it needs `{needed}`)",
+                                role.as_str()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(caller)
     }
 }
 
+/// The project id of a `/api/v1/projects/{id}…` path.
+fn path_project(path: &str) -> Option<i64> {
+    path.strip_prefix("/api/v1/projects/")?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
+}
+
 impl Caller {
-    /// Refuses access to projects outside the key's organization or restriction. Unknown and foreign projects
-    /// get the same answer, so a key cannot probe which project ids exist.
+    /// Refuses access to projects outside the caller's reach: a key's organization and project restriction, a
+    /// user's memberships and project access. Unknown and foreign projects get the same answer, so a caller cannot
+    /// probe which project ids exist.
     pub async fn authorize(&self, state: &AppState, project_id: i64) -> Result<(), ApiError> {
         let org = state.store.project_organization(project_id).await?;
-        let allowed = org == Some(self.0.organization_id)
-            && self.0.project_id.is_none_or(|p| p == project_id);
-        if allowed {
+        let key_allows = self.key.as_ref().is_none_or(|k| {
+            org == Some(k.organization_id) && k.project_id.is_none_or(|p| p == project_id)
+        });
+        let user_allows = match (self.user_id, org) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            // The role was resolved by the extractor for the path's project; another project is looked up.
+            (Some(user_id), Some(org)) => {
+                if self.role_project == Some(project_id) {
+                    self.role.is_some()
+                } else {
+                    state
+                        .store
+                        .membership(org, user_id)
+                        .await?
+                        .is_some_and(|m| m.reaches(project_id))
+                }
+            }
+        };
+        if org.is_some() && key_allows && user_allows {
             Ok(())
         } else {
             Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "project_not_found",
-                format!("project {project_id} does not exist or this API key has no access to it"),
+                format!("project {project_id} does not exist or you have no access to it"),
             ))
+        }
+    }
+
+    /// Whether the caller may grant `scope` to a key it makes: its key holds it and its role grants it.
+    pub fn may_grant(&self, scope: &str) -> bool {
+        let key_ok = self.key.as_ref().is_none_or(|k| {
+            crate::keys::grants(k.scopes.as_deref(), scope) && (scope != "*" || k.scopes.is_none())
+        });
+        let role_ok = match (self.user_id, self.role) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(_), Some(role)) => {
+                if scope == "*" {
+                    role.scopes().is_none()
+                } else {
+                    role.grants(scope)
+                }
+            }
+        };
+        key_ok && role_ok
+    }
+
+    /// Whether the caller holds every scope (a key without scopes, a user whose role grants everything).
+    pub fn unlimited(&self) -> bool {
+        self.may_grant("*")
+    }
+
+    /// The caller's role in an organization (organization endpoints): a user's membership; a key without a user
+    /// counts as an owner of its organization when unrestricted and as a viewer when restricted to a project.
+    /// Anyone else gets 404, like an organization that does not exist.
+    pub async fn organization_role(
+        &self,
+        state: &AppState,
+        organization_id: i64,
+    ) -> Result<(crate::auth::Role, Option<flywheel_store::Membership>), ApiError> {
+        let missing = || {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "organization_not_found",
+                format!(
+                    "organization {organization_id} does not exist or you are not a member of it"
+                ),
+            )
+        };
+        if let Some(k) = &self.key {
+            if k.organization_id != organization_id {
+                return Err(missing());
+            }
+        }
+        match self.user_id {
+            Some(user_id) => {
+                let m = state
+                    .store
+                    .membership(organization_id, user_id)
+                    .await?
+                    .ok_or_else(missing)?;
+                let role = crate::auth::Role::parse(&m.role).ok_or_else(missing)?;
+                Ok((role, Some(m)))
+            }
+            None => match &self.key {
+                Some(k) if k.project_id.is_none() => Ok((crate::auth::Role::Owner, None)),
+                Some(_) => Ok((crate::auth::Role::Viewer, None)),
+                None => Err(missing()),
+            },
         }
     }
 }

@@ -734,16 +734,7 @@ pub fn growthbook_feature(
 // Handlers
 
 pub(crate) fn actor(caller: &Caller, headers: &HeaderMap, peer: std::net::SocketAddr) -> Actor {
-    let ip = headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|| peer.ip().to_string());
-    Actor {
-        label: format!("personal_key:{}", caller.0.id),
-        source_ip: Some(ip),
-    }
+    caller.actor(headers, peer)
 }
 
 /// A stored document as the API shows it: its bookkeeping members and its definition's, side by side.

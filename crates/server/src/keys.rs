@@ -61,8 +61,22 @@ pub const AREAS: &[(&str, &[&str])] = &[
     ("keys", &["api-keys"]),
 ];
 
-/// The scope a request needs, for native project endpoints (`None` for anything else).
+/// Areas of organization paths (`/api/v1/organizations/{id}/…`), not of a project.
+pub const ORGANIZATION_AREAS: &[&str] = &["organization"];
+
+/// The scope a request needs, for native project and organization endpoints (`None` for anything else).
+/// Under `/api/v1/organizations/{id}`, `projects` needs `projects:*` and everything else (the organization,
+/// members, invitations, audit) `organization:*`.
 pub fn required_scope(method: &Method, path: &str) -> Option<String> {
+    let read = method == Method::GET || method == Method::HEAD;
+    if let Some(rest) = path.strip_prefix("/api/v1/organizations") {
+        let mut segments = rest.trim_start_matches('/').split('/');
+        let area = match (segments.next(), segments.next()) {
+            (Some(id), Some("projects")) if !id.is_empty() => "projects",
+            _ => "organization",
+        };
+        return Some(format!("{area}:{}", if read { "read" } else { "write" }));
+    }
     let rest = path.strip_prefix("/api/v1/projects/")?;
     let mut segments = rest.split('/');
     segments.next()?; // the project id
@@ -73,7 +87,7 @@ pub fn required_scope(method: &Method, path: &str) -> Option<String> {
         .map_or("projects", |(a, _)| *a);
     let computes = method == Method::POST
         && (matches!(first, "insights" | "evaluate" | "power") || path.ends_with("/backtest"));
-    let read = method == Method::GET || method == Method::HEAD || computes;
+    let read = read || computes;
     Some(format!("{area}:{}", if read { "read" } else { "write" }))
 }
 
@@ -89,7 +103,8 @@ pub fn grants(scopes: Option<&[String]>, needed: &str) -> bool {
 fn valid_scope(s: &str) -> bool {
     s == "*"
         || s.split_once(':').is_some_and(|(area, level)| {
-            AREAS.iter().any(|(a, _)| *a == area) && matches!(level, "read" | "write")
+            (AREAS.iter().any(|(a, _)| *a == area) || ORGANIZATION_AREAS.contains(&area))
+                && matches!(level, "read" | "write")
         })
 }
 
@@ -111,7 +126,11 @@ async fn list(
     Path(project_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
-    let keys = state.store.personal_keys(project_id).await?;
+    let mut keys = state.store.personal_keys(project_id).await?;
+    // Admins see every key; others see their own.
+    if let Some(user_id) = caller.user_id.filter(|_| !caller.unlimited()) {
+        keys.retain(|k| k.user_id == Some(user_id));
+    }
     Ok(Json(json!({"results": keys})))
 }
 
@@ -147,15 +166,15 @@ async fn create(
             for (i, v) in items.iter().enumerate() {
                 match v.as_str() {
                     Some(s) if valid_scope(s) => {
-                        if grants(caller.0.scopes.as_deref(), s) && (s != "*" || caller.0.scopes.is_none()) {
+                        if caller.may_grant(s) {
                             list.push(s.to_owned());
                         } else {
-                            problem(format!("scopes[{i}]"), format!("`{s}` is not a scope this API key holds, so it cannot grant it"));
+                            problem(format!("scopes[{i}]"), format!("`{s}` is not a scope you hold, so you cannot grant it"));
                         }
                     }
                     _ => problem(
                         format!("scopes[{i}]"),
-                        "must be `<area>:read`, `<area>:write` or `*` (areas: projects, features, insights, persons, experiments, growth, webhooks, audit, keys)".into(),
+                        "must be `<area>:read`, `<area>:write` or `*` (areas: organization, projects, features, insights, persons, experiments, growth, webhooks, audit, keys)".into(),
                     ),
                 }
             }
@@ -164,10 +183,11 @@ async fn create(
         Some(_) => problem("scopes".into(), "must be a list of 1 to 50 scopes".into()),
     }
     // A key without scopes may do everything: only a caller that may do everything makes one.
-    if scopes.is_none() && caller.0.scopes.is_some() {
+    if scopes.is_none() && !caller.unlimited() {
         problem(
             "scopes".into(),
-            "is required: this API key has scopes, so a key it makes must list them".into(),
+            "is required: you do not hold every scope, so a key you make must list its scopes"
+                .into(),
         );
     }
     let expires_at = match body.get("expires_in_days") {
@@ -190,14 +210,20 @@ async fn create(
         return Err(ApiError::validation("API key", &errors));
     }
     let actor = crate::features::actor(&caller, &headers, peer);
+    let organization_id = state
+        .store
+        .project_organization(project_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("project {project_id} not found")))?;
     let (id, key) = state
         .store
         .create_scoped_key(
-            caller.0.organization_id,
+            organization_id,
             Some(project_id),
             &name,
             scopes.as_deref(),
             expires_at.as_deref(),
+            caller.user_id,
             &actor,
         )
         .await?;
@@ -227,7 +253,12 @@ async fn revoke(
     let actor = crate::features::actor(&caller, &headers, peer);
     if !state
         .store
-        .revoke_personal_key(project_id, id, &actor)
+        .revoke_personal_key(
+            project_id,
+            id,
+            caller.user_id.filter(|_| !caller.unlimited()),
+            &actor,
+        )
         .await?
     {
         return Err(missing());

@@ -5,6 +5,7 @@
 //! in-flight requests, commits the last batches and checkpoints.
 
 pub mod api;
+pub mod auth;
 pub mod capture;
 pub mod cohorts;
 pub mod definitions;
@@ -39,6 +40,7 @@ pub mod rollouts;
 pub mod serving;
 pub mod state;
 pub mod sticky;
+pub mod team;
 pub mod tls;
 pub mod trials;
 pub mod webhooks;
@@ -202,6 +204,8 @@ pub fn app(state: AppState) -> Router {
         .merge(openapi::router())
         .merge(gdpr::router())
         .merge(keys::router())
+        .merge(auth::router())
+        .merge(team::router())
         .merge(features::router())
         .merge(ops::router())
         .layer(axum::middleware::from_fn_with_state(
@@ -325,6 +329,7 @@ impl Server {
             limits: rate_limits,
             policies: Default::default(),
             click_salt: Default::default(),
+            login_limiter: Default::default(),
         });
         experiments::refresh_sticky_all(&state)
             .await

@@ -27,3 +27,5 @@ pub const REFERRALS_LAG: &str = "flywheel_referrals_lag_bytes";
 pub const WEBHOOK_ATTEMPTS: &str = "flywheel_webhook_attempts_total";
 /// Requests refused by a rate limit, by `scope` (`capture`, `api_key`, `api_project`).
 pub const RATE_LIMITED: &str = "flywheel_rate_limited_total";
+/// Sign-ins refused for a wrong email or password.
+pub const LOGIN_FAILURES: &str = "flywheel_login_failures_total";

@@ -456,6 +456,110 @@ pub const OPERATIONS: &[(&str, &str, &str, &str)] = &[
         "Revoke a personal API key",
     ),
     ("get", "/api/v1/openapi.json", "platform", "This document"),
+    // Users, sessions, organizations and members
+    (
+        "post",
+        "/api/v1/auth/setup",
+        "users",
+        "Create the first owner of the organization of the bootstrap key (signs in)",
+    ),
+    (
+        "post",
+        "/api/v1/auth/login",
+        "users",
+        "Sign in with email and password: sets the session cookie, answers the CSRF token",
+    ),
+    ("post", "/api/v1/auth/logout", "users", "End the session"),
+    (
+        "get",
+        "/api/v1/auth/me",
+        "users",
+        "The signed-in user (or API key), their organizations and the CSRF token",
+    ),
+    (
+        "post",
+        "/api/v1/auth/password",
+        "users",
+        "Change the password (ends the user's other sessions)",
+    ),
+    (
+        "post",
+        "/api/v1/auth/accept-invitation",
+        "users",
+        "Accept a team invitation (creates the user, or checks an existing user's password) and sign in",
+    ),
+    (
+        "get",
+        "/api/v1/organizations",
+        "organizations",
+        "The caller's organizations and roles",
+    ),
+    (
+        "post",
+        "/api/v1/organizations",
+        "organizations",
+        "Create an organization owned by the signed-in user",
+    ),
+    (
+        "get",
+        "/api/v1/organizations/{org_id}",
+        "organizations",
+        "An organization and the caller's role in it",
+    ),
+    (
+        "get",
+        "/api/v1/organizations/{org_id}/projects",
+        "organizations",
+        "The organization's projects the caller may open",
+    ),
+    (
+        "post",
+        "/api/v1/organizations/{org_id}/projects",
+        "organizations",
+        "Create a project (admin); answers its public SDK key once",
+    ),
+    (
+        "get",
+        "/api/v1/organizations/{org_id}/members",
+        "organizations",
+        "Members with their roles and project access",
+    ),
+    (
+        "patch",
+        "/api/v1/organizations/{org_id}/members/{user_id}",
+        "organizations",
+        "Change a member's role or project access (admin; owners by an owner)",
+    ),
+    (
+        "delete",
+        "/api/v1/organizations/{org_id}/members/{user_id}",
+        "organizations",
+        "Remove a member (or leave); their keys in the organization are revoked",
+    ),
+    (
+        "get",
+        "/api/v1/organizations/{org_id}/invitations",
+        "organizations",
+        "Team invitations and their status (admin)",
+    ),
+    (
+        "post",
+        "/api/v1/organizations/{org_id}/invitations",
+        "organizations",
+        "Invite someone by email with a role (admin); answers the token once",
+    ),
+    (
+        "delete",
+        "/api/v1/organizations/{org_id}/invitations/{id}",
+        "organizations",
+        "Revoke a pending team invitation",
+    ),
+    (
+        "get",
+        "/api/v1/organizations/{org_id}/audit",
+        "organizations",
+        "The organization's audit log, newest first (admin)",
+    ),
     // Serving flags
     (
         "get",
@@ -616,7 +720,7 @@ pub fn document() -> Value {
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
             .map(|name| {
-                let schema = if name == "project_id" {
+                let schema = if matches!(name, "project_id" | "org_id") {
                     json!({"type": "integer", "minimum": 1})
                 } else {
                     json!({"type": "string", "minLength": 1})
@@ -624,7 +728,15 @@ pub fn document() -> Value {
                 json!({"name": name, "in": "path", "required": true, "schema": schema})
             })
             .collect();
-        let native = path.starts_with("/api/v1/projects");
+        let native = path.starts_with("/api/v1/projects")
+            || path.starts_with("/api/v1/organizations")
+            || matches!(
+                path.as_str(),
+                "/api/v1/auth/setup"
+                    | "/api/v1/auth/logout"
+                    | "/api/v1/auth/me"
+                    | "/api/v1/auth/password"
+            );
         let mut op = json!({
             "operationId": operation_id(&method, &path),
             "tags": [tag],
@@ -644,7 +756,7 @@ pub fn document() -> Value {
             });
         }
         op["security"] = if native {
-            json!([{"personalKey": []}])
+            json!([{"personalKey": []}, {"session": []}])
         } else {
             json!([])
         };
@@ -660,11 +772,15 @@ pub fn document() -> Value {
         "info": {
             "title": "Flywheel API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Capture (PostHog and Segment compatible), flag serving (GrowthBook, PostHog, OFREP) and the native API of Flywheel. Native endpoints take a personal API key as a bearer token; bodies are JSON objects validated by the server, every problem reported by field in the one error shape.",
+            "description": "Capture (PostHog and Segment compatible), flag serving (GrowthBook, PostHog, OFREP) and the native API of Flywheel. Native endpoints take a personal API key as a bearer token or a signed-in session cookie; bodies are JSON objects validated by the server, every problem reported by field in the one error shape.",
         },
         "servers": [{"url": "/"}],
         "components": {
-            "securitySchemes": {"personalKey": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "personalKey": {"type": "http", "scheme": "bearer"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "flywheel_session",
+                            "description": "The dashboard's session (POST /api/v1/auth/login); writes also need the X-CSRF-Token header."},
+            },
             "schemas": {"Error": error_schema()},
             "responses": {"Error": {"description": "An error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
         },

@@ -82,6 +82,8 @@ pub struct Shared {
     pub policies: crate::privacy::Policies,
     /// The installation's salt of click fingerprints, read from the store once.
     pub click_salt: tokio::sync::OnceCell<String>,
+    /// Failed sign-ins per email and address.
+    pub login_limiter: crate::auth::LoginLimiter,
 }
 
 impl Shared {

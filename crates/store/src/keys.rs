@@ -31,6 +31,8 @@ pub struct PersonalKey {
     pub project_id: Option<i64>,
     /// The scopes it grants (`None`: all).
     pub scopes: Option<Vec<String>>,
+    /// The user who made it: the key acts with at most that user's role (`None`: the bootstrap key's lineage).
+    pub user_id: Option<i64>,
 }
 
 /// A personal API key as listed (never its text).
@@ -41,10 +43,16 @@ pub struct KeyInfo {
     pub prefix: String,
     pub project_id: Option<i64>,
     pub scopes: Option<Vec<String>>,
+    pub user_id: Option<i64>,
     pub created_at: String,
     pub last_used_at: Option<String>,
     pub expires_at: Option<String>,
     pub revoked_at: Option<String>,
+}
+
+/// A random token: `prefix` and `len` alphanumeric characters.
+pub(crate) fn random_token(prefix: &str, len: usize) -> String {
+    random_key(prefix, len)
 }
 
 fn random_key(prefix: &str, len: usize) -> String {
@@ -144,13 +152,14 @@ impl Store {
             source_ip: None,
         };
         let (_, key) = self
-            .create_scoped_key(organization_id, project_id, name, None, None, &system)
+            .create_scoped_key(organization_id, project_id, name, None, None, None, &system)
             .await?;
         Ok(key)
     }
 
-    /// Creates a personal API key with scopes (`None`: all) and an expiry; returns its id and text (shown once).
-    /// Audited in every project the key reaches.
+    /// Creates a personal API key with scopes (`None`: all) and an expiry, for a user (it then acts with at most
+    /// their role); returns its id and text (shown once). Audited in every project the key reaches.
+    #[allow(clippy::too_many_arguments)]
     pub async fn create_scoped_key(
         &self,
         organization_id: i64,
@@ -158,14 +167,15 @@ impl Store {
         name: &str,
         scopes: Option<&[String]>,
         expires_at: Option<&str>,
+        user_id: Option<i64>,
         actor: &crate::Actor,
     ) -> Result<(i64, String)> {
         let key = random_key(PERSONAL_KEY_PREFIX, 40);
         let mut tx = self.write_tx().await?;
         let key_id = sqlx::query(
             "INSERT INTO api_keys (kind, organization_id, project_id, name, key_hash, key_prefix, created_at, scopes,
-                                   expires_at)
-             VALUES ('personal', ?, ?, ?, ?, ?, ?, ?, ?)",
+                                   expires_at, user_id)
+             VALUES ('personal', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(organization_id)
         .bind(project_id)
@@ -175,6 +185,7 @@ impl Store {
         .bind(now_text())
         .bind(scopes.map(|s| serde_json::to_string(s).unwrap_or_default()))
         .bind(expires_at)
+        .bind(user_id)
         .execute(&mut *tx)
         .await?
         .last_insert_rowid();
@@ -189,7 +200,7 @@ impl Store {
         .await?;
         let record = json!({"id": key_id, "kind": "personal", "name": name,
                             "prefix": display_prefix(&key), "project_id": project_id,
-                            "scopes": scopes, "expires_at": expires_at});
+                            "scopes": scopes, "expires_at": expires_at, "user_id": user_id});
         for p in projects {
             crate::features::append_audit(
                 &mut tx,
@@ -215,13 +226,14 @@ impl Store {
             String,
             Option<i64>,
             Option<String>,
+            Option<i64>,
             String,
             Option<String>,
             Option<String>,
             Option<String>,
         );
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT k.id, k.name, k.key_prefix, k.project_id, k.scopes, k.created_at, k.last_used_at, k.expires_at,
+            "SELECT k.id, k.name, k.key_prefix, k.project_id, k.scopes, k.user_id, k.created_at, k.last_used_at, k.expires_at,
                     k.revoked_at
              FROM api_keys k JOIN projects p ON p.organization_id = k.organization_id
              WHERE p.id = ? AND k.kind = 'personal' AND (k.project_id IS NULL OR k.project_id = p.id) ORDER BY k.id",
@@ -237,6 +249,7 @@ impl Store {
                     prefix,
                     project_id,
                     scopes,
+                    user_id,
                     created_at,
                     last_used_at,
                     expires_at,
@@ -248,6 +261,7 @@ impl Store {
                         prefix,
                         project_id,
                         scopes: scopes.map(|s| serde_json::from_str(&s)).transpose()?,
+                        user_id,
                         created_at,
                         last_used_at,
                         expires_at,
@@ -258,23 +272,27 @@ impl Store {
             .collect()
     }
 
-    /// Revokes a personal key that can reach `project_id` (audited there); false when there is none to revoke.
+    /// Revokes a personal key that can reach `project_id` (audited there), only a key of `owner` when given;
+    /// false when there is none to revoke.
     pub async fn revoke_personal_key(
         &self,
         project_id: i64,
         key_id: i64,
+        owner: Option<i64>,
         actor: &crate::Actor,
     ) -> Result<bool> {
         let mut tx = self.write_tx().await?;
         let done = sqlx::query(
             "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND kind = 'personal' AND revoked_at IS NULL
                AND organization_id = (SELECT organization_id FROM projects WHERE id = ?)
-               AND (project_id IS NULL OR project_id = ?)",
+               AND (project_id IS NULL OR project_id = ?) AND (? IS NULL OR user_id = ?)",
         )
         .bind(now_text())
         .bind(key_id)
         .bind(project_id)
         .bind(project_id)
+        .bind(owner)
+        .bind(owner)
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -310,8 +328,9 @@ impl Store {
     /// Looks up a personal API key by its text and records its use (at most once a minute).
     pub async fn authenticate_personal(&self, key: &str) -> Result<Option<PersonalKey>> {
         let now = chrono::Utc::now();
-        let row: Option<(i64, i64, Option<i64>, Option<String>)> = sqlx::query_as(
-            "SELECT id, organization_id, project_id, scopes FROM api_keys
+        type Row = (i64, i64, Option<i64>, Option<String>, Option<i64>);
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT id, organization_id, project_id, scopes, user_id FROM api_keys
              WHERE key_hash = ? AND kind = 'personal' AND revoked_at IS NULL
                AND (expires_at IS NULL OR expires_at > ?)",
         )
@@ -319,7 +338,7 @@ impl Store {
         .bind(crate::time_text(now))
         .fetch_optional(self.pool())
         .await?;
-        let Some((id, organization_id, project_id, scopes)) = row else {
+        let Some((id, organization_id, project_id, scopes, user_id)) = row else {
             return Ok(None);
         };
         let stale = crate::time_text(now - chrono::Duration::seconds(60));
@@ -334,6 +353,7 @@ impl Store {
             organization_id,
             project_id,
             scopes: scopes.map(|s| serde_json::from_str(&s)).transpose()?,
+            user_id,
         }))
     }
 

@@ -29,6 +29,7 @@ mod pql;
 mod projects;
 mod referrals;
 mod sticky;
+mod users;
 mod webhooks;
 
 use std::path::{Path, PathBuf};
@@ -55,6 +56,10 @@ pub use pql::PqlScore;
 pub use projects::{ProjectSettings, ProjectUpdate};
 pub use referrals::{GrowthEdge, NewReferral, Referral, ReferralCode, ShareLink};
 pub use sticky::StickyRow;
+pub use users::{
+    MemberError, Membership, OrganizationInfo, ProjectInfo, SessionRecord, TeamInvitation,
+    UserRecord, SESSION_PREFIX, TEAM_INVITATION_PREFIX,
+};
 pub use webhooks::{topic_matches, Attempt, Delivery, Outcome, Webhook, WebhookUpdate};
 
 /// Errors of the metadata store.

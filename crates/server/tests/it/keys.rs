@@ -146,6 +146,7 @@ async fn scoped_keys_reach_only_what_their_scopes_allow() {
             "old",
             None,
             Some("2020-01-01T00:00:00.000000Z"),
+            None,
             &flywheel_store::Actor {
                 label: "test".into(),
                 source_ip: None,

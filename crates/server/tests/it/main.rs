@@ -15,6 +15,7 @@ mod pql;
 mod rollouts;
 mod serving;
 mod tls;
+mod users;
 mod webhooks;
 
 use std::net::SocketAddr;
