@@ -42,10 +42,9 @@ pub struct Caller {
     pub user_id: Option<i64>,
     /// The session, when signed in with the cookie.
     pub session: Option<crate::auth::SessionCaller>,
-    /// For paths under `/api/v1/projects/{id}`: the user's role in that project's organization, when they are a
-    /// member with access to the project.
+    /// For paths under `/api/v1/projects/{id}`: the user's role in that project's organization.
     pub role: Option<crate::auth::Role>,
-    /// The project `role` was resolved for.
+    /// The path's project, once the extractor checked that the caller reaches it.
     role_project: Option<i64>,
 }
 
@@ -140,29 +139,47 @@ impl FromRequestParts<AppState> for Caller {
                 ));
             }
         }
-        // The role in the project's organization (organization paths check theirs in the handler).
-        if let (Some(user_id), Some(project_id)) = (caller.user_id, path_project(path)) {
-            caller.role_project = Some(project_id);
-            if let Some(org) = state.store.project_organization(project_id).await? {
-                if let Some(m) = state.store.membership(org, user_id).await? {
-                    let role = crate::auth::Role::parse(&m.role);
-                    if m.reaches(project_id) {
-                        caller.role = role;
-                    }
-                    if let Some(role) = caller.role.filter(|r| !r.grants(&needed)) {
-                        return Err(forbidden(
-                            "insufficient_role",
-                            format!(
-                                "your role `{}` in this organization does not allow this (it needs `{needed}`)",
-                                role.as_str()
-                            ),
-                        ));
-                    }
-                }
+        // The project of the path: reached by the key and the user, and the user's role there (organization
+        // paths check theirs in the handler). Checked before any handler reads a body, so a caller without access
+        // learns nothing from validation errors.
+        if let Some(project_id) = path_project(path) {
+            let org = state.store.project_organization(project_id).await?;
+            let key_reaches = caller.key.as_ref().is_none_or(|k| {
+                org == Some(k.organization_id) && k.project_id.is_none_or(|p| p == project_id)
+            });
+            let membership = match (caller.user_id, org) {
+                (Some(user_id), Some(org)) => state.store.membership(org, user_id).await?,
+                _ => None,
+            };
+            caller.role = membership
+                .as_ref()
+                .filter(|m| m.reaches(project_id))
+                .and_then(|m| crate::auth::Role::parse(&m.role));
+            let user_reaches = caller.user_id.is_none() || caller.role.is_some();
+            if org.is_none() || !key_reaches || !user_reaches {
+                return Err(project_not_found(project_id));
             }
+            if let Some(role) = caller.role.filter(|r| !r.grants(&needed)) {
+                return Err(forbidden(
+                    "insufficient_role",
+                    format!(
+                        "your role `{}` in this organization does not allow this (it needs `{needed}`)",
+                        role.as_str()
+                    ),
+                ));
+            }
+            caller.role_project = Some(project_id);
         }
         Ok(caller)
     }
+}
+
+fn project_not_found(project_id: i64) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "project_not_found",
+        format!("project {project_id} does not exist or you have no access to it"),
+    )
 }
 
 /// The project id of a `/api/v1/projects/{id}…` path.
@@ -179,6 +196,10 @@ impl Caller {
     /// user's memberships and project access. Unknown and foreign projects get the same answer, so a caller cannot
     /// probe which project ids exist.
     pub async fn authorize(&self, state: &AppState, project_id: i64) -> Result<(), ApiError> {
+        // The extractor checked the path's project.
+        if self.role_project == Some(project_id) {
+            return Ok(());
+        }
         let org = state.store.project_organization(project_id).await?;
         let key_allows = self.key.as_ref().is_none_or(|k| {
             org == Some(k.organization_id) && k.project_id.is_none_or(|p| p == project_id)
@@ -186,27 +207,16 @@ impl Caller {
         let user_allows = match (self.user_id, org) {
             (None, _) => true,
             (Some(_), None) => false,
-            // The role was resolved by the extractor for the path's project; another project is looked up.
-            (Some(user_id), Some(org)) => {
-                if self.role_project == Some(project_id) {
-                    self.role.is_some()
-                } else {
-                    state
-                        .store
-                        .membership(org, user_id)
-                        .await?
-                        .is_some_and(|m| m.reaches(project_id))
-                }
-            }
+            (Some(user_id), Some(org)) => state
+                .store
+                .membership(org, user_id)
+                .await?
+                .is_some_and(|m| m.reaches(project_id)),
         };
         if org.is_some() && key_allows && user_allows {
             Ok(())
         } else {
-            Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "project_not_found",
-                format!("project {project_id} does not exist or you have no access to it"),
-            ))
+            Err(project_not_found(project_id))
         }
     }
 

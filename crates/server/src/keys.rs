@@ -69,6 +69,10 @@ pub const ORGANIZATION_AREAS: &[&str] = &["organization"];
 /// members, invitations, audit) `organization:*`.
 pub fn required_scope(method: &Method, path: &str) -> Option<String> {
     let read = method == Method::GET || method == Method::HEAD;
+    if path == "/api/v1/organizations" && read {
+        // The caller's own organizations.
+        return None;
+    }
     if let Some(rest) = path.strip_prefix("/api/v1/organizations") {
         let mut segments = rest.trim_start_matches('/').split('/');
         let area = match (segments.next(), segments.next()) {

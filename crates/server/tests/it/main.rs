@@ -1,6 +1,7 @@
 //! Integration tests of the server, driven through the real router (no network) on a real data directory.
 
 mod api;
+mod authz;
 mod capture;
 mod devices;
 mod experiments;
