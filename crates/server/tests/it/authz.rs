@@ -1,7 +1,7 @@
 //! The authorization matrix: every native route (from the OpenAPI table, which a unit test keeps equal to the
 //! routes the server registers) × every kind of caller — each role's session, a member restricted to another
 //! project, the organization's full key, a read-only key, keys lacking the route's area, a key of another project
-//! and of another organization, no credential — asserting allowed or denied.
+//! and of another organization, the project's public SDK key, no credential — asserting allowed or denied.
 //!
 //! The expectations are written here from the documented rules (roles in `auth.rs`, areas in `keys.rs`), not
 //! derived from the server's own check. Allowed means the request got past authorization: any answer but 401, 403,
@@ -297,6 +297,12 @@ async fn every_native_route_checks_role_scope_and_project() {
             same_org: false,
             org_role: Role::Owner,
         },
+    ));
+    // The public SDK key of the project captures and evaluates only.
+    callers.push((
+        "public project key".into(),
+        Who::Key(t.token.clone()),
+        Kind::Nobody,
     ));
     callers.push(("no credential".into(), Who::Nobody, Kind::Nobody));
 
