@@ -4,6 +4,7 @@ mod bench;
 mod config;
 mod export;
 mod generate;
+mod users;
 
 use std::io::Write;
 
@@ -43,6 +44,9 @@ enum Command {
     ExportEvents(export::ExportArgs),
     /// Print the OpenAPI 3.1 document of the HTTP API (the one served at /api/v1/openapi.json).
     Openapi,
+    /// The people who sign in: list them, reset a password.
+    #[command(subcommand)]
+    Users(users::UsersCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -63,6 +67,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Generate(args) => generate::run(args),
         Command::ExportEvents(args) => export::run(args),
+        Command::Users(cmd) => users::run(cmd),
         Command::Openapi => serde_json::to_string_pretty(&flywheel_server::openapi::document())
             .map(|text| println!("{text}"))
             .map_err(Into::into),
@@ -120,6 +125,7 @@ fn banner(boot: &flywheel_store::Bootstrap, url: Option<&str>) -> String {
         "  project id        {}\n  project API key   {}   (public: SDKs capture and evaluate flags with it)\n  personal API key  {}   (secret: Authorization: Bearer … for /api/v1)\n",
         boot.project_id, boot.project_api_key, boot.personal_api_key
     ));
+    text.push_str("\n  Make the first owner (to sign in): POST /api/v1/auth/setup with the personal API key and\n  {\"email\", \"password\"} (see README).\n");
     text
 }
 

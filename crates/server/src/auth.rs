@@ -176,7 +176,12 @@ pub fn secrets_equal(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-fn check_password_rules(password: &str, email: &str, field: &str, errors: &mut Vec<FieldError>) {
+pub fn check_password_rules(
+    password: &str,
+    email: &str,
+    field: &str,
+    errors: &mut Vec<FieldError>,
+) {
     let n = password.chars().count();
     let message = if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&n) {
         Some(format!(

@@ -185,6 +185,15 @@ impl Store {
             }))
     }
 
+    /// Every user (id, email, name), by id.
+    pub async fn users(&self) -> Result<Vec<(i64, String, String)>> {
+        Ok(
+            sqlx::query_as("SELECT id, email, name FROM users ORDER BY id")
+                .fetch_all(self.pool())
+                .await?,
+        )
+    }
+
     /// Whether any user exists.
     pub async fn has_users(&self) -> Result<bool> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")

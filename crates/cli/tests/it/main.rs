@@ -8,6 +8,7 @@ mod generate;
 mod insights;
 mod process;
 mod restart;
+mod users;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
