@@ -949,8 +949,13 @@ async fn decide_experiment(
             json!({"action": "rollback", "reason": reason, "decided_at": now, "by": actor.label})
         }
     };
+    // Announced for webhooks as `experiment.decided`, audited as `experiment.decided`.
+    let mut announce = body["decision"].clone();
+    announce["experiment"] = json!(key);
     let update = flywheel_store::DocumentUpdate {
         body: Some(body),
+        action: Some("decided".to_owned()),
+        announce: Some(("experiment.decided".to_owned(), announce)),
         ..Default::default()
     };
     let doc = state

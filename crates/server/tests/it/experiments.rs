@@ -133,6 +133,22 @@ async fn changing_weights_mid_run_starts_a_phase_and_reshuffles_nobody() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
+    // The decision is announced for webhooks and audited under its own action.
+    let (_, outbox) = t.api("GET", "/outbox?topic=experiment.decided", None).await;
+    let entries = outbox["results"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{outbox}");
+    assert_eq!(entries[0]["payload"]["experiment"], "banner");
+    assert_eq!(entries[0]["payload"]["action"], "rollback");
+    let (_, audit) = t
+        .api("GET", "/audit?entity_type=experiment&entity_id=banner", None)
+        .await;
+    let actions: Vec<&str> = audit["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(actions.contains(&"experiment.decided"), "{actions:?}");
     let state = &t.server().state;
     assert_eq!(state.sticky.len(), 0);
     state.sticky.flush().await;
