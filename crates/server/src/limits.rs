@@ -120,7 +120,15 @@ pub async fn api(State(state): State<AppState>, req: Request, next: Next) -> Res
             .and_then(|r| r.split('/').next())
             .filter(|p| !p.is_empty())
         {
-            if let Err(secs) = state.limits.api_project.check(project) {
+            // The project's own limit (its `ingestion.api_requests_per_second`), else the server's.
+            let limit = match project.parse::<i64>() {
+                Ok(id) => match state.policies.get(&state, id).await {
+                    Ok(policy) => policy.api_requests_per_second,
+                    Err(e) => return e.into_response(),
+                },
+                Err(_) => state.config.project_api_requests_per_second,
+            };
+            if let Err(secs) = state.limits.api_project.take_limited(project, 1, limit) {
                 return refused("api_project", format!("project {project}"), secs).into_response();
             }
         }

@@ -164,6 +164,8 @@ pub struct Policy {
     pub privacy: Privacy,
     /// Captured events per second (`0`: unlimited).
     pub capture_events_per_second: u32,
+    /// Native API requests per second to the project (`0`: unlimited).
+    pub api_requests_per_second: u32,
 }
 
 impl Policy {
@@ -171,6 +173,7 @@ impl Policy {
         let mut p = Policy {
             privacy: config.privacy.clone(),
             capture_events_per_second: config.capture_events_per_second,
+            api_requests_per_second: config.project_api_requests_per_second,
         };
         if let Some(mode) = ingestion
             .get("capture_ip")
@@ -192,6 +195,12 @@ impl Policy {
         {
             p.capture_events_per_second = n.min(u64::from(u32::MAX)) as u32;
         }
+        if let Some(n) = ingestion
+            .get("api_requests_per_second")
+            .and_then(Value::as_u64)
+        {
+            p.api_requests_per_second = n.min(u64::from(u32::MAX)) as u32;
+        }
         p
     }
 }
@@ -208,7 +217,8 @@ pub fn check_ingestion(v: &Value) -> Vec<flywheel_query::FieldError> {
     let Some(o) = v.as_object() else {
         return vec![flywheel_query::FieldError {
             field: "ingestion".into(),
-            message: "must be an object (capture_ip, scrub_properties, capture_events_per_second)"
+            message: "must be an object (capture_ip, scrub_properties, capture_events_per_second, \
+                      api_requests_per_second)"
                 .into(),
         }];
     };
@@ -232,14 +242,14 @@ pub fn check_ingestion(v: &Value) -> Vec<flywheel_query::FieldError> {
                     err(k, "must be a list of at most 100 property names");
                 }
             }
-            "capture_events_per_second" => {
+            "capture_events_per_second" | "api_requests_per_second" => {
                 if v.as_u64().is_none_or(|n| n > u64::from(u32::MAX)) {
                     err(k, "must be a whole number (0: unlimited)");
                 }
             }
             _ => err(
                 k,
-                "unknown field (capture_ip, scrub_properties, capture_events_per_second)",
+                "unknown field (capture_ip, scrub_properties, capture_events_per_second, api_requests_per_second)",
             ),
         }
     }

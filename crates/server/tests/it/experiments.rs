@@ -140,7 +140,11 @@ async fn changing_weights_mid_run_starts_a_phase_and_reshuffles_nobody() {
     assert_eq!(entries[0]["payload"]["experiment"], "banner");
     assert_eq!(entries[0]["payload"]["action"], "rollback");
     let (_, audit) = t
-        .api("GET", "/audit?entity_type=experiment&entity_id=banner", None)
+        .api(
+            "GET",
+            "/audit?entity_type=experiment&entity_id=banner",
+            None,
+        )
         .await;
     let actions: Vec<&str> = audit["results"]
         .as_array()

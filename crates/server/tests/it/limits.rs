@@ -80,4 +80,33 @@ async fn the_native_api_is_limited_per_key_and_per_project() {
             .contains(&format!("project {}", t.project_id)),
         "{v}"
     );
+
+    // A project's own API limit overrides the server's (here none).
+    let t = TestServer::start().await;
+    for _ in 0..20 {
+        assert_eq!(t.api("GET", "/features", None).await.0, StatusCode::OK);
+    }
+    let (s, v) = t
+        .api(
+            "PATCH",
+            "",
+            Some(json!({"ingestion": {"api_requests_per_second": "lots"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(v["errors"][0]["field"], "ingestion.api_requests_per_second");
+    let (s, v) = t
+        .api(
+            "PATCH",
+            "",
+            Some(json!({"ingestion": {"api_requests_per_second": 2}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let mut refused = 0;
+    for _ in 0..6 {
+        let (s, _) = t.api("GET", "/features", None).await;
+        refused += usize::from(s == StatusCode::TOO_MANY_REQUESTS);
+    }
+    assert!(refused >= 3, "{refused} of 6 refused at 2/s");
 }
