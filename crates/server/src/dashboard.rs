@@ -39,6 +39,9 @@ pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; 
 
 /// The placeholder in `index.html` replaced by the versioned asset prefix (`/assets/<version>`).
 const ASSETS_PLACEHOLDER: &str = "{{ASSETS}}";
+/// The placeholder in `index.html` replaced by a `modulepreload` link per JavaScript module, so the browser fetches
+/// every module at once instead of discovering the imports one level at a time.
+const PRELOAD_PLACEHOLDER: &str = "{{PRELOAD}}";
 
 const ROOT: &str = "/";
 const APP: &str = "/app";
@@ -89,11 +92,17 @@ impl Bundle {
             }
             hex::encode(h.finalize())[..12].to_owned()
         };
+        let preload: String = files
+            .iter()
+            .filter(|(p, _)| p.ends_with(".js"))
+            .map(|(p, _)| format!("<link rel=\"modulepreload\" href=\"/assets/{version}/{p}\">\n"))
+            .collect();
         let mut index = None;
         let mut assets = HashMap::new();
         for (path, bytes) in files {
             if path == "index.html" {
                 let html = String::from_utf8_lossy(&bytes)
+                    .replace(PRELOAD_PLACEHOLDER, preload.trim_end())
                     .replace(ASSETS_PLACEHOLDER, &format!("/assets/{version}"));
                 index = Some(Asset::new(&path, html.into_bytes()));
             } else {
@@ -377,7 +386,14 @@ mod tests {
     fn the_embedded_dashboard_is_complete_and_small() {
         let b = embedded_bundle();
         let html = String::from_utf8_lossy(&b.index.raw);
-        assert!(!html.contains(ASSETS_PLACEHOLDER), "placeholder filled");
+        assert!(
+            !html.contains(ASSETS_PLACEHOLDER) && !html.contains(PRELOAD_PLACEHOLDER),
+            "placeholders filled"
+        );
+        assert!(
+            html.contains(&format!("/assets/{}/js/router.js", b.version)),
+            "modules are preloaded"
+        );
         assert!(
             html.contains(&format!("/assets/{}/", b.version)),
             "index.html names its versioned assets"
