@@ -14,7 +14,10 @@ function valueCell(v, kind) {
 /** One audit entry with its diff table (or the whole document for a creation). */
 export function auditEntry(entry, members, { showEntity = false } = {}) {
   const id = uid('audit');
-  const changes = Array.isArray(entry.diff) ? entry.diff : [];
+  const all = Array.isArray(entry.diff) ? entry.diff : [];
+  // Bookkeeping members change with every write: the version goes in the heading, the timestamps are the entry's.
+  const versionChange = all.find((c) => c.path === 'version');
+  const changes = all.filter((c) => !['version', 'updated_at', 'created_at'].includes(c.path));
   const created = entry.before === null || entry.before === undefined;
   let body;
   if (created && entry.after) {
@@ -24,7 +27,7 @@ export function auditEntry(entry, members, { showEntity = false } = {}) {
       h('caption', { class: 'visually-hidden' }, `Changes of entry ${entry.id}`),
       h('thead', h('tr', h('th', { scope: 'col' }, 'Field'), h('th', { scope: 'col' }, 'Before'), h('th', { scope: 'col' }, 'After'))),
       h('tbody', changes.map((c) => h('tr',
-        h('th', { scope: 'row' }, h('code', c.path || '(whole document)')),
+        h('th', { scope: 'row' }, h('code', (c.path || '(whole document)').replace(/^definition\./, ''))),
         h('td', valueCell(c.before, 'del')),
         h('td', valueCell(c.after, 'ins')))))));
   } else if (entry.after || entry.before) {
@@ -36,6 +39,7 @@ export function auditEntry(entry, members, { showEntity = false } = {}) {
     h('p', { id, class: 'audit-head' },
       badge(entry.action, 'neutral'), ' ',
       showEntity ? h('span', `${entry.entity_type} ${entry.entity_id} · `) : null,
+      versionChange ? h('span', `version ${versionChange.before} → ${versionChange.after} · `) : null,
       h('span', `by ${actorText(entry.actor, members)} · `), time(entry.at),
       h('span', { class: 'visually-hidden' }, ` (${exact(entry.at)})`),
       entry.source_ip ? h('span', { class: 'muted small' }, ` · from ${entry.source_ip}`) : null),

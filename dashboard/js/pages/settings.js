@@ -89,8 +89,7 @@ function membersSection() {
 
 function inviteSection(onInvited) {
   const email = input({ type: 'email', autocomplete: 'off' });
-  const role = select([['viewer', 'Viewer: reads everything but keys, webhooks and the audit log'], ['member', 'Member: also changes flags, insights, experiments'],
-    ['admin', 'Admin: everything, manages members'], ...(app.role === 'owner' ? [['owner', 'Owner']] : [])], 'member');
+  const role = select([['viewer', 'Viewer'], ['member', 'Member'], ['admin', 'Admin'], ...(app.role === 'owner' ? [['owner', 'Owner']] : [])], 'member');
   const days = input({ type: 'number', min: '1', max: '30', value: '7', class: 'input input-narrow' });
   const result = h('div', { 'aria-live': 'polite' });
   const form = h('form', {
@@ -114,7 +113,7 @@ function inviteSection(onInvited) {
   formSummary(),
   h('div', { class: 'grid-3' },
     field({ label: 'Email', control: email, name: 'email' }),
-    field({ label: 'Role', control: role, name: 'role' }),
+    field({ label: 'Role', control: role, name: 'role', hint: 'Viewers read; members also change flags, insights, experiments and growth; admins manage members too.' }),
     field({ label: 'Expires in (days)', control: days, name: 'expires_in_days' })),
   h('div', { class: 'actions' }, button('Invite', { type: 'submit', kind: 'primary' })));
   return h('section', { class: 'card', 'aria-labelledby': 'invite-title' }, h('h2', { id: 'invite-title' }, 'Invite someone'), form, result);

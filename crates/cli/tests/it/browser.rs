@@ -16,7 +16,11 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
                    connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
 /// One GET: status, headers (lower-case names) and the raw body.
-fn fetch(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+fn fetch(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -64,28 +68,40 @@ fn dashboard_pages_are_served_with_strict_headers_and_cached_assets() {
     let dir = tempfile::tempdir().unwrap();
     init(dir.path());
     let serve = Serve::start(dir.path(), &[]);
-    for path in ["/", "/app", "/app/signin", "/app/projects/1/flags/new-checkout/test"] {
+    for path in [
+        "/",
+        "/app",
+        "/app/signin",
+        "/app/projects/1/flags/new-checkout/test",
+    ] {
         let (status, h, body) = fetch(&serve.addr, path, &[]);
         assert_eq!(status, 200, "{path}");
-        assert_eq!(header(&h, "content-type"), Some("text/html; charset=utf-8"), "{path}");
+        assert_eq!(
+            header(&h, "content-type"),
+            Some("text/html; charset=utf-8"),
+            "{path}"
+        );
         assert_eq!(header(&h, "content-security-policy"), Some(CSP), "{path}");
         assert_eq!(header(&h, "x-frame-options"), Some("DENY"));
         assert_eq!(header(&h, "x-content-type-options"), Some("nosniff"));
         assert_eq!(header(&h, "referrer-policy"), Some("no-referrer"));
         assert_eq!(header(&h, "cache-control"), Some("no-cache"));
         let html = String::from_utf8(body).unwrap();
-        assert!(html.contains("<script type=\"module\" src=\"/assets/"), "{html}");
+        assert!(
+            html.contains("<script type=\"module\" src=\"/assets/"),
+            "{html}"
+        );
         assert!(!html.contains("{{"), "placeholders filled: {html}");
     }
     let (_, _, body) = fetch(&serve.addr, "/", &[]);
     let html = String::from_utf8(body).unwrap();
     let marker = "rel=\"stylesheet\" href=\"";
     let css_at = html.find(marker).unwrap() + marker.len();
-    let css: String = html[css_at..]
-        .chars()
-        .take_while(|c| *c != '"')
-        .collect();
-    assert!(css.starts_with("/assets/") && css.ends_with("/app.css"), "{css}");
+    let css: String = html[css_at..].chars().take_while(|c| *c != '"').collect();
+    assert!(
+        css.starts_with("/assets/") && css.ends_with("/app.css"),
+        "{css}"
+    );
     let (status, h, body) = fetch(&serve.addr, &css, &[("Accept-Encoding", "gzip, br")]);
     assert_eq!(status, 200, "{css}");
     assert_eq!(header(&h, "content-encoding"), Some("gzip"));
@@ -105,10 +121,16 @@ fn dashboard_pages_are_served_with_strict_headers_and_cached_assets() {
     assert_eq!(header(&h, "etag"), Some(etag.as_str()));
     let (status, h, _) = fetch(&serve.addr, &css, &[]);
     assert_eq!(status, 200);
-    assert_eq!(header(&h, "content-encoding"), None, "identity without Accept-Encoding");
+    assert_eq!(
+        header(&h, "content-encoding"),
+        None,
+        "identity without Accept-Encoding"
+    );
     let (status, h, body) = fetch(&serve.addr, "/assets/0/js/nope.js", &[]);
     assert_eq!(status, 404);
-    assert!(header(&h, "content-type").unwrap().starts_with("application/json"));
+    assert!(header(&h, "content-type")
+        .unwrap()
+        .starts_with("application/json"));
     assert!(String::from_utf8_lossy(&body).contains("not_found"));
     // The API keeps its own, stricter policy.
     let (_, h, _) = fetch(&serve.addr, "/api/v1/auth/me", &[]);
