@@ -2,9 +2,9 @@
 import { whenUnauthorized } from './api.js';
 import { h } from './dom.js';
 import { navigate, onNotFound, onRender, render, route, start } from './router.js';
-import { allProjects, clearSession, loadSession, rememberedProject, session, signedIn } from './session.js';
+import { allProjects, clearSession, loadSession, rememberedProject, session, signOut, signedIn } from './session.js';
 import { bareFrame, frameFor, selectProject } from './shell.js';
-import { emptyState, errorPanel, pageHeader } from './ui.js';
+import { button, emptyState, errorPanel, pageHeader } from './ui.js';
 import { acceptPage, setupPage, signInPage } from './pages/auth.js';
 import { flagsPage } from './pages/flags.js';
 import { flagPage } from './pages/flag.js';
@@ -48,7 +48,8 @@ onRender(async (_match, loc) => {
     }
     const main = bareFrame();
     main.append(pageHeader('No projects yet'),
-      emptyState('You are not a member of any project.', 'Ask an admin of your organization to invite you or to give you access to a project.'));
+      emptyState('You are not a member of any project.', 'Ask an admin of your organization to invite you or to give you access to a project.',
+        button('Sign out', { onclick: async () => { await signOut().catch(() => {}); navigate('/app/signin', { replace: true }); } })));
     document.documentElement.setAttribute('data-ready', '0');
     return null;
   }
