@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 pub mod capture;
 pub mod cohorts;
+pub mod dashboard;
 pub mod definitions;
 pub mod error;
 pub mod event_hooks;
@@ -208,6 +209,8 @@ pub fn app(state: AppState) -> Router {
         .merge(team::router())
         .merge(features::router())
         .merge(ops::router())
+        // The web dashboard's pages and assets (not API operations).
+        .merge(dashboard::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limits::api,

@@ -1,5 +1,6 @@
 //! End-to-end tests of the `flywheel` binary: real processes, real sockets, real SDKs.
 
+mod browser;
 mod clients;
 mod cohorts;
 mod crash;
