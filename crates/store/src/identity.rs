@@ -145,6 +145,10 @@ pub struct IdentityWriter {
     last_checkpoint: Instant,
     /// The number of the last committed transaction that changed the mapping (see [`IdentityWriter::mapping_seq`]).
     committed_mapping_seq: Option<i64>,
+    /// The store's invalidation epoch (see `Store::invalidate_identity_caches`) and the value the caches were
+    /// built under.
+    epoch: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    seen_epoch: u64,
 }
 
 /// The writer's caches and bookkeeping, apart from the connection so that a transaction (which borrows the
@@ -186,6 +190,10 @@ impl Store {
             state: Resolver::default(),
             last_checkpoint: Instant::now() - CHECKPOINT_EVERY,
             committed_mapping_seq: None,
+            epoch: self.identity_epoch.clone(),
+            seen_epoch: self
+                .identity_epoch
+                .load(std::sync::atomic::Ordering::Acquire),
         })
     }
 }
@@ -246,6 +254,13 @@ impl IdentityWriter {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Read once the write lock is held: an erasure bumps it before it commits, so a transaction that waited
+        // for the erasure sees the new value.
+        let epoch = self.epoch.load(std::sync::atomic::Ordering::Acquire);
+        if epoch != self.seen_epoch {
+            self.state.clear_caches();
+            self.seen_epoch = epoch;
+        }
         let state = &mut self.state;
         let mut wrote = false;
         let mut result = ops
