@@ -202,7 +202,7 @@ impl Store {
 const IDENTITY_CACHE_KIB: i64 = 64 * 1024;
 
 /// A connection configured like the store's pool (see `Store::open`): WAL, `synchronous = NORMAL`, foreign keys,
-/// 10 s busy timeout. The file exists and is migrated: `Store::open` did both.
+/// `secure_delete = FAST`, 10 s busy timeout. The file exists and is migrated: `Store::open` did both.
 fn open_connection(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
     use rusqlite::OpenFlags;
     let conn = rusqlite::Connection::open_with_flags(
@@ -218,6 +218,7 @@ fn open_connection(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
     }
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "secure_delete", "FAST")?;
     // Identity replay looks up and inserts distinct ids all over the persons and distinct-id B-trees; with
     // SQLite's default 2 MB page cache most lookups re-read pages from the OS (BENCHMARKS.md, "Identity replay").
     conn.pragma_update(None, "cache_size", -IDENTITY_CACHE_KIB)?;
@@ -899,6 +900,12 @@ mod tests {
         assert_eq!(pragma("foreign_keys"), "1");
         assert_eq!(pragma("cache_size"), (-IDENTITY_CACHE_KIB).to_string());
         assert_eq!(pragma("busy_timeout"), BUSY_TIMEOUT.as_millis().to_string());
+        assert_eq!(pragma("secure_delete"), "2", "FAST");
+        let pool: i64 = sqlx::query_scalar("PRAGMA secure_delete")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(pool, 2);
     }
 
     /// A batch that fails half-way leaves nothing: no rows, no checkpoint, no changes, no cached person or

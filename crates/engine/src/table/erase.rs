@@ -52,9 +52,15 @@ pub struct EraseStats {
     pub segments_replaced: usize,
     /// Segment files written.
     pub segments_written: usize,
-    /// Replaced files deleted during the call (a snapshot still reading one delays it).
+    /// Replaced files deleted during the call.
     pub files_deleted: usize,
+    /// Replaced files still read by a query when the call returned (deleted at the next seal, compaction or
+    /// start).
+    pub files_pending: usize,
 }
+
+/// How long [`EventTables::erase`] waits for queries still reading replaced files.
+const RETIRED_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One day to write again.
 struct DayJob {
@@ -325,11 +331,38 @@ impl EventTables {
             p.version += 1;
             st.tail_rows -= tail_removed;
         }
+        drop(jobs);
+        // The replaced files are deleted as soon as no snapshot reads them (queries are short): waited for here,
+        // a little, so that an erasure normally returns with the person's old files gone.
+        // By name: a clone of the shared name would itself keep the file alive.
+        let names: Vec<String> = retired.iter().map(|f| f.to_string()).collect();
         self.retired
             .lock()
             .expect("retired files lock")
             .extend(retired);
-        stats.files_deleted = self.collect_retired();
+        let waited = std::time::Instant::now();
+        loop {
+            stats.files_deleted += self.collect_retired();
+            let pending = {
+                let list = self.retired.lock().expect("retired files lock");
+                names
+                    .iter()
+                    .filter(|n| list.iter().any(|f| &**f == n.as_str()))
+                    .count()
+            };
+            stats.files_pending = pending;
+            if pending == 0 || waited.elapsed() >= RETIRED_WAIT {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if stats.files_pending > 0 {
+            tracing::warn!(
+                project_id,
+                files = stats.files_pending,
+                "erase: replaced segment files are still read by a query; deleted at the next seal or start"
+            );
+        }
         if !spec.distinct_ids.is_empty() {
             self.rewrite_identity(project_id)?;
         }
