@@ -17,7 +17,8 @@ use tokio::sync::watch;
 use crate::insight_filters::Compiled;
 use crate::state::AppState;
 
-const CONSUMER: &str = "event_webhooks";
+/// Name of this consumer's checkpoint in the metadata store.
+pub const CONSUMER: &str = "event_webhooks";
 const CHUNK_BATCHES: usize = 256;
 /// How long the subscriptions map is kept.
 const RELOAD: Duration = Duration::from_secs(2);

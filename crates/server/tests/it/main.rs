@@ -3,6 +3,7 @@
 mod api;
 mod capture;
 mod devices;
+mod erasure;
 mod experiments;
 mod features;
 mod gdpr;
