@@ -27,3 +27,5 @@ pub const REFERRALS_LAG: &str = "flywheel_referrals_lag_bytes";
 pub const WEBHOOK_ATTEMPTS: &str = "flywheel_webhook_attempts_total";
 /// Requests refused by a rate limit, by `scope` (`capture`, `api_key`, `api_project`).
 pub const RATE_LIMITED: &str = "flywheel_rate_limited_total";
+/// Events dropped from the intake log by data retention (projects' `retention_days`).
+pub const RETENTION_EVENTS_DROPPED: &str = "flywheel_retention_events_dropped_total";

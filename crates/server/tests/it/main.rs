@@ -13,6 +13,7 @@ mod keys;
 mod limits;
 mod malformed;
 mod pql;
+mod retention;
 mod rollouts;
 mod serving;
 mod tls;
