@@ -18,9 +18,10 @@ use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::RecordBatch;
 use arrow_schema::DataType;
 
-use super::{dictionary_value, segment_error, EventTables, Source, TailRow};
+use super::{dictionary_value, segment_error, EventTables, Source, TailRow, DAY_US};
 use crate::columnar::{
-    read_segment, row_properties, write_segment, SegmentMeta, SegmentRow, PROPERTY_PREFIX,
+    read_segment, row_properties, write_segment, PropertyType, SegmentMeta, SegmentRow,
+    PROPERTY_PREFIX,
 };
 use crate::rewrite::Redactor;
 use crate::EngineError;
@@ -71,6 +72,8 @@ struct DayJob {
     ts: Vec<i64>,
     /// Per sealed row: it goes.
     remove: Vec<bool>,
+    /// Per segment, its property columns that hold text (strings, JSON): where a mention can be.
+    text_columns: Vec<Vec<String>>,
 }
 
 /// A day written again, not committed yet.
@@ -116,10 +119,25 @@ impl EventTables {
         let _one = self.seal_lock.lock().expect("seal lock");
         // 1. What to look at: per day with sealed rows, its segments and which of their rows go.
         let (jobs, dids, resolved, person_ids, generation) = {
-            let mut st = self.write();
+            let mut guard = self.write();
+            let st = &mut *guard;
             let generation = st.manifest.generation + 1;
             let Some(p) = st.projects.get_mut(&project_id) else {
                 return Ok(EraseStats::default());
+            };
+            let text_columns = |file: &str| -> Vec<String> {
+                st.manifest
+                    .segments
+                    .iter()
+                    .find(|m| m.file == file)
+                    .map(|m| {
+                        m.properties
+                            .iter()
+                            .filter(|(_, t)| matches!(t, PropertyType::String | PropertyType::Json))
+                            .map(|(k, _)| format!("{PROPERTY_PREFIX}{k}"))
+                            .collect()
+                    })
+                    .unwrap_or_default()
             };
             let dids: HashSet<u32> = spec
                 .distinct_ids
@@ -135,12 +153,24 @@ impl EventTables {
                 else {
                     continue;
                 };
-                let remove: Vec<bool> = (0..sealed)
-                    .map(|r| {
-                        dids.contains(&part.did[r])
-                            || spec.before_us.is_some_and(|b| part.ts[r] < b)
-                    })
-                    .collect();
+                // A day entirely on one side of the cutoff needs no look at its rows.
+                let day_start = i64::from(day) * DAY_US;
+                let day_end = day_start + DAY_US;
+                let by_time = match spec.before_us {
+                    Some(b) if day_end <= b => Some(true),
+                    Some(b) if day_start >= b => Some(false),
+                    _ => None,
+                };
+                let remove: Vec<bool> = match by_time {
+                    Some(true) => vec![true; sealed],
+                    Some(false) if dids.is_empty() => vec![false; sealed],
+                    _ => (0..sealed)
+                        .map(|r| {
+                            dids.contains(&part.did[r])
+                                || spec.before_us.is_some_and(|b| part.ts[r] < b)
+                        })
+                        .collect(),
+                };
                 if redactor.is_none() && !remove.contains(&true) {
                     continue;
                 }
@@ -154,6 +184,11 @@ impl EventTables {
                     did: part.did[..sealed].to_vec(),
                     ts: part.ts[..sealed].to_vec(),
                     remove,
+                    text_columns: part
+                        .sources
+                        .iter()
+                        .map(|Source::Segment { file, .. }| text_columns(file))
+                        .collect(),
                 });
             }
             (jobs, dids, p.resolved(), p.person_ids.clone(), generation)
@@ -392,6 +427,27 @@ impl EventTables {
                 redacted: 0,
             }));
         }
+        // Nothing removed: the day is written again only if its text columns mention the person (read first,
+        // alone).
+        if removed == 0 {
+            let Some(r) = redactor else {
+                return Ok(None);
+            };
+            let mut mentioned = false;
+            for ((file, _), columns) in job.merged.iter().zip(&job.text_columns) {
+                if columns.is_empty() {
+                    continue;
+                }
+                let names: Vec<&str> = columns.iter().map(String::as_str).collect();
+                if mentions(&read_segment(&self.dir.join(&**file), Some(&names))?, r) {
+                    mentioned = true;
+                    break;
+                }
+            }
+            if !mentioned {
+                return Ok(None);
+            }
+        }
         let mut files = Vec::with_capacity(job.merged.len());
         for (file, rows) in &job.merged {
             let path = self.dir.join(&**file);
@@ -404,10 +460,6 @@ impl EventTables {
                 ));
             }
             files.push((path, rows.start, batches));
-        }
-        let mentioned = redactor.is_some_and(|r| files.iter().any(|(_, _, b)| mentions(b, r)));
-        if removed == 0 && !mentioned {
-            return Ok(None);
         }
         // Per kept storage row: uuid, event, distinct id, properties (masked where they mention the person).
         let mut kept: Vec<u32> = Vec::new();
