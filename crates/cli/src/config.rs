@@ -74,6 +74,10 @@ pub struct ServeArgs {
     /// Seconds between two passes of the PQL scorer over every live model [default: 60].
     #[arg(long, env = "FLYWHEEL_PQL_CHECK_SECS")]
     pub pql_check_secs: Option<f64>,
+    /// Seconds between two passes of data retention, which drop the events older than their project's
+    /// `retention_days` [default: 3600].
+    #[arg(long, env = "FLYWHEEL_RETENTION_CHECK_SECS")]
+    pub retention_check_secs: Option<f64>,
     /// Networks (CIDRs or addresses, comma-separated) that webhooks may call although they are not public, e.g.
     /// `10.0.0.0/8,127.0.0.1`; by default only public addresses are called.
     #[arg(long, env = "FLYWHEEL_WEBHOOK_ALLOW", value_delimiter = ',')]
@@ -128,6 +132,7 @@ pub struct Settings {
     pub rollout_check_secs: f64,
     pub reward_check_secs: f64,
     pub pql_check_secs: f64,
+    pub retention_check_secs: f64,
     pub webhook_allow: Vec<flywheel_server::webhooks::Cidr>,
     pub webhook_retry_base_secs: f64,
     pub webhook_max_attempts: u32,
@@ -192,6 +197,10 @@ impl ServeArgs {
                 .or(file.reward_check_secs)
                 .unwrap_or(60.0),
             pql_check_secs: self.pql_check_secs.or(file.pql_check_secs).unwrap_or(60.0),
+            retention_check_secs: self
+                .retention_check_secs
+                .or(file.retention_check_secs)
+                .unwrap_or(3600.0),
             webhook_allow: self
                 .webhook_allow
                 .or(file.webhook_allow)
@@ -272,6 +281,10 @@ impl ServeArgs {
             "pql_check_secs must be from 0.05 to 86400"
         );
         anyhow::ensure!(
+            (0.05..=86_400.0).contains(&settings.retention_check_secs),
+            "retention_check_secs must be from 0.05 to 86400"
+        );
+        anyhow::ensure!(
             (0.01..=3600.0).contains(&settings.webhook_retry_base_secs),
             "webhook_retry_base_secs must be from 0.01 to 3600"
         );
@@ -300,6 +313,7 @@ impl Settings {
         config.rollout_check_interval = Duration::from_secs_f64(self.rollout_check_secs);
         config.reward_check_interval = Duration::from_secs_f64(self.reward_check_secs);
         config.pql_check_interval = Duration::from_secs_f64(self.pql_check_secs);
+        config.retention_check_interval = Duration::from_secs_f64(self.retention_check_secs);
         config.webhook_allow = self.webhook_allow.clone();
         config.webhook_retry_base = Duration::from_secs_f64(self.webhook_retry_base_secs);
         config.webhook_max_attempts = self.webhook_max_attempts;

@@ -20,6 +20,14 @@
 //! Varints are unsigned LEB128 (7 bits per byte, high bit = continuation, at most 10
 //! bytes). The payload must end exactly after the N-th event.
 //!
+//! # Padded batches (version 2)
+//!
+//! Appends always write version 1. A batch rewritten in place by an erasure or retention pass
+//! ([`crate::Intake::rewrite`]) must keep its exact byte length, so that every LSN and batch
+//! boundary of the log stays valid: it is written as version 2, the same layout followed by zero
+//! bytes up to the original length. Decoders treat the zeros as padding (any other trailing byte
+//! is still an error), so a version-2 batch reads as the events that were kept.
+//!
 //! Decoding never panics: every malformed input (truncation, bad version, impossible
 //! count, overlong varint, invalid UTF-8, trailing bytes) returns a [`DecodeError`].
 //! [`BatchRef`] decodes without allocating: its events are [`EventRef`]s borrowing
@@ -29,6 +37,10 @@ use std::fmt;
 
 /// Format version written as the first byte of every batch payload.
 pub const BATCH_FORMAT_VERSION: u8 = 1;
+
+/// Format version of a batch rewritten in place: version 1's layout followed by zero padding (see the
+/// [module docs](self#padded-batches-version-2)).
+pub const PADDED_BATCH_FORMAT_VERSION: u8 = 2;
 
 /// Version byte + u32 count.
 pub const BATCH_HEADER_LEN: usize = 5;
@@ -138,6 +150,14 @@ pub enum DecodeError {
     /// Bytes remain after the last declared event.
     #[error("{0} trailing bytes after the last event")]
     TrailingBytes(usize),
+    /// The payload is longer than the padded length asked for (see [`encode_padded_batch`]).
+    #[error("{needed} bytes of events do not fit in a {len}-byte padded batch")]
+    DoesNotFit {
+        /// Bytes the events need.
+        needed: usize,
+        /// The padded length asked for.
+        len: usize,
+    },
 }
 
 #[inline]
@@ -179,6 +199,51 @@ pub fn encoded_len(events: &[Event]) -> usize {
             .sum::<usize>()
 }
 
+fn put_event(out: &mut Vec<u8>, e: &EventRef<'_>) {
+    out.extend_from_slice(&e.uuid.to_le_bytes());
+    out.extend_from_slice(&e.project_id.to_le_bytes());
+    out.extend_from_slice(&e.timestamp_us.to_le_bytes());
+    out.extend_from_slice(&e.received_us.to_le_bytes());
+    put_str(out, e.event);
+    put_str(out, e.distinct_id);
+    put_str(out, e.properties);
+}
+
+/// Bytes one event takes in a batch payload.
+pub fn event_encoded_len(e: &EventRef<'_>) -> usize {
+    EVENT_FIXED_LEN
+        + str_encoded_len(e.event)
+        + str_encoded_len(e.distinct_id)
+        + str_encoded_len(e.properties)
+}
+
+/// Append a batch payload of exactly `len` bytes holding `events` to `out`: version 1 when the events fill it
+/// exactly, else version 2 (zero padding after the last event; see the [module docs](self#padded-batches-version-2)).
+/// Fails, appending nothing, when the events need more than `len` bytes.
+pub fn encode_padded_batch(
+    events: &[EventRef<'_>],
+    len: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), DecodeError> {
+    let needed = BATCH_HEADER_LEN + events.iter().map(event_encoded_len).sum::<usize>();
+    let count = u32::try_from(events.len()).map_err(|_| DecodeError::DoesNotFit { needed, len })?;
+    if needed > len {
+        return Err(DecodeError::DoesNotFit { needed, len });
+    }
+    out.reserve(len);
+    out.push(if needed == len {
+        BATCH_FORMAT_VERSION
+    } else {
+        PADDED_BATCH_FORMAT_VERSION
+    });
+    out.extend_from_slice(&count.to_le_bytes());
+    for e in events {
+        put_event(out, e);
+    }
+    out.resize(out.len() + (len - needed), 0);
+    Ok(())
+}
+
 /// Append the encoded batch payload for `events` to `out` (the buffer is reserved to the
 /// exact size first; existing contents are kept).
 ///
@@ -191,13 +256,7 @@ pub fn encode_batch(events: &[Event], out: &mut Vec<u8>) {
     out.push(BATCH_FORMAT_VERSION);
     out.extend_from_slice(&count.to_le_bytes());
     for e in events {
-        out.extend_from_slice(&e.uuid.to_le_bytes());
-        out.extend_from_slice(&e.project_id.to_le_bytes());
-        out.extend_from_slice(&e.timestamp_us.to_le_bytes());
-        out.extend_from_slice(&e.received_us.to_le_bytes());
-        put_str(out, &e.event);
-        put_str(out, &e.distinct_id);
-        put_str(out, &e.properties);
+        put_event(out, &e.as_event_ref());
     }
 }
 
@@ -218,6 +277,8 @@ pub fn decode_batch(payload: &[u8]) -> Result<Vec<Event>, DecodeError> {
 pub struct BatchRef<'a> {
     buf: &'a [u8],
     count: u32,
+    /// A version-2 batch: zero bytes may follow the last event.
+    padded: bool,
 }
 
 impl fmt::Debug for BatchRef<'_> {
@@ -237,6 +298,7 @@ impl<'a> BatchRef<'a> {
         Ok(BatchRef {
             buf: payload,
             count,
+            padded: payload[0] == PADDED_BATCH_FORMAT_VERSION,
         })
     }
 
@@ -255,6 +317,11 @@ impl<'a> BatchRef<'a> {
         self.buf
     }
 
+    /// Whether this is a version-2 (rewritten, zero-padded) batch.
+    pub fn is_padded(&self) -> bool {
+        self.padded
+    }
+
     /// Iterate events oldest first. Yields an error (and then stops) at the first
     /// malformed event, or if bytes remain after the last one.
     pub fn iter(&self) -> BatchIter<'a> {
@@ -263,6 +330,7 @@ impl<'a> BatchRef<'a> {
             pos: BATCH_HEADER_LEN,
             remaining: self.count,
             done: false,
+            padded: self.padded,
         }
     }
 
@@ -289,9 +357,7 @@ impl<'a> BatchRef<'a> {
             scratch.push(off);
             skip_event(self.buf, &mut pos)?;
         }
-        if pos != self.buf.len() {
-            return Err(DecodeError::TrailingBytes(self.buf.len() - pos));
-        }
+        check_end(self.buf, pos, self.padded)?;
         Ok(BatchRevIter {
             buf: self.buf,
             offsets: scratch,
@@ -307,12 +373,22 @@ impl<'a> IntoIterator for &BatchRef<'a> {
     }
 }
 
+/// What follows the last event at `pos`: nothing, or (in a padded batch) zero bytes only.
+fn check_end(buf: &[u8], pos: usize, padded: bool) -> Result<(), DecodeError> {
+    let rest = &buf[pos.min(buf.len())..];
+    if rest.is_empty() || (padded && rest.iter().all(|&b| b == 0)) {
+        Ok(())
+    } else {
+        Err(DecodeError::TrailingBytes(rest.len()))
+    }
+}
+
 /// Read and sanity-check the batch header, returning the declared event count.
 pub(crate) fn peek_header(payload: &[u8]) -> Result<u32, DecodeError> {
     let Some(header) = payload.get(..BATCH_HEADER_LEN) else {
         return Err(DecodeError::ShortHeader(payload.len()));
     };
-    if header[0] != BATCH_FORMAT_VERSION {
+    if header[0] != BATCH_FORMAT_VERSION && header[0] != PADDED_BATCH_FORMAT_VERSION {
         return Err(DecodeError::UnsupportedVersion(header[0]));
     }
     let count = u32::from_le_bytes([header[1], header[2], header[3], header[4]]);
@@ -333,6 +409,7 @@ pub struct BatchIter<'a> {
     pos: usize,
     remaining: u32,
     done: bool,
+    padded: bool,
 }
 
 impl<'a> Iterator for BatchIter<'a> {
@@ -344,10 +421,7 @@ impl<'a> Iterator for BatchIter<'a> {
         }
         if self.remaining == 0 {
             self.done = true;
-            if self.pos != self.buf.len() {
-                return Some(Err(DecodeError::TrailingBytes(self.buf.len() - self.pos)));
-            }
-            return None;
+            return check_end(self.buf, self.pos, self.padded).err().map(Err);
         }
         self.remaining -= 1;
         let res = decode_event(self.buf, &mut self.pos);
@@ -555,8 +629,8 @@ mod tests {
     fn bad_header_and_utf8() {
         assert_eq!(decode_batch(&[]), Err(DecodeError::ShortHeader(0)));
         assert_eq!(
-            decode_batch(&[2, 0, 0, 0, 0]),
-            Err(DecodeError::UnsupportedVersion(2))
+            decode_batch(&[3, 0, 0, 0, 0]),
+            Err(DecodeError::UnsupportedVersion(3))
         );
         assert!(matches!(
             decode_batch(&[1, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0]),
@@ -579,6 +653,59 @@ mod tests {
             decode_batch(&buf),
             Err(DecodeError::InvalidUtf8(_))
         ));
+    }
+
+    #[test]
+    fn padded_batches_keep_their_length_and_read_as_the_kept_events() {
+        let events: Vec<Event> = (0..6).map(ev).collect();
+        let mut full = Vec::new();
+        encode_batch(&events, &mut full);
+        let kept: Vec<EventRef<'_>> = events
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 0)
+            .map(|(_, e)| e.as_event_ref())
+            .collect();
+        let mut padded = Vec::new();
+        encode_padded_batch(&kept, full.len(), &mut padded).unwrap();
+        assert_eq!(padded.len(), full.len());
+        assert_eq!(padded[0], PADDED_BATCH_FORMAT_VERSION);
+        let decoded = decode_batch(&padded).unwrap();
+        let expected: Vec<Event> = kept.iter().map(EventRef::to_event).collect();
+        assert_eq!(decoded, expected);
+        let mut s = Vec::new();
+        assert_eq!(
+            BatchRef::new(&padded)
+                .unwrap()
+                .iter_rev(&mut s)
+                .unwrap()
+                .count(),
+            3
+        );
+        // Nothing kept: still a valid, empty batch of the same length.
+        let mut empty = Vec::new();
+        encode_padded_batch(&[], full.len(), &mut empty).unwrap();
+        assert_eq!(empty.len(), full.len());
+        assert!(decode_batch(&empty).unwrap().is_empty());
+        // Exactly full: written as version 1.
+        let all: Vec<EventRef<'_>> = events.iter().map(Event::as_event_ref).collect();
+        let mut same = Vec::new();
+        encode_padded_batch(&all, full.len(), &mut same).unwrap();
+        assert_eq!(same, full);
+        // Too long: refused; a non-zero byte in the padding is corruption.
+        assert!(encode_padded_batch(&all, full.len() - 1, &mut Vec::new()).is_err());
+        let last = padded.len() - 1;
+        padded[last] = 7;
+        assert_eq!(
+            decode_batch(&padded),
+            Err(DecodeError::TrailingBytes(
+                padded.len() - BATCH_HEADER_LEN - kept.iter().map(event_encoded_len).sum::<usize>()
+            ))
+        );
+        // Version 1 never accepts padding.
+        let mut v1 = full.clone();
+        v1.extend_from_slice(&[0, 0]);
+        assert_eq!(decode_batch(&v1), Err(DecodeError::TrailingBytes(2)));
     }
 
     proptest! {

@@ -212,6 +212,9 @@ pub(crate) struct SegmentMeta {
     /// LSN just past the last committed record.
     pub end: u64,
     pub events: u64,
+    /// The projects and time spans of a sealed segment's events, learned by the first rewrite pass that read it
+    /// (see [`Intake::rewrite`]): later passes skip segments they cannot change without reading them.
+    pub summary: OnceLock<Arc<crate::rewrite::SegmentSummary>>,
 }
 
 impl SegmentMeta {
@@ -263,6 +266,8 @@ pub(crate) struct Shared {
     /// Set to `true` once the writer thread has finished (file synced and closed).
     stopped: watch::Sender<bool>,
     queued: AtomicUsize,
+    /// Serializes rewrites of sealed segments ([`Intake::rewrite`]) and their removal.
+    pub rewrite_lock: Mutex<()>,
     /// Test-only fault injection: 1 = fail the next write, 2 = fail the next fsync.
     #[cfg(test)]
     pub fault: std::sync::atomic::AtomicU8,
@@ -273,7 +278,7 @@ impl Shared {
         self.segments.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write_segments(&self) -> RwLockWriteGuard<'_, Segments> {
+    pub(crate) fn write_segments(&self) -> RwLockWriteGuard<'_, Segments> {
         self.segments
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -406,6 +411,9 @@ struct Pending {
 enum Msg {
     Append(Pending),
     Shutdown(oneshot::Sender<Result<(), EngineError>>),
+    /// Seal the active segment (when it holds anything) after committing what is queued before this message;
+    /// answered with the committed LSN, which every sealed segment then ends at or before.
+    Rotate(oneshot::Sender<Result<u64, EngineError>>),
 }
 
 impl Intake {
@@ -422,6 +430,7 @@ impl Intake {
         let guard = DirGuard::acquire(&dir)?;
         let started = Instant::now();
 
+        crate::rewrite::remove_leftovers(&dir);
         let mut files = segment::list_segments(&dir)?;
         if files.is_empty() {
             let path = dir.join(segment_file_name(0));
@@ -452,6 +461,7 @@ impl Intake {
                 offsets: scan.offsets,
                 end: base + scan.len,
                 events: scan.events,
+                summary: OnceLock::new(),
             }));
         }
 
@@ -496,12 +506,14 @@ impl Intake {
                     offsets: scan.offsets,
                     end: end_lsn,
                     events: scan.events,
+                    summary: OnceLock::new(),
                 },
             }),
             poison: OnceLock::new(),
             closed: AtomicBool::new(false),
             stopped: watch::Sender::new(false),
             queued: AtomicUsize::new(0),
+            rewrite_lock: Mutex::new(()),
             #[cfg(test)]
             fault: std::sync::atomic::AtomicU8::new(0),
         });
@@ -652,6 +664,10 @@ impl Intake {
     /// readable on Unix); readers that reach a deleted segment get an error.
     pub fn drop_segments_before(&self, lsn: u64) -> Result<usize, EngineError> {
         let shared = self.shared();
+        let _rewrites = shared
+            .rewrite_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let removed: Vec<Arc<SegmentMeta>> = {
             let mut segs = shared.write_segments();
             let n = segs.sealed.partition_point(|s| s.end <= lsn);
@@ -665,6 +681,44 @@ impl Intake {
             sync_dir(&shared.dir)?;
         }
         Ok(removed.len())
+    }
+
+    /// Seals the active segment (when it holds anything): every batch committed before the call is then in a
+    /// sealed segment, which [`Intake::rewrite`] can rewrite. Returns the committed LSN at that point (every
+    /// sealed segment ends at or before it). Appends queued before the call are committed first.
+    pub async fn seal_active(&self) -> Result<u64, EngineError> {
+        let shared = self.shared();
+        if let Some(e) = shared.poisoned() {
+            return Err(e);
+        }
+        if shared.closed.load(Ordering::Acquire) {
+            return Err(EngineError::Closed);
+        }
+        let tx = self.h.tx.as_ref().ok_or(EngineError::Closed)?;
+        let (done, wait) = oneshot::channel();
+        if tx.send(Msg::Rotate(done)).await.is_err() {
+            return Err(shared.stopped_error());
+        }
+        wait.await.unwrap_or_else(|_| Err(shared.stopped_error()))
+    }
+
+    /// Rewrites the sealed segments that end at or before `up_to` (call [`Intake::seal_active`] first to include
+    /// everything committed): `verdict` decides for each event whether it stays, goes, or stays with other
+    /// properties (no longer than before). Every changed batch keeps its exact length and position — its
+    /// remaining events are written as a zero-padded batch (format version 2, see [`crate::event`]) — so every
+    /// LSN, batch boundary and consumer checkpoint stays valid; a changed file is written whole to a temporary
+    /// name, synced and renamed over the old one (a crash leaves the old or the new file, never a mix). Segments
+    /// for which `skip` says nothing can change (from what an earlier pass learned of them) are not read.
+    ///
+    /// Blocking file I/O (run it on a blocking thread); one rewrite at a time. Readers that had a segment open
+    /// keep reading its old contents until they move to the next segment.
+    pub fn rewrite(
+        &self,
+        up_to: u64,
+        skip: impl Fn(&crate::rewrite::SegmentSummary) -> bool,
+        verdict: impl FnMut(&EventRef<'_>) -> crate::rewrite::Verdict,
+    ) -> Result<crate::rewrite::RewriteStats, EngineError> {
+        crate::rewrite::rewrite(self.shared(), up_to, skip, verdict)
     }
 
     /// Stop accepting appends, commit everything already queued, fsync, close the
@@ -780,6 +834,7 @@ impl Writer {
             let mut group: Vec<Pending> = Vec::new();
             let mut bytes = 0usize;
             let mut next = Some(first);
+            let mut rotate = None;
             while let Some(msg) = next.take() {
                 match msg {
                     Msg::Append(p) => {
@@ -795,11 +850,37 @@ impl Writer {
                         self.rx.close();
                         self.shutdown_waiters.push(done);
                     }
+                    Msg::Rotate(done) => {
+                        // Commit what came before, then seal.
+                        rotate = Some(done);
+                        break;
+                    }
                 }
                 next = self.recv(false);
             }
             if !group.is_empty() && !self.commit(group) {
+                if let Some(done) = rotate {
+                    let _ = done.send(Err(self.shared.stopped_error()));
+                }
                 break;
+            }
+            if let Some(done) = rotate {
+                let end = self.base + self.len;
+                let sealed = if self.len == 0 {
+                    Ok(end)
+                } else {
+                    self.rotate().map(|()| end)
+                };
+                match sealed {
+                    Ok(end) => {
+                        let _ = done.send(Ok(end));
+                    }
+                    Err(e) => {
+                        self.poison(format!("segment rotation at lsn {end} failed: {e}"));
+                        let _ = done.send(Err(e));
+                        break;
+                    }
+                }
             }
         }
         self.finish();
@@ -929,6 +1010,7 @@ impl Writer {
                     offsets: Vec::new(),
                     end: new_base,
                     events: 0,
+                    summary: OnceLock::new(),
                 },
             );
             segs.sealed.push(Arc::new(old));
@@ -951,6 +1033,9 @@ impl Writer {
                     leftovers.push(p);
                 }
                 Msg::Shutdown(done) => self.shutdown_waiters.push(done),
+                Msg::Rotate(done) => {
+                    let _ = done.send(Err(EngineError::Closed));
+                }
             }
         }
         let mut result: Result<(), String> = Ok(());

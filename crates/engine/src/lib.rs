@@ -59,6 +59,7 @@
 //! * [`intake`]: the WAL: on-disk format, group commit, durability of each
 //!   [`SyncMode`], recovery rules.
 //! * [`metrics_names`]: metric names emitted through the `metrics` facade.
+//! * [`rewrite`]: rewriting sealed WAL segments in place (GDPR erasure, retention) without moving an LSN.
 //! * [`table`]: every project's events in memory by UTC day (distinct id, time, event name), persons resolved at
 //!   read time, sorted views for the kernels, sealing into segments.
 
@@ -68,14 +69,15 @@ pub mod event;
 pub mod intake;
 pub mod metrics_names;
 mod reader;
+pub mod rewrite;
 mod segment;
 pub mod sidecar;
 pub mod table;
 
 pub use error::EngineError;
 pub use event::{
-    decode_batch, encode_batch, encoded_len, BatchIter, BatchRef, BatchRevIter, DecodeError, Event,
-    EventRef,
+    decode_batch, encode_batch, encode_padded_batch, encoded_len, BatchIter, BatchRef,
+    BatchRevIter, DecodeError, Event, EventRef,
 };
 pub use intake::{
     Intake, IntakeConfig, RecoveryReport, SegmentInfo, SyncMode, WalReader, MAX_RECORD_BYTES,

@@ -282,6 +282,7 @@ where
             offsets: segs.active.offsets.clone(),
             end: segs.active.end,
             events: segs.active.events,
+            summary: std::sync::OnceLock::new(),
         });
         (segs.sealed.clone(), active)
     };

@@ -5,7 +5,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::error::EngineError;
-use crate::event::{self, BatchRef, Event, BATCH_FORMAT_VERSION, BATCH_HEADER_LEN};
+use crate::event::{
+    self, BatchRef, Event, BATCH_FORMAT_VERSION, BATCH_HEADER_LEN, PADDED_BATCH_FORMAT_VERSION,
+};
 
 /// `[u32 len][u32 crc32]`, little-endian.
 pub(crate) const RECORD_HEADER_LEN: usize = 8;
@@ -208,7 +210,7 @@ fn offset_u32(path: &Path, base: u64, offset: u64) -> Result<u32, EngineError> {
 /// Check the 5-byte batch header found right after a record header, without the
 /// payload: version byte and a count that can fit in `payload_len`.
 fn check_batch_prefix(prefix: &[u8], payload_len: u32) -> Result<u32, String> {
-    if prefix[0] != BATCH_FORMAT_VERSION {
+    if prefix[0] != BATCH_FORMAT_VERSION && prefix[0] != PADDED_BATCH_FORMAT_VERSION {
         return Err(format!("unsupported batch format version {}", prefix[0]));
     }
     let count = u32::from_le_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]);

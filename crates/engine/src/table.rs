@@ -49,8 +49,10 @@ use crate::columnar::{
 };
 use crate::{EngineError, EventRef};
 
+mod erase;
 mod identity;
 mod recent;
+pub use erase::{Erase, EraseStats};
 pub use recent::{RecentFilter, StoredEvent};
 
 /// Microseconds in a day.
@@ -248,6 +250,20 @@ impl Dictionary {
     pub fn reserve(&mut self, additional: usize) {
         self.values.reserve(additional);
         self.index.reserve(additional);
+    }
+
+    /// Replaces the value at `i` by a tombstone that names no one (`"\0erased:<i>"`, unique per index, so every
+    /// other index stays); the old value is no longer found (interning it again gives a new index).
+    pub(crate) fn tombstone(&mut self, i: u32) {
+        let Some(old) = self.values.get(i as usize).cloned() else {
+            return;
+        };
+        if self.index.get(&old) == Some(&i) {
+            self.index.remove(&old);
+        }
+        let t: Arc<str> = Arc::from(format!("\0erased:{i}").as_str());
+        self.values[i as usize] = t.clone();
+        self.index.insert(t, i);
     }
 }
 
@@ -2509,5 +2525,250 @@ mod tests {
         let t = EventTables::open(dir.path()).unwrap();
         assert!(stray.exists(), "nothing is deleted before a first commit");
         assert_eq!(t.segment_rows(), 0);
+    }
+
+    /// Every file under `dir`, recursively.
+    fn all_files(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    out.push(e.path());
+                }
+            }
+        }
+        out
+    }
+
+    /// Every string of every segment file under `dir`, decoded (dictionary values included).
+    fn segment_strings(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for f in all_files(dir) {
+            if f.extension().is_none_or(|x| x != "parquet") {
+                continue;
+            }
+            for b in read_segment(&f, None).unwrap() {
+                for c in b.columns() {
+                    if let Some(d) = c.as_dictionary_opt::<Int32Type>() {
+                        if let Some(v) = d.values().as_string_opt::<i32>() {
+                            out.extend(v.iter().flatten().map(str::to_owned));
+                        }
+                    } else if let Some(v) = c.as_string_opt::<i32>() {
+                        out.extend(v.iter().flatten().map(str::to_owned));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn raw_mentions(dir: &Path, needle: &str) -> Vec<PathBuf> {
+        all_files(dir)
+            .into_iter()
+            .filter(|f| f.extension().is_none_or(|x| x != "parquet"))
+            .filter(|f| {
+                std::fs::read(f)
+                    .unwrap()
+                    .windows(needle.len())
+                    .any(|w| w == needle.as_bytes())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn erasing_a_person_removes_their_rows_everywhere_and_masks_their_mentions() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = EventTables::open(dir.path()).unwrap();
+        t.assign_all([
+            (1, "anon-erase-me", 1),
+            (1, "user-erase-me", 1),
+            (1, "b", 2),
+            (1, "c", 3),
+        ]);
+        t.identity_loaded(1);
+        let person = ["anon-erase-me", "user-erase-me"];
+        // Day D: two sealed segments; day D + 1: one; both days also get a tail. Some rows of others mention
+        // the person.
+        let mut expected: BTreeMap<u128, (String, i64)> = BTreeMap::new();
+        let mut uuid = 0u128;
+        let mut add = |t: &EventTables, did: &str, day: i32, props: &str, lsn: u64| {
+            uuid += 1;
+            let ts = i64::from(day) * DAY_US + uuid as i64;
+            t.append([evu(uuid, did, "view", ts, props)], lsn);
+            if !person.contains(&did) {
+                expected.insert(uuid, (did.to_owned(), ts));
+            }
+        };
+        for round in 0..3u64 {
+            for (i, did) in ["anon-erase-me", "b", "user-erase-me", "c"]
+                .iter()
+                .enumerate()
+            {
+                let props = if i == 1 {
+                    r#"{"inviter": "user-erase-me", "url": "https://x.io/?u=anon-erase-me"}"#
+                } else {
+                    r#"{"plan": "pro"}"#
+                };
+                add(&t, did, D + (round as i32 % 2), props, round + 1);
+            }
+            if round == 1 {
+                // Day D + 2: none of the person's rows, but b's row mentions them (the day is written again).
+                add(&t, "b", D + 2, r#"{"inviter": "user-erase-me"}"#, round + 1);
+                add(&t, "c", D + 2, r#"{"plan": "pro"}"#, round + 1);
+            }
+            if round < 2 {
+                t.seal().unwrap();
+                t.save_identity().unwrap();
+            }
+        }
+        assert!(t.tail_rows() > 0);
+        assert!(
+            !raw_mentions(dir.path(), "anon-erase-me").is_empty(),
+            "saved in the identity files"
+        );
+        // A query's snapshot reads the old files while the erasure runs; it ends a little later.
+        let snap_before = t.snapshot(1).unwrap();
+        let query = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(snap_before);
+        });
+        let stats = t
+            .erase(
+                1,
+                &Erase {
+                    distinct_ids: person.iter().map(|d| d.to_string()).collect(),
+                    person_ids: vec![1],
+                    before_us: None,
+                    redactor: Some(crate::rewrite::Redactor::new(
+                        person.iter().map(|d| d.to_string()),
+                    )),
+                },
+            )
+            .unwrap();
+        assert_eq!(stats.rows_removed, 6);
+        assert_eq!(stats.rows_redacted, 4);
+        assert_eq!(stats.days_rewritten, 3);
+        query.join().unwrap();
+        assert_eq!(stats.files_pending, 0, "waited for the query: {stats:?}");
+        assert_eq!(stats.files_deleted, stats.segments_replaced, "{stats:?}");
+
+        let check = |t: &EventTables, expected: &BTreeMap<u128, (String, i64)>| {
+            let s = t.snapshot(1).unwrap();
+            let mut got: BTreeMap<u128, (String, i64)> = BTreeMap::new();
+            for day in s.partitions.keys() {
+                for (u, (did, ts, _, props)) in rows_by_uuid(t, &s, *day) {
+                    if did == "b" {
+                        assert_eq!(props["inviter"], Value::Null, "{props}");
+                        if let Some(url) = props.get("url") {
+                            assert_eq!(url, "https://x.io/?u=*************");
+                        }
+                    }
+                    got.insert(u, (did, ts));
+                }
+            }
+            assert_eq!(&got, expected);
+            let strings = segment_strings(dir.path());
+            assert!(!strings.is_empty());
+            for p in person {
+                assert!(!strings.iter().any(|v| v.contains(p)), "{p} in a segment");
+                assert!(
+                    raw_mentions(dir.path(), p).is_empty(),
+                    "{p} in {:?}",
+                    raw_mentions(dir.path(), p)
+                );
+            }
+        };
+        check(&t, &expected);
+        assert_eq!(t.read().projects[&1].dense_of.get(&1), None);
+        assert_eq!(t.read().projects[&1].dids.get("anon-erase-me"), None);
+        drop(t);
+        let t = EventTables::open(dir.path()).unwrap();
+        assert_eq!(t.identity_seq(), Some(1));
+        assert_eq!(t.read().projects[&1].dids.get("user-erase-me"), None);
+        // The tail is replayed from the (rewritten) log on a real start: here only the sealed rows are back.
+        let sealed: BTreeMap<u128, (String, i64)> = expected
+            .iter()
+            .filter(|(u, _)| **u <= 10)
+            .map(|(u, r)| (*u, r.clone()))
+            .collect();
+        assert_eq!(sealed.len(), 6, "the two sealed rounds' rows of b and c");
+        check(&t, &sealed);
+    }
+
+    #[test]
+    fn retention_drops_whole_days_and_cuts_the_day_that_straddles_the_cutoff() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = EventTables::open(dir.path()).unwrap();
+        identity(&t);
+        let mut lsn = 0;
+        let mut all: Vec<(i64, i64)> = Vec::new();
+        for project in [1, 2] {
+            for day in D..D + 4 {
+                for h in 0..4i64 {
+                    lsn += 1;
+                    let ts = i64::from(day) * DAY_US + h * 6 * 3_600_000_000;
+                    t.append(
+                        [EventRef {
+                            project_id: project,
+                            ..evu(lsn as u128, "a", "view", ts, "{}")
+                        }],
+                        lsn,
+                    );
+                    all.push((project, ts));
+                }
+            }
+            t.seal().unwrap();
+        }
+        // A tail row on an old day too.
+        t.append(
+            [evu(999, "b", "view", i64::from(D) * DAY_US + 1, "{}")],
+            lsn + 1,
+        );
+        all.push((1, i64::from(D) * DAY_US + 1));
+        let cutoff = i64::from(D + 2) * DAY_US + 12 * 3_600_000_000;
+        let files_before = t.read().manifest.segments.len();
+        let stats = t
+            .erase(
+                1,
+                &Erase {
+                    before_us: Some(cutoff),
+                    ..Erase::default()
+                },
+            )
+            .unwrap();
+        let expected_removed = all.iter().filter(|(p, ts)| *p == 1 && *ts < cutoff).count();
+        assert_eq!(stats.rows_removed, expected_removed as u64);
+        assert_eq!(
+            stats.segments_written, 1,
+            "only the straddling day is written again"
+        );
+        let count = |t: &EventTables, project: i64| -> Vec<(i32, usize)> {
+            t.snapshot(project)
+                .unwrap()
+                .partitions
+                .iter()
+                .map(|(d, p)| (*d, p.len()))
+                .collect()
+        };
+        assert_eq!(count(&t, 1), vec![(D + 2, 2), (D + 3, 4)]);
+        assert_eq!(count(&t, 2), (D..D + 4).map(|d| (d, 4)).collect::<Vec<_>>());
+        assert_eq!(
+            t.read().manifest.segments.len(),
+            files_before - 2,
+            "two old days of project 1 dropped, the straddling one replaced"
+        );
+        assert!(t
+            .read()
+            .manifest
+            .segments
+            .iter()
+            .all(|m| m.project_id == 2 || m.min_timestamp_us >= cutoff));
+        drop(t);
+        let t = EventTables::open(dir.path()).unwrap();
+        assert_eq!(count(&t, 1), vec![(D + 2, 2), (D + 3, 4)]);
+        assert_eq!(count(&t, 2), (D..D + 4).map(|d| (d, 4)).collect::<Vec<_>>());
     }
 }

@@ -17,7 +17,8 @@ use tokio::sync::watch;
 use crate::insight_filters::Compiled;
 use crate::state::AppState;
 
-const CONSUMER: &str = "event_webhooks";
+/// Name of this consumer's checkpoint in the metadata store.
+pub const CONSUMER: &str = "event_webhooks";
 const CHUNK_BATCHES: usize = 256;
 /// How long the subscriptions map is kept.
 const RELOAD: Duration = Duration::from_secs(2);
@@ -162,6 +163,8 @@ pub async fn run(state: AppState, intake: Intake, mut identity: watch::Receiver<
     let mut subs: Subscriptions = HashMap::new();
     let mut loaded: Option<std::time::Instant> = None;
     let mut saved: Option<std::time::Instant> = None;
+    // The position the saved checkpoint holds.
+    let mut saved_lsn = lsn;
     let mut seen_epoch = u64::MAX;
     let mut shutdown = state.shutdown.clone();
     loop {
@@ -181,9 +184,11 @@ pub async fn run(state: AppState, intake: Intake, mut identity: watch::Receiver<
                 // Nothing to announce: skip what was written (new subscriptions take events from now on); the
                 // checkpoint follows at most every few seconds, not once per batch.
                 lsn = target;
-                if saved.is_none_or(|t| t.elapsed() >= RELOAD) {
-                    let _ = state.store.set_checkpoint(CONSUMER, lsn).await;
+                if saved.is_none_or(|t| t.elapsed() >= RELOAD)
+                    && state.store.set_checkpoint(CONSUMER, lsn).await.is_ok()
+                {
                     saved = Some(std::time::Instant::now());
+                    saved_lsn = lsn;
                 }
                 continue;
             }
@@ -252,8 +257,11 @@ pub async fn run(state: AppState, intake: Intake, mut identity: watch::Receiver<
                         continue;
                     }
                     lsn = end;
-                    if let Err(e) = state.store.set_checkpoint(CONSUMER, lsn).await {
-                        tracing::warn!(error = %e, "event webhooks: checkpoint not saved");
+                    match state.store.set_checkpoint(CONSUMER, lsn).await {
+                        Ok(()) => saved_lsn = lsn,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "event webhooks: checkpoint not saved")
+                        }
                     }
                     continue;
                 }
@@ -263,9 +271,17 @@ pub async fn run(state: AppState, intake: Intake, mut identity: watch::Receiver<
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         }
-        tokio::select! {
-            changed = identity.changed() => if changed.is_err() { return },
+        // Idle: a position skipped without saving is saved after a while (a rewrite of the log waits for every
+        // consumer's checkpoint to pass it, see `gdpr::wait_for_consumers`).
+        let unsaved = saved_lsn < lsn;
+        let save = tokio::select! {
+            changed = identity.changed() => if changed.is_err() { return } else { false },
             _ = shutdown.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(RELOAD), if unsaved => true,
+        };
+        if save && state.store.set_checkpoint(CONSUMER, lsn).await.is_ok() {
+            saved = Some(std::time::Instant::now());
+            saved_lsn = lsn;
         }
     }
 }

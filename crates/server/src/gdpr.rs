@@ -1,4 +1,4 @@
-//! GDPR: a person's data export.
+//! GDPR: a person's data export, and the erasure of a person.
 //!
 //! `GET …/persons/{distinct_id}/export` (`?format=ndjson`, the default, or `json`) answers a downloadable archive of
 //! everything Flywheel holds about the person of that distinct id: the person (properties, every distinct id, groups),
@@ -7,12 +7,34 @@
 //! transitions, invitations sent or accepted, share links and visits, PQL scores). NDJSON lines are
 //! `{"type": "person", …}`, `{"type": "event", …}` and `{"type": "record", "table", "row"}`. The export is audited as
 //! `person.exported` with counts only (no personal data in the audit log).
+//!
+//! `DELETE …/persons/{distinct_id}` erases the person of that distinct id (every distinct id of theirs, the persons
+//! merged into them included), in this order — each step idempotent, so a failed erasure is completed by running it
+//! again (the person's record goes last, so they can still be found until then):
+//!
+//! 1. exposures waiting for the intake log are written, and the active WAL segment is sealed at `end`;
+//! 2. the WAL is rewritten up to `end` ([`flywheel_engine::Intake::rewrite`]): the person's events go, batches keep
+//!    their length and position (padded), other events of the project that mention the person (an
+//!    `$invitation_accepted` naming them as the inviter…) have the mentions masked;
+//! 3. once every consumer of the log is past `end` (none can still hold a pre-rewrite copy), the event tables drop
+//!    the person's rows — segments written again, tail filtered — and their distinct ids
+//!    ([`flywheel_engine::table::EventTables::erase`]);
+//! 4. the metadata store erases the person in one transaction ([`flywheel_store::Store::erase_person`]) and audits
+//!    `person.erased` with counts and an opaque erasure id only; distinct ids added in between are erased from the
+//!    events too;
+//! 5. derived caches are dropped: flag-evaluation person properties, insights person-property columns (and their
+//!    files) and answers, sticky bucketing documents, the identity writer's cache.
+//!
+//! The work runs in its own task (a client that goes away does not cut it short) and its file work on the blocking
+//! pool.
 
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use flywheel_engine::rewrite::{Redactor, Verdict};
+use flywheel_engine::table::Erase;
 use serde_json::{json, Value};
 
 use crate::api::Caller;
@@ -20,10 +42,15 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route(
-        "/api/v1/projects/{project_id}/persons/{distinct_id}/export",
-        get(export),
-    )
+    Router::new()
+        .route(
+            "/api/v1/projects/{project_id}/persons/{distinct_id}/export",
+            get(export),
+        )
+        .route(
+            "/api/v1/projects/{project_id}/persons/{distinct_id}",
+            delete(erase),
+        )
 }
 
 #[derive(serde::Deserialize)]
@@ -143,4 +170,238 @@ async fn export(
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(resp)
+}
+
+/// How long an erasure or a retention pass waits for the log's consumers to pass the sealed position.
+const CONSUMERS_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// The same for the consumers whose position is only known from their saved checkpoint (saved every few seconds
+/// at most when they have nothing to do).
+const CHECKPOINTS_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Waits until every consumer of the intake log has processed everything up to `lsn`: after a rewrite no consumer
+/// holds a batch read from a file the rewrite replaced. Fails (503, nothing in the tables or the store touched yet)
+/// when identity or the insights tables are still behind after a minute — a replay after a restart — and only logs
+/// when a checkpoint-saving consumer (referrals, event webhooks) is: those read each chunk with a fresh reader, so
+/// only a chunk in flight during the rewrite could hold old events, and it is long done.
+pub(crate) async fn wait_for_consumers(state: &AppState, lsn: u64) -> Result<(), ApiError> {
+    let behind = || {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "indexing_behind",
+            "events are still being indexed (a replay after a restart?); retry in a minute",
+        )
+        .with_retry_after(60)
+    };
+    for progress in [&state.identity_progress, &state.tables_progress] {
+        let mut rx = progress.clone();
+        let reached = tokio::time::timeout(CONSUMERS_WAIT, rx.wait_for(|done| *done >= lsn))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !reached {
+            return Err(behind());
+        }
+    }
+    let started = std::time::Instant::now();
+    for consumer in [
+        crate::referral_consumer::CONSUMER,
+        crate::event_hooks::CONSUMER,
+    ] {
+        loop {
+            if state.store.checkpoint(consumer).await? >= lsn {
+                break;
+            }
+            if started.elapsed() >= CHECKPOINTS_WAIT {
+                tracing::warn!(
+                    consumer,
+                    lsn,
+                    "a consumer of the intake log has not passed a rewritten position"
+                );
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// What the event engine removed for an erasure.
+#[derive(Debug, Default, Clone, Copy)]
+struct EventCounts {
+    /// Events dropped from the intake log (each stored event is there once).
+    events_removed: u64,
+    /// Other events of the project whose properties mentioned the person (masked).
+    events_masked: u64,
+    wal_segments_rewritten: usize,
+    /// Rows dropped from the event tables (sealed and not).
+    table_rows_removed: u64,
+    table_rows_masked: u64,
+    segments_rewritten: usize,
+}
+
+/// Steps 1–3 of an erasure (see the module docs) for `distinct_ids` of `project_id`.
+async fn erase_events(
+    state: &AppState,
+    project_id: i64,
+    distinct_ids: &[String],
+    person_ids: Vec<i64>,
+    identifiers: &[String],
+) -> Result<EventCounts, ApiError> {
+    state.exposures.flush().await;
+    let end = state
+        .intake
+        .seal_active()
+        .await
+        .map_err(ApiError::unavailable)?;
+    let redactor = Redactor::new(identifiers.iter().cloned());
+    let ids: std::collections::HashSet<String> = distinct_ids.iter().cloned().collect();
+    let (intake, r) = (state.intake.clone(), redactor.clone());
+    let wal = tokio::task::spawn_blocking(move || {
+        intake.rewrite(
+            end,
+            |summary| !summary.projects.contains_key(&project_id),
+            |e| {
+                if e.project_id != project_id {
+                    Verdict::Keep
+                } else if ids.contains(e.distinct_id) {
+                    Verdict::Drop
+                } else {
+                    r.redact(e.properties)
+                        .map_or(Verdict::Keep, Verdict::Properties)
+                }
+            },
+        )
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    wait_for_consumers(state, end).await?;
+    let spec = Erase {
+        distinct_ids: distinct_ids.to_vec(),
+        person_ids,
+        before_us: None,
+        redactor: Some(redactor),
+    };
+    let tables = state.tables.clone();
+    let erased = tokio::task::spawn_blocking(move || tables.erase(project_id, &spec))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    Ok(EventCounts {
+        events_removed: wal.events_dropped,
+        events_masked: wal.events_changed,
+        wal_segments_rewritten: wal.segments_rewritten,
+        table_rows_removed: erased.rows_removed,
+        table_rows_masked: erased.rows_redacted,
+        segments_rewritten: erased.segments_replaced,
+    })
+}
+
+async fn erase(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    caller: Caller,
+    Path((project_id, distinct_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
+    let actor = crate::features::actor(&caller, &headers, peer);
+    // Its own task: neither a client that goes away nor the request timeout stops an erasure half way.
+    tokio::spawn(erase_person(state, project_id, distinct_id, actor))
+        .await
+        .map_err(ApiError::internal)?
+        .map(Json)
+}
+
+/// Erases the person of `distinct_id` (see the module docs); the answer's counts.
+pub async fn erase_person(
+    state: AppState,
+    project_id: i64,
+    distinct_id: String,
+    actor: flywheel_store::Actor,
+) -> Result<Value, ApiError> {
+    state.catch_up().await;
+    let subject = state
+        .store
+        .erasure_subject(project_id, &distinct_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "person_not_found",
+                format!("no person has distinct id `{distinct_id}` in project {project_id}"),
+            )
+        })?;
+    let erasure_id = uuid::Uuid::new_v4().simple().to_string();
+    let identifiers = subject.identifiers();
+    let mut events = erase_events(
+        &state,
+        project_id,
+        &subject.distinct_ids,
+        vec![subject.person_id],
+        &identifiers,
+    )
+    .await?;
+    // Sticky bucketing documents of their ids: out of memory (and queued saves written) before the rows go.
+    state.sticky.forget_values(project_id, &identifiers);
+    state.sticky.flush().await;
+    let summary = json!({
+        "events_removed": events.events_removed,
+        "events_masked": events.events_masked,
+        "table_rows_removed": events.table_rows_removed,
+    });
+    let (erased, counts) = state
+        .store
+        .erase_person(project_id, subject.person_id, &erasure_id, &actor, &summary)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "person_changed",
+                "the person was merged into another one while being erased; their events are erased, \
+                 erase again through the surviving person's distinct id",
+            )
+        })?;
+    // Distinct ids that joined the person meanwhile: their events too.
+    let late: Vec<String> = erased
+        .distinct_ids
+        .iter()
+        .filter(|d| !subject.distinct_ids.contains(d))
+        .cloned()
+        .collect();
+    if !late.is_empty() {
+        let more =
+            erase_events(&state, project_id, &late, Vec::new(), &erased.identifiers()).await?;
+        events.events_removed += more.events_removed;
+        events.events_masked += more.events_masked;
+        events.table_rows_removed += more.table_rows_removed;
+        events.table_rows_masked += more.table_rows_masked;
+        events.wal_segments_rewritten += more.wal_segments_rewritten;
+        events.segments_rewritten += more.segments_rewritten;
+    }
+    state.flags.subjects.forget_all();
+    state.insights.forget_project(project_id).await;
+    state
+        .sticky
+        .forget_values(project_id, &erased.identifiers());
+    tracing::info!(
+        project_id,
+        erasure_id,
+        events_removed = events.events_removed,
+        records_removed = counts.records_removed(),
+        "person erased"
+    );
+    Ok(json!({
+        "erasure_id": erasure_id,
+        "distinct_ids": erased.distinct_ids.len(),
+        "merged_persons": erased.merged_uuids.len(),
+        "events_removed": events.events_removed,
+        "events_masked": events.events_masked,
+        "table_rows_removed": events.table_rows_removed,
+        "table_rows_masked": events.table_rows_masked,
+        "wal_segments_rewritten": events.wal_segments_rewritten,
+        "segments_rewritten": events.segments_rewritten,
+        "records_removed": counts.records_removed(),
+        "records_tombstoned": counts.records_tombstoned(),
+        "tables": {"deleted": counts.deleted, "tombstoned": counts.tombstoned},
+    }))
 }

@@ -387,6 +387,32 @@ impl InsightsCache {
         }
     }
 
+    /// Forgets everything cached about `project_id`'s persons — its person-property columns, in memory and their
+    /// saved files — and every cached answer (a GDPR erasure: the columns held the erased person's values, and
+    /// answers such as funnel persons their distinct ids). The columns are read again from the store when used.
+    pub async fn forget_project(&self, project_id: i64) {
+        self.columns
+            .lock()
+            .expect("column cache")
+            .retain(|(p, _), _| *p != project_id);
+        self.results.lock().expect("result cache").clear();
+        if let Some(dir) = &self.columns_dir {
+            let dir = dir.join(format!("p{project_id}"));
+            let removed =
+                tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                })
+                .await;
+            if !matches!(removed, Ok(Ok(()))) {
+                tracing::warn!(
+                    project_id,
+                    "insights: cannot delete the saved person-property columns"
+                );
+            }
+        }
+    }
+
     /// Saves every cached person-property column that changed since it was saved (on shutdown).
     pub async fn save_columns(&self) {
         let keys: Vec<(i64, String)> = self

@@ -37,6 +37,7 @@ pub mod pql;
 pub mod privacy;
 pub mod projects;
 pub mod referral_consumer;
+pub mod retention;
 pub mod rollouts;
 pub mod serving;
 pub mod state;
@@ -89,6 +90,8 @@ pub struct Config {
     pub reward_check_interval: Duration,
     /// How often the PQL scorer scores every live model.
     pub pql_check_interval: Duration,
+    /// How often projects' data retention drops their old events.
+    pub retention_check_interval: Duration,
     /// Networks webhooks may call although they are not public (loopback, private…); empty: public addresses only.
     pub webhook_allow: Vec<webhooks::Cidr>,
     /// The first retry's wait; each later one doubles (capped at 6 h), with jitter.
@@ -122,6 +125,7 @@ impl Config {
             rollout_check_interval: Duration::from_secs(30),
             reward_check_interval: Duration::from_secs(60),
             pql_check_interval: Duration::from_secs(60),
+            retention_check_interval: Duration::from_secs(3600),
             webhook_allow: Vec::new(),
             webhook_retry_base: Duration::from_secs(10),
             webhook_max_attempts: 18,
@@ -204,6 +208,7 @@ pub fn app(state: AppState) -> Router {
         .merge(webhooks::router())
         .merge(openapi::router())
         .merge(gdpr::router())
+        .merge(retention::router())
         .merge(keys::router())
         .merge(auth::router())
         .merge(team::router())
@@ -244,6 +249,7 @@ pub struct Server {
     event_hook_task: tokio::task::JoinHandle<()>,
     referral_task: tokio::task::JoinHandle<()>,
     sticky_task: tokio::task::JoinHandle<()>,
+    retention_task: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
@@ -350,6 +356,10 @@ impl Server {
             state.config.pql_check_interval,
         ));
         let webhook_task = tokio::spawn(webhooks::run(state.clone()));
+        let retention_task = tokio::spawn(retention::run(
+            state.clone(),
+            state.config.retention_check_interval,
+        ));
         let event_hook_task = tokio::spawn(event_hooks::run(
             state.clone(),
             state.intake.clone(),
@@ -402,6 +412,7 @@ impl Server {
             event_hook_task,
             referral_task,
             sticky_task,
+            retention_task,
         })
     }
 
@@ -416,6 +427,8 @@ impl Server {
         self.referral_task.abort();
         // Each pass writes in one transaction: cutting it loses nothing (the next pass scores again).
         self.pql_task.abort();
+        // A retention pass in progress finishes (its files are replaced whole or not at all either way).
+        let _ = tokio::time::timeout(Duration::from_secs(60), self.retention_task).await;
         // An attempt cut here is not recorded: it is made again after the restart (receivers deduplicate by
         // message id).
         self.webhook_task.abort();

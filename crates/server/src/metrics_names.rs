@@ -29,3 +29,5 @@ pub const WEBHOOK_ATTEMPTS: &str = "flywheel_webhook_attempts_total";
 pub const RATE_LIMITED: &str = "flywheel_rate_limited_total";
 /// Sign-ins refused for a wrong email or password.
 pub const LOGIN_FAILURES: &str = "flywheel_login_failures_total";
+/// Events dropped from the intake log by data retention (projects' `retention_days`).
+pub const RETENTION_EVENTS_DROPPED: &str = "flywheel_retention_events_dropped_total";

@@ -31,7 +31,13 @@ pub const OPERATIONS: &[(&str, &str, &str, &str)] = &[
         "patch",
         "~",
         "projects",
-        "Change the project's name, time zone or test-account filters",
+        "Change the project's name, time zone, test-account filters, ingestion settings or retention_days",
+    ),
+    (
+        "post",
+        "~/retention/run",
+        "projects",
+        "Drop the project's events older than its retention_days now (audited)",
     ),
     (
         "get",
@@ -50,6 +56,12 @@ pub const OPERATIONS: &[(&str, &str, &str, &str)] = &[
         "~/persons/{distinct_id}/export",
         "persons",
         "GDPR export of everything held about a person (NDJSON or JSON)",
+    ),
+    (
+        "delete",
+        "~/persons/{distinct_id}",
+        "persons",
+        "GDPR erasure of a person: events, identity, growth records (ledger rows tombstoned); audited with counts only",
     ),
     (
         "post",

@@ -1,5 +1,6 @@
 //! `GET/PATCH /api/v1/projects/{project_id}`: a project's settings — name, the time zone its insights count days
-//! in, and the filters that leave out test accounts. Changes are audited (`project.updated`).
+//! in, the filters that leave out test accounts, ingestion settings, and `retention_days` (events older than that
+//! many days are dropped, see `retention.rs`; `null`: kept forever). Changes are audited (`project.updated`).
 
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::HeaderMap;
@@ -34,6 +35,9 @@ async fn get_project(
         .ok_or_else(|| ApiError::not_found(format!("project {project_id} not found")))?;
     Ok(Json(json!(settings)))
 }
+
+/// The longest retention period accepted (100 years).
+const MAX_RETENTION_DAYS: i64 = 36_500;
 
 /// Validates a settings update: every problem, each naming its field.
 fn read_update(body: &Value) -> Result<ProjectUpdate, Vec<FieldError>> {
@@ -79,10 +83,26 @@ fn read_update(body: &Value) -> Result<ProjectUpdate, Vec<FieldError>> {
                 }
                 errors.extend(problems);
             }
+            "retention_days" => match v {
+                Value::Null => update.retention_days = Some(None),
+                Value::Number(n) => match n.as_i64() {
+                    Some(days) if (1..=MAX_RETENTION_DAYS).contains(&days) => {
+                        update.retention_days = Some(Some(days))
+                    }
+                    _ => errors.push(err(
+                        k,
+                        format!("must be a whole number of days from 1 to {MAX_RETENTION_DAYS}, or null (keep forever)"),
+                    )),
+                },
+                _ => errors.push(err(
+                    k,
+                    format!("must be a whole number of days from 1 to {MAX_RETENTION_DAYS}, or null (keep forever)"),
+                )),
+            },
             "id" | "created_at" => errors.push(err(k, "cannot be changed".into())),
             other => errors.push(err(
                 other,
-                "unknown field (use name, time_zone, test_account_filters, ingestion)".into(),
+                "unknown field (use name, time_zone, test_account_filters, ingestion, retention_days)".into(),
             )),
         }
     }
@@ -139,5 +159,34 @@ mod tests {
                 .any(|f| f.starts_with("test_account_filters[0]")),
             "{fields:?}"
         );
+    }
+
+    #[test]
+    fn retention_days_is_a_whole_number_of_days_or_null() {
+        assert_eq!(
+            read_update(&json!({"retention_days": 30}))
+                .unwrap()
+                .retention_days,
+            Some(Some(30))
+        );
+        assert_eq!(
+            read_update(&json!({"retention_days": null}))
+                .unwrap()
+                .retention_days,
+            Some(None)
+        );
+        assert_eq!(read_update(&json!({})).unwrap().retention_days, None);
+        for bad in [
+            json!(0),
+            json!(-3),
+            json!(2.5),
+            json!("30"),
+            json!(true),
+            json!(36_501),
+        ] {
+            let errors = read_update(&json!({"retention_days": bad})).unwrap_err();
+            assert_eq!(errors.len(), 1, "{bad}");
+            assert_eq!(errors[0].field, "retention_days");
+        }
     }
 }

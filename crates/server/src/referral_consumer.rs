@@ -32,7 +32,8 @@ use tokio::sync::watch;
 use crate::insight_filters::Compiled;
 use crate::state::AppState;
 
-const CONSUMER: &str = "referrals";
+/// Name of this consumer's checkpoint in the metadata store.
+pub const CONSUMER: &str = "referrals";
 /// Batches per step.
 const CHUNK_BATCHES: usize = 256;
 /// How long the project → programs map is kept.

@@ -615,6 +615,13 @@ impl<K: std::hash::Hash + Eq> EpochCache<K> {
             .map(|(_, p)| p.clone())
     }
 
+    fn clear(&self) {
+        self.entries
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     fn put(&self, key: K, epoch: u64, value: Arc<Properties>) {
         let mut map = self.entries.write().unwrap_or_else(|e| e.into_inner());
         if map.len() >= SUBJECT_CACHE_LIMIT {
@@ -789,6 +796,14 @@ impl SubjectCache {
         if changed {
             self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         }
+    }
+
+    /// Forgets every cached person and group property set and moves the epoch (a GDPR erasure deleted a person
+    /// behind the identity consumer's back: no copy of their properties may stay in memory or be served).
+    pub fn forget_all(&self) {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.persons.clear();
+        self.groups.clear();
     }
 
     /// Records a distinct id as known (the start-up fill from the insights tables, see `events_table::run`).

@@ -137,6 +137,15 @@ impl StickyStore {
         n
     }
 
+    /// Forgets the documents of `project_id` whose hash-attribute value is one of `values` (a GDPR erasure; the
+    /// store deletes their rows). Returns how many were dropped from memory.
+    pub fn forget_values(&self, project_id: i64, values: &[String]) -> usize {
+        let mut docs = self.docs.write().unwrap_or_else(|p| p.into_inner());
+        let before = docs.len();
+        docs.retain(|(p, _), doc| *p != project_id || !values.contains(&doc.attribute_value));
+        before - docs.len()
+    }
+
     /// Waits until every save so far is in SQLite.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();

@@ -145,6 +145,10 @@ pub struct IdentityWriter {
     last_checkpoint: Instant,
     /// The number of the last committed transaction that changed the mapping (see [`IdentityWriter::mapping_seq`]).
     committed_mapping_seq: Option<i64>,
+    /// The store's invalidation epoch (see `Store::invalidate_identity_caches`) and the value the caches were
+    /// built under.
+    epoch: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    seen_epoch: u64,
 }
 
 /// The writer's caches and bookkeeping, apart from the connection so that a transaction (which borrows the
@@ -186,6 +190,10 @@ impl Store {
             state: Resolver::default(),
             last_checkpoint: Instant::now() - CHECKPOINT_EVERY,
             committed_mapping_seq: None,
+            epoch: self.identity_epoch.clone(),
+            seen_epoch: self
+                .identity_epoch
+                .load(std::sync::atomic::Ordering::Acquire),
         })
     }
 }
@@ -194,7 +202,7 @@ impl Store {
 const IDENTITY_CACHE_KIB: i64 = 64 * 1024;
 
 /// A connection configured like the store's pool (see `Store::open`): WAL, `synchronous = NORMAL`, foreign keys,
-/// 10 s busy timeout. The file exists and is migrated: `Store::open` did both.
+/// `secure_delete = FAST`, 10 s busy timeout. The file exists and is migrated: `Store::open` did both.
 fn open_connection(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
     use rusqlite::OpenFlags;
     let conn = rusqlite::Connection::open_with_flags(
@@ -210,6 +218,7 @@ fn open_connection(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
     }
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "secure_delete", "FAST")?;
     // Identity replay looks up and inserts distinct ids all over the persons and distinct-id B-trees; with
     // SQLite's default 2 MB page cache most lookups re-read pages from the OS (BENCHMARKS.md, "Identity replay").
     conn.pragma_update(None, "cache_size", -IDENTITY_CACHE_KIB)?;
@@ -246,6 +255,13 @@ impl IdentityWriter {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Read once the write lock is held: an erasure bumps it before it commits, so a transaction that waited
+        // for the erasure sees the new value.
+        let epoch = self.epoch.load(std::sync::atomic::Ordering::Acquire);
+        if epoch != self.seen_epoch {
+            self.state.clear_caches();
+            self.seen_epoch = epoch;
+        }
         let state = &mut self.state;
         let mut wrote = false;
         let mut result = ops
@@ -884,6 +900,12 @@ mod tests {
         assert_eq!(pragma("foreign_keys"), "1");
         assert_eq!(pragma("cache_size"), (-IDENTITY_CACHE_KIB).to_string());
         assert_eq!(pragma("busy_timeout"), BUSY_TIMEOUT.as_millis().to_string());
+        assert_eq!(pragma("secure_delete"), "2", "FAST");
+        let pool: i64 = sqlx::query_scalar("PRAGMA secure_delete")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(pool, 2);
     }
 
     /// A batch that fails half-way leaves nothing: no rows, no checkpoint, no changes, no cached person or

@@ -46,6 +46,7 @@ pub use features::{
     json_diff, Actor, AuditEntry, AuditFilter, EnvironmentRecord, FeatureRecord, SavedGroupRecord,
     SdkBinding, SdkConnection, WriteError, SDK_KEY_PREFIX,
 };
+pub use gdpr::{ErasureCounts, ErasureSubject};
 pub use growth_metrics::{ConvertedInvite, GrowthInvites, InviteChannel, SentInvites};
 pub use identity::{ApplyStats, IdentityChange, IdentityOp, IdentityWriter, MergeMode};
 pub use invitations::{Invitation, InvitationChange, NewInvitation};
@@ -53,7 +54,7 @@ pub use keys::{Bootstrap, KeyInfo, PersonalKey};
 pub use ledger::{transition_allowed, NewReward, RewardEntry};
 pub use persons::{GroupMembership, IdentityRead, PersonRecord};
 pub use pql::PqlScore;
-pub use projects::{ProjectSettings, ProjectUpdate};
+pub use projects::{ProjectSettings, ProjectUpdate, RetentionPolicy};
 pub use referrals::{GrowthEdge, NewReferral, Referral, ReferralCode, ShareLink};
 pub use sticky::StickyRow;
 pub use users::{
@@ -87,6 +88,9 @@ pub struct Store {
     pool: SqlitePool,
     /// The database file, for connections outside the pool (the identity writer's).
     path: Arc<PathBuf>,
+    /// Bumped when rows the identity writer may have cached are deleted behind its back (GDPR erasure): it drops
+    /// its caches at its next transaction.
+    identity_epoch: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How long a statement waits for another connection's write lock before failing with `SQLITE_BUSY`.
@@ -103,7 +107,11 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(BUSY_TIMEOUT)
+            // Deleted and overwritten content is zeroed inside the pages written anyway (no extra I/O), so an
+            // update or delete leaves no old copy of a row in the page's free space (GDPR erasure sets `ON`, which
+            // also clears pages it frees).
+            .pragma("secure_delete", "FAST");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(1)
@@ -113,6 +121,7 @@ impl Store {
         Ok(Self {
             pool,
             path: Arc::new(path.to_owned()),
+            identity_epoch: Arc::default(),
         })
     }
 
@@ -142,6 +151,12 @@ impl Store {
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Makes every identity writer of this store drop its caches before its next transaction.
+    pub(crate) fn invalidate_identity_caches(&self) {
+        self.identity_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// A write transaction. `BEGIN IMMEDIATE` takes the write lock up front: a deferred transaction that reads

@@ -1,4 +1,4 @@
-//! Project settings: name, time zone, test-account filters (changes are audited).
+//! Project settings: name, time zone, test-account filters, ingestion, data retention (changes are audited).
 
 use serde::Serialize;
 use serde_json::Value;
@@ -17,6 +17,8 @@ pub struct ProjectSettings {
     pub test_account_filters: Value,
     /// Ingestion settings overriding the server's (`capture_ip`, `scrub_properties`, `capture_events_per_second`).
     pub ingestion: Value,
+    /// Events older than this many days are dropped by the retention job (`None`: kept forever).
+    pub retention_days: Option<i64>,
     pub created_at: String,
 }
 
@@ -27,24 +29,53 @@ pub struct ProjectUpdate {
     pub time_zone: Option<String>,
     pub test_account_filters: Option<Value>,
     pub ingestion: Option<Value>,
+    /// `Some(None)`: keep events forever.
+    pub retention_days: Option<Option<i64>>,
 }
 
-type Row = (i64, String, String, String, String, String);
+/// A project whose events are kept for a limited time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    pub project_id: i64,
+    pub retention_days: i64,
+}
 
-fn from_row((id, name, time_zone, filters, ingestion, created_at): Row) -> Result<ProjectSettings> {
+type Row = (i64, String, String, String, String, Option<i64>, String);
+
+fn from_row(
+    (id, name, time_zone, filters, ingestion, retention_days, created_at): Row,
+) -> Result<ProjectSettings> {
     Ok(ProjectSettings {
         id,
         name,
         time_zone,
         test_account_filters: serde_json::from_str(&filters)?,
         ingestion: serde_json::from_str(&ingestion)?,
+        retention_days,
         created_at,
     })
 }
 
-const COLUMNS: &str = "id, name, time_zone, test_account_filters, ingestion, created_at";
+const COLUMNS: &str =
+    "id, name, time_zone, test_account_filters, ingestion, retention_days, created_at";
 
 impl Store {
+    /// The projects with a retention period, by id.
+    pub async fn retention_policies(&self) -> Result<Vec<RetentionPolicy>> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT id, retention_days FROM projects WHERE retention_days IS NOT NULL ORDER BY id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(project_id, retention_days)| RetentionPolicy {
+                project_id,
+                retention_days,
+            })
+            .collect())
+    }
+
     /// The settings of a project (`None`: no such project).
     pub async fn project_settings(&self, project_id: i64) -> Result<Option<ProjectSettings>> {
         let row: Option<Row> =
@@ -85,16 +116,19 @@ impl Store {
                 .ingestion
                 .clone()
                 .unwrap_or_else(|| before.ingestion.clone()),
+            retention_days: update.retention_days.unwrap_or(before.retention_days),
             ..before.clone()
         };
         if after != before {
             sqlx::query(
-                "UPDATE projects SET name = ?, time_zone = ?, test_account_filters = ?, ingestion = ? WHERE id = ?",
+                "UPDATE projects SET name = ?, time_zone = ?, test_account_filters = ?, ingestion = ?, retention_days = ?
+                 WHERE id = ?",
             )
             .bind(&after.name)
             .bind(&after.time_zone)
             .bind(after.test_account_filters.to_string())
             .bind(after.ingestion.to_string())
+            .bind(after.retention_days)
             .bind(project_id)
             .execute(&mut *tx)
             .await?;

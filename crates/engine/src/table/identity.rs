@@ -181,6 +181,12 @@ pub(super) fn save(
     Ok(())
 }
 
+/// Deletes a project's `.dids` file and the map (the next start then loads the mapping from the store).
+pub(super) fn forget(root: &Path, project_id: i64) {
+    let _ = std::fs::remove_file(dids_path(root, project_id));
+    let _ = std::fs::remove_file(dir_of(root).join(MAP));
+}
+
 /// Loads the saved mapping into `projects` (empty projects are created). `Ok(None)`: nothing saved.
 /// `Err(reason)`: the saved mapping is unusable; `projects` may hold part of it and must be discarded.
 pub(super) fn load(
