@@ -257,6 +257,10 @@ try {
   await page.getByRole('button', { name: 'Evaluate' }).click();
   await page.waitForFunction(() => document.querySelector('[data-value]')?.textContent === 'false');
   check(await page.locator('[data-served-by]').innerText() === 'The default value', 'a free user elsewhere gets the default value');
+  // The server's trace says what each rule did: rule 1's condition is false for a free user.
+  check(await page.locator('.rule-trace li[data-outcome="condition_false"]').count() >= 1
+    && /does not match the rule's condition/.test(await page.locator('.rule-trace li').first().innerText()),
+  'the rules list says why each rule did not serve');
 
   // ------------------------------------------------------------------ history with diffs
   await navigating(page, () => page.getByRole('link', { name: 'History' }).click());

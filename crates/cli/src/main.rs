@@ -134,6 +134,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(settings.log_format, &settings.log_level)?;
     let config = settings.server_config();
     runtime()?.block_on(async move {
+        // Installed before the server logs that it is ready: a TERM right after that line is a clean stop.
+        let stop = shutdown_signal();
         let store = flywheel_server::open_store(&config).await?;
         let boot = flywheel_server::bootstrap_if_empty(&store).await?;
         let server = flywheel_server::Server::start_with_store(config, store).await?;
@@ -144,7 +146,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 banner(&boot, Some(&format!("http://{}", server.local_addr)))
             );
         }
-        shutdown_signal().await;
+        stop.await;
         tracing::info!("shutting down: draining requests and committing batches");
         server.shutdown().await?;
         tracing::info!("stopped cleanly");
@@ -152,22 +154,29 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Listens for SIGINT and SIGTERM from now on (a signal that arrives while the server starts is kept, not fatal);
+/// the returned future resolves on the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {

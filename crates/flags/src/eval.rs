@@ -348,10 +348,57 @@ pub struct UrlRedirect<'a> {
 enum Gate {
     /// Evaluate the rule.
     Pass,
-    /// Skip to the next rule.
-    Skip,
+    /// Skip to the next rule, for this reason.
+    Skip(RuleOutcome),
     /// Stop: the feature evaluates to `null` with this source.
     Stop(Source),
+}
+
+/// What one rule did for a user ([`FeatureSet::explain`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleOutcome {
+    /// The rule served the value.
+    Applied,
+    /// The user does not match the rule's condition.
+    ConditionFalse,
+    /// The user matches but is outside the rule's rollout percentage.
+    OutsideRollout,
+    /// A prerequisite of the rule is not met (the rule is skipped).
+    PrerequisiteUnmet,
+    /// The user's bucket is outside the rule's namespace or filters.
+    FilteredOut,
+    /// An experiment rule did not include the user (its condition, coverage, namespace or weights).
+    NotInExperiment,
+    /// The feature stopped here with this source (a gating prerequisite failed, or a cycle).
+    Stopped(Source),
+    /// The rule has nothing to serve.
+    Empty,
+}
+
+impl RuleOutcome {
+    /// A stable name (`applied`, `condition_false`, …).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RuleOutcome::Applied => "applied",
+            RuleOutcome::ConditionFalse => "condition_false",
+            RuleOutcome::OutsideRollout => "outside_rollout",
+            RuleOutcome::PrerequisiteUnmet => "prerequisite_unmet",
+            RuleOutcome::FilteredOut => "filtered_out",
+            RuleOutcome::NotInExperiment => "not_in_experiment",
+            RuleOutcome::Stopped(_) => "stopped",
+            RuleOutcome::Empty => "empty",
+        }
+    }
+}
+
+/// One rule's part in a feature's evaluation for a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleTrace<'a> {
+    /// The rule's position in the feature (0-based).
+    pub index: usize,
+    /// The rule's id (`""` when unnamed).
+    pub rule_id: &'a str,
+    pub outcome: RuleOutcome,
 }
 
 /// The chain of features being evaluated (for prerequisite cycle detection).
@@ -389,6 +436,76 @@ impl FeatureSet {
             Some(i) => self.eval_feature(i, ctx, None),
             None => FeatureResult::new(&NULL, Source::UnknownFeature, ""),
         }
+    }
+
+    /// Why a feature has its value for the context's user: each rule in order, with what it did, up to and
+    /// including the one that applied or stopped the evaluation (none applied: the default value). The same
+    /// steps as [`FeatureSet::evaluate`], recorded; kept apart so that evaluation itself records nothing.
+    /// Empty for unknown and overridden features.
+    pub fn explain<'a>(&'a self, key: &str, ctx: &EvalContext<'a>) -> Vec<RuleTrace<'a>> {
+        let mut trace = Vec::new();
+        if ctx.forced_features.is_some_and(|f| f.get(key).is_some()) {
+            return trace;
+        }
+        let Some(idx) = self.position(key) else {
+            return trace;
+        };
+        let feature = &self.features[idx];
+        let chain = Chain {
+            idx,
+            depth: 0,
+            parent: None,
+        };
+        let groups = self.groups(ctx);
+        let scope = Scope::new(groups);
+        for (index, rule) in feature.rules.iter().enumerate() {
+            let step = |outcome| RuleTrace {
+                index,
+                rule_id: &rule.id,
+                outcome,
+            };
+            if rule.gated {
+                match self.rule_gate(rule, ctx, &chain, groups) {
+                    Gate::Pass => {}
+                    Gate::Skip(why) => {
+                        trace.push(step(why));
+                        continue;
+                    }
+                    Gate::Stop(source) => {
+                        trace.push(step(RuleOutcome::Stopped(source)));
+                        return trace;
+                    }
+                }
+            }
+            let outcome = match &rule.kind {
+                RuleKind::Force {
+                    condition, rollout, ..
+                } => {
+                    if !condition.eval_in(ctx.attributes, &scope) {
+                        RuleOutcome::ConditionFalse
+                    } else if rollout
+                        .as_ref()
+                        .is_some_and(|r| !self.is_included_in_rollout(r, ctx))
+                    {
+                        RuleOutcome::OutsideRollout
+                    } else {
+                        RuleOutcome::Applied
+                    }
+                }
+                RuleKind::Experiment(exp) => {
+                    match self.experiment_rule(feature, rule, exp, ctx, &chain) {
+                        Some(_) => RuleOutcome::Applied,
+                        None => RuleOutcome::NotInExperiment,
+                    }
+                }
+                RuleKind::Empty => RuleOutcome::Empty,
+            };
+            trace.push(step(outcome));
+            if outcome == RuleOutcome::Applied {
+                break;
+            }
+        }
+        trace
     }
 
     /// Evaluates every feature of the set, in key order. Each step
@@ -511,7 +628,7 @@ impl FeatureSet {
             if rule.gated {
                 match self.rule_gate(rule, ctx, &chain, groups) {
                     Gate::Pass => {}
-                    Gate::Skip => continue,
+                    Gate::Skip(_) => continue,
                     Gate::Stop(source) => return FeatureResult::new(&NULL, source, ""),
                 }
             }
@@ -566,12 +683,12 @@ impl FeatureSet {
                 if pc.gate {
                     return Gate::Stop(Source::Prerequisite);
                 }
-                return Gate::Skip;
+                return Gate::Skip(RuleOutcome::PrerequisiteUnmet);
             }
         }
         if let Some(filters) = &rule.filters {
             if self.is_filtered_out(filters, ctx) {
-                return Gate::Skip;
+                return Gate::Skip(RuleOutcome::FilteredOut);
             }
         }
         Gate::Pass

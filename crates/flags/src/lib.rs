@@ -79,7 +79,7 @@ pub use condition::{padded_version_string, Condition, SavedGroups, MAX_DEPTH};
 pub use decrypt::{decrypt, encrypt, DecryptError};
 pub use eval::{
     BanditAssignment, EvalContext, ExperimentResult, FeatureResult, ForcedFeatures,
-    ForcedVariations, Source, UrlRedirect, MAX_PREREQUISITE_DEPTH,
+    ForcedVariations, RuleOutcome, RuleTrace, Source, UrlRedirect, MAX_PREREQUISITE_DEPTH,
 };
 pub use model::{ContextualBandits, Diagnostic, Experiment};
 pub use set::{Error, FeatureSet};

@@ -314,3 +314,62 @@ fn growthbook_spec_cases() {
         panic!("{} failing cases:\n{}", failures.len(), failures.join("\n"));
     }
 }
+
+/// `explain` walks the same steps as `evaluate`: on every feature case of the spec, the rule it says applied is
+/// the one `evaluate` reports, a default value means no rule applied after every rule was tried, and a stop
+/// names the same source.
+#[test]
+fn explain_agrees_with_evaluate_on_every_feature_case() {
+    use flywheel_flags::{RuleOutcome, Source};
+    let text = std::fs::read_to_string(CASES).expect("read shared cases.json");
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    let mut checked = 0;
+    let mut applied = 0;
+    for case in doc["feature"].as_array().unwrap() {
+        let c = case.as_array().unwrap();
+        let ctx = build_ctx(&c[1]);
+        let e = ctx.eval_ctx();
+        let key = c[2].as_str().unwrap();
+        let r = ctx.set.evaluate(key, &e);
+        let trace = ctx.set.explain(key, &e);
+        let name = c[0].as_str().unwrap_or_default();
+        let rules = c[1]["features"][key]["rules"]
+            .as_array()
+            .map_or(0, Vec::len);
+        match r.source {
+            Source::Force | Source::Experiment => {
+                let last = trace
+                    .last()
+                    .unwrap_or_else(|| panic!("{name}: empty trace"));
+                assert_eq!(last.outcome, RuleOutcome::Applied, "{name}: {trace:?}");
+                assert_eq!(last.rule_id, r.rule_id, "{name}");
+                assert!(
+                    trace[..trace.len() - 1]
+                        .iter()
+                        .all(|t| t.outcome != RuleOutcome::Applied),
+                    "{name}: {trace:?}"
+                );
+                applied += 1;
+            }
+            Source::DefaultValue => {
+                assert_eq!(trace.len(), rules, "{name}: every rule tried: {trace:?}");
+                assert!(
+                    trace.iter().all(|t| t.outcome != RuleOutcome::Applied),
+                    "{name}: {trace:?}"
+                );
+            }
+            Source::Prerequisite | Source::CyclicPrerequisite => {
+                let last = trace
+                    .last()
+                    .unwrap_or_else(|| panic!("{name}: empty trace"));
+                assert_eq!(last.outcome, RuleOutcome::Stopped(r.source), "{name}");
+            }
+            Source::UnknownFeature | Source::Override => {
+                assert!(trace.is_empty(), "{name}: {trace:?}")
+            }
+        }
+        checked += 1;
+    }
+    println!("explain: {checked} feature cases, {applied} with an applied rule");
+    assert!(checked > 50 && applied > 20, "{checked} {applied}");
+}

@@ -1509,6 +1509,35 @@ struct EvaluateRequest {
     /// attribute (off by default: this endpoint is also the "test this user" tool).
     #[serde(default)]
     track: bool,
+    /// Also say what each rule did, in order, up to the one that applied (`rules` per feature).
+    #[serde(default)]
+    explain: bool,
+}
+
+/// A rule trace as the API shows it, with a sentence for people.
+fn trace_json(trace: &[flywheel_flags::RuleTrace<'_>]) -> Value {
+    use flywheel_flags::RuleOutcome as O;
+    trace
+        .iter()
+        .map(|t| {
+            let reason = match t.outcome {
+                O::Applied => "matched: this rule served the value",
+                O::ConditionFalse => "the user does not match the rule's condition",
+                O::OutsideRollout => "the user matches, but is outside the rollout percentage",
+                O::PrerequisiteUnmet => "a prerequisite flag does not have the required value",
+                O::FilteredOut => "the user's bucket is outside the rule's namespace or filters",
+                O::NotInExperiment => {
+                    "the user is not in the experiment (its condition, coverage or namespace, or no value to hash)"
+                }
+                O::Stopped(flywheel_flags::Source::CyclicPrerequisite) => {
+                    "prerequisites form a cycle: the flag serves nothing"
+                }
+                O::Stopped(_) => "a required prerequisite is not met: the flag serves nothing",
+                O::Empty => "the rule has nothing to serve",
+            };
+            json!({"index": t.index, "id": t.rule_id, "outcome": t.outcome.as_str(), "reason": reason})
+        })
+        .collect()
 }
 
 /// Server-side evaluation of a project's features for one set of attributes, saying why for each feature:
@@ -1568,10 +1597,12 @@ async fn evaluate(
             json!({"key": e.key, "variation_id": e.variation_id, "in_experiment": e.in_experiment,
                    "hash_attribute": e.hash_attribute, "hash_value": e.hash_value, "bucket": e.bucket})
         });
-        results.insert(
-            key.to_owned(),
-            json!({"value": r.value, "on": r.on, "source": r.source.as_str(), "rule_id": r.rule_id, "experiment": experiment}),
-        );
+        let mut entry = json!({"value": r.value, "on": r.on, "source": r.source.as_str(), "rule_id": r.rule_id,
+                               "experiment": experiment});
+        if req.explain {
+            entry["rules"] = trace_json(&snapshot.set.explain(key, &ctx));
+        }
+        results.insert(key.to_owned(), entry);
     };
     match &req.features {
         Some(keys) => keys

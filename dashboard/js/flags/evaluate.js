@@ -82,12 +82,14 @@ export function evaluator(doc, envs) {
       const attributes = {};
       for (const r of rows) if (r.name.trim()) attributes[r.name.trim()] = parseLiteral(r.value);
       const answer = await submitting(form, () => post(projectPath(app.project.id, '/evaluate'),
-        { environment: env, attributes, features: [doc.key] }), 'Evaluating…');
+        { environment: env, attributes, features: [doc.key], explain: true }), 'Evaluating…');
       if (!answer) return;
       const result = answer.results[doc.key];
       const settings = (doc.environments || {})[env] || { rules: [] };
       const rules = settings.rules || [];
       const matched = rules.findIndex((r) => r.id === result.rule_id);
+      // What the server says each rule it tried did, by rule id (disabled rules are not compiled, so not tried).
+      const traced = new Map((result.rules || []).map((t) => [t.id, t]));
       const titleId = uid('res');
       mount(out, h('section', { class: 'card result', 'aria-labelledby': titleId, 'data-source': result.source, 'data-rule-id': result.rule_id || '' },
         h('h3', { id: titleId }, 'Result'),
@@ -101,12 +103,14 @@ export function evaluator(doc, envs) {
           h('h4', `Rules in ${env}`),
           h('ol', { class: 'rule-trace' }, rules.map((r, i) => {
             let verdict;
+            const step = traced.get(r.id);
             if (i === matched) verdict = 'served this user';
             else if (r.enabled === false) verdict = 'disabled';
+            else if (step) verdict = `did not serve: ${step.reason}`;
             else if (matched >= 0 && i > matched) verdict = 'not reached';
             else verdict = 'did not serve (condition false or outside its percentage)';
             const attrs = [...conditionAttributes(r.condition)];
-            return h('li', { class: i === matched ? 'trace-hit' : 'trace-miss' },
+            return h('li', { class: i === matched ? 'trace-hit' : 'trace-miss', 'data-outcome': step ? step.outcome : '' },
               h('strong', `Rule ${i + 1}: ${verdict}. `), describeRule(r),
               attrs.length ? h('span', { class: 'muted' }, ` — this user: ${attrs.map((a) => `${a} = ${a in attributes ? literalText(attributes[a]) : '(not set)'}`).join(', ')}`) : null);
           }))) : null));

@@ -510,3 +510,90 @@ async fn bodies_are_json_whatever_the_content_type_and_errors_say_what_is_wrong(
     );
     assert!(b["message"].as_str().unwrap().contains("colour"), "{b}");
 }
+
+#[tokio::test]
+async fn evaluate_explains_what_each_rule_did() {
+    let t = TestServer::start().await;
+    let (s, v) = t
+        .api(
+            "POST",
+            "/features",
+            Some(json!({"key": "explained", "value_type": "boolean", "default_value": false,
+                "environments": {"production": {"enabled": true, "rules": [
+                    {"id": "pros", "type": "force", "condition": {"plan": "pro"}, "value": true},
+                    {"id": "nobody-yet", "type": "rollout", "value": true, "coverage": 0.0},
+                    {"id": "everyone-in-fr", "type": "force", "condition": {"country": "FR"}, "value": true}
+                ]}}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let explain = |attributes: Value| {
+        let t = &t;
+        async move {
+            let (s, v) = t
+                .api(
+                    "POST",
+                    "/evaluate",
+                    Some(
+                        json!({"environment": "production", "attributes": attributes,
+                                "features": ["explained"], "explain": true}),
+                    ),
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            v["results"]["explained"].clone()
+        }
+    };
+    let outcomes = |r: &Value| -> Vec<String> {
+        r["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| {
+                format!(
+                    "{}:{}",
+                    x["id"].as_str().unwrap(),
+                    x["outcome"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let free = explain(json!({"id": "u1", "plan": "free", "country": "DE"})).await;
+    assert_eq!(free["source"], "defaultValue");
+    assert_eq!(
+        outcomes(&free),
+        [
+            "pros:condition_false",
+            "nobody-yet:outside_rollout",
+            "everyone-in-fr:condition_false"
+        ]
+    );
+    assert!(free["rules"][1]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("rollout"));
+    let french = explain(json!({"id": "u2", "plan": "free", "country": "FR"})).await;
+    assert_eq!(
+        (french["rule_id"].as_str(), french["value"].as_bool()),
+        (Some("everyone-in-fr"), Some(true))
+    );
+    assert_eq!(
+        outcomes(&french),
+        [
+            "pros:condition_false",
+            "nobody-yet:outside_rollout",
+            "everyone-in-fr:applied"
+        ]
+    );
+    let pro = explain(json!({"id": "u3", "plan": "pro"})).await;
+    assert_eq!(outcomes(&pro), ["pros:applied"]);
+    // Without `explain` the answer carries no trace.
+    let (_, plain) = t
+        .api(
+            "POST",
+            "/evaluate",
+            Some(json!({"environment": "production", "attributes": {"id": "u1"}, "features": ["explained"]})),
+        )
+        .await;
+    assert!(plain["results"]["explained"].get("rules").is_none());
+}
