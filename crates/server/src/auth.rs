@@ -425,6 +425,60 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/auth/me", get(me))
         .route("/api/v1/auth/password", post(change_password))
         .route("/api/v1/auth/accept-invitation", post(accept_invitation))
+        .route("/api/v1/auth/invitation", post(invitation_info))
+}
+
+/// What an invitation token is for, so the acceptance page can say so (and whether to ask for a new password or the
+/// existing user's). The token travels in the body, never in a URL that logs keep.
+async fn invitation_info(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> Result<Json<Value>, ApiError> {
+    let mut errors = crate::experiments::unknown_fields(&body, &["token"]);
+    let token = text_field(&body, "token", &mut errors).trim().to_owned();
+    if !errors.is_empty() {
+        return Err(ApiError::validation("invitation", &errors));
+    }
+    let invitation = state
+        .store
+        .team_invitation_by_token(&token)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invitation_not_found",
+                "no invitation has this token",
+            )
+        })?;
+    let now = time_text(state.clock.now());
+    let status = if invitation.accepted_at.is_some() {
+        "accepted"
+    } else if invitation.revoked_at.is_some() {
+        "revoked"
+    } else if invitation.expires_at <= now {
+        "expired"
+    } else {
+        "pending"
+    };
+    let organization = state
+        .store
+        .organization(invitation.organization_id)
+        .await?
+        .map(|o| o.name);
+    let user_exists = state
+        .store
+        .user_by_email(&invitation.email)
+        .await?
+        .is_some();
+    Ok(Json(json!({
+        "email": invitation.email,
+        "role": invitation.role,
+        "organization_id": invitation.organization_id,
+        "organization_name": organization,
+        "expires_at": invitation.expires_at,
+        "status": status,
+        "user_exists": user_exists,
+    })))
 }
 
 fn text_field<'a>(

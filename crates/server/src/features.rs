@@ -1623,6 +1623,7 @@ struct AuditQuery {
     action: Option<String>,
     after: Option<String>,
     before: Option<String>,
+    before_id: Option<i64>,
     limit: Option<i64>,
 }
 
@@ -1647,6 +1648,7 @@ async fn list_audit(
         action: q.action,
         after: q.after,
         before: q.before,
+        before_id: q.before_id,
         limit,
     };
     Ok(Json(

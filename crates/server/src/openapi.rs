@@ -501,6 +501,12 @@ pub const OPERATIONS: &[(&str, &str, &str, &str)] = &[
         "Accept a team invitation (creates the user, or checks an existing user's password) and sign in",
     ),
     (
+        "post",
+        "/api/v1/auth/invitation",
+        "users",
+        "What a team invitation token is for: organization, email, role, status, whether the user exists",
+    ),
+    (
         "get",
         "/api/v1/organizations",
         "organizations",

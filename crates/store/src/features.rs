@@ -118,6 +118,8 @@ pub struct AuditFilter {
     pub action: Option<String>,
     pub after: Option<String>,
     pub before: Option<String>,
+    /// Entries older than this entry (paging without skipping entries of the same time).
+    pub before_id: Option<i64>,
     pub limit: i64,
 }
 
@@ -663,7 +665,7 @@ impl Store {
              WHERE project_id = ?
                AND (? IS NULL OR entity_type = ?) AND (? IS NULL OR entity_id = ?)
                AND (? IS NULL OR actor = ?) AND (? IS NULL OR action = ?)
-               AND (? IS NULL OR at >= ?) AND (? IS NULL OR at < ?)
+               AND (? IS NULL OR at >= ?) AND (? IS NULL OR at < ?) AND (? IS NULL OR id < ?)
              ORDER BY id DESC LIMIT ?",
         )
         .bind(project_id)
@@ -679,6 +681,8 @@ impl Store {
         .bind(&f.after)
         .bind(&f.before)
         .bind(&f.before)
+        .bind(f.before_id)
+        .bind(f.before_id)
         .bind(f.limit)
         .fetch_all(self.pool())
         .await?;

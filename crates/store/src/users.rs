@@ -822,8 +822,16 @@ impl Store {
             .into_iter()
             .map(
                 |(id, actor, action, entity_type, entity_id, before, after, source_ip, at)| {
+                    let (before, after) = (parse(before), parse(after));
+                    let mut diff = Vec::new();
+                    crate::features::json_diff(
+                        "",
+                        before.as_ref().unwrap_or(&Value::Null),
+                        after.as_ref().unwrap_or(&Value::Null),
+                        &mut diff,
+                    );
                     json!({"id": id, "actor": actor, "action": action, "entity_type": entity_type,
-                       "entity_id": entity_id, "before": parse(before), "after": parse(after),
+                       "entity_id": entity_id, "before": before, "after": after, "diff": diff,
                        "source_ip": source_ip, "at": at})
                 },
             )

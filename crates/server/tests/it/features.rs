@@ -597,3 +597,41 @@ async fn evaluate_explains_what_each_rule_did() {
         .await;
     assert!(plain["results"]["explained"].get("rules").is_none());
 }
+
+#[tokio::test]
+async fn the_audit_log_pages_by_entry_id() {
+    let t = TestServer::start().await;
+    for key in ["a", "b", "c", "d", "e"] {
+        t.created(
+            "/features",
+            json!({"key": key, "value_type": "boolean", "default_value": false}),
+        )
+        .await;
+    }
+    let ids = |v: &Value| -> Vec<i64> {
+        v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_i64().unwrap())
+            .collect()
+    };
+    let (_, all) = t.api("GET", "/audit?entity_type=feature", None).await;
+    let all = ids(&all);
+    assert_eq!(all.len(), 5);
+    let (_, first) = t
+        .api("GET", "/audit?entity_type=feature&limit=2", None)
+        .await;
+    let first = ids(&first);
+    let (s, second) = t
+        .api(
+            "GET",
+            &format!("/audit?entity_type=feature&limit=2&before_id={}", first[1]),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let mut paged = first.clone();
+    paged.extend(ids(&second));
+    assert_eq!(paged, all[..4]);
+}

@@ -260,6 +260,40 @@ async fn owners_invite_members_whose_roles_decide_what_they_may_do() {
         )
         .await;
     assert_eq!(s, StatusCode::CREATED);
+    // The token says what it is for before it is used.
+    let (s, info, _) = t
+        .call(
+            &Who::Nobody,
+            "POST",
+            "/api/v1/auth/invitation",
+            Some(json!({"token": inv["token"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{info}");
+    assert_eq!(
+        (
+            info["email"].as_str(),
+            info["role"].as_str(),
+            info["status"].as_str(),
+            info["user_exists"].as_bool()
+        ),
+        (
+            Some("twice@example.com"),
+            Some("viewer"),
+            Some("pending"),
+            Some(false)
+        )
+    );
+    assert_eq!(info["organization_id"], org);
+    let (s, _, _) = t
+        .call(
+            &Who::Nobody,
+            "POST",
+            "/api/v1/auth/invitation",
+            Some(json!({"token": "fwinv_nope"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
     let accept = json!({"token": inv["token"], "password": PASSWORD});
     assert_eq!(
         t.call(
@@ -283,6 +317,18 @@ async fn owners_invite_members_whose_roles_decide_what_they_may_do() {
     assert_eq!(
         (s, v["code"].as_str()),
         (StatusCode::NOT_FOUND, Some("invitation_not_found"))
+    );
+    let (_, info, _) = t
+        .call(
+            &Who::Nobody,
+            "POST",
+            "/api/v1/auth/invitation",
+            Some(json!({"token": inv["token"]})),
+        )
+        .await;
+    assert_eq!(
+        (info["status"].as_str(), info["user_exists"].as_bool()),
+        (Some("accepted"), Some(true))
     );
     // Inviting an existing member is a conflict.
     let (s, _, _) = t
@@ -590,6 +636,21 @@ async fn owners_invite_members_whose_roles_decide_what_they_may_do() {
         assert!(actions.contains(&action), "{action} missing in {actions:?}");
     }
     assert_eq!(actions.iter().filter(|a| **a == "member.joined").count(), 5);
+    // The demotion's entry shows what changed.
+    let demoted = log["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "member.updated")
+        .unwrap();
+    assert_eq!(demoted["diff"][0]["path"], "role", "{demoted}");
+    assert_eq!(
+        (
+            demoted["diff"][0]["before"].as_str(),
+            demoted["diff"][0]["after"].as_str()
+        ),
+        (Some("member"), Some("viewer"))
+    );
     assert_eq!(
         t.call(
             &viewer,
