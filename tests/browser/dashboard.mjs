@@ -317,6 +317,8 @@ try {
   await gpage.goto(link);
   await ready(gpage);
   check(await heading(gpage) === 'Accept your invitation', 'the link opens the invitation page');
+  check(/grace@example\.com/.test(await gpage.locator('[data-invitation]').innerText())
+    && /member/.test(await gpage.locator('[data-invitation]').innerText()), 'it says who is invited and with which role');
   await visit(gpage, 'accept');
   await gpage.getByLabel('Your name').fill('Grace');
   await gpage.getByLabel('Password').fill('another long passphrase');

@@ -106,8 +106,25 @@ export async function acceptPage({ query }) {
     return card(pageHeader('Accept an invitation'),
       errorPanel({ status: 400, message: 'This invitation link has no token. Open the whole link from your invitation, or ask for a new one.' }));
   }
+  // What the invitation is for, before asking anything.
+  let info;
+  try {
+    info = await post('/api/v1/auth/invitation', { token }, { auth: false });
+  } catch (err) {
+    return card(pageHeader('Accept an invitation'),
+      errorPanel(err.status === 404
+        ? { status: 404, message: 'This invitation link is not valid. Open the whole link from your invitation, or ask for a new one.' }
+        : err));
+  }
+  if (info.status !== 'pending') {
+    const why = { accepted: 'was already accepted: sign in instead', revoked: 'was revoked', expired: 'has expired' }[info.status] || info.status;
+    return card(pageHeader('Accept an invitation'),
+      errorPanel({ status: 410, message: `This invitation to ${info.organization_name || 'the organization'} ${why}. Ask an admin for a new one if you still need access.` }),
+      h('p', { class: 'muted' }, h('a', { href: '/app/signin' }, 'Sign in'), '.'));
+  }
+  const existing = info.user_exists;
   const name = input({ name: 'name', autocomplete: 'name' });
-  const password = input({ type: 'password', name: 'password', autocomplete: 'new-password', required: true });
+  const password = input({ type: 'password', name: 'password', autocomplete: existing ? 'current-password' : 'new-password', required: true });
   const form = h('form', {
     class: 'form',
     novalidate: true,
@@ -131,9 +148,17 @@ export async function acceptPage({ query }) {
     },
   },
   formSummary(),
-  field({ label: 'Your name', control: name, name: 'name', hint: 'Optional; for new accounts.' }),
+  h('dl', { class: 'facts', 'data-invitation': '' },
+    h('dt', 'Organization'), h('dd', info.organization_name || `#${info.organization_id}`),
+    h('dt', 'Email'), h('dd', info.email),
+    h('dt', 'Role'), h('dd', info.role)),
+  existing ? null : field({ label: 'Your name', control: name, name: 'name', hint: 'Optional.' }),
   field({ label: 'Password', control: password, name: 'password',
-    hint: 'New to Flywheel: choose a password of at least 10 characters. Already have an account: enter its password.' }),
+    hint: existing
+      ? `${info.email} already has an account: enter its password.`
+      : 'Choose a password of at least 10 characters; a passphrase is best.' }),
   h('div', { class: 'actions' }, button('Accept and sign in', { type: 'submit', kind: 'primary' })));
-  return card(pageHeader('Accept your invitation', { subtitle: 'Join your team on Flywheel.' }), form);
+  return card(pageHeader('Accept your invitation', {
+    subtitle: `Join ${info.organization_name || 'your team'} on Flywheel as ${info.role}.`,
+  }), form);
 }
