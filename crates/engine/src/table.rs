@@ -1116,31 +1116,13 @@ impl EventTables {
         for (path, start, batches) in &files {
             let mut row = *start;
             for b in batches {
-                let col = |name: &str| {
-                    b.column_by_name(name)
-                        .ok_or_else(|| segment_error(path, format!("no column `{name}`")))
-                };
-                let times = col("timestamp")?
-                    .as_primitive_opt::<TimestampMicrosecondType>()
-                    .ok_or_else(|| segment_error(path, "`timestamp` is not a µs timestamp"))?;
-                let event = col("event")?
-                    .as_dictionary_opt::<Int32Type>()
-                    .ok_or_else(|| segment_error(path, "`event` is not a dictionary"))?;
-                let distinct_id = col("distinct_id")?
-                    .as_dictionary_opt::<Int32Type>()
-                    .ok_or_else(|| segment_error(path, "`distinct_id` is not a dictionary"))?;
-                let half = |name: &str| {
-                    col(name)?
-                        .as_primitive_opt::<Int64Type>()
-                        .ok_or_else(|| segment_error(path, format!("`{name}` is not an int64")))
-                };
-                let (high, low) = (half("uuid_high")?, half("uuid_low")?);
+                let cols = RowColumns::of(b, path)?;
+                let (times, event, distinct_id) = (cols.times, cols.event, cols.distinct_id);
                 for i in 0..b.num_rows() {
                     if times.value(i) != ts[row] {
                         return Err(segment_error(path, "does not match its partition's rows"));
                     }
-                    let uuid =
-                        (u128::from(high.value(i) as u64) << 64) | u128::from(low.value(i) as u64);
+                    let uuid = cols.uuid(i);
                     cells.push((
                         uuid,
                         dictionary_value(event, i, path)?,
@@ -1310,6 +1292,47 @@ fn reordered<T: Copy>(column: &[T], order: &[u32]) -> Vec<T> {
     out.extend(order.iter().map(|&r| column[r as usize]));
     out.extend_from_slice(&column[order.len()..]);
     out
+}
+
+/// The columns of a segment batch that its rows are rebuilt from (a day written again by compaction or erasure).
+pub(crate) struct RowColumns<'b> {
+    pub times: &'b arrow_array::PrimitiveArray<TimestampMicrosecondType>,
+    pub event: &'b DictionaryArray<Int32Type>,
+    pub distinct_id: &'b DictionaryArray<Int32Type>,
+    pub high: &'b arrow_array::PrimitiveArray<Int64Type>,
+    pub low: &'b arrow_array::PrimitiveArray<Int64Type>,
+}
+
+impl<'b> RowColumns<'b> {
+    pub(crate) fn of(b: &'b arrow_array::RecordBatch, path: &Path) -> Result<Self, EngineError> {
+        let col = |name: &str| {
+            b.column_by_name(name)
+                .ok_or_else(|| segment_error(path, format!("no column `{name}`")))
+        };
+        let half = |name: &str| {
+            col(name)?
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(|| segment_error(path, format!("`{name}` is not an int64")))
+        };
+        Ok(Self {
+            times: col("timestamp")?
+                .as_primitive_opt::<TimestampMicrosecondType>()
+                .ok_or_else(|| segment_error(path, "`timestamp` is not a µs timestamp"))?,
+            event: col("event")?
+                .as_dictionary_opt::<Int32Type>()
+                .ok_or_else(|| segment_error(path, "`event` is not a dictionary"))?,
+            distinct_id: col("distinct_id")?
+                .as_dictionary_opt::<Int32Type>()
+                .ok_or_else(|| segment_error(path, "`distinct_id` is not a dictionary"))?,
+            high: half("uuid_high")?,
+            low: half("uuid_low")?,
+        })
+    }
+
+    /// The event uuid of row `i`.
+    pub(crate) fn uuid(&self, i: usize) -> u128 {
+        (u128::from(self.high.value(i) as u64) << 64) | u128::from(self.low.value(i) as u64)
+    }
 }
 
 /// The string of row `i` of a dictionary column.

@@ -14,11 +14,11 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
+use arrow_array::types::Int32Type;
 use arrow_array::RecordBatch;
 use arrow_schema::DataType;
 
-use super::{dictionary_value, segment_error, EventTables, Source, TailRow, DAY_US};
+use super::{dictionary_value, segment_error, EventTables, RowColumns, Source, TailRow, DAY_US};
 use crate::columnar::{
     read_segment, row_properties, write_segment, PropertyType, SegmentMeta, SegmentRow,
     PROPERTY_PREFIX,
@@ -469,32 +469,14 @@ impl EventTables {
         for (path, start, batches) in &files {
             let mut row = *start;
             for b in batches {
-                let col = |name: &str| {
-                    b.column_by_name(name)
-                        .ok_or_else(|| segment_error(path, format!("no column `{name}`")))
-                };
-                let times = col("timestamp")?
-                    .as_primitive_opt::<TimestampMicrosecondType>()
-                    .ok_or_else(|| segment_error(path, "`timestamp` is not a µs timestamp"))?;
-                let event = col("event")?
-                    .as_dictionary_opt::<Int32Type>()
-                    .ok_or_else(|| segment_error(path, "`event` is not a dictionary"))?;
-                let distinct_id = col("distinct_id")?
-                    .as_dictionary_opt::<Int32Type>()
-                    .ok_or_else(|| segment_error(path, "`distinct_id` is not a dictionary"))?;
-                let half = |name: &str| {
-                    col(name)?
-                        .as_primitive_opt::<Int64Type>()
-                        .ok_or_else(|| segment_error(path, format!("`{name}` is not an int64")))
-                };
-                let (high, low) = (half("uuid_high")?, half("uuid_low")?);
+                let cols = RowColumns::of(b, path)?;
+                let (times, event, distinct_id) = (cols.times, cols.event, cols.distinct_id);
                 for i in 0..b.num_rows() {
                     if times.value(i) != job.ts[row] {
                         return Err(segment_error(path, "does not match its partition's rows"));
                     }
                     if !job.remove[row] {
-                        let uuid = (u128::from(high.value(i) as u64) << 64)
-                            | u128::from(low.value(i) as u64);
+                        let uuid = cols.uuid(i);
                         let mut props = serde_json::Value::Object(row_properties(b, i)).to_string();
                         if let Some(masked) = redactor.and_then(|r| r.redact(&props)) {
                             props = masked;
