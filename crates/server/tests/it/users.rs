@@ -933,4 +933,40 @@ async fn sign_in_is_limited_cookies_are_strict_and_passwords_change() {
         actions.contains(&"user.signed_in") && actions.contains(&"user.password_changed"),
         "{actions:?}"
     );
+
+    // Sessions slide: one last seen over an hour ago is extended on use (never past 30 days from its start), and
+    // an expired one is refused.
+    db.execute(
+        "UPDATE sessions SET last_seen_at = '2020-01-01T00:00:00.000000Z', expires_at = '2999-01-01T00:00:00.000000Z'",
+        [],
+    )
+    .unwrap();
+    assert_eq!(
+        t.call(&second, "GET", "/api/v1/auth/me", None).await.0,
+        StatusCode::OK
+    );
+    let (created, expires): (String, String) = db
+        .query_row(
+            "SELECT created_at, expires_at FROM sessions ORDER BY id LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let created = chrono::DateTime::parse_from_rfc3339(&created).unwrap();
+    let expires = chrono::DateTime::parse_from_rfc3339(&expires).unwrap();
+    let days = (expires - created).num_hours() as f64 / 24.0;
+    assert!(
+        (6.9..=7.1).contains(&days),
+        "extended to 7 days from now: {days}"
+    );
+    db.execute(
+        "UPDATE sessions SET expires_at = '2020-01-01T00:00:00.000000Z'",
+        [],
+    )
+    .unwrap();
+    let (s, v, _) = t.call(&second, "GET", "/api/v1/auth/me", None).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_session"))
+    );
 }
