@@ -25,11 +25,19 @@ export const app = {
 };
 
 /**
- * The navigation. Later slices (experiments, insights, persons, growth) add their entries here; `need` hides an entry
+ * The navigation (growth is still to come); `need` hides an entry
  * from roles without that scope, `role` from roles below it.
  */
 export const NAV = [
-  { section: 'Release', items: [{ label: 'Feature flags', path: '/flags' }] },
+  { section: 'Release', items: [{ label: 'Feature flags', path: '/flags' }, { label: 'Experiments', path: '/experiments', need: 'experiments:read' }] },
+  {
+    section: 'Analytics',
+    items: [
+      { label: 'Insights', path: '/insights', need: 'insights:read' },
+      { label: 'Dashboards', path: '/dashboards', need: 'insights:read' },
+      { label: 'Persons', path: '/persons', need: 'persons:read' },
+    ],
+  },
   {
     section: 'Settings',
     items: [
