@@ -13,6 +13,7 @@ import { insightsPage } from './pages/insights.js';
 import { dashboardPage, dashboardsPage } from './pages/dashboards.js';
 import { experimentPage, experimentsPage } from './pages/experiments.js';
 import { personPage, personsPage } from './pages/persons.js';
+import { growthPage, loopsPage, programPage, rewardsPage } from './pages/growth.js';
 
 const PUBLIC = new Set(['/app/signin', '/app/setup', '/app/accept']);
 
@@ -30,6 +31,10 @@ route('/app/projects/:project/experiments', experimentsPage);
 route('/app/projects/:project/experiments/:key', experimentPage);
 route('/app/projects/:project/persons', personsPage);
 route('/app/projects/:project/persons/:id', personPage);
+route('/app/projects/:project/growth', growthPage);
+route('/app/projects/:project/growth/programs/:key', programPage);
+route('/app/projects/:project/growth/rewards', rewardsPage);
+route('/app/projects/:project/growth/loops', loopsPage);
 
 onNotFound((pathname) => h('div', pageHeader('Page not found'),
   emptyState(`Nothing lives at ${pathname}.`, 'Check the address, or go back to the feature flags.',

@@ -14,7 +14,10 @@ export const PALETTE = 8;
 export function num(v) {
   if (v === null || v === undefined || Number.isNaN(v)) return '—';
   const n = Number(v);
-  return Number.isInteger(n) ? n.toLocaleString('en') : n.toLocaleString('en', { maximumFractionDigits: 2 });
+  if (Number.isInteger(n)) return n.toLocaleString('en');
+  // Small fractions (a K-factor of 0.004) keep two significant digits rather than rounding to 0.
+  if (Math.abs(n) < 0.01) return String(Number(n.toPrecision(2)));
+  return n.toLocaleString('en', { maximumFractionDigits: 2 });
 }
 
 export function pct(v, digits = 1) {
@@ -47,7 +50,7 @@ function axes(labels, lo, hi, x, y) {
     const v = lo + ((hi - lo) * i) / 4;
     ticks.push(s('g', { class: 'tick' },
       s('line', { x1: PAD.left, x2: W - PAD.right, y1: y(v), y2: y(v), class: v === 0 ? 'axis' : 'grid' }),
-      s('text', { x: PAD.left - 6, y: y(v) + 4, 'text-anchor': 'end' }, num(Math.round(v * 100) / 100))));
+      s('text', { x: PAD.left - 6, y: y(v) + 4, 'text-anchor': 'end' }, num(Number(v.toPrecision(3))))));
   }
   const every = Math.max(1, Math.ceil(labels.length / 8));
   const xl = labels.map((l, i) => (i % every === 0

@@ -131,8 +131,8 @@ function growth(pid, person) {
       ],
     }),
     h('h3', 'Growth path'),
-    path && (path.steps || path.path || []).length
-      ? h('ol', (path.steps || path.path).map((st) => h('li', `${st.edge || st.kind || 'step'}: `, h('code', String(st.from || st.by || st.referrer || '')), ' → ', h('code', String(st.to || st.person || '')), st.at ? ` (${exact(st.at)})` : '')))
+    path && (path.steps || []).length
+      ? h('ol', { class: 'growth-path' }, path.steps.map((st) => h('li', `${st.via}${st.context ? ` (${st.context})` : ''}: `, h('code', String(st.from)), ' brought ', h('code', String(st.person)), st.at ? ` on ${exact(st.at)}` : '')))
       : h('p', { class: 'empty-inline' }, 'Not brought in by anyone (a root of the growth graph).')));
 }
 
