@@ -166,7 +166,7 @@ function breakdownFields(d, onchange) {
   return h('div', { class: 'grid-3' },
     field({ label: 'Break down by', name: 'breakdown.type', control: select([['', 'Nothing'], ['event', 'An event property'], ['person', 'A person property']], d.breakdown_type, { onchange: (e) => { d.breakdown_type = e.target.value; onchange(); } }) }),
     field({ label: 'Breakdown property', name: 'breakdown.property', hint: 'e.g. $browser, plan', control: input({ value: d.breakdown_property, autocomplete: 'off', spellcheck: 'false', oninput: (e) => { d.breakdown_property = e.target.value; onchange(); } }) }),
-    d.kind === 'trends' ? field({ label: 'Chart', name: 'chart', control: select([['line', 'Line'], ['bar', 'Bars']], d.chart, { onchange: (e) => { d.chart = e.target.value; onchange(); } }) }) : null);
+    d.kind === 'trends' ? field({ label: 'Chart type', name: 'chart', control: select([['line', 'Line'], ['bar', 'Bars']], d.chart, { onchange: (e) => { d.chart = e.target.value; onchange(); } }) }) : null);
 }
 
 /** The "save to a dashboard" form: a new dashboard or one of the project's, and the insight's name. */
