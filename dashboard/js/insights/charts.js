@@ -44,18 +44,24 @@ function niceMax(v) {
   return 10 * p;
 }
 
-function axes(labels, lo, hi, x, y) {
-  const ticks = [];
-  for (let i = 0; i <= 4; i += 1) {
-    const v = lo + ((hi - lo) * i) / 4;
-    ticks.push(s('g', { class: 'tick' },
-      s('line', { x1: PAD.left, x2: W - PAD.right, y1: y(v), y2: y(v), class: v === 0 ? 'axis' : 'grid' }),
-      s('text', { x: PAD.left - 6, y: y(v) + 4, 'text-anchor': 'end' }, num(Number(v.toPrecision(3))))));
-  }
+function axes(labels, ticks, x, y) {
+  const lines = ticks.map((v) => s('g', { class: 'tick' },
+    s('line', { x1: PAD.left, x2: W - PAD.right, y1: y(v), y2: y(v), class: v === 0 ? 'axis' : 'grid' }),
+    s('text', { x: PAD.left - 6, y: y(v) + 4, 'text-anchor': 'end' }, num(Number(v.toPrecision(3))))));
   const every = Math.max(1, Math.ceil(labels.length / 8));
   const xl = labels.map((l, i) => (i % every === 0
     ? s('text', { x: x(i), y: H - PAD.bottom + 18, 'text-anchor': 'middle' }, String(l)) : null));
-  return s('g', { class: 'axes', 'aria-hidden': 'true' }, ticks, xl);
+  return s('g', { class: 'axes', 'aria-hidden': 'true' }, lines, xl);
+}
+
+/** Ticks at a round step covering [lo, hi], zero among them. */
+function scale(lo, hi) {
+  const step = niceMax(Math.max(hi - lo, Number.EPSILON) / 4);
+  const from = Math.floor(lo / step) * step;
+  const to = Math.max(Math.ceil(hi / step) * step, from + step);
+  const ticks = [];
+  for (let v = from; v <= to + step / 2; v += step) ticks.push(Math.abs(v) < step / 1e6 ? 0 : v);
+  return { lo: from, hi: to, ticks };
 }
 
 /**
@@ -80,8 +86,10 @@ export function seriesChart({ title, labels, series, type = 'line', stacked = fa
   } else {
     for (const sr of series) for (const v of sr.data) { hi = Math.max(hi, v || 0); lo = Math.min(lo, v || 0); }
   }
-  hi = niceMax(hi);
-  lo = lo < 0 ? -niceMax(-lo) : 0;
+  if (hi <= 0 && lo >= 0) hi = 1;
+  const sc = scale(lo, hi);
+  lo = sc.lo;
+  hi = sc.hi;
   const plotW = W - PAD.left - PAD.right;
   const plotH = H - PAD.top - PAD.bottom;
   const slot = plotW / Math.max(n, 1);
@@ -126,7 +134,7 @@ export function seriesChart({ title, labels, series, type = 'line', stacked = fa
   }
   return h('figure', { class: 'chart' },
     s('svg', { viewBox: `0 0 ${W} ${H}`, class: 'chart-svg', role: 'img', 'aria-label': `${title}: chart of ${series.length} series over ${n} periods (the table below has the numbers)` },
-      axes(labels, lo, hi, x, y), marks),
+      axes(labels, sc.ticks, x, y), marks),
     legend(series));
 }
 
