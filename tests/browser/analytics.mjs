@@ -201,11 +201,15 @@ async function measure(pages) {
       }));
       await ctx.close();
     }
+    // The first run is the server's first answer to the page's queries; later ones may come from its answer cache.
+    const first = Math.round(runs[0].ready);
     runs.sort((a, b) => a.ready - b.ready);
-    timings.push({ page: name, best: Math.round(runs[0].ready), median: Math.round(runs[1].ready), dom: Math.round(runs[1].dom) });
+    timings.push({ page: name, first, best: Math.round(runs[0].ready), median: Math.round(runs[1].ready), dom: Math.round(runs[1].dom) });
   }
   console.log('\nFirst load, cold cache, 3 runs (ready = data loaded and rendered):');
-  for (const t of timings) console.log(`METRIC page="${t.page}" best_ready_ms=${t.best} ready_ms=${t.median} dom_content_loaded_ms=${t.dom}`);
+  for (const t of timings) {
+    console.log(`METRIC page="${t.page}" first_ready_ms=${t.first} best_ready_ms=${t.best} ready_ms=${t.median} dom_content_loaded_ms=${t.dom}`);
+  }
   return timings;
 }
 
@@ -232,8 +236,8 @@ try {
     const persons = await must('GET', `${P}/persons?limit=1`);
     const xs = (await must('GET', `${P}/experiments`)).results || [];
     const timings = await measure(PAGES({ person: persons.results[0].distinct_ids[0], experiment: xs[0] && xs[0].key }));
-    const slow = timings.filter((t) => t.best >= 1000);
-    console.log(slow.length ? `slower than 1 s: ${slow.map((t) => t.page).join(', ')}` : 'every page is ready in under 1 s');
+    const slow = timings.filter((t) => t.first >= 1000 || t.best >= 1000);
+    console.log(slow.length ? `slower than 1 s: ${slow.map((t) => t.page).join(', ')}` : 'every page is ready in under 1 s, first run included');
     process.exit(slow.length ? 1 : 0);
   }
 

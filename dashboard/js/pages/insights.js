@@ -185,8 +185,12 @@ function saveForm(d, requestBody, onDone) {
         showErrors(form, { status: 400, errors: [{ field: 'insights[].name', message: 'Give the insight a name.' }] });
         return;
       }
+      if (!choice) {
+        showErrors(form, { status: 0, message: 'The dashboards could not be loaded: reload the page and try again.', errors: [] });
+        return;
+      }
       const saved = await submitting(form, async () => {
-        if (!choice || choice.value === '') {
+        if (choice.value === '') {
           const title = newName.value.trim();
           const key = title.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '').slice(0, 60) || `dashboard-${Date.now()}`;
           return post(projectPath(app.project.id, '/dashboards'), { key, name: title, insights: [tile] });
