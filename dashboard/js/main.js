@@ -13,7 +13,7 @@ import { insightsPage } from './pages/insights.js';
 import { dashboardPage, dashboardsPage } from './pages/dashboards.js';
 import { experimentPage, experimentsPage } from './pages/experiments.js';
 import { personPage, personsPage } from './pages/persons.js';
-import { growthPage, loopsPage, programPage, rewardsPage } from './pages/growth.js';
+import { growthPage, invitationsPage, loopsPage, programPage, rewardsPage } from './pages/growth.js';
 
 const PUBLIC = new Set(['/app/signin', '/app/setup', '/app/accept']);
 
@@ -35,6 +35,7 @@ route('/app/projects/:project/growth', growthPage);
 route('/app/projects/:project/growth/programs/:key', programPage);
 route('/app/projects/:project/growth/rewards', rewardsPage);
 route('/app/projects/:project/growth/loops', loopsPage);
+route('/app/projects/:project/growth/invitations', invitationsPage);
 
 onNotFound((pathname) => h('div', pageHeader('Page not found'),
   emptyState(`Nothing lives at ${pathname}.`, 'Check the address, or go back to the feature flags.',

@@ -470,6 +470,24 @@ try {
   await navigating(page, () => page.getByRole('link', { name: 'Reward ledger' }).click());
   check(await page.locator('tbody tr').count() === 2, 'the ledger lists both referrer rewards');
   await visit(page, 'growth-rewards');
+  // Account invitations: invite to a generated company, then revoke.
+  const member = (await must('GET', `${P}/persons?search=user_3&limit=25`)).results.find((p) => p.distinct_ids.some((d) => d.startsWith('user_3')));
+  const account = (await must('GET', `${P}/persons/${encodeURIComponent(member.distinct_ids.find((d) => d.startsWith('user_3')))}`)).groups[0];
+  await navigating(page, () => page.getByRole('link', { name: 'Account invitations' }).click());
+  await page.getByLabel('Group type').fill(account.group_type);
+  await page.getByLabel('Account key').fill(account.group_key);
+  await navigating(page, () => page.getByRole('button', { name: 'Show invitations' }).click());
+  await page.getByLabel('Email', { exact: true }).fill('new.teammate@example.com');
+  await page.getByLabel('Inviter (distinct id)').fill(member.distinct_ids[0]);
+  await page.getByRole('button', { name: 'Invite', exact: true }).click();
+  await page.locator('[data-secret]').waitFor();
+  check((await page.locator('[data-secret]').innerText()).length > 20, 'the invitation token is shown once');
+  await page.getByRole('cell', { name: 'new.teammate@example.com' }).waitFor();
+  await visit(page, 'growth-invitations');
+  await page.getByRole('button', { name: 'Revoke the invitation to new.teammate@example.com' }).click();
+  await page.getByText('Invitation for new.teammate@example.com revoked.').waitFor();
+  const invitations = (await must('GET', `${P}/groups/${account.group_type}/${account.group_key}/invitations`)).results;
+  check(invitations.some((i) => i.email === 'new.teammate@example.com' && i.status === 'revoked'), 'revoking from the page revokes the invitation');
   await navigating(page, () => page.getByRole('link', { name: 'K-factor and PQL' }).click());
   await visit(page, 'growth-loops');
 

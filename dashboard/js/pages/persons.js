@@ -189,7 +189,8 @@ export async function personPage({ params }) {
         h('section', { class: 'card', 'aria-labelledby': 'p-ids' }, h('h2', { id: 'p-ids' }, 'Distinct ids'),
           h('ul', { class: 'inline-list', 'data-distinct-ids': '' }, person.distinct_ids.map((d) => h('li', h('code', d))))),
         (person.groups || []).length ? h('section', { class: 'card', 'aria-labelledby': 'p-groups' }, h('h2', { id: 'p-groups' }, 'Groups'),
-          h('ul', { class: 'plain-list' }, person.groups.map((g) => h('li', `${g.group_type}: `, h('code', g.group_key), g.properties && g.properties.name ? ` (${g.properties.name})` : '')))) : null,
+          h('ul', { class: 'plain-list' }, person.groups.map((g) => h('li', `${g.group_type}: `, h('code', g.group_key), g.properties && g.properties.name ? ` (${g.properties.name})` : '', ' · ',
+            h('a', { href: app.path(`/growth/invitations${qs({ type: g.group_type, key: g.group_key })}`) }, 'invitations'))))) : null,
         h('section', { class: 'card', 'aria-labelledby': 'p-pql' }, h('h2', { id: 'p-pql' }, 'PQL score'), pqlScores(pid, person)))),
     h('section', { class: 'card', 'aria-labelledby': 'p-growth' }, h('h2', { id: 'p-growth' }, 'Referrals and rewards'), growth(pid, person)),
     h('section', { class: 'card', 'aria-labelledby': 'p-events' }, h('h2', { id: 'p-events' }, 'Events'), timeline(pid, person)));
