@@ -421,6 +421,11 @@ try {
   shown = await chartTable(tile);
   check(same(shown.new.slice(1).map(numberOf), answer.new), 'the dashboard tile runs the saved insight');
   await visit(page, 'dashboard');
+  await navigating(page, () => page.getByRole('link', { name: 'Open Pageview lifecycle in the builder' }).click());
+  check(await page.getByRole('button', { name: 'Lifecycle', exact: true }).getAttribute('aria-pressed') === 'true'
+    && await page.getByLabel('Event', { exact: true }).inputValue() === '$pageview', 'a tile opens in the builder with its definition');
+  await page.locator('.answer[aria-busy="false"] section[data-kind="lifecycle"]').waitFor();
+  check(same((await chartTable(page.locator('.answer'))).new.slice(1).map(numberOf), answer.new), 'the reopened insight gives the same answer');
 
   // ------------------------------------------------------------------ experiments
   await navigating(page, () => nav(page, 'Experiments').click());

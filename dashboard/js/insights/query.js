@@ -107,6 +107,48 @@ export function body(d) {
   return b;
 }
 
+/** A draft from an API body (a saved insight's query), the inverse of `body` for what the builder can show. */
+export function fromBody(kind, b, chart) {
+  const d = defaultDraft(kind);
+  const ev = (x) => (x && typeof x === 'object' ? String(x.event ?? '') : String(x ?? ''));
+  if (typeof b.date_from === 'string' && RANGES.some(([v]) => v === b.date_from)) {
+    d.range = b.date_from;
+  } else if (b.date_from || b.date_to) {
+    d.range = 'custom';
+    d.date_from = String(b.date_from || '').slice(0, 10);
+    d.date_to = String(b.date_to || '').slice(0, 10);
+  }
+  if (b.interval) d.interval = b.interval;
+  if (chart) d.chart = chart;
+  d.filters = (b.properties || []).filter((f) => f && f.key).map((f) => ({
+    key: f.key, type: f.type || 'event', operator: f.operator || 'exact', value: Array.isArray(f.value) ? f.value.join(',') : String(f.value ?? ''),
+  }));
+  if (b.breakdown && b.breakdown.property) {
+    d.breakdown_type = b.breakdown.type || 'event';
+    d.breakdown_property = b.breakdown.property;
+  }
+  if (kind === 'trends' && Array.isArray(b.series)) {
+    d.series = b.series.map((x) => ({ event: ev(x.event), math: x.math || 'total', math_property: x.math_property || '' }));
+  } else if (kind === 'funnel' && Array.isArray(b.steps)) {
+    d.steps = b.steps.map((x) => ({ event: ev(x.event) }));
+    if (b.order) d.order = b.order;
+    if (b.conversion_window) {
+      d.window_value = String(b.conversion_window.value);
+      d.window_unit = b.conversion_window.unit;
+    }
+  } else if (kind === 'retention') {
+    d.start_event = ev(b.start_event);
+    d.return_event = ev(b.return_event);
+    if (b.period) d.period = b.period;
+    if (b.periods) d.periods = b.periods;
+    if (b.cohort) d.retention_cohort = b.cohort;
+    d.range = b.date_to ? 'custom' : '-7d';
+  } else if (b.event) {
+    d.event = ev(b.event);
+  }
+  return d;
+}
+
 /** The draft in the address: `?q=` holds its JSON. */
 export function fromQuery(query) {
   const raw = query.get('q');

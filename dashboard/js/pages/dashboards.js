@@ -9,7 +9,7 @@ import {
   button, confirmDialog, emptyState, errorPanel, field, formSummary, input, loading, pageHeader, section, submitting, table, toast,
 } from '../ui.js';
 import { insightsPath, renderAnswer, runInsight } from './insights.js';
-import { defaultDraft } from '../insights/query.js';
+import { defaultDraft, fromBody } from '../insights/query.js';
 
 const dashPath = (key) => app.path(`/dashboards/${encodeURIComponent(key)}`);
 
@@ -71,6 +71,7 @@ function tile(dash, insight, index, canWrite, onRemove) {
     h('div', { class: 'answer-head' }, h('h2', { id: titleId }, insight.name),
       h('div', { class: 'actions' },
         h('span', { class: 'badge' }, insight.kind),
+        h('a', { href: insightsPath(fromBody(insight.kind, insight.query || {}, insight.chart)), class: 'btn btn-ghost btn-small', 'aria-label': `Open ${insight.name} in the builder` }, 'Open'),
         canWrite ? button('Remove', { class: 'btn btn-ghost btn-small', 'aria-label': `Remove ${insight.name}`, onclick: () => onRemove(index) }) : null)),
     body);
   const holder = h('div', { class: 'section-body' });
