@@ -9,6 +9,11 @@ import { acceptPage, setupPage, signInPage } from './pages/auth.js';
 import { flagsPage } from './pages/flags.js';
 import { flagPage } from './pages/flag.js';
 import { settingsPage } from './pages/settings.js';
+import { insightsPage } from './pages/insights.js';
+import { dashboardPage, dashboardsPage } from './pages/dashboards.js';
+import { experimentPage, experimentsPage } from './pages/experiments.js';
+import { personPage, personsPage } from './pages/persons.js';
+import { growthPage, invitationsPage, loopsPage, programPage, rewardsPage } from './pages/growth.js';
 
 const PUBLIC = new Set(['/app/signin', '/app/setup', '/app/accept']);
 
@@ -19,6 +24,18 @@ route('/app/projects/:project/flags', flagsPage);
 route('/app/projects/:project/flags/:key', flagPage);
 route('/app/projects/:project/flags/:key/:tab', flagPage);
 route('/app/projects/:project/settings/:tab', settingsPage);
+route('/app/projects/:project/insights', insightsPage);
+route('/app/projects/:project/dashboards', dashboardsPage);
+route('/app/projects/:project/dashboards/:key', dashboardPage);
+route('/app/projects/:project/experiments', experimentsPage);
+route('/app/projects/:project/experiments/:key', experimentPage);
+route('/app/projects/:project/persons', personsPage);
+route('/app/projects/:project/persons/:id', personPage);
+route('/app/projects/:project/growth', growthPage);
+route('/app/projects/:project/growth/programs/:key', programPage);
+route('/app/projects/:project/growth/rewards', rewardsPage);
+route('/app/projects/:project/growth/loops', loopsPage);
+route('/app/projects/:project/growth/invitations', invitationsPage);
 
 onNotFound((pathname) => h('div', pageHeader('Page not found'),
   emptyState(`Nothing lives at ${pathname}.`, 'Check the address, or go back to the feature flags.',

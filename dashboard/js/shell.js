@@ -25,17 +25,28 @@ export const app = {
 };
 
 /**
- * The navigation. Later slices (experiments, insights, persons, growth) add their entries here; `need` hides an entry
+ * The navigation; `need` hides an entry
  * from roles without that scope, `role` from roles below it.
  */
 export const NAV = [
-  { section: 'Release', items: [{ label: 'Feature flags', path: '/flags' }] },
+  { section: 'Release', items: [{ label: 'Feature flags', path: '/flags' }, { label: 'Experiments', path: '/experiments', need: 'experiments:read' }] },
+  {
+    section: 'Analytics',
+    items: [
+      { label: 'Insights', path: '/insights', need: 'insights:read' },
+      { label: 'Dashboards', path: '/dashboards', need: 'insights:read' },
+      { label: 'Persons', path: '/persons', need: 'persons:read' },
+    ],
+  },
+  { section: 'Growth', items: [{ label: 'Growth', path: '/growth', need: 'growth:read' }] },
   {
     section: 'Settings',
     items: [
+      { label: 'Project', path: '/settings/project' },
       { label: 'Members', path: '/settings/members' },
       { label: 'API keys', path: '/settings/keys', need: 'keys:write' },
       { label: 'SDK connections', path: '/settings/sdk' },
+      { label: 'Webhooks', path: '/settings/webhooks', need: 'webhooks:read' },
       { label: 'Audit log', path: '/settings/audit', need: 'audit:read' },
       { label: 'Organization log', path: '/settings/org-audit', role: 'admin' },
     ],
@@ -78,9 +89,9 @@ function switcher(pathname) {
       const entry = app.projects.find((p) => p.project.id === next);
       if (!entry) return;
       rememberProject(entry.org.organization_id, next);
-      // Stay in the same section of the dashboard.
+      // Stay in the same section of the dashboard (a list, not an item of the other project).
       const rest = pathname.replace(/^\/app\/projects\/[^/]+/, '');
-      const section = rest.startsWith('/settings/') ? rest : '/flags';
+      const section = rest.startsWith('/settings/') ? rest : `/${rest.split('/')[1] || 'flags'}`;
       navigate(`/app/projects/${next}${section}`);
     },
   }, [...groups.values()].map(({ org, projects }) => h('optgroup', { label: org.organization_name || `Organization ${org.organization_id}` },

@@ -42,6 +42,7 @@
 //!   reports problems in the same way, to a [`CohortDefinition`].
 
 pub mod cohort;
+pub mod dashboard;
 pub mod date;
 pub mod experiment;
 pub mod filter;

@@ -2,7 +2,7 @@
 //!
 //! A scope is `<area>:read`, `<area>:write` (which includes read) or `*`. Areas and the path segments they cover
 //! (after `/api/v1/projects/{id}`): `projects` (the project itself), `features` (features, environments,
-//! sdk-connections, saved-groups, evaluate), `insights` (insights, cohorts, events), `persons` (persons, their
+//! sdk-connections, saved-groups, evaluate), `insights` (insights, cohorts, events, dashboards), `persons` (persons, their
 //! export), `experiments` (metrics, experiments, power, rollouts), `growth` (referral programs, rewards, share links,
 //! growth, groups, invitations, trials, PQL models), `webhooks` (webhooks, outbox), `audit`, `keys` (api-keys).
 //! GET is a read; so are the POSTs that only compute (`insights/{kind}`, `evaluate`, `power`, a PQL `backtest`).
@@ -37,7 +37,7 @@ pub const AREAS: &[(&str, &[&str])] = &[
             "evaluate",
         ],
     ),
-    ("insights", &["insights", "cohorts", "events"]),
+    ("insights", &["insights", "cohorts", "events", "dashboards"]),
     ("persons", &["persons"]),
     (
         "experiments",

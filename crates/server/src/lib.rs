@@ -9,6 +9,7 @@ pub mod auth;
 pub mod capture;
 pub mod cohorts;
 pub mod dashboard;
+pub mod dashboards;
 pub mod definitions;
 pub mod error;
 pub mod event_hooks;
@@ -31,6 +32,7 @@ pub mod metrics_names;
 pub mod ofrep;
 pub mod openapi;
 pub mod ops;
+pub mod person_search;
 pub mod planning;
 pub mod posthog_flags;
 pub mod pql;
@@ -205,9 +207,11 @@ pub fn app(state: AppState) -> Router {
         .merge(invitations::router())
         .merge(pql::router())
         .merge(trials::router())
+        .merge(dashboards::router())
         .merge(webhooks::router())
         .merge(openapi::router())
         .merge(gdpr::router())
+        .merge(person_search::router())
         .merge(retention::router())
         .merge(keys::router())
         .merge(auth::router())

@@ -13,11 +13,12 @@ use serde_json::{json, Map, Value};
 use crate::state::AppState;
 
 /// The kinds served by [`crate::definitions::routes`] (list, create, get, update, archive, versions, diff).
-pub const DEFINITION_KINDS: [(&str, &str, &str); 4] = [
+pub const DEFINITION_KINDS: [(&str, &str, &str); 5] = [
     ("metrics", "experiments", "experiment metric"),
     ("referral-programs", "growth", "referral program"),
     ("trials", "trials and PQL", "trial"),
     ("pql-models", "trials and PQL", "PQL model"),
+    ("dashboards", "insights", "dashboard"),
 ];
 
 const P: &str = "/api/v1/projects/{project_id}";
@@ -44,6 +45,12 @@ pub const OPERATIONS: &[(&str, &str, &str, &str)] = &[
         "~/events",
         "events",
         "List events, newest first (filters: event, distinct_id, person_id, after, before, limit)",
+    ),
+    (
+        "get",
+        "~/persons",
+        "persons",
+        "Search persons by distinct id, email or name (search, limit up to 100; newest first)",
     ),
     (
         "get",

@@ -52,7 +52,7 @@ pub use identity::{ApplyStats, IdentityChange, IdentityOp, IdentityWriter, Merge
 pub use invitations::{Invitation, InvitationChange, NewInvitation};
 pub use keys::{Bootstrap, KeyInfo, PersonalKey};
 pub use ledger::{transition_allowed, NewReward, RewardEntry};
-pub use persons::{GroupMembership, IdentityRead, PersonRecord};
+pub use persons::{GroupMembership, IdentityRead, PersonRecord, PersonSummary};
 pub use pql::PqlScore;
 pub use projects::{ProjectSettings, ProjectUpdate, RetentionPolicy};
 pub use referrals::{GrowthEdge, NewReferral, Referral, ReferralCode, ShareLink};

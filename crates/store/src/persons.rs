@@ -18,6 +18,15 @@ pub struct PersonRecord {
     pub groups: Vec<GroupMembership>,
 }
 
+/// A person as the person search lists it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PersonSummary {
+    pub id: String,
+    pub properties: Value,
+    pub distinct_ids: Vec<String>,
+    pub created_at: String,
+}
+
 /// A group the person belongs to, with the group's properties (empty when it was never identified).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct GroupMembership {
@@ -87,6 +96,67 @@ impl Store {
             created_at,
             groups,
         }))
+    }
+
+    /// Persons of `project_id` for the person search (newest first, at most `limit`): with `search`, those with a
+    /// distinct id, or an `email` or `name` property, containing it (case-insensitive); without, the newest. Persons
+    /// merged into another (no distinct id left) are not listed. Each has every distinct id.
+    pub async fn search_persons(
+        &self,
+        project_id: i64,
+        search: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<PersonSummary>> {
+        const COLUMNS: &str = "SELECT p.uuid, p.properties, p.created_at,
+                (SELECT group_concat(d.distinct_id, char(31)) FROM person_distinct_ids d WHERE d.person_id = p.id)
+             FROM persons p";
+        let rows: Vec<(String, String, String, Option<String>)> = match search {
+            Some(text) => {
+                let needle = text.to_lowercase();
+                sqlx::query_as(&format!(
+                    "{COLUMNS} WHERE p.project_id = ?1
+                       AND (p.id IN (SELECT person_id FROM person_distinct_ids
+                                     WHERE project_id = ?1 AND instr(lower(distinct_id), ?2) > 0)
+                            OR instr(lower(COALESCE(json_extract(p.properties, '$.email'), '')), ?2) > 0
+                            OR instr(lower(COALESCE(json_extract(p.properties, '$.name'), '')), ?2) > 0)
+                       AND EXISTS (SELECT 1 FROM person_distinct_ids d WHERE d.person_id = p.id)
+                     ORDER BY p.id DESC LIMIT ?3"
+                ))
+                .bind(project_id)
+                .bind(needle)
+                .bind(limit)
+                .fetch_all(self.pool())
+                .await?
+            }
+            None => {
+                sqlx::query_as(&format!(
+                    "{COLUMNS} WHERE p.project_id = ?1
+                       AND EXISTS (SELECT 1 FROM person_distinct_ids d WHERE d.person_id = p.id)
+                     ORDER BY p.id DESC LIMIT ?2"
+                ))
+                .bind(project_id)
+                .bind(limit)
+                .fetch_all(self.pool())
+                .await?
+            }
+        };
+        rows.into_iter()
+            .map(|(id, properties, created_at, dids)| {
+                let mut distinct_ids: Vec<String> = dids
+                    .unwrap_or_default()
+                    .split('\u{1f}')
+                    .filter(|d| !d.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                distinct_ids.sort();
+                Ok(PersonSummary {
+                    id,
+                    properties: serde_json::from_str(&properties)?,
+                    distinct_ids,
+                    created_at,
+                })
+            })
+            .collect()
     }
 
     /// All distinct ids of a person given its id, following merge overrides. `None` when unknown.

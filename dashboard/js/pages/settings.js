@@ -1,5 +1,5 @@
-// Settings: members and roles, team invitations, personal API keys, environments and SDK connections, and the
-// project's and organization's audit logs.
+// Settings: members and roles, team invitations, personal API keys, environments and SDK connections, the project's
+// and organization's audit logs; the project itself and webhooks are in project-settings.js.
 import { del, get, patch, post, projectPath, query } from '../api.js';
 import { h, mount, uid } from '../dom.js';
 import { app } from '../shell.js';
@@ -11,6 +11,7 @@ import {
   submitting, table, toast, errorText,
 } from '../ui.js';
 import { orgMembers } from './flags.js';
+import { projectSettingsPage, webhooksPage } from './project-settings.js';
 
 const orgPath = (rest) => `/api/v1/organizations/${app.org.organization_id}${rest}`;
 
@@ -397,11 +398,15 @@ async function orgAuditPage() {
     h('section', { class: 'card', 'aria-label': 'Entries' }, list.children.length ? [list, more] : emptyState('No entries yet', null)));
 }
 
-const PAGES = { members: membersPage, keys: keysPage, sdk: sdkPage, audit: auditPage, 'org-audit': orgAuditPage };
+const PAGES = {
+  members: membersPage, keys: keysPage, sdk: sdkPage, audit: auditPage, 'org-audit': orgAuditPage, project: projectSettingsPage, webhooks: webhooksPage,
+};
 
 export async function settingsPage(ctx) {
   const page = PAGES[ctx.params.tab];
-  const need = { keys: ['keys:write', 'manage API keys'], audit: ['audit:read', 'read the audit log'] }[ctx.params.tab];
+  const need = {
+    keys: ['keys:write', 'manage API keys'], audit: ['audit:read', 'read the audit log'], webhooks: ['webhooks:read', 'see the webhooks'],
+  }[ctx.params.tab];
   if (need && !app.can(need[0]) || ctx.params.tab === 'org-audit' && !app.atLeast('admin')) {
     const what = need ? need[1] : 'read the organization log';
     return h('div', pageHeader('Not available for your role'),

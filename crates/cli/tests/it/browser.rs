@@ -1,8 +1,10 @@
 //! The web dashboard against a real `flywheel serve`: first the answers' headers (CSP and security headers,
 //! client routes served `index.html`, immutable versioned assets, gzip, 304 revalidation), then
 //! `tests/browser/dashboard.mjs` driving Debian's Chromium with playwright-core and axe-core (pinned in
-//! tests/browser/package-lock.json; `scripts/setup-test-env` installs them and Chromium). The script fails on any
-//! broken check, serious accessibility violation, uncaught error or CSP violation; so does this test.
+//! tests/browser/package-lock.json; `scripts/setup-test-env` installs them and Chromium), and
+//! `tests/browser/analytics.mjs` on a `flywheel generate` history (insights, dashboards, experiments, persons, growth,
+//! settings). The scripts fail on any broken check, serious accessibility violation, uncaught error or CSP violation;
+//! so do these tests.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -10,7 +12,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::{init, repo_root, Serve};
+use crate::{init, repo_root, Serve, BIN};
 
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
@@ -141,8 +143,8 @@ fn dashboard_pages_are_served_with_strict_headers_and_cached_assets() {
     assert!(serve.terminate().success());
 }
 
-#[test]
-fn dashboard_in_chromium_sign_in_flags_roles_and_accessibility() {
+/// Fails the test with a clear message when the browser test tools are missing (never a silent skip).
+fn browser_tools() -> PathBuf {
     let dir_js = repo_root().join("tests/browser");
     assert!(
         dir_js.join("node_modules/playwright-core").exists() && dir_js.join("node_modules/axe-core").exists(),
@@ -154,12 +156,22 @@ fn dashboard_in_chromium_sign_in_flags_roles_and_accessibility() {
         "{} is missing: scripts/setup-test-env installs Debian's chromium (apt-get install chromium, as root)",
         chromium().display()
     );
+    dir_js
+}
+
+fn artifacts() -> PathBuf {
+    std::env::var("FLYWHEEL_ARTIFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir().join("flywheel-dashboard-artifacts"))
+}
+
+#[test]
+fn dashboard_in_chromium_sign_in_flags_roles_and_accessibility() {
+    let dir_js = browser_tools();
     let dir = tempfile::tempdir().unwrap();
     let keys = init(dir.path());
     let serve = Serve::start(dir.path(), &[]);
-    let artifacts = std::env::var("FLYWHEEL_ARTIFACTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| std::env::temp_dir().join("flywheel-dashboard-artifacts"));
+    let artifacts = artifacts();
     let out = Command::new("node")
         .arg("dashboard.mjs")
         .current_dir(&dir_js)
@@ -174,6 +186,58 @@ fn dashboard_in_chromium_sign_in_flags_roles_and_accessibility() {
     assert!(
         out.status.success(),
         "dashboard.mjs failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+    eprintln!("{stdout}");
+    assert!(serve.terminate().success());
+}
+
+/// The analytics pages on a generated history: 30,000 events of 3,000 persons over the last 30 days (small enough
+/// for a debug build; `scripts/bench-dashboard` measures the same pages on a million events).
+#[test]
+fn dashboard_analytics_in_chromium_on_generated_data() {
+    let dir_js = browser_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["generate", "--data-dir"])
+        .arg(dir.path())
+        .args(["--events", "30000", "--persons", "3000", "--seed", "7"])
+        .args(["--days", "30", "--json", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "generate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let serve = Serve::start(dir.path(), &[]);
+    let out = Command::new("node")
+        .arg("analytics.mjs")
+        .current_dir(&dir_js)
+        .env("FLYWHEEL_URL", serve.url())
+        .env(
+            "FLYWHEEL_BOOTSTRAP_KEY",
+            summary["personal_api_key"].as_str().unwrap(),
+        )
+        .env(
+            "FLYWHEEL_PROJECT_KEY",
+            summary["project_api_key"].as_str().unwrap(),
+        )
+        .env(
+            "FLYWHEEL_PROJECT_ID",
+            summary["project_id"].as_i64().unwrap().to_string(),
+        )
+        .env("FLYWHEEL_ARTIFACTS", artifacts())
+        .env("CHROMIUM", chromium())
+        .env_remove("FLYWHEEL_BENCH")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "analytics.mjs failed:\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("all checks passed"), "{stdout}");
     eprintln!("{stdout}");

@@ -3,6 +3,7 @@
 mod api;
 mod authz;
 mod capture;
+mod dashboards;
 mod devices;
 mod erasure;
 mod experiments;
@@ -13,6 +14,7 @@ mod growth_metrics;
 mod keys;
 mod limits;
 mod malformed;
+mod person_search;
 mod pql;
 mod retention;
 mod rollouts;
