@@ -1,32 +1,10 @@
 //! Dashboards of saved insights: a definition kind whose insights are validated as their kind's query, versioned,
 //! archived, and writable with `insights:write` but not with `insights:read`.
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use serde_json::{json, Value};
+use axum::http::StatusCode;
+use serde_json::json;
 
 use crate::TestServer;
-
-async fn call(
-    t: &TestServer,
-    key: &str,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let req = Request::builder()
-        .method(method)
-        .uri(format!("/api/v1/projects/{}{path}", t.project_id))
-        .header("authorization", format!("Bearer {key}"))
-        .header("content-type", "application/json")
-        .body(
-            body.map(|b| Body::from(b.to_string()))
-                .unwrap_or_else(Body::empty),
-        )
-        .unwrap();
-    let (s, v, _) = t.send(req).await;
-    (s, v)
-}
 
 #[tokio::test]
 async fn dashboards_hold_valid_insights_with_versions_and_scopes() {
@@ -109,17 +87,17 @@ async fn dashboards_hold_valid_insights_with_versions_and_scopes() {
             .await;
         let key = made["key"].as_str().unwrap();
         assert_eq!(
-            call(&t, key, "GET", "/dashboards", None).await.0,
+            t.api_as(key, "GET", "/dashboards", None).await.0,
             StatusCode::OK
         );
-        let (s, v) = call(
-            &t,
-            key,
-            "POST",
-            "/dashboards",
-            Some(json!({"key": format!("k{write}"), "name": "K"})),
-        )
-        .await;
+        let (s, v) = t
+            .api_as(
+                key,
+                "POST",
+                "/dashboards",
+                Some(json!({"key": format!("k{write}"), "name": "K"})),
+            )
+            .await;
         assert_eq!(
             s,
             if write {

@@ -8,10 +8,21 @@ use crate::TestServer;
 
 impl TestServer {
     pub async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.api_as(&self.personal_key, method, path, body).await
+    }
+
+    /// [`TestServer::api`] with another personal key.
+    pub async fn api_as(
+        &self,
+        key: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let req = Request::builder()
             .method(method)
             .uri(format!("/api/v1/projects/{}{path}", self.project_id))
-            .header("authorization", format!("Bearer {}", self.personal_key))
+            .header("authorization", format!("Bearer {key}"))
             .header("content-type", "application/json")
             .body(
                 body.map(|b| Body::from(b.to_string()))

@@ -1,31 +1,9 @@
 //! Personal API keys with scopes, project restriction, expiry and revocation.
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use serde_json::{json, Value};
+use axum::http::StatusCode;
+use serde_json::json;
 
 use crate::TestServer;
-
-async fn call(
-    t: &TestServer,
-    key: &str,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let req = Request::builder()
-        .method(method)
-        .uri(format!("/api/v1/projects/{}{path}", t.project_id))
-        .header("authorization", format!("Bearer {key}"))
-        .header("content-type", "application/json")
-        .body(
-            body.map(|b| Body::from(b.to_string()))
-                .unwrap_or_else(Body::empty),
-        )
-        .unwrap();
-    let (s, v, _) = t.send(req).await;
-    (s, v)
-}
 
 #[tokio::test]
 async fn scoped_keys_reach_only_what_their_scopes_allow() {
@@ -59,21 +37,21 @@ async fn scoped_keys_reach_only_what_their_scopes_allow() {
     let feature = json!({"key": "bot-flag", "value_type": "boolean", "default_value": false,
                          "environments": {"production": {"enabled": true, "rules": []}}});
     assert_eq!(
-        call(&t, &key, "POST", "/features", Some(feature)).await.0,
+        t.api_as(&key, "POST", "/features", Some(feature)).await.0,
         StatusCode::CREATED
     );
     assert_eq!(
-        call(&t, &key, "GET", "/features", None).await.0,
+        t.api_as(&key, "GET", "/features", None).await.0,
         StatusCode::OK
     );
-    let (s, _) = call(
-        &t,
-        &key,
-        "POST",
-        "/insights/trends",
-        Some(json!({"series": [{"event": "e"}]})),
-    )
-    .await;
+    let (s, _) = t
+        .api_as(
+            &key,
+            "POST",
+            "/insights/trends",
+            Some(json!({"series": [{"event": "e"}]})),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK);
     for (method, path) in [
         ("GET", "/experiments"),
@@ -82,34 +60,36 @@ async fn scoped_keys_reach_only_what_their_scopes_allow() {
         ("GET", "/webhooks"),
         ("PATCH", ""),
     ] {
-        let (s, v) = call(&t, &key, method, path, Some(json!({}))).await;
+        let (s, v) = t.api_as(&key, method, path, Some(json!({}))).await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{method} {path}: {v}");
         assert_eq!(v["code"], "insufficient_scope");
     }
     // It cannot grant what it does not hold, nor an unscoped key.
-    let (s, v) = call(
-        &t,
-        &key,
-        "POST",
-        "/api-keys",
-        Some(json!({"name": "x", "scopes": ["audit:read"]})),
-    )
-    .await;
+    let (s, v) = t
+        .api_as(
+            &key,
+            "POST",
+            "/api-keys",
+            Some(json!({"name": "x", "scopes": ["audit:read"]})),
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    let (s, _) = call(&t, &key, "POST", "/api-keys", Some(json!({"name": "x"}))).await;
+    let (s, _) = t
+        .api_as(&key, "POST", "/api-keys", Some(json!({"name": "x"})))
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    let (s, narrower) = call(
-        &t,
-        &key,
-        "POST",
-        "/api-keys",
-        Some(json!({"name": "reader", "scopes": ["features:read"]})),
-    )
-    .await;
+    let (s, narrower) = t
+        .api_as(
+            &key,
+            "POST",
+            "/api-keys",
+            Some(json!({"name": "reader", "scopes": ["features:read"]})),
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED, "{narrower}");
     let reader = narrower["key"].as_str().unwrap().to_owned();
     assert_eq!(
-        call(&t, &reader, "PUT", "/features/bot-flag", Some(json!({})))
+        t.api_as(&reader, "PUT", "/features/bot-flag", Some(json!({})))
             .await
             .0,
         StatusCode::FORBIDDEN
@@ -129,7 +109,7 @@ async fn scoped_keys_reach_only_what_their_scopes_allow() {
         .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     assert_eq!(
-        call(&t, &reader, "GET", "/features", None).await.0,
+        t.api_as(&reader, "GET", "/features", None).await.0,
         StatusCode::UNAUTHORIZED
     );
     let (s, _) = t
@@ -155,7 +135,7 @@ async fn scoped_keys_reach_only_what_their_scopes_allow() {
         .await
         .unwrap();
     assert_eq!(
-        call(&t, &expired, "GET", "/features", None).await.0,
+        t.api_as(&expired, "GET", "/features", None).await.0,
         StatusCode::UNAUTHORIZED
     );
     // Creation and revocation are audited.
