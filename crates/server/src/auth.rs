@@ -353,15 +353,6 @@ fn time_text(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-fn peer_ip(headers: &HeaderMap, peer: std::net::SocketAddr) -> String {
-    headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|| peer.ip().to_string())
-}
-
 async fn start_session(
     state: &AppState,
     headers: &HeaderMap,
@@ -375,7 +366,7 @@ async fn start_session(
     let agent = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok());
-    let ip = peer_ip(headers, peer);
+    let ip = crate::capture::client_ip(headers, peer);
     let (_, token, csrf) = state
         .store
         .create_session(user.id, &time_text(expires), Some(&ip), agent)
@@ -609,7 +600,7 @@ async fn login(
     if !errors.is_empty() {
         return Err(ApiError::validation("sign-in", &errors));
     }
-    let address = peer_ip(&headers, peer);
+    let address = crate::capture::client_ip(&headers, peer);
     let user = check_credentials(&state, &email, &address, password).await?;
     let actor = Actor {
         label: format!("user:{}", user.id),
@@ -734,7 +725,7 @@ async fn change_password(
     if !errors.is_empty() {
         return Err(ApiError::validation("password change", &errors));
     }
-    let address = peer_ip(&headers, peer);
+    let address = crate::capture::client_ip(&headers, peer);
     check_credentials(&state, &user.email.to_lowercase(), &address, current).await?;
     let hash = hash_blocking(new).await?;
     state
@@ -791,7 +782,7 @@ async fn accept_invitation(
         return Err(gone());
     }
     let email = invitation.email.to_lowercase();
-    let address = peer_ip(&headers, peer);
+    let address = crate::capture::client_ip(&headers, peer);
     let user = match state.store.user_by_email(&email).await? {
         // An existing user proves who they are with their password.
         Some(_) => check_credentials(&state, &email, &address, password).await?,
@@ -851,7 +842,7 @@ impl Caller {
     pub fn actor(&self, headers: &HeaderMap, peer: std::net::SocketAddr) -> Actor {
         Actor {
             label: actor_label(self),
-            source_ip: Some(peer_ip(headers, peer)),
+            source_ip: Some(crate::capture::client_ip(headers, peer)),
         }
     }
 }
