@@ -958,9 +958,36 @@ async fn growth_path(
             "is required: a distinct id",
         ));
     };
-    let mut chain = Vec::new();
+    let path = upstream(&state, project_id, &start).await?;
+    let steps: Vec<Value> = path
+        .steps
+        .iter()
+        .map(|e| json!({"person": e.to, "via": e.via, "from": e.from, "at": e.at, "context": e.context}))
+        .collect();
+    Ok(Json(
+        json!({"person": start, "root": path.root, "steps": steps, "cycle": path.cycle}),
+    ))
+}
+
+/// The chain of earliest edges into a person and its ancestors (see `growth_path`).
+pub(crate) struct Upstream {
+    /// From the person up: each step's `to` is the person brought, `from` who brought them.
+    pub steps: Vec<flywheel_store::GraphEdge>,
+    /// The distinct id the chain ends at.
+    pub root: String,
+    /// The chain met a person twice.
+    pub cycle: bool,
+}
+
+/// Walks the earliest incoming edges from the person of distinct id `start`, at most 100 steps.
+pub(crate) async fn upstream(
+    state: &AppState,
+    project_id: i64,
+    start: &str,
+) -> Result<Upstream, ApiError> {
+    let mut steps = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    let mut who = start.clone();
+    let mut who = start.to_owned();
     let mut cycle = false;
     for _ in 0..100 {
         let person = state
@@ -976,15 +1003,21 @@ async fn growth_path(
         let Some(edge) = state.store.incoming_edge(project_id, &person, &who).await? else {
             break;
         };
-        chain.push(
-            json!({"person": who, "via": edge.via, "from": edge.from, "at": edge.at,
-                          "context": edge.context}),
-        );
-        who = edge.from;
+        let from = edge.from.clone();
+        steps.push(flywheel_store::GraphEdge {
+            via: edge.via,
+            from: edge.from,
+            to: who,
+            at: edge.at,
+            context: edge.context,
+        });
+        who = from;
     }
-    Ok(Json(
-        json!({"person": start, "root": who, "steps": chain, "cycle": cycle}),
-    ))
+    Ok(Upstream {
+        steps,
+        root: who,
+        cycle,
+    })
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! replays what derived state has not applied yet, and serves; [`Server::shutdown`] stops accepting, drains
 //! in-flight requests, commits the last batches and checkpoints.
 
+pub mod accounts;
 pub mod api;
 pub mod auth;
 pub mod capture;
@@ -21,6 +22,7 @@ pub mod features;
 pub mod fraud;
 pub mod gdpr;
 pub mod growth;
+pub mod growth_graph;
 pub mod growth_metrics;
 pub mod identity;
 pub mod insight_filters;
@@ -203,6 +205,8 @@ pub fn app(state: AppState) -> Router {
         .merge(rollouts::router())
         .merge(planning::router())
         .merge(growth::router())
+        .merge(growth_graph::router())
+        .merge(accounts::router())
         .merge(growth_metrics::router())
         .merge(invitations::router())
         .merge(pql::router())

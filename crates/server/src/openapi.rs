@@ -318,6 +318,30 @@ pub const OPERATIONS: &[(&str, &str, &str, &str)] = &[
     ("post", "~/share-links", "growth", "Create a share link"),
     (
         "get",
+        "~/growth/graph",
+        "growth",
+        "The growth graph: persons and who brought whom (newest edges, or one person's neighbourhood)",
+    ),
+    (
+        "get",
+        "~/groups",
+        "growth",
+        "Search accounts (groups) by key or name, with the project's group types",
+    ),
+    (
+        "get",
+        "~/groups/{group_type}/{group_key}",
+        "growth",
+        "Get an account (group) with its properties and members",
+    ),
+    (
+        "get",
+        "~/invitations",
+        "growth",
+        "List invitations to every account of the project (status filter, paging)",
+    ),
+    (
+        "get",
         "~/growth/path",
         "growth",
         "The chain of edges that brought a person",

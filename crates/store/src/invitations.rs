@@ -163,6 +163,35 @@ impl Store {
         Ok(rows.into_iter().map(|r| from_row(r, &now)).collect())
     }
 
+    /// The project's invitations to every group, newest first, at most `limit`, older than invitation
+    /// `before_id` when given (paging). `status` keeps one status as [`Invitation::status`] reports it (`expired`
+    /// is a pending invitation past its expiry).
+    pub async fn project_invitations(
+        &self,
+        project_id: i64,
+        status: Option<&str>,
+        before_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Invitation>> {
+        let now = now_text();
+        let rows: Vec<Row> = sqlx::query_as(&format!(
+            "{SELECT} WHERE project_id = ?1 AND (?2 IS NULL OR id < ?2)
+               AND (?3 IS NULL
+                    OR (?3 = 'pending' AND status = 'pending' AND expires_at > ?4)
+                    OR (?3 = 'expired' AND status = 'pending' AND expires_at <= ?4)
+                    OR (?3 NOT IN ('pending', 'expired') AND status = ?3))
+             ORDER BY id DESC LIMIT ?5"
+        ))
+        .bind(project_id)
+        .bind(before_id)
+        .bind(status)
+        .bind(&now)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(|r| from_row(r, &now)).collect())
+    }
+
     /// Changes a pending (unexpired unless `token_hash` renews it) invitation: `revoke`, `resend` (a new token hash
     /// and expiry) or `accept` (by `accepted_by`, found by token hash). Audited as `invitation.<action>`.
     /// `NotFound` when there is no such invitation (or token), `Invalid` when it is no longer pending.

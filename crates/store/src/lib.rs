@@ -19,6 +19,7 @@ mod cohorts;
 mod documents;
 mod features;
 mod gdpr;
+mod groups;
 mod growth_metrics;
 mod identity;
 mod invitations;
@@ -47,6 +48,7 @@ pub use features::{
     SdkBinding, SdkConnection, WriteError, SDK_KEY_PREFIX,
 };
 pub use gdpr::{ErasureCounts, ErasureSubject};
+pub use groups::{GroupSummary, GroupType};
 pub use growth_metrics::{ConvertedInvite, GrowthInvites, InviteChannel, SentInvites};
 pub use identity::{ApplyStats, IdentityChange, IdentityOp, IdentityWriter, MergeMode};
 pub use invitations::{Invitation, InvitationChange, NewInvitation};
@@ -55,7 +57,7 @@ pub use ledger::{transition_allowed, NewReward, RewardEntry};
 pub use persons::{GroupMembership, IdentityRead, PersonRecord, PersonSummary};
 pub use pql::PqlScore;
 pub use projects::{ProjectSettings, ProjectUpdate, RetentionPolicy};
-pub use referrals::{GrowthEdge, NewReferral, Referral, ReferralCode, ShareLink};
+pub use referrals::{GraphEdge, GrowthEdge, NewReferral, Referral, ReferralCode, ShareLink};
 pub use sticky::StickyRow;
 pub use users::{
     MemberError, Membership, OrganizationInfo, ProjectInfo, SessionRecord, TeamInvitation,

@@ -36,6 +36,18 @@ pub struct GroupMembership {
     pub properties: Value,
 }
 
+/// The distinct ids of a `group_concat(distinct_id, char(31))`, sorted.
+pub(crate) fn split_ids(concatenated: Option<String>) -> Vec<String> {
+    let mut ids: Vec<String> = concatenated
+        .unwrap_or_default()
+        .split('\u{1f}')
+        .filter(|d| !d.is_empty())
+        .map(str::to_owned)
+        .collect();
+    ids.sort();
+    ids
+}
+
 impl Store {
     /// The person that `distinct_id` belongs to in `project_id`.
     pub async fn person_by_distinct_id(
@@ -142,17 +154,10 @@ impl Store {
         };
         rows.into_iter()
             .map(|(id, properties, created_at, dids)| {
-                let mut distinct_ids: Vec<String> = dids
-                    .unwrap_or_default()
-                    .split('\u{1f}')
-                    .filter(|d| !d.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-                distinct_ids.sort();
                 Ok(PersonSummary {
                     id,
                     properties: serde_json::from_str(&properties)?,
-                    distinct_ids,
+                    distinct_ids: split_ids(dids),
                     created_at,
                 })
             })
@@ -188,6 +193,30 @@ impl Store {
                 .fetch_all(self.pool())
                 .await?;
         Ok(Some(ids))
+    }
+
+    /// Every distinct id of each given person (by current uuid; unknown ones are absent from the map).
+    pub async fn distinct_ids_of_persons(
+        &self,
+        project_id: i64,
+        person_uuids: &[&str],
+    ) -> Result<HashMap<String, Vec<String>>> {
+        let mut out: HashMap<String, Vec<String>> = HashMap::with_capacity(person_uuids.len());
+        for chunk in person_uuids.chunks(500) {
+            let placeholders = vec!["?"; chunk.len()].join(",");
+            let sql = format!(
+                "SELECT p.uuid, d.distinct_id FROM persons p JOIN person_distinct_ids d ON d.person_id = p.id
+                 WHERE p.project_id = ? AND p.uuid IN ({placeholders})"
+            );
+            let mut query = sqlx::query_as::<_, (String, String)>(&sql).bind(project_id);
+            for uuid in chunk {
+                query = query.bind(*uuid);
+            }
+            for (uuid, did) in query.fetch_all(self.pool()).await? {
+                out.entry(uuid).or_default().push(did);
+            }
+        }
+        Ok(out)
     }
 
     /// Current person (its uuid) of each given distinct id (missing ones are absent from the map).

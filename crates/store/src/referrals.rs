@@ -813,3 +813,84 @@ impl Store {
         }))
     }
 }
+
+/// One edge of the growth graph: `from` brought `to` (both distinct ids).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GraphEdge {
+    /// `referral`, `invitation` or `share`.
+    pub via: String,
+    pub from: String,
+    pub to: String,
+    pub at: String,
+    /// The program, the group (`type/key`) or the shared object (`type/id`).
+    pub context: String,
+}
+
+/// Every edge of a project: referrals not rejected, accepted invitations, share-link visits.
+const EDGES: &str = "SELECT via, source, target, at, context FROM (
+         SELECT 'referral' AS via, referrer AS source, referee AS target, attributed_at AS at, program AS context
+           FROM referrals WHERE project_id = ?1 AND status <> 'rejected'
+         UNION ALL
+         SELECT 'invitation', inviter, accepted_by, accepted_at, group_type || '/' || group_key
+           FROM invitations WHERE project_id = ?1 AND status = 'accepted' AND accepted_by IS NOT NULL
+         UNION ALL
+         SELECT 'share', l.sharer, v.distinct_id, v.created_at, l.object_type || '/' || l.object_id
+           FROM share_visitors v JOIN share_links l ON l.id = v.link_id
+          WHERE l.project_id = ?1)
+     WHERE (?2 IS NULL OR via = ?2)";
+
+impl Store {
+    /// Edges of the growth graph, newest first, at most `limit`: the project's, or only those sent by one of
+    /// `senders` (distinct ids); of one channel (`via`) when given.
+    pub async fn growth_edges(
+        &self,
+        project_id: i64,
+        senders: Option<&[String]>,
+        via: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<GraphEdge>> {
+        type EdgeRow = (String, String, String, String, String);
+        let mut rows: Vec<EdgeRow> = Vec::new();
+        match senders {
+            None => {
+                rows = sqlx::query_as(&format!("{EDGES} ORDER BY at DESC LIMIT ?3"))
+                    .bind(project_id)
+                    .bind(via)
+                    .bind(limit)
+                    .fetch_all(self.pool())
+                    .await?;
+            }
+            Some(senders) => {
+                for chunk in senders.chunks(500) {
+                    // Numbered like the statement's other parameters: sqlx counts bare `?` from the first
+                    // argument whatever numbers come before them.
+                    let placeholders: Vec<String> =
+                        (0..chunk.len()).map(|i| format!("?{}", i + 3)).collect();
+                    let sql = format!(
+                        "{EDGES} AND source IN ({}) ORDER BY at DESC LIMIT {limit}",
+                        placeholders.join(",")
+                    );
+                    let mut query = sqlx::query_as::<_, EdgeRow>(&sql)
+                        .bind(project_id)
+                        .bind(via);
+                    for s in chunk {
+                        query = query.bind(s);
+                    }
+                    rows.extend(query.fetch_all(self.pool()).await?);
+                }
+                rows.sort_by(|a, b| b.3.cmp(&a.3));
+                rows.truncate(limit as usize);
+            }
+        }
+        Ok(rows
+            .into_iter()
+            .map(|(via, from, to, at, context)| GraphEdge {
+                via,
+                from,
+                to,
+                at,
+                context,
+            })
+            .collect())
+    }
+}

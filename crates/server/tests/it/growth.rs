@@ -1079,9 +1079,9 @@ async fn milestones_caps_and_the_leaderboard() {
     assert_eq!(rows[1]["next_milestone"]["qualified"], 2);
 }
 
-#[tokio::test]
-async fn the_growth_path_leads_back_to_the_root() {
-    let t = TestServer::start().await;
+/// alice → bob (referral), bob → carol (invitation to company/acme), carol → dave (share link); returns alice's
+/// referral code.
+async fn growth_chain(t: &TestServer) -> String {
     t.created("/referral-programs", program()).await;
     let code = t
         .created(
@@ -1093,12 +1093,12 @@ async fn the_growth_path_leads_back_to_the_root() {
         .unwrap()
         .to_owned();
     // alice → bob (referral); bob → carol (invitation); carol → dave (share link).
-    capture(&t, json!([
+    capture(t, json!([
         {"event": "$pageview", "distinct_id": "alice", "properties": {}},
         {"event": "$pageview", "distinct_id": "bob", "properties": {"$current_url": format!("https://app.example.com/?ref={code}")}},
     ]))
     .await;
-    referrals_until(&t, "bob attributed", |l| l.len() == 1).await;
+    referrals_until(t, "bob attributed", |l| l.len() == 1).await;
     let inv = t
         .created(
             "/groups/company/acme/invitations",
@@ -1116,11 +1116,18 @@ async fn the_growth_path_leads_back_to_the_root() {
     let link = t
         .created("/share-links", json!({"sharer": "carol", "object_type": "doc", "object_id": "7", "url": "https://app.example.com/d/7"}))
         .await;
-    capture(&t, json!([
+    capture(t, json!([
         {"event": "$pageview", "distinct_id": "dave",
          "properties": {"$current_url": format!("https://app.example.com/d/7?fw_share={}", link["token"].as_str().unwrap())}},
     ]))
     .await;
+    code
+}
+
+#[tokio::test]
+async fn the_growth_path_leads_back_to_the_root() {
+    let t = TestServer::start().await;
+    growth_chain(&t).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let path = loop {
         let (s, v) = t.api("GET", "/growth/path?person=dave", None).await;
@@ -1157,4 +1164,221 @@ async fn the_growth_path_leads_back_to_the_root() {
     );
     let (s, _) = t.api("GET", "/growth/path", None).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+/// Polls `GET path` until `ready` holds (the referral consumer and identity run behind capture).
+async fn get_until(t: &TestServer, path: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (s, v) = t.api("GET", path, None).await;
+        assert_eq!(s, StatusCode::OK, "{path}: {v}");
+        if ready(&v) {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "{path}: {v:#}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+fn edge_list(v: &Value) -> Vec<(String, String, String)> {
+    v["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["from_distinct_id"].as_str().unwrap().to_owned(),
+                e["via"].as_str().unwrap().to_owned(),
+                e["to_distinct_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_growth_graph_and_the_account_pages() {
+    let t = TestServer::start().await;
+    growth_chain(&t).await;
+    // alice signs in as alice-login (one person); her new code, as alice-login, brings erin: a child of alice's person
+    // found through her other distinct id.
+    capture(&t, json!([
+        {"event": "$identify", "distinct_id": "alice-login", "properties": {"$anon_distinct_id": "alice"}},
+        {"event": "$groupidentify", "distinct_id": "alice-login",
+         "properties": {"$group_type": "company", "$group_key": "acme", "$group_set": {"name": "Acme Inc"}}},
+        {"event": "$pageview", "distinct_id": "bob", "properties": {"$groups": {"company": "acme"}}},
+        {"event": "$pageview", "distinct_id": "zed", "properties": {"$groups": {"company": "zeta"}}},
+    ]))
+    .await;
+    let code = t
+        .created(
+            "/referral-programs/friends/codes",
+            json!({"referrer": "alice-login"}),
+        )
+        .await["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    capture(&t, json!([
+        {"event": "$pageview", "distinct_id": "erin", "properties": {"$current_url": format!("https://app.example.com/?ref={code}")}},
+    ]))
+    .await;
+
+    // The project's newest edges.
+    let all = get_until(&t, "/growth/graph", |v| {
+        v["edges"].as_array().unwrap().len() == 4
+    })
+    .await;
+    let mut edges = edge_list(&all);
+    edges.sort();
+    let e = |a: &str, via: &str, b: &str| (a.to_owned(), via.to_owned(), b.to_owned());
+    assert_eq!(
+        edges,
+        [
+            e("alice", "referral", "bob"),
+            e("alice-login", "referral", "erin"),
+            e("bob", "invitation", "carol"),
+            e("carol", "share", "dave"),
+        ]
+    );
+    assert_eq!(all["truncated"], false);
+    // alice's two distinct ids are one node that brought two persons.
+    let nodes = all["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 5, "{all:#}");
+    let alice = nodes
+        .iter()
+        .find(|n| n["distinct_ids"].as_array().unwrap().len() == 2)
+        .expect("alice's node");
+    assert_eq!(
+        (alice["brought"].as_u64(), alice["brought_by"].as_u64()),
+        (Some(2), Some(0))
+    );
+    let limited = get_until(&t, "/growth/graph?limit=2", |_| true).await;
+    assert_eq!(
+        (
+            limited["edges"].as_array().unwrap().len(),
+            limited["truncated"].as_bool()
+        ),
+        (2, Some(true))
+    );
+    let shares = get_until(&t, "/growth/graph?via=share", |_| true).await;
+    assert_eq!(edge_list(&shares), [e("carol", "share", "dave")]);
+
+    // A person's neighbourhood: ancestors up to the root, descendants `depth` levels down.
+    let carol = get_until(&t, "/growth/graph?person=carol&depth=1", |_| true).await;
+    let mut edges = edge_list(&carol);
+    edges.sort();
+    assert_eq!(
+        edges,
+        [
+            e("alice", "referral", "bob"),
+            e("bob", "invitation", "carol"),
+            e("carol", "share", "dave"),
+        ]
+    );
+    let center: Vec<&Value> = carol["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["center"] == true)
+        .collect();
+    assert_eq!(center.len(), 1);
+    assert_eq!(center[0]["distinct_ids"], json!(["carol"]));
+    assert_eq!(carol["person"], "carol");
+    let from_alice = get_until(&t, "/growth/graph?person=alice&depth=1", |_| true).await;
+    let mut edges = edge_list(&from_alice);
+    edges.sort();
+    assert_eq!(
+        edges,
+        [
+            e("alice", "referral", "bob"),
+            e("alice-login", "referral", "erin")
+        ]
+    );
+    let deep = get_until(&t, "/growth/graph?person=alice-login&depth=3", |_| true).await;
+    assert_eq!(deep["edges"].as_array().unwrap().len(), 4, "{deep:#}");
+    for (query, field) in [
+        ("depth=0", "depth"),
+        ("depth=11", "depth"),
+        ("limit=0", "limit"),
+        ("via=email", "via"),
+    ] {
+        let (s, v) = t.api("GET", &format!("/growth/graph?{query}"), None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{query}: {v}");
+        assert_eq!(v["errors"][0]["field"], field, "{v}");
+    }
+    let (s, v) = t.api("GET", "/growth/graph?person=nobody", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+
+    // Accounts: identified (acme, with a name) and known only from events (zeta), by most members.
+    let groups = get_until(&t, "/groups", |v| {
+        v["results"].as_array().unwrap().len() == 2
+    })
+    .await;
+    assert_eq!(groups["group_types"][0]["group_type"], "company");
+    let rows: Vec<(&str, u64)> = groups["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["group_key"].as_str().unwrap(),
+                g["members"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    // acme: carol (accepted the invitation) and bob.
+    assert_eq!(rows, [("acme", 2), ("zeta", 1)]);
+    let found = get_until(&t, "/groups?search=ACME%20inc", |_| true).await;
+    assert_eq!(found["results"].as_array().unwrap().len(), 1, "{found}");
+    assert_eq!(found["results"][0]["properties"]["name"], "Acme Inc");
+    let acme = get_until(&t, "/groups/company/acme", |_| true).await;
+    assert_eq!(acme["members"], 2);
+    let mut members: Vec<&str> = acme["member_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["distinct_ids"][0].as_str().unwrap())
+        .collect();
+    members.sort();
+    assert_eq!(members, ["bob", "carol"]);
+    let zeta = get_until(&t, "/groups/company/zeta", |_| true).await;
+    assert!(zeta["created_at"].is_null(), "{zeta}");
+    let (s, _) = t.api("GET", "/groups/company/nope", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, v) = t.api("GET", "/groups?type=team", None).await;
+    assert_eq!(
+        (s, v["errors"][0]["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("type"))
+    );
+
+    // Invitations of the whole project.
+    t.created(
+        "/groups/company/zeta/invitations",
+        json!({"email": "yan@zeta.io", "inviter": "zed"}),
+    )
+    .await;
+    let list = get_until(&t, "/invitations", |_| true).await;
+    let rows: Vec<(&str, &str)> = list["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["group_key"].as_str().unwrap(),
+                i["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(rows, [("zeta", "pending"), ("acme", "accepted")]);
+    let pending = get_until(&t, "/invitations?status=pending", |_| true).await;
+    assert_eq!(pending["results"].as_array().unwrap().len(), 1);
+    let page = get_until(&t, "/invitations?limit=1", |_| true).await;
+    let next = page["next_before_id"].as_i64().expect("a next page");
+    let rest = get_until(&t, &format!("/invitations?before_id={next}"), |_| true).await;
+    assert_eq!(rest["results"][0]["group_key"], "acme");
+    let (s, v) = t.api("GET", "/invitations?status=sent", None).await;
+    assert_eq!(
+        (s, v["errors"][0]["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("status"))
+    );
 }
