@@ -43,20 +43,20 @@ function setProps(el, props, svg) {
 
 /** An HTML element: `h('button', {class: 'btn', onclick}, 'Save')`. */
 export function h(tag, props, ...children) {
-  const el = document.createElement(tag);
-  if (props && (props instanceof Node || Array.isArray(props) || typeof props !== 'object')) {
+  return build(document.createElement(tag), false, props, children);
+}
+
+/** An SVG element: `s('g', {class: 'series'}, …)`; like `h`, the properties may be left out. */
+export function s(tag, props, ...children) {
+  return build(document.createElementNS(SVG_NS, tag), true, props, children);
+}
+
+function build(el, svg, props, children) {
+  if (props !== null && props !== undefined && (props instanceof Node || Array.isArray(props) || typeof props !== 'object')) {
     children.unshift(props);
     props = null;
   }
-  setProps(el, props, false);
-  append(el, children);
-  return el;
-}
-
-/** An SVG element. */
-export function s(tag, props, ...children) {
-  const el = document.createElementNS(SVG_NS, tag);
-  setProps(el, props, true);
+  setProps(el, props, svg);
   append(el, children);
   return el;
 }

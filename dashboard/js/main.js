@@ -13,7 +13,8 @@ import { insightsPage } from './pages/insights.js';
 import { dashboardPage, dashboardsPage } from './pages/dashboards.js';
 import { experimentPage, experimentsPage } from './pages/experiments.js';
 import { personPage, personsPage } from './pages/persons.js';
-import { growthPage, invitationsPage, loopsPage, programPage, rewardsPage } from './pages/growth.js';
+import { growthGraphPage, growthPage, invitationsPage, loopsPage, programPage, rewardsPage } from './pages/growth.js';
+import { accountPage, accountsPage } from './pages/accounts.js';
 
 const PUBLIC = new Set(['/app/signin', '/app/setup', '/app/accept']);
 
@@ -36,6 +37,9 @@ route('/app/projects/:project/growth/programs/:key', programPage);
 route('/app/projects/:project/growth/rewards', rewardsPage);
 route('/app/projects/:project/growth/loops', loopsPage);
 route('/app/projects/:project/growth/invitations', invitationsPage);
+route('/app/projects/:project/growth/graph', growthGraphPage);
+route('/app/projects/:project/accounts', accountsPage);
+route('/app/projects/:project/accounts/:type/:key', accountPage);
 
 onNotFound((pathname) => h('div', pageHeader('Page not found'),
   emptyState(`Nothing lives at ${pathname}.`, 'Check the address, or go back to the feature flags.',

@@ -100,7 +100,8 @@ export function start() {
     if (e.defaultPrevented || e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
     const a = e.target.closest('a[href]');
     if (!a || a.target || a.hasAttribute('download')) return;
-    const url = new URL(a.href, location.href);
+    // An SVG link's `href` is an SVGAnimatedString.
+    const url = new URL(typeof a.href === 'string' ? a.href : a.href.baseVal, location.href);
     if (url.origin !== location.origin || !url.pathname.startsWith('/app')) return;
     if (url.pathname === location.pathname && url.search === location.search && url.hash) return;
     e.preventDefault();

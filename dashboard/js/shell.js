@@ -36,6 +36,7 @@ export const NAV = [
       { label: 'Insights', path: '/insights', need: 'insights:read' },
       { label: 'Dashboards', path: '/dashboards', need: 'insights:read' },
       { label: 'Persons', path: '/persons', need: 'persons:read' },
+      { label: 'Accounts', path: '/accounts', need: 'growth:read' },
     ],
   },
   { section: 'Growth', items: [{ label: 'Growth', path: '/growth', need: 'growth:read' }] },

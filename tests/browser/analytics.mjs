@@ -102,9 +102,15 @@ const browser = await chromium.launch({
 const problems = [];
 const violations = [];
 const audited = [];
+let lastPage = null;
+const consoleErrors = [];
 
 async function newPage(context, label) {
   const page = await context.newPage();
+  lastPage = page;
+  page.on('console', (msg) => {
+    if (msg.type() === 'error') consoleErrors.push(`${label} console: ${msg.text()}`);
+  });
   page.on('pageerror', (err) => problems.push(`${label}: uncaught ${err.message}`));
   page.on('console', (msg) => {
     if (msg.type() === 'error' && /Content Security Policy|Refused to/i.test(msg.text())) problems.push(`${label}: ${msg.text()}`);
@@ -225,6 +231,9 @@ const PAGES = (extra) => [
   ...(extra.experiment ? [['experiment results', `${app}/experiments/${extra.experiment}`]] : []),
   ['growth', `${app}/growth`],
   ['growth loops', `${app}/growth/loops`],
+  ['growth graph', `${app}/growth/graph`],
+  ['accounts', `${app}/accounts`],
+  ...(extra.account ? [['account', `${app}/accounts/${encodeURIComponent(extra.account.group_type)}/${encodeURIComponent(extra.account.group_key)}`]] : []),
   ['dashboards', `${app}/dashboards`],
   ['project settings', `${app}/settings/project`],
 ];
@@ -235,7 +244,8 @@ try {
     if (r.status !== 200 && r.status !== 201 && r.status !== 409) throw new Error(`setup answered ${r.status}: ${JSON.stringify(r.body)}`);
     const persons = await must('GET', `${P}/persons?limit=1`);
     const xs = (await must('GET', `${P}/experiments`)).results || [];
-    const timings = await measure(PAGES({ person: persons.results[0].distinct_ids[0], experiment: xs[0] && xs[0].key }));
+    const account = ((await must('GET', `${P}/groups?limit=1`)).results || [])[0];
+    const timings = await measure(PAGES({ person: persons.results[0].distinct_ids[0], experiment: xs[0] && xs[0].key, account }));
     const slow = timings.filter((t) => t.first >= 1000 || t.best >= 1000);
     console.log(slow.length ? `slower than 1 s: ${slow.map((t) => t.page).join(', ')}` : 'every page is ready in under 1 s, first run included');
     process.exit(slow.length ? 1 : 0);
@@ -475,24 +485,57 @@ try {
   await navigating(page, () => page.getByRole('link', { name: 'Reward ledger' }).click());
   check(await page.locator('tbody tr').count() === 2, 'the ledger lists both referrer rewards');
   await visit(page, 'growth-rewards');
-  // Account invitations: invite to a generated company, then revoke.
+  // The growth graph: ref-owner brought held-1 and honest-1 (both referrals stand after the approval).
+  await navigating(page, () => page.getByRole('link', { name: 'Growth graph' }).click());
+  const graph = await must('GET', `${P}/growth/graph?limit=300`);
+  check(graph.edges.length >= 2 && await page.locator('svg.graph-svg .graph-edge').count() === graph.edges.length, `the graph draws the API's ${graph.edges.length} edges`);
+  check(await page.locator('svg.graph-svg [data-node]').count() === graph.nodes.length, `and its ${graph.nodes.length} persons`);
+  check(await page.locator('.graph-table tbody tr').count() === graph.edges.length, 'the edges are also a table');
+  await visit(page, 'growth-graph');
+  await navigating(page, () => page.locator('svg.graph-svg a[data-node="honest-1"]').click());
+  check(/honest/.test(await heading(page)), 'a node opens the person');
+  await navigating(page, () => page.getByRole('link', { name: 'Show in the growth graph' }).click());
+  const around = await must('GET', `${P}/growth/graph?person=honest-1&depth=3&limit=300`);
+  check(around.edges.length === 1 && await page.locator('svg.graph-svg .graph-edge').count() === 1
+    && await page.locator('svg.graph-svg .graph-center').count() === 1, "the person's neighbourhood: who brought them, centred on them");
+  await visit(page, 'growth-graph-person');
+
+  // Accounts: find a generated company, open it, invite someone, revoke the invitation.
   const member = (await must('GET', `${P}/persons?search=user_3&limit=25`)).results.find((p) => p.distinct_ids.some((d) => d.startsWith('user_3')));
   const account = (await must('GET', `${P}/persons/${encodeURIComponent(member.distinct_ids.find((d) => d.startsWith('user_3')))}`)).groups[0];
-  await navigating(page, () => page.getByRole('link', { name: 'Account invitations' }).click());
-  await page.getByLabel('Group type').fill(account.group_type);
-  await page.getByLabel('Account key').fill(account.group_key);
-  await navigating(page, () => page.getByRole('button', { name: 'Show invitations' }).click());
+  await navigating(page, () => nav(page, 'Accounts').click());
+  const allAccounts = (await must('GET', `${P}/groups?limit=100`)).results;
+  check(allAccounts.length > 0 && await page.locator('main tbody tr').count() === allAccounts.length, `the account list shows the API's ${allAccounts.length} accounts`);
+  await page.getByLabel('Search accounts').fill(account.group_key);
+  await page.getByRole('button', { name: 'Search', exact: true }).click();
+  await page.getByText(/match “/).waitFor();
+  const matching = (await must('GET', `${P}/groups?search=${encodeURIComponent(account.group_key)}&limit=100`)).results;
+  check(await page.locator('main tbody tr').count() === matching.length, `the search lists the API's ${matching.length} matching accounts`);
+  await visit(page, 'accounts');
+  await navigating(page, () => page.locator(`main a[href$="/accounts/${encodeURIComponent(account.group_type)}/${encodeURIComponent(account.group_key)}"]`).first().click());
+  const detail = await must('GET', `${P}/groups/${encodeURIComponent(account.group_type)}/${encodeURIComponent(account.group_key)}?members_limit=200`);
+  check(await page.locator('section[aria-labelledby="a-members"] tbody tr').count() === detail.member_list.length, `the account lists its ${detail.member_list.length} members`);
+  check(detail.member_list.some((p) => p.id === member.id), 'the person who named the account is a member');
   await page.getByLabel('Email', { exact: true }).fill('new.teammate@example.com');
   await page.getByLabel('Inviter (distinct id)').fill(member.distinct_ids[0]);
   await page.getByRole('button', { name: 'Invite', exact: true }).click();
   await page.locator('[data-secret]').waitFor();
   check((await page.locator('[data-secret]').innerText()).length > 20, 'the invitation token is shown once');
   await page.getByRole('cell', { name: 'new.teammate@example.com' }).waitFor();
-  await visit(page, 'growth-invitations');
+  await visit(page, 'account');
   await page.getByRole('button', { name: 'Revoke the invitation to new.teammate@example.com' }).click();
   await page.getByText('Invitation for new.teammate@example.com revoked.').waitFor();
   const invitations = (await must('GET', `${P}/groups/${account.group_type}/${account.group_key}/invitations`)).results;
   check(invitations.some((i) => i.email === 'new.teammate@example.com' && i.status === 'revoked'), 'revoking from the page revokes the invitation');
+  // Every account's invitations, by status.
+  await navigating(page, () => nav(page, 'Growth').click());
+  await navigating(page, () => page.getByRole('link', { name: 'Account invitations' }).click());
+  check(await page.getByRole('cell', { name: 'new.teammate@example.com' }).isVisible(), "the project's invitation list has it");
+  await navigating(page, () => page.getByLabel('Status').selectOption('pending'));
+  const pendingInvitations = (await must('GET', `${P}/invitations?status=pending`)).results;
+  check(await page.getByRole('cell', { name: 'new.teammate@example.com' }).count() === 0
+    && await page.locator('main tbody tr').count() === pendingInvitations.length, `filtered to pending: the API's ${pendingInvitations.length}`);
+  await visit(page, 'growth-invitations');
   await navigating(page, () => page.getByRole('link', { name: 'K-factor and PQL' }).click());
   await visit(page, 'growth-loops');
 
@@ -564,6 +607,12 @@ try {
 
   await viewerCtx.close();
   await owner.close();
+} catch (err) {
+  // What the failing page showed, and anything it logged.
+  if (lastPage) await lastPage.screenshot({ path: path.join(artifacts, 'analytics-failure.png'), fullPage: true }).catch(() => {});
+  console.log([...problems, ...consoleErrors.slice(-20)].join('\n'));
+  console.log(`screenshot of the failing page: ${path.join(artifacts, 'analytics-failure.png')}`);
+  throw err;
 } finally {
   await browser.close();
   rmSync(userDataDir, { recursive: true, force: true });

@@ -7,17 +7,19 @@ import { navigate, render } from '../router.js';
 import { app } from '../shell.js';
 import { time } from '../format.js';
 import {
-  badge, button, emptyState, field, formSummary, input, pageHeader, secretBox, section, select, submitting, table, toast,
+  badge, button, emptyState, field, formSummary, input, pageHeader, section, select, submitting, table, toast,
 } from '../ui.js';
 import { funnelBars, num, seriesChart, seriesTable } from '../insights/charts.js';
 import { personPath } from './persons.js';
+import { invitationFilter, projectInvitations } from './accounts.js';
+import { graphPage } from './graph.js';
 
 const programPath = (key) => app.path(`/growth/programs/${encodeURIComponent(key)}`);
 const STATUS_KIND = { qualified: 'on', rewarded: 'on', held: 'tag', rejected: 'off', reversed: 'off', capped: 'off' };
 
 function tabs(current) {
   const items = [['/growth', 'Referral programs'], ['/growth/rewards', 'Reward ledger'], ['/growth/invitations', 'Account invitations'],
-    ['/growth/loops', 'K-factor and PQL']];
+    ['/growth/graph', 'Growth graph'], ['/growth/loops', 'K-factor and PQL']];
   return h('nav', { class: 'tabs', 'aria-label': 'Growth' }, h('ul', items.map(([p, label]) => h('li',
     h('a', { href: app.path(p), class: 'tab', 'aria-current': current === p ? 'page' : undefined }, label)))));
 }
@@ -290,82 +292,14 @@ export async function loopsPage({ query }) {
 }
 
 
-/** `/growth/invitations?type=&key=`: one account's invitations (the API lists them per group), resend, revoke, invite. */
+/** `/growth/invitations`: invitations to every account of the project, by status (an account's page invites). */
 export async function invitationsPage({ query }) {
-  const pid = app.project.id;
-  const canWrite = app.can('growth:write');
-  const type = query.get('type') || '';
-  const key = query.get('key') || '';
-  const typeIn = input({ name: 'type', value: type || 'company', autocomplete: 'off', spellcheck: 'false' });
-  const keyIn = input({ name: 'key', value: key, autocomplete: 'off', spellcheck: 'false' });
-  const pick = h('form', {
-    class: 'form search-form', novalidate: true, 'aria-label': 'Account',
-    onsubmit: (e) => {
-      e.preventDefault();
-      navigate(`${app.path('/growth/invitations')}${qs({ type: typeIn.value.trim(), key: keyIn.value.trim() })}`);
-    },
-  }, field({ label: 'Group type', name: 'type', control: typeIn }), field({ label: 'Account key', name: 'key', control: keyIn }),
-  button('Show invitations', { type: 'submit', kind: 'primary' }));
-  if (!type || !key) {
-    return h('div', pageHeader('Account invitations', { subtitle: 'Invitations to join an account (a group), with their status.' }),
-      tabs('/growth/invitations'), pick, emptyState('Choose an account', 'Give the group type and the account’s key (a person’s profile links to their accounts).'));
-  }
-  const base = `/groups/${encodeURIComponent(type)}/${encodeURIComponent(key)}/invitations`;
-  const act = async (inv, action) => {
-    try {
-      const r = await post(projectPath(pid, `/invitations/${inv.id}/${action}`));
-      toast(action === 'resend' ? `A new link for ${inv.email}${r && r.token ? ' is shown below' : ''}.` : `Invitation for ${inv.email} revoked.`);
-      if (r && r.token) mount(tokenBox, secretBox({ title: `Invitation token for ${inv.email}`, value: r.token, note: 'Shown once: the old token no longer works.' }));
-      mount(listBox, list());
-    } catch (err) {
-      toast(err.message, 'error');
-    }
-  };
-  const tokenBox = h('div');
-  const listBox = h('div');
-  const list = () => section(() => get(projectPath(pid, base)).then((r) => r.results || []), (rows) => table({
-    caption: `Invitations to ${type} ${key}`,
-    rows,
-    empty: emptyState('No invitations to this account', null),
-    columns: [
-      { label: 'Email', render: (i) => i.email },
-      { label: 'Invited by', render: (i) => h('a', { href: personPath(i.inviter) }, i.inviter) },
-      { label: 'Role', render: (i) => i.role },
-      { label: 'Status', render: (i) => h('div', badge(i.status, i.status === 'accepted' ? 'on' : i.status === 'pending' ? 'neutral' : 'off'), i.accepted_by ? h('p', { class: 'muted small' }, 'by ', h('a', { href: personPath(i.accepted_by) }, i.accepted_by)) : null) },
-      { label: 'Expires', render: (i) => time(i.expires_at) },
-      canWrite ? {
-        label: 'Actions',
-        render: (i) => (i.status === 'pending' || i.status === 'expired' ? h('div', { class: 'actions actions-left' },
-          button('Resend', { class: 'btn btn-secondary btn-small', 'aria-label': `Resend the invitation to ${i.email}`, onclick: () => act(i, 'resend') }),
-          i.status === 'pending' ? button('Revoke', { class: 'btn btn-ghost btn-small btn-danger-text', 'aria-label': `Revoke the invitation to ${i.email}`, onclick: () => act(i, 'revoke') }) : null) : '—'),
-      } : null,
-    ].filter(Boolean),
-  }));
-  mount(listBox, list());
-  let inviteForm = null;
-  if (canWrite) {
-    const email = input({ type: 'email', name: 'email', autocomplete: 'off' });
-    const inviter = input({ name: 'inviter', autocomplete: 'off', spellcheck: 'false' });
-    const role = input({ name: 'role', value: 'member' });
-    inviteForm = h('form', {
-      class: 'form card', novalidate: true, 'aria-labelledby': 'invite-title',
-      onsubmit: async (e) => {
-        e.preventDefault();
-        const made = await submitting(inviteForm, () => post(projectPath(pid, base), { email: email.value.trim(), inviter: inviter.value.trim(), role: role.value.trim() }), 'Inviting…');
-        if (made) {
-          mount(tokenBox, secretBox({ title: `Invitation token for ${made.email}`, value: made.token, note: 'Shown once: send it to the invitee (your product accepts it with POST …/invitations/accept).' }));
-          email.value = '';
-          mount(listBox, list());
-        }
-      },
-    },
-    h('h2', { id: 'invite-title' }, 'Invite to this account'),
-    formSummary(),
-    h('div', { class: 'grid-3' },
-      field({ label: 'Email', name: 'email', control: email }),
-      field({ label: 'Inviter (distinct id)', name: 'inviter', control: inviter, hint: 'Credited in the growth graph.' }),
-      field({ label: 'Role', name: 'role', control: role })),
-    h('div', { class: 'actions actions-left' }, button('Invite', { type: 'submit', kind: 'primary' })));
-  }
-  return h('div', pageHeader(`Invitations to ${key}`, { subtitle: `${type} ${key}` }), tabs('/growth/invitations'), pick, inviteForm, tokenBox, listBox);
+  const status = query.get('status') || '';
+  return h('div', pageHeader('Account invitations', { subtitle: 'Invitations to join an account (a company, a team), newest first. Invite from the account’s page.' }),
+    tabs('/growth/invitations'), invitationFilter(status, app.path('/growth/invitations')), projectInvitations(app.project.id, status));
+}
+
+/** `/growth/graph`: who brought whom. */
+export function growthGraphPage(ctx) {
+  return graphPage(ctx, tabs('/growth/graph'));
 }

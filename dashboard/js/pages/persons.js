@@ -133,7 +133,8 @@ function growth(pid, person) {
     h('h3', 'Growth path'),
     path && (path.steps || []).length
       ? h('ol', { class: 'growth-path' }, path.steps.map((st) => h('li', `${st.via}${st.context ? ` (${st.context})` : ''}: `, h('code', String(st.from)), ' brought ', h('code', String(st.person)), st.at ? ` on ${exact(st.at)}` : '')))
-      : h('p', { class: 'empty-inline' }, 'Not brought in by anyone (a root of the growth graph).')));
+      : h('p', { class: 'empty-inline' }, 'Not brought in by anyone (a root of the growth graph).'),
+    h('p', h('a', { href: app.path(`/growth/graph${qs({ person: did })}`) }, 'Show in the growth graph'))));
 }
 
 function pqlScores(pid, person) {
@@ -189,8 +190,8 @@ export async function personPage({ params }) {
         h('section', { class: 'card', 'aria-labelledby': 'p-ids' }, h('h2', { id: 'p-ids' }, 'Distinct ids'),
           h('ul', { class: 'inline-list', 'data-distinct-ids': '' }, person.distinct_ids.map((d) => h('li', h('code', d))))),
         (person.groups || []).length ? h('section', { class: 'card', 'aria-labelledby': 'p-groups' }, h('h2', { id: 'p-groups' }, 'Groups'),
-          h('ul', { class: 'plain-list' }, person.groups.map((g) => h('li', `${g.group_type}: `, h('code', g.group_key), g.properties && g.properties.name ? ` (${g.properties.name})` : '', ' · ',
-            h('a', { href: app.path(`/growth/invitations${qs({ type: g.group_type, key: g.group_key })}`) }, 'invitations'))))) : null,
+          h('ul', { class: 'plain-list' }, person.groups.map((g) => h('li', `${g.group_type}: `,
+            h('a', { href: app.path(`/accounts/${encodeURIComponent(g.group_type)}/${encodeURIComponent(g.group_key)}`) }, g.properties && g.properties.name ? `${g.properties.name} (${g.group_key})` : g.group_key))))) : null,
         h('section', { class: 'card', 'aria-labelledby': 'p-pql' }, h('h2', { id: 'p-pql' }, 'PQL score'), pqlScores(pid, person)))),
     h('section', { class: 'card', 'aria-labelledby': 'p-growth' }, h('h2', { id: 'p-growth' }, 'Referrals and rewards'), growth(pid, person)),
     h('section', { class: 'card', 'aria-labelledby': 'p-events' }, h('h2', { id: 'p-events' }, 'Events'), timeline(pid, person)));
