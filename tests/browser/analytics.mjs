@@ -462,6 +462,34 @@ try {
   await goto(page, `${app}/experiments/pricing-v3`);
   check(await page.locator('[data-srm]').isVisible(), 'a 200/100 split of a 50/50 rule shows the sample-ratio-mismatch warning');
   await visit(page, 'experiment-srm');
+  // A metric and an experiment made in the forms, then started.
+  await navigating(page, () => nav(page, 'Experiments').click());
+  await page.getByLabel('Metric name').fill('Tasks done');
+  await page.getByLabel('Metric key').fill('tasks-done');
+  await page.getByLabel('Kind').selectOption('count');
+  await page.getByLabel('Event', { exact: true }).fill('task_completed');
+  await page.getByRole('button', { name: 'Create metric' }).click();
+  await page.getByText('tasks-done', { exact: true }).waitFor();
+  const tasks = await must('GET', `${P}/metrics/tasks-done`);
+  check(tasks.kind === 'count' && tasks.event === 'task_completed', 'the metric form creates a count metric');
+  await page.getByRole('button', { name: 'New experiment' }).click();
+  await page.getByRole('button', { name: 'Create experiment' }).click();
+  await page.locator('.field-error').first().waitFor();
+  check(await page.getByLabel('Name', { exact: true }).getAttribute('aria-invalid') === 'true', 'an experiment without a name is refused at the field');
+  await page.getByLabel('Name', { exact: true }).fill('Pricing page tasks');
+  check(await page.getByLabel('Key', { exact: true }).inputValue() === 'pricing-page-tasks', 'the key follows the name');
+  await page.getByLabel('Experiment rule').selectOption({ label: 'pricing-page · production · rule exp (2 variations)' });
+  await page.locator('[data-field="metrics.primary"]').getByLabel(/Tasks done/).check();
+  await page.locator('[data-field="metrics.guardrail"]').getByLabel(/Activated/).check();
+  await page.getByLabel('Statistics').selectOption('sequential');
+  await navigating(page, () => page.getByRole('button', { name: 'Create experiment' }).click());
+  const madeExp = await must('GET', `${P}/experiments/pricing-page-tasks`);
+  check(madeExp.feature === 'pricing-page' && madeExp.rule_id === 'exp' && same(madeExp.metrics.primary, ['tasks-done'])
+    && same(madeExp.metrics.guardrail, ['activated']) && madeExp.analysis.engine === 'sequential' && madeExp.status === 'draft', 'the experiment form creates the draft as filled in');
+  await visit(page, 'experiment-new');
+  await navigating(page, () => page.getByRole('button', { name: 'Start experiment' }).click());
+  check((await must('GET', `${P}/experiments/pricing-page-tasks`)).status === 'running', 'starting from the page starts it');
+  check(await page.getByRole('button', { name: 'Stop experiment' }).isVisible(), 'a running experiment offers to stop');
 
   // ------------------------------------------------------------------ growth: approve the held referral
   await navigating(page, () => nav(page, 'Growth').click());

@@ -2,23 +2,131 @@
 // the lift with its interval drawn against zero, chance to win (Bayesian) or p-value (frequentist, sequential), the
 // sample-ratio-mismatch banner, guardrails — and the decision (ship a variation, or roll back) for members.
 import { get, post, projectPath } from '../api.js';
-import { h, s } from '../dom.js';
-import { render } from '../router.js';
+import { h, mount, s } from '../dom.js';
+import { navigate, render } from '../router.js';
 import { app } from '../shell.js';
 import { time } from '../format.js';
 import {
-  badge, button, confirmDialog, emptyState, field, formSummary, pageHeader, section, select, submitting, table, textarea, toast,
+  badge, button, confirmDialog, emptyState, errorPanel, field, formSummary, input, loading, pageHeader, section, select, submitting, table,
+  textarea, toast,
 } from '../ui.js';
 import { num, pct } from '../insights/charts.js';
 
 const expPath = (key) => app.path(`/experiments/${encodeURIComponent(key)}`);
 const STATUS_KIND = { running: 'on', draft: 'neutral', stopped: 'off' };
 
+/** Checkboxes for a list of metric keys (a fieldset named like the API field, so errors land on it). */
+function metricChecks(name, legend, metrics, checked = []) {
+  const box = h('fieldset', { class: 'checks', 'data-field': name, tabindex: '-1' }, h('legend', legend),
+    metrics.length ? metrics.map((m) => {
+      const id = `${name.replace('.', '-')}-${m.key}`;
+      return h('div', { class: 'field field-inline' },
+        h('input', { type: 'checkbox', id, value: m.key, checked: checked.includes(m.key), 'data-metric-key': m.key }),
+        h('label', { for: id }, m.name, ' ', h('span', { class: 'muted small mono' }, `${m.key} · ${m.kind}`)));
+    }) : h('p', { class: 'muted small' }, 'No metrics yet: create one below.'));
+  box.values = () => [...box.querySelectorAll('input:checked')].map((i) => i.value);
+  return box;
+}
+
+/** Every experiment rule of the project's flags: [feature key, environment, rule]. */
+async function experimentRules(pid) {
+  const features = (await get(projectPath(pid, '/features'))).results || [];
+  const out = [];
+  for (const f of features) {
+    for (const [env, cfg] of Object.entries(f.environments || {})) {
+      for (const r of (cfg && cfg.rules) || []) if (r.type === 'experiment') out.push([f.key, env, r]);
+    }
+  }
+  return out;
+}
+
+function experimentForm(pid, rules, metrics, onCancel) {
+  const name = input({ required: true, autocomplete: 'off' });
+  const key = input({ required: true, autocomplete: 'off', spellcheck: 'false' });
+  const hypothesis = textarea({ rows: 2 });
+  const binding = select(rules.map(([f, env, r], i) => [String(i), `${f} · ${env} · rule ${r.id} (${(r.variations || []).length} variations)`]), '0');
+  const primary = metricChecks('metrics.primary', 'Primary metrics (decide on these)', metrics);
+  const guardrail = metricChecks('metrics.guardrail', 'Guardrail metrics (must not get worse)', metrics);
+  const engine = select([['bayesian', 'Bayesian (chance to win)'], ['frequentist', 'Frequentist (fixed horizon)'], ['sequential', 'Sequential (look any time)']], 'bayesian');
+  const cuped = h('input', { type: 'checkbox', checked: true });
+  let keyEdited = false;
+  key.addEventListener('input', () => { keyEdited = true; });
+  name.addEventListener('input', () => {
+    if (!keyEdited) key.value = name.value.trim().toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 60);
+  });
+  const form = h('form', {
+    class: 'form card', novalidate: true, 'aria-labelledby': 'new-exp-title',
+    onsubmit: async (e) => {
+      e.preventDefault();
+      const [feature, environment, rule] = rules[Number(binding.value)] || [];
+      const body = {
+        key: key.value.trim(), name: name.value.trim(), hypothesis: hypothesis.value.trim() || undefined,
+        feature, environment, rule_id: rule && rule.id,
+        metrics: { primary: primary.values(), guardrail: guardrail.values() },
+        analysis: { engine: engine.value, cuped: cuped.checked },
+      };
+      const made = await submitting(form, () => post(projectPath(pid, '/experiments'), body), 'Creating…');
+      if (made) navigate(expPath(made.key));
+    },
+  },
+  h('h2', { id: 'new-exp-title' }, 'New experiment'),
+  formSummary(),
+  h('div', { class: 'grid-2' }, field({ label: 'Name', name: 'name', control: name }), field({ label: 'Key', name: 'key', control: key })),
+  field({ label: 'Hypothesis', name: 'hypothesis', control: hypothesis, hint: 'What you expect, and why.' }),
+  field({ label: 'Experiment rule', name: 'feature', control: binding, hint: 'The flag rule that assigns the variations.' }),
+  h('div', { class: 'grid-2' }, primary, guardrail),
+  h('div', { class: 'grid-2' }, field({ label: 'Statistics', name: 'analysis.engine', control: engine }),
+    field({ label: 'CUPED variance reduction', name: 'analysis.cuped', control: cuped, inline: true })),
+  h('div', { class: 'actions actions-left' }, button('Create experiment', { type: 'submit', kind: 'primary' }), button('Cancel', { onclick: onCancel })));
+  return form;
+}
+
+function metricForm(pid, onMade) {
+  const name = input({ required: true, autocomplete: 'off' });
+  const key = input({ required: true, autocomplete: 'off', spellcheck: 'false' });
+  const kind = select([['conversion', 'Conversion (did the event)'], ['count', 'Count of events'], ['sum', 'Sum of a property']], 'conversion');
+  const event = input({ required: true, spellcheck: 'false', placeholder: 'purchase_completed' });
+  const property = input({ spellcheck: 'false', placeholder: 'amount' });
+  const window = input({ type: 'number', min: 1, placeholder: 'until the end' });
+  const inverse = h('input', { type: 'checkbox' });
+  const propertyField = field({ label: 'Property to sum', name: 'value_property', control: property });
+  propertyField.hidden = true;
+  kind.addEventListener('change', () => { propertyField.hidden = kind.value !== 'sum'; });
+  const form = h('form', {
+    class: 'form', novalidate: true, 'aria-labelledby': 'new-metric-title',
+    onsubmit: async (e) => {
+      e.preventDefault();
+      const body = { key: key.value.trim(), name: name.value.trim(), kind: kind.value, event: event.value.trim(), inverse: inverse.checked };
+      if (kind.value === 'sum') body.value_property = property.value.trim();
+      if (window.value.trim()) body.window_hours = Number(window.value);
+      const made = await submitting(form, () => post(projectPath(pid, '/metrics'), body), 'Creating…');
+      if (made) {
+        toast(`Metric ${made.name} created.`);
+        form.reset();
+        propertyField.hidden = true;
+        onMade(made);
+      }
+    },
+  },
+  h('h3', { id: 'new-metric-title' }, 'New metric'),
+  formSummary(),
+  h('div', { class: 'grid-3' }, field({ label: 'Metric name', name: 'name', control: name }), field({ label: 'Metric key', name: 'key', control: key }),
+    field({ label: 'Kind', name: 'kind', control: kind })),
+  h('div', { class: 'grid-3' }, field({ label: 'Event', name: 'event', control: event }), propertyField,
+    field({ label: 'Window (hours after exposure)', name: 'window_hours', control: window })),
+  field({ label: 'Lower is better', name: 'inverse', control: inverse, inline: true }),
+  h('div', { class: 'actions actions-left' }, button('Create metric', { type: 'submit', kind: 'primary' })));
+  return form;
+}
+
 export async function experimentsPage() {
-  const list = section(() => get(projectPath(app.project.id, '/experiments')).then((r) => r.results || []), (rows) => table({
+  const pid = app.project.id;
+  const canWrite = app.can('experiments:write');
+  const formBox = h('div');
+  const list = section(() => get(projectPath(pid, '/experiments')).then((r) => r.results || []), (rows) => table({
     caption: 'Experiments',
     rows,
-    empty: emptyState('No experiments yet', 'An experiment binds to a feature flag’s experiment rule; create one through the API (POST …/experiments).'),
+    empty: emptyState('No experiments yet', canWrite ? 'An experiment analyses a flag’s experiment rule: create one with “New experiment”.' : 'Nobody has created an experiment yet.'),
     columns: [
       { label: 'Experiment', render: (x) => h('div', h('a', { href: expPath(x.key) }, x.name), h('p', { class: 'muted small mono' }, x.key)) },
       { label: 'Flag', render: (x) => h('span', { class: 'mono' }, `${x.feature} · ${x.rule_id}`) },
@@ -27,7 +135,44 @@ export async function experimentsPage() {
       { label: 'Created', render: (x) => time(x.created_at) },
     ],
   }));
-  return h('div', pageHeader('Experiments', { subtitle: 'Results of the experiments on your feature flags.' }), list);
+  const metricsBox = h('div');
+  const metricList = () => section(() => get(projectPath(pid, '/metrics')).then((r) => r.results || []), (rows) => table({
+    caption: 'Metrics',
+    rows,
+    empty: h('p', { class: 'empty-inline' }, 'No metrics yet.'),
+    columns: [
+      { label: 'Metric', render: (m) => h('div', m.name, h('p', { class: 'muted small mono' }, m.key)) },
+      { label: 'Kind', render: (m) => m.kind },
+      { label: 'Event', render: (m) => h('code', m.event || (m.numerator && m.numerator.event) || '—') },
+      { label: 'Better', render: (m) => (m.inverse ? 'lower' : 'higher') },
+    ],
+  }));
+  mount(metricsBox, metricList());
+  const open = async () => {
+    mount(formBox, loading());
+    try {
+      const [rules, metrics] = await Promise.all([experimentRules(pid), get(projectPath(pid, '/metrics')).then((r) => r.results || [])]);
+      if (!rules.length) {
+        mount(formBox, h('div', { class: 'notice' }, 'No flag has an experiment rule yet. Add one on a flag’s page (rule type “Experiment”), then create the experiment here. ',
+          h('a', { href: app.path('/flags') }, 'Feature flags')));
+        return;
+      }
+      mount(formBox, experimentForm(pid, rules, metrics, () => mount(formBox)));
+      formBox.querySelector('input').focus();
+    } catch (err) {
+      mount(formBox, errorPanel(err, open));
+    }
+  };
+  return h('div',
+    pageHeader('Experiments', {
+      subtitle: 'Results of the experiments on your feature flags.',
+      actions: canWrite ? button('New experiment', { kind: 'primary', onclick: open }) : null,
+    }),
+    formBox, list,
+    h('section', { class: 'card', 'aria-labelledby': 'metrics-title' }, h('h2', { id: 'metrics-title' }, 'Metrics'),
+      h('p', { class: 'muted small' }, 'What experiments measure, per unit, in a window after its first exposure.'),
+      metricsBox,
+      canWrite ? metricForm(pid, () => { mount(metricsBox, metricList()); if (formBox.firstChild) open(); }) : null));
 }
 
 /** The lift and its interval as a small horizontal chart around zero. */
@@ -106,6 +251,24 @@ function decisionForm(x, variations) {
   return form;
 }
 
+/** Start a draft or stopped experiment, stop a running one. */
+function lifecycleButton(x) {
+  const action = x.status === 'running' ? 'stop' : 'start';
+  return button(action === 'start' ? (x.status === 'draft' ? 'Start experiment' : 'Restart experiment') : 'Stop experiment', {
+    kind: action === 'start' ? 'primary' : 'secondary',
+    onclick: async () => {
+      if (action === 'stop' && !await confirmDialog({ title: 'Stop this experiment?', text: 'Results stop counting new exposures; you can start it again (a new phase) or decide.', confirm: 'Stop' })) return;
+      try {
+        await post(projectPath(app.project.id, `/experiments/${encodeURIComponent(x.key)}/${action}`));
+        toast(action === 'start' ? 'Experiment started.' : 'Experiment stopped.');
+        render({ focus: true });
+      } catch (err) {
+        toast(err.message, 'error');
+      }
+    },
+  });
+}
+
 export async function experimentPage({ params }) {
   const pid = app.project.id;
   const x = await get(projectPath(pid, `/experiments/${encodeURIComponent(params.key)}`));
@@ -147,7 +310,10 @@ export async function experimentPage({ params }) {
   });
   return h('div',
     h('p', { class: 'breadcrumb' }, h('a', { href: app.path('/experiments') }, 'Experiments')),
-    pageHeader(x.name, { subtitle: x.hypothesis || `On ${x.feature} · ${x.rule_id} in ${x.environment}` }),
+    pageHeader(x.name, {
+      subtitle: x.hypothesis || `On ${x.feature} · ${x.rule_id} in ${x.environment}`,
+      actions: canDecide && !x.decision ? lifecycleButton(x) : null,
+    }),
     h('dl', { class: 'facts card' },
       h('dt', 'Status'), h('dd', badge(x.status, STATUS_KIND[x.status] || 'neutral')),
       h('dt', 'Flag'), h('dd', h('a', { href: app.path(`/flags/${encodeURIComponent(x.feature)}`), class: 'mono' }, x.feature), ` · rule ${x.rule_id} · ${x.environment}`),
