@@ -431,11 +431,20 @@ try {
   shown = await chartTable(tile);
   check(same(shown.new.slice(1).map(numberOf), answer.new), 'the dashboard tile runs the saved insight');
   await visit(page, 'dashboard');
-  await navigating(page, () => page.getByRole('link', { name: 'Open Pageview lifecycle in the builder' }).click());
+  await navigating(page, () => page.getByRole('link', { name: 'Edit Pageview lifecycle in the builder' }).click());
   check(await page.getByRole('button', { name: 'Lifecycle', exact: true }).getAttribute('aria-pressed') === 'true'
     && await page.getByLabel('Event', { exact: true }).inputValue() === '$pageview', 'a tile opens in the builder with its definition');
   await page.locator('.answer[aria-busy="false"] section[data-kind="lifecycle"]').waitFor();
   check(same((await chartTable(page.locator('.answer'))).new.slice(1).map(numberOf), answer.new), 'the reopened insight gives the same answer');
+  // Edited in place: another event, run, then updated on its dashboard (still one tile).
+  check(await page.locator('[data-editing]').isVisible(), 'the builder says which tile it edits');
+  await page.getByLabel('Event', { exact: true }).fill('task_completed');
+  await page.getByRole('button', { name: 'Run', exact: true }).click();
+  await page.locator('.answer[aria-busy="false"] section[data-kind="lifecycle"]').waitFor();
+  await navigating(page, () => page.getByRole('button', { name: 'Update on the dashboard' }).click());
+  const edited = (await must('GET', `${P}/dashboards/${dashboards[0].key}`)).insights;
+  check(edited.length === 1 && edited[0].name === 'Pageview lifecycle' && JSON.stringify(edited[0].query).includes('task_completed'), 'the tile is updated in place');
+  check(await heading(page) === 'Weekly review', 'and the dashboard is shown again');
 
   // ------------------------------------------------------------------ experiments
   await navigating(page, () => nav(page, 'Experiments').click());

@@ -71,7 +71,10 @@ function tile(dash, insight, index, canWrite, onRemove) {
     h('div', { class: 'answer-head' }, h('h2', { id: titleId }, insight.name),
       h('div', { class: 'actions' },
         h('span', { class: 'badge' }, insight.kind),
-        h('a', { href: insightsPath(fromBody(insight.kind, insight.query || {}, insight.chart)), class: 'btn btn-ghost btn-small', 'aria-label': `Open ${insight.name} in the builder` }, 'Open'),
+        h('a', {
+          href: `${insightsPath(fromBody(insight.kind, insight.query || {}, insight.chart))}${canWrite ? `&dashboard=${encodeURIComponent(dash.key)}&tile=${index}` : ''}`,
+          class: 'btn btn-ghost btn-small', 'aria-label': `${canWrite ? 'Edit' : 'Open'} ${insight.name} in the builder`,
+        }, canWrite ? 'Edit' : 'Open'),
         canWrite ? button('Remove', { class: 'btn btn-ghost btn-small', 'aria-label': `Remove ${insight.name}`, onclick: () => onRemove(index) }) : null)),
     body);
   const holder = h('div', { class: 'section-body' });

@@ -3,6 +3,7 @@
 // dashboard" for members who may write insights. The draft lives in the address, so an insight can be shared.
 import { get, patch, post, projectPath, query as qs } from '../api.js';
 import { h, mount } from '../dom.js';
+import { navigate } from '../router.js';
 import { app } from '../shell.js';
 import {
   button, emptyState, errorPanel, field, formSummary, input, loading, pageHeader, select, showErrors, submitting, toast,
@@ -231,7 +232,35 @@ export async function insightsPage({ query }) {
   const status = h('p', { class: 'visually-hidden', role: 'status' });
   let lastBody = null;
 
-  const sync = () => history.replaceState(null, '', `${location.pathname}${toQuery(d)}`);
+  // Opened from a dashboard tile (`dashboard` and `tile` in the address): the answer can update that tile in place.
+  const editing = canSave && query.get('dashboard') && /^\d+$/.test(query.get('tile') || '')
+    ? { key: query.get('dashboard'), index: Number(query.get('tile')) } : null;
+  const editSuffix = editing ? `&dashboard=${encodeURIComponent(editing.key)}&tile=${editing.index}` : '';
+  const sync = () => history.replaceState(null, '', `${location.pathname}${toQuery(d)}${editSuffix}`);
+  let editBanner = null;
+  if (editing) {
+    editing.dash = await get(projectPath(app.project.id, `/dashboards/${encodeURIComponent(editing.key)}`)).catch(() => null);
+    editing.tile = editing.dash && (editing.dash.insights || [])[editing.index];
+    editBanner = editing.tile
+      ? h('p', { class: 'notice', 'data-editing': '' }, 'Editing “', h('strong', editing.tile.name), '” of the dashboard ',
+        h('a', { href: app.path(`/dashboards/${encodeURIComponent(editing.key)}`) }, editing.dash.name),
+        ': run the insight, then “Update on the dashboard”.')
+      : h('p', { class: 'notice' }, 'The dashboard tile this insight came from no longer exists: save it as a new one.');
+  }
+  const updateTile = async (btn) => {
+    const answerHead = btn.closest('.answer-head');
+    const box = h('form', { class: 'form', novalidate: true, onsubmit: (e) => e.preventDefault() }, formSummary());
+    answerHead.after(box);
+    const done = await submitting(box, () => {
+      const insights = [...(editing.dash.insights || [])];
+      insights[editing.index] = { ...editing.tile, kind: d.kind, query: lastBody, chart: d.chart };
+      return patch(projectPath(app.project.id, `/dashboards/${encodeURIComponent(editing.key)}`), { insights, version: editing.dash.version });
+    }, 'Updating…');
+    if (done) {
+      toast(`“${editing.tile.name}” updated on “${done.name}”.`);
+      navigate(app.path(`/dashboards/${encodeURIComponent(editing.key)}`));
+    }
+  };
 
   const form = h('form', { class: 'form card insight-form', novalidate: true, 'aria-label': 'Insight definition' });
   const run = async () => {
@@ -250,7 +279,9 @@ export async function insightsPage({ query }) {
     }
     mount(answerBox, h('section', { class: 'card', 'aria-labelledby': 'answer-title', 'data-kind': d.kind },
       h('div', { class: 'answer-head' }, h('h2', { id: 'answer-title' }, 'Result'),
-        canSave ? button('Save to a dashboard', { onclick: () => { mount(saveBox, saveForm(d, () => lastBody, () => mount(saveBox))); saveBox.querySelector('input').focus(); } }) : null),
+        h('div', { class: 'actions' },
+          editing && editing.tile ? button('Update on the dashboard', { kind: 'primary', onclick: (e) => updateTile(e.currentTarget) }) : null,
+          canSave ? button(editing && editing.tile ? 'Save as a new insight' : 'Save to a dashboard', { onclick: () => { mount(saveBox, saveForm(d, () => lastBody, () => mount(saveBox))); saveBox.querySelector('input').focus(); } }) : null)),
       renderAnswer(d.kind, answer, d)));
     status.textContent = 'The insight has been updated.';
   };
@@ -282,7 +313,7 @@ export async function insightsPage({ query }) {
   const page = h('div',
     pageHeader('Insights', { subtitle: 'Trends, funnels, retention, stickiness and lifecycle of your events.', actions: h('a', { href: app.path('/dashboards'), class: 'btn btn-secondary' }, 'Dashboards') }),
     h('datalist', { id: 'event-names' }, names.map((n) => h('option', { value: n }))),
-    status, form, answerBox, saveBox);
+    editBanner, status, form, answerBox, saveBox);
   // The first answer is part of the page's load.
   const first = run();
   const holder = h('div', { class: 'section-body' });
