@@ -15,6 +15,7 @@ import { experimentPage, experimentsPage } from './pages/experiments.js';
 import { personPage, personsPage } from './pages/persons.js';
 import { growthGraphPage, growthPage, invitationsPage, loopsPage, programPage, rewardsPage } from './pages/growth.js';
 import { accountPage, accountsPage } from './pages/accounts.js';
+import { cohortPage, cohortsPage } from './pages/cohorts.js';
 
 const PUBLIC = new Set(['/app/signin', '/app/setup', '/app/accept']);
 
@@ -39,6 +40,8 @@ route('/app/projects/:project/growth/loops', loopsPage);
 route('/app/projects/:project/growth/invitations', invitationsPage);
 route('/app/projects/:project/growth/graph', growthGraphPage);
 route('/app/projects/:project/accounts', accountsPage);
+route('/app/projects/:project/cohorts', cohortsPage);
+route('/app/projects/:project/cohorts/:id', cohortPage);
 route('/app/projects/:project/accounts/:type/:key', accountPage);
 
 onNotFound((pathname) => h('div', pageHeader('Page not found'),

@@ -37,6 +37,7 @@ export const NAV = [
       { label: 'Dashboards', path: '/dashboards', need: 'insights:read' },
       { label: 'Persons', path: '/persons', need: 'persons:read' },
       { label: 'Accounts', path: '/accounts', need: 'growth:read' },
+      { label: 'Cohorts', path: '/cohorts', need: 'insights:read' },
     ],
   },
   { section: 'Growth', items: [{ label: 'Growth', path: '/growth', need: 'growth:read' }] },

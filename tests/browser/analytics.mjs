@@ -576,6 +576,38 @@ try {
   await navigating(page, () => page.getByRole('link', { name: 'K-factor and PQL' }).click());
   await visit(page, 'growth-loops');
 
+  // ------------------------------------------------------------------ cohorts: dynamic and static, made in the form
+  await navigating(page, () => nav(page, 'Cohorts').click());
+  await page.getByRole('button', { name: 'New cohort' }).click();
+  await page.getByLabel('Name', { exact: true }).fill('Busy users');
+  await page.getByLabel('Condition kind').selectOption('behavioral');
+  await page.getByRole('button', { name: 'Create cohort' }).click();
+  await page.locator('.field-error').first().waitFor();
+  check(await page.locator('[data-field="filters"]').getAttribute('aria-invalid') === 'true', 'a condition without its event is refused at the conditions');
+  await page.getByLabel('Event', { exact: true }).fill('task_completed');
+  await page.getByLabel('At least (times)').fill('3');
+  await navigating(page, () => page.getByRole('button', { name: 'Create cohort' }).click());
+  const busy = (await must('GET', `${P}/cohorts`)).results.find((c) => c.name === 'Busy users');
+  check(busy && !busy.is_static && busy.filters.properties.values[0].operator_value === 3, 'the dynamic cohort is saved as filled in');
+  const busyPersons = await must('GET', `${P}/cohorts/${busy.id}/persons?limit=100`);
+  check(busy.count > 0 && await page.locator('section[aria-labelledby="persons-title"] tbody tr').count() === Math.min(100, busyPersons.count), `the cohort page lists its persons (${busy.count})`);
+  await visit(page, 'cohort');
+  await navigating(page, () => page.getByRole('link', { name: 'Cohorts', exact: true }).first().click());
+  await page.getByRole('button', { name: 'New cohort' }).click();
+  await page.getByLabel('Name', { exact: true }).fill('Hand picked');
+  await page.getByLabel('Kind', { exact: true }).selectOption('static');
+  await page.getByLabel('Distinct ids (one per line)').fill('honest-1\nheld-1');
+  await navigating(page, () => page.getByRole('button', { name: 'Create cohort' }).click());
+  const picked = (await must('GET', `${P}/cohorts`)).results.find((c) => c.name === 'Hand picked');
+  check(picked && picked.is_static && picked.count === 2, 'the static cohort holds the two persons listed');
+  await page.getByLabel('Distinct ids (one per line)').fill('held-1');
+  await page.getByRole('button', { name: 'Remove', exact: true }).click();
+  await page.getByText('Members removed.').waitFor();
+  check((await must('GET', `${P}/cohorts/${picked.id}`)).count === 1, 'removing a member from the page removes it');
+  await navigating(page, () => nav(page, 'Cohorts').click());
+  check(await page.locator(`[data-count]`).count() === 2, 'the list shows both cohorts with their sizes');
+  await visit(page, 'cohorts');
+
   // ------------------------------------------------------------------ persons: search, profile, export, erase
   await navigating(page, () => nav(page, 'Persons').click());
   await page.getByLabel('Search persons').fill('user_12');
