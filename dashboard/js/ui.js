@@ -36,7 +36,10 @@ export function emptyState(title, text, action) {
   return h('div', { class: 'empty' }, h('p', { class: 'empty-title' }, title), text ? h('p', text) : null, action || null);
 }
 
-/** Shows `render(data)` once `load()` resolves, a loading state until then, an error panel with a retry on failure. */
+/**
+ * Shows `render(data)` once `load()` resolves, a loading state until then, an error panel with a retry on failure.
+ * `box.reload()` runs it again (a search with new terms).
+ */
 export function section(load, render) {
   const box = h('div', { class: 'section-body', 'aria-busy': 'true' }, loading());
   const run = async () => {
@@ -52,6 +55,10 @@ export function section(load, render) {
     }
   };
   box.ready = run();
+  box.reload = () => {
+    box.ready = run();
+    return box.ready;
+  };
   return box;
 }
 

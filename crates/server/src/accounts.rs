@@ -15,10 +15,9 @@ use serde_json::{json, Value};
 
 use crate::api::Caller;
 use crate::error::ApiError;
-use crate::experiments::limit_param;
+use crate::experiments::{bounded_param, limit_param};
 use crate::state::AppState;
 
-const MAX_SEARCH: usize = 200;
 const STATUSES: &[&str] = &["pending", "accepted", "revoked", "expired"];
 
 pub fn router() -> Router<AppState> {
@@ -50,18 +49,7 @@ async fn list_groups(
 ) -> Result<Json<Value>, ApiError> {
     let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
     let limit = limit_param(params.limit, 50, "group list")?;
-    let search = params
-        .search
-        .as_deref()
-        .map(str::trim)
-        .filter(|s| !s.is_empty());
-    if search.is_some_and(|s| s.chars().count() > MAX_SEARCH) {
-        return Err(ApiError::invalid_field(
-            "group list",
-            "search",
-            format!("must be at most {MAX_SEARCH} characters"),
-        ));
-    }
+    let search = crate::person_search::search_text("group list", params.search.as_deref())?;
     let group_type = params.group_type.as_deref().filter(|t| !t.is_empty());
     // Groups named by events accepted before this request are in the store.
     state.catch_up().await;
@@ -108,14 +96,7 @@ async fn one_group(
     Query(params): Query<OneParams>,
 ) -> Result<Json<Value>, ApiError> {
     let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
-    let members_limit = params.members_limit.unwrap_or(100);
-    if !(1..=1000).contains(&members_limit) {
-        return Err(ApiError::invalid_field(
-            "group",
-            "members_limit",
-            "must be from 1 to 1000",
-        ));
-    }
+    let members_limit = bounded_param("group", "members_limit", params.members_limit, 100, 1000)?;
     state.catch_up().await;
     let Some(group) = state
         .store

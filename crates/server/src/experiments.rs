@@ -182,15 +182,26 @@ pub(crate) fn definition_without_state<T>(
 
 /// A `limit` query parameter: `default` when absent, else 1 to 1000.
 pub(crate) fn limit_param(v: Option<i64>, default: i64, what: &str) -> Result<i64, ApiError> {
-    let limit = v.unwrap_or(default);
-    if !(1..=1000).contains(&limit) {
+    bounded_param(what, "limit", v, default, 1000)
+}
+
+/// An integer query parameter `field`: `default` when absent, else 1 to `max`.
+pub(crate) fn bounded_param(
+    what: &str,
+    field: &str,
+    v: Option<i64>,
+    default: i64,
+    max: i64,
+) -> Result<i64, ApiError> {
+    let n = v.unwrap_or(default);
+    if !(1..=max).contains(&n) {
         return Err(ApiError::invalid_field(
             what,
-            "limit",
-            "must be from 1 to 1000",
+            field,
+            format!("must be from 1 to {max}"),
         ));
     }
-    Ok(limit)
+    Ok(n)
 }
 
 /// A field error for every key of `body` that is not `known`.

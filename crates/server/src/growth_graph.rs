@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 
 use crate::api::Caller;
 use crate::error::ApiError;
+use crate::experiments::bounded_param;
 use crate::state::AppState;
 
 const CHANNELS: &[&str] = &["referral", "invitation", "share"];
@@ -48,22 +49,8 @@ async fn graph(
 ) -> Result<Json<Value>, ApiError> {
     const WHAT: &str = "growth graph";
     let project_id = crate::features::project_context(&state, &caller, &project_id).await?;
-    let limit = params.limit.unwrap_or(500);
-    if !(1..=MAX_EDGES).contains(&limit) {
-        return Err(ApiError::invalid_field(
-            WHAT,
-            "limit",
-            format!("must be from 1 to {MAX_EDGES}"),
-        ));
-    }
-    let depth = params.depth.unwrap_or(3);
-    if !(1..=MAX_DEPTH).contains(&depth) {
-        return Err(ApiError::invalid_field(
-            WHAT,
-            "depth",
-            format!("must be from 1 to {MAX_DEPTH}"),
-        ));
-    }
+    let limit = bounded_param(WHAT, "limit", params.limit, 500, MAX_EDGES)?;
+    let depth = bounded_param(WHAT, "depth", params.depth, 3, MAX_DEPTH)?;
     let via = params.via.as_deref().filter(|v| !v.is_empty());
     if via.is_some_and(|v| !CHANNELS.contains(&v)) {
         return Err(ApiError::invalid_field(

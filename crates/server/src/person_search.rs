@@ -22,6 +22,22 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/api/v1/projects/{project_id}/persons", get(search))
 }
 
+/// A `search` query parameter: trimmed, `None` when empty, at most 200 characters.
+pub(crate) fn search_text<'a>(
+    what: &str,
+    raw: Option<&'a str>,
+) -> Result<Option<&'a str>, ApiError> {
+    let text = raw.map(str::trim).filter(|s| !s.is_empty());
+    if text.is_some_and(|s| s.chars().count() > MAX_SEARCH) {
+        return Err(ApiError::invalid_field(
+            what,
+            "search",
+            format!("must be at most {MAX_SEARCH} characters"),
+        ));
+    }
+    Ok(text)
+}
+
 #[derive(serde::Deserialize)]
 struct SearchParams {
     search: Option<String>,
@@ -48,18 +64,7 @@ async fn search(
             }
         },
     };
-    let needle = params
-        .search
-        .as_deref()
-        .map(str::trim)
-        .filter(|s| !s.is_empty());
-    if needle.is_some_and(|s| s.chars().count() > MAX_SEARCH) {
-        return Err(ApiError::invalid_field(
-            "person search",
-            "search",
-            format!("must be at most {MAX_SEARCH} characters"),
-        ));
-    }
+    let needle = search_text("person search", params.search.as_deref())?;
     // Persons of events accepted before this request are in the store.
     state.catch_up().await;
     let persons = state

@@ -6,7 +6,7 @@ import { navigate } from '../router.js';
 import { app } from '../shell.js';
 import { exact, time, valueText } from '../format.js';
 import {
-  badge, button, emptyState, errorPanel, field, formSummary, input, loading, pageHeader, secretBox, section, select, submitting,
+  badge, button, emptyState, field, formSummary, input, pageHeader, secretBox, section, select, submitting,
   table, toast,
 } from '../ui.js';
 import { num } from '../insights/charts.js';
@@ -25,41 +25,31 @@ export async function accountsPage({ query }) {
   const pid = app.project.id;
   let term = query.get('search') || '';
   let type = query.get('type') || '';
-  const results = h('div');
   const status = h('p', { class: 'muted', role: 'status', 'aria-live': 'polite' });
   const typeSel = select([['', 'All types']], type, { name: 'type' });
-  const load = async () => {
-    results.setAttribute('aria-busy', 'true');
-    mount(results, loading('Searching…'));
-    try {
-      const r = await get(projectPath(pid, `/groups${qs({ search: term.trim(), type, limit: 100 })}`));
-      const types = r.group_types || [];
-      if (typeSel.options.length !== types.length + 1) {
-        mount(typeSel, h('option', { value: '' }, 'All types'), types.map((t) => h('option', { value: t.group_type }, t.group_type)));
-        typeSel.value = type;
-      }
-      const rows = r.results || [];
-      status.textContent = term.trim() ? `${rows.length} account${rows.length === 1 ? '' : 's'} match “${term.trim()}”${rows.length === 100 ? ' (the first 100)' : ''}`
-        : `${rows.length} account${rows.length === 1 ? '' : 's'}${rows.length === 100 ? ' (the 100 with most members)' : ''}`;
-      mount(results, table({
-        caption: 'Accounts',
-        rows,
-        empty: emptyState(term.trim() ? 'No account matches' : 'No accounts yet',
-          types.length ? 'Search by part of an account key or name.' : 'Accounts appear when events name a group ($groups) or a group is identified ($groupidentify).'),
-        columns: [
-          { label: 'Account', render: (g) => h('a', { href: accountPath(g.group_type, g.group_key) }, accountLabel(g)) },
-          { label: 'Type', render: (g) => g.group_type },
-          { label: 'Key', render: (g) => h('code', g.group_key) },
-          { label: 'Members', render: (g) => h('span', { 'data-members': String(g.members) }, num(g.members)) },
-          { label: 'First seen', render: (g) => (g.created_at ? time(g.created_at) : h('span', { class: 'muted' }, 'not identified')) },
-        ],
-      }));
-    } catch (err) {
-      mount(results, errorPanel(err, load));
-    } finally {
-      results.setAttribute('aria-busy', 'false');
+  const results = section(() => get(projectPath(pid, `/groups${qs({ search: term.trim(), type, limit: 100 })}`)), (r) => {
+    const types = r.group_types || [];
+    if (typeSel.options.length !== types.length + 1) {
+      mount(typeSel, h('option', { value: '' }, 'All types'), types.map((t) => h('option', { value: t.group_type }, t.group_type)));
+      typeSel.value = type;
     }
-  };
+    const rows = r.results || [];
+    status.textContent = term.trim() ? `${rows.length} account${rows.length === 1 ? '' : 's'} match “${term.trim()}”${rows.length === 100 ? ' (the first 100)' : ''}`
+      : `${rows.length} account${rows.length === 1 ? '' : 's'}${rows.length === 100 ? ' (the 100 with most members)' : ''}`;
+    return table({
+      caption: 'Accounts',
+      rows,
+      empty: emptyState(term.trim() ? 'No account matches' : 'No accounts yet',
+        types.length ? 'Search by part of an account key or name.' : 'Accounts appear when events name a group ($groups) or a group is identified ($groupidentify).'),
+      columns: [
+        { label: 'Account', render: (g) => h('a', { href: accountPath(g.group_type, g.group_key) }, accountLabel(g)) },
+        { label: 'Type', render: (g) => g.group_type },
+        { label: 'Key', render: (g) => h('code', g.group_key) },
+        { label: 'Members', render: (g) => h('span', { 'data-members': String(g.members) }, num(g.members)) },
+        { label: 'First seen', render: (g) => (g.created_at ? time(g.created_at) : h('span', { class: 'muted' }, 'not identified')) },
+      ],
+    });
+  });
   const search = input({ type: 'search', name: 'search', value: term, autocomplete: 'off', spellcheck: 'false', placeholder: 'Key or name' });
   const form = h('form', {
     class: 'form search-form', role: 'search', 'aria-label': 'Accounts',
@@ -68,14 +58,11 @@ export async function accountsPage({ query }) {
       term = search.value;
       type = typeSel.value;
       history.replaceState(null, '', `${location.pathname}${qs({ search: term.trim(), type })}`);
-      load();
+      results.reload();
     },
   }, field({ label: 'Search accounts', name: 'search', control: search }), field({ label: 'Group type', name: 'type', control: typeSel }),
   button('Search', { type: 'submit', kind: 'primary' }));
-  const first = load();
-  const holder = h('div', { class: 'section-body' });
-  holder.ready = first;
-  return h('div', pageHeader('Accounts', { subtitle: 'The companies, teams and workspaces your persons belong to.' }), form, status, results, holder);
+  return h('div', pageHeader('Accounts', { subtitle: 'The companies, teams and workspaces your persons belong to.' }), form, status, results);
 }
 
 /** An account's invitations: the list with resend and revoke, and the form to invite someone (members of the project). */

@@ -7,7 +7,7 @@ import { navigate } from '../router.js';
 import { app } from '../shell.js';
 import { exact, time, valueText } from '../format.js';
 import {
-  badge, button, confirmDialog, emptyState, errorPanel, field, input, loading, pageHeader, section, table, toast,
+  badge, button, confirmDialog, emptyState, field, input, pageHeader, section, table, toast,
 } from '../ui.js';
 import { num } from '../insights/charts.js';
 
@@ -21,31 +21,21 @@ function personLabel(p) {
 export async function personsPage({ query }) {
   const pid = app.project.id;
   let term = query.get('search') || '';
-  const results = h('div');
   const status = h('p', { class: 'muted', role: 'status', 'aria-live': 'polite' });
-  const load = async () => {
-    results.setAttribute('aria-busy', 'true');
-    mount(results, loading('Searching…'));
-    try {
-      const r = await get(projectPath(pid, `/persons${qs({ search: term.trim(), limit: 50 })}`));
-      const rows = r.results || [];
-      status.textContent = term.trim() ? `${rows.length} person${rows.length === 1 ? '' : 's'} match “${term.trim()}”${rows.length === 50 ? ' (the first 50)' : ''}` : `The ${rows.length} newest persons`;
-      mount(results, table({
-        caption: 'Persons',
-        rows,
-        empty: emptyState(term.trim() ? 'Nobody matches' : 'No persons yet', term.trim() ? 'Search by part of a distinct id, an email or a name.' : 'Persons appear once events arrive.'),
-        columns: [
-          { label: 'Person', render: (p) => h('a', { href: personPath(p.distinct_ids[0]) }, personLabel(p)) },
-          { label: 'Distinct ids', render: (p) => h('ul', { class: 'inline-list' }, p.distinct_ids.slice(0, 4).map((d) => h('li', h('code', d))), p.distinct_ids.length > 4 ? h('li', { class: 'muted small' }, `+${p.distinct_ids.length - 4}`) : null) },
-          { label: 'Created', render: (p) => time(p.created_at) },
-        ],
-      }));
-    } catch (err) {
-      mount(results, errorPanel(err, load));
-    } finally {
-      results.setAttribute('aria-busy', 'false');
-    }
-  };
+  const results = section(() => get(projectPath(pid, `/persons${qs({ search: term.trim(), limit: 50 })}`)), (r) => {
+    const rows = r.results || [];
+    status.textContent = term.trim() ? `${rows.length} person${rows.length === 1 ? '' : 's'} match “${term.trim()}”${rows.length === 50 ? ' (the first 50)' : ''}` : `The ${rows.length} newest persons`;
+    return table({
+      caption: 'Persons',
+      rows,
+      empty: emptyState(term.trim() ? 'Nobody matches' : 'No persons yet', term.trim() ? 'Search by part of a distinct id, an email or a name.' : 'Persons appear once events arrive.'),
+      columns: [
+        { label: 'Person', render: (p) => h('a', { href: personPath(p.distinct_ids[0]) }, personLabel(p)) },
+        { label: 'Distinct ids', render: (p) => h('ul', { class: 'inline-list' }, p.distinct_ids.slice(0, 4).map((d) => h('li', h('code', d))), p.distinct_ids.length > 4 ? h('li', { class: 'muted small' }, `+${p.distinct_ids.length - 4}`) : null) },
+        { label: 'Created', render: (p) => time(p.created_at) },
+      ],
+    });
+  });
   const search = input({ type: 'search', name: 'search', value: term, autocomplete: 'off', spellcheck: 'false', placeholder: 'Distinct id, email or name' });
   const form = h('form', {
     class: 'form search-form', role: 'search', 'aria-label': 'Persons',
@@ -53,13 +43,10 @@ export async function personsPage({ query }) {
       e.preventDefault();
       term = search.value;
       history.replaceState(null, '', `${location.pathname}${qs({ search: term.trim() })}`);
-      load();
+      results.reload();
     },
   }, field({ label: 'Search persons', name: 'search', control: search }), button('Search', { type: 'submit', kind: 'primary' }));
-  const first = load();
-  const holder = h('div', { class: 'section-body' });
-  holder.ready = first;
-  return h('div', pageHeader('Persons', { subtitle: 'The people behind your events.' }), form, status, results, holder);
+  return h('div', pageHeader('Persons', { subtitle: 'The people behind your events.' }), form, status, results);
 }
 
 function propertiesTable(props) {
