@@ -43,21 +43,24 @@ fn summary(row: GroupRow) -> Result<GroupSummary> {
     })
 }
 
-/// Groups are the identified ones (`groups`) and those only linked to persons (`person_groups`), by type name.
-const GROUPS: &str = "WITH known AS (
+/// Groups are the identified ones (`groups`) and those only linked to persons (`person_groups`), by type name, with
+/// their member counts: one pass over the project's links (grouped), not a count per group.
+const GROUPS: &str = "WITH counts AS MATERIALIZED (
+         SELECT pg.group_type_index AS group_type_index, pg.group_key AS group_key, COUNT(*) AS members
+           FROM person_groups pg JOIN persons p ON p.id = pg.person_id
+          WHERE p.project_id = ?1
+          GROUP BY pg.group_type_index, pg.group_key),
+     known AS (
          SELECT group_type_index, group_key FROM groups WHERE project_id = ?1
          UNION
-         SELECT pg.group_type_index, pg.group_key FROM person_groups pg JOIN persons p ON p.id = pg.person_id
-          WHERE p.project_id = ?1)
+         SELECT group_type_index, group_key FROM counts)
      SELECT t.group_type AS group_type, k.group_key AS group_key, g.properties AS properties,
-            g.created_at AS created_at,
-            (SELECT COUNT(*) FROM person_groups pg JOIN persons p ON p.id = pg.person_id
-              WHERE p.project_id = ?1 AND pg.group_type_index = k.group_type_index AND pg.group_key = k.group_key)
-              AS members
+            g.created_at AS created_at, COALESCE(c.members, 0) AS members
        FROM known k
        JOIN group_types t ON t.project_id = ?1 AND t.group_type_index = k.group_type_index
        LEFT JOIN groups g ON g.project_id = ?1 AND g.group_type_index = k.group_type_index
-                         AND g.group_key = k.group_key";
+                         AND g.group_key = k.group_key
+       LEFT JOIN counts c ON c.group_type_index = k.group_type_index AND c.group_key = k.group_key";
 
 impl Store {
     /// The project's group types, by index.
@@ -107,16 +110,22 @@ impl Store {
         group_type: &str,
         group_key: &str,
     ) -> Result<Option<GroupSummary>> {
-        let row: Option<GroupRow> = sqlx::query_as(&format!(
-            "SELECT * FROM ({GROUPS})
-              WHERE group_type = ?2 AND group_key = ?3"
-        ))
+        let row: Option<GroupRow> = sqlx::query_as(
+            "SELECT t.group_type, ?3, g.properties, g.created_at,
+                    (SELECT COUNT(*) FROM person_groups pg JOIN persons p ON p.id = pg.person_id
+                      WHERE pg.group_type_index = t.group_type_index AND pg.group_key = ?3 AND p.project_id = ?1)
+               FROM group_types t
+               LEFT JOIN groups g ON g.project_id = ?1 AND g.group_type_index = t.group_type_index
+                                 AND g.group_key = ?3
+              WHERE t.project_id = ?1 AND t.group_type = ?2",
+        )
         .bind(project_id)
         .bind(group_type)
         .bind(group_key)
         .fetch_optional(self.pool())
         .await?;
-        row.map(summary).transpose()
+        // A type exists for every project that has one; the group only when identified or linked.
+        row.filter(|r| r.3.is_some() || r.4 > 0).map(summary).transpose()
     }
 
     /// Persons linked to a group, newest first, at most `limit`, each with every distinct id.

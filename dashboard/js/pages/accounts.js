@@ -10,16 +10,11 @@ import {
   table, toast,
 } from '../ui.js';
 import { num } from '../insights/charts.js';
-import { personPath } from './persons.js';
+import { personLabel, personPath, pqlScores } from './persons.js';
 
 export const accountPath = (type, key) => app.path(`/accounts/${encodeURIComponent(type)}/${encodeURIComponent(key)}`);
 
 const accountLabel = (g) => (g.properties && typeof g.properties.name === 'string' && g.properties.name) || g.group_key;
-
-function personLabel(p) {
-  const props = p.properties || {};
-  return props.email || props.name || (p.distinct_ids || [])[0] || p.id;
-}
 
 export async function accountsPage({ query }) {
   const pid = app.project.id;
@@ -128,20 +123,6 @@ export function accountInvitations(pid, type, key) {
   return h('div', inviteForm, tokenBox, listBox);
 }
 
-function accountScores(pid, type, key) {
-  return section(async () => {
-    const models = (await get(projectPath(pid, '/pql-models')).catch(() => ({ results: [] }))).results || [];
-    return Promise.all(models.filter((m) => m.unit === type).map((m) => get(projectPath(pid, `/pql-models/${encodeURIComponent(m.key)}/scores/${encodeURIComponent(key)}`))
-      .then((score) => ({ model: m, score })).catch((err) => ({ model: m, error: err }))));
-  }, (items) => (items.length ? h('div', items.map(({ model, score, error }) => h('div', { class: 'pql' },
-    h('h3', model.name),
-    error ? h('p', { class: 'muted' }, error.status === 404 ? 'Not scored yet.' : error.message)
-      : [h('p', h('strong', { 'data-score': String(score.score) }, `${num(score.score)} points`), ' of a threshold of ', num(model.threshold), ' ',
-        score.qualified ? badge('qualified', 'on') : badge('not qualified', 'off')),
-      Array.isArray(score.explanation) && score.explanation.length ? h('ul', score.explanation.map((x) => h('li', `${x.rule || x.id}: ${num(x.points)} points${x.count !== undefined ? ` (${x.count} events)` : ''}`))) : null])))
-    : h('p', { class: 'empty-inline' }, `No PQL model scores ${type} accounts.`)));
-}
-
 export async function accountPage({ params }) {
   const pid = app.project.id;
   const { type, key } = params;
@@ -162,7 +143,7 @@ export async function accountPage({ params }) {
             { label: 'Value', render: ([, v]) => (typeof v === 'string' ? v : valueText(v)) },
           ],
         })),
-      h('section', { class: 'card', 'aria-labelledby': 'a-pql' }, h('h2', { id: 'a-pql' }, 'PQL score'), accountScores(pid, type, key))),
+      h('section', { class: 'card', 'aria-labelledby': 'a-pql' }, h('h2', { id: 'a-pql' }, 'PQL score'), pqlScores(pid, key, (m) => m.unit === type, `No PQL model scores ${type} accounts.`))),
     h('section', { class: 'card', 'aria-labelledby': 'a-members' }, h('h2', { id: 'a-members' }, 'Members'),
       h('p', { class: 'muted small' }, g.members > members.length ? `The ${members.length} newest of ${num(g.members)}.` : `Persons whose events name this account.`),
       table({

@@ -13,7 +13,7 @@ import { num } from '../insights/charts.js';
 
 export const personPath = (distinctId) => app.path(`/persons/${encodeURIComponent(distinctId)}`);
 
-function personLabel(p) {
+export function personLabel(p) {
   const props = p.properties || {};
   return props.email || props.name || (p.distinct_ids || [])[0] || p.id;
 }
@@ -124,11 +124,11 @@ function growth(pid, person) {
     h('p', h('a', { href: app.path(`/growth/graph${qs({ person: did })}`) }, 'Show in the growth graph'))));
 }
 
-function pqlScores(pid, person) {
+/** PQL scores of one entity (a person's distinct id or an account's key) by the models `applies` keeps. */
+export function pqlScores(pid, entity, applies, none) {
   return section(async () => {
     const models = (await get(projectPath(pid, '/pql-models')).catch(() => ({ results: [] }))).results || [];
-    const personModels = models.filter((m) => !m.unit || m.unit === 'person');
-    return Promise.all(personModels.map((m) => get(projectPath(pid, `/pql-models/${encodeURIComponent(m.key)}/scores/${encodeURIComponent(person.distinct_ids[0])}`))
+    return Promise.all(models.filter(applies).map((m) => get(projectPath(pid, `/pql-models/${encodeURIComponent(m.key)}/scores/${encodeURIComponent(entity)}`))
       .then((score) => ({ model: m, score })).catch((err) => ({ model: m, error: err }))));
   }, (items) => (items.length ? h('div', items.map(({ model, score, error }) => h('div', { class: 'pql' },
     h('h3', model.name),
@@ -137,7 +137,7 @@ function pqlScores(pid, person) {
         score.qualified ? badge('qualified', 'on') : badge('not qualified', 'off')),
       score.disqualified_by ? h('p', { class: 'notice' }, `Disqualified by ${score.disqualified_by}`) : null,
       Array.isArray(score.explanation) && score.explanation.length ? h('ul', score.explanation.map((x) => h('li', `${x.rule || x.id}: ${num(x.points)} points${x.count !== undefined ? ` (${x.count} events)` : ''}`))) : null])))
-    : h('p', { class: 'empty-inline' }, 'No PQL model in this project.')));
+    : h('p', { class: 'empty-inline' }, none)));
 }
 
 export async function personPage({ params }) {
@@ -179,7 +179,7 @@ export async function personPage({ params }) {
         (person.groups || []).length ? h('section', { class: 'card', 'aria-labelledby': 'p-groups' }, h('h2', { id: 'p-groups' }, 'Groups'),
           h('ul', { class: 'plain-list' }, person.groups.map((g) => h('li', `${g.group_type}: `,
             h('a', { href: app.path(`/accounts/${encodeURIComponent(g.group_type)}/${encodeURIComponent(g.group_key)}`) }, g.properties && g.properties.name ? `${g.properties.name} (${g.group_key})` : g.group_key))))) : null,
-        h('section', { class: 'card', 'aria-labelledby': 'p-pql' }, h('h2', { id: 'p-pql' }, 'PQL score'), pqlScores(pid, person)))),
+        h('section', { class: 'card', 'aria-labelledby': 'p-pql' }, h('h2', { id: 'p-pql' }, 'PQL score'), pqlScores(pid, person.distinct_ids[0], (m) => !m.unit || m.unit === 'person', 'No PQL model in this project.')))),
     h('section', { class: 'card', 'aria-labelledby': 'p-growth' }, h('h2', { id: 'p-growth' }, 'Referrals and rewards'), growth(pid, person)),
     h('section', { class: 'card', 'aria-labelledby': 'p-events' }, h('h2', { id: 'p-events' }, 'Events'), timeline(pid, person)));
 }
