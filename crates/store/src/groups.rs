@@ -125,7 +125,9 @@ impl Store {
         .fetch_optional(self.pool())
         .await?;
         // A type exists for every project that has one; the group only when identified or linked.
-        row.filter(|r| r.3.is_some() || r.4 > 0).map(summary).transpose()
+        row.filter(|r| r.3.is_some() || r.4 > 0)
+            .map(summary)
+            .transpose()
     }
 
     /// Persons linked to a group, newest first, at most `limit`, each with every distinct id.
