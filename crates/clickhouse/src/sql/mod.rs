@@ -1,0 +1,246 @@
+//! The insight planner's ClickHouse SQL.
+//!
+//! [`compile`] takes a normalized, resolved insight and its [`Plan`] (the same plan the embedded engine runs:
+//! specs, filters, rows to read, bucket boundaries in UTC microseconds) and returns the statements that answer
+//! it; [`Compiled::run`] runs them and decodes an [`Answer`], the numbers the embedded kernels compute, ready for
+//! the same rendering. Compiling is pure, so the statements can be inspected, logged or checked on another
+//! ClickHouse (the tests run every one on current ClickHouse through chdb).
+//!
+//! Supported: trends (`total`, `dau`, `weekly_active`, `monthly_active`, `per_user` avg/min/max, property `sum`,
+//! `avg`, `min`, `max`; `compare`; formulas are evaluated on the returned series by the caller), funnels
+//! (`ordered` and `strict`, conversion windows), retention (first-time and recurring, `on` and `on_or_after`),
+//! stickiness, lifecycle; event-property filters (`exact`, `is_not`, `is_set`, `is_not_set`, `gt`, `gte`, `lt`,
+//! `lte`). Everything else returns [`Unsupported`] naming the field; see `docs/clickhouse.md`.
+
+mod expr;
+mod funnel;
+mod lifecycle;
+mod retention;
+mod stickiness;
+mod trends;
+
+use chrono::TimeZone;
+use flywheel_query::plan::Plan;
+use flywheel_query::{Breakdown, InsightQuery};
+
+use crate::client::{ClickHouseError, Client};
+pub use expr::Target;
+
+/// A part of a definition the ClickHouse backend cannot answer exactly (yet). Named like the API's field
+/// errors, so a caller can report it the same way.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Unsupported {
+    pub field: String,
+    pub message: String,
+}
+
+impl Unsupported {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Unsupported {
+        Unsupported {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Why running an insight failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    ClickHouse(#[from] ClickHouseError),
+    /// A row of an answer that the statement cannot produce (a bug, reported rather than ignored).
+    #[error("unexpected answer to an insight statement: {0}")]
+    Shape(String),
+}
+
+/// Lifecycle counts per bucket (dormant as a positive count, as the kernels give it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lifecycle {
+    pub new: Vec<u64>,
+    pub returning: Vec<u64>,
+    pub resurrecting: Vec<u64>,
+    pub dormant: Vec<u64>,
+}
+
+/// The numbers of an insight, as the embedded kernels give them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// Per planned read (the range, then the previous period with `compare`), per series, one value per bucket.
+    Trends(Vec<Vec<Vec<f64>>>),
+    /// Persons reaching each step (`reached[0]`: entered the funnel). Conversion times are not computed.
+    Funnel { reached: Vec<u64> },
+    /// `table[p][k]`: of period `p`'s cohort, the persons returning `k` periods later (`k = 0`: the cohort).
+    Retention(Vec<Vec<u64>>),
+    /// `counts[n - 1]`: persons active in exactly `n` buckets.
+    Stickiness(Vec<u64>),
+    /// Per bucket.
+    Lifecycle(Lifecycle),
+}
+
+/// How one statement's rows fill the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    /// Rows `(bucket, value)` into trends read `read`, series `series`.
+    Series { read: usize, series: usize },
+    /// Rows `(steps reached, persons)`.
+    Funnel,
+    /// Rows `(p, k, persons)`.
+    Retention,
+    /// Rows `(buckets active, persons)`.
+    Stickiness,
+    /// Rows `(status, bucket, persons)`, status 0 new, 1 returning, 2 resurrecting, 3 dormant.
+    Lifecycle,
+}
+
+/// One statement and where its rows go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statement {
+    pub sql: String,
+    fill: Fill,
+}
+
+/// The statements of an insight and the shape of its answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compiled {
+    pub statements: Vec<Statement>,
+    empty: Answer,
+}
+
+/// The statements answering `q` (normalized) as planned by `flywheel_query::plan::plan` in the project's time zone
+/// `tz`, over the events of `target`.
+pub fn compile<Tz: TimeZone>(
+    q: &InsightQuery,
+    plan: &Plan,
+    tz: &Tz,
+    target: &Target,
+) -> Result<Compiled, Unsupported> {
+    match q {
+        InsightQuery::Trends(t) => {
+            no_breakdown(&t.breakdown)?;
+            no_test_accounts(t.common.filter_test_accounts)?;
+            trends::compile(t, plan, target)
+        }
+        InsightQuery::Funnel(f) => {
+            no_breakdown(&f.breakdown)?;
+            no_test_accounts(f.common.filter_test_accounts)?;
+            funnel::compile(f, plan, target)
+        }
+        InsightQuery::Retention(r) => {
+            no_breakdown(&r.breakdown)?;
+            no_test_accounts(r.filter_test_accounts)?;
+            retention::compile(r, plan, target)
+        }
+        InsightQuery::Stickiness(s) => {
+            no_breakdown(&s.breakdown)?;
+            no_test_accounts(s.common.filter_test_accounts)?;
+            stickiness::compile(plan, target)
+        }
+        InsightQuery::Lifecycle(l) => {
+            no_breakdown(&l.breakdown)?;
+            no_test_accounts(l.common.filter_test_accounts)?;
+            let range = &plan.reads[0].range;
+            let previous = range
+                .previous_period(tz)
+                .buckets
+                .last()
+                .map_or(range.from, |b| b.start);
+            lifecycle::compile(plan, previous.timestamp_micros(), target)
+        }
+    }
+}
+
+fn no_breakdown(b: &Option<Breakdown>) -> Result<(), Unsupported> {
+    match b {
+        None => Ok(()),
+        Some(_) => Err(Unsupported::new(
+            "breakdown",
+            "breakdowns are not supported by the ClickHouse backend yet",
+        )),
+    }
+}
+
+fn no_test_accounts(on: bool) -> Result<(), Unsupported> {
+    if on {
+        Err(Unsupported::new(
+            "filter_test_accounts",
+            "apply the project's test-account filters to the definition's properties before compiling",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn field<T: std::str::FromStr>(row: &[String], i: usize, sql: &str) -> Result<T, RunError> {
+    row.get(i)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| RunError::Shape(format!("row {row:?} (column {i}) of `{sql}`")))
+}
+
+fn slot<'a, T>(v: &'a mut [T], i: i64, sql: &str) -> Result<&'a mut T, RunError> {
+    usize::try_from(i)
+        .ok()
+        .and_then(|i| v.get_mut(i))
+        .ok_or_else(|| RunError::Shape(format!("index {i} out of range in `{sql}`")))
+}
+
+impl Compiled {
+    /// The SQL of every statement, in order.
+    pub fn sql(&self) -> impl Iterator<Item = &str> {
+        self.statements.iter().map(|s| s.sql.as_str())
+    }
+
+    /// Runs the statements one after the other and assembles the answer.
+    pub async fn run(&self, client: &Client) -> Result<Answer, RunError> {
+        let mut answer = self.empty.clone();
+        for st in &self.statements {
+            let rows = client.query_rows(&st.sql).await?;
+            for row in rows {
+                let sql = st.sql.as_str();
+                match (&mut answer, st.fill) {
+                    (Answer::Trends(reads), Fill::Series { read, series }) => {
+                        let data = reads
+                            .get_mut(read)
+                            .and_then(|r| r.get_mut(series))
+                            .ok_or_else(|| RunError::Shape("series out of range".into()))?;
+                        *slot(data, field(&row, 0, sql)?, sql)? = field(&row, 1, sql)?;
+                    }
+                    (Answer::Funnel { reached }, Fill::Funnel) => {
+                        let level: usize = field(&row, 0, sql)?;
+                        let persons: u64 = field(&row, 1, sql)?;
+                        if level > reached.len() {
+                            return Err(RunError::Shape(format!("level {level} in `{sql}`")));
+                        }
+                        for r in reached.iter_mut().take(level) {
+                            *r += persons;
+                        }
+                    }
+                    (Answer::Retention(table), Fill::Retention) => {
+                        let p: i64 = field(&row, 0, sql)?;
+                        let k: i64 = field(&row, 1, sql)?;
+                        *slot(slot(table, p, sql)?, k, sql)? = field(&row, 2, sql)?;
+                    }
+                    (Answer::Stickiness(counts), Fill::Stickiness) => {
+                        let n: i64 = field(&row, 0, sql)?;
+                        *slot(counts, n - 1, sql)? = field(&row, 1, sql)?;
+                    }
+                    (Answer::Lifecycle(l), Fill::Lifecycle) => {
+                        let status: u8 = field(&row, 0, sql)?;
+                        let list = match status {
+                            0 => &mut l.new,
+                            1 => &mut l.returning,
+                            2 => &mut l.resurrecting,
+                            3 => &mut l.dormant,
+                            _ => {
+                                return Err(RunError::Shape(format!("status {status} in `{sql}`")))
+                            }
+                        };
+                        *slot(list, field(&row, 1, sql)?, sql)? = field(&row, 2, sql)?;
+                    }
+                    _ => return Err(RunError::Shape("statement of another kind".into())),
+                }
+            }
+        }
+        Ok(answer)
+    }
+}

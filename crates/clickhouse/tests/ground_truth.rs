@@ -1,0 +1,891 @@
+//! Ground truth on a real ClickHouse 18.16 (Debian's server, started by `common::start`): seeded events, with
+//! merges recorded as person overrides, are inserted; every supported insight kind runs over several definitions
+//! (intervals, time zones including one with DST and one with a half-hour offset, filters, `compare`); each answer
+//! is compared with `flywheel-truth` on the same rows (buckets in a time zone: the truth's UTC calendar applied to
+//! wall-clock times), or, where the engine's semantics are not the truth's calendar (rolling windows of 24-hour
+//! days, hour buckets), with a brute force of the kernel's rule written here.
+//!
+//! Every statement run here, with its answer, is written to `$CARGO_TARGET_TMPDIR/clickhouse/statements.json`, and
+//! then run again on current ClickHouse through chdb (`tests/clickhouse/chdb_check.py`), which must give the same
+//! answers.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use chrono::{DateTime, Offset, TimeZone, Utc};
+use chrono_tz::Tz;
+use flywheel_clickhouse::row::{number, text, PersonOverride};
+use flywheel_clickhouse::sql::{Answer, Target};
+use flywheel_clickhouse::{compile, schema, Client, EventRow};
+use flywheel_query::{parse, plan, InsightKind, InsightQuery};
+use flywheel_truth as truth;
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+const DB: &str = "flywheel_test";
+const PROJECT: u64 = 7;
+const OTHER_PROJECT: u64 = 8;
+const DAY_US: i64 = 86_400_000_000;
+const MINUTE_US: i64 = 60_000_000;
+const EVENTS: [&str; 3] = ["a", "b", "c"];
+
+/// A deterministic xorshift64 generator.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// One generated event: the person it finally belongs to (after merges) and what ClickHouse stores.
+struct Event {
+    person: u64,
+    ts: i64,
+    event: &'static str,
+    props: Map<String, Value>,
+    row: EventRow,
+}
+
+fn person_uuid(p: u64) -> Uuid {
+    Uuid::from_u128(0x5eed_0000_0000_0000_0000_0000_0000_0000 | u128::from(p))
+}
+
+/// 2026-03-02 (a Monday); events span 70 days from it: three month boundaries, Berlin's switch to summer time
+/// (2026-03-29).
+fn base() -> i64 {
+    Utc.with_ymd_and_hms(2026, 3, 2, 0, 0, 0)
+        .unwrap()
+        .timestamp_micros()
+}
+
+/// Events and person overrides. Persons 1..=30; each writes with `d{p}`, some also with ids that were merged:
+/// `m{p}` was written as person 100+p and re-pointed to p; `x{p}` went to 300+p (version 1) then p (version 2);
+/// `y{p}`'s overrides arrive newest first (version 5 → p, then version 3 → 500+p): the version decides.
+fn generate() -> (Vec<Event>, Vec<PersonOverride>) {
+    let mut rng = Rng(0x0123_4567_89ab_cdef);
+    let mut overrides = Vec::new();
+    let ov = |d: String, p: u64, v: u64| PersonOverride {
+        project_id: PROJECT,
+        distinct_id: d,
+        person_id: person_uuid(p),
+        version: v,
+    };
+    for p in 1..=6 {
+        overrides.push(ov(format!("m{p}"), p, 1));
+    }
+    for p in 7..=9 {
+        overrides.push(ov(format!("x{p}"), 300 + p, 1));
+        overrides.push(ov(format!("x{p}"), p, 2));
+    }
+    for p in 10..=12 {
+        overrides.push(ov(format!("y{p}"), p, 5));
+        overrides.push(ov(format!("y{p}"), 500 + p, 3));
+    }
+    // The same distinct id in another project is re-pointed elsewhere: it must not leak into this one.
+    overrides.push(PersonOverride {
+        project_id: OTHER_PROJECT,
+        distinct_id: "d1".into(),
+        person_id: person_uuid(999),
+        version: 9,
+    });
+    let fixed: Vec<i64> = [
+        3 * DAY_US + 5 * 60 * MINUTE_US,
+        27 * DAY_US,
+        40 * DAY_US + 77 * MINUTE_US,
+    ]
+    .iter()
+    .map(|t| base() + t)
+    .collect();
+    let berlin: Tz = "Europe/Berlin".parse().unwrap();
+    let mut events = Vec::new();
+    for i in 0..4000u64 {
+        // Skewed: low-numbered persons are busier.
+        let spread = rng.below(30) + 1;
+        let p = 1 + rng.below(spread);
+        let ts = match rng.below(20) {
+            0..=1 => base() + rng.below(70) as i64 * DAY_US, // UTC midnight
+            2 => {
+                // Berlin midnight
+                let d = rng.below(70) as i64;
+                let day = DateTime::from_timestamp_micros(base() + d * DAY_US)
+                    .unwrap()
+                    .date_naive();
+                flywheel_query::date::local_to_utc(day.and_hms_opt(0, 0, 0).unwrap(), &berlin)
+                    .timestamp_micros()
+            }
+            3 => fixed[rng.below(3) as usize],
+            _ => base() + rng.below(70 * 24 * 60) as i64 * MINUTE_US + rng.below(1000) as i64,
+        };
+        let (distinct, written_as) = match (p, rng.below(3)) {
+            (1..=6, 0) => (format!("m{p}"), 100 + p),
+            (7..=9, 0) => (format!("x{p}"), 200 + p),
+            (10..=12, 0) => (format!("y{p}"), 400 + p),
+            _ => (format!("d{p}"), p),
+        };
+        let event = EVENTS[rng.below(3) as usize];
+        let mut props = Map::new();
+        match rng.below(5) {
+            0 => {}
+            1 => {
+                props.insert("plan".into(), json!(7));
+            }
+            2 => {
+                props.insert("plan".into(), json!("free"));
+            }
+            _ => {
+                props.insert("plan".into(), json!("pro"));
+            }
+        }
+        match rng.below(6) {
+            0 => {}
+            1 => {
+                props.insert("amount".into(), json!(" 2.5"));
+            }
+            2 => {
+                props.insert("amount".into(), json!("x"));
+            }
+            3 => {
+                props.insert("amount".into(), Value::Null);
+            }
+            _ => {
+                props.insert("amount".into(), json!(rng.below(40) as f64 * 0.25));
+            }
+        }
+        props.insert("note".into(), json!("it's a \\ \"quoted\"\ttext"));
+        let row = EventRow::new(
+            // Both halves increase with the input order: ties in time sort as the truth sorts them.
+            Uuid::from_u64_pair(i + 1, i + 1),
+            PROJECT,
+            event,
+            &distinct,
+            person_uuid(written_as),
+            ts,
+            &props,
+        );
+        events.push(Event {
+            person: p,
+            ts,
+            event,
+            props,
+            row,
+        });
+    }
+    (events, overrides)
+}
+
+/// Rows of another project, the same distinct ids: counted nowhere.
+fn other_project_rows() -> Vec<EventRow> {
+    (0..50)
+        .map(|i| {
+            EventRow::new(
+                Uuid::from_u64_pair(1_000_000 + i, 1_000_000 + i),
+                OTHER_PROJECT,
+                EVENTS[(i % 3) as usize],
+                "d1",
+                person_uuid(1),
+                base() + i as i64 * DAY_US,
+                &Map::new(),
+            )
+        })
+        .collect()
+}
+
+/// A simple event-property predicate of the test's definitions, evaluated in Rust.
+#[derive(Clone, Copy)]
+enum Pred {
+    Any,
+    PlanIs(&'static str),
+    AmountGt(f64),
+    AmountSet,
+}
+
+fn holds(e: &Event, p: Pred) -> bool {
+    match p {
+        Pred::Any => true,
+        Pred::PlanIs(v) => e.props.get("plan").is_some_and(|x| text(x) == v),
+        Pred::AmountGt(x) => e
+            .props
+            .get("amount")
+            .filter(|v| !v.is_null())
+            .is_some_and(|v| number(v) > x),
+        Pred::AmountSet => e.props.get("amount").is_some_and(|v| !v.is_null()),
+    }
+}
+
+fn offset_us(tz: &Tz, ts: i64) -> i64 {
+    let t = DateTime::from_timestamp_micros(ts).unwrap().naive_utc();
+    i64::from(tz.offset_from_utc_datetime(&t).fix().local_minus_utc()) * 1_000_000
+}
+
+/// The truth's rows: wall-clock times in `tz` (so its UTC calendar is the zone's), filtered by `pred`.
+fn rows<'a>(events: &'a [Event], tz: &Tz, pred: Pred) -> Vec<truth::Row<'a>> {
+    events
+        .iter()
+        .filter(|e| holds(e, pred))
+        .map(|e| truth::Row {
+            person: e.person,
+            ts_us: e.ts + offset_us(tz, e.ts),
+            event: e.event,
+        })
+        .collect()
+}
+
+fn local_range(r: &flywheel_query::TimeRange, tz: &Tz) -> truth::Range {
+    let (f, t) = (r.from.timestamp_micros(), r.to.timestamp_micros());
+    truth::Range {
+        from_us: f + offset_us(tz, f),
+        to_us: t + offset_us(tz, t),
+    }
+}
+
+fn interval(i: flywheel_query::Interval) -> truth::Interval {
+    match i {
+        flywheel_query::Interval::Day => truth::Interval::Day,
+        flywheel_query::Interval::Week => truth::Interval::Week,
+        flywheel_query::Interval::Month => truth::Interval::Month,
+        flywheel_query::Interval::Hour => panic!("the truth has no hour buckets"),
+    }
+}
+
+fn f64s(v: Vec<u64>) -> Vec<f64> {
+    v.into_iter().map(|x| x as f64).collect()
+}
+
+/// Runs definitions on the server and remembers every statement with its answer (for the chdb check).
+struct Runner {
+    client: Client,
+    target: Target,
+    now: DateTime<Utc>,
+    dump: Vec<Value>,
+    checks: usize,
+}
+
+impl Runner {
+    async fn run(
+        &mut self,
+        kind: InsightKind,
+        body: Value,
+        tz: &Tz,
+    ) -> (InsightQuery, plan::Plan, Answer) {
+        let q = parse(kind, &body).unwrap_or_else(|e| panic!("{body}: {e:?}"));
+        let range = q.resolve(self.now, tz).unwrap();
+        let p = plan::plan(&q, &range, tz);
+        let compiled = compile(&q, &p, tz, &self.target).unwrap_or_else(|e| panic!("{body}: {e}"));
+        for sql in compiled.sql() {
+            let rows = self
+                .client
+                .query_rows(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{body}: {e}"));
+            self.dump
+                .push(json!({"sql": sql, "rows": rows, "definition": body, "tz": tz.name()}));
+        }
+        let answer = compiled
+            .run(&self.client)
+            .await
+            .unwrap_or_else(|e| panic!("{body}: {e}"));
+        self.checks += 1;
+        (q, p, answer)
+    }
+}
+
+fn series(a: &Answer) -> &Vec<Vec<Vec<f64>>> {
+    match a {
+        Answer::Trends(t) => t,
+        other => panic!("not trends: {other:?}"),
+    }
+}
+
+/// Distinct persons with a matching event in `[end(i) - days × 24 h, end(i))`, per bucket, reading only
+/// `[read.from_us, read.to_us)`: the trends kernel's rolling windows.
+fn rolling(events: &[Event], event: &str, pred: Pred, read: &plan::Read, days: i64) -> Vec<f64> {
+    let s = &read.bucket_starts_us;
+    let ends: Vec<i64> = s.iter().skip(1).copied().chain([read.end_us]).collect();
+    ends.iter()
+        .map(|&end| {
+            events
+                .iter()
+                .filter(|e| e.event == event && holds(e, pred))
+                .filter(|e| read.from_us <= e.ts && e.ts < read.to_us)
+                .filter(|e| end - days * DAY_US <= e.ts && e.ts < end)
+                .map(|e| e.person)
+                .collect::<BTreeSet<_>>()
+                .len() as f64
+        })
+        .collect()
+}
+
+fn date(s: &str) -> Value {
+    json!(s)
+}
+
+async fn check_trends(r: &mut Runner, events: &[Event], tz: &Tz) {
+    // Day buckets: totals, DAU, rolling windows (which reach before the range).
+    let (_, p, a) = r
+        .run(
+            InsightKind::Trends,
+            json!({"series": [{"event": "a"}, {"event": "b", "math": "dau"}, {"event": "c", "math": "weekly_active"},
+                              {"event": "a", "math": "monthly_active"}],
+                   "date_from": date("2026-03-20"), "date_to": date("2026-04-10")}),
+            tz,
+        )
+        .await;
+    let read = &p.reads[0];
+    let range = local_range(&read.range, tz);
+    let all = rows(events, tz, Pred::Any);
+    let got = &series(&a)[0];
+    assert_eq!(
+        got[0],
+        f64s(truth::total(&all, "a", range, truth::Interval::Day)),
+        "total in {tz}"
+    );
+    assert_eq!(
+        got[1],
+        f64s(truth::unique_persons(
+            &all,
+            "b",
+            range,
+            truth::Interval::Day
+        )),
+        "dau in {tz}"
+    );
+    assert_eq!(
+        got[2],
+        rolling(events, "c", Pred::Any, read, 7),
+        "weekly active in {tz}"
+    );
+    assert_eq!(
+        got[3],
+        rolling(events, "a", Pred::Any, read, 30),
+        "monthly active in {tz}"
+    );
+    if tz.name() == "UTC" {
+        // In UTC the kernel's 24-hour days are the truth's calendar days.
+        assert_eq!(got[2], f64s(truth::rolling_active(&all, "c", range, 7)));
+        assert_eq!(got[3], f64s(truth::rolling_active(&all, "a", range, 30)));
+    }
+
+    // Weeks and months, unique persons per bucket.
+    for (interval_name, from, to) in [
+        ("week", "2026-03-04", "2026-05-03"),
+        ("month", "2026-03-01", "2026-05-31"),
+    ] {
+        let (q, p, a) = r
+            .run(
+                InsightKind::Trends,
+                json!({"series": [{"event": "a"}, {"event": "c", "math": "dau"}, {"event": "$all"}],
+                       "interval": interval_name, "date_from": from, "date_to": to}),
+                tz,
+            )
+            .await;
+        let InsightQuery::Trends(t) = &q else {
+            unreachable!()
+        };
+        let iv = interval(t.common.interval.unwrap());
+        let range = local_range(&p.reads[0].range, tz);
+        let got = &series(&a)[0];
+        let every: Vec<truth::Row<'_>> = all
+            .iter()
+            .map(|x| truth::Row { event: "*", ..*x })
+            .collect();
+        assert_eq!(
+            got[0],
+            f64s(truth::total(&all, "a", range, iv)),
+            "{interval_name} total in {tz}"
+        );
+        assert_eq!(
+            got[1],
+            f64s(truth::unique_persons(&all, "c", range, iv)),
+            "{interval_name} unique in {tz}"
+        );
+        assert_eq!(
+            got[2],
+            f64s(truth::total(&every, "*", range, iv)),
+            "{interval_name} $all in {tz}"
+        );
+    }
+
+    // Compare with the previous period; filters (common and per series).
+    let (_, p, a) = r
+        .run(
+            InsightKind::Trends,
+            json!({"series": [{"event": "a", "math": "dau"},
+                              {"event": "b", "properties": [{"key": "amount", "operator": "gt", "value": 2}]},
+                              {"event": "c", "properties": [{"key": "amount", "operator": "is_set"}]}],
+                   "properties": [{"key": "plan", "value": "pro"}],
+                   "compare": true, "date_from": "2026-04-01", "date_to": "2026-04-14"}),
+            tz,
+        )
+        .await;
+    assert_eq!(p.reads.len(), 2);
+    for (i, read) in p.reads.iter().enumerate() {
+        let range = local_range(&read.range, tz);
+        let pro = rows(events, tz, Pred::PlanIs("pro"));
+        let pro_events: Vec<&Event> = events
+            .iter()
+            .filter(|e| holds(e, Pred::PlanIs("pro")))
+            .collect();
+        let subset = |pred: Pred| -> Vec<truth::Row<'_>> {
+            pro_events
+                .iter()
+                .filter(|e| holds(e, pred))
+                .map(|e| truth::Row {
+                    person: e.person,
+                    ts_us: e.ts + offset_us(tz, e.ts),
+                    event: e.event,
+                })
+                .collect()
+        };
+        let got = &series(&a)[i];
+        assert_eq!(
+            got[0],
+            f64s(truth::unique_persons(
+                &pro,
+                "a",
+                range,
+                truth::Interval::Day
+            )),
+            "compare {i} in {tz}"
+        );
+        assert_eq!(
+            got[1],
+            f64s(truth::total(
+                &subset(Pred::AmountGt(2.0)),
+                "b",
+                range,
+                truth::Interval::Day
+            )),
+            "gt filter, period {i} in {tz}"
+        );
+        assert_eq!(
+            got[2],
+            f64s(truth::total(
+                &subset(Pred::AmountSet),
+                "c",
+                range,
+                truth::Interval::Day
+            )),
+            "is_set filter, period {i} in {tz}"
+        );
+    }
+
+    // Hour buckets over the day Berlin moves its clocks (23 hours there), against the plan's own buckets.
+    let (_, p, a) = r
+        .run(
+            InsightKind::Trends,
+            json!({"series": [{"event": "a"}, {"event": "b", "math": "dau"}], "interval": "hour",
+                   "date_from": "2026-03-29", "date_to": "2026-03-29"}),
+            tz,
+        )
+        .await;
+    let range = &p.reads[0].range;
+    let mut want_total = vec![0.0; range.buckets.len()];
+    let mut want_persons = vec![BTreeSet::new(); range.buckets.len()];
+    for e in events {
+        if let Some(i) = range.bucket_of(DateTime::from_timestamp_micros(e.ts).unwrap()) {
+            match e.event {
+                "a" => want_total[i] += 1.0,
+                "b" => {
+                    want_persons[i].insert(e.person);
+                }
+                _ => {}
+            }
+        }
+    }
+    let got = &series(&a)[0];
+    assert_eq!(got[0], want_total, "hourly total in {tz}");
+    assert_eq!(
+        got[1],
+        want_persons
+            .iter()
+            .map(|s| s.len() as f64)
+            .collect::<Vec<_>>(),
+        "hourly unique in {tz}"
+    );
+
+    // Per-person and property maths, against a brute force over the plan's buckets.
+    let (_, p, a) = r
+        .run(
+            InsightKind::Trends,
+            json!({"series": [{"event": "a", "math": "per_user", "per_user": "max"},
+                              {"event": "b", "math": "per_user"},
+                              {"event": "c", "math": "sum", "math_property": "amount"},
+                              {"event": "c", "math": "max", "math_property": "amount"}],
+                   "date_from": "2026-04-20", "date_to": "2026-05-03", "interval": "week"}),
+            tz,
+        )
+        .await;
+    let read = &p.reads[0];
+    let range = &read.range;
+    let n = range.buckets.len();
+    let bucket = |e: &Event| {
+        let t = DateTime::from_timestamp_micros(e.ts).unwrap();
+        range.bucket_of(t)
+    };
+    let mut per: Vec<BTreeMap<(&str, u64), f64>> = vec![BTreeMap::new(); n];
+    let mut values: Vec<Vec<f64>> = vec![Vec::new(); n];
+    for e in events {
+        if let Some(i) = bucket(e) {
+            *per[i].entry((e.event, e.person)).or_default() += 1.0;
+            if e.event == "c" {
+                let x = e
+                    .props
+                    .get("amount")
+                    .filter(|v| !v.is_null())
+                    .map_or(f64::NAN, number);
+                if !x.is_nan() {
+                    values[i].push(x);
+                }
+            }
+        }
+    }
+    let agg = |i: usize, ev: &str, f: fn(&[f64]) -> f64| {
+        let c: Vec<f64> = per[i]
+            .iter()
+            .filter(|((e, _), _)| *e == ev)
+            .map(|(_, &c)| c)
+            .collect();
+        if c.is_empty() {
+            0.0
+        } else {
+            f(&c)
+        }
+    };
+    let max = |v: &[f64]| v.iter().copied().fold(f64::MIN, f64::max);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let got = &series(&a)[0];
+    for i in 0..n {
+        assert_eq!(
+            got[0][i],
+            agg(i, "a", max),
+            "per_user max, bucket {i} in {tz}"
+        );
+        assert!(
+            (got[1][i] - agg(i, "b", mean)).abs() < 1e-9,
+            "per_user avg, bucket {i} in {tz}"
+        );
+        let sum: f64 = values[i].iter().sum();
+        assert!(
+            (got[2][i] - sum).abs() < 1e-9,
+            "sum, bucket {i} in {tz}: {} vs {sum}",
+            got[2][i]
+        );
+        let m = if values[i].is_empty() {
+            0.0
+        } else {
+            max(&values[i])
+        };
+        assert_eq!(got[3][i], m, "max, bucket {i} in {tz}");
+    }
+}
+
+async fn check_funnels(r: &mut Runner, events: &[Event], tz: &Tz) {
+    let utc_rows = |pred_for: &dyn Fn(&Event) -> bool| -> Vec<truth::Row<'_>> {
+        events
+            .iter()
+            .filter(|e| pred_for(e))
+            .map(|e| truth::Row {
+                person: e.person,
+                ts_us: e.ts,
+                event: e.event,
+            })
+            .collect()
+    };
+    for (order, window_days, truth_order) in [
+        ("ordered", 3, truth::Order::Ordered),
+        ("strict", 1, truth::Order::Strict),
+        ("ordered", 14, truth::Order::Ordered),
+    ] {
+        let (_, p, a) = r
+            .run(
+                InsightKind::Funnel,
+                json!({"steps": [{"event": "a"}, {"event": "b"}, {"event": "c"}], "order": order,
+                       "conversion_window": {"value": window_days, "unit": "day"},
+                       "date_from": "2026-03-10", "date_to": "2026-04-10"}),
+                tz,
+            )
+            .await;
+        let range = &p.reads[0].range;
+        let want = truth::funnel(
+            &utc_rows(&|_| true),
+            &["a", "b", "c"],
+            window_days * DAY_US,
+            truth_order,
+            truth::Range {
+                from_us: range.from.timestamp_micros(),
+                to_us: range.to.timestamp_micros(),
+            },
+        );
+        assert_eq!(
+            a,
+            Answer::Funnel { reached: want },
+            "{order} funnel, {window_days} days, in {tz}"
+        );
+    }
+    // A step with its own filter: other `b` events are not steps (they are simply skipped in an ordered funnel).
+    let (_, p, a) = r
+        .run(
+            InsightKind::Funnel,
+            json!({"steps": [{"event": "a"}, {"event": "b", "properties": [{"key": "plan", "value": "pro"}]}, {"event": "a"}],
+                   "conversion_window": {"value": 2, "unit": "day"}, "date_from": "2026-04-01", "date_to": "2026-04-30"}),
+            tz,
+        )
+        .await;
+    let range = &p.reads[0].range;
+    // The truth knows events by name: a `b` without the filter becomes another event.
+    let renamed: Vec<truth::Row<'_>> = events
+        .iter()
+        .map(|e| truth::Row {
+            person: e.person,
+            ts_us: e.ts,
+            event: if e.event == "b" && !holds(e, Pred::PlanIs("pro")) {
+                "other"
+            } else {
+                e.event
+            },
+        })
+        .collect();
+    let want = truth::funnel(
+        &renamed,
+        &["a", "b", "a"],
+        2 * DAY_US,
+        truth::Order::Ordered,
+        truth::Range {
+            from_us: range.from.timestamp_micros(),
+            to_us: range.to.timestamp_micros(),
+        },
+    );
+    assert_eq!(
+        a,
+        Answer::Funnel { reached: want },
+        "filtered funnel in {tz}"
+    );
+}
+
+async fn check_retention(r: &mut Runner, events: &[Event], tz: &Tz) {
+    let all = rows(events, tz, Pred::Any);
+    for (cohort, mode, period, periods, date_to) in [
+        ("first_time", "on", "week", 6, "2026-04-26"),
+        ("recurring", "on_or_after", "day", 10, "2026-04-12"),
+        ("first_time", "on_or_after", "month", 3, "2026-05-10"),
+        ("recurring", "on", "week", 4, "2026-05-10"),
+    ] {
+        let (_, p, a) = r
+            .run(
+                InsightKind::Retention,
+                json!({"start_event": {"event": "a"}, "return_event": {"event": "b"}, "cohort": cohort,
+                       "mode": mode, "period": period, "periods": periods, "date_to": date_to}),
+                tz,
+            )
+            .await;
+        let range = &p.reads[0].range;
+        assert_eq!(range.buckets.len(), periods);
+        let want = truth::retention(
+            &all,
+            truth::Retention {
+                start_event: "a",
+                return_event: "b",
+                cohorting: if cohort == "first_time" {
+                    truth::Cohorting::FirstTime
+                } else {
+                    truth::Cohorting::Recurring
+                },
+                interval: interval(range.interval),
+                from_us: local_range(range, tz).from_us,
+                periods,
+                on_or_after: mode == "on_or_after",
+            },
+        );
+        assert_eq!(
+            a,
+            Answer::Retention(want),
+            "{cohort} {mode} {period} retention in {tz}"
+        );
+    }
+}
+
+async fn check_stickiness_and_lifecycle(r: &mut Runner, events: &[Event], tz: &Tz) {
+    for (interval_name, from, to) in [
+        ("day", "2026-04-01", "2026-04-20"),
+        ("week", "2026-03-02", "2026-05-10"),
+    ] {
+        let (_, p, a) = r
+            .run(
+                InsightKind::Stickiness,
+                json!({"event": {"event": "a"}, "interval": interval_name, "date_from": from, "date_to": to}),
+                tz,
+            )
+            .await;
+        let range = &p.reads[0].range;
+        let want = truth::stickiness(
+            &rows(events, tz, Pred::Any),
+            "a",
+            local_range(range, tz),
+            interval(range.interval),
+        );
+        assert_eq!(
+            a,
+            Answer::Stickiness(want),
+            "{interval_name} stickiness in {tz}"
+        );
+
+        let (_, p, a) = r
+            .run(
+                InsightKind::Lifecycle,
+                json!({"event": {"event": "b", "properties": [{"key": "plan", "operator": "is_not", "value": "free"}]},
+                       "interval": interval_name, "date_from": from, "date_to": to}),
+                tz,
+            )
+            .await;
+        let range = &p.reads[0].range;
+        let kept: Vec<truth::Row<'_>> = events
+            .iter()
+            .filter(|e| !holds(e, Pred::PlanIs("free")))
+            .map(|e| truth::Row {
+                person: e.person,
+                ts_us: e.ts + offset_us(tz, e.ts),
+                event: e.event,
+            })
+            .collect();
+        let want = truth::lifecycle(&kept, "b", local_range(range, tz), interval(range.interval));
+        let Answer::Lifecycle(got) = a else {
+            panic!("not lifecycle")
+        };
+        assert_eq!(
+            (got.new, got.returning, got.resurrecting, got.dormant),
+            (want.new, want.returning, want.resurrecting, want.dormant),
+            "{interval_name} lifecycle in {tz}"
+        );
+    }
+}
+
+fn out_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("clickhouse");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs the dumped statements on current ClickHouse (chdb) over the same rows; they must answer the same.
+fn check_on_current_clickhouse(dump: &Value) {
+    let file = out_dir().join("statements.json");
+    std::fs::write(&file, serde_json::to_vec(dump).unwrap()).unwrap();
+    let python = std::env::var("FLYWHEEL_CHDB_PYTHON").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/flywheel/chdb-venv/bin/python",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/clickhouse/chdb_check.py");
+    let out = std::process::Command::new(&python)
+        .arg(&script)
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "running {python} (the chdb venv: scripts/setup-test-env creates it, or set FLYWHEEL_CHDB_PYTHON): {e}"
+            )
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "current ClickHouse (chdb) disagrees or fails on the statements in {}:\n{stdout}\n{stderr}",
+        file.display()
+    );
+    eprintln!("{}", stdout.trim());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn insights_match_the_truth_on_clickhouse_18_and_current() {
+    let started = Instant::now();
+    let server = common::start();
+    let client = Client::new(&server.url).unwrap();
+    let version = client.query_rows("SELECT version()").await.unwrap();
+    eprintln!("ClickHouse {} at {}", version[0][0], server.url);
+    let mut ddl = schema::create_all(DB);
+    ddl.insert(0, format!("DROP DATABASE IF EXISTS {}", schema::ident(DB)));
+    for s in &ddl {
+        client.execute(s).await.unwrap();
+    }
+    let (events, overrides) = generate();
+    let event_rows: Vec<EventRow> = events
+        .iter()
+        .map(|e| e.row.clone())
+        .chain(other_project_rows())
+        .collect();
+    let events_table = format!("{}.{}", schema::ident(DB), schema::ident(schema::EVENTS));
+    let overrides_table = format!(
+        "{}.{}",
+        schema::ident(DB),
+        schema::ident(schema::PERSON_OVERRIDES)
+    );
+    // In several batches (several parts): answers must not depend on merges having happened.
+    for chunk in event_rows.chunks(1500) {
+        client.insert(&events_table, chunk).await.unwrap();
+    }
+    for o in &overrides {
+        client
+            .insert(&overrides_table, std::slice::from_ref(o))
+            .await
+            .unwrap();
+    }
+    let count = client
+        .query_rows(&format!(
+            "SELECT count() FROM {events_table} WHERE project_id = {PROJECT}"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(count[0][0], events.len().to_string());
+
+    let mut r = Runner {
+        client: client.clone(),
+        target: Target {
+            db: DB.into(),
+            project_id: PROJECT,
+        },
+        now: Utc.with_ymd_and_hms(2026, 5, 20, 12, 0, 0).unwrap(),
+        dump: Vec::new(),
+        checks: 0,
+    };
+    for tz_name in ["UTC", "Europe/Berlin", "Asia/Kolkata"] {
+        let tz: Tz = tz_name.parse().unwrap();
+        check_trends(&mut r, &events, &tz).await;
+        check_funnels(&mut r, &events, &tz).await;
+        check_retention(&mut r, &events, &tz).await;
+        check_stickiness_and_lifecycle(&mut r, &events, &tz).await;
+    }
+    eprintln!(
+        "{} definitions, {} statements checked against the truth on ClickHouse {} in {:.1?}",
+        r.checks,
+        r.dump.len(),
+        version[0][0],
+        started.elapsed()
+    );
+    let to_lines = |rows: &[_]| -> String {
+        rows.iter()
+            .map(|x: &EventRow| serde_json::to_string(x).unwrap())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let dump = json!({
+        "database": DB,
+        "ddl": schema::create_all(DB),
+        "inserts": [
+            {"table": events_table, "rows": to_lines(&event_rows)},
+            {"table": overrides_table, "rows": overrides.iter().map(|o| serde_json::to_string(o).unwrap()).collect::<Vec<_>>().join("\n")},
+        ],
+        "statements": r.dump,
+    });
+    check_on_current_clickhouse(&dump);
+}
