@@ -779,11 +779,15 @@ fn out_dir() -> PathBuf {
 fn check_on_current_clickhouse(dump: &Value) {
     let file = out_dir().join("statements.json");
     std::fs::write(&file, serde_json::to_vec(dump).unwrap()).unwrap();
+    // chdb lives in the insight benchmark's venv (scripts/setup-test-env installs it there).
     let python = std::env::var("FLYWHEEL_CHDB_PYTHON").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/flywheel/chdb-venv/bin/python",
-            std::env::var("HOME").unwrap_or_default()
-        )
+        let venv = std::env::var("FLYWHEEL_BENCH_VENV").unwrap_or_else(|_| {
+            format!(
+                "{}/.cache/flywheel/bench-venv",
+                std::env::var("HOME").unwrap_or_default()
+            )
+        });
+        format!("{venv}/bin/python")
     });
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/clickhouse/chdb_check.py");
@@ -793,7 +797,7 @@ fn check_on_current_clickhouse(dump: &Value) {
         .output()
         .unwrap_or_else(|e| {
             panic!(
-                "running {python} (the chdb venv: scripts/setup-test-env creates it, or set FLYWHEEL_CHDB_PYTHON): {e}"
+                "running {python} (a Python with chdb: scripts/setup-test-env installs it into the benchmark's venv; or set FLYWHEEL_CHDB_PYTHON): {e}"
             )
         });
     let stdout = String::from_utf8_lossy(&out.stdout);
