@@ -520,7 +520,10 @@ async fn check_trends(r: &mut Runner, events: &[Event], tz: &Tz) {
             json!({"series": [{"event": "a", "math": "per_user", "per_user": "max"},
                               {"event": "b", "math": "per_user"},
                               {"event": "c", "math": "sum", "math_property": "amount"},
-                              {"event": "c", "math": "max", "math_property": "amount"}],
+                              {"event": "c", "math": "max", "math_property": "amount"},
+                              {"event": "c", "math": "median", "math_property": "amount"},
+                              {"event": "c", "math": "p90", "math_property": "amount"},
+                              {"event": "a", "math": "per_user", "per_user": "median"}],
                    "date_from": "2026-04-20", "date_to": "2026-05-03", "interval": "week"}),
             tz,
         )
@@ -586,6 +589,43 @@ async fn check_trends(r: &mut Runner, events: &[Event], tz: &Tz) {
             max(&values[i])
         };
         assert_eq!(got[3][i], m, "max, bucket {i} in {tz}");
+        let mut sorted = values[i].clone();
+        sorted.sort_by(f64::total_cmp);
+        assert_eq!(
+            got[4][i],
+            percentile(&sorted, 50),
+            "median, bucket {i} in {tz}"
+        );
+        assert_eq!(
+            got[5][i],
+            percentile(&sorted, 90),
+            "p90, bucket {i} in {tz}"
+        );
+        let mut counts: Vec<f64> = per[i]
+            .iter()
+            .filter(|((e, _), _)| *e == "a")
+            .map(|(_, &c)| c)
+            .collect();
+        counts.sort_by(f64::total_cmp);
+        assert_eq!(
+            got[6][i],
+            percentile(&counts, 50),
+            "per_user median, bucket {i} in {tz}"
+        );
+    }
+}
+
+/// The kernel's percentile (`flywheel_kernels::trends::quantile`), restated: rank `p / 100 × (n - 1)`, linear
+/// interpolation; 0 without values.
+fn percentile(sorted: &[f64], p: u64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let scaled = p * (sorted.len() as u64 - 1);
+    let (lo, frac) = ((scaled / 100) as usize, (scaled % 100) as f64 / 100.0);
+    match sorted.get(lo + 1) {
+        Some(&hi) if frac > 0.0 && hi != sorted[lo] => sorted[lo] + (hi - sorted[lo]) * frac,
+        _ => sorted[lo],
     }
 }
 

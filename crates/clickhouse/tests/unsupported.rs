@@ -46,16 +46,6 @@ fn unsupported_options_name_their_field() {
         ),
         (
             Trends,
-            json!({"series": [{"event": "a", "math": "median", "math_property": "x"}]}),
-            "series[0].math",
-        ),
-        (
-            Trends,
-            json!({"series": [{"event": "a", "math": "per_user", "per_user": "median"}]}),
-            "series[0].per_user",
-        ),
-        (
-            Trends,
             json!({"series": [{"event": "a", "properties": [{"key": "u", "operator": "regex", "value": "x+"}]}]}),
             "series[0].properties[0].operator",
         ),

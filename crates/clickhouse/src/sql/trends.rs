@@ -78,7 +78,10 @@ fn series(
             );
             let rows = expr::source(
                 target,
-                &format!("{PERSON} AS person, {} AS ends, {windows}", expr::int_array(&ends)),
+                &format!(
+                    "{PERSON} AS person, {} AS ends, {windows}",
+                    expr::int_array(&ends)
+                ),
                 read.from_us,
                 read.to_us,
                 cond,
@@ -87,45 +90,79 @@ fn series(
         }
         Math::PerUser => {
             let agg = match s.per_user.unwrap_or(PerUserMath::Avg) {
-                PerUserMath::Avg => "avg",
-                PerUserMath::Min => "min",
-                PerUserMath::Max => "max",
-                PerUserMath::Median => {
-                    return Err(Unsupported::new(
-                        format!("{field}.per_user"),
-                        "median is not supported by the ClickHouse backend yet (ClickHouse's quantiles interpolate differently from the engine's)",
-                    ))
-                }
+                PerUserMath::Avg => Agg::Plain("avg"),
+                PerUserMath::Min => Agg::Plain("min"),
+                PerUserMath::Max => Agg::Plain("max"),
+                PerUserMath::Median => Agg::Percentile(50),
             };
-            format!(
-                "SELECT b, {agg}(c) FROM (\n    SELECT b, person, count() AS c FROM (\n    {}\n    ) GROUP BY b, person\n) GROUP BY b ORDER BY b",
+            let per_person = format!(
+                "SELECT b, person, count() AS v FROM (\n    {}\n    ) GROUP BY b, person",
                 in_buckets(&format!("{bucket} AS b, {PERSON} AS person"), cond)
-            )
+            );
+            by_bucket(agg, &per_person)
         }
-        Math::Sum | Math::Avg | Math::Min | Math::Max => {
+        Math::Sum
+        | Math::Avg
+        | Math::Min
+        | Math::Max
+        | Math::Median
+        | Math::P90
+        | Math::P95
+        | Math::P99 => {
             let agg = match math {
-                Math::Sum => "sum",
-                Math::Avg => "avg",
-                Math::Min => "min",
-                _ => "max",
+                Math::Sum => Agg::Plain("sum"),
+                Math::Avg => Agg::Plain("avg"),
+                Math::Min => Agg::Plain("min"),
+                Math::Max => Agg::Plain("max"),
+                Math::Median => Agg::Percentile(50),
+                Math::P90 => Agg::Percentile(90),
+                Math::P95 => Agg::Percentile(95),
+                _ => Agg::Percentile(99),
             };
             let key = s.math_property.as_deref().ok_or_else(|| {
-                Unsupported::new(format!("{field}.math_property"), "is required for property math")
+                Unsupported::new(
+                    format!("{field}.math_property"),
+                    "is required for property math",
+                )
             })?;
             let v = expr::property_number(key);
-            format!(
-                "SELECT b, {agg}(v) FROM (\n    {}\n) GROUP BY b ORDER BY b",
-                in_buckets(
+            // Events without a number are in no aggregate (a bucket with none stays 0).
+            by_bucket(
+                agg,
+                &in_buckets(
                     &format!("{bucket} AS b, {v} AS v"),
-                    &format!("{cond} AND NOT isNaN({v})")
-                )
+                    &format!("{cond} AND NOT isNaN({v})"),
+                ),
             )
         }
-        Math::Median | Math::P90 | Math::P95 | Math::P99 => {
-            return Err(Unsupported::new(
-                format!("{field}.math"),
-                format!("{math} is not supported by the ClickHouse backend yet (ClickHouse's quantiles interpolate differently from the engine's)"),
-            ))
-        }
     })
+}
+
+/// How the values `v` of a bucket make its number.
+#[derive(Debug, Clone, Copy)]
+enum Agg {
+    /// A ClickHouse aggregate function (`sum`, `avg`, `min`, `max`).
+    Plain(&'static str),
+    /// The kernel's percentile (`flywheel_kernels::trends::quantile`): rank `h = p / 100 × (n - 1)` with the
+    /// fraction exact in hundredths, linear interpolation between the two closest values. ClickHouse's own
+    /// quantile functions use other definitions, so the sorted values are interpolated here, in the same order of
+    /// Float64 operations.
+    Percentile(u32),
+}
+
+/// `SELECT b, number` per bucket over `rows` (columns `b` and `v`).
+fn by_bucket(agg: Agg, rows: &str) -> String {
+    match agg {
+        Agg::Plain(f) => format!("SELECT b, {f}(v) FROM (\n    {rows}\n) GROUP BY b ORDER BY b"),
+        Agg::Percentile(p) => format!(
+            "SELECT b, if(frac > 0 AND length(s) > lo + 1 AND s[lo + 2] != s[lo + 1], \
+             s[lo + 1] + (s[lo + 2] - s[lo + 1]) * frac, s[lo + 1]) FROM (
+    SELECT b, s, intDiv({p} * (length(s) - 1), 100) AS lo, ({p} * (length(s) - 1)) % 100 / 100 AS frac FROM (
+        SELECT b, arraySort(groupArray(toFloat64(v))) AS s FROM (
+    {rows}
+        ) GROUP BY b
+    )
+) ORDER BY b"
+        ),
+    }
 }
