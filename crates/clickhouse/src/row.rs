@@ -1,13 +1,16 @@
 //! An event as the `events` table stores it.
 //!
-//! Besides the properties' JSON text, a row carries its **top-level properties indexed for filters**, as three
-//! parallel arrays: the keys, each value's text and each value's number. ClickHouse 18.16 has no JSON functions
+//! Besides the properties' JSON text, a row carries its **top-level properties indexed for filters**, as four
+//! parallel arrays: the keys, each value's text and each value's number, plus the text in lower case where that
+//! differs from it (`''` otherwise, which costs nothing once compressed). ClickHouse 18.16 has no JSON functions
 //! (its `visitParam*` functions match a key at any depth and do not unescape keys, so they would give wrong
 //! answers), so the writer computes the forms the insight filters compare, with exactly the embedded engine's
 //! rules (`crates/server/src/insight_filters.rs`):
 //!
 //! - text: a string is itself, any other value its JSON text (`"7"` and `7` both read `7`);
 //! - number: a JSON number, or a string that parses as one after trimming; otherwise NaN (no comparison holds);
+//! - lower case: Rust's `to_lowercase` of the text, which `contains` compares with (ClickHouse's `lowerUTF8` folds
+//!   some letters differently, e.g. a final sigma);
 //! - `null` values are left out, as the engine reads them as missing.
 
 use serde::{Serialize, Serializer};
@@ -32,6 +35,7 @@ pub struct EventRow {
     pub prop_keys: Vec<String>,
     pub prop_texts: Vec<String>,
     pub prop_numbers: Vec<Number>,
+    pub prop_lower: Vec<String>,
 }
 
 /// A property's number, NaN when it has none. Serialized so that ClickHouse reads every value: JSON has no NaN or
@@ -83,12 +87,16 @@ impl EventRow {
         let mut prop_keys = Vec::with_capacity(properties.len());
         let mut prop_texts = Vec::with_capacity(properties.len());
         let mut prop_numbers = Vec::with_capacity(properties.len());
+        let mut prop_lower = Vec::with_capacity(properties.len());
         for (k, v) in properties {
             if v.is_null() {
                 continue;
             }
             prop_keys.push(k.clone());
-            prop_texts.push(text(v));
+            let t = text(v);
+            let lower = t.to_lowercase();
+            prop_lower.push(if lower == t { String::new() } else { lower });
+            prop_texts.push(t);
             prop_numbers.push(Number(number(v)));
         }
         EventRow {
@@ -102,6 +110,7 @@ impl EventRow {
             prop_keys,
             prop_texts,
             prop_numbers,
+            prop_lower,
         }
     }
 }
@@ -137,6 +146,8 @@ mod tests {
         let i = |k: &str| row.prop_keys.iter().position(|x| x == k).unwrap();
         assert!(!row.prop_keys.contains(&"gone".to_string()));
         assert_eq!(row.prop_texts[i("plan")], "pro");
+        assert_eq!(row.prop_lower[i("plan")], "", "already lower case");
+        assert_eq!(row.prop_lower[i("o")], "");
         assert_eq!(row.prop_texts[i("n")], "7");
         assert_eq!(row.prop_texts[i("o")], r#"{"a":1}"#);
         assert_eq!(row.prop_numbers[i("s")], Number(2.5));

@@ -42,6 +42,7 @@ pub fn events_table_with_engine(db: &str, name: &str, engine: &str) -> String {
     prop_keys Array(String),
     prop_texts Array(String),
     prop_numbers Array(Float64),
+    prop_lower Array(String),
     inserted_at DateTime('UTC') DEFAULT now()
 ) ENGINE = {engine}
 PARTITION BY toYYYYMM(timestamp)

@@ -162,6 +162,11 @@ fn generate() -> (Vec<Event>, Vec<PersonOverride>) {
             }
         }
         props.insert("note".into(), json!("it's a \\ \"quoted\"\ttext"));
+        let cities = ["Zürich", "ΌΣΟΣ", "İstanbul", "BERLIN", "berlin-mitte"];
+        let c = rng.below(6) as usize;
+        if c < cities.len() {
+            props.insert("city".into(), json!(cities[c]));
+        }
         let row = EventRow::new(
             // Both halves increase with the input order: ties in time sort as the truth sorts them.
             Uuid::from_u64_pair(i + 1, i + 1),
@@ -207,6 +212,8 @@ enum Pred {
     PlanIs(&'static str),
     AmountGt(f64),
     AmountSet,
+    /// Rust's case folding, as the engine's `contains`.
+    CityContains(&'static str),
 }
 
 fn holds(e: &Event, p: Pred) -> bool {
@@ -219,6 +226,10 @@ fn holds(e: &Event, p: Pred) -> bool {
             .filter(|v| !v.is_null())
             .is_some_and(|v| number(v) > x),
         Pred::AmountSet => e.props.get("amount").is_some_and(|v| !v.is_null()),
+        Pred::CityContains(x) => e
+            .props
+            .get("city")
+            .is_some_and(|v| text(v).to_lowercase().contains(&x.to_lowercase())),
     }
 }
 
@@ -478,6 +489,50 @@ async fn check_trends(r: &mut Runner, events: &[Event], tz: &Tz) {
             "is_set filter, period {i} in {tz}"
         );
     }
+
+    // Case-insensitive substrings, with letters whose folding differs between Rust and ClickHouse's lowerUTF8.
+    let (_, p, a) = r
+        .run(
+            InsightKind::Trends,
+            json!({"series": [{"event": "a", "properties": [{"key": "city", "operator": "contains", "value": "ς"}]},
+                              {"event": "b", "properties": [{"key": "city", "operator": "not_contains", "value": "BERLIN"}]},
+                              {"event": "c", "properties": [{"key": "city", "operator": "contains", "value": "İST"}]}],
+                   "date_from": "2026-03-02", "date_to": "2026-05-10", "interval": "week"}),
+            tz,
+        )
+        .await;
+    let range = local_range(&p.reads[0].range, tz);
+    let got = &series(&a)[0];
+    let week = truth::Interval::Week;
+    let not_berlin: Vec<truth::Row<'_>> = events
+        .iter()
+        .filter(|e| !holds(e, Pred::CityContains("berlin")))
+        .map(|e| truth::Row {
+            person: e.person,
+            ts_us: e.ts + offset_us(tz, e.ts),
+            event: e.event,
+        })
+        .collect();
+    assert_eq!(
+        got[0],
+        f64s(truth::total(
+            &rows(events, tz, Pred::CityContains("ς")),
+            "a",
+            range,
+            week
+        ))
+    );
+    assert_eq!(got[1], f64s(truth::total(&not_berlin, "b", range, week)));
+    assert_eq!(
+        got[2],
+        f64s(truth::total(
+            &rows(events, tz, Pred::CityContains("İST")),
+            "c",
+            range,
+            week
+        ))
+    );
+    assert!(got[0].iter().sum::<f64>() > 0.0 && got[2].iter().sum::<f64>() > 0.0);
 
     // Hour buckets over the day Berlin moves its clocks (23 hours there), against the plan's own buckets.
     let (_, p, a) = r

@@ -56,7 +56,7 @@ fn unsupported_options_name_their_field() {
         ),
         (
             Trends,
-            json!({"series": [a], "properties": [{"key": "u", "operator": "contains", "value": "x"}]}),
+            json!({"series": [a], "properties": [{"key": "u", "operator": "not_regex", "value": "x"}]}),
             "properties[0].operator",
         ),
         (

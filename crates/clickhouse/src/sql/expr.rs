@@ -160,7 +160,8 @@ fn values(p: &PropertyFilter) -> Vec<&Value> {
 }
 
 /// An event-property filter with the engine's semantics (`crates/server/src/insight_filters.rs`): `exact` is
-/// equality of the texts, numbers compare as Float64 (NaN compares false), a missing property fails every
+/// equality of the texts, `contains` a substring of the lower-case texts, numbers compare as Float64 (NaN compares
+/// false), a missing property fails every
 /// positive operator and passes its negation.
 fn event_filter(p: &PropertyFilter, field: &str) -> Result<String, Unsupported> {
     let key = string(&p.key);
@@ -182,6 +183,17 @@ fn event_filter(p: &PropertyFilter, field: &str) -> Result<String, Unsupported> 
             format!("({has} AND prop_numbers[{at}] {op} {})", float(x))
         }
     };
+    // Case-insensitive: the row's lower-case text (stored by the writer, Rust's folding) holds the lower-case value.
+    let contains = || {
+        let needle = values(p)
+            .first()
+            .map(|v| text(v).to_lowercase())
+            .unwrap_or_default();
+        format!(
+            "({has} AND position(if(prop_lower[{at}] = '', prop_texts[{at}], prop_lower[{at}]), {}) > 0)",
+            string(&needle)
+        )
+    };
     Ok(match p.operator {
         Operator::Exact => exact(),
         Operator::IsNot => format!("NOT {}", exact()),
@@ -191,12 +203,14 @@ fn event_filter(p: &PropertyFilter, field: &str) -> Result<String, Unsupported> 
         Operator::Gte => compare(">="),
         Operator::Lt => compare("<"),
         Operator::Lte => compare("<="),
-        Operator::Contains | Operator::NotContains | Operator::Regex | Operator::NotRegex => {
+        Operator::Contains => contains(),
+        Operator::NotContains => format!("NOT {}", contains()),
+        Operator::Regex | Operator::NotRegex => {
             return Err(Unsupported::new(
                 format!("{field}.operator"),
                 format!(
-                    "{} is not supported by the ClickHouse backend yet: its case folding and regular expressions \
-                     (re2) differ from the embedded engine's in corner cases",
+                    "{} is not supported by the ClickHouse backend yet: ClickHouse's regular expressions (re2) \
+                     differ from the embedded engine's (Rust's regex) in corner cases",
                     p.operator
                 ),
             ))
