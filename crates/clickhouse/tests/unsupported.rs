@@ -71,8 +71,8 @@ fn unsupported_options_name_their_field() {
         ),
         (
             Funnel,
-            json!({"steps": [a, {"event": "b"}], "order": "unordered"}),
-            "order",
+            json!({"steps": [a, {"event": "a", "properties": [{"key": "k", "value": 1}]}], "order": "unordered"}),
+            "steps[1]",
         ),
         (
             Funnel,

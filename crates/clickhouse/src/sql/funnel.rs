@@ -1,7 +1,7 @@
-//! Funnels, `ordered` and `strict` (`crates/kernels/src/funnel.rs`, `flywheel_truth::funnel`): a person enters
+//! Funnels (`crates/kernels/src/funnel.rs`, `flywheel_truth::funnel`). Ordered and strict: a person enters
 //! with a first-step event inside the range and reaches, from the best such entry, as many steps as follow in
 //! order within the conversion window (inclusive) of the entry; one event counts for one step. `strict` needs
-//! each step to be the person's very next event.
+//! each step to be the person's very next event. Unordered: see [`unordered`].
 //!
 //! Per person, the events are sorted by (time, uuid) into arrays; each entry becomes a row (`ARRAY JOIN`); then
 //! one subquery per step finds the position of the next step (`arrayFirst` over the positions, 0 when there is
@@ -13,7 +13,7 @@
 //! Events of one person with the same microsecond are ordered by uuid here, by log order in the embedded engine.
 
 use flywheel_query::plan::{funnel_window_us, Plan};
-use flywheel_query::{Aggregation, FunnelOrder, FunnelQuery};
+use flywheel_query::{Aggregation, EventRef, FunnelOrder, FunnelQuery};
 
 use super::expr::{self, Target, PERSON};
 use super::{Answer, Compiled, Fill, Statement, Unsupported};
@@ -24,12 +24,6 @@ pub(super) fn compile(
     target: &Target,
 ) -> Result<Compiled, Unsupported> {
     let order = f.order.unwrap_or(FunnelOrder::Ordered);
-    if order == FunnelOrder::Unordered {
-        return Err(Unsupported::new(
-            "order",
-            "unordered funnels are not supported by the ClickHouse backend yet",
-        ));
-    }
     if !f.exclusions.is_empty() {
         return Err(Unsupported::new(
             "exclusions",
@@ -53,6 +47,9 @@ pub(super) fn compile(
             "properties",
             "strict funnels with filters are not supported by the ClickHouse backend yet",
         ));
+    }
+    if order == FunnelOrder::Unordered {
+        return unordered(f, plan, target);
     }
     let steps = f.steps.len();
     let read = &plan.reads[0];
@@ -89,21 +86,7 @@ pub(super) fn compile(
         &wanted,
     );
     let has = |pos: &str, step: usize| format!("bitAnd(f[{pos}], {}) != 0", 1u64 << step);
-    // Sorted per person, then the entries (first-step events in the range) as an array, joined out to one row each.
-    let mut sql = format!(
-        "SELECT person, t, f, e AS s0 FROM (
-        SELECT person, t, f, arrayFilter(i -> {entry} AND t[i] >= {from} AND t[i] < {to}, arrayEnumerate(t)) AS entries
-        FROM (
-            SELECT person, arrayMap(x -> tupleElement(x, 1), evs) AS t, arrayMap(x -> tupleElement(x, 3), evs) AS f
-            FROM (
-                SELECT person, arraySort(groupArray((ts, uuid, flags))) AS evs FROM (
-    {rows}
-                ) GROUP BY person
-            )
-        )
-    ) ARRAY JOIN entries AS e",
-        entry = has("i", 0),
-    );
+    let mut sql = entries(&rows, &has("i", 0), from, to);
     for k in 1..steps {
         let prev = format!("s{}", k - 1);
         let next = match order {
@@ -130,6 +113,114 @@ pub(super) fn compile(
         "SELECT level, count() FROM (
     SELECT person, max({level}) AS level FROM (
     {sql}
+    ) GROUP BY person
+) GROUP BY level ORDER BY level"
+    );
+    Ok(Compiled {
+        statements: vec![Statement {
+            sql,
+            fill: Fill::Funnel,
+        }],
+        empty: Answer::Funnel {
+            reached: vec![0; steps],
+        },
+    })
+}
+
+/// One row per entry (`s0`, a position in the person's arrays `t` of times and `f` of flags, 1-based): each
+/// person's `rows` sorted by (time, uuid) into arrays, and the positions of the events with `entry` (a condition on
+/// position `i`) inside `[from, to)` joined out.
+fn entries(rows: &str, entry: &str, from: i64, to: i64) -> String {
+    format!(
+        "SELECT person, t, f, e AS s0 FROM (
+        SELECT person, t, f, arrayFilter(i -> {entry} AND t[i] >= {from} AND t[i] < {to}, arrayEnumerate(t)) AS entries
+        FROM (
+            SELECT person, arrayMap(x -> tupleElement(x, 1), evs) AS t, arrayMap(x -> tupleElement(x, 3), evs) AS f
+            FROM (
+                SELECT person, arraySort(groupArray((ts, uuid, flags))) AS evs FROM (
+    {rows}
+                ) GROUP BY person
+            )
+        )
+    ) ARRAY JOIN entries AS e"
+    )
+}
+
+/// Unordered funnels: an attempt enters at any step's event in the range and reaches as many steps as the events
+/// from it on within the window can be given, one event per step. When every event matches at most one distinct
+/// step definition, that is, per definition, the smaller of its steps and its events in the window (the kernel's
+/// matching reduces to it); definitions that could share an event (the same event name with different filters,
+/// `$all`) would need the general matching and are refused.
+fn unordered(f: &FunnelQuery, plan: &Plan, target: &Target) -> Result<Compiled, Unsupported> {
+    let steps = f.steps.len();
+    // Distinct step definitions, with how many steps each is.
+    let mut groups: Vec<(usize, usize)> = Vec::new(); // (index of its first step, multiplicity)
+    for (i, step) in f.steps.iter().enumerate() {
+        let same = |g: &(usize, usize)| {
+            let other = &f.steps[g.0];
+            other.event == step.event && other.properties == step.properties
+        };
+        if let Some(g) = groups.iter_mut().find(|g| same(g)) {
+            g.1 += 1;
+            continue;
+        }
+        let clash = groups.iter().any(|g| f.steps[g.0].event == step.event);
+        if clash || step.event == EventRef::All {
+            return Err(Unsupported::new(
+                format!("steps[{i}]"),
+                "in an unordered funnel, steps that can match the same event with different filters (or $all) are \
+                 not supported by the ClickHouse backend yet",
+            ));
+        }
+        groups.push((i, 1));
+    }
+    let read = &plan.reads[0];
+    let window = funnel_window_us(f.conversion_window);
+    let conds = groups
+        .iter()
+        .map(|g| expr::spec_condition(&plan.specs[g.0], &plan.common))
+        .collect::<Result<Vec<_>, _>>()?;
+    let flags = conds
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("bitShiftLeft(toUInt64({c}), {i})"))
+        .collect::<Vec<_>>()
+        .join(" + ");
+    let wanted = conds
+        .iter()
+        .map(|c| format!("({c})"))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let rows = expr::source(
+        target,
+        &format!("{PERSON} AS person, timestamp_us AS ts, uuid, toUInt64({flags}) AS flags"),
+        read.from_us,
+        read.to_us,
+        &wanted,
+    );
+    let per_entry = entries(
+        &rows,
+        "f[i] != 0",
+        read.range.from.timestamp_micros(),
+        read.range.to.timestamp_micros(),
+    );
+    // `0 * (…)`: the captured columns named outside the lambdas (see the module docs).
+    let level = groups
+        .iter()
+        .enumerate()
+        .map(|(g, &(_, m))| {
+            format!(
+                "least(arrayCount(j -> bitAnd(f[j], {bit}) != 0 AND t[j] >= t[s0] AND t[j] - t[s0] <= {window}, \
+                 arrayEnumerate(t)), {m})",
+                bit = 1u64 << g
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" + ");
+    let sql = format!(
+        "SELECT level, count() FROM (
+    SELECT person, max({level} + 0 * (length(f) + s0)) AS level FROM (
+    {per_entry}
     ) GROUP BY person
 ) GROUP BY level ORDER BY level"
     );
