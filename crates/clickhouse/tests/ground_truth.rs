@@ -684,6 +684,122 @@ fn percentile(sorted: &[f64], p: u64) -> f64 {
     }
 }
 
+/// The kernel's funnel answer restated by brute force (`crates/kernels/src/funnel.rs`, "Attempts" and "Per
+/// person"): per person the best attempt (furthest, earliest entry among equals) and its rows; then per step the
+/// persons reaching it and the mean and median time from the step before.
+type FunnelStats = (Vec<u64>, Vec<Option<f64>>, Vec<Option<f64>>);
+
+#[allow(clippy::needless_range_loop)] // positions are the point: an attempt is a list of them
+fn funnel_stats(
+    rows: &[truth::Row<'_>],
+    steps: &[&str],
+    window: i64,
+    order: truth::Order,
+    range: truth::Range,
+) -> FunnelStats {
+    let mut persons: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    for (i, r) in rows.iter().enumerate() {
+        persons.entry(r.person).or_default().push(i);
+    }
+    let n = steps.len();
+    let mut times: Vec<Vec<i64>> = vec![Vec::new(); n];
+    let mut reached = vec![0u64; n];
+    for idx in persons.values_mut() {
+        idx.sort_by_key(|&i| (rows[i].ts_us, i));
+        let evs: Vec<&truth::Row<'_>> = idx.iter().map(|&i| &rows[i]).collect();
+        let mut best: Vec<usize> = Vec::new();
+        for e in 0..evs.len() {
+            if !range.contains(evs[e].ts_us) || !steps.contains(&evs[e].event) {
+                continue;
+            }
+            let within = |j: usize| evs[j].ts_us - evs[e].ts_us <= window;
+            let mut at = Vec::new();
+            match order {
+                truth::Order::Ordered | truth::Order::Strict => {
+                    if evs[e].event != steps[0] {
+                        continue;
+                    }
+                    at.push(e);
+                    for j in e + 1..evs.len() {
+                        if at.len() == n || !within(j) {
+                            break;
+                        }
+                        if evs[j].event == steps[at.len()] {
+                            at.push(j);
+                        } else if order == truth::Order::Strict {
+                            break;
+                        }
+                    }
+                }
+                truth::Order::Unordered => {
+                    let mut left: BTreeMap<&str, usize> = BTreeMap::new();
+                    for s in steps {
+                        *left.entry(s).or_default() += 1;
+                    }
+                    for j in e..evs.len() {
+                        if !within(j) {
+                            break;
+                        }
+                        if let Some(k) = left.get_mut(evs[j].event).filter(|k| **k > 0) {
+                            *k -= 1;
+                            at.push(j);
+                        }
+                    }
+                }
+            }
+            if at.len() > best.len() {
+                best = at;
+            }
+        }
+        for (k, w) in best.windows(2).enumerate() {
+            times[k + 1].push(evs[w[1]].ts_us - evs[w[0]].ts_us);
+        }
+        for r in reached.iter_mut().take(best.len()) {
+            *r += 1;
+        }
+    }
+    let mean = |v: &[i64]| {
+        (!v.is_empty())
+            .then(|| v.iter().map(|&x| i128::from(x)).sum::<i128>() as f64 / v.len() as f64)
+    };
+    let median = |v: &[i64]| {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        let len = v.len();
+        match len {
+            0 => None,
+            _ if len % 2 == 1 => Some(v[len / 2] as f64),
+            _ => Some((i128::from(v[len / 2 - 1]) + i128::from(v[len / 2])) as f64 / 2.0),
+        }
+    };
+    (
+        reached,
+        times.iter().map(|v| mean(v)).collect(),
+        times.iter().map(|v| median(v)).collect(),
+    )
+}
+
+/// Checks a funnel answer: the truth's step counts, and the brute force's counts and times.
+fn assert_funnel(a: &Answer, want: Vec<u64>, stats: FunnelStats, what: &str) {
+    assert_eq!(
+        stats.0, want,
+        "the brute force agrees with the truth: {what}"
+    );
+    assert!(want[want.len() - 1] > 0, "someone completes {what}");
+    match a {
+        Answer::Funnel {
+            reached,
+            avg_time_us,
+            median_time_us,
+        } => assert_eq!(
+            (reached.clone(), avg_time_us.clone(), median_time_us.clone()),
+            stats,
+            "{what}"
+        ),
+        other => panic!("not a funnel: {other:?}"),
+    }
+}
+
 async fn check_funnels(r: &mut Runner, events: &[Event], tz: &Tz) {
     let utc_rows = |pred_for: &dyn Fn(&Event) -> bool| -> Vec<truth::Row<'_>> {
         events
@@ -721,12 +837,18 @@ async fn check_funnels(r: &mut Runner, events: &[Event], tz: &Tz) {
                 to_us: range.to.timestamp_micros(),
             },
         );
-        assert!(want[2] > 0, "a funnel that someone completes");
-        assert_eq!(
-            a,
-            Answer::Funnel { reached: want },
-            "{order} funnel, {window_days} days, in {tz}"
+        let stats = funnel_stats(
+            &utc_rows(&|_| true),
+            &["a", "b", "c"],
+            window_days * DAY_US,
+            truth_order,
+            truth::Range {
+                from_us: range.from.timestamp_micros(),
+                to_us: range.to.timestamp_micros(),
+            },
         );
+        let what = format!("{order} funnel, {window_days} days, in {tz}");
+        assert_funnel(&a, want, stats, &what);
     }
     for steps in [["a", "b", "c"], ["a", "b", "a"]] {
         let (_, p, a) = r
@@ -749,11 +871,18 @@ async fn check_funnels(r: &mut Runner, events: &[Event], tz: &Tz) {
                 to_us: range.to.timestamp_micros(),
             },
         );
-        assert_eq!(
-            a,
-            Answer::Funnel { reached: want },
-            "unordered funnel {steps:?} in {tz}"
+        let stats = funnel_stats(
+            &utc_rows(&|_| true),
+            &steps,
+            36 * 3_600_000_000,
+            truth::Order::Unordered,
+            truth::Range {
+                from_us: range.from.timestamp_micros(),
+                to_us: range.to.timestamp_micros(),
+            },
         );
+        let what = format!("unordered funnel {steps:?} in {tz}");
+        assert_funnel(&a, want, stats, &what);
     }
     // A step with its own filter: other `b` events are not steps (they are simply skipped in an ordered funnel).
     let (_, p, a) = r
@@ -788,11 +917,17 @@ async fn check_funnels(r: &mut Runner, events: &[Event], tz: &Tz) {
             to_us: range.to.timestamp_micros(),
         },
     );
-    assert_eq!(
-        a,
-        Answer::Funnel { reached: want },
-        "filtered funnel in {tz}"
+    let stats = funnel_stats(
+        &renamed,
+        &["a", "b", "a"],
+        2 * DAY_US,
+        truth::Order::Ordered,
+        truth::Range {
+            from_us: range.from.timestamp_micros(),
+            to_us: range.to.timestamp_micros(),
+        },
     );
+    assert_funnel(&a, want, stats, &format!("filtered funnel in {tz}"));
 }
 
 async fn check_retention(r: &mut Runner, events: &[Event], tz: &Tz) {

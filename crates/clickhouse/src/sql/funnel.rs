@@ -109,22 +109,48 @@ pub(super) fn compile(
         .map(|i| format!("(s{i} > 0)"))
         .collect::<Vec<_>>()
         .join(" + ");
+    let positions: String = (0..steps)
+        .map(|i| format!("toUInt64(s{i})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let attempts =
+        format!("SELECT person, t, {level} AS lvl, s0, [{positions}] AS sel FROM (\n    {sql}\n)");
+    Ok(answer(&attempts, steps))
+}
+
+/// The funnel's statement over `attempts` (one row per attempt: `person`, the person's times `t`, the attempt's
+/// level `lvl`, entry `s0` and step positions `sel`, in time order, those past `lvl` unused): each person's best
+/// attempt (the furthest, the earliest entry among equals), then per step the persons reaching it and the mean and
+/// median time from the step before (the kernel's `mean` and `median`: integer sums, the mean of the two middle
+/// values for an even count).
+fn answer(attempts: &str, steps: usize) -> Compiled {
     let sql = format!(
-        "SELECT level, count() FROM (
-    SELECT person, max({level}) AS level FROM (
-    {sql}
-    ) GROUP BY person
-) GROUP BY level ORDER BY level"
+        "SELECT i, n, total / n, if(n % 2 = 1, toFloat64(s[intDiv(n, 2) + 1]), (s[intDiv(n, 2)] + s[intDiv(n, 2) + 1]) / 2)
+FROM (
+    SELECT i, count() AS n, arraySort(groupArray(dt)) AS s, sum(dt) AS total FROM (
+        SELECT i, if(i = 0, toInt64(0), dts[i]) AS dt FROM (
+            SELECT person, max(lvl) AS level, argMax(dts, toInt64(lvl) * 4294967296 - toInt64(s0)) AS dts FROM (
+                SELECT person, lvl, s0,
+                    arrayMap(k -> t[sel[k + 2]] - t[sel[k + 1]], range(toUInt64(length(sel) - 1 + 0 * length(t)))) AS dts
+                FROM (
+    {attempts}
+                )
+            ) GROUP BY person
+        ) ARRAY JOIN range(toUInt64(level)) AS i
+    ) GROUP BY i
+) ORDER BY i"
     );
-    Ok(Compiled {
+    Compiled {
         statements: vec![Statement {
             sql,
             fill: Fill::Funnel,
         }],
         empty: Answer::Funnel {
             reached: vec![0; steps],
+            avg_time_us: vec![None; steps],
+            median_time_us: vec![None; steps],
         },
-    })
+    }
 }
 
 /// One row per entry (`s0`, a position in the person's arrays `t` of times and `f` of flags, 1-based): each
@@ -217,20 +243,23 @@ fn unordered(f: &FunnelQuery, plan: &Plan, target: &Target) -> Result<Compiled, 
         })
         .collect::<Vec<_>>()
         .join(" + ");
-    let sql = format!(
-        "SELECT level, count() FROM (
-    SELECT person, max({level} + 0 * (length(f) + s0)) AS level FROM (
+    // The attempt's rows: per definition the first events (as many as its steps) from the entry on in the window.
+    let rows_of = groups
+        .iter()
+        .enumerate()
+        .map(|(g, &(_, m))| {
+            format!(
+                "arraySlice(arrayFilter(j -> bitAnd(f[j], {bit}) != 0 AND j >= s0 AND t[j] - t[s0] <= {window}, \
+                 arrayEnumerate(t)), 1, {m})",
+                bit = 1u64 << g
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let attempts = format!(
+        "SELECT person, t, {level} + 0 * (length(f) + s0) AS lvl, s0, arraySort(arrayConcat({rows_of})) AS sel FROM (
     {per_entry}
-    ) GROUP BY person
-) GROUP BY level ORDER BY level"
+    )"
     );
-    Ok(Compiled {
-        statements: vec![Statement {
-            sql,
-            fill: Fill::Funnel,
-        }],
-        empty: Answer::Funnel {
-            reached: vec![0; steps],
-        },
-    })
+    Ok(answer(&attempts, steps))
 }

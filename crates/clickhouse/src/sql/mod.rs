@@ -6,11 +6,12 @@
 //! the same rendering. Compiling is pure, so the statements can be inspected, logged or checked on another
 //! ClickHouse (the tests run every one on current ClickHouse through chdb).
 //!
-//! Supported: trends (`total`, `dau`, `weekly_active`, `monthly_active`, `per_user` avg/min/max, property `sum`,
-//! `avg`, `min`, `max`; `compare`; formulas are evaluated on the returned series by the caller), funnels
-//! (`ordered` and `strict`, conversion windows), retention (first-time and recurring, `on` and `on_or_after`),
-//! stickiness, lifecycle; event-property filters (`exact`, `is_not`, `is_set`, `is_not_set`, `gt`, `gte`, `lt`,
-//! `lte`). Everything else returns [`Unsupported`] naming the field; see `docs/clickhouse.md`.
+//! Supported: trends (`total`, `dau`, `weekly_active`, `monthly_active`, `per_user`, property maths including
+//! percentiles; `compare`; formulas are evaluated on the returned series by the caller), funnels (`ordered`,
+//! `strict`, `unordered`; conversion windows; step counts and conversion times), retention (first-time and
+//! recurring, `on` and `on_or_after`), stickiness, lifecycle; event-property filters (`exact`, `is_not`, `is_set`,
+//! `is_not_set`, `gt`, `gte`, `lt`, `lte`, `contains`, `not_contains`). Everything else returns [`Unsupported`]
+//! naming the field; see `docs/clickhouse.md`.
 
 mod expr;
 mod funnel;
@@ -68,8 +69,13 @@ pub struct Lifecycle {
 pub enum Answer {
     /// Per planned read (the range, then the previous period with `compare`), per series, one value per bucket.
     Trends(Vec<Vec<Vec<f64>>>),
-    /// Persons reaching each step (`reached[0]`: entered the funnel). Conversion times are not computed.
-    Funnel { reached: Vec<u64> },
+    /// Per step: the persons reaching it (`reached[0]`: entered the funnel), and the mean and median time in
+    /// microseconds from the step before, over them (`None` for the first step and for a step nobody reached).
+    Funnel {
+        reached: Vec<u64>,
+        avg_time_us: Vec<Option<f64>>,
+        median_time_us: Vec<Option<f64>>,
+    },
     /// `table[p][k]`: of period `p`'s cohort, the persons returning `k` periods later (`k = 0`: the cohort).
     Retention(Vec<Vec<u64>>),
     /// `counts[n - 1]`: persons active in exactly `n` buckets.
@@ -83,7 +89,7 @@ pub enum Answer {
 enum Fill {
     /// Rows `(bucket, value)` into trends read `read`, series `series`.
     Series { read: usize, series: usize },
-    /// Rows `(steps reached, persons)`.
+    /// Rows `(step, persons, mean time, median time)`.
     Funnel,
     /// Rows `(p, k, persons)`.
     Retention,
@@ -205,14 +211,19 @@ impl Compiled {
                             .ok_or_else(|| RunError::Shape("series out of range".into()))?;
                         *slot(data, field(&row, 0, sql)?, sql)? = field(&row, 1, sql)?;
                     }
-                    (Answer::Funnel { reached }, Fill::Funnel) => {
-                        let level: usize = field(&row, 0, sql)?;
-                        let persons: u64 = field(&row, 1, sql)?;
-                        if level > reached.len() {
-                            return Err(RunError::Shape(format!("level {level} in `{sql}`")));
-                        }
-                        for r in reached.iter_mut().take(level) {
-                            *r += persons;
+                    (
+                        Answer::Funnel {
+                            reached,
+                            avg_time_us,
+                            median_time_us,
+                        },
+                        Fill::Funnel,
+                    ) => {
+                        let i: i64 = field(&row, 0, sql)?;
+                        *slot(reached, i, sql)? = field(&row, 1, sql)?;
+                        if i > 0 {
+                            *slot(avg_time_us, i, sql)? = Some(field(&row, 2, sql)?);
+                            *slot(median_time_us, i, sql)? = Some(field(&row, 3, sql)?);
                         }
                     }
                     (Answer::Retention(table), Fill::Retention) => {
