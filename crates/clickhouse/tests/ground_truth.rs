@@ -293,11 +293,15 @@ impl Runner {
         let p = plan::plan(&q, &range, tz);
         let compiled = compile(&q, &p, tz, &self.target).unwrap_or_else(|e| panic!("{body}: {e}"));
         for sql in compiled.sql() {
+            let t0 = Instant::now();
             let rows = self
                 .client
                 .query_rows(sql)
                 .await
                 .unwrap_or_else(|e| panic!("{body}: {e}"));
+            if t0.elapsed().as_millis() > 500 {
+                eprintln!("slow ({:.1?}): {body} in {}", t0.elapsed(), tz.name());
+            }
             self.dump
                 .push(json!({"sql": sql, "rows": rows, "definition": body, "tz": tz.name()}));
         }
@@ -696,6 +700,7 @@ fn funnel_stats(
     window: i64,
     order: truth::Order,
     range: truth::Range,
+    exclusions: &[(&str, usize, usize)],
 ) -> FunnelStats {
     let mut persons: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
     for (i, r) in rows.iter().enumerate() {
@@ -747,7 +752,22 @@ fn funnel_stats(
                     }
                 }
             }
-            if at.len() > best.len() {
+            // The kernel's exclusion rule (ordered and strict attempts).
+            let level = at.len();
+            let excluded = exclusions.iter().any(|&(x, f, t)| {
+                let is_x = |j: usize| evs[j].event == x;
+                if level <= f {
+                    false
+                } else if level > t {
+                    (at[f] + 1..at[t]).any(is_x)
+                } else if order == truth::Order::Strict {
+                    let stop = at[level - 1] + 1;
+                    stop < evs.len() && within(stop) && is_x(stop)
+                } else {
+                    (at[f] + 1..evs.len()).any(|j| within(j) && is_x(j))
+                }
+            });
+            if !excluded && at.len() > best.len() {
                 best = at;
             }
         }
@@ -846,6 +866,7 @@ async fn check_funnels(r: &mut Runner, events: &[Event], tz: &Tz) {
                 from_us: range.from.timestamp_micros(),
                 to_us: range.to.timestamp_micros(),
             },
+            &[],
         );
         let what = format!("{order} funnel, {window_days} days, in {tz}");
         assert_funnel(&a, want, stats, &what);
@@ -880,6 +901,7 @@ async fn check_funnels(r: &mut Runner, events: &[Event], tz: &Tz) {
                 from_us: range.from.timestamp_micros(),
                 to_us: range.to.timestamp_micros(),
             },
+            &[],
         );
         let what = format!("unordered funnel {steps:?} in {tz}");
         assert_funnel(&a, want, stats, &what);
@@ -926,8 +948,92 @@ async fn check_funnels(r: &mut Runner, events: &[Event], tz: &Tz) {
             from_us: range.from.timestamp_micros(),
             to_us: range.to.timestamp_micros(),
         },
+        &[],
     );
     assert_funnel(&a, want, stats, &format!("filtered funnel in {tz}"));
+
+    // Exclusions: an attempt with the excluded event inside its span (or, not completed, after its start within the
+    // window) counts for nothing; against the brute force only (the truth has no exclusions).
+    for (order, steps, exclusion, days, from, to) in [
+        (
+            "ordered",
+            vec!["a", "b", "c"],
+            ("c", 0, 1),
+            3,
+            "2026-03-10",
+            "2026-04-25",
+        ),
+        (
+            "ordered",
+            vec!["a", "b", "c"],
+            ("a", 1, 2),
+            2,
+            "2026-03-10",
+            "2026-04-25",
+        ),
+        (
+            "strict",
+            vec!["a", "c"],
+            ("b", 0, 1),
+            1,
+            "2026-04-01",
+            "2026-04-02",
+        ),
+        (
+            "strict",
+            vec!["a", "b", "c"],
+            ("a", 1, 2),
+            2,
+            "2026-03-20",
+            "2026-03-23",
+        ),
+    ] {
+        let (_, p, a) = r
+            .run(
+                InsightKind::Funnel,
+                json!({"steps": steps.iter().map(|e| json!({"event": e})).collect::<Vec<_>>(), "order": order,
+                       "exclusions": [{"event": exclusion.0, "from_step": exclusion.1, "to_step": exclusion.2}],
+                       "conversion_window": {"value": days, "unit": "day"},
+                       "date_from": from, "date_to": to}),
+                tz,
+            )
+            .await;
+        let range = &p.reads[0].range;
+        let truth_order = if order == "strict" {
+            truth::Order::Strict
+        } else {
+            truth::Order::Ordered
+        };
+        let range = truth::Range {
+            from_us: range.from.timestamp_micros(),
+            to_us: range.to.timestamp_micros(),
+        };
+        let all = utc_rows(&|_| true);
+        let stats = funnel_stats(
+            &all,
+            &steps,
+            days * DAY_US,
+            truth_order,
+            range,
+            &[exclusion],
+        );
+        let unexcluded = funnel_stats(&all, &steps, days * DAY_US, truth_order, range, &[]);
+        assert_ne!(stats, unexcluded, "the exclusion changes the answer");
+        assert!(stats.0[steps.len() - 1] > 0, "someone completes");
+        let what = format!("{order} funnel {steps:?} excluding {exclusion:?} in {tz}");
+        assert_eq!(
+            match &a {
+                Answer::Funnel {
+                    reached,
+                    avg_time_us,
+                    median_time_us,
+                } => (reached.clone(), avg_time_us.clone(), median_time_us.clone()),
+                other => panic!("{other:?}"),
+            },
+            stats,
+            "{what}"
+        );
+    }
 }
 
 async fn check_retention(r: &mut Runner, events: &[Event], tz: &Tz) {

@@ -76,11 +76,6 @@ fn unsupported_options_name_their_field() {
         ),
         (
             Funnel,
-            json!({"steps": [a, {"event": "b"}], "exclusions": [{"event": "x", "from_step": 0, "to_step": 1}]}),
-            "exclusions",
-        ),
-        (
-            Funnel,
             json!({"steps": [a, {"event": "b"}], "order": "strict", "properties": [{"key": "k", "value": 1}]}),
             "properties",
         ),

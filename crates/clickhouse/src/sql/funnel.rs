@@ -1,19 +1,29 @@
-//! Funnels (`crates/kernels/src/funnel.rs`, `flywheel_truth::funnel`). Ordered and strict: a person enters
-//! with a first-step event inside the range and reaches, from the best such entry, as many steps as follow in
-//! order within the conversion window (inclusive) of the entry; one event counts for one step. `strict` needs
-//! each step to be the person's very next event. Unordered: see [`unordered`].
+//! Funnels (`crates/kernels/src/funnel.rs`, `flywheel_truth::funnel`).
 //!
-//! Per person, the events are sorted by (time, uuid) into arrays; each entry becomes a row (`ARRAY JOIN`); then
-//! one subquery per step finds the position of the next step (`arrayFirst` over the positions, 0 when there is
-//! none) from the previous one. Step by step in subqueries because ClickHouse 18.16 cannot nest a higher-order
-//! function in a lambda over the query's columns, and drops a subquery's columns that the query above uses only
-//! inside a lambda (each step's expression therefore also names them outside its lambda). Persons are counted at
-//! their best entry.
+//! - Ordered and strict: an attempt enters with a first-step event inside the range and reaches as many steps as
+//!   follow in order within the conversion window (inclusive) of the entry, greedily; one event counts for one
+//!   step; `strict` needs each step to be the person's very next event. An exclusion invalidates an attempt
+//!   ([`exclusion`]).
+//! - Unordered: see [`unordered`].
+//!
+//! A person counts through their best valid attempt (the furthest, the earliest entry among equals): for the step
+//! counts, and for the mean and median time between consecutive steps.
+//!
+//! Per person, the events are sorted by (time, uuid) into arrays `t` (times) and `f` (flags: bit `i` for step
+//! definition `i`, then the exclusions); each entry becomes a row (`ARRAY JOIN`), `s0` its position (1-based) and
+//! `t0` its time; then one subquery per step finds the position of the next step (`arrayFirst`, 0 when there is
+//! none). ClickHouse 18.16 shapes this:
+//!
+//! - one subquery per step: a higher-order function cannot be nested in a lambda over the query's columns;
+//! - the arrays are the lambdas' arguments (`(j, tj, fj) -> …, arrayEnumerate(t), t, f`), never captured: a
+//!   captured array is copied once per element, which made the attempts quadratic in memory traffic;
+//! - the scalars a lambda captures (`t0`, the previous step) are also named outside it (`+ 0 * t0`): 18.16 drops a
+//!   subquery's columns that the query above uses only inside a lambda (`Unknown identifier`).
 //!
 //! Events of one person with the same microsecond are ordered by uuid here, by log order in the embedded engine.
 
 use flywheel_query::plan::{funnel_window_us, Plan};
-use flywheel_query::{Aggregation, EventRef, FunnelOrder, FunnelQuery};
+use flywheel_query::{Aggregation, EventRef, Exclusion, FunnelOrder, FunnelQuery};
 
 use super::expr::{self, Target, PERSON};
 use super::{Answer, Compiled, Fill, Statement, Unsupported};
@@ -24,12 +34,6 @@ pub(super) fn compile(
     target: &Target,
 ) -> Result<Compiled, Unsupported> {
     let order = f.order.unwrap_or(FunnelOrder::Ordered);
-    if !f.exclusions.is_empty() {
-        return Err(Unsupported::new(
-            "exclusions",
-            "funnel exclusions are not supported by the ClickHouse backend yet",
-        ));
-    }
     if f.trends {
         return Err(Unsupported::new(
             "trends",
@@ -52,58 +56,31 @@ pub(super) fn compile(
         return unordered(f, plan, target);
     }
     let steps = f.steps.len();
-    let read = &plan.reads[0];
     let window = funnel_window_us(f.conversion_window);
-    let (from, to) = (
-        read.range.from.timestamp_micros(),
-        read.range.to.timestamp_micros(),
-    );
-    let conds = plan.specs[..steps]
+    // Steps are flag bits 0.., then the exclusions: the plan's specs, in the same order.
+    let conds = plan
+        .specs
         .iter()
         .map(|s| expr::spec_condition(s, &plan.common))
         .collect::<Result<Vec<_>, _>>()?;
-    let flags = conds
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("bitShiftLeft(toUInt64({c}), {i})"))
-        .collect::<Vec<_>>()
-        .join(" + ");
     // Strict funnels look at every event of the person: any other event breaks the chain.
-    let wanted = if order == FunnelOrder::Strict {
-        "1".to_string()
-    } else {
-        conds
-            .iter()
-            .map(|c| format!("({c})"))
-            .collect::<Vec<_>>()
-            .join(" OR ")
-    };
-    let rows = expr::source(
-        target,
-        &format!("{PERSON} AS person, timestamp_us AS ts, uuid, toUInt64({flags}) AS flags"),
-        read.from_us,
-        read.to_us,
-        &wanted,
-    );
-    let has = |pos: &str, step: usize| format!("bitAnd(f[{pos}], {}) != 0", 1u64 << step);
-    let mut sql = entries(&rows, &has("i", 0), from, to);
+    let rows = rows(plan, target, &conds, order == FunnelOrder::Strict);
+    let mut sql = entries(&rows, "bitAnd(fi, 1) != 0", plan);
     for k in 1..steps {
         let prev = format!("s{}", k - 1);
+        let bit = 1u64 << k;
         let next = match order {
             FunnelOrder::Strict => format!(
-                "if({prev} > 0 AND {prev} < length(t) AND {} AND t[{prev} + 1] - t[s0] <= {window}, {prev} + 1, 0)",
-                has(&format!("{prev} + 1"), k)
+                "if({prev} > 0 AND {prev} < length(t) AND bitAnd(f[{prev} + 1], {bit}) != 0 \
+                 AND t[{prev} + 1] - t0 <= {window}, {prev} + 1, 0)"
             ),
-            // `0 * (…)` names the lambda's captured columns outside it: ClickHouse 18.16 drops a subquery's
-            // columns that are only used inside a lambda of the query above (`Unknown identifier`).
             _ => format!(
-                "arrayFirst(j -> {prev} > 0 AND j > {prev} AND {} AND t[j] - t[s0] <= {window}, arrayEnumerate(t)) \
-                 + 0 * (length(f) + s0 + {prev})",
-                has("j", k)
+                "if({prev} = 0, 0, arrayFirst((j, tj, fj) -> j > {prev} AND bitAnd(fj, {bit}) != 0 \
+                 AND tj - t0 <= {window}, arrayEnumerate(t), t, f)) + 0 * t0"
             ),
         };
         let carried: String = (0..k).map(|i| format!(", s{i}")).collect();
-        sql = format!("SELECT person, t, f{carried}, {next} AS s{k} FROM (\n    {sql}\n)");
+        sql = format!("SELECT person, t, f, t0{carried}, {next} AS s{k} FROM (\n    {sql}\n)");
     }
     let level: String = (0..steps)
         .map(|i| format!("(s{i} > 0)"))
@@ -113,28 +90,88 @@ pub(super) fn compile(
         .map(|i| format!("toUInt64(s{i})"))
         .collect::<Vec<_>>()
         .join(", ");
+    // An attempt hit by an exclusion counts for nothing (level 0).
+    let valid = f
+        .exclusions
+        .iter()
+        .enumerate()
+        .map(|(x, ex)| exclusion(ex, 1u64 << (steps + x), order, window, &level))
+        .collect::<Vec<_>>();
+    let level = if valid.is_empty() {
+        level
+    } else {
+        format!("if({}, {level}, 0) + 0 * t0", valid.join(" AND "))
+    };
     let attempts =
         format!("SELECT person, t, {level} AS lvl, s0, [{positions}] AS sel FROM (\n    {sql}\n)");
     Ok(answer(&attempts, steps))
 }
 
+/// The rows a funnel reads: person, time, uuid and flags (bit `i`: `conds[i]`); only rows with a flag unless
+/// `every_row`.
+fn rows(plan: &Plan, target: &Target, conds: &[String], every_row: bool) -> String {
+    let read = &plan.reads[0];
+    let flags = conds
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("bitShiftLeft(toUInt64({c}), {i})"))
+        .collect::<Vec<_>>()
+        .join(" + ");
+    let wanted = if every_row {
+        "1".to_string()
+    } else {
+        conds
+            .iter()
+            .map(|c| format!("({c})"))
+            .collect::<Vec<_>>()
+            .join(" OR ")
+    };
+    expr::source(
+        target,
+        &format!("{PERSON} AS person, timestamp_us AS ts, uuid, toUInt64({flags}) AS flags"),
+        read.from_us,
+        read.to_us,
+        &wanted,
+    )
+}
+
+/// One row per entry: each person's `rows` sorted by (time, uuid) into the arrays `t` and `f`, and the positions
+/// `i` whose flags `fi` satisfy `entry` and whose time lies in the range joined out as `s0` (1-based), with their
+/// time `t0`.
+fn entries(rows: &str, entry: &str, plan: &Plan) -> String {
+    let range = &plan.reads[0].range;
+    let (from, to) = (range.from.timestamp_micros(), range.to.timestamp_micros());
+    format!(
+        "SELECT person, t, f, e AS s0, t[e] AS t0 FROM (
+        SELECT person, t, f,
+            arrayFilter((i, ti, fi) -> {entry} AND ti >= {from} AND ti < {to}, arrayEnumerate(t), t, f) AS entries
+        FROM (
+            SELECT person, arrayMap(x -> tupleElement(x, 1), evs) AS t, arrayMap(x -> tupleElement(x, 3), evs) AS f
+            FROM (
+                SELECT person, arraySort(groupArray((ts, uuid, flags))) AS evs FROM (
+    {rows}
+                ) GROUP BY person
+            )
+        )
+    ) ARRAY JOIN entries AS e"
+    )
+}
+
 /// The funnel's statement over `attempts` (one row per attempt: `person`, the person's times `t`, the attempt's
-/// level `lvl`, entry `s0` and step positions `sel`, in time order, those past `lvl` unused): each person's best
-/// attempt (the furthest, the earliest entry among equals), then per step the persons reaching it and the mean and
-/// median time from the step before (the kernel's `mean` and `median`: integer sums, the mean of the two middle
-/// values for an even count).
+/// level `lvl` (0: invalid), entry `s0` and step positions `sel` in time order, those past `lvl` unused): each
+/// person's best attempt (the furthest, the earliest entry among equals), then per step the persons reaching it
+/// and the mean and median time from the step before (the kernel's `mean` and `median`: integer sums, the mean of
+/// the two middle values for an even count).
 fn answer(attempts: &str, steps: usize) -> Compiled {
     let sql = format!(
         "SELECT i, n, total / n, if(n % 2 = 1, toFloat64(s[intDiv(n, 2) + 1]), (s[intDiv(n, 2)] + s[intDiv(n, 2) + 1]) / 2)
 FROM (
     SELECT i, count() AS n, arraySort(groupArray(dt)) AS s, sum(dt) AS total FROM (
-        SELECT i, if(i = 0, toInt64(0), dts[i]) AS dt FROM (
-            SELECT person, max(lvl) AS level, argMax(dts, toInt64(lvl) * 4294967296 - toInt64(s0)) AS dts FROM (
-                SELECT person, lvl, s0,
-                    arrayMap(k -> t[sel[k + 2]] - t[sel[k + 1]], range(toUInt64(length(sel) - 1 + 0 * length(t)))) AS dts
-                FROM (
+        SELECT i, if(i = 0, toInt64(0), times[best[i + 1]] - times[best[i]]) AS dt FROM (
+            SELECT person, max(lvl) AS level, argMax(sel, toInt64(lvl) * 4294967296 - toInt64(s0)) AS best,
+                any(t) AS times
+            FROM (
     {attempts}
-                )
             ) GROUP BY person
         ) ARRAY JOIN range(toUInt64(level)) AS i
     ) GROUP BY i
@@ -153,30 +190,41 @@ FROM (
     }
 }
 
-/// One row per entry (`s0`, a position in the person's arrays `t` of times and `f` of flags, 1-based): each
-/// person's `rows` sorted by (time, uuid) into arrays, and the positions of the events with `entry` (a condition on
-/// position `i`) inside `[from, to)` joined out.
-fn entries(rows: &str, entry: &str, from: i64, to: i64) -> String {
-    format!(
-        "SELECT person, t, f, e AS s0 FROM (
-        SELECT person, t, f, arrayFilter(i -> {entry} AND t[i] >= {from} AND t[i] < {to}, arrayEnumerate(t)) AS entries
-        FROM (
-            SELECT person, arrayMap(x -> tupleElement(x, 1), evs) AS t, arrayMap(x -> tupleElement(x, 3), evs) AS f
-            FROM (
-                SELECT person, arraySort(groupArray((ts, uuid, flags))) AS evs FROM (
-    {rows}
-                ) GROUP BY person
+/// Whether an ordered or strict attempt (columns `s0`.., its `level`) escapes an exclusion (flag `bit`), as the
+/// kernel rules: no excluded event strictly between the attempt's rows of `from_step` and `to_step` when the
+/// attempt reached `to_step`; when it reached `from_step` only, none after that row within the window (ordered),
+/// or the row that stopped the attempt is not one (strict, if that row is within the window).
+fn exclusion(ex: &Exclusion, bit: u64, order: FunnelOrder, window: i64, level: &str) -> String {
+    let (from, to) = (ex.from_step, ex.to_step);
+    let open = match order {
+        FunnelOrder::Strict => {
+            let stop = format!("(s0 + ({level}))");
+            format!(
+                "NOT ({stop} <= length(t) AND bitAnd(f[{stop}], {bit}) != 0 AND t[{stop}] - t0 <= {window})"
             )
-        )
-    ) ARRAY JOIN entries AS e"
+        }
+        _ => format!(
+            "NOT arrayExists((j, tj, fj) -> j > s{from} AND bitAnd(fj, {bit}) != 0 AND tj - t0 <= {window}, \
+             arrayEnumerate(t), t, f)"
+        ),
+    };
+    format!(
+        "multiIf(s{from} = 0, 1, s{to} > 0, \
+         NOT arrayExists((j, fj) -> j > s{from} AND j < s{to} AND bitAnd(fj, {bit}) != 0, arrayEnumerate(f), f), \
+         {open})"
     )
 }
 
 /// Unordered funnels: an attempt enters at any step's event in the range and reaches as many steps as the events
 /// from it on within the window can be given, one event per step. When every event matches at most one distinct
 /// step definition, that is, per definition, the smaller of its steps and its events in the window (the kernel's
-/// matching reduces to it); definitions that could share an event (the same event name with different filters,
-/// `$all`) would need the general matching and are refused.
+/// matching reduces to it), and the attempt's rows are, per definition, its first events from the entry on;
+/// definitions that could share an event (the same event name with different filters, `$all`) would need the
+/// general matching and are refused. Exclusions are refused by the query API for unordered funnels.
+///
+/// Counting events by time from the entry's time (not by position) also counts the entry's ties that sort before
+/// it; the attempt of the first of those ties counts them all the same, and is the earlier entry, so the best
+/// attempt is unchanged.
 fn unordered(f: &FunnelQuery, plan: &Plan, target: &Target) -> Result<Compiled, Unsupported> {
     let steps = f.steps.len();
     // Distinct step definitions, with how many steps each is.
@@ -200,64 +248,37 @@ fn unordered(f: &FunnelQuery, plan: &Plan, target: &Target) -> Result<Compiled, 
         }
         groups.push((i, 1));
     }
-    let read = &plan.reads[0];
     let window = funnel_window_us(f.conversion_window);
     let conds = groups
         .iter()
         .map(|g| expr::spec_condition(&plan.specs[g.0], &plan.common))
         .collect::<Result<Vec<_>, _>>()?;
-    let flags = conds
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("bitShiftLeft(toUInt64({c}), {i})"))
-        .collect::<Vec<_>>()
-        .join(" + ");
-    let wanted = conds
-        .iter()
-        .map(|c| format!("({c})"))
-        .collect::<Vec<_>>()
-        .join(" OR ");
-    let rows = expr::source(
-        target,
-        &format!("{PERSON} AS person, timestamp_us AS ts, uuid, toUInt64({flags}) AS flags"),
-        read.from_us,
-        read.to_us,
-        &wanted,
-    );
-    let per_entry = entries(
-        &rows,
-        "f[i] != 0",
-        read.range.from.timestamp_micros(),
-        read.range.to.timestamp_micros(),
-    );
-    // `0 * (…)`: the captured columns named outside the lambdas (see the module docs).
+    let per_entry = entries(&rows(plan, target, &conds, false), "fi != 0", plan);
     let level = groups
         .iter()
         .enumerate()
         .map(|(g, &(_, m))| {
             format!(
-                "least(arrayCount(j -> bitAnd(f[j], {bit}) != 0 AND t[j] >= t[s0] AND t[j] - t[s0] <= {window}, \
-                 arrayEnumerate(t)), {m})",
+                "least(arrayCount((tj, fj) -> bitAnd(fj, {bit}) != 0 AND tj >= t0 AND tj - t0 <= {window}, t, f), {m})",
                 bit = 1u64 << g
             )
         })
         .collect::<Vec<_>>()
         .join(" + ");
-    // The attempt's rows: per definition the first events (as many as its steps) from the entry on in the window.
     let rows_of = groups
         .iter()
         .enumerate()
         .map(|(g, &(_, m))| {
             format!(
-                "arraySlice(arrayFilter(j -> bitAnd(f[j], {bit}) != 0 AND j >= s0 AND t[j] - t[s0] <= {window}, \
-                 arrayEnumerate(t)), 1, {m})",
+                "arraySlice(arrayFilter((j, tj, fj) -> bitAnd(fj, {bit}) != 0 AND j >= s0 AND tj - t0 <= {window}, \
+                 arrayEnumerate(t), t, f), 1, {m})",
                 bit = 1u64 << g
             )
         })
         .collect::<Vec<_>>()
         .join(", ");
     let attempts = format!(
-        "SELECT person, t, {level} + 0 * (length(f) + s0) AS lvl, s0, arraySort(arrayConcat({rows_of})) AS sel FROM (
+        "SELECT person, t, {level} + 0 * (t0 + s0) AS lvl, s0, arraySort(arrayConcat({rows_of})) AS sel FROM (
     {per_entry}
     )"
     );
