@@ -5,7 +5,7 @@
 //!   ClickHouse's own message) on the hyper client already in the tree.
 //! - [`row`]: an event as the events table stores it (the top-level properties indexed for filters).
 //! - [`sql`]: the insight planner's SQL: [`sql::compile`] turns a resolved insight ([`flywheel_query::plan`])
-//!   into statements, and [`sql::Compiled::run`] runs them and decodes the answer.
+//!   into statements, and [`sql::Compiled::run`] runs them and decodes the answer; [`run_insight`] does it all.
 //!
 //! Every statement runs on ClickHouse 18.16 (Debian bookworm's `clickhouse-server`, the CI server) and on current
 //! releases: no window functions, no `DateTime64`, no JSON functions, no time-zone-dependent date functions.
@@ -20,4 +20,4 @@ pub mod sql;
 
 pub use client::{ClickHouseError, Client};
 pub use row::EventRow;
-pub use sql::{compile, Answer, Compiled, Unsupported};
+pub use sql::{compile, run_insight, Answer, Compiled, InsightError, Unsupported};

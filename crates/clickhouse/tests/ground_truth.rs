@@ -1216,6 +1216,21 @@ async fn insights_match_the_truth_on_clickhouse_18_and_current() {
         .unwrap();
     assert_eq!(count[0][0], events.len().to_string());
 
+    // Persons resolve through the overrides: 30 persons, although the events were written with more person ids.
+    let persons = |expr: &str| {
+        format!(
+            "SELECT uniqExact({expr}) FROM ({})",
+            flywheel_clickhouse::sql::rows_of_project(&Target {
+                db: DB.into(),
+                project_id: PROJECT
+            })
+        )
+    };
+    let resolved = client.query_rows(&persons("person")).await.unwrap();
+    let written = client.query_rows(&persons("person_id")).await.unwrap();
+    assert_eq!(resolved[0][0], "30");
+    assert!(written[0][0].parse::<u32>().unwrap() > 30, "{written:?}");
+
     let mut r = Runner {
         client: client.clone(),
         target: Target {
@@ -1233,6 +1248,15 @@ async fn insights_match_the_truth_on_clickhouse_18_and_current() {
         check_retention(&mut r, &events, &tz).await;
         check_stickiness_and_lifecycle(&mut r, &events, &tz).await;
     }
+    // The one-call entry point gives the same answers.
+    let q = parse(InsightKind::Trends, &json!({"series": [{"event": "a", "math": "dau"}], "date_from": "2026-04-01", "date_to": "2026-04-07"})).unwrap();
+    let berlin: Tz = "Europe/Berlin".parse().unwrap();
+    let one = flywheel_clickhouse::run_insight(&client, &r.target, &q, r.now, &berlin)
+        .await
+        .unwrap();
+    let (_, _, two) = r.run(InsightKind::Trends, json!({"series": [{"event": "a", "math": "dau"}], "date_from": "2026-04-01", "date_to": "2026-04-07"}), &berlin).await;
+    assert_eq!(one, two);
+
     eprintln!(
         "{} definitions, {} statements checked against the truth on ClickHouse {} in {:.1?}",
         r.checks,

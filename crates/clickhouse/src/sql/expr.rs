@@ -94,6 +94,18 @@ pub fn source(t: &Target, select: &str, from_us: i64, to_us: i64, cond: &str) ->
     )
 }
 
+/// Every event of the project with its resolved person (`person`) and its written one (`person_id`): the rows
+/// source with no time bounds, for checks and tools.
+pub fn rows_of_project(t: &Target) -> String {
+    source(
+        t,
+        &format!("{PERSON} AS person, person_id"),
+        i64::MIN / 2,
+        i64::MAX / 2,
+        "1",
+    )
+}
+
 /// The bucket number (0-based) of `ts_expr` for bucket starts `starts`; `-1` before the first. The caller bounds
 /// the rows to `[starts[0], end)`. A linear count over the constant starts: exact in every time zone, since the
 /// boundaries are the planner's own.

@@ -20,12 +20,12 @@ mod retention;
 mod stickiness;
 mod trends;
 
-use chrono::TimeZone;
+use chrono::{DateTime, TimeZone, Utc};
 use flywheel_query::plan::Plan;
-use flywheel_query::{Breakdown, InsightQuery};
+use flywheel_query::{Breakdown, FieldError, InsightQuery};
 
 use crate::client::{ClickHouseError, Client};
-pub use expr::Target;
+pub use expr::{rows_of_project, Target};
 
 /// A part of a definition the ClickHouse backend cannot answer exactly (yet). Named like the API's field
 /// errors, so a caller can report it the same way.
@@ -53,6 +53,33 @@ pub enum RunError {
     /// A row of an answer that the statement cannot produce (a bug, reported rather than ignored).
     #[error("unexpected answer to an insight statement: {0}")]
     Shape(String),
+}
+
+/// Why an insight could not be answered by [`run_insight`].
+#[derive(Debug, thiserror::Error)]
+pub enum InsightError {
+    /// The date range does not resolve (as the API reports it).
+    #[error("{}: {}", .0.field, .0.message)]
+    Field(FieldError),
+    #[error(transparent)]
+    Unsupported(#[from] Unsupported),
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+/// Answers a normalized insight at `now` in the project's time zone `tz`: resolves its range, plans it as the
+/// embedded engine does, compiles and runs the statements.
+pub async fn run_insight<Tz: TimeZone>(
+    client: &Client,
+    target: &Target,
+    q: &InsightQuery,
+    now: DateTime<Utc>,
+    tz: &Tz,
+) -> Result<Answer, InsightError> {
+    let range = q.resolve(now, tz).map_err(InsightError::Field)?;
+    let plan = flywheel_query::plan::plan(q, &range, tz);
+    let compiled = compile(q, &plan, tz, target)?;
+    Ok(compiled.run(client).await?)
 }
 
 /// Lifecycle counts per bucket (dormant as a positive count, as the kernels give it).
