@@ -542,8 +542,8 @@ async fn check_trends(r: &mut Runner, events: &[Event], tz: &Tz) {
     let (_, p, a) = r
         .run(
             InsightKind::Trends,
-            json!({"series": [{"event": "a"}, {"event": "b", "math": "dau"}], "interval": "hour",
-                   "date_from": "2026-03-29", "date_to": "2026-03-29"}),
+            json!({"series": [{"event": "a"}, {"event": "b", "math": "dau"}, {"event": "c", "math": "weekly_active"}],
+                   "interval": "hour", "date_from": "2026-03-29", "date_to": "2026-03-29"}),
             tz,
         )
         .await;
@@ -570,6 +570,11 @@ async fn check_trends(r: &mut Runner, events: &[Event], tz: &Tz) {
             .map(|s| s.len() as f64)
             .collect::<Vec<_>>(),
         "hourly unique in {tz}"
+    );
+    assert_eq!(
+        got[2],
+        rolling(events, "c", Pred::Any, &p.reads[0], 7),
+        "hourly weekly active in {tz}"
     );
 
     // Per-person and property maths, against a brute force over the plan's buckets.
@@ -1082,6 +1087,7 @@ async fn check_stickiness_and_lifecycle(r: &mut Runner, events: &[Event], tz: &T
     for (interval_name, from, to) in [
         ("day", "2026-04-01", "2026-04-20"),
         ("week", "2026-03-02", "2026-05-10"),
+        ("month", "2026-02-01", "2026-05-31"),
     ] {
         let (_, p, a) = r
             .run(
