@@ -698,7 +698,6 @@ fn percentile(sorted: &[f64], p: u64) -> f64 {
 /// persons reaching it and the mean and median time from the step before.
 type FunnelStats = (Vec<u64>, Vec<Option<f64>>, Vec<Option<f64>>);
 
-#[allow(clippy::needless_range_loop)] // positions are the point: an attempt is a list of them
 fn funnel_stats(
     rows: &[truth::Row<'_>],
     steps: &[&str],
@@ -706,6 +705,28 @@ fn funnel_stats(
     order: truth::Order,
     range: truth::Range,
     exclusions: &[(&str, usize, usize)],
+) -> FunnelStats {
+    funnel_attempts(
+        rows,
+        steps,
+        window,
+        order,
+        range,
+        exclusions,
+        &mut Vec::new(),
+    )
+}
+
+/// [`funnel_stats`], also listing every valid attempt as (person, entry time, steps reached).
+#[allow(clippy::needless_range_loop)] // positions are the point: an attempt is a list of them
+fn funnel_attempts(
+    rows: &[truth::Row<'_>],
+    steps: &[&str],
+    window: i64,
+    order: truth::Order,
+    range: truth::Range,
+    exclusions: &[(&str, usize, usize)],
+    valid: &mut Vec<(u64, i64, usize)>,
 ) -> FunnelStats {
     let mut persons: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
     for (i, r) in rows.iter().enumerate() {
@@ -772,8 +793,11 @@ fn funnel_stats(
                     (at[f] + 1..evs.len()).any(|j| within(j) && is_x(j))
                 }
             });
-            if !excluded && at.len() > best.len() {
-                best = at;
+            if !excluded {
+                valid.push((evs[e].person, evs[e].ts_us, at.len()));
+                if at.len() > best.len() {
+                    best = at;
+                }
             }
         }
         for (k, w) in best.windows(2).enumerate() {
@@ -816,6 +840,7 @@ fn assert_funnel(a: &Answer, want: Vec<u64>, stats: FunnelStats, what: &str) {
             reached,
             avg_time_us,
             median_time_us,
+            ..
         } => assert_eq!(
             (reached.clone(), avg_time_us.clone(), median_time_us.clone()),
             stats,
@@ -1032,12 +1057,99 @@ async fn check_funnels(r: &mut Runner, events: &[Event], tz: &Tz) {
                     reached,
                     avg_time_us,
                     median_time_us,
+                    ..
                 } => (reached.clone(), avg_time_us.clone(), median_time_us.clone()),
                 other => panic!("{other:?}"),
             },
             stats,
             "{what}"
         );
+    }
+}
+
+/// Funnel trends: per bucket, the persons with a valid attempt entering in it, and those completing such an attempt.
+async fn check_funnel_trends(r: &mut Runner, events: &[Event], tz: &Tz) {
+    let all: Vec<truth::Row<'_>> = events
+        .iter()
+        .map(|e| truth::Row {
+            person: e.person,
+            ts_us: e.ts,
+            event: e.event,
+        })
+        .collect();
+    for (order, truth_order, interval_name, from, to) in [
+        (
+            "ordered",
+            truth::Order::Ordered,
+            "week",
+            "2026-03-04",
+            "2026-04-30",
+        ),
+        (
+            "strict",
+            truth::Order::Strict,
+            "day",
+            "2026-03-26",
+            "2026-04-02",
+        ),
+        (
+            "unordered",
+            truth::Order::Unordered,
+            "day",
+            "2026-03-26",
+            "2026-04-02",
+        ),
+    ] {
+        let steps = ["a", "b", "c"];
+        let (_, p, a) = r
+            .run(
+                InsightKind::Funnel,
+                json!({"steps": steps.iter().map(|e| json!({"event": e})).collect::<Vec<_>>(), "order": order,
+                       "trends": true, "interval": interval_name, "conversion_window": {"value": 1, "unit": "day"},
+                       "date_from": from, "date_to": to}),
+                tz,
+            )
+            .await;
+        let range = &p.reads[0].range;
+        let mut valid = Vec::new();
+        let stats = funnel_attempts(
+            &all,
+            &steps,
+            DAY_US,
+            truth_order,
+            truth::Range {
+                from_us: range.from.timestamp_micros(),
+                to_us: range.to.timestamp_micros(),
+            },
+            &[],
+            &mut valid,
+        );
+        let mut sets = vec![(BTreeSet::new(), BTreeSet::new()); range.buckets.len()];
+        for (person, entry, level) in valid {
+            let b = range
+                .bucket_of(DateTime::from_timestamp_micros(entry).unwrap())
+                .unwrap();
+            sets[b].0.insert(person);
+            if level == steps.len() {
+                sets[b].1.insert(person);
+            }
+        }
+        let want: Vec<(u64, u64)> = sets
+            .iter()
+            .map(|(e, c)| (e.len() as u64, c.len() as u64))
+            .collect();
+        assert!(want.iter().any(|w| w.1 > 0), "someone completes");
+        match &a {
+            Answer::Funnel { reached, trend, .. } => {
+                assert_eq!(reached, &stats.0, "{order} funnel steps in {tz}");
+                assert_eq!(
+                    trend.as_ref(),
+                    Some(&want),
+                    "{order} funnel trend by {interval_name} in {tz}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
 
@@ -1251,6 +1363,7 @@ async fn insights_match_the_truth_on_clickhouse_18_and_current() {
         let tz: Tz = tz_name.parse().unwrap();
         check_trends(&mut r, &events, &tz).await;
         check_funnels(&mut r, &events, &tz).await;
+        check_funnel_trends(&mut r, &events, &tz).await;
         check_retention(&mut r, &events, &tz).await;
         check_stickiness_and_lifecycle(&mut r, &events, &tz).await;
     }

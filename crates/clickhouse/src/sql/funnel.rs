@@ -7,7 +7,8 @@
 //! - Unordered: see [`unordered`].
 //!
 //! A person counts through their best valid attempt (the furthest, the earliest entry among equals): for the step
-//! counts, and for the mean and median time between consecutive steps.
+//! counts, and for the mean and median time between consecutive steps. With `trends`, per bucket of the range the
+//! persons entering (a valid attempt starting in it) and completing (such an attempt reaching the last step).
 //!
 //! Per person, the events are sorted by (time, uuid) into arrays `t` (times) and `f` (flags: bit `i` for step
 //! definition `i`, then the exclusions); each entry becomes a row (`ARRAY JOIN`), `s0` its position (1-based) and
@@ -34,12 +35,6 @@ pub(super) fn compile(
     target: &Target,
 ) -> Result<Compiled, Unsupported> {
     let order = f.order.unwrap_or(FunnelOrder::Ordered);
-    if f.trends {
-        return Err(Unsupported::new(
-            "trends",
-            "funnel trends are not supported by the ClickHouse backend yet",
-        ));
-    }
     if matches!(f.aggregation, Some(Aggregation::Group(_))) {
         return Err(Unsupported::new(
             "aggregation",
@@ -102,9 +97,10 @@ pub(super) fn compile(
     } else {
         format!("if({}, {level}, 0) + 0 * t0", valid.join(" AND "))
     };
-    let attempts =
-        format!("SELECT person, t, {level} AS lvl, s0, [{positions}] AS sel FROM (\n    {sql}\n)");
-    Ok(answer(&attempts, steps))
+    let attempts = format!(
+        "SELECT person, t, {level} AS lvl, s0, t0, [{positions}] AS sel FROM (\n    {sql}\n)"
+    );
+    Ok(answer(&attempts, steps, f.trends.then_some(plan)))
 }
 
 /// The rows a funnel reads: person, time, uuid and flags (bit `i`: `conds[i]`); only rows with a flag unless
@@ -162,7 +158,10 @@ fn entries(rows: &str, entry: &str, plan: &Plan) -> String {
 /// person's best attempt (the furthest, the earliest entry among equals), then per step the persons reaching it
 /// and the mean and median time from the step before (the kernel's `mean` and `median`: integer sums, the mean of
 /// the two middle values for an even count).
-fn answer(attempts: &str, steps: usize) -> Compiled {
+///
+/// With `trend` (a funnel with `trends`), a second statement: per bucket of the plan, the persons with a valid
+/// attempt entering in it, and those of them with such an attempt reaching the last step (the kernel's trend).
+fn answer(attempts: &str, steps: usize, trend: Option<&Plan>) -> Compiled {
     let sql = format!(
         "SELECT i, n, total / n, if(n % 2 = 1, toFloat64(s[intDiv(n, 2) + 1]), (s[intDiv(n, 2)] + s[intDiv(n, 2) + 1]) / 2)
 FROM (
@@ -177,15 +176,38 @@ FROM (
     ) GROUP BY i
 ) ORDER BY i"
     );
-    Compiled {
-        statements: vec![Statement {
+    let mut statements = vec![Statement {
+        sql,
+        fill: Fill::Funnel,
+    }];
+    let buckets = trend.map(|plan| {
+        let read = &plan.reads[0];
+        let starts = &read.bucket_starts_us;
+        let first = starts.first().copied().unwrap_or(read.end_us);
+        let sql = format!(
+            "SELECT b, countIf(entered = 1), countIf(completed = 1) FROM (
+    SELECT person, b, max(lvl > 0) AS entered, max(lvl = {steps}) AS completed FROM (
+        SELECT person, lvl, {bucket} + 0 * t0 AS b FROM (
+    {attempts}
+        ) WHERE t0 >= {first} AND t0 < {end}
+    ) GROUP BY person, b
+) GROUP BY b ORDER BY b",
+            bucket = expr::bucket(starts, "t0"),
+            end = read.end_us,
+        );
+        statements.push(Statement {
             sql,
-            fill: Fill::Funnel,
-        }],
+            fill: Fill::FunnelTrend,
+        });
+        starts.len()
+    });
+    Compiled {
+        statements,
         empty: Answer::Funnel {
             reached: vec![0; steps],
             avg_time_us: vec![None; steps],
             median_time_us: vec![None; steps],
+            trend: buckets.map(|n| vec![(0, 0); n]),
         },
     }
 }
@@ -278,9 +300,9 @@ fn unordered(f: &FunnelQuery, plan: &Plan, target: &Target) -> Result<Compiled, 
         .collect::<Vec<_>>()
         .join(", ");
     let attempts = format!(
-        "SELECT person, t, {level} + 0 * (t0 + s0) AS lvl, s0, arraySort(arrayConcat({rows_of})) AS sel FROM (
+        "SELECT person, t, {level} + 0 * (t0 + s0) AS lvl, s0, t0, arraySort(arrayConcat({rows_of})) AS sel FROM (
     {per_entry}
     )"
     );
-    Ok(answer(&attempts, steps))
+    Ok(answer(&attempts, steps, f.trends.then_some(plan)))
 }

@@ -8,7 +8,7 @@
 //!
 //! Supported: trends (`total`, `dau`, `weekly_active`, `monthly_active`, `per_user`, property maths including
 //! percentiles; `compare`; formulas are evaluated on the returned series by the caller), funnels (`ordered`,
-//! `strict`, `unordered`; conversion windows; step counts and conversion times), retention (first-time and
+//! `strict`, `unordered`; exclusions; conversion windows; step counts, conversion times, trends), retention (first-time and
 //! recurring, `on` and `on_or_after`), stickiness, lifecycle; event-property filters (`exact`, `is_not`, `is_set`,
 //! `is_not_set`, `gt`, `gte`, `lt`, `lte`, `contains`, `not_contains`). Everything else returns [`Unsupported`]
 //! naming the field; see `docs/clickhouse.md`.
@@ -98,10 +98,12 @@ pub enum Answer {
     Trends(Vec<Vec<Vec<f64>>>),
     /// Per step: the persons reaching it (`reached[0]`: entered the funnel), and the mean and median time in
     /// microseconds from the step before, over them (`None` for the first step and for a step nobody reached).
+    /// With `trends`, per bucket `(entered, completed)`.
     Funnel {
         reached: Vec<u64>,
         avg_time_us: Vec<Option<f64>>,
         median_time_us: Vec<Option<f64>>,
+        trend: Option<Vec<(u64, u64)>>,
     },
     /// `table[p][k]`: of period `p`'s cohort, the persons returning `k` periods later (`k = 0`: the cohort).
     Retention(Vec<Vec<u64>>),
@@ -118,6 +120,8 @@ enum Fill {
     Series { read: usize, series: usize },
     /// Rows `(step, persons, mean time, median time)`.
     Funnel,
+    /// Rows `(bucket, entered, completed)`.
+    FunnelTrend,
     /// Rows `(p, k, persons)`.
     Retention,
     /// Rows `(buckets active, persons)`.
@@ -240,9 +244,19 @@ impl Compiled {
                     }
                     (
                         Answer::Funnel {
+                            trend: Some(trend), ..
+                        },
+                        Fill::FunnelTrend,
+                    ) => {
+                        let b: i64 = field(&row, 0, sql)?;
+                        *slot(trend, b, sql)? = (field(&row, 1, sql)?, field(&row, 2, sql)?);
+                    }
+                    (
+                        Answer::Funnel {
                             reached,
                             avg_time_us,
                             median_time_us,
+                            ..
                         },
                         Fill::Funnel,
                     ) => {
