@@ -982,6 +982,44 @@ async fn check_funnels(r: &mut Runner, events: &[Event], tz: &Tz) {
     );
     assert_funnel(&a, want, stats, &format!("filtered funnel in {tz}"));
 
+    // A strict funnel with a filter on every event: an event failing it still breaks the chain.
+    let (_, p, a) = r
+        .run(
+            InsightKind::Funnel,
+            json!({"steps": [{"event": "a"}, {"event": "b"}], "order": "strict",
+                   "properties": [{"key": "plan", "operator": "is_not", "value": "free"}],
+                   "conversion_window": {"value": 1, "unit": "day"}, "date_from": "2026-03-15", "date_to": "2026-04-15"}),
+            tz,
+        )
+        .await;
+    let range = &p.reads[0].range;
+    let renamed: Vec<truth::Row<'_>> = events
+        .iter()
+        .map(|e| truth::Row {
+            person: e.person,
+            ts_us: e.ts,
+            event: if holds(e, Pred::PlanIs("free")) {
+                "other"
+            } else {
+                e.event
+            },
+        })
+        .collect();
+    let range = truth::Range {
+        from_us: range.from.timestamp_micros(),
+        to_us: range.to.timestamp_micros(),
+    };
+    let want = truth::funnel(&renamed, &["a", "b"], DAY_US, truth::Order::Strict, range);
+    let stats = funnel_stats(
+        &renamed,
+        &["a", "b"],
+        DAY_US,
+        truth::Order::Strict,
+        range,
+        &[],
+    );
+    assert_funnel(&a, want, stats, &format!("filtered strict funnel in {tz}"));
+
     // Exclusions: an attempt with the excluded event inside its span (or, not completed, after its start within the
     // window) counts for nothing; against the brute force only (the truth has no exclusions).
     for (order, steps, exclusion, days, from, to) in [

@@ -76,11 +76,6 @@ fn unsupported_options_name_their_field() {
         ),
         (
             Funnel,
-            json!({"steps": [a, {"event": "b"}], "order": "strict", "properties": [{"key": "k", "value": 1}]}),
-            "properties",
-        ),
-        (
-            Funnel,
             json!({"steps": [a, {"event": "b"}], "aggregation": "group:0"}),
             "aggregation",
         ),

@@ -41,12 +41,6 @@ pub(super) fn compile(
             "group aggregation is not supported by the ClickHouse backend yet",
         ));
     }
-    if order == FunnelOrder::Strict && !plan.common.is_empty() {
-        return Err(Unsupported::new(
-            "properties",
-            "strict funnels with filters are not supported by the ClickHouse backend yet",
-        ));
-    }
     if order == FunnelOrder::Unordered {
         return unordered(f, plan, target);
     }
@@ -58,7 +52,8 @@ pub(super) fn compile(
         .iter()
         .map(|s| expr::spec_condition(s, &plan.common))
         .collect::<Result<Vec<_>, _>>()?;
-    // Strict funnels look at every event of the person: any other event breaks the chain.
+    // Strict funnels look at every event of the person: any other event breaks the chain, including one that fails
+    // the filters (as in the engine, which keeps every row and clears its bits).
     let rows = rows(plan, target, &conds, order == FunnelOrder::Strict);
     let mut sql = entries(&rows, "bitAnd(fi, 1) != 0", plan);
     for k in 1..steps {
