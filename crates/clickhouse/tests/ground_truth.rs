@@ -850,6 +850,112 @@ fn assert_funnel(a: &Answer, want: Vec<u64>, stats: FunnelStats, what: &str) {
     }
 }
 
+/// Event-property breakdowns of trends, against a brute force of the engine's ranking (`rank_codes`) and maths.
+async fn check_breakdowns(r: &mut Runner, events: &[Event], tz: &Tz) {
+    let (_, p, a) = r
+        .run(
+            InsightKind::Trends,
+            json!({"series": [{"event": "a"}, {"event": "b", "math": "dau"}, {"event": "a", "math": "weekly_active"},
+                              {"event": "b", "math": "sum", "math_property": "amount"}],
+                   "breakdown": {"property": "city", "limit": 3}, "compare": true,
+                   "date_from": "2026-04-01", "date_to": "2026-04-14"}),
+            tz,
+        )
+        .await;
+    let Answer::TrendsBreakdown(got) = &a else {
+        panic!("{a:?}")
+    };
+    assert_eq!(got.len(), 2);
+    let label = |e: &Event| e.props.get("city").filter(|v| !v.is_null()).map(text);
+    for (read, got) in p.reads.iter().zip(got) {
+        let rows: Vec<&Event> = events
+            .iter()
+            .filter(|e| {
+                read.from_us <= e.ts && e.ts < read.to_us && (e.event == "a" || e.event == "b")
+            })
+            .collect();
+        // The engine ranks the rows of the whole UTC days (its partitions) the read touches.
+        let (day_from, day_to) = (
+            read.from_us.div_euclid(DAY_US) * DAY_US,
+            ((read.to_us - 1).div_euclid(DAY_US) + 1) * DAY_US,
+        );
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for e in events
+            .iter()
+            .filter(|e| day_from <= e.ts && e.ts < day_to && (e.event == "a" || e.event == "b"))
+        {
+            if let Some(l) = label(e) {
+                *counts.entry(l).or_default() += 1;
+            }
+        }
+        let mut ranked: Vec<(String, u64)> = counts.into_iter().collect();
+        ranked.sort_by(|x, y| y.1.cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
+        let top: Vec<String> = ranked.iter().take(3).map(|x| x.0.clone()).collect();
+        let mut labels: Vec<Value> = top.iter().map(|l| json!(l)).collect();
+        if ranked.len() > 3 {
+            labels.push(json!("$$_posthog_breakdown_other_$$"));
+        }
+        labels.push(Value::Null);
+        assert_eq!(got.labels, labels, "labels in {tz}");
+        let code = |e: &Event| match label(e) {
+            None => labels.len() - 1,
+            Some(l) => top.iter().position(|t| *t == l).unwrap_or(3),
+        };
+        let n = read.bucket_starts_us.len();
+        let bucket = |ts: i64| {
+            read.range
+                .bucket_of(DateTime::from_timestamp_micros(ts).unwrap())
+        };
+        let ends: Vec<i64> = read
+            .bucket_starts_us
+            .iter()
+            .skip(1)
+            .copied()
+            .chain([read.end_us])
+            .collect();
+        let mut want = vec![vec![vec![0.0; n]; labels.len()]; 4];
+        let mut persons = vec![vec![BTreeSet::new(); n]; labels.len()];
+        let mut rolling = vec![vec![BTreeSet::new(); n]; labels.len()];
+        for e in &rows {
+            let c = code(e);
+            if e.event == "a" {
+                for (i, &end) in ends.iter().enumerate() {
+                    if end - 7 * DAY_US <= e.ts && e.ts < end {
+                        rolling[c][i].insert(e.person);
+                    }
+                }
+            }
+            let Some(i) = bucket(e.ts) else { continue };
+            match e.event {
+                "a" => want[0][c][i] += 1.0,
+                _ => {
+                    persons[c][i].insert(e.person);
+                    let x = e
+                        .props
+                        .get("amount")
+                        .filter(|v| !v.is_null())
+                        .map_or(f64::NAN, number);
+                    if !x.is_nan() {
+                        want[3][c][i] += x;
+                    }
+                }
+            }
+        }
+        for c in 0..labels.len() {
+            for i in 0..n {
+                want[1][c][i] = persons[c][i].len() as f64;
+                want[2][c][i] = rolling[c][i].len() as f64;
+            }
+        }
+        for (k, name) in ["total", "dau", "weekly_active"].iter().enumerate() {
+            assert_eq!(got.series[k], want[k], "{name} by city in {tz}");
+        }
+        for (g, w) in got.series[3].iter().flatten().zip(want[3].iter().flatten()) {
+            assert!((g - w).abs() < 1e-9, "sum by city in {tz}: {g} vs {w}");
+        }
+    }
+}
+
 async fn check_funnels(r: &mut Runner, events: &[Event], tz: &Tz) {
     let utc_rows = |pred_for: &dyn Fn(&Event) -> bool| -> Vec<truth::Row<'_>> {
         events
@@ -1400,6 +1506,7 @@ async fn insights_match_the_truth_on_clickhouse_18_and_current() {
     for tz_name in ["UTC", "Europe/Berlin", "Asia/Kolkata"] {
         let tz: Tz = tz_name.parse().unwrap();
         check_trends(&mut r, &events, &tz).await;
+        check_breakdowns(&mut r, &events, &tz).await;
         check_funnels(&mut r, &events, &tz).await;
         check_funnel_trends(&mut r, &events, &tz).await;
         check_retention(&mut r, &events, &tz).await;

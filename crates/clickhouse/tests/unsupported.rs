@@ -36,8 +36,8 @@ fn unsupported_options_name_their_field() {
     for (kind, body, field) in [
         (
             Trends,
-            json!({"series": [a], "breakdown": {"property": "plan"}}),
-            "breakdown",
+            json!({"series": [a], "breakdown": {"property": "plan", "type": "person"}}),
+            "breakdown.type",
         ),
         (
             Trends,

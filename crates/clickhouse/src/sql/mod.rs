@@ -7,18 +7,18 @@
 //! ClickHouse (the tests run every one on current ClickHouse through chdb).
 //!
 //! Supported: trends (`total`, `dau`, `weekly_active`, `monthly_active`, `per_user`, property maths including
-//! percentiles; `compare`; formulas are evaluated on the returned series by the caller), funnels (`ordered`,
-//! `strict`, `unordered`; exclusions; conversion windows; step counts, conversion times, trends), retention (first-time and
-//! recurring, `on` and `on_or_after`), stickiness, lifecycle; event-property filters (`exact`, `is_not`, `is_set`,
-//! `is_not_set`, `gt`, `gte`, `lt`, `lte`, `contains`, `not_contains`). Everything else returns [`Unsupported`]
-//! naming the field; see `docs/clickhouse.md`.
+//! percentiles; `compare`; event-property breakdowns; formulas are evaluated on the returned series by the
+//! caller), funnels (`ordered`, `strict`, `unordered`; exclusions; conversion windows; step counts, conversion
+//! times, trends), retention (first-time and recurring, `on` and `on_or_after`), stickiness, lifecycle;
+//! event-property filters (`exact`, `is_not`, `is_set`, `is_not_set`, `gt`, `gte`, `lt`, `lte`, `contains`,
+//! `not_contains`). Everything else returns [`Unsupported`] naming the field; see `docs/clickhouse.md`.
 
 mod expr;
 mod funnel;
 mod lifecycle;
 mod retention;
 mod stickiness;
-mod trends;
+pub mod trends;
 
 use chrono::{DateTime, TimeZone, Utc};
 use flywheel_query::plan::Plan;
@@ -96,6 +96,8 @@ pub struct Lifecycle {
 pub enum Answer {
     /// Per planned read (the range, then the previous period with `compare`), per series, one value per bucket.
     Trends(Vec<Vec<Vec<f64>>>),
+    /// A trends insight with an event-property breakdown: per planned read, its labels and numbers.
+    TrendsBreakdown(Vec<SplitRead>),
     /// Per step: the persons reaching it (`reached[0]`: entered the funnel), and the mean and median time in
     /// microseconds from the step before, over them (`None` for the first step and for a step nobody reached).
     /// With `trends`, per bucket `(entered, completed)`.
@@ -113,11 +115,32 @@ pub enum Answer {
     Lifecycle(Lifecycle),
 }
 
+/// One read of a trends insight with a breakdown.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SplitRead {
+    /// The breakdown labels in the engine's order: the ranked values (strings), then
+    /// [`trends::BREAKDOWN_OTHER`] when more values had rows than the limit, then `null` (no value).
+    pub labels: Vec<serde_json::Value>,
+    /// How many of the labels are ranked values (the others label and `null` follow).
+    pub ranked: usize,
+    /// Per series, per label, one value per bucket.
+    pub series: Vec<Vec<Vec<f64>>>,
+}
+
 /// How one statement's rows fill the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fill {
     /// Rows `(bucket, value)` into trends read `read`, series `series`.
     Series { read: usize, series: usize },
+    /// Rows `(value, rows)` ranking a breakdown's values for read `read` (at most `limit + 1`).
+    Ranking {
+        read: usize,
+        limit: usize,
+        series: usize,
+        buckets: usize,
+    },
+    /// Rows `(kind, value, bucket, number)` into a breakdown's read `read`, series `series`.
+    SplitSeries { read: usize, series: usize },
     /// Rows `(step, persons, mean time, median time)`.
     Funnel,
     /// Rows `(bucket, entered, completed)`.
@@ -154,7 +177,6 @@ pub fn compile<Tz: TimeZone>(
 ) -> Result<Compiled, Unsupported> {
     match q {
         InsightQuery::Trends(t) => {
-            no_breakdown(&t.breakdown)?;
             no_test_accounts(t.common.filter_test_accounts)?;
             trends::compile(t, plan, target)
         }
@@ -232,9 +254,66 @@ impl Compiled {
         let mut answer = self.empty.clone();
         for st in &self.statements {
             let rows = client.query_rows(&st.sql).await?;
+            let sql = st.sql.as_str();
+            if let (
+                Answer::TrendsBreakdown(reads),
+                Fill::Ranking {
+                    read,
+                    limit,
+                    series,
+                    buckets,
+                },
+            ) = (&mut answer, st.fill)
+            {
+                if read != reads.len() {
+                    return Err(RunError::Shape(format!(
+                        "ranking of read {read} out of order"
+                    )));
+                }
+                let mut labels: Vec<serde_json::Value> = rows
+                    .iter()
+                    .take(limit)
+                    .map(|r| serde_json::Value::String(r.first().cloned().unwrap_or_default()))
+                    .collect();
+                if rows.len() > limit {
+                    labels.push(serde_json::Value::String(trends::BREAKDOWN_OTHER.into()));
+                }
+                labels.push(serde_json::Value::Null);
+                let n = labels.len();
+                reads.push(SplitRead {
+                    labels,
+                    ranked: rows.len().min(limit),
+                    series: vec![vec![vec![0.0; buckets]; n]; series],
+                });
+                continue;
+            }
             for row in rows {
-                let sql = st.sql.as_str();
                 match (&mut answer, st.fill) {
+                    (Answer::TrendsBreakdown(reads), Fill::SplitSeries { read, series }) => {
+                        let r = reads
+                            .get_mut(read)
+                            .ok_or_else(|| RunError::Shape("read without a ranking".into()))?;
+                        let kind: u8 = field(&row, 0, sql)?;
+                        let n = r.labels.len();
+                        let ranked = r.ranked;
+                        let label = match kind {
+                            0 => r.labels[..ranked]
+                                .iter()
+                                .position(|l| l.as_str() == row.get(1).map(String::as_str)),
+                            1 if ranked < n - 1 => Some(ranked),
+                            2 => Some(n - 1),
+                            _ => None,
+                        }
+                        .ok_or_else(|| {
+                            RunError::Shape(format!("label {row:?} not ranked in `{sql}`"))
+                        })?;
+                        let data = r
+                            .series
+                            .get_mut(series)
+                            .and_then(|s| s.get_mut(label))
+                            .ok_or_else(|| RunError::Shape("series out of range".into()))?;
+                        *slot(data, field(&row, 2, sql)?, sql)? = field(&row, 3, sql)?;
+                    }
                     (Answer::Trends(reads), Fill::Series { read, series }) => {
                         let data = reads
                             .get_mut(read)

@@ -4,41 +4,139 @@
 //! at the range's start, the last ends at its end); `weekly_active` / `monthly_active` count, for bucket `i`, the
 //! distinct persons with an event in `[end(i) - days × 24 h, end(i))`, reaching before the range; property maths
 //! ignore events without a number.
+//!
+//! An event-property breakdown splits every series by the property's text (the engine's label: a string as
+//! itself, another value as its JSON), as the engine ranks them (`crates/server/src/insights.rs`, `rank_codes`):
+//! per read, the values of the rows matching any series (in the read's UTC days, rolling reach included) ranked by
+//! their rows, most first, then by value (byte order); the first `limit` keep a label each, the others share the
+//! "other" label, rows without the property the `null` label. One more statement per read lists the ranking (the
+//! labels' order); each series statement ranks again in a scalar subquery, so it is self-contained, and returns
+//! rows `(kind, value, bucket, number)` (kind 0: a ranked value, 1: other, 2: no value). A person counts once per
+//! (label, bucket) in the per-person maths, as with the kernel's row codes.
 
 use flywheel_query::plan::{Plan, Read};
-use flywheel_query::{Math, PerUserMath, TrendsQuery};
+use flywheel_query::{BreakdownBy, Math, PerUserMath, TrendsQuery};
 
 use super::expr::{self, Target, PERSON};
 use super::{Answer, Compiled, Fill, Statement, Unsupported};
 
 const DAY_US: i64 = 86_400_000_000;
 
+/// The label of the breakdown row of the values beyond the limit (PostHog's marker, as the engine uses it).
+pub const BREAKDOWN_OTHER: &str = "$$_posthog_breakdown_other_$$";
+
+/// An event-property breakdown of one read: the property and the scalar subquery ranking its values.
+struct Split {
+    /// The property key as a literal.
+    key: String,
+    /// `(SELECT groupArray(v) …)`: the ranked values that keep a label.
+    top: String,
+}
+
+impl Split {
+    fn new(property: &str, limit: usize, read: &Read, any_series: &str, target: &Target) -> Split {
+        let key = expr::string(property);
+        Split {
+            top: format!(
+                "(SELECT groupArray(v) FROM ({}))",
+                ranking(&key, limit, read, any_series, target)
+            ),
+            key,
+        }
+    }
+
+    /// The columns `kind` and `label` of a row (see the module docs).
+    fn columns(&self) -> String {
+        let key = &self.key;
+        format!(
+            ", multiIf(NOT has(prop_keys, {key}), 2, has(top, prop_texts[indexOf(prop_keys, {key})]), 0, 1) AS kind, \
+             if(kind = 0, prop_texts[indexOf(prop_keys, {key})], '') AS label"
+        )
+    }
+}
+
+/// The ranked values of `key` among the rows of `read` matching any series, `limit` of them (`limit + 1` tells
+/// whether there are others).
+///
+/// The rows ranked are those of the whole UTC days the read touches, not only the read's instants: the embedded
+/// engine ranks the rows of the day partitions it prepares for the read (`crates/server/src/insights.rs`,
+/// `row_codes` over `prepare_read`), which reach past the range's ends when the project's time zone is not UTC.
+fn ranking(key: &str, limit: usize, read: &Read, any_series: &str, target: &Target) -> String {
+    let from = read.from_us.div_euclid(DAY_US) * DAY_US;
+    let to = ((read.to_us - 1).div_euclid(DAY_US) + 1) * DAY_US;
+    let rows = expr::source(
+        target,
+        &format!("prop_texts[indexOf(prop_keys, {key})] AS v"),
+        from,
+        to,
+        &format!("({any_series}) AND has(prop_keys, {key})"),
+    );
+    format!("SELECT v, count() AS c FROM (\n    {rows}\n) GROUP BY v ORDER BY c DESC, v ASC LIMIT {limit}")
+}
+
 pub(super) fn compile(
     t: &TrendsQuery,
     plan: &Plan,
     target: &Target,
 ) -> Result<Compiled, Unsupported> {
+    let breakdown = match t.breakdown.as_ref().map(|b| (&b.by, b.limit)) {
+        None => None,
+        Some((BreakdownBy::Event { property }, limit)) => Some((
+            property.as_str(),
+            limit.unwrap_or(flywheel_query::filter::DEFAULT_BREAKDOWN_LIMIT) as usize,
+        )),
+        Some(_) => return Err(Unsupported::new(
+            "breakdown.type",
+            "only event-property breakdowns of trends are supported by the ClickHouse backend yet",
+        )),
+    };
+    let conds = t
+        .series
+        .iter()
+        .zip(&plan.specs)
+        .map(|(_, scan)| expr::spec_condition(scan, &plan.common))
+        .collect::<Result<Vec<_>, _>>()?;
+    let any_series = conds
+        .iter()
+        .map(|c| format!("({c})"))
+        .collect::<Vec<_>>()
+        .join(" OR ");
     let mut statements = Vec::new();
     for (r, read) in plan.reads.iter().enumerate() {
-        for (i, (s, scan)) in t.series.iter().zip(&plan.specs).enumerate() {
-            let cond = expr::spec_condition(scan, &plan.common)?;
-            let field = format!("series[{i}]");
-            let sql = series(s, &field, read, &cond, target)?;
+        let split = breakdown.map(|(property, limit)| {
+            let split = Split::new(property, limit, read, &any_series, target);
             statements.push(Statement {
-                sql,
-                fill: Fill::Series { read: r, series: i },
+                sql: ranking(&split.key, limit + 1, read, &any_series, target),
+                fill: Fill::Ranking {
+                    read: r,
+                    limit,
+                    series: t.series.len(),
+                    buckets: read.bucket_starts_us.len(),
+                },
             });
+            split
+        });
+        for (i, (s, cond)) in t.series.iter().zip(&conds).enumerate() {
+            let field = format!("series[{i}]");
+            let sql = series(s, &field, read, cond, split.as_ref(), target)?;
+            let fill = match split {
+                None => Fill::Series { read: r, series: i },
+                Some(_) => Fill::SplitSeries { read: r, series: i },
+            };
+            statements.push(Statement { sql, fill });
         }
     }
-    let empty = plan
-        .reads
-        .iter()
-        .map(|read| vec![vec![0.0; read.bucket_starts_us.len()]; t.series.len()])
-        .collect();
-    Ok(Compiled {
-        statements,
-        empty: Answer::Trends(empty),
-    })
+    let empty = match breakdown {
+        None => Answer::Trends(
+            plan.reads
+                .iter()
+                .map(|read| vec![vec![0.0; read.bucket_starts_us.len()]; t.series.len()])
+                .collect(),
+        ),
+        // Filled when each read's ranking arrives.
+        Some(_) => Answer::TrendsBreakdown(Vec::new()),
+    };
+    Ok(Compiled { statements, empty })
 }
 
 fn series(
@@ -46,20 +144,38 @@ fn series(
     field: &str,
     read: &Read,
     cond: &str,
+    split: Option<&Split>,
     target: &Target,
 ) -> Result<String, Unsupported> {
     let starts = &read.bucket_starts_us;
     let (first, end) = (starts.first().copied().unwrap_or(read.end_us), read.end_us);
     let bucket = expr::bucket(starts, "timestamp_us");
-    let in_buckets = |select: &str, cond: &str| expr::source(target, select, first, end, cond);
+    // With a breakdown, every row also has its label (`kind`, `label`) and every grouping starts with it.
+    let (extra, keys) = match split {
+        Some(sp) => (sp.columns(), "kind, label, "),
+        None => (String::new(), ""),
+    };
+    let with = |source: String| match split {
+        Some(sp) => format!("WITH {} AS top {source}", sp.top),
+        None => source,
+    };
+    let in_buckets = |select: &str, cond: &str| {
+        with(expr::source(
+            target,
+            &format!("{select}{extra}"),
+            first,
+            end,
+            cond,
+        ))
+    };
     let math = s.math.unwrap_or(Math::Total);
     Ok(match math {
         Math::Total => format!(
-            "SELECT b, count() FROM (\n    {}\n) GROUP BY b ORDER BY b",
+            "SELECT {keys}b, count() FROM (\n    {}\n) GROUP BY {keys}b ORDER BY {keys}b",
             in_buckets(&format!("{bucket} AS b"), cond)
         ),
         Math::Dau => format!(
-            "SELECT b, uniqExact(person) FROM (\n    {}\n) GROUP BY b ORDER BY b",
+            "SELECT {keys}b, uniqExact(person) FROM (\n    {}\n) GROUP BY {keys}b ORDER BY {keys}b",
             in_buckets(&format!("{bucket} AS b, {PERSON} AS person"), cond)
         ),
         Math::WeeklyActive | Math::MonthlyActive => {
@@ -76,17 +192,19 @@ fn series(
                  arrayEnumerate(ends))) - 1 AS b",
                 w = days * DAY_US
             );
-            let rows = expr::source(
+            let rows = with(expr::source(
                 target,
                 &format!(
-                    "{PERSON} AS person, {} AS ends, {windows}",
+                    "{PERSON} AS person, {} AS ends, {windows}{extra}",
                     expr::int_array(&ends)
                 ),
                 read.from_us,
                 read.to_us,
                 cond,
-            );
-            format!("SELECT b, uniqExact(person) FROM (\n    {rows}\n) GROUP BY b ORDER BY b")
+            ));
+            format!(
+                "SELECT {keys}b, uniqExact(person) FROM (\n    {rows}\n) GROUP BY {keys}b ORDER BY {keys}b"
+            )
         }
         Math::PerUser => {
             let agg = match s.per_user.unwrap_or(PerUserMath::Avg) {
@@ -96,10 +214,10 @@ fn series(
                 PerUserMath::Median => Agg::Percentile(50),
             };
             let per_person = format!(
-                "SELECT b, person, count() AS v FROM (\n    {}\n    ) GROUP BY b, person",
+                "SELECT {keys}b, person, count() AS v FROM (\n    {}\n    ) GROUP BY {keys}b, person",
                 in_buckets(&format!("{bucket} AS b, {PERSON} AS person"), cond)
             );
-            by_bucket(agg, &per_person)
+            by_bucket(agg, &per_person, keys)
         }
         Math::Sum
         | Math::Avg
@@ -133,6 +251,7 @@ fn series(
                     &format!("{bucket} AS b, {v} AS v"),
                     &format!("{cond} AND NOT isNaN({v})"),
                 ),
+                keys,
             )
         }
     })
@@ -150,19 +269,21 @@ enum Agg {
     Percentile(u32),
 }
 
-/// `SELECT b, number` per bucket over `rows` (columns `b` and `v`).
-fn by_bucket(agg: Agg, rows: &str) -> String {
+/// `SELECT {keys}b, number` per (label and) bucket over `rows` (columns `keys`, `b` and `v`).
+fn by_bucket(agg: Agg, rows: &str, keys: &str) -> String {
     match agg {
-        Agg::Plain(f) => format!("SELECT b, {f}(v) FROM (\n    {rows}\n) GROUP BY b ORDER BY b"),
+        Agg::Plain(f) => format!(
+            "SELECT {keys}b, {f}(v) FROM (\n    {rows}\n) GROUP BY {keys}b ORDER BY {keys}b"
+        ),
         Agg::Percentile(p) => format!(
-            "SELECT b, if(frac > 0 AND length(s) > lo + 1 AND s[lo + 2] != s[lo + 1], \
+            "SELECT {keys}b, if(frac > 0 AND length(s) > lo + 1 AND s[lo + 2] != s[lo + 1], \
              s[lo + 1] + (s[lo + 2] - s[lo + 1]) * frac, s[lo + 1]) FROM (
-    SELECT b, s, intDiv({p} * (length(s) - 1), 100) AS lo, ({p} * (length(s) - 1)) % 100 / 100 AS frac FROM (
-        SELECT b, arraySort(groupArray(toFloat64(v))) AS s FROM (
+    SELECT {keys}b, s, intDiv({p} * (length(s) - 1), 100) AS lo, ({p} * (length(s) - 1)) % 100 / 100 AS frac FROM (
+        SELECT {keys}b, arraySort(groupArray(toFloat64(v))) AS s FROM (
     {rows}
-        ) GROUP BY b
+        ) GROUP BY {keys}b
     )
-) ORDER BY b"
+) ORDER BY {keys}b"
         ),
     }
 }
