@@ -4,7 +4,7 @@
 //! Everything here is written for ClickHouse 18.16 as well as current releases. Two limits of 18.16 shape it:
 //! a higher-order function nested in a lambda cannot see the query's columns (`Unknown identifier`), so every
 //! lambda here is single-level; and it has no JSON functions, so filters read the indexed top-level properties
-//! (`prop_keys`, `prop_texts`, `prop_numbers`: see [`crate::row`]).
+//! (`prop_keys`, `prop_texts`, `prop_numbers`, `prop_lower`: see [`crate::row`]).
 
 use flywheel_query::plan::Scan;
 use flywheel_query::{EventRef, Filter, Operator, PropertyFilter, PropertyType};
