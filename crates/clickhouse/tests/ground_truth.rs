@@ -292,23 +292,18 @@ impl Runner {
         let range = q.resolve(self.now, tz).unwrap();
         let p = plan::plan(&q, &range, tz);
         let compiled = compile(&q, &p, tz, &self.target).unwrap_or_else(|e| panic!("{body}: {e}"));
-        for sql in compiled.sql() {
-            let t0 = Instant::now();
-            let rows = self
-                .client
-                .query_rows(sql)
-                .await
-                .unwrap_or_else(|e| panic!("{body}: {e}"));
-            if t0.elapsed().as_millis() > 500 {
-                eprintln!("slow ({:.1?}): {body} in {}", t0.elapsed(), tz.name());
-            }
+        let t0 = Instant::now();
+        let (answer, trace) = compiled
+            .run_traced(&self.client)
+            .await
+            .unwrap_or_else(|e| panic!("{body}: {e}"));
+        if t0.elapsed().as_millis() > 1000 {
+            eprintln!("slow ({:.1?}): {body} in {}", t0.elapsed(), tz.name());
+        }
+        for (sql, rows) in compiled.sql().zip(trace) {
             self.dump
                 .push(json!({"sql": sql, "rows": rows, "definition": body, "tz": tz.name()}));
         }
-        let answer = compiled
-            .run(&self.client)
-            .await
-            .unwrap_or_else(|e| panic!("{body}: {e}"));
         self.checks += 1;
         (q, p, answer)
     }

@@ -251,9 +251,20 @@ impl Compiled {
 
     /// Runs the statements one after the other and assembles the answer.
     pub async fn run(&self, client: &Client) -> Result<Answer, RunError> {
+        Ok(self.run_traced(client).await?.0)
+    }
+
+    /// [`Compiled::run`], also returning each statement's rows as ClickHouse sent them (for logs and for
+    /// checking the same statements on another ClickHouse).
+    pub async fn run_traced(
+        &self,
+        client: &Client,
+    ) -> Result<(Answer, Vec<Vec<Vec<String>>>), RunError> {
         let mut answer = self.empty.clone();
+        let mut trace = Vec::with_capacity(self.statements.len());
         for st in &self.statements {
             let rows = client.query_rows(&st.sql).await?;
+            trace.push(rows.clone());
             let sql = st.sql.as_str();
             if let (
                 Answer::TrendsBreakdown(reads),
@@ -372,6 +383,6 @@ impl Compiled {
                 }
             }
         }
-        Ok(answer)
+        Ok((answer, trace))
     }
 }

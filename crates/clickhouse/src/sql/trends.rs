@@ -174,9 +174,9 @@ fn series(
             "SELECT {keys}b, count() FROM (\n    {}\n) GROUP BY {keys}b ORDER BY {keys}b",
             in_buckets(&format!("{bucket} AS b"), cond)
         ),
-        Math::Dau => format!(
-            "SELECT {keys}b, uniqExact(person) FROM (\n    {}\n) GROUP BY {keys}b ORDER BY {keys}b",
-            in_buckets(&format!("{bucket} AS b, {PERSON} AS person"), cond)
+        Math::Dau => persons_by_bucket(
+            &in_buckets(&format!("{bucket} AS b, {PERSON} AS person"), cond),
+            keys,
         ),
         Math::WeeklyActive | Math::MonthlyActive => {
             let days = if math == Math::WeeklyActive { 7 } else { 30 };
@@ -186,25 +186,22 @@ fn series(
                 .copied()
                 .chain(std::iter::once(end))
                 .collect();
-            // Each event counts in every bucket whose window holds it: end(i) - width <= ts < end(i).
+            // Each event counts in every bucket whose window holds it: end(i) - width <= ts < end(i), i.e. the
+            // buckets from the first ending after ts to the last ending at or before ts + width (the ends
+            // ascend). No lambda over the ends: a captured array is copied once per element.
             let windows = format!(
-                "arrayJoin(arrayFilter(i -> ends[i] > timestamp_us AND ends[i] - {w} <= timestamp_us, \
-                 arrayEnumerate(ends))) - 1 AS b",
-                w = days * DAY_US
+                "arrayJoin(arraySlice(range(toUInt64({hi})), {lo} + 1)) AS b",
+                lo = expr::count_le(&ends, "timestamp_us"),
+                hi = expr::count_le(&ends, &format!("(timestamp_us + {})", days * DAY_US)),
             );
             let rows = with(expr::source(
                 target,
-                &format!(
-                    "{PERSON} AS person, {} AS ends, {windows}{extra}",
-                    expr::int_array(&ends)
-                ),
+                &format!("{PERSON} AS person, {windows}{extra}"),
                 read.from_us,
                 read.to_us,
                 cond,
             ));
-            format!(
-                "SELECT {keys}b, uniqExact(person) FROM (\n    {rows}\n) GROUP BY {keys}b ORDER BY {keys}b"
-            )
+            persons_by_bucket(&rows, keys)
         }
         Math::PerUser => {
             let agg = match s.per_user.unwrap_or(PerUserMath::Avg) {
@@ -255,6 +252,18 @@ fn series(
             )
         }
     })
+}
+
+/// Distinct persons per (label and) bucket of `rows` (columns `keys`, `b`, `person`). Grouped, then counted:
+/// ClickHouse 18.16's `uniqExact` of a `UUID` is two orders of magnitude slower (3 s for 200,000 rows).
+fn persons_by_bucket(rows: &str, keys: &str) -> String {
+    format!(
+        "SELECT {keys}b, count() FROM (
+    SELECT {keys}b, person FROM (
+    {rows}
+    ) GROUP BY {keys}b, person
+) GROUP BY {keys}b ORDER BY {keys}b"
+    )
 }
 
 /// How the values `v` of a bucket make its number.
