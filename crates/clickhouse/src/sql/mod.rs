@@ -13,18 +13,20 @@
 //! event-property filters (`exact`, `is_not`, `is_set`, `is_not_set`, `gt`, `gte`, `lt`, `lte`, `contains`,
 //! `not_contains`). Everything else returns [`Unsupported`] naming the field; see `docs/clickhouse.md`.
 
+mod breakdown;
 mod expr;
 mod funnel;
 mod lifecycle;
 mod retention;
 mod stickiness;
-pub mod trends;
+mod trends;
 
 use chrono::{DateTime, TimeZone, Utc};
 use flywheel_query::plan::Plan;
 use flywheel_query::{Breakdown, FieldError, InsightQuery};
 
 use crate::client::{ClickHouseError, Client};
+pub use breakdown::BREAKDOWN_OTHER;
 pub use expr::{rows_of_project, Target};
 
 /// A part of a definition the ClickHouse backend cannot answer exactly (yet). Named like the API's field
@@ -119,7 +121,7 @@ pub enum Answer {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SplitRead {
     /// The breakdown labels in the engine's order: the ranked values (strings), then
-    /// [`trends::BREAKDOWN_OTHER`] when more values had rows than the limit, then `null` (no value).
+    /// [`BREAKDOWN_OTHER`] when more values had rows than the limit, then `null` (no value).
     pub labels: Vec<serde_json::Value>,
     /// How many of the labels are ranked values (the others label and `null` follow).
     pub ranked: usize,
@@ -281,19 +283,11 @@ impl Compiled {
                         "ranking of read {read} out of order"
                     )));
                 }
-                let mut labels: Vec<serde_json::Value> = rows
-                    .iter()
-                    .take(limit)
-                    .map(|r| serde_json::Value::String(r.first().cloned().unwrap_or_default()))
-                    .collect();
-                if rows.len() > limit {
-                    labels.push(serde_json::Value::String(trends::BREAKDOWN_OTHER.into()));
-                }
-                labels.push(serde_json::Value::Null);
+                let (labels, ranked) = breakdown::labels(&rows, limit);
                 let n = labels.len();
                 reads.push(SplitRead {
                     labels,
-                    ranked: rows.len().min(limit),
+                    ranked,
                     series: vec![vec![vec![0.0; buckets]; n]; series],
                 });
                 continue;
@@ -305,16 +299,12 @@ impl Compiled {
                             .get_mut(read)
                             .ok_or_else(|| RunError::Shape("read without a ranking".into()))?;
                         let kind: u8 = field(&row, 0, sql)?;
-                        let n = r.labels.len();
-                        let ranked = r.ranked;
-                        let label = match kind {
-                            0 => r.labels[..ranked]
-                                .iter()
-                                .position(|l| l.as_str() == row.get(1).map(String::as_str)),
-                            1 if ranked < n - 1 => Some(ranked),
-                            2 => Some(n - 1),
-                            _ => None,
-                        }
+                        let label = breakdown::label_index(
+                            &r.labels,
+                            r.ranked,
+                            kind,
+                            row.get(1).map(String::as_str),
+                        )
                         .ok_or_else(|| {
                             RunError::Shape(format!("label {row:?} not ranked in `{sql}`"))
                         })?;

@@ -5,74 +5,18 @@
 //! distinct persons with an event in `[end(i) - days × 24 h, end(i))`, reaching before the range; property maths
 //! ignore events without a number.
 //!
-//! An event-property breakdown splits every series by the property's text (the engine's label: a string as
-//! itself, another value as its JSON), as the engine ranks them (`crates/server/src/insights.rs`, `rank_codes`):
-//! per read, the values of the rows matching any series (in the read's UTC days, rolling reach included) ranked by
-//! their rows, most first, then by value (byte order); the first `limit` keep a label each, the others share the
-//! "other" label, rows without the property the `null` label. One more statement per read lists the ranking (the
-//! labels' order); each series statement ranks again in a scalar subquery, so it is self-contained, and returns
-//! rows `(kind, value, bucket, number)` (kind 0: a ranked value, 1: other, 2: no value). A person counts once per
-//! (label, bucket) in the per-person maths, as with the kernel's row codes.
+//! An event-property breakdown ([`super::breakdown`]) ranks the values of the rows matching any series, per read
+//! (rolling reach included); each series statement returns rows `(kind, value, bucket, number)`. A person counts
+//! once per (label, bucket) in the per-person maths, as with the kernel's row codes.
 
 use flywheel_query::plan::{Plan, Read};
 use flywheel_query::{BreakdownBy, Math, PerUserMath, TrendsQuery};
 
+use super::breakdown::Split;
 use super::expr::{self, Target, PERSON};
 use super::{Answer, Compiled, Fill, Statement, Unsupported};
 
 const DAY_US: i64 = 86_400_000_000;
-
-/// The label of the breakdown row of the values beyond the limit (PostHog's marker, as the engine uses it).
-pub const BREAKDOWN_OTHER: &str = "$$_posthog_breakdown_other_$$";
-
-/// An event-property breakdown of one read: the property and the scalar subquery ranking its values.
-struct Split {
-    /// The property key as a literal.
-    key: String,
-    /// `(SELECT groupArray(v) …)`: the ranked values that keep a label.
-    top: String,
-}
-
-impl Split {
-    fn new(property: &str, limit: usize, read: &Read, any_series: &str, target: &Target) -> Split {
-        let key = expr::string(property);
-        Split {
-            top: format!(
-                "(SELECT groupArray(v) FROM ({}))",
-                ranking(&key, limit, read, any_series, target)
-            ),
-            key,
-        }
-    }
-
-    /// The columns `kind` and `label` of a row (see the module docs).
-    fn columns(&self) -> String {
-        let key = &self.key;
-        format!(
-            ", multiIf(NOT has(prop_keys, {key}), 2, has(top, prop_texts[indexOf(prop_keys, {key})]), 0, 1) AS kind, \
-             if(kind = 0, prop_texts[indexOf(prop_keys, {key})], '') AS label"
-        )
-    }
-}
-
-/// The ranked values of `key` among the rows of `read` matching any series, `limit` of them (`limit + 1` tells
-/// whether there are others).
-///
-/// The rows ranked are those of the whole UTC days the read touches, not only the read's instants: the embedded
-/// engine ranks the rows of the day partitions it prepares for the read (`crates/server/src/insights.rs`,
-/// `row_codes` over `prepare_read`), which reach past the range's ends when the project's time zone is not UTC.
-fn ranking(key: &str, limit: usize, read: &Read, any_series: &str, target: &Target) -> String {
-    let from = read.from_us.div_euclid(DAY_US) * DAY_US;
-    let to = ((read.to_us - 1).div_euclid(DAY_US) + 1) * DAY_US;
-    let rows = expr::source(
-        target,
-        &format!("prop_texts[indexOf(prop_keys, {key})] AS v"),
-        from,
-        to,
-        &format!("({any_series}) AND has(prop_keys, {key})"),
-    );
-    format!("SELECT v, count() AS c FROM (\n    {rows}\n) GROUP BY v ORDER BY c DESC, v ASC LIMIT {limit}")
-}
 
 pub(super) fn compile(
     t: &TrendsQuery,
@@ -104,9 +48,16 @@ pub(super) fn compile(
     let mut statements = Vec::new();
     for (r, read) in plan.reads.iter().enumerate() {
         let split = breakdown.map(|(property, limit)| {
-            let split = Split::new(property, limit, read, &any_series, target);
+            let split = Split::new(
+                property,
+                limit,
+                read.from_us,
+                read.to_us,
+                &any_series,
+                target,
+            );
             statements.push(Statement {
-                sql: ranking(&split.key, limit + 1, read, &any_series, target),
+                sql: split.ranking(),
                 fill: Fill::Ranking {
                     read: r,
                     limit,
@@ -156,7 +107,7 @@ fn series(
         None => (String::new(), ""),
     };
     let with = |source: String| match split {
-        Some(sp) => format!("WITH {} AS top {source}", sp.top),
+        Some(sp) => sp.with(source),
         None => source,
     };
     let in_buckets = |select: &str, cond: &str| {
