@@ -713,7 +713,6 @@ fn funnel_stats(
 }
 
 /// [`funnel_stats`], also listing every valid attempt as (person, entry time, steps reached).
-#[allow(clippy::needless_range_loop)] // positions are the point: an attempt is a list of them
 fn funnel_attempts(
     rows: &[truth::Row<'_>],
     steps: &[&str],
@@ -722,6 +721,31 @@ fn funnel_attempts(
     range: truth::Range,
     exclusions: &[(&str, usize, usize)],
     valid: &mut Vec<(u64, i64, usize)>,
+) -> FunnelStats {
+    funnel_best(
+        rows,
+        steps,
+        window,
+        order,
+        range,
+        exclusions,
+        valid,
+        &mut Vec::new(),
+    )
+}
+
+/// [`funnel_attempts`], also listing each person's best attempt as indexes into `rows`.
+#[allow(clippy::too_many_arguments)]
+#[allow(clippy::needless_range_loop)] // positions are the point: an attempt is a list of them
+fn funnel_best(
+    rows: &[truth::Row<'_>],
+    steps: &[&str],
+    window: i64,
+    order: truth::Order,
+    range: truth::Range,
+    exclusions: &[(&str, usize, usize)],
+    valid: &mut Vec<(u64, i64, usize)>,
+    bests: &mut Vec<(u64, Vec<usize>)>,
 ) -> FunnelStats {
     let mut persons: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
     for (i, r) in rows.iter().enumerate() {
@@ -797,6 +821,9 @@ fn funnel_attempts(
         }
         for (k, w) in best.windows(2).enumerate() {
             times[k + 1].push(evs[w[1]].ts_us - evs[w[0]].ts_us);
+        }
+        if !best.is_empty() {
+            bests.push((evs[best[0]].person, best.iter().map(|&j| idx[j]).collect()));
         }
         for r in reached.iter_mut().take(best.len()) {
             *r += 1;
@@ -1206,6 +1233,155 @@ async fn check_funnels(r: &mut Runner, events: &[Event], tz: &Tz) {
     }
 }
 
+/// Funnel breakdowns: ranked by the first step's rows (in the read's UTC days), each person under the label of one
+/// row of their best attempt.
+async fn check_funnel_breakdowns(r: &mut Runner, events: &[Event], tz: &Tz) {
+    let all: Vec<truth::Row<'_>> = events
+        .iter()
+        .map(|e| truth::Row {
+            person: e.person,
+            ts_us: e.ts,
+            event: e.event,
+        })
+        .collect();
+    let label = |i: usize| {
+        events[i]
+            .props
+            .get("city")
+            .filter(|v| !v.is_null())
+            .map(text)
+    };
+    for (order, truth_order, steps, attribution) in [
+        (
+            "ordered",
+            truth::Order::Ordered,
+            vec!["a", "b", "c"],
+            "first_touch",
+        ),
+        ("strict", truth::Order::Strict, vec!["a", "b"], "last_touch"),
+        (
+            "unordered",
+            truth::Order::Unordered,
+            vec!["a", "b", "c"],
+            "step:1",
+        ),
+    ] {
+        let (_, p, a) = r
+            .run(
+                InsightKind::Funnel,
+                json!({"steps": steps.iter().map(|e| json!({"event": e})).collect::<Vec<_>>(), "order": order,
+                       "breakdown": {"property": "city", "limit": 3}, "breakdown_attribution": attribution,
+                       "conversion_window": {"value": 2, "unit": "day"},
+                       "date_from": "2026-03-20", "date_to": "2026-04-20"}),
+                tz,
+            )
+            .await;
+        let read = &p.reads[0];
+        let (day_from, day_to) = (
+            read.from_us.div_euclid(DAY_US) * DAY_US,
+            ((read.to_us - 1).div_euclid(DAY_US) + 1) * DAY_US,
+        );
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for (i, e) in events.iter().enumerate() {
+            if e.event == steps[0] && day_from <= e.ts && e.ts < day_to {
+                if let Some(l) = label(i) {
+                    *counts.entry(l).or_default() += 1;
+                }
+            }
+        }
+        let mut ranked: Vec<(String, u64)> = counts.into_iter().collect();
+        ranked.sort_by(|x, y| y.1.cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
+        let top: Vec<String> = ranked.iter().take(3).map(|x| x.0.clone()).collect();
+        let mut labels: Vec<Value> = top.iter().map(|l| json!(l)).collect();
+        if ranked.len() > 3 {
+            labels.push(json!("$$_posthog_breakdown_other_$$"));
+        }
+        labels.push(Value::Null);
+        let range = truth::Range {
+            from_us: read.range.from.timestamp_micros(),
+            to_us: read.range.to.timestamp_micros(),
+        };
+        let mut bests = Vec::new();
+        funnel_best(
+            &all,
+            &steps,
+            2 * DAY_US,
+            truth_order,
+            range,
+            &[],
+            &mut Vec::new(),
+            &mut bests,
+        );
+        // Per label, the best attempts of its persons.
+        let mut by_label: Vec<Vec<Vec<usize>>> = vec![Vec::new(); labels.len()];
+        for (_, best) in bests {
+            let row = match attribution {
+                "first_touch" => best[0],
+                "last_touch" => best[best.len() - 1],
+                _ => *best.get(1).unwrap_or(&best[0]),
+            };
+            let code = match label(row) {
+                None => labels.len() - 1,
+                Some(l) => top.iter().position(|t| *t == l).unwrap_or(3),
+            };
+            by_label[code].push(best);
+        }
+        let Answer::FunnelBreakdown(got) = &a else {
+            panic!("{a:?}")
+        };
+        assert_eq!(
+            got.iter().map(|g| g.label.clone()).collect::<Vec<_>>(),
+            labels,
+            "{order} labels in {tz}"
+        );
+        for (g, attempts) in got.iter().zip(&by_label) {
+            let mut reached = vec![0u64; steps.len()];
+            let mut times: Vec<Vec<i64>> = vec![Vec::new(); steps.len()];
+            for best in attempts {
+                for r in reached.iter_mut().take(best.len()) {
+                    *r += 1;
+                }
+                for (k, w) in best.windows(2).enumerate() {
+                    times[k + 1].push(events[w[1]].ts - events[w[0]].ts);
+                }
+            }
+            let mean = |v: &Vec<i64>| {
+                (!v.is_empty())
+                    .then(|| v.iter().map(|&x| i128::from(x)).sum::<i128>() as f64 / v.len() as f64)
+            };
+            let median = |v: &Vec<i64>| {
+                let mut v = v.clone();
+                v.sort_unstable();
+                let n = v.len();
+                match n {
+                    0 => None,
+                    _ if n % 2 == 1 => Some(v[n / 2] as f64),
+                    _ => Some((i128::from(v[n / 2 - 1]) + i128::from(v[n / 2])) as f64 / 2.0),
+                }
+            };
+            let what = format!(
+                "{order} funnel by city ({attribution}), label {} in {tz}",
+                g.label
+            );
+            assert_eq!(g.reached, reached, "{what}");
+            assert_eq!(
+                g.avg_time_us,
+                times.iter().map(mean).collect::<Vec<_>>(),
+                "{what}"
+            );
+            assert_eq!(
+                g.median_time_us,
+                times.iter().map(median).collect::<Vec<_>>(),
+                "{what}"
+            );
+        }
+        assert!(
+            got.iter().filter(|g| g.reached[0] > 0).count() > 2,
+            "several labels count someone"
+        );
+    }
+}
+
 /// Funnel trends: per bucket, the persons with a valid attempt entering in it, and those completing such an attempt.
 async fn check_funnel_trends(r: &mut Runner, events: &[Event], tz: &Tz) {
     let all: Vec<truth::Row<'_>> = events
@@ -1504,6 +1680,7 @@ async fn insights_match_the_truth_on_clickhouse_18_and_current() {
         check_breakdowns(&mut r, &events, &tz).await;
         check_funnels(&mut r, &events, &tz).await;
         check_funnel_trends(&mut r, &events, &tz).await;
+        check_funnel_breakdowns(&mut r, &events, &tz).await;
         check_retention(&mut r, &events, &tz).await;
         check_stickiness_and_lifecycle(&mut r, &events, &tz).await;
     }

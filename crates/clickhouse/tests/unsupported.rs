@@ -80,6 +80,16 @@ fn unsupported_options_name_their_field() {
             "aggregation",
         ),
         (
+            Funnel,
+            json!({"steps": [a, {"event": "b"}], "breakdown": {"property": "plan", "type": "person"}}),
+            "breakdown.type",
+        ),
+        (
+            Funnel,
+            json!({"steps": [a, {"event": "b"}], "breakdown": {"property": "plan"}, "trends": true}),
+            "trends",
+        ),
+        (
             Retention,
             json!({"start_event": a, "return_event": a, "breakdown": {"property": "plan"}}),
             "breakdown",

@@ -24,10 +24,60 @@
 //! Events of one person with the same microsecond are ordered by uuid here, by log order in the embedded engine.
 
 use flywheel_query::plan::{funnel_window_us, Plan};
-use flywheel_query::{Aggregation, EventRef, Exclusion, FunnelOrder, FunnelQuery};
+use flywheel_query::{
+    Aggregation, Attribution, BreakdownBy, EventRef, Exclusion, FunnelOrder, FunnelQuery,
+};
 
+use super::breakdown::Split;
 use super::expr::{self, Target, PERSON};
 use super::{Answer, Compiled, Fill, Statement, Unsupported};
+
+/// An event-property breakdown of a funnel: ranked by the first step's rows, each person counted under the label
+/// of one row of their best attempt (`attribution`).
+struct Breakdown {
+    split: Split,
+    limit: usize,
+    attribution: Attribution,
+}
+
+fn breakdown(
+    f: &FunnelQuery,
+    plan: &Plan,
+    target: &Target,
+) -> Result<Option<Breakdown>, Unsupported> {
+    let Some(b) = &f.breakdown else {
+        return Ok(None);
+    };
+    let BreakdownBy::Event { property } = &b.by else {
+        return Err(Unsupported::new(
+            "breakdown.type",
+            "only event-property breakdowns of funnels are supported by the ClickHouse backend yet",
+        ));
+    };
+    if f.trends {
+        return Err(Unsupported::new(
+            "trends",
+            "funnel trends with a breakdown are not supported by the ClickHouse backend yet",
+        ));
+    }
+    let limit = b
+        .limit
+        .unwrap_or(flywheel_query::filter::DEFAULT_BREAKDOWN_LIMIT) as usize;
+    let read = &plan.reads[0];
+    let first_step = expr::spec_condition(&plan.specs[0], &plan.common)?;
+    Ok(Some(Breakdown {
+        split: Split::new(
+            property,
+            limit,
+            read.from_us,
+            read.to_us,
+            &first_step,
+            target,
+        ),
+        limit,
+        attribution: f.breakdown_attribution.unwrap_or(Attribution::FirstTouch),
+    }))
+}
 
 pub(super) fn compile(
     f: &FunnelQuery,
@@ -41,8 +91,9 @@ pub(super) fn compile(
             "group aggregation is not supported by the ClickHouse backend yet",
         ));
     }
+    let split = breakdown(f, plan, target)?;
     if order == FunnelOrder::Unordered {
-        return unordered(f, plan, target);
+        return unordered(f, plan, target, split);
     }
     let steps = f.steps.len();
     let window = funnel_window_us(f.conversion_window);
@@ -54,8 +105,15 @@ pub(super) fn compile(
         .collect::<Result<Vec<_>, _>>()?;
     // Strict funnels look at every event of the person: any other event breaks the chain, including one that fails
     // the filters (as in the engine, which keeps every row and clears its bits).
-    let rows = rows(plan, target, &conds, order == FunnelOrder::Strict);
-    let mut sql = entries(&rows, "bitAnd(fi, 1) != 0", plan);
+    let rows = rows(
+        plan,
+        target,
+        &conds,
+        order == FunnelOrder::Strict,
+        split.as_ref(),
+    );
+    let arrays = arrays(split.as_ref());
+    let mut sql = entries(&rows, "bitAnd(fi, 1) != 0", plan, split.as_ref());
     for k in 1..steps {
         let prev = format!("s{}", k - 1);
         let bit = 1u64 << k;
@@ -70,7 +128,7 @@ pub(super) fn compile(
             ),
         };
         let carried: String = (0..k).map(|i| format!(", s{i}")).collect();
-        sql = format!("SELECT person, t, f, t0{carried}, {next} AS s{k} FROM (\n    {sql}\n)");
+        sql = format!("SELECT person, {arrays}, t0{carried}, {next} AS s{k} FROM (\n    {sql}\n)");
     }
     let level: String = (0..steps)
         .map(|i| format!("(s{i} > 0)"))
@@ -93,14 +151,20 @@ pub(super) fn compile(
         format!("if({}, {level}, 0) + 0 * t0", valid.join(" AND "))
     };
     let attempts = format!(
-        "SELECT person, t, {level} AS lvl, s0, t0, [{positions}] AS sel FROM (\n    {sql}\n)"
+        "SELECT person, {arrays}, {level} AS lvl, s0, t0, [{positions}] AS sel FROM (\n    {sql}\n)"
     );
-    Ok(answer(&attempts, steps, f.trends.then_some(plan)))
+    Ok(answer(&attempts, steps, f.trends.then_some(plan), split))
 }
 
 /// The rows a funnel reads: person, time, uuid and flags (bit `i`: `conds[i]`); only rows with a flag unless
 /// `every_row`.
-fn rows(plan: &Plan, target: &Target, conds: &[String], every_row: bool) -> String {
+fn rows(
+    plan: &Plan,
+    target: &Target,
+    conds: &[String],
+    every_row: bool,
+    split: Option<&Breakdown>,
+) -> String {
     let read = &plan.reads[0];
     let flags = conds
         .iter()
@@ -117,29 +181,50 @@ fn rows(plan: &Plan, target: &Target, conds: &[String], every_row: bool) -> Stri
             .collect::<Vec<_>>()
             .join(" OR ")
     };
-    expr::source(
+    let extra = split.map_or(String::new(), |b| b.split.columns());
+    let source = expr::source(
         target,
-        &format!("{PERSON} AS person, timestamp_us AS ts, uuid, toUInt64({flags}) AS flags"),
+        &format!("{PERSON} AS person, timestamp_us AS ts, uuid, toUInt64({flags}) AS flags{extra}"),
         read.from_us,
         read.to_us,
         &wanted,
-    )
+    );
+    match split {
+        Some(b) => b.split.with(source),
+        None => source,
+    }
+}
+
+/// The per-person arrays carried along: times and flags, and with a breakdown each event's label kind and value.
+fn arrays(split: Option<&Breakdown>) -> &'static str {
+    match split {
+        Some(_) => "t, f, k, l",
+        None => "t, f",
+    }
 }
 
 /// One row per entry: each person's `rows` sorted by (time, uuid) into the arrays `t` and `f`, and the positions
 /// `i` whose flags `fi` satisfy `entry` and whose time lies in the range joined out as `s0` (1-based), with their
 /// time `t0`.
-fn entries(rows: &str, entry: &str, plan: &Plan) -> String {
+fn entries(rows: &str, entry: &str, plan: &Plan, split: Option<&Breakdown>) -> String {
     let range = &plan.reads[0].range;
     let (from, to) = (range.from.timestamp_micros(), range.to.timestamp_micros());
+    let arrays = arrays(split);
+    let (tuple, unpack) = match split {
+        Some(_) => (
+            "(ts, uuid, flags, kind, label)",
+            ", arrayMap(x -> tupleElement(x, 4), evs) AS k, arrayMap(x -> tupleElement(x, 5), evs) AS l",
+        ),
+        None => ("(ts, uuid, flags)", ""),
+    };
     format!(
-        "SELECT person, t, f, e AS s0, t[e] AS t0 FROM (
-        SELECT person, t, f,
+        "SELECT person, {arrays}, e AS s0, t[e] AS t0 FROM (
+        SELECT person, {arrays},
             arrayFilter((i, ti, fi) -> {entry} AND ti >= {from} AND ti < {to}, arrayEnumerate(t), t, f) AS entries
         FROM (
-            SELECT person, arrayMap(x -> tupleElement(x, 1), evs) AS t, arrayMap(x -> tupleElement(x, 3), evs) AS f
+            SELECT person, arrayMap(x -> tupleElement(x, 1), evs) AS t, arrayMap(x -> tupleElement(x, 3), evs) AS f{unpack}
             FROM (
-                SELECT person, arraySort(groupArray((ts, uuid, flags))) AS evs FROM (
+                SELECT person, arraySort(groupArray({tuple})) AS evs FROM (
     {rows}
                 ) GROUP BY person
             )
@@ -156,21 +241,62 @@ fn entries(rows: &str, entry: &str, plan: &Plan) -> String {
 ///
 /// With `trend` (a funnel with `trends`), a second statement: per bucket of the plan, the persons with a valid
 /// attempt entering in it, and those of them with such an attempt reaching the last step (the kernel's trend).
-fn answer(attempts: &str, steps: usize, trend: Option<&Plan>) -> Compiled {
+fn answer(
+    attempts: &str,
+    steps: usize,
+    trend: Option<&Plan>,
+    split: Option<Breakdown>,
+) -> Compiled {
+    // With a breakdown, the person's label is that of one row of the best attempt (see `Attribution`).
+    let (keys, per_person, label) = match &split {
+        None => ("", "", String::new()),
+        Some(b) => {
+            let row = match b.attribution {
+                Attribution::FirstTouch => "best[1]".to_string(),
+                Attribution::LastTouch => "best[level]".to_string(),
+                Attribution::Step(n) => format!("if(level > {n}, best[{}], best[1])", n + 1),
+            };
+            (
+                "kind, label, ",
+                ", any(k) AS kinds, any(l) AS labels",
+                format!(", kinds[{row}] AS kind, if(kind = 0, labels[{row}], '') AS label"),
+            )
+        }
+    };
     let sql = format!(
-        "SELECT i, n, total / n, if(n % 2 = 1, toFloat64(s[intDiv(n, 2) + 1]), (s[intDiv(n, 2)] + s[intDiv(n, 2) + 1]) / 2)
+        "SELECT {keys}i, n, total / n, if(n % 2 = 1, toFloat64(s[intDiv(n, 2) + 1]), (s[intDiv(n, 2)] + s[intDiv(n, 2) + 1]) / 2)
 FROM (
-    SELECT i, count() AS n, arraySort(groupArray(dt)) AS s, sum(dt) AS total FROM (
-        SELECT i, if(i = 0, toInt64(0), times[best[i + 1]] - times[best[i]]) AS dt FROM (
-            SELECT person, max(lvl) AS level, argMax(sel, toInt64(lvl) * 4294967296 - toInt64(s0)) AS best,
-                any(t) AS times
-            FROM (
+    SELECT {keys}i, count() AS n, arraySort(groupArray(dt)) AS s, sum(dt) AS total FROM (
+        SELECT {keys}i, if(i = 0, toInt64(0), times[best[i + 1]] - times[best[i]]) AS dt FROM (
+            SELECT person, level, best, times{label} FROM (
+                SELECT person, max(lvl) AS level, argMax(sel, toInt64(lvl) * 4294967296 - toInt64(s0)) AS best,
+                    any(t) AS times{per_person}
+                FROM (
     {attempts}
-            ) GROUP BY person
+                ) GROUP BY person
+            )
         ) ARRAY JOIN range(toUInt64(level)) AS i
-    ) GROUP BY i
-) ORDER BY i"
+    ) GROUP BY {keys}i
+) ORDER BY {keys}i"
     );
+    if let Some(b) = split {
+        return Compiled {
+            statements: vec![
+                Statement {
+                    sql: b.split.ranking(),
+                    fill: Fill::FunnelRanking {
+                        limit: b.limit,
+                        steps,
+                    },
+                },
+                Statement {
+                    sql,
+                    fill: Fill::SplitFunnel,
+                },
+            ],
+            empty: Answer::FunnelBreakdown(Vec::new()),
+        };
+    }
     let mut statements = vec![Statement {
         sql,
         fill: Fill::Funnel,
@@ -242,7 +368,12 @@ fn exclusion(ex: &Exclusion, bit: u64, order: FunnelOrder, window: i64, level: &
 /// Counting events by time from the entry's time (not by position) also counts the entry's ties that sort before
 /// it; the attempt of the first of those ties counts them all the same, and is the earlier entry, so the best
 /// attempt is unchanged.
-fn unordered(f: &FunnelQuery, plan: &Plan, target: &Target) -> Result<Compiled, Unsupported> {
+fn unordered(
+    f: &FunnelQuery,
+    plan: &Plan,
+    target: &Target,
+    split: Option<Breakdown>,
+) -> Result<Compiled, Unsupported> {
     let steps = f.steps.len();
     // Distinct step definitions, with how many steps each is.
     let mut groups: Vec<(usize, usize)> = Vec::new(); // (index of its first step, multiplicity)
@@ -270,7 +401,13 @@ fn unordered(f: &FunnelQuery, plan: &Plan, target: &Target) -> Result<Compiled, 
         .iter()
         .map(|g| expr::spec_condition(&plan.specs[g.0], &plan.common))
         .collect::<Result<Vec<_>, _>>()?;
-    let per_entry = entries(&rows(plan, target, &conds, false), "fi != 0", plan);
+    let per_entry = entries(
+        &rows(plan, target, &conds, false, split.as_ref()),
+        "fi != 0",
+        plan,
+        split.as_ref(),
+    );
+    let arrays = arrays(split.as_ref());
     let level = groups
         .iter()
         .enumerate()
@@ -295,9 +432,9 @@ fn unordered(f: &FunnelQuery, plan: &Plan, target: &Target) -> Result<Compiled, 
         .collect::<Vec<_>>()
         .join(", ");
     let attempts = format!(
-        "SELECT person, t, {level} + 0 * (t0 + s0) AS lvl, s0, t0, arraySort(arrayConcat({rows_of})) AS sel FROM (
+        "SELECT person, {arrays}, {level} + 0 * (t0 + s0) AS lvl, s0, t0, arraySort(arrayConcat({rows_of})) AS sel FROM (
     {per_entry}
     )"
     );
-    Ok(answer(&attempts, steps, f.trends.then_some(plan)))
+    Ok(answer(&attempts, steps, f.trends.then_some(plan), split))
 }

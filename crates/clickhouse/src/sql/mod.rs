@@ -9,7 +9,7 @@
 //! Supported: trends (`total`, `dau`, `weekly_active`, `monthly_active`, `per_user`, property maths including
 //! percentiles; `compare`; event-property breakdowns; formulas are evaluated on the returned series by the
 //! caller), funnels (`ordered`, `strict`, `unordered`; exclusions; conversion windows; step counts, conversion
-//! times, trends), retention (first-time and recurring, `on` and `on_or_after`), stickiness, lifecycle;
+//! times, trends; event-property breakdowns), retention (first-time and recurring, `on` and `on_or_after`), stickiness, lifecycle;
 //! event-property filters (`exact`, `is_not`, `is_set`, `is_not_set`, `gt`, `gte`, `lt`, `lte`, `contains`,
 //! `not_contains`). Everything else returns [`Unsupported`] naming the field; see `docs/clickhouse.md`.
 
@@ -100,6 +100,8 @@ pub enum Answer {
     Trends(Vec<Vec<Vec<f64>>>),
     /// A trends insight with an event-property breakdown: per planned read, its labels and numbers.
     TrendsBreakdown(Vec<SplitRead>),
+    /// A funnel with an event-property breakdown: its labels (as in [`SplitRead`]) and per label the steps.
+    FunnelBreakdown(Vec<FunnelSplit>),
     /// Per step: the persons reaching it (`reached[0]`: entered the funnel), and the mean and median time in
     /// microseconds from the step before, over them (`None` for the first step and for a step nobody reached).
     /// With `trends`, per bucket `(entered, completed)`.
@@ -115,6 +117,16 @@ pub enum Answer {
     Stickiness(Vec<u64>),
     /// Per bucket.
     Lifecycle(Lifecycle),
+}
+
+/// One breakdown label of a funnel: per step, the persons counted under it reaching the step, and the mean and
+/// median time from the step before (as [`Answer::Funnel`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunnelSplit {
+    pub label: serde_json::Value,
+    pub reached: Vec<u64>,
+    pub avg_time_us: Vec<Option<f64>>,
+    pub median_time_us: Vec<Option<f64>>,
 }
 
 /// One read of a trends insight with a breakdown.
@@ -147,6 +159,10 @@ enum Fill {
     Funnel,
     /// Rows `(bucket, entered, completed)`.
     FunnelTrend,
+    /// Rows `(value, rows)` ranking a funnel breakdown's values (at most `limit + 1`).
+    FunnelRanking { limit: usize, steps: usize },
+    /// Rows `(kind, value, step, persons, mean time, median time)`.
+    SplitFunnel,
     /// Rows `(p, k, persons)`.
     Retention,
     /// Rows `(buckets active, persons)`.
@@ -183,7 +199,6 @@ pub fn compile<Tz: TimeZone>(
             trends::compile(t, plan, target)
         }
         InsightQuery::Funnel(f) => {
-            no_breakdown(&f.breakdown)?;
             no_test_accounts(f.common.filter_test_accounts)?;
             funnel::compile(f, plan, target)
         }
@@ -264,6 +279,8 @@ impl Compiled {
     ) -> Result<(Answer, Vec<Vec<Vec<String>>>), RunError> {
         let mut answer = self.empty.clone();
         let mut trace = Vec::with_capacity(self.statements.len());
+        // How many of a funnel breakdown's labels are ranked values.
+        let mut funnel_ranked = 0;
         for st in &self.statements {
             let rows = client.query_rows(&st.sql).await?;
             trace.push(rows.clone());
@@ -292,8 +309,45 @@ impl Compiled {
                 });
                 continue;
             }
+            if let (Answer::FunnelBreakdown(splits), Fill::FunnelRanking { limit, steps }) =
+                (&mut answer, st.fill)
+            {
+                let (labels, ranked) = breakdown::labels(&rows, limit);
+                funnel_ranked = ranked;
+                *splits = labels
+                    .into_iter()
+                    .map(|label| FunnelSplit {
+                        label,
+                        reached: vec![0; steps],
+                        avg_time_us: vec![None; steps],
+                        median_time_us: vec![None; steps],
+                    })
+                    .collect();
+                continue;
+            }
             for row in rows {
                 match (&mut answer, st.fill) {
+                    (Answer::FunnelBreakdown(splits), Fill::SplitFunnel) => {
+                        let labels: Vec<serde_json::Value> =
+                            splits.iter().map(|s| s.label.clone()).collect();
+                        let kind: u8 = field(&row, 0, sql)?;
+                        let at = breakdown::label_index(
+                            &labels,
+                            funnel_ranked,
+                            kind,
+                            row.get(1).map(String::as_str),
+                        )
+                        .ok_or_else(|| {
+                            RunError::Shape(format!("label {row:?} not ranked in `{sql}`"))
+                        })?;
+                        let split = &mut splits[at];
+                        let i: i64 = field(&row, 2, sql)?;
+                        *slot(&mut split.reached, i, sql)? = field(&row, 3, sql)?;
+                        if i > 0 {
+                            *slot(&mut split.avg_time_us, i, sql)? = Some(field(&row, 4, sql)?);
+                            *slot(&mut split.median_time_us, i, sql)? = Some(field(&row, 5, sql)?);
+                        }
+                    }
                     (Answer::TrendsBreakdown(reads), Fill::SplitSeries { read, series }) => {
                         let r = reads
                             .get_mut(read)
