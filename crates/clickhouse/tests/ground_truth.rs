@@ -1510,6 +1510,90 @@ async fn check_retention(r: &mut Runner, events: &[Event], tz: &Tz) {
     }
 }
 
+/// Retention breakdowns: ranked by the start rows the read covers, each membership under the label of the start
+/// row that placed the person in that cohort (`flywheel_truth::retention_by_row`).
+async fn check_retention_breakdowns(r: &mut Runner, events: &[Event], tz: &Tz) {
+    let all = rows(events, tz, Pred::Any);
+    let label = |e: &Event| e.props.get("city").filter(|v| !v.is_null()).map(text);
+    for (cohort, mode, period, periods, date_to, limit) in [
+        ("first_time", "on", "week", 6, "2026-04-26", 3),
+        ("recurring", "on_or_after", "day", 10, "2026-04-12", 2),
+    ] {
+        let (_, p, a) = r
+            .run(
+                InsightKind::Retention,
+                json!({"start_event": {"event": "a"}, "return_event": {"event": "b"}, "cohort": cohort,
+                       "mode": mode, "period": period, "periods": periods, "date_to": date_to,
+                       "breakdown": {"property": "city", "limit": limit}}),
+                tz,
+            )
+            .await;
+        let read = &p.reads[0];
+        let (day_from, day_to) = (
+            read.from_us.div_euclid(DAY_US) * DAY_US,
+            ((read.to_us - 1).div_euclid(DAY_US) + 1) * DAY_US,
+        );
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for e in events {
+            if e.event == "a" && day_from <= e.ts && e.ts < day_to {
+                if let Some(l) = label(e) {
+                    *counts.entry(l).or_default() += 1;
+                }
+            }
+        }
+        let mut ranked: Vec<(String, u64)> = counts.into_iter().collect();
+        ranked.sort_by(|x, y| y.1.cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
+        let top: Vec<String> = ranked.iter().take(limit).map(|x| x.0.clone()).collect();
+        let mut labels: Vec<Value> = top.iter().map(|l| json!(l)).collect();
+        if ranked.len() > limit {
+            labels.push(json!("$$_posthog_breakdown_other_$$"));
+        }
+        labels.push(Value::Null);
+        let codes: Vec<u32> = events
+            .iter()
+            .map(|e| match label(e) {
+                None => labels.len() as u32 - 1,
+                Some(l) => top.iter().position(|t| *t == l).unwrap_or(limit) as u32,
+            })
+            .collect();
+        let range = &read.range;
+        let tables = truth::retention_by_row(
+            &all,
+            &codes,
+            labels.len(),
+            truth::Retention {
+                start_event: "a",
+                return_event: "b",
+                cohorting: if cohort == "first_time" {
+                    truth::Cohorting::FirstTime
+                } else {
+                    truth::Cohorting::Recurring
+                },
+                interval: interval(range.interval),
+                from_us: local_range(range, tz).from_us,
+                periods,
+                on_or_after: mode == "on_or_after",
+            },
+        );
+        let Answer::RetentionBreakdown(got) = &a else {
+            panic!("{a:?}")
+        };
+        let what = format!("{cohort} {mode} {period} retention by city in {tz}");
+        assert_eq!(
+            got.iter().map(|g| g.label.clone()).collect::<Vec<_>>(),
+            labels,
+            "{what}"
+        );
+        for (g, t) in got.iter().zip(&tables) {
+            assert_eq!(&g.table, t, "{what}, label {}", g.label);
+        }
+        assert!(
+            tables.iter().filter(|t| t[0][0] > 0).count() > 1,
+            "several labels have a cohort"
+        );
+    }
+}
+
 async fn check_stickiness_and_lifecycle(r: &mut Runner, events: &[Event], tz: &Tz) {
     for (interval_name, from, to) in [
         ("day", "2026-04-01", "2026-04-20"),
@@ -1682,6 +1766,7 @@ async fn insights_match_the_truth_on_clickhouse_18_and_current() {
         check_funnel_trends(&mut r, &events, &tz).await;
         check_funnel_breakdowns(&mut r, &events, &tz).await;
         check_retention(&mut r, &events, &tz).await;
+        check_retention_breakdowns(&mut r, &events, &tz).await;
         check_stickiness_and_lifecycle(&mut r, &events, &tz).await;
     }
     // The one-call entry point gives the same answers.

@@ -91,8 +91,8 @@ fn unsupported_options_name_their_field() {
         ),
         (
             Retention,
-            json!({"start_event": a, "return_event": a, "breakdown": {"property": "plan"}}),
-            "breakdown",
+            json!({"start_event": a, "return_event": a, "breakdown": {"property": "plan", "type": "person"}}),
+            "breakdown.type",
         ),
         (
             Stickiness,

@@ -7,11 +7,12 @@
 //! ClickHouse (the tests run every one on current ClickHouse through chdb).
 //!
 //! Supported: trends (`total`, `dau`, `weekly_active`, `monthly_active`, `per_user`, property maths including
-//! percentiles; `compare`; event-property breakdowns; formulas are evaluated on the returned series by the
-//! caller), funnels (`ordered`, `strict`, `unordered`; exclusions; conversion windows; step counts, conversion
-//! times, trends; event-property breakdowns), retention (first-time and recurring, `on` and `on_or_after`), stickiness, lifecycle;
-//! event-property filters (`exact`, `is_not`, `is_set`, `is_not_set`, `gt`, `gte`, `lt`, `lte`, `contains`,
-//! `not_contains`). Everything else returns [`Unsupported`] naming the field; see `docs/clickhouse.md`.
+//! percentiles; `compare`; formulas are evaluated on the returned series by the caller), funnels (`ordered`,
+//! `strict`, `unordered`; exclusions; conversion windows; step counts, conversion times, trends), retention
+//! (first-time and recurring, `on` and `on_or_after`), stickiness, lifecycle; event-property breakdowns of trends,
+//! funnels and retention; event-property filters (`exact`, `is_not`, `is_set`, `is_not_set`, `gt`, `gte`, `lt`,
+//! `lte`, `contains`, `not_contains`). Everything else returns [`Unsupported`] naming the field; see
+//! `docs/clickhouse.md`.
 
 mod breakdown;
 mod expr;
@@ -100,6 +101,8 @@ pub enum Answer {
     Trends(Vec<Vec<Vec<f64>>>),
     /// A trends insight with an event-property breakdown: per planned read, its labels and numbers.
     TrendsBreakdown(Vec<SplitRead>),
+    /// A retention table with an event-property breakdown: per label (as in [`SplitRead`]) its table.
+    RetentionBreakdown(Vec<RetentionSplit>),
     /// A funnel with an event-property breakdown: its labels (as in [`SplitRead`]) and per label the steps.
     FunnelBreakdown(Vec<FunnelSplit>),
     /// Per step: the persons reaching it (`reached[0]`: entered the funnel), and the mean and median time in
@@ -117,6 +120,14 @@ pub enum Answer {
     Stickiness(Vec<u64>),
     /// Per bucket.
     Lifecycle(Lifecycle),
+}
+
+/// One breakdown label of a retention table: the memberships placed by a start row with that label.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetentionSplit {
+    pub label: serde_json::Value,
+    /// As [`Answer::Retention`].
+    pub table: Vec<Vec<u64>>,
 }
 
 /// One breakdown label of a funnel: per step, the persons counted under it reaching the step, and the mean and
@@ -163,6 +174,10 @@ enum Fill {
     FunnelRanking { limit: usize, steps: usize },
     /// Rows `(kind, value, step, persons, mean time, median time)`.
     SplitFunnel,
+    /// Rows `(value, rows)` ranking a retention breakdown's values (at most `limit + 1`).
+    RetentionRanking { limit: usize, periods: usize },
+    /// Rows `(kind, value, p, k, persons)`.
+    SplitRetention,
     /// Rows `(p, k, persons)`.
     Retention,
     /// Rows `(buckets active, persons)`.
@@ -203,7 +218,6 @@ pub fn compile<Tz: TimeZone>(
             funnel::compile(f, plan, target)
         }
         InsightQuery::Retention(r) => {
-            no_breakdown(&r.breakdown)?;
             no_test_accounts(r.filter_test_accounts)?;
             retention::compile(r, plan, target)
         }
@@ -279,8 +293,8 @@ impl Compiled {
     ) -> Result<(Answer, Vec<Vec<Vec<String>>>), RunError> {
         let mut answer = self.empty.clone();
         let mut trace = Vec::with_capacity(self.statements.len());
-        // How many of a funnel breakdown's labels are ranked values.
-        let mut funnel_ranked = 0;
+        // How many of a funnel's or retention table's breakdown labels are ranked values.
+        let mut split_ranked = 0;
         for st in &self.statements {
             let rows = client.query_rows(&st.sql).await?;
             trace.push(rows.clone());
@@ -309,11 +323,25 @@ impl Compiled {
                 });
                 continue;
             }
+            if let (Answer::RetentionBreakdown(splits), Fill::RetentionRanking { limit, periods }) =
+                (&mut answer, st.fill)
+            {
+                let (labels, ranked) = breakdown::labels(&rows, limit);
+                split_ranked = ranked;
+                *splits = labels
+                    .into_iter()
+                    .map(|label| RetentionSplit {
+                        label,
+                        table: vec![vec![0; periods]; periods],
+                    })
+                    .collect();
+                continue;
+            }
             if let (Answer::FunnelBreakdown(splits), Fill::FunnelRanking { limit, steps }) =
                 (&mut answer, st.fill)
             {
                 let (labels, ranked) = breakdown::labels(&rows, limit);
-                funnel_ranked = ranked;
+                split_ranked = ranked;
                 *splits = labels
                     .into_iter()
                     .map(|label| FunnelSplit {
@@ -327,13 +355,29 @@ impl Compiled {
             }
             for row in rows {
                 match (&mut answer, st.fill) {
+                    (Answer::RetentionBreakdown(splits), Fill::SplitRetention) => {
+                        let labels: Vec<serde_json::Value> =
+                            splits.iter().map(|s| s.label.clone()).collect();
+                        let kind: u8 = field(&row, 0, sql)?;
+                        let at = breakdown::label_index(
+                            &labels,
+                            split_ranked,
+                            kind,
+                            row.get(1).map(String::as_str),
+                        )
+                        .ok_or_else(|| {
+                            RunError::Shape(format!("label {row:?} not ranked in `{sql}`"))
+                        })?;
+                        let (p, k): (i64, i64) = (field(&row, 2, sql)?, field(&row, 3, sql)?);
+                        *slot(slot(&mut splits[at].table, p, sql)?, k, sql)? = field(&row, 4, sql)?;
+                    }
                     (Answer::FunnelBreakdown(splits), Fill::SplitFunnel) => {
                         let labels: Vec<serde_json::Value> =
                             splits.iter().map(|s| s.label.clone()).collect();
                         let kind: u8 = field(&row, 0, sql)?;
                         let at = breakdown::label_index(
                             &labels,
-                            funnel_ranked,
+                            split_ranked,
                             kind,
                             row.get(1).map(String::as_str),
                         )
