@@ -11,6 +11,7 @@ use hyper::{Method, Request};
 use hyper_util::client::legacy::{connect::HttpConnector, Client as HyperClient};
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
+use std::time::Duration;
 
 /// Why a ClickHouse call failed.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,13 @@ pub enum ClickHouseError {
     /// ClickHouse could not be reached, or the connection broke.
     #[error("ClickHouse at {url} is unreachable: {message}")]
     Unreachable { url: String, message: String },
+    /// No complete answer within the client's timeout ([`Client::with_timeout`]).
+    #[error("ClickHouse at {url} did not answer `{statement}` within {seconds} s")]
+    Timeout {
+        url: String,
+        statement: String,
+        seconds: u64,
+    },
     /// ClickHouse refused the statement; `message` is its own text.
     #[error("ClickHouse answered {status} to `{statement}`: {message}")]
     Server {
@@ -39,7 +47,15 @@ pub struct Client {
     url: String,
     http: HyperClient<HttpConnector, Full<Bytes>>,
     user: Option<(String, String)>,
+    timeout: Duration,
 }
+
+/// How long a statement may take by default, answer included.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Longest statement text ClickHouse accepts from this client (its default, 256 KiB, is less than an insight over
+/// ten thousand hour buckets needs: each bucket boundary is a constant in the statement).
+const MAX_QUERY_SIZE: usize = 16 << 20;
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -78,7 +94,15 @@ impl Client {
             url: trimmed.to_string(),
             http,
             user: None,
+            timeout: DEFAULT_TIMEOUT,
         })
+    }
+
+    /// Gives up on a statement (connection, execution and answer) after `timeout` (default
+    /// [`DEFAULT_TIMEOUT`]).
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = timeout;
+        self
     }
 
     /// Authenticates as `user` (ClickHouse's `X-ClickHouse-User` / `X-ClickHouse-Key` headers).
@@ -102,7 +126,7 @@ impl Client {
     ) -> Result<Bytes, ClickHouseError> {
         let uri = match query {
             Some(q) => format!("{}/?query={}", self.url, percent_encode(q)),
-            None => format!("{}/", self.url),
+            None => format!("{}/?max_query_size={MAX_QUERY_SIZE}", self.url),
         };
         let mut req = Request::builder().method(Method::POST).uri(uri);
         if let Some((user, key)) = &self.user {
@@ -120,14 +144,24 @@ impl Client {
             url: self.url.clone(),
             message: e.to_string(),
         };
-        let resp = self.http.request(req).await.map_err(|e| unreachable(&e))?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
+        let exchange = async {
+            let resp = self.http.request(req).await.map_err(|e| unreachable(&e))?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| unreachable(&e))?
+                .to_bytes();
+            Ok::<_, ClickHouseError>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|e| unreachable(&e))?
-            .to_bytes();
+            .map_err(|_| ClickHouseError::Timeout {
+                url: self.url.clone(),
+                statement: excerpt(shown),
+                seconds: self.timeout.as_secs(),
+            })??;
         if !status.is_success() {
             return Err(ClickHouseError::Server {
                 status: status.as_u16(),

@@ -47,6 +47,25 @@ async fn queries_inserts_and_errors() {
         Some("2")
     );
 
+    // Statements longer than ClickHouse's default limit (256 KiB): an insight over 10,000 hour buckets.
+    let long: Vec<String> = (0..20_000i64)
+        .map(|i| (1_772_323_200_000_000 + i * 3_600_000_000).to_string())
+        .collect();
+    let sql = format!("SELECT length(CAST([{}] AS Array(Int64)))", long.join(","));
+    assert!(sql.len() > 300_000);
+    assert_eq!(
+        client.query_rows(&sql).await.unwrap(),
+        vec![vec!["20000".to_string()]]
+    );
+    // A statement slower than the client's patience.
+    let impatient = client
+        .clone()
+        .with_timeout(std::time::Duration::from_millis(200));
+    match impatient.query_rows("SELECT sleep(2)").await {
+        Err(ClickHouseError::Timeout { statement, .. }) => assert_eq!(statement, "SELECT sleep(2)"),
+        other => panic!("{other:?}"),
+    }
+
     match client.query_rows("SELECT no_such_function(1)").await {
         Err(ClickHouseError::Server {
             status,
