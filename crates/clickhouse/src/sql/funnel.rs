@@ -153,7 +153,12 @@ pub(super) fn compile(
     let attempts = format!(
         "SELECT person, {arrays}, {level} AS lvl, s0, t0, [{positions}] AS sel FROM (\n    {sql}\n)"
     );
-    Ok(answer(&attempts, steps, f.trends.then_some(plan), split))
+    Ok(answer(
+        &attempts,
+        steps,
+        f.trends.then_some((plan, attempts.as_str())),
+        split,
+    ))
 }
 
 /// The rows a funnel reads: person, time, uuid and flags (bit `i`: `conds[i]`); only rows with a flag unless
@@ -241,10 +246,13 @@ fn entries(rows: &str, entry: &str, plan: &Plan, split: Option<&Breakdown>) -> S
 ///
 /// With `trend` (a funnel with `trends`), a second statement: per bucket of the plan, the persons with a valid
 /// attempt entering in it, and those of them with such an attempt reaching the last step (the kernel's trend).
+///
+/// `trend` carries the plan and the attempts for the trend (every attempt's `lvl` and `t0`; `attempts` itself may
+/// have been reduced to each person's best).
 fn answer(
     attempts: &str,
     steps: usize,
-    trend: Option<&Plan>,
+    trend: Option<(&Plan, &str)>,
     split: Option<Breakdown>,
 ) -> Compiled {
     // With a breakdown, the person's label is that of one row of the best attempt (see `Attribution`).
@@ -301,7 +309,7 @@ FROM (
         sql,
         fill: Fill::Funnel,
     }];
-    let buckets = trend.map(|plan| {
+    let buckets = trend.map(|(plan, attempts)| {
         let read = &plan.reads[0];
         let starts = &read.bucket_starts_us;
         let first = starts.first().copied().unwrap_or(read.end_us);
@@ -431,10 +439,34 @@ fn unordered(
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let attempts = format!(
-        "SELECT person, {arrays}, {level} + 0 * (t0 + s0) AS lvl, s0, t0, arraySort(arrayConcat({rows_of})) AS sel FROM (
+    let levels = format!(
+        "SELECT person, {arrays}, {level} + 0 * (t0 + s0) AS lvl, s0, t0 FROM (
     {per_entry}
     )"
     );
-    Ok(answer(&attempts, steps, f.trends.then_some(plan), split))
+    // The rows of an attempt are only needed for each person's best one (the furthest, the earliest entry among
+    // equals): reduce first, then pick them.
+    let carried: String = arrays
+        .split(", ")
+        .map(|a| format!("any({a}) AS {a}_, "))
+        .collect();
+    let renamed: String = arrays
+        .split(", ")
+        .map(|a| format!("{a}_ AS {a}, "))
+        .collect();
+    let attempts = format!(
+        "SELECT person, {renamed}lvl_ + 0 * (t0_ + s0_) AS lvl, s0_ AS s0, t0_ AS t0, arraySort(arrayConcat({rows_of})) AS sel FROM (
+    SELECT person, {carried}max(lvl) AS lvl_, argMax(s0, toInt64(lvl) * 4294967296 - toInt64(s0)) AS s0_,
+        argMax(t0, toInt64(lvl) * 4294967296 - toInt64(s0)) AS t0_
+    FROM (
+    {levels}
+    ) GROUP BY person
+    )"
+    );
+    Ok(answer(
+        &attempts,
+        steps,
+        f.trends.then_some((plan, levels.as_str())),
+        split,
+    ))
 }
