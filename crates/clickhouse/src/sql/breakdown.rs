@@ -1,0 +1,114 @@
+//! Event-property breakdowns, as the embedded engine ranks them (`crates/server/src/insights.rs`, `rank_codes`
+//! and `row_codes`).
+//!
+//! A row's label is its property's text (a string as itself, another value as its JSON: the engine's
+//! `label_of`). The values of the rows a kind ranks (trends: rows matching any series; funnels: first-step rows)
+//! are ranked by their rows, most first, then by value (byte order); the first `limit` keep a label each, the
+//! others share the "other" label, rows without the property get the `null` label. One statement lists the
+//! ranking (the labels' order); the statements that split by it rank again in a scalar subquery (`WITH (…) AS
+//! top`), so each is self-contained, and give each row a `kind` (0: a ranked value, 1: other, 2: no value) and a
+//! `label` (the value for kind 0, `''` otherwise).
+
+use super::expr::{self, Target};
+
+const DAY_US: i64 = 86_400_000_000;
+
+/// The label of the breakdown row of the values beyond the limit (PostHog's marker, as the engine uses it).
+pub const BREAKDOWN_OTHER: &str = "$$_posthog_breakdown_other_$$";
+
+/// An event-property breakdown over one read.
+pub(super) struct Split {
+    /// The property key as a literal.
+    key: String,
+    /// The ranking statement with `limit + 1` rows (the last, when present, says there are others).
+    ranking: String,
+    /// `(SELECT groupArray(v) …)`: the ranked values that keep a label.
+    top: String,
+}
+
+impl Split {
+    /// The breakdown by `property` of the rows satisfying `ranked` read in `[from_us, to_us)`.
+    ///
+    /// The rows ranked are those of the whole UTC days the read touches, not only the read's instants: the
+    /// embedded engine ranks the rows of the day partitions it prepares for the read (`prepare_read`), which reach
+    /// past the range's ends when the project's time zone is not UTC.
+    pub(super) fn new(
+        property: &str,
+        limit: usize,
+        from_us: i64,
+        to_us: i64,
+        ranked: &str,
+        target: &Target,
+    ) -> Split {
+        let key = expr::string(property);
+        let from = from_us.div_euclid(DAY_US) * DAY_US;
+        let to = ((to_us - 1).div_euclid(DAY_US) + 1) * DAY_US;
+        let rows = expr::source(
+            target,
+            &format!("prop_texts[indexOf(prop_keys, {key})] AS v"),
+            from,
+            to,
+            &format!("({ranked}) AND has(prop_keys, {key})"),
+        );
+        let ranking = |limit: usize| {
+            format!(
+                "SELECT v, count() AS c FROM (\n    {rows}\n) GROUP BY v ORDER BY c DESC, v ASC LIMIT {limit}"
+            )
+        };
+        Split {
+            top: format!("(SELECT groupArray(v) FROM ({}))", ranking(limit)),
+            ranking: ranking(limit + 1),
+            key,
+        }
+    }
+
+    /// The ranking statement: rows `(value, rows)`, at most `limit + 1`.
+    pub(super) fn ranking(&self) -> String {
+        self.ranking.clone()
+    }
+
+    /// `source` (a `SELECT`) with the ranked values available as `top`.
+    pub(super) fn with(&self, source: String) -> String {
+        format!("WITH {} AS top {source}", self.top)
+    }
+
+    /// The columns `kind` and `label` of a row, to append to a select list inside [`Split::with`].
+    pub(super) fn columns(&self) -> String {
+        let key = &self.key;
+        format!(
+            ", multiIf(NOT has(prop_keys, {key}), 2, has(top, prop_texts[indexOf(prop_keys, {key})]), 0, 1) AS kind, \
+             if(kind = 0, prop_texts[indexOf(prop_keys, {key})], '') AS label"
+        )
+    }
+}
+
+/// The labels of a ranking statement's rows, in the engine's order, and how many are ranked values.
+pub(super) fn labels(rows: &[Vec<String>], limit: usize) -> (Vec<serde_json::Value>, usize) {
+    let mut labels: Vec<serde_json::Value> = rows
+        .iter()
+        .take(limit)
+        .map(|r| serde_json::Value::String(r.first().cloned().unwrap_or_default()))
+        .collect();
+    let ranked = labels.len();
+    if rows.len() > limit {
+        labels.push(serde_json::Value::String(BREAKDOWN_OTHER.into()));
+    }
+    labels.push(serde_json::Value::Null);
+    (labels, ranked)
+}
+
+/// The index in `labels` (with `ranked` ranked values) of a row's `(kind, value)`.
+pub(super) fn label_index(
+    labels: &[serde_json::Value],
+    ranked: usize,
+    kind: u8,
+    value: Option<&str>,
+) -> Option<usize> {
+    let n = labels.len();
+    match kind {
+        0 => labels[..ranked].iter().position(|l| l.as_str() == value),
+        1 if ranked + 1 < n => Some(ranked),
+        2 => Some(n - 1),
+        _ => None,
+    }
+}
