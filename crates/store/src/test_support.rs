@@ -350,20 +350,33 @@ impl Drop for TestPostgres {
 /// The directory holding PostgreSQL's server programs: `FLYWHEEL_POSTGRES_BIN`, else the newest
 /// `/usr/lib/postgresql/<major>/bin` (Debian, Ubuntu), else a directory on `PATH` holding all of them.
 pub fn find_programs() -> Result<PathBuf, Error> {
+    find_programs_in(
+        std::env::var_os(BIN_ENV).map(PathBuf::from),
+        Path::new("/usr/lib/postgresql"),
+        std::env::var_os("PATH"),
+    )
+}
+
+fn find_programs_in(
+    explicit: Option<PathBuf>,
+    debian_root: &Path,
+    path: Option<std::ffi::OsString>,
+) -> Result<PathBuf, Error> {
     let has_all = |dir: &Path| PROGRAMS.iter().all(|p| dir.join(p).is_file());
-    if let Some(dir) = std::env::var_os(BIN_ENV) {
-        let dir = PathBuf::from(dir);
+    if let Some(dir) = explicit {
         return if has_all(&dir) {
             Ok(dir)
         } else {
             Err(Error(format!(
-                "test PostgreSQL: {BIN_ENV}={} does not hold all of {}",
+                "test PostgreSQL: {BIN_ENV}={} does not hold all of {} (Debian/Ubuntu: \
+                 `apt-get install postgresql` puts them in /usr/lib/postgresql/<major>/bin)",
                 dir.display(),
                 PROGRAMS.join(", ")
             )))
         };
     }
-    let mut versions: Vec<(Vec<u32>, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+    // Numeric order: 9.6 < 10 < 15.
+    let mut versions: Vec<(Vec<u32>, PathBuf)> = fs::read_dir(debian_root)
         .into_iter()
         .flatten()
         .flatten()
@@ -377,7 +390,7 @@ pub fn find_programs() -> Result<PathBuf, Error> {
     if let Some((_, dir)) = versions.into_iter().rev().find(|(_, dir)| has_all(dir)) {
         return Ok(dir);
     }
-    if let Some(dir) = std::env::var_os("PATH")
+    if let Some(dir) = path
         .iter()
         .flat_map(std::env::split_paths)
         .find(|dir| has_all(dir))
@@ -386,9 +399,10 @@ pub fn find_programs() -> Result<PathBuf, Error> {
     }
     Err(Error(format!(
         "test PostgreSQL: the PostgreSQL server programs ({}) are not installed: not in \
-         /usr/lib/postgresql/*/bin nor on PATH. Install them (Debian/Ubuntu, as root: \
+         {}/*/bin nor on PATH. Install them (Debian/Ubuntu, as root: \
          `apt-get install postgresql`), or set {BIN_ENV} to the directory that holds them.",
-        PROGRAMS.join(", ")
+        PROGRAMS.join(", "),
+        debian_root.display()
     )))
 }
 
@@ -460,4 +474,42 @@ fn free_port() -> Result<u16, Error> {
         .local_addr()
         .map(|a| a.port())
         .map_err(|e| err("finding a free port", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_install(dir: &Path, programs: &[&str]) {
+        fs::create_dir_all(dir).unwrap();
+        for p in programs {
+            File::create(dir.join(p)).unwrap();
+        }
+    }
+
+    #[test]
+    fn programs_are_found_newest_debian_version_first_then_on_path() {
+        let root = tempfile::tempdir().unwrap();
+        let debian = root.path().join("lib/postgresql");
+        let on_path = root.path().join("bin");
+        let path = Some(on_path.clone().into_os_string());
+
+        let e = find_programs_in(None, &debian, path.clone()).unwrap_err();
+        assert!(e.to_string().contains("apt-get install postgresql"), "{e}");
+
+        fake_install(&on_path, &PROGRAMS);
+        assert_eq!(find_programs_in(None, &debian, path.clone()), Ok(on_path));
+
+        fake_install(&debian.join("9.6/bin"), &PROGRAMS);
+        fake_install(&debian.join("15/bin"), &PROGRAMS);
+        fake_install(&debian.join("16/bin"), &["initdb", "postgres"]); // a partial install is passed over
+        assert_eq!(
+            find_programs_in(None, &debian, path.clone()),
+            Ok(debian.join("15/bin"))
+        );
+
+        let e = find_programs_in(Some(debian.join("16/bin")), &debian, path).unwrap_err();
+        assert!(e.to_string().contains("FLYWHEEL_POSTGRES_BIN"), "{e}");
+        assert!(e.to_string().contains("apt-get install postgresql"), "{e}");
+    }
 }
