@@ -62,6 +62,8 @@ struct Table {
     /// (columns, referenced table, referenced columns, ON DELETE action).
     foreign_keys: BTreeSet<(Vec<String>, String, Vec<String>, String)>,
     triggers: BTreeSet<String>,
+    /// CHECK constraints (their text differs between the dialects: counted).
+    checks: usize,
 }
 
 type Schema = BTreeMap<String, Table>;
@@ -137,6 +139,15 @@ async fn sqlite_schema(pool: &SqlitePool) -> Schema {
         }
         pk.sort();
         table.primary_key = pk.into_iter().map(|(_, c)| c).collect();
+        // No pragma lists CHECK constraints; the stored CREATE TABLE text (ALTER TABLE ADD COLUMN appends to it)
+        // has one `CHECK (` each.
+        let sql: String = sqlx::query_scalar("SELECT sql FROM sqlite_schema WHERE name = ?")
+            .bind(&name)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        let sql = sql.to_ascii_uppercase().replace("CHECK (", "CHECK(");
+        table.checks = sql.matches("CHECK(").count();
 
         // Column collations are not in pragma_table_info: an index on the column takes the column's collation,
         // so a probe index tells it (this is a throwaway copy of the schema).
@@ -345,6 +356,19 @@ async fn pg_schema(pool: &PgPool) -> Schema {
             ));
         }
     }
+    let checks = sqlx::query(
+        "SELECT cl.relname::text AS tbl, COUNT(*) AS n FROM pg_constraint c
+           JOIN pg_class cl ON cl.oid = c.conrelid JOIN pg_namespace n ON n.oid = cl.relnamespace
+          WHERE c.contype = 'c' AND n.nspname = current_schema() GROUP BY cl.relname",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    for c in checks {
+        if let Some(table) = schema.get_mut(&c.get::<String, _>("tbl")) {
+            table.checks = c.get::<i64, _>("n") as usize;
+        }
+    }
     let triggers = sqlx::query(
         "SELECT t.tgname::text AS name, c.relname::text AS tbl FROM pg_trigger t
            JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -488,6 +512,12 @@ fn differences(expected: &Schema, actual: &Schema) -> Vec<String> {
         for f in have.foreign_keys.difference(&want.foreign_keys) {
             out.push(format!("{name}: foreign key {f:?} only in PostgreSQL"));
         }
+        if want.checks != have.checks {
+            out.push(format!(
+                "{name}: {} CHECK constraints in SQLite, {} in PostgreSQL",
+                want.checks, have.checks
+            ));
+        }
         for t in want.triggers.difference(&have.triggers) {
             out.push(format!("{name}: trigger {t} missing in PostgreSQL"));
         }
@@ -542,6 +572,11 @@ async fn postgres_schema_matches_sqlite() {
             .map(|t| t.columns.len())
             .sum::<usize>()
             > 250
+    );
+    assert_eq!(
+        sqlite_schema.values().map(|t| t.checks).sum::<usize>(),
+        6,
+        "api_keys 2, group_types, memberships, team_invitations, projects 1 each"
     );
     let email = &sqlite_schema["users"].columns[1];
     assert!(
@@ -606,6 +641,36 @@ async fn postgres_migrations_run_once() {
             .await
             .unwrap();
     assert_eq!(again, sequences);
+
+    // A deployment's role needs no superuser: the database's owner can run every migration (the `nocase`
+    // collation included).
+    sqlx::query("CREATE ROLE flywheel_app LOGIN PASSWORD 'app-password'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("CREATE DATABASE flywheel_app OWNER flywheel_app")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let app = PgPool::connect(&format!(
+        "postgres://flywheel_app:app-password@127.0.0.1:{}/flywheel_app",
+        pg.port()
+    ))
+    .await
+    .unwrap();
+    let superuser: bool =
+        sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            .fetch_one(&app)
+            .await
+            .unwrap();
+    assert!(!superuser);
+    PG_MIGRATOR.run(&app).await.unwrap();
+    let applied_as_app: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&app)
+            .await
+            .unwrap();
+    assert_eq!(applied_as_app, 22);
 }
 
 /// What the schema's triggers and types do, beyond its shape: as in SQLite.
@@ -718,6 +783,19 @@ async fn postgres_triggers_and_types_behave_like_sqlite() {
         .await
         .unwrap();
     assert_eq!(email, "Ada@Example.com", "kept as written");
+
+    // CHECK constraints refuse what SQLite's refuse.
+    for refused in [
+        "INSERT INTO api_keys (kind, organization_id, name, key_hash, key_prefix, created_at)
+         VALUES ('other', 1, 'k', 'h1', 'p', 'now')",
+        "INSERT INTO api_keys (kind, organization_id, name, key_hash, key_prefix, created_at)
+         VALUES ('project', 1, 'k', 'h2', 'p', 'now')",
+        "INSERT INTO group_types (project_id, group_type, group_type_index) VALUES (1, 'sixth', 5)",
+        "UPDATE projects SET retention_days = 0",
+    ] {
+        let e = sqlx::query(refused).execute(&pool).await.unwrap_err();
+        assert!(e.to_string().contains("check constraint"), "{refused}: {e}");
+    }
 
     // The BOOLEAN flags take and give Rust bools, as the store binds them.
     sqlx::query(
