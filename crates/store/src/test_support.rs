@@ -15,9 +15,10 @@
 //! - Sign-in: the superuser `flywheel` with a random password over TCP (SCRAM, as a real deployment), `trust` only
 //!   on the unix socket, which is private to the server's user. The cluster uses the `C` locale and UTF-8, so text
 //!   sorts and `lower()` folds exactly as in SQLite (see `docs/postgres.md`).
-//! - The server lives as long as the value. Do not keep one in a `static`: statics are never dropped, so the server
-//!   would outlive the test process. A test process killed with `SIGKILL` leaves its server running (Ctrl-C reaches
-//!   it: it is in the same process group).
+//! - The server lives as long as the value, and never longer than the test process: `postgres` runs under a small
+//!   `sh` watchdog that stops it and deletes the directory when the process ends without dropping it (killed, or
+//!   the server kept in a `static`, which is never dropped: [`TestPostgres::shared`] is one server per test
+//!   binary, with a database per test).
 //!
 //! ```no_run
 //! let pg = flywheel_store::test_support::TestPostgres::start().unwrap();
@@ -34,6 +35,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use rand::distributions::{Alphanumeric, DistString};
@@ -135,6 +137,17 @@ impl TestPostgres {
         Ok(server)
     }
 
+    /// One server for the whole test binary, started on first use; give each test its own database with
+    /// [`Self::create_database`]. Never dropped (it is a `static`): the watchdog stops it and deletes its
+    /// directory when the test process exits.
+    pub fn shared() -> Result<&'static TestPostgres, Error> {
+        static SHARED: OnceLock<Result<TestPostgres, Error>> = OnceLock::new();
+        SHARED
+            .get_or_init(Self::start)
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
     /// `postgres://flywheel:<password>@127.0.0.1:<port>/flywheel`.
     pub fn url(&self) -> &str {
         &self.url
@@ -191,7 +204,11 @@ impl TestPostgres {
     /// A command for one of the PostgreSQL programs, run as the server's user, with a clean environment (no
     /// `PGDATA`, `PGPORT`, … from the caller's) in the temporary directory.
     fn program(&self, name: &str) -> Command {
-        let mut cmd = Command::new(self.bin.join(name));
+        self.command(self.bin.join(name))
+    }
+
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
         cmd.env_clear()
             .env("LC_ALL", "C")
             .current_dir(self.dir.path())
@@ -255,7 +272,10 @@ impl TestPostgres {
             let socket_dir = self.socket_dir.display().to_string();
             let data = self.data.display().to_string();
             let child = self
-                .program("postgres")
+                .command("/bin/sh")
+                .args(["-c", WATCHDOG, "watchdog"])
+                .arg(self.dir.path())
+                .arg(self.bin.join("postgres"))
                 .args(["-D", &data, "-p", &port, "-k", &socket_dir])
                 .args([
                     "-c",
@@ -274,6 +294,8 @@ impl TestPostgres {
                     "-c",
                     "max_connections=100",
                 ])
+                // The watchdog's end of a pipe that closes when this process ends, however it ends.
+                .stdin(Stdio::piped())
                 .stdout(log)
                 .stderr(log2)
                 .spawn()
@@ -321,6 +343,23 @@ impl TestPostgres {
     }
 }
 
+/// Runs `postgres` (`$2…`) and stops it when this process ends without dropping the server — killed (SIGKILL,
+/// a test timeout) or holding it in a `static` — then deletes the directory (`$1`): its standard input is a pipe
+/// from this process, and the end of the pipe (EOF) makes it send `postgres` SIGINT (fast shutdown). When
+/// `postgres` exits by itself (a failed start) the watchdog exits with its status. (A background list reads
+/// /dev/null unless told otherwise: the pipe is moved to fd 3 first.)
+const WATCHDOG: &str = r#"dir=$1; shift
+exec 3<&0 </dev/null
+"$@" 3<&- &
+pg=$!
+{ read -r line <&3; : > "$dir/.stopping"; kill -INT "$pg" 2>/dev/null; } &
+watcher=$!
+exec 3<&-
+wait "$pg"
+status=$?
+if [ -e "$dir/.stopping" ]; then rm -rf "$dir"; else kill "$watcher" 2>/dev/null; fi
+exit "$status""#;
+
 enum Exit {
     Failed(String),
     Timeout(String),
@@ -331,7 +370,9 @@ impl Drop for TestPostgres {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        // Fast shutdown: clients are disconnected, the server exits in well under a second.
+        // Fast shutdown: clients are disconnected, the server exits in well under a second. (Should `pg_ctl` fail,
+        // killing the watchdog closes its pipe too late to matter: `wait` below closes it, and the watchdog's
+        // reader stops `postgres`.)
         let stopped = self
             .program("pg_ctl")
             .args(["stop".as_ref(), "-D".as_ref(), self.data.as_os_str()])

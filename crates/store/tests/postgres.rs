@@ -1,5 +1,6 @@
-//! The PostgreSQL metadata schema (`migrations/postgres`) against the SQLite one (`migrations/sqlite`), on a
-//! throwaway PostgreSQL server (`flywheel_store::test_support`, docs/postgres.md):
+//! The PostgreSQL metadata schema (`migrations/postgres`) against the SQLite one (`migrations/sqlite`), on
+//! throwaway PostgreSQL servers (`flywheel_store::test_support`, docs/postgres.md; one shared server with a database
+//! per test, and one of its own for the placeholder test):
 //!
 //! - every SQLite migration has a PostgreSQL twin with the same version and description;
 //! - both migrated schemas have the same tables, columns (order, type class, NOT NULL, default, generated id,
@@ -528,10 +529,15 @@ fn differences(expected: &Schema, actual: &Schema) -> Vec<String> {
     out
 }
 
-async fn migrated_postgres(pg: &TestPostgres) -> PgPool {
-    let pool = PgPool::connect(pg.url()).await.unwrap();
+/// A new database of the binary's shared server, migrated.
+async fn migrated_postgres(database: &str) -> (PgPool, String) {
+    let url = TestPostgres::shared()
+        .unwrap()
+        .create_database(database)
+        .unwrap();
+    let pool = PgPool::connect(&url).await.unwrap();
     PG_MIGRATOR.run(&pool).await.unwrap();
-    pool
+    (pool, url)
 }
 
 #[test]
@@ -547,8 +553,7 @@ fn every_sqlite_migration_has_a_postgres_twin() {
 
 #[tokio::test]
 async fn postgres_schema_matches_sqlite() {
-    let pg = TestPostgres::start().unwrap();
-    let pool = migrated_postgres(&pg).await;
+    let (pool, _) = migrated_postgres("schema_parity").await;
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("meta.db");
@@ -595,8 +600,7 @@ async fn postgres_schema_matches_sqlite() {
 
 #[tokio::test]
 async fn postgres_migrations_run_once() {
-    let pg = TestPostgres::start().unwrap();
-    let pool = migrated_postgres(&pg).await;
+    let (pool, url) = migrated_postgres("run_once").await;
     let applied = |pool: PgPool| async move {
         sqlx::query(
             "SELECT version, description, success, checksum, installed_on::text AS installed_on
@@ -632,7 +636,7 @@ async fn postgres_migrations_run_once() {
 
     // A second run (another node starting, a restart) applies nothing and changes nothing.
     PG_MIGRATOR.run(&pool).await.unwrap();
-    let reopened = PgPool::connect(pg.url()).await.unwrap();
+    let reopened = PgPool::connect(&url).await.unwrap();
     PG_MIGRATOR.run(&reopened).await.unwrap();
     assert_eq!(applied(pool.clone()).await, first);
     let again: Vec<(String, i64)> =
@@ -654,7 +658,7 @@ async fn postgres_migrations_run_once() {
         .unwrap();
     let app = PgPool::connect(&format!(
         "postgres://flywheel_app:app-password@127.0.0.1:{}/flywheel_app",
-        pg.port()
+        TestPostgres::shared().unwrap().port()
     ))
     .await
     .unwrap();
@@ -676,8 +680,7 @@ async fn postgres_migrations_run_once() {
 /// What the schema's triggers and types do, beyond its shape: as in SQLite.
 #[tokio::test]
 async fn postgres_triggers_and_types_behave_like_sqlite() {
-    let pg = TestPostgres::start().unwrap();
-    let pool = migrated_postgres(&pg).await;
+    let (pool, _) = migrated_postgres("behaviour").await;
     let now = "2026-11-27T00:00:00.000000Z";
 
     // The cluster sorts and folds text like SQLite (bytes; ASCII-only case folding).
@@ -822,6 +825,7 @@ async fn postgres_triggers_and_types_behave_like_sqlite() {
 #[tokio::test]
 async fn dollar_placeholders_work_on_sqlite_and_postgres() {
     let sqlite = SqlitePool::connect("sqlite::memory:").await.unwrap();
+    // A server of its own (the others share one): dropped at the end.
     let pg = TestPostgres::start().unwrap();
     let postgres = PgPool::connect(pg.url()).await.unwrap();
 
