@@ -30,6 +30,8 @@ mod pql;
 mod projects;
 mod referrals;
 mod sticky;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 mod users;
 mod webhooks;
 
