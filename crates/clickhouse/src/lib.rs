@@ -1,4 +1,4 @@
-//! Flywheel's ClickHouse event backend, query side.
+//! Flywheel's ClickHouse event backend: query side, and the shipper that writes a node's intake log into it.
 //!
 //! - [`schema`]: the tables (events partitioned by month, person overrides for merges) as DDL.
 //! - [`client`]: a small ClickHouse HTTP client (queries, `JSONEachRow` batch inserts, errors carrying
@@ -6,6 +6,7 @@
 //! - [`row`]: an event as the events table stores it (the top-level properties indexed for filters).
 //! - [`sql`]: the insight planner's SQL: [`sql::compile`] turns a resolved insight ([`flywheel_query::plan`])
 //!   into statements, and [`sql::Compiled::run`] runs them and decodes the answer; [`run_insight`] does it all.
+//! - [`ship`]: sends a node's intake-log batches exactly once, whatever fails when ([`Shipper`]).
 //!
 //! Every statement runs on ClickHouse 18.16 (Debian bookworm's `clickhouse-server`, the CI server) and on current
 //! releases: no window functions, no `DateTime64`, no JSON functions, no time-zone-dependent date functions.
@@ -16,8 +17,10 @@
 pub mod client;
 pub mod row;
 pub mod schema;
+pub mod ship;
 pub mod sql;
 
 pub use client::{ClickHouseError, Client};
 pub use row::EventRow;
+pub use ship::{Batch, Shipper};
 pub use sql::{compile, run_insight, Answer, Compiled, InsightError, Unsupported};

@@ -14,6 +14,8 @@
 pub const EVENTS: &str = "events";
 /// The person-override table.
 pub const PERSON_OVERRIDES: &str = "person_overrides";
+/// Table name of the shipments (what each node has sent from its intake log).
+pub const SHIPMENTS: &str = "shipments";
 
 /// `CREATE DATABASE IF NOT EXISTS`.
 pub fn create_database(db: &str) -> String {
@@ -43,7 +45,9 @@ pub fn events_table_with_engine(db: &str, name: &str, engine: &str) -> String {
     prop_texts Array(String),
     prop_numbers Array(Float64),
     prop_lower Array(String),
-    inserted_at DateTime('UTC') DEFAULT now()
+    inserted_at DateTime('UTC') DEFAULT now(),
+    _node String DEFAULT '',
+    _lsn UInt64 DEFAULT 0
 ) ENGINE = {engine}
 PARTITION BY toYYYYMM(timestamp)
 ORDER BY (project_id, event, toDate(timestamp), distinct_id, timestamp_us, uuid)",
@@ -74,12 +78,34 @@ ORDER BY (project_id, distinct_id)",
     )
 }
 
+/// What each node has shipped from its intake log (see `ship`): one row per block, small.
+pub fn shipments_table(db: &str) -> String {
+    shipments_table_with_engine(db, SHIPMENTS, "MergeTree")
+}
+
+/// The shipments table under `name` with a given engine.
+pub fn shipments_table_with_engine(db: &str, name: &str, engine: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {db}.{name} (
+    node String,
+    start_lsn UInt64,
+    end_lsn UInt64,
+    rows UInt64,
+    shipped_at DateTime('UTC') DEFAULT now()
+) ENGINE = {engine}
+ORDER BY (node, end_lsn)",
+        db = ident(db),
+        name = ident(name),
+    )
+}
+
 /// Every statement that creates the schema on one server, in order.
 pub fn create_all(db: &str) -> Vec<String> {
     vec![
         create_database(db),
         events_table(db),
         person_overrides_table(db),
+        shipments_table(db),
     ]
 }
 

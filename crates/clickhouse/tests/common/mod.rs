@@ -16,6 +16,7 @@ pub struct Server {
     child: Child,
     dir: tempfile::TempDir,
     pub url: String,
+    http: u16,
 }
 
 impl Drop for Server {
@@ -96,48 +97,79 @@ fn ping(http: u16) -> bool {
     out.starts_with("HTTP/1.") && out.contains(" 200 ") && out.ends_with("Ok.\n")
 }
 
+/// Starts `clickhouse-server` on the directory's config (written by [`start`]).
+fn spawn(dir: &Path) -> Child {
+    let (bin, prefix) = binary();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("stdout.log"))
+        .expect("a log file");
+    let mut cmd = Command::new(&bin);
+    cmd.args(&prefix);
+    cmd.arg(format!(
+        "--config-file={}",
+        dir.join("config.xml").display()
+    ))
+    .current_dir(dir)
+    .stdin(Stdio::null())
+    .stdout(log.try_clone().expect("a log handle"))
+    .stderr(log);
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()))
+}
+
+impl Server {
+    /// Waits until the server answers (at most 60 s).
+    fn wait(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if ping(self.http) {
+                return;
+            }
+            let exited = self.child.try_wait().ok().flatten();
+            if exited.is_some() || Instant::now() > deadline {
+                let read =
+                    |f: &str| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
+                panic!(
+                    "ClickHouse did not start (exit: {exited:?}):\n{}\n{}",
+                    read("stdout.log"),
+                    read("error.log")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills the server (as a crash would); its data stays.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the stopped server again on the same ports and data, and waits until it answers.
+    pub fn restart(&mut self) {
+        self.child = spawn(self.dir.path());
+        self.wait();
+    }
+}
+
 /// Starts a server and waits until it answers (at most 60 s).
 pub fn start() -> Server {
-    let (bin, prefix) = binary();
     let dir = tempfile::Builder::new()
         .prefix("flywheel-clickhouse-")
         .tempdir()
         .expect("a temporary directory");
     let (http, tcp) = (free_port(), free_port());
-    let cfg = dir.path().join("config.xml");
-    std::fs::write(&cfg, config(dir.path(), http, tcp)).expect("the server's config");
-    let log = std::fs::File::create(dir.path().join("stdout.log")).expect("a log file");
-    let mut cmd = Command::new(&bin);
-    cmd.args(&prefix);
-    cmd.arg(format!("--config-file={}", cfg.display()))
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("a log handle"))
-        .stderr(log);
-    let child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+    std::fs::write(dir.path().join("config.xml"), config(dir.path(), http, tcp))
+        .expect("the server's config");
+    let child = spawn(dir.path());
     let mut server = Server {
         child,
         dir,
         url: format!("http://127.0.0.1:{http}"),
+        http,
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if ping(http) {
-            return server;
-        }
-        let exited = server.child.try_wait().ok().flatten();
-        if exited.is_some() || Instant::now() > deadline {
-            let read =
-                |f: &str| std::fs::read_to_string(server.dir.path().join(f)).unwrap_or_default();
-            panic!(
-                "ClickHouse ({}) did not start (exit: {exited:?}):\n{}\n{}",
-                bin.display(),
-                read("stdout.log"),
-                read("error.log")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    server.wait();
+    server
 }
