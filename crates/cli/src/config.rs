@@ -113,6 +113,17 @@ pub struct ServeArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "FLYWHEEL_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// ClickHouse HTTP URL (e.g. `http://127.0.0.1:8123`): ship every event there too, exactly once, from this
+    /// node's intake log (see docs/clickhouse.md).
+    #[arg(long, env = "FLYWHEEL_EVENTS_URL")]
+    pub events_url: Option<String>,
+    /// ClickHouse database of the events [default: flywheel].
+    #[arg(long, env = "FLYWHEEL_EVENTS_DATABASE")]
+    pub events_database: Option<String>,
+    /// Most MB of intake log not yet shipped to ClickHouse before capture answers 503 with Retry-After
+    /// [default: 10240].
+    #[arg(long, env = "FLYWHEEL_SPOOL_LIMIT_MB")]
+    pub spool_limit_mb: Option<u64>,
 }
 
 /// Resolved settings.
@@ -141,6 +152,9 @@ pub struct Settings {
     pub project_api_requests_per_second: u32,
     pub privacy: flywheel_server::privacy::Privacy,
     pub tls: Option<(PathBuf, PathBuf)>,
+    pub events_url: Option<String>,
+    pub events_database: String,
+    pub spool_limit_mb: u64,
 }
 
 impl ServeArgs {
@@ -240,6 +254,18 @@ impl ServeArgs {
                 (None, None) => None,
                 _ => anyhow::bail!("tls_cert and tls_key go together"),
             },
+            events_url: self
+                .events_url
+                .or(file.events_url)
+                .filter(|u| !u.trim().is_empty()),
+            events_database: self
+                .events_database
+                .or(file.events_database)
+                .unwrap_or_else(|| "flywheel".to_owned()),
+            spool_limit_mb: self
+                .spool_limit_mb
+                .or(file.spool_limit_mb)
+                .unwrap_or(10_240),
             privacy: flywheel_server::privacy::Privacy {
                 capture_ip: match self.capture_ip.or(file.capture_ip) {
                     Some(text) => text.parse().map_err(|e: String| anyhow::anyhow!(e))?,
@@ -256,6 +282,25 @@ impl ServeArgs {
             },
         };
         anyhow::ensure!(settings.segment_mb >= 1, "segment_mb must be at least 1");
+        anyhow::ensure!(
+            settings.spool_limit_mb >= 1,
+            "spool_limit_mb must be at least 1"
+        );
+        if let Some(url) = &settings.events_url {
+            anyhow::ensure!(
+                url.starts_with("http://"),
+                "events_url must be ClickHouse's HTTP URL, http://host:8123 (plain HTTP: put a TLS proxy in \
+                 front of a remote server), not `{url}`"
+            );
+        }
+        anyhow::ensure!(
+            !settings.events_database.is_empty()
+                && settings
+                    .events_database
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "events_database must be letters, digits and _"
+        );
         anyhow::ensure!(
             settings.max_json_depth >= 2,
             "max_json_depth must be at least 2"
@@ -322,6 +367,9 @@ impl Settings {
         config.project_api_requests_per_second = self.project_api_requests_per_second;
         config.privacy = self.privacy.clone();
         config.tls = self.tls.clone();
+        config.events_url = self.events_url.clone();
+        config.events_database = self.events_database.clone();
+        config.spool_limit_bytes = self.spool_limit_mb * 1024 * 1024;
         config
     }
 }

@@ -19,6 +19,8 @@ pub mod row;
 pub mod schema;
 pub mod ship;
 pub mod sql;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 
 pub use client::{ClickHouseError, Client};
 pub use row::EventRow;

@@ -1,14 +1,13 @@
 //! The HTTP client against a real ClickHouse 18.16: statements, inserts, both read formats, and errors that carry
 //! ClickHouse's own message.
 
-mod common;
-
+use flywheel_clickhouse::test_support;
 use flywheel_clickhouse::{ClickHouseError, Client};
 use serde_json::json;
 
 #[tokio::test(flavor = "current_thread")]
 async fn queries_inserts_and_errors() {
-    let server = common::start();
+    let server = test_support::start();
     let client = Client::new(&server.url).unwrap();
     client
         .execute("CREATE TABLE t (k String, n Int64, x Float64) ENGINE = Memory")

@@ -1,4 +1,4 @@
-//! Ground truth on a real ClickHouse 18.16 (Debian's server, started by `common::start`): seeded events, with
+//! Ground truth on a real ClickHouse 18.16 (Debian's server, started by `test_support::start`): seeded events, with
 //! merges recorded as person overrides, are inserted; every supported insight kind runs over several definitions
 //! (intervals, time zones including one with DST and one with a half-hour offset, filters, `compare`); each answer
 //! is compared with `flywheel-truth` on the same rows (buckets in a time zone: the truth's UTC calendar applied to
@@ -9,8 +9,6 @@
 //! then run again on current ClickHouse through chdb (`tests/clickhouse/chdb_check.py`), which must give the same
 //! answers.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -19,6 +17,7 @@ use chrono::{DateTime, Offset, TimeZone, Utc};
 use chrono_tz::Tz;
 use flywheel_clickhouse::row::{number, text, PersonOverride};
 use flywheel_clickhouse::sql::{Answer, Target};
+use flywheel_clickhouse::test_support;
 use flywheel_clickhouse::{compile, schema, Client, EventRow};
 use flywheel_query::{parse, plan, InsightKind, InsightQuery};
 use flywheel_truth as truth;
@@ -1720,7 +1719,7 @@ fn check_on_current_clickhouse(dump: &Value) {
 #[tokio::test(flavor = "current_thread")]
 async fn insights_match_the_truth_on_clickhouse_18_and_current() {
     let started = Instant::now();
-    let server = common::start();
+    let server = test_support::start();
     let client = Client::new(&server.url).unwrap();
     let version = client.query_rows("SELECT version()").await.unwrap();
     eprintln!("ClickHouse {} at {}", version[0][0], server.url);

@@ -2,9 +2,8 @@
 //! `shipments` row (in part: one month's part of two), when ClickHouse is killed and restarted mid-stream, and when
 //! a caller hands batches again after an error.
 
-mod common;
-
 use flywheel_clickhouse::schema::create_all;
+use flywheel_clickhouse::test_support;
 use flywheel_clickhouse::{Batch, Client, EventRow, Shipper};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
@@ -55,7 +54,7 @@ async fn counts(client: &Client) -> (u64, u64) {
 
 #[tokio::test]
 async fn every_event_arrives_once_whatever_fails() {
-    let mut server = common::start();
+    let mut server = test_support::start();
     let client = Client::new(&server.url).unwrap();
     for s in create_all(DB) {
         client.execute(&s).await.unwrap();

@@ -23,6 +23,9 @@ use crate::error::ApiError;
 use crate::metrics_names as m;
 use crate::state::AppState;
 
+/// The wait capture asks for when the ClickHouse spool is full.
+const SPOOL_RETRY_AFTER_SECS: u64 = 10;
+
 /// Batch endpoints accept up to 20 MB on the wire.
 pub const BATCH_LIMIT: usize = 20 * 1024 * 1024;
 /// Single-event endpoints accept up to 2 MB on the wire.
@@ -251,6 +254,18 @@ async fn capture_inner(
     }
 
     if !records.is_empty() {
+        if let Some(spool) = &state.spool {
+            // ClickHouse has been away long enough that the unshipped log reached its bound: the SDK keeps the
+            // events and retries, rather than this node filling its disk.
+            if spool.full(state.intake.committed_lsn()) {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "spool_full",
+                    "the event store is unreachable and this node's spool is full; retry later",
+                )
+                .with_retry_after(SPOOL_RETRY_AFTER_SECS));
+            }
+        }
         state
             .intake
             .append(&records)

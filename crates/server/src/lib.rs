@@ -8,6 +8,7 @@ pub mod accounts;
 pub mod api;
 pub mod auth;
 pub mod capture;
+pub mod clickhouse_ship;
 pub mod cohorts;
 pub mod dashboard;
 pub mod dashboards;
@@ -108,6 +109,12 @@ pub struct Config {
     pub privacy: privacy::Privacy,
     /// PEM certificate chain and private key: serve HTTPS instead of HTTP.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// ClickHouse's HTTP URL: ship every event there too (`clickhouse_ship`).
+    pub events_url: Option<String>,
+    /// The ClickHouse database of the events.
+    pub events_database: String,
+    /// Most bytes of intake log not yet in ClickHouse before capture answers 503.
+    pub spool_limit_bytes: u64,
 }
 
 impl Config {
@@ -136,6 +143,9 @@ impl Config {
             webhook_poll: Duration::from_millis(250),
             privacy: privacy::Privacy::default(),
             tls: None,
+            events_url: None,
+            events_database: "flywheel".to_owned(),
+            spool_limit_bytes: 10 * 1024 * 1024 * 1024,
         }
     }
 
@@ -258,6 +268,7 @@ pub struct Server {
     referral_task: tokio::task::JoinHandle<()>,
     sticky_task: tokio::task::JoinHandle<()>,
     retention_task: tokio::task::JoinHandle<()>,
+    ship_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
@@ -321,6 +332,23 @@ impl Server {
         let (sticky, sticky_task) = sticky::StickyStore::open(store.clone())
             .await
             .context("cannot load sticky assignments")?;
+        // Shipping to ClickHouse: the node's name and the spool's bound (the log since this start counts as unshipped
+        // until ClickHouse says where this node stands).
+        let shipping = match &config.events_url {
+            Some(url) => {
+                let client = flywheel_clickhouse::Client::new(url)
+                    .map_err(|e| anyhow::anyhow!("--events-url {url}: {e}"))?;
+                let node = clickhouse_ship::node_id(&config.data_dir)
+                    .context("cannot read or make the node id")?;
+                let spool = Arc::new(clickhouse_ship::Spool::new(
+                    config.spool_limit_bytes,
+                    intake.committed_lsn(),
+                ));
+                Some((client, node, spool))
+            }
+            None => None,
+        };
+        let spool = shipping.as_ref().map(|(_, _, s)| s.clone());
         // The flag endpoints' filter of known distinct ids is filled by the insights consumer's identity load.
         let state = AppState::new(state::Shared {
             dedupe: Arc::new(state::Dedupe::new(config.dedupe_window)),
@@ -347,6 +375,7 @@ impl Server {
             policies: Default::default(),
             click_salt: Default::default(),
             login_limiter: Default::default(),
+            spool,
         });
         experiments::refresh_sticky_all(&state)
             .await
@@ -378,6 +407,15 @@ impl Server {
             state.intake.clone(),
             state.identity_progress.clone(),
         ));
+        let ship_task = shipping.map(|(client, node, spool)| {
+            tokio::spawn(clickhouse_ship::run(
+                state.clone(),
+                spool,
+                client,
+                state.config.events_database.clone(),
+                node,
+            ))
+        });
         let listener = tokio::net::TcpListener::bind(state.config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", state.config.listen))?;
@@ -421,6 +459,7 @@ impl Server {
             referral_task,
             sticky_task,
             retention_task,
+            ship_task,
         })
     }
 
@@ -443,6 +482,10 @@ impl Server {
         // Announcing is idempotent per chunk only up to duplicates: a cut chunk is announced again (receivers
         // deduplicate by the event's uuid).
         self.event_hook_task.abort();
+        // Shipping is exactly once whenever it is cut: the next start asks ClickHouse what arrived.
+        if let Some(task) = self.ship_task {
+            task.abort();
+        }
         match tokio::time::timeout(Duration::from_secs(30), self.serve_task).await {
             Ok(joined) => joined?.context("HTTP server failed")?,
             Err(_) => tracing::warn!("in-flight requests did not finish within 30 s"),

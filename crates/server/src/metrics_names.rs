@@ -31,3 +31,7 @@ pub const RATE_LIMITED: &str = "flywheel_rate_limited_total";
 pub const LOGIN_FAILURES: &str = "flywheel_login_failures_total";
 /// Events dropped from the intake log by data retention (projects' `retention_days`).
 pub const RETENTION_EVENTS_DROPPED: &str = "flywheel_retention_events_dropped_total";
+/// Events shipped into ClickHouse (`--events-url`).
+pub const CLICKHOUSE_EVENTS_SHIPPED: &str = "flywheel_clickhouse_events_shipped_total";
+/// Bytes of the intake log not yet in ClickHouse.
+pub const CLICKHOUSE_BACKLOG: &str = "flywheel_clickhouse_backlog_bytes";

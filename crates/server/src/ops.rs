@@ -31,8 +31,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let word = |ok: bool| if ok { "ok" } else { "unavailable" };
-    (status, Json(json!({"status": word(metadata && events), "metadata": word(metadata), "events": word(events)})))
-        .into_response()
+    let mut body = json!({"status": word(metadata && events), "metadata": word(metadata), "events": word(events)});
+    if let Some(spool) = &state.spool {
+        // The node accepts events while ClickHouse is away (they wait in its log): reported, not a failure.
+        let backlog = spool.backlog(state.intake.committed_lsn());
+        metrics::gauge!(crate::metrics_names::CLICKHOUSE_BACKLOG).set(backlog as f64);
+        body["clickhouse"] = json!({
+            "status": if spool.healthy() { "ok" } else if spool.opened() { "retrying" } else { "unreachable" },
+            "backlog_bytes": backlog,
+        });
+    }
+    (status, Json(body)).into_response()
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {

@@ -84,6 +84,8 @@ pub struct Shared {
     pub click_salt: tokio::sync::OnceCell<String>,
     /// Failed sign-ins per email and address.
     pub login_limiter: crate::auth::LoginLimiter,
+    /// Shipping to ClickHouse (`--events-url`), when on.
+    pub spool: Option<Arc<crate::clickhouse_ship::Spool>>,
 }
 
 impl Shared {

@@ -3,6 +3,7 @@
 mod api;
 mod authz;
 mod capture;
+mod clickhouse;
 mod dashboards;
 mod devices;
 mod erasure;

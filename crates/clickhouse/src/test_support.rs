@@ -1,9 +1,7 @@
-//! A throwaway ClickHouse server for the tests: Debian's `clickhouse-server` (18.16, installed by
+//! A throwaway ClickHouse server for tests (this crate's and the server's; the `test-support` feature): Debian's `clickhouse-server` (18.16, installed by
 //! `scripts/setup-test-env`), started on loopback on free ports with its data in a temporary directory, stopped and
 //! removed when the [`Server`] is dropped. Nothing is skipped: without a server binary the tests fail and say how
 //! to install one.
-
-#![allow(dead_code)] // not every test file uses every helper
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

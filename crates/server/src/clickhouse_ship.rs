@@ -1,0 +1,318 @@
+//! With `--events-url`: a consumer of the intake log that ships every event into ClickHouse, exactly once
+//! (`flywheel_clickhouse::ship`; docs/clickhouse.md, "Ingestion").
+//!
+//! The intake log is the spool: capture acknowledges after the log's fsync whether or not ClickHouse is reachable,
+//! and this consumer follows the log after the identity consumer (so each row carries the person its distinct id
+//! has then), sends blocks of whole batches in log order, and retries with backoff (1 s doubling to 30 s) while
+//! ClickHouse is down or slow. Its position lives in ClickHouse itself (the node's `shipments`), so nothing here is
+//! checkpointed. The unshipped part of the log is bounded (`--spool-limit-mb`): past it, capture answers 503 with
+//! `Retry-After` rather than filling the disk (see [`Spool::full`]).
+//!
+//! An event whose distinct id has no person (`$process_person_profile: false`) gets a stable pseudo-person derived
+//! from its project and distinct id, so counting persons counts it once.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flywheel_clickhouse::schema::create_all;
+use flywheel_clickhouse::{Batch, Client, EventRow, Shipper};
+use flywheel_engine::{Event, Intake};
+use serde_json::{Map, Value};
+use sha2::Digest;
+use uuid::Uuid;
+
+use crate::state::AppState;
+
+/// Most events read from the log per block.
+const BLOCK_EVENTS: usize = 50_000;
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Where shipping stands, for capture's back-pressure, `/readyz` and the metrics.
+#[derive(Debug)]
+pub struct Spool {
+    /// Log position just past the last batch ClickHouse holds; until ClickHouse answers, the log's end when the
+    /// node started (what was written since is certainly not shipped, so the bound holds from the start).
+    position: AtomicU64,
+    /// Whether the shipper knows its position yet (ClickHouse answered once).
+    opened: AtomicBool,
+    /// Whether the last attempt reached ClickHouse.
+    healthy: AtomicBool,
+    /// Most unshipped bytes of log before capture refuses.
+    limit_bytes: u64,
+}
+
+impl Spool {
+    pub fn new(limit_bytes: u64, start: u64) -> Self {
+        Spool {
+            position: AtomicU64::new(start),
+            opened: AtomicBool::new(false),
+            healthy: AtomicBool::new(false),
+            limit_bytes,
+        }
+    }
+
+    /// Bytes of log written but not yet in ClickHouse (at least).
+    pub fn backlog(&self, committed: u64) -> u64 {
+        committed.saturating_sub(self.position.load(Ordering::Acquire))
+    }
+
+    /// Whether ClickHouse answered since the node started.
+    pub fn opened(&self) -> bool {
+        self.opened.load(Ordering::Acquire)
+    }
+
+    /// Capture must refuse: the unshipped log has reached its bound.
+    pub fn full(&self, committed: u64) -> bool {
+        self.backlog(committed) >= self.limit_bytes
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    fn shipped(&self, position: u64) {
+        self.position.store(position, Ordering::Release);
+        self.opened.store(true, Ordering::Release);
+        self.healthy.store(true, Ordering::Release);
+    }
+}
+
+/// The node's name among the nodes shipping to one ClickHouse: made once per data directory (`node-id`), so a
+/// restarted node resumes its own position.
+pub fn node_id(data_dir: &std::path::Path) -> std::io::Result<String> {
+    let path = data_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_owned()),
+        _ => {
+            std::fs::create_dir_all(data_dir)?;
+            let id = Uuid::new_v4().to_string();
+            let tmp = data_dir.join("node-id.tmp");
+            std::fs::write(&tmp, &id)?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(id)
+        }
+    }
+}
+
+/// A stable person id for a distinct id that has no person.
+fn pseudo_person(project_id: i64, distinct_id: &str) -> Uuid {
+    let digest = sha2::Sha256::new()
+        .chain_update(project_id.to_le_bytes())
+        .chain_update(distinct_id.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    Uuid::from_bytes(bytes)
+}
+
+/// Reads whole batches from `from` up to `until` (a batch boundary), at most about [`BLOCK_EVENTS`] events.
+fn read_block(
+    intake: &Intake,
+    from: u64,
+    until: u64,
+) -> Result<Vec<(u64, Vec<Event>)>, flywheel_engine::EngineError> {
+    let mut out = Vec::new();
+    let mut events = 0;
+    for item in intake.reader(from) {
+        let (end, batch) = item?;
+        if end > until {
+            break;
+        }
+        events += batch.len();
+        out.push((end, batch));
+        if events >= BLOCK_EVENTS {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The rows of the batches, each with its distinct id's current person.
+async fn rows(state: &AppState, read: Vec<(u64, Vec<Event>)>) -> anyhow::Result<Vec<Batch>> {
+    let mut ids: std::collections::BTreeMap<i64, Vec<&str>> = Default::default();
+    for (_, batch) in &read {
+        for e in batch {
+            ids.entry(e.project_id).or_default().push(&e.distinct_id);
+        }
+    }
+    let mut persons: std::collections::HashMap<(i64, String), Uuid> = Default::default();
+    for (project, mut dids) in ids {
+        dids.sort_unstable();
+        dids.dedup();
+        for (did, person) in state.store.person_ids_for(project, &dids).await? {
+            if let Ok(uuid) = person.parse::<Uuid>() {
+                persons.insert((project, did), uuid);
+            }
+        }
+    }
+    let empty = Map::new();
+    Ok(read
+        .into_iter()
+        .map(|(end_lsn, batch)| Batch {
+            end_lsn,
+            rows: batch
+                .iter()
+                .map(|e| {
+                    let parsed: Option<Map<String, Value>> =
+                        serde_json::from_str(&e.properties).ok();
+                    let person = persons
+                        .get(&(e.project_id, e.distinct_id.clone()))
+                        .copied()
+                        .unwrap_or_else(|| pseudo_person(e.project_id, &e.distinct_id));
+                    EventRow::new(
+                        Uuid::from_u128(e.uuid),
+                        e.project_id.max(0) as u64,
+                        &e.event,
+                        &e.distinct_id,
+                        person,
+                        e.timestamp_us,
+                        parsed.as_ref().unwrap_or(&empty),
+                    )
+                })
+                .collect(),
+        })
+        .collect())
+}
+
+/// Waits `wait`, or returns true when the server shuts down meanwhile.
+async fn pause(state: &AppState, wait: Duration) -> bool {
+    let mut shutdown = state.shutdown.clone();
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => false,
+        _ = shutdown.wait_for(|s| *s) => true,
+    }
+}
+
+/// Follows the log until shutdown.
+pub async fn run(state: AppState, spool: Arc<Spool>, client: Client, db: String, node: String) {
+    let mut backoff = BACKOFF_MIN;
+    // The schema, then the node's position: both need ClickHouse; wait for it as long as it takes.
+    let mut shipper = loop {
+        let mut ready = Ok(());
+        for statement in create_all(&db) {
+            if let Err(e) = client.execute(&statement).await {
+                ready = Err(e);
+                break;
+            }
+        }
+        let opened = match ready {
+            Ok(()) => Shipper::open(client.clone(), &db, &node).await,
+            Err(e) => Err(e),
+        };
+        match opened {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_s = backoff.as_secs(), "clickhouse: not reachable; events wait in the intake log");
+                if pause(&state, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    };
+    spool.shipped(shipper.position());
+    tracing::info!(node = %node, position = shipper.position(), "clickhouse: shipping the intake log");
+    let mut identity = state.identity_progress.clone();
+    let mut shutdown = state.shutdown.clone();
+    backoff = BACKOFF_MIN;
+    loop {
+        let target = *identity.borrow_and_update();
+        let from = shipper.position();
+        if from >= target {
+            if *shutdown.borrow() {
+                return;
+            }
+            tokio::select! {
+                r = identity.changed() => if r.is_err() { return },
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            continue;
+        }
+        let intake = state.intake.clone();
+        let read = match tokio::task::spawn_blocking(move || read_block(&intake, from, target))
+            .await
+        {
+            Ok(Ok(read)) => read,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, position = from, "clickhouse: cannot read the intake log");
+                if pause(&state, BACKOFF_MAX).await {
+                    return;
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "clickhouse: the log reader failed");
+                return;
+            }
+        };
+        let batches = match rows(&state, read).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "clickhouse: cannot resolve persons; retrying");
+                if pause(&state, BACKOFF_MIN).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let events: usize = batches.iter().map(|b| b.rows.len()).sum();
+        // The same block until it is stored: the shipper checks what a failed attempt left before sending again.
+        loop {
+            match shipper.send(&batches).await {
+                Ok(position) => {
+                    spool.shipped(position);
+                    metrics::counter!(crate::metrics_names::CLICKHOUSE_EVENTS_SHIPPED)
+                        .increment(events as u64);
+                    backoff = BACKOFF_MIN;
+                    break;
+                }
+                Err(e) => {
+                    spool.healthy.store(false, Ordering::Release);
+                    tracing::warn!(error = %e, retry_in_s = backoff.as_secs(), backlog_bytes = spool.backlog(state.intake.committed_lsn()), "clickhouse: shipping failed; events wait in the intake log");
+                    if pause(&state, backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pseudo_persons_are_stable_and_per_project() {
+        assert_eq!(pseudo_person(1, "a"), pseudo_person(1, "a"));
+        assert_ne!(pseudo_person(1, "a"), pseudo_person(2, "a"));
+        assert_ne!(pseudo_person(1, "a"), pseudo_person(1, "b"));
+    }
+
+    #[test]
+    fn the_node_id_is_made_once_per_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = node_id(dir.path()).unwrap();
+        assert_eq!(node_id(dir.path()).unwrap(), a);
+        assert!(a.parse::<Uuid>().is_ok());
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(node_id(other.path()).unwrap(), a);
+    }
+
+    #[test]
+    fn the_spool_is_full_at_its_bound_once_the_position_is_known() {
+        let spool = Spool::new(1000, 3000);
+        assert!(
+            !spool.full(3999),
+            "ClickHouse never answered: the log since the start counts"
+        );
+        assert!(spool.full(4000));
+        spool.shipped(4000);
+        assert_eq!(spool.backlog(4999), 999);
+        assert!(!spool.full(4999));
+        assert!(spool.full(5000));
+    }
+}

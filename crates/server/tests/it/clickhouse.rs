@@ -1,0 +1,155 @@
+//! Shipping to ClickHouse (`--events-url`) against Debian's ClickHouse 18.16: every acknowledged event arrives
+//! exactly once, with its person, while ClickHouse is killed and restarted under capture, and a node restarted
+//! resumes its own position; a full spool refuses capture with 503 and `Retry-After`.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use flywheel_clickhouse::{test_support, Client};
+use serde_json::{json, Value};
+
+use crate::TestServer;
+
+const DB: &str = "fw_ship";
+
+async fn capture(t: &TestServer, from: usize, n: usize) {
+    let batch: Vec<Value> = (from..from + n)
+        .map(|i| {
+            json!({"event": if i % 2 == 0 { "$pageview" } else { "task_completed" },
+                   "distinct_id": format!("user-{}", i % 5),
+                   "uuid": format!("00000000-0000-4000-8000-{:012x}", i),
+                   "timestamp": "2026-11-20T10:00:00Z", "properties": {"i": i}})
+        })
+        .collect();
+    let (s, v) = t
+        .post(
+            "/batch",
+            json!({"api_key": t.token, "batch": batch}).to_string(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
+
+/// (rows, distinct uuids) in ClickHouse.
+async fn stored(client: &Client) -> (u64, u64) {
+    match client
+        .query_rows(&format!(
+            "SELECT count(), uniqExact(toString(uuid)) FROM `{DB}`.`events`"
+        ))
+        .await
+    {
+        Ok(r) => (r[0][0].parse().unwrap(), r[0][1].parse().unwrap()),
+        Err(_) => (0, 0),
+    }
+}
+
+async fn until_stored(client: &Client, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = stored(client).await;
+        if got.0 >= want {
+            assert_eq!(got, (want, want), "each event once");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waiting for {want} events in ClickHouse, have {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn readyz(t: &TestServer) -> Value {
+    let (s, v, _) = t
+        .send(Request::get("/readyz").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::OK,
+        "the node stays ready while ClickHouse is away: {v}"
+    );
+    v
+}
+
+#[tokio::test]
+async fn acknowledged_events_reach_clickhouse_once_through_an_outage() {
+    let mut ch = test_support::start();
+    let url = ch.url.clone();
+    let client = Client::new(&url).unwrap();
+    let mut t = TestServer::start_with(|c| {
+        c.events_url = Some(url.clone());
+        c.events_database = DB.into();
+    })
+    .await;
+    for k in 0..3 {
+        capture(&t, k * 100, 100).await;
+    }
+    until_stored(&client, 300).await;
+    assert_eq!(readyz(&t).await["clickhouse"]["status"], "ok");
+
+    // Each row carries its person: the one the API shows for the distinct id.
+    let (_, person) = t.person("user-3").await;
+    let rows = client
+        .query_rows(&format!(
+            "SELECT DISTINCT toString(person_id) FROM `{DB}`.`events` WHERE distinct_id = 'user-3'"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(rows, [[person["id"].as_str().unwrap().to_owned()]]);
+
+    // ClickHouse killed: capture goes on (acknowledged into the log), readiness says so, nothing is lost.
+    ch.stop();
+    for k in 3..6 {
+        capture(&t, k * 100, 100).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = readyz(&t).await;
+        if r["clickhouse"]["status"] != "ok" && r["clickhouse"]["backlog_bytes"].as_u64() > Some(0)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ch.restart();
+    until_stored(&client, 600).await;
+
+    // A restarted node resumes where ClickHouse says it stands (nothing sent twice).
+    capture(&t, 600, 50).await;
+    t.restart().await;
+    capture(&t, 650, 50).await;
+    until_stored(&client, 700).await;
+    let nodes = client
+        .query_rows(&format!("SELECT uniqExact(_node) FROM `{DB}`.`events`"))
+        .await
+        .unwrap();
+    assert_eq!(nodes, [["1"]], "one node, the same id across its restart");
+}
+
+#[tokio::test]
+async fn a_full_spool_refuses_capture_with_retry_after() {
+    // Nothing listens there: the shipper never reaches ClickHouse, so everything written stays unshipped.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let t = TestServer::start_with(|c| {
+        c.events_url = Some(format!("http://127.0.0.1:{dead}"));
+        c.spool_limit_bytes = 1;
+    })
+    .await;
+    capture(&t, 0, 10).await;
+    let batch = json!({"api_key": t.token, "batch": [{"event": "x", "distinct_id": "a"}]});
+    let req = Request::post("/batch")
+        .header("content-type", "application/json")
+        .body(Body::from(batch.to_string()))
+        .unwrap();
+    let (s, v, h) = t.send(req).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["code"], "spool_full", "{v}");
+    assert_eq!(h.get("retry-after").unwrap(), "10");
+    let r = readyz(&t).await;
+    assert_eq!(r["clickhouse"]["status"], "unreachable", "{r}");
+}
