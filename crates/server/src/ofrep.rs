@@ -48,18 +48,12 @@ fn credential(headers: &HeaderMap) -> Option<&str> {
         .filter(|k| !k.is_empty())
 }
 
-/// Percent-encodes everything but RFC 3986 unreserved characters (keys are, but the address must be valid anyway).
-fn path_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+/// RFC 3986's unreserved characters stay, everything else is percent-encoded.
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// `GET /ofrep/v1/events/{key}`: the change notifications a bulk answer advertises in `eventStreams` (OFREP
 /// ADR-0008). A `refetchEvaluation` message, with the flag configuration's ETag and last-modified time, whenever
@@ -413,7 +407,8 @@ async fn bulk(
     out.extend_from_slice(b"},\"eventStreams\":[{\"type\":\"sse\",\"endpoint\":{\"requestUri\":");
     let uri = format!(
         "/ofrep/v1/events/{}",
-        path_segment(credential(&headers).unwrap_or_default())
+        // Percent-encoded: keys are unreserved characters, but the address must be valid anyway.
+        percent_encoding::utf8_percent_encode(credential(&headers).unwrap_or_default(), UNRESERVED)
     );
     push_json_str(&mut out, &uri);
     out.extend_from_slice(b"},\"inactivityDelaySec\":120}]}");

@@ -22,13 +22,7 @@ async fn capture(t: &TestServer, from: usize, n: usize) {
                    "timestamp": "2026-11-20T10:00:00Z", "properties": {"i": i}})
         })
         .collect();
-    let (s, v) = t
-        .post(
-            "/batch",
-            json!({"api_key": t.token, "batch": batch}).to_string(),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
+    crate::growth::capture(t, json!(batch)).await;
 }
 
 /// (rows, distinct uuids) in ClickHouse.
