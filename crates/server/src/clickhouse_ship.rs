@@ -15,8 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flywheel_clickhouse::schema::create_all;
-use flywheel_clickhouse::{Batch, Client, EventRow, Shipper};
+use flywheel_clickhouse::row::PersonOverride;
+use flywheel_clickhouse::schema::{create_all, ident, PERSON_OVERRIDES};
+use flywheel_clickhouse::{Batch, ClickHouseError, Client, EventRow, Shipper};
 use flywheel_engine::{Event, Intake};
 use serde_json::{Map, Value};
 use sha2::Digest;
@@ -28,6 +29,8 @@ use crate::state::AppState;
 const BLOCK_EVENTS: usize = 50_000;
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How often an idle shipper looks again (a person mapping to retry, a change without new events).
+const IDLE_RETRY: Duration = Duration::from_secs(2);
 
 /// Where shipping stands, for capture's back-pressure, `/readyz` and the metrics.
 #[derive(Debug)]
@@ -176,6 +179,68 @@ async fn rows(state: &AppState, read: Vec<(u64, Vec<Event>)>) -> anyhow::Result<
         .collect())
 }
 
+/// Rows of the person mapping sent per insert.
+const MAPPING_ROWS: u32 = 10_000;
+
+/// Feeds ClickHouse's person mapping (`person_overrides`, `argMax(person_id, version)` per distinct id at read
+/// time) with every distinct id whose person was set or changed since `cursor`, versioned by the identity change's
+/// number: events shipped before a merge resolve to the surviving person without being rewritten. Sending a row
+/// twice is harmless (same version, same person), so this is at least once: on start the cursor is the highest
+/// version ClickHouse holds, whose rows are sent again.
+async fn feed_mapping(
+    state: &AppState,
+    client: &Client,
+    db: &str,
+    cursor: &mut (i64, i64, String),
+) -> Result<usize, anyhow::Error> {
+    let table = format!("{}.{}", ident(db), ident(PERSON_OVERRIDES));
+    let mut sent = 0;
+    loop {
+        let rows = state
+            .store
+            .distinct_id_changes((cursor.0, cursor.1, &cursor.2), MAPPING_ROWS)
+            .await?;
+        let Some(last) = rows.last() else {
+            return Ok(sent);
+        };
+        let next = (last.3, last.0, last.1.clone());
+        let mapping: Vec<PersonOverride> = rows
+            .iter()
+            .filter_map(|(project, did, person, seq)| {
+                Some(PersonOverride {
+                    project_id: (*project).max(0) as u64,
+                    distinct_id: did.clone(),
+                    person_id: person.parse().ok()?,
+                    version: (*seq).max(0) as u64,
+                })
+            })
+            .collect();
+        client.insert(&table, &mapping).await?;
+        sent += mapping.len();
+        *cursor = next;
+        if rows.len() < MAPPING_ROWS as usize {
+            return Ok(sent);
+        }
+    }
+}
+
+/// Where the mapping feed resumes: after the highest version ClickHouse holds (its rows are sent again).
+async fn mapping_cursor(client: &Client, db: &str) -> Result<(i64, i64, String), ClickHouseError> {
+    let rows = client
+        .query_rows(&format!(
+            "SELECT max(version) FROM {}.{}",
+            ident(db),
+            ident(PERSON_OVERRIDES)
+        ))
+        .await?;
+    let version = rows
+        .first()
+        .and_then(|r| r.first())
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or(0);
+    Ok((version - 1, 0, String::new()))
+}
+
 /// Waits `wait`, or returns true when the server shuts down meanwhile.
 async fn pause(state: &AppState, wait: Duration) -> bool {
     let mut shutdown = state.shutdown.clone();
@@ -189,7 +254,7 @@ async fn pause(state: &AppState, wait: Duration) -> bool {
 pub async fn run(state: AppState, spool: Arc<Spool>, client: Client, db: String, node: String) {
     let mut backoff = BACKOFF_MIN;
     // The schema, then the node's position: both need ClickHouse; wait for it as long as it takes.
-    let mut shipper = loop {
+    let (mut shipper, mut mapping) = loop {
         let mut ready = Ok(());
         for statement in create_all(&db) {
             if let Err(e) = client.execute(&statement).await {
@@ -198,7 +263,10 @@ pub async fn run(state: AppState, spool: Arc<Spool>, client: Client, db: String,
             }
         }
         let opened = match ready {
-            Ok(()) => Shipper::open(client.clone(), &db, &node).await,
+            Ok(()) => match Shipper::open(client.clone(), &db, &node).await {
+                Ok(s) => mapping_cursor(&client, &db).await.map(|c| (s, c)),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         match opened {
@@ -220,13 +288,23 @@ pub async fn run(state: AppState, spool: Arc<Spool>, client: Client, db: String,
     loop {
         let target = *identity.borrow_and_update();
         let from = shipper.position();
+        // The person mapping follows identity (a failure is retried at the next turn; the events do not wait).
+        match feed_mapping(&state, &client, &db, &mut mapping).await {
+            Ok(_) => spool.healthy.store(true, Ordering::Release),
+            Err(e) => {
+                tracing::warn!(error = %e, "clickhouse: the person mapping could not be sent; retrying");
+                spool.healthy.store(false, Ordering::Release);
+            }
+        }
         if from >= target {
             if *shutdown.borrow() {
                 return;
             }
+            // New batches wake it; so does time, to retry a mapping that failed while nothing new arrives.
             tokio::select! {
                 r = identity.changed() => if r.is_err() { return },
                 _ = shutdown.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep(IDLE_RETRY) => {}
             }
             continue;
         }

@@ -164,6 +164,29 @@ impl Store {
             .collect()
     }
 
+    /// Distinct ids whose person was set or changed (a new distinct id, or a merge) by an identity change numbered
+    /// above the cursor (migration 0007), with their current person's id and the change's number, at most `limit`,
+    /// in (number, project, distinct id) order: pass the last row's `(seq, project, distinct id)` as the next
+    /// cursor, `(n, 0, "")` to start after change `n`. For the ClickHouse person mapping.
+    pub async fn distinct_id_changes(
+        &self,
+        after: (i64, i64, &str),
+        limit: u32,
+    ) -> Result<Vec<(i64, String, String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT d.project_id, d.distinct_id, p.uuid, d.seq FROM person_distinct_ids d
+               JOIN persons p ON p.id = d.person_id
+              WHERE (d.seq, d.project_id, d.distinct_id) > (?1, ?2, ?3)
+              ORDER BY d.seq, d.project_id, d.distinct_id LIMIT ?4",
+        )
+        .bind(after.0)
+        .bind(after.1)
+        .bind(after.2)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
     /// All distinct ids of a person given its id, following merge overrides. `None` when unknown.
     pub async fn distinct_ids_of_person(
         &self,

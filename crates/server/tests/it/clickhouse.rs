@@ -147,3 +147,53 @@ async fn a_full_spool_refuses_capture_with_retry_after() {
     let r = readyz(&t).await;
     assert_eq!(r["clickhouse"]["status"], "unreachable", "{r}");
 }
+
+#[tokio::test]
+async fn a_merge_after_shipping_resolves_through_the_person_mapping() {
+    let ch = test_support::start();
+    let url = ch.url.clone();
+    let client = Client::new(&url).unwrap();
+    let t = TestServer::start_with(|c| {
+        c.events_url = Some(url.clone());
+        c.events_database = DB.into();
+    })
+    .await;
+    // Two persons' events shipped, then a merge of the anonymous one into the signed-in one.
+    crate::growth::capture(
+        &t,
+        json!([
+            {"event": "$pageview", "distinct_id": "anon-1", "properties": {}},
+            {"event": "$pageview", "distinct_id": "anon-1", "properties": {}},
+            {"event": "$pageview", "distinct_id": "user-x", "properties": {}},
+        ]),
+    )
+    .await;
+    until_stored(&client, 3).await;
+    crate::growth::capture(
+        &t,
+        json!([{"event": "$identify", "distinct_id": "user-x", "properties": {"$anon_distinct_id": "anon-1"}}]),
+    )
+    .await;
+    let (_, person) = t.person("user-x").await;
+    let survivor = person["id"].as_str().unwrap().to_owned();
+    let project = t.project_id;
+    let resolved = format!(
+        "SELECT groupUniqArray(toString(if(o.overridden = 1, o.p, e.person_id))), uniqExact(toString(e.person_id))
+           FROM `{DB}`.`events` AS e
+           ANY LEFT JOIN (SELECT distinct_id, argMax(person_id, version) AS p, toUInt8(1) AS overridden
+                            FROM `{DB}`.`person_overrides` WHERE project_id = {project} GROUP BY distinct_id) AS o
+           USING distinct_id
+          WHERE e.project_id = {project}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = client.query_rows(&resolved).await.unwrap();
+        // The events keep the persons they were written with (two); read through the mapping they are one.
+        if r[0][0] == format!("['{survivor}']") {
+            assert_eq!(r[0][1], "2", "history is not rewritten");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{r:?}, want {survivor}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
