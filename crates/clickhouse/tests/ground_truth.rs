@@ -239,12 +239,26 @@ fn offset_us(tz: &Tz, ts: i64) -> i64 {
 
 /// The truth's rows: wall-clock times in `tz` (so its UTC calendar is the zone's), filtered by `pred`.
 fn rows<'a>(events: &'a [Event], tz: &Tz, pred: Pred) -> Vec<truth::Row<'a>> {
+    local_rows(events.iter().filter(|e| holds(e, pred)), tz)
+}
+
+/// The truth's rows of these events, with wall-clock times in `tz`.
+fn local_rows<'a>(events: impl Iterator<Item = &'a Event>, tz: &Tz) -> Vec<truth::Row<'a>> {
     events
-        .iter()
-        .filter(|e| holds(e, pred))
         .map(|e| truth::Row {
             person: e.person,
             ts_us: e.ts + offset_us(tz, e.ts),
+            event: e.event,
+        })
+        .collect()
+}
+
+/// The truth's rows of these events, in UTC (funnels read whole UTC days).
+fn utc_rows<'a>(events: impl Iterator<Item = &'a Event>) -> Vec<truth::Row<'a>> {
+    events
+        .map(|e| truth::Row {
+            person: e.person,
+            ts_us: e.ts,
             event: e.event,
         })
         .collect()
@@ -445,15 +459,7 @@ async fn check_trends(r: &mut Runner, events: &[Event], tz: &Tz) {
             .filter(|e| holds(e, Pred::PlanIs("pro")))
             .collect();
         let subset = |pred: Pred| -> Vec<truth::Row<'_>> {
-            pro_events
-                .iter()
-                .filter(|e| holds(e, pred))
-                .map(|e| truth::Row {
-                    person: e.person,
-                    ts_us: e.ts + offset_us(tz, e.ts),
-                    event: e.event,
-                })
-                .collect()
+            local_rows(pro_events.iter().copied().filter(|e| holds(e, pred)), tz)
         };
         let got = &series(&a)[i];
         assert_eq!(
@@ -502,15 +508,12 @@ async fn check_trends(r: &mut Runner, events: &[Event], tz: &Tz) {
     let range = local_range(&p.reads[0].range, tz);
     let got = &series(&a)[0];
     let week = truth::Interval::Week;
-    let not_berlin: Vec<truth::Row<'_>> = events
-        .iter()
-        .filter(|e| !holds(e, Pred::CityContains("berlin")))
-        .map(|e| truth::Row {
-            person: e.person,
-            ts_us: e.ts + offset_us(tz, e.ts),
-            event: e.event,
-        })
-        .collect();
+    let not_berlin = local_rows(
+        events
+            .iter()
+            .filter(|e| !holds(e, Pred::CityContains("berlin"))),
+        tz,
+    );
     assert_eq!(
         got[0],
         f64s(truth::total(
@@ -1005,15 +1008,7 @@ async fn check_breakdowns(r: &mut Runner, events: &[Event], tz: &Tz) {
 
 async fn check_funnels(r: &mut Runner, events: &[Event], tz: &Tz) {
     let utc_rows = |pred_for: &dyn Fn(&Event) -> bool| -> Vec<truth::Row<'_>> {
-        events
-            .iter()
-            .filter(|e| pred_for(e))
-            .map(|e| truth::Row {
-                person: e.person,
-                ts_us: e.ts,
-                event: e.event,
-            })
-            .collect()
+        utc_rows(events.iter().filter(|e| pred_for(e)))
     };
     for (order, window_days, truth_order) in [
         ("ordered", 3, truth::Order::Ordered),
@@ -1261,14 +1256,7 @@ async fn check_funnels(r: &mut Runner, events: &[Event], tz: &Tz) {
 /// Funnel breakdowns: ranked by the first step's rows (in the read's UTC days), each person under the label of one
 /// row of their best attempt.
 async fn check_funnel_breakdowns(r: &mut Runner, events: &[Event], tz: &Tz) {
-    let all: Vec<truth::Row<'_>> = events
-        .iter()
-        .map(|e| truth::Row {
-            person: e.person,
-            ts_us: e.ts,
-            event: e.event,
-        })
-        .collect();
+    let all = utc_rows(events.iter());
     let label = |i: usize| {
         events[i]
             .props
@@ -1409,14 +1397,7 @@ async fn check_funnel_breakdowns(r: &mut Runner, events: &[Event], tz: &Tz) {
 
 /// Funnel trends: per bucket, the persons with a valid attempt entering in it, and those completing such an attempt.
 async fn check_funnel_trends(r: &mut Runner, events: &[Event], tz: &Tz) {
-    let all: Vec<truth::Row<'_>> = events
-        .iter()
-        .map(|e| truth::Row {
-            person: e.person,
-            ts_us: e.ts,
-            event: e.event,
-        })
-        .collect();
+    let all = utc_rows(events.iter());
     for (order, truth_order, interval_name, from, to) in [
         (
             "ordered",
@@ -1654,15 +1635,10 @@ async fn check_stickiness_and_lifecycle(r: &mut Runner, events: &[Event], tz: &T
             )
             .await;
         let range = &p.reads[0].range;
-        let kept: Vec<truth::Row<'_>> = events
-            .iter()
-            .filter(|e| !holds(e, Pred::PlanIs("free")))
-            .map(|e| truth::Row {
-                person: e.person,
-                ts_us: e.ts + offset_us(tz, e.ts),
-                event: e.event,
-            })
-            .collect();
+        let kept = local_rows(
+            events.iter().filter(|e| !holds(e, Pred::PlanIs("free"))),
+            tz,
+        );
         let want = truth::lifecycle(&kept, "b", local_range(range, tz), interval(range.interval));
         let Answer::Lifecycle(got) = a else {
             panic!("not lifecycle")

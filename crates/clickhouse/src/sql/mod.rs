@@ -358,32 +358,14 @@ impl Compiled {
                     (Answer::RetentionBreakdown(splits), Fill::SplitRetention) => {
                         let labels: Vec<serde_json::Value> =
                             splits.iter().map(|s| s.label.clone()).collect();
-                        let kind: u8 = field(&row, 0, sql)?;
-                        let at = breakdown::label_index(
-                            &labels,
-                            split_ranked,
-                            kind,
-                            row.get(1).map(String::as_str),
-                        )
-                        .ok_or_else(|| {
-                            RunError::Shape(format!("label {row:?} not ranked in `{sql}`"))
-                        })?;
+                        let at = split_of(&labels, split_ranked, &row, sql)?;
                         let (p, k): (i64, i64) = (field(&row, 2, sql)?, field(&row, 3, sql)?);
                         *slot(slot(&mut splits[at].table, p, sql)?, k, sql)? = field(&row, 4, sql)?;
                     }
                     (Answer::FunnelBreakdown(splits), Fill::SplitFunnel) => {
                         let labels: Vec<serde_json::Value> =
                             splits.iter().map(|s| s.label.clone()).collect();
-                        let kind: u8 = field(&row, 0, sql)?;
-                        let at = breakdown::label_index(
-                            &labels,
-                            split_ranked,
-                            kind,
-                            row.get(1).map(String::as_str),
-                        )
-                        .ok_or_else(|| {
-                            RunError::Shape(format!("label {row:?} not ranked in `{sql}`"))
-                        })?;
+                        let at = split_of(&labels, split_ranked, &row, sql)?;
                         let split = &mut splits[at];
                         let i: i64 = field(&row, 2, sql)?;
                         *slot(&mut split.reached, i, sql)? = field(&row, 3, sql)?;
@@ -473,4 +455,17 @@ impl Compiled {
         }
         Ok((answer, trace))
     }
+}
+
+/// The split a row of a split answer belongs to: its label kind (column 0) and value (column 1), among `labels`
+/// of which the first `ranked` are values.
+fn split_of(
+    labels: &[serde_json::Value],
+    ranked: usize,
+    row: &[String],
+    sql: &str,
+) -> Result<usize, RunError> {
+    let kind: u8 = field(row, 0, sql)?;
+    breakdown::label_index(labels, ranked, kind, row.get(1).map(String::as_str))
+        .ok_or_else(|| RunError::Shape(format!("label {row:?} not ranked in `{sql}`")))
 }
