@@ -117,6 +117,10 @@ pub struct ServeArgs {
     /// node's intake log (see docs/clickhouse.md).
     #[arg(long, env = "FLYWHEEL_EVENTS_URL")]
     pub events_url: Option<String>,
+    /// PostgreSQL URL of the metadata (postgres://user:password@host:5432/database), shared by every node;
+    /// without it the metadata is the data directory's SQLite file (see docs/postgres.md).
+    #[arg(long, env = "FLYWHEEL_METADATA_URL")]
+    pub metadata_url: Option<String>,
     /// ClickHouse database of the events [default: flywheel].
     #[arg(long, env = "FLYWHEEL_EVENTS_DATABASE")]
     pub events_database: Option<String>,
@@ -153,6 +157,7 @@ pub struct Settings {
     pub privacy: flywheel_server::privacy::Privacy,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub events_url: Option<String>,
+    pub metadata_url: Option<String>,
     pub events_database: String,
     pub spool_limit_mb: u64,
 }
@@ -258,6 +263,10 @@ impl ServeArgs {
                 .events_url
                 .or(file.events_url)
                 .filter(|u| !u.trim().is_empty()),
+            metadata_url: self
+                .metadata_url
+                .or(file.metadata_url)
+                .filter(|u| !u.trim().is_empty()),
             events_database: self
                 .events_database
                 .or(file.events_database)
@@ -291,6 +300,13 @@ impl ServeArgs {
                 url.starts_with("http://"),
                 "events_url must be ClickHouse's HTTP URL, http://host:8123 (plain HTTP: put a TLS proxy in \
                  front of a remote server), not `{url}`"
+            );
+        }
+        if let Some(url) = &settings.metadata_url {
+            anyhow::ensure!(
+                url.starts_with("postgres://") || url.starts_with("postgresql://"),
+                "metadata_url must be a PostgreSQL URL, postgres://user:password@host:5432/database (without it \
+                 the metadata is the data directory's SQLite file)"
             );
         }
         anyhow::ensure!(
@@ -369,6 +385,7 @@ impl Settings {
         config.tls = self.tls.clone();
         config.events_url = self.events_url.clone();
         config.events_database = self.events_database.clone();
+        config.metadata_url = self.metadata_url.clone();
         config.spool_limit_bytes = self.spool_limit_mb * 1024 * 1024;
         config
     }

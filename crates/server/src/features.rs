@@ -1243,7 +1243,7 @@ async fn create_sdk_connection(
             }]),
             other => write_error(other, "SDK connection"),
         })?;
-    state.flags.forget_bindings();
+    state.flags.keys_changed(&state.store).await;
     let mut out = serde_json::to_value(record).map_err(ApiError::internal)?;
     out["client_key"] = json!(key);
     if let Some(k) = decryption_key {
@@ -1269,7 +1269,7 @@ async fn revoke_sdk_connection(
         .revoke_sdk_connection(project_id, id, &actor(&caller, &headers, peer))
         .await
         .map_err(|e| write_error(e, &format!("SDK connection `{id}`")))?;
-    state.flags.forget_bindings();
+    state.flags.keys_changed(&state.store).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

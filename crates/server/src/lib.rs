@@ -20,6 +20,7 @@ pub mod experiment_results;
 pub mod experiments;
 pub mod exposure;
 pub mod features;
+pub mod flag_sync;
 pub mod fraud;
 pub mod gdpr;
 pub mod growth;
@@ -113,6 +114,8 @@ pub struct Config {
     pub events_url: Option<String>,
     /// The ClickHouse database of the events.
     pub events_database: String,
+    /// PostgreSQL URL of the metadata, shared by every node (`None`: the data directory's SQLite file).
+    pub metadata_url: Option<String>,
     /// Most bytes of intake log not yet in ClickHouse before capture answers 503.
     pub spool_limit_bytes: u64,
 }
@@ -145,6 +148,7 @@ impl Config {
             tls: None,
             events_url: None,
             events_database: "flywheel".to_owned(),
+            metadata_url: None,
             spool_limit_bytes: 10 * 1024 * 1024 * 1024,
         }
     }
@@ -167,12 +171,36 @@ impl Config {
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-    Store::open(&config.metadata_path()).await.with_context(|| {
-        format!(
-            "cannot open metadata database {}",
-            config.metadata_path().display()
-        )
-    })
+    match &config.metadata_url {
+        Some(url) => {
+            // Each node keeps its own intake log: its consumers' positions are its own in the shared database.
+            let node = clickhouse_ship::node_id(&config.data_dir).with_context(|| {
+                format!("cannot read or create {}/node-id", config.data_dir.display())
+            })?;
+            let store = Store::connect_postgres(url)
+                .await
+                .with_context(|| format!("cannot open metadata database {}", redact_url(url)))?;
+            Ok(store.with_node(&node))
+        }
+        None => Store::open(&config.metadata_path()).await.with_context(|| {
+            format!(
+                "cannot open metadata database {}",
+                config.metadata_path().display()
+            )
+        }),
+    }
+}
+
+/// A URL without its password, for messages.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// Creates the default organization and project when the store is empty.
@@ -264,6 +292,7 @@ pub struct Server {
     reward_task: tokio::task::JoinHandle<()>,
     pql_task: tokio::task::JoinHandle<()>,
     webhook_task: tokio::task::JoinHandle<()>,
+    flag_sync_task: tokio::task::JoinHandle<()>,
     event_hook_task: tokio::task::JoinHandle<()>,
     referral_task: tokio::task::JoinHandle<()>,
     sticky_task: tokio::task::JoinHandle<()>,
@@ -393,6 +422,12 @@ impl Server {
             state.config.pql_check_interval,
         ));
         let webhook_task = tokio::spawn(webhooks::run(state.clone()));
+        // Shared metadata: flags and SDK keys changed by other nodes (nothing to do on SQLite).
+        let flag_sync_task = tokio::spawn(flag_sync::run(
+            state.clone(),
+            Duration::from_secs(2),
+            shutdown_rx.clone(),
+        ));
         let retention_task = tokio::spawn(retention::run(
             state.clone(),
             state.config.retention_check_interval,
@@ -455,6 +490,7 @@ impl Server {
             reward_task,
             pql_task,
             webhook_task,
+            flag_sync_task,
             event_hook_task,
             referral_task,
             sticky_task,
@@ -479,6 +515,7 @@ impl Server {
         // An attempt cut here is not recorded: it is made again after the restart (receivers deduplicate by
         // message id).
         self.webhook_task.abort();
+        self.flag_sync_task.abort();
         // Announcing is idempotent per chunk only up to duplicates: a cut chunk is announced again (receivers
         // deduplicate by the event's uuid).
         self.event_hook_task.abort();

@@ -23,15 +23,26 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    let metadata = state.store.ping().await;
+    // A PostgreSQL that does not answer within 2 s counts as down (its pool would wait 10 s for a connection).
+    let metadata = tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping())
+        .await
+        .unwrap_or(false);
     let events = state.intake.is_healthy();
-    let status = if metadata && events {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
     let word = |ok: bool| if ok { "ok" } else { "unavailable" };
-    let mut body = json!({"status": word(metadata && events), "metadata": word(metadata), "events": word(events)});
+    // Shared metadata (PostgreSQL) away: the node still serves flags from its last snapshots and accepts events
+    // into its log, so it stays in the load balancer, `degraded`. A local SQLite file that fails is fatal.
+    let degraded = !metadata && events && state.store.is_postgres();
+    let (status, word_status) = if metadata && events {
+        (StatusCode::OK, "ok")
+    } else if degraded {
+        (StatusCode::OK, "degraded")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    };
+    let mut body = json!({"status": word_status, "metadata": word(metadata), "events": word(events)});
+    if degraded {
+        body["flags"] = json!("serving the last compiled snapshots");
+    }
     if let Some(spool) = &state.spool {
         // The node accepts events while ClickHouse is away (they wait in its log): reported, not a failure.
         let backlog = spool.backlog(state.intake.committed_lsn());

@@ -234,6 +234,10 @@ impl FlagRegistry {
     /// [`Self::rebuild`] after a write has committed: a failure must not turn the (successful) write into an
     /// error, so it is logged and the project's snapshots are dropped, to be compiled again on the next read.
     pub async fn refresh(&self, store: &Store, project_id: i64) {
+        // Other nodes recompile too (shared metadata; see `flag_sync`).
+        if let Err(e) = store.announce_flags(project_id).await {
+            tracing::warn!(project_id, error = %e, "announcing a flag change failed; other nodes poll for it");
+        }
         if let Err(e) = self.rebuild(store, project_id).await {
             tracing::error!(project_id, error = ?e, "recompiling flags failed; they will be compiled on next use");
             self.snapshots
@@ -289,6 +293,24 @@ impl FlagRegistry {
         Ok(projects.len())
     }
 
+    /// Whether this node has compiled snapshots of the project.
+    pub fn serves(&self, project_id: i64) -> bool {
+        self.snapshots
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&project_id)
+    }
+
+    /// The projects this node has compiled snapshots of.
+    pub fn projects(&self) -> Vec<i64> {
+        self.snapshots
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect()
+    }
+
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<i64> {
         self.changes.subscribe()
     }
@@ -317,6 +339,14 @@ impl FlagRegistry {
     }
 
     /// Drops cached client-key answers (a key was created or revoked).
+    /// After SDK keys changed here: forgets them, and tells the other nodes to (shared metadata).
+    pub async fn keys_changed(&self, store: &Store) {
+        self.forget_bindings();
+        if let Err(e) = store.announce_keys().await {
+            tracing::warn!(error = %e, "announcing an SDK key change failed; other nodes poll for it");
+        }
+    }
+
     pub fn forget_bindings(&self) {
         self.bindings
             .write()

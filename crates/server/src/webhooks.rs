@@ -637,8 +637,18 @@ fn now_text(state: &AppState) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-/// One endpoint's round: its due messages in order, stopping at one that must wait for a retry.
-async fn pump(state: &AppState, mut w: Webhook) -> Result<(), ApiError> {
+/// One endpoint's round: its due messages in order, stopping at one that must wait for a retry. Several nodes
+/// sharing the metadata take turns per endpoint (`Store::lock_webhook`): each message is sent by one of them.
+async fn pump(state: &AppState, w: Webhook) -> Result<(), ApiError> {
+    let Some(lock) = state.store.lock_webhook(w.id).await? else {
+        return Ok(());
+    };
+    let result = pump_locked(state, w).await;
+    lock.release().await;
+    result
+}
+
+async fn pump_locked(state: &AppState, mut w: Webhook) -> Result<(), ApiError> {
     for _ in 0..PER_ROUND {
         // The subscription as it is now (a rotated secret, a new URL or a deactivation apply to the next attempt).
         match state.store.webhook(w.project_id, w.id).await? {

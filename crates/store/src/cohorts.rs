@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::features::{append_audit, Actor, WriteError};
 use crate::{now_text, Result, Store};
+use crate::{on_conn, on_pool};
 
 /// A cohort as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -60,7 +61,7 @@ fn from_row(
 }
 
 async fn audit(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: &mut crate::Tx,
     project_id: i64,
     actor: &Actor,
     action: &str,
@@ -84,17 +85,17 @@ async fn audit(
 }
 
 async fn read_cohort(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut impl crate::AsEx,
     project_id: i64,
     id: i64,
 ) -> Result<Option<CohortRecord>> {
-    let row: Option<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM cohorts WHERE project_id = ? AND id = ? AND deleted = 0"
+    let row: Option<Row> = on_conn!(conn, |c| sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM cohorts WHERE project_id = $1 AND id = $2 AND deleted = FALSE"
     ))
     .bind(project_id)
     .bind(id)
-    .fetch_optional(conn)
-    .await?;
+    .fetch_optional(c)
+    .await)?;
     row.map(from_row).transpose()
 }
 
@@ -111,9 +112,10 @@ impl Store {
     ) -> Result<CohortRecord> {
         let mut tx = self.write_tx().await?;
         let now = now_text();
-        let id: i64 = sqlx::query_scalar(
+        let id: i64 = on_conn!(&mut tx, |c| {
+            sqlx::query_scalar(
             "INSERT INTO cohorts (project_id, name, description, is_static, filters, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(project_id)
         .bind(name)
@@ -122,8 +124,9 @@ impl Store {
         .bind(filters.map(Value::to_string))
         .bind(&now)
         .bind(&now)
-        .fetch_one(&mut *tx)
-        .await?;
+        .fetch_one(c)
+        .await
+        })?;
         let record = CohortRecord {
             id,
             name: name.to_owned(),
@@ -149,18 +152,18 @@ impl Store {
 
     /// A cohort of the project (`None`: none, or deleted).
     pub async fn cohort(&self, project_id: i64, id: i64) -> Result<Option<CohortRecord>> {
-        let mut conn = self.pool().acquire().await?;
+        let mut conn = self.conn().await?;
         read_cohort(&mut conn, project_id, id).await
     }
 
     /// The project's cohorts, by id.
     pub async fn cohorts(&self, project_id: i64) -> Result<Vec<CohortRecord>> {
-        let rows: Vec<Row> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM cohorts WHERE project_id = ? AND deleted = 0 ORDER BY id"
+        let rows: Vec<Row> = on_pool!(self, |c| sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM cohorts WHERE project_id = $1 AND deleted = FALSE ORDER BY id"
         ))
         .bind(project_id)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(c)
+        .await)?;
         rows.into_iter().map(from_row).collect()
     }
 
@@ -197,9 +200,10 @@ impl Store {
         }
         after.version += 1;
         after.updated_at = now_text();
-        sqlx::query(
-            "UPDATE cohorts SET name = ?, description = ?, filters = ?, version = ?, updated_at = ?
-             WHERE id = ?",
+        on_conn!(&mut tx, |c| {
+            sqlx::query(
+            "UPDATE cohorts SET name = $1, description = $2, filters = $3, version = $4, updated_at = $5
+             WHERE id = $6",
         )
         .bind(&after.name)
         .bind(&after.description)
@@ -207,8 +211,9 @@ impl Store {
         .bind(after.version)
         .bind(&after.updated_at)
         .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        .execute(c)
+        .await.map(|r| r.rows_affected())
+        })?;
         audit(
             &mut tx,
             project_id,
@@ -229,17 +234,22 @@ impl Store {
         let Some(before) = read_cohort(&mut tx, project_id, id).await? else {
             return Ok(false);
         };
-        sqlx::query(
-            "UPDATE cohorts SET deleted = 1, version = version + 1, updated_at = ? WHERE id = ?",
+        on_conn!(&mut tx, |c| {
+            sqlx::query(
+            "UPDATE cohorts SET deleted = TRUE, version = version + 1, updated_at = $1 WHERE id = $2",
         )
         .bind(now_text())
         .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM cohort_people WHERE cohort_id = ?")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        .execute(c)
+        .await.map(|r| r.rows_affected())
+        })?;
+        on_conn!(&mut tx, |c| sqlx::query(
+            "DELETE FROM cohort_people WHERE cohort_id = $1"
+        )
+        .bind(id)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
         audit(
             &mut tx,
             project_id,
@@ -275,20 +285,20 @@ impl Store {
         }
         let mut changed = 0u64;
         let sql = if add {
-            "INSERT OR IGNORE INTO cohort_people (cohort_id, person_id)
-             SELECT ?, id FROM persons WHERE id = ? AND project_id = ?"
+            "INSERT INTO cohort_people (cohort_id, person_id)
+             SELECT $1, id FROM persons WHERE id = $2 AND project_id = $3 ON CONFLICT DO NOTHING"
         } else {
-            "DELETE FROM cohort_people WHERE cohort_id = ? AND person_id = ?
-             AND EXISTS (SELECT 1 FROM persons WHERE id = person_id AND project_id = ?)"
+            "DELETE FROM cohort_people WHERE cohort_id = $1 AND person_id = $2
+             AND EXISTS (SELECT 1 FROM persons WHERE id = person_id AND project_id = $3)"
         };
         for &person in person_ids {
-            changed += sqlx::query(sql)
+            changed += on_conn!(&mut tx, |c| sqlx::query(sql)
                 .bind(id)
                 .bind(person)
                 .bind(project_id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+                .execute(c)
+                .await
+                .map(|r| r.rows_affected()))?;
         }
         if changed == 0 {
             return Ok((0, before));
@@ -298,12 +308,15 @@ impl Store {
             updated_at: now_text(),
             ..before.clone()
         };
-        sqlx::query("UPDATE cohorts SET version = ?, updated_at = ? WHERE id = ?")
-            .bind(after.version)
-            .bind(&after.updated_at)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        on_conn!(&mut tx, |c| sqlx::query(
+            "UPDATE cohorts SET version = $1, updated_at = $2 WHERE id = $3"
+        )
+        .bind(after.version)
+        .bind(&after.updated_at)
+        .bind(id)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
         let action = if add {
             "cohort.members_added"
         } else {
@@ -330,11 +343,11 @@ impl Store {
 
     /// The person ids of a static cohort's members.
     pub async fn cohort_people(&self, cohort_id: i64) -> Result<Vec<i64>> {
-        Ok(sqlx::query_scalar(
-            "SELECT person_id FROM cohort_people WHERE cohort_id = ? ORDER BY person_id",
+        Ok(on_pool!(self, |c| sqlx::query_scalar(
+            "SELECT person_id FROM cohort_people WHERE cohort_id = $1 ORDER BY person_id",
         )
         .bind(cohort_id)
-        .fetch_all(self.pool())
-        .await?)
+        .fetch_all(c)
+        .await)?)
     }
 }

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::features::{append_audit, Actor, WriteError};
 use crate::{now_text, Result, Store};
+use crate::{on_conn, on_pool};
 
 /// A document as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -71,7 +72,7 @@ fn from_row(
 }
 
 async fn audit(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: &mut crate::Tx,
     project_id: i64,
     actor: &Actor,
     action: &str,
@@ -97,19 +98,19 @@ async fn audit(
 }
 
 async fn read(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut impl crate::AsEx,
     project_id: i64,
     kind: &str,
     key: &str,
 ) -> Result<Option<Document>> {
-    let row: Option<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM documents WHERE project_id = ? AND kind = ? AND key = ?"
+    let row: Option<Row> = on_conn!(conn, |c| sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM documents WHERE project_id = $1 AND kind = $2 AND key = $3"
     ))
     .bind(project_id)
     .bind(kind)
     .bind(key)
-    .fetch_optional(conn)
-    .await?;
+    .fetch_optional(c)
+    .await)?;
     row.map(from_row).transpose()
 }
 
@@ -136,18 +137,21 @@ pub struct OutboxEntry {
 }
 
 pub(crate) async fn enqueue(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: &mut crate::Tx,
     project_id: i64,
     topic: &str,
     payload: &Value,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO outbox (project_id, topic, payload, created_at) VALUES (?, ?, ?, ?)")
-        .bind(project_id)
-        .bind(topic)
-        .bind(payload.to_string())
-        .bind(now_text())
-        .execute(&mut **tx)
-        .await?;
+    on_conn!(tx, |c| sqlx::query(
+        "INSERT INTO outbox (project_id, topic, payload, created_at) VALUES ($1, $2, $3, $4)"
+    )
+    .bind(project_id)
+    .bind(topic)
+    .bind(payload.to_string())
+    .bind(now_text())
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
     Ok(())
 }
 
@@ -180,9 +184,9 @@ impl Store {
             return Err(WriteError::AlreadyExists);
         }
         let now = now_text();
-        let id: i64 = sqlx::query_scalar(
+        let id: i64 = on_conn!(&mut tx, |c| sqlx::query_scalar(
             "INSERT INTO documents (project_id, kind, key, name, body, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(project_id)
         .bind(kind)
@@ -191,8 +195,8 @@ impl Store {
         .bind(body.to_string())
         .bind(&now)
         .bind(&now)
-        .fetch_one(&mut *tx)
-        .await?;
+        .fetch_one(c)
+        .await)?;
         let doc = Document {
             id,
             kind: kind.to_owned(),
@@ -216,7 +220,7 @@ impl Store {
         kind: &str,
         key: &str,
     ) -> Result<Option<Document>> {
-        let mut conn = self.pool().acquire().await?;
+        let mut conn = self.conn().await?;
         read(&mut conn, project_id, kind, key).await
     }
 
@@ -227,15 +231,17 @@ impl Store {
         kind: &str,
         include_archived: bool,
     ) -> Result<Vec<Document>> {
-        let rows: Vec<Row> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM documents WHERE project_id = ? AND kind = ? AND (archived = 0 OR ?)
+        let rows: Vec<Row> = on_pool!(self, |c| {
+            sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM documents WHERE project_id = $1 AND kind = $2 AND (archived = FALSE OR $3)
              ORDER BY key"
         ))
         .bind(project_id)
         .bind(kind)
         .bind(include_archived)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(c)
+        .await
+        })?;
         rows.into_iter().map(from_row).collect()
     }
 
@@ -271,8 +277,9 @@ impl Store {
         }
         after.version += 1;
         after.updated_at = now_text();
-        sqlx::query(
-            "UPDATE documents SET name = ?, body = ?, archived = ?, version = ?, updated_at = ? WHERE id = ?",
+        on_conn!(&mut tx, |c| {
+            sqlx::query(
+            "UPDATE documents SET name = $1, body = $2, archived = $3, version = $4, updated_at = $5 WHERE id = $6",
         )
         .bind(&after.name)
         .bind(after.body.to_string())
@@ -280,8 +287,9 @@ impl Store {
         .bind(after.version)
         .bind(&after.updated_at)
         .bind(after.id)
-        .execute(&mut *tx)
-        .await?;
+        .execute(c)
+        .await.map(|r| r.rows_affected())
+        })?;
         let action = match &update.action {
             Some(a) => a.as_str(),
             None if after.archived && !before.archived => "archived",
@@ -309,15 +317,16 @@ impl Store {
         kind: &str,
         status: &str,
     ) -> Result<Vec<(i64, Document)>> {
-        let rows: Vec<ProjectRow> = sqlx::query_as(&format!(
+        let status_of = self.dialect().json_text("body", "status");
+        let rows: Vec<ProjectRow> = on_pool!(self, |c| sqlx::query_as(&format!(
             "SELECT project_id, {COLUMNS} FROM documents
-                 WHERE kind = ? AND archived = 0 AND json_extract(body, '$.status') = ?
+                 WHERE kind = $1 AND archived = FALSE AND {status_of} = $2
                  ORDER BY project_id, key"
         ))
         .bind(kind)
         .bind(status)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(c)
+        .await)?;
         rows.into_iter()
             .map(|(p, id, k, key, n, b, v, a, c, u)| {
                 Ok((p, from_row((id, k, key, n, b, v, a, c, u))?))
@@ -327,12 +336,14 @@ impl Store {
 
     /// Every project's unarchived documents of `kind`, as (project, document).
     pub async fn all_documents(&self, kind: &str) -> Result<Vec<(i64, Document)>> {
-        let rows: Vec<ProjectRow> = sqlx::query_as(&format!(
-            "SELECT project_id, {COLUMNS} FROM documents WHERE kind = ? AND archived = 0 ORDER BY project_id, key"
+        let rows: Vec<ProjectRow> = on_pool!(self, |c| {
+            sqlx::query_as(&format!(
+            "SELECT project_id, {COLUMNS} FROM documents WHERE kind = $1 AND archived = FALSE ORDER BY project_id, key"
         ))
         .bind(kind)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(c)
+        .await
+        })?;
         rows.into_iter()
             .map(|(p, id, k, key, n, b, v, a, c, u)| {
                 Ok((p, from_row((id, k, key, n, b, v, a, c, u))?))
@@ -348,17 +359,18 @@ impl Store {
         after_id: i64,
         limit: i64,
     ) -> Result<Vec<OutboxEntry>> {
-        let rows: Vec<(i64, String, String, String, Option<String>)> = sqlx::query_as(
-            "SELECT id, topic, payload, created_at, delivered_at FROM outbox
-             WHERE project_id = ? AND id > ? AND (? IS NULL OR topic = ?) ORDER BY id LIMIT ?",
-        )
-        .bind(project_id)
-        .bind(after_id)
-        .bind(topic)
-        .bind(topic)
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
+        let rows: Vec<(i64, String, String, String, Option<String>)> =
+            on_pool!(self, |c| sqlx::query_as(
+                "SELECT id, topic, payload, created_at, delivered_at FROM outbox
+             WHERE project_id = $1 AND id > $2 AND ($3 IS NULL OR topic = $4) ORDER BY id LIMIT $5",
+            )
+            .bind(project_id)
+            .bind(after_id)
+            .bind(topic)
+            .bind(topic)
+            .bind(limit)
+            .fetch_all(c)
+            .await)?;
         rows.into_iter()
             .map(|(id, topic, payload, created_at, delivered_at)| {
                 Ok(OutboxEntry {

@@ -6,10 +6,10 @@
 
 use serde::Serialize;
 use serde_json::{json, Value};
-use sqlx::{Sqlite, Transaction};
 
 use crate::keys::key_digest;
 use crate::{now_text, Result, Store, StoreError};
+use crate::{on_conn, on_pool};
 
 /// Who made a change, and from where.
 #[derive(Debug, Clone)]
@@ -159,12 +159,14 @@ const FEATURE_COLUMNS: &str = "key, definition, archived, version, created_at, u
 
 impl Store {
     pub async fn environments(&self, project_id: i64) -> Result<Vec<EnvironmentRecord>> {
-        let rows: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT key, description, created_at FROM environments WHERE project_id = ? ORDER BY created_at, key",
+        let rows: Vec<(String, String, String)> = on_pool!(self, |c| {
+            sqlx::query_as(
+            "SELECT key, description, created_at FROM environments WHERE project_id = $1 ORDER BY created_at, key",
         )
         .bind(project_id)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(c)
+        .await
+        })?;
         Ok(rows
             .into_iter()
             .map(|(key, description, created_at)| EnvironmentRecord {
@@ -184,16 +186,18 @@ impl Store {
     ) -> Result<EnvironmentRecord, WriteError> {
         let mut tx = self.write_tx().await?;
         let now = now_text();
-        let inserted = sqlx::query(
-            "INSERT OR IGNORE INTO environments (project_id, key, description, created_at) VALUES (?, ?, ?, ?)",
+        let inserted = on_conn!(&mut tx, |c| {
+            sqlx::query(
+            "INSERT INTO environments (project_id, key, description, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
         )
         .bind(project_id)
         .bind(key)
         .bind(description)
         .bind(&now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .execute(c)
+        .await.map(|r| r.rows_affected())
+        })?;
         if inserted == 0 {
             return Err(WriteError::AlreadyExists);
         }
@@ -223,24 +227,26 @@ impl Store {
         project_id: i64,
         include_archived: bool,
     ) -> Result<Vec<FeatureRecord>> {
-        let rows: Vec<FeatureRow> = sqlx::query_as(&format!(
-            "SELECT {FEATURE_COLUMNS} FROM features WHERE project_id = ? AND (archived = 0 OR ?) ORDER BY key"
+        let rows: Vec<FeatureRow> = on_pool!(self, |c| {
+            sqlx::query_as(&format!(
+            "SELECT {FEATURE_COLUMNS} FROM features WHERE project_id = $1 AND (archived = FALSE OR $2) ORDER BY key"
         ))
         .bind(project_id)
         .bind(include_archived)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(c)
+        .await
+        })?;
         rows.into_iter().map(feature_from_row).collect()
     }
 
     pub async fn feature(&self, project_id: i64, key: &str) -> Result<Option<FeatureRecord>> {
-        let row: Option<FeatureRow> = sqlx::query_as(&format!(
-            "SELECT {FEATURE_COLUMNS} FROM features WHERE project_id = ? AND key = ?"
+        let row: Option<FeatureRow> = on_pool!(self, |c| sqlx::query_as(&format!(
+            "SELECT {FEATURE_COLUMNS} FROM features WHERE project_id = $1 AND key = $2"
         ))
         .bind(project_id)
         .bind(key)
-        .fetch_optional(self.pool())
-        .await?;
+        .fetch_optional(c)
+        .await)?;
         row.map(feature_from_row).transpose()
     }
 
@@ -253,18 +259,19 @@ impl Store {
     ) -> Result<FeatureRecord, WriteError> {
         let mut tx = self.write_tx().await?;
         let now = now_text();
-        let inserted = sqlx::query(
-            "INSERT OR IGNORE INTO features (project_id, key, definition, archived, version, created_at, updated_at)
-             VALUES (?, ?, ?, 0, 1, ?, ?)",
+        let inserted = on_conn!(&mut tx, |c| {
+            sqlx::query(
+            "INSERT INTO features (project_id, key, definition, archived, version, created_at, updated_at)
+             VALUES ($1, $2, $3, FALSE, 1, $4, $5) ON CONFLICT DO NOTHING",
         )
         .bind(project_id)
         .bind(key)
         .bind(definition.to_string())
         .bind(&now)
         .bind(&now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .execute(c)
+        .await.map(|r| r.rows_affected())
+        })?;
         if inserted == 0 {
             return Err(WriteError::AlreadyExists);
         }
@@ -305,13 +312,13 @@ impl Store {
         actor: &Actor,
     ) -> Result<FeatureRecord, WriteError> {
         let mut tx = self.write_tx().await?;
-        let row: Option<FeatureRow> = sqlx::query_as(&format!(
-            "SELECT {FEATURE_COLUMNS} FROM features WHERE project_id = ? AND key = ?"
+        let row: Option<FeatureRow> = on_conn!(&mut tx, |c| sqlx::query_as(&format!(
+            "SELECT {FEATURE_COLUMNS} FROM features WHERE project_id = $1 AND key = $2"
         ))
         .bind(project_id)
         .bind(key)
-        .fetch_optional(&mut *tx)
-        .await?;
+        .fetch_optional(c)
+        .await)?;
         let before = feature_from_row(row.ok_or(WriteError::NotFound)?)?;
         if before.version != expected_version {
             return Err(WriteError::VersionConflict {
@@ -319,9 +326,10 @@ impl Store {
             });
         }
         let now = now_text();
-        sqlx::query(
-            "UPDATE features SET definition = ?, archived = ?, version = version + 1, updated_at = ?
-             WHERE project_id = ? AND key = ? AND version = ?",
+        on_conn!(&mut tx, |c| {
+            sqlx::query(
+            "UPDATE features SET definition = $1, archived = $2, version = version + 1, updated_at = $3
+             WHERE project_id = $4 AND key = $5 AND version = $6",
         )
         .bind(definition.to_string())
         .bind(archived)
@@ -329,8 +337,9 @@ impl Store {
         .bind(project_id)
         .bind(key)
         .bind(expected_version)
-        .execute(&mut *tx)
-        .await?;
+        .execute(c)
+        .await.map(|r| r.rows_affected())
+        })?;
         let after = FeatureRecord {
             key: key.to_owned(),
             definition: definition.clone(),
@@ -378,21 +387,22 @@ impl Store {
             .collect();
         let key = format!("{SDK_KEY_PREFIX}{body}");
         let mut tx = self.write_tx().await?;
-        let exists: Option<String> =
-            sqlx::query_scalar("SELECT key FROM environments WHERE project_id = ? AND key = ?")
-                .bind(project_id)
-                .bind(environment)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let exists: Option<String> = on_conn!(&mut tx, |c| sqlx::query_scalar(
+            "SELECT key FROM environments WHERE project_id = $1 AND key = $2"
+        )
+        .bind(project_id)
+        .bind(environment)
+        .fetch_optional(c)
+        .await)?;
         if exists.is_none() {
             return Err(WriteError::NotFound);
         }
         let now = now_text();
         let prefix: String = key.chars().take(9).collect();
-        let id = sqlx::query(
+        let id = on_conn!(&mut tx, |c| sqlx::query_scalar::<_, i64>(
             "INSERT INTO sdk_connections
                (project_id, environment, name, key_hash, key_prefix, created_at, encryption_key)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(project_id)
         .bind(environment)
@@ -401,9 +411,8 @@ impl Store {
         .bind(&prefix)
         .bind(&now)
         .bind(&encryption_key)
-        .execute(&mut *tx)
-        .await?
-        .last_insert_rowid();
+        .fetch_one(c)
+        .await)?;
         let record = SdkConnection {
             id,
             environment: environment.to_owned(),
@@ -430,13 +439,15 @@ impl Store {
 
     pub async fn sdk_connections(&self, project_id: i64) -> Result<Vec<SdkConnection>> {
         type Row = (i64, String, String, String, bool, String);
-        let rows: Vec<Row> = sqlx::query_as(
+        let rows: Vec<Row> = on_pool!(self, |c| {
+            sqlx::query_as(
             "SELECT id, environment, name, key_prefix, encryption_key IS NOT NULL, created_at FROM sdk_connections
-             WHERE project_id = ? AND revoked_at IS NULL ORDER BY id",
+             WHERE project_id = $1 AND revoked_at IS NULL ORDER BY id",
         )
         .bind(project_id)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(c)
+        .await
+        })?;
         Ok(rows
             .into_iter()
             .map(
@@ -461,15 +472,16 @@ impl Store {
     ) -> Result<(), WriteError> {
         let mut tx = self.write_tx().await?;
         let now = now_text();
-        let revoked = sqlx::query(
-            "UPDATE sdk_connections SET revoked_at = ? WHERE project_id = ? AND id = ? AND revoked_at IS NULL",
+        let revoked = on_conn!(&mut tx, |c| {
+            sqlx::query(
+            "UPDATE sdk_connections SET revoked_at = $1 WHERE project_id = $2 AND id = $3 AND revoked_at IS NULL",
         )
         .bind(&now)
         .bind(project_id)
         .bind(id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .execute(c)
+        .await.map(|r| r.rows_affected())
+        })?;
         if revoked == 0 {
             return Err(WriteError::NotFound);
         }
@@ -490,13 +502,13 @@ impl Store {
 
     /// What a client key serves, `None` for unknown or revoked keys.
     pub async fn sdk_binding(&self, key: &str) -> Result<Option<SdkBinding>> {
-        let row: Option<(i64, i64, String, Option<String>)> = sqlx::query_as(
+        let row: Option<(i64, i64, String, Option<String>)> = on_pool!(self, |c| sqlx::query_as(
             "SELECT id, project_id, environment, encryption_key FROM sdk_connections
-             WHERE key_hash = ? AND revoked_at IS NULL",
+             WHERE key_hash = $1 AND revoked_at IS NULL",
         )
         .bind(key_digest(key))
-        .fetch_optional(self.pool())
-        .await?;
+        .fetch_optional(c)
+        .await)?;
         Ok(row.map(
             |(connection_id, project_id, environment, encryption_key)| SdkBinding {
                 connection_id,
@@ -509,20 +521,20 @@ impl Store {
 
     /// Projects that have at least one feature (the server compiles their flags at start).
     pub async fn projects_with_features(&self) -> Result<Vec<i64>> {
-        Ok(
-            sqlx::query_scalar("SELECT DISTINCT project_id FROM features ORDER BY project_id")
-                .fetch_all(self.pool())
-                .await?,
+        Ok(on_pool!(self, |c| sqlx::query_scalar(
+            "SELECT DISTINCT project_id FROM features ORDER BY project_id"
         )
+        .fetch_all(c)
+        .await)?)
     }
 
     pub async fn saved_groups(&self, project_id: i64) -> Result<Vec<SavedGroupRecord>> {
-        let rows: Vec<SavedGroupRow> = sqlx::query_as(&format!(
-            "SELECT {SAVED_GROUP_COLUMNS} FROM saved_groups WHERE project_id = ? ORDER BY key"
+        let rows: Vec<SavedGroupRow> = on_pool!(self, |c| sqlx::query_as(&format!(
+            "SELECT {SAVED_GROUP_COLUMNS} FROM saved_groups WHERE project_id = $1 ORDER BY key"
         ))
         .bind(project_id)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(c)
+        .await)?;
         rows.into_iter().map(saved_group_from_row).collect()
     }
 
@@ -531,13 +543,13 @@ impl Store {
         project_id: i64,
         key: &str,
     ) -> Result<Option<SavedGroupRecord>> {
-        let row: Option<SavedGroupRow> = sqlx::query_as(&format!(
-            "SELECT {SAVED_GROUP_COLUMNS} FROM saved_groups WHERE project_id = ? AND key = ?"
+        let row: Option<SavedGroupRow> = on_pool!(self, |c| sqlx::query_as(&format!(
+            "SELECT {SAVED_GROUP_COLUMNS} FROM saved_groups WHERE project_id = $1 AND key = $2"
         ))
         .bind(project_id)
         .bind(key)
-        .fetch_optional(self.pool())
-        .await?;
+        .fetch_optional(c)
+        .await)?;
         row.map(saved_group_from_row).transpose()
     }
 
@@ -552,13 +564,13 @@ impl Store {
         actor: &Actor,
     ) -> Result<Option<SavedGroupRecord>, WriteError> {
         let mut tx = self.write_tx().await?;
-        let row: Option<SavedGroupRow> = sqlx::query_as(&format!(
-            "SELECT {SAVED_GROUP_COLUMNS} FROM saved_groups WHERE project_id = ? AND key = ?"
+        let row: Option<SavedGroupRow> = on_conn!(&mut tx, |c| sqlx::query_as(&format!(
+            "SELECT {SAVED_GROUP_COLUMNS} FROM saved_groups WHERE project_id = $1 AND key = $2"
         ))
         .bind(project_id)
         .bind(key)
-        .fetch_optional(&mut *tx)
-        .await?;
+        .fetch_optional(c)
+        .await)?;
         let before = row.map(saved_group_from_row).transpose()?;
         let now = now_text();
         let (action, after) = match (&before, expected_version, definition) {
@@ -568,17 +580,19 @@ impl Store {
                 return Err(WriteError::VersionConflict { current: b.version })
             }
             (None, None, Some(def)) => {
-                sqlx::query(
+                on_conn!(&mut tx, |c| {
+                    sqlx::query(
                     "INSERT INTO saved_groups (project_id, key, definition, version, created_at, updated_at)
-                     VALUES (?, ?, ?, 1, ?, ?)",
+                     VALUES ($1, $2, $3, 1, $4, $5)",
                 )
                 .bind(project_id)
                 .bind(key)
                 .bind(def.to_string())
                 .bind(&now)
                 .bind(&now)
-                .execute(&mut *tx)
-                .await?;
+                .execute(c)
+                .await.map(|r| r.rows_affected())
+                })?;
                 let record = SavedGroupRecord {
                     key: key.to_owned(),
                     definition: def.clone(),
@@ -589,17 +603,19 @@ impl Store {
                 ("saved_group.created", Some(record))
             }
             (Some(b), Some(v), Some(def)) => {
-                sqlx::query(
-                    "UPDATE saved_groups SET definition = ?, version = version + 1, updated_at = ?
-                     WHERE project_id = ? AND key = ? AND version = ?",
+                on_conn!(&mut tx, |c| {
+                    sqlx::query(
+                    "UPDATE saved_groups SET definition = $1, version = version + 1, updated_at = $2
+                     WHERE project_id = $3 AND key = $4 AND version = $5",
                 )
                 .bind(def.to_string())
                 .bind(&now)
                 .bind(project_id)
                 .bind(key)
                 .bind(v)
-                .execute(&mut *tx)
-                .await?;
+                .execute(c)
+                .await.map(|r| r.rows_affected())
+                })?;
                 let record = SavedGroupRecord {
                     key: key.to_owned(),
                     definition: def.clone(),
@@ -610,14 +626,15 @@ impl Store {
                 ("saved_group.updated", Some(record))
             }
             (Some(_), Some(v), None) => {
-                sqlx::query(
-                    "DELETE FROM saved_groups WHERE project_id = ? AND key = ? AND version = ?",
+                on_conn!(&mut tx, |c| sqlx::query(
+                    "DELETE FROM saved_groups WHERE project_id = $1 AND key = $2 AND version = $3",
                 )
                 .bind(project_id)
                 .bind(key)
                 .bind(v)
-                .execute(&mut *tx)
-                .await?;
+                .execute(c)
+                .await
+                .map(|r| r.rows_affected()))?;
                 ("saved_group.deleted", None)
             }
         };
@@ -660,13 +677,14 @@ impl Store {
             Option<String>,
             String,
         );
-        let rows: Vec<Row> = sqlx::query_as(
+        let rows: Vec<Row> = on_pool!(self, |c| {
+            sqlx::query_as(
             "SELECT id, actor, action, entity_type, entity_id, before, after, diff, source_ip, at FROM audit_log
-             WHERE project_id = ?
-               AND (? IS NULL OR entity_type = ?) AND (? IS NULL OR entity_id = ?)
-               AND (? IS NULL OR actor = ?) AND (? IS NULL OR action = ?)
-               AND (? IS NULL OR at >= ?) AND (? IS NULL OR at < ?) AND (? IS NULL OR id < ?)
-             ORDER BY id DESC LIMIT ?",
+             WHERE project_id = $1
+               AND ($2 IS NULL OR entity_type = $3) AND ($4 IS NULL OR entity_id = $5)
+               AND ($6 IS NULL OR actor = $7) AND ($8 IS NULL OR action = $9)
+               AND ($10 IS NULL OR at >= $11) AND ($12 IS NULL OR at < $13) AND ($14 IS NULL OR id < $15)
+             ORDER BY id DESC LIMIT $16",
         )
         .bind(project_id)
         .bind(&f.entity_type)
@@ -684,8 +702,9 @@ impl Store {
         .bind(f.before_id)
         .bind(f.before_id)
         .bind(f.limit)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(c)
+        .await
+        })?;
         let parse = |s: Option<String>| -> Result<Option<Value>> {
             s.map(|t| serde_json::from_str(&t))
                 .transpose()
@@ -725,7 +744,7 @@ impl Store {
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn append_audit(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut crate::Tx,
     project_id: i64,
     actor: &Actor,
     action: &str,
@@ -741,9 +760,10 @@ pub(crate) async fn append_audit(
         after.unwrap_or(&Value::Null),
         &mut changes,
     );
-    sqlx::query(
+    on_conn!(tx, |c| {
+        sqlx::query(
         "INSERT INTO audit_log (project_id, actor, action, entity_type, entity_id, before, after, diff, source_ip, at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(project_id)
     .bind(&actor.label)
@@ -755,8 +775,9 @@ pub(crate) async fn append_audit(
     .bind(Value::Array(changes.clone()).to_string())
     .bind(&actor.source_ip)
     .bind(now_text())
-    .execute(&mut **tx)
-    .await?;
+    .execute(c)
+    .await.map(|r| r.rows_affected())
+    })?;
     // Announced for webhooks (`audit.<action>`), with what changed.
     let payload = serde_json::json!({"action": action, "entity_type": entity_type, "entity_id": entity_id,
         "actor": actor.label, "changes": changes});

@@ -10,16 +10,29 @@ use sqlx::{Column, Row, TypeInfo, ValueRef};
 use crate::{Result, Store};
 
 /// A row as a JSON object (INTEGER, REAL, TEXT and NULL columns; anything else as null).
-fn row_json(row: &sqlx::sqlite::SqliteRow) -> Value {
+fn row_json<R>(row: &R) -> Value
+where
+    R: Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> f64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
     let mut out = Map::new();
     for (i, col) in row.columns().iter().enumerate() {
         let value = match row.try_get_raw(i) {
+            // SQLite's and PostgreSQL's type names (the flags are BOOLEAN on PostgreSQL, 0/1 on SQLite).
             Ok(raw) if !raw.is_null() => match raw.type_info().name() {
-                "INTEGER" | "BOOLEAN" => row
+                "BOOL" => row
+                    .try_get::<bool, _>(i)
+                    .map(Value::from)
+                    .unwrap_or(Value::Null),
+                "INTEGER" | "BOOLEAN" | "INT8" => row
                     .try_get::<i64, _>(i)
                     .map(Value::from)
                     .unwrap_or(Value::Null),
-                "REAL" => row
+                "REAL" | "FLOAT8" => row
                     .try_get::<f64, _>(i)
                     .map(Value::from)
                     .unwrap_or(Value::Null),
@@ -66,24 +79,28 @@ impl Store {
         ];
         let mut out = Vec::new();
         for (table, sql, scalars) in &queries {
-            let mut q = sqlx::query(sql).bind(project_id);
-            for s in scalars {
-                q = q.bind(*s);
-            }
             // Each `IN ({ids})` takes the distinct ids once (none when the list is `NULL`).
             let lists = if distinct_ids.is_empty() {
                 0
             } else {
                 sql.matches("IN (").count()
             };
-            for _ in 0..lists {
-                for d in distinct_ids {
-                    q = q.bind(d);
+            let sql = crate::numbered(sql);
+            let rows: Vec<Value> = on_pool!(self, |c| {
+                let mut q = sqlx::query(&sql).bind(project_id);
+                for s in scalars {
+                    q = q.bind(*s);
                 }
-            }
-            for row in q.fetch_all(self.pool()).await? {
-                out.push((*table, row_json(&row)));
-            }
+                for _ in 0..lists {
+                    for d in distinct_ids {
+                        q = q.bind(d);
+                    }
+                }
+                q.fetch_all(c)
+                    .await
+                    .map(|rows| rows.iter().map(row_json).collect())
+            })?;
+            out.extend(rows.into_iter().map(|row| (*table, row)));
         }
         Ok(out)
     }
@@ -346,7 +363,8 @@ impl Tombs {
     }
 }
 
-type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
+use crate::Tx;
+use crate::{on_conn, on_pool};
 
 /// `(?, ?, …)` for `n` values (`(NULL)` when none).
 fn list(n: usize) -> String {
@@ -377,31 +395,38 @@ async fn sweep(
     let mentions: Vec<String> = columns
         .iter()
         .flat_map(|c| {
-            tombs
-                .pairs
-                .iter()
-                .map(move |_| format!("instr({c}, ?) > 0"))
+            let d = tx.dialect();
+            tombs.pairs.iter().map(move |_| d.contains(c, "?"))
         })
         .collect();
-    let sql = format!(
+    let sql = crate::numbered(&format!(
         "SELECT {key}, {} FROM {table} WHERE {scope} AND ({})",
         columns.join(", "),
         mentions.join(" OR ")
-    );
-    let mut q = sqlx::query(&sql).bind(project_id);
-    for _ in columns {
-        for (id, _) in &tombs.pairs {
-            q = q.bind(id);
+    ));
+    // (key, the columns' texts)
+    let rows: Vec<(i64, Vec<Option<String>>)> = on_conn!(tx, |c| {
+        let mut q = sqlx::query(&sql).bind(project_id);
+        for _ in columns {
+            for (id, _) in &tombs.pairs {
+                q = q.bind(id);
+            }
         }
-    }
-    let rows = q.fetch_all(&mut **tx).await?;
+        let rows = q.fetch_all(c).await?;
+        rows.iter()
+            .map(|row| {
+                let texts = (1..=columns.len())
+                    .map(|i| row.try_get(i))
+                    .collect::<std::result::Result<_, _>>()?;
+                Ok::<_, sqlx::Error>((row.try_get(0)?, texts))
+            })
+            .collect::<std::result::Result<_, _>>()
+    })?;
     let mut changed = 0;
-    for row in rows {
-        let id: i64 = row.try_get(0)?;
+    for (id, texts) in rows {
         let mut sets = Vec::new();
         let mut values = Vec::new();
-        for (i, c) in columns.iter().enumerate() {
-            let text: Option<String> = row.try_get(i + 1)?;
+        for (c, text) in columns.iter().zip(texts) {
             if let Some(new) = text.as_deref().and_then(|t| tombs.text(t)) {
                 sets.push(format!("{c} = ?"));
                 values.push(new);
@@ -410,15 +435,17 @@ async fn sweep(
         if sets.is_empty() {
             continue;
         }
-        let sql = format!(
+        let sql = crate::numbered(&format!(
             "UPDATE {table} SET {}{extra_set} WHERE {key} = ?",
             sets.join(", ")
-        );
-        let mut q = sqlx::query(&sql);
-        for v in values {
-            q = q.bind(v);
-        }
-        q.bind(id).execute(&mut **tx).await?;
+        ));
+        on_conn!(tx, |c| {
+            let mut q = sqlx::query(&sql);
+            for v in values {
+                q = q.bind(v);
+            }
+            q.bind(id).execute(c).await.map(|r| r.rows_affected())
+        })?;
         changed += 1;
     }
     Ok(changed)
@@ -431,32 +458,38 @@ impl Store {
         project_id: i64,
         distinct_id: &str,
     ) -> Result<Option<ErasureSubject>> {
-        let mut conn = self.pool().acquire().await?;
-        let row: Option<(i64, String, String)> = sqlx::query_as(
+        let mut conn = self.conn().await?;
+        let row: Option<(i64, String, String)> = on_conn!(&mut conn, |c| {
+            sqlx::query_as(
             "SELECT p.id, p.uuid, p.properties FROM person_distinct_ids d JOIN persons p ON p.id = d.person_id
-             WHERE d.project_id = ? AND d.distinct_id = ?",
+             WHERE d.project_id = $1 AND d.distinct_id = $2",
         )
         .bind(project_id)
         .bind(distinct_id)
-        .fetch_optional(&mut *conn)
-        .await?;
+        .fetch_optional(c)
+        .await
+        })?;
         let Some((person_id, uuid, properties)) = row else {
             return Ok(None);
         };
-        let distinct_ids: Vec<String> = sqlx::query_scalar(
-            "SELECT distinct_id FROM person_distinct_ids WHERE person_id = ? ORDER BY distinct_id",
+        let distinct_ids: Vec<String> = on_conn!(&mut conn, |c| {
+            sqlx::query_scalar(
+            "SELECT distinct_id FROM person_distinct_ids WHERE person_id = $1 ORDER BY distinct_id",
         )
         .bind(person_id)
-        .fetch_all(&mut *conn)
-        .await?;
-        let merged_uuids: Vec<String> = sqlx::query_scalar(
-            "SELECT old_person_uuid FROM person_overrides WHERE project_id = ? AND new_person_uuid = ?
+        .fetch_all(c)
+        .await
+        })?;
+        let merged_uuids: Vec<String> = on_conn!(&mut conn, |c| {
+            sqlx::query_scalar(
+            "SELECT old_person_uuid FROM person_overrides WHERE project_id = $1 AND new_person_uuid = $2
              ORDER BY old_person_uuid",
         )
         .bind(project_id)
         .bind(&uuid)
-        .fetch_all(&mut *conn)
-        .await?;
+        .fetch_all(c)
+        .await
+        })?;
         let properties: Value = serde_json::from_str(&properties)?;
         Ok(Some(ErasureSubject {
             person_id,
@@ -487,17 +520,27 @@ impl Store {
         summary: &Value,
     ) -> Result<Option<(ErasureSubject, ErasureCounts)>> {
         let mut tx = self.write_tx().await?;
-        let secure_before: i64 = sqlx::query_scalar("PRAGMA secure_delete")
-            .fetch_one(&mut *tx)
-            .await?;
-        sqlx::query("PRAGMA secure_delete = ON")
-            .execute(&mut *tx)
-            .await?;
+        // SQLite: deleted cells are zeroed as they are deleted. PostgreSQL keeps dead rows until VACUUM reclaims
+        // them (see docs/postgres.md, "GDPR").
+        let secure_before: Option<i64> = match &mut tx {
+            Tx::Sqlite(t) => {
+                let before = sqlx::query_scalar("PRAGMA secure_delete")
+                    .fetch_one(&mut **t)
+                    .await?;
+                sqlx::query("PRAGMA secure_delete = ON")
+                    .execute(&mut **t)
+                    .await?;
+                Some(before)
+            }
+            Tx::Postgres(_) => None,
+        };
         let result = erase_in(&mut tx, project_id, person_id, erasure_id, actor, summary).await;
-        // Deleted cells were zeroed as they were deleted; the connection goes back to the pool as it was.
-        sqlx::query(&format!("PRAGMA secure_delete = {secure_before}"))
-            .execute(&mut *tx)
-            .await?;
+        // The connection goes back to the pool as it was.
+        if let (Tx::Sqlite(t), Some(before)) = (&mut tx, secure_before) {
+            sqlx::query(&format!("PRAGMA secure_delete = {before}"))
+                .execute(&mut **t)
+                .await?;
+        }
         let Some(done) = result? else {
             return Ok(None);
         };
@@ -505,9 +548,11 @@ impl Store {
         self.invalidate_identity_caches();
         tx.commit().await?;
         // Old page images in the write-ahead log are dropped (best effort: readers may keep it busy).
-        let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(self.pool())
-            .await;
+        if let Some(pool) = self.sqlite() {
+            let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(pool)
+                .await;
+        }
         Ok(Some(done))
     }
 }
@@ -520,29 +565,32 @@ async fn erase_in(
     actor: &crate::Actor,
     summary: &Value,
 ) -> Result<Option<(ErasureSubject, ErasureCounts)>> {
-    let row: Option<(String, String)> =
-        sqlx::query_as("SELECT uuid, properties FROM persons WHERE id = ? AND project_id = ?")
-            .bind(person_id)
-            .bind(project_id)
-            .fetch_optional(&mut **tx)
-            .await?;
+    let row: Option<(String, String)> = on_conn!(tx, |c| sqlx::query_as(
+        "SELECT uuid, properties FROM persons WHERE id = $1 AND project_id = $2"
+    )
+    .bind(person_id)
+    .bind(project_id)
+    .fetch_optional(c)
+    .await)?;
     let Some((uuid, properties)) = row else {
         return Ok(None);
     };
-    let distinct_ids: Vec<String> = sqlx::query_scalar(
-        "SELECT distinct_id FROM person_distinct_ids WHERE person_id = ? ORDER BY distinct_id",
+    let distinct_ids: Vec<String> = on_conn!(tx, |c| sqlx::query_scalar(
+        "SELECT distinct_id FROM person_distinct_ids WHERE person_id = $1 ORDER BY distinct_id",
     )
     .bind(person_id)
-    .fetch_all(&mut **tx)
-    .await?;
-    let merged_uuids: Vec<String> = sqlx::query_scalar(
-        "SELECT old_person_uuid FROM person_overrides WHERE project_id = ? AND new_person_uuid = ?
+    .fetch_all(c)
+    .await)?;
+    let merged_uuids: Vec<String> = on_conn!(tx, |c| {
+        sqlx::query_scalar(
+        "SELECT old_person_uuid FROM person_overrides WHERE project_id = $1 AND new_person_uuid = $2
          ORDER BY old_person_uuid",
     )
     .bind(project_id)
     .bind(&uuid)
-    .fetch_all(&mut **tx)
-    .await?;
+    .fetch_all(c)
+    .await
+    })?;
     let subject = ErasureSubject {
         person_id,
         uuid: uuid.clone(),
@@ -558,13 +606,16 @@ async fn erase_in(
 
     // A statement with the project id, then `lists` of values bound in order.
     async fn run(tx: &mut Tx, sql: &str, project_id: i64, lists: &[&[String]]) -> Result<u64> {
-        let mut q = sqlx::query(sql).bind(project_id);
-        for l in lists {
-            for v in *l {
-                q = q.bind(v);
+        let sql = crate::numbered(sql);
+        Ok(on_conn!(tx, |c| {
+            let mut q = sqlx::query(&sql).bind(project_id);
+            for l in lists {
+                for v in *l {
+                    q = q.bind(v);
+                }
             }
-        }
-        Ok(q.execute(&mut **tx).await?.rows_affected())
+            q.execute(c).await.map(|r| r.rows_affected())
+        })?)
     }
     let (il, ul) = (list(ids.len()), list(uuids.len()));
 
@@ -602,38 +653,44 @@ async fn erase_in(
     .await?;
     counts.delete("referral_codes", n);
     let codes: Vec<(i64, String)> = {
-        let sql = format!(
+        let sql = crate::numbered(&format!(
             "SELECT id, referrer FROM referral_codes WHERE project_id = ? AND referrer IN {il}"
-        );
-        let mut q = sqlx::query_as(&sql).bind(project_id);
-        for d in ids {
-            q = q.bind(d);
-        }
-        q.fetch_all(&mut **tx).await?
+        ));
+        on_conn!(tx, |c| {
+            let mut q = sqlx::query_as(&sql).bind(project_id);
+            for d in ids {
+                q = q.bind(d);
+            }
+            q.fetch_all(c).await
+        })?
     };
     for (k, (id, referrer)) in codes.iter().enumerate() {
         let tomb = tombs.exact(referrer).unwrap_or("erased");
         let code = format!("erased-{erasure_id}-{k}");
-        sqlx::query("UPDATE referral_codes SET referrer = ?, code = ?, code_key = ? WHERE id = ?")
-            .bind(tomb)
-            .bind(&code)
-            .bind(code.to_lowercase())
-            .bind(id)
-            .execute(&mut **tx)
-            .await?;
+        on_conn!(tx, |c| sqlx::query(
+            "UPDATE referral_codes SET referrer = $1, code = $2, code_key = $3 WHERE id = $4"
+        )
+        .bind(tomb)
+        .bind(&code)
+        .bind(code.to_lowercase())
+        .bind(id)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
     }
     counts.tombstone("referral_codes", codes.len() as u64);
     // Referrals they made: the referee's record stays, the referrer is a tombstone.
     for d in ids {
         let tomb = tombs.exact(d).unwrap_or("erased");
-        let n =
-            sqlx::query("UPDATE referrals SET referrer = ? WHERE project_id = ? AND referrer = ?")
-                .bind(tomb)
-                .bind(project_id)
-                .bind(d)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected();
+        let n = on_conn!(tx, |c| sqlx::query(
+            "UPDATE referrals SET referrer = $1 WHERE project_id = $2 AND referrer = $3"
+        )
+        .bind(tomb)
+        .bind(project_id)
+        .bind(d)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
         counts.tombstone("referrals", n);
     }
     let n = sweep(
@@ -650,12 +707,14 @@ async fn erase_in(
     counts.tombstone("referrals", n);
 
     // The reward ledger stays for accounting: beneficiary and keys tombstoned, entries and transitions kept.
-    let entries: Vec<(i64, String, String, String)> = sqlx::query_as(
-        "SELECT id, beneficiary, idempotency_key, reason FROM reward_entries WHERE project_id = ?",
+    let entries: Vec<(i64, String, String, String)> = on_conn!(tx, |c| {
+        sqlx::query_as(
+        "SELECT id, beneficiary, idempotency_key, reason FROM reward_entries WHERE project_id = $1",
     )
     .bind(project_id)
-    .fetch_all(&mut **tx)
-    .await?;
+    .fetch_all(c)
+    .await
+    })?;
     for (id, beneficiary, key, reason) in entries {
         let b = tombs
             .exact(&beneficiary)
@@ -666,15 +725,17 @@ async fn erase_in(
         if b.is_none() && k.is_none() && r.is_none() {
             continue;
         }
-        sqlx::query(
-            "UPDATE reward_entries SET beneficiary = ?, idempotency_key = ?, reason = ? WHERE id = ?",
+        on_conn!(tx, |c| {
+            sqlx::query(
+            "UPDATE reward_entries SET beneficiary = $1, idempotency_key = $2, reason = $3 WHERE id = $4",
         )
         .bind(b.unwrap_or(beneficiary))
         .bind(k.unwrap_or(key))
         .bind(r.unwrap_or(reason))
         .bind(id)
-        .execute(&mut **tx)
-        .await?;
+        .execute(c)
+        .await.map(|r| r.rows_affected())
+        })?;
         counts.tombstone("reward_entries", 1);
     }
     let n = sweep(
@@ -691,12 +752,13 @@ async fn erase_in(
     counts.tombstone("reward_transitions", n);
 
     // Invitations they sent or accepted, or addressed to their email: the other side's record stays.
-    let invitations: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(
-        "SELECT id, email, inviter, accepted_by FROM invitations WHERE project_id = ?",
-    )
-    .bind(project_id)
-    .fetch_all(&mut **tx)
-    .await?;
+    let invitations: Vec<(i64, String, String, Option<String>)> =
+        on_conn!(tx, |c| sqlx::query_as(
+            "SELECT id, email, inviter, accepted_by FROM invitations WHERE project_id = $1",
+        )
+        .bind(project_id)
+        .fetch_all(c)
+        .await)?;
     for (id, email, inviter, accepted_by) in invitations {
         let named = |v: &str| ids.contains(&v.to_owned());
         let email_theirs = subject
@@ -719,13 +781,16 @@ async fn erase_in(
             inviter
         };
         let accepted_by = accepted_by.map(|a| if named(&a) { tomb(&a) } else { a });
-        sqlx::query("UPDATE invitations SET email = ?, inviter = ?, accepted_by = ? WHERE id = ?")
-            .bind(email)
-            .bind(inviter)
-            .bind(accepted_by)
-            .bind(id)
-            .execute(&mut **tx)
-            .await?;
+        on_conn!(tx, |c| sqlx::query(
+            "UPDATE invitations SET email = $1, inviter = $2, accepted_by = $3 WHERE id = $4"
+        )
+        .bind(email)
+        .bind(inviter)
+        .bind(accepted_by)
+        .bind(id)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
         counts.tombstone("invitations", 1);
     }
 
@@ -799,7 +864,8 @@ async fn erase_in(
         tx,
         &format!(
             "DELETE FROM sticky_assignments WHERE project_id = ?
-               AND substr(attribute_key, instr(attribute_key, '||') + 2) IN {}",
+               AND substr(attribute_key, {} + 2) IN {}",
+            tx.dialect().position("attribute_key", "'||'"),
             list(values.len())
         ),
         project_id,
@@ -810,23 +876,29 @@ async fn erase_in(
 
     // Identity: static cohorts (their versions move, so cached answers are not reused), groups, overrides,
     // distinct ids, the person.
-    sqlx::query(
-        "UPDATE cohorts SET version = version + 1 WHERE id IN (SELECT cohort_id FROM cohort_people WHERE person_id = ?)",
+    on_conn!(tx, |c| {
+        sqlx::query(
+        "UPDATE cohorts SET version = version + 1 WHERE id IN (SELECT cohort_id FROM cohort_people WHERE person_id = $1)",
     )
     .bind(person_id)
-    .execute(&mut **tx)
-    .await?;
-    let n = sqlx::query("DELETE FROM cohort_people WHERE person_id = ?")
-        .bind(person_id)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
+    .execute(c)
+    .await.map(|r| r.rows_affected())
+    })?;
+    let n = on_conn!(tx, |c| sqlx::query(
+        "DELETE FROM cohort_people WHERE person_id = $1"
+    )
+    .bind(person_id)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
     counts.delete("cohort_people", n);
-    let n = sqlx::query("DELETE FROM person_groups WHERE person_id = ?")
-        .bind(person_id)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
+    let n = on_conn!(tx, |c| sqlx::query(
+        "DELETE FROM person_groups WHERE person_id = $1"
+    )
+    .bind(person_id)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
     counts.delete("person_groups", n);
     let n = run(
         tx,
@@ -838,26 +910,28 @@ async fn erase_in(
     )
     .await?;
     counts.delete("person_overrides", n);
-    let n = sqlx::query("DELETE FROM person_distinct_ids WHERE person_id = ?")
-        .bind(person_id)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
+    let n = on_conn!(tx, |c| sqlx::query(
+        "DELETE FROM person_distinct_ids WHERE person_id = $1"
+    )
+    .bind(person_id)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
     counts.delete("person_distinct_ids", n);
-    let n = sqlx::query("DELETE FROM persons WHERE id = ?")
+    let n = on_conn!(tx, |c| sqlx::query("DELETE FROM persons WHERE id = $1")
         .bind(person_id)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
     counts.delete("persons", n);
 
     // Texts that mention them elsewhere. Other persons' properties get a new identity sequence number, so that
     // consumers reading changes by number see the masked values.
-    let seq: i64 = sqlx::query_scalar(
+    let seq: i64 = on_conn!(tx, |c| sqlx::query_scalar(
         "UPDATE id_sequences SET last = last + 1 WHERE name = 'identity' RETURNING last",
     )
-    .fetch_one(&mut **tx)
-    .await?;
+    .fetch_one(c)
+    .await)?;
     let n = sweep(
         tx,
         "persons",
@@ -870,34 +944,36 @@ async fn erase_in(
     )
     .await?;
     counts.tombstone("persons", n);
-    let groups: Vec<(i64, String, String)> = sqlx::query_as(
-        "SELECT group_type_index, group_key, properties FROM groups WHERE project_id = ?",
+    let groups: Vec<(i64, String, String)> = on_conn!(tx, |c| sqlx::query_as(
+        "SELECT group_type_index, group_key, properties FROM groups WHERE project_id = $1",
     )
     .bind(project_id)
-    .fetch_all(&mut **tx)
-    .await?;
+    .fetch_all(c)
+    .await)?;
     for (index, key, props) in groups {
         if let Some(new) = tombs.text(&props) {
-            sqlx::query(
-                "UPDATE groups SET properties = ? WHERE project_id = ? AND group_type_index = ? AND group_key = ?",
+            on_conn!(tx, |c| {
+                sqlx::query(
+                "UPDATE groups SET properties = $1 WHERE project_id = $2 AND group_type_index = $3 AND group_key = $4",
             )
             .bind(new)
             .bind(project_id)
             .bind(index)
             .bind(key)
-            .execute(&mut **tx)
-            .await?;
+            .execute(c)
+            .await.map(|r| r.rows_affected())
+            })?;
             counts.tombstone("groups", 1);
         }
     }
     // Outbox: their captured events' messages keep only the event name and the subscriptions; other messages are
     // masked.
-    let events: Vec<(i64, String, String)> = sqlx::query_as(
-        "SELECT id, topic, payload FROM outbox WHERE project_id = ? AND topic LIKE 'event.%'",
+    let events: Vec<(i64, String, String)> = on_conn!(tx, |c| sqlx::query_as(
+        "SELECT id, topic, payload FROM outbox WHERE project_id = $1 AND topic LIKE 'event.%'",
     )
     .bind(project_id)
-    .fetch_all(&mut **tx)
-    .await?;
+    .fetch_all(c)
+    .await)?;
     for (id, topic, payload) in events {
         let Ok(v) = serde_json::from_str::<Value>(&payload) else {
             continue;
@@ -910,11 +986,14 @@ async fn erase_in(
         }
         let erased = serde_json::json!({"erased": true, "event": topic.trim_start_matches("event."),
             "webhooks": v.get("webhooks").cloned().unwrap_or(Value::Null)});
-        sqlx::query("UPDATE outbox SET payload = ? WHERE id = ?")
-            .bind(erased.to_string())
-            .bind(id)
-            .execute(&mut **tx)
-            .await?;
+        on_conn!(tx, |c| sqlx::query(
+            "UPDATE outbox SET payload = $1 WHERE id = $2"
+        )
+        .bind(erased.to_string())
+        .bind(id)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
         counts.tombstone("outbox", 1);
     }
     let n = sweep(
@@ -955,10 +1034,13 @@ async fn erase_in(
     .await?;
     counts.tombstone("webhook_attempts", n);
     // The audit log: updates are allowed while this erasure's marker row exists (migration 0022).
-    sqlx::query("INSERT INTO audit_redactions (erasure_id) VALUES (?)")
-        .bind(erasure_id)
-        .execute(&mut **tx)
-        .await?;
+    on_conn!(tx, |c| sqlx::query(
+        "INSERT INTO audit_redactions (erasure_id) VALUES ($1)"
+    )
+    .bind(erasure_id)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
     let n = sweep(
         tx,
         "audit_log",
@@ -971,10 +1053,13 @@ async fn erase_in(
     )
     .await?;
     counts.tombstone("audit_log", n);
-    sqlx::query("DELETE FROM audit_redactions WHERE erasure_id = ?")
-        .bind(erasure_id)
-        .execute(&mut **tx)
-        .await?;
+    on_conn!(tx, |c| sqlx::query(
+        "DELETE FROM audit_redactions WHERE erasure_id = $1"
+    )
+    .bind(erasure_id)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
 
     let mut after = summary.clone();
     if !after.is_object() {
@@ -1099,9 +1184,12 @@ mod tests {
             .await
             .unwrap();
         // The audit log refuses updates outside an erasure.
-        let refused = sqlx::query("UPDATE audit_log SET entity_id = 'x'")
-            .execute(store.pool())
-            .await;
+        let refused = on_pool!(store, |c| sqlx::query(
+            "UPDATE audit_log SET entity_id = 'x'"
+        )
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()));
         assert!(refused.is_err());
 
         let (_, counts) = store
@@ -1124,21 +1212,24 @@ mod tests {
             .unwrap()
             .is_none());
         assert!(store.erasure_subject(p, "other").await.unwrap().is_some());
-        let audit: Vec<(String, String, Option<String>)> =
-            sqlx::query_as("SELECT action, entity_id, after FROM audit_log ORDER BY id")
-                .fetch_all(store.pool())
-                .await
-                .unwrap();
+        let audit: Vec<(String, String, Option<String>)> = on_pool!(store, |c| sqlx::query_as(
+            "SELECT action, entity_id, after FROM audit_log ORDER BY id"
+        )
+        .fetch_all(c)
+        .await)
+        .unwrap();
         let text = format!("{audit:?}");
         assert!(!text.contains(&subject.uuid), "{text}");
         let erased = audit.iter().find(|a| a.0 == "person.erased").unwrap();
         assert_eq!(erased.1, "e1");
         let after: Value = serde_json::from_str(erased.2.as_deref().unwrap()).unwrap();
         assert_eq!(after["records_removed"], counts.records_removed());
-        let empty: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_redactions")
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
+        let empty: i64 = on_pool!(store, |c| sqlx::query_scalar(
+            "SELECT count(*) FROM audit_redactions"
+        )
+        .fetch_one(c)
+        .await)
+        .unwrap();
         assert_eq!(empty, 0);
         // Erasing again finds nobody.
         assert!(store

@@ -128,74 +128,145 @@ fn micros(text: &str) -> Option<i64> {
         .map(|t| t.timestamp_micros())
 }
 
-fn read(path: &std::path::Path, project_id: i64, from: &str, to: &str) -> Result<GrowthInvites> {
+/// The rows of the three statements, as read.
+#[derive(Default)]
+struct Raw {
+    /// `created_at` of the persons who joined.
+    joins: Vec<String>,
+    /// (channel, sender's `created_at`, invites)
+    sent: Vec<(i64, String, i64)>,
+    /// (channel, sender's `created_at`, receiver's `created_at`, converted at)
+    converted: Vec<(i64, String, Option<String>, Option<String>)>,
+}
+
+const JOINS: &str =
+    "SELECT created_at FROM persons WHERE project_id = ?1 AND created_at >= ?2 AND created_at < ?3";
+
+fn read_sqlite(path: &std::path::Path, project_id: i64, from: &str, to: &str) -> Result<Raw> {
     let mut conn = crate::persons::read_connection(path)?;
     // One read transaction: the three statements see one snapshot.
     let tx = conn.transaction()?;
-    let mut out = GrowthInvites::default();
+    let params = rusqlite::params![project_id, from, to];
+    let mut raw = Raw::default();
     {
-        let mut stmt = tx.prepare(
-            "SELECT created_at FROM persons WHERE project_id = ?1 AND created_at >= ?2 AND created_at < ?3",
-        )?;
-        let mut rows = stmt.query(rusqlite::params![project_id, from, to])?;
+        let mut stmt = tx.prepare(JOINS)?;
+        let mut rows = stmt.query(params)?;
         while let Some(row) = rows.next()? {
-            let text: String = row.get(0)?;
-            match micros(&text) {
-                Some(t) => out.joins.push(t),
-                None => out.unreadable += 1,
-            }
+            raw.joins.push(row.get(0)?);
         }
     }
     {
         let mut stmt = tx.prepare(SENT)?;
-        let mut rows = stmt.query(rusqlite::params![project_id, from, to])?;
+        let mut rows = stmt.query(params)?;
         while let Some(row) = rows.next()? {
-            let channel = InviteChannel::from_sql(row.get(0)?);
-            let joined: String = row.get(1)?;
-            let count: i64 = row.get(2)?;
-            match (channel, micros(&joined)) {
-                (Some(channel), Some(sender_joined_us)) => out.sent.push(SentInvites {
-                    channel,
-                    sender_joined_us,
-                    count: u64::try_from(count).unwrap_or(0),
-                }),
-                _ => out.unreadable += 1,
-            }
+            raw.sent.push((row.get(0)?, row.get(1)?, row.get(2)?));
         }
     }
     {
         let mut stmt = tx.prepare(CONVERTED)?;
-        let mut rows = stmt.query(rusqlite::params![project_id, from, to])?;
+        let mut rows = stmt.query(params)?;
         while let Some(row) = rows.next()? {
-            let channel = InviteChannel::from_sql(row.get(0)?);
-            let sender: String = row.get(1)?;
-            let receiver: Option<String> = row.get(2)?;
-            let at: Option<String> = row.get(3)?;
-            let receiver_joined_us = receiver.as_deref().and_then(micros);
-            match (channel, micros(&sender), at.as_deref().and_then(micros)) {
-                (Some(channel), Some(sender_joined_us), Some(converted_at_us)) => {
-                    out.converted.push(ConvertedInvite {
-                        channel,
-                        sender_joined_us,
-                        receiver_joined_us,
-                        converted_at_us,
-                    })
-                }
-                (Some(channel), Some(sender_joined_us), None) if receiver_joined_us.is_some() => {
-                    out.converted.push(ConvertedInvite {
-                        channel,
-                        sender_joined_us,
-                        receiver_joined_us,
-                        converted_at_us: receiver_joined_us.unwrap_or(sender_joined_us),
-                    })
-                }
-                _ => out.unreadable += 1,
-            }
+            raw.converted
+                .push((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?));
         }
     }
     // Nothing to commit: ending the read transaction is enough.
     tx.rollback()?;
-    Ok(out)
+    Ok(raw)
+}
+
+/// A statement above in PostgreSQL's dialect: `$N` parameters, a plain join (its planner has statistics), and the
+/// integer literals and sums typed `bigint` (PostgreSQL types a literal `integer` and a sum of `bigint` `numeric`).
+fn postgres_text(sqlite: &str) -> String {
+    let mut sql = sqlite
+        .replace("?1", "$1")
+        .replace("?2", "$2")
+        .replace("?3", "$3")
+        .replace("CROSS JOIN", "JOIN")
+        .replace("SUM(s.n)", "CAST(SUM(s.n) AS BIGINT)");
+    for channel in ["0", "1", "2"] {
+        sql = sql.replace(
+            &format!("SELECT {channel}, "),
+            &format!("SELECT CAST({channel} AS BIGINT), "),
+        );
+    }
+    sql
+}
+
+async fn read_postgres(pool: &sqlx::PgPool, project_id: i64, from: &str, to: &str) -> Result<Raw> {
+    let mut tx = pool.begin().await?;
+    // One snapshot for the three statements, as on SQLite.
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let joins = sqlx::query_scalar(&postgres_text(JOINS))
+        .bind(project_id)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&mut *tx)
+        .await?;
+    let sent = sqlx::query_as(&postgres_text(SENT))
+        .bind(project_id)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&mut *tx)
+        .await?;
+    let converted = sqlx::query_as(&postgres_text(CONVERTED))
+        .bind(project_id)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.rollback().await?;
+    Ok(Raw {
+        joins,
+        sent,
+        converted,
+    })
+}
+
+fn assemble(raw: Raw) -> GrowthInvites {
+    let mut out = GrowthInvites::default();
+    for text in raw.joins {
+        match micros(&text) {
+            Some(t) => out.joins.push(t),
+            None => out.unreadable += 1,
+        }
+    }
+    for (channel, joined, count) in raw.sent {
+        match (InviteChannel::from_sql(channel), micros(&joined)) {
+            (Some(channel), Some(sender_joined_us)) => out.sent.push(SentInvites {
+                channel,
+                sender_joined_us,
+                count: u64::try_from(count).unwrap_or(0),
+            }),
+            _ => out.unreadable += 1,
+        }
+    }
+    for (channel, sender, receiver, at) in raw.converted {
+        let channel = InviteChannel::from_sql(channel);
+        let receiver_joined_us = receiver.as_deref().and_then(micros);
+        match (channel, micros(&sender), at.as_deref().and_then(micros)) {
+            (Some(channel), Some(sender_joined_us), Some(converted_at_us)) => {
+                out.converted.push(ConvertedInvite {
+                    channel,
+                    sender_joined_us,
+                    receiver_joined_us,
+                    converted_at_us,
+                })
+            }
+            (Some(channel), Some(sender_joined_us), None) if receiver_joined_us.is_some() => {
+                out.converted.push(ConvertedInvite {
+                    channel,
+                    sender_joined_us,
+                    receiver_joined_us,
+                    converted_at_us: receiver_joined_us.unwrap_or(sender_joined_us),
+                })
+            }
+            _ => out.unreadable += 1,
+        }
+    }
+    out
 }
 
 impl Store {
@@ -215,10 +286,16 @@ impl Store {
                 })
         };
         let (from, to) = (text(from_us)?, text(to_us)?);
-        let path = self.path().to_path_buf();
-        tokio::task::spawn_blocking(move || read(&path, project_id, &from, &to))
-            .await
-            .map_err(|e| crate::StoreError::Task(format!("growth metrics reader: {e}")))?
+        let raw = match self.backend() {
+            crate::Backend::Postgres(pool) => read_postgres(pool, project_id, &from, &to).await?,
+            crate::Backend::Sqlite(_) => {
+                let path = self.sqlite_path()?;
+                tokio::task::spawn_blocking(move || read_sqlite(&path, project_id, &from, &to))
+                    .await
+                    .map_err(|e| crate::StoreError::Task(format!("growth metrics reader: {e}")))??
+            }
+        };
+        Ok(assemble(raw))
     }
 }
 

@@ -8,10 +8,9 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{Map, Value};
 
-use crate::{Result, Store, BUSY_TIMEOUT};
+use crate::{Backend, Result, Store, BUSY_TIMEOUT};
 
 /// How two distinct ids come to share a person.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,7 +138,7 @@ struct PersonRef {
 /// than the statements themselves (see docs/architecture.md, "Identity writer"). Its methods block: call them
 /// from a blocking thread (`tokio::task::spawn_blocking`), not from an async task.
 pub struct IdentityWriter {
-    conn: rusqlite::Connection,
+    conn: WriterConn,
     consumer: String,
     state: Resolver,
     last_checkpoint: Instant,
@@ -177,16 +176,191 @@ struct Resolver {
     links: HashSet<(i64, i64, String)>,
 }
 
+/// The writer's database: its own SQLite connection, or PostgreSQL's pool driven from the blocking thread.
+enum WriterConn {
+    Sqlite(rusqlite::Connection),
+    /// Statements run on a connection of the pool inside one transaction per `apply`, each awaited with
+    /// `handle.block_on` (the writer's methods run on a blocking thread).
+    Postgres {
+        pool: sqlx::PgPool,
+        handle: tokio::runtime::Handle,
+    },
+}
+
+/// A value bound to an identity statement.
+#[derive(Debug, Clone, Copy)]
+enum Arg<'a> {
+    Int(i64),
+    Text(&'a str),
+    Bool(bool),
+}
+
+impl rusqlite::ToSql for Arg<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(match self {
+            Arg::Int(i) => (*i).into(),
+            Arg::Text(t) => (*t).into(),
+            Arg::Bool(b) => (*b).into(),
+        })
+    }
+}
+
+/// A value read by an identity statement.
+#[derive(Debug, Clone)]
+enum Cell {
+    Null,
+    Int(i64),
+    Text(String),
+}
+
+impl Cell {
+    fn int(&self) -> Result<i64> {
+        match self {
+            Cell::Int(i) => Ok(*i),
+            other => Err(crate::StoreError::Task(format!(
+                "identity writer: expected an integer, read {other:?}"
+            ))),
+        }
+    }
+
+    fn text(self) -> Result<String> {
+        match self {
+            Cell::Text(t) => Ok(t),
+            other => Err(crate::StoreError::Task(format!(
+                "identity writer: expected a text, read {other:?}"
+            ))),
+        }
+    }
+}
+
+/// The transaction of one `apply`, on either backend. Statements use `$1, $2, …` in order of first appearance
+/// (rusqlite numbers SQLite's `$N` parameters that way, so positional binding matches on both).
+trait IdTx {
+    fn exec(&mut self, sql: &'static str, args: &[Arg<'_>]) -> Result<()>;
+    /// The first row's columns, if any.
+    fn row(&mut self, sql: &'static str, args: &[Arg<'_>]) -> Result<Option<Vec<Cell>>>;
+    fn commit(self) -> Result<()>;
+}
+
+impl IdTx for rusqlite::Transaction<'_> {
+    fn exec(&mut self, sql: &'static str, args: &[Arg<'_>]) -> Result<()> {
+        self.prepare_cached(sql)?
+            .execute(rusqlite::params_from_iter(args.iter()))?;
+        Ok(())
+    }
+
+    fn row(&mut self, sql: &'static str, args: &[Arg<'_>]) -> Result<Option<Vec<Cell>>> {
+        let mut stmt = self.prepare_cached(sql)?;
+        let n = stmt.column_count();
+        let mut rows = stmt.query(rusqlite::params_from_iter(args.iter()))?;
+        let Some(row) = rows.next()? else {
+            return Ok(None);
+        };
+        (0..n)
+            .map(|i| {
+                Ok(match row.get_ref(i)? {
+                    rusqlite::types::ValueRef::Integer(v) => Cell::Int(v),
+                    rusqlite::types::ValueRef::Text(t) => {
+                        Cell::Text(String::from_utf8_lossy(t).into_owned())
+                    }
+                    _ => Cell::Null,
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    fn commit(self) -> Result<()> {
+        Ok(rusqlite::Transaction::commit(self)?)
+    }
+}
+
+/// PostgreSQL's side of [`IdTx`].
+struct PgIdTx<'h> {
+    handle: &'h tokio::runtime::Handle,
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+}
+
+fn pg_query<'q>(
+    sql: &'q str,
+    args: &[Arg<'q>],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let mut q = sqlx::query(sql);
+    for a in args {
+        q = match *a {
+            Arg::Int(i) => q.bind(i),
+            Arg::Text(t) => q.bind(t),
+            Arg::Bool(b) => q.bind(b),
+        };
+    }
+    q
+}
+
+impl IdTx for PgIdTx<'_> {
+    fn exec(&mut self, sql: &'static str, args: &[Arg<'_>]) -> Result<()> {
+        self.handle
+            .block_on(pg_query(sql, args).execute(&mut *self.tx))?;
+        Ok(())
+    }
+
+    fn row(&mut self, sql: &'static str, args: &[Arg<'_>]) -> Result<Option<Vec<Cell>>> {
+        use sqlx::{Column, Row, TypeInfo};
+        let Some(row) = self
+            .handle
+            .block_on(pg_query(sql, args).fetch_optional(&mut *self.tx))?
+        else {
+            return Ok(None);
+        };
+        row.columns()
+            .iter()
+            .map(|c| {
+                let i = c.ordinal();
+                Ok(match c.type_info().name() {
+                    "INT8" | "INT4" | "INT2" => row
+                        .try_get::<Option<i64>, _>(i)
+                        .or_else(|_| row.try_get::<Option<i32>, _>(i).map(|v| v.map(i64::from)))?
+                        .map_or(Cell::Null, Cell::Int),
+                    "BOOL" => row
+                        .try_get::<Option<bool>, _>(i)?
+                        .map_or(Cell::Null, |b| Cell::Int(b as i64)),
+                    _ => row
+                        .try_get::<Option<String>, _>(i)?
+                        .map_or(Cell::Null, Cell::Text),
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    fn commit(self) -> Result<()> {
+        self.handle.block_on(self.tx.commit())?;
+        Ok(())
+    }
+}
+
 /// Distinct statements the writer prepares (rusqlite caches 16 by default; a merge alone uses 8).
 const STATEMENT_CACHE: usize = 32;
 
 impl Store {
     /// The identity writer for the intake consumer named `consumer`, with its own connection to the store's
     /// database file (opened here; fails when the file cannot be opened).
+    ///
+    /// On PostgreSQL it drives the store's pool from its blocking thread: create it inside the Tokio runtime.
+    /// Several nodes' writers take turns (each `apply` holds the metadata write lock) and trust no cache across
+    /// transactions, since another node may have changed the mapping in between.
     pub fn identity_writer(&self, consumer: &str) -> Result<IdentityWriter> {
+        let conn = match self.backend() {
+            Backend::Sqlite(_) => WriterConn::Sqlite(open_connection(&self.sqlite_path()?)?),
+            Backend::Postgres(pool) => WriterConn::Postgres {
+                pool: pool.clone(),
+                handle: tokio::runtime::Handle::try_current().map_err(|e| {
+                    crate::StoreError::Task(format!("identity writer outside a Tokio runtime: {e}"))
+                })?,
+            },
+        };
         Ok(IdentityWriter {
-            conn: open_connection(self.path())?,
-            consumer: consumer.to_owned(),
+            conn,
+            consumer: self.consumer_key(consumer),
             state: Resolver::default(),
             last_checkpoint: Instant::now() - CHECKPOINT_EVERY,
             committed_mapping_seq: None,
@@ -249,32 +423,82 @@ impl IdentityWriter {
     /// any change, and at least once a second otherwise). On error nothing is applied and the caches are dropped.
     /// Blocks on SQLite.
     pub fn apply(&mut self, ops: &[IdentityOp], lsn: u64) -> Result<ApplyStats> {
+        match &mut self.conn {
+            WriterConn::Sqlite(conn) => {
+                // `BEGIN IMMEDIATE`, as for every metadata write (see `Store::write_tx`).
+                let tx =
+                    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let shared = false;
+                Self::apply_in(
+                    tx,
+                    shared,
+                    &mut self.state,
+                    &self.consumer,
+                    &mut self.last_checkpoint,
+                    &mut self.committed_mapping_seq,
+                    (&self.epoch, &mut self.seen_epoch),
+                    ops,
+                    lsn,
+                )
+            }
+            WriterConn::Postgres { pool, handle } => {
+                let tx = handle.block_on(async {
+                    let mut tx = pool.begin().await?;
+                    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                        .bind(crate::WRITE_LOCK)
+                        .execute(&mut *tx)
+                        .await?;
+                    Ok::<_, sqlx::Error>(tx)
+                })?;
+                Self::apply_in(
+                    PgIdTx { handle, tx },
+                    true,
+                    &mut self.state,
+                    &self.consumer,
+                    &mut self.last_checkpoint,
+                    &mut self.committed_mapping_seq,
+                    (&self.epoch, &mut self.seen_epoch),
+                    ops,
+                    lsn,
+                )
+            }
+        }
+    }
+
+    /// `apply` in the transaction `tx`. `shared`: other writers (other nodes) may have changed the mapping since
+    /// the last transaction, so the caches start empty.
+    #[allow(clippy::too_many_arguments)]
+    fn apply_in<T: IdTx>(
+        mut tx: T,
+        shared: bool,
+        state: &mut Resolver,
+        consumer: &str,
+        last_checkpoint: &mut Instant,
+        committed_mapping_seq: &mut Option<i64>,
+        (epoch_now, seen_epoch): (&std::sync::atomic::AtomicU64, &mut u64),
+        ops: &[IdentityOp],
+        lsn: u64,
+    ) -> Result<ApplyStats> {
         let mut stats = ApplyStats::default();
-        let changes_before = self.state.changes.len();
-        // `BEGIN IMMEDIATE`, as for every metadata write (see `Store::write_tx`).
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let changes_before = state.changes.len();
         // Read once the write lock is held: an erasure bumps it before it commits, so a transaction that waited
         // for the erasure sees the new value.
-        let epoch = self.epoch.load(std::sync::atomic::Ordering::Acquire);
-        if epoch != self.seen_epoch {
-            self.state.clear_caches();
-            self.seen_epoch = epoch;
+        let epoch = epoch_now.load(std::sync::atomic::Ordering::Acquire);
+        if epoch != *seen_epoch || shared {
+            state.clear_caches();
+            *seen_epoch = epoch;
         }
-        let state = &mut self.state;
         let mut wrote = false;
         let mut result = ops
             .iter()
             .try_for_each(|op| {
-                wrote |= state.apply_one(&tx, op, &mut stats)?;
+                wrote |= state.apply_one(&mut tx, op, &mut stats)?;
                 Ok(())
             })
-            .and_then(|()| state.write_sequences(&tx));
-        let checkpoint = wrote || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
+            .and_then(|()| state.write_sequences(&mut tx));
+        let checkpoint = wrote || last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
         if result.is_ok() && checkpoint {
-            result = write_checkpoint(&tx, &self.consumer, lsn)
-                .and_then(|()| tx.commit().map_err(Into::into));
+            result = write_checkpoint(&mut tx, consumer, lsn).and_then(|()| tx.commit());
         }
         // Otherwise the transaction (no writes, no checkpoint due, or failed) rolls back when dropped.
         let mapping_seq = state.mapping_seq.take();
@@ -284,9 +508,9 @@ impl IdentityWriter {
             return Err(err);
         }
         if checkpoint {
-            self.last_checkpoint = Instant::now();
+            *last_checkpoint = Instant::now();
             if mapping_seq.is_some() {
-                self.committed_mapping_seq = mapping_seq;
+                *committed_mapping_seq = mapping_seq;
             }
         }
         state.trim_caches();
@@ -300,19 +524,12 @@ impl IdentityWriter {
     }
 }
 
-fn write_checkpoint(tx: &Connection, consumer: &str, lsn: u64) -> Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO intake_checkpoints (consumer, lsn) VALUES (?, ?)
+fn write_checkpoint(tx: &mut impl IdTx, consumer: &str, lsn: u64) -> Result<()> {
+    tx.exec(
+        "INSERT INTO intake_checkpoints (consumer, lsn) VALUES ($1, $2)
          ON CONFLICT (consumer) DO UPDATE SET lsn = excluded.lsn",
-    )?
-    .execute(params![consumer, lsn as i64])?;
-    Ok(())
-}
-
-/// Runs a cached statement that returns no rows.
-fn exec(tx: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<()> {
-    tx.prepare_cached(sql)?.execute(params)?;
-    Ok(())
+        &[Arg::Text(consumer), Arg::Int(lsn as i64)],
+    )
 }
 
 impl Resolver {
@@ -332,33 +549,29 @@ impl Resolver {
 
     /// Writes back the person-id sequence if this transaction handed out ids, and the identity sequence if it
     /// changed the mapping (`mapping_seq` stays set for `apply` to see).
-    fn write_sequences(&mut self, tx: &Connection) -> Result<()> {
+    fn write_sequences(&mut self, tx: &mut impl IdTx) -> Result<()> {
         let stored = self.stored_person_id.take();
         if let Some(last) = self.last_person_id.take().filter(|&l| Some(l) != stored) {
-            exec(
-                tx,
-                "UPDATE id_sequences SET last = ? WHERE name = 'persons'",
-                [last],
+            tx.exec(
+                "UPDATE id_sequences SET last = $1 WHERE name = 'persons'",
+                &[Arg::Int(last)],
             )?;
         }
         if let Some(seq) = self.mapping_seq {
-            exec(
-                tx,
-                "UPDATE id_sequences SET last = ? WHERE name = 'identity'",
-                [seq],
+            tx.exec(
+                "UPDATE id_sequences SET last = $1 WHERE name = 'identity'",
+                &[Arg::Int(seq)],
             )?;
         }
         Ok(())
     }
 
     /// This transaction's number in the 'identity' sequence (read once per transaction).
-    fn mapping_seq(&mut self, tx: &Connection) -> Result<i64> {
+    fn mapping_seq(&mut self, tx: &mut impl IdTx) -> Result<i64> {
         if let Some(seq) = self.mapping_seq {
             return Ok(seq);
         }
-        let last: i64 = tx
-            .prepare_cached("SELECT last FROM id_sequences WHERE name = 'identity'")?
-            .query_row([], |row| row.get(0))?;
+        let last = sequence(tx, "SELECT last FROM id_sequences WHERE name = 'identity'")?;
         self.mapping_seq = Some(last + 1);
         Ok(last + 1)
     }
@@ -395,7 +608,7 @@ impl Resolver {
     /// Returns whether anything was written.
     fn apply_one(
         &mut self,
-        tx: &Connection,
+        tx: &mut impl IdTx,
         op: &IdentityOp,
         stats: &mut ApplyStats,
     ) -> Result<bool> {
@@ -429,17 +642,24 @@ impl Resolver {
                 if set.is_empty() && set_once.is_empty() && unset.is_empty() {
                     return Ok(created);
                 }
-                let text: String = tx
-                    .prepare_cached("SELECT properties FROM persons WHERE id = ?")?
-                    .query_row([person.id], |row| row.get(0))?;
+                let text = first(
+                    tx,
+                    "SELECT properties FROM persons WHERE id = $1",
+                    &[Arg::Int(person.id)],
+                )?
+                .swap_remove(0)
+                .text()?;
                 let mut props = parse_object(&text)?;
                 let changed = update_properties(&mut props, set, set_once, unset);
                 if changed {
                     let seq = self.mapping_seq(tx)?;
-                    exec(
-                        tx,
-                        "UPDATE persons SET properties = ?, version = version + 1, seq = ? WHERE id = ?",
-                        params![Value::Object(props).to_string(), seq, person.id],
+                    tx.exec(
+                        "UPDATE persons SET properties = $1, version = version + 1, seq = $2 WHERE id = $3",
+                        &[
+                            Arg::Text(&Value::Object(props).to_string()),
+                            Arg::Int(seq),
+                            Arg::Int(person.id),
+                        ],
                     )?;
                     stats.property_updates += 1;
                 }
@@ -456,28 +676,28 @@ impl Resolver {
                     stats.group_types_refused += 1;
                     return Ok(false);
                 };
-                let existing: Option<String> = tx
-                    .prepare_cached(
-                        "SELECT properties FROM groups WHERE project_id = ? AND group_type_index = ? AND group_key = ?",
+                let existing = tx
+                    .row(
+                        "SELECT properties FROM groups WHERE project_id = $1 AND group_type_index = $2 AND group_key = $3",
+                        &[Arg::Int(*project_id), Arg::Int(index), Arg::Text(group_key)],
                     )?
-                    .query_row(params![project_id, index, group_key], |row| row.get(0))
-                    .optional()?;
+                    .map(|mut row| row.swap_remove(0).text())
+                    .transpose()?;
                 let mut props = match existing {
                     Some(text) => parse_object(&text)?,
                     None => Map::new(),
                 };
                 update_properties(&mut props, set, &Map::new(), &[]);
-                exec(
-                    tx,
+                tx.exec(
                     "INSERT INTO groups (project_id, group_type_index, group_key, properties, created_at)
-                     VALUES (?, ?, ?, ?, ?)
+                     VALUES ($1, $2, $3, $4, $5)
                      ON CONFLICT (project_id, group_type_index, group_key) DO UPDATE SET properties = excluded.properties",
-                    params![
-                        project_id,
-                        index,
-                        group_key,
-                        Value::Object(props).to_string(),
-                        at_text(*at)
+                    &[
+                        Arg::Int(*project_id),
+                        Arg::Int(index),
+                        Arg::Text(group_key),
+                        Arg::Text(&Value::Object(props).to_string()),
+                        Arg::Text(&at_text(*at)),
                     ],
                 )?;
                 Ok(true)
@@ -500,10 +720,10 @@ impl Resolver {
                     if self.links.contains(&link) {
                         continue;
                     }
-                    exec(
-                        tx,
-                        "INSERT OR IGNORE INTO person_groups (person_id, group_type_index, group_key) VALUES (?, ?, ?)",
-                        params![person.id, index, group_key],
+                    tx.exec(
+                        "INSERT INTO person_groups (person_id, group_type_index, group_key) VALUES ($1, $2, $3)
+                         ON CONFLICT DO NOTHING",
+                        &[Arg::Int(person.id), Arg::Int(index), Arg::Text(group_key)],
                     )?;
                     self.links.insert(link);
                     wrote = true;
@@ -515,7 +735,7 @@ impl Resolver {
 
     fn person_of(
         &mut self,
-        tx: &Connection,
+        tx: &mut impl IdTx,
         project_id: i64,
         distinct_id: &str,
     ) -> Result<Option<PersonRef>> {
@@ -523,17 +743,18 @@ impl Resolver {
             return Ok(Some(p));
         }
         let found = tx
-            .prepare_cached(
+            .row(
                 "SELECT p.id, p.is_identified FROM person_distinct_ids d JOIN persons p ON p.id = d.person_id
-                 WHERE d.project_id = ? AND d.distinct_id = ?",
+                 WHERE d.project_id = $1 AND d.distinct_id = $2",
+                &[Arg::Int(project_id), Arg::Text(distinct_id)],
             )?
-            .query_row(params![project_id, distinct_id], |row| {
-                Ok(PersonRef {
-                    id: row.get(0)?,
-                    identified: row.get(1)?,
+            .map(|row| {
+                Ok::<_, crate::StoreError>(PersonRef {
+                    id: row[0].int()?,
+                    identified: row[1].int()? != 0,
                 })
             })
-            .optional()?;
+            .transpose()?;
         if let Some(p) = found {
             self.cache(project_id, distinct_id, p);
         }
@@ -543,7 +764,7 @@ impl Resolver {
     /// The person of `distinct_id`, created if absent; the flag says whether it was created.
     fn ensure_person(
         &mut self,
-        tx: &Connection,
+        tx: &mut impl IdTx,
         project_id: i64,
         distinct_id: &str,
         at: i64,
@@ -557,7 +778,7 @@ impl Resolver {
 
     fn create_person(
         &mut self,
-        tx: &Connection,
+        tx: &mut impl IdTx,
         project_id: i64,
         distinct_ids: &[&str],
         identified: bool,
@@ -568,9 +789,7 @@ impl Resolver {
         let last = match self.last_person_id {
             Some(last) => last,
             None => {
-                let stored: i64 = tx
-                    .prepare_cached("SELECT last FROM id_sequences WHERE name = 'persons'")?
-                    .query_row([], |row| row.get(0))?;
+                let stored = sequence(tx, "SELECT last FROM id_sequences WHERE name = 'persons'")?;
                 self.stored_person_id = Some(stored);
                 stored
             }
@@ -578,16 +797,16 @@ impl Resolver {
         let id = last + 1;
         self.last_person_id = Some(id);
         let seq = self.mapping_seq(tx)?;
-        exec(
-            tx,
-            "INSERT INTO persons (id, uuid, project_id, properties, is_identified, created_at, seq) VALUES (?, ?, ?, '{}', ?, ?, ?)",
-            params![
-                id,
-                uuid::Uuid::now_v7().to_string(),
-                project_id,
-                identified,
-                at_text(at),
-                seq
+        tx.exec(
+            "INSERT INTO persons (id, uuid, project_id, properties, is_identified, created_at, seq)
+             VALUES ($1, $2, $3, '{}', $4, $5, $6)",
+            &[
+                Arg::Int(id),
+                Arg::Text(&uuid::Uuid::now_v7().to_string()),
+                Arg::Int(project_id),
+                Arg::Bool(identified),
+                Arg::Text(&at_text(at)),
+                Arg::Int(seq),
             ],
         )?;
         let person = PersonRef { id, identified };
@@ -599,16 +818,20 @@ impl Resolver {
 
     fn add_distinct_id(
         &mut self,
-        tx: &Connection,
+        tx: &mut impl IdTx,
         project_id: i64,
         distinct_id: &str,
         person: PersonRef,
     ) -> Result<()> {
         let seq = self.mapping_seq(tx)?;
-        exec(
-            tx,
-            "INSERT INTO person_distinct_ids (project_id, distinct_id, person_id, seq) VALUES (?, ?, ?, ?)",
-            params![project_id, distinct_id, person.id, seq],
+        tx.exec(
+            "INSERT INTO person_distinct_ids (project_id, distinct_id, person_id, seq) VALUES ($1, $2, $3, $4)",
+            &[
+                Arg::Int(project_id),
+                Arg::Text(distinct_id),
+                Arg::Int(person.id),
+                Arg::Int(seq),
+            ],
         )?;
         self.cache(project_id, distinct_id, person);
         if self.record_changes {
@@ -621,14 +844,13 @@ impl Resolver {
         Ok(())
     }
 
-    fn mark_identified(&mut self, tx: &Connection, person: PersonRef) -> Result<bool> {
+    fn mark_identified(&mut self, tx: &mut impl IdTx, person: PersonRef) -> Result<bool> {
         if person.identified {
             return Ok(false);
         }
-        exec(
-            tx,
-            "UPDATE persons SET is_identified = 1, version = version + 1 WHERE id = ?",
-            [person.id],
+        tx.exec(
+            "UPDATE persons SET is_identified = TRUE, version = version + 1 WHERE id = $1",
+            &[Arg::Int(person.id)],
         )?;
         self.identified.insert(person.id, true);
         Ok(true)
@@ -641,7 +863,7 @@ impl Resolver {
     #[allow(clippy::too_many_arguments)]
     fn merge(
         &mut self,
-        tx: &Connection,
+        tx: &mut impl IdTx,
         project_id: i64,
         target: &str,
         other: &str,
@@ -687,16 +909,22 @@ impl Resolver {
 
     fn merge_persons(
         &mut self,
-        tx: &Connection,
+        tx: &mut impl IdTx,
         project_id: i64,
         from: PersonRef,
         into: PersonRef,
         at: i64,
     ) -> Result<()> {
-        let person = |id: i64| -> Result<(String, String, String)> {
-            Ok(tx
-                .prepare_cached("SELECT uuid, properties, created_at FROM persons WHERE id = ?")?
-                .query_row([id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?)
+        let mut person = |id: i64| -> Result<(String, String, String)> {
+            let mut row = first(
+                tx,
+                "SELECT uuid, properties, created_at FROM persons WHERE id = $1",
+                &[Arg::Int(id)],
+            )?;
+            let created = row.pop().map_or(Ok(String::new()), Cell::text)?;
+            let properties = row.pop().map_or(Ok(String::new()), Cell::text)?;
+            let uuid = row.pop().map_or(Ok(String::new()), Cell::text)?;
+            Ok((uuid, properties, created))
         };
         let (from_uuid, from_props, from_created) = person(from.id)?;
         let (into_uuid, into_props, into_created) = person(into.id)?;
@@ -705,52 +933,63 @@ impl Resolver {
             merged.insert(k, v);
         }
         let created = from_created.min(into_created);
-        exec(
-            tx,
-            "UPDATE persons SET properties = ?, created_at = ?, is_identified = 1, version = version + 1, seq = ? WHERE id = ?",
-            params![Value::Object(merged).to_string(), created, self.mapping_seq(tx)?, into.id],
-        )?;
         let seq = self.mapping_seq(tx)?;
-        exec(
-            tx,
-            "UPDATE person_distinct_ids SET person_id = ?, seq = ? WHERE person_id = ?",
-            [into.id, seq, from.id],
+        tx.exec(
+            "UPDATE persons SET properties = $1, created_at = $2, is_identified = TRUE, version = version + 1, seq = $3
+             WHERE id = $4",
+            &[
+                Arg::Text(&Value::Object(merged).to_string()),
+                Arg::Text(&created),
+                Arg::Int(seq),
+                Arg::Int(into.id),
+            ],
         )?;
-        exec(
-            tx,
-            "INSERT OR IGNORE INTO person_groups (person_id, group_type_index, group_key)
-             SELECT ?, group_type_index, group_key FROM person_groups WHERE person_id = ?",
-            [into.id, from.id],
+        tx.exec(
+            "UPDATE person_distinct_ids SET person_id = $1, seq = $2 WHERE person_id = $3",
+            &[Arg::Int(into.id), Arg::Int(seq), Arg::Int(from.id)],
         )?;
-        exec(
-            tx,
-            "DELETE FROM person_groups WHERE person_id = ?",
-            [from.id],
+        tx.exec(
+            "INSERT INTO person_groups (person_id, group_type_index, group_key)
+             SELECT $1, group_type_index, group_key FROM person_groups WHERE person_id = $2
+             ON CONFLICT DO NOTHING",
+            &[Arg::Int(into.id), Arg::Int(from.id)],
+        )?;
+        tx.exec(
+            "DELETE FROM person_groups WHERE person_id = $1",
+            &[Arg::Int(from.id)],
         )?;
         // Static cohorts keep the person: the merged person's memberships become the survivor's.
-        exec(
-            tx,
-            "INSERT OR IGNORE INTO cohort_people (cohort_id, person_id)
-             SELECT cohort_id, ? FROM cohort_people WHERE person_id = ?",
-            [into.id, from.id],
+        tx.exec(
+            "INSERT INTO cohort_people (cohort_id, person_id)
+             SELECT cohort_id, $1 FROM cohort_people WHERE person_id = $2
+             ON CONFLICT DO NOTHING",
+            &[Arg::Int(into.id), Arg::Int(from.id)],
         )?;
-        exec(
-            tx,
-            "DELETE FROM cohort_people WHERE person_id = ?",
-            [from.id],
+        tx.exec(
+            "DELETE FROM cohort_people WHERE person_id = $1",
+            &[Arg::Int(from.id)],
         )?;
-        exec(tx, "DELETE FROM persons WHERE id = ?", [from.id])?;
+        tx.exec("DELETE FROM persons WHERE id = $1", &[Arg::Int(from.id)])?;
         // Flatten chains: whatever pointed at the merged person now points at the survivor.
-        exec(
-            tx,
-            "UPDATE person_overrides SET new_person_uuid = ? WHERE project_id = ? AND new_person_uuid = ?",
-            params![into_uuid, project_id, from_uuid],
+        tx.exec(
+            "UPDATE person_overrides SET new_person_uuid = $1 WHERE project_id = $2 AND new_person_uuid = $3",
+            &[
+                Arg::Text(&into_uuid),
+                Arg::Int(project_id),
+                Arg::Text(&from_uuid),
+            ],
         )?;
-        exec(
-            tx,
-            "INSERT OR REPLACE INTO person_overrides (project_id, old_person_uuid, new_person_uuid, merged_at)
-             VALUES (?, ?, ?, ?)",
-            params![project_id, from_uuid, into_uuid, at_text(at)],
+        tx.exec(
+            "INSERT INTO person_overrides (project_id, old_person_uuid, new_person_uuid, merged_at)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (project_id, old_person_uuid)
+             DO UPDATE SET new_person_uuid = excluded.new_person_uuid, merged_at = excluded.merged_at",
+            &[
+                Arg::Int(project_id),
+                Arg::Text(&from_uuid),
+                Arg::Text(&into_uuid),
+                Arg::Text(&at_text(at)),
+            ],
         )?;
         // Cached distinct ids of the merged person follow `merged_into`; uncached ones resolve through the
         // database.
@@ -770,7 +1009,7 @@ impl Resolver {
 
     fn group_type_index(
         &mut self,
-        tx: &Connection,
+        tx: &mut impl IdTx,
         project_id: i64,
         group_type: &str,
     ) -> Result<Option<i64>> {
@@ -778,27 +1017,29 @@ impl Resolver {
         if let Some(index) = self.group_types.get(&key) {
             return Ok(*index);
         }
-        let existing: Option<i64> = tx
-            .prepare_cached(
-                "SELECT group_type_index FROM group_types WHERE project_id = ? AND group_type = ?",
+        let existing = tx
+            .row(
+                "SELECT group_type_index FROM group_types WHERE project_id = $1 AND group_type = $2",
+                &[Arg::Int(project_id), Arg::Text(group_type)],
             )?
-            .query_row(params![project_id, group_type], |row| row.get(0))
-            .optional()?;
+            .map(|row| row[0].int())
+            .transpose()?;
         let index = match existing {
             Some(i) => Some(i),
             None => {
-                let next: i64 = tx
-                    .prepare_cached(
-                        "SELECT COALESCE(MAX(group_type_index) + 1, 0) FROM group_types WHERE project_id = ?",
-                    )?
-                    .query_row([project_id], |row| row.get(0))?;
+                let next = first(
+                    tx,
+                    "SELECT COALESCE(MAX(group_type_index) + 1, 0) FROM group_types WHERE project_id = $1",
+                    &[Arg::Int(project_id)],
+                )?
+                .swap_remove(0)
+                .int()?;
                 if next >= MAX_GROUP_TYPES {
                     None
                 } else {
-                    exec(
-                        tx,
-                        "INSERT INTO group_types (project_id, group_type, group_type_index) VALUES (?, ?, ?)",
-                        params![project_id, group_type, next],
+                    tx.exec(
+                        "INSERT INTO group_types (project_id, group_type, group_type_index) VALUES ($1, $2, $3)",
+                        &[Arg::Int(project_id), Arg::Text(group_type), Arg::Int(next)],
                     )?;
                     Some(next)
                 }
@@ -810,6 +1051,17 @@ impl Resolver {
         }
         Ok(index)
     }
+}
+
+/// The row a statement must return.
+fn first(tx: &mut impl IdTx, sql: &'static str, args: &[Arg<'_>]) -> Result<Vec<Cell>> {
+    tx.row(sql, args)?
+        .ok_or_else(|| crate::StoreError::Task(format!("identity writer: no row for {sql}")))
+}
+
+/// A sequence's `last` value.
+fn sequence(tx: &mut impl IdTx, sql: &'static str) -> Result<i64> {
+    first(tx, sql, &[])?[0].int()
 }
 
 fn at_text(at_us: i64) -> String {
@@ -852,6 +1104,7 @@ fn update_properties(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::on_pool;
     use serde_json::json;
 
     #[test]
@@ -883,17 +1136,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("m.db")).await.unwrap();
         let w = store.identity_writer("test").unwrap();
+        let WriterConn::Sqlite(conn) = &w.conn else {
+            panic!("a SQLite store's writer has a SQLite connection")
+        };
         let pragma = |name: &str| -> String {
-            w.conn
-                .query_row(&format!("PRAGMA {name}"), [], |row| {
-                    row.get::<_, rusqlite::types::Value>(0)
-                })
-                .map(|v| match v {
-                    rusqlite::types::Value::Integer(i) => i.to_string(),
-                    rusqlite::types::Value::Text(t) => t,
-                    other => format!("{other:?}"),
-                })
-                .unwrap()
+            conn.query_row(&format!("PRAGMA {name}"), [], |row| {
+                row.get::<_, rusqlite::types::Value>(0)
+            })
+            .map(|v| match v {
+                rusqlite::types::Value::Integer(i) => i.to_string(),
+                rusqlite::types::Value::Text(t) => t,
+                other => format!("{other:?}"),
+            })
+            .unwrap()
         };
         assert_eq!(pragma("journal_mode"), "wal");
         assert_eq!(pragma("synchronous"), "1", "NORMAL");
@@ -901,10 +1156,10 @@ mod tests {
         assert_eq!(pragma("cache_size"), (-IDENTITY_CACHE_KIB).to_string());
         assert_eq!(pragma("busy_timeout"), BUSY_TIMEOUT.as_millis().to_string());
         assert_eq!(pragma("secure_delete"), "2", "FAST");
-        let pool: i64 = sqlx::query_scalar("PRAGMA secure_delete")
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
+        let pool: i64 = on_pool!(store, |c| sqlx::query_scalar("PRAGMA secure_delete")
+            .fetch_one(c)
+            .await)
+        .unwrap();
         assert_eq!(pool, 2);
     }
 
@@ -927,10 +1182,11 @@ mod tests {
             panic!("one assignment expected");
         };
         // Linking a group now fails after "b" got a person in the same transaction.
-        sqlx::query("DROP TABLE person_groups")
-            .execute(store.pool())
+        on_pool!(store, |c| sqlx::query("DROP TABLE person_groups")
+            .execute(c)
             .await
-            .unwrap();
+            .map(|r| r.rows_affected()))
+        .unwrap();
         let link = IdentityOp::LinkGroups {
             project_id: p,
             distinct_id: "b".into(),
@@ -942,15 +1198,19 @@ mod tests {
         ));
         assert!(w.take_changes().is_empty());
         assert_eq!(store.checkpoint("test").await.unwrap(), 1);
-        let ids: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM person_distinct_ids")
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
+        let ids: i64 = on_pool!(store, |c| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM person_distinct_ids"
+        )
+        .fetch_one(c)
+        .await)
+        .unwrap();
         assert_eq!(ids, 1);
-        let types: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM group_types")
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
+        let types: i64 = on_pool!(store, |c| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM group_types"
+        )
+        .fetch_one(c)
+        .await)
+        .unwrap();
         assert_eq!(types, 0);
         w.apply(&[touch("b")], 2).unwrap();
         assert_eq!(

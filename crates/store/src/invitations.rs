@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use crate::features::{append_audit, Actor, WriteError};
 use crate::{now_text, Result, Store};
+use crate::{on_conn, on_pool};
 
 /// An invitation as the API shows it (never its token).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -76,7 +77,7 @@ pub struct NewInvitation<'a> {
 }
 
 async fn audit(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: &mut crate::Tx,
     project_id: i64,
     actor: &Actor,
     action: &str,
@@ -109,9 +110,10 @@ impl Store {
     ) -> std::result::Result<Invitation, WriteError> {
         let mut tx = self.write_tx().await?;
         let now = now_text();
-        let id: i64 = sqlx::query_scalar(
+        let id: i64 = on_conn!(&mut tx, |c| {
+            sqlx::query_scalar(
             "INSERT INTO invitations (project_id, group_type, group_key, email, role, inviter, token_hash, status,
-                 expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?) RETURNING id",
+                 expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9) RETURNING id",
         )
         .bind(project_id)
         .bind(new.group_type)
@@ -122,12 +124,15 @@ impl Store {
         .bind(new.token_hash)
         .bind(new.expires_at)
         .bind(&now)
-        .fetch_one(&mut *tx)
-        .await?;
-        let row: Row = sqlx::query_as(&format!("{SELECT} WHERE id = ?"))
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
+        .fetch_one(c)
+        .await
+        })?;
+        let row: Row = on_conn!(&mut tx, |c| sqlx::query_as(&format!(
+            "{SELECT} WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_one(c)
+        .await)?;
         let inv = from_row(row, &now);
         audit(&mut tx, project_id, actor, "invitation.created", None, &inv).await?;
         tx.commit().await?;
@@ -136,11 +141,13 @@ impl Store {
 
     /// The project's invitation `id`.
     pub async fn invitation(&self, project_id: i64, id: i64) -> Result<Option<Invitation>> {
-        let row: Option<Row> = sqlx::query_as(&format!("{SELECT} WHERE project_id = ? AND id = ?"))
-            .bind(project_id)
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await?;
+        let row: Option<Row> = on_pool!(self, |c| sqlx::query_as(&format!(
+            "{SELECT} WHERE project_id = $1 AND id = $2"
+        ))
+        .bind(project_id)
+        .bind(id)
+        .fetch_optional(c)
+        .await)?;
         Ok(row.map(|r| from_row(r, &now_text())))
     }
 
@@ -151,14 +158,14 @@ impl Store {
         group_type: &str,
         group_key: &str,
     ) -> Result<Vec<Invitation>> {
-        let rows: Vec<Row> = sqlx::query_as(&format!(
-            "{SELECT} WHERE project_id = ? AND group_type = ? AND group_key = ? ORDER BY id DESC"
+        let rows: Vec<Row> = on_pool!(self, |c| sqlx::query_as(&format!(
+            "{SELECT} WHERE project_id = $1 AND group_type = $2 AND group_key = $3 ORDER BY id DESC"
         ))
         .bind(project_id)
         .bind(group_type)
         .bind(group_key)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(c)
+        .await)?;
         let now = now_text();
         Ok(rows.into_iter().map(|r| from_row(r, &now)).collect())
     }
@@ -174,21 +181,21 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<Invitation>> {
         let now = now_text();
-        let rows: Vec<Row> = sqlx::query_as(&format!(
-            "{SELECT} WHERE project_id = ?1 AND (?2 IS NULL OR id < ?2)
-               AND (?3 IS NULL
-                    OR (?3 = 'pending' AND status = 'pending' AND expires_at > ?4)
-                    OR (?3 = 'expired' AND status = 'pending' AND expires_at <= ?4)
-                    OR (?3 NOT IN ('pending', 'expired') AND status = ?3))
-             ORDER BY id DESC LIMIT ?5"
+        let rows: Vec<Row> = on_pool!(self, |c| sqlx::query_as(&format!(
+            "{SELECT} WHERE project_id = $1 AND ($2 IS NULL OR id < $2)
+               AND ($3 IS NULL
+                    OR ($3 = 'pending' AND status = 'pending' AND expires_at > $4)
+                    OR ($3 = 'expired' AND status = 'pending' AND expires_at <= $4)
+                    OR ($3 NOT IN ('pending', 'expired') AND status = $3))
+             ORDER BY id DESC LIMIT $5"
         ))
         .bind(project_id)
         .bind(before_id)
         .bind(status)
         .bind(&now)
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
+        .bind(i64::from(limit))
+        .fetch_all(c)
+        .await)?;
         Ok(rows.into_iter().map(|r| from_row(r, &now)).collect())
     }
 
@@ -205,18 +212,19 @@ impl Store {
         let now = now_text();
         let (filter, bind): (&str, String) = match &change {
             InvitationChange::Accept { token_hash, .. } => {
-                ("token_hash = ?", (*token_hash).to_owned())
+                ("token_hash = $2", (*token_hash).to_owned())
             }
             InvitationChange::Revoke { id } | InvitationChange::Resend { id, .. } => {
-                ("id = ?", id.to_string())
+                ("id = CAST($2 AS BIGINT)", id.to_string())
             }
         };
-        let row: Option<Row> =
-            sqlx::query_as(&format!("{SELECT} WHERE project_id = ? AND {filter}"))
-                .bind(project_id)
-                .bind(&bind)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let row: Option<Row> = on_conn!(&mut tx, |c| sqlx::query_as(&format!(
+            "{SELECT} WHERE project_id = $1 AND {filter}"
+        ))
+        .bind(project_id)
+        .bind(&bind)
+        .fetch_optional(c)
+        .await)?;
         let before = from_row(row.ok_or(WriteError::NotFound)?, &now);
         let allowed = match &change {
             // An expired invitation can be resent (a new expiry) or revoked, not accepted.
@@ -231,10 +239,13 @@ impl Store {
         }
         let action = match &change {
             InvitationChange::Revoke { .. } => {
-                sqlx::query("UPDATE invitations SET status = 'revoked' WHERE id = ?")
-                    .bind(before.id)
-                    .execute(&mut *tx)
-                    .await?;
+                on_conn!(&mut tx, |c| sqlx::query(
+                    "UPDATE invitations SET status = 'revoked' WHERE id = $1"
+                )
+                .bind(before.id)
+                .execute(c)
+                .await
+                .map(|r| r.rows_affected()))?;
                 "invitation.revoked"
             }
             InvitationChange::Resend {
@@ -242,32 +253,38 @@ impl Store {
                 expires_at,
                 ..
             } => {
-                sqlx::query(
-                    "UPDATE invitations SET token_hash = ?, expires_at = ?, resent = resent + 1 WHERE id = ?",
+                on_conn!(&mut tx, |c| {
+                    sqlx::query(
+                    "UPDATE invitations SET token_hash = $1, expires_at = $2, resent = resent + 1 WHERE id = $3",
                 )
                 .bind(token_hash)
                 .bind(expires_at)
                 .bind(before.id)
-                .execute(&mut *tx)
-                .await?;
+                .execute(c)
+                .await.map(|r| r.rows_affected())
+                })?;
                 "invitation.resent"
             }
             InvitationChange::Accept { accepted_by, .. } => {
-                sqlx::query(
-                    "UPDATE invitations SET status = 'accepted', accepted_at = ?, accepted_by = ? WHERE id = ?",
+                on_conn!(&mut tx, |c| {
+                    sqlx::query(
+                    "UPDATE invitations SET status = 'accepted', accepted_at = $1, accepted_by = $2 WHERE id = $3",
                 )
                 .bind(&now)
                 .bind(accepted_by)
                 .bind(before.id)
-                .execute(&mut *tx)
-                .await?;
+                .execute(c)
+                .await.map(|r| r.rows_affected())
+                })?;
                 "invitation.accepted"
             }
         };
-        let row: Row = sqlx::query_as(&format!("{SELECT} WHERE id = ?"))
-            .bind(before.id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let row: Row = on_conn!(&mut tx, |c| sqlx::query_as(&format!(
+            "{SELECT} WHERE id = $1"
+        ))
+        .bind(before.id)
+        .fetch_one(c)
+        .await)?;
         let after = from_row(row, &now);
         audit(&mut tx, project_id, actor, action, Some(&before), &after).await?;
         tx.commit().await?;
@@ -285,9 +302,10 @@ impl Store {
         actor: &Actor,
     ) -> std::result::Result<(), WriteError> {
         let mut tx = self.write_tx().await?;
-        sqlx::query(
+        on_conn!(&mut tx, |c| {
+            sqlx::query(
             "INSERT INTO group_domains (project_id, domain, group_type, group_key, role, verified_at)
-             VALUES (?, ?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (project_id, domain) DO UPDATE SET group_type = excluded.group_type,
                  group_key = excluded.group_key, role = excluded.role, verified_at = excluded.verified_at",
         )
@@ -297,8 +315,9 @@ impl Store {
         .bind(group.1)
         .bind(role)
         .bind(now_text())
-        .execute(&mut *tx)
-        .await?;
+        .execute(c)
+        .await.map(|r| r.rows_affected())
+        })?;
         let after = serde_json::json!({"domain": domain, "group_type": group.0, "group_key": group.1, "role": role});
         append_audit(
             &mut tx,
@@ -321,13 +340,15 @@ impl Store {
         project_id: i64,
         domain: &str,
     ) -> Result<Option<(String, String, String)>> {
-        Ok(sqlx::query_as(
-            "SELECT group_type, group_key, role FROM group_domains WHERE project_id = ? AND domain = ?",
+        Ok(on_pool!(self, |c| {
+            sqlx::query_as(
+            "SELECT group_type, group_key, role FROM group_domains WHERE project_id = $1 AND domain = $2",
         )
         .bind(project_id)
         .bind(domain)
-        .fetch_optional(self.pool())
-        .await?)
+        .fetch_optional(c)
+        .await
+        })?)
     }
 }
 

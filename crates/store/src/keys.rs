@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 use serde_json::json;
 
 use crate::{now_text, Result, Store};
+use crate::{on_conn, on_pool};
 
 /// Prefix of public project keys (SDK capture and evaluation).
 pub const PROJECT_KEY_PREFIX: &str = "fwpub_";
@@ -76,9 +77,11 @@ fn display_prefix(key: &str) -> String {
 impl Store {
     /// True when no organization exists yet (a fresh data directory).
     pub async fn is_empty(&self) -> Result<bool> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM organizations")
-            .fetch_one(self.pool())
-            .await?;
+        let n: i64 = on_pool!(self, |c| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM organizations"
+        )
+        .fetch_one(c)
+        .await)?;
         Ok(n == 0)
     }
 
@@ -98,12 +101,13 @@ impl Store {
     }
 
     pub async fn create_organization(&self, name: &str) -> Result<i64> {
-        let id = sqlx::query("INSERT INTO organizations (name, created_at) VALUES (?, ?)")
-            .bind(name)
-            .bind(now_text())
-            .execute(self.pool())
-            .await?
-            .last_insert_rowid();
+        let id = on_pool!(self, |c| sqlx::query_scalar::<_, i64>(
+            "INSERT INTO organizations (name, created_at) VALUES ($1, $2) RETURNING id"
+        )
+        .bind(name)
+        .bind(now_text())
+        .fetch_one(c)
+        .await)?;
         Ok(id)
     }
 
@@ -111,28 +115,30 @@ impl Store {
     pub async fn create_project(&self, organization_id: i64, name: &str) -> Result<(i64, String)> {
         let mut tx = self.write_tx().await?;
         let now = now_text();
-        let project_id = sqlx::query(
-            "INSERT INTO projects (organization_id, name, created_at) VALUES (?, ?, ?)",
+        let project_id = on_conn!(&mut tx, |c| {
+            sqlx::query_scalar::<_, i64>(
+            "INSERT INTO projects (organization_id, name, created_at) VALUES ($1, $2, $3) RETURNING id",
         )
         .bind(organization_id)
         .bind(name)
         .bind(&now)
-        .execute(&mut *tx)
-        .await?
-        .last_insert_rowid();
+        .fetch_one(c)
+        .await
+        })?;
         let key = random_key(PROJECT_KEY_PREFIX, 32);
-        let key_id = sqlx::query(
+        let key_id = on_conn!(&mut tx, |c| {
+            sqlx::query_scalar::<_, i64>(
             "INSERT INTO api_keys (kind, organization_id, project_id, name, key_hash, key_prefix, created_at)
-             VALUES ('project', ?, ?, 'project key', ?, ?, ?)",
+             VALUES ('project', $1, $2, 'project key', $3, $4, $5) RETURNING id",
         )
         .bind(organization_id)
         .bind(project_id)
         .bind(key_digest(&key))
         .bind(display_prefix(&key))
         .bind(&now)
-        .execute(&mut *tx)
-        .await?
-        .last_insert_rowid();
+        .fetch_one(c)
+        .await
+        })?;
         let record = json!({"id": key_id, "kind": "project", "name": "project key",
                             "prefix": display_prefix(&key), "project_id": project_id});
         audit_key_created(&mut tx, project_id, key_id, &record).await?;
@@ -172,10 +178,11 @@ impl Store {
     ) -> Result<(i64, String)> {
         let key = random_key(PERSONAL_KEY_PREFIX, 40);
         let mut tx = self.write_tx().await?;
-        let key_id = sqlx::query(
+        let key_id = on_conn!(&mut tx, |c| {
+            sqlx::query_scalar::<_, i64>(
             "INSERT INTO api_keys (kind, organization_id, project_id, name, key_hash, key_prefix, created_at, scopes,
                                    expires_at, user_id)
-             VALUES ('personal', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ('personal', $1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
         )
         .bind(organization_id)
         .bind(project_id)
@@ -186,18 +193,18 @@ impl Store {
         .bind(scopes.map(|s| serde_json::to_string(s).unwrap_or_default()))
         .bind(expires_at)
         .bind(user_id)
-        .execute(&mut *tx)
-        .await?
-        .last_insert_rowid();
+        .fetch_one(c)
+        .await
+        })?;
         // Recorded in the audit log of every project the key reaches.
-        let projects: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM projects WHERE organization_id = ? AND (? IS NULL OR id = ?)",
+        let projects: Vec<i64> = on_conn!(&mut tx, |c| sqlx::query_scalar(
+            "SELECT id FROM projects WHERE organization_id = $1 AND ($2 IS NULL OR id = $3)",
         )
         .bind(organization_id)
         .bind(project_id)
         .bind(project_id)
-        .fetch_all(&mut *tx)
-        .await?;
+        .fetch_all(c)
+        .await)?;
         let record = json!({"id": key_id, "kind": "personal", "name": name,
                             "prefix": display_prefix(&key), "project_id": project_id,
                             "scopes": scopes, "expires_at": expires_at, "user_id": user_id});
@@ -232,15 +239,17 @@ impl Store {
             Option<String>,
             Option<String>,
         );
-        let rows: Vec<Row> = sqlx::query_as(
+        let rows: Vec<Row> = on_pool!(self, |c| {
+            sqlx::query_as(
             "SELECT k.id, k.name, k.key_prefix, k.project_id, k.scopes, k.user_id, k.created_at, k.last_used_at, k.expires_at,
                     k.revoked_at
              FROM api_keys k JOIN projects p ON p.organization_id = k.organization_id
-             WHERE p.id = ? AND k.kind = 'personal' AND (k.project_id IS NULL OR k.project_id = p.id) ORDER BY k.id",
+             WHERE p.id = $1 AND k.kind = 'personal' AND (k.project_id IS NULL OR k.project_id = p.id) ORDER BY k.id",
         )
         .bind(project_id)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(c)
+        .await
+        })?;
         rows.into_iter()
             .map(
                 |(
@@ -282,10 +291,11 @@ impl Store {
         actor: &crate::Actor,
     ) -> Result<bool> {
         let mut tx = self.write_tx().await?;
-        let done = sqlx::query(
-            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND kind = 'personal' AND revoked_at IS NULL
-               AND organization_id = (SELECT organization_id FROM projects WHERE id = ?)
-               AND (project_id IS NULL OR project_id = ?) AND (? IS NULL OR user_id = ?)",
+        let done = on_conn!(&mut tx, |c| {
+            sqlx::query(
+            "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND kind = 'personal' AND revoked_at IS NULL
+               AND organization_id = (SELECT organization_id FROM projects WHERE id = $3)
+               AND (project_id IS NULL OR project_id = $4) AND ($5 IS NULL OR user_id = $6)",
         )
         .bind(now_text())
         .bind(key_id)
@@ -293,10 +303,9 @@ impl Store {
         .bind(project_id)
         .bind(owner)
         .bind(owner)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
+        .execute(c)
+        .await.map(|r| r.rows_affected())
+        })? == 1;
         if done {
             crate::features::append_audit(
                 &mut tx,
@@ -316,12 +325,14 @@ impl Store {
 
     /// The project a public key belongs to, if the key exists and is not revoked.
     pub async fn project_for_token(&self, token: &str) -> Result<Option<i64>> {
-        let id: Option<i64> = sqlx::query_scalar(
-            "SELECT project_id FROM api_keys WHERE key_hash = ? AND kind = 'project' AND revoked_at IS NULL",
+        let id: Option<i64> = on_pool!(self, |c| {
+            sqlx::query_scalar(
+            "SELECT project_id FROM api_keys WHERE key_hash = $1 AND kind = 'project' AND revoked_at IS NULL",
         )
         .bind(key_digest(token))
-        .fetch_optional(self.pool())
-        .await?;
+        .fetch_optional(c)
+        .await
+        })?;
         Ok(id)
     }
 
@@ -329,25 +340,27 @@ impl Store {
     pub async fn authenticate_personal(&self, key: &str) -> Result<Option<PersonalKey>> {
         let now = chrono::Utc::now();
         type Row = (i64, i64, Option<i64>, Option<String>, Option<i64>);
-        let row: Option<Row> = sqlx::query_as(
+        let row: Option<Row> = on_pool!(self, |c| sqlx::query_as(
             "SELECT id, organization_id, project_id, scopes, user_id FROM api_keys
-             WHERE key_hash = ? AND kind = 'personal' AND revoked_at IS NULL
-               AND (expires_at IS NULL OR expires_at > ?)",
+             WHERE key_hash = $1 AND kind = 'personal' AND revoked_at IS NULL
+               AND (expires_at IS NULL OR expires_at > $2)",
         )
         .bind(key_digest(key))
         .bind(crate::time_text(now))
-        .fetch_optional(self.pool())
-        .await?;
+        .fetch_optional(c)
+        .await)?;
         let Some((id, organization_id, project_id, scopes, user_id)) = row else {
             return Ok(None);
         };
         let stale = crate::time_text(now - chrono::Duration::seconds(60));
-        sqlx::query("UPDATE api_keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)")
+        on_pool!(self, |c| {
+            sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $3)")
             .bind(crate::time_text(now))
             .bind(id)
             .bind(stale)
-            .execute(self.pool())
-            .await?;
+            .execute(c)
+            .await.map(|r| r.rows_affected())
+        })?;
         Ok(Some(PersonalKey {
             id,
             organization_id,
@@ -359,25 +372,28 @@ impl Store {
 
     /// The organization that owns a project.
     pub async fn project_organization(&self, project_id: i64) -> Result<Option<i64>> {
-        let org: Option<i64> =
-            sqlx::query_scalar("SELECT organization_id FROM projects WHERE id = ?")
-                .bind(project_id)
-                .fetch_optional(self.pool())
-                .await?;
+        let org: Option<i64> = on_pool!(self, |c| sqlx::query_scalar(
+            "SELECT organization_id FROM projects WHERE id = $1"
+        )
+        .bind(project_id)
+        .fetch_optional(c)
+        .await)?;
         Ok(org)
     }
 
     /// The project with the smallest id, if any.
     pub async fn first_project(&self) -> Result<Option<i64>> {
-        Ok(sqlx::query_scalar("SELECT MIN(id) FROM projects")
-            .fetch_one(self.pool())
-            .await?)
+        Ok(on_pool!(self, |c| sqlx::query_scalar(
+            "SELECT MIN(id) FROM projects"
+        )
+        .fetch_one(c)
+        .await)?)
     }
 }
 
 /// Key creation happens at initialisation (no caller yet): the actor is `system`.
 async fn audit_key_created(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: &mut crate::Tx,
     project_id: i64,
     key_id: i64,
     record: &serde_json::Value,

@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use crate::features::{append_audit, Actor, WriteError};
 use crate::{now_text, Result, Store};
+use crate::{on_conn, on_pool};
 
 /// A reward and its current state.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -80,15 +81,17 @@ pub fn transition_allowed(from: &str, to: &str) -> bool {
 }
 
 async fn read(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut impl crate::AsEx,
     project_id: i64,
     id: i64,
 ) -> Result<Option<RewardEntry>> {
-    let row: Option<Row> = sqlx::query_as(&format!("{SELECT} WHERE e.project_id = ? AND e.id = ?"))
-        .bind(project_id)
-        .bind(id)
-        .fetch_optional(conn)
-        .await?;
+    let row: Option<Row> = on_conn!(conn, |c| sqlx::query_as(&format!(
+        "{SELECT} WHERE e.project_id = $1 AND e.id = $2"
+    ))
+    .bind(project_id)
+    .bind(id)
+    .fetch_optional(c)
+    .await)?;
     Ok(row.map(from_row))
 }
 
@@ -102,13 +105,13 @@ impl Store {
         actor: &Actor,
     ) -> std::result::Result<(RewardEntry, bool), WriteError> {
         let mut tx = self.write_tx().await?;
-        let existing: Option<Row> = sqlx::query_as(&format!(
-            "{SELECT} WHERE e.project_id = ? AND e.idempotency_key = ?"
+        let existing: Option<Row> = on_conn!(&mut tx, |c| sqlx::query_as(&format!(
+            "{SELECT} WHERE e.project_id = $1 AND e.idempotency_key = $2"
         ))
         .bind(project_id)
         .bind(new.idempotency_key)
-        .fetch_optional(&mut *tx)
-        .await?;
+        .fetch_optional(c)
+        .await)?;
         if let Some(row) = existing {
             let e = from_row(row);
             let same = e.beneficiary == new.beneficiary
@@ -124,10 +127,11 @@ impl Store {
             return Ok((e, false));
         }
         let now = now_text();
-        let id: i64 = sqlx::query_scalar(
+        let id: i64 = on_conn!(&mut tx, |c| {
+            sqlx::query_scalar(
             "INSERT INTO reward_entries (project_id, beneficiary, amount, unit, reason, program,
                  idempotency_key, hold_until, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
         )
         .bind(project_id)
         .bind(new.beneficiary)
@@ -138,23 +142,29 @@ impl Store {
         .bind(new.idempotency_key)
         .bind(new.hold_until)
         .bind(&now)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO reward_transitions (entry_id, status, reason, actor, at) VALUES (?, 'pending', ?, ?, ?)",
+        .fetch_one(c)
+        .await
+        })?;
+        on_conn!(&mut tx, |c| {
+            sqlx::query(
+            "INSERT INTO reward_transitions (entry_id, status, reason, actor, at) VALUES ($1, 'pending', $2, $3, $4)",
         )
         .bind(id)
         .bind(new.reason)
         .bind(&actor.label)
         .bind(&now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("INSERT INTO reward_holds (entry_id, project_id, hold_until) VALUES (?, ?, ?)")
-            .bind(id)
-            .bind(project_id)
-            .bind(new.hold_until)
-            .execute(&mut *tx)
-            .await?;
+        .execute(c)
+        .await.map(|r| r.rows_affected())
+        })?;
+        on_conn!(&mut tx, |c| sqlx::query(
+            "INSERT INTO reward_holds (entry_id, project_id, hold_until) VALUES ($1, $2, $3)"
+        )
+        .bind(id)
+        .bind(project_id)
+        .bind(new.hold_until)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
         let entry = read(&mut tx, project_id, id)
             .await?
             .ok_or(WriteError::NotFound)?;
@@ -194,20 +204,25 @@ impl Store {
                 before.status
             )));
         }
-        sqlx::query(
-            "INSERT INTO reward_transitions (entry_id, status, reason, actor, at) VALUES (?, ?, ?, ?, ?)",
+        on_conn!(&mut tx, |c| {
+            sqlx::query(
+            "INSERT INTO reward_transitions (entry_id, status, reason, actor, at) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(id)
         .bind(to)
         .bind(reason)
         .bind(&actor.label)
         .bind(now_text())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM reward_holds WHERE entry_id = ?")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        .execute(c)
+        .await.map(|r| r.rows_affected())
+        })?;
+        on_conn!(&mut tx, |c| sqlx::query(
+            "DELETE FROM reward_holds WHERE entry_id = $1"
+        )
+        .bind(id)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
         let after = read(&mut tx, project_id, id)
             .await?
             .ok_or(WriteError::NotFound)?;
@@ -239,9 +254,10 @@ impl Store {
         status: Option<&str>,
         limit: i64,
     ) -> Result<Vec<RewardEntry>> {
-        let rows: Vec<Row> = sqlx::query_as(&format!(
-            "{SELECT} WHERE e.project_id = ? AND (? IS NULL OR e.beneficiary = ?) AND (? IS NULL OR t.status = ?)
-             ORDER BY e.id DESC LIMIT ?"
+        let rows: Vec<Row> = on_pool!(self, |c| {
+            sqlx::query_as(&format!(
+            "{SELECT} WHERE e.project_id = $1 AND ($2 IS NULL OR e.beneficiary = $3) AND ($4 IS NULL OR t.status = $5)
+             ORDER BY e.id DESC LIMIT $6"
         ))
         .bind(project_id)
         .bind(beneficiary)
@@ -249,20 +265,21 @@ impl Store {
         .bind(status)
         .bind(status)
         .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(c)
+        .await
+        })?;
         Ok(rows.into_iter().map(from_row).collect())
     }
 
     /// The entry made with an idempotency key, if any.
     pub async fn reward_by_key(&self, project_id: i64, key: &str) -> Result<Option<RewardEntry>> {
-        let row: Option<Row> = sqlx::query_as(&format!(
-            "{SELECT} WHERE e.project_id = ? AND e.idempotency_key = ?"
+        let row: Option<Row> = on_pool!(self, |c| sqlx::query_as(&format!(
+            "{SELECT} WHERE e.project_id = $1 AND e.idempotency_key = $2"
         ))
         .bind(project_id)
         .bind(key)
-        .fetch_optional(self.pool())
-        .await?;
+        .fetch_optional(c)
+        .await)?;
         Ok(row.map(from_row))
     }
 
@@ -272,26 +289,28 @@ impl Store {
         project_id: i64,
         beneficiary: &str,
     ) -> Result<Vec<(String, String, f64, i64)>> {
-        Ok(sqlx::query_as(
+        Ok(on_pool!(self, |c| {
+            sqlx::query_as(
             "SELECT e.unit, t.status, SUM(e.amount), COUNT(*) FROM reward_entries e
              JOIN reward_transitions t ON t.id = (SELECT MAX(id) FROM reward_transitions WHERE entry_id = e.id)
-             WHERE e.project_id = ? AND e.beneficiary = ? GROUP BY e.unit, t.status ORDER BY e.unit, t.status",
+             WHERE e.project_id = $1 AND e.beneficiary = $2 GROUP BY e.unit, t.status ORDER BY e.unit, t.status",
         )
         .bind(project_id)
         .bind(beneficiary)
-        .fetch_all(self.pool())
-        .await?)
+        .fetch_all(c)
+        .await
+        })?)
     }
 
     /// Every project's pending entries whose hold ended by `now`, as (project, entry id), oldest first.
     pub async fn rewards_due(&self, now: &str, limit: i64) -> Result<Vec<(i64, i64)>> {
-        Ok(sqlx::query_as(
-            "SELECT project_id, entry_id FROM reward_holds WHERE hold_until <= ?
-             ORDER BY hold_until, entry_id LIMIT ?",
+        Ok(on_pool!(self, |c| sqlx::query_as(
+            "SELECT project_id, entry_id FROM reward_holds WHERE hold_until <= $1
+             ORDER BY hold_until, entry_id LIMIT $2",
         )
         .bind(now)
         .bind(limit)
-        .fetch_all(self.pool())
-        .await?)
+        .fetch_all(c)
+        .await)?)
     }
 }

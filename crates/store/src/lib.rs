@@ -15,6 +15,7 @@
 //! # });
 //! ```
 
+mod changes;
 mod cohorts;
 mod documents;
 mod features;
@@ -40,9 +41,11 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+use sqlx::{PgPool, SqlitePool};
 
+pub use changes::{Change, ChangeListener};
 pub use cohorts::{CohortRecord, CohortUpdate};
 pub use documents::{Document, DocumentUpdate, OutboxEntry};
 pub use features::{
@@ -65,7 +68,9 @@ pub use users::{
     MemberError, Membership, OrganizationInfo, ProjectInfo, SessionRecord, TeamInvitation,
     UserRecord, SESSION_PREFIX, TEAM_INVITATION_PREFIX,
 };
-pub use webhooks::{topic_matches, Attempt, Delivery, Outcome, Webhook, WebhookUpdate};
+pub use webhooks::{
+    topic_matches, Attempt, Delivery, Outcome, Webhook, WebhookLock, WebhookUpdate,
+};
 
 /// Errors of the metadata store.
 #[derive(Debug, thiserror::Error)]
@@ -86,12 +91,14 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// The metadata store (SQLite). Cheap to clone.
+/// The metadata store: SQLite (embedded) or PostgreSQL (scale-out). Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
-    /// The database file, for connections outside the pool (the identity writer's).
-    path: Arc<PathBuf>,
+    backend: Backend,
+    /// SQLite's database file, for connections outside the pool (the identity writer's, bulk readers').
+    path: Option<Arc<PathBuf>>,
+    /// The node whose intake log the consumer checkpoints are of, when several nodes share the database.
+    node: Option<Arc<str>>,
     /// Bumped when rows the identity writer may have cached are deleted behind its back (GDPR erasure): it drops
     /// its caches at its next transaction.
     identity_epoch: Arc<std::sync::atomic::AtomicU64>,
@@ -101,6 +108,157 @@ pub struct Store {
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The database behind a [`Store`]. Most statements are one SQL text run on either pool ([`on_pool!`]); the few
+/// that differ between the dialects match on it.
+#[derive(Clone, Debug)]
+pub(crate) enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// The SQL dialect of a backend, for the few statements whose text differs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// The 1-based position of the text `needle` in the text `hay` (0: absent).
+    pub(crate) fn position(self, hay: &str, needle: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("instr({hay}, {needle})"),
+            Dialect::Postgres => format!("strpos({hay}, {needle})"),
+        }
+    }
+
+    /// SQL that is true when the text `needle` occurs in the text `hay` (both SQL expressions).
+    pub(crate) fn contains(self, hay: &str, needle: &str) -> String {
+        format!("{} > 0", self.position(hay, needle))
+    }
+
+    /// The member `key` of the JSON object in the text column `column`, as text (NULL when absent).
+    pub(crate) fn json_text(self, column: &str, key: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("json_extract({column}, '$.{key}')"),
+            Dialect::Postgres => format!("({column}::jsonb ->> '{key}')"),
+        }
+    }
+
+    /// The aggregate joining the texts `expr` with the unit separator (0x1f), see `persons::split_ids`.
+    pub(crate) fn concat_ids(self, expr: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("group_concat({expr}, char(31))"),
+            Dialect::Postgres => format!("string_agg({expr}, chr(31))"),
+        }
+    }
+}
+
+/// A write transaction on either backend (see [`Store::write_tx`]).
+pub(crate) enum Tx {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+impl Tx {
+    pub(crate) fn dialect(&self) -> Dialect {
+        match self {
+            Tx::Sqlite(_) => Dialect::Sqlite,
+            Tx::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    pub(crate) async fn commit(self) -> Result<()> {
+        match self {
+            Tx::Sqlite(t) => t.commit().await?,
+            Tx::Postgres(t) => t.commit().await?,
+        }
+        Ok(())
+    }
+}
+
+/// A pooled connection on either backend (several reads on one connection).
+pub(crate) enum Conn {
+    Sqlite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
+    Postgres(sqlx::pool::PoolConnection<sqlx::Postgres>),
+}
+
+/// A borrowed connection of either backend: what [`on_conn!`] runs a statement on.
+pub(crate) enum Ex<'a> {
+    Sqlite(&'a mut sqlx::SqliteConnection),
+    Postgres(&'a mut sqlx::PgConnection),
+}
+
+/// Something statements can run on: a transaction or a pooled connection.
+pub(crate) trait AsEx {
+    fn ex(&mut self) -> Ex<'_>;
+}
+
+impl AsEx for Tx {
+    fn ex(&mut self) -> Ex<'_> {
+        match self {
+            Tx::Sqlite(t) => Ex::Sqlite(t),
+            Tx::Postgres(t) => Ex::Postgres(t),
+        }
+    }
+}
+
+impl AsEx for Conn {
+    fn ex(&mut self) -> Ex<'_> {
+        match self {
+            Conn::Sqlite(c) => Ex::Sqlite(c),
+            Conn::Postgres(c) => Ex::Postgres(c),
+        }
+    }
+}
+
+/// Runs `$body` with `$c` bound to the store's pool, once written and compiled per backend: the same SQL text
+/// (`$1` placeholders, which both drivers bind) goes to SQLite or PostgreSQL.
+macro_rules! on_pool {
+    ($store:expr, |$c:ident| $body:expr) => {
+        match $store.backend() {
+            $crate::Backend::Sqlite($c) => $body,
+            $crate::Backend::Postgres($c) => $body,
+        }
+    };
+}
+
+/// [`on_pool!`] for a transaction or connection (`&mut` something implementing [`AsEx`]).
+macro_rules! on_conn {
+    ($x:expr, |$c:ident| $body:expr) => {
+        match $crate::AsEx::ex($x) {
+            $crate::Ex::Sqlite($c) => $body,
+            $crate::Ex::Postgres($c) => $body,
+        }
+    };
+}
+pub(crate) use {on_conn, on_pool};
+
+/// `sql` with its bare `?` placeholders numbered `$1, $2, …` in order (for statements assembled at run time
+/// from pieces; the text must hold no other `?`).
+pub(crate) fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    for ch in sql.chars() {
+        if ch == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+/// `$from, $from+1, …` (`n` placeholders), for `IN (…)` lists.
+pub(crate) fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
 
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and applies pending migrations.
@@ -123,38 +281,119 @@ impl Store {
             .await?;
         MIGRATOR.run(&pool).await?;
         Ok(Self {
-            pool,
-            path: Arc::new(path.to_owned()),
+            backend: Backend::Sqlite(pool),
+            path: Some(Arc::new(path.to_owned())),
+            node: None,
             identity_epoch: Arc::default(),
         })
     }
 
+    /// Connects to the PostgreSQL database at `url` (`postgres://user:password@host:port/database`) and applies
+    /// pending migrations. Several nodes may share the database; migrations take PostgreSQL's advisory lock.
+    pub async fn connect_postgres(url: &str) -> Result<Self> {
+        let options = PgConnectOptions::from_str(url)?.application_name("flywheel");
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        PG_MIGRATOR.run(&pool).await?;
+        Ok(Self {
+            backend: Backend::Postgres(pool),
+            path: None,
+            node: None,
+            identity_epoch: Arc::default(),
+        })
+    }
+
+    /// Opens the metadata store a URL names: `postgres://…` (or `postgresql://…`) connects to PostgreSQL,
+    /// anything else is taken as a path to a SQLite file.
+    pub async fn open_url(url: &str) -> Result<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Self::connect_postgres(url).await
+        } else {
+            Self::open(Path::new(url.strip_prefix("sqlite://").unwrap_or(url))).await
+        }
+    }
+
+    /// This store as seen by the node `node`: intake consumers' checkpoints (`checkpoint`, `set_checkpoint`, the
+    /// identity writer's) are that node's, since each node has its own intake log and positions in it.
+    pub fn with_node(mut self, node: &str) -> Self {
+        self.node = Some(node.into());
+        self
+    }
+
+    /// The checkpoint row of `consumer` (scoped to the node when there is one).
+    pub(crate) fn consumer_key(&self, consumer: &str) -> String {
+        match &self.node {
+            Some(node) => format!("{consumer}@{node}"),
+            None => consumer.to_owned(),
+        }
+    }
+
+    /// True on PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
     /// True when the storage answers a trivial query (readiness).
     pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+        on_pool!(self, |c| sqlx::query("SELECT 1").execute(c).await.is_ok())
     }
 
     /// The LSN up to which `consumer` has applied the intake log (0 when it never ran).
     pub async fn checkpoint(&self, consumer: &str) -> Result<u64> {
-        let lsn: Option<i64> =
-            sqlx::query_scalar("SELECT lsn FROM intake_checkpoints WHERE consumer = ?")
-                .bind(consumer)
-                .fetch_optional(&self.pool)
-                .await?;
+        let lsn: Option<i64> = on_pool!(self, |c| sqlx::query_scalar(
+            "SELECT lsn FROM intake_checkpoints WHERE consumer = $1"
+        )
+        .bind(self.consumer_key(consumer))
+        .fetch_optional(c)
+        .await)?;
         Ok(lsn.unwrap_or(0) as u64)
     }
 
     /// Closes the pool, waiting for connections to finish.
     pub async fn close(&self) {
-        self.pool.close().await;
+        match &self.backend {
+            Backend::Sqlite(p) => p.close().await,
+            Backend::Postgres(p) => p.close().await,
+        }
     }
 
-    pub(crate) fn pool(&self) -> &SqlitePool {
-        &self.pool
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.backend
     }
 
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
+    pub(crate) fn dialect(&self) -> Dialect {
+        match self.backend {
+            Backend::Sqlite(_) => Dialect::Sqlite,
+            Backend::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    /// SQLite's pool (`None` on PostgreSQL).
+    pub(crate) fn sqlite(&self) -> Option<&SqlitePool> {
+        match &self.backend {
+            Backend::Sqlite(p) => Some(p),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// SQLite's file, for the direct (rusqlite) connections; an error on PostgreSQL.
+    pub(crate) fn sqlite_path(&self) -> Result<PathBuf> {
+        self.path
+            .as_deref()
+            .cloned()
+            .ok_or_else(|| StoreError::Task("a SQLite-only reader was called on PostgreSQL".into()))
+    }
+
+    /// A connection of the pool, for several reads in a row.
+    pub(crate) async fn conn(&self) -> Result<Conn> {
+        Ok(match &self.backend {
+            Backend::Sqlite(p) => Conn::Sqlite(p.acquire().await?),
+            Backend::Postgres(p) => Conn::Postgres(p.acquire().await?),
+        })
     }
 
     /// Makes every identity writer of this store drop its caches before its next transaction.
@@ -163,13 +402,28 @@ impl Store {
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
-    /// A write transaction. `BEGIN IMMEDIATE` takes the write lock up front: a deferred transaction that reads
-    /// and then writes fails at once with `SQLITE_BUSY` (no waiting) when another connection committed in between,
-    /// which concurrent ingestion makes likely.
-    pub(crate) async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    /// A write transaction. On SQLite `BEGIN IMMEDIATE` takes the write lock up front: a deferred transaction
+    /// that reads and then writes fails at once with `SQLITE_BUSY` (no waiting) when another connection committed
+    /// in between, which concurrent ingestion makes likely. On PostgreSQL the same guarantee — metadata writes
+    /// never interleave, across every node sharing the database — comes from a transaction-scoped advisory lock
+    /// taken first, so read-then-write sequences (version checks, next ids, cursors) keep SQLite's semantics.
+    pub(crate) async fn write_tx(&self) -> Result<Tx> {
+        Ok(match &self.backend {
+            Backend::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            Backend::Postgres(p) => {
+                let mut t = p.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(WRITE_LOCK)
+                    .execute(&mut *t)
+                    .await?;
+                Tx::Postgres(t)
+            }
+        })
     }
 }
+
+/// The advisory lock key of metadata write transactions on PostgreSQL ("flywheel" in ASCII).
+const WRITE_LOCK: i64 = 0x666c_7977_6865_656c;
 
 /// Current time as stored: RFC 3339 with microseconds, UTC, lexicographically ordered.
 pub(crate) fn now_text() -> String {

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::on_pool;
 use crate::{Result, Store};
 
 /// A person as the native API shows it.
@@ -55,37 +56,40 @@ impl Store {
         project_id: i64,
         distinct_id: &str,
     ) -> Result<Option<PersonRecord>> {
-        let row: Option<(i64, String, String, bool, String)> = sqlx::query_as(
+        let row: Option<(i64, String, String, bool, String)> = on_pool!(self, |c| sqlx::query_as(
             "SELECT p.id, p.uuid, p.properties, p.is_identified, p.created_at
              FROM person_distinct_ids d JOIN persons p ON p.id = d.person_id
-             WHERE d.project_id = ? AND d.distinct_id = ?",
+             WHERE d.project_id = $1 AND d.distinct_id = $2",
         )
         .bind(project_id)
         .bind(distinct_id)
-        .fetch_optional(self.pool())
-        .await?;
+        .fetch_optional(c)
+        .await)?;
         let Some((id, uuid, properties, is_identified, created_at)) = row else {
             return Ok(None);
         };
-        let distinct_ids: Vec<String> = sqlx::query_scalar(
-            "SELECT distinct_id FROM person_distinct_ids WHERE person_id = ? ORDER BY distinct_id",
+        let distinct_ids: Vec<String> = on_pool!(self, |c| {
+            sqlx::query_scalar(
+            "SELECT distinct_id FROM person_distinct_ids WHERE person_id = $1 ORDER BY distinct_id",
         )
         .bind(id)
-        .fetch_all(self.pool())
-        .await?;
-        let groups: Vec<(String, i64, String, Option<String>)> = sqlx::query_as(
-            "SELECT t.group_type, pg.group_type_index, pg.group_key, g.properties
+        .fetch_all(c)
+        .await
+        })?;
+        let groups: Vec<(String, i64, String, Option<String>)> =
+            on_pool!(self, |c| sqlx::query_as(
+                "SELECT t.group_type, pg.group_type_index, pg.group_key, g.properties
              FROM person_groups pg
-             JOIN group_types t ON t.project_id = ? AND t.group_type_index = pg.group_type_index
-             LEFT JOIN groups g ON g.project_id = ? AND g.group_type_index = pg.group_type_index
+             JOIN group_types t ON t.project_id = $1 AND t.group_type_index = pg.group_type_index
+             LEFT JOIN groups g ON g.project_id = $2 AND g.group_type_index = pg.group_type_index
                                 AND g.group_key = pg.group_key
-             WHERE pg.person_id = ? ORDER BY pg.group_type_index, pg.group_key",
-        )
-        .bind(project_id)
-        .bind(project_id)
-        .bind(id)
-        .fetch_all(self.pool())
-        .await?;
+             WHERE pg.person_id = $3 ORDER BY pg.group_type_index, pg.group_key",
+            )
+            .bind(project_id)
+            .bind(project_id)
+            .bind(id)
+            .fetch_all(c)
+            .await)?;
         let groups = groups
             .into_iter()
             .map(|(group_type, group_type_index, group_key, props)| {
@@ -119,38 +123,55 @@ impl Store {
         search: Option<&str>,
         limit: u32,
     ) -> Result<Vec<PersonSummary>> {
-        const COLUMNS: &str = "SELECT p.uuid, p.properties, p.created_at,
-                (SELECT group_concat(d.distinct_id, char(31)) FROM person_distinct_ids d WHERE d.person_id = p.id)
-             FROM persons p";
+        let b = self.dialect();
+        let columns = format!(
+            "SELECT p.uuid, p.properties, p.created_at,
+                (SELECT {} FROM person_distinct_ids d WHERE d.person_id = p.id)
+             FROM persons p",
+            b.concat_ids("d.distinct_id")
+        );
         let rows: Vec<(String, String, String, Option<String>)> = match search {
             Some(text) => {
                 let needle = text.to_lowercase();
-                sqlx::query_as(&format!(
-                    "{COLUMNS} WHERE p.project_id = ?1
+                let in_did = b.contains("lower(distinct_id)", "$2");
+                let in_email = b.contains(
+                    &format!(
+                        "lower(COALESCE({}, ''))",
+                        b.json_text("p.properties", "email")
+                    ),
+                    "$2",
+                );
+                let in_name = b.contains(
+                    &format!(
+                        "lower(COALESCE({}, ''))",
+                        b.json_text("p.properties", "name")
+                    ),
+                    "$2",
+                );
+                on_pool!(self, |c| sqlx::query_as(&format!(
+                    "{columns} WHERE p.project_id = $1
                        AND (p.id IN (SELECT person_id FROM person_distinct_ids
-                                     WHERE project_id = ?1 AND instr(lower(distinct_id), ?2) > 0)
-                            OR instr(lower(COALESCE(json_extract(p.properties, '$.email'), '')), ?2) > 0
-                            OR instr(lower(COALESCE(json_extract(p.properties, '$.name'), '')), ?2) > 0)
+                                     WHERE project_id = $1 AND {in_did})
+                            OR {in_email}
+                            OR {in_name})
                        AND EXISTS (SELECT 1 FROM person_distinct_ids d WHERE d.person_id = p.id)
-                     ORDER BY p.id DESC LIMIT ?3"
+                     ORDER BY p.id DESC LIMIT $3"
                 ))
                 .bind(project_id)
                 .bind(needle)
-                .bind(limit)
-                .fetch_all(self.pool())
-                .await?
+                .bind(i64::from(limit))
+                .fetch_all(c)
+                .await)?
             }
-            None => {
-                sqlx::query_as(&format!(
-                    "{COLUMNS} WHERE p.project_id = ?1
+            None => on_pool!(self, |c| sqlx::query_as(&format!(
+                "{columns} WHERE p.project_id = $1
                        AND EXISTS (SELECT 1 FROM person_distinct_ids d WHERE d.person_id = p.id)
-                     ORDER BY p.id DESC LIMIT ?2"
-                ))
-                .bind(project_id)
-                .bind(limit)
-                .fetch_all(self.pool())
-                .await?
-            }
+                     ORDER BY p.id DESC LIMIT $2"
+            ))
+            .bind(project_id)
+            .bind(i64::from(limit))
+            .fetch_all(c)
+            .await)?,
         };
         rows.into_iter()
             .map(|(id, properties, created_at, dids)| {
@@ -173,18 +194,18 @@ impl Store {
         after: (i64, i64, &str),
         limit: u32,
     ) -> Result<Vec<(i64, String, String, i64)>> {
-        Ok(sqlx::query_as(
+        Ok(on_pool!(self, |c| sqlx::query_as(
             "SELECT d.project_id, d.distinct_id, p.uuid, d.seq FROM person_distinct_ids d
                JOIN persons p ON p.id = d.person_id
-              WHERE (d.seq, d.project_id, d.distinct_id) > (?1, ?2, ?3)
-              ORDER BY d.seq, d.project_id, d.distinct_id LIMIT ?4",
+              WHERE (d.seq, d.project_id, d.distinct_id) > ($1, $2, $3)
+              ORDER BY d.seq, d.project_id, d.distinct_id LIMIT $4",
         )
         .bind(after.0)
         .bind(after.1)
         .bind(after.2)
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await?)
+        .bind(i64::from(limit))
+        .fetch_all(c)
+        .await)?)
     }
 
     /// All distinct ids of a person given its id, following merge overrides. `None` when unknown.
@@ -193,28 +214,32 @@ impl Store {
         project_id: i64,
         person_uuid: &str,
     ) -> Result<Option<Vec<String>>> {
-        let current: Option<String> = sqlx::query_scalar(
-            "SELECT new_person_uuid FROM person_overrides WHERE project_id = ? AND old_person_uuid = ?",
+        let current: Option<String> = on_pool!(self, |c| {
+            sqlx::query_scalar(
+            "SELECT new_person_uuid FROM person_overrides WHERE project_id = $1 AND old_person_uuid = $2",
         )
         .bind(project_id)
         .bind(person_uuid)
-        .fetch_optional(self.pool())
-        .await?;
+        .fetch_optional(c)
+        .await
+        })?;
         let uuid = current.as_deref().unwrap_or(person_uuid);
-        let person: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM persons WHERE project_id = ? AND uuid = ?")
-                .bind(project_id)
-                .bind(uuid)
-                .fetch_optional(self.pool())
-                .await?;
+        let person: Option<i64> = on_pool!(self, |c| sqlx::query_scalar(
+            "SELECT id FROM persons WHERE project_id = $1 AND uuid = $2"
+        )
+        .bind(project_id)
+        .bind(uuid)
+        .fetch_optional(c)
+        .await)?;
         let Some(person) = person else {
             return Ok(None);
         };
-        let ids =
-            sqlx::query_scalar("SELECT distinct_id FROM person_distinct_ids WHERE person_id = ?")
-                .bind(person)
-                .fetch_all(self.pool())
-                .await?;
+        let ids = on_pool!(self, |c| sqlx::query_scalar(
+            "SELECT distinct_id FROM person_distinct_ids WHERE person_id = $1"
+        )
+        .bind(person)
+        .fetch_all(c)
+        .await)?;
         Ok(Some(ids))
     }
 
@@ -226,16 +251,19 @@ impl Store {
     ) -> Result<HashMap<String, Vec<String>>> {
         let mut out: HashMap<String, Vec<String>> = HashMap::with_capacity(person_uuids.len());
         for chunk in person_uuids.chunks(500) {
-            let placeholders = vec!["?"; chunk.len()].join(",");
             let sql = format!(
                 "SELECT p.uuid, d.distinct_id FROM persons p JOIN person_distinct_ids d ON d.person_id = p.id
-                 WHERE p.project_id = ? AND p.uuid IN ({placeholders})"
+                 WHERE p.project_id = $1 AND p.uuid IN ({})",
+                crate::placeholders(2, chunk.len())
             );
-            let mut query = sqlx::query_as::<_, (String, String)>(&sql).bind(project_id);
-            for uuid in chunk {
-                query = query.bind(*uuid);
-            }
-            for (uuid, did) in query.fetch_all(self.pool()).await? {
+            let rows: Vec<(String, String)> = on_pool!(self, |c| {
+                let mut query = sqlx::query_as(&sql).bind(project_id);
+                for uuid in chunk {
+                    query = query.bind(*uuid);
+                }
+                query.fetch_all(c).await
+            })?;
+            for (uuid, did) in rows {
                 out.entry(uuid).or_default().push(did);
             }
         }
@@ -269,20 +297,28 @@ impl Store {
         column: &str,
     ) -> Result<HashMap<String, T>>
     where
-        T: for<'r> sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + Send + Unpin,
+        T: for<'r> sqlx::Decode<'r, sqlx::Sqlite>
+            + sqlx::Type<sqlx::Sqlite>
+            + for<'r> sqlx::Decode<'r, sqlx::Postgres>
+            + sqlx::Type<sqlx::Postgres>
+            + Send
+            + Unpin,
     {
         let mut out = HashMap::with_capacity(distinct_ids.len());
         for chunk in distinct_ids.chunks(500) {
-            let placeholders = vec!["?"; chunk.len()].join(",");
             let sql = format!(
                 "SELECT d.distinct_id, {column} FROM person_distinct_ids d JOIN persons p ON p.id = d.person_id
-                 WHERE d.project_id = ? AND d.distinct_id IN ({placeholders})"
+                 WHERE d.project_id = $1 AND d.distinct_id IN ({})",
+                crate::placeholders(2, chunk.len())
             );
-            let mut query = sqlx::query_as::<_, (String, T)>(&sql).bind(project_id);
-            for did in chunk {
-                query = query.bind(*did);
-            }
-            out.extend(query.fetch_all(self.pool()).await?);
+            let rows: Vec<(String, T)> = on_pool!(self, |c| {
+                let mut query = sqlx::query_as(&sql).bind(project_id);
+                for did in chunk {
+                    query = query.bind(*did);
+                }
+                query.fetch_all(c).await
+            })?;
+            out.extend(rows);
         }
         Ok(out)
     }
@@ -315,8 +351,11 @@ impl Store {
         since: Option<i64>,
         mut f: impl FnMut(i64, Value),
     ) -> Result<IdentityRead> {
+        if let crate::Backend::Postgres(pool) = self.backend() {
+            return read_person_property_postgres(pool, project_id, key, since, f).await;
+        }
         // Read first: rows changed after it may be read too, which only re-applies them on the next read.
-        let path = self.path().to_path_buf();
+        let path = self.sqlite_path()?;
         let seq = tokio::task::spawn_blocking(move || -> Result<i64> {
             Ok(read_connection(&path)?.query_row(
                 "SELECT last FROM id_sequences WHERE name = 'identity'",
@@ -327,7 +366,7 @@ impl Store {
         .await
         .map_err(|e| crate::StoreError::Task(format!("identity sequence reader: {e}")))??;
         if let Some(since) = since {
-            let path = self.path().to_path_buf();
+            let path = self.sqlite_path()?;
             let key = key.to_owned();
             let rows = tokio::task::spawn_blocking(move || {
                 changed_person_property(&path, project_id, &key, since)
@@ -340,7 +379,7 @@ impl Store {
             }
             return Ok(IdentityRead { rows: n, seq });
         }
-        let path = self.path().to_path_buf();
+        let path = self.sqlite_path()?;
         let key = key.to_owned();
         let rows = tokio::task::spawn_blocking(move || -> Result<Vec<(i64, Value)>> {
             // JSON extraction is most of the cost (≈1 µs per person): split the persons by id range over the
@@ -402,13 +441,15 @@ impl Store {
         index: u8,
         key: &str,
     ) -> Result<Vec<(String, Value)>> {
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT group_key, properties FROM groups WHERE project_id = ? AND group_type_index = ?",
+        let rows: Vec<(String, String)> = on_pool!(self, |c| {
+            sqlx::query_as(
+            "SELECT group_key, properties FROM groups WHERE project_id = $1 AND group_type_index = $2",
         )
         .bind(project_id)
         .bind(i64::from(index))
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(c)
+        .await
+        })?;
         Ok(rows
             .into_iter()
             .filter_map(|(k, text)| match serde_json::from_str::<Value>(&text) {
@@ -420,13 +461,13 @@ impl Store {
 
     /// The name of a project's group type by its index (0–4), if defined.
     pub async fn group_type_name(&self, project_id: i64, index: u8) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT group_type FROM group_types WHERE project_id = ? AND group_type_index = ?",
+        Ok(on_pool!(self, |c| sqlx::query_scalar(
+            "SELECT group_type FROM group_types WHERE project_id = $1 AND group_type_index = $2",
         )
         .bind(project_id)
         .bind(i64::from(index))
-        .fetch_optional(self.pool())
-        .await?)
+        .fetch_optional(c)
+        .await)?)
     }
 
     /// Stored properties of the person behind `distinct_id` (`None`: no such person).
@@ -435,14 +476,16 @@ impl Store {
         project_id: i64,
         distinct_id: &str,
     ) -> Result<Option<serde_json::Map<String, Value>>> {
-        let text: Option<String> = sqlx::query_scalar(
+        let text: Option<String> = on_pool!(self, |c| {
+            sqlx::query_scalar(
             "SELECT p.properties FROM person_distinct_ids d JOIN persons p ON p.id = d.person_id
-             WHERE d.project_id = ? AND d.distinct_id = ?",
+             WHERE d.project_id = $1 AND d.distinct_id = $2",
         )
         .bind(project_id)
         .bind(distinct_id)
-        .fetch_optional(self.pool())
-        .await?;
+        .fetch_optional(c)
+        .await
+        })?;
         object(text)
     }
 
@@ -453,16 +496,16 @@ impl Store {
         group_type: &str,
         group_key: &str,
     ) -> Result<Option<serde_json::Map<String, Value>>> {
-        let text: Option<String> = sqlx::query_scalar(
+        let text: Option<String> = on_pool!(self, |c| sqlx::query_scalar(
             "SELECT g.properties FROM group_types t JOIN groups g
                ON g.project_id = t.project_id AND g.group_type_index = t.group_type_index
-             WHERE t.project_id = ? AND t.group_type = ? AND g.group_key = ?",
+             WHERE t.project_id = $1 AND t.group_type = $2 AND g.group_key = $3",
         )
         .bind(project_id)
         .bind(group_type)
         .bind(group_key)
-        .fetch_optional(self.pool())
-        .await?;
+        .fetch_optional(c)
+        .await)?;
         object(text)
     }
 
@@ -479,11 +522,14 @@ impl Store {
         since: Option<i64>,
         mut f: impl FnMut(i64, &str, i64),
     ) -> Result<IdentityRead> {
+        if let crate::Backend::Postgres(pool) = self.backend() {
+            return read_distinct_ids_postgres(pool, since, f).await;
+        }
         // In chunks from a read-only rusqlite connection on a blocking thread (one transaction, so a consistent
         // snapshot): through sqlx's worker thread 1.3M rows took seconds of start-up.
         const CHUNK: usize = 65_536;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(i64, String, i64)>>(4);
-        let path = self.path().to_path_buf();
+        let path = self.sqlite_path()?;
         let reader = tokio::task::spawn_blocking(move || -> Result<i64> {
             let mut conn = read_connection(&path)?;
             let txn = conn.transaction()?;
@@ -533,6 +579,90 @@ impl Store {
             .map_err(|e| crate::StoreError::Task(format!("distinct id reader: {e}")))??;
         Ok(IdentityRead { rows: n, seq })
     }
+}
+
+/// A read-only snapshot transaction on PostgreSQL, and the 'identity' sequence number it covers.
+async fn snapshot_postgres(
+    pool: &sqlx::PgPool,
+) -> Result<(sqlx::Transaction<'static, sqlx::Postgres>, i64)> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let seq = sqlx::query_scalar("SELECT last FROM id_sequences WHERE name = 'identity'")
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok((tx, seq))
+}
+
+/// [`Store::read_person_property`] on PostgreSQL: streamed from one snapshot, the member extracted by the
+/// server (`jsonb ->`).
+async fn read_person_property_postgres(
+    pool: &sqlx::PgPool,
+    project_id: i64,
+    key: &str,
+    since: Option<i64>,
+    mut f: impl FnMut(i64, Value),
+) -> Result<IdentityRead> {
+    use futures_util::TryStreamExt;
+    let (mut tx, seq) = snapshot_postgres(pool).await?;
+    let mut n = 0;
+    {
+        let sql = match since {
+            None => {
+                "SELECT id, (properties::jsonb -> $2)::text FROM persons
+                  WHERE project_id = $1 AND properties::jsonb -> $2 IS NOT NULL AND $3::bigint IS NULL"
+            }
+            Some(_) => {
+                "SELECT id, (properties::jsonb -> $2)::text FROM persons WHERE project_id = $1 AND seq > $3"
+            }
+        };
+        let mut rows = sqlx::query_as::<_, (i64, Option<String>)>(sql)
+            .bind(project_id)
+            .bind(key)
+            .bind(since)
+            .fetch(&mut *tx);
+        while let Some((id, json)) = rows.try_next().await? {
+            let v = json
+                .and_then(|j| serde_json::from_str::<Value>(&j).ok())
+                .unwrap_or(Value::Null);
+            f(id, v);
+            n += 1;
+        }
+    }
+    tx.rollback().await?;
+    Ok(IdentityRead { rows: n, seq })
+}
+
+/// [`Store::read_distinct_ids`] on PostgreSQL: streamed from one snapshot.
+async fn read_distinct_ids_postgres(
+    pool: &sqlx::PgPool,
+    since: Option<i64>,
+    mut f: impl FnMut(i64, &str, i64),
+) -> Result<IdentityRead> {
+    use futures_util::TryStreamExt;
+    let (mut tx, seq) = snapshot_postgres(pool).await?;
+    let mut n = 0;
+    {
+        let sql = match since {
+            None => {
+                "SELECT project_id, distinct_id, person_id FROM person_distinct_ids
+                      WHERE $1::bigint IS NULL ORDER BY person_id"
+            }
+            Some(_) => {
+                "SELECT project_id, distinct_id, person_id FROM person_distinct_ids WHERE seq > $1"
+            }
+        };
+        let mut rows = sqlx::query_as::<_, (i64, String, i64)>(sql)
+            .bind(since)
+            .fetch(&mut *tx);
+        while let Some((project_id, distinct_id, person_id)) = rows.try_next().await? {
+            f(project_id, &distinct_id, person_id);
+            n += 1;
+        }
+    }
+    tx.rollback().await?;
+    Ok(IdentityRead { rows: n, seq })
 }
 
 /// A read-only rusqlite connection for bulk reads on a blocking thread (sqlx hands every row over a channel).

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::{on_conn, on_pool};
 use crate::{Result, Store};
 
 /// An entity's score under a PQL model.
@@ -69,14 +70,17 @@ impl Store {
         let mut out = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
             let sql = format!(
-                "SELECT id, properties FROM persons WHERE project_id = ? AND id IN ({})",
-                vec!["?"; chunk.len()].join(",")
+                "SELECT id, properties FROM persons WHERE project_id = $1 AND id IN ({})",
+                crate::placeholders(2, chunk.len())
             );
-            let mut q = sqlx::query_as::<_, (i64, String)>(&sql).bind(project_id);
-            for id in chunk {
-                q = q.bind(id);
-            }
-            for (id, text) in q.fetch_all(self.pool()).await? {
+            let rows = on_pool!(self, |c| {
+                let mut q = sqlx::query_as::<_, (i64, String)>(&sql).bind(project_id);
+                for id in chunk {
+                    q = q.bind(id);
+                }
+                q.fetch_all(c).await
+            })?;
+            for (id, text) in rows {
                 out.insert(id, object(&text));
             }
         }
@@ -95,16 +99,19 @@ impl Store {
             let sql = format!(
                 "SELECT g.group_key, g.properties FROM group_types t JOIN groups g
                    ON g.project_id = t.project_id AND g.group_type_index = t.group_type_index
-                 WHERE t.project_id = ? AND t.group_type = ? AND g.group_key IN ({})",
-                vec!["?"; chunk.len()].join(",")
+                 WHERE t.project_id = $1 AND t.group_type = $2 AND g.group_key IN ({})",
+                crate::placeholders(3, chunk.len())
             );
-            let mut q = sqlx::query_as::<_, (String, String)>(&sql)
-                .bind(project_id)
-                .bind(group_type);
-            for k in chunk {
-                q = q.bind(*k);
-            }
-            for (key, text) in q.fetch_all(self.pool()).await? {
+            let rows = on_pool!(self, |c| {
+                let mut q = sqlx::query_as::<_, (String, String)>(&sql)
+                    .bind(project_id)
+                    .bind(group_type);
+                for k in chunk {
+                    q = q.bind(*k);
+                }
+                q.fetch_all(c).await
+            })?;
+            for (key, text) in rows {
                 out.insert(key, object(&text));
             }
         }
@@ -117,13 +124,15 @@ impl Store {
         project_id: i64,
         model: &str,
     ) -> Result<HashMap<String, (f64, bool, String)>> {
-        let rows: Vec<(String, f64, bool, String)> = sqlx::query_as(
-            "SELECT entity, score, qualified, label FROM pql_scores WHERE project_id = ? AND model = ?",
+        let rows: Vec<(String, f64, bool, String)> = on_pool!(self, |c| {
+            sqlx::query_as(
+            "SELECT entity, score, qualified, label FROM pql_scores WHERE project_id = $1 AND model = $2",
         )
         .bind(project_id)
         .bind(model)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(c)
+        .await
+        })?;
         Ok(rows
             .into_iter()
             .map(|(e, s, q, l)| (e, (s, q, l)))
@@ -141,10 +150,11 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.write_tx().await?;
         for s in scores {
-            sqlx::query(
+            on_conn!(&mut tx, |c| {
+                sqlx::query(
                 "INSERT INTO pql_scores (project_id, model, entity, label, score, qualified, version, explanation,
                                          qualified_at, updated_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                  ON CONFLICT (project_id, model, entity) DO UPDATE SET label = excluded.label,
                    score = excluded.score, qualified = excluded.qualified, version = excluded.version,
                    explanation = excluded.explanation, qualified_at = excluded.qualified_at,
@@ -160,8 +170,9 @@ impl Store {
             .bind(s.explanation.to_string())
             .bind(&s.qualified_at)
             .bind(&s.updated_at)
-            .execute(&mut *tx)
-            .await?;
+            .execute(c)
+            .await.map(|r| r.rows_affected())
+            })?;
         }
         for payload in announce {
             crate::documents::enqueue(&mut tx, project_id, topic, payload).await?;
@@ -178,16 +189,18 @@ impl Store {
         qualified_only: bool,
         limit: i64,
     ) -> Result<Vec<PqlScore>> {
-        let rows: Vec<Row> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM pql_scores WHERE project_id = ? AND model = ? AND (qualified = 1 OR ? = 0)
-             ORDER BY score DESC, entity LIMIT ?"
+        let rows: Vec<Row> = on_pool!(self, |c| {
+            sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM pql_scores WHERE project_id = $1 AND model = $2 AND (qualified OR NOT $3)
+             ORDER BY score DESC, entity LIMIT $4"
         ))
         .bind(project_id)
         .bind(model)
         .bind(qualified_only)
         .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(c)
+        .await
+        })?;
         rows.into_iter().map(from_row).collect()
     }
 
@@ -198,17 +211,19 @@ impl Store {
         model: &str,
         entity: &str,
     ) -> Result<Option<PqlScore>> {
-        let row: Option<Row> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM pql_scores WHERE project_id = ? AND model = ? AND (entity = ? OR label = ?)
-             ORDER BY entity = ? DESC LIMIT 1"
+        let row: Option<Row> = on_pool!(self, |c| {
+            sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM pql_scores WHERE project_id = $1 AND model = $2 AND (entity = $3 OR label = $4)
+             ORDER BY entity = $5 DESC LIMIT 1"
         ))
         .bind(project_id)
         .bind(model)
         .bind(entity)
         .bind(entity)
         .bind(entity)
-        .fetch_optional(self.pool())
-        .await?;
+        .fetch_optional(c)
+        .await
+        })?;
         row.map(from_row).transpose()
     }
 }

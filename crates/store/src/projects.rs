@@ -4,6 +4,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::features::{append_audit, Actor};
+use crate::{on_conn, on_pool};
 use crate::{Result, Store};
 
 /// A project's settings, as the API shows them.
@@ -62,11 +63,13 @@ const COLUMNS: &str =
 impl Store {
     /// The projects with a retention period, by id.
     pub async fn retention_policies(&self) -> Result<Vec<RetentionPolicy>> {
-        let rows: Vec<(i64, i64)> = sqlx::query_as(
+        let rows: Vec<(i64, i64)> = on_pool!(self, |c| {
+            sqlx::query_as(
             "SELECT id, retention_days FROM projects WHERE retention_days IS NOT NULL ORDER BY id",
         )
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(c)
+        .await
+        })?;
         Ok(rows
             .into_iter()
             .map(|(project_id, retention_days)| RetentionPolicy {
@@ -78,11 +81,12 @@ impl Store {
 
     /// The settings of a project (`None`: no such project).
     pub async fn project_settings(&self, project_id: i64) -> Result<Option<ProjectSettings>> {
-        let row: Option<Row> =
-            sqlx::query_as(&format!("SELECT {COLUMNS} FROM projects WHERE id = ?"))
-                .bind(project_id)
-                .fetch_optional(self.pool())
-                .await?;
+        let row: Option<Row> = on_pool!(self, |c| sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM projects WHERE id = $1"
+        ))
+        .bind(project_id)
+        .fetch_optional(c)
+        .await)?;
         row.map(from_row).transpose()
     }
 
@@ -94,11 +98,12 @@ impl Store {
         actor: &Actor,
     ) -> Result<Option<ProjectSettings>> {
         let mut tx = self.write_tx().await?;
-        let row: Option<Row> =
-            sqlx::query_as(&format!("SELECT {COLUMNS} FROM projects WHERE id = ?"))
-                .bind(project_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let row: Option<Row> = on_conn!(&mut tx, |c| sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM projects WHERE id = $1"
+        ))
+        .bind(project_id)
+        .fetch_optional(c)
+        .await)?;
         let Some(before) = row.map(from_row).transpose()? else {
             return Ok(None);
         };
@@ -120,9 +125,10 @@ impl Store {
             ..before.clone()
         };
         if after != before {
-            sqlx::query(
-                "UPDATE projects SET name = ?, time_zone = ?, test_account_filters = ?, ingestion = ?, retention_days = ?
-                 WHERE id = ?",
+            on_conn!(&mut tx, |c| {
+                sqlx::query(
+                "UPDATE projects SET name = $1, time_zone = $2, test_account_filters = $3, ingestion = $4, retention_days = $5
+                 WHERE id = $6",
             )
             .bind(&after.name)
             .bind(&after.time_zone)
@@ -130,8 +136,9 @@ impl Store {
             .bind(after.ingestion.to_string())
             .bind(after.retention_days)
             .bind(project_id)
-            .execute(&mut *tx)
-            .await?;
+            .execute(c)
+            .await.map(|r| r.rows_affected())
+            })?;
             let (b, a) = (
                 serde_json::to_value(&before)?,
                 serde_json::to_value(&after)?,

@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use crate::features::{append_audit, Actor, WriteError};
 use crate::{now_text, Result, Store};
+use crate::{on_conn, on_pool};
 
 /// A referral code as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -56,18 +57,20 @@ impl Store {
     ) -> std::result::Result<ReferralCode, WriteError> {
         let mut tx = self.write_tx().await?;
         let key = code.to_lowercase();
-        let taken: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM referral_codes WHERE code_key = ?")
-                .bind(&key)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let taken: Option<i64> = on_conn!(&mut tx, |c| sqlx::query_scalar(
+            "SELECT id FROM referral_codes WHERE code_key = $1"
+        )
+        .bind(&key)
+        .fetch_optional(c)
+        .await)?;
         if taken.is_some() {
             return Err(WriteError::AlreadyExists);
         }
         let now = now_text();
-        let id: i64 = sqlx::query_scalar(
+        let id: i64 = on_conn!(&mut tx, |c| {
+            sqlx::query_scalar(
             "INSERT INTO referral_codes (project_id, program, code, code_key, referrer, vanity, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(project_id)
         .bind(program)
@@ -76,8 +79,9 @@ impl Store {
         .bind(referrer)
         .bind(vanity)
         .bind(&now)
-        .fetch_one(&mut *tx)
-        .await?;
+        .fetch_one(c)
+        .await
+        })?;
         let created = ReferralCode {
             id,
             project_id,
@@ -111,14 +115,16 @@ impl Store {
         program: &str,
         referrer: &str,
     ) -> Result<Option<ReferralCode>> {
-        let row: Option<Row> = sqlx::query_as(&format!(
-            "{SELECT} WHERE c.project_id = ? AND c.program = ? AND c.referrer = ? AND c.vanity = 0"
+        let row: Option<Row> = on_pool!(self, |c| {
+            sqlx::query_as(&format!(
+            "{SELECT} WHERE c.project_id = $1 AND c.program = $2 AND c.referrer = $3 AND c.vanity = FALSE"
         ))
         .bind(project_id)
         .bind(program)
         .bind(referrer)
-        .fetch_optional(self.pool())
-        .await?;
+        .fetch_optional(c)
+        .await
+        })?;
         Ok(row.map(from_row))
     }
 
@@ -129,24 +135,28 @@ impl Store {
         program: &str,
         referrer: Option<&str>,
     ) -> Result<Vec<ReferralCode>> {
-        let rows: Vec<Row> = sqlx::query_as(&format!(
-            "{SELECT} WHERE c.project_id = ? AND c.program = ? AND (? IS NULL OR c.referrer = ?) ORDER BY c.id"
+        let rows: Vec<Row> = on_pool!(self, |c| {
+            sqlx::query_as(&format!(
+            "{SELECT} WHERE c.project_id = $1 AND c.program = $2 AND ($3 IS NULL OR c.referrer = $4) ORDER BY c.id"
         ))
         .bind(project_id)
         .bind(program)
         .bind(referrer)
         .bind(referrer)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(c)
+        .await
+        })?;
         Ok(rows.into_iter().map(from_row).collect())
     }
 
     /// The code whose lower-case form is `code`'s, in any project.
     pub async fn referral_code(&self, code: &str) -> Result<Option<ReferralCode>> {
-        let row: Option<Row> = sqlx::query_as(&format!("{SELECT} WHERE c.code_key = ?"))
-            .bind(code.to_lowercase())
-            .fetch_optional(self.pool())
-            .await?;
+        let row: Option<Row> = on_pool!(self, |c| sqlx::query_as(&format!(
+            "{SELECT} WHERE c.code_key = $1"
+        ))
+        .bind(code.to_lowercase())
+        .fetch_optional(c)
+        .await)?;
         Ok(row.map(from_row))
     }
 
@@ -157,33 +167,37 @@ impl Store {
         token: &str,
         fingerprint: &str,
     ) -> Result<()> {
-        sqlx::query(
+        on_pool!(self, |c| sqlx::query(
             "INSERT INTO referral_clicks (project_id, code_id, token, fingerprint, created_at)
-             VALUES (?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(code.project_id)
         .bind(code.id)
         .bind(token)
         .bind(fingerprint)
         .bind(now_text())
-        .execute(self.pool())
-        .await?;
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
     /// The installation's secret `name`: `candidate` the first time it is asked for, the stored value after.
     pub async fn install_secret(&self, name: &str, candidate: &str) -> Result<String> {
-        sqlx::query("INSERT OR IGNORE INTO install_secrets (name, value) VALUES (?, ?)")
-            .bind(name)
-            .bind(candidate)
-            .execute(self.pool())
-            .await?;
-        Ok(
-            sqlx::query_scalar("SELECT value FROM install_secrets WHERE name = ?")
-                .bind(name)
-                .fetch_one(self.pool())
-                .await?,
+        on_pool!(self, |c| sqlx::query(
+            "INSERT INTO install_secrets (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING"
         )
+        .bind(name)
+        .bind(candidate)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(on_pool!(self, |c| sqlx::query_scalar(
+            "SELECT value FROM install_secrets WHERE name = $1"
+        )
+        .bind(name)
+        .fetch_one(c)
+        .await)?)
     }
 }
 
@@ -261,14 +275,14 @@ impl Store {
         program: &str,
         referee_person: &str,
     ) -> Result<Option<Referral>> {
-        let row: Option<ReferralRow> = sqlx::query_as(&format!(
-            "{REFERRAL} WHERE project_id = ? AND program = ? AND referee_person = ?"
+        let row: Option<ReferralRow> = on_pool!(self, |c| sqlx::query_as(&format!(
+            "{REFERRAL} WHERE project_id = $1 AND program = $2 AND referee_person = $3"
         ))
         .bind(project_id)
         .bind(program)
         .bind(referee_person)
-        .fetch_optional(self.pool())
-        .await?;
+        .fetch_optional(c)
+        .await)?;
         Ok(row.map(referral))
     }
 
@@ -283,15 +297,16 @@ impl Store {
         let mut tx = self.write_tx().await?;
         let now = now_text();
         let signals = new.signals.to_string();
-        sqlx::query(
+        on_conn!(&mut tx, |c| {
+            sqlx::query(
             "INSERT INTO referrals (project_id, program, code_id, referrer, referee, referee_person, click_token,
                  status, signals, attributed_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
              ON CONFLICT (project_id, program, referee_person) DO UPDATE SET
                  code_id = excluded.code_id, referrer = excluded.referrer, referee = excluded.referee,
                  click_token = excluded.click_token, status = excluded.status, signals = excluded.signals,
                  attributed_at = excluded.attributed_at, updated_at = excluded.updated_at
-             WHERE ? AND referrals.status = 'attributed' AND referrals.code_id <> excluded.code_id",
+             WHERE $12 AND referrals.status = 'attributed' AND referrals.code_id <> excluded.code_id",
         )
         .bind(project_id)
         .bind(new.program)
@@ -305,16 +320,17 @@ impl Store {
         .bind(new.at)
         .bind(&now)
         .bind(replace)
-        .execute(&mut *tx)
-        .await?;
-        let row: ReferralRow = sqlx::query_as(&format!(
-            "{REFERRAL} WHERE project_id = ? AND program = ? AND referee_person = ?"
+        .execute(c)
+        .await.map(|r| r.rows_affected())
+        })?;
+        let row: ReferralRow = on_conn!(&mut tx, |c| sqlx::query_as(&format!(
+            "{REFERRAL} WHERE project_id = $1 AND program = $2 AND referee_person = $3"
         ))
         .bind(project_id)
         .bind(new.program)
         .bind(new.referee_person)
-        .fetch_one(&mut *tx)
-        .await?;
+        .fetch_one(c)
+        .await)?;
         tx.commit().await?;
         Ok(referral(row))
     }
@@ -329,9 +345,10 @@ impl Store {
         signals: &serde_json::Value,
         risk_score: i64,
     ) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE referrals SET status = ?, qualified_at = ?, signals = ?, risk_score = ?, updated_at = ?
-             WHERE id = ? AND status = 'attributed'",
+        let done = on_pool!(self, |c| {
+            sqlx::query(
+            "UPDATE referrals SET status = $1, qualified_at = $2, signals = $3, risk_score = $4, updated_at = $5
+             WHERE id = $6 AND status = 'attributed'",
         )
         .bind(status)
         .bind(at)
@@ -339,9 +356,10 @@ impl Store {
         .bind(risk_score)
         .bind(now_text())
         .bind(id)
-        .execute(self.pool())
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .execute(c)
+        .await.map(|r| r.rows_affected())
+        })?;
+        Ok(done == 1)
     }
 
     /// A review decision: a `held` referral becomes `qualified`, or a `held` or `attributed` one `rejected`;
@@ -357,14 +375,14 @@ impl Store {
         actor: &Actor,
     ) -> std::result::Result<Referral, WriteError> {
         let mut tx = self.write_tx().await?;
-        let before: Option<ReferralRow> = sqlx::query_as(&format!(
-            "{REFERRAL} WHERE project_id = ? AND program = ? AND id = ?"
+        let before: Option<ReferralRow> = on_conn!(&mut tx, |c| sqlx::query_as(&format!(
+            "{REFERRAL} WHERE project_id = $1 AND program = $2 AND id = $3"
         ))
         .bind(project_id)
         .bind(program)
         .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        .fetch_optional(c)
+        .await)?;
         let before = referral(before.ok_or(WriteError::NotFound)?);
         let to = match (approve, before.status.as_str()) {
             (true, "held") => "qualified",
@@ -376,16 +394,21 @@ impl Store {
                 )))
             }
         };
-        sqlx::query("UPDATE referrals SET status = ?, updated_at = ? WHERE id = ?")
-            .bind(to)
-            .bind(now_text())
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        let after: ReferralRow = sqlx::query_as(&format!("{REFERRAL} WHERE id = ?"))
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
+        on_conn!(&mut tx, |c| sqlx::query(
+            "UPDATE referrals SET status = $1, updated_at = $2 WHERE id = $3"
+        )
+        .bind(to)
+        .bind(now_text())
+        .bind(id)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
+        let after: ReferralRow = on_conn!(&mut tx, |c| sqlx::query_as(&format!(
+            "{REFERRAL} WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_one(c)
+        .await)?;
         let after = referral(after);
         let mut a = serde_json::to_value(&after)?;
         a["review_reason"] = serde_json::json!(reason);
@@ -418,17 +441,19 @@ impl Store {
         since: &str,
         before_id: i64,
     ) -> Result<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM referrals WHERE project_id = ? AND program = ? AND referrer = ?
-             AND attributed_at >= ? AND id < ?",
+        Ok(on_pool!(self, |c| {
+            sqlx::query_scalar(
+            "SELECT COUNT(*) FROM referrals WHERE project_id = $1 AND program = $2 AND referrer = $3
+             AND attributed_at >= $4 AND id < $5",
         )
         .bind(project_id)
         .bind(program)
         .bind(referrer)
         .bind(since)
         .bind(before_id)
-        .fetch_one(self.pool())
-        .await?)
+        .fetch_one(c)
+        .await
+        })?)
     }
 
     /// Who brought a referee person, in any program (the oldest attribution): the referrer's distinct id.
@@ -437,14 +462,16 @@ impl Store {
         project_id: i64,
         referee_person: &str,
     ) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT referrer FROM referrals WHERE project_id = ? AND referee_person = ? AND status <> 'rejected'
+        Ok(on_pool!(self, |c| {
+            sqlx::query_scalar(
+            "SELECT referrer FROM referrals WHERE project_id = $1 AND referee_person = $2 AND status <> 'rejected'
              ORDER BY id LIMIT 1",
         )
         .bind(project_id)
         .bind(referee_person)
-        .fetch_optional(self.pool())
-        .await?)
+        .fetch_optional(c)
+        .await
+        })?)
     }
 
     /// A program's referrals (of one referrer, of one status when given), newest first.
@@ -456,9 +483,9 @@ impl Store {
         status: Option<&str>,
         limit: i64,
     ) -> Result<Vec<Referral>> {
-        let rows: Vec<ReferralRow> = sqlx::query_as(&format!(
-            "{REFERRAL} WHERE project_id = ? AND program = ? AND (? IS NULL OR referrer = ?)
-             AND (? IS NULL OR status = ?) ORDER BY id DESC LIMIT ?"
+        let rows: Vec<ReferralRow> = on_pool!(self, |c| sqlx::query_as(&format!(
+            "{REFERRAL} WHERE project_id = $1 AND program = $2 AND ($3 IS NULL OR referrer = $4)
+             AND ($5 IS NULL OR status = $6) ORDER BY id DESC LIMIT $7"
         ))
         .bind(project_id)
         .bind(program)
@@ -467,8 +494,8 @@ impl Store {
         .bind(status)
         .bind(status)
         .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(c)
+        .await)?;
         Ok(rows.into_iter().map(referral).collect())
     }
 
@@ -479,46 +506,49 @@ impl Store {
         program: &str,
         referrer: &str,
     ) -> Result<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM referrals WHERE project_id = ? AND program = ? AND referrer = ? AND status = 'qualified'",
+        Ok(on_pool!(self, |c| {
+            sqlx::query_scalar(
+            "SELECT COUNT(*) FROM referrals WHERE project_id = $1 AND program = $2 AND referrer = $3 AND status = 'qualified'",
         )
         .bind(project_id)
         .bind(program)
         .bind(referrer)
-        .fetch_one(self.pool())
-        .await?)
+        .fetch_one(c)
+        .await
+        })?)
     }
 
     /// When a click token was recorded (and for which code), if it was.
     pub async fn referral_click(&self, token: &str) -> Result<Option<(i64, String)>> {
-        Ok(
-            sqlx::query_as("SELECT code_id, created_at FROM referral_clicks WHERE token = ?")
-                .bind(token)
-                .fetch_optional(self.pool())
-                .await?,
+        Ok(on_pool!(self, |c| sqlx::query_as(
+            "SELECT code_id, created_at FROM referral_clicks WHERE token = $1"
         )
+        .bind(token)
+        .fetch_optional(c)
+        .await)?)
     }
 
     /// The fingerprint (salted hash of address and user agent) of a click.
     pub async fn click_fingerprint(&self, token: &str) -> Result<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT fingerprint FROM referral_clicks WHERE token = ?")
-                .bind(token)
-                .fetch_optional(self.pool())
-                .await?,
+        Ok(on_pool!(self, |c| sqlx::query_scalar(
+            "SELECT fingerprint FROM referral_clicks WHERE token = $1"
         )
+        .bind(token)
+        .fetch_optional(c)
+        .await)?)
     }
 
     /// The LSN the `consumer` has processed, stored.
     pub async fn set_checkpoint(&self, consumer: &str, lsn: u64) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO intake_checkpoints (consumer, lsn) VALUES (?, ?)
+        on_pool!(self, |c| sqlx::query(
+            "INSERT INTO intake_checkpoints (consumer, lsn) VALUES ($1, $2)
              ON CONFLICT (consumer) DO UPDATE SET lsn = excluded.lsn",
         )
-        .bind(consumer)
+        .bind(self.consumer_key(consumer))
         .bind(lsn as i64)
-        .execute(self.pool())
-        .await?;
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 }
@@ -562,7 +592,7 @@ const SHARE: &str =
         (SELECT COUNT(*) FROM share_views v WHERE v.link_id = l.id),
         (SELECT COUNT(*) FROM share_visitors s WHERE s.link_id = l.id),
         (SELECT COUNT(*) FROM share_visitors s JOIN persons p ON p.uuid = s.person_uuid
-            WHERE s.link_id = l.id AND p.is_identified = 1)
+            WHERE s.link_id = l.id AND p.is_identified = TRUE)
      FROM share_links l";
 
 fn share(r: ShareRow) -> ShareLink {
@@ -595,21 +625,24 @@ impl Store {
         actor: &Actor,
     ) -> std::result::Result<(ShareLink, bool), WriteError> {
         let mut tx = self.write_tx().await?;
-        let existing: Option<ShareRow> = sqlx::query_as(&format!(
-            "{SHARE} WHERE l.project_id = ? AND l.sharer = ? AND l.object_type = ? AND l.object_id = ?"
+        let existing: Option<ShareRow> = on_conn!(&mut tx, |c| {
+            sqlx::query_as(&format!(
+            "{SHARE} WHERE l.project_id = $1 AND l.sharer = $2 AND l.object_type = $3 AND l.object_id = $4"
         ))
         .bind(project_id)
         .bind(sharer)
         .bind(object.0)
         .bind(object.1)
-        .fetch_optional(&mut *tx)
-        .await?;
+        .fetch_optional(c)
+        .await
+        })?;
         if let Some(row) = existing {
             return Ok((share(row), false));
         }
-        let id: i64 = sqlx::query_scalar(
+        let id: i64 = on_conn!(&mut tx, |c| {
+            sqlx::query_scalar(
             "INSERT INTO share_links (project_id, token, sharer, object_type, object_id, url, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(project_id)
         .bind(token)
@@ -618,12 +651,15 @@ impl Store {
         .bind(object.1)
         .bind(url)
         .bind(now_text())
-        .fetch_one(&mut *tx)
-        .await?;
-        let row: ShareRow = sqlx::query_as(&format!("{SHARE} WHERE l.id = ?"))
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
+        .fetch_one(c)
+        .await
+        })?;
+        let row: ShareRow = on_conn!(&mut tx, |c| sqlx::query_as(&format!(
+            "{SHARE} WHERE l.id = $1"
+        ))
+        .bind(id)
+        .fetch_one(c)
+        .await)?;
         let link = share(row);
         let after = serde_json::to_value(&link)?;
         append_audit(
@@ -643,10 +679,12 @@ impl Store {
 
     /// The link with this token, in any project.
     pub async fn share_link(&self, token: &str) -> Result<Option<ShareLink>> {
-        let row: Option<ShareRow> = sqlx::query_as(&format!("{SHARE} WHERE l.token = ?"))
-            .bind(token)
-            .fetch_optional(self.pool())
-            .await?;
+        let row: Option<ShareRow> = on_pool!(self, |c| sqlx::query_as(&format!(
+            "{SHARE} WHERE l.token = $1"
+        ))
+        .bind(token)
+        .fetch_optional(c)
+        .await)?;
         Ok(row.map(share))
     }
 
@@ -658,9 +696,10 @@ impl Store {
         object_type: Option<&str>,
         object_id: Option<&str>,
     ) -> Result<Vec<ShareLink>> {
-        let rows: Vec<ShareRow> = sqlx::query_as(&format!(
-            "{SHARE} WHERE l.project_id = ? AND (? IS NULL OR l.sharer = ?) AND (? IS NULL OR l.object_type = ?)
-             AND (? IS NULL OR l.object_id = ?) ORDER BY l.id DESC LIMIT 1000"
+        let rows: Vec<ShareRow> = on_pool!(self, |c| {
+            sqlx::query_as(&format!(
+            "{SHARE} WHERE l.project_id = $1 AND ($2 IS NULL OR l.sharer = $3) AND ($4 IS NULL OR l.object_type = $5)
+             AND ($6 IS NULL OR l.object_id = $7) ORDER BY l.id DESC LIMIT 1000"
         ))
         .bind(project_id)
         .bind(sharer)
@@ -669,19 +708,23 @@ impl Store {
         .bind(object_type)
         .bind(object_id)
         .bind(object_id)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(c)
+        .await
+        })?;
         Ok(rows.into_iter().map(share).collect())
     }
 
     /// Records a view of a link.
     pub async fn record_share_view(&self, link_id: i64, fingerprint: &str) -> Result<()> {
-        sqlx::query("INSERT INTO share_views (link_id, fingerprint, created_at) VALUES (?, ?, ?)")
-            .bind(link_id)
-            .bind(fingerprint)
-            .bind(now_text())
-            .execute(self.pool())
-            .await?;
+        on_pool!(self, |c| sqlx::query(
+            "INSERT INTO share_views (link_id, fingerprint, created_at) VALUES ($1, $2, $3)"
+        )
+        .bind(link_id)
+        .bind(fingerprint)
+        .bind(now_text())
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
@@ -692,25 +735,28 @@ impl Store {
         person_uuid: &str,
         distinct_id: &str,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT OR IGNORE INTO share_visitors (link_id, person_uuid, distinct_id, created_at) VALUES (?, ?, ?, ?)",
+        on_pool!(self, |c| {
+            sqlx::query(
+            "INSERT INTO share_visitors (link_id, person_uuid, distinct_id, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
         )
         .bind(link_id)
         .bind(person_uuid)
         .bind(distinct_id)
         .bind(now_text())
-        .execute(self.pool())
-        .await?;
+        .execute(c)
+        .await.map(|r| r.rows_affected())
+        })?;
         Ok(())
     }
 
     /// Projects with share links.
     pub async fn share_link_projects(&self) -> Result<Vec<i64>> {
-        Ok(
-            sqlx::query_scalar("SELECT DISTINCT project_id FROM share_links")
-                .fetch_all(self.pool())
-                .await?,
+        Ok(on_pool!(self, |c| sqlx::query_scalar(
+            "SELECT DISTINCT project_id FROM share_links"
         )
+        .fetch_all(c)
+        .await)?)
     }
 }
 
@@ -723,20 +769,18 @@ impl Store {
     ) -> Result<Vec<Referral>> {
         let mut out = Vec::new();
         for chunk in persons.chunks(500) {
-            let placeholders = vec!["?"; chunk.len()].join(",");
-            let sql =
-                format!("{REFERRAL} WHERE project_id = ? AND referee_person IN ({placeholders})");
-            let mut query = sqlx::query_as::<_, ReferralRow>(&sql).bind(project_id);
-            for p in chunk {
-                query = query.bind(*p);
-            }
-            out.extend(
-                query
-                    .fetch_all(self.pool())
-                    .await?
-                    .into_iter()
-                    .map(referral),
+            let sql = format!(
+                "{REFERRAL} WHERE project_id = $1 AND referee_person IN ({})",
+                crate::placeholders(2, chunk.len())
             );
+            let rows = on_pool!(self, |c| {
+                let mut query = sqlx::query_as::<_, ReferralRow>(&sql).bind(project_id);
+                for p in chunk {
+                    query = query.bind(*p);
+                }
+                query.fetch_all(c).await
+            })?;
+            out.extend(rows.into_iter().map(referral));
         }
         Ok(out)
     }
@@ -751,16 +795,16 @@ impl Store {
         program: &str,
         limit: i64,
     ) -> Result<Vec<(String, i64, i64)>> {
-        Ok(sqlx::query_as(
-            "SELECT referrer, SUM(status = 'qualified'), COUNT(*) FROM referrals
-             WHERE project_id = ? AND program = ? AND status <> 'rejected'
-             GROUP BY referrer ORDER BY 2 DESC, 3 DESC, referrer LIMIT ?",
+        Ok(on_pool!(self, |c| sqlx::query_as(
+            "SELECT referrer, COUNT(*) FILTER (WHERE status = 'qualified'), COUNT(*) FROM referrals
+             WHERE project_id = $1 AND program = $2 AND status <> 'rejected'
+             GROUP BY referrer ORDER BY 2 DESC, 3 DESC, referrer LIMIT $3",
         )
         .bind(project_id)
         .bind(program)
         .bind(limit)
-        .fetch_all(self.pool())
-        .await?)
+        .fetch_all(c)
+        .await)?)
     }
 }
 
@@ -784,18 +828,19 @@ impl Store {
         person_uuid: &str,
         distinct_id: &str,
     ) -> Result<Option<GrowthEdge>> {
-        let row: Option<(String, String, String, String)> = sqlx::query_as(
+        let row: Option<(String, String, String, String)> = on_pool!(self, |c| {
+            sqlx::query_as(
             "SELECT via, source, at, context FROM (
                  SELECT 'referral' AS via, referrer AS source, attributed_at AS at, program AS context
-                   FROM referrals WHERE project_id = ? AND referee_person = ? AND status <> 'rejected'
+                   FROM referrals WHERE project_id = $1 AND referee_person = $2 AND status <> 'rejected'
                  UNION ALL
                  SELECT 'invitation', inviter, accepted_at, group_type || '/' || group_key
-                   FROM invitations WHERE project_id = ? AND status = 'accepted' AND accepted_by = ?
+                   FROM invitations WHERE project_id = $3 AND status = 'accepted' AND accepted_by = $4
                  UNION ALL
                  SELECT 'share', l.sharer, v.created_at, l.object_type || '/' || l.object_id
                    FROM share_visitors v JOIN share_links l ON l.id = v.link_id
-                   WHERE l.project_id = ? AND v.person_uuid = ?
-             ) ORDER BY at LIMIT 1",
+                   WHERE l.project_id = $5 AND v.person_uuid = $6
+             ) AS edges ORDER BY at LIMIT 1",
         )
         .bind(project_id)
         .bind(person_uuid)
@@ -803,8 +848,9 @@ impl Store {
         .bind(distinct_id)
         .bind(project_id)
         .bind(person_uuid)
-        .fetch_optional(self.pool())
-        .await?;
+        .fetch_optional(c)
+        .await
+        })?;
         Ok(row.map(|(via, from, at, context)| GrowthEdge {
             via,
             from,
@@ -829,15 +875,15 @@ pub struct GraphEdge {
 /// Every edge of a project: referrals not rejected, accepted invitations, share-link visits.
 const EDGES: &str = "SELECT via, source, target, at, context FROM (
          SELECT 'referral' AS via, referrer AS source, referee AS target, attributed_at AS at, program AS context
-           FROM referrals WHERE project_id = ?1 AND status <> 'rejected'
+           FROM referrals WHERE project_id = $1 AND status <> 'rejected'
          UNION ALL
          SELECT 'invitation', inviter, accepted_by, accepted_at, group_type || '/' || group_key
-           FROM invitations WHERE project_id = ?1 AND status = 'accepted' AND accepted_by IS NOT NULL
+           FROM invitations WHERE project_id = $1 AND status = 'accepted' AND accepted_by IS NOT NULL
          UNION ALL
          SELECT 'share', l.sharer, v.distinct_id, v.created_at, l.object_type || '/' || l.object_id
            FROM share_visitors v JOIN share_links l ON l.id = v.link_id
-          WHERE l.project_id = ?1)
-     WHERE (?2 IS NULL OR via = ?2)";
+          WHERE l.project_id = $1) AS edges
+     WHERE ($2 IS NULL OR via = $2)";
 
 impl Store {
     /// Edges of the growth graph, newest first, at most `limit`: the project's, or only those sent by one of
@@ -853,30 +899,30 @@ impl Store {
         let mut rows: Vec<EdgeRow> = Vec::new();
         match senders {
             None => {
-                rows = sqlx::query_as(&format!("{EDGES} ORDER BY at DESC LIMIT ?3"))
-                    .bind(project_id)
-                    .bind(via)
-                    .bind(limit)
-                    .fetch_all(self.pool())
-                    .await?;
+                rows = on_pool!(self, |c| sqlx::query_as(&format!(
+                    "{EDGES} ORDER BY at DESC LIMIT $3"
+                ))
+                .bind(project_id)
+                .bind(via)
+                .bind(i64::from(limit))
+                .fetch_all(c)
+                .await)?;
             }
             Some(senders) => {
                 for chunk in senders.chunks(500) {
-                    // Numbered like the statement's other parameters: sqlx counts bare `?` from the first
-                    // argument whatever numbers come before them.
-                    let placeholders: Vec<String> =
-                        (0..chunk.len()).map(|i| format!("?{}", i + 3)).collect();
                     let sql = format!(
                         "{EDGES} AND source IN ({}) ORDER BY at DESC LIMIT {limit}",
-                        placeholders.join(",")
+                        crate::placeholders(3, chunk.len())
                     );
-                    let mut query = sqlx::query_as::<_, EdgeRow>(&sql)
-                        .bind(project_id)
-                        .bind(via);
-                    for s in chunk {
-                        query = query.bind(s);
-                    }
-                    rows.extend(query.fetch_all(self.pool()).await?);
+                    rows.extend(on_pool!(self, |c| {
+                        let mut query = sqlx::query_as::<_, EdgeRow>(&sql)
+                            .bind(project_id)
+                            .bind(via);
+                        for s in chunk {
+                            query = query.bind(s);
+                        }
+                        query.fetch_all(c).await
+                    })?);
                 }
                 rows.sort_by(|a, b| b.3.cmp(&a.3));
                 rows.truncate(limit as usize);

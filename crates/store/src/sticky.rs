@@ -2,6 +2,7 @@
 //! `"<experiment>__<bucket version>" → variation key` per project and hash attribute value.
 
 use crate::{now_text, Result, Store};
+use crate::{on_conn, on_pool};
 
 /// One stored document: (project, `"<attribute>||<value>"`, assignments as a JSON object text).
 pub type StickyRow = (i64, String, String);
@@ -9,11 +10,11 @@ pub type StickyRow = (i64, String, String);
 impl Store {
     /// Every stored assignment document.
     pub async fn sticky_assignments(&self) -> Result<Vec<StickyRow>> {
-        Ok(
-            sqlx::query_as("SELECT project_id, attribute_key, assignments FROM sticky_assignments")
-                .fetch_all(self.pool())
-                .await?,
+        Ok(on_pool!(self, |c| sqlx::query_as(
+            "SELECT project_id, attribute_key, assignments FROM sticky_assignments"
         )
+        .fetch_all(c)
+        .await)?)
     }
 
     /// Inserts or replaces documents, in one transaction; a document without assignments (`{}`) is deleted.
@@ -25,18 +26,20 @@ impl Store {
         let now = now_text();
         for (project_id, key, assignments) in rows {
             if assignments == "{}" {
-                sqlx::query(
-                    "DELETE FROM sticky_assignments WHERE project_id = ? AND attribute_key = ?",
+                on_conn!(&mut tx, |c| sqlx::query(
+                    "DELETE FROM sticky_assignments WHERE project_id = $1 AND attribute_key = $2",
                 )
                 .bind(project_id)
                 .bind(key)
-                .execute(&mut *tx)
-                .await?;
+                .execute(c)
+                .await
+                .map(|r| r.rows_affected()))?;
                 continue;
             }
-            sqlx::query(
+            on_conn!(&mut tx, |c| {
+                sqlx::query(
                 "INSERT INTO sticky_assignments (project_id, attribute_key, assignments, updated_at)
-                 VALUES (?, ?, ?, ?)
+                 VALUES ($1, $2, $3, $4)
                  ON CONFLICT (project_id, attribute_key)
                  DO UPDATE SET assignments = excluded.assignments, updated_at = excluded.updated_at",
             )
@@ -44,8 +47,9 @@ impl Store {
             .bind(key)
             .bind(assignments)
             .bind(&now)
-            .execute(&mut *tx)
-            .await?;
+            .execute(c)
+            .await.map(|r| r.rows_affected())
+            })?;
         }
         tx.commit().await?;
         Ok(())

@@ -4,10 +4,10 @@
 
 use serde::Serialize;
 use serde_json::{json, Value};
-use sqlx::{Sqlite, Transaction};
 
 use crate::keys::{key_digest, random_token};
 use crate::{now_text, Actor, Result, Store};
+use crate::{on_conn, on_pool};
 
 /// Prefix of session tokens (the dashboard's cookie).
 pub const SESSION_PREFIX: &str = "fwses_";
@@ -142,22 +142,20 @@ impl Store {
         password_hash: &str,
     ) -> Result<std::result::Result<i64, MemberError>> {
         let now = now_text();
-        let done = sqlx::query(
-            "INSERT INTO users (email, name, password_hash, created_at, password_changed_at) VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT (email) DO NOTHING",
+        let id: Option<i64> = on_pool!(self, |c| {
+            sqlx::query_scalar(
+            "INSERT INTO users (email, name, password_hash, created_at, password_changed_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (email) DO NOTHING RETURNING id",
         )
         .bind(email)
         .bind(name)
         .bind(password_hash)
         .bind(&now)
         .bind(&now)
-        .execute(self.pool())
-        .await?;
-        Ok(if done.rows_affected() == 1 {
-            Ok(done.last_insert_rowid())
-        } else {
-            Err(MemberError::Exists)
-        })
+        .fetch_optional(c)
+        .await
+        })?;
+        Ok(id.ok_or(MemberError::Exists))
     }
 
     pub async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>> {
@@ -170,35 +168,37 @@ impl Store {
 
     async fn user_where(&self, condition: &str, value: Value) -> Result<Option<UserRecord>> {
         let sql = format!("SELECT id, email, name, password_hash FROM users WHERE {condition}");
-        let q = sqlx::query_as::<_, (i64, String, String, String)>(&sql);
-        let q = match value {
-            Value::Number(n) => q.bind(n.as_i64()),
-            other => q.bind(other.as_str().unwrap_or_default().to_owned()),
-        };
-        Ok(q.fetch_optional(self.pool())
-            .await?
-            .map(|(id, email, name, password_hash)| UserRecord {
-                id,
-                email,
-                name,
-                password_hash,
-            }))
+        let sql = crate::numbered(&sql);
+        let row = on_pool!(self, |c| {
+            let q = sqlx::query_as::<_, (i64, String, String, String)>(&sql);
+            let q = match &value {
+                Value::Number(n) => q.bind(n.as_i64()),
+                other => q.bind(other.as_str().unwrap_or_default().to_owned()),
+            };
+            q.fetch_optional(c).await
+        })?;
+        Ok(row.map(|(id, email, name, password_hash)| UserRecord {
+            id,
+            email,
+            name,
+            password_hash,
+        }))
     }
 
     /// Every user (id, email, name), by id.
     pub async fn users(&self) -> Result<Vec<(i64, String, String)>> {
-        Ok(
-            sqlx::query_as("SELECT id, email, name FROM users ORDER BY id")
-                .fetch_all(self.pool())
-                .await?,
+        Ok(on_pool!(self, |c| sqlx::query_as(
+            "SELECT id, email, name FROM users ORDER BY id"
         )
+        .fetch_all(c)
+        .await)?)
     }
 
     /// Whether any user exists.
     pub async fn has_users(&self) -> Result<bool> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
-            .fetch_one(self.pool())
-            .await?;
+        let n: i64 = on_pool!(self, |c| sqlx::query_scalar("SELECT COUNT(*) FROM users")
+            .fetch_one(c)
+            .await)?;
         Ok(n > 0)
     }
 
@@ -210,18 +210,24 @@ impl Store {
         keep_session: Option<i64>,
     ) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        sqlx::query("UPDATE users SET password_hash = ?, password_changed_at = ? WHERE id = ?")
-            .bind(password_hash)
-            .bind(now_text())
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM sessions WHERE user_id = ? AND (? IS NULL OR id != ?)")
-            .bind(user_id)
-            .bind(keep_session)
-            .bind(keep_session)
-            .execute(&mut *tx)
-            .await?;
+        on_conn!(&mut tx, |c| sqlx::query(
+            "UPDATE users SET password_hash = $1, password_changed_at = $2 WHERE id = $3"
+        )
+        .bind(password_hash)
+        .bind(now_text())
+        .bind(user_id)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
+        on_conn!(&mut tx, |c| sqlx::query(
+            "DELETE FROM sessions WHERE user_id = $1 AND ($2 IS NULL OR id != $3)"
+        )
+        .bind(user_id)
+        .bind(keep_session)
+        .bind(keep_session)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
         tx.commit().await?;
         Ok(())
     }
@@ -233,35 +239,35 @@ impl Store {
         organization_id: i64,
         user_id: i64,
     ) -> Result<Option<Membership>> {
-        let row: Option<MembershipRow> = sqlx::query_as(&format!(
-            "{MEMBERSHIP_SELECT} WHERE m.organization_id = ? AND m.user_id = ?"
+        let row: Option<MembershipRow> = on_pool!(self, |c| sqlx::query_as(&format!(
+            "{MEMBERSHIP_SELECT} WHERE m.organization_id = $1 AND m.user_id = $2"
         ))
         .bind(organization_id)
         .bind(user_id)
-        .fetch_optional(self.pool())
-        .await?;
+        .fetch_optional(c)
+        .await)?;
         row.map(membership).transpose()
     }
 
     /// Every organization a user belongs to.
     pub async fn memberships_of(&self, user_id: i64) -> Result<Vec<Membership>> {
-        let rows: Vec<MembershipRow> = sqlx::query_as(&format!(
-            "{MEMBERSHIP_SELECT} WHERE m.user_id = ? ORDER BY m.organization_id"
+        let rows: Vec<MembershipRow> = on_pool!(self, |c| sqlx::query_as(&format!(
+            "{MEMBERSHIP_SELECT} WHERE m.user_id = $1 ORDER BY m.organization_id"
         ))
         .bind(user_id)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(c)
+        .await)?;
         rows.into_iter().map(membership).collect()
     }
 
     /// An organization's members.
     pub async fn members(&self, organization_id: i64) -> Result<Vec<Membership>> {
-        let rows: Vec<MembershipRow> = sqlx::query_as(&format!(
-            "{MEMBERSHIP_SELECT} WHERE m.organization_id = ? ORDER BY m.user_id"
+        let rows: Vec<MembershipRow> = on_pool!(self, |c| sqlx::query_as(&format!(
+            "{MEMBERSHIP_SELECT} WHERE m.organization_id = $1 ORDER BY m.user_id"
         ))
         .bind(organization_id)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(c)
+        .await)?;
         rows.into_iter().map(membership).collect()
     }
 
@@ -308,13 +314,15 @@ impl Store {
             return Ok(Err(MemberError::NotFound));
         };
         let mut tx = self.write_tx().await?;
-        sqlx::query("UPDATE memberships SET role = ?, projects = ? WHERE organization_id = ? AND user_id = ?")
+        on_conn!(&mut tx, |c| {
+            sqlx::query("UPDATE memberships SET role = $1, projects = $2 WHERE organization_id = $3 AND user_id = $4")
             .bind(role)
             .bind(projects_text(projects))
             .bind(organization_id)
             .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
+            .execute(c)
+            .await.map(|r| r.rows_affected())
+        })?;
         if owners(&mut tx, organization_id).await? == 0 {
             return Ok(Err(MemberError::LastOwner));
         }
@@ -348,23 +356,27 @@ impl Store {
             return Ok(Err(MemberError::NotFound));
         };
         let mut tx = self.write_tx().await?;
-        sqlx::query("DELETE FROM memberships WHERE organization_id = ? AND user_id = ?")
-            .bind(organization_id)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
+        on_conn!(&mut tx, |c| sqlx::query(
+            "DELETE FROM memberships WHERE organization_id = $1 AND user_id = $2"
+        )
+        .bind(organization_id)
+        .bind(user_id)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
         if owners(&mut tx, organization_id).await? == 0 {
             return Ok(Err(MemberError::LastOwner));
         }
-        let revoked = sqlx::query(
-            "UPDATE api_keys SET revoked_at = ? WHERE organization_id = ? AND user_id = ? AND revoked_at IS NULL",
+        let revoked = on_conn!(&mut tx, |c| {
+            sqlx::query(
+            "UPDATE api_keys SET revoked_at = $1 WHERE organization_id = $2 AND user_id = $3 AND revoked_at IS NULL",
         )
         .bind(now_text())
         .bind(organization_id)
         .bind(user_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .execute(c)
+        .await.map(|r| r.rows_affected())
+        })?;
         let b = json!({"role": before.role, "projects": before.projects});
         let a = json!({"keys_revoked": revoked});
         append_org_audit(
@@ -392,12 +404,13 @@ impl Store {
         actor: &Actor,
     ) -> Result<i64> {
         let mut tx = self.write_tx().await?;
-        let id = sqlx::query("INSERT INTO organizations (name, created_at) VALUES (?, ?)")
-            .bind(name)
-            .bind(now_text())
-            .execute(&mut *tx)
-            .await?
-            .last_insert_rowid();
+        let id = on_conn!(&mut tx, |c| sqlx::query_scalar::<_, i64>(
+            "INSERT INTO organizations (name, created_at) VALUES ($1, $2) RETURNING id"
+        )
+        .bind(name)
+        .bind(now_text())
+        .fetch_one(c)
+        .await)?;
         insert_member(&mut tx, id, owner, "owner", None).await?;
         let after = json!({"name": name, "owner": owner});
         append_org_audit(
@@ -416,11 +429,12 @@ impl Store {
     }
 
     pub async fn organization(&self, id: i64) -> Result<Option<OrganizationInfo>> {
-        let row: Option<(i64, String, String)> =
-            sqlx::query_as("SELECT id, name, created_at FROM organizations WHERE id = ?")
-                .bind(id)
-                .fetch_optional(self.pool())
-                .await?;
+        let row: Option<(i64, String, String)> = on_pool!(self, |c| sqlx::query_as(
+            "SELECT id, name, created_at FROM organizations WHERE id = $1"
+        )
+        .bind(id)
+        .fetch_optional(c)
+        .await)?;
         Ok(row.map(|(id, name, created_at)| OrganizationInfo {
             id,
             name,
@@ -429,12 +443,14 @@ impl Store {
     }
 
     pub async fn organization_projects(&self, organization_id: i64) -> Result<Vec<ProjectInfo>> {
-        let rows: Vec<(i64, i64, String, String)> = sqlx::query_as(
-            "SELECT id, organization_id, name, created_at FROM projects WHERE organization_id = ? ORDER BY id",
+        let rows: Vec<(i64, i64, String, String)> = on_pool!(self, |c| {
+            sqlx::query_as(
+            "SELECT id, organization_id, name, created_at FROM projects WHERE organization_id = $1 ORDER BY id",
         )
         .bind(organization_id)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(c)
+        .await
+        })?;
         Ok(rows
             .into_iter()
             .map(|(id, organization_id, name, created_at)| ProjectInfo {
@@ -448,12 +464,12 @@ impl Store {
 
     /// Whether an organization has an owner who can sign in.
     pub async fn organization_has_owner(&self, organization_id: i64) -> Result<bool> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM memberships WHERE organization_id = ? AND role = 'owner'",
+        let n: i64 = on_pool!(self, |c| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM memberships WHERE organization_id = $1 AND role = 'owner'",
         )
         .bind(organization_id)
-        .fetch_one(self.pool())
-        .await?;
+        .fetch_one(c)
+        .await)?;
         Ok(n > 0)
     }
 
@@ -470,10 +486,11 @@ impl Store {
         let token = random_token(SESSION_PREFIX, 43);
         let csrf = random_token("", 32);
         let now = now_text();
-        let id = sqlx::query(
+        let id = on_pool!(self, |c| {
+            sqlx::query_scalar::<_, i64>(
             "INSERT INTO sessions (token_hash, user_id, csrf_token, created_at, expires_at, last_seen_at, source_ip,
                                    user_agent)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
         )
         .bind(key_digest(&token))
         .bind(user_id)
@@ -483,22 +500,23 @@ impl Store {
         .bind(&now)
         .bind(source_ip)
         .bind(user_agent.map(|u| u.chars().take(300).collect::<String>()))
-        .execute(self.pool())
-        .await?
-        .last_insert_rowid();
+        .fetch_one(c)
+        .await
+        })?;
         Ok((id, token, csrf))
     }
 
     /// The live session of a token (expired sessions are not returned).
     pub async fn session(&self, token: &str, now: &str) -> Result<Option<SessionRecord>> {
-        let row: Option<(i64, i64, String, String, String, String)> = sqlx::query_as(
-            "SELECT id, user_id, csrf_token, created_at, expires_at, last_seen_at FROM sessions
-             WHERE token_hash = ? AND expires_at > ?",
-        )
-        .bind(key_digest(token))
-        .bind(now)
-        .fetch_optional(self.pool())
-        .await?;
+        let row: Option<(i64, i64, String, String, String, String)> =
+            on_pool!(self, |c| sqlx::query_as(
+                "SELECT id, user_id, csrf_token, created_at, expires_at, last_seen_at FROM sessions
+             WHERE token_hash = $1 AND expires_at > $2",
+            )
+            .bind(key_digest(token))
+            .bind(now)
+            .fetch_optional(c)
+            .await)?;
         Ok(row.map(
             |(id, user_id, csrf_token, created_at, expires_at, last_seen_at)| SessionRecord {
                 id,
@@ -513,20 +531,24 @@ impl Store {
 
     /// Extends a session (sliding expiry).
     pub async fn touch_session(&self, id: i64, now: &str, expires_at: &str) -> Result<()> {
-        sqlx::query("UPDATE sessions SET last_seen_at = ?, expires_at = ? WHERE id = ?")
-            .bind(now)
-            .bind(expires_at)
-            .bind(id)
-            .execute(self.pool())
-            .await?;
+        on_pool!(self, |c| sqlx::query(
+            "UPDATE sessions SET last_seen_at = $1, expires_at = $2 WHERE id = $3"
+        )
+        .bind(now)
+        .bind(expires_at)
+        .bind(id)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
     pub async fn delete_session(&self, id: i64) -> Result<()> {
-        sqlx::query("DELETE FROM sessions WHERE id = ?")
+        on_pool!(self, |c| sqlx::query("DELETE FROM sessions WHERE id = $1")
             .bind(id)
-            .execute(self.pool())
-            .await?;
+            .execute(c)
+            .await
+            .map(|r| r.rows_affected()))?;
         Ok(())
     }
 
@@ -546,10 +568,11 @@ impl Store {
         let token = random_token(TEAM_INVITATION_PREFIX, 40);
         let now = now_text();
         let mut tx = self.write_tx().await?;
-        let id = sqlx::query(
+        let id = on_conn!(&mut tx, |c| {
+            sqlx::query_scalar::<_, i64>(
             "INSERT INTO team_invitations (organization_id, email, role, projects, token_hash, invited_by, created_at,
                                            expires_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
         )
         .bind(organization_id)
         .bind(email)
@@ -559,9 +582,9 @@ impl Store {
         .bind(&actor.label)
         .bind(&now)
         .bind(expires_at)
-        .execute(&mut *tx)
-        .await?
-        .last_insert_rowid();
+        .fetch_one(c)
+        .await
+        })?;
         let after =
             json!({"email": email, "role": role, "projects": projects, "expires_at": expires_at});
         append_org_audit(
@@ -626,14 +649,16 @@ impl Store {
                     revoked_at
              FROM team_invitations WHERE {condition} ORDER BY id"
         );
-        let q = sqlx::query_as::<_, Row>(&sql);
-        let q = match value {
-            Value::Number(n) => q.bind(n.as_i64()),
-            other => q.bind(other.as_str().unwrap_or_default().to_owned()),
-        };
-        q.fetch_all(self.pool())
-            .await?
-            .into_iter()
+        let sql = crate::numbered(&sql);
+        let rows: Vec<Row> = on_pool!(self, |c| {
+            let q = sqlx::query_as::<_, Row>(&sql);
+            let q = match &value {
+                Value::Number(n) => q.bind(n.as_i64()),
+                other => q.bind(other.as_str().unwrap_or_default().to_owned()),
+            };
+            q.fetch_all(c).await
+        })?;
+        rows.into_iter()
             .map(
                 |(
                     id,
@@ -672,17 +697,17 @@ impl Store {
         actor: &Actor,
     ) -> Result<bool> {
         let mut tx = self.write_tx().await?;
-        let done = sqlx::query(
-            "UPDATE team_invitations SET revoked_at = ? WHERE id = ? AND organization_id = ? AND revoked_at IS NULL
+        let done = on_conn!(&mut tx, |c| {
+            sqlx::query(
+            "UPDATE team_invitations SET revoked_at = $1 WHERE id = $2 AND organization_id = $3 AND revoked_at IS NULL
                AND accepted_at IS NULL",
         )
         .bind(now_text())
         .bind(id)
         .bind(organization_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
+        .execute(c)
+        .await.map(|r| r.rows_affected())
+        })? == 1;
         if done {
             append_org_audit(
                 &mut tx,
@@ -708,16 +733,16 @@ impl Store {
         user_id: i64,
     ) -> Result<bool> {
         let mut tx = self.write_tx().await?;
-        let done = sqlx::query(
-            "UPDATE team_invitations SET accepted_at = ?, accepted_by = ?
-             WHERE id = ? AND accepted_at IS NULL AND revoked_at IS NULL",
+        let done = on_conn!(&mut tx, |c| sqlx::query(
+            "UPDATE team_invitations SET accepted_at = $1, accepted_by = $2
+             WHERE id = $3 AND accepted_at IS NULL AND revoked_at IS NULL",
         )
         .bind(now_text())
         .bind(user_id)
         .bind(invitation.id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?
             == 1;
         if !done {
             return Ok(false);
@@ -732,13 +757,15 @@ impl Store {
         )
         .await?
         {
-            sqlx::query("UPDATE memberships SET role = ?, projects = ? WHERE organization_id = ? AND user_id = ?")
+            on_conn!(&mut tx, |c| {
+                sqlx::query("UPDATE memberships SET role = $1, projects = $2 WHERE organization_id = $3 AND user_id = $4")
                 .bind(&invitation.role)
                 .bind(projects_text(projects))
                 .bind(invitation.organization_id)
                 .bind(user_id)
-                .execute(&mut *tx)
-                .await?;
+                .execute(c)
+                .await.map(|r| r.rows_affected())
+            })?;
         }
         let actor = Actor {
             label: format!("user:{user_id}"),
@@ -807,16 +834,18 @@ impl Store {
             Option<String>,
             String,
         );
-        let rows: Vec<Row> = sqlx::query_as(
+        let rows: Vec<Row> = on_pool!(self, |c| {
+            sqlx::query_as(
             "SELECT id, actor, action, entity_type, entity_id, before, after, source_ip, at FROM organization_audit_log
-             WHERE organization_id = ? AND (? IS NULL OR id < ?) ORDER BY id DESC LIMIT ?",
+             WHERE organization_id = $1 AND ($2 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4",
         )
         .bind(organization_id)
         .bind(before_id)
         .bind(before_id)
         .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(c)
+        .await
+        })?;
         let parse = |t: Option<String>| t.and_then(|t| serde_json::from_str::<Value>(&t).ok());
         Ok(rows
             .into_iter()
@@ -840,14 +869,15 @@ impl Store {
 }
 
 async fn insert_member(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut crate::Tx,
     organization_id: i64,
     user_id: i64,
     role: &str,
     projects: Option<&[i64]>,
 ) -> Result<bool> {
-    let done = sqlx::query(
-        "INSERT INTO memberships (organization_id, user_id, role, projects, created_at) VALUES (?, ?, ?, ?, ?)
+    let done = on_conn!(tx, |c| {
+        sqlx::query(
+        "INSERT INTO memberships (organization_id, user_id, role, projects, created_at) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (organization_id, user_id) DO NOTHING",
     )
     .bind(organization_id)
@@ -855,23 +885,24 @@ async fn insert_member(
     .bind(role)
     .bind(projects_text(projects))
     .bind(now_text())
-    .execute(&mut **tx)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    .execute(c)
+    .await.map(|r| r.rows_affected())
+    })?;
+    Ok(done == 1)
 }
 
-async fn owners(tx: &mut Transaction<'static, Sqlite>, organization_id: i64) -> Result<i64> {
-    Ok(sqlx::query_scalar(
-        "SELECT COUNT(*) FROM memberships WHERE organization_id = ? AND role = 'owner'",
+async fn owners(tx: &mut crate::Tx, organization_id: i64) -> Result<i64> {
+    Ok(on_conn!(tx, |c| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM memberships WHERE organization_id = $1 AND role = 'owner'",
     )
     .bind(organization_id)
-    .fetch_one(&mut **tx)
-    .await?)
+    .fetch_one(c)
+    .await)?)
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn append_org_audit(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut crate::Tx,
     organization_id: i64,
     actor: &Actor,
     action: &str,
@@ -880,10 +911,11 @@ async fn append_org_audit(
     before: Option<&Value>,
     after: Option<&Value>,
 ) -> Result<()> {
-    sqlx::query(
+    on_conn!(tx, |c| {
+        sqlx::query(
         "INSERT INTO organization_audit_log (organization_id, actor, action, entity_type, entity_id, before, after,
                                              source_ip, at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(organization_id)
     .bind(&actor.label)
@@ -894,7 +926,8 @@ async fn append_org_audit(
     .bind(after.map(Value::to_string))
     .bind(&actor.source_ip)
     .bind(now_text())
-    .execute(&mut **tx)
-    .await?;
+    .execute(c)
+    .await.map(|r| r.rows_affected())
+    })?;
     Ok(())
 }

@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use crate::features::{append_audit, Actor};
 use crate::{now_text, Result, Store};
+use crate::{on_conn, on_pool};
 
 /// A subscription of a project to outbox topics.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -192,6 +193,39 @@ fn audit_view(w: &Webhook) -> Value {
     json!({"id": w.id, "url": w.url, "topics": w.topics, "description": w.description, "active": w.active})
 }
 
+/// The advisory-lock namespace of webhook endpoints ("webh" in the high bits; the endpoint id in the low ones).
+const WEBHOOK_LOCKS: i64 = 0x7765_6268 << 32;
+
+/// See [`Store::lock_webhook`]. Give it back with [`WebhookLock::release`]; dropped instead, its connection is
+/// closed, which frees the lock too.
+pub struct WebhookLock {
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+    key: i64,
+}
+
+impl WebhookLock {
+    pub async fn release(mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(self.key)
+                .execute(&mut *conn)
+                .await;
+            if unlocked.is_err() {
+                drop(conn.detach());
+            }
+        }
+    }
+}
+
+impl Drop for WebhookLock {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            // Closing the session frees its advisory locks.
+            drop(conn.detach());
+        }
+    }
+}
+
 impl Store {
     /// Creates a subscription (`fields`: `url` and `topics` set; `active` by default); it takes the messages
     /// written from now on.
@@ -208,10 +242,11 @@ impl Store {
         let active = fields.active.unwrap_or(true);
         let mut tx = self.write_tx().await?;
         let now = now_text();
-        let id: i64 = sqlx::query_scalar(
+        let id: i64 = on_conn!(&mut tx, |c| {
+            sqlx::query_scalar(
             "INSERT INTO webhooks (project_id, url, secret, topics, events, description, active, cursor, created_at,
                                    updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(id), 0) FROM outbox), ?, ?) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, (SELECT COALESCE(MAX(id), 0) FROM outbox), $8, $9) RETURNING id",
         )
         .bind(project_id)
         .bind(url)
@@ -222,14 +257,15 @@ impl Store {
         .bind(active)
         .bind(&now)
         .bind(&now)
-        .fetch_one(&mut *tx)
-        .await?;
-        let row: WebhookRow = sqlx::query_as(&format!(
-            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = ?"
+        .fetch_one(c)
+        .await
+        })?;
+        let row: WebhookRow = on_conn!(&mut tx, |c| sqlx::query_as(&format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1"
         ))
         .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
+        .fetch_one(c)
+        .await)?;
         let w = webhook_from(row)?;
         append_audit(
             &mut tx,
@@ -248,34 +284,34 @@ impl Store {
 
     /// A project's subscriptions.
     pub async fn webhooks(&self, project_id: i64) -> Result<Vec<Webhook>> {
-        let rows: Vec<WebhookRow> = sqlx::query_as(&format!(
-            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE project_id = ? ORDER BY id"
+        let rows: Vec<WebhookRow> = on_pool!(self, |c| sqlx::query_as(&format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE project_id = $1 ORDER BY id"
         ))
         .bind(project_id)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(c)
+        .await)?;
         rows.into_iter().map(webhook_from).collect()
     }
 
     /// Every active subscription of the installation.
     pub async fn active_webhooks(&self) -> Result<Vec<Webhook>> {
-        let rows: Vec<WebhookRow> = sqlx::query_as(&format!(
-            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE active = 1 ORDER BY id"
+        let rows: Vec<WebhookRow> = on_pool!(self, |c| sqlx::query_as(&format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE active = TRUE ORDER BY id"
         ))
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(c)
+        .await)?;
         rows.into_iter().map(webhook_from).collect()
     }
 
     /// One subscription of a project.
     pub async fn webhook(&self, project_id: i64, id: i64) -> Result<Option<Webhook>> {
-        let row: Option<WebhookRow> = sqlx::query_as(&format!(
-            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE project_id = ? AND id = ?"
+        let row: Option<WebhookRow> = on_pool!(self, |c| sqlx::query_as(&format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE project_id = $1 AND id = $2"
         ))
         .bind(project_id)
         .bind(id)
-        .fetch_optional(self.pool())
-        .await?;
+        .fetch_optional(c)
+        .await)?;
         row.map(webhook_from).transpose()
     }
 
@@ -291,9 +327,10 @@ impl Store {
             return Ok(None);
         };
         let mut tx = self.write_tx().await?;
-        sqlx::query(
-            "UPDATE webhooks SET url = ?, topics = ?, events = ?, description = ?, active = ?, updated_at = ?
-             WHERE project_id = ? AND id = ?",
+        on_conn!(&mut tx, |c| {
+            sqlx::query(
+            "UPDATE webhooks SET url = $1, topics = $2, events = $3, description = $4, active = $5, updated_at = $6
+             WHERE project_id = $7 AND id = $8",
         )
         .bind(change.url.as_ref().unwrap_or(&before.url))
         .bind(serde_json::to_string(
@@ -312,14 +349,15 @@ impl Store {
         .bind(now_text())
         .bind(project_id)
         .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        let row: WebhookRow = sqlx::query_as(&format!(
-            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = ?"
+        .execute(c)
+        .await.map(|r| r.rows_affected())
+        })?;
+        let row: WebhookRow = on_conn!(&mut tx, |c| sqlx::query_as(&format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1"
         ))
         .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
+        .fetch_one(c)
+        .await)?;
         let after = webhook_from(row)?;
         append_audit(
             &mut tx,
@@ -345,17 +383,17 @@ impl Store {
         actor: &Actor,
     ) -> Result<bool> {
         let mut tx = self.write_tx().await?;
-        let done = sqlx::query(
-            "UPDATE webhooks SET secret = ?, updated_at = ? WHERE project_id = ? AND id = ?",
+        let done = on_conn!(&mut tx, |c| {
+            sqlx::query(
+            "UPDATE webhooks SET secret = $1, updated_at = $2 WHERE project_id = $3 AND id = $4",
         )
         .bind(secret)
         .bind(now_text())
         .bind(project_id)
         .bind(id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
+        .execute(c)
+        .await.map(|r| r.rows_affected())
+        })? == 1;
         if done {
             append_audit(
                 &mut tx,
@@ -379,20 +417,28 @@ impl Store {
             return Ok(false);
         };
         let mut tx = self.write_tx().await?;
-        sqlx::query(
-            "DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM webhook_deliveries WHERE webhook_id = ?)",
+        on_conn!(&mut tx, |c| {
+            sqlx::query(
+            "DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM webhook_deliveries WHERE webhook_id = $1)",
         )
         .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM webhook_deliveries WHERE webhook_id = ?")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM webhooks WHERE id = ?")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        .execute(c)
+        .await.map(|r| r.rows_affected())
+        })?;
+        on_conn!(&mut tx, |c| sqlx::query(
+            "DELETE FROM webhook_deliveries WHERE webhook_id = $1"
+        )
+        .bind(id)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
+        on_conn!(&mut tx, |c| sqlx::query(
+            "DELETE FROM webhooks WHERE id = $1"
+        )
+        .bind(id)
+        .execute(c)
+        .await
+        .map(|r| r.rows_affected()))?;
         append_audit(
             &mut tx,
             project_id,
@@ -408,15 +454,34 @@ impl Store {
         Ok(true)
     }
 
+    /// The exclusive right to deliver the endpoint's messages, across every node sharing the database: `None`
+    /// when another node holds it (it delivers them). On PostgreSQL a session advisory lock on a connection kept
+    /// for the lock's life (a node that dies frees it with its connection); on SQLite (one node) always granted.
+    pub async fn lock_webhook(&self, webhook_id: i64) -> Result<Option<WebhookLock>> {
+        let crate::Backend::Postgres(pool) = self.backend() else {
+            return Ok(Some(WebhookLock { conn: None, key: 0 }));
+        };
+        let key = WEBHOOK_LOCKS ^ webhook_id;
+        let mut conn = pool.acquire().await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(locked.then_some(WebhookLock {
+            conn: Some(conn),
+            key,
+        }))
+    }
+
     /// The endpoint's oldest pending delivery (its head: nothing later is attempted before it ends).
     pub async fn webhook_head(&self, webhook_id: i64) -> Result<Option<Delivery>> {
-        let row: Option<DeliveryRow> = sqlx::query_as(&format!(
+        let row: Option<DeliveryRow> = on_pool!(self, |c| sqlx::query_as(&format!(
             "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d JOIN outbox o ON o.id = d.outbox_id
-             WHERE d.webhook_id = ? AND d.status = 'pending' ORDER BY d.outbox_id LIMIT 1"
+             WHERE d.webhook_id = $1 AND d.status = 'pending' ORDER BY d.outbox_id LIMIT 1"
         ))
         .bind(webhook_id)
-        .fetch_optional(self.pool())
-        .await?;
+        .fetch_optional(c)
+        .await)?;
         row.map(delivery_from).transpose()
     }
 
@@ -426,14 +491,14 @@ impl Store {
     pub async fn take_webhook_message(&self, w: &mut Webhook) -> Result<Option<Delivery>> {
         for _ in 0..20 {
             // Captured events (`event.*`) go only to the subscriptions they matched (listed in the payload).
-            let rows: Vec<(i64, String, Option<String>)> = sqlx::query_as(
+            let rows: Vec<(i64, String, Option<String>)> = on_pool!(self, |c| sqlx::query_as(
                 "SELECT id, topic, CASE WHEN topic LIKE 'event.%' THEN payload END FROM outbox
-                 WHERE id > ? AND project_id = ? ORDER BY id LIMIT 500",
+                 WHERE id > $1 AND project_id = $2 ORDER BY id LIMIT 500",
             )
             .bind(w.cursor)
             .bind(w.project_id)
-            .fetch_all(self.pool())
-            .await?;
+            .fetch_all(c)
+            .await)?;
             let Some(last) = rows.last().map(|r| r.0) else {
                 return Ok(None);
             };
@@ -452,24 +517,28 @@ impl Store {
             let mut tx = self.write_tx().await?;
             let now = now_text();
             if let Some(outbox_id) = found {
-                sqlx::query(
+                on_conn!(&mut tx, |c| {
+                    sqlx::query(
                     "INSERT INTO webhook_deliveries (webhook_id, outbox_id, status, next_attempt_at, created_at, updated_at)
-                     VALUES (?, ?, 'pending', ?, ?, ?) ON CONFLICT (webhook_id, outbox_id) DO NOTHING",
+                     VALUES ($1, $2, 'pending', $3, $4, $5) ON CONFLICT (webhook_id, outbox_id) DO NOTHING",
                 )
                 .bind(w.id)
                 .bind(outbox_id)
                 .bind(&now)
                 .bind(&now)
                 .bind(&now)
-                .execute(&mut *tx)
-                .await?;
+                .execute(c)
+                .await.map(|r| r.rows_affected())
+                })?;
             }
             let cursor = found.unwrap_or(last);
-            sqlx::query("UPDATE webhooks SET cursor = MAX(cursor, ?) WHERE id = ?")
+            on_conn!(&mut tx, |c| {
+                sqlx::query("UPDATE webhooks SET cursor = CASE WHEN cursor > $1 THEN cursor ELSE $1 END WHERE id = $2")
                 .bind(cursor)
                 .bind(w.id)
-                .execute(&mut *tx)
-                .await?;
+                .execute(c)
+                .await.map(|r| r.rows_affected())
+            })?;
             tx.commit().await?;
             w.cursor = w.cursor.max(cursor);
             if found.is_some() {
@@ -492,9 +561,10 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.write_tx().await?;
         let now = now_text();
-        sqlx::query(
+        on_conn!(&mut tx, |c| {
+            sqlx::query(
             "INSERT INTO webhook_attempts (delivery_id, attempt_id, at, status_code, error, duration_ms)
-             VALUES (?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(delivery_id)
         .bind(attempt_id)
@@ -502,16 +572,18 @@ impl Store {
         .bind(status_code)
         .bind(error)
         .bind(duration_ms)
-        .execute(&mut *tx)
-        .await?;
+        .execute(c)
+        .await.map(|r| r.rows_affected())
+        })?;
         let (status, next) = match outcome {
             Outcome::Delivered => ("delivered", now.clone()),
             Outcome::Retry(at) => ("pending", at.clone()),
             Outcome::Dead => ("dead", now.clone()),
         };
-        sqlx::query(
-            "UPDATE webhook_deliveries SET status = ?, attempts = attempts + 1, next_attempt_at = ?, last_status = ?,
-               last_error = ?, updated_at = ? WHERE id = ?",
+        on_conn!(&mut tx, |c| {
+            sqlx::query(
+            "UPDATE webhook_deliveries SET status = $1, attempts = attempts + 1, next_attempt_at = $2, last_status = $3,
+               last_error = $4, updated_at = $5 WHERE id = $6",
         )
         .bind(status)
         .bind(next)
@@ -519,8 +591,9 @@ impl Store {
         .bind(error)
         .bind(&now)
         .bind(delivery_id)
-        .execute(&mut *tx)
-        .await?;
+        .execute(c)
+        .await.map(|r| r.rows_affected())
+        })?;
         tx.commit().await?;
         Ok(())
     }
@@ -532,16 +605,16 @@ impl Store {
         status: Option<&str>,
         limit: i64,
     ) -> Result<Vec<Delivery>> {
-        let rows: Vec<DeliveryRow> = sqlx::query_as(&format!(
+        let rows: Vec<DeliveryRow> = on_pool!(self, |c| sqlx::query_as(&format!(
             "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d JOIN outbox o ON o.id = d.outbox_id
-             WHERE d.webhook_id = ? AND (? IS NULL OR d.status = ?) ORDER BY d.id DESC LIMIT ?"
+             WHERE d.webhook_id = $1 AND ($2 IS NULL OR d.status = $3) ORDER BY d.id DESC LIMIT $4"
         ))
         .bind(webhook_id)
         .bind(status)
         .bind(status)
         .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(c)
+        .await)?;
         rows.into_iter().map(delivery_from).collect()
     }
 
@@ -551,23 +624,23 @@ impl Store {
         webhook_id: i64,
         delivery_id: i64,
     ) -> Result<Option<(Delivery, Vec<Attempt>)>> {
-        let row: Option<DeliveryRow> = sqlx::query_as(&format!(
+        let row: Option<DeliveryRow> = on_pool!(self, |c| sqlx::query_as(&format!(
             "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries d JOIN outbox o ON o.id = d.outbox_id
-             WHERE d.webhook_id = ? AND d.id = ?"
+             WHERE d.webhook_id = $1 AND d.id = $2"
         ))
         .bind(webhook_id)
         .bind(delivery_id)
-        .fetch_optional(self.pool())
-        .await?;
+        .fetch_optional(c)
+        .await)?;
         let Some(row) = row else { return Ok(None) };
         type AttemptRow = (String, String, Option<i64>, Option<String>, i64);
-        let attempts: Vec<AttemptRow> = sqlx::query_as(
+        let attempts: Vec<AttemptRow> = on_pool!(self, |c| sqlx::query_as(
             "SELECT attempt_id, at, status_code, error, duration_ms FROM webhook_attempts
-             WHERE delivery_id = ? ORDER BY id",
+             WHERE delivery_id = $1 ORDER BY id",
         )
         .bind(delivery_id)
-        .fetch_all(self.pool())
-        .await?;
+        .fetch_all(c)
+        .await)?;
         Ok(Some((
             delivery_from(row)?,
             attempts
@@ -589,17 +662,19 @@ impl Store {
     /// missing.
     pub async fn replay_webhook_delivery(&self, webhook_id: i64, delivery_id: i64) -> Result<bool> {
         let now = now_text();
-        let done = sqlx::query(
-            "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ?
-             WHERE webhook_id = ? AND id = ? AND status IN ('dead', 'delivered')",
+        let done = on_pool!(self, |c| {
+            sqlx::query(
+            "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, updated_at = $2
+             WHERE webhook_id = $3 AND id = $4 AND status IN ('dead', 'delivered')",
         )
         .bind(&now)
         .bind(&now)
         .bind(webhook_id)
         .bind(delivery_id)
-        .execute(self.pool())
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .execute(c)
+        .await.map(|r| r.rows_affected())
+        })?;
+        Ok(done == 1)
     }
 }
 

@@ -19,6 +19,7 @@ mod person_search;
 mod pql;
 mod retention;
 mod rollouts;
+mod scale_out;
 mod serving;
 mod tls;
 mod users;
@@ -43,6 +44,24 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
 }
 
+/// The metadata backend of the suite: `FLYWHEEL_TEST_METADATA=postgres` runs every test server on a database of
+/// its own on one throwaway PostgreSQL per test binary (`scripts/test` runs the suite both ways); unset or
+/// `sqlite`: the data directory's SQLite file.
+pub fn test_metadata_url() -> Option<String> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static DATABASES: AtomicUsize = AtomicUsize::new(0);
+    match std::env::var("FLYWHEEL_TEST_METADATA").as_deref() {
+        Err(_) | Ok("" | "sqlite") => None,
+        Ok("postgres") => {
+            let pg = flywheel_store::test_support::TestPostgres::shared()
+                .expect("FLYWHEEL_TEST_METADATA=postgres: cannot start PostgreSQL");
+            let name = format!("t{}", DATABASES.fetch_add(1, Ordering::Relaxed));
+            Some(pg.create_database(&name).expect("cannot create a test database"))
+        }
+        Ok(other) => panic!("FLYWHEEL_TEST_METADATA must be sqlite or postgres, not {other}"),
+    }
+}
+
 impl TestServer {
     pub async fn start() -> Self {
         Self::start_with(|_| {}).await
@@ -51,6 +70,7 @@ impl TestServer {
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::for_tests(dir.path().to_path_buf());
+        config.metadata_url = test_metadata_url();
         adjust(&mut config);
         let store = flywheel_server::open_store(&config).await.unwrap();
         let boot = flywheel_server::bootstrap_if_empty(&store)
@@ -64,6 +84,32 @@ impl TestServer {
             token: boot.project_api_key,
             personal_key: boot.personal_api_key,
             organization_id: boot.organization_id,
+            dir,
+        }
+    }
+
+    /// Another node of `first`'s deployment: the same metadata database (PostgreSQL), its own data directory.
+    pub async fn another_node(first: &TestServer, adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::for_tests(dir.path().to_path_buf());
+        config.metadata_url = first.server().state.config.metadata_url.clone();
+        assert!(config.metadata_url.is_some(), "nodes share PostgreSQL");
+        adjust(&mut config);
+        let store = flywheel_server::open_store(&config).await.unwrap();
+        assert!(
+            flywheel_server::bootstrap_if_empty(&store)
+                .await
+                .unwrap()
+                .is_none(),
+            "the first node bootstrapped the shared database"
+        );
+        let server = Server::start_with_store(config, store).await.unwrap();
+        Self {
+            server: Some(server),
+            project_id: first.project_id,
+            token: first.token.clone(),
+            personal_key: first.personal_key.clone(),
+            organization_id: first.organization_id,
             dir,
         }
     }

@@ -14,9 +14,9 @@ use serde_json::{json, Value};
 use crate::TestServer;
 
 #[derive(Debug, Clone)]
-struct Received {
-    path: String,
-    message_id: i64,
+pub(crate) struct Received {
+    pub(crate) path: String,
+    pub(crate) message_id: i64,
     attempt_id: String,
     signature: String,
     body: String,
@@ -24,8 +24,8 @@ struct Received {
 }
 
 #[derive(Default)]
-struct Receiver {
-    log: Mutex<Vec<Received>>,
+pub(crate) struct Receiver {
+    pub(crate) log: Mutex<Vec<Received>>,
     /// Requests still to fail (500) before answering 200.
     fail_next: AtomicUsize,
     /// `/always-fail` answers 500 while set.
@@ -67,7 +67,7 @@ async fn receive(
 }
 
 /// Serves the receiver on `port` (0: any) until the handle is aborted.
-async fn listen(rx: Arc<Receiver>, port: u16) -> (tokio::task::JoinHandle<()>, u16) {
+pub(crate) async fn listen(rx: Arc<Receiver>, port: u16) -> (tokio::task::JoinHandle<()>, u16) {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap();
@@ -99,7 +99,7 @@ fn verify(secret: &str, r: &Received) {
     );
 }
 
-async fn until<T, F, Fut>(what: &str, mut done: F) -> T
+pub(crate) async fn until<T, F, Fut>(what: &str, mut done: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -115,7 +115,7 @@ where
 }
 
 /// Approves a fresh reward: one `reward.approved` message.
-async fn approved_reward(t: &TestServer, key: &str) {
+pub(crate) async fn approved_reward(t: &TestServer, key: &str) {
     let entry = t
         .created(
             "/rewards",
