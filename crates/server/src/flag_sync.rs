@@ -17,6 +17,8 @@ pub async fn run(state: AppState, poll: Duration, mut stop: watch::Receiver<bool
         return;
     }
     let mut listener: Option<ChangeListener> = None;
+    // Whether a listener ran before (a new one must catch up on what was announced in between).
+    let mut listened = false;
     let mut flags: Option<HashMap<i64, String>> = None;
     let mut keys: Option<String> = None;
     let mut tick = tokio::time::interval(poll);
@@ -40,9 +42,12 @@ pub async fn run(state: AppState, poll: Duration, mut stop: watch::Receiver<bool
                 if listener.is_none() {
                     match state.store.change_listener().await {
                         Ok(l) => {
-                            // Whatever was announced while nobody listened.
+                            // Whatever was announced while nobody listened (nothing before the first).
+                            if listened {
+                                resync(&state).await;
+                            }
+                            listened = l.is_some();
                             listener = l;
-                            resync(&state).await;
                         }
                         Err(e) => tracing::debug!(error = %e, "flag sync: cannot listen yet"),
                     }

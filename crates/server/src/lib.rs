@@ -175,7 +175,10 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
         Some(url) => {
             // Each node keeps its own intake log: its consumers' positions are its own in the shared database.
             let node = clickhouse_ship::node_id(&config.data_dir).with_context(|| {
-                format!("cannot read or create {}/node-id", config.data_dir.display())
+                format!(
+                    "cannot read or create {}/node-id",
+                    config.data_dir.display()
+                )
             })?;
             let store = Store::connect_postgres(url)
                 .await

@@ -39,7 +39,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
     };
-    let mut body = json!({"status": word_status, "metadata": word(metadata), "events": word(events)});
+    let mut body =
+        json!({"status": word_status, "metadata": word(metadata), "events": word(events)});
     if degraded {
         body["flags"] = json!("serving the last compiled snapshots");
     }

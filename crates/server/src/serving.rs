@@ -171,6 +171,8 @@ pub struct FlagRegistry {
     /// Project → environment → snapshot.
     snapshots: RwLock<HashMap<i64, HashMap<String, Arc<Snapshot>>>>,
     bindings: RwLock<HashMap<String, Option<Arc<SdkBinding>>>>,
+    /// Answers dropped by `forget_bindings`, for when the store cannot be read.
+    stale_bindings: RwLock<HashMap<String, Option<Arc<SdkBinding>>>>,
     /// Serializes rebuilds, so that the last one to run read the newest committed state.
     rebuilding: tokio::sync::Mutex<()>,
     changes: tokio::sync::broadcast::Sender<i64>,
@@ -186,6 +188,7 @@ impl FlagRegistry {
         Self {
             snapshots: RwLock::default(),
             bindings: RwLock::default(),
+            stale_bindings: RwLock::default(),
             rebuilding: tokio::sync::Mutex::new(()),
             changes: tokio::sync::broadcast::channel(1024).0,
             limiter: RateLimiter::new(rate_limit),
@@ -329,7 +332,21 @@ impl FlagRegistry {
         {
             return Ok(hit.clone());
         }
-        let found = store.sdk_binding(key).await?.map(Arc::new);
+        let found = match store.sdk_binding(key).await {
+            Ok(found) => found.map(Arc::new),
+            Err(e) => {
+                // The metadata database is away: a key known before the caches were last dropped keeps serving
+                // (flags keep working on the last snapshot while PostgreSQL is down).
+                let stale = self
+                    .stale_bindings
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner());
+                match stale.get(key) {
+                    Some(hit) => return Ok(hit.clone()),
+                    None => return Err(e.into()),
+                }
+            }
+        };
         let mut map = self.bindings.write().unwrap_or_else(|e| e.into_inner());
         if map.len() >= BINDING_CACHE_LIMIT {
             map.clear();
@@ -338,7 +355,6 @@ impl FlagRegistry {
         Ok(found)
     }
 
-    /// Drops cached client-key answers (a key was created or revoked).
     /// After SDK keys changed here: forgets them, and tells the other nodes to (shared metadata).
     pub async fn keys_changed(&self, store: &Store) {
         self.forget_bindings();
@@ -347,11 +363,19 @@ impl FlagRegistry {
         }
     }
 
+    /// Drops cached client-key answers (a key was created or revoked). They are kept aside, used only when the
+    /// metadata database cannot be read.
     pub fn forget_bindings(&self) {
-        self.bindings
+        let forgotten =
+            std::mem::take(&mut *self.bindings.write().unwrap_or_else(|e| e.into_inner()));
+        let mut stale = self
+            .stale_bindings
             .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+            .unwrap_or_else(|e| e.into_inner());
+        if stale.len() + forgotten.len() > BINDING_CACHE_LIMIT {
+            stale.clear();
+        }
+        stale.extend(forgotten);
     }
 }
 

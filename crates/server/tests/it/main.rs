@@ -56,7 +56,10 @@ pub fn test_metadata_url() -> Option<String> {
             let pg = flywheel_store::test_support::TestPostgres::shared()
                 .expect("FLYWHEEL_TEST_METADATA=postgres: cannot start PostgreSQL");
             let name = format!("t{}", DATABASES.fetch_add(1, Ordering::Relaxed));
-            Some(pg.create_database(&name).expect("cannot create a test database"))
+            Some(
+                pg.create_database(&name)
+                    .expect("cannot create a test database"),
+            )
         }
         Ok(other) => panic!("FLYWHEEL_TEST_METADATA must be sqlite or postgres, not {other}"),
     }

@@ -117,9 +117,7 @@ async fn three_nodes_share_flags_persons_events_and_webhooks() {
     let mut update = feature.clone();
     update["version"] = json!(1);
     update["default_value"] = json!(true);
-    let (s, v) = c
-        .api("PUT", "/features/new-checkout", Some(update))
-        .await;
+    let (s, v) = c.api("PUT", "/features/new-checkout", Some(update)).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let took = propagated(&a, &key, "the changed default", |_, f| {
         f["new-checkout"]["defaultValue"] == true
@@ -238,7 +236,11 @@ async fn three_nodes_share_flags_persons_events_and_webhooks() {
         *times.entry(r.message_id).or_default() += 1;
     }
     for id in &messages {
-        assert_eq!(times.get(id), Some(&1), "message {id} delivered once: {times:?}");
+        assert_eq!(
+            times.get(id),
+            Some(&1),
+            "message {id} delivered once: {times:?}"
+        );
     }
     assert_eq!(times.len(), messages.len());
     receiver.abort();
@@ -252,8 +254,10 @@ async fn a_node_serves_its_last_flags_while_postgres_is_down() {
         .api(
             "POST",
             "/features",
-            Some(json!({"key": "checkout", "value_type": "string", "default_value": "old",
-                        "environments": env(json!([{"type": "force", "value": "new"}]))})),
+            Some(
+                json!({"key": "checkout", "value_type": "string", "default_value": "old",
+                        "environments": env(json!([{"type": "force", "value": "new"}]))}),
+            ),
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
