@@ -27,6 +27,7 @@ pub mod growth_graph;
 pub mod growth_metrics;
 pub mod identity;
 pub mod insight_filters;
+pub mod insight_render;
 pub mod insights;
 pub mod invitations;
 pub mod keys;
