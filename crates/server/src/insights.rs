@@ -1853,7 +1853,8 @@ fn parse_options(
 /// `POST /api/v1/projects/{project_id}/insights/{kind}`: runs an insight definition. Waits (bounded) until the
 /// tables hold every event acknowledged before the request, so a client sees its own writes. Complete answers are
 /// cached by definition, resolved range and data version (`"cached": true`); `Cache-Control: no-cache` bypasses
-/// the cache.
+/// the cache. With `--events-url` the answer comes from ClickHouse instead (`insights_clickhouse`: same JSON,
+/// never cached).
 pub async fn post_insight(
     axum::extract::State(state): axum::extract::State<crate::state::AppState>,
     headers: axum::http::HeaderMap,
@@ -1895,6 +1896,13 @@ pub async fn post_insight(
     };
     let mut query = query;
     apply_test_account_filters(&mut query, &settings.test_account_filters)?;
+    // Scale-out: every node's events are in ClickHouse; this node's tables hold only its own.
+    if let Some(reader) = &state.clickhouse {
+        let (v, complete) =
+            crate::insights_clickhouse::answer(&state, reader, project_id, &query, &options)
+                .await?;
+        return Ok(respond(&v, complete, false, started));
+    }
     let complete = state.tables_catch_up().await;
     let epoch = state.flags.subjects.epoch();
     let mut columns = Columns {

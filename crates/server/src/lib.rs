@@ -29,6 +29,7 @@ pub mod identity;
 pub mod insight_filters;
 pub mod insight_render;
 pub mod insights;
+pub mod insights_clickhouse;
 pub mod invitations;
 pub mod keys;
 pub mod limits;
@@ -350,6 +351,12 @@ impl Server {
             None => None,
         };
         let spool = shipping.as_ref().map(|(_, _, s)| s.clone());
+        let clickhouse = shipping
+            .as_ref()
+            .map(|(client, _, _)| insights_clickhouse::Reader {
+                client: client.clone(),
+                db: config.events_database.clone(),
+            });
         // The flag endpoints' filter of known distinct ids is filled by the insights consumer's identity load.
         let state = AppState::new(state::Shared {
             dedupe: Arc::new(state::Dedupe::new(config.dedupe_window)),
@@ -377,6 +384,7 @@ impl Server {
             click_salt: Default::default(),
             login_limiter: Default::default(),
             spool,
+            clickhouse,
         });
         experiments::refresh_sticky_all(&state)
             .await
