@@ -111,7 +111,8 @@ pub struct Config {
     pub privacy: privacy::Privacy,
     /// PEM certificate chain and private key: serve HTTPS instead of HTTP.
     pub tls: Option<(PathBuf, PathBuf)>,
-    /// ClickHouse's HTTP URL: ship every event there too (`clickhouse_ship`).
+    /// ClickHouse's HTTP URL: ship every event there too (`clickhouse_ship`) and answer insights from it
+    /// (`insights_clickhouse`).
     pub events_url: Option<String>,
     /// The ClickHouse database of the events.
     pub events_database: String,

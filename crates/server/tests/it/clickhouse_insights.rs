@@ -32,7 +32,9 @@ impl Lcg {
 /// Seeded events over October 2026 (Berlin leaves summer time on the 25th): 40 persons on a few days each, with
 /// page views carrying a plan, a browser and a price (a number, sometimes a numeric string, sometimes missing),
 /// sign-ups, purchases and tasks. Every fourth person starts anonymous and is identified part-way (their
-/// anonymous id keeps sending events), so persons are merges of two distinct ids.
+/// anonymous id keeps sending events), so persons are merges of two distinct ids. A person's events never share a
+/// microsecond: such ties are ordered by uuid in ClickHouse and by log order in the embedded engine, a known
+/// difference (docs/clickhouse.md, "Funnels sort each person's events by (time, uuid)").
 fn seeded_events() -> Vec<Value> {
     let mut rng = Lcg(0x5eed);
     let mut out = Vec::new();
