@@ -114,7 +114,7 @@ pub struct ServeArgs {
     #[arg(long, env = "FLYWHEEL_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// ClickHouse HTTP URL (e.g. `http://127.0.0.1:8123`): ship every event there too, exactly once, from this
-    /// node's intake log (see docs/clickhouse.md).
+    /// node's intake log, and answer insights from it (every node's events; see docs/clickhouse.md).
     #[arg(long, env = "FLYWHEEL_EVENTS_URL")]
     pub events_url: Option<String>,
     /// PostgreSQL URL of the metadata (postgres://user:password@host:5432/database), shared by every node;

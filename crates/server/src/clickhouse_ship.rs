@@ -6,7 +6,8 @@
 //! has then), sends blocks of whole batches in log order, and retries with backoff (1 s doubling to 30 s) while
 //! ClickHouse is down or slow. Its position lives in ClickHouse itself (the node's `shipments`), so nothing here is
 //! checkpointed. The unshipped part of the log is bounded (`--spool-limit-mb`): past it, capture answers 503 with
-//! `Retry-After` rather than filling the disk (see [`Spool::full`]).
+//! `Retry-After` rather than filling the disk (see [`Spool::full`]). The insight endpoint reads ClickHouse once it
+//! holds what this node acknowledged before the request, events and person mapping ([`Spool::wait_readable`]).
 //!
 //! An event whose distinct id has no person (`$process_person_profile: false`) gets a stable pseudo-person derived
 //! from its project and distinct id, so counting persons counts it once.
@@ -44,6 +45,10 @@ pub struct Spool {
     healthy: AtomicBool,
     /// Most unshipped bytes of log before capture refuses.
     limit_bytes: u64,
+    /// Log position up to which ClickHouse answers as this node's own reads would: every event before it is
+    /// shipped, and the person mapping holds every identity change applied up to it. 0 until the shipper has
+    /// reached ClickHouse (see [`Spool::wait_readable`]).
+    readable: tokio::sync::watch::Sender<u64>,
 }
 
 impl Spool {
@@ -53,7 +58,30 @@ impl Spool {
             opened: AtomicBool::new(false),
             healthy: AtomicBool::new(false),
             limit_bytes,
+            readable: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Waits, at most `timeout`, until ClickHouse holds everything this node acknowledged up to log position
+    /// `lsn` (its events, and the person mapping as of them). False when it did not in time: an answer read now
+    /// may miss some of them.
+    pub async fn wait_readable(&self, lsn: u64, timeout: Duration) -> bool {
+        let mut readable = self.readable.subscribe();
+        let wait = readable.wait_for(|&at| at >= lsn);
+        tokio::time::timeout(timeout, wait)
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Records that ClickHouse answers reads up to `lsn` (never moves back).
+    fn readable_to(&self, lsn: u64) {
+        self.readable.send_if_modified(|at| {
+            let moved = lsn > *at;
+            if moved {
+                *at = lsn;
+            }
+            moved
+        });
     }
 
     /// Bytes of log written but not yet in ClickHouse (at least).
@@ -285,12 +313,18 @@ pub async fn run(state: AppState, spool: Arc<Spool>, client: Client, db: String,
     let mut identity = state.identity_progress.clone();
     let mut shutdown = state.shutdown.clone();
     backoff = BACKOFF_MIN;
+    // Log position up to which identity's changes are in ClickHouse's person mapping.
+    let mut mapped = 0;
     loop {
         let target = *identity.borrow_and_update();
         let from = shipper.position();
         // The person mapping follows identity (a failure is retried at the next turn; the events do not wait).
         match feed_mapping(&state, &client, &db, &mut mapping).await {
-            Ok(_) => spool.healthy.store(true, Ordering::Release),
+            Ok(_) => {
+                spool.healthy.store(true, Ordering::Release);
+                mapped = target;
+                spool.readable_to(from.min(mapped));
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "clickhouse: the person mapping could not be sent; retrying");
                 spool.healthy.store(false, Ordering::Release);
@@ -341,6 +375,7 @@ pub async fn run(state: AppState, spool: Arc<Spool>, client: Client, db: String,
             match shipper.send(&batches).await {
                 Ok(position) => {
                     spool.shipped(position);
+                    spool.readable_to(position.min(mapped));
                     metrics::counter!(crate::metrics_names::CLICKHOUSE_EVENTS_SHIPPED)
                         .increment(events as u64);
                     backoff = BACKOFF_MIN;

@@ -22,12 +22,14 @@ use chrono::{DateTime, Utc};
 use flywheel_engine::table::{Partition, Snapshot, Sorted};
 use flywheel_engine::EngineError;
 use flywheel_kernels as k;
-use flywheel_query::plan::{Period, Plan, Read};
+use flywheel_query::plan::{Plan, Read};
 use flywheel_query::{
-    BreakdownBy, EventRef, EventSpec, Filter, FunnelOrder, InsightQuery, Interval, Math,
-    PerUserMath, RetentionCohort, RetentionMode, TimeRange,
+    BreakdownBy, EventRef, EventSpec, Filter, FunnelOrder, InsightQuery, Math, PerUserMath,
+    RetentionCohort, RetentionMode,
 };
 use serde_json::{json, Value};
+
+use crate::insight_render::{self as render, SeriesRows};
 
 /// A problem with a definition that parsing could not see (it depends on the engine), naming the field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,9 +227,6 @@ struct CachedColumn {
 
 /// (project, key) → column.
 type ColumnCache = std::collections::HashMap<(i64, String), CachedColumn>;
-
-/// Per breakdown label (`None` without a breakdown): the label, and per series one row of values per label.
-type SeriesRows = (Vec<Option<Value>>, Vec<Vec<Vec<f64>>>);
 
 /// Person-property columns, cached per (project, key) and brought up to date from the store's identity changes
 /// when the identity epoch moved (any new person, property change or merge), and answers.
@@ -1175,24 +1174,6 @@ fn prepare_read(
     specs.prepare(snap, Some((read.from_us, read.to_us)), !plan.every_row)
 }
 
-fn labels_of(range: &TimeRange) -> Vec<String> {
-    range
-        .buckets
-        .iter()
-        .map(|b| match range.interval {
-            Interval::Hour => b.label.format("%Y-%m-%d %H:%M:%S").to_string(),
-            _ => b.label.format("%Y-%m-%d").to_string(),
-        })
-        .collect()
-}
-
-fn event_label(spec: &EventRef) -> String {
-    match spec {
-        EventRef::All => "All events".into(),
-        EventRef::Named(n) => n.clone(),
-    }
-}
-
 /// One prepared partition's rows keyed by the event's group (see [`group_rows`]).
 #[derive(Default)]
 pub(crate) struct GroupRows {
@@ -1365,14 +1346,7 @@ pub fn run(
         }
         None => one(q)?,
     };
-    // The resolved range, so a client knows exactly which instants were counted.
-    out["date_from"] = json!(range
-        .from
-        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
-    out["date_to"] = json!(range
-        .to
-        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
-    out["interval"] = json!(range.interval);
+    render::with_range(&mut out, &range);
     Ok(out)
 }
 
@@ -1492,56 +1466,12 @@ fn trends(
         }
         Ok((labels, per_series))
     };
-    let render =
-        |range: &TimeRange, (labels, values): SeriesRows, compare: Option<&str>| -> Vec<Value> {
-            let dates = labels_of(range);
-            let mut out: Vec<Value> = Vec::new();
-            for (code, label) in labels.iter().enumerate() {
-                let rows: Vec<&Vec<f64>> = values.iter().map(|series| &series[code]).collect();
-                if label.is_some() && rows.iter().all(|r| r.iter().all(|&x| x == 0.0)) {
-                    continue; // a breakdown value with nothing in this range
-                }
-                let mut push = |mut item: Value| {
-                    item["labels"] = json!(dates);
-                    item["compare"] = json!(compare);
-                    if let Some(l) = label {
-                        item["breakdown_value"] = l.clone();
-                    }
-                    out.push(item);
-                };
-                if let Some(formula) = &t.formula {
-                    let data: Vec<Value> = (0..dates.len())
-                        .map(|i| {
-                            let row: Vec<f64> = rows.iter().map(|s| s[i]).collect();
-                            formula.expr.eval(&row).map_or(Value::Null, |v| json!(v))
-                        })
-                        .collect();
-                    push(json!({"label": formula.text, "formula": formula.text, "data": data}));
-                } else {
-                    for (i, (s, data)) in t.series.iter().zip(&rows).enumerate() {
-                        let count: f64 = data.iter().sum();
-                        push(json!({
-                            "label": s.name.clone().unwrap_or_else(|| event_label(&s.event)),
-                            "series": i,
-                            "event": s.event,
-                            "math": s.math.unwrap_or(Math::Total),
-                            "data": data,
-                            "count": count,
-                        }));
-                    }
-                }
-            }
-            out
-        };
-    let mut result = Vec::new();
-    for read in &plan.reads {
-        let compare = t.compare.then_some(match read.period {
-            Period::Current => "current",
-            Period::Previous => "previous",
-        });
-        result.extend(render(&read.range, run_read(read)?, compare));
-    }
-    Ok(json!({ "kind": "trends", "result": result }))
+    let reads = plan
+        .reads
+        .iter()
+        .map(run_read)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(render::trends(t, plan, reads))
 }
 
 fn funnel(
@@ -1632,59 +1562,7 @@ fn funnel(
         collect_persons: options.funnel_step.is_some(),
     };
     let r = k::funnel::funnel(&blocks, units, threads, &spec);
-    let render = |stats: &[k::funnel::StepStats]| -> Value {
-        let first = stats.first().map_or(0, |s| s.reached);
-        let last = stats.last().map_or(0, |s| s.reached);
-        let steps_json: Vec<Value> = f
-            .steps
-            .iter()
-            .zip(stats)
-            .enumerate()
-            .map(|(i, (step, s))| {
-                let previous = if i == 0 {
-                    s.reached
-                } else {
-                    stats[i - 1].reached
-                };
-                json!({
-                    "order": i,
-                    "event": step.event,
-                    "name": step.name.clone().unwrap_or_else(|| event_label(&step.event)),
-                    "count": s.reached,
-                    "conversion_from_first": ratio(s.reached, first),
-                    "conversion_from_previous": ratio(s.reached, previous),
-                    "dropped_from_previous": previous - s.reached,
-                    "average_conversion_time_s": s.avg_time_us.map(|t| t / 1e6),
-                    "median_conversion_time_s": s.median_time_us.map(|t| t / 1e6),
-                })
-            })
-            .collect();
-        json!({
-            "steps": steps_json,
-            "entered": first,
-            "converted": last,
-            "conversion_rate": ratio(last, first),
-        })
-    };
-    let mut out = match labels {
-        None => json!({
-            "kind": "funnel",
-            "result": render(r.by_breakdown.first().map_or(&[][..], |s| &s[..])),
-        }),
-        Some(labels) => {
-            let rows: Vec<Value> = labels
-                .iter()
-                .zip(&r.by_breakdown)
-                .filter(|(_, stats)| stats.first().is_some_and(|s| s.reached > 0))
-                .map(|(label, stats)| {
-                    let mut v = render(stats);
-                    v["breakdown_value"] = label.clone();
-                    v
-                })
-                .collect();
-            json!({"kind": "funnel", "result": rows})
-        }
-    };
+    let mut out = render::funnel(f, range, labels.map(|l| &l[..]), &r);
     if let Some(step) = options.funnel_step {
         let chosen = reached_step(&r.persons, step, steps)?;
         let listed = match &grouped {
@@ -1697,16 +1575,6 @@ fn funnel(
             None => list_persons(snap, &chosen, options.persons_limit, names),
         };
         out["persons"] = json!({"step": step, "count": chosen.len(), "results": listed});
-    }
-    if let (Some(trend), None) = (r.trend, labels) {
-        let labels = labels_of(range);
-        out["result"]["trend"] = trend
-            .iter()
-            .zip(labels)
-            .map(|(&(entered, completed), label)| {
-                json!({"label": label, "entered": entered, "converted": completed, "conversion_rate": ratio(completed, entered)})
-            })
-            .collect();
     }
     Ok(out)
 }
@@ -1766,14 +1634,6 @@ pub(crate) fn list_persons(
             json!({"person_id": (id >= 0).then_some(id), "distinct_ids": d})
         })
         .collect()
-}
-
-fn ratio(a: u64, b: u64) -> Value {
-    if b == 0 {
-        Value::Null
-    } else {
-        json!(a as f64 / b as f64)
-    }
 }
 
 fn retention(
@@ -1843,33 +1703,7 @@ fn retention(
         let blocks = with_breakdown(blocks, row_code_slices);
         k::retention::retention(&blocks, snap.persons(), threads, &spec)
     };
-    let render = |table: &[Vec<u64>]| -> Vec<Value> {
-        let n = range.buckets.len();
-        table
-            .iter()
-            .zip(labels_of(range))
-            .map(|(row, label)| {
-                let size = row.first().copied().unwrap_or(0);
-                let values: Vec<u64> = row.iter().copied().take(n).collect();
-                json!({
-                    "label": label,
-                    "size": size,
-                    "values": values,
-                    "percentages": values.iter().map(|&v| ratio(v, size)).collect::<Vec<_>>(),
-                })
-            })
-            .collect()
-    };
-    let result = match labels {
-        None => json!(render(tables.first().map_or(&[][..], |t| &t[..]))),
-        Some(labels) => labels
-            .iter()
-            .zip(&tables)
-            .filter(|(_, t)| t.iter().any(|row| row.first().is_some_and(|&n| n > 0)))
-            .map(|(label, t)| json!({"breakdown_value": label, "cohorts": render(t)}))
-            .collect(),
-    };
-    Ok(json!({"kind": "retention", "result": result}))
+    Ok(render::retention(range, labels.map(|l| &l[..]), &tables))
 }
 
 fn stickiness(
@@ -1898,20 +1732,7 @@ fn stickiness(
     .into_iter()
     .next()
     .unwrap_or_default();
-    let unit = match range.interval {
-        Interval::Hour => "hour",
-        Interval::Day => "day",
-        Interval::Week => "week",
-        Interval::Month => "month",
-    };
-    Ok(json!({
-        "kind": "stickiness",
-        "result": {
-            "label": s.event.name.clone().unwrap_or_else(|| event_label(&s.event.event)),
-            "labels": (1..=counts.len()).map(|n| format!("{n} {unit}{}", if n == 1 { "" } else { "s" })).collect::<Vec<_>>(),
-            "data": counts,
-        }
-    }))
+    Ok(render::stickiness(s, range, &counts))
 }
 
 fn lifecycle(
@@ -1940,16 +1761,7 @@ fn lifecycle(
         .map_or(range.from, |b| b.start));
     let previous = previous.min(first);
     let out = k::lifecycle::lifecycle(&blocks, snap.persons(), threads, 0, &b, previous);
-    Ok(json!({
-        "kind": "lifecycle",
-        "result": {
-            "labels": labels_of(range),
-            "new": out.new,
-            "returning": out.returning,
-            "resurrecting": out.resurrecting,
-            "dormant": out.dormant.iter().map(|&d| -(d as i64)).collect::<Vec<_>>(),
-        }
-    }))
+    Ok(render::lifecycle(range, &out))
 }
 
 /// With `filter_test_accounts`, the project's test-account filters join the definition's common filters (so the
@@ -2041,7 +1853,8 @@ fn parse_options(
 /// `POST /api/v1/projects/{project_id}/insights/{kind}`: runs an insight definition. Waits (bounded) until the
 /// tables hold every event acknowledged before the request, so a client sees its own writes. Complete answers are
 /// cached by definition, resolved range and data version (`"cached": true`); `Cache-Control: no-cache` bypasses
-/// the cache.
+/// the cache. With `--events-url` the answer comes from ClickHouse instead (`insights_clickhouse`: same JSON,
+/// never cached).
 pub async fn post_insight(
     axum::extract::State(state): axum::extract::State<crate::state::AppState>,
     headers: axum::http::HeaderMap,
@@ -2083,6 +1896,13 @@ pub async fn post_insight(
     };
     let mut query = query;
     apply_test_account_filters(&mut query, &settings.test_account_filters)?;
+    // Scale-out: every node's events are in ClickHouse; this node's tables hold only its own.
+    if let Some(reader) = &state.clickhouse {
+        let (v, complete) =
+            crate::insights_clickhouse::answer(&state, reader, project_id, &query, &options)
+                .await?;
+        return Ok(respond(&v, complete, false, started));
+    }
     let complete = state.tables_catch_up().await;
     let epoch = state.flags.subjects.epoch();
     let mut columns = Columns {
@@ -2122,13 +1942,7 @@ pub async fn post_insight(
         snapshot.as_ref().map_or(0, |s| s.version),
         columns.cohort_defs.cache_key(now),
     );
-    let respond = |v: &Value, cached: bool| {
-        let mut v = v.clone();
-        v["complete"] = json!(complete);
-        v["cached"] = json!(cached);
-        v["query_ms"] = json!(started.elapsed().as_secs_f64() * 1e3);
-        axum::Json(v)
-    };
+    let respond = |v: &Value, cached: bool| respond(v, complete, cached, started);
     // `Cache-Control: no-cache` computes the answer again (benchmarks, or a client that distrusts the cache).
     let no_cache = headers
         .get_all(axum::http::header::CACHE_CONTROL)
@@ -2170,6 +1984,20 @@ pub async fn post_insight(
         }
         Err(e) => Err(run_error(e)),
     }
+}
+
+/// An answer with whether it holds every acknowledged event, whether it came from the cache, and the time spent.
+fn respond(
+    v: &Value,
+    complete: bool,
+    cached: bool,
+    started: std::time::Instant,
+) -> axum::Json<Value> {
+    let mut v = v.clone();
+    v["complete"] = json!(complete);
+    v["cached"] = json!(cached);
+    v["query_ms"] = json!(started.elapsed().as_secs_f64() * 1e3);
+    axum::Json(v)
 }
 
 /// The API's answer to a query that did not run: `400 unsupported` naming the field, or a 500.

@@ -28,7 +28,9 @@ pub mod growth_graph;
 pub mod growth_metrics;
 pub mod identity;
 pub mod insight_filters;
+pub mod insight_render;
 pub mod insights;
+pub mod insights_clickhouse;
 pub mod invitations;
 pub mod keys;
 pub mod limits;
@@ -110,7 +112,8 @@ pub struct Config {
     pub privacy: privacy::Privacy,
     /// PEM certificate chain and private key: serve HTTPS instead of HTTP.
     pub tls: Option<(PathBuf, PathBuf)>,
-    /// ClickHouse's HTTP URL: ship every event there too (`clickhouse_ship`).
+    /// ClickHouse's HTTP URL: ship every event there too (`clickhouse_ship`) and answer insights from it
+    /// (`insights_clickhouse`).
     pub events_url: Option<String>,
     /// The ClickHouse database of the events.
     pub events_database: String,
@@ -381,6 +384,12 @@ impl Server {
             None => None,
         };
         let spool = shipping.as_ref().map(|(_, _, s)| s.clone());
+        let clickhouse = shipping
+            .as_ref()
+            .map(|(client, _, _)| insights_clickhouse::Reader {
+                client: client.clone(),
+                db: config.events_database.clone(),
+            });
         // The flag endpoints' filter of known distinct ids is filled by the insights consumer's identity load.
         let state = AppState::new(state::Shared {
             dedupe: Arc::new(state::Dedupe::new(config.dedupe_window)),
@@ -408,6 +417,7 @@ impl Server {
             click_salt: Default::default(),
             login_limiter: Default::default(),
             spool,
+            clickhouse,
         });
         experiments::refresh_sticky_all(&state)
             .await

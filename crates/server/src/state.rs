@@ -86,6 +86,8 @@ pub struct Shared {
     pub login_limiter: crate::auth::LoginLimiter,
     /// Shipping to ClickHouse (`--events-url`), when on.
     pub spool: Option<Arc<crate::clickhouse_ship::Spool>>,
+    /// Where insights read with `--events-url`: every node's events (`insights_clickhouse`).
+    pub clickhouse: Option<crate::insights_clickhouse::Reader>,
 }
 
 impl Shared {

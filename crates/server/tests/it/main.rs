@@ -4,6 +4,7 @@ mod api;
 mod authz;
 mod capture;
 mod clickhouse;
+mod clickhouse_insights;
 mod dashboards;
 mod devices;
 mod erasure;

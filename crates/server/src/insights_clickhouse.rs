@@ -1,0 +1,207 @@
+//! With `--events-url`: the insight endpoint answers from ClickHouse, where every node ships its events, instead
+//! of the node's embedded tables (which hold only the events captured through this node).
+//!
+//! The definition is planned as the embedded engine plans it, compiled to SQL and run by `flywheel-clickhouse`,
+//! and its numbers are rendered by the same code as the kernels' (`insight_render`): one definition gets the same
+//! JSON from either engine. What the SQL cannot answer exactly (person, group and cohort properties, regular
+//! expressions, listing a funnel step's persons…) is a `400 unsupported` naming the field, never an answer from the
+//! node's own tables, which would silently count only this node's events. ClickHouse unreachable is a 503.
+//!
+//! Read-your-writes: before reading, the request waits (bounded by `read_barrier_timeout`) until this node's
+//! shipper has put into ClickHouse every event the node acknowledged before the request, and the person mapping
+//! as of them; `complete` says whether it did.
+//!
+//! No answer is cached here: an embedded answer is keyed by the node's data version, but ClickHouse also changes
+//! with every other node's shipments, which this node does not see. (A key would need ClickHouse's own version of
+//! the project's data, e.g. the shipments table's newest row per node, read on every request.)
+
+use flywheel_clickhouse::sql::{Answer, FunnelSplit, Target};
+use flywheel_clickhouse::{ClickHouseError, Client, InsightError};
+use flywheel_kernels as k;
+use flywheel_query::plan::Plan;
+use flywheel_query::InsightQuery;
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::insight_render as render;
+use crate::insights::{run_error, Options, RunError, Unsupported};
+use crate::state::AppState;
+
+/// Seconds a client is asked to wait before retrying when ClickHouse is unreachable.
+const RETRY_AFTER_SECS: u64 = 10;
+
+/// Where insights read: ClickHouse and its database.
+#[derive(Clone)]
+pub struct Reader {
+    pub client: Client,
+    pub db: String,
+}
+
+/// Answers a validated definition (the project's test-account filters already applied) from ClickHouse: the
+/// answer as the embedded engine renders it, and whether ClickHouse held every event acknowledged before the
+/// request.
+pub(crate) async fn answer(
+    state: &AppState,
+    reader: &Reader,
+    project_id: i64,
+    query: &InsightQuery,
+    options: &Options,
+) -> Result<(Value, bool), ApiError> {
+    if options.funnel_step.is_some() {
+        return Err(unsupported(
+            "funnel_step",
+            "listing a funnel step's persons is not supported when insights read ClickHouse (--events-url) yet",
+        ));
+    }
+    let complete = match &state.spool {
+        Some(spool) => {
+            spool
+                .wait_readable(
+                    state.intake.committed_lsn(),
+                    state.config.read_barrier_timeout,
+                )
+                .await
+        }
+        None => false,
+    };
+    let now = state.clock.now();
+    let tz = options.tz;
+    let range = query
+        .resolve(now, &tz)
+        .map_err(|e| ApiError::validation("insight definition", &[e]))?;
+    let plan = flywheel_query::plan::plan(query, &range, &tz);
+    let target = Target {
+        db: reader.db.clone(),
+        project_id: project_id.max(0) as u64,
+    };
+    let numbers = flywheel_clickhouse::run_insight(&reader.client, &target, query, now, &tz)
+        .await
+        .map_err(error)?;
+    let mut out = rendered(query, &plan, numbers).map_err(ApiError::internal)?;
+    render::with_range(&mut out, &range);
+    Ok((out, complete))
+}
+
+fn unsupported(field: &str, message: &str) -> ApiError {
+    run_error(RunError::Unsupported(Unsupported {
+        field: field.into(),
+        message: message.into(),
+    }))
+}
+
+/// The API's answer to a definition ClickHouse did not answer.
+fn error(e: InsightError) -> ApiError {
+    use flywheel_clickhouse::sql::RunError as SqlError;
+    match e {
+        InsightError::Field(e) => ApiError::validation("insight definition", &[e]),
+        InsightError::Unsupported(u) => unsupported(&u.field, &u.message),
+        InsightError::Run(SqlError::ClickHouse(
+            e @ (ClickHouseError::Unreachable { .. } | ClickHouseError::Timeout { .. }),
+        )) => {
+            tracing::warn!(error = %e, "insights: ClickHouse did not answer");
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "events_unavailable",
+                "the event store (ClickHouse) is unreachable or did not answer in time; retry later",
+            )
+            .with_retry_after(RETRY_AFTER_SECS)
+        }
+        e => ApiError::internal(e),
+    }
+}
+
+/// The JSON of ClickHouse's numbers for `q` as planned by `plan` (an error when they do not fit the kind: a bug).
+fn rendered(q: &InsightQuery, plan: &Plan, answer: Answer) -> Result<Value, String> {
+    let range = &plan.reads[0].range;
+    Ok(match (q, answer) {
+        (InsightQuery::Trends(t), Answer::Trends(reads)) => {
+            let reads = reads
+                .into_iter()
+                .map(|series| {
+                    (
+                        vec![None],
+                        series.into_iter().map(|row| vec![row]).collect(),
+                    )
+                })
+                .collect();
+            render::trends(t, plan, reads)
+        }
+        (InsightQuery::Trends(t), Answer::TrendsBreakdown(reads)) => {
+            let reads = reads
+                .into_iter()
+                .map(|r| (r.labels.into_iter().map(Some).collect(), r.series))
+                .collect();
+            render::trends(t, plan, reads)
+        }
+        (
+            InsightQuery::Funnel(f),
+            Answer::Funnel {
+                reached,
+                avg_time_us,
+                median_time_us,
+                trend,
+            },
+        ) => {
+            let steps = steps(&FunnelSplit {
+                label: Value::Null,
+                reached,
+                avg_time_us,
+                median_time_us,
+            });
+            let r = k::funnel::FunnelResult {
+                by_breakdown: vec![steps],
+                trend,
+                persons: Vec::new(),
+            };
+            render::funnel(f, range, None, &r)
+        }
+        (InsightQuery::Funnel(f), Answer::FunnelBreakdown(splits)) => {
+            let labels: Vec<Value> = splits.iter().map(|s| s.label.clone()).collect();
+            let r = k::funnel::FunnelResult {
+                by_breakdown: splits.iter().map(steps).collect(),
+                ..Default::default()
+            };
+            render::funnel(f, range, Some(&labels), &r)
+        }
+        (InsightQuery::Retention(_), Answer::Retention(table)) => {
+            render::retention(range, None, &[table])
+        }
+        (InsightQuery::Retention(_), Answer::RetentionBreakdown(splits)) => {
+            let (labels, tables): (Vec<Value>, Vec<_>) =
+                splits.into_iter().map(|s| (s.label, s.table)).unzip();
+            render::retention(range, Some(&labels), &tables)
+        }
+        (InsightQuery::Stickiness(s), Answer::Stickiness(counts)) => {
+            render::stickiness(s, range, &counts)
+        }
+        (InsightQuery::Lifecycle(_), Answer::Lifecycle(l)) => {
+            let counts = k::lifecycle::Lifecycle {
+                new: l.new,
+                returning: l.returning,
+                resurrecting: l.resurrecting,
+                dormant: l.dormant,
+            };
+            render::lifecycle(range, &counts)
+        }
+        (q, a) => {
+            return Err(format!(
+                "ClickHouse answered a {} insight with {a:?}",
+                q.kind()
+            ))
+        }
+    })
+}
+
+/// One label's funnel steps as the kernel gives them.
+fn steps(s: &FunnelSplit) -> Vec<k::funnel::StepStats> {
+    s.reached
+        .iter()
+        .zip(&s.avg_time_us)
+        .zip(&s.median_time_us)
+        .map(|((&reached, &avg), &median)| k::funnel::StepStats {
+            reached,
+            avg_time_us: avg,
+            median_time_us: median,
+        })
+        .collect()
+}

@@ -1,0 +1,446 @@
+//! Insights read from ClickHouse (`--events-url`) against Debian's ClickHouse 18.16: for every insight kind, the
+//! JSON a node answers from ClickHouse equals the JSON a node without ClickHouse answers from its embedded engine,
+//! fed the same events (merges included); what ClickHouse cannot answer is a 400 naming the field, never a silent
+//! answer from the node's own tables; a ClickHouse that is down is a 503.
+
+use axum::http::StatusCode;
+use flywheel_clickhouse::test_support;
+use serde_json::{json, Value};
+
+use crate::TestServer;
+
+const DB: &str = "fw_insights";
+const TZ: &str = "Europe/Berlin";
+
+/// A small deterministic generator (64-bit LCG), so both nodes get the same events without a dependency.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Seeded events over October 2026 (Berlin leaves summer time on the 25th): 40 persons on a few days each, with
+/// page views carrying a plan, a browser and a price (a number, sometimes a numeric string, sometimes missing),
+/// sign-ups, purchases and tasks. Every fourth person starts anonymous and is identified part-way (their
+/// anonymous id keeps sending events), so persons are merges of two distinct ids. A person's events never share a
+/// microsecond: such ties are ordered by uuid in ClickHouse and by log order in the embedded engine, a known
+/// difference (docs/clickhouse.md, "Funnels sort each person's events by (time, uuid)").
+fn seeded_events() -> Vec<Value> {
+    let mut rng = Lcg(0x5eed);
+    let mut out = Vec::new();
+    let plans = ["free", "pro", "enterprise", "team"];
+    let browsers = ["Firefox", "Chrome", "Safari"];
+    let base = chrono::DateTime::parse_from_rfc3339("2026-10-01T00:00:00Z")
+        .unwrap()
+        .timestamp_micros();
+    let mut n = 0u64;
+    for p in 0..40u64 {
+        let user = format!("user-{p}");
+        let anon = format!("anon-{p}");
+        let anonymous = p % 4 == 0;
+        let days: Vec<u64> = {
+            let mut d: Vec<u64> = (0..(2 + rng.below(9))).map(|_| rng.below(31)).collect();
+            d.sort_unstable();
+            d.dedup();
+            d
+        };
+        let identify_on = days[days.len() / 2];
+        for &day in &days {
+            // Sessions start at any minute of the day, and events follow a few seconds to hours apart.
+            let mut ts = base + (day * 86_400 + rng.below(86_400 - 7_200)) as i64 * 1_000_000;
+            let steps = 1 + rng.below(6);
+            for s in 0..steps {
+                let who = if anonymous && (day < identify_on || (day > identify_on && s % 2 == 1)) {
+                    &anon
+                } else {
+                    &user
+                };
+                let event = match (s, rng.below(10)) {
+                    (0, _) => "$pageview",
+                    (_, 0..=3) => "$pageview",
+                    (_, 4..=5) => "signup",
+                    (_, 6..=7) => "purchase",
+                    _ => "task_completed",
+                };
+                let mut props = json!({"browser": browsers[rng.below(3) as usize]});
+                if rng.below(5) != 0 {
+                    props["plan"] = json!(plans[((p + rng.below(2)) % 4) as usize]);
+                }
+                match rng.below(4) {
+                    0 => {}
+                    1 => props["price"] = json!(format!("{}", rng.below(100))),
+                    _ => props["price"] = json!(rng.below(1000) as f64 / 10.0),
+                }
+                n += 1;
+                out.push(json!({
+                    "event": event,
+                    "distinct_id": who,
+                    "uuid": format!("00000000-0000-4000-8000-{n:012x}"),
+                    "timestamp": chrono::DateTime::from_timestamp_micros(ts).unwrap().to_rfc3339(),
+                    "properties": props,
+                }));
+                ts += (1 + rng.below(3_000)) as i64 * 1_000_000 + rng.below(1_000) as i64;
+            }
+            if anonymous && day == identify_on {
+                n += 1;
+                out.push(json!({
+                    "event": "$identify",
+                    "distinct_id": user,
+                    "uuid": format!("00000000-0000-4000-8000-{n:012x}"),
+                    "timestamp": chrono::DateTime::from_timestamp_micros(ts).unwrap().to_rfc3339(),
+                    "properties": {"$anon_distinct_id": anon},
+                }));
+            }
+        }
+    }
+    out
+}
+
+/// Both nodes in Berlin, fed the same events in the same order.
+async fn feed(nodes: [&TestServer; 2], events: &[Value]) {
+    for t in nodes {
+        let (s, v) = t.api("PATCH", "", Some(json!({"time_zone": TZ}))).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        for chunk in events.chunks(250) {
+            crate::growth::capture(t, json!(chunk)).await;
+        }
+    }
+}
+
+async fn insight(t: &TestServer, kind: &str, body: &Value) -> (StatusCode, Value) {
+    t.api("POST", &format!("/insights/{kind}"), Some(body.clone()))
+        .await
+}
+
+/// The answer without the fields that depend on timing.
+fn comparable(mut v: Value) -> Value {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("query_ms");
+        o.remove("cached");
+    }
+    v
+}
+
+/// Where `a` and `b` differ, if they do: equal JSON, except that two numbers may differ by a relative 1e-9 (sums
+/// of fractional property values are added in another order by ClickHouse than by the kernels, which changes
+/// their last bits; a count differing by one is far outside this).
+fn difference(a: &Value, b: &Value, at: &str) -> Option<String> {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            let close = (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0);
+            (!close).then(|| format!("{at}: {x} ≠ {y}"))
+        }
+        (Value::Array(xs), Value::Array(ys)) if xs.len() == ys.len() => xs
+            .iter()
+            .zip(ys)
+            .enumerate()
+            .find_map(|(i, (x, y))| difference(x, y, &format!("{at}[{i}]"))),
+        (Value::Object(xs), Value::Object(ys))
+            if xs.keys().collect::<Vec<_>>() == ys.keys().collect::<Vec<_>>() =>
+        {
+            xs.iter()
+                .find_map(|(k, x)| difference(x, &ys[k], &format!("{at}.{k}")))
+        }
+        _ => (a != b).then(|| format!("{at}: {a} ≠ {b}")),
+    }
+}
+
+/// Definitions of every kind, over October 2026 (some over part of it): each must be answered from ClickHouse
+/// exactly as from the embedded engine.
+fn definitions() -> Vec<(&'static str, Value)> {
+    let oct = |mut v: Value| {
+        if v.get("date_from").is_none() {
+            v["date_from"] = json!("2026-10-01");
+        }
+        if v.get("date_to").is_none() {
+            v["date_to"] = json!("2026-10-31");
+        }
+        v
+    };
+    let pv = |math: &str| json!({"event": "$pageview", "math": math});
+    let price = |math: &str| json!({"event": "$pageview", "math": math, "math_property": "price"});
+    let per_user = |agg: &str| json!({"event": "$pageview", "math": "per_user", "per_user": agg});
+    let funnel_steps = json!([{"event": "$pageview"}, {"event": "signup"}, {"event": "purchase"}]);
+    vec![
+        (
+            "trends",
+            oct(
+                json!({"series": [{"event": "$pageview"}, {"event": "purchase", "name": "Purchases"}, {"event": "$all"}]}),
+            ),
+        ),
+        (
+            "trends",
+            oct(json!({"series": [pv("dau"), pv("weekly_active"), pv("monthly_active")]})),
+        ),
+        (
+            "trends",
+            oct(json!({"series": [pv("dau"), pv("monthly_active")], "interval": "week"})),
+        ),
+        (
+            "trends",
+            oct(
+                json!({"series": [per_user("avg"), per_user("min"), per_user("max"), per_user("median")]}),
+            ),
+        ),
+        (
+            "trends",
+            oct(
+                json!({"series": [price("sum"), price("avg"), price("min"), price("max"), price("median"), price("p90"), price("p95"), price("p99")]}),
+            ),
+        ),
+        (
+            "trends",
+            oct(
+                json!({"series": [{"event": "$pageview"}, pv("dau")], "breakdown": {"type": "event", "property": "plan", "limit": 2}}),
+            ),
+        ),
+        (
+            "trends",
+            oct(
+                json!({"series": [price("sum")], "breakdown": {"type": "event", "property": "browser"}}),
+            ),
+        ),
+        (
+            "trends",
+            json!({"series": [{"event": "$pageview"}, pv("dau")], "compare": true, "date_from": "2026-10-16", "date_to": "2026-10-31"}),
+        ),
+        (
+            "trends",
+            json!({"series": [{"event": "$pageview"}], "breakdown": {"type": "event", "property": "plan"}, "compare": true, "date_from": "2026-10-20", "date_to": "2026-10-31"}),
+        ),
+        (
+            "trends",
+            oct(
+                json!({"series": [{"event": "purchase"}, {"event": "$pageview"}], "formula": "A / B"}),
+            ),
+        ),
+        (
+            "trends",
+            json!({"series": [{"event": "$all"}, pv("dau")], "interval": "hour", "date_from": "2026-10-24", "date_to": "2026-10-26"}),
+        ),
+        (
+            "trends",
+            oct(json!({
+                "series": [{"event": "$pageview", "properties": [{"key": "browser", "value": ["Firefox", "Safari"], "operator": "exact"}]}],
+                "properties": [{"key": "price", "value": 20, "operator": "gt"}, {"key": "plan", "value": "PR", "operator": "not_contains"}],
+            })),
+        ),
+        (
+            "trends",
+            oct(
+                json!({"series": [{"event": "signup"}], "interval": "month", "properties": [{"key": "plan", "operator": "is_set"}]}),
+            ),
+        ),
+        ("funnel", oct(json!({"steps": funnel_steps}))),
+        (
+            "funnel",
+            oct(
+                json!({"steps": funnel_steps, "conversion_window": {"value": 1, "unit": "hour"}, "order": "strict"}),
+            ),
+        ),
+        (
+            "funnel",
+            oct(
+                json!({"steps": [{"event": "signup"}, {"event": "purchase"}, {"event": "task_completed"}], "order": "unordered"}),
+            ),
+        ),
+        (
+            "funnel",
+            oct(
+                json!({"steps": funnel_steps, "exclusions": [{"event": "task_completed", "from_step": 0, "to_step": 1}]}),
+            ),
+        ),
+        (
+            "funnel",
+            oct(json!({"steps": [{"event": "$pageview"}, {"event": "purchase"}], "trends": true})),
+        ),
+        (
+            "funnel",
+            oct(json!({"steps": funnel_steps, "breakdown": {"type": "event", "property": "plan"}})),
+        ),
+        (
+            "funnel",
+            oct(
+                json!({"steps": [{"event": "$pageview"}, {"event": "purchase", "properties": [{"key": "price", "value": 50, "operator": "lt"}]}], "breakdown": {"type": "event", "property": "browser"}, "breakdown_attribution": "last_touch"}),
+            ),
+        ),
+        (
+            "retention",
+            json!({"start_event": "$pageview", "return_event": "$pageview", "period": "day", "periods": 14, "date_to": "2026-10-31"}),
+        ),
+        (
+            "retention",
+            json!({"start_event": "signup", "return_event": "purchase", "period": "week", "periods": 5, "cohort": "recurring", "mode": "on_or_after", "date_to": "2026-10-31"}),
+        ),
+        (
+            "retention",
+            json!({"start_event": "$pageview", "return_event": "$pageview", "period": "week", "periods": 5, "date_to": "2026-10-31", "breakdown": {"type": "event", "property": "plan"}}),
+        ),
+        ("stickiness", oct(json!({"event": "$pageview"}))),
+        (
+            "stickiness",
+            oct(json!({"event": "purchase", "interval": "week"})),
+        ),
+        ("lifecycle", oct(json!({"event": "$pageview"}))),
+        (
+            "lifecycle",
+            oct(json!({"event": "$pageview", "interval": "week"})),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn every_insight_kind_from_clickhouse_equals_the_embedded_answer() {
+    let ch = test_support::start();
+    let url = ch.url.clone();
+    let scaled = TestServer::start_with(|c| {
+        c.events_url = Some(url.clone());
+        c.events_database = DB.into();
+    })
+    .await;
+    let embedded = TestServer::start().await;
+    let events = seeded_events();
+    assert!(events.len() > 500, "{} events", events.len());
+    feed([&scaled, &embedded], &events).await;
+    let mut nonzero = 0;
+    for (kind, body) in definitions() {
+        // Right after capture: both wait until they hold every acknowledged event.
+        let (s, from_ch) = insight(&scaled, kind, &body).await;
+        assert_eq!(s, StatusCode::OK, "{kind} {body}: {from_ch}");
+        let (s, local) = insight(&embedded, kind, &body).await;
+        assert_eq!(s, StatusCode::OK, "{kind} {body}: {local}");
+        assert_eq!(from_ch["complete"], true, "{kind} {body}: {from_ch}");
+        assert_eq!(from_ch["cached"], false, "never cached: {from_ch}");
+        let (from_ch, local) = (comparable(from_ch), comparable(local));
+        if let Some(d) = difference(&from_ch, &local, "") {
+            panic!("{kind} {body}\n{d}\nClickHouse: {from_ch}\nembedded:   {local}");
+        }
+        if local["result"]
+            .to_string()
+            .contains(|c: char| ('1'..='9').contains(&c))
+        {
+            nonzero += 1;
+        }
+    }
+    // The answers count something (a comparison of empty answers would prove little).
+    assert_eq!(nonzero, definitions().len());
+
+    // Read-your-writes: an event captured just now is in the next answer.
+    let body = json!({"series": [{"event": "late_event"}], "date_from": "2026-10-01", "date_to": "2026-10-31"});
+    crate::growth::capture(
+        &scaled,
+        json!([{"event": "late_event", "distinct_id": "user-1", "timestamp": "2026-10-30T12:00:00Z"}]),
+    )
+    .await;
+    let (s, v) = insight(&scaled, "trends", &body).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["complete"].clone(), v["result"][0]["count"].as_f64()),
+        (json!(true), Some(1.0)),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn unsupported_definitions_are_refused_and_a_stopped_clickhouse_is_a_503() {
+    let mut ch = test_support::start();
+    let url = ch.url.clone();
+    let t = TestServer::start_with(|c| {
+        c.events_url = Some(url.clone());
+        c.events_database = DB.into();
+    })
+    .await;
+    crate::growth::capture(
+        &t,
+        json!([{"event": "$pageview", "distinct_id": "a", "properties": {"plan": "pro"}, "$set": {"email": "a@x.test"}}]),
+    )
+    .await;
+    let trends = |extra: Value| {
+        let mut v = json!({"series": [{"event": "$pageview"}], "date_from": "-7d"});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v
+    };
+    // Each names its field; the embedded engine could answer some of them, but only for this node's events.
+    let cases = [
+        (
+            "trends",
+            trends(
+                json!({"properties": [{"key": "email", "value": "a@x.test", "operator": "exact", "type": "person"}]}),
+            ),
+            "properties[0].type",
+        ),
+        (
+            "trends",
+            trends(json!({"properties": [{"key": "plan", "value": "^p", "operator": "regex"}]})),
+            "properties[0].operator",
+        ),
+        (
+            "trends",
+            trends(json!({"breakdown": {"type": "person", "property": "email"}})),
+            "breakdown",
+        ),
+        (
+            "stickiness",
+            json!({"event": "$pageview", "breakdown": {"type": "cohort", "ids": [1]}}),
+            "breakdown",
+        ),
+    ];
+    for (kind, body, field) in cases {
+        let (s, v) = insight(&t, kind, &body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{kind} {body}: {v}");
+        assert_eq!(v["code"], "unsupported", "{v}");
+        let named = v["errors"][0]["field"].as_str().unwrap_or_default();
+        assert!(
+            named.starts_with(field),
+            "{kind} {body}: want {field}, got {v}"
+        );
+        assert!(v["message"].as_str().unwrap().starts_with(named), "{v}");
+    }
+    // Listing a funnel step's persons is not done on ClickHouse yet.
+    let funnel =
+        json!({"steps": [{"event": "$pageview"}, {"event": "signup"}], "date_from": "-7d"});
+    let (s, v) = t
+        .api("POST", "/insights/funnel?funnel_step=1", Some(funnel))
+        .await;
+    assert_eq!(
+        (s, &v["code"]),
+        (StatusCode::BAD_REQUEST, &json!("unsupported")),
+        "{v}"
+    );
+    assert_eq!(v["errors"][0]["field"], "funnel_step", "{v}");
+
+    let (s, v) = insight(&t, "trends", &trends(json!({}))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["result"][0]["count"].as_f64(), Some(1.0), "{v}");
+
+    // ClickHouse down: a 503 that says so, with Retry-After; back up, answers again.
+    ch.stop();
+    let req =
+        axum::http::Request::post(format!("/api/v1/projects/{}/insights/trends", t.project_id))
+            .header("authorization", format!("Bearer {}", t.personal_key))
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(trends(json!({})).to_string()))
+            .unwrap();
+    let (s, v, h) = t.send(req).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["code"], "events_unavailable", "{v}");
+    assert!(v["message"].as_str().unwrap().contains("ClickHouse"), "{v}");
+    assert!(h.get("retry-after").is_some());
+    ch.restart();
+    let (s, v) = insight(&t, "trends", &trends(json!({}))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["result"][0]["count"].as_f64(), Some(1.0), "{v}");
+}
