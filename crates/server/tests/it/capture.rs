@@ -329,7 +329,8 @@ async fn operations_endpoints_answer() {
 /// few retries; the rest of its chunk applies, identity goes on, and every event stays listed.
 #[tokio::test]
 async fn an_identity_change_that_cannot_apply_does_not_stop_identity() {
-    let t = TestServer::start().await;
+    // On SQLite whatever the suite's backend: the poison is a SQLite trigger.
+    let t = TestServer::start_with(|c| c.metadata_url = None).await;
     let db = rusqlite::Connection::open(t.server().state.config.metadata_path()).unwrap();
     db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
     db.execute_batch(

@@ -170,14 +170,15 @@ async fn three_nodes_share_flags_persons_events_and_webhooks() {
     // Persons and events: captured through `a` and `b`, read through `c` (metadata) and in ClickHouse.
     crate::growth::capture(
         &a,
-        json!([{"event": "$identify", "distinct_id": "ann@acme.io",
+        json!([{"event": "$identify", "distinct_id": "ann@acme.io", "timestamp": "2026-11-20T10:00:00Z",
                  "properties": {"$anon_distinct_id": "anon-1", "$set": {"plan": "pro"}}}]),
     )
     .await;
     crate::growth::capture(
         &b,
-        json!([{"event": "$pageview", "distinct_id": "bob", "properties": {"$set": {"plan": "free"}}},
-               {"event": "$pageview", "distinct_id": "anon-1"}]),
+        json!([{"event": "$pageview", "distinct_id": "bob", "timestamp": "2026-11-20T11:00:00Z",
+                "properties": {"$set": {"plan": "free"}}},
+               {"event": "$pageview", "distinct_id": "anon-1", "timestamp": "2026-11-21T09:00:00Z"}]),
     )
     .await;
     let ann = until("ann's person on node c", || async {
@@ -200,6 +201,21 @@ async fn three_nodes_share_flags_persons_events_and_webhooks() {
         (rows[0][0] == "3" && rows[0][1] == "3").then_some(())
     })
     .await;
+    // Insights read ClickHouse: events captured through `a` and `b` are counted by `c` (two persons).
+    let dau = json!({"series": [{"event": "$pageview"}, {"event": "$pageview", "math": "dau"}],
+                     "date_from": "2026-11-01", "date_to": "2026-11-30"});
+    until("the pageviews in c's insight", || async {
+        let (s, v) = c.api("POST", "/insights/trends", Some(dau.clone())).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        (v["result"][0]["count"].as_f64() == Some(2.0)).then_some(v)
+    })
+    .await;
+    let (_, v) = c.api("POST", "/insights/trends", Some(dau)).await;
+    assert_eq!(
+        v["result"][1]["count"].as_f64(),
+        Some(2.0),
+        "ann and bob: {v}"
+    );
 
     // Webhooks: every node runs a delivery worker; each message reaches the endpoint once.
     let rx = Arc::new(Receiver::default());
