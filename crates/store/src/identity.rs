@@ -296,19 +296,23 @@ fn pg_query<'q>(
     q
 }
 
+/// Runs a future to completion from the writer's synchronous code: on a blocking thread (the server's
+/// `spawn_blocking`), or on a worker of a multi-threaded runtime (which `block_in_place` hands its other tasks).
+fn wait<F: std::future::Future>(handle: &tokio::runtime::Handle, f: F) -> F::Output {
+    tokio::task::block_in_place(|| handle.block_on(f))
+}
+
 impl IdTx for PgIdTx<'_> {
     fn exec(&mut self, sql: &'static str, args: &[Arg<'_>]) -> Result<()> {
-        self.handle
-            .block_on(pg_query(sql, args).execute(&mut *self.tx))?;
+        let tx = &mut self.tx;
+        wait(self.handle, pg_query(sql, args).execute(&mut **tx))?;
         Ok(())
     }
 
     fn row(&mut self, sql: &'static str, args: &[Arg<'_>]) -> Result<Option<Vec<Cell>>> {
         use sqlx::{Column, Row, TypeInfo};
-        let Some(row) = self
-            .handle
-            .block_on(pg_query(sql, args).fetch_optional(&mut *self.tx))?
-        else {
+        let tx = &mut self.tx;
+        let Some(row) = wait(self.handle, pg_query(sql, args).fetch_optional(&mut **tx))? else {
             return Ok(None);
         };
         row.columns()
@@ -333,7 +337,7 @@ impl IdTx for PgIdTx<'_> {
     }
 
     fn commit(self) -> Result<()> {
-        self.handle.block_on(self.tx.commit())?;
+        wait(self.handle, self.tx.commit())?;
         Ok(())
     }
 }
@@ -442,7 +446,7 @@ impl IdentityWriter {
                 )
             }
             WriterConn::Postgres { pool, handle } => {
-                let tx = handle.block_on(async {
+                let tx = wait(handle, async {
                     let mut tx = pool.begin().await?;
                     sqlx::query("SELECT pg_advisory_xact_lock($1)")
                         .bind(crate::WRITE_LOCK)

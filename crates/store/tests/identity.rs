@@ -1,4 +1,5 @@
-//! Identity rules of the SQLite metadata store, checked against PostHog's documented behaviour.
+//! Identity rules of the metadata store, checked against PostHog's documented behaviour: on SQLite, and on
+//! PostgreSQL with `FLYWHEEL_TEST_METADATA=postgres` (`scripts/test` runs both).
 
 use flywheel_store::{IdentityOp, MergeMode, Store};
 use serde_json::{json, Map, Value};
@@ -6,8 +7,19 @@ use serde_json::{json, Map, Value};
 const AT: i64 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
 
 async fn store() -> (tempfile::TempDir, Store, i64) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static DATABASES: AtomicUsize = AtomicUsize::new(0);
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("meta.db")).await.unwrap();
+    let store = match std::env::var("FLYWHEEL_TEST_METADATA").as_deref() {
+        Ok("postgres") => {
+            let pg = flywheel_store::test_support::TestPostgres::shared().unwrap();
+            let name = format!("identity{}", DATABASES.fetch_add(1, Ordering::Relaxed));
+            Store::connect_postgres(&pg.create_database(&name).unwrap())
+                .await
+                .unwrap()
+        }
+        _ => Store::open(&dir.path().join("meta.db")).await.unwrap(),
+    };
     let boot = store.bootstrap("Org", "Project").await.unwrap();
     (dir, store, boot.project_id)
 }
@@ -42,7 +54,7 @@ fn set(p: i64, d: &str, set: Value, once: Value, unset: &[&str]) -> IdentityOp {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identify_merges_anonymous_person_into_identified_one() {
     let (_dir, store, p) = store().await;
     let mut w = store.identity_writer("test").unwrap();
@@ -92,7 +104,7 @@ async fn identify_merges_anonymous_person_into_identified_one() {
     assert_eq!(store.checkpoint("test").await.unwrap(), 2);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identified_persons_merge_only_dangerously() {
     let (_dir, store, p) = store().await;
     let mut w = store.identity_writer("test").unwrap();
@@ -141,7 +153,7 @@ async fn identified_persons_merge_only_dangerously() {
     assert_eq!(ids, vec!["a", "anon-a", "anon-b", "b"]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alias_links_a_new_id_and_merges_an_anonymous_person() {
     let (_dir, store, p) = store().await;
     let mut w = store.identity_writer("test").unwrap();
@@ -190,7 +202,7 @@ async fn alias_links_a_new_id_and_merges_an_anonymous_person() {
         .is_none());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_set_once_and_unset_apply_in_order() {
     let (_dir, store, p) = store().await;
     let mut w = store.identity_writer("test").unwrap();
@@ -207,7 +219,7 @@ async fn set_set_once_and_unset_apply_in_order() {
     assert_eq!(person.properties, json!({"a": 2, "first": "x"}));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_allow_five_types_and_link_persons() {
     let (_dir, store, p) = store().await;
     let mut w = store.identity_writer("test").unwrap();
@@ -242,7 +254,7 @@ async fn groups_allow_five_types_and_link_persons() {
     assert_eq!(person.groups[1].properties, json!({}));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaying_a_batch_is_idempotent() {
     let (_dir, store, p) = store().await;
     let ops = vec![
@@ -261,7 +273,7 @@ async fn replaying_a_batch_is_idempotent() {
     assert_eq!(first, second);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn projects_do_not_share_persons() {
     let (_dir, store, p) = store().await;
     let org2 = store.create_organization("Other").await.unwrap();
@@ -294,7 +306,7 @@ async fn projects_do_not_share_persons() {
         .is_none());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_stored_hashed_and_authenticate() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("meta.db");
@@ -337,7 +349,7 @@ async fn keys_are_stored_hashed_and_authenticate() {
 
 /// The change feed, replayed into a map the way the event engine keeps it, always equals the database's mapping,
 /// across merges, chains of merges, refused merges, placeholders and a writer whose cache was dropped.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_feed_replays_to_the_database_mapping() {
     use flywheel_store::IdentityChange;
     use std::collections::HashMap;
@@ -423,7 +435,7 @@ async fn change_feed_replays_to_the_database_mapping() {
     assert!(w.take_changes().is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mapping_reads_since_a_sequence_number_return_only_what_changed() {
     let (_dir, store, p) = store().await;
     let mut w = store.identity_writer("test").unwrap();
@@ -510,7 +522,7 @@ async fn mapping_reads_since_a_sequence_number_return_only_what_changed() {
     assert_eq!(w.mapping_seq(), Some(second + 1));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn person_property_columns_read_every_person_with_the_key() {
     let (_dir, store, p) = store().await;
     let mut w = store.identity_writer("test").unwrap();
@@ -563,7 +575,7 @@ async fn person_property_columns_read_every_person_with_the_key() {
     assert!(read("missing").await.is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_cohorts_keep_members_through_merges_and_audit_changes() {
     let (_dir, store, p) = store().await;
     let actor = flywheel_store::Actor {
