@@ -28,7 +28,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server with the embedded storage (SQLite metadata + Flywheel's event engine).
+    /// Run the server: embedded storage (SQLite metadata + Flywheel's event engine) by default, or one node of a
+    /// scaled-out deployment with --metadata-url (PostgreSQL) and --events-url (ClickHouse): docs/scale-out.md.
     Serve(Box<ServeArgs>),
     /// Create a data directory with a default organization and project, and print its keys.
     Init(InitArgs),
@@ -54,6 +55,10 @@ struct InitArgs {
     /// Data directory to create (must not hold an initialised Flywheel yet).
     #[arg(long, env = "FLYWHEEL_DATA_DIR", default_value = "./flywheel-data")]
     data_dir: std::path::PathBuf,
+    /// Initialise a shared PostgreSQL metadata database instead of the data directory's SQLite file (the first
+    /// node of a scaled-out deployment; docs/scale-out.md).
+    #[arg(long, env = "FLYWHEEL_METADATA_URL")]
+    metadata_url: Option<String>,
     /// Print the result as JSON (project_id, project_api_key, personal_api_key, …) for scripts.
     #[arg(long)]
     json: bool,
@@ -90,12 +95,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn init(args: InitArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let config = flywheel_server::Config::for_tests(args.data_dir.clone());
+        let mut config = flywheel_server::Config::for_tests(args.data_dir.clone());
+        config.metadata_url = args.metadata_url.clone();
         let store = flywheel_server::open_store(&config).await?;
         let Some(boot) = flywheel_server::bootstrap_if_empty(&store).await? else {
             anyhow::bail!(
                 "{} is already initialised; its keys were printed when it was created (keys are stored hashed)",
-                args.data_dir.display()
+                match &args.metadata_url {
+                    Some(_) => "the metadata database".to_owned(),
+                    None => args.data_dir.display().to_string(),
+                }
             );
         };
         store.close().await;

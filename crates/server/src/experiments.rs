@@ -711,7 +711,7 @@ async fn transition(
         )
         .await
         .map_err(|e| crate::features::write_error(e, "experiment"))?;
-    refresh_sticky(state, project_id).await?;
+    experiments_changed(state, project_id).await?;
     Ok(Json(document_json(&doc)))
 }
 
@@ -974,7 +974,7 @@ async fn decide_experiment(
         .update_document(project_id, EXPERIMENT, &key, None, &update, &actor)
         .await
         .map_err(|e| crate::features::write_error(e, "experiment"))?;
-    refresh_sticky(&state, project_id).await?;
+    experiments_changed(&state, project_id).await?;
     purge_sticky(&state, project_id, tracking).await;
     Ok(Json(document_json(&doc)))
 }
@@ -1075,7 +1075,7 @@ pub(crate) async fn feature_changed(
             .await
             .map_err(|e| crate::features::write_error(e, "experiment"))?;
     }
-    refresh_sticky(state, project_id).await
+    experiments_changed(state, project_id).await
 }
 
 /// The key exposures and sticky assignments use for experiment `x`: its rule's tracking key, else the feature's
@@ -1109,6 +1109,16 @@ async fn purge_sticky(state: &AppState, project_id: i64, key: Option<String>) {
             "sticky assignments of a finished experiment dropped"
         );
     }
+}
+
+/// After this node started, stopped or decided experiments: its sticky store follows, and so do the other nodes'
+/// (shared metadata: they refresh theirs when they hear the announcement, see `flag_sync`).
+async fn experiments_changed(state: &AppState, project_id: i64) -> Result<(), ApiError> {
+    refresh_sticky(state, project_id).await?;
+    if let Err(e) = state.store.announce_flags(project_id).await {
+        tracing::warn!(project_id, error = %e, "announcing an experiment change failed; other nodes poll for it");
+    }
+    Ok(())
 }
 
 /// Tells the sticky store the experiment keys of `project_id`'s running experiments (after a start, stop,

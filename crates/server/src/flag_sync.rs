@@ -65,8 +65,12 @@ async fn next(listener: &mut Option<ChangeListener>) -> flywheel_store::Result<C
     }
 }
 
-/// Recompiles a project this node serves (one it never served is compiled on first use anyway).
+/// Recompiles a project this node serves (one it never served is compiled on first use anyway), and follows its
+/// running experiments (the sticky assignments kept for them).
 async fn rebuild(state: &AppState, project_id: i64) {
+    if let Err(e) = crate::experiments::refresh_sticky(state, project_id).await {
+        tracing::warn!(project_id, error = ?e, "flag sync: reading running experiments failed");
+    }
     if !state.flags.serves(project_id) {
         return;
     }

@@ -211,14 +211,9 @@ fn redact_url(url: &str) -> String {
 
 /// Creates the default organization and project when the store is empty.
 pub async fn bootstrap_if_empty(store: &Store) -> anyhow::Result<Option<Bootstrap>> {
-    if !store.is_empty().await? {
-        return Ok(None);
-    }
-    Ok(Some(
-        store
-            .bootstrap("Default organization", "Default project")
-            .await?,
-    ))
+    Ok(store
+        .bootstrap_if_empty("Default organization", "Default project")
+        .await?)
 }
 
 /// The whole HTTP application for a state.

@@ -68,9 +68,7 @@ pub use users::{
     MemberError, Membership, OrganizationInfo, ProjectInfo, SessionRecord, TeamInvitation,
     UserRecord, SESSION_PREFIX, TEAM_INVITATION_PREFIX,
 };
-pub use webhooks::{
-    topic_matches, Attempt, Delivery, Outcome, Webhook, WebhookLock, WebhookUpdate,
-};
+pub use webhooks::{topic_matches, Attempt, Delivery, Outcome, Webhook, WebhookUpdate};
 
 /// Errors of the metadata store.
 #[derive(Debug, thiserror::Error)]
@@ -419,6 +417,86 @@ impl Store {
                 Tx::Postgres(t)
             }
         })
+    }
+}
+
+/// An exclusive right shared by every node of the database (see [`Store::session_lock`]). Give it back with
+/// [`SessionLock::release`]; dropped instead, its connection is closed, which frees the lock too.
+pub struct SessionLock {
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+    key: i64,
+}
+
+impl SessionLock {
+    pub async fn release(mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(self.key)
+                .execute(&mut *conn)
+                .await;
+            if unlocked.is_err() {
+                drop(conn.detach());
+            }
+        }
+    }
+}
+
+impl Drop for SessionLock {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            // Closing the session frees its advisory locks.
+            drop(conn.detach());
+        }
+    }
+}
+
+/// The advisory lock key of bootstrapping an empty database ("boot").
+const BOOTSTRAP_LOCK: i64 = 0x626f_6f74;
+
+impl Store {
+    /// The advisory lock `key` held on a connection kept for the lock's life, so that a node that dies frees it with
+    /// its connection. `wait`: block until it is free; otherwise `None` when another session holds it. On SQLite (one
+    /// node, whose writes are serialized anyway) always granted at once.
+    pub async fn session_lock(&self, key: i64, wait: bool) -> Result<Option<SessionLock>> {
+        let Backend::Postgres(pool) = &self.backend else {
+            return Ok(Some(SessionLock { conn: None, key }));
+        };
+        let mut conn = pool.acquire().await?;
+        let locked = if wait {
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(key)
+                .execute(&mut *conn)
+                .await?;
+            true
+        } else {
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(key)
+                .fetch_one(&mut *conn)
+                .await?
+        };
+        Ok(locked.then_some(SessionLock {
+            conn: Some(conn),
+            key,
+        }))
+    }
+
+    /// Creates the first organization and project when the database is empty (`None` when it is not). Nodes
+    /// starting together on an empty PostgreSQL take turns: exactly one bootstraps.
+    pub async fn bootstrap_if_empty(
+        &self,
+        organization: &str,
+        project: &str,
+    ) -> Result<Option<Bootstrap>> {
+        let lock = self.session_lock(BOOTSTRAP_LOCK, true).await?;
+        let result = match self.is_empty().await {
+            Ok(true) => self.bootstrap(organization, project).await.map(Some),
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
+        };
+        if let Some(lock) = lock {
+            lock.release().await;
+        }
+        result
     }
 }
 

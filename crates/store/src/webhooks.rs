@@ -196,36 +196,6 @@ fn audit_view(w: &Webhook) -> Value {
 /// The advisory-lock namespace of webhook endpoints ("webh" in the high bits; the endpoint id in the low ones).
 const WEBHOOK_LOCKS: i64 = 0x7765_6268 << 32;
 
-/// See [`Store::lock_webhook`]. Give it back with [`WebhookLock::release`]; dropped instead, its connection is
-/// closed, which frees the lock too.
-pub struct WebhookLock {
-    conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
-    key: i64,
-}
-
-impl WebhookLock {
-    pub async fn release(mut self) {
-        if let Some(mut conn) = self.conn.take() {
-            let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
-                .bind(self.key)
-                .execute(&mut *conn)
-                .await;
-            if unlocked.is_err() {
-                drop(conn.detach());
-            }
-        }
-    }
-}
-
-impl Drop for WebhookLock {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            // Closing the session frees its advisory locks.
-            drop(conn.detach());
-        }
-    }
-}
-
 impl Store {
     /// Creates a subscription (`fields`: `url` and `topics` set; `active` by default); it takes the messages
     /// written from now on.
@@ -455,22 +425,9 @@ impl Store {
     }
 
     /// The exclusive right to deliver the endpoint's messages, across every node sharing the database: `None`
-    /// when another node holds it (it delivers them). On PostgreSQL a session advisory lock on a connection kept
-    /// for the lock's life (a node that dies frees it with its connection); on SQLite (one node) always granted.
-    pub async fn lock_webhook(&self, webhook_id: i64) -> Result<Option<WebhookLock>> {
-        let crate::Backend::Postgres(pool) = self.backend() else {
-            return Ok(Some(WebhookLock { conn: None, key: 0 }));
-        };
-        let key = WEBHOOK_LOCKS ^ webhook_id;
-        let mut conn = pool.acquire().await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(key)
-            .fetch_one(&mut *conn)
-            .await?;
-        Ok(locked.then_some(WebhookLock {
-            conn: Some(conn),
-            key,
-        }))
+    /// when another node holds it (it delivers them). See [`Store::session_lock`].
+    pub async fn lock_webhook(&self, webhook_id: i64) -> Result<Option<crate::SessionLock>> {
+        self.session_lock(WEBHOOK_LOCKS ^ webhook_id, false).await
     }
 
     /// The endpoint's oldest pending delivery (its head: nothing later is attempted before it ends).

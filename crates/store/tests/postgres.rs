@@ -888,3 +888,33 @@ async fn dollar_placeholders_work_on_sqlite_and_postgres() {
         assert_eq!(a, b);
     }
 }
+
+/// Nodes starting together on an empty database: exactly one creates the first organization.
+#[tokio::test]
+async fn nodes_starting_together_bootstrap_once() {
+    let url = TestPostgres::shared()
+        .unwrap()
+        .create_database("bootstrap_race")
+        .unwrap();
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        stores.push(flywheel_store::Store::connect_postgres(&url).await.unwrap());
+    }
+    let results = futures_util::future::join_all(
+        stores
+            .iter()
+            .map(|s| s.bootstrap_if_empty("Org", "Project")),
+    )
+    .await;
+    let created = results
+        .into_iter()
+        .map(Result::unwrap)
+        .filter(Option::is_some)
+        .count();
+    assert_eq!(created, 1);
+    let (organizations,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM organizations")
+        .fetch_one(&PgPool::connect(&url).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(organizations, 1);
+}
