@@ -139,6 +139,11 @@ struct PersonRef {
 /// from a blocking thread (`tokio::task::spawn_blocking`), not from an async task.
 pub struct IdentityWriter {
     conn: WriterConn,
+    book: Bookkeeping,
+}
+
+/// Everything of the writer but its connection.
+struct Bookkeeping {
     consumer: String,
     state: Resolver,
     last_checkpoint: Instant,
@@ -364,14 +369,16 @@ impl Store {
         };
         Ok(IdentityWriter {
             conn,
-            consumer: self.consumer_key(consumer),
-            state: Resolver::default(),
-            last_checkpoint: Instant::now() - CHECKPOINT_EVERY,
-            committed_mapping_seq: None,
-            epoch: self.identity_epoch.clone(),
-            seen_epoch: self
-                .identity_epoch
-                .load(std::sync::atomic::Ordering::Acquire),
+            book: Bookkeeping {
+                consumer: self.consumer_key(consumer),
+                state: Resolver::default(),
+                last_checkpoint: Instant::now() - CHECKPOINT_EVERY,
+                committed_mapping_seq: None,
+                epoch: self.identity_epoch.clone(),
+                seen_epoch: self
+                    .identity_epoch
+                    .load(std::sync::atomic::Ordering::Acquire),
+            },
         })
     }
 }
@@ -407,20 +414,20 @@ fn open_connection(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
 impl IdentityWriter {
     /// Keep the [`IdentityChange`]s of every `apply` for [`IdentityWriter::take_changes`].
     pub fn record_changes(&mut self) {
-        self.state.record_changes = true;
+        self.book.state.record_changes = true;
     }
 
     /// The mapping changes made by the `apply` calls since the last call (empty unless
     /// [`IdentityWriter::record_changes`] was called). A failed `apply` contributes nothing.
     pub fn take_changes(&mut self) -> Vec<IdentityChange> {
-        std::mem::take(&mut self.state.changes)
+        std::mem::take(&mut self.book.state.changes)
     }
 
     /// The number (in the 'identity' sequence, see `Store::read_distinct_ids`) of the last committed `apply`
     /// that changed the mapping or a person's properties; `None` until one did. A consumer that applied every
     /// [`IdentityChange`] taken so far holds every mapping row numbered up to it.
     pub fn mapping_seq(&self) -> Option<i64> {
-        self.committed_mapping_seq
+        self.book.committed_mapping_seq
     }
 
     /// Applies `ops` in order in one transaction and records `lsn` as this consumer's checkpoint (written with
@@ -432,18 +439,7 @@ impl IdentityWriter {
                 // `BEGIN IMMEDIATE`, as for every metadata write (see `Store::write_tx`).
                 let tx =
                     conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                let shared = false;
-                Self::apply_in(
-                    tx,
-                    shared,
-                    &mut self.state,
-                    &self.consumer,
-                    &mut self.last_checkpoint,
-                    &mut self.committed_mapping_seq,
-                    (&self.epoch, &mut self.seen_epoch),
-                    ops,
-                    lsn,
-                )
+                self.book.apply_in(tx, false, ops, lsn)
             }
             WriterConn::Postgres { pool, handle } => {
                 let tx = wait(handle, async {
@@ -454,43 +450,37 @@ impl IdentityWriter {
                         .await?;
                     Ok::<_, sqlx::Error>(tx)
                 })?;
-                Self::apply_in(
-                    PgIdTx { handle, tx },
-                    true,
-                    &mut self.state,
-                    &self.consumer,
-                    &mut self.last_checkpoint,
-                    &mut self.committed_mapping_seq,
-                    (&self.epoch, &mut self.seen_epoch),
-                    ops,
-                    lsn,
-                )
+                self.book.apply_in(PgIdTx { handle, tx }, true, ops, lsn)
             }
         }
     }
 
+    /// Writes the checkpoint now (on shutdown). Blocks on SQLite.
+    pub fn flush_checkpoint(&mut self, lsn: u64) -> Result<()> {
+        self.book.last_checkpoint = Instant::now() - CHECKPOINT_EVERY;
+        self.apply(&[], lsn).map(|_| ())
+    }
+}
+
+impl Bookkeeping {
     /// `apply` in the transaction `tx`. `shared`: other writers (other nodes) may have changed the mapping since
     /// the last transaction, so the caches start empty.
-    #[allow(clippy::too_many_arguments)]
     fn apply_in<T: IdTx>(
+        &mut self,
         mut tx: T,
         shared: bool,
-        state: &mut Resolver,
-        consumer: &str,
-        last_checkpoint: &mut Instant,
-        committed_mapping_seq: &mut Option<i64>,
-        (epoch_now, seen_epoch): (&std::sync::atomic::AtomicU64, &mut u64),
         ops: &[IdentityOp],
         lsn: u64,
     ) -> Result<ApplyStats> {
+        let state = &mut self.state;
         let mut stats = ApplyStats::default();
         let changes_before = state.changes.len();
         // Read once the write lock is held: an erasure bumps it before it commits, so a transaction that waited
         // for the erasure sees the new value.
-        let epoch = epoch_now.load(std::sync::atomic::Ordering::Acquire);
-        if epoch != *seen_epoch || shared {
+        let epoch = self.epoch.load(std::sync::atomic::Ordering::Acquire);
+        if epoch != self.seen_epoch || shared {
             state.clear_caches();
-            *seen_epoch = epoch;
+            self.seen_epoch = epoch;
         }
         let mut wrote = false;
         let mut result = ops
@@ -500,9 +490,9 @@ impl IdentityWriter {
                 Ok(())
             })
             .and_then(|()| state.write_sequences(&mut tx));
-        let checkpoint = wrote || last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
+        let checkpoint = wrote || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
         if result.is_ok() && checkpoint {
-            result = write_checkpoint(&mut tx, consumer, lsn).and_then(|()| tx.commit());
+            result = write_checkpoint(&mut tx, &self.consumer, lsn).and_then(|()| tx.commit());
         }
         // Otherwise the transaction (no writes, no checkpoint due, or failed) rolls back when dropped.
         let mapping_seq = state.mapping_seq.take();
@@ -512,19 +502,13 @@ impl IdentityWriter {
             return Err(err);
         }
         if checkpoint {
-            *last_checkpoint = Instant::now();
+            self.last_checkpoint = Instant::now();
             if mapping_seq.is_some() {
-                *committed_mapping_seq = mapping_seq;
+                self.committed_mapping_seq = mapping_seq;
             }
         }
         state.trim_caches();
         Ok(stats)
-    }
-
-    /// Writes the checkpoint now (on shutdown). Blocks on SQLite.
-    pub fn flush_checkpoint(&mut self, lsn: u64) -> Result<()> {
-        self.last_checkpoint = Instant::now() - CHECKPOINT_EVERY;
-        self.apply(&[], lsn).map(|_| ())
     }
 }
 
