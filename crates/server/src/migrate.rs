@@ -91,11 +91,12 @@ impl Report {
 
     /// The verification table (one line per table, then the events).
     pub fn render(&self) -> String {
+        let node = format!("node {}", self.node);
         let width = self
             .tables
             .iter()
             .map(|t| t.name.len())
-            .chain([24])
+            .chain([24, node.len()])
             .max()
             .unwrap_or(24);
         let mut out = format!(
@@ -118,7 +119,7 @@ impl Report {
         ));
         out.push_str(&format!(
             "{:<width$}  {:>12}  {:>12}{}\n",
-            format!("node {}", self.node),
+            node,
             self.log_events,
             self.clickhouse_events,
             mark(self.log_events, self.clickhouse_events)
