@@ -4,6 +4,7 @@ mod bench;
 mod config;
 mod export;
 mod generate;
+mod migrate;
 mod users;
 
 use std::io::Write;
@@ -43,6 +44,10 @@ enum Command {
     /// Write one project's events to a Parquet file with persons resolved (merges applied) and chosen person
     /// properties as columns. Stop the server first.
     ExportEvents(export::ExportArgs),
+    /// Copy an embedded deployment (a data directory: SQLite metadata, intake log) into PostgreSQL and ClickHouse,
+    /// for running several nodes (docs/scale-out.md). Stop the server first. Resumable; ends with a verification
+    /// count of rows and events on both sides (exit status 1 when they differ).
+    Migrate(migrate::MigrateArgs),
     /// Print the OpenAPI 3.1 document of the HTTP API (the one served at /api/v1/openapi.json).
     Openapi,
     /// The people who sign in: list them, reset a password.
@@ -73,6 +78,7 @@ fn main() -> std::process::ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::ExportEvents(args) => export::run(args),
         Command::Users(cmd) => users::run(cmd),
+        Command::Migrate(args) => migrate::run(args),
         Command::Openapi => serde_json::to_string_pretty(&flywheel_server::openapi::document())
             .map(|text| println!("{text}"))
             .map_err(Into::into),

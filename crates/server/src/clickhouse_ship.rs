@@ -20,6 +20,7 @@ use flywheel_clickhouse::row::PersonOverride;
 use flywheel_clickhouse::schema::{create_all, ident, PERSON_OVERRIDES};
 use flywheel_clickhouse::{Batch, ClickHouseError, Client, EventRow, Shipper};
 use flywheel_engine::{Event, Intake};
+use flywheel_store::Store;
 use serde_json::{Map, Value};
 use sha2::Digest;
 use uuid::Uuid;
@@ -161,7 +162,7 @@ fn read_block(
 }
 
 /// The rows of the batches, each with its distinct id's current person.
-async fn rows(state: &AppState, read: Vec<(u64, Vec<Event>)>) -> anyhow::Result<Vec<Batch>> {
+async fn rows(store: &Store, read: Vec<(u64, Vec<Event>)>) -> anyhow::Result<Vec<Batch>> {
     let mut ids: std::collections::BTreeMap<i64, Vec<&str>> = Default::default();
     for (_, batch) in &read {
         for e in batch {
@@ -172,7 +173,7 @@ async fn rows(state: &AppState, read: Vec<(u64, Vec<Event>)>) -> anyhow::Result<
     for (project, mut dids) in ids {
         dids.sort_unstable();
         dids.dedup();
-        for (did, person) in state.store.person_ids_for(project, &dids).await? {
+        for (did, person) in store.person_ids_for(project, &dids).await? {
             if let Ok(uuid) = person.parse::<Uuid>() {
                 persons.insert((project, did), uuid);
             }
@@ -216,7 +217,7 @@ const MAPPING_ROWS: u32 = 10_000;
 /// twice is harmless (same version, same person), so this is at least once: on start the cursor is the highest
 /// version ClickHouse holds, whose rows are sent again.
 async fn feed_mapping(
-    state: &AppState,
+    store: &Store,
     client: &Client,
     db: &str,
     cursor: &mut (i64, i64, String),
@@ -224,8 +225,7 @@ async fn feed_mapping(
     let table = format!("{}.{}", ident(db), ident(PERSON_OVERRIDES));
     let mut sent = 0;
     loop {
-        let rows = state
-            .store
+        let rows = store
             .distinct_id_changes((cursor.0, cursor.1, &cursor.2), MAPPING_ROWS)
             .await?;
         let Some(last) = rows.last() else {
@@ -319,7 +319,7 @@ pub async fn run(state: AppState, spool: Arc<Spool>, client: Client, db: String,
         let target = *identity.borrow_and_update();
         let from = shipper.position();
         // The person mapping follows identity (a failure is retried at the next turn; the events do not wait).
-        match feed_mapping(&state, &client, &db, &mut mapping).await {
+        match feed_mapping(&state.store, &client, &db, &mut mapping).await {
             Ok(_) => {
                 spool.healthy.store(true, Ordering::Release);
                 mapped = target;
@@ -359,7 +359,7 @@ pub async fn run(state: AppState, spool: Arc<Spool>, client: Client, db: String,
                 return;
             }
         };
-        let batches = match rows(&state, read).await {
+        let batches = match rows(&state.store, read).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "clickhouse: cannot resolve persons; retrying");
@@ -392,6 +392,76 @@ pub async fn run(state: AppState, spool: Arc<Spool>, client: Client, db: String,
             }
         }
     }
+}
+
+/// Where [`ship_log`] stands after a block.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShipProgress {
+    /// Log position just past the last batch ClickHouse holds from this node.
+    pub position: u64,
+    /// Where shipping stops.
+    pub until: u64,
+    /// Events sent by this call so far.
+    pub events: u64,
+}
+
+/// Attempts of one block before [`ship_log`] gives up (running it again resumes).
+const SHIP_ATTEMPTS: u32 = 4;
+
+/// Ships the node's intake log up to `until` (a batch boundary identity has applied, so every distinct id has its
+/// person in `store`) into ClickHouse, with the person mapping, and returns: `flywheel migrate`'s copy of an
+/// embedded deployment's events, made by the node's own shipping code (tables, blocks, rows, `shipments`,
+/// mapping), so the node that later starts on the same data directory continues from where this stopped. Each
+/// event is stored once however often this runs or wherever it is cut (see [`Shipper`]). `progress` gets the
+/// position after each block.
+pub async fn ship_log(
+    store: &Store,
+    intake: &Intake,
+    client: &Client,
+    db: &str,
+    node: &str,
+    until: u64,
+    mut progress: impl FnMut(ShipProgress),
+) -> anyhow::Result<ShipProgress> {
+    for statement in create_all(db) {
+        client.execute(&statement).await?;
+    }
+    let mut shipper = Shipper::open(client.clone(), db, node).await?;
+    let mut cursor = mapping_cursor(client, db).await?;
+    feed_mapping(store, client, db, &mut cursor).await?;
+    let mut done = ShipProgress {
+        position: shipper.position(),
+        until,
+        events: 0,
+    };
+    progress(done);
+    while shipper.position() < until {
+        let from = shipper.position();
+        let reading = intake.clone();
+        let read = tokio::task::spawn_blocking(move || read_block(&reading, from, until)).await??;
+        if read.is_empty() {
+            anyhow::bail!("the intake log has no whole batch between positions {from} and {until}");
+        }
+        let batches = rows(store, read).await?;
+        let events: usize = batches.iter().map(|b| b.rows.len()).sum();
+        let mut attempt = 1;
+        let position = loop {
+            match shipper.send(&batches).await {
+                Ok(position) => break position,
+                Err(e) if attempt < SHIP_ATTEMPTS => {
+                    let wait = BACKOFF_MIN * 2u32.pow(attempt - 1);
+                    tracing::warn!(error = %e, attempt, retry_in_s = wait.as_secs(), "clickhouse: shipping failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        done.position = position;
+        done.events += events as u64;
+        progress(done);
+    }
+    Ok(done)
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ pub mod invitations;
 pub mod keys;
 pub mod limits;
 pub mod metrics_names;
+pub mod migrate;
 pub mod ofrep;
 pub mod openapi;
 pub mod ops;
@@ -198,7 +199,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
 }
 
 /// A URL without its password, for messages.
-fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];

@@ -33,6 +33,7 @@ mod referrals;
 mod sticky;
 #[cfg(feature = "test-support")]
 pub mod test_support;
+pub mod transfer;
 mod users;
 mod webhooks;
 

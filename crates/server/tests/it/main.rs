@@ -16,6 +16,7 @@ mod growth_metrics;
 mod keys;
 mod limits;
 mod malformed;
+mod migrate;
 mod person_search;
 mod pql;
 mod retention;
