@@ -48,6 +48,10 @@ pub struct IngestArgs {
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Number the requests from this one on: event uuids derive from the request number, so generators loading
+    /// several nodes of one deployment at once need disjoint ranges (e.g. 0 and 1000000000).
+    #[arg(long, default_value_t = 0)]
+    first_request: u64,
     /// Run twice on fresh servers, without and then with an active referral program (1 % of the events carry a
     /// referral code, `subscription_started` qualifies) and a PQL model (scored every 2 s during the load):
     /// compares throughput, times how long the referral consumer takes to catch up after the load and how long
@@ -418,7 +422,7 @@ fn compare_referrals(args: &IngestArgs) -> anyhow::Result<()> {
         let (elapsed, _, failures, _) = run_load(
             &spawned.url,
             templates,
-            requests,
+            0..requests,
             args.concurrency,
             Some(spawned.child.id()),
         )?;
@@ -538,7 +542,13 @@ fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         .collect();
     let requests = args.events.div_ceil(args.batch as u64);
     let (elapsed, mut latencies, failures, peak_during) =
-        run_load(&url, templates, requests, args.concurrency, pid)?;
+        run_load(
+            &url,
+            templates,
+            args.first_request..args.first_request + requests,
+            args.concurrency,
+            pid,
+        )?;
     latencies.sort_unstable();
     let pct = |p: f64| -> f64 {
         if latencies.is_empty() {
@@ -629,7 +639,7 @@ fn ingest(args: IngestArgs) -> anyhow::Result<()> {
 fn run_load(
     url: &str,
     templates: Vec<Template>,
-    requests: u64,
+    requests: std::ops::Range<u64>,
     concurrency: usize,
     pid: Option<u32>,
 ) -> anyhow::Result<(Duration, Vec<u32>, u64, Option<u64>)> {
@@ -654,8 +664,8 @@ fn run_load(
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::new();
                 loop {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
-                    if n >= requests {
+                    let n = requests.start + next.fetch_add(1, Ordering::Relaxed);
+                    if n >= requests.end {
                         break;
                     }
                     let body = patch(&templates[(n % 16) as usize], n + 1);
