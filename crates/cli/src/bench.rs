@@ -541,14 +541,13 @@ fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         .map(|s| template(&token, args.batch, args.users, s + 1))
         .collect();
     let requests = args.events.div_ceil(args.batch as u64);
-    let (elapsed, mut latencies, failures, peak_during) =
-        run_load(
-            &url,
-            templates,
-            args.first_request..args.first_request + requests,
-            args.concurrency,
-            pid,
-        )?;
+    let (elapsed, mut latencies, failures, peak_during) = run_load(
+        &url,
+        templates,
+        args.first_request..args.first_request + requests,
+        args.concurrency,
+        pid,
+    )?;
     latencies.sort_unstable();
     let pct = |p: f64| -> f64 {
         if latencies.is_empty() {

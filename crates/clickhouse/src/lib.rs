@@ -15,6 +15,7 @@
 //! refused with [`Unsupported`] naming the field, never answered approximately. See `docs/clickhouse.md`.
 
 pub mod client;
+pub mod erase;
 pub mod row;
 pub mod schema;
 pub mod ship;

@@ -236,6 +236,8 @@ struct EventCounts {
     table_rows_removed: u64,
     table_rows_masked: u64,
     segments_rewritten: usize,
+    /// Deletions of the events every node shipped to ClickHouse were issued (`--events-url`).
+    clickhouse: bool,
 }
 
 /// Steps 1–3 of an erasure (see the module docs) for `distinct_ids` of `project_id`.
@@ -286,7 +288,9 @@ async fn erase_events(
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
+    let clickhouse = erase_shipped(state, project_id, distinct_ids, end).await?;
     Ok(EventCounts {
+        clickhouse,
         events_removed: wal.events_dropped,
         events_masked: wal.events_changed,
         wal_segments_rewritten: wal.segments_rewritten,
@@ -294,6 +298,44 @@ async fn erase_events(
         table_rows_masked: erased.rows_redacted,
         segments_rewritten: erased.segments_replaced,
     })
+}
+
+/// With ClickHouse (`--events-url`): once this node's shipper is past the rewritten log (nothing of theirs can be
+/// in flight any more), deletes the events every node shipped of these distinct ids, and their person mapping.
+/// Fails with 503 before the metadata is erased when ClickHouse is away, so that the erasure can be retried whole.
+async fn erase_shipped(
+    state: &AppState,
+    project_id: i64,
+    distinct_ids: &[String],
+    end: u64,
+) -> Result<bool, ApiError> {
+    let (Some(reader), Some(spool)) = (&state.clickhouse, &state.spool) else {
+        return Ok(false);
+    };
+    let unreachable = |e: &dyn std::fmt::Display| {
+        tracing::warn!(project_id, error = %e, "erasure: ClickHouse could not delete the person's events");
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "events_unavailable",
+            "ClickHouse could not delete the person's events; nothing else was erased yet: retry later",
+        )
+        .with_retry_after(10)
+    };
+    if !spool
+        .wait_readable(end, std::time::Duration::from_secs(60))
+        .await
+    {
+        return Err(unreachable(&"this node's events are not all shipped yet"));
+    }
+    flywheel_clickhouse::erase::erase_distinct_ids(
+        &reader.client,
+        &reader.db,
+        project_id,
+        distinct_ids,
+    )
+    .await
+    .map_err(|e| unreachable(&e))?;
+    Ok(true)
 }
 
 async fn erase(
@@ -400,6 +442,8 @@ pub async fn erase_person(
         "table_rows_masked": events.table_rows_masked,
         "wal_segments_rewritten": events.wal_segments_rewritten,
         "segments_rewritten": events.segments_rewritten,
+        // ClickHouse deletes in the background (a mutation); the rows are gone once it finished.
+        "clickhouse_deletion_issued": events.clickhouse,
         "records_removed": counts.records_removed(),
         "records_tombstoned": counts.records_tombstoned(),
         "tables": {"deleted": counts.deleted, "tombstoned": counts.tombstoned},

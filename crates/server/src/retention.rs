@@ -126,6 +126,28 @@ pub async fn run_once(state: &AppState, only: Option<i64>) -> Result<Vec<Dropped
             .map_err(ApiError::internal)?;
         let events = per_project.get(&project_id).copied().unwrap_or(0);
         metrics::counter!(m::RETENTION_EVENTS_DROPPED).increment(events);
+        // ClickHouse (`--events-url`) holds every node's events: the old ones go there too. A failure is logged and
+        // the next pass tries again (the local deletion above is done either way).
+        if let Some(reader) = &state.clickhouse {
+            match flywheel_clickhouse::erase::delete_before(
+                &reader.client,
+                &reader.db,
+                project_id,
+                cutoff_us,
+            )
+            .await
+            {
+                Ok(n) if n > 0 => tracing::info!(
+                    project_id,
+                    events = n,
+                    "retention: deleting old events in ClickHouse"
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(project_id, error = %e, "retention: ClickHouse did not delete old events; next pass retries")
+                }
+            }
+        }
         out.push(Dropped {
             project_id,
             retention_days,

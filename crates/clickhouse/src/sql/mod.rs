@@ -28,7 +28,7 @@ use flywheel_query::{Breakdown, FieldError, InsightQuery};
 
 use crate::client::{ClickHouseError, Client};
 pub use breakdown::BREAKDOWN_OTHER;
-pub use expr::{rows_of_project, Target};
+pub use expr::{rows_of_project, string as quote, Target};
 
 /// A part of a definition the ClickHouse backend cannot answer exactly (yet). Named like the API's field
 /// errors, so a caller can report it the same way.

@@ -197,3 +197,77 @@ async fn a_merge_after_shipping_resolves_through_the_person_mapping() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// ClickHouse holds every node's events: a GDPR erasure deletes the person's events and mapping there (once this
+/// node shipped everything), and a project's retention deletes its old events there too.
+#[tokio::test]
+async fn erasure_and_retention_delete_events_in_clickhouse() {
+    const DB: &str = "fw_erase";
+    let ch = test_support::start();
+    let client = Client::new(&ch.url).unwrap();
+    let t = TestServer::start_with(|c| {
+        c.events_url = Some(ch.url.clone());
+        c.events_database = DB.into();
+    })
+    .await;
+    let now = chrono::Utc::now();
+    let recent = |h: i64| (now - chrono::Duration::hours(h)).to_rfc3339();
+    crate::growth::capture(
+        &t,
+        json!([
+            {"event": "$pageview", "distinct_id": "gone", "timestamp": recent(1)},
+            {"event": "$identify", "distinct_id": "gone@x.test", "timestamp": recent(1),
+             "properties": {"$anon_distinct_id": "gone"}},
+            {"event": "$pageview", "distinct_id": "gone@x.test", "timestamp": recent(2)},
+            {"event": "$pageview", "distinct_id": "kept", "timestamp": recent(3)},
+            {"event": "$pageview", "distinct_id": "kept", "timestamp": "2020-01-01T00:00:00Z"},
+        ]),
+    )
+    .await;
+    let count = |cond: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .query_rows(&format!("SELECT count() FROM `{DB}`.`events` WHERE {cond}"))
+                .await
+                .ok()
+                .and_then(|r| r[0][0].parse::<u64>().ok())
+                .unwrap_or(0)
+        }
+    };
+    let until = |cond: &'static str, want: u64| async move {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got = count(cond).await;
+            if got == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{cond}: {got} rows, want {want}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    until("1", 5).await;
+
+    let (s, v) = t.api("DELETE", "/persons/gone", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["clickhouse_deletion_issued"], true, "{v}");
+    // ClickHouse deletes in the background.
+    until("distinct_id IN ('gone', 'gone@x.test')", 0).await;
+    until("1", 2).await;
+    let mapping = client
+        .query_rows(&format!(
+            "SELECT count() FROM `{DB}`.`person_overrides` WHERE distinct_id IN ('gone', 'gone@x.test')"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(mapping[0][0], "0", "their person mapping is gone too");
+
+    let (s, v) = t
+        .api("PATCH", "", Some(json!({"retention_days": 30})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = t.api("POST", "/retention/run", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    until("1", 1).await;
+    assert_eq!(count("distinct_id = 'kept'").await, 1, "the recent event stays");
+}
