@@ -1,4 +1,5 @@
-//! Deleting events from ClickHouse: a person's (GDPR erasure) and a project's older than its retention.
+//! A person's events in ClickHouse: read for a GDPR export, deleted for an erasure; and a project's events older
+//! than its retention deleted.
 //!
 //! Both are `ALTER TABLE … DELETE` mutations (ClickHouse ≥ 1.1.54388, so 18.16 too): ClickHouse accepts them at
 //! once and rewrites the affected parts in the background; rows inserted after the statement are not touched, so
@@ -7,6 +8,58 @@
 use crate::schema::{ident, EVENTS, PERSON_OVERRIDES};
 use crate::sql::quote;
 use crate::{ClickHouseError, Client};
+
+/// One stored event, as a GDPR export lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportedEvent {
+    pub uuid: String,
+    pub event: String,
+    pub distinct_id: String,
+    pub timestamp_us: i64,
+    /// The properties as captured (JSON text).
+    pub properties: String,
+}
+
+/// Every event of `distinct_ids` in a project, oldest first (what every node shipped).
+pub async fn events_of(
+    client: &Client,
+    db: &str,
+    project_id: i64,
+    distinct_ids: &[String],
+) -> Result<Vec<ExportedEvent>, ClickHouseError> {
+    if distinct_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query_rows(&format!(
+            "SELECT toString(uuid), event, distinct_id, timestamp_us, properties FROM {}.{}
+              WHERE project_id = {project_id} AND distinct_id IN ({})
+              ORDER BY timestamp_us, uuid",
+            ident(db),
+            ident(EVENTS),
+            in_list(distinct_ids)
+        ))
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter(|r| r.len() == 5)
+        .map(|mut r| ExportedEvent {
+            properties: r.pop().unwrap_or_default(),
+            timestamp_us: r.pop().and_then(|t| t.parse().ok()).unwrap_or(0),
+            distinct_id: r.pop().unwrap_or_default(),
+            event: r.pop().unwrap_or_default(),
+            uuid: r.pop().unwrap_or_default(),
+        })
+        .collect())
+}
+
+fn in_list(values: &[String]) -> String {
+    values
+        .iter()
+        .map(|d| quote(d))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// Deletes the events of `distinct_ids` in a project, and their rows of the person mapping.
 pub async fn erase_distinct_ids(
@@ -18,11 +71,7 @@ pub async fn erase_distinct_ids(
     if distinct_ids.is_empty() {
         return Ok(());
     }
-    let list = distinct_ids
-        .iter()
-        .map(|d| quote(d))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let list = in_list(distinct_ids);
     for table in [EVENTS, PERSON_OVERRIDES] {
         client
             .execute(&format!(

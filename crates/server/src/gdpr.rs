@@ -101,13 +101,63 @@ async fn export(
         after_us: None,
         before_us: None,
     };
-    let tables = state.tables.clone();
-    let mut events =
-        tokio::task::spawn_blocking(move || tables.recent(project_id, &filter, usize::MAX))
+    let events = match &state.clickhouse {
+        // Every node's events: what ClickHouse holds, once this node shipped what it acknowledged.
+        Some(reader) => {
+            if let Some(spool) = &state.spool {
+                spool
+                    .wait_readable(
+                        state.intake.committed_lsn(),
+                        state.config.read_barrier_timeout,
+                    )
+                    .await;
+            }
+            flywheel_clickhouse::erase::events_of(
+                &reader.client,
+                &reader.db,
+                project_id,
+                &person.distinct_ids,
+            )
             .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?;
-    events.reverse();
+            .map_err(|e| {
+                tracing::warn!(project_id, error = %e, "export: ClickHouse did not answer");
+                ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "events_unavailable",
+                    "ClickHouse did not answer; retry later",
+                )
+                .with_retry_after(10)
+            })?
+            .into_iter()
+            .map(|e| {
+                json!({"uuid": e.uuid, "event": e.event, "distinct_id": e.distinct_id,
+                       "timestamp": time_json(e.timestamp_us),
+                       "properties": serde_json::from_str::<Value>(&e.properties).unwrap_or(Value::Null)})
+            })
+            .collect::<Vec<Value>>()
+        }
+        None => {
+            let tables = state.tables.clone();
+            let mut events =
+                tokio::task::spawn_blocking(move || tables.recent(project_id, &filter, usize::MAX))
+                    .await
+                    .map_err(ApiError::internal)?
+                    .map_err(ApiError::internal)?;
+            events.reverse();
+            events
+                .iter()
+                .map(|e| {
+                    json!({
+                        "uuid": uuid::Uuid::from_u128(e.uuid).to_string(),
+                        "event": e.event,
+                        "distinct_id": e.distinct_id,
+                        "timestamp": time_json(e.timestamp_us),
+                        "properties": serde_json::from_str::<Value>(&e.properties).unwrap_or(Value::Null),
+                    })
+                })
+                .collect()
+        }
+    };
     let records = state
         .store
         .person_growth_records(project_id, &person.id, number, &person.distinct_ids)
@@ -125,16 +175,6 @@ async fn export(
         )
         .await?;
 
-    let event_json = |e: &flywheel_engine::table::StoredEvent| {
-        json!({
-            "uuid": uuid::Uuid::from_u128(e.uuid).to_string(),
-            "event": e.event,
-            "distinct_id": e.distinct_id,
-            "timestamp": chrono::DateTime::from_timestamp_micros(e.timestamp_us)
-                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
-            "properties": serde_json::from_str::<Value>(&e.properties).unwrap_or(Value::Null),
-        })
-    };
     let person_json = serde_json::to_value(&person).map_err(ApiError::internal)?;
     let (body, content_type, extension) = if ndjson {
         let mut out = String::new();
@@ -145,7 +185,7 @@ async fn export(
         };
         line(person_json, "person");
         for e in &events {
-            line(event_json(e), "event");
+            line(e.clone(), "event");
         }
         for (table, row) in records {
             line(json!({"table": table, "row": row}), "record");
@@ -156,8 +196,7 @@ async fn export(
             .into_iter()
             .map(|(table, row)| json!({"table": table, "row": row}))
             .collect();
-        let doc = json!({"person": person_json, "events": events.iter().map(event_json).collect::<Vec<_>>(),
-                         "records": records});
+        let doc = json!({"person": person_json, "events": events, "records": records});
         (doc.to_string(), "application/json", "json")
     };
     let mut resp = body.into_response();
@@ -170,6 +209,12 @@ async fn export(
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(resp)
+}
+
+/// An event's time as exported (RFC 3339, microseconds).
+fn time_json(us: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
 }
 
 /// How long an erasure or a retention pass waits for the log's consumers to pass the sealed position.

@@ -269,5 +269,9 @@ async fn erasure_and_retention_delete_events_in_clickhouse() {
     let (s, v) = t.api("POST", "/retention/run", None).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     until("1", 1).await;
-    assert_eq!(count("distinct_id = 'kept'").await, 1, "the recent event stays");
+    assert_eq!(
+        count("distinct_id = 'kept'").await,
+        1,
+        "the recent event stays"
+    );
 }

@@ -216,6 +216,22 @@ async fn three_nodes_share_flags_persons_events_and_webhooks() {
         Some(2.0),
         "ann and bob: {v}"
     );
+    // A GDPR export through `c` lists ann's events captured through `a` and `b` (read from ClickHouse).
+    let (s, export) = c
+        .api("GET", "/persons/anon-1/export?format=json", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{export}");
+    let events: Vec<(&str, &str)> = export["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["event"].as_str().unwrap(), e["distinct_id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        events,
+        [("$identify", "ann@acme.io"), ("$pageview", "anon-1")],
+        "{export}"
+    );
 
     // Webhooks: every node runs a delivery worker; each message reaches the endpoint once.
     let rx = Arc::new(Receiver::default());
