@@ -73,6 +73,40 @@ pub fn number(v: &Value) -> f64 {
     }
 }
 
+/// The top-level properties of a JSON object, indexed as the tables store them: per property (in the object's
+/// order, `null`s left out) its key, text, number and lower-case text (`''` where it equals the text).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PropIndex {
+    pub keys: Vec<String>,
+    pub texts: Vec<String>,
+    pub numbers: Vec<Number>,
+    pub lower: Vec<String>,
+}
+
+impl PropIndex {
+    pub fn new(properties: &Map<String, Value>) -> PropIndex {
+        let mut ix = PropIndex {
+            keys: Vec::with_capacity(properties.len()),
+            texts: Vec::with_capacity(properties.len()),
+            numbers: Vec::with_capacity(properties.len()),
+            lower: Vec::with_capacity(properties.len()),
+        };
+        for (k, v) in properties {
+            if v.is_null() {
+                continue;
+            }
+            ix.keys.push(k.clone());
+            let t = text(v);
+            let lower = t.to_lowercase();
+            ix.lower
+                .push(if lower == t { String::new() } else { lower });
+            ix.texts.push(t);
+            ix.numbers.push(Number(number(v)));
+        }
+        ix
+    }
+}
+
 impl EventRow {
     /// A row for an event; the property index is computed from `properties`.
     pub fn new(
@@ -84,21 +118,7 @@ impl EventRow {
         timestamp_us: i64,
         properties: &Map<String, Value>,
     ) -> EventRow {
-        let mut prop_keys = Vec::with_capacity(properties.len());
-        let mut prop_texts = Vec::with_capacity(properties.len());
-        let mut prop_numbers = Vec::with_capacity(properties.len());
-        let mut prop_lower = Vec::with_capacity(properties.len());
-        for (k, v) in properties {
-            if v.is_null() {
-                continue;
-            }
-            prop_keys.push(k.clone());
-            let t = text(v);
-            let lower = t.to_lowercase();
-            prop_lower.push(if lower == t { String::new() } else { lower });
-            prop_texts.push(t);
-            prop_numbers.push(Number(number(v)));
-        }
+        let ix = PropIndex::new(properties);
         EventRow {
             uuid,
             project_id,
@@ -107,10 +127,66 @@ impl EventRow {
             person_id,
             timestamp_us,
             properties: Value::Object(properties.clone()).to_string(),
-            prop_keys,
-            prop_texts,
-            prop_numbers,
-            prop_lower,
+            prop_keys: ix.keys,
+            prop_texts: ix.texts,
+            prop_numbers: ix.numbers,
+            prop_lower: ix.lower,
+        }
+    }
+}
+
+/// One row of the `persons` table: a person's properties as of identity change `version`, or (`deleted = 1`, no
+/// properties) the person's erasure. The newest version of a person id wins.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PersonRow {
+    pub project_id: u64,
+    /// The metadata store's person id.
+    pub id: i64,
+    pub uuid: Uuid,
+    pub prop_keys: Vec<String>,
+    pub prop_texts: Vec<String>,
+    pub prop_numbers: Vec<Number>,
+    pub prop_lower: Vec<String>,
+    pub deleted: u8,
+    pub version: u64,
+}
+
+impl PersonRow {
+    /// A person's current properties, indexed as an event's (the embedded engine compares a person's value as it
+    /// compares an event's).
+    pub fn new(
+        project_id: u64,
+        id: i64,
+        uuid: Uuid,
+        properties: &Map<String, Value>,
+        version: u64,
+    ) -> PersonRow {
+        let ix = PropIndex::new(properties);
+        PersonRow {
+            project_id,
+            id,
+            uuid,
+            prop_keys: ix.keys,
+            prop_texts: ix.texts,
+            prop_numbers: ix.numbers,
+            prop_lower: ix.lower,
+            deleted: 0,
+            version,
+        }
+    }
+
+    /// The erasure of person `id` at `version`: it has no properties any more, and no uuid is kept.
+    pub fn deleted(project_id: u64, id: i64, version: u64) -> PersonRow {
+        PersonRow {
+            project_id,
+            id,
+            uuid: Uuid::nil(),
+            prop_keys: Vec::new(),
+            prop_texts: Vec::new(),
+            prop_numbers: Vec::new(),
+            prop_lower: Vec::new(),
+            deleted: 1,
+            version,
         }
     }
 }

@@ -9,11 +9,17 @@
 //!   `person_id`, `version`) is appended here instead of rewriting the events. `ReplacingMergeTree(version)`
 //!   keeps the newest row per distinct id after merges; readers never rely on merges having happened and take
 //!   `argMax(person_id, version)` per distinct id, joined to the events at read time.
+//! - `persons`: every person's current properties, indexed as the events' are (for person-property filters and
+//!   breakdowns), one row per change: `ReplacingMergeTree(version)` ordered by (project, the metadata store's
+//!   person id), `version` the identity change's number, `deleted = 1` once the person is erased. Readers take
+//!   `argMax(…, version)` per person id; events reach it by their resolved person's uuid.
 
 /// The events table.
 pub const EVENTS: &str = "events";
 /// The person-override table.
 pub const PERSON_OVERRIDES: &str = "person_overrides";
+/// The persons table (current properties of every person, by version).
+pub const PERSONS: &str = "persons";
 /// Table name of the shipments (what each node has sent from its intake log).
 pub const SHIPMENTS: &str = "shipments";
 
@@ -78,6 +84,36 @@ ORDER BY (project_id, distinct_id)",
     )
 }
 
+/// The persons table, on one server.
+pub fn persons_table(db: &str) -> String {
+    persons_table_with_engine(db, PERSONS, "ReplacingMergeTree(version)")
+}
+
+/// The persons table under `name` with a given engine (a cluster's, replicated to every server like the overrides:
+/// `ReplicatedReplacingMergeTree('/clickhouse/tables/all/persons', '{replica}', version)`).
+///
+/// `id` is the metadata store's person id (it never changes; a person's uuid does not either). The property
+/// arrays are built like the events' ([`crate::row`]); a deleted row (an erased person) has none.
+pub fn persons_table_with_engine(db: &str, name: &str, engine: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {db}.{name} (
+    project_id UInt64,
+    id Int64,
+    uuid UUID,
+    prop_keys Array(String),
+    prop_texts Array(String),
+    prop_numbers Array(Float64),
+    prop_lower Array(String),
+    deleted UInt8,
+    version UInt64,
+    inserted_at DateTime('UTC') DEFAULT now()
+) ENGINE = {engine}
+ORDER BY (project_id, id)",
+        db = ident(db),
+        name = ident(name),
+    )
+}
+
 /// What each node has shipped from its intake log (see `ship`): one row per block, small.
 pub fn shipments_table(db: &str) -> String {
     shipments_table_with_engine(db, SHIPMENTS, "MergeTree")
@@ -106,6 +142,7 @@ pub fn create_all(db: &str) -> Vec<String> {
         events_table(db),
         person_overrides_table(db),
         shipments_table(db),
+        persons_table(db),
     ]
 }
 
@@ -139,5 +176,11 @@ mod tests {
         assert!(ddl.contains("PARTITION BY toYYYYMM(timestamp)"));
         assert!(ddl.contains("ORDER BY (project_id, event, toDate(timestamp), distinct_id"));
         assert!(person_overrides_table("fw").contains("ReplacingMergeTree(version)"));
+        assert!(
+            persons_table("fw").contains("ReplacingMergeTree(version)\nORDER BY (project_id, id)")
+        );
+        assert!(create_all("fw")
+            .iter()
+            .any(|s| s.contains("`fw`.`persons`")));
     }
 }

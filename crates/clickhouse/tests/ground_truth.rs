@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Offset, TimeZone, Utc};
 use chrono_tz::Tz;
-use flywheel_clickhouse::row::{number, text, PersonOverride};
+use flywheel_clickhouse::row::{number, text, PersonOverride, PersonRow};
 use flywheel_clickhouse::sql::{Answer, Target};
 use flywheel_clickhouse::test_support;
 use flywheel_clickhouse::{compile, schema, Client, EventRow};
@@ -306,10 +306,12 @@ impl Runner {
         let p = plan::plan(&q, &range, tz);
         let compiled = compile(&q, &p, tz, &self.target).unwrap_or_else(|e| panic!("{body}: {e}"));
         let t0 = Instant::now();
-        let (answer, trace) = compiled
-            .run_traced(&self.client)
-            .await
-            .unwrap_or_else(|e| panic!("{body}: {e}"));
+        let (answer, trace) = compiled.run_traced(&self.client).await.unwrap_or_else(|e| {
+            let file = out_dir().join("failed.sql");
+            let all: Vec<&str> = compiled.sql().collect();
+            std::fs::write(&file, all.join(";\n\n")).unwrap();
+            panic!("{body}: {e} (statements in {})", file.display())
+        });
         if t0.elapsed().as_millis() > 1000 {
             eprintln!("slow ({:.1?}): {body} in {}", t0.elapsed(), tz.name());
         }
@@ -1651,6 +1653,233 @@ async fn check_stickiness_and_lifecycle(r: &mut Runner, events: &[Event], tz: &T
     }
 }
 
+/// Project whose events mirror `PROJECT`'s with each event's final person's current properties copied into the
+/// event (`ptier`, `page`): its event-property answers (checked against the truth above) are what the person-property
+/// answers of `PROJECT` must be.
+const MIRROR_PROJECT: u64 = 9;
+
+/// The current properties of person `p` (1..=30): `tier` a string, a number, a text with case folding, or missing;
+/// `age` a number or a string holding one. Person 5 is erased (no properties).
+fn person_props(p: u64) -> Map<String, Value> {
+    let mut m = Map::new();
+    if p == 5 {
+        return m;
+    }
+    match p % 5 {
+        0 => m.insert("tier".into(), json!("gold")),
+        1 => m.insert("tier".into(), json!("silver")),
+        2 => m.insert("tier".into(), json!(7)),
+        3 => m.insert("tier".into(), json!("İNK")),
+        _ => None,
+    };
+    if p.is_multiple_of(4) {
+        m.insert("age".into(), json!(format!(" {}", p * 3)));
+    } else {
+        m.insert("age".into(), json!(p * 3));
+    }
+    m
+}
+
+/// The persons table (versions out of order, stale versions, an erased person, persons merged away whose rows are
+/// never reached, another project's person with the same uuid) and the mirror project's events and overrides.
+fn person_fixture(
+    events: &[Event],
+    overrides: &[PersonOverride],
+) -> (Vec<PersonRow>, Vec<EventRow>, Vec<PersonOverride>) {
+    let ghost: Map<String, Value> = [("tier".to_string(), json!("ghost"))].into_iter().collect();
+    let stale: Map<String, Value> = [
+        ("tier".to_string(), json!("stale")),
+        ("age".to_string(), json!(1)),
+    ]
+    .into_iter()
+    .collect();
+    let mut persons = Vec::new();
+    for p in 1..=30u64 {
+        let id = p as i64;
+        let current = if p == 5 {
+            PersonRow::deleted(PROJECT, id, 50)
+        } else {
+            PersonRow::new(PROJECT, id, person_uuid(p), &person_props(p), 10 + p)
+        };
+        let old = PersonRow::new(PROJECT, id, person_uuid(p), &stale, 1);
+        // The newest row first for some persons: the version decides, not the order.
+        if p.is_multiple_of(2) {
+            persons.extend([current, old]);
+        } else {
+            persons.extend([old, current]);
+        }
+    }
+    for x in [
+        101, 102, 103, 104, 105, 106, 307, 308, 309, 207, 208, 209, 410, 411, 412, 510, 511, 512,
+    ] {
+        persons.push(PersonRow::new(
+            PROJECT,
+            1000 + x as i64,
+            person_uuid(x),
+            &ghost,
+            3,
+        ));
+    }
+    persons.push(PersonRow::new(OTHER_PROJECT, 1, person_uuid(1), &ghost, 99));
+    let mirror = events
+        .iter()
+        .map(|e| {
+            let mut props = e.props.clone();
+            let current = person_props(e.person);
+            if let Some(v) = current.get("tier") {
+                props.insert("ptier".into(), v.clone());
+            }
+            if let Some(v) = current.get("age") {
+                props.insert("page".into(), v.clone());
+            }
+            let r = &e.row;
+            EventRow::new(
+                r.uuid,
+                MIRROR_PROJECT,
+                &r.event,
+                &r.distinct_id,
+                r.person_id,
+                r.timestamp_us,
+                &props,
+            )
+        })
+        .collect();
+    let mirror_overrides = overrides
+        .iter()
+        .filter(|o| o.project_id == PROJECT)
+        .map(|o| PersonOverride {
+            project_id: MIRROR_PROJECT,
+            ..o.clone()
+        })
+        .collect();
+    (persons, mirror, mirror_overrides)
+}
+
+/// Person-property filters and breakdowns of every kind: each definition on `PROJECT` answers as its event-property
+/// twin on the mirror project (the persons' current properties copied into their events).
+async fn check_person_properties(r: &mut Runner, tz: &Tz) {
+    let person = |key: &str, op: &str, value: Value| json!({"key": key, "type": "person", "operator": op, "value": value});
+    let event = |key: &str, op: &str, value: Value| json!({"key": key, "type": "event", "operator": op, "value": value});
+    let filters: Vec<(Value, Value)> = vec![
+        (
+            person("tier", "exact", json!(["gold", 7])),
+            event("ptier", "exact", json!(["gold", 7])),
+        ),
+        (
+            person("tier", "is_not", json!("gold")),
+            event("ptier", "is_not", json!("gold")),
+        ),
+        (
+            person("tier", "is_set", Value::Null),
+            event("ptier", "is_set", Value::Null),
+        ),
+        (
+            person("tier", "is_not_set", Value::Null),
+            event("ptier", "is_not_set", Value::Null),
+        ),
+        (
+            person("tier", "contains", json!("i̇n")),
+            event("ptier", "contains", json!("i̇n")),
+        ),
+        (
+            person("tier", "not_contains", json!("IL")),
+            event("ptier", "not_contains", json!("IL")),
+        ),
+        (
+            person("age", "gt", json!(40)),
+            event("page", "gt", json!(40)),
+        ),
+        (
+            person("age", "gte", json!("48")),
+            event("page", "gte", json!("48")),
+        ),
+        (
+            person("age", "lt", json!(20)),
+            event("page", "lt", json!(20)),
+        ),
+        (
+            person("age", "lte", json!(21)),
+            event("page", "lte", json!(21)),
+        ),
+    ];
+    let person_by = json!({"type": "person", "property": "tier", "limit": 2});
+    let event_by = json!({"type": "event", "property": "ptier", "limit": 2});
+    let range = json!({"date_from": "2026-03-20", "date_to": "2026-04-20"});
+    let with_range = |mut v: Value| {
+        for (k, x) in range.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        v
+    };
+    let mut pairs: Vec<(InsightKind, Value, Value)> = Vec::new();
+    for (i, (pf, ef)) in filters.iter().enumerate() {
+        let math = ["total", "dau", "weekly_active"][i % 3];
+        pairs.push((
+            InsightKind::Trends,
+            with_range(json!({"series": [{"event": "a", "math": math}], "properties": [pf]})),
+            with_range(json!({"series": [{"event": "a", "math": math}], "properties": [ef]})),
+        ));
+    }
+    // Per step and per series too, beside event filters.
+    pairs.push((
+        InsightKind::Trends,
+        with_range(json!({"series": [{"event": "b", "properties": [filters[0].0, {"key": "plan", "value": "pro"}]}, {"event": "c", "math": "dau"}], "breakdown": person_by})),
+        with_range(json!({"series": [{"event": "b", "properties": [filters[0].1, {"key": "plan", "value": "pro"}]}, {"event": "c", "math": "dau"}], "breakdown": event_by})),
+    ));
+    for math in ["total", "weekly_active"] {
+        pairs.push((
+            InsightKind::Trends,
+            with_range(json!({"series": [{"event": "a", "math": math}], "breakdown": {"type": "person", "property": "tier"}, "properties": [filters[1].0]})),
+            with_range(json!({"series": [{"event": "a", "math": math}], "breakdown": {"type": "event", "property": "ptier"}, "properties": [filters[1].1]})),
+        ));
+    }
+    for order in ["ordered", "strict", "unordered"] {
+        pairs.push((
+            InsightKind::Funnel,
+            with_range(json!({"steps": [{"event": "a"}, {"event": "b", "properties": [filters[6].0]}], "order": order, "properties": [filters[3].0]})),
+            with_range(json!({"steps": [{"event": "a"}, {"event": "b", "properties": [filters[6].1]}], "order": order, "properties": [filters[3].1]})),
+        ));
+        pairs.push((
+            InsightKind::Funnel,
+            with_range(json!({"steps": [{"event": "a"}, {"event": "b"}, {"event": "c"}], "order": order, "breakdown": person_by, "breakdown_attribution": "last_touch"})),
+            with_range(json!({"steps": [{"event": "a"}, {"event": "b"}, {"event": "c"}], "order": order, "breakdown": event_by, "breakdown_attribution": "last_touch"})),
+        ));
+    }
+    for cohort in ["first_time", "recurring"] {
+        pairs.push((
+            InsightKind::Retention,
+            json!({"start_event": "a", "return_event": "b", "period": "week", "periods": 4, "date_to": "2026-04-20", "cohort": cohort, "breakdown": {"type": "person", "property": "tier"}, "properties": [filters[9].0]}),
+            json!({"start_event": "a", "return_event": "b", "period": "week", "periods": 4, "date_to": "2026-04-20", "cohort": cohort, "breakdown": {"type": "event", "property": "ptier"}, "properties": [filters[9].1]}),
+        ));
+    }
+    pairs.push((
+        InsightKind::Stickiness,
+        with_range(json!({"event": {"event": "a"}, "properties": [filters[5].0]})),
+        with_range(json!({"event": {"event": "a"}, "properties": [filters[5].1]})),
+    ));
+    pairs.push((
+        InsightKind::Lifecycle,
+        with_range(
+            json!({"event": {"event": "a", "properties": [filters[0].0]}, "interval": "week"}),
+        ),
+        with_range(
+            json!({"event": {"event": "a", "properties": [filters[0].1]}, "interval": "week"}),
+        ),
+    ));
+    let mut nonzero = 0;
+    for (kind, by_person, by_event) in pairs {
+        r.target.project_id = MIRROR_PROJECT;
+        let (_, _, want) = r.run(kind, by_event, tz).await;
+        r.target.project_id = PROJECT;
+        let (_, _, got) = r.run(kind, by_person.clone(), tz).await;
+        assert_eq!(got, want, "{by_person} in {}", tz.name());
+        if format!("{got:?}").chars().any(|c| ('1'..='9').contains(&c)) {
+            nonzero += 1;
+        }
+    }
+    assert!(nonzero > 20, "the definitions count something ({nonzero})");
+}
+
 fn out_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("clickhouse");
     std::fs::create_dir_all(&dir).unwrap();
@@ -1726,6 +1955,25 @@ async fn insights_match_the_truth_on_clickhouse_18_and_current() {
             .await
             .unwrap();
     }
+    let (person_rows, mirror_rows, mirror_overrides) = person_fixture(&events, &overrides);
+    let persons_table = format!("{}.{}", schema::ident(DB), schema::ident(schema::PERSONS));
+    // One insert per row, never merged (a merge would keep only each person's newest row): the readers' argMax
+    // must pick it among stale ones.
+    client
+        .execute(&format!("SYSTEM STOP MERGES {persons_table}"))
+        .await
+        .unwrap();
+    for row in &person_rows {
+        client
+            .insert(&persons_table, std::slice::from_ref(row))
+            .await
+            .unwrap();
+    }
+    client.insert(&events_table, &mirror_rows).await.unwrap();
+    client
+        .insert(&overrides_table, &mirror_overrides)
+        .await
+        .unwrap();
     let count = client
         .query_rows(&format!(
             "SELECT count() FROM {events_table} WHERE project_id = {PROJECT}"
@@ -1770,6 +2018,9 @@ async fn insights_match_the_truth_on_clickhouse_18_and_current() {
         check_retention_breakdowns(&mut r, &events, &tz).await;
         check_stickiness_and_lifecycle(&mut r, &events, &tz).await;
     }
+    for tz_name in ["UTC", "Europe/Berlin"] {
+        check_person_properties(&mut r, &tz_name.parse().unwrap()).await;
+    }
     // The one-call entry point gives the same answers.
     let q = parse(InsightKind::Trends, &json!({"series": [{"event": "a", "math": "dau"}], "date_from": "2026-04-01", "date_to": "2026-04-07"})).unwrap();
     let berlin: Tz = "Europe/Berlin".parse().unwrap();
@@ -1797,7 +2048,9 @@ async fn insights_match_the_truth_on_clickhouse_18_and_current() {
         "ddl": schema::create_all(DB),
         "inserts": [
             {"table": events_table, "rows": to_lines(&event_rows)},
-            {"table": overrides_table, "rows": overrides.iter().map(|o| serde_json::to_string(o).unwrap()).collect::<Vec<_>>().join("\n")},
+            {"table": overrides_table, "rows": overrides.iter().chain(&mirror_overrides).map(|o| serde_json::to_string(o).unwrap()).collect::<Vec<_>>().join("\n")},
+            {"table": events_table, "rows": to_lines(&mirror_rows)},
+            {"table": persons_table, "rows": person_rows.iter().map(|o| serde_json::to_string(o).unwrap()).collect::<Vec<_>>().join("\n")},
         ],
         "statements": r.dump,
     });

@@ -36,7 +36,12 @@ fn unsupported_options_name_their_field() {
     for (kind, body, field) in [
         (
             Trends,
-            json!({"series": [a], "breakdown": {"property": "plan", "type": "person"}}),
+            json!({"series": [a], "breakdown": {"property": "plan", "type": "group", "group_type_index": 0}}),
+            "breakdown.type",
+        ),
+        (
+            Trends,
+            json!({"series": [a], "breakdown": {"type": "cohort", "ids": [1]}}),
             "breakdown.type",
         ),
         (
@@ -61,8 +66,13 @@ fn unsupported_options_name_their_field() {
         ),
         (
             Trends,
-            json!({"series": [a], "properties": [{"key": "plan", "type": "person", "value": "pro"}]}),
+            json!({"series": [a], "properties": [{"key": "plan", "type": "group", "group_type_index": 1, "value": "pro"}]}),
             "properties[0].type",
+        ),
+        (
+            Trends,
+            json!({"series": [a], "properties": [{"key": "plan", "type": "person", "operator": "regex", "value": "p.o"}]}),
+            "properties[0].operator",
         ),
         (
             Trends,
@@ -81,8 +91,8 @@ fn unsupported_options_name_their_field() {
         ),
         (
             Funnel,
-            json!({"steps": [a, {"event": "b"}], "breakdown": {"property": "plan", "type": "person"}}),
-            "breakdown.type",
+            json!({"steps": [a, {"event": "b"}], "breakdown": {"property": "plan", "type": "person"}, "trends": true}),
+            "trends",
         ),
         (
             Funnel,
@@ -91,7 +101,7 @@ fn unsupported_options_name_their_field() {
         ),
         (
             Retention,
-            json!({"start_event": a, "return_event": a, "breakdown": {"property": "plan", "type": "person"}}),
+            json!({"start_event": a, "return_event": a, "breakdown": {"type": "cohort", "ids": [2]}}),
             "breakdown.type",
         ),
         (
@@ -140,7 +150,17 @@ fn supported_definitions_compile_to_one_statement_per_series_and_period() {
             Lifecycle,
             json!({"event": {"event": "a"}, "interval": "month", "date_from": "-6m"}),
         ),
+        (
+            Lifecycle,
+            json!({"event": {"event": "a", "properties": [{"key": "plan", "type": "person", "value": "pro"}]}}),
+        ),
     ] {
         assert_eq!(compiled(kind, body.clone()), Ok(1), "{body}");
     }
+    // A person-property breakdown: the ranking, then the split.
+    let n = compiled(
+        Funnel,
+        json!({"steps": [{"event": "a"}, {"event": "b"}], "breakdown": {"type": "person", "property": "plan"}}),
+    );
+    assert_eq!(n, Ok(2));
 }

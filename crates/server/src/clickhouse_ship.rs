@@ -7,7 +7,8 @@
 //! ClickHouse is down or slow. Its position lives in ClickHouse itself (the node's `shipments`), so nothing here is
 //! checkpointed. The unshipped part of the log is bounded (`--spool-limit-mb`): past it, capture answers 503 with
 //! `Retry-After` rather than filling the disk (see [`Spool::full`]). The insight endpoint reads ClickHouse once it
-//! holds what this node acknowledged before the request, events and person mapping ([`Spool::wait_readable`]).
+//! holds what this node acknowledged before the request, events, person mapping and persons' properties
+//! ([`Spool::wait_readable`]).
 //!
 //! An event whose distinct id has no person (`$process_person_profile: false`) gets a stable pseudo-person derived
 //! from its project and distinct id, so counting persons counts it once.
@@ -16,8 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flywheel_clickhouse::row::PersonOverride;
-use flywheel_clickhouse::schema::{create_all, ident, PERSON_OVERRIDES};
+use flywheel_clickhouse::row::{PersonOverride, PersonRow};
+use flywheel_clickhouse::schema::{create_all, ident, PERSONS, PERSON_OVERRIDES};
 use flywheel_clickhouse::{Batch, ClickHouseError, Client, EventRow, Shipper};
 use flywheel_engine::{Event, Intake};
 use flywheel_store::Store;
@@ -47,7 +48,7 @@ pub struct Spool {
     /// Most unshipped bytes of log before capture refuses.
     limit_bytes: u64,
     /// Log position up to which ClickHouse answers as this node's own reads would: every event before it is
-    /// shipped, and the person mapping holds every identity change applied up to it. 0 until the shipper has
+    /// shipped, and the person mapping and the persons hold every identity change applied up to it. 0 until the shipper has
     /// reached ClickHouse (see [`Spool::wait_readable`]).
     readable: tokio::sync::watch::Sender<u64>,
 }
@@ -64,7 +65,7 @@ impl Spool {
     }
 
     /// Waits, at most `timeout`, until ClickHouse holds everything this node acknowledged up to log position
-    /// `lsn` (its events, and the person mapping as of them). False when it did not in time: an answer read now
+    /// `lsn` (its events, and the person mapping and persons as of them). False when it did not in time: an answer read now
     /// may miss some of them.
     pub async fn wait_readable(&self, lsn: u64, timeout: Duration) -> bool {
         let mut readable = self.readable.subscribe();
@@ -269,6 +270,89 @@ async fn mapping_cursor(client: &Client, db: &str) -> Result<(i64, i64, String),
     Ok((version - 1, 0, String::new()))
 }
 
+/// Persons sent per insert.
+const PERSON_ROWS: u32 = 10_000;
+
+/// Feeds ClickHouse's `persons` (current properties per person id, `argMax(…, version)` at read time) with every
+/// person created, changed or erased since `cursor` (`Store::person_changes`), versioned by the identity change's
+/// number; an erased person becomes a deleted row. Like the mapping, at least once: a row sent twice is the same
+/// row, and several nodes sending the shared store's persons only duplicate rows.
+async fn feed_persons(
+    store: &Store,
+    client: &Client,
+    db: &str,
+    cursor: &mut (i64, i64),
+) -> Result<usize, anyhow::Error> {
+    let table = format!("{}.{}", ident(db), ident(PERSONS));
+    let mut sent = 0;
+    loop {
+        let changes = store.person_changes(*cursor, PERSON_ROWS).await?;
+        let Some(last) = changes.last() else {
+            return Ok(sent);
+        };
+        let next = (last.seq, last.id);
+        let rows: Vec<PersonRow> = changes
+            .iter()
+            .filter_map(|c| {
+                let project = c.project_id.max(0) as u64;
+                let version = c.seq.max(0) as u64;
+                match &c.uuid {
+                    None => Some(PersonRow::deleted(project, c.id, version)),
+                    Some(uuid) => {
+                        let props = match serde_json::from_str::<Value>(&c.properties) {
+                            Ok(Value::Object(m)) => m,
+                            _ => Map::new(),
+                        };
+                        Some(PersonRow::new(
+                            project,
+                            c.id,
+                            uuid.parse().ok()?,
+                            &props,
+                            version,
+                        ))
+                    }
+                }
+            })
+            .collect();
+        client.insert(&table, &rows).await?;
+        sent += rows.len();
+        *cursor = next;
+        if changes.len() < PERSON_ROWS as usize {
+            return Ok(sent);
+        }
+    }
+}
+
+/// Where the persons feed resumes: after the highest version ClickHouse holds (its rows are sent again).
+async fn persons_cursor(client: &Client, db: &str) -> Result<(i64, i64), ClickHouseError> {
+    let rows = client
+        .query_rows(&format!(
+            "SELECT max(version) FROM {}.{}",
+            ident(db),
+            ident(PERSONS)
+        ))
+        .await?;
+    let version = rows
+        .first()
+        .and_then(|r| r.first())
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or(0);
+    Ok((version - 1, i64::MAX))
+}
+
+/// The person mapping, then the persons, as of now.
+async fn feed_identity(
+    store: &Store,
+    client: &Client,
+    db: &str,
+    mapping: &mut (i64, i64, String),
+    persons: &mut (i64, i64),
+) -> Result<(), anyhow::Error> {
+    feed_mapping(store, client, db, mapping).await?;
+    feed_persons(store, client, db, persons).await?;
+    Ok(())
+}
+
 /// Waits `wait`, or returns true when the server shuts down meanwhile.
 async fn pause(state: &AppState, wait: Duration) -> bool {
     let mut shutdown = state.shutdown.clone();
@@ -282,7 +366,7 @@ async fn pause(state: &AppState, wait: Duration) -> bool {
 pub async fn run(state: AppState, spool: Arc<Spool>, client: Client, db: String, node: String) {
     let mut backoff = BACKOFF_MIN;
     // The schema, then the node's position: both need ClickHouse; wait for it as long as it takes.
-    let (mut shipper, mut mapping) = loop {
+    let (mut shipper, (mut mapping, mut persons)) = loop {
         let mut ready = Ok(());
         for statement in create_all(&db) {
             if let Err(e) = client.execute(&statement).await {
@@ -292,7 +376,10 @@ pub async fn run(state: AppState, spool: Arc<Spool>, client: Client, db: String,
         }
         let opened = match ready {
             Ok(()) => match Shipper::open(client.clone(), &db, &node).await {
-                Ok(s) => mapping_cursor(&client, &db).await.map(|c| (s, c)),
+                Ok(s) => match mapping_cursor(&client, &db).await {
+                    Ok(m) => persons_cursor(&client, &db).await.map(|p| (s, (m, p))),
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
@@ -313,20 +400,21 @@ pub async fn run(state: AppState, spool: Arc<Spool>, client: Client, db: String,
     let mut identity = state.identity_progress.clone();
     let mut shutdown = state.shutdown.clone();
     backoff = BACKOFF_MIN;
-    // Log position up to which identity's changes are in ClickHouse's person mapping.
+    // Log position up to which identity's changes are in ClickHouse's person mapping and persons.
     let mut mapped = 0;
     loop {
         let target = *identity.borrow_and_update();
         let from = shipper.position();
-        // The person mapping follows identity (a failure is retried at the next turn; the events do not wait).
-        match feed_mapping(&state.store, &client, &db, &mut mapping).await {
-            Ok(_) => {
+        // The person mapping and the persons follow identity (a failure is retried at the next turn; the events do
+        // not wait).
+        match feed_identity(&state.store, &client, &db, &mut mapping, &mut persons).await {
+            Ok(()) => {
                 spool.healthy.store(true, Ordering::Release);
                 mapped = target;
                 spool.readable_to(from.min(mapped));
             }
             Err(e) => {
-                tracing::warn!(error = %e, "clickhouse: the person mapping could not be sent; retrying");
+                tracing::warn!(error = %e, "clickhouse: the person mapping or the persons could not be sent; retrying");
                 spool.healthy.store(false, Ordering::Release);
             }
         }
@@ -427,8 +515,9 @@ pub async fn ship_log(
         client.execute(&statement).await?;
     }
     let mut shipper = Shipper::open(client.clone(), db, node).await?;
-    let mut cursor = mapping_cursor(client, db).await?;
-    feed_mapping(store, client, db, &mut cursor).await?;
+    let mut mapping = mapping_cursor(client, db).await?;
+    let mut persons = persons_cursor(client, db).await?;
+    feed_identity(store, client, db, &mut mapping, &mut persons).await?;
     let mut done = ShipProgress {
         position: shipper.position(),
         until,

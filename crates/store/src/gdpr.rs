@@ -926,12 +926,22 @@ async fn erase_in(
     counts.delete("persons", n);
 
     // Texts that mention them elsewhere. Other persons' properties get a new identity sequence number, so that
-    // consumers reading changes by number see the masked values.
+    // consumers reading changes by number see the masked values; so does the erasure itself (`person_erasures`).
     let seq: i64 = on_conn!(tx, |c| sqlx::query_scalar(
         "UPDATE id_sequences SET last = last + 1 WHERE name = 'identity' RETURNING last",
     )
     .fetch_one(c)
     .await)?;
+    // Consumers that follow persons by that number learn of the erasure (the store's ids only).
+    on_conn!(tx, |c| sqlx::query(
+        "INSERT INTO person_erasures (person_id, project_id, seq) VALUES ($1, $2, $3)"
+    )
+    .bind(person_id)
+    .bind(project_id)
+    .bind(seq)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
     let n = sweep(
         tx,
         "persons",

@@ -60,7 +60,7 @@ pub use identity::{ApplyStats, IdentityChange, IdentityOp, IdentityWriter, Merge
 pub use invitations::{Invitation, InvitationChange, NewInvitation};
 pub use keys::{Bootstrap, KeyInfo, PersonalKey};
 pub use ledger::{transition_allowed, NewReward, RewardEntry};
-pub use persons::{GroupMembership, IdentityRead, PersonRecord, PersonSummary};
+pub use persons::{GroupMembership, IdentityRead, PersonChange, PersonRecord, PersonSummary};
 pub use pql::PqlScore;
 pub use projects::{ProjectSettings, ProjectUpdate, RetentionPolicy};
 pub use referrals::{GraphEdge, GrowthEdge, NewReferral, Referral, ReferralCode, ShareLink};

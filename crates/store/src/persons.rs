@@ -208,6 +208,38 @@ impl Store {
         .await)?)
     }
 
+    /// Persons created or changed (properties, a merge into them) by an identity change numbered above the
+    /// cursor, and persons erased by one (migrations 0007 and 0024), at most `limit`, in (number, person id) order:
+    /// pass the last row's `(seq, id)` as the next cursor, `(n, 0)` to start after change `n`. For the ClickHouse
+    /// persons table.
+    pub async fn person_changes(&self, after: (i64, i64), limit: u32) -> Result<Vec<PersonChange>> {
+        let rows: Vec<(i64, i64, String, String, i64, i64)> = on_pool!(self, |c| sqlx::query_as(
+            "SELECT id, project_id, uuid, properties, seq, CAST(0 AS BIGINT) FROM persons
+              WHERE seq >= $1 AND (seq > $1 OR id > $2)
+             UNION ALL
+             SELECT person_id, project_id, '', '{}', seq, CAST(1 AS BIGINT) FROM person_erasures
+              WHERE seq >= $1 AND (seq > $1 OR person_id > $2)
+             ORDER BY 5, 1 LIMIT $3",
+        )
+        .bind(after.0)
+        .bind(after.1)
+        .bind(i64::from(limit))
+        .fetch_all(c)
+        .await)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, project_id, uuid, properties, seq, erased)| PersonChange {
+                    id,
+                    project_id,
+                    uuid: (erased == 0).then_some(uuid),
+                    properties,
+                    seq,
+                },
+            )
+            .collect())
+    }
+
     /// All distinct ids of a person given its id, following merge overrides. `None` when unknown.
     pub async fn distinct_ids_of_person(
         &self,
@@ -751,6 +783,19 @@ fn person_property_range(
         }
     }
     Ok(out)
+}
+
+/// A person as of an identity change (see [`Store::person_changes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersonChange {
+    /// The store's person id.
+    pub id: i64,
+    pub project_id: i64,
+    /// `None`: the person was erased by change `seq`.
+    pub uuid: Option<String>,
+    /// The properties' JSON text (`{}` when erased).
+    pub properties: String,
+    pub seq: i64,
 }
 
 /// What [`Store::read_distinct_ids`] read.

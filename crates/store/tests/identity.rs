@@ -694,3 +694,67 @@ async fn static_cohorts_keep_members_through_merges_and_audit_changes() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn person_changes_list_changed_and_erased_persons_by_sequence_number() {
+    let (_dir, store, p) = store().await;
+    let mut w = store.identity_writer("test").unwrap();
+    w.apply(&[touch(p, "a"), touch(p, "b"), touch(p, "c")], 1)
+        .unwrap();
+    let created = w.mapping_seq().unwrap();
+    let all = store.person_changes((0, 0), 100).await.unwrap();
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert!(all.iter().all(|c| c.seq == created && c.uuid.is_some()));
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id), "in id order");
+    // Paged: the last row's (seq, id) is the next cursor.
+    let first = store.person_changes((0, 0), 2).await.unwrap();
+    let rest = store
+        .person_changes((first[1].seq, first[1].id), 2)
+        .await
+        .unwrap();
+    assert_eq!([&first[..], &rest[..]].concat(), all);
+
+    // A property change on a's person, then a merge of c into b: only those persons come back, as they are now.
+    w.apply(&[set(p, "a", json!({"plan": "pro"}), json!({}), &[])], 2)
+        .unwrap();
+    w.apply(&[merge(p, "b", "c", MergeMode::Dangerous)], 3)
+        .unwrap();
+    let merged = w.mapping_seq().unwrap();
+    let changed = store
+        .person_changes((created, i64::MAX), 100)
+        .await
+        .unwrap();
+    assert_eq!(changed.len(), 2, "{changed:?}");
+    let a = store.person_by_distinct_id(p, "a").await.unwrap().unwrap();
+    let b = store.person_by_distinct_id(p, "b").await.unwrap().unwrap();
+    assert_eq!(changed[0].uuid.as_deref(), Some(a.id.as_str()));
+    assert_eq!(
+        serde_json::from_str::<Value>(&changed[0].properties).unwrap(),
+        json!({"plan": "pro"})
+    );
+    assert_eq!(changed[1].uuid.as_deref(), Some(b.id.as_str()));
+    assert_eq!(changed[1].seq, merged);
+    assert!(store
+        .person_changes((merged, i64::MAX), 100)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // An erasure is a change too: the person's id without uuid or properties.
+    let subject = store.erasure_subject(p, "a").await.unwrap().unwrap();
+    let actor = flywheel_store::Actor {
+        label: "test".into(),
+        source_ip: None,
+    };
+    store
+        .erase_person(p, subject.person_id, "erasure-1", &actor, &json!({}))
+        .await
+        .unwrap()
+        .unwrap();
+    let after = store.person_changes((merged, i64::MAX), 100).await.unwrap();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0].id, subject.person_id);
+    assert_eq!(after[0].uuid, None);
+    assert_eq!(after[0].properties, "{}");
+    assert!(after[0].seq > merged);
+}

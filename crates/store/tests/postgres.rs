@@ -36,8 +36,11 @@ const BOOLEAN_COLUMNS: &[(&str, &str)] = &[
 ];
 
 /// SQLite `INTEGER PRIMARY KEY` columns (a rowid alias, generated when omitted) that are plain keys in PostgreSQL:
-/// the store always gives them (a hold's key is its entry's id).
-const EXPLICIT_KEYS: &[(&str, &str)] = &[("reward_holds", "entry_id")];
+/// the store always gives them (a hold's key is its entry's id, an erasure's its person's).
+const EXPLICIT_KEYS: &[(&str, &str)] = &[
+    ("reward_holds", "entry_id"),
+    ("person_erasures", "person_id"),
+];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Column {

@@ -1,4 +1,4 @@
-//! Event-property breakdowns, as the embedded engine ranks them (`crates/server/src/insights.rs`, `rank_codes`
+//! Event- and person-property breakdowns, as the embedded engine ranks them (`crates/server/src/insights.rs`, `rank_codes`
 //! and `row_codes`).
 //!
 //! A row's label is its property's text (a string as itself, another value as its JSON: the engine's
@@ -16,40 +16,103 @@ const DAY_US: i64 = 86_400_000_000;
 /// The label of the breakdown row of the values beyond the limit (PostHog's marker, as the engine uses it).
 pub const BREAKDOWN_OTHER: &str = "$$_posthog_breakdown_other_$$";
 
-/// An event-property breakdown over one read.
+/// What a breakdown splits by.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum By<'a> {
+    /// An event property: each row's own value.
+    Event(&'a str),
+    /// A person property: the current value of the person each row resolves to (the same for all of a person's
+    /// rows, as the engine's person codes), joined from the persons table ([`expr::source_with_person`]).
+    Person(&'a str),
+}
+
+impl<'a> By<'a> {
+    /// The breakdown of a definition's `breakdown`, if the ClickHouse backend has it (`what`: the insight kind,
+    /// for the message).
+    pub(super) fn of(
+        b: &'a flywheel_query::Breakdown,
+        what: &str,
+    ) -> Result<(By<'a>, usize), super::Unsupported> {
+        let limit =
+            b.limit
+                .unwrap_or(flywheel_query::filter::DEFAULT_BREAKDOWN_LIMIT) as usize;
+        match &b.by {
+            flywheel_query::BreakdownBy::Event { property } => Ok((By::Event(property), limit)),
+            flywheel_query::BreakdownBy::Person { property } => Ok((By::Person(property), limit)),
+            _ => Err(super::Unsupported::new(
+                "breakdown.type",
+                format!(
+                    "only event- and person-property breakdowns of {what} are supported by the ClickHouse backend yet"
+                ),
+            )),
+        }
+    }
+}
+
+/// A breakdown over one read.
 pub(super) struct Split {
-    /// The property key as a literal.
+    /// The property key as a literal, and whether it is a person's.
     key: String,
+    person: bool,
     /// The ranking statement with `limit + 1` rows (the last, when present, says there are others).
     ranking: String,
     /// `(SELECT groupArray(v) …)`: the ranked values that keep a label.
     top: String,
 }
 
+/// The person columns a person-property breakdown joins: whether the person has `key`, and its text.
+fn person_columns(key: &str) -> String {
+    format!(
+        ", argMax(toUInt8(has(prop_keys, {key})), version) AS pp_has_, \
+         argMax(if(has(prop_keys, {key}), prop_texts[indexOf(prop_keys, {key})], ''), version) AS pp_text_"
+    )
+}
+const PERSON_NAMES: &str = "pp_has_ AS pp_has, pp_text_ AS pp_text";
+
 impl Split {
-    /// The breakdown by `property` of the rows satisfying `ranked` read in `[from_us, to_us)`.
+    /// The breakdown `by` of the rows satisfying `ranked` read in `[from_us, to_us)`.
     ///
     /// The rows ranked are those of the whole UTC days the read touches, not only the read's instants: the
     /// embedded engine ranks the rows of the day partitions it prepares for the read (`prepare_read`), which reach
-    /// past the range's ends when the project's time zone is not UTC.
+    /// past the range's ends when the project's time zone is not UTC. A person-property breakdown ranks its values
+    /// by the same rows (each counting for its person's value), as the engine's `person_codes`.
     pub(super) fn new(
-        property: &str,
+        by: By<'_>,
         limit: usize,
         from_us: i64,
         to_us: i64,
         ranked: &str,
         target: &Target,
     ) -> Split {
-        let key = expr::string(property);
         let from = from_us.div_euclid(DAY_US) * DAY_US;
         let to = ((to_us - 1).div_euclid(DAY_US) + 1) * DAY_US;
-        let rows = expr::source(
-            target,
-            &format!("prop_texts[indexOf(prop_keys, {key})] AS v"),
-            from,
-            to,
-            &format!("({ranked}) AND has(prop_keys, {key})"),
-        );
+        let (key, person, rows) = match by {
+            By::Event(property) => {
+                let key = expr::string(property);
+                let rows = expr::source(
+                    target,
+                    &format!("prop_texts[indexOf(prop_keys, {key})] AS v"),
+                    from,
+                    to,
+                    &format!("({ranked}) AND has(prop_keys, {key})"),
+                );
+                (key, false, rows)
+            }
+            By::Person(property) => {
+                let key = expr::string(property);
+                let rows = expr::source_with_person(
+                    target,
+                    "pp_text AS v, pp_has AS h",
+                    from,
+                    to,
+                    ranked,
+                    &person_columns(&key),
+                    PERSON_NAMES,
+                );
+                let rows = format!("SELECT v FROM (\n    {rows}\n    ) WHERE h = 1");
+                (key, true, rows)
+            }
+        };
         let ranking = |limit: usize| {
             format!(
                 "SELECT v, count() AS c FROM (\n    {rows}\n) GROUP BY v ORDER BY c DESC, v ASC LIMIT {limit}"
@@ -59,6 +122,7 @@ impl Split {
             top: format!("(SELECT groupArray(v) FROM ({}))", ranking(limit)),
             ranking: ranking(limit + 1),
             key,
+            person,
         }
     }
 
@@ -68,13 +132,43 @@ impl Split {
     }
 
     /// `source` (a `SELECT`) with the ranked values available as `top`.
-    pub(super) fn with(&self, source: String) -> String {
+    fn with(&self, source: String) -> String {
         format!("WITH {} AS top {source}", self.top)
     }
 
-    /// The columns `kind` and `label` of a row, to append to a select list inside [`Split::with`].
+    /// [`expr::source`]'s rows (`select` may end with [`Split::columns`]) with the ranked values available as
+    /// `top`, and, for a person property, the person's value joined.
+    pub(super) fn rows(
+        &self,
+        target: &Target,
+        select: &str,
+        from_us: i64,
+        to_us: i64,
+        cond: &str,
+    ) -> String {
+        let rows = if self.person {
+            expr::source_with_person(
+                target,
+                select,
+                from_us,
+                to_us,
+                cond,
+                &person_columns(&self.key),
+                PERSON_NAMES,
+            )
+        } else {
+            expr::source(target, select, from_us, to_us, cond)
+        };
+        self.with(rows)
+    }
+
+    /// The columns `kind` and `label` of a row, to append to a select list of [`Split::rows`].
     pub(super) fn columns(&self) -> String {
         let key = &self.key;
+        if self.person {
+            return ", multiIf(pp_has = 0, 2, has(top, pp_text), 0, 1) AS kind, if(kind = 0, pp_text, '') AS label"
+                .to_string();
+        }
         format!(
             ", multiIf(NOT has(prop_keys, {key}), 2, has(top, prop_texts[indexOf(prop_keys, {key})]), 0, 1) AS kind, \
              if(kind = 0, prop_texts[indexOf(prop_keys, {key})], '') AS label"

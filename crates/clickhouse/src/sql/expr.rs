@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::Unsupported;
 use crate::row::{number, text};
-use crate::schema::{ident, EVENTS, PERSON_OVERRIDES};
+use crate::schema::{ident, EVENTS, PERSONS, PERSON_OVERRIDES};
 
 /// Where a query reads: the database and the project.
 #[derive(Debug, Clone)]
@@ -94,6 +94,37 @@ pub fn source(t: &Target, select: &str, from_us: i64, to_us: i64, cond: &str) ->
     )
 }
 
+/// The columns of a [`source`] row that a query above it may read (with [`PERSON`] computable from them).
+const ROW_COLUMNS: &str =
+    "uuid, event, distinct_id, person_id, timestamp_us, prop_keys, prop_texts, prop_numbers, \
+                           prop_lower, overridden, override_person_id";
+
+/// [`source`] with its resolved person's columns `person_columns` joined (each `argMax(…, version) AS name` over
+/// the persons table, see [`current_persons`]; their type's default for a person without a row or erased).
+/// `select` sees the rows' columns and the persons'. ClickHouse 18.16 joins one table per `SELECT`, so the events
+/// with their overrides are a subquery.
+pub fn source_with_person(
+    t: &Target,
+    select: &str,
+    from_us: i64,
+    to_us: i64,
+    cond: &str,
+    person_columns: &str,
+    person_names: &str,
+) -> String {
+    let rows = source(
+        t,
+        &format!("{ROW_COLUMNS}, {PERSON} AS _person"),
+        from_us,
+        to_us,
+        cond,
+    );
+    format!(
+        "SELECT {select} FROM (\n    {rows}\n    ) AS rows\n    ANY LEFT JOIN (SELECT pperson AS _person, {person_names} FROM ({persons}) WHERE gone = 0) AS persons USING _person",
+        persons = current_persons(t, person_columns),
+    )
+}
+
 /// Every event of the project with its resolved person (`person`) and its written one (`person_id`): the rows
 /// source with no time bounds, for checks and tools.
 pub fn rows_of_project(t: &Target) -> String {
@@ -122,9 +153,11 @@ const FLAT_COUNT: usize = 16;
 /// levels of about `√n` each: the blocks whose first constant is `<=` the value, then inside the last of those
 /// blocks. Neither level captures an array in its lambda (only the value).
 pub fn count_le(xs: &[i64], value_expr: &str) -> String {
+    // The value is also named outside the lambdas (`+ 0 * value`): ClickHouse 18.16 drops a subquery's column that
+    // the query above uses only inside a lambda.
     if xs.len() <= FLAT_COUNT {
         return format!(
-            "toInt64(arrayCount(x -> x <= {value_expr}, {}))",
+            "(toInt64(arrayCount(x -> x <= {value_expr}, {})) + 0 * {value_expr})",
             int_array(xs)
         );
     }
@@ -136,56 +169,90 @@ pub fn count_le(xs: &[i64], value_expr: &str) -> String {
         int_array(&firsts)
     );
     format!(
-        "({g} * {block} + toInt64(arrayCount(x -> x <= {value_expr}, arraySlice({}, {g} * {block} + 1, {block}))))",
+        "({g} * {block} + toInt64(arrayCount(x -> x <= {value_expr}, arraySlice({}, {g} * {block} + 1, {block}))) + 0 * {value_expr})",
         int_array(xs)
     )
 }
 
 /// The condition of an event spec with its own filters and the common ones.
-pub fn spec_condition(scan: &Scan, common: &[Filter]) -> Result<String, Unsupported> {
+pub fn spec_condition(scan: &Scan, common: &[Filter], t: &Target) -> Result<String, Unsupported> {
     let mut parts = vec![match &scan.spec.event {
         EventRef::All => "1".to_string(),
         EventRef::Named(n) => format!("event = {}", string(n)),
     }];
     for (j, f) in scan.spec.properties.iter().enumerate() {
-        parts.push(filter(f, &format!("{}.properties[{j}]", scan.field))?);
+        parts.push(filter(f, &format!("{}.properties[{j}]", scan.field), t)?);
     }
-    parts.push(filters(common, "properties")?);
+    parts.push(filters(common, "properties", t)?);
     Ok(parts.join(" AND "))
 }
 
 /// All of `filters` (the list at `field`), as one condition (`1` when empty).
-pub fn filters(fs: &[Filter], field: &str) -> Result<String, Unsupported> {
+pub fn filters(fs: &[Filter], field: &str, t: &Target) -> Result<String, Unsupported> {
     if fs.is_empty() {
         return Ok("1".into());
     }
     let parts = fs
         .iter()
         .enumerate()
-        .map(|(j, f)| filter(f, &format!("{field}[{j}]")))
+        .map(|(j, f)| filter(f, &format!("{field}[{j}]"), t))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(format!("({})", parts.join(" AND ")))
 }
 
-/// One filter at `field`. Event-property filters only: person and group properties and cohorts live in the
-/// metadata store and are not in ClickHouse yet.
-pub fn filter(f: &Filter, field: &str) -> Result<String, Unsupported> {
+/// One filter at `field`, a condition on a row of [`source`]. Event and person properties; group properties and
+/// cohorts are not in ClickHouse yet.
+pub fn filter(f: &Filter, field: &str, t: &Target) -> Result<String, Unsupported> {
     match f {
         Filter::Cohort { .. } => Err(Unsupported::new(
             field,
             "cohort filters are not supported by the ClickHouse backend yet (cohort members are not in ClickHouse)",
         )),
         Filter::Property(p) => match p.property_type {
-            PropertyType::Event => event_filter(p, field),
-            PropertyType::Person | PropertyType::Group => Err(Unsupported::new(
+            PropertyType::Event => property_filter(p, field),
+            PropertyType::Person => person_filter(p, field, t),
+            PropertyType::Group => Err(Unsupported::new(
                 format!("{field}.type"),
-                format!(
-                    "{} property filters are not supported by the ClickHouse backend yet (only event properties are)",
-                    p.property_type
-                ),
+                "group property filters are not supported by the ClickHouse backend yet (groups are not in \
+                 ClickHouse)",
             )),
         },
     }
+}
+
+/// The persons of the project as of their newest version: one row per person id with `pperson` (its uuid),
+/// `gone` (erased) and the aggregates `columns` (each `argMax(…, version) AS name` over a row of the persons
+/// table, whose property arrays are named as the events').
+pub fn current_persons(t: &Target, columns: &str) -> String {
+    format!(
+        "SELECT argMax(uuid, version) AS pperson, argMax(deleted, version) AS gone{columns} \
+         FROM {db}.{table} WHERE project_id = {p} GROUP BY id",
+        db = ident(&t.db),
+        table = ident(PERSONS),
+        p = t.project_id,
+    )
+}
+
+/// A person-property filter, with the embedded engine's semantics: the person's current properties (the newest
+/// version of the person the row resolves to, through the overrides) are tested as an event's would be; a person
+/// without the property, without a row in `persons` (not shipped, personless events) or erased is tested as
+/// missing. As a set of persons: those passing (`IN`), or, when a missing property passes, all but those failing
+/// (`NOT IN`), so that persons without a row are decided without a join.
+fn person_filter(p: &PropertyFilter, field: &str, t: &Target) -> Result<String, Unsupported> {
+    let test = property_filter(p, field)?;
+    let missing_passes = matches!(
+        p.operator,
+        Operator::IsNot | Operator::IsNotSet | Operator::NotContains
+    );
+    let (op, want) = if missing_passes {
+        ("NOT IN", 0)
+    } else {
+        ("IN", 1)
+    };
+    let persons = current_persons(t, &format!(", argMax(toUInt8({test}), version) AS pass"));
+    Ok(format!(
+        "({PERSON} {op} (SELECT pperson FROM ({persons}) WHERE gone = 0 AND pass = {want}))"
+    ))
 }
 
 fn values(p: &PropertyFilter) -> Vec<&Value> {
@@ -196,11 +263,12 @@ fn values(p: &PropertyFilter) -> Vec<&Value> {
     }
 }
 
-/// An event-property filter with the engine's semantics (`crates/server/src/insight_filters.rs`): `exact` is
+/// A property filter over a row's indexed properties (an event's, or a person's in the persons table), with the
+/// engine's semantics (`crates/server/src/insight_filters.rs`): `exact` is
 /// equality of the texts, `contains` a substring of the lower-case texts, numbers compare as Float64 (NaN compares
 /// false), a missing property fails every
 /// positive operator and passes its negation.
-fn event_filter(p: &PropertyFilter, field: &str) -> Result<String, Unsupported> {
+fn property_filter(p: &PropertyFilter, field: &str) -> Result<String, Unsupported> {
     let key = string(&p.key);
     let has = format!("has(prop_keys, {key})");
     let at = format!("indexOf(prop_keys, {key})");
@@ -286,20 +354,26 @@ mod tests {
 
     #[test]
     fn filters_compare_texts_and_numbers() {
+        let t = Target {
+            db: "fw".into(),
+            project_id: 7,
+        };
         let f = filter(
             &pf(Operator::Exact, Some(json!(["pro", 7]))),
             "properties[0]",
+            &t,
         )
         .unwrap();
         assert!(
             f.contains("prop_texts[indexOf(prop_keys, 'plan')] IN ('pro', '7')"),
             "{f}"
         );
-        let f = filter(&pf(Operator::Gt, Some(json!("x"))), "p").unwrap();
+        let f = filter(&pf(Operator::Gt, Some(json!("x"))), "p", &t).unwrap();
         assert_eq!(f, "0", "a bound that is not a number matches nothing");
         let e = filter(
             &pf(Operator::Regex, Some(json!("a.*"))),
             "series[0].properties[1]",
+            &t,
         )
         .unwrap_err();
         assert_eq!(e.field, "series[0].properties[1].operator");
@@ -309,8 +383,47 @@ mod tests {
                 negate: false,
             },
             "properties[2]",
+            &t,
         )
         .unwrap_err();
         assert_eq!(e.field, "properties[2]");
+    }
+
+    #[test]
+    fn person_filters_are_sets_of_persons_that_decide_missing_ones() {
+        let t = Target {
+            db: "fw".into(),
+            project_id: 7,
+        };
+        let person = |op, value| {
+            let Filter::Property(mut p) = pf(op, value) else {
+                unreachable!()
+            };
+            p.property_type = PropertyType::Person;
+            filter(&Filter::Property(p), "properties[0]", &t).unwrap()
+        };
+        let f = person(Operator::Exact, Some(json!("pro")));
+        assert!(
+            f.starts_with(&format!("({PERSON} IN (SELECT pperson")),
+            "{f}"
+        );
+        assert!(
+            f.contains("FROM `fw`.`persons` WHERE project_id = 7 GROUP BY id"),
+            "{f}"
+        );
+        assert!(f.contains("gone = 0 AND pass = 1"), "{f}");
+        // A person without the property passes `is_not`: everyone but those failing it.
+        let f = person(Operator::IsNot, Some(json!("pro")));
+        assert!(
+            f.starts_with(&format!("({PERSON} NOT IN (SELECT pperson")),
+            "{f}"
+        );
+        assert!(f.contains("pass = 0"), "{f}");
+        let Filter::Property(mut g) = pf(Operator::Exact, Some(json!("x"))) else {
+            unreachable!()
+        };
+        g.property_type = PropertyType::Group;
+        let e = filter(&Filter::Property(g), "properties[1]", &t).unwrap_err();
+        assert_eq!(e.field, "properties[1].type");
     }
 }

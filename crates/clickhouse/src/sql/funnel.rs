@@ -24,16 +24,14 @@
 //! Events of one person with the same microsecond are ordered by uuid here, by log order in the embedded engine.
 
 use flywheel_query::plan::{funnel_window_us, Plan};
-use flywheel_query::{
-    Aggregation, Attribution, BreakdownBy, EventRef, Exclusion, FunnelOrder, FunnelQuery,
-};
+use flywheel_query::{Aggregation, Attribution, EventRef, Exclusion, FunnelOrder, FunnelQuery};
 
-use super::breakdown::Split;
+use super::breakdown::{By, Split};
 use super::expr::{self, Target, PERSON};
 use super::{Answer, Compiled, Fill, Statement, Unsupported};
 
-/// An event-property breakdown of a funnel: ranked by the first step's rows, each person counted under the label
-/// of one row of their best attempt (`attribution`).
+/// An event- or person-property breakdown of a funnel: ranked by the first step's rows, each person counted under
+/// the label of one row of their best attempt (`attribution`; a person property's label is the same on every row).
 struct Breakdown {
     split: Split,
     limit: usize,
@@ -48,32 +46,17 @@ fn breakdown(
     let Some(b) = &f.breakdown else {
         return Ok(None);
     };
-    let BreakdownBy::Event { property } = &b.by else {
-        return Err(Unsupported::new(
-            "breakdown.type",
-            "only event-property breakdowns of funnels are supported by the ClickHouse backend yet",
-        ));
-    };
+    let (by, limit) = By::of(b, "funnels")?;
     if f.trends {
         return Err(Unsupported::new(
             "trends",
             "funnel trends with a breakdown are not supported by the ClickHouse backend yet",
         ));
     }
-    let limit = b
-        .limit
-        .unwrap_or(flywheel_query::filter::DEFAULT_BREAKDOWN_LIMIT) as usize;
     let read = &plan.reads[0];
-    let first_step = expr::spec_condition(&plan.specs[0], &plan.common)?;
+    let first_step = expr::spec_condition(&plan.specs[0], &plan.common, target)?;
     Ok(Some(Breakdown {
-        split: Split::new(
-            property,
-            limit,
-            read.from_us,
-            read.to_us,
-            &first_step,
-            target,
-        ),
+        split: Split::new(by, limit, read.from_us, read.to_us, &first_step, target),
         limit,
         attribution: f.breakdown_attribution.unwrap_or(Attribution::FirstTouch),
     }))
@@ -101,7 +84,7 @@ pub(super) fn compile(
     let conds = plan
         .specs
         .iter()
-        .map(|s| expr::spec_condition(s, &plan.common))
+        .map(|s| expr::spec_condition(s, &plan.common, target))
         .collect::<Result<Vec<_>, _>>()?;
     // Strict funnels look at every event of the person: any other event breaks the chain, including one that fails
     // the filters (as in the engine, which keeps every row and clears its bits).
@@ -186,17 +169,17 @@ fn rows(
             .collect::<Vec<_>>()
             .join(" OR ")
     };
-    let extra = split.map_or(String::new(), |b| b.split.columns());
-    let source = expr::source(
-        target,
-        &format!("{PERSON} AS person, timestamp_us AS ts, uuid, toUInt64({flags}) AS flags{extra}"),
-        read.from_us,
-        read.to_us,
-        &wanted,
-    );
+    let select =
+        format!("{PERSON} AS person, timestamp_us AS ts, uuid, toUInt64({flags}) AS flags");
     match split {
-        Some(b) => b.split.with(source),
-        None => source,
+        Some(b) => b.split.rows(
+            target,
+            &format!("{select}{}", b.split.columns()),
+            read.from_us,
+            read.to_us,
+            &wanted,
+        ),
+        None => expr::source(target, &select, read.from_us, read.to_us, &wanted),
     }
 }
 
@@ -407,7 +390,7 @@ fn unordered(
     let window = funnel_window_us(f.conversion_window);
     let conds = groups
         .iter()
-        .map(|g| expr::spec_condition(&plan.specs[g.0], &plan.common))
+        .map(|g| expr::spec_condition(&plan.specs[g.0], &plan.common, target))
         .collect::<Result<Vec<_>, _>>()?;
     let per_entry = entries(
         &rows(plan, target, &conds, false, split.as_ref()),

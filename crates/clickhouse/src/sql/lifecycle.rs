@@ -27,7 +27,7 @@ pub(super) fn compile(
         .first()
         .map_or(read.range.from, |b| b.start);
     let previous = previous_us.min(first_start.timestamp_micros());
-    let cond = expr::spec_condition(&plan.specs[0], &plan.common)?;
+    let cond = expr::spec_condition(&plan.specs[0], &plan.common, target)?;
     let b = format!(
         "multiIf(timestamp_us < {previous}, -2, timestamp_us < {first}, -1, {bucket})",
         first = starts.first().copied().unwrap_or(read.end_us),

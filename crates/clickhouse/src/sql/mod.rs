@@ -9,9 +9,9 @@
 //! Supported: trends (`total`, `dau`, `weekly_active`, `monthly_active`, `per_user`, property maths including
 //! percentiles; `compare`; formulas are evaluated on the returned series by the caller), funnels (`ordered`,
 //! `strict`, `unordered`; exclusions; conversion windows; step counts, conversion times, trends), retention
-//! (first-time and recurring, `on` and `on_or_after`), stickiness, lifecycle; event-property breakdowns of trends,
-//! funnels and retention; event-property filters (`exact`, `is_not`, `is_set`, `is_not_set`, `gt`, `gte`, `lt`,
-//! `lte`, `contains`, `not_contains`). Everything else returns [`Unsupported`] naming the field; see
+//! (first-time and recurring, `on` and `on_or_after`), stickiness, lifecycle; event- and person-property breakdowns
+//! of trends, funnels and retention; event- and person-property filters (`exact`, `is_not`, `is_set`, `is_not_set`,
+//! `gt`, `gte`, `lt`, `lte`, `contains`, `not_contains`; a person's current properties, from the `persons` table). Everything else returns [`Unsupported`] naming the field; see
 //! `docs/clickhouse.md`.
 
 mod breakdown;
@@ -99,11 +99,11 @@ pub struct Lifecycle {
 pub enum Answer {
     /// Per planned read (the range, then the previous period with `compare`), per series, one value per bucket.
     Trends(Vec<Vec<Vec<f64>>>),
-    /// A trends insight with an event-property breakdown: per planned read, its labels and numbers.
+    /// A trends insight with a breakdown: per planned read, its labels and numbers.
     TrendsBreakdown(Vec<SplitRead>),
-    /// A retention table with an event-property breakdown: per label (as in [`SplitRead`]) its table.
+    /// A retention table with a breakdown: per label (as in [`SplitRead`]) its table.
     RetentionBreakdown(Vec<RetentionSplit>),
-    /// A funnel with an event-property breakdown: its labels (as in [`SplitRead`]) and per label the steps.
+    /// A funnel with a breakdown: its labels (as in [`SplitRead`]) and per label the steps.
     FunnelBreakdown(Vec<FunnelSplit>),
     /// Per step: the persons reaching it (`reached[0]`: entered the funnel), and the mean and median time in
     /// microseconds from the step before, over them (`None` for the first step and for a step nobody reached).

@@ -2,13 +2,13 @@
 //! the cohort of the period holding their first start event ever (none when it is before the first period), a
 //! recurring one to every period with a start event; cell `(p, k)` counts the members with a return event in
 //! period `p + k` (or, `on_or_after`, in any period from `p + k` on); `k = 0` is the cohort's size. An
-//! event-property breakdown ([`super::breakdown`], ranked by the start rows) puts each membership under the label
+//! event- or person-property breakdown ([`super::breakdown`], ranked by the start rows) puts each membership under the label
 //! of the start row that placed the person in that cohort; returns count whatever their labels.
 
 use flywheel_query::plan::Plan;
-use flywheel_query::{Aggregation, BreakdownBy, RetentionCohort, RetentionMode, RetentionQuery};
+use flywheel_query::{Aggregation, RetentionCohort, RetentionMode, RetentionQuery};
 
-use super::breakdown::Split;
+use super::breakdown::{By, Split};
 use super::expr::{self, Target, PERSON};
 use super::{Answer, Compiled, Fill, Statement, Unsupported};
 
@@ -27,8 +27,8 @@ pub(super) fn compile(
     let starts = &read.bucket_starts_us;
     let n = starts.len();
     let first = starts.first().copied().unwrap_or(read.end_us);
-    let start = expr::spec_condition(&plan.specs[0], &plan.common)?;
-    let back = expr::spec_condition(&plan.specs[1], &plan.common)?;
+    let start = expr::spec_condition(&plan.specs[0], &plan.common, target)?;
+    let back = expr::spec_condition(&plan.specs[1], &plan.common, target)?;
     let bucket = |ts: &str| {
         format!(
             "if({ts} >= {first} AND {ts} < {end}, {b}, -1)",
@@ -36,36 +36,25 @@ pub(super) fn compile(
             b = expr::bucket(starts, ts)
         )
     };
-    // An event-property breakdown ranks the start rows read (all history for first-time cohorts).
-    let (split, limit) = match r.breakdown.as_ref().map(|b| (&b.by, b.limit)) {
+    // A breakdown ranks the start rows read (all history for first-time cohorts).
+    let (split, limit) = match &r.breakdown {
         None => (None, 0),
-        Some((BreakdownBy::Event { property }, limit)) => {
-            let limit = limit.unwrap_or(flywheel_query::filter::DEFAULT_BREAKDOWN_LIMIT) as usize;
-            let split = Split::new(property, limit, read.from_us, read.to_us, &start, target);
+        Some(b) => {
+            let (by, limit) = By::of(b, "retention")?;
+            let split = Split::new(by, limit, read.from_us, read.to_us, &start, target);
             (Some(split), limit)
-        }
-        Some(_) => {
-            return Err(Unsupported::new(
-                "breakdown.type",
-                "only event-property breakdowns of retention are supported by the ClickHouse backend yet",
-            ))
         }
     };
     let extra = split.as_ref().map_or(String::new(), Split::columns);
-    let rows = expr::source(
-        target,
-        &format!(
-            "{PERSON} AS person, timestamp_us AS ts, uuid, toUInt8({start}) AS is_start, \
-             toUInt8({back}) AS is_return, toInt64({}) AS b{extra}",
-            bucket("timestamp_us")
-        ),
-        read.from_us,
-        read.to_us,
-        &format!("({start}) OR ({back})"),
+    let select = format!(
+        "{PERSON} AS person, timestamp_us AS ts, uuid, toUInt8({start}) AS is_start, \
+         toUInt8({back}) AS is_return, toInt64({}) AS b{extra}",
+        bucket("timestamp_us")
     );
+    let wanted = format!("({start}) OR ({back})");
     let rows = match &split {
-        Some(b) => b.with(rows),
-        None => rows,
+        Some(b) => b.rows(target, &select, read.from_us, read.to_us, &wanted),
+        None => expr::source(target, &select, read.from_us, read.to_us, &wanted),
     };
     let returned = match r.mode.unwrap_or(RetentionMode::On) {
         RetentionMode::On => "has(returns, p + toInt64(k))",

@@ -9,7 +9,7 @@ pub(super) fn compile(plan: &Plan, target: &Target) -> Result<Compiled, Unsuppor
     let read = &plan.reads[0];
     let starts = &read.bucket_starts_us;
     let first = starts.first().copied().unwrap_or(read.end_us);
-    let cond = expr::spec_condition(&plan.specs[0], &plan.common)?;
+    let cond = expr::spec_condition(&plan.specs[0], &plan.common, target)?;
     let rows = expr::source(
         target,
         &format!(

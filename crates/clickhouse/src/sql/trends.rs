@@ -5,14 +5,14 @@
 //! distinct persons with an event in `[end(i) - days × 24 h, end(i))`, reaching before the range; property maths
 //! ignore events without a number.
 //!
-//! An event-property breakdown ([`super::breakdown`]) ranks the values of the rows matching any series, per read
+//! An event- or person-property breakdown ([`super::breakdown`]) ranks the values of the rows matching any series, per read
 //! (rolling reach included); each series statement returns rows `(kind, value, bucket, number)`. A person counts
 //! once per (label, bucket) in the per-person maths, as with the kernel's row codes.
 
 use flywheel_query::plan::{Plan, Read};
-use flywheel_query::{BreakdownBy, Math, PerUserMath, TrendsQuery};
+use flywheel_query::{Math, PerUserMath, TrendsQuery};
 
-use super::breakdown::Split;
+use super::breakdown::{By, Split};
 use super::expr::{self, Target, PERSON};
 use super::{Answer, Compiled, Fill, Statement, Unsupported};
 
@@ -23,22 +23,16 @@ pub(super) fn compile(
     plan: &Plan,
     target: &Target,
 ) -> Result<Compiled, Unsupported> {
-    let breakdown = match t.breakdown.as_ref().map(|b| (&b.by, b.limit)) {
-        None => None,
-        Some((BreakdownBy::Event { property }, limit)) => Some((
-            property.as_str(),
-            limit.unwrap_or(flywheel_query::filter::DEFAULT_BREAKDOWN_LIMIT) as usize,
-        )),
-        Some(_) => return Err(Unsupported::new(
-            "breakdown.type",
-            "only event-property breakdowns of trends are supported by the ClickHouse backend yet",
-        )),
-    };
+    let breakdown = t
+        .breakdown
+        .as_ref()
+        .map(|b| By::of(b, "trends"))
+        .transpose()?;
     let conds = t
         .series
         .iter()
         .zip(&plan.specs)
-        .map(|(_, scan)| expr::spec_condition(scan, &plan.common))
+        .map(|(_, scan)| expr::spec_condition(scan, &plan.common, target))
         .collect::<Result<Vec<_>, _>>()?;
     let any_series = conds
         .iter()
@@ -47,15 +41,8 @@ pub(super) fn compile(
         .join(" OR ");
     let mut statements = Vec::new();
     for (r, read) in plan.reads.iter().enumerate() {
-        let split = breakdown.map(|(property, limit)| {
-            let split = Split::new(
-                property,
-                limit,
-                read.from_us,
-                read.to_us,
-                &any_series,
-                target,
-            );
+        let split = breakdown.map(|(by, limit)| {
+            let split = Split::new(by, limit, read.from_us, read.to_us, &any_series, target);
             statements.push(Statement {
                 sql: split.ranking(),
                 fill: Fill::Ranking {
@@ -106,19 +93,11 @@ fn series(
         Some(sp) => (sp.columns(), "kind, label, "),
         None => (String::new(), ""),
     };
-    let with = |source: String| match split {
-        Some(sp) => sp.with(source),
-        None => source,
+    let rows = |select: &str, from: i64, to: i64, cond: &str| match split {
+        Some(sp) => sp.rows(target, &format!("{select}{extra}"), from, to, cond),
+        None => expr::source(target, select, from, to, cond),
     };
-    let in_buckets = |select: &str, cond: &str| {
-        with(expr::source(
-            target,
-            &format!("{select}{extra}"),
-            first,
-            end,
-            cond,
-        ))
-    };
+    let in_buckets = |select: &str, cond: &str| rows(select, first, end, cond);
     let math = s.math.unwrap_or(Math::Total);
     Ok(match math {
         Math::Total => format!(
@@ -145,13 +124,12 @@ fn series(
                 lo = expr::count_le(&ends, "timestamp_us"),
                 hi = expr::count_le(&ends, &format!("(timestamp_us + {})", days * DAY_US)),
             );
-            let rows = with(expr::source(
-                target,
-                &format!("{PERSON} AS person, {windows}{extra}"),
+            let rows = rows(
+                &format!("{PERSON} AS person, {windows}"),
                 read.from_us,
                 read.to_us,
                 cond,
-            ));
+            );
             persons_by_bucket(&rows, keys)
         }
         Math::PerUser => {

@@ -275,3 +275,78 @@ async fn erasure_and_retention_delete_events_in_clickhouse() {
         "the recent event stays"
     );
 }
+
+#[tokio::test]
+async fn persons_follow_property_changes_and_erasures() {
+    let ch = test_support::start();
+    let url = ch.url.clone();
+    let client = Client::new(&url).unwrap();
+    let t = TestServer::start_with(|c| {
+        c.events_url = Some(url.clone());
+        c.events_database = DB.into();
+    })
+    .await;
+    crate::growth::capture(
+        &t,
+        json!([
+            {"event": "$pageview", "distinct_id": "a", "properties": {"$set": {"tier": "gold"}}},
+            {"event": "$pageview", "distinct_id": "b", "properties": {"$set": {"tier": "silver"}}},
+        ]),
+    )
+    .await;
+    let with_tier = json!({"series": [{"event": "$pageview"}], "date_from": "-7d",
+        "properties": [{"key": "tier", "type": "person", "operator": "is_set"}]});
+    let count = |v: &Value| v["result"][0]["count"].as_f64();
+    let (s, v) = t
+        .api("POST", "/insights/trends", Some(with_tier.clone()))
+        .await;
+    assert_eq!(
+        (s, count(&v), &v["complete"]),
+        (StatusCode::OK, Some(2.0), &json!(true)),
+        "{v}"
+    );
+    let (_, a) = t.person("a").await;
+    let a_uuid = a["id"].as_str().unwrap().to_owned();
+
+    // The persons table as ClickHouse answers it: per person id, the newest version's uuid, deletion and tier.
+    let project = t.project_id;
+    let current = format!(
+        "SELECT toString(argMax(uuid, version)), argMax(deleted, version),
+                argMax(if(has(prop_keys, 'tier'), prop_texts[indexOf(prop_keys, 'tier')], ''), version)
+           FROM `{DB}`.`persons` WHERE project_id = {project} GROUP BY id ORDER BY id"
+    );
+    let rows = client.query_rows(&current).await.unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0], [a_uuid.as_str(), "0", "gold"], "{rows:?}");
+    assert_eq!(&rows[1][1..], ["0", "silver"], "{rows:?}");
+
+    // A change is a new version; an erasure a deleted row without the uuid.
+    crate::growth::capture(
+        &t,
+        json!([{"event": "$pageview", "distinct_id": "b", "properties": {"$set": {"tier": "bronze"}}}]),
+    )
+    .await;
+    let (s, v) = t.api("DELETE", "/persons/a", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = client.query_rows(&current).await.unwrap();
+        let nil = "00000000-0000-0000-0000-000000000000";
+        if rows.len() == 2 && rows[0] == [nil, "1", ""] && rows[1][2] == "bronze" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{rows:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // a's events are still in ClickHouse (erasing them there is not done yet), but a has no properties any more.
+    let (s, v) = t.api("POST", "/insights/trends", Some(with_tier)).await;
+    assert_eq!(
+        (s, count(&v)),
+        (StatusCode::OK, Some(2.0)),
+        "b's two page views: {v}"
+    );
+    let gold = json!({"series": [{"event": "$pageview"}], "date_from": "-7d",
+        "properties": [{"key": "tier", "type": "person", "operator": "exact", "value": "gold"}]});
+    let (s, v) = t.api("POST", "/insights/trends", Some(gold)).await;
+    assert_eq!((s, count(&v)), (StatusCode::OK, Some(0.0)), "{v}");
+}

@@ -73,6 +73,9 @@ fn seeded_events() -> Vec<Value> {
                     _ => "task_completed",
                 };
                 let mut props = json!({"browser": browsers[rng.below(3) as usize]});
+                if day == days[0] && s == 0 {
+                    props["$set"] = person_properties(p);
+                }
                 if rng.below(5) != 0 {
                     props["plan"] = json!(plans[((p + rng.below(2)) % 4) as usize]);
                 }
@@ -104,6 +107,137 @@ fn seeded_events() -> Vec<Value> {
         }
     }
     out
+}
+
+/// The person properties set on person `p`'s first event (on the anonymous id for those who start anonymous,
+/// merged into the identified person later): `tier` a string, a number or missing, `age` a number or a string
+/// holding one.
+fn person_properties(p: u64) -> Value {
+    let mut v = json!({});
+    if !p.is_multiple_of(5) {
+        v["tier"] =
+            [json!("gold"), json!("silver"), json!("Bronze"), json!(7)][(p % 4) as usize].clone();
+    }
+    v["age"] = if p.is_multiple_of(3) {
+        json!(format!("{}", 20 + p))
+    } else {
+        json!(20 + p)
+    };
+    v
+}
+
+/// Definitions with person-property filters and breakdowns, of every kind the embedded engine answers them for.
+fn person_definitions() -> Vec<(&'static str, Value)> {
+    let oct = |mut v: Value| {
+        v["date_from"] = json!("2026-10-01");
+        v["date_to"] = json!("2026-10-31");
+        v
+    };
+    let person = |key: &str, op: &str, value: Value| json!({"key": key, "type": "person", "operator": op, "value": value});
+    let by_tier = json!({"type": "person", "property": "tier", "limit": 2});
+    let steps = json!([{"event": "$pageview"}, {"event": "signup"}, {"event": "purchase"}]);
+    vec![
+        (
+            "trends",
+            oct(
+                json!({"series": [{"event": "$pageview"}], "properties": [person("tier", "exact", json!(["gold", 7]))]}),
+            ),
+        ),
+        (
+            "trends",
+            oct(
+                json!({"series": [{"event": "$pageview", "math": "dau"}], "properties": [person("tier", "is_not", json!("gold"))]}),
+            ),
+        ),
+        (
+            "trends",
+            oct(json!({"series": [
+                {"event": "$pageview", "math": "weekly_active", "properties": [person("age", "gt", json!(40))]},
+                {"event": "signup", "properties": [person("tier", "is_set", Value::Null)]},
+                {"event": "purchase", "properties": [person("tier", "is_not_set", Value::Null)]},
+                {"event": "$pageview", "properties": [person("tier", "contains", json!("BRON"))]},
+                {"event": "$pageview", "properties": [person("tier", "not_contains", json!("il"))]},
+                {"event": "$pageview", "properties": [person("age", "lte", json!("33"))]},
+            ]})),
+        ),
+        (
+            "trends",
+            oct(
+                json!({"series": [{"event": "$pageview"}, {"event": "purchase", "math": "dau"}], "breakdown": by_tier}),
+            ),
+        ),
+        (
+            "trends",
+            oct(
+                json!({"series": [{"event": "$pageview", "math": "weekly_active"}], "breakdown": {"type": "person", "property": "tier"}, "properties": [person("age", "gte", json!(25))]}),
+            ),
+        ),
+        ("funnel", oct(json!({"steps": steps, "breakdown": by_tier}))),
+        (
+            "funnel",
+            oct(
+                json!({"steps": steps, "order": "strict", "conversion_window": {"value": 1, "unit": "hour"}, "properties": [person("tier", "is_not", json!("silver"))]}),
+            ),
+        ),
+        (
+            "funnel",
+            oct(
+                json!({"steps": [{"event": "signup"}, {"event": "purchase", "properties": [person("age", "lt", json!(45))]}], "order": "unordered", "breakdown": {"type": "person", "property": "age"}}),
+            ),
+        ),
+        (
+            "retention",
+            json!({"start_event": "$pageview", "return_event": "$pageview", "period": "week", "periods": 5, "date_to": "2026-10-31", "breakdown": {"type": "person", "property": "tier"}}),
+        ),
+        (
+            "retention",
+            json!({"start_event": "signup", "return_event": "purchase", "period": "week", "periods": 5, "cohort": "recurring", "date_to": "2026-10-31", "properties": [person("tier", "exact", json!("silver"))]}),
+        ),
+        (
+            "stickiness",
+            oct(
+                json!({"event": {"event": "$pageview", "properties": [person("age", "gt", json!(30))]}}),
+            ),
+        ),
+        (
+            "lifecycle",
+            oct(
+                json!({"event": {"event": "$pageview", "properties": [person("tier", "is_set", Value::Null)]}}),
+            ),
+        ),
+    ]
+}
+
+/// Asks both nodes every definition and checks that ClickHouse answered completely and as the embedded engine;
+/// returns the answers and how many count something.
+async fn compare_all(
+    scaled: &TestServer,
+    embedded: &TestServer,
+    definitions: &[(&str, Value)],
+) -> (Vec<Value>, usize) {
+    let mut answers = Vec::new();
+    let mut nonzero = 0;
+    for (kind, body) in definitions {
+        // Right after capture: both wait until they hold every acknowledged event.
+        let (s, from_ch) = insight(scaled, kind, body).await;
+        assert_eq!(s, StatusCode::OK, "{kind} {body}: {from_ch}");
+        let (s, local) = insight(embedded, kind, body).await;
+        assert_eq!(s, StatusCode::OK, "{kind} {body}: {local}");
+        assert_eq!(from_ch["complete"], true, "{kind} {body}: {from_ch}");
+        assert_eq!(from_ch["cached"], false, "never cached: {from_ch}");
+        let (from_ch, local) = (comparable(from_ch), comparable(local));
+        if let Some(d) = difference(&from_ch, &local, "") {
+            panic!("{kind} {body}\n{d}\nClickHouse: {from_ch}\nembedded:   {local}");
+        }
+        if local["result"]
+            .to_string()
+            .contains(|c: char| ('1'..='9').contains(&c))
+        {
+            nonzero += 1;
+        }
+        answers.push(local);
+    }
+    (answers, nonzero)
 }
 
 /// Both nodes in Berlin, fed the same events in the same order.
@@ -313,28 +447,56 @@ async fn every_insight_kind_from_clickhouse_equals_the_embedded_answer() {
     let events = seeded_events();
     assert!(events.len() > 500, "{} events", events.len());
     feed([&scaled, &embedded], &events).await;
-    let mut nonzero = 0;
-    for (kind, body) in definitions() {
-        // Right after capture: both wait until they hold every acknowledged event.
-        let (s, from_ch) = insight(&scaled, kind, &body).await;
-        assert_eq!(s, StatusCode::OK, "{kind} {body}: {from_ch}");
-        let (s, local) = insight(&embedded, kind, &body).await;
-        assert_eq!(s, StatusCode::OK, "{kind} {body}: {local}");
-        assert_eq!(from_ch["complete"], true, "{kind} {body}: {from_ch}");
-        assert_eq!(from_ch["cached"], false, "never cached: {from_ch}");
-        let (from_ch, local) = (comparable(from_ch), comparable(local));
-        if let Some(d) = difference(&from_ch, &local, "") {
-            panic!("{kind} {body}\n{d}\nClickHouse: {from_ch}\nembedded:   {local}");
-        }
-        if local["result"]
-            .to_string()
-            .contains(|c: char| ('1'..='9').contains(&c))
-        {
-            nonzero += 1;
-        }
-    }
+    let (_, nonzero) = compare_all(&scaled, &embedded, &definitions()).await;
     // The answers count something (a comparison of empty answers would prove little).
     assert_eq!(nonzero, definitions().len());
+
+    // Person properties: the persons' current ones, as the embedded engine reads them from its store.
+    let people = person_definitions();
+    let (before, nonzero) = compare_all(&scaled, &embedded, &people).await;
+    assert_eq!(
+        nonzero,
+        people.len(),
+        "every person definition counts something"
+    );
+    // Properties changed after the events, one removed, and a merge: an anonymous id with events and its own tier
+    // identified as an existing person (whose properties win where both have one). Asked right after capture:
+    // the answers must reflect all of it (the read barrier covers the persons too).
+    let late = |event: &str, who: &str, props: Value| json!({"event": event, "distinct_id": who, "timestamp": "2026-10-30T09:00:00Z", "properties": props});
+    let changes = json!([
+        late(
+            "settings_saved",
+            "user-1",
+            json!({"$set": {"tier": "platinum", "age": 99}})
+        ),
+        late(
+            "settings_saved",
+            "user-2",
+            json!({"$set": {"tier": "gold"}})
+        ),
+        late("settings_saved", "user-6", json!({"$unset": ["tier"]})),
+        late(
+            "$pageview",
+            "anon-late",
+            json!({"$set": {"tier": "silver", "nickname": "late"}})
+        ),
+        late("signup", "anon-late", json!({})),
+        late(
+            "$identify",
+            "user-3",
+            json!({"$anon_distinct_id": "anon-late"})
+        ),
+    ]);
+    for t in [&scaled, &embedded] {
+        crate::growth::capture(t, changes.clone()).await;
+    }
+    let (after, _) = compare_all(&scaled, &embedded, &people).await;
+    let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+    assert!(
+        moved >= people.len() / 2,
+        "the changes move most person answers ({moved} of {})",
+        people.len()
+    );
 
     // Read-your-writes: an event captured just now is in the next answer.
     let body = json!({"series": [{"event": "late_event"}], "date_from": "2026-10-01", "date_to": "2026-10-31"});
@@ -378,9 +540,21 @@ async fn unsupported_definitions_are_refused_and_a_stopped_clickhouse_is_a_503()
         (
             "trends",
             trends(
-                json!({"properties": [{"key": "email", "value": "a@x.test", "operator": "exact", "type": "person"}]}),
+                json!({"properties": [{"key": "name", "value": "Acme", "operator": "exact", "type": "group", "group_type_index": 0}]}),
             ),
             "properties[0].type",
+        ),
+        (
+            "trends",
+            trends(json!({"properties": [{"type": "cohort", "id": 1}]})),
+            "properties[0]",
+        ),
+        (
+            "trends",
+            trends(
+                json!({"properties": [{"key": "email", "value": "^a@", "operator": "regex", "type": "person"}]}),
+            ),
+            "properties[0].operator",
         ),
         (
             "trends",
@@ -389,8 +563,15 @@ async fn unsupported_definitions_are_refused_and_a_stopped_clickhouse_is_a_503()
         ),
         (
             "trends",
-            trends(json!({"breakdown": {"type": "person", "property": "email"}})),
+            trends(
+                json!({"breakdown": {"type": "group", "group_type_index": 0, "property": "name"}}),
+            ),
             "breakdown",
+        ),
+        (
+            "funnel",
+            json!({"steps": [{"event": "$pageview"}, {"event": "signup"}], "date_from": "-7d", "trends": true, "breakdown": {"type": "person", "property": "email"}}),
+            "trends",
         ),
         (
             "stickiness",
@@ -423,6 +604,13 @@ async fn unsupported_definitions_are_refused_and_a_stopped_clickhouse_is_a_503()
     assert_eq!(v["errors"][0]["field"], "funnel_step", "{v}");
 
     let (s, v) = insight(&t, "trends", &trends(json!({}))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["result"][0]["count"].as_f64(), Some(1.0), "{v}");
+    // Person properties are answered: the one person has this email.
+    let by_email = trends(
+        json!({"properties": [{"key": "email", "value": "a@x.test", "operator": "exact", "type": "person"}]}),
+    );
+    let (s, v) = insight(&t, "trends", &by_email).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["result"][0]["count"].as_f64(), Some(1.0), "{v}");
 

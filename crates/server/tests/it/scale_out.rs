@@ -225,7 +225,12 @@ async fn three_nodes_share_flags_persons_events_and_webhooks() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["event"].as_str().unwrap(), e["distinct_id"].as_str().unwrap()))
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap(),
+                e["distinct_id"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         events,
