@@ -43,11 +43,21 @@ fn binary() -> (PathBuf, Vec<&'static str>) {
     );
 }
 
+/// A loopback port nothing listens on, never one this process handed out before: a server stopped by a test keeps
+/// its ports for its restart, and another test's server must not take them meanwhile.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 fn config(dir: &Path, http: u16, tcp: u16) -> String {

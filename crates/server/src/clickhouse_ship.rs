@@ -255,19 +255,24 @@ async fn feed_mapping(
 
 /// Where the mapping feed resumes: after the highest version ClickHouse holds (its rows are sent again).
 async fn mapping_cursor(client: &Client, db: &str) -> Result<(i64, i64, String), ClickHouseError> {
+    let version = max_version(client, db, PERSON_OVERRIDES).await?;
+    Ok((version - 1, 0, String::new()))
+}
+
+/// The highest `version` in a table (0 when empty).
+async fn max_version(client: &Client, db: &str, table: &str) -> Result<i64, ClickHouseError> {
     let rows = client
         .query_rows(&format!(
             "SELECT max(version) FROM {}.{}",
             ident(db),
-            ident(PERSON_OVERRIDES)
+            ident(table)
         ))
         .await?;
-    let version = rows
+    Ok(rows
         .first()
         .and_then(|r| r.first())
         .and_then(|v| v.parse::<i64>().ok())
-        .unwrap_or(0);
-    Ok((version - 1, 0, String::new()))
+        .unwrap_or(0))
 }
 
 /// Persons sent per insert.
@@ -325,18 +330,7 @@ async fn feed_persons(
 
 /// Where the persons feed resumes: after the highest version ClickHouse holds (its rows are sent again).
 async fn persons_cursor(client: &Client, db: &str) -> Result<(i64, i64), ClickHouseError> {
-    let rows = client
-        .query_rows(&format!(
-            "SELECT max(version) FROM {}.{}",
-            ident(db),
-            ident(PERSONS)
-        ))
-        .await?;
-    let version = rows
-        .first()
-        .and_then(|r| r.first())
-        .and_then(|v| v.parse::<i64>().ok())
-        .unwrap_or(0);
+    let version = max_version(client, db, PERSONS).await?;
     Ok((version - 1, i64::MAX))
 }
 

@@ -7,27 +7,10 @@ use axum::http::StatusCode;
 use flywheel_clickhouse::test_support;
 use serde_json::{json, Value};
 
-use crate::TestServer;
+use crate::{Lcg, TestServer};
 
 const DB: &str = "fw_insights";
 const TZ: &str = "Europe/Berlin";
-
-/// A small deterministic generator (64-bit LCG), so both nodes get the same events without a dependency.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// Seeded events over October 2026 (Berlin leaves summer time on the 25th): 40 persons on a few days each, with
 /// page views carrying a plan, a browser and a price (a number, sometimes a numeric string, sometimes missing),

@@ -193,3 +193,21 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     enc.write_all(bytes).unwrap();
     enc.finish().unwrap()
 }
+
+/// A small deterministic generator (64-bit LCG), so that tests feeding several servers give each the same events
+/// without a dependency.
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn step(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.step() % n
+    }
+}

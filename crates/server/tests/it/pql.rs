@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use serde_json::{json, Value};
 
-use crate::TestServer;
+use crate::{Lcg, TestServer};
 
 const DAY: i64 = 86_400;
 
@@ -284,23 +284,6 @@ async fn account_models_score_groups() {
     let (_, acme) = t.api("GET", "/pql-models/pql/scores/acme", None).await;
     assert_eq!(acme["score"].as_f64(), Some(40.0), "{acme}");
     assert_eq!(outbox(&t).await[0]["payload"]["unit"], "company");
-}
-
-/// A small deterministic generator.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 #[tokio::test]
