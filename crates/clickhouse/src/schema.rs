@@ -53,7 +53,8 @@ pub fn events_table_with_engine(db: &str, name: &str, engine: &str) -> String {
     prop_lower Array(String),
     inserted_at DateTime('UTC') DEFAULT now(),
     _node String DEFAULT '',
-    _lsn UInt64 DEFAULT 0
+    _lsn UInt64 DEFAULT 0,
+    _idx UInt32 DEFAULT 0
 ) ENGINE = {engine}
 PARTITION BY toYYYYMM(timestamp)
 ORDER BY (project_id, event, toDate(timestamp), distinct_id, timestamp_us, uuid)",
@@ -144,6 +145,35 @@ pub fn create_all(db: &str) -> Vec<String> {
         shipments_table(db),
         persons_table(db),
     ]
+}
+
+/// Columns `events` gained after tables were first created in deployments: added to an older table on start.
+const EVENTS_ADDED: &[(&str, &str)] = &[("_idx", "UInt32 DEFAULT 0")];
+
+/// Brings tables created by an earlier version up to this one's columns (after [`create_all`]). ClickHouse 18.16
+/// has no `ADD COLUMN IF NOT EXISTS`: `system.columns` says what is missing.
+pub async fn upgrade(client: &crate::Client, db: &str) -> Result<(), crate::ClickHouseError> {
+    for (column, definition) in EVENTS_ADDED {
+        let found = client
+            .query_rows(&format!(
+                "SELECT count() FROM system.columns WHERE database = {} AND table = {} AND name = {}",
+                crate::sql::quote(db),
+                crate::sql::quote(EVENTS),
+                crate::sql::quote(column)
+            ))
+            .await?;
+        if found.first().and_then(|r| r.first()).map(String::as_str) == Some("0") {
+            client
+                .execute(&format!(
+                    "ALTER TABLE {}.{} ADD COLUMN {} {definition}",
+                    ident(db),
+                    ident(EVENTS),
+                    ident(column)
+                ))
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// A database or table name, back-quoted (ClickHouse identifiers; a back quote or backslash is escaped).

@@ -51,6 +51,9 @@ struct Shipped<'a> {
     row: &'a EventRow,
     _node: &'a str,
     _lsn: u64,
+    /// The row's place in its batch: with `_lsn`, the node's log order (funnels and retention break ties of the
+    /// same microsecond by it, as the embedded engine does).
+    _idx: u32,
 }
 
 #[derive(Serialize)]
@@ -160,12 +163,13 @@ impl Shipper {
         };
         let mut rows = Vec::new();
         for b in batches {
-            for row in &b.rows {
+            for (idx, row) in b.rows.iter().enumerate() {
                 if !present.contains(&(b.end_lsn, month_of(row.timestamp_us))) {
                     rows.push(Shipped {
                         row,
                         _node: &self.node,
                         _lsn: b.end_lsn,
+                        _idx: u32::try_from(idx).unwrap_or(u32::MAX),
                     });
                 }
             }

@@ -356,19 +356,20 @@ async fn pause(state: &AppState, wait: Duration) -> bool {
     }
 }
 
+/// Creates the database and tables when missing, and adds the columns an older version's tables lack.
+async fn prepare(client: &Client, db: &str) -> Result<(), ClickHouseError> {
+    for statement in create_all(db) {
+        client.execute(&statement).await?;
+    }
+    flywheel_clickhouse::schema::upgrade(client, db).await
+}
+
 /// Follows the log until shutdown.
 pub async fn run(state: AppState, spool: Arc<Spool>, client: Client, db: String, node: String) {
     let mut backoff = BACKOFF_MIN;
     // The schema, then the node's position: both need ClickHouse; wait for it as long as it takes.
     let (mut shipper, (mut mapping, mut persons)) = loop {
-        let mut ready = Ok(());
-        for statement in create_all(&db) {
-            if let Err(e) = client.execute(&statement).await {
-                ready = Err(e);
-                break;
-            }
-        }
-        let opened = match ready {
+        let opened = match prepare(&client, &db).await {
             Ok(()) => match Shipper::open(client.clone(), &db, &node).await {
                 Ok(s) => match mapping_cursor(&client, &db).await {
                     Ok(m) => persons_cursor(&client, &db).await.map(|p| (s, (m, p))),
@@ -505,9 +506,7 @@ pub async fn ship_log(
     until: u64,
     mut progress: impl FnMut(ShipProgress),
 ) -> anyhow::Result<ShipProgress> {
-    for statement in create_all(db) {
-        client.execute(&statement).await?;
-    }
+    prepare(client, db).await?;
     let mut shipper = Shipper::open(client.clone(), db, node).await?;
     let mut mapping = mapping_cursor(client, db).await?;
     let mut persons = persons_cursor(client, db).await?;

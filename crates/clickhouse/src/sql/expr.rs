@@ -97,7 +97,11 @@ pub fn source(t: &Target, select: &str, from_us: i64, to_us: i64, cond: &str) ->
 /// The columns of a [`source`] row that a query above it may read (with [`PERSON`] computable from them).
 const ROW_COLUMNS: &str =
     "uuid, event, distinct_id, person_id, timestamp_us, prop_keys, prop_texts, prop_numbers, \
-                           prop_lower, overridden, override_person_id";
+                           prop_lower, overridden, override_person_id, _lsn, _idx";
+
+/// A row's place among one person's rows of the same microsecond: the node's log order (`_lsn`, `_idx`), then the
+/// uuid (rows written without a log position, and rows of different nodes).
+pub const LOG_ORDER: &str = "(_lsn, _idx, uuid)";
 
 /// [`source`] with its resolved person's columns `person_columns` joined (each `argMax(…, version) AS name` over
 /// the persons table, see [`current_persons`]; their type's default for a person without a row or erased).

@@ -21,13 +21,14 @@
 //! - the scalars a lambda captures (`t0`, the previous step) are also named outside it (`+ 0 * t0`): 18.16 drops a
 //!   subquery's columns that the query above uses only inside a lambda (`Unknown identifier`).
 //!
-//! Events of one person with the same microsecond are ordered by uuid here, by log order in the embedded engine.
+//! Events of one person with the same microsecond are ordered by log order ([`expr::LOG_ORDER`]), as in the
+//! embedded engine.
 
 use flywheel_query::plan::{funnel_window_us, Plan};
 use flywheel_query::{Aggregation, Attribution, EventRef, Exclusion, FunnelOrder, FunnelQuery};
 
 use super::breakdown::{By, Split};
-use super::expr::{self, Target, PERSON};
+use super::expr::{self, Target, LOG_ORDER, PERSON};
 use super::{Answer, Compiled, Fill, Statement, Unsupported};
 
 /// An event- or person-property breakdown of a funnel: ranked by the first step's rows, each person counted under
@@ -169,8 +170,9 @@ fn rows(
             .collect::<Vec<_>>()
             .join(" OR ")
     };
-    let select =
-        format!("{PERSON} AS person, timestamp_us AS ts, uuid, toUInt64({flags}) AS flags");
+    let select = format!(
+        "{PERSON} AS person, timestamp_us AS ts, {LOG_ORDER} AS ord, toUInt64({flags}) AS flags"
+    );
     match split {
         Some(b) => b.split.rows(
             target,
@@ -200,10 +202,10 @@ fn entries(rows: &str, entry: &str, plan: &Plan, split: Option<&Breakdown>) -> S
     let arrays = arrays(split);
     let (tuple, unpack) = match split {
         Some(_) => (
-            "(ts, uuid, flags, kind, label)",
+            "(ts, ord, flags, kind, label)",
             ", arrayMap(x -> tupleElement(x, 4), evs) AS k, arrayMap(x -> tupleElement(x, 5), evs) AS l",
         ),
-        None => ("(ts, uuid, flags)", ""),
+        None => ("(ts, ord, flags)", ""),
     };
     format!(
         "SELECT person, {arrays}, e AS s0, t[e] AS t0 FROM (

@@ -9,7 +9,7 @@ use flywheel_query::plan::Plan;
 use flywheel_query::{Aggregation, RetentionCohort, RetentionMode, RetentionQuery};
 
 use super::breakdown::{By, Split};
-use super::expr::{self, Target, PERSON};
+use super::expr::{self, Target, LOG_ORDER, PERSON};
 use super::{Answer, Compiled, Fill, Statement, Unsupported};
 
 pub(super) fn compile(
@@ -47,7 +47,7 @@ pub(super) fn compile(
     };
     let extra = split.as_ref().map_or(String::new(), Split::columns);
     let select = format!(
-        "{PERSON} AS person, timestamp_us AS ts, uuid, toUInt8({start}) AS is_start, \
+        "{PERSON} AS person, timestamp_us AS ts, {LOG_ORDER} AS ord, toUInt8({start}) AS is_start, \
          toUInt8({back}) AS is_return, toInt64({}) AS b{extra}",
         bucket("timestamp_us")
     );
@@ -99,8 +99,8 @@ pub(super) fn compile(
     // changes).
     let (per_person, memberships) = if first_time {
         (
-            "argMinIf(kind, (ts, uuid), is_start = 1) AS first_kind, \
-             argMinIf(label, (ts, uuid), is_start = 1) AS first_label"
+            "argMinIf(kind, (ts, ord), is_start = 1) AS first_kind, \
+             argMinIf(label, (ts, ord), is_start = 1) AS first_label"
                 .to_string(),
             format!(
                 "if({placed}, [toInt64({})], emptyArrayInt64()) AS ps, \
@@ -111,7 +111,7 @@ pub(super) fn compile(
         )
     } else {
         (
-            "arraySort(groupArrayIf((b, ts, uuid, kind, label), is_start = 1 AND b >= 0)) AS ss".to_string(),
+            "arraySort(groupArrayIf((b, ts, ord, kind, label), is_start = 1 AND b >= 0)) AS ss".to_string(),
             "arrayMap(x -> tupleElement(x, 1), ss) AS bs, \
              arrayMap((cur, prev) -> cur != prev, bs, arrayResize(arrayPushFront(bs, -1), length(bs))) AS firsts, \
              arrayFilter((x, y) -> y, bs, firsts) AS ps, \

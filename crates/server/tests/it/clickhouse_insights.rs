@@ -16,8 +16,7 @@ const TZ: &str = "Europe/Berlin";
 /// page views carrying a plan, a browser and a price (a number, sometimes a numeric string, sometimes missing),
 /// sign-ups, purchases and tasks. Every fourth person starts anonymous and is identified part-way (their
 /// anonymous id keeps sending events), so persons are merges of two distinct ids. A person's events never share a
-/// microsecond: such ties are ordered by uuid in ClickHouse and by log order in the embedded engine, a known
-/// difference (docs/clickhouse.md, "Funnels sort each person's events by (time, uuid)").
+/// microsecond here; ties have their own test (`same_microsecond_events_follow_the_log_order`).
 fn seeded_events() -> Vec<Value> {
     let mut rng = Lcg(0x5eed);
     let mut out = Vec::new();
@@ -614,4 +613,58 @@ async fn unsupported_definitions_are_refused_and_a_stopped_clickhouse_is_a_503()
     let (s, v) = insight(&t, "trends", &trends(json!({}))).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["result"][0]["count"].as_f64(), Some(1.0), "{v}");
+}
+
+/// Events of one person at the same microsecond are ordered by the log, as the embedded engine orders them, not by
+/// uuid: `t1` and `t2` each log `a` then `b` at one instant, with uuids in the other order. The ordered funnel
+/// a → b converts both on both engines (by uuid it would convert neither).
+#[tokio::test]
+async fn same_microsecond_events_follow_the_log_order() {
+    let ch = test_support::start();
+    let url = ch.url.clone();
+    let scaled = TestServer::start_with(|c| {
+        c.events_url = Some(url.clone());
+        c.events_database = "fw_ties".into();
+    })
+    .await;
+    let embedded = TestServer::start().await;
+    let at = "2026-10-10T10:00:00.123456Z";
+    let e = |event: &str, who: &str, uuid: &str| {
+        json!({"event": event, "distinct_id": who, "timestamp": at, "uuid": uuid,
+               "properties": {"step": event}})
+    };
+    let events = vec![
+        e("a", "t1", "00000000-0000-4000-8000-000000000009"),
+        e("b", "t1", "00000000-0000-4000-8000-000000000001"),
+        e("a", "t2", "00000000-0000-4000-8000-000000000008"),
+        e("b", "t2", "00000000-0000-4000-8000-000000000002"),
+    ];
+    feed([&scaled, &embedded], &events).await;
+    let funnel = |extra: Value| {
+        let mut f = json!({"steps": [{"event": "a"}, {"event": "b"}],
+                           "date_from": "2026-10-01", "date_to": "2026-10-31"});
+        for (k, v) in extra.as_object().unwrap() {
+            f[k] = v.clone();
+        }
+        f
+    };
+    let (answers, _) = compare_all(
+        &scaled,
+        &embedded,
+        &[
+            ("funnel", funnel(json!({}))),
+            (
+                "funnel",
+                funnel(json!({"breakdown": {"type": "event", "property": "step"}})),
+            ),
+        ],
+    )
+    .await;
+    let steps = &answers[0]["result"]["steps"];
+    assert_eq!(
+        (steps[0]["count"].as_u64(), steps[1]["count"].as_u64()),
+        (Some(2), Some(2)),
+        "both entered and converted: {}",
+        answers[0]
+    );
 }
