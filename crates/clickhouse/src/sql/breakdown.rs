@@ -201,7 +201,10 @@ pub(super) fn label_index(
     let n = labels.len();
     match kind {
         0 => labels[..ranked].iter().position(|l| l.as_str() == value),
-        1 if ranked + 1 < n => Some(ranked),
+        // The engine's code for a value outside the ranking is the slot after the ranked ones: the "other" label,
+        // or — without one, which happens only when a funnel attributes to a later step (`step:<i>`) a value the
+        // first step's rows did not rank — the `null` label, as the embedded engine shows it.
+        1 if ranked < n => Some(ranked),
         2 => Some(n - 1),
         _ => None,
     }

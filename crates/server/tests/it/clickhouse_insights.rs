@@ -657,6 +657,12 @@ async fn same_microsecond_events_follow_the_log_order() {
                 "funnel",
                 funnel(json!({"breakdown": {"type": "event", "property": "step"}})),
             ),
+            // Attributed to the second step: its value (`b`) is not among the first step's ranked values.
+            (
+                "funnel",
+                funnel(json!({"breakdown": {"type": "event", "property": "step"},
+                              "breakdown_attribution": "step:1"})),
+            ),
         ],
     )
     .await;
