@@ -1,5 +1,5 @@
-//! `flywheel users`: the people of a data directory, and a password reset for an operator whose owner is locked
-//! out. Works beside a running server (SQLite takes turns).
+//! `flywheel users`: the people of a data directory (or of a scaled-out deployment's PostgreSQL, `--metadata-url`),
+//! and a password reset for an operator whose owner is locked out. Works beside running servers.
 
 use std::io::BufRead;
 
@@ -24,13 +24,21 @@ pub struct DataDir {
     /// Data directory of the server.
     #[arg(long, env = "FLYWHEEL_DATA_DIR", default_value = "./flywheel-data")]
     data_dir: std::path::PathBuf,
+    /// The shared PostgreSQL metadata of a scaled-out deployment (instead of the data directory's SQLite file).
+    #[arg(long, env = "FLYWHEEL_METADATA_URL")]
+    metadata_url: Option<String>,
 }
 
 async fn open(dir: &DataDir) -> anyhow::Result<flywheel_store::Store> {
+    if let Some(url) = &dir.metadata_url {
+        return flywheel_store::Store::connect_postgres(url)
+            .await
+            .context("cannot open the PostgreSQL metadata database");
+    }
     let config = flywheel_server::Config::for_tests(dir.data_dir.clone());
     anyhow::ensure!(
         config.metadata_path().exists(),
-        "{} holds no Flywheel data (no metadata.db)",
+        "{} holds no Flywheel data (no metadata.db); for a scaled-out deployment give --metadata-url",
         dir.data_dir.display()
     );
     flywheel_server::open_store(&config).await

@@ -103,3 +103,64 @@ fn an_operator_lists_users_and_resets_a_password() {
     assert_eq!(login(&addr, "the operator's new one"), 200);
     serve.terminate();
 }
+
+/// With `--metadata-url` the commands work on a scaled-out deployment's PostgreSQL (no data directory involved).
+#[test]
+fn users_work_on_the_shared_postgres_metadata() {
+    let url = flywheel_store::test_support::TestPostgres::shared()
+        .unwrap()
+        .create_database("cli_users")
+        .unwrap();
+    let run = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(BIN)
+            .arg("users")
+            .args(args)
+            .args([
+                "--metadata-url",
+                &url,
+                "--data-dir",
+                "/nonexistent/flywheel",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt
+        .block_on(flywheel_store::Store::connect_postgres(&url))
+        .unwrap();
+    rt.block_on(store.create_user("ops@example.com", "Ops", "not-a-hash"))
+        .unwrap()
+        .unwrap();
+    let (ok, out, err) = run(&["list"], "");
+    assert!(ok && out.contains("ops@example.com"), "{out} {err}");
+    let (ok, _, err) = run(
+        &["set-password", "--email", "ops@example.com"],
+        "a brand new password\n",
+    );
+    assert!(ok, "{err}");
+    let user = rt
+        .block_on(store.user_by_email("ops@example.com"))
+        .unwrap()
+        .unwrap();
+    assert!(
+        user.password_hash.starts_with("$argon2id$"),
+        "the password was set: {}",
+        user.password_hash
+    );
+    assert!(!std::path::Path::new("/nonexistent/flywheel").exists());
+}
