@@ -6,11 +6,15 @@ use std::process::{Command, Stdio};
 use crate::{http, init, Serve, BIN};
 
 fn users(dir: &std::path::Path, args: &[&str], stdin: &str) -> (bool, String, String) {
+    let dir = dir.to_str().unwrap();
+    users_with(&[args, &["--data-dir", dir]].concat(), stdin)
+}
+
+/// `flywheel users <args>` with `stdin`: (success, stdout, stderr).
+fn users_with(args: &[&str], stdin: &str) -> (bool, String, String) {
     let mut child = Command::new(BIN)
         .arg("users")
         .args(args)
-        .arg("--data-dir")
-        .arg(dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -112,31 +116,18 @@ fn users_work_on_the_shared_postgres_metadata() {
         .create_database("cli_users")
         .unwrap();
     let run = |args: &[&str], stdin: &str| {
-        let mut child = Command::new(BIN)
-            .arg("users")
-            .args(args)
-            .args([
-                "--metadata-url",
-                &url,
-                "--data-dir",
-                "/nonexistent/flywheel",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+        users_with(
+            &[
+                args,
+                &[
+                    "--metadata-url",
+                    &url,
+                    "--data-dir",
+                    "/nonexistent/flywheel",
+                ],
+            ]
+            .concat(),
+            stdin,
         )
     };
     let rt = tokio::runtime::Runtime::new().unwrap();

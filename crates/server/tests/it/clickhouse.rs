@@ -71,11 +71,7 @@ async fn acknowledged_events_reach_clickhouse_once_through_an_outage() {
     let mut ch = test_support::start();
     let url = ch.url.clone();
     let client = Client::new(&url).unwrap();
-    let mut t = TestServer::start_with(|c| {
-        c.events_url = Some(url.clone());
-        c.events_database = DB.into();
-    })
-    .await;
+    let mut t = TestServer::on_clickhouse(&ch, DB).await;
     for k in 0..3 {
         capture(&t, k * 100, 100).await;
     }
@@ -153,11 +149,7 @@ async fn a_merge_after_shipping_resolves_through_the_person_mapping() {
     let ch = test_support::start();
     let url = ch.url.clone();
     let client = Client::new(&url).unwrap();
-    let t = TestServer::start_with(|c| {
-        c.events_url = Some(url.clone());
-        c.events_database = DB.into();
-    })
-    .await;
+    let t = TestServer::on_clickhouse(&ch, DB).await;
     // Two persons' events shipped, then a merge of the anonymous one into the signed-in one.
     crate::growth::capture(
         &t,
@@ -205,11 +197,7 @@ async fn erasure_and_retention_delete_events_in_clickhouse() {
     const DB: &str = "fw_erase";
     let ch = test_support::start();
     let client = Client::new(&ch.url).unwrap();
-    let t = TestServer::start_with(|c| {
-        c.events_url = Some(ch.url.clone());
-        c.events_database = DB.into();
-    })
-    .await;
+    let t = TestServer::on_clickhouse(&ch, DB).await;
     let now = chrono::Utc::now();
     let recent = |h: i64| (now - chrono::Duration::hours(h)).to_rfc3339();
     crate::growth::capture(
@@ -292,11 +280,7 @@ async fn persons_follow_property_changes_and_erasures() {
     let ch = test_support::start();
     let url = ch.url.clone();
     let client = Client::new(&url).unwrap();
-    let t = TestServer::start_with(|c| {
-        c.events_url = Some(url.clone());
-        c.events_database = DB.into();
-    })
-    .await;
+    let t = TestServer::on_clickhouse(&ch, DB).await;
     crate::growth::capture(
         &t,
         json!([

@@ -419,12 +419,7 @@ fn definitions() -> Vec<(&'static str, Value)> {
 #[tokio::test]
 async fn every_insight_kind_from_clickhouse_equals_the_embedded_answer() {
     let ch = test_support::start();
-    let url = ch.url.clone();
-    let scaled = TestServer::start_with(|c| {
-        c.events_url = Some(url.clone());
-        c.events_database = DB.into();
-    })
-    .await;
+    let scaled = TestServer::on_clickhouse(&ch, DB).await;
     let embedded = TestServer::start().await;
     let events = seeded_events();
     assert!(events.len() > 500, "{} events", events.len());
@@ -499,12 +494,7 @@ async fn every_insight_kind_from_clickhouse_equals_the_embedded_answer() {
 #[tokio::test]
 async fn unsupported_definitions_are_refused_and_a_stopped_clickhouse_is_a_503() {
     let mut ch = test_support::start();
-    let url = ch.url.clone();
-    let t = TestServer::start_with(|c| {
-        c.events_url = Some(url.clone());
-        c.events_database = DB.into();
-    })
-    .await;
+    let t = TestServer::on_clickhouse(&ch, DB).await;
     crate::growth::capture(
         &t,
         json!([{"event": "$pageview", "distinct_id": "a", "properties": {"plan": "pro"}, "$set": {"email": "a@x.test"}}]),
@@ -621,12 +611,7 @@ async fn unsupported_definitions_are_refused_and_a_stopped_clickhouse_is_a_503()
 #[tokio::test]
 async fn same_microsecond_events_follow_the_log_order() {
     let ch = test_support::start();
-    let url = ch.url.clone();
-    let scaled = TestServer::start_with(|c| {
-        c.events_url = Some(url.clone());
-        c.events_database = "fw_ties".into();
-    })
-    .await;
+    let scaled = TestServer::on_clickhouse(&ch, "fw_ties").await;
     let embedded = TestServer::start().await;
     let at = "2026-10-10T10:00:00.123456Z";
     let e = |event: &str, who: &str, uuid: &str| {

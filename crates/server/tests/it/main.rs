@@ -119,6 +119,16 @@ impl TestServer {
         }
     }
 
+    /// A server shipping its events to (and answering insights from) the ClickHouse `ch`, database `db`.
+    pub async fn on_clickhouse(ch: &flywheel_clickhouse::test_support::Server, db: &str) -> Self {
+        let (url, db) = (ch.url.clone(), db.to_owned());
+        Self::start_with(|c| {
+            c.events_url = Some(url);
+            c.events_database = db;
+        })
+        .await
+    }
+
     pub fn server(&self) -> &Server {
         self.server.as_ref().unwrap()
     }
