@@ -650,15 +650,9 @@ async fn pump(state: &AppState, w: Webhook) -> Result<(), ApiError> {
 
 async fn pump_locked(state: &AppState, mut w: Webhook) -> Result<(), ApiError> {
     for _ in 0..PER_ROUND {
-        // The subscription as it is now (a rotated secret, a new URL or a deactivation apply to the next attempt).
-        match state.store.webhook(w.project_id, w.id).await? {
-            Some(fresh) if fresh.active => {
-                w.url = fresh.url;
-                w.secret = fresh.secret;
-                w.topics = fresh.topics;
-                w.cursor = w.cursor.max(fresh.cursor);
-            }
-            _ => return Ok(()),
+        // The subscription as it is now (topics and cursor for taking the next message).
+        if !refresh(state, &mut w).await? {
+            return Ok(());
         }
         let head = match state.store.webhook_head(w.id).await? {
             Some(d) => d,
@@ -670,12 +664,31 @@ async fn pump_locked(state: &AppState, mut w: Webhook) -> Result<(), ApiError> {
         if head.next_attempt_at > now_text(state) {
             return Ok(());
         }
+        // Read again once the message is known: a secret rotated (a URL changed, a deactivation) while it was taken
+        // applies to it — a message created after a rotation is never signed with the old secret.
+        if !refresh(state, &mut w).await? {
+            return Ok(());
+        }
         let outcome = attempt(state, &w, &head).await?;
         if !matches!(outcome, Outcome::Delivered | Outcome::Dead) {
             return Ok(());
         }
     }
     Ok(())
+}
+
+/// Brings `w` up to the stored subscription; false when it is gone or inactive.
+async fn refresh(state: &AppState, w: &mut Webhook) -> Result<bool, ApiError> {
+    match state.store.webhook(w.project_id, w.id).await? {
+        Some(fresh) if fresh.active => {
+            w.url = fresh.url;
+            w.secret = fresh.secret;
+            w.topics = fresh.topics;
+            w.cursor = w.cursor.max(fresh.cursor);
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 async fn attempt(state: &AppState, w: &Webhook, d: &Delivery) -> Result<Outcome, ApiError> {
