@@ -21,6 +21,7 @@ use serde::Serialize;
 use crate::client::{ClickHouseError, Client};
 use crate::row::EventRow;
 use crate::schema::{ident, EVENTS, SHIPMENTS};
+use crate::sql::quote;
 
 /// Most rows in one insert (ClickHouse splits larger inserts into several blocks, which would break the
 /// all-or-nothing of a (batch, month) group).
@@ -62,19 +63,6 @@ struct Shipment<'a> {
     start_lsn: u64,
     end_lsn: u64,
     rows: u64,
-}
-
-fn quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('\'');
-    for c in s.chars() {
-        if c == '\'' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('\'');
-    out
 }
 
 /// The month partition (`toYYYYMM`) of an instant in µs, as ClickHouse computes it from the whole second.
