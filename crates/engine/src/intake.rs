@@ -83,7 +83,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -323,6 +323,11 @@ static OPEN_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 struct DirGuard(PathBuf, #[allow(dead_code)] File);
 
 impl DirGuard {
+    /// How long a lock held by another process is waited for before the directory counts as in use. A child
+    /// process forked elsewhere in this process holds a copy of the lock's descriptor until it execs, so a lock
+    /// just released can look held for a moment.
+    const CONTENDED_WAIT: Duration = Duration::from_millis(1500);
+
     fn acquire(dir: &Path) -> Result<DirGuard, EngineError> {
         let mut open = OPEN_DIRS.lock().unwrap_or_else(PoisonError::into_inner);
         if open.iter().any(|d| d == dir) {
@@ -335,16 +340,22 @@ impl DirGuard {
             .write(true)
             .open(&lock_path)
             .map_err(|e| EngineError::io(format!("opening {}", lock_path.display()), e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(EngineError::AlreadyOpen(dir.to_path_buf()))
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(EngineError::io(
-                    format!("locking {}", lock_path.display()),
-                    e,
-                ))
+        let deadline = Instant::now() + Self::CONTENDED_WAIT;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(EngineError::AlreadyOpen(dir.to_path_buf()))
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(EngineError::io(
+                        format!("locking {}", lock_path.display()),
+                        e,
+                    ))
+                }
             }
         }
         open.push(dir.to_path_buf());
