@@ -1880,6 +1880,131 @@ async fn check_person_properties(r: &mut Runner, tz: &Tz) {
     assert!(nonzero > 20, "the definitions count something ({nonzero})");
 }
 
+/// Cohort filters: memberships of every form (counts in a window with event filters, a count zero satisfies, first
+/// time, an uploaded list with an erased and an unknown person, a person property, groups and negation) as filters
+/// (and negated) of a trends insight; each answer against the events of the members found by brute force here.
+async fn check_cohorts(r: &mut Runner, events: &[Event], tz: &Tz) {
+    use flywheel_clickhouse::sql::Membership;
+    use flywheel_query::{CountOp, EventRef, Operator, PropertyFilter, PropertyType};
+    let day = |d: i64| base() + d * DAY_US;
+    let event_filter = |key: &str, operator, value: Value| PropertyFilter {
+        key: key.into(),
+        value: Some(value),
+        operator,
+        property_type: PropertyType::Event,
+        group_type_index: None,
+    };
+    let pro_b = Membership::Performed {
+        event: EventRef::Named("b".into()),
+        filters: vec![event_filter("plan", Operator::Exact, json!("pro"))],
+        from_us: day(10),
+        to_us: day(40),
+        op: CountOp::Gte,
+        count: 5,
+    };
+    let few_c = Membership::Performed {
+        event: EventRef::Named("c".into()),
+        filters: Vec::new(),
+        from_us: day(10),
+        to_us: day(40),
+        op: CountOp::Lt,
+        count: 3,
+    };
+    let idle = Membership::Performed {
+        event: EventRef::All,
+        filters: Vec::new(),
+        from_us: day(60),
+        to_us: day(62),
+        op: CountOp::Exact,
+        count: 0,
+    };
+    let first_berlin = Membership::FirstTime {
+        event: EventRef::Named("a".into()),
+        filters: vec![event_filter("city", Operator::Contains, json!("BERLIN"))],
+        from_us: day(20),
+        to_us: day(50),
+    };
+    let listed = Membership::Listed(vec![1, 2, 3, 5, 17, 999]);
+    let gold = Membership::Person(PropertyFilter {
+        key: "tier".into(),
+        value: Some(json!("gold")),
+        operator: Operator::Exact,
+        property_type: PropertyType::Person,
+        group_type_index: None,
+    });
+    let mixed = Membership::All(vec![
+        Membership::Any(vec![pro_b.clone(), listed.clone()]),
+        Membership::Not(Box::new(gold.clone())),
+    ]);
+
+    // The same rules in Rust, over persons 1..=30 (person 5 is erased: no properties, not listed).
+    let count = |p: u64, event: Option<&str>, pred: Pred, from: i64, to: i64| {
+        events
+            .iter()
+            .filter(|e| e.person == p && event.is_none_or(|n| e.event == n) && holds(e, pred))
+            .filter(|e| e.ts >= from && e.ts <= to)
+            .count()
+    };
+    let persons =
+        |test: &dyn Fn(u64) -> bool| -> BTreeSet<u64> { (1..=30).filter(|&p| test(p)).collect() };
+    let sets = [
+        persons(&|p| count(p, Some("b"), Pred::PlanIs("pro"), day(10), day(40)) >= 5),
+        persons(&|p| count(p, Some("c"), Pred::Any, day(10), day(40)) < 3),
+        persons(&|p| count(p, None, Pred::Any, day(60), day(62)) == 0),
+        persons(&|p| {
+            events
+                .iter()
+                .filter(|e| {
+                    e.person == p && e.event == "a" && holds(e, Pred::CityContains("BERLIN"))
+                })
+                .map(|e| e.ts)
+                .min()
+                .is_some_and(|t| (day(20)..=day(50)).contains(&t))
+        }),
+        persons(&|p| [1, 2, 3, 17].contains(&p)),
+        persons(&|p| p != 5 && person_props(p).get("tier") == Some(&json!("gold"))),
+    ];
+    let mixed_set =
+        persons(&|p| (sets[0].contains(&p) || sets[4].contains(&p)) && !sets[5].contains(&p));
+    let cohorts = [
+        (1, pro_b, sets[0].clone()),
+        (2, few_c, sets[1].clone()),
+        (3, idle, sets[2].clone()),
+        (4, first_berlin, sets[3].clone()),
+        (5, listed, sets[4].clone()),
+        (6, gold, sets[5].clone()),
+        (7, mixed, mixed_set),
+        (8, Membership::Any(Vec::new()), BTreeSet::new()),
+        (9, Membership::All(Vec::new()), (1..=30).collect()),
+    ];
+    r.target.cohorts =
+        std::sync::Arc::new(cohorts.iter().map(|(id, m, _)| (*id, m.clone())).collect());
+    let mut partial = 0;
+    for (id, _, set) in &cohorts {
+        if !set.is_empty() && set.len() < 30 {
+            partial += 1;
+        }
+        for negate in [false, true] {
+            let body = json!({"series": [{"event": "a"}], "date_from": "2026-03-20", "date_to": "2026-04-20",
+                              "interval": "week", "properties": [{"type": "cohort", "id": id, "negate": negate}]});
+            let (_, p, answer) = r.run(InsightKind::Trends, body.clone(), tz).await;
+            let (from, to) = (p.reads[0].bucket_starts_us[0], p.reads[0].end_us);
+            let want = events
+                .iter()
+                .filter(|e| e.event == "a" && e.ts >= from && e.ts < to)
+                .filter(|e| set.contains(&e.person) != negate)
+                .count() as f64;
+            let got: f64 = series(&answer)[0][0].iter().sum();
+            assert_eq!(got, want, "{body} in {}", tz.name());
+        }
+    }
+    assert!(
+        partial >= 6,
+        "the cohorts split the persons ({partial} partial)"
+    );
+    r.target.cohorts = Default::default();
+}
+
 fn out_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("clickhouse");
     std::fs::create_dir_all(&dir).unwrap();
@@ -1988,7 +2113,8 @@ async fn insights_match_the_truth_on_clickhouse_18_and_current() {
             "SELECT uniqExact({expr}) FROM ({})",
             flywheel_clickhouse::sql::rows_of_project(&Target {
                 db: DB.into(),
-                project_id: PROJECT
+                project_id: PROJECT,
+                ..Target::default()
             })
         )
     };
@@ -2002,6 +2128,7 @@ async fn insights_match_the_truth_on_clickhouse_18_and_current() {
         target: Target {
             db: DB.into(),
             project_id: PROJECT,
+            ..Target::default()
         },
         now: Utc.with_ymd_and_hms(2026, 5, 20, 12, 0, 0).unwrap(),
         dump: Vec::new(),
@@ -2021,6 +2148,7 @@ async fn insights_match_the_truth_on_clickhouse_18_and_current() {
     for tz_name in ["UTC", "Europe/Berlin"] {
         check_person_properties(&mut r, &tz_name.parse().unwrap()).await;
     }
+    check_cohorts(&mut r, &events, &"Europe/Berlin".parse().unwrap()).await;
     // The one-call entry point gives the same answers.
     let q = parse(InsightKind::Trends, &json!({"series": [{"event": "a", "math": "dau"}], "date_from": "2026-04-01", "date_to": "2026-04-07"})).unwrap();
     let berlin: Tz = "Europe/Berlin".parse().unwrap();

@@ -15,6 +15,7 @@ fn compiled(kind: InsightKind, body: Value) -> Result<usize, Unsupported> {
     let target = Target {
         db: "fw".into(),
         project_id: 1,
+        ..Target::default()
     };
     compile(&q, &p, &tz, &target).map(|c| c.statements.len())
 }

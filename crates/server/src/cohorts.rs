@@ -26,10 +26,12 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, DurationRound, Utc};
+use flywheel_clickhouse::sql::Membership;
 use flywheel_engine::table::Snapshot;
 use flywheel_engine::EngineError;
 use flywheel_query::{
-    Behavioral, BehavioralKind, CohortDefinition, CohortNode, EventRef, FieldError, GroupOp,
+    Behavioral, BehavioralKind, CohortDefinition, CohortNode, CountOp, EventRef, FieldError,
+    GroupOp,
 };
 use serde_json::{json, Map, Value};
 
@@ -311,6 +313,110 @@ impl<'a> Evaluator<'a> {
             }
         })
     }
+}
+
+/// Cohort `id` as the ClickHouse SQL tests it (insights with `--events-url`): the [`Evaluator`]'s rules, resolved
+/// at `now` (the minute, see [`minute_of`]) in the project's time zone, references inlined.
+pub fn membership(
+    cohorts: &Cohorts,
+    id: u64,
+    now: DateTime<Utc>,
+    tz: &chrono_tz::Tz,
+) -> Result<Membership, RunError> {
+    fn cohort(
+        cohorts: &Cohorts,
+        id: u64,
+        depth: usize,
+        now: DateTime<Utc>,
+        tz: &chrono_tz::Tz,
+    ) -> Result<Membership, RunError> {
+        let unsupported = |message: String| {
+            RunError::Unsupported(Unsupported {
+                field: "cohort".into(),
+                message,
+            })
+        };
+        if depth > MAX_DEPTH {
+            return Err(unsupported(format!(
+                "cohort {id}: its references form a cycle or a chain deeper than {MAX_DEPTH}"
+            )));
+        }
+        match cohorts.by_id.get(&id) {
+            None => Err(unsupported(format!("cohort {id} was not loaded"))),
+            Some((_, Loaded::Static(people))) => {
+                let mut ids: Vec<i64> = people.iter().copied().collect();
+                ids.sort_unstable();
+                Ok(Membership::Listed(ids))
+            }
+            Some((_, Loaded::Dynamic(d))) => node(cohorts, &d.root, depth, now, tz),
+        }
+    }
+    fn node(
+        cohorts: &Cohorts,
+        n: &CohortNode,
+        depth: usize,
+        now: DateTime<Utc>,
+        tz: &chrono_tz::Tz,
+    ) -> Result<Membership, RunError> {
+        let negated = |m: Membership, negate: bool| {
+            if negate {
+                Membership::Not(Box::new(m))
+            } else {
+                m
+            }
+        };
+        Ok(match n {
+            CohortNode::Group { op, values } => {
+                let parts = values
+                    .iter()
+                    .map(|v| node(cohorts, v, depth, now, tz))
+                    .collect::<Result<Vec<_>, _>>()?;
+                match op {
+                    GroupOp::And => Membership::All(parts),
+                    GroupOp::Or => Membership::Any(parts),
+                }
+            }
+            CohortNode::Person { filter, negate } => {
+                negated(Membership::Person(filter.clone()), *negate)
+            }
+            CohortNode::Cohort { id, negate } => {
+                negated(cohort(cohorts, *id, depth + 1, now, tz)?, *negate)
+            }
+            CohortNode::Behavioral(b) => {
+                let (from_us, to_us) = (
+                    b.window.start(now, tz).timestamp_micros(),
+                    now.timestamp_micros(),
+                );
+                let (event, filters) = (b.event.clone(), b.event_filters.clone());
+                let m = match b.kind {
+                    BehavioralKind::Performed => Membership::Performed {
+                        event,
+                        filters,
+                        from_us,
+                        to_us,
+                        op: CountOp::Gte,
+                        count: 1,
+                    },
+                    BehavioralKind::PerformedMultiple { op, count } => Membership::Performed {
+                        event,
+                        filters,
+                        from_us,
+                        to_us,
+                        op,
+                        count,
+                    },
+                    BehavioralKind::FirstTime => Membership::FirstTime {
+                        event,
+                        filters,
+                        from_us,
+                        to_us,
+                    },
+                };
+                negated(m, b.negate)
+            }
+        })
+    }
+    cohort(cohorts, id, 0, now, tz)
 }
 
 /// Which dense persons did what `b` describes, in its window ending at `now`.

@@ -1342,7 +1342,11 @@ pub fn run(
                 )
                 .into());
             }
-            by_cohorts(q, parts, one)?
+            let answers = parts
+                .into_iter()
+                .map(|(id, part)| Ok((id, one(&part)?)))
+                .collect::<Result<Vec<_>, RunError>>()?;
+            by_cohorts(q, answers)
         }
         None => one(q)?,
     };
@@ -1352,15 +1356,10 @@ pub fn run(
 
 /// A cohort breakdown: the answer of each cohort's part (see `flywheel_query::plan::cohort_parts`), labelled
 /// with the cohort's id as its `breakdown_value`. Every requested cohort is listed, even when it counts nothing.
-fn by_cohorts(
-    q: &InsightQuery,
-    parts: Vec<(u64, InsightQuery)>,
-    one: impl Fn(&InsightQuery) -> Result<Value, RunError>,
-) -> Result<Value, RunError> {
+pub(crate) fn by_cohorts(q: &InsightQuery, answers: Vec<(u64, Value)>) -> Value {
     let mut rows: Vec<Value> = Vec::new();
-    for (id, part) in parts {
-        let v = one(&part)?;
-        match part {
+    for (id, v) in answers {
+        match q {
             InsightQuery::Trends(_) => {
                 for mut item in v["result"].as_array().cloned().unwrap_or_default() {
                     item["breakdown_value"] = json!(id);
@@ -1377,7 +1376,7 @@ fn by_cohorts(
             }
         }
     }
-    Ok(json!({"kind": q.kind(), "result": rows}))
+    json!({"kind": q.kind(), "result": rows})
 }
 
 fn trends(

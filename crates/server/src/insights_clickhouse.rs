@@ -3,7 +3,8 @@
 //!
 //! The definition is planned as the embedded engine plans it, compiled to SQL and run by `flywheel-clickhouse`,
 //! and its numbers are rendered by the same code as the kernels' (`insight_render`): one definition gets the same
-//! JSON from either engine. What the SQL cannot answer exactly (person, group and cohort properties, regular
+//! JSON from either engine. Cohorts are resolved here (`cohorts::membership`) and tested in the SQL; a cohort
+//! breakdown is one query per cohort. What the SQL cannot answer exactly (group properties, regular
 //! expressions, listing a funnel step's persons…) is a `400 unsupported` naming the field, never an answer from the
 //! node's own tables, which would silently count only this node's events. ClickHouse unreachable is a 503.
 //!
@@ -69,15 +70,43 @@ pub(crate) async fn answer(
     let range = query
         .resolve(now, &tz)
         .map_err(|e| ApiError::validation("insight definition", &[e]))?;
-    let plan = flywheel_query::plan::plan(query, &range, &tz);
+    // The cohorts the filters reach, resolved at the minute as the embedded evaluator resolves them.
+    let loaded = crate::cohorts::load(
+        state,
+        project_id,
+        &crate::cohorts::references(&serde_json::json!(query)),
+    )
+    .await?;
+    let minute = crate::cohorts::minute_of(now);
+    let mut cohorts = std::collections::BTreeMap::new();
+    for &id in loaded.by_id.keys() {
+        let m = crate::cohorts::membership(&loaded, id, minute, &tz).map_err(run_error)?;
+        cohorts.insert(id, m);
+    }
     let target = Target {
         db: reader.db.clone(),
         project_id: project_id.max(0) as u64,
+        cohorts: std::sync::Arc::new(cohorts),
     };
-    let numbers = flywheel_clickhouse::run_insight(&reader.client, &target, query, now, &tz)
-        .await
-        .map_err(error)?;
-    let mut out = rendered(query, &plan, numbers).map_err(ApiError::internal)?;
+    let (target, resolved) = (&target, &range);
+    let one = |q: InsightQuery| async move {
+        let plan = flywheel_query::plan::plan(&q, resolved, &tz);
+        let numbers = flywheel_clickhouse::run_insight(&reader.client, target, &q, now, &tz)
+            .await
+            .map_err(error)?;
+        rendered(&q, &plan, numbers).map_err(ApiError::internal)
+    };
+    // A cohort breakdown is one query per cohort, filtered by it, as on the embedded engine.
+    let mut out = match flywheel_query::plan::cohort_parts(query) {
+        Some(parts) => {
+            let mut answers = Vec::with_capacity(parts.len());
+            for (id, part) in parts {
+                answers.push((id, one(part).await?));
+            }
+            crate::insights::by_cohorts(query, answers)
+        }
+        None => one(query.clone()).await?,
+    };
     render::with_range(&mut out, &range);
     Ok((out, complete))
 }

@@ -6,19 +6,25 @@
 //! lambda here is single-level; and it has no JSON functions, so filters read the indexed top-level properties
 //! (`prop_keys`, `prop_texts`, `prop_numbers`, `prop_lower`: see [`crate::row`]).
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use flywheel_query::plan::Scan;
 use flywheel_query::{EventRef, Filter, Operator, PropertyFilter, PropertyType};
 use serde_json::Value;
 
+use super::cohort::{self, Membership};
 use super::Unsupported;
 use crate::row::{number, text};
 use crate::schema::{ident, EVENTS, PERSONS, PERSON_OVERRIDES};
 
-/// Where a query reads: the database and the project.
-#[derive(Debug, Clone)]
+/// Where a query reads: the database and the project, and the cohorts its filters may name.
+#[derive(Debug, Clone, Default)]
 pub struct Target {
     pub db: String,
     pub project_id: u64,
+    /// The membership of every cohort the query reaches, resolved at the query's minute by the caller.
+    pub cohorts: Arc<BTreeMap<u64, Membership>>,
 }
 
 /// A string literal: quotes and backslashes escaped (ClickHouse reads C-style escapes in literals).
@@ -204,17 +210,26 @@ pub fn filters(fs: &[Filter], field: &str, t: &Target) -> Result<String, Unsuppo
     Ok(format!("({})", parts.join(" AND ")))
 }
 
-/// One filter at `field`, a condition on a row of [`source`]. Event and person properties; group properties and
-/// cohorts are not in ClickHouse yet.
+/// One filter at `field`, a condition on a row of [`source`]. Event and person properties and cohorts (from
+/// [`Target::cohorts`]); group properties are not in ClickHouse yet.
 pub fn filter(f: &Filter, field: &str, t: &Target) -> Result<String, Unsupported> {
     match f {
-        Filter::Cohort { .. } => Err(Unsupported::new(
-            field,
-            "cohort filters are not supported by the ClickHouse backend yet (cohort members are not in ClickHouse)",
-        )),
+        Filter::Cohort { id, negate } => {
+            let Some(m) = t.cohorts.get(id) else {
+                return Err(Unsupported::new(field, format!("cohort {id} was not loaded")));
+            };
+            let member = cohort::condition(m, PERSON, field, t).map_err(|e| {
+                Unsupported::new(field, format!("cohort {id}: {}: {}", e.field, e.message))
+            })?;
+            Ok(if *negate {
+                format!("NOT {member}")
+            } else {
+                member
+            })
+        }
         Filter::Property(p) => match p.property_type {
             PropertyType::Event => property_filter(p, field),
-            PropertyType::Person => person_filter(p, field, t),
+            PropertyType::Person => person_filter(p, PERSON, field, t),
             PropertyType::Group => Err(Unsupported::new(
                 format!("{field}.type"),
                 "group property filters are not supported by the ClickHouse backend yet (groups are not in \
@@ -241,8 +256,13 @@ pub fn current_persons(t: &Target, columns: &str) -> String {
 /// version of the person the row resolves to, through the overrides) are tested as an event's would be; a person
 /// without the property, without a row in `persons` (not shipped, personless events) or erased is tested as
 /// missing. As a set of persons: those passing (`IN`), or, when a missing property passes, all but those failing
-/// (`NOT IN`), so that persons without a row are decided without a join.
-fn person_filter(p: &PropertyFilter, field: &str, t: &Target) -> Result<String, Unsupported> {
+/// (`NOT IN`), so that persons without a row are decided without a join. `who` is the tested person's uuid.
+pub(super) fn person_filter(
+    p: &PropertyFilter,
+    who: &str,
+    field: &str,
+    t: &Target,
+) -> Result<String, Unsupported> {
     let test = property_filter(p, field)?;
     let missing_passes = matches!(
         p.operator,
@@ -255,7 +275,7 @@ fn person_filter(p: &PropertyFilter, field: &str, t: &Target) -> Result<String, 
     };
     let persons = current_persons(t, &format!(", argMax(toUInt8({test}), version) AS pass"));
     Ok(format!(
-        "({PERSON} {op} (SELECT pperson FROM ({persons}) WHERE gone = 0 AND pass = {want}))"
+        "({who} {op} (SELECT pperson FROM ({persons}) WHERE gone = 0 AND pass = {want}))"
     ))
 }
 
@@ -272,7 +292,7 @@ fn values(p: &PropertyFilter) -> Vec<&Value> {
 /// equality of the texts, `contains` a substring of the lower-case texts, numbers compare as Float64 (NaN compares
 /// false), a missing property fails every
 /// positive operator and passes its negation.
-fn property_filter(p: &PropertyFilter, field: &str) -> Result<String, Unsupported> {
+pub(super) fn property_filter(p: &PropertyFilter, field: &str) -> Result<String, Unsupported> {
     let key = string(&p.key);
     let has = format!("has(prop_keys, {key})");
     let at = format!("indexOf(prop_keys, {key})");
@@ -361,6 +381,7 @@ mod tests {
         let t = Target {
             db: "fw".into(),
             project_id: 7,
+            ..Target::default()
         };
         let f = filter(
             &pf(Operator::Exact, Some(json!(["pro", 7]))),
@@ -398,6 +419,7 @@ mod tests {
         let t = Target {
             db: "fw".into(),
             project_id: 7,
+            ..Target::default()
         };
         let person = |op, value| {
             let Filter::Property(mut p) = pf(op, value) else {
