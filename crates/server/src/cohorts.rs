@@ -12,6 +12,9 @@
 //! are measured from the current minute, so a cohort's answers (and its size, `count`) are cached per minute, per
 //! data version and per cohort version. Person properties are the current ones (as in every insight).
 //!
+//! With `--events-url` (scale-out) membership is decided by ClickHouse over every node's events
+//! (`insights_clickhouse::cohort_members`), with the rules resolved by [`membership`].
+//!
 //! API (personal key): `GET/POST /api/v1/projects/{p}/cohorts`, `GET/PATCH/DELETE /api/v1/projects/{p}/cohorts/{id}`
 //! (GET computes `count`), `GET /api/v1/projects/{p}/cohorts/{id}/persons?limit=&offset=` and
 //! `POST/DELETE /api/v1/projects/{p}/cohorts/{id}/members` (static cohorts: `{"distinct_ids": [..]}` or
@@ -702,12 +705,7 @@ async fn evaluate(
         &mut columns,
     )
     .await?;
-    let tz = state
-        .store
-        .project_settings(project_id)
-        .await?
-        .and_then(|s| flywheel_query::parse_time_zone(&s.time_zone).ok())
-        .unwrap_or(chrono_tz::UTC);
+    let tz = project_tz(state, project_id).await?;
     let snapshot = state.tables.snapshot(project_id);
     let now = minute_of(state.clock.now());
     let snap = snapshot.clone();
@@ -722,12 +720,40 @@ async fn evaluate(
     Ok((snapshot, members, complete))
 }
 
-/// The number of persons in a cohort now, cached per cohort version, data version, identity epoch and minute.
+/// The project's time zone (UTC when it has none that parses).
+async fn project_tz(state: &AppState, project_id: i64) -> Result<chrono_tz::Tz, ApiError> {
+    Ok(state
+        .store
+        .project_settings(project_id)
+        .await?
+        .and_then(|s| flywheel_query::parse_time_zone(&s.time_zone).ok())
+        .unwrap_or(chrono_tz::UTC))
+}
+
+/// The members now from ClickHouse (every node's events; `--events-url`): `(person id, uuid)` in person-id order.
+async fn clickhouse_members(
+    state: &AppState,
+    reader: &crate::insights_clickhouse::Reader,
+    project_id: i64,
+    id: i64,
+) -> Result<(Vec<(i64, String)>, bool), ApiError> {
+    let cohorts = load_one(state, project_id, id).await?;
+    let tz = project_tz(state, project_id).await?;
+    crate::insights_clickhouse::cohort_members(state, reader, project_id, &cohorts, id as u64, tz)
+        .await
+}
+
+/// The number of persons in a cohort now, cached per cohort version, data version, identity epoch and minute
+/// (from ClickHouse with `--events-url`, never cached: other nodes' events change it).
 async fn count(
     state: &AppState,
     project_id: i64,
     record: &flywheel_store::CohortRecord,
 ) -> Result<u64, ApiError> {
+    if let Some(reader) = &state.clickhouse {
+        let (members, _) = clickhouse_members(state, reader, project_id, record.id).await?;
+        return Ok(members.len() as u64);
+    }
     let cohorts = load_one(state, project_id, record.id).await?;
     let cohorts_key = cohorts.cache_key(state.clock.now());
     let version = state.tables.version(project_id);
@@ -898,6 +924,30 @@ async fn cohort_persons(
     let record = cohort_record(&state, project_id, &cohort_id).await?;
     let limit = page_number(page.limit.as_deref(), "limit", 100, MAX_PAGE)?.max(1);
     let offset = page_number(page.offset.as_deref(), "offset", 0, usize::MAX)?;
+    if let Some(reader) = &state.clickhouse {
+        let (members, complete) = clickhouse_members(&state, reader, project_id, record.id).await?;
+        let chosen: Vec<&(i64, String)> = members.iter().skip(offset).take(limit).collect();
+        let uuids: Vec<&str> = chosen.iter().map(|(_, u)| u.as_str()).collect();
+        let mut names = state
+            .store
+            .distinct_ids_of_persons(project_id, &uuids)
+            .await?;
+        let results: Vec<Value> = chosen
+            .iter()
+            .map(|(id, uuid)| {
+                let mut dids = names.remove(uuid).unwrap_or_default();
+                dids.sort();
+                json!({"person_id": id, "distinct_ids": dids})
+            })
+            .collect();
+        return Ok(Json(json!({
+            "count": members.len(),
+            "offset": offset,
+            "limit": limit,
+            "results": results,
+            "complete": complete,
+        })));
+    }
     let cohorts = load_one(&state, project_id, record.id).await?;
     let (snapshot, members, complete) = evaluate(&state, project_id, cohorts, record.id).await?;
     let Some(snap) = snapshot else {

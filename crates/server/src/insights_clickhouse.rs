@@ -54,17 +54,7 @@ pub(crate) async fn answer(
             "listing a funnel step's persons is not supported when insights read ClickHouse (--events-url) yet",
         ));
     }
-    let complete = match &state.spool {
-        Some(spool) => {
-            spool
-                .wait_readable(
-                    state.intake.committed_lsn(),
-                    state.config.read_barrier_timeout,
-                )
-                .await
-        }
-        None => false,
-    };
+    let complete = read_barrier(state).await;
     let now = state.clock.now();
     let tz = options.tz;
     let range = query
@@ -109,6 +99,66 @@ pub(crate) async fn answer(
     };
     render::with_range(&mut out, &range);
     Ok((out, complete))
+}
+
+/// Waits (bounded by `read_barrier_timeout`) until ClickHouse holds every event this node acknowledged so far,
+/// and the person mapping as of them; whether it does.
+async fn read_barrier(state: &AppState) -> bool {
+    match &state.spool {
+        Some(spool) => {
+            spool
+                .wait_readable(
+                    state.intake.committed_lsn(),
+                    state.config.read_barrier_timeout,
+                )
+                .await
+        }
+        None => false,
+    }
+}
+
+/// The members of cohort `id` now (`cohorts` holds it and what it reaches), from ClickHouse: `(person id, uuid)`
+/// in person-id order, and whether ClickHouse held every event this node acknowledged before the request. The
+/// cohort API's `count` and `/persons` on a node with `--events-url`.
+pub(crate) async fn cohort_members(
+    state: &AppState,
+    reader: &Reader,
+    project_id: i64,
+    cohorts: &crate::cohorts::Cohorts,
+    id: u64,
+    tz: chrono_tz::Tz,
+) -> Result<(Vec<(i64, String)>, bool), ApiError> {
+    let complete = read_barrier(state).await;
+    let minute = crate::cohorts::minute_of(state.clock.now());
+    let mut resolved = std::collections::BTreeMap::new();
+    for &c in cohorts.by_id.keys() {
+        resolved.insert(
+            c,
+            crate::cohorts::membership(cohorts, c, minute, &tz).map_err(run_error)?,
+        );
+    }
+    let target = Target {
+        db: reader.db.clone(),
+        project_id: project_id.max(0) as u64,
+        cohorts: std::sync::Arc::new(resolved),
+    };
+    let sql = flywheel_clickhouse::sql::cohort_members(&target, id)
+        .map_err(|u| unsupported(&u.field, &u.message))?;
+    let rows = reader
+        .client
+        .query_rows(&sql)
+        .await
+        .map_err(|e| error(InsightError::Run(e.into())))?;
+    let mut members = Vec::with_capacity(rows.len());
+    for row in rows {
+        let (Some(pid), Some(uuid)) = (row.first().and_then(|x| x.parse().ok()), row.get(1)) else {
+            return Err(ApiError::internal(format!(
+                "ClickHouse answered a cohort's members with {row:?}"
+            )));
+        };
+        members.push((pid, uuid.clone()));
+    }
+    Ok((members, complete))
 }
 
 fn unsupported(field: &str, message: &str) -> ApiError {

@@ -10,7 +10,9 @@
 
 use flywheel_query::{CountOp, EventRef, PropertyFilter};
 
-use super::expr::{current_persons, person_filter, property_filter, source, string, Target};
+use super::expr::{
+    current_persons, person_filter, property_filter, rows_of_project, source, string, Target,
+};
 use super::Unsupported;
 
 /// Which persons belong to a cohort, resolved at one instant.
@@ -123,6 +125,23 @@ pub fn condition(
             )
         }
     })
+}
+
+/// The members of cohort `id` (from [`Target::cohorts`]) as rows `(person id, uuid)` in person-id order: the
+/// current persons (not erased) that the project's events reach through the overrides (a person merged away is
+/// reached by none), as the embedded engine lists the persons of its identity mapping.
+pub fn members(t: &Target, id: u64) -> Result<String, Unsupported> {
+    let m = t
+        .cohorts
+        .get(&id)
+        .ok_or_else(|| Unsupported::new("cohort", format!("cohort {id} was not loaded")))?;
+    let member = condition(m, "pperson", "cohort", t)?;
+    Ok(format!(
+        "SELECT pid, toString(pperson) FROM ({persons}) WHERE gone = 0 \
+         AND pperson IN (SELECT person FROM ({reached})) AND {member} ORDER BY pid",
+        persons = current_persons(t, ", id AS pid"),
+        reached = rows_of_project(t),
+    ))
 }
 
 /// The rows a behavioural condition counts: the event (any with `$all`) and its own property filters.

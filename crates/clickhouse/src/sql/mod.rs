@@ -29,7 +29,7 @@ use flywheel_query::{Breakdown, FieldError, InsightQuery};
 
 use crate::client::{ClickHouseError, Client};
 pub use breakdown::BREAKDOWN_OTHER;
-pub use cohort::Membership;
+pub use cohort::{members as cohort_members, Membership};
 pub use expr::{rows_of_project, string as quote, Target};
 
 /// A part of a definition the ClickHouse backend cannot answer exactly (yet). Named like the API's field

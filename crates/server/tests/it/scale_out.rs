@@ -216,6 +216,37 @@ async fn three_nodes_share_flags_persons_events_and_webhooks() {
         Some(2.0),
         "ann and bob: {v}"
     );
+    // A cohort created through `a` is counted by `c` over every node's events (ClickHouse), not `c`'s own (none).
+    let cohort = a
+        .created(
+            "/cohorts",
+            json!({"name": "Viewers", "filters": {"properties": {"type": "AND", "values": [
+                {"type": "behavioral", "value": "performed_event", "key": "$pageview",
+                 "explicit_datetime": "2026-11-01"}]}}}),
+        )
+        .await;
+    let (s, v) = c
+        .api("GET", &format!("/cohorts/{}", cohort["id"]), None)
+        .await;
+    assert_eq!((s, &v["count"]), (StatusCode::OK, &json!(2)), "{v}");
+    let (s, v) = c
+        .api("GET", &format!("/cohorts/{}/persons", cohort["id"]), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let mut listed: Vec<Value> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["distinct_ids"].clone())
+        .collect();
+    listed.sort_by_key(|d| d.to_string());
+    assert_eq!(
+        listed,
+        [json!(["ann@acme.io", "anon-1"]), json!(["bob"])],
+        "{v}"
+    );
+    assert_eq!(v["complete"], true, "{v}");
+
     // A GDPR export through `c` lists ann's events captured through `a` and `b` (read from ClickHouse).
     let (s, export) = c
         .api("GET", "/persons/anon-1/export?format=json", None)
