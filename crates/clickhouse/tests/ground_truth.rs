@@ -2005,6 +2005,179 @@ async fn check_cohorts(r: &mut Runner, events: &[Event], tz: &Tz) {
     r.target.cohorts = Default::default();
 }
 
+/// The project of the group checks' events.
+const GROUP_PROJECT: u64 = 10;
+
+/// Companies of the group checks (a quote, a backslash, non-ASCII) and each one's `plan` in the metadata store
+/// (`None`: the store has the company without a plan value; "ghost" is not in the store at all).
+const COMPANIES: [(&str, Option<&str>); 5] = [
+    ("acme", Some("\"pro\"")),
+    ("globex", Some("\"free\"")),
+    ("it's \\ \"odd\"", Some("7")),
+    ("Zürich GmbH", Some("null")),
+    ("ghost", None),
+];
+
+/// Events of `GROUP_PROJECT` with every shape of `$groups`: a known company, an unknown one, a team only, a key
+/// that is a number or an object (no group), none at all. Returns the rows and each row's company key, if any.
+fn group_rows() -> (Vec<EventRow>, Vec<Option<&'static str>>) {
+    let mut rng = Rng(0x0960_0095);
+    let mut rows = Vec::new();
+    let mut keys = Vec::new();
+    for i in 0..900u64 {
+        let p = 1 + rng.below(20);
+        let ts = base() + rng.below(60 * 24 * 60) as i64 * MINUTE_US;
+        let mut props = Map::new();
+        let key = match rng.below(9) {
+            0 => None,
+            1 => {
+                props.insert("$groups".into(), json!({"company": 42}));
+                None
+            }
+            2 => {
+                props.insert("$groups".into(), json!({"company": {"name": "acme"}}));
+                None
+            }
+            3 => {
+                props.insert("$groups".into(), json!({"team": "red"}));
+                None
+            }
+            _ => {
+                let c = COMPANIES[rng.below(5) as usize].0;
+                props.insert("$groups".into(), json!({"team": "blue", "company": c}));
+                Some(c)
+            }
+        };
+        rows.push(EventRow::new(
+            Uuid::from_u64_pair(0x9000 + i, i),
+            GROUP_PROJECT,
+            "a",
+            &format!("g{p}"),
+            person_uuid(p),
+            ts,
+            &props,
+        ));
+        keys.push(key);
+    }
+    (rows, keys)
+}
+
+/// Group filters and a group breakdown (`Target::groups`, decided here as the server decides them from the
+/// metadata store) against the rows' company keys counted here.
+async fn check_groups(r: &mut Runner, rows: &[EventRow], keys: &[Option<&str>], tz: &Tz) {
+    use flywheel_clickhouse::sql::{group_filter_key, GroupLabels, GroupPass, Groups};
+    use flywheel_query::{Operator, PropertyFilter, PropertyType};
+    let plan_of = |c: &str| -> Option<Value> {
+        COMPANIES
+            .iter()
+            .find(|(k, _)| *k == c)
+            .and_then(|(_, v)| v.map(|v| serde_json::from_str(v).unwrap()))
+    };
+    let known: Vec<(&str, Value)> = COMPANIES
+        .iter()
+        .filter_map(|(k, _)| plan_of(k).map(|v| (*k, v)))
+        .collect();
+    let filter = |operator, value: Option<Value>| PropertyFilter {
+        key: "plan".into(),
+        value,
+        operator,
+        property_type: PropertyType::Group,
+        group_type_index: Some(0),
+    };
+    // (filter, passes for a known company's plan, passes without a known company)
+    type Case = (PropertyFilter, fn(&Value) -> bool, bool);
+    let pro = filter(Operator::Exact, Some(json!("pro")));
+    let not_pro = filter(Operator::IsNot, Some(json!("pro")));
+    let cases: Vec<Case> = vec![
+        (pro.clone(), |v| v == "pro", false),
+        (not_pro.clone(), |v| v != "pro", true),
+    ];
+    let mut groups = Groups::default();
+    for (f, test, missing) in &cases {
+        let mut pass = GroupPass {
+            type_name: Some("company".into()),
+            missing: *missing,
+            ..GroupPass::default()
+        };
+        for (k, v) in &known {
+            if test(v) {
+                pass.passing.push(k.to_string());
+            } else {
+                pass.failing.push(k.to_string());
+            }
+        }
+        groups.filters.insert(group_filter_key(f), pass);
+    }
+    let label = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    groups.labels.insert(
+        (0, "plan".into()),
+        GroupLabels {
+            type_name: Some("company".into()),
+            labels: known
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.to_string(), label(v)))
+                .collect(),
+        },
+    );
+    r.target.project_id = GROUP_PROJECT;
+    r.target.groups = std::sync::Arc::new(groups);
+    let range = json!({"date_from": "2026-03-10", "date_to": "2026-04-20", "interval": "week"});
+    for (f, test, missing) in &cases {
+        let mut body = json!({"series": [{"event": "a"}], "properties": [f]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(range.as_object().unwrap().clone());
+        let (_, p, answer) = r.run(InsightKind::Trends, body.clone(), tz).await;
+        let (from, to) = (p.reads[0].bucket_starts_us[0], p.reads[0].end_us);
+        let want = rows
+            .iter()
+            .zip(keys)
+            .filter(|(row, _)| row.timestamp_us >= from && row.timestamp_us < to)
+            .filter(|(_, k)| match k.and_then(plan_of) {
+                Some(v) => test(&v),
+                None => *missing,
+            })
+            .count() as f64;
+        let got: f64 = series(&answer)[0][0].iter().sum();
+        assert_eq!(got, want, "{body}");
+        assert!(want > 0.0);
+    }
+    let mut body = json!({"series": [{"event": "a"}], "breakdown": {"type": "group", "group_type_index": 0, "property": "plan", "limit": 10}});
+    body.as_object_mut()
+        .unwrap()
+        .extend(range.as_object().unwrap().clone());
+    let (_, p, answer) = r.run(InsightKind::Trends, body.clone(), tz).await;
+    let (from, to) = (p.reads[0].bucket_starts_us[0], p.reads[0].end_us);
+    let mut want: BTreeMap<String, f64> = BTreeMap::new();
+    for (row, k) in rows.iter().zip(keys) {
+        if row.timestamp_us >= from && row.timestamp_us < to {
+            let l = k
+                .and_then(plan_of)
+                .filter(|v| !v.is_null())
+                .map_or("null".to_string(), |v| label(&v));
+            *want.entry(l).or_default() += 1.0;
+        }
+    }
+    let Answer::TrendsBreakdown(reads) = &answer else {
+        panic!("{answer:?}")
+    };
+    let got: BTreeMap<String, f64> = reads[0]
+        .labels
+        .iter()
+        .zip(&reads[0].series[0])
+        .map(|(l, data)| (l.as_str().unwrap_or("null").to_string(), data.iter().sum()))
+        .filter(|(_, n): &(String, f64)| *n > 0.0)
+        .collect();
+    assert_eq!(got, want, "{body}");
+    assert_eq!(want.len(), 4, "pro, free, 7 and null: {want:?}");
+    r.target.project_id = PROJECT;
+    r.target.groups = Default::default();
+}
+
 fn out_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("clickhouse");
     std::fs::create_dir_all(&dir).unwrap();
@@ -2081,6 +2254,7 @@ async fn insights_match_the_truth_on_clickhouse_18_and_current() {
             .unwrap();
     }
     let (person_rows, mirror_rows, mirror_overrides) = person_fixture(&events, &overrides);
+    let (group_rows, group_keys) = group_rows();
     let persons_table = format!("{}.{}", schema::ident(DB), schema::ident(schema::PERSONS));
     // One insert per row, never merged (a merge would keep only each person's newest row): the readers' argMax
     // must pick it among stale ones.
@@ -2095,6 +2269,7 @@ async fn insights_match_the_truth_on_clickhouse_18_and_current() {
             .unwrap();
     }
     client.insert(&events_table, &mirror_rows).await.unwrap();
+    client.insert(&events_table, &group_rows).await.unwrap();
     client
         .insert(&overrides_table, &mirror_overrides)
         .await
@@ -2149,6 +2324,13 @@ async fn insights_match_the_truth_on_clickhouse_18_and_current() {
         check_person_properties(&mut r, &tz_name.parse().unwrap()).await;
     }
     check_cohorts(&mut r, &events, &"Europe/Berlin".parse().unwrap()).await;
+    check_groups(
+        &mut r,
+        &group_rows,
+        &group_keys,
+        &"Europe/Berlin".parse().unwrap(),
+    )
+    .await;
     // The one-call entry point gives the same answers.
     let q = parse(InsightKind::Trends, &json!({"series": [{"event": "a", "math": "dau"}], "date_from": "2026-04-01", "date_to": "2026-04-07"})).unwrap();
     let berlin: Tz = "Europe/Berlin".parse().unwrap();
@@ -2178,6 +2360,7 @@ async fn insights_match_the_truth_on_clickhouse_18_and_current() {
             {"table": events_table, "rows": to_lines(&event_rows)},
             {"table": overrides_table, "rows": overrides.iter().chain(&mirror_overrides).map(|o| serde_json::to_string(o).unwrap()).collect::<Vec<_>>().join("\n")},
             {"table": events_table, "rows": to_lines(&mirror_rows)},
+            {"table": events_table, "rows": to_lines(&group_rows)},
             {"table": persons_table, "rows": person_rows.iter().map(|o| serde_json::to_string(o).unwrap()).collect::<Vec<_>>().join("\n")},
         ],
         "statements": r.dump,

@@ -208,7 +208,7 @@ impl PersonColumn {
 /// Value of the "other values" breakdown row (PostHog's marker, so its clients label it).
 pub const BREAKDOWN_OTHER: &str = "$$_posthog_breakdown_other_$$";
 
-fn label_of(v: &Value) -> String {
+pub(crate) fn label_of(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -1091,7 +1091,7 @@ pub fn person_keys(q: &InsightQuery) -> Vec<String> {
 }
 
 /// Every filter of a query: common, per series and per step.
-fn all_filters(q: &InsightQuery) -> Vec<&Filter> {
+pub(crate) fn all_filters(q: &InsightQuery) -> Vec<&Filter> {
     let mut filters: Vec<&Filter> = Vec::new();
     let mut specs: Vec<&EventSpec> = Vec::new();
     let common: &[Filter] = match q {

@@ -4,8 +4,9 @@
 //! The definition is planned as the embedded engine plans it, compiled to SQL and run by `flywheel-clickhouse`,
 //! and its numbers are rendered by the same code as the kernels' (`insight_render`): one definition gets the same
 //! JSON from either engine. Cohorts are resolved here (`cohorts::membership`) and tested in the SQL; a cohort
-//! breakdown is one query per cohort. What the SQL cannot answer exactly (group properties, regular
-//! expressions, listing a funnel step's persons…) is a `400 unsupported` naming the field, never an answer from the
+//! breakdown is one query per cohort. Group filters are decided here per group (groups live in the metadata
+//! store) and a group breakdown's labels read here; the SQL looks up each row's group. What the SQL cannot answer
+//! exactly (group aggregation, regular expressions, listing a funnel step's persons…) is a `400 unsupported` naming the field, never an answer from the
 //! node's own tables, which would silently count only this node's events. ClickHouse unreachable is a 503.
 //!
 //! Read-your-writes: before reading, the request waits (bounded by `read_barrier_timeout`) until this node's
@@ -16,11 +17,13 @@
 //! with every other node's shipments, which this node does not see. (A key would need ClickHouse's own version of
 //! the project's data, e.g. the shipments table's newest row per node, read on every request.)
 
-use flywheel_clickhouse::sql::{Answer, FunnelSplit, Target};
+use flywheel_clickhouse::sql::{
+    group_filter_key, Answer, FunnelSplit, GroupLabels, GroupPass, Groups, Target,
+};
 use flywheel_clickhouse::{ClickHouseError, Client, InsightError};
 use flywheel_kernels as k;
 use flywheel_query::plan::Plan;
-use flywheel_query::InsightQuery;
+use flywheel_query::{BreakdownBy, Filter, InsightQuery, PropertyType};
 use serde_json::Value;
 
 use crate::error::ApiError;
@@ -77,6 +80,7 @@ pub(crate) async fn answer(
         db: reader.db.clone(),
         project_id: project_id.max(0) as u64,
         cohorts: std::sync::Arc::new(cohorts),
+        groups: std::sync::Arc::new(groups(state, project_id, query).await?),
     };
     let (target, resolved) = (&target, &range);
     let one = |q: InsightQuery| async move {
@@ -99,6 +103,78 @@ pub(crate) async fn answer(
     };
     render::with_range(&mut out, &range);
     Ok((out, complete))
+}
+
+/// The groups a query's group filters and group breakdown need, from the metadata store: each filter decided
+/// per group key as the embedded engine decides it (`Source::Group`), the breakdown's property as labels.
+async fn groups(
+    state: &AppState,
+    project_id: i64,
+    query: &InsightQuery,
+) -> Result<Groups, ApiError> {
+    let mut columns = std::collections::HashMap::new();
+    for (index, key) in crate::insights::group_keys(query) {
+        let type_name = state.store.group_type_name(project_id, index).await?;
+        let values = state
+            .store
+            .group_property_values(project_id, index, &key)
+            .await?;
+        columns.insert((index, key), (type_name, values));
+    }
+    let mut out = Groups::default();
+    for f in crate::insights::all_filters(query) {
+        let Filter::Property(p) = f else { continue };
+        if p.property_type != PropertyType::Group {
+            continue;
+        }
+        let Some((type_name, values)) =
+            columns.get(&(p.group_type_index.unwrap_or(0), p.key.clone()))
+        else {
+            continue;
+        };
+        let compiled = crate::insight_filters::Compiled::new(p);
+        let mut pass = GroupPass {
+            type_name: type_name.clone(),
+            missing: compiled.matches(None),
+            ..GroupPass::default()
+        };
+        for (key, value) in values {
+            if compiled.matches(Some(value)) {
+                pass.passing.push(key.clone());
+            } else {
+                pass.failing.push(key.clone());
+            }
+        }
+        out.filters.insert(group_filter_key(p), pass);
+    }
+    let breakdown = match query {
+        InsightQuery::Trends(t) => t.breakdown.as_ref(),
+        InsightQuery::Funnel(f) => f.breakdown.as_ref(),
+        InsightQuery::Retention(r) => r.breakdown.as_ref(),
+        _ => None,
+    };
+    if let Some(BreakdownBy::Group {
+        group_type_index,
+        property,
+    }) = breakdown.map(|b| &b.by)
+    {
+        let at = (*group_type_index, property.clone());
+        if let Some((type_name, values)) = columns.get(&at) {
+            let labels = values
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), crate::insights::label_of(v)))
+                .collect();
+            out.labels.insert(
+                at,
+                GroupLabels {
+                    type_name: type_name.clone(),
+                    labels,
+                },
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// Waits (bounded by `read_barrier_timeout`) until ClickHouse holds every event this node acknowledged so far,
@@ -141,6 +217,7 @@ pub(crate) async fn cohort_members(
         db: reader.db.clone(),
         project_id: project_id.max(0) as u64,
         cohorts: std::sync::Arc::new(resolved),
+        ..Target::default()
     };
     let sql = flywheel_clickhouse::sql::cohort_members(&target, id)
         .map_err(|u| unsupported(&u.field, &u.message))?;

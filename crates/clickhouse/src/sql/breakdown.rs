@@ -1,4 +1,4 @@
-//! Event- and person-property breakdowns, as the embedded engine ranks them (`crates/server/src/insights.rs`, `rank_codes`
+//! Event-, person- and group-property breakdowns, as the embedded engine ranks them (`crates/server/src/insights.rs`, `rank_codes`
 //! and `row_codes`).
 //!
 //! A row's label is its property's text (a string as itself, another value as its JSON: the engine's
@@ -10,6 +10,7 @@
 //! `label` (the value for kind 0, `''` otherwise).
 
 use super::expr::{self, Target};
+use super::group::{self, GroupLabels};
 
 const DAY_US: i64 = 86_400_000_000;
 
@@ -24,6 +25,9 @@ pub(super) enum By<'a> {
     /// A person property: the current value of the person each row resolves to (the same for all of a person's
     /// rows, as the engine's person codes), joined from the persons table ([`expr::source_with_person`]).
     Person(&'a str),
+    /// A group property: the value of the row's group of a type (from `$groups`), looked up in the labels the
+    /// caller read from the metadata store ([`super::group`]).
+    Group(&'a GroupLabels),
 }
 
 impl<'a> By<'a> {
@@ -32,6 +36,7 @@ impl<'a> By<'a> {
     pub(super) fn of(
         b: &'a flywheel_query::Breakdown,
         what: &str,
+        target: &'a Target,
     ) -> Result<(By<'a>, usize), super::Unsupported> {
         let limit =
             b.limit
@@ -39,10 +44,25 @@ impl<'a> By<'a> {
         match &b.by {
             flywheel_query::BreakdownBy::Event { property } => Ok((By::Event(property), limit)),
             flywheel_query::BreakdownBy::Person { property } => Ok((By::Person(property), limit)),
+            flywheel_query::BreakdownBy::Group {
+                group_type_index,
+                property,
+            } => match target
+                .groups
+                .labels
+                .get(&(*group_type_index, property.clone()))
+            {
+                Some(labels) => Ok((By::Group(labels), limit)),
+                None => Err(super::Unsupported::new(
+                    "breakdown.type",
+                    "the groups of this group-property breakdown were not loaded",
+                )),
+            },
             _ => Err(super::Unsupported::new(
                 "breakdown.type",
                 format!(
-                    "only event- and person-property breakdowns of {what} are supported by the ClickHouse backend yet"
+                    "only event-, person- and group-property breakdowns of {what} are supported by the ClickHouse \
+                     backend (a cohort breakdown is one query per cohort, run by the caller)"
                 ),
             )),
         }
@@ -51,13 +71,19 @@ impl<'a> By<'a> {
 
 /// A breakdown over one read.
 pub(super) struct Split {
-    /// The property key as a literal, and whether it is a person's.
-    key: String,
-    person: bool,
+    /// A row's value: whether it has one and its text (an event's or a group's property), or, for a person
+    /// property, the key as a literal (the value is joined).
+    value: Value,
     /// The ranking statement with `limit + 1` rows (the last, when present, says there are others).
     ranking: String,
     /// `(SELECT groupArray(v) …)`: the ranked values that keep a label.
     top: String,
+}
+
+/// Where a row's breakdown value comes from.
+enum Value {
+    Row { has: String, text: String },
+    Person { key: String },
 }
 
 /// The person columns a person-property breakdown joins: whether the person has `key`, and its text.
@@ -86,17 +112,27 @@ impl Split {
     ) -> Split {
         let from = from_us.div_euclid(DAY_US) * DAY_US;
         let to = ((to_us - 1).div_euclid(DAY_US) + 1) * DAY_US;
-        let (key, person, rows) = match by {
+        let row_value = |has: String, text: String| {
+            let rows = expr::source(
+                target,
+                &format!("{text} AS v"),
+                from,
+                to,
+                &format!("({ranked}) AND {has}"),
+            );
+            (Value::Row { has, text }, rows)
+        };
+        let (value, rows) = match by {
             By::Event(property) => {
                 let key = expr::string(property);
-                let rows = expr::source(
-                    target,
-                    &format!("prop_texts[indexOf(prop_keys, {key})] AS v"),
-                    from,
-                    to,
-                    &format!("({ranked}) AND has(prop_keys, {key})"),
-                );
-                (key, false, rows)
+                row_value(
+                    format!("has(prop_keys, {key})"),
+                    format!("prop_texts[indexOf(prop_keys, {key})]"),
+                )
+            }
+            By::Group(labels) => {
+                let (has, text) = group::label(labels);
+                row_value(has, text)
             }
             By::Person(property) => {
                 let key = expr::string(property);
@@ -110,7 +146,7 @@ impl Split {
                     PERSON_NAMES,
                 );
                 let rows = format!("SELECT v FROM (\n    {rows}\n    ) WHERE h = 1");
-                (key, true, rows)
+                (Value::Person { key }, rows)
             }
         };
         let ranking = |limit: usize| {
@@ -121,8 +157,7 @@ impl Split {
         Split {
             top: format!("(SELECT groupArray(v) FROM ({}))", ranking(limit)),
             ranking: ranking(limit + 1),
-            key,
-            person,
+            value,
         }
     }
 
@@ -146,33 +181,32 @@ impl Split {
         to_us: i64,
         cond: &str,
     ) -> String {
-        let rows = if self.person {
-            expr::source_with_person(
+        let rows = match &self.value {
+            Value::Person { key } => expr::source_with_person(
                 target,
                 select,
                 from_us,
                 to_us,
                 cond,
-                &person_columns(&self.key),
+                &person_columns(key),
                 PERSON_NAMES,
-            )
-        } else {
-            expr::source(target, select, from_us, to_us, cond)
+            ),
+            Value::Row { .. } => expr::source(target, select, from_us, to_us, cond),
         };
         self.with(rows)
     }
 
     /// The columns `kind` and `label` of a row, to append to a select list of [`Split::rows`].
     pub(super) fn columns(&self) -> String {
-        let key = &self.key;
-        if self.person {
-            return ", multiIf(pp_has = 0, 2, has(top, pp_text), 0, 1) AS kind, if(kind = 0, pp_text, '') AS label"
-                .to_string();
+        match &self.value {
+            Value::Person { .. } => {
+                ", multiIf(pp_has = 0, 2, has(top, pp_text), 0, 1) AS kind, if(kind = 0, pp_text, '') AS label"
+                    .to_string()
+            }
+            Value::Row { has, text } => format!(
+                ", multiIf(NOT {has}, 2, has(top, {text}), 0, 1) AS kind, if(kind = 0, {text}, '') AS label"
+            ),
         }
-        format!(
-            ", multiIf(NOT has(prop_keys, {key}), 2, has(top, prop_texts[indexOf(prop_keys, {key})]), 0, 1) AS kind, \
-             if(kind = 0, prop_texts[indexOf(prop_keys, {key})], '') AS label"
-        )
     }
 }
 

@@ -14,6 +14,7 @@ use flywheel_query::{EventRef, Filter, Operator, PropertyFilter, PropertyType};
 use serde_json::Value;
 
 use super::cohort::{self, Membership};
+use super::group::{self, Groups};
 use super::Unsupported;
 use crate::row::{number, text};
 use crate::schema::{ident, EVENTS, PERSONS, PERSON_OVERRIDES};
@@ -25,6 +26,8 @@ pub struct Target {
     pub project_id: u64,
     /// The membership of every cohort the query reaches, resolved at the query's minute by the caller.
     pub cohorts: Arc<BTreeMap<u64, Membership>>,
+    /// The group filters the query uses, decided per group, and the group properties it breaks down by.
+    pub groups: Arc<Groups>,
 }
 
 /// A string literal: quotes and backslashes escaped (ClickHouse reads C-style escapes in literals).
@@ -210,13 +213,16 @@ pub fn filters(fs: &[Filter], field: &str, t: &Target) -> Result<String, Unsuppo
     Ok(format!("({})", parts.join(" AND ")))
 }
 
-/// One filter at `field`, a condition on a row of [`source`]. Event and person properties and cohorts (from
-/// [`Target::cohorts`]); group properties are not in ClickHouse yet.
+/// One filter at `field`, a condition on a row of [`source`]. Event and person properties, cohorts (from
+/// [`Target::cohorts`]) and group properties (decided by the caller, [`Target::groups`]).
 pub fn filter(f: &Filter, field: &str, t: &Target) -> Result<String, Unsupported> {
     match f {
         Filter::Cohort { id, negate } => {
             let Some(m) = t.cohorts.get(id) else {
-                return Err(Unsupported::new(field, format!("cohort {id} was not loaded")));
+                return Err(Unsupported::new(
+                    field,
+                    format!("cohort {id} was not loaded"),
+                ));
             };
             let member = cohort::condition(m, PERSON, field, t).map_err(|e| {
                 Unsupported::new(field, format!("cohort {id}: {}: {}", e.field, e.message))
@@ -230,11 +236,13 @@ pub fn filter(f: &Filter, field: &str, t: &Target) -> Result<String, Unsupported
         Filter::Property(p) => match p.property_type {
             PropertyType::Event => property_filter(p, field),
             PropertyType::Person => person_filter(p, PERSON, field, t),
-            PropertyType::Group => Err(Unsupported::new(
-                format!("{field}.type"),
-                "group property filters are not supported by the ClickHouse backend yet (groups are not in \
-                 ClickHouse)",
-            )),
+            PropertyType::Group => match t.groups.filters.get(&group::filter_key(p)) {
+                Some(g) => Ok(group::condition(g)),
+                None => Err(Unsupported::new(
+                    format!("{field}.type"),
+                    "the groups of this group property filter were not loaded",
+                )),
+            },
         },
     }
 }

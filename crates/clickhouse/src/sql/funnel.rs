@@ -47,7 +47,7 @@ fn breakdown(
     let Some(b) = &f.breakdown else {
         return Ok(None);
     };
-    let (by, limit) = By::of(b, "funnels")?;
+    let (by, limit) = By::of(b, "funnels", target)?;
     if f.trends {
         return Err(Unsupported::new(
             "trends",

@@ -18,6 +18,7 @@ mod breakdown;
 mod cohort;
 mod expr;
 mod funnel;
+mod group;
 mod lifecycle;
 mod retention;
 mod stickiness;
@@ -31,6 +32,7 @@ use crate::client::{ClickHouseError, Client};
 pub use breakdown::BREAKDOWN_OTHER;
 pub use cohort::{members as cohort_members, Membership};
 pub use expr::{rows_of_project, string as quote, Target};
+pub use group::{filter_key as group_filter_key, GroupLabels, GroupPass, Groups};
 
 /// A part of a definition the ClickHouse backend cannot answer exactly (yet). Named like the API's field
 /// errors, so a caller can report it the same way.

@@ -40,7 +40,7 @@ pub(super) fn compile(
     let (split, limit) = match &r.breakdown {
         None => (None, 0),
         Some(b) => {
-            let (by, limit) = By::of(b, "retention")?;
+            let (by, limit) = By::of(b, "retention", target)?;
             let split = Split::new(by, limit, read.from_us, read.to_us, &start, target);
             (Some(split), limit)
         }

@@ -26,7 +26,7 @@ pub(super) fn compile(
     let breakdown = t
         .breakdown
         .as_ref()
-        .map(|b| By::of(b, "trends"))
+        .map(|b| By::of(b, "trends", target))
         .transpose()?;
     let conds = t
         .series

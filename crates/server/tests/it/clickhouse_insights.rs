@@ -651,6 +651,149 @@ async fn cohort_filters_and_breakdowns_from_clickhouse_equal_the_embedded_answer
     assert!(split.iter().all(|&n| n < total), "{split:?} of {total}");
 }
 
+/// Events of 30 persons over October with `$groups` (a company, sometimes a team; some rows without groups, one
+/// company the store never heard of, one key that is a number), and the companies' and teams' properties set by
+/// `$groupidentify` (a string, a number, null, missing).
+fn group_events() -> Vec<Value> {
+    let mut rng = Lcg(0x6_0095);
+    let mut out = Vec::new();
+    let companies = [
+        "acme",
+        "globex",
+        "initech",
+        "umbrella",
+        "it's \\ odd",
+        "ghost",
+    ];
+    for (i, c) in companies.iter().enumerate().take(5) {
+        let mut set = json!({"employees": i * 10});
+        match i {
+            0 | 3 => set["plan"] = json!("pro"),
+            1 => set["plan"] = json!("free"),
+            2 => set["plan"] = json!(7),
+            _ => set["plan"] = Value::Null,
+        }
+        out.push(json!({"event": "$groupidentify", "distinct_id": "admin", "timestamp": "2026-09-30T12:00:00Z",
+                        "properties": {"$group_type": "company", "$group_key": c, "$group_set": set}}));
+    }
+    for t in ["red", "blue"] {
+        out.push(json!({"event": "$groupidentify", "distinct_id": "admin", "timestamp": "2026-09-30T12:00:00Z",
+                        "properties": {"$group_type": "team", "$group_key": t, "$group_set": {"size": t.len()}}}));
+    }
+    for p in 0..30u64 {
+        for _ in 0..(3 + rng.below(8)) {
+            let day = 1 + rng.below(30);
+            let event = ["$pageview", "$pageview", "signup", "purchase"][rng.below(4) as usize];
+            let mut props = json!({});
+            match rng.below(8) {
+                0 => {}
+                1 => props["$groups"] = json!({"company": 42}),
+                2 => {
+                    let team = ["red", "blue"][(p % 2) as usize];
+                    props["$groups"] = json!({ "team": team });
+                }
+                _ => {
+                    let c = companies[((p + rng.below(2)) % 6) as usize];
+                    props["$groups"] = json!({"company": c});
+                    if p % 3 == 0 {
+                        props["$groups"]["team"] = json!("red");
+                    }
+                }
+            }
+            out.push(json!({"event": event, "distinct_id": format!("user-{p}"),
+                            "timestamp": format!("2026-10-{day:02}T{:02}:{:02}:00Z", rng.below(24), rng.below(60)),
+                            "properties": props}));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn group_filters_and_breakdowns_from_clickhouse_equal_the_embedded_answer() {
+    let ch = test_support::start();
+    let scaled = TestServer::on_clickhouse(&ch, "fw_groups").await;
+    let embedded = TestServer::start().await;
+    feed([&scaled, &embedded], &group_events()).await;
+    let oct = |mut v: Value| {
+        v["date_from"] = json!("2026-10-01");
+        v["date_to"] = json!("2026-10-31");
+        v
+    };
+    let group = |index: u8, key: &str, op: &str, value: Value| json!({"key": key, "type": "group", "group_type_index": index, "operator": op, "value": value});
+    let by_plan = json!({"type": "group", "group_type_index": 0, "property": "plan", "limit": 2});
+    let steps = json!([{"event": "$pageview"}, {"event": "signup"}, {"event": "purchase"}]);
+    let definitions = vec![
+        (
+            "trends",
+            oct(
+                json!({"series": [{"event": "$pageview"}], "properties": [group(0, "plan", "exact", json!("pro"))]}),
+            ),
+        ),
+        (
+            "trends",
+            oct(json!({"series": [
+                {"event": "$pageview", "math": "dau", "properties": [group(0, "plan", "is_not", json!("pro"))]},
+                {"event": "signup", "properties": [group(1, "size", "gt", json!(3))]},
+                {"event": "$pageview", "properties": [group(0, "plan", "is_set", Value::Null)]},
+                {"event": "$pageview", "properties": [group(0, "employees", "lte", json!(20))]},
+                {"event": "purchase", "properties": [group(0, "plan", "is_not_set", Value::Null)]},
+                {"event": "$pageview", "properties": [group(3, "plan", "is_not_set", Value::Null)]},
+            ]})),
+        ),
+        (
+            "trends",
+            oct(
+                json!({"series": [{"event": "$pageview"}, {"event": "purchase", "math": "dau"}], "breakdown": by_plan}),
+            ),
+        ),
+        (
+            "trends",
+            oct(
+                json!({"series": [{"event": "$pageview"}], "breakdown": {"type": "group", "group_type_index": 0, "property": "employees"}}),
+            ),
+        ),
+        ("funnel", oct(json!({"steps": steps, "breakdown": by_plan}))),
+        (
+            "funnel",
+            oct(
+                json!({"steps": steps, "properties": [group(0, "plan", "exact", json!(["pro", 7]))]}),
+            ),
+        ),
+        (
+            "retention",
+            json!({"start_event": "$pageview", "return_event": "$pageview", "period": "week", "periods": 5, "date_to": "2026-10-31", "breakdown": {"type": "group", "group_type_index": 0, "property": "plan"}}),
+        ),
+        (
+            "stickiness",
+            oct(
+                json!({"event": "$pageview", "properties": [group(0, "plan", "exact", json!("free"))]}),
+            ),
+        ),
+        (
+            "lifecycle",
+            oct(
+                json!({"event": {"event": "$pageview", "properties": [group(0, "plan", "is_not", json!("free"))]}}),
+            ),
+        ),
+    ];
+    let (answers, nonzero) = compare_all(&scaled, &embedded, &definitions).await;
+    assert_eq!(
+        nonzero,
+        definitions.len(),
+        "every definition counts something"
+    );
+    // The plan breakdown splits the page views: two ranked plans, the others, and rows without a plan.
+    let labels: Vec<&Value> = answers[2]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["series"] == 0)
+        .map(|r| &r["breakdown_value"])
+        .collect();
+    assert_eq!(labels.len(), 4, "{labels:?}");
+    assert_eq!(labels[3], &Value::Null, "{labels:?}");
+}
+
 #[tokio::test]
 async fn unsupported_definitions_are_refused_and_a_stopped_clickhouse_is_a_503() {
     let mut ch = test_support::start();
@@ -670,11 +813,9 @@ async fn unsupported_definitions_are_refused_and_a_stopped_clickhouse_is_a_503()
     // Each names its field; the embedded engine could answer some of them, but only for this node's events.
     let cases = [
         (
-            "trends",
-            trends(
-                json!({"properties": [{"key": "name", "value": "Acme", "operator": "exact", "type": "group", "group_type_index": 0}]}),
-            ),
-            "properties[0].type",
+            "funnel",
+            json!({"steps": [{"event": "$pageview"}, {"event": "signup"}], "date_from": "-7d", "aggregation": "group:0"}),
+            "aggregation",
         ),
         (
             "trends",
@@ -689,11 +830,9 @@ async fn unsupported_definitions_are_refused_and_a_stopped_clickhouse_is_a_503()
             "properties[0].operator",
         ),
         (
-            "trends",
-            trends(
-                json!({"breakdown": {"type": "group", "group_type_index": 0, "property": "name"}}),
-            ),
-            "breakdown",
+            "retention",
+            json!({"start_event": "$pageview", "return_event": "$pageview", "aggregation": "group:0"}),
+            "aggregation",
         ),
         (
             "funnel",
