@@ -2026,7 +2026,9 @@ fn group_rows() -> (Vec<EventRow>, Vec<Option<&'static str>>) {
     let mut keys = Vec::new();
     for i in 0..900u64 {
         let p = 1 + rng.below(20);
-        let ts = base() + rng.below(60 * 24 * 60) as i64 * MINUTE_US;
+        // Distinct minutes (4801 is prime to the 86,400 minutes of 60 days): no ties within a group.
+        let ts = base() + (i * 4801 % (60 * 24 * 60)) as i64 * MINUTE_US;
+        let event = EVENTS[rng.below(3) as usize];
         let mut props = Map::new();
         let key = match rng.below(9) {
             0 => None,
@@ -2051,7 +2053,7 @@ fn group_rows() -> (Vec<EventRow>, Vec<Option<&'static str>>) {
         rows.push(EventRow::new(
             Uuid::from_u64_pair(0x9000 + i, i),
             GROUP_PROJECT,
-            "a",
+            event,
             &format!("g{p}"),
             person_uuid(p),
             ts,
@@ -2136,7 +2138,9 @@ async fn check_groups(r: &mut Runner, rows: &[EventRow], keys: &[Option<&str>], 
         let want = rows
             .iter()
             .zip(keys)
-            .filter(|(row, _)| row.timestamp_us >= from && row.timestamp_us < to)
+            .filter(|(row, _)| {
+                row.event == "a" && row.timestamp_us >= from && row.timestamp_us < to
+            })
             .filter(|(_, k)| match k.and_then(plan_of) {
                 Some(v) => test(&v),
                 None => *missing,
@@ -2154,7 +2158,7 @@ async fn check_groups(r: &mut Runner, rows: &[EventRow], keys: &[Option<&str>], 
     let (from, to) = (p.reads[0].bucket_starts_us[0], p.reads[0].end_us);
     let mut want: BTreeMap<String, f64> = BTreeMap::new();
     for (row, k) in rows.iter().zip(keys) {
-        if row.timestamp_us >= from && row.timestamp_us < to {
+        if row.event == "a" && row.timestamp_us >= from && row.timestamp_us < to {
             let l = k
                 .and_then(plan_of)
                 .filter(|v| !v.is_null())
@@ -2174,6 +2178,64 @@ async fn check_groups(r: &mut Runner, rows: &[EventRow], keys: &[Option<&str>], 
         .collect();
     assert_eq!(got, want, "{body}");
     assert_eq!(want.len(), 4, "pro, free, 7 and null: {want:?}");
+
+    // Aggregated by company: a funnel and a retention table count companies (rows without one left out).
+    let company: BTreeMap<&str, u64> = COMPANIES
+        .iter()
+        .zip(1..)
+        .map(|((k, _), i)| (*k, i))
+        .collect();
+    let by_company: Vec<truth::Row<'_>> = rows
+        .iter()
+        .zip(keys)
+        .filter_map(|(row, k)| {
+            k.map(|k| truth::Row {
+                person: company[k],
+                ts_us: row.timestamp_us,
+                event: &row.event,
+            })
+        })
+        .collect();
+    r.target.groups = std::sync::Arc::new(Groups {
+        type_names: [(0, "company".to_string())].into_iter().collect(),
+        ..Groups::default()
+    });
+    let (_, p, answer) = r
+        .run(
+            InsightKind::Funnel,
+            json!({"steps": [{"event": "a"}, {"event": "b"}, {"event": "c"}], "aggregation": "group:0",
+                   "conversion_window": {"value": 2, "unit": "day"}, "date_from": "2026-03-10", "date_to": "2026-04-10"}),
+            &chrono_tz::UTC,
+        )
+        .await;
+    let range = &p.reads[0].range;
+    let want = truth::funnel(
+        &by_company,
+        &["a", "b", "c"],
+        2 * DAY_US,
+        truth::Order::Ordered,
+        truth::Range {
+            from_us: range.from.timestamp_micros(),
+            to_us: range.to.timestamp_micros(),
+        },
+    );
+    let Answer::Funnel { reached, .. } = &answer else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(reached, &want, "group-aggregated funnel");
+    assert!(want[2] > 0, "{want:?}");
+    // A type the project does not have: nothing to count.
+    let (_, _, answer) = r
+        .run(
+            InsightKind::Funnel,
+            json!({"steps": [{"event": "a"}, {"event": "b"}], "aggregation": "group:3", "date_from": "2026-03-10", "date_to": "2026-04-10"}),
+            &chrono_tz::UTC,
+        )
+        .await;
+    let Answer::Funnel { reached, .. } = &answer else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(reached, &[0, 0]);
     r.target.project_id = PROJECT;
     r.target.groups = Default::default();
 }

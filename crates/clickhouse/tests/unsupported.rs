@@ -87,8 +87,8 @@ fn unsupported_options_name_their_field() {
         ),
         (
             Funnel,
-            json!({"steps": [a, {"event": "b"}], "aggregation": "group:0"}),
-            "aggregation",
+            json!({"steps": [a, {"event": "b"}], "aggregation": "group:0", "breakdown": {"type": "person", "property": "plan"}}),
+            "breakdown.type",
         ),
         (
             Funnel,

@@ -6,7 +6,7 @@
 //! JSON from either engine. Cohorts are resolved here (`cohorts::membership`) and tested in the SQL; a cohort
 //! breakdown is one query per cohort. Group filters are decided here per group (groups live in the metadata
 //! store) and a group breakdown's labels read here; the SQL looks up each row's group. What the SQL cannot answer
-//! exactly (group aggregation, regular expressions, listing a funnel step's persons…) is a `400 unsupported` naming the field, never an answer from the
+//! exactly (regular expressions, listing a funnel step's persons…) is a `400 unsupported` naming the field, never an answer from the
 //! node's own tables, which would silently count only this node's events. ClickHouse unreachable is a 503.
 //!
 //! Read-your-writes: before reading, the request waits (bounded by `read_barrier_timeout`) until this node's
@@ -23,7 +23,7 @@ use flywheel_clickhouse::sql::{
 use flywheel_clickhouse::{ClickHouseError, Client, InsightError};
 use flywheel_kernels as k;
 use flywheel_query::plan::Plan;
-use flywheel_query::{BreakdownBy, Filter, InsightQuery, PropertyType};
+use flywheel_query::{Aggregation, BreakdownBy, Filter, InsightQuery, PropertyType};
 use serde_json::Value;
 
 use crate::error::ApiError;
@@ -105,8 +105,9 @@ pub(crate) async fn answer(
     Ok((out, complete))
 }
 
-/// The groups a query's group filters and group breakdown need, from the metadata store: each filter decided
-/// per group key as the embedded engine decides it (`Source::Group`), the breakdown's property as labels.
+/// The groups a query's group filters, group breakdown and group aggregation need, from the metadata store: each
+/// filter decided per group key as the embedded engine decides it (`Source::Group`), the breakdown's property as
+/// labels, the aggregated type's name.
 async fn groups(
     state: &AppState,
     project_id: i64,
@@ -122,6 +123,16 @@ async fn groups(
         columns.insert((index, key), (type_name, values));
     }
     let mut out = Groups::default();
+    let aggregation = match query {
+        InsightQuery::Funnel(f) => f.aggregation,
+        InsightQuery::Retention(r) => r.aggregation,
+        _ => None,
+    };
+    if let Some(Aggregation::Group(index)) = aggregation {
+        if let Some(name) = state.store.group_type_name(project_id, index).await? {
+            out.type_names.insert(index, name);
+        }
+    }
     for f in crate::insights::all_filters(query) {
         let Filter::Property(p) = f else { continue };
         if p.property_type != PropertyType::Group {

@@ -701,20 +701,92 @@ async fn qualify(
     } else {
         "qualified"
     };
+    // A qualified referral's rewards are written with its status, in one transaction.
+    let rewards = if status == "qualified" {
+        referral_rewards(p, referral, ev.timestamp_us)
+    } else {
+        Vec::new()
+    };
+    let signals = json!(signals);
+    let q = flywheel_store::Qualification {
+        status,
+        at: &at,
+        signals: &signals,
+        risk_score: score as i64,
+    };
+    let news: Vec<flywheel_store::NewReward<'_>> =
+        rewards.iter().map(PlannedReward::new_reward).collect();
     if !state
         .store
-        .qualify_referral(referral.id, status, &at, &json!(signals), score as i64)
-        .await?
+        .qualify_referral(ev.project_id, referral.id, &q, &news, &system())
+        .await
+        .map_err(|e| crate::features::write_error(e, "reward"))?
     {
         return Ok(None);
     }
     if status == "qualified" {
-        write_rewards(state, ev.project_id, p, referral, ev.timestamp_us).await?;
+        write_milestones(state, ev.project_id, p, referral, ev.timestamp_us).await?;
     }
     Ok(Some(status))
 }
 
-/// The ledger entries of a qualified referral, pending for the program's hold from `from_us` (idempotent).
+/// One ledger entry a qualified referral earns.
+struct PlannedReward {
+    beneficiary: String,
+    amount: f64,
+    unit: String,
+    reason: String,
+    program: String,
+    idempotency_key: String,
+    hold_until: String,
+}
+
+impl PlannedReward {
+    fn new_reward(&self) -> flywheel_store::NewReward<'_> {
+        flywheel_store::NewReward {
+            beneficiary: &self.beneficiary,
+            amount: self.amount,
+            unit: &self.unit,
+            reason: &self.reason,
+            program: Some(&self.program),
+            idempotency_key: &self.idempotency_key,
+            hold_until: &self.hold_until,
+        }
+    }
+}
+
+/// The referrer's (and the referee's, when the program has one) rewards of a qualified referral, pending for the
+/// program's hold from `from_us`; keyed by referral and side, so writing them again changes nothing.
+fn referral_rewards(
+    p: &Program,
+    referral: &flywheel_store::Referral,
+    from_us: i64,
+) -> Vec<PlannedReward> {
+    let hold_until = text_time(from_us + p.hold_days as i64 * 86_400_000_000);
+    let reason = format!(
+        "referral {} in `{}`: {} qualified",
+        referral.id, p.key, referral.referee
+    );
+    let mut sides = vec![("referrer", &referral.referrer, &p.referrer_reward)];
+    if let Some(r) = &p.referee_reward {
+        sides.push(("referee", &referral.referee, r));
+    }
+    sides
+        .into_iter()
+        .map(|(side, who, reward)| PlannedReward {
+            beneficiary: who.clone(),
+            amount: reward.amount,
+            unit: reward.unit.clone(),
+            reason: reason.clone(),
+            program: p.key.clone(),
+            idempotency_key: format!("referral:{}:{side}", referral.id),
+            hold_until: hold_until.clone(),
+        })
+        .collect()
+}
+
+/// The ledger entries of a qualified referral, pending for the program's hold from `from_us` (idempotent), and
+/// the referrer's milestone bonus it reaches.
 pub(crate) async fn write_rewards(
     state: &AppState,
     project_id: i64,
@@ -722,32 +794,25 @@ pub(crate) async fn write_rewards(
     referral: &flywheel_store::Referral,
     from_us: i64,
 ) -> Result<(), crate::error::ApiError> {
-    let hold_until = text_time(from_us + p.hold_days as i64 * 86_400_000_000);
-    let reason = format!(
-        "referral {} in `{}`: {} qualified",
-        referral.id, p.key, referral.referee
-    );
-    let mut rewards = vec![("referrer", &referral.referrer, &p.referrer_reward)];
-    if let Some(r) = &p.referee_reward {
-        rewards.push(("referee", &referral.referee, r));
-    }
-    for (side, who, reward) in rewards {
-        let key = format!("referral:{}:{side}", referral.id);
-        let new = flywheel_store::NewReward {
-            beneficiary: who,
-            amount: reward.amount,
-            unit: &reward.unit,
-            reason: &reason,
-            program: Some(&p.key),
-            idempotency_key: &key,
-            hold_until: &hold_until,
-        };
+    for reward in referral_rewards(p, referral, from_us) {
         state
             .store
-            .create_reward(project_id, &new, &system())
+            .create_reward(project_id, &reward.new_reward(), &system())
             .await
             .map_err(|e| crate::features::write_error(e, "reward"))?;
     }
+    write_milestones(state, project_id, p, referral, from_us).await
+}
+
+/// The referrer's bonus for the milestone tier a qualified referral reaches (once per tier: keyed by it).
+async fn write_milestones(
+    state: &AppState,
+    project_id: i64,
+    p: &Program,
+    referral: &flywheel_store::Referral,
+    from_us: i64,
+) -> Result<(), crate::error::ApiError> {
+    let hold_until = text_time(from_us + p.hold_days as i64 * 86_400_000_000);
     // Milestones: the referrer's bonus for the tier this referral reaches (once: keyed by tier).
     if !p.tiers.is_empty() {
         let qualified = state

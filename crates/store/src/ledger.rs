@@ -95,43 +95,40 @@ async fn read(
     Ok(row.map(from_row))
 }
 
-impl Store {
-    /// Appends a pending entry, audited as `reward.created`. With an `idempotency_key` already used: the entry it
-    /// made, and `false` (nothing written); `Invalid` when that entry differs from this one.
-    pub async fn create_reward(
-        &self,
-        project_id: i64,
-        new: &NewReward<'_>,
-        actor: &Actor,
-    ) -> std::result::Result<(RewardEntry, bool), WriteError> {
-        let mut tx = self.write_tx().await?;
-        let existing: Option<Row> = on_conn!(&mut tx, |c| sqlx::query_as(&format!(
-            "{SELECT} WHERE e.project_id = $1 AND e.idempotency_key = $2"
-        ))
-        .bind(project_id)
-        .bind(new.idempotency_key)
-        .fetch_optional(c)
-        .await)?;
-        if let Some(row) = existing {
-            let e = from_row(row);
-            let same = e.beneficiary == new.beneficiary
-                && e.amount == new.amount
-                && e.unit == new.unit
-                && e.program.as_deref() == new.program;
-            if !same {
-                return Err(WriteError::Invalid(format!(
-                    "idempotency key `{}` was used for another reward (entry {})",
-                    new.idempotency_key, e.id
-                )));
-            }
-            return Ok((e, false));
+/// [`Store::create_reward`] inside a write transaction (with what else the caller writes in it).
+pub(crate) async fn insert_reward(
+    tx: &mut crate::Tx,
+    project_id: i64,
+    new: &NewReward<'_>,
+    actor: &Actor,
+) -> std::result::Result<(RewardEntry, bool), WriteError> {
+    let existing: Option<Row> = on_conn!(tx, |c| sqlx::query_as(&format!(
+        "{SELECT} WHERE e.project_id = $1 AND e.idempotency_key = $2"
+    ))
+    .bind(project_id)
+    .bind(new.idempotency_key)
+    .fetch_optional(c)
+    .await)?;
+    if let Some(row) = existing {
+        let e = from_row(row);
+        let same = e.beneficiary == new.beneficiary
+            && e.amount == new.amount
+            && e.unit == new.unit
+            && e.program.as_deref() == new.program;
+        if !same {
+            return Err(WriteError::Invalid(format!(
+                "idempotency key `{}` was used for another reward (entry {})",
+                new.idempotency_key, e.id
+            )));
         }
-        let now = now_text();
-        let id: i64 = on_conn!(&mut tx, |c| {
-            sqlx::query_scalar(
+        return Ok((e, false));
+    }
+    let now = now_text();
+    let id: i64 = on_conn!(tx, |c| {
+        sqlx::query_scalar(
             "INSERT INTO reward_entries (project_id, beneficiary, amount, unit, reason, program,
-                 idempotency_key, hold_until, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+             idempotency_key, hold_until, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
         )
         .bind(project_id)
         .bind(new.beneficiary)
@@ -144,44 +141,58 @@ impl Store {
         .bind(&now)
         .fetch_one(c)
         .await
-        })?;
-        on_conn!(&mut tx, |c| {
-            sqlx::query(
-            "INSERT INTO reward_transitions (entry_id, status, reason, actor, at) VALUES ($1, 'pending', $2, $3, $4)",
-        )
-        .bind(id)
-        .bind(new.reason)
-        .bind(&actor.label)
-        .bind(&now)
-        .execute(c)
-        .await.map(|r| r.rows_affected())
-        })?;
-        on_conn!(&mut tx, |c| sqlx::query(
-            "INSERT INTO reward_holds (entry_id, project_id, hold_until) VALUES ($1, $2, $3)"
-        )
-        .bind(id)
-        .bind(project_id)
-        .bind(new.hold_until)
-        .execute(c)
-        .await
-        .map(|r| r.rows_affected()))?;
-        let entry = read(&mut tx, project_id, id)
-            .await?
-            .ok_or(WriteError::NotFound)?;
-        let after = serde_json::to_value(&entry)?;
-        append_audit(
-            &mut tx,
-            project_id,
-            actor,
-            "reward.created",
-            "reward",
-            &id.to_string(),
-            None,
-            Some(&after),
-        )
-        .await?;
+    })?;
+    on_conn!(tx, |c| {
+        sqlx::query(
+        "INSERT INTO reward_transitions (entry_id, status, reason, actor, at) VALUES ($1, 'pending', $2, $3, $4)",
+    )
+    .bind(id)
+    .bind(new.reason)
+    .bind(&actor.label)
+    .bind(&now)
+    .execute(c)
+    .await.map(|r| r.rows_affected())
+    })?;
+    on_conn!(tx, |c| sqlx::query(
+        "INSERT INTO reward_holds (entry_id, project_id, hold_until) VALUES ($1, $2, $3)"
+    )
+    .bind(id)
+    .bind(project_id)
+    .bind(new.hold_until)
+    .execute(c)
+    .await
+    .map(|r| r.rows_affected()))?;
+    let entry = read(tx, project_id, id)
+        .await?
+        .ok_or(WriteError::NotFound)?;
+    let after = serde_json::to_value(&entry)?;
+    append_audit(
+        tx,
+        project_id,
+        actor,
+        "reward.created",
+        "reward",
+        &id.to_string(),
+        None,
+        Some(&after),
+    )
+    .await?;
+    Ok((entry, true))
+}
+
+impl Store {
+    /// Appends a pending entry, audited as `reward.created`. With an `idempotency_key` already used: the entry it
+    /// made, and `false` (nothing written); `Invalid` when that entry differs from this one.
+    pub async fn create_reward(
+        &self,
+        project_id: i64,
+        new: &NewReward<'_>,
+        actor: &Actor,
+    ) -> std::result::Result<(RewardEntry, bool), WriteError> {
+        let mut tx = self.write_tx().await?;
+        let out = insert_reward(&mut tx, project_id, new, actor).await?;
         tx.commit().await?;
-        Ok((entry, true))
+        Ok(out)
     }
 
     /// Appends a transition to `to` (checked against the current status: `Invalid` otherwise), audited as

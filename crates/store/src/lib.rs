@@ -63,7 +63,9 @@ pub use ledger::{transition_allowed, NewReward, RewardEntry};
 pub use persons::{GroupMembership, IdentityRead, PersonChange, PersonRecord, PersonSummary};
 pub use pql::PqlScore;
 pub use projects::{ProjectSettings, ProjectUpdate, RetentionPolicy};
-pub use referrals::{GraphEdge, GrowthEdge, NewReferral, Referral, ReferralCode, ShareLink};
+pub use referrals::{
+    GraphEdge, GrowthEdge, NewReferral, Qualification, Referral, ReferralCode, ShareLink,
+};
 pub use sticky::StickyRow;
 pub use users::{
     MemberError, Membership, OrganizationInfo, ProjectInfo, SessionRecord, TeamInvitation,

@@ -43,6 +43,16 @@ fn from_row(
     }
 }
 
+/// How a referral's qualifying event was judged: the new `status` (`qualified`, `capped`, `held` or `rejected`),
+/// the event's time `at`, the fraud signals and their score.
+#[derive(Debug, Clone)]
+pub struct Qualification<'a> {
+    pub status: &'a str,
+    pub at: &'a str,
+    pub signals: &'a serde_json::Value,
+    pub risk_score: i64,
+}
+
 impl Store {
     /// Creates a code (`AlreadyExists` when its lower-case form is taken anywhere), audited as
     /// `referral_code.created`.
@@ -335,31 +345,40 @@ impl Store {
         Ok(referral(row))
     }
 
-    /// Records a referral's qualifying event at `at` with its fraud signals and score, as `status` (`qualified`,
-    /// `capped`, `held` or `rejected`), unless it already left `attributed`; true when it changed.
+    /// Records a referral's qualifying event ([`Qualification`]) unless it already left `attributed`; true when it changed. `rewards` are
+    /// written to the ledger in the same transaction (a qualified referral is never seen without its rewards, and
+    /// a crash cannot leave it without them).
     pub async fn qualify_referral(
         &self,
+        project_id: i64,
         id: i64,
-        status: &str,
-        at: &str,
-        signals: &serde_json::Value,
-        risk_score: i64,
-    ) -> Result<bool> {
-        let done = on_pool!(self, |c| {
+        q: &Qualification<'_>,
+        rewards: &[crate::NewReward<'_>],
+        actor: &Actor,
+    ) -> std::result::Result<bool, WriteError> {
+        let mut tx = self.write_tx().await?;
+        let done = on_conn!(&mut tx, |c| {
             sqlx::query(
             "UPDATE referrals SET status = $1, qualified_at = $2, signals = $3, risk_score = $4, updated_at = $5
              WHERE id = $6 AND status = 'attributed'",
         )
-        .bind(status)
-        .bind(at)
-        .bind(signals.to_string())
-        .bind(risk_score)
+        .bind(q.status)
+        .bind(q.at)
+        .bind(q.signals.to_string())
+        .bind(q.risk_score)
         .bind(now_text())
         .bind(id)
         .execute(c)
         .await.map(|r| r.rows_affected())
         })?;
-        Ok(done == 1)
+        if done != 1 {
+            return Ok(false);
+        }
+        for reward in rewards {
+            crate::ledger::insert_reward(&mut tx, project_id, reward, actor).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// A review decision: a `held` referral becomes `qualified`, or a `held` or `attributed` one `rejected`;

@@ -25,10 +25,13 @@
 //! embedded engine.
 
 use flywheel_query::plan::{funnel_window_us, Plan};
-use flywheel_query::{Aggregation, Attribution, EventRef, Exclusion, FunnelOrder, FunnelQuery};
+use flywheel_query::{
+    Aggregation, Attribution, BreakdownBy, EventRef, Exclusion, FunnelOrder, FunnelQuery,
+};
 
 use super::breakdown::{By, Split};
-use super::expr::{self, Target, LOG_ORDER, PERSON};
+use super::expr::{self, Target, LOG_ORDER};
+use super::group;
 use super::{Answer, Compiled, Fill, Statement, Unsupported};
 
 /// An event- or person-property breakdown of a funnel: ranked by the first step's rows, each person counted under
@@ -69,10 +72,15 @@ pub(super) fn compile(
     target: &Target,
 ) -> Result<Compiled, Unsupported> {
     let order = f.order.unwrap_or(FunnelOrder::Ordered);
-    if matches!(f.aggregation, Some(Aggregation::Group(_))) {
+    if matches!(f.aggregation, Some(Aggregation::Group(_)))
+        && matches!(
+            f.breakdown.as_ref().map(|b| &b.by),
+            Some(BreakdownBy::Person { .. })
+        )
+    {
         return Err(Unsupported::new(
-            "aggregation",
-            "group aggregation is not supported by the ClickHouse backend yet",
+            "breakdown.type",
+            "a group-aggregated funnel breaks down by event or group properties (or cohorts), not person properties",
         ));
     }
     let split = breakdown(f, plan, target)?;
@@ -95,6 +103,7 @@ pub(super) fn compile(
         &conds,
         order == FunnelOrder::Strict,
         split.as_ref(),
+        f.aggregation,
     );
     let arrays = arrays(split.as_ref());
     let mut sql = entries(&rows, "bitAnd(fi, 1) != 0", plan, split.as_ref());
@@ -145,14 +154,15 @@ pub(super) fn compile(
     ))
 }
 
-/// The rows a funnel reads: person, time, uuid and flags (bit `i`: `conds[i]`); only rows with a flag unless
-/// `every_row`.
+/// The rows a funnel reads: person (or group key, by `aggregation`), time, uuid and flags (bit `i`: `conds[i]`);
+/// only rows with a flag unless `every_row`.
 fn rows(
     plan: &Plan,
     target: &Target,
     conds: &[String],
     every_row: bool,
     split: Option<&Breakdown>,
+    aggregation: Option<Aggregation>,
 ) -> String {
     let read = &plan.reads[0];
     let flags = conds
@@ -170,8 +180,11 @@ fn rows(
             .collect::<Vec<_>>()
             .join(" OR ")
     };
+    // Persons, or groups: each row's group key instead of its person.
+    let (counted, has) = group::counted(aggregation, &target.groups);
+    let wanted = format!("({wanted}) AND {has}");
     let select = format!(
-        "{PERSON} AS person, timestamp_us AS ts, {LOG_ORDER} AS ord, toUInt64({flags}) AS flags"
+        "{counted} AS person, timestamp_us AS ts, {LOG_ORDER} AS ord, toUInt64({flags}) AS flags"
     );
     match split {
         Some(b) => b.split.rows(
@@ -395,7 +408,7 @@ fn unordered(
         .map(|g| expr::spec_condition(&plan.specs[g.0], &plan.common, target))
         .collect::<Result<Vec<_>, _>>()?;
     let per_entry = entries(
-        &rows(plan, target, &conds, false, split.as_ref()),
+        &rows(plan, target, &conds, false, split.as_ref(), f.aggregation),
         "fi != 0",
         plan,
         split.as_ref(),

@@ -6,7 +6,8 @@
 //! A row's `$groups` is indexed as any object property: its JSON text (the writer's compact serialization, so a
 //! type's key is found by `visitParamExtractString`, on 18.16 as on current releases). A group key is a JSON
 //! string; a row whose `$groups` lacks the type, or holds something else than a string under it, has no group of
-//! that type, as in the engine.
+//! that type, as in the engine. A funnel or retention table aggregated by groups counts each row's group key
+//! instead of its person ([`counted`]).
 
 use std::collections::BTreeMap;
 
@@ -21,6 +22,9 @@ pub struct Groups {
     pub filters: BTreeMap<String, GroupPass>,
     /// Per (group type index, property) a breakdown reads: each group's label.
     pub labels: BTreeMap<(u8, String), GroupLabels>,
+    /// The names of the group types a funnel or retention table aggregates by (by index; a type the project
+    /// does not have is absent).
+    pub type_names: BTreeMap<u8, String>,
 }
 
 /// One group filter, decided per group.
@@ -82,6 +86,25 @@ pub(super) fn condition(g: &GroupPass) -> String {
         "0".into()
     } else {
         format!("({has} AND {key} IN ({}))", list(&g.passing))
+    }
+}
+
+/// What a funnel or retention table counts, as `(key, condition)` for its rows: the resolved person of every row,
+/// or, aggregated by groups of type `index`, the row's group key, rows without one left out (as the engine's
+/// `group_rows`). A type the project does not have leaves no row.
+pub(super) fn counted(
+    aggregation: Option<flywheel_query::Aggregation>,
+    groups: &Groups,
+) -> (String, String) {
+    match aggregation {
+        Some(flywheel_query::Aggregation::Group(index)) => match groups.type_names.get(&index) {
+            Some(name) => {
+                let (has, key) = key_of(name);
+                (key, has)
+            }
+            None => ("''".into(), "0".into()),
+        },
+        _ => (super::expr::PERSON.into(), "1".into()),
     }
 }
 

@@ -6,10 +6,11 @@
 //! of the start row that placed the person in that cohort; returns count whatever their labels.
 
 use flywheel_query::plan::Plan;
-use flywheel_query::{Aggregation, RetentionCohort, RetentionMode, RetentionQuery};
+use flywheel_query::{Aggregation, BreakdownBy, RetentionCohort, RetentionMode, RetentionQuery};
 
 use super::breakdown::{By, Split};
-use super::expr::{self, Target, LOG_ORDER, PERSON};
+use super::expr::{self, Target, LOG_ORDER};
+use super::group;
 use super::{Answer, Compiled, Fill, Statement, Unsupported};
 
 pub(super) fn compile(
@@ -17,10 +18,16 @@ pub(super) fn compile(
     plan: &Plan,
     target: &Target,
 ) -> Result<Compiled, Unsupported> {
-    if matches!(r.aggregation, Some(Aggregation::Group(_))) {
+    if matches!(r.aggregation, Some(Aggregation::Group(_)))
+        && matches!(
+            r.breakdown.as_ref().map(|b| &b.by),
+            Some(BreakdownBy::Person { .. })
+        )
+    {
         return Err(Unsupported::new(
-            "aggregation",
-            "group aggregation is not supported by the ClickHouse backend yet",
+            "breakdown.type",
+            "a group-aggregated retention table breaks down by event or group properties (or cohorts), not person \
+             properties",
         ));
     }
     let read = &plan.reads[0];
@@ -46,12 +53,14 @@ pub(super) fn compile(
         }
     };
     let extra = split.as_ref().map_or(String::new(), Split::columns);
+    // Persons, or groups: each row's group key instead of its person.
+    let (counted, has) = group::counted(r.aggregation, &target.groups);
     let select = format!(
-        "{PERSON} AS person, timestamp_us AS ts, {LOG_ORDER} AS ord, toUInt8({start}) AS is_start, \
+        "{counted} AS person, timestamp_us AS ts, {LOG_ORDER} AS ord, toUInt8({start}) AS is_start, \
          toUInt8({back}) AS is_return, toInt64({}) AS b{extra}",
         bucket("timestamp_us")
     );
-    let wanted = format!("({start}) OR ({back})");
+    let wanted = format!("(({start}) OR ({back})) AND {has}");
     let rows = match &split {
         Some(b) => b.rows(target, &select, read.from_us, read.to_us, &wanted),
         None => expr::source(target, &select, read.from_us, read.to_us, &wanted),

@@ -701,7 +701,7 @@ fn group_events() -> Vec<Value> {
                 }
             }
             out.push(json!({"event": event, "distinct_id": format!("user-{p}"),
-                            "timestamp": format!("2026-10-{day:02}T{:02}:{:02}:00Z", rng.below(24), rng.below(60)),
+                            "timestamp": format!("2026-10-{day:02}T{:02}:{:02}:{:02}Z", rng.below(24), rng.below(60), rng.below(60)),
                             "properties": props}));
         }
     }
@@ -770,6 +770,26 @@ async fn group_filters_and_breakdowns_from_clickhouse_equal_the_embedded_answer(
             ),
         ),
         (
+            "funnel",
+            oct(json!({"steps": steps, "aggregation": "group:0"})),
+        ),
+        (
+            "funnel",
+            oct(
+                json!({"steps": steps, "aggregation": "group:1", "order": "strict", "breakdown": by_plan}),
+            ),
+        ),
+        (
+            "funnel",
+            oct(
+                json!({"steps": [{"event": "$pageview"}, {"event": "purchase"}], "aggregation": "group:0", "trends": true}),
+            ),
+        ),
+        (
+            "retention",
+            json!({"start_event": "$pageview", "return_event": "purchase", "period": "week", "periods": 5, "date_to": "2026-10-31", "aggregation": "group:0", "properties": [group(0, "plan", "is_set", Value::Null)]}),
+        ),
+        (
             "lifecycle",
             oct(
                 json!({"event": {"event": "$pageview", "properties": [group(0, "plan", "is_not", json!("free"))]}}),
@@ -814,8 +834,8 @@ async fn unsupported_definitions_are_refused_and_a_stopped_clickhouse_is_a_503()
     let cases = [
         (
             "funnel",
-            json!({"steps": [{"event": "$pageview"}, {"event": "signup"}], "date_from": "-7d", "aggregation": "group:0"}),
-            "aggregation",
+            json!({"steps": [{"event": "$pageview"}, {"event": "signup"}, {"event": "signup", "properties": [{"key": "plan", "value": "pro"}]}], "date_from": "-7d", "order": "unordered"}),
+            "steps[2]",
         ),
         (
             "trends",
@@ -828,11 +848,6 @@ async fn unsupported_definitions_are_refused_and_a_stopped_clickhouse_is_a_503()
             "trends",
             trends(json!({"properties": [{"key": "plan", "value": "^p", "operator": "regex"}]})),
             "properties[0].operator",
-        ),
-        (
-            "retention",
-            json!({"start_event": "$pageview", "return_event": "$pageview", "aggregation": "group:0"}),
-            "aggregation",
         ),
         (
             "funnel",
