@@ -1578,8 +1578,8 @@ fn funnel(
     Ok(out)
 }
 
-/// The persons (or groups) of a funnel step (see [`Options::funnel_step`]).
-fn reached_step(persons: &[(u32, u8)], step: i32, steps: usize) -> Result<Vec<u32>, Unsupported> {
+/// Whether `step` names a step of a funnel of `steps` (see [`Options::funnel_step`]).
+pub(crate) fn check_funnel_step(step: i32, steps: usize) -> Result<(), Unsupported> {
     let n = step.unsigned_abs() as usize;
     if n == 0 || n > steps || (step < 0 && n == 1) {
         return Err(unsupported(
@@ -1589,6 +1589,13 @@ fn reached_step(persons: &[(u32, u8)], step: i32, steps: usize) -> Result<Vec<u3
             ),
         ));
     }
+    Ok(())
+}
+
+/// The persons (or groups) of a funnel step (see [`Options::funnel_step`]).
+fn reached_step(persons: &[(u32, u8)], step: i32, steps: usize) -> Result<Vec<u32>, Unsupported> {
+    check_funnel_step(step, steps)?;
+    let n = step.unsigned_abs() as usize;
     let chosen: Vec<u32> = persons
         .iter()
         .filter(|&&(_, reached)| {

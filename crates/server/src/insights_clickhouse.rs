@@ -51,12 +51,6 @@ pub(crate) async fn answer(
     query: &InsightQuery,
     options: &Options,
 ) -> Result<(Value, bool), ApiError> {
-    if options.funnel_step.is_some() {
-        return Err(unsupported(
-            "funnel_step",
-            "listing a funnel step's persons is not supported when insights read ClickHouse (--events-url) yet",
-        ));
-    }
     let complete = read_barrier(state).await;
     let now = state.clock.now();
     let tz = options.tz;
@@ -92,6 +86,12 @@ pub(crate) async fn answer(
     };
     // A cohort breakdown is one query per cohort, filtered by it, as on the embedded engine.
     let mut out = match flywheel_query::plan::cohort_parts(query) {
+        Some(_) if options.funnel_step.is_some() => {
+            return Err(unsupported(
+                "funnel_step",
+                "cannot be combined with a cohort breakdown: filter by the cohort instead",
+            ))
+        }
         Some(parts) => {
             let mut answers = Vec::with_capacity(parts.len());
             for (id, part) in parts {
@@ -101,8 +101,85 @@ pub(crate) async fn answer(
         }
         None => one(query.clone()).await?,
     };
+    if let (Some(step), InsightQuery::Funnel(f)) = (options.funnel_step, query) {
+        crate::insights::check_funnel_step(step, f.steps.len())
+            .map_err(|u| unsupported(&u.field, &u.message))?;
+        let plan = flywheel_query::plan::plan(query, &range, &tz);
+        let members = flywheel_clickhouse::compile(query, &plan, &tz, target)
+            .map_err(|u| unsupported(&u.field, &u.message))?
+            .funnel_members(step)
+            .ok_or_else(|| ApiError::internal("a funnel compiled without its attempts"))?;
+        out["persons"] =
+            step_members(state, reader, target, project_id, &members, f, options).await?;
+    }
     render::with_range(&mut out, &range);
     Ok((out, complete))
+}
+
+/// The persons (or groups) of a funnel step as the embedded path lists them: the step, how many, and the first
+/// `limit` — persons in person-id order with their distinct ids (from the metadata store), groups by key.
+async fn step_members(
+    state: &AppState,
+    reader: &Reader,
+    target: &Target,
+    project_id: i64,
+    members: &str,
+    f: &flywheel_query::FunnelQuery,
+    options: &Options,
+) -> Result<Value, ApiError> {
+    let (step, limit) = (options.funnel_step.unwrap_or(1), options.persons_limit);
+    let by_group = matches!(f.aggregation, Some(Aggregation::Group(_)));
+    let query = |sql: String| async move {
+        reader
+            .client
+            .query_rows(&sql)
+            .await
+            .map_err(|e| error(InsightError::Run(e.into())))
+    };
+    let count = query(format!("SELECT count() FROM ({members})"))
+        .await?
+        .first()
+        .and_then(|r| r.first())
+        .and_then(|n| n.parse::<u64>().ok())
+        .ok_or_else(|| ApiError::internal("ClickHouse answered a count with something else"))?;
+    let results: Vec<Value> = if by_group {
+        query(format!(
+            "SELECT member FROM ({members}) ORDER BY member LIMIT {limit}"
+        ))
+        .await?
+        .into_iter()
+        .filter_map(|r| r.into_iter().next())
+        .map(|key| serde_json::json!({"group_key": key}))
+        .collect()
+    } else {
+        let rows = query(flywheel_clickhouse::sql::persons_where(
+            target,
+            &format!("toString(pperson) IN ({members})"),
+            Some(limit),
+        ))
+        .await?;
+        let listed: Vec<(String, String)> = rows
+            .into_iter()
+            .filter_map(|r| {
+                let mut r = r.into_iter();
+                Some((r.next()?, r.next()?))
+            })
+            .collect();
+        let uuids: Vec<&str> = listed.iter().map(|(_, u)| u.as_str()).collect();
+        let mut names = state
+            .store
+            .distinct_ids_of_persons(project_id, &uuids)
+            .await?;
+        listed
+            .iter()
+            .map(|(id, uuid)| {
+                let mut dids = names.remove(uuid).unwrap_or_default();
+                dids.sort();
+                serde_json::json!({"person_id": id.parse::<i64>().ok(), "distinct_ids": dids})
+            })
+            .collect()
+    };
+    Ok(serde_json::json!({"step": step, "count": count, "results": results}))
 }
 
 /// The groups a query's group filters, group breakdown and group aggregation need, from the metadata store: each

@@ -11,7 +11,8 @@
 use flywheel_query::{CountOp, EventRef, PropertyFilter};
 
 use super::expr::{
-    current_persons, person_filter, property_filter, rows_of_project, source, string, Target,
+    current_persons, person_filter, persons_where, property_filter, rows_of_project, source,
+    string, Target,
 };
 use super::Unsupported;
 
@@ -136,11 +137,11 @@ pub fn members(t: &Target, id: u64) -> Result<String, Unsupported> {
         .get(&id)
         .ok_or_else(|| Unsupported::new("cohort", format!("cohort {id} was not loaded")))?;
     let member = condition(m, "pperson", "cohort", t)?;
-    Ok(format!(
-        "SELECT pid, toString(pperson) FROM ({persons}) WHERE gone = 0 \
-         AND pperson IN (SELECT person FROM ({reached})) AND {member} ORDER BY pid",
-        persons = current_persons(t, ", id AS pid"),
-        reached = rows_of_project(t),
+    let reached = rows_of_project(t);
+    Ok(persons_where(
+        t,
+        &format!("pperson IN (SELECT person FROM ({reached})) AND {member}"),
+        None,
     ))
 }
 

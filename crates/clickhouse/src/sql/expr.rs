@@ -260,6 +260,16 @@ pub fn current_persons(t: &Target, columns: &str) -> String {
     )
 }
 
+/// `(person id, uuid)` of the project's current persons (not erased) whose uuid `pperson` satisfies `cond`, in
+/// person-id order, at most `limit`.
+pub fn persons_where(t: &Target, cond: &str, limit: Option<usize>) -> String {
+    let limit = limit.map_or(String::new(), |n| format!(" LIMIT {n}"));
+    format!(
+        "SELECT pid, toString(pperson) FROM ({persons}) WHERE gone = 0 AND {cond} ORDER BY pid{limit}",
+        persons = current_persons(t, ", id AS pid"),
+    )
+}
+
 /// A person-property filter, with the embedded engine's semantics: the person's current properties (the newest
 /// version of the person the row resolves to, through the overrides) are tested as an event's would be; a person
 /// without the property, without a row in `persons` (not shipped, personless events) or erased is tested as

@@ -301,6 +301,7 @@ FROM (
                 },
             ],
             empty: Answer::FunnelBreakdown(Vec::new()),
+            attempts: Some(attempts.to_owned()),
         };
     }
     let mut statements = vec![Statement {
@@ -330,6 +331,7 @@ FROM (
     });
     Compiled {
         statements,
+        attempts: Some(attempts.to_owned()),
         empty: Answer::Funnel {
             reached: vec![0; steps],
             avg_time_us: vec![None; steps],

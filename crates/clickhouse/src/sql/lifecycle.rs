@@ -59,6 +59,7 @@ pub(super) fn compile(
         starts = expr::int_array(starts),
     );
     Ok(Compiled {
+        attempts: None,
         statements: vec![Statement {
             sql,
             fill: Fill::Lifecycle,

@@ -31,7 +31,7 @@ use flywheel_query::{Breakdown, FieldError, InsightQuery};
 use crate::client::{ClickHouseError, Client};
 pub use breakdown::BREAKDOWN_OTHER;
 pub use cohort::{members as cohort_members, Membership};
-pub use expr::{rows_of_project, string as quote, Target};
+pub use expr::{persons_where, rows_of_project, string as quote, Target};
 pub use group::{filter_key as group_filter_key, GroupLabels, GroupPass, Groups};
 
 /// A part of a definition the ClickHouse backend cannot answer exactly (yet). Named like the API's field
@@ -202,6 +202,9 @@ pub struct Statement {
 pub struct Compiled {
     pub statements: Vec<Statement>,
     empty: Answer,
+    /// A funnel's attempts (rows `person, lvl, …`: each attempt's person or group key and the steps it reached),
+    /// for [`Compiled::funnel_members`].
+    attempts: Option<String>,
 }
 
 /// The statements answering `q` (normalized) as planned by `flywheel_query::plan::plan` in the project's time zone
@@ -279,6 +282,22 @@ fn slot<'a, T>(v: &'a mut [T], i: i64, sql: &str) -> Result<&'a mut T, RunError>
 }
 
 impl Compiled {
+    /// For a funnel: the persons (or, aggregated by groups, the group keys) whose best attempt reached step `step`
+    /// (1-based), or for a negative `step` those who stopped right before step `-step`, as rows `(member)` (the
+    /// uuid, or the key), as the kernel lists them (`?funnel_step=`). `None` for another kind.
+    pub fn funnel_members(&self, step: i32) -> Option<String> {
+        let attempts = self.attempts.as_ref()?;
+        let n = step.unsigned_abs();
+        let reached = if step > 0 {
+            format!("level >= {n}")
+        } else {
+            format!("level = {}", n.saturating_sub(1))
+        };
+        Some(format!(
+            "SELECT toString(person) AS member FROM (\n    SELECT person, max(lvl) AS level FROM (\n    {attempts}\n    ) GROUP BY person\n) WHERE level > 0 AND {reached}"
+        ))
+    }
+
     /// The SQL of every statement, in order.
     pub fn sql(&self) -> impl Iterator<Item = &str> {
         self.statements.iter().map(|s| s.sql.as_str())

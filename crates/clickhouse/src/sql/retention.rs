@@ -95,6 +95,7 @@ pub(super) fn compile(
 ) WHERE k = 0 OR {returned} GROUP BY p, k ORDER BY p, k"
         );
         return Ok(Compiled {
+            attempts: None,
             statements: vec![Statement {
                 sql,
                 fill: Fill::Retention,
@@ -146,6 +147,7 @@ pub(super) fn compile(
 ) WHERE k = 0 OR {returned} GROUP BY kind, label, p, k ORDER BY kind, label, p, k"
     );
     Ok(Compiled {
+        attempts: None,
         statements: vec![
             Statement {
                 sql: b.ranking(),

@@ -24,6 +24,7 @@ pub(super) fn compile(plan: &Plan, target: &Target) -> Result<Compiled, Unsuppor
         "SELECT n, count() FROM (\n    SELECT person, uniqExact(b) AS n FROM (\n    {rows}\n    ) GROUP BY person\n) GROUP BY n ORDER BY n"
     );
     Ok(Compiled {
+        attempts: None,
         statements: vec![Statement {
             sql,
             fill: Fill::Stickiness,

@@ -74,7 +74,11 @@ pub(super) fn compile(
         // Filled when each read's ranking arrives.
         Some(_) => Answer::TrendsBreakdown(Vec::new()),
     };
-    Ok(Compiled { statements, empty })
+    Ok(Compiled {
+        statements,
+        empty,
+        attempts: None,
+    })
 }
 
 fn series(
