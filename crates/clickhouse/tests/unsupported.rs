@@ -91,16 +91,6 @@ fn unsupported_options_name_their_field() {
             "breakdown.type",
         ),
         (
-            Funnel,
-            json!({"steps": [a, {"event": "b"}], "breakdown": {"property": "plan", "type": "person"}, "trends": true}),
-            "trends",
-        ),
-        (
-            Funnel,
-            json!({"steps": [a, {"event": "b"}], "breakdown": {"property": "plan"}, "trends": true}),
-            "trends",
-        ),
-        (
             Retention,
             json!({"start_event": a, "return_event": a, "breakdown": {"type": "cohort", "ids": [2]}}),
             "breakdown.type",

@@ -1014,10 +1014,12 @@ fn generate_until(dir: &std::path::Path, seed: &str, end: &str) -> (i64, String)
     )
 }
 
-fn check_seed(seed: &str) {
+/// Every check of a seed's history, on a server started with `serve` (its extra arguments).
+fn check_seed(seed: &str, serve: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let (project, key) = generate(dir.path(), seed);
-    let serve = Serve::start(dir.path(), &[]);
+    let extra = serve;
+    let serve = Serve::start(dir.path(), extra);
     let answers: Vec<Value> = checks()
         .iter()
         .map(|(kind, q, _)| insight(&serve, &key, project, kind, q.clone()))
@@ -1237,7 +1239,7 @@ fn check_seed(seed: &str) {
         .map(|s| s["rows"].as_u64().unwrap())
         .sum();
     assert!(sealed >= 30_000, "shutdown sealed the tail: {manifest}");
-    let serve = Serve::start(dir.path(), &[]);
+    let serve = Serve::start(dir.path(), extra);
     for ((kind, q, _), answer) in checks().iter().zip(&answers) {
         let again = insight(&serve, &key, project, kind, q.clone());
         assert_eq!(
@@ -1257,12 +1259,23 @@ fn check_seed(seed: &str) {
 
 #[test]
 fn insights_match_ground_truth_seed_1() {
-    check_seed("1");
+    check_seed("1", &[]);
 }
 
 #[test]
 fn insights_match_ground_truth_seed_77() {
-    check_seed("77");
+    check_seed("77", &[]);
+}
+
+/// The same checks with the events in ClickHouse (Debian's 18.16): the node ships the generated log there and
+/// every insight, cohort count and funnel step's list is answered by ClickHouse's SQL.
+#[test]
+fn insights_match_ground_truth_on_clickhouse() {
+    let ch = flywheel_clickhouse::test_support::start();
+    check_seed(
+        "1",
+        &["--events-url", &ch.url, "--events-database", "fw_truth"],
+    );
 }
 
 #[test]
