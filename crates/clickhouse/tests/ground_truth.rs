@@ -2005,6 +2005,50 @@ async fn check_cohorts(r: &mut Runner, events: &[Event], tz: &Tz) {
     r.target.cohorts = Default::default();
 }
 
+/// `regex` and `not_regex` on event properties, against Rust's `regex` on the same texts: Unicode classes, case
+/// folding of non-ASCII letters, `.` and newlines, escapes.
+async fn check_regex(r: &mut Runner, events: &[Event], tz: &Tz) {
+    let cases = [
+        ("city", "(?i)berlin"),
+        ("city", "^.{6}$"),
+        ("city", r"^\w+-\w+$"),
+        ("city", "(?i)zürich|όσοσ"),
+        ("city", "(?i)istanbul"),
+        ("plan", r"^\d$"),
+        ("amount", r"^\s*\d+(\.\d+)?$"),
+        ("note", r#"\\ "quoted"\t"#),
+        ("note", "quoted.text"),
+    ];
+    let mut nonzero = 0;
+    for (key, pattern) in cases {
+        let re = regex::Regex::new(pattern).unwrap();
+        for operator in ["regex", "not_regex"] {
+            let body = json!({"series": [{"event": "a"}], "date_from": "2026-03-10", "date_to": "2026-04-20",
+                              "properties": [{"key": key, "operator": operator, "value": pattern}]});
+            let (_, p, answer) = r.run(InsightKind::Trends, body.clone(), tz).await;
+            let (from, to) = (p.reads[0].bucket_starts_us[0], p.reads[0].end_us);
+            let want = events
+                .iter()
+                .filter(|e| e.event == "a" && e.ts >= from && e.ts < to)
+                .filter(|e| {
+                    let hit = e
+                        .props
+                        .get(key)
+                        .filter(|v| !v.is_null())
+                        .is_some_and(|v| re.is_match(&text(v)));
+                    hit == (operator == "regex")
+                })
+                .count() as f64;
+            let got: f64 = series(&answer)[0][0].iter().sum();
+            assert_eq!(got, want, "{body}");
+            if want > 0.0 {
+                nonzero += 1;
+            }
+        }
+    }
+    assert!(nonzero >= 14, "the patterns match something ({nonzero})");
+}
+
 /// The project of the group checks' events.
 const GROUP_PROJECT: u64 = 10;
 
@@ -2386,6 +2430,7 @@ async fn insights_match_the_truth_on_clickhouse_18_and_current() {
         check_person_properties(&mut r, &tz_name.parse().unwrap()).await;
     }
     check_cohorts(&mut r, &events, &"Europe/Berlin".parse().unwrap()).await;
+    check_regex(&mut r, &events, &chrono_tz::UTC).await;
     check_groups(
         &mut r,
         &group_rows,

@@ -252,13 +252,13 @@ mod tests {
     fn an_unsupported_operator_names_the_filter() {
         let m = Membership::Person(PropertyFilter {
             key: "email".into(),
-            value: Some(json!("a.*")),
+            value: Some(json!(r"\ba")),
             operator: Operator::Regex,
             property_type: PropertyType::Person,
             group_type_index: None,
         });
         let e = condition(&m, "p", "properties[1]", &target()).unwrap_err();
         assert!(e.field.starts_with("properties[1]"), "{}", e.field);
-        assert!(e.message.contains("regex"), "{}", e.message);
+        assert!(e.message.contains("regular expression"), "{}", e.message);
     }
 }

@@ -353,14 +353,27 @@ pub(super) fn property_filter(p: &PropertyFilter, field: &str) -> Result<String,
         Operator::Contains => contains(),
         Operator::NotContains => format!("NOT {}", contains()),
         Operator::Regex | Operator::NotRegex => {
-            return Err(Unsupported::new(
-                format!("{field}.operator"),
-                format!(
-                    "{} is not supported by the ClickHouse backend yet: ClickHouse's regular expressions (re2) \
-                     differ from the embedded engine's (Rust's regex) in corner cases",
-                    p.operator
-                ),
-            ))
+            // Without a string there is no regular expression: it matches nothing (as in the engine).
+            let Some(pattern) = values(p).first().and_then(|v| v.as_str()) else {
+                return Ok(if p.operator == Operator::Regex {
+                    "0"
+                } else {
+                    "1"
+                }
+                .into());
+            };
+            let re2 = super::regex::to_re2(pattern).map_err(|why| {
+                Unsupported::new(
+                    format!("{field}.value"),
+                    format!("this regular expression cannot be run by ClickHouse with the same meaning: {why}"),
+                )
+            })?;
+            let test = format!("({has} AND match(prop_texts[{at}], {}))", string(&re2));
+            if p.operator == Operator::Regex {
+                test
+            } else {
+                format!("NOT {test}")
+            }
         }
     })
 }
@@ -414,12 +427,17 @@ mod tests {
         let f = filter(&pf(Operator::Gt, Some(json!("x"))), "p", &t).unwrap();
         assert_eq!(f, "0", "a bound that is not a number matches nothing");
         let e = filter(
-            &pf(Operator::Regex, Some(json!("a.*"))),
+            &pf(Operator::Regex, Some(json!(r"\ba"))),
             "series[0].properties[1]",
             &t,
         )
         .unwrap_err();
-        assert_eq!(e.field, "series[0].properties[1].operator");
+        assert_eq!(e.field, "series[0].properties[1].value");
+        let f = filter(&pf(Operator::NotRegex, Some(json!("^a.*"))), "p", &t).unwrap();
+        assert!(
+            f.starts_with("NOT (has(prop_keys, 'plan') AND match("),
+            "{f}"
+        );
         let e = filter(
             &Filter::Cohort {
                 id: 3,

@@ -20,6 +20,7 @@ mod expr;
 mod funnel;
 mod group;
 mod lifecycle;
+mod regex;
 mod retention;
 mod stickiness;
 mod trends;
