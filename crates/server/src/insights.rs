@@ -746,6 +746,23 @@ pub struct GroupColumn {
     pub by_key: std::collections::HashMap<String, Value>,
 }
 
+/// The group property a trends, funnel or retention query breaks down by: (group type index, property).
+pub(crate) fn group_breakdown(q: &InsightQuery) -> Option<(u8, &str)> {
+    let breakdown = match q {
+        InsightQuery::Trends(t) => t.breakdown.as_ref(),
+        InsightQuery::Funnel(f) => f.breakdown.as_ref(),
+        InsightQuery::Retention(r) => r.breakdown.as_ref(),
+        _ => None,
+    }?;
+    match &breakdown.by {
+        BreakdownBy::Group {
+            group_type_index,
+            property,
+        } => Some((*group_type_index, property.as_str())),
+        _ => None,
+    }
+}
+
 /// The group properties a query filters on: (group type index, key).
 pub fn group_keys(q: &InsightQuery) -> Vec<(u8, String)> {
     let mut out: Vec<(u8, String)> = all_filters(q)
@@ -757,18 +774,8 @@ pub fn group_keys(q: &InsightQuery) -> Vec<(u8, String)> {
             _ => None,
         })
         .collect();
-    let breakdown = match q {
-        InsightQuery::Trends(t) => t.breakdown.as_ref(),
-        InsightQuery::Funnel(f) => f.breakdown.as_ref(),
-        InsightQuery::Retention(r) => r.breakdown.as_ref(),
-        _ => None,
-    };
-    if let Some(BreakdownBy::Group {
-        group_type_index,
-        property,
-    }) = breakdown.map(|b| &b.by)
-    {
-        out.push((*group_type_index, property.clone()));
+    if let Some((index, property)) = group_breakdown(q) {
+        out.push((index, property.to_owned()));
     }
     out.sort();
     out.dedup();

@@ -23,7 +23,7 @@ use flywheel_clickhouse::sql::{
 use flywheel_clickhouse::{ClickHouseError, Client, InsightError};
 use flywheel_kernels as k;
 use flywheel_query::plan::Plan;
-use flywheel_query::{Aggregation, BreakdownBy, Filter, InsightQuery, PropertyType};
+use flywheel_query::{Aggregation, Filter, InsightQuery, PropertyType};
 use serde_json::Value;
 
 use crate::error::ApiError;
@@ -235,18 +235,8 @@ async fn groups(
         }
         out.filters.insert(group_filter_key(p), pass);
     }
-    let breakdown = match query {
-        InsightQuery::Trends(t) => t.breakdown.as_ref(),
-        InsightQuery::Funnel(f) => f.breakdown.as_ref(),
-        InsightQuery::Retention(r) => r.breakdown.as_ref(),
-        _ => None,
-    };
-    if let Some(BreakdownBy::Group {
-        group_type_index,
-        property,
-    }) = breakdown.map(|b| &b.by)
-    {
-        let at = (*group_type_index, property.clone());
+    if let Some((index, property)) = crate::insights::group_breakdown(query) {
+        let at = (index, property.to_owned());
         if let Some((type_name, values)) = columns.get(&at) {
             let labels = values
                 .iter()
