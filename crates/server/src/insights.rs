@@ -1164,7 +1164,7 @@ fn with_breakdown<'a>(
 }
 
 /// Kernel buckets of a planned read (the first clamped to the range's start, the last ending at its end).
-fn buckets(read: &Read) -> k::Buckets {
+pub(crate) fn buckets(read: &Read) -> k::Buckets {
     k::Buckets {
         starts: read.bucket_starts_us.clone(),
         end: read.end_us,
@@ -1600,7 +1600,11 @@ pub(crate) fn check_funnel_step(step: i32, steps: usize) -> Result<(), Unsupport
 }
 
 /// The persons (or groups) of a funnel step (see [`Options::funnel_step`]).
-fn reached_step(persons: &[(u32, u8)], step: i32, steps: usize) -> Result<Vec<u32>, Unsupported> {
+pub(crate) fn reached_step(
+    persons: &[(u32, u8)],
+    step: i32,
+    steps: usize,
+) -> Result<Vec<u32>, Unsupported> {
     check_funnel_step(step, steps)?;
     let n = step.unsigned_abs() as usize;
     let chosen: Vec<u32> = persons

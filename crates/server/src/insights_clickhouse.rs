@@ -18,7 +18,7 @@
 //! the project's data, e.g. the shipments table's newest row per node, read on every request.)
 
 use flywheel_clickhouse::sql::{
-    group_filter_key, Answer, FunnelSplit, GroupLabels, GroupPass, Groups, Target,
+    group_filter_key, quote, Answer, FunnelSplit, GroupLabels, GroupPass, Groups, Target,
 };
 use flywheel_clickhouse::{ClickHouseError, Client, InsightError};
 use flywheel_kernels as k;
@@ -79,6 +79,11 @@ pub(crate) async fn answer(
     let (target, resolved) = (&target, &range);
     let one = |q: InsightQuery| async move {
         let plan = flywheel_query::plan::plan(&q, resolved, &tz);
+        if let InsightQuery::Funnel(f) = &q {
+            if flywheel_clickhouse::sql::funnel_needs_rows(f) {
+                return funnel_in_node(state, reader, target, project_id, f, &plan, options).await;
+            }
+        }
         let numbers = flywheel_clickhouse::run_insight(&reader.client, target, &q, now, &tz)
             .await
             .map_err(error)?;
@@ -101,7 +106,9 @@ pub(crate) async fn answer(
         }
         None => one(query.clone()).await?,
     };
-    if let (Some(step), InsightQuery::Funnel(f)) = (options.funnel_step, query) {
+    // A funnel answered in the node lists its step's persons itself.
+    let listed = out.get("persons").is_some();
+    if let (Some(step), InsightQuery::Funnel(f), false) = (options.funnel_step, query, listed) {
         crate::insights::check_funnel_step(step, f.steps.len())
             .map_err(|u| unsupported(&u.field, &u.message))?;
         let plan = flywheel_query::plan::plan(query, &range, &tz);
@@ -114,6 +121,83 @@ pub(crate) async fn answer(
     }
     render::with_range(&mut out, &range);
     Ok((out, complete))
+}
+
+/// A funnel the SQL cannot answer ([`flywheel_clickhouse::sql::funnel_needs_rows`]: an unordered funnel whose
+/// steps can match the same event): its rows are read from ClickHouse — every node's events — and the embedded
+/// engine's kernel runs on them here, so the answer (and a step's persons) is the embedded engine's.
+async fn funnel_in_node(
+    state: &AppState,
+    reader: &Reader,
+    target: &Target,
+    project_id: i64,
+    f: &flywheel_query::FunnelQuery,
+    plan: &Plan,
+    options: &Options,
+) -> Result<Value, ApiError> {
+    let sql = flywheel_clickhouse::sql::funnel_rows(f, plan, target)
+        .map_err(|u| unsupported(&u.field, &u.message))?;
+    let rows = reader
+        .client
+        .query_rows(&sql)
+        .await
+        .map_err(|e| error(InsightError::Run(e.into())))?;
+    // Dense members in the rows' order (sorted by member).
+    let (mut members, mut person, mut ts, mut mask) =
+        (Vec::<String>::new(), Vec::new(), Vec::new(), Vec::new());
+    for row in rows {
+        let [m, t, flags] = &row[..] else {
+            return Err(ApiError::internal(format!(
+                "ClickHouse answered a funnel's rows with {row:?}"
+            )));
+        };
+        if members.last() != Some(m) {
+            members.push(m.clone());
+        }
+        person.push(members.len() as u32 - 1);
+        ts.push(t.parse::<i64>().map_err(ApiError::internal)?);
+        mask.push(flags.parse::<u64>().map_err(ApiError::internal)?);
+    }
+    let read = &plan.reads[0];
+    let range = &read.range;
+    let steps = f.steps.len();
+    let spec = k::funnel::FunnelSpec {
+        steps: (0..steps as u32).collect(),
+        order: k::funnel::Order::Unordered,
+        window_us: flywheel_query::plan::funnel_window_us(f.conversion_window),
+        entry: range.from.timestamp_micros()..range.to.timestamp_micros(),
+        exclusions: Vec::new(),
+        breakdown: k::trends::BreakdownSource::None,
+        breakdown_values: 1,
+        attribution: k::funnel::Attribution::FirstTouch,
+        trend: f.trends.then(|| crate::insights::buckets(read)),
+        collect_persons: options.funnel_step.is_some(),
+    };
+    let block = k::Block {
+        person: &person,
+        ts: &ts,
+        mask: &mask,
+        breakdown: None,
+        value: None,
+    };
+    let r = k::funnel::funnel(&[block], members.len() as u32, k::default_threads(), &spec);
+    let mut out = render::funnel(f, range, None, &r);
+    if let Some(step) = options.funnel_step {
+        let chosen = crate::insights::reached_step(&r.persons, step, steps)
+            .map_err(|u| unsupported(&u.field, &u.message))?;
+        let list: Vec<String> = chosen
+            .iter()
+            .map(|&i| quote(&members[i as usize]))
+            .collect();
+        let in_list = if list.is_empty() {
+            "SELECT '' AS member WHERE 0".to_owned()
+        } else {
+            format!("SELECT arrayJoin([{}]) AS member", list.join(", "))
+        };
+        out["persons"] =
+            step_members(state, reader, target, project_id, &in_list, f, options).await?;
+    }
+    Ok(out)
 }
 
 /// The persons (or groups) of a funnel step as the embedded path lists them: the step, how many, and the first

@@ -337,6 +337,55 @@ FROM (
     }
 }
 
+/// An unordered funnel's distinct step definitions, each as (index of its first step, how many steps it is), or the
+/// index of the first step that can match an event another definition matches too (the same event with other
+/// filters, or `$all`): then an attempt's reach is a matching of rows to steps, which the SQL does not compute.
+fn step_classes(f: &FunnelQuery) -> Result<Vec<(usize, usize)>, usize> {
+    let mut groups: Vec<(usize, usize)> = Vec::new();
+    for (i, step) in f.steps.iter().enumerate() {
+        let same = |g: &(usize, usize)| {
+            let other = &f.steps[g.0];
+            other.event == step.event && other.properties == step.properties
+        };
+        if let Some(g) = groups.iter_mut().find(|g| same(g)) {
+            g.1 += 1;
+            continue;
+        }
+        let clash = groups.iter().any(|g| f.steps[g.0].event == step.event);
+        if clash || step.event == EventRef::All {
+            return Err(i);
+        }
+        groups.push((i, 1));
+    }
+    Ok(groups)
+}
+
+/// Whether `f` is an unordered funnel whose steps can match the same event: answered by the embedded engine's
+/// kernel over the rows of [`funnel_rows`] instead of by SQL.
+pub fn funnel_needs_rows(f: &FunnelQuery) -> bool {
+    f.order == Some(FunnelOrder::Unordered) && step_classes(f).is_err()
+}
+
+/// The rows a funnel reads, for the embedded kernel: `(member, ts, flags)` sorted by member (a person's uuid, or a
+/// group key when aggregated by groups), time and log order; bit `i` of `flags` is step `i`.
+pub fn funnel_rows(f: &FunnelQuery, plan: &Plan, target: &Target) -> Result<String, Unsupported> {
+    if f.breakdown.is_some() {
+        return Err(Unsupported::new(
+            "breakdown",
+            "an unordered funnel whose steps can match the same event is not broken down on ClickHouse yet",
+        ));
+    }
+    let conds = plan
+        .specs
+        .iter()
+        .map(|s| expr::spec_condition(s, &plan.common, target))
+        .collect::<Result<Vec<_>, _>>()?;
+    let rows = rows(plan, target, &conds, false, None, f.aggregation);
+    Ok(format!(
+        "SELECT toString(person), ts, flags FROM (\n    {rows}\n) ORDER BY person, ts, ord"
+    ))
+}
+
 /// Whether an ordered or strict attempt (columns `s0`.., its `level`) escapes an exclusion (flag `bit`), as the
 /// kernel rules: no excluded event strictly between the attempt's rows of `from_step` and `to_step` when the
 /// attempt reached `to_step`; when it reached `from_step` only, none after that row within the window (ordered),
@@ -379,27 +428,13 @@ fn unordered(
     split: Option<Breakdown>,
 ) -> Result<Compiled, Unsupported> {
     let steps = f.steps.len();
-    // Distinct step definitions, with how many steps each is.
-    let mut groups: Vec<(usize, usize)> = Vec::new(); // (index of its first step, multiplicity)
-    for (i, step) in f.steps.iter().enumerate() {
-        let same = |g: &(usize, usize)| {
-            let other = &f.steps[g.0];
-            other.event == step.event && other.properties == step.properties
-        };
-        if let Some(g) = groups.iter_mut().find(|g| same(g)) {
-            g.1 += 1;
-            continue;
-        }
-        let clash = groups.iter().any(|g| f.steps[g.0].event == step.event);
-        if clash || step.event == EventRef::All {
-            return Err(Unsupported::new(
-                format!("steps[{i}]"),
-                "in an unordered funnel, steps that can match the same event with different filters (or $all) are \
-                 not supported by the ClickHouse backend yet",
-            ));
-        }
-        groups.push((i, 1));
-    }
+    let groups = step_classes(f).map_err(|i| {
+        Unsupported::new(
+            format!("steps[{i}]"),
+            "in an unordered funnel, steps that can match the same event with different filters (or $all) are \
+             answered from the rows (`funnel_rows`), not by this SQL",
+        )
+    })?;
     let window = funnel_window_us(f.conversion_window);
     let conds = groups
         .iter()
