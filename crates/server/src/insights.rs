@@ -1557,13 +1557,7 @@ fn funnel(
             (None, None) => k::trends::BreakdownSource::None,
         },
         breakdown_values: labels.map_or(1, |l| l.len() as u32),
-        attribution: match f.breakdown_attribution {
-            Some(flywheel_query::Attribution::LastTouch) => k::funnel::Attribution::LastTouch,
-            Some(flywheel_query::Attribution::Step(n)) => k::funnel::Attribution::Step(n),
-            Some(flywheel_query::Attribution::FirstTouch) | None => {
-                k::funnel::Attribution::FirstTouch
-            }
-        },
+        attribution: kernel_attribution(f.breakdown_attribution),
         trend: f.trends.then(|| buckets(read)),
         collect_persons: options.funnel_step.is_some(),
     };
@@ -1583,6 +1577,15 @@ fn funnel(
         out["persons"] = json!({"step": step, "count": chosen.len(), "results": listed});
     }
     Ok(out)
+}
+
+/// A funnel breakdown's attribution as the kernel takes it (first touch by default).
+pub(crate) fn kernel_attribution(a: Option<flywheel_query::Attribution>) -> k::funnel::Attribution {
+    match a {
+        Some(flywheel_query::Attribution::LastTouch) => k::funnel::Attribution::LastTouch,
+        Some(flywheel_query::Attribution::Step(n)) => k::funnel::Attribution::Step(n),
+        Some(flywheel_query::Attribution::FirstTouch) | None => k::funnel::Attribution::FirstTouch,
+    }
 }
 
 /// Whether `step` names a step of a funnel of `steps` (see [`Options::funnel_step`]).

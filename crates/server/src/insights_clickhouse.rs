@@ -125,7 +125,7 @@ pub(crate) async fn answer(
 
 /// A funnel the SQL cannot answer ([`flywheel_clickhouse::sql::funnel_needs_rows`]: an unordered funnel whose
 /// steps can match the same event): its rows are read from ClickHouse — every node's events — and the embedded
-/// engine's kernel runs on them here, so the answer (and a step's persons) is the embedded engine's.
+/// engine's kernel runs on them here, so the answer (breakdown, trend, a step's persons) is the embedded engine's.
 async fn funnel_in_node(
     state: &AppState,
     reader: &Reader,
@@ -135,53 +135,39 @@ async fn funnel_in_node(
     plan: &Plan,
     options: &Options,
 ) -> Result<Value, ApiError> {
-    let sql = flywheel_clickhouse::sql::funnel_rows(f, plan, target)
-        .map_err(|u| unsupported(&u.field, &u.message))?;
-    let rows = reader
-        .client
-        .query_rows(&sql)
+    let rows = flywheel_clickhouse::sql::read_funnel_rows(&reader.client, f, plan, target)
         .await
-        .map_err(|e| error(InsightError::Run(e.into())))?;
-    // Dense members in the rows' order (sorted by member).
-    let (mut members, mut person, mut ts, mut mask) =
-        (Vec::<String>::new(), Vec::new(), Vec::new(), Vec::new());
-    for row in rows {
-        let [m, t, flags] = &row[..] else {
-            return Err(ApiError::internal(format!(
-                "ClickHouse answered a funnel's rows with {row:?}"
-            )));
-        };
-        if members.last() != Some(m) {
-            members.push(m.clone());
-        }
-        person.push(members.len() as u32 - 1);
-        ts.push(t.parse::<i64>().map_err(ApiError::internal)?);
-        mask.push(flags.parse::<u64>().map_err(ApiError::internal)?);
-    }
+        .map_err(error)?;
     let read = &plan.reads[0];
     let range = &read.range;
     let steps = f.steps.len();
+    let labels = rows.codes.is_some().then_some(&rows.labels[..]);
     let spec = k::funnel::FunnelSpec {
         steps: (0..steps as u32).collect(),
         order: k::funnel::Order::Unordered,
         window_us: flywheel_query::plan::funnel_window_us(f.conversion_window),
         entry: range.from.timestamp_micros()..range.to.timestamp_micros(),
         exclusions: Vec::new(),
-        breakdown: k::trends::BreakdownSource::None,
-        breakdown_values: 1,
-        attribution: k::funnel::Attribution::FirstTouch,
+        breakdown: if labels.is_some() {
+            k::trends::BreakdownSource::Row
+        } else {
+            k::trends::BreakdownSource::None
+        },
+        breakdown_values: labels.map_or(1, |l| l.len() as u32),
+        attribution: crate::insights::kernel_attribution(f.breakdown_attribution),
         trend: f.trends.then(|| crate::insights::buckets(read)),
         collect_persons: options.funnel_step.is_some(),
     };
     let block = k::Block {
-        person: &person,
-        ts: &ts,
-        mask: &mask,
-        breakdown: None,
+        person: &rows.member,
+        ts: &rows.ts,
+        mask: &rows.mask,
+        breakdown: rows.codes.as_deref(),
         value: None,
     };
+    let members = &rows.members;
     let r = k::funnel::funnel(&[block], members.len() as u32, k::default_threads(), &spec);
-    let mut out = render::funnel(f, range, None, &r);
+    let mut out = render::funnel(f, range, labels, &r);
     if let Some(step) = options.funnel_step {
         let chosen = crate::insights::reached_step(&r.persons, step, steps)
             .map_err(|u| unsupported(&u.field, &u.message))?;

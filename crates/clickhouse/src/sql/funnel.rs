@@ -32,7 +32,8 @@ use flywheel_query::{
 use super::breakdown::{By, Split};
 use super::expr::{self, Target, LOG_ORDER};
 use super::group;
-use super::{Answer, Compiled, Fill, Statement, Unsupported};
+use super::{Answer, Compiled, Fill, InsightError, RunError, Statement, Unsupported};
+use crate::client::Client;
 
 /// An event- or person-property breakdown of a funnel: ranked by the first step's rows, each person counted under
 /// the label of one row of their best attempt (`attribution`; a person property's label is the same on every row).
@@ -361,29 +362,78 @@ fn step_classes(f: &FunnelQuery) -> Result<Vec<(usize, usize)>, usize> {
 }
 
 /// Whether `f` is an unordered funnel whose steps can match the same event: answered by the embedded engine's
-/// kernel over the rows of [`funnel_rows`] instead of by SQL.
+/// kernel over the rows of [`read_funnel_rows`] instead of by SQL.
 pub fn funnel_needs_rows(f: &FunnelQuery) -> bool {
     f.order == Some(FunnelOrder::Unordered) && step_classes(f).is_err()
 }
 
-/// The rows a funnel reads, for the embedded kernel: `(member, ts, flags)` sorted by member (a person's uuid, or a
-/// group key when aggregated by groups), time and log order; bit `i` of `flags` is step `i`.
-pub fn funnel_rows(f: &FunnelQuery, plan: &Plan, target: &Target) -> Result<String, Unsupported> {
-    if f.breakdown.is_some() {
-        return Err(Unsupported::new(
-            "breakdown",
-            "an unordered funnel whose steps can match the same event is not broken down on ClickHouse yet",
-        ));
-    }
+/// A funnel's rows as the embedded kernel takes them (see [`funnel_needs_rows`]): dense members in the rows'
+/// order, and per row its member, time, step bits (bit `i`: step `i`) and, with a breakdown, its label's code.
+#[derive(Debug, Clone, Default)]
+pub struct KernelRows {
+    /// Each dense member: a person's uuid, or a group key when the funnel is aggregated by groups.
+    pub members: Vec<String>,
+    pub member: Vec<u32>,
+    pub ts: Vec<i64>,
+    pub mask: Vec<u64>,
+    /// With a breakdown: each row's code, an index in `labels` (ranked as the SQL funnels rank them).
+    pub codes: Option<Vec<u32>>,
+    pub labels: Vec<serde_json::Value>,
+}
+
+/// Reads `f`'s rows (every node's events) sorted by member, time and log order, with the breakdown's labels.
+pub async fn read_funnel_rows(
+    client: &Client,
+    f: &FunnelQuery,
+    plan: &Plan,
+    target: &Target,
+) -> Result<KernelRows, InsightError> {
+    let split = breakdown(f, plan, target)?;
     let conds = plan
         .specs
         .iter()
         .map(|s| expr::spec_condition(s, &plan.common, target))
         .collect::<Result<Vec<_>, _>>()?;
-    let rows = rows(plan, target, &conds, false, None, f.aggregation);
-    Ok(format!(
-        "SELECT toString(person), ts, flags FROM (\n    {rows}\n) ORDER BY person, ts, ord"
-    ))
+    let rows = rows(plan, target, &conds, false, split.as_ref(), f.aggregation);
+    let extra = if split.is_some() { ", kind, label" } else { "" };
+    let sql = format!(
+        "SELECT toString(person), ts, flags{extra} FROM (\n    {rows}\n) ORDER BY person, ts, ord"
+    );
+    let mut out = KernelRows::default();
+    let mut ranked = 0;
+    if let Some(b) = &split {
+        let ranking = b.split.ranking();
+        let top = client.query_rows(&ranking).await.map_err(RunError::from)?;
+        (out.labels, ranked) = super::breakdown::labels(&top, b.limit);
+        out.codes = Some(Vec::new());
+    }
+    let shape = |row: &[String]| RunError::Shape(format!("funnel row {row:?} of `{sql}`"));
+    for row in client.query_rows(&sql).await.map_err(RunError::from)? {
+        let (Some(m), Some(t), Some(flags)) = (row.first(), row.get(1), row.get(2)) else {
+            return Err(shape(&row).into());
+        };
+        if out.members.last() != Some(m) {
+            out.members.push(m.clone());
+        }
+        out.member.push(out.members.len() as u32 - 1);
+        out.ts.push(t.parse().map_err(|_| shape(&row))?);
+        out.mask.push(flags.parse().map_err(|_| shape(&row))?);
+        if let Some(codes) = &mut out.codes {
+            let kind: u8 = row
+                .get(3)
+                .and_then(|k| k.parse().ok())
+                .ok_or_else(|| shape(&row))?;
+            let code = super::breakdown::label_index(
+                &out.labels,
+                ranked,
+                kind,
+                row.get(4).map(String::as_str),
+            )
+            .ok_or_else(|| shape(&row))?;
+            codes.push(code as u32);
+        }
+    }
+    Ok(out)
 }
 
 /// Whether an ordered or strict attempt (columns `s0`.., its `level`) escapes an exclusion (flag `bit`), as the
@@ -432,7 +482,7 @@ fn unordered(
         Unsupported::new(
             format!("steps[{i}]"),
             "in an unordered funnel, steps that can match the same event with different filters (or $all) are \
-             answered from the rows (`funnel_rows`), not by this SQL",
+             answered from the rows (`read_funnel_rows`), not by this SQL",
         )
     })?;
     let window = funnel_window_us(f.conversion_window);

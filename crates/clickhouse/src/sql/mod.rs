@@ -33,7 +33,7 @@ use crate::client::{ClickHouseError, Client};
 pub use breakdown::BREAKDOWN_OTHER;
 pub use cohort::{members as cohort_members, Membership};
 pub use expr::{persons_where, rows_of_project, string as quote, Target};
-pub use funnel::{funnel_needs_rows, funnel_rows};
+pub use funnel::{funnel_needs_rows, read_funnel_rows, KernelRows};
 pub use group::{filter_key as group_filter_key, GroupLabels, GroupPass, Groups};
 
 /// A part of a definition the ClickHouse backend cannot answer exactly (yet). Named like the API's field
