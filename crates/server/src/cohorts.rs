@@ -926,20 +926,10 @@ async fn cohort_persons(
     let offset = page_number(page.offset.as_deref(), "offset", 0, usize::MAX)?;
     if let Some(reader) = &state.clickhouse {
         let (members, complete) = clickhouse_members(&state, reader, project_id, record.id).await?;
-        let chosen: Vec<&(i64, String)> = members.iter().skip(offset).take(limit).collect();
-        let uuids: Vec<&str> = chosen.iter().map(|(_, u)| u.as_str()).collect();
-        let mut names = state
-            .store
-            .distinct_ids_of_persons(project_id, &uuids)
-            .await?;
-        let results: Vec<Value> = chosen
-            .iter()
-            .map(|(id, uuid)| {
-                let mut dids = names.remove(uuid).unwrap_or_default();
-                dids.sort();
-                json!({"person_id": id, "distinct_ids": dids})
-            })
-            .collect();
+        let chosen = &members[offset.min(members.len())..];
+        let chosen = &chosen[..limit.min(chosen.len())];
+        let results =
+            crate::insights_clickhouse::with_distinct_ids(&state, project_id, chosen).await?;
         return Ok(Json(json!({
             "count": members.len(),
             "offset": offset,

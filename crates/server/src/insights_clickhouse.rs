@@ -18,7 +18,8 @@
 //! the project's data, e.g. the shipments table's newest row per node, read on every request.)
 
 use flywheel_clickhouse::sql::{
-    group_filter_key, quote, Answer, FunnelSplit, GroupLabels, GroupPass, Groups, Target,
+    group_filter_key, quote, Answer, FunnelSplit, GroupLabels, GroupPass, Groups, Membership,
+    Target,
 };
 use flywheel_clickhouse::{ClickHouseError, Client, InsightError};
 use flywheel_kernels as k;
@@ -64,16 +65,10 @@ pub(crate) async fn answer(
         &crate::cohorts::references(&serde_json::json!(query)),
     )
     .await?;
-    let minute = crate::cohorts::minute_of(now);
-    let mut cohorts = std::collections::BTreeMap::new();
-    for &id in loaded.by_id.keys() {
-        let m = crate::cohorts::membership(&loaded, id, minute, &tz).map_err(run_error)?;
-        cohorts.insert(id, m);
-    }
     let target = Target {
         db: reader.db.clone(),
         project_id: project_id.max(0) as u64,
-        cohorts: std::sync::Arc::new(cohorts),
+        cohorts: memberships(&loaded, now, &tz)?,
         groups: std::sync::Arc::new(groups(state, project_id, query).await?),
     };
     let (target, resolved) = (&target, &range);
@@ -199,55 +194,29 @@ async fn step_members(
 ) -> Result<Value, ApiError> {
     let (step, limit) = (options.funnel_step.unwrap_or(1), options.persons_limit);
     let by_group = matches!(f.aggregation, Some(Aggregation::Group(_)));
-    let query = |sql: String| async move {
-        reader
-            .client
-            .query_rows(&sql)
-            .await
-            .map_err(|e| error(InsightError::Run(e.into())))
-    };
-    let count = query(format!("SELECT count() FROM ({members})"))
+    let count = rows(reader, &format!("SELECT count() FROM ({members})"))
         .await?
         .first()
         .and_then(|r| r.first())
         .and_then(|n| n.parse::<u64>().ok())
         .ok_or_else(|| ApiError::internal("ClickHouse answered a count with something else"))?;
     let results: Vec<Value> = if by_group {
-        query(format!(
-            "SELECT member FROM ({members}) ORDER BY member LIMIT {limit}"
-        ))
+        rows(
+            reader,
+            &format!("SELECT member FROM ({members}) ORDER BY member LIMIT {limit}"),
+        )
         .await?
         .into_iter()
         .filter_map(|r| r.into_iter().next())
         .map(|key| serde_json::json!({"group_key": key}))
         .collect()
     } else {
-        let rows = query(flywheel_clickhouse::sql::persons_where(
+        let sql = flywheel_clickhouse::sql::persons_where(
             target,
             &format!("toString(pperson) IN ({members})"),
             Some(limit),
-        ))
-        .await?;
-        let listed: Vec<(String, String)> = rows
-            .into_iter()
-            .filter_map(|r| {
-                let mut r = r.into_iter();
-                Some((r.next()?, r.next()?))
-            })
-            .collect();
-        let uuids: Vec<&str> = listed.iter().map(|(_, u)| u.as_str()).collect();
-        let mut names = state
-            .store
-            .distinct_ids_of_persons(project_id, &uuids)
-            .await?;
-        listed
-            .iter()
-            .map(|(id, uuid)| {
-                let mut dids = names.remove(uuid).unwrap_or_default();
-                dids.sort();
-                serde_json::json!({"person_id": id.parse::<i64>().ok(), "distinct_ids": dids})
-            })
-            .collect()
+        );
+        with_distinct_ids(state, project_id, &persons(reader, &sql).await?).await?
     };
     Ok(serde_json::json!({"step": step, "count": count, "results": results}))
 }
@@ -353,37 +322,79 @@ pub(crate) async fn cohort_members(
     tz: chrono_tz::Tz,
 ) -> Result<(Vec<(i64, String)>, bool), ApiError> {
     let complete = read_barrier(state).await;
-    let minute = crate::cohorts::minute_of(state.clock.now());
-    let mut resolved = std::collections::BTreeMap::new();
-    for &c in cohorts.by_id.keys() {
-        resolved.insert(
-            c,
-            crate::cohorts::membership(cohorts, c, minute, &tz).map_err(run_error)?,
-        );
-    }
     let target = Target {
         db: reader.db.clone(),
         project_id: project_id.max(0) as u64,
-        cohorts: std::sync::Arc::new(resolved),
+        cohorts: memberships(cohorts, state.clock.now(), &tz)?,
         ..Target::default()
     };
     let sql = flywheel_clickhouse::sql::cohort_members(&target, id)
         .map_err(|u| unsupported(&u.field, &u.message))?;
-    let rows = reader
-        .client
-        .query_rows(&sql)
-        .await
-        .map_err(|e| error(InsightError::Run(e.into())))?;
-    let mut members = Vec::with_capacity(rows.len());
-    for row in rows {
-        let (Some(pid), Some(uuid)) = (row.first().and_then(|x| x.parse().ok()), row.get(1)) else {
-            return Err(ApiError::internal(format!(
-                "ClickHouse answered a cohort's members with {row:?}"
-            )));
-        };
-        members.push((pid, uuid.clone()));
+    Ok((persons(reader, &sql).await?, complete))
+}
+
+/// Every cohort of `cohorts` as the SQL tests it, resolved at `now`'s minute as the embedded evaluator does.
+fn memberships(
+    cohorts: &crate::cohorts::Cohorts,
+    now: chrono::DateTime<chrono::Utc>,
+    tz: &chrono_tz::Tz,
+) -> Result<std::sync::Arc<std::collections::BTreeMap<u64, Membership>>, ApiError> {
+    let minute = crate::cohorts::minute_of(now);
+    let mut out = std::collections::BTreeMap::new();
+    for &id in cohorts.by_id.keys() {
+        out.insert(
+            id,
+            crate::cohorts::membership(cohorts, id, minute, tz).map_err(run_error)?,
+        );
     }
-    Ok((members, complete))
+    Ok(std::sync::Arc::new(out))
+}
+
+/// Runs a `SELECT` on ClickHouse, its failures as the API reports them (503 when ClickHouse is away).
+async fn rows(reader: &Reader, sql: &str) -> Result<Vec<Vec<String>>, ApiError> {
+    reader
+        .client
+        .query_rows(sql)
+        .await
+        .map_err(|e| error(InsightError::Run(e.into())))
+}
+
+/// The rows `(person id, uuid)` of a statement of `sql::persons_where`.
+async fn persons(reader: &Reader, sql: &str) -> Result<Vec<(i64, String)>, ApiError> {
+    rows(reader, sql)
+        .await?
+        .into_iter()
+        .map(
+            |row| match (row.first().and_then(|x| x.parse().ok()), row.get(1)) {
+                (Some(pid), Some(uuid)) => Ok((pid, uuid.clone())),
+                _ => Err(ApiError::internal(format!(
+                    "ClickHouse answered persons with {row:?}"
+                ))),
+            },
+        )
+        .collect()
+}
+
+/// Persons `(person id, uuid)` as the API lists them: `{"person_id", "distinct_ids"}`, the distinct ids (sorted)
+/// from the metadata store.
+pub(crate) async fn with_distinct_ids(
+    state: &AppState,
+    project_id: i64,
+    persons: &[(i64, String)],
+) -> Result<Vec<Value>, ApiError> {
+    let uuids: Vec<&str> = persons.iter().map(|(_, u)| u.as_str()).collect();
+    let mut names = state
+        .store
+        .distinct_ids_of_persons(project_id, &uuids)
+        .await?;
+    Ok(persons
+        .iter()
+        .map(|(id, uuid)| {
+            let mut dids = names.remove(uuid).unwrap_or_default();
+            dids.sort();
+            serde_json::json!({"person_id": id, "distinct_ids": dids})
+        })
+        .collect())
 }
 
 fn unsupported(field: &str, message: &str) -> ApiError {
