@@ -129,11 +129,10 @@ impl From<flywheel_store::StoreError> for ApiError {
     }
 }
 
-/// Middleware: an error answered by the framework rather than a handler (an unknown path, a method the path does not
-/// take, a query string that does not parse, a body that is too large…) is plain text; it gets the one JSON shape
-/// too, with a code from its status, keeping its message.
-pub async fn uniform(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let resp = next.run(req).await;
+/// An error answered by the framework rather than a handler (an unknown path, a method the path does not take, a
+/// query string that does not parse, a body that is too large…) is plain text; it gets the one JSON shape too, with a
+/// code from its status, keeping its message (see [`crate::edge`]).
+pub async fn uniform(resp: Response) -> Response {
     let status = resp.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return resp;

@@ -13,6 +13,7 @@ pub mod cohorts;
 pub mod dashboard;
 pub mod dashboards;
 pub mod definitions;
+pub mod edge;
 pub mod error;
 pub mod event_hooks;
 pub mod events_table;
@@ -266,14 +267,8 @@ pub fn app(state: AppState) -> Router {
         .merge(dashboard::router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            limits::api,
+            edge::edge,
         ))
-        .layer(axum::middleware::from_fn(error::uniform))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            tls::security_headers,
-        ))
-        .layer(axum::middleware::from_fn(ops::track))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             timeout,

@@ -11,9 +11,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use axum::extract::{Request, State};
-use axum::http::StatusCode;
-use axum::middleware::Next;
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
@@ -102,17 +100,17 @@ pub fn refused(scope: &'static str, what: String, secs: u64) -> ApiError {
     .with_retry_after(secs)
 }
 
-/// Middleware: the native API's limits per credential and per project.
-pub async fn api(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let path = req.uri().path();
+/// The native API's limits per credential and per project: the refusal when a request is over one (see
+/// [`crate::edge`]).
+pub async fn check_api(state: &AppState, uri: &Uri, headers: &HeaderMap) -> Result<(), Response> {
+    let path = uri.path();
     if let Some(rest) = path.strip_prefix("/api/v1/") {
-        if let Some(key) = req
-            .headers()
+        if let Some(key) = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
         {
             if let Err(secs) = state.limits.api_key.check(key) {
-                return refused("api_key", "this API key".into(), secs).into_response();
+                return Err(refused("api_key", "this API key".into(), secs).into_response());
             }
         }
         if let Some(project) = rest
@@ -122,18 +120,20 @@ pub async fn api(State(state): State<AppState>, req: Request, next: Next) -> Res
         {
             // The project's own limit (its `ingestion.api_requests_per_second`), else the server's.
             let limit = match project.parse::<i64>() {
-                Ok(id) => match state.policies.get(&state, id).await {
+                Ok(id) => match state.policies.get(state, id).await {
                     Ok(policy) => policy.api_requests_per_second,
-                    Err(e) => return e.into_response(),
+                    Err(e) => return Err(e.into_response()),
                 },
                 Err(_) => state.config.project_api_requests_per_second,
             };
             if let Err(secs) = state.limits.api_project.take_limited(project, 1, limit) {
-                return refused("api_project", format!("project {project}"), secs).into_response();
+                return Err(
+                    refused("api_project", format!("project {project}"), secs).into_response()
+                );
             }
         }
     }
-    next.run(req).await
+    Ok(())
 }
 
 #[cfg(test)]

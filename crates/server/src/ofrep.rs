@@ -215,7 +215,7 @@ fn write_success(out: &mut Vec<u8>, info: &FlagInfo, result: &FeatureResult<'_>)
         out.extend_from_slice(b"}}");
         return;
     }
-    let rule = info.rules.get(result.rule_id).map(|&(_, kind)| kind);
+    let rule = info.rules.get(result.rule_id).map(|(_, kind)| kind);
     let (reason, variant): (&str, &str) = match (result.source, rule) {
         (Source::Experiment, _) => (
             "SPLIT",

@@ -3,9 +3,8 @@
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::StatusCode;
-use axum::middleware::Next;
+use axum::extract::{MatchedPath, State};
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -87,21 +86,14 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
-/// Counts requests by method, route template and status, and times them. Metric handles are looked up once per
-/// (method, route, status) and kept, so that a request allocates nothing here.
-pub async fn track(req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = req.method().clone();
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let response = next.run(req).await;
-    let route = route
-        .as_ref()
-        .map(MatchedPath::as_str)
-        .unwrap_or("unmatched");
-    let (requests, duration) = handles(&method, route, response.status());
+/// Counts a request by method, route template (`None`: no route matched) and status, and times it (see
+/// [`crate::edge`]). Metric handles are looked up once per (method, route, status) and kept, so that a request
+/// allocates nothing here.
+pub fn record(method: &Method, route: Option<&MatchedPath>, status: StatusCode, start: Instant) {
+    let route = route.map(MatchedPath::as_str).unwrap_or("unmatched");
+    let (requests, duration) = handles(method, route, status);
     requests.increment(1);
     duration.record(start.elapsed().as_secs_f64());
-    response
 }
 
 /// Per route template: (method, status) → the request counter and duration histogram.

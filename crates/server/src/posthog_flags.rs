@@ -351,7 +351,6 @@ fn write_reason(out: &mut Vec<u8>, info: &FlagInfo, result: &FeatureResult<'_>) 
             let (index, kind) = info
                 .rules
                 .get(result.rule_id)
-                .copied()
                 .unwrap_or((0, RuleKind::Force));
             let what = match kind {
                 RuleKind::Force => "Matched condition set",

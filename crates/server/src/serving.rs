@@ -45,8 +45,8 @@ pub struct FlagInfo {
     pub tags: Vec<String>,
     /// Enabled in this environment (otherwise clients get "disabled").
     pub served: bool,
-    /// Rule id → (position, kind) of the rules served in this environment.
-    pub rules: HashMap<String, (usize, RuleKind)>,
+    /// The rules served in this environment, in order.
+    pub rules: Rules,
     pub has_experiment: bool,
     /// The key as a JSON string literal.
     pub key_json: String,
@@ -55,6 +55,25 @@ pub struct FlagInfo {
     /// PostHog's static metadata members (`"version":…` and, when not empty/false, `"description"`,
     /// `"has_experiment"`).
     pub posthog_metadata: String,
+}
+
+/// The ids and kinds of a feature's rules in one environment, in order: found by id for every evaluation that a
+/// rule decided (a feature has a handful of rules, so a scan beats hashing the id).
+#[derive(Debug, Clone, Default)]
+pub struct Rules(Vec<(String, RuleKind)>);
+
+impl Rules {
+    /// Position and kind of the rule with this id.
+    pub fn get(&self, id: &str) -> Option<(usize, RuleKind)> {
+        self.0
+            .iter()
+            .position(|(rule, _)| rule == id)
+            .map(|i| (i, self.0[i].1))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// Appends `s` as a JSON string literal.
@@ -395,14 +414,9 @@ fn compile(
         if let Some(f) = growthbook_feature(key, def, environment, groups) {
             served.insert(key.clone(), f);
         }
-        let mut rules = HashMap::new();
+        let mut rules = Vec::new();
         let mut has_experiment = false;
-        for (i, rule) in settings
-            .map(|s| s.rules.as_slice())
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
+        for rule in settings.map(|s| s.rules.as_slice()).unwrap_or_default() {
             let (id, kind) = match rule {
                 Rule::Force { id, .. } => (id, RuleKind::Force),
                 Rule::Rollout { id, .. } => (id, RuleKind::Rollout),
@@ -411,8 +425,9 @@ fn compile(
                     (id, RuleKind::Experiment)
                 }
             };
-            rules.insert(id.clone(), (i, kind));
+            rules.push((id.clone(), kind));
         }
+        let rules = Rules(rules);
         let mut ofrep_metadata = format!(
             "\"version\":{version},\"environment\":{}",
             json_text(environment)

@@ -77,17 +77,11 @@ pub async fn serve(
     }
 }
 
-/// Middleware: strict security headers on every response that does not set its own — no MIME sniffing, no framing
+/// Strict security headers on every response that does not set its own — no MIME sniffing, no framing
 /// (`frame-ancestors 'none'` and `X-Frame-Options`), no referrer, a CSP that lets a JSON answer load nothing, and
 /// HSTS when the binary terminates TLS itself.
-pub async fn security_headers(
-    axum::extract::State(state): axum::extract::State<crate::state::AppState>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
+pub fn security_headers(state: &crate::state::AppState, h: &mut axum::http::HeaderMap) {
     use axum::http::{header, HeaderValue};
-    let mut resp = next.run(req).await;
-    let h = resp.headers_mut();
     let mut set = |name: header::HeaderName, value: &'static str| {
         if !h.contains_key(&name) {
             h.insert(name, HeaderValue::from_static(value));
@@ -103,5 +97,4 @@ pub async fn security_headers(
     if state.config.tls.is_some() {
         set(header::STRICT_TRANSPORT_SECURITY, "max-age=31536000");
     }
-    resp
 }
