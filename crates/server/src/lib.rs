@@ -232,11 +232,13 @@ pub fn app(state: AppState) -> Router {
         )
         .merge(posthog_flags::router())
         .merge(ofrep::router())
-        // Browser SDKs must read the ETag (OFREP and GrowthBook revalidation) and Retry-After cross-origin.
-        .layer(
-            CorsLayer::very_permissive()
-                .expose_headers([axum::http::header::ETAG, axum::http::header::RETRY_AFTER]),
-        );
+        // Browser SDKs must read the ETag (OFREP and GrowthBook revalidation), Retry-After and GrowthBook's
+        // streaming flag cross-origin.
+        .layer(CorsLayer::very_permissive().expose_headers([
+            axum::http::header::ETAG,
+            axum::http::header::RETRY_AFTER,
+            serving::SSE_SUPPORT,
+        ]));
     Router::new()
         .merge(sdk)
         .merge(api::router())

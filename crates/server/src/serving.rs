@@ -23,6 +23,9 @@ use crate::error::ApiError;
 use crate::features::{growthbook_feature, FeatureDefinition, Rule, SavedGroup, ValueType};
 use crate::state::AppState;
 
+/// Tells GrowthBook SDKs that this server streams changes (`/sub/{clientKey}`).
+pub const SSE_SUPPORT: header::HeaderName = header::HeaderName::from_static("x-sse-support");
+
 /// The environment a project API key (`fwpub_…`) serves flags from; SDK client keys name their own.
 pub const DEFAULT_ENVIRONMENT: &str = "production";
 
@@ -566,9 +569,12 @@ pub async fn growthbook_payload(
         .await?;
     let payload = snapshot.payload_for(access.encryption_key.as_deref())?;
     let (body, etag) = (&payload.0, &payload.1);
+    // GrowthBook's SDKs (JavaScript, Java, C#…) open the `/sub/{clientKey}` stream only when the payload they
+    // fetched says it is there, as the GrowthBook proxy does.
     let common = [
         (header::ETAG, etag.clone()),
         (header::CACHE_CONTROL, "no-cache".to_owned()),
+        (SSE_SUPPORT, "enabled".to_owned()),
     ];
     if if_none_match(&headers, etag) {
         return Ok((StatusCode::NOT_MODIFIED, common).into_response());

@@ -1,6 +1,6 @@
 //! Real published SDKs against a real `flywheel serve`: posthog-python (capture and remote flag evaluation),
 //! segment-analytics-python, growthbook, openfeature-sdk with the OFREP provider, and the JavaScript OFREP
-//! providers (versions pinned in tests/clients/requirements.txt and tests/clients/js/package-lock.json); plus
+//! providers and GrowthBook SDK (versions pinned in tests/clients/requirements.txt and tests/clients/js/package-lock.json); plus
 //! schemathesis checking the OFREP endpoints against the spec in ../shared/conformance/ofrep and fuzzing every
 //! operation of Flywheel's own OpenAPI document for server errors. Each script
 //! asserts every value it reads back.
@@ -89,4 +89,17 @@ fn openfeature_javascript_ofrep_providers() {
          runs npm ci in tests/clients/js)"
     );
     run_client("node", "ofrep_clients.mjs", "tests/clients/js");
+}
+
+// The published GrowthBook JavaScript SDK: local evaluation equal to the server's for 300 users × 8 features, a
+// change over the `/sub` stream within a second without a refetch, and an encrypted payload.
+#[test]
+fn growthbook_javascript_sdk_streams_and_agrees() {
+    let js = repo_root().join("tests/clients/js/node_modules/@growthbook/growthbook");
+    assert!(
+        js.exists(),
+        "the GrowthBook JavaScript SDK is not installed: run the suite with scripts/test (scripts/setup-test-env \
+         runs npm ci in tests/clients/js)"
+    );
+    run_client("node", "growthbook_js.mjs", "tests/clients/js");
 }

@@ -322,6 +322,8 @@ async fn growthbook_payload_serves_the_environment_with_etags() {
     assert_eq!(s, StatusCode::OK);
     let etag = headers["etag"].to_str().unwrap().to_owned();
     assert!(payload["dateUpdated"].is_string());
+    // GrowthBook's SDKs open the stream only when the payload says it exists.
+    assert_eq!(headers["x-sse-support"], "enabled");
     // Evaluate the served payload with the flag engine, as an SDK would.
     let set = flywheel_flags::FeatureSet::from_value(&payload).unwrap();
     assert!(set.diagnostics().is_empty(), "{:?}", set.diagnostics());
