@@ -1,6 +1,6 @@
 //! Real published SDKs against a real `flywheel serve`: posthog-python (capture and remote flag evaluation),
 //! segment-analytics-python, growthbook, openfeature-sdk with the OFREP provider, and the JavaScript OFREP
-//! providers and GrowthBook SDK (versions pinned in tests/clients/requirements.txt and tests/clients/js/package-lock.json); plus
+//! providers, GrowthBook SDK and posthog-node (versions pinned in tests/clients/requirements.txt and tests/clients/js/package-lock.json); plus
 //! schemathesis checking the OFREP endpoints against the spec in ../shared/conformance/ofrep and fuzzing every
 //! operation of Flywheel's own OpenAPI document for server errors. Each script
 //! asserts every value it reads back.
@@ -102,4 +102,18 @@ fn growthbook_javascript_sdk_streams_and_agrees() {
          runs npm ci in tests/clients/js)"
     );
     run_client("node", "growthbook_js.mjs", "tests/clients/js");
+}
+
+// The published PostHog Node SDK: a session sent gzip-compressed to /batch/ and read back through the native API,
+// remote flag evaluation (values, variants, payloads, caller and stored person and group properties, the newer
+// evaluateFlags), `$feature_flag_called` captured once per (user, flag, value).
+#[test]
+fn posthog_node_session_and_remote_flags() {
+    let js = repo_root().join("tests/clients/js/node_modules/posthog-node");
+    assert!(
+        js.exists(),
+        "posthog-node is not installed: run the suite with scripts/test (scripts/setup-test-env runs npm ci in \
+         tests/clients/js)"
+    );
+    run_client("node", "posthog_node.mjs", "tests/clients/js");
 }
