@@ -5,8 +5,11 @@
 //! once and rewrites the affected parts in the background; rows inserted after the statement are not touched, so
 //! callers issue them once everything to delete has been shipped. [`pending`] tells when they are done.
 
-use crate::schema::{ident, EVENTS, PERSON_OVERRIDES};
-use crate::sql::quote;
+use serde_json::Value;
+
+use crate::row::PropIndex;
+use crate::schema::{ident, EVENTS, PERSONS, PERSON_OVERRIDES};
+use crate::sql::{float, quote};
 use crate::{ClickHouseError, Client};
 
 /// One stored event, as a GDPR export lists it.
@@ -82,6 +85,150 @@ pub async fn erase_distinct_ids(
             .await?;
     }
     Ok(())
+}
+
+/// Statement text per masking mutation (ClickHouse parses the whole statement in memory; the client raises
+/// `max_query_size` to 16 MiB).
+const MASK_STATEMENT_BYTES: usize = 1 << 20;
+
+/// Masks mentions of an erased person inside *other* events of a project (their own are deleted by
+/// [`erase_distinct_ids`]): reads the rows whose properties contain one of `needles` (plain spellings), asks `mask`
+/// for each one's new properties (the embedded engine's rules, so both stores agree; `None`: nothing to mask there),
+/// and rewrites those rows in place with `ALTER TABLE … UPDATE` mutations choosing each row's new JSON and property
+/// index by uuid. The rows keep everything else (node, log position, order), so no reader ever sees one twice or
+/// misses it, and a masking cut short is completed by running it again (masked rows no longer match). Returns how
+/// many rows were masked.
+pub async fn mask_mentions(
+    client: &Client,
+    db: &str,
+    project_id: i64,
+    needles: &[String],
+    mask: impl Fn(&str) -> Option<String>,
+) -> Result<u64, ClickHouseError> {
+    let needles: Vec<&String> = needles.iter().filter(|n| !n.is_empty()).collect();
+    if needles.is_empty() {
+        return Ok(0);
+    }
+    let mentions = needles
+        .iter()
+        .map(|n| format!("position(properties, {}) > 0", quote(n)))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let table = format!("{}.{}", ident(db), ident(EVENTS));
+    let rows = client
+        .query_rows(&format!(
+            "SELECT toString(uuid), properties FROM {table} WHERE project_id = {project_id} AND ({mentions})"
+        ))
+        .await?;
+    let mut batch = Masking::default();
+    let mut masked = 0;
+    for row in rows {
+        let [uuid, properties] =
+            <[String; 2]>::try_from(row).map_err(|r| ClickHouseError::Decode {
+                statement: "mask_mentions".into(),
+                message: format!("expected (uuid, properties), got {} fields", r.len()),
+            })?;
+        let Some(new) = mask(&properties) else {
+            continue;
+        };
+        let Ok(Value::Object(map)) = serde_json::from_str::<Value>(&new) else {
+            continue;
+        };
+        batch.push(&uuid, &new, &PropIndex::new(&map));
+        masked += 1;
+        if batch.bytes >= MASK_STATEMENT_BYTES {
+            client.execute(&batch.statement(&table, project_id)).await?;
+            batch = Masking::default();
+        }
+    }
+    if !batch.uuids.is_empty() {
+        client.execute(&batch.statement(&table, project_id)).await?;
+    }
+    Ok(masked)
+}
+
+/// The literals of one masking mutation: per row, its uuid, new JSON and property index.
+#[derive(Default)]
+struct Masking {
+    uuids: Vec<String>,
+    properties: Vec<String>,
+    keys: Vec<String>,
+    texts: Vec<String>,
+    numbers: Vec<String>,
+    lower: Vec<String>,
+    bytes: usize,
+}
+
+impl Masking {
+    fn push(&mut self, uuid: &str, properties: &str, ix: &PropIndex) {
+        let strings = |xs: &[String]| {
+            format!(
+                "[{}]",
+                xs.iter().map(|x| quote(x)).collect::<Vec<_>>().join(",")
+            )
+        };
+        self.uuids.push(quote(uuid));
+        self.properties.push(quote(properties));
+        self.keys.push(strings(&ix.keys));
+        self.texts.push(strings(&ix.texts));
+        self.lower.push(strings(&ix.lower));
+        let numbers: Vec<String> = ix.numbers.iter().map(|n| float(n.0)).collect();
+        self.numbers.push(format!("[{}]", numbers.join(",")));
+        self.bytes += properties.len() * 3 + 64;
+    }
+
+    /// `ALTER TABLE … UPDATE` of the rows by uuid. Each array column is chosen from a constant array of arrays
+    /// (typed by `CAST`, so rows whose index is empty type too).
+    fn statement(&self, table: &str, project_id: i64) -> String {
+        let uuids = format!("[{}]", self.uuids.join(","));
+        let at = format!("indexOf({uuids}, toString(uuid))");
+        let pick = |values: &[String], ty: &str| {
+            format!(
+                "arrayElement(CAST([{}] AS Array({ty})), {at})",
+                values.join(",")
+            )
+        };
+        format!(
+            "ALTER TABLE {table} UPDATE properties = {}, prop_keys = {}, prop_texts = {}, prop_numbers = {}, \
+             prop_lower = {} WHERE project_id = {project_id} AND has({uuids}, toString(uuid))",
+            pick(&self.properties, "String"),
+            pick(&self.keys, "Array(String)"),
+            pick(&self.texts, "Array(String)"),
+            pick(&self.numbers, "Array(Float64)"),
+            pick(&self.lower, "Array(String)"),
+        )
+    }
+}
+
+/// Deletes the property-bearing rows of an erased person in `persons` — by store id, and by uuid for the persons
+/// merged into them (rows that are never read again, but hold property values) — keeping erasure markers
+/// (`deleted = 1`). Without it the older rows would keep the values until ClickHouse merges the parts, which it does
+/// when it likes.
+pub async fn drop_person_history(
+    client: &Client,
+    db: &str,
+    project_id: i64,
+    person_ids: &[i64],
+    uuids: &[String],
+) -> Result<(), ClickHouseError> {
+    if person_ids.is_empty() && uuids.is_empty() {
+        return Ok(());
+    }
+    let ids = person_ids
+        .iter()
+        .map(i64::to_string)
+        .chain(std::iter::once("-1".to_owned()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let uuids = in_list(&[uuids, &[String::new()]].concat());
+    client
+        .execute(&format!(
+            "ALTER TABLE {}.{} DELETE WHERE project_id = {project_id} AND deleted = 0 \
+             AND (id IN ({ids}) OR toString(uuid) IN ({uuids}))",
+            ident(db),
+            ident(PERSONS)
+        ))
+        .await
 }
 
 /// Deletes a project's events before `before_us` (µs since the epoch): how many there were (no mutation is

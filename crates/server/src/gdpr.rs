@@ -324,16 +324,23 @@ async fn erase_events(
     wait_for_consumers(state, end).await?;
     let spec = Erase {
         distinct_ids: distinct_ids.to_vec(),
-        person_ids,
+        person_ids: person_ids.clone(),
         before_us: None,
-        redactor: Some(redactor),
+        redactor: Some(redactor.clone()),
     };
     let tables = state.tables.clone();
     let erased = tokio::task::spawn_blocking(move || tables.erase(project_id, &spec))
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
-    let clickhouse = erase_shipped(state, project_id, distinct_ids, end).await?;
+    let shipped = Shipped {
+        distinct_ids,
+        person_ids: &person_ids,
+        identifiers,
+        redactor: &redactor,
+        end,
+    };
+    let clickhouse = erase_shipped(state, project_id, &shipped).await?;
     Ok(EventCounts {
         clickhouse,
         events_removed: wal.events_dropped,
@@ -345,14 +352,26 @@ async fn erase_events(
     })
 }
 
+/// What an erasure removes from ClickHouse.
+struct Shipped<'a> {
+    distinct_ids: &'a [String],
+    person_ids: &'a [i64],
+    /// Everything that names the person (uuids of persons merged into them among them).
+    identifiers: &'a [String],
+    redactor: &'a Redactor,
+    /// The end of this node's rewritten log.
+    end: u64,
+}
+
 /// With ClickHouse (`--events-url`): once this node's shipper is past the rewritten log (nothing of theirs can be
-/// in flight any more), deletes the events every node shipped of these distinct ids, and their person mapping.
-/// Fails with 503 before the metadata is erased when ClickHouse is away, so that the erasure can be retried whole.
+/// in flight any more), deletes the events every node shipped of these distinct ids and their person mapping,
+/// masks mentions of them in other events (the embedded engine's rules) and deletes the rows of `persons` that hold
+/// their properties. Fails with 503 before the metadata is erased when ClickHouse is away, so that the erasure can
+/// be retried whole (every step is idempotent).
 async fn erase_shipped(
     state: &AppState,
     project_id: i64,
-    distinct_ids: &[String],
-    end: u64,
+    shipped: &Shipped<'_>,
 ) -> Result<bool, ApiError> {
     let (Some(reader), Some(spool)) = (&state.clickhouse, &state.spool) else {
         return Ok(false);
@@ -367,19 +386,35 @@ async fn erase_shipped(
         .with_retry_after(10)
     };
     if !spool
-        .wait_readable(end, std::time::Duration::from_secs(60))
+        .wait_readable(shipped.end, std::time::Duration::from_secs(60))
         .await
     {
         return Err(unreachable(&"this node's events are not all shipped yet"));
     }
-    flywheel_clickhouse::erase::erase_distinct_ids(
-        &reader.client,
-        &reader.db,
+    let (client, db) = (&reader.client, reader.db.as_str());
+    use flywheel_clickhouse::erase;
+    erase::erase_distinct_ids(client, db, project_id, shipped.distinct_ids)
+        .await
+        .map_err(|e| unreachable(&e))?;
+    let masked = erase::mask_mentions(client, db, project_id, shipped.identifiers, |p| {
+        shipped.redactor.redact(p)
+    })
+    .await
+    .map_err(|e| unreachable(&e))?;
+    erase::drop_person_history(
+        client,
+        db,
         project_id,
-        distinct_ids,
+        shipped.person_ids,
+        shipped.identifiers,
     )
     .await
     .map_err(|e| unreachable(&e))?;
+    tracing::info!(
+        project_id,
+        masked,
+        "erasure: ClickHouse deletions and masking issued"
+    );
     Ok(true)
 }
 

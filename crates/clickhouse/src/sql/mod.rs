@@ -32,7 +32,7 @@ use flywheel_query::{Breakdown, FieldError, InsightQuery};
 use crate::client::{ClickHouseError, Client};
 pub use breakdown::BREAKDOWN_OTHER;
 pub use cohort::{members as cohort_members, Membership};
-pub use expr::{persons_where, rows_of_project, string as quote, Target};
+pub use expr::{float, persons_where, rows_of_project, string as quote, Target};
 pub use funnel::{funnel_needs_rows, read_funnel_rows, KernelRows};
 pub use group::{filter_key as group_filter_key, GroupLabels, GroupPass, Groups};
 

@@ -205,10 +205,13 @@ async fn erasure_and_retention_delete_events_in_clickhouse() {
         json!([
             {"event": "$pageview", "distinct_id": "gone", "timestamp": recent(1)},
             {"event": "$identify", "distinct_id": "gone@x.test", "timestamp": recent(1),
-             "properties": {"$anon_distinct_id": "gone"}},
+             "properties": {"$anon_distinct_id": "gone", "$set": {"plan": "secret-plan"}}},
             {"event": "$pageview", "distinct_id": "gone@x.test", "timestamp": recent(2)},
             {"event": "$pageview", "distinct_id": "kept", "timestamp": recent(3)},
             {"event": "$pageview", "distinct_id": "kept", "timestamp": "2020-01-01T00:00:00Z"},
+            // Someone else's event that names them: masked in place, not deleted.
+            {"event": "invite_accepted", "distinct_id": "kept", "timestamp": recent(3),
+             "properties": {"inviter": "gone", "note": "invited by gone@x.test via a link", "n": 5}},
         ]),
     )
     .await;
@@ -234,14 +237,62 @@ async fn erasure_and_retention_delete_events_in_clickhouse() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    until("1", 5).await;
+    until("1", 6).await;
+    // Their person's properties reached `persons` (shipped after the events).
+    let project = t.project_id;
+    let secret_rows = format!(
+        "SELECT count() FROM `{DB}`.`persons` WHERE project_id = {project} AND has(prop_texts, 'secret-plan')"
+    );
+    let rows_of = |sql: String| {
+        let client = client.clone();
+        async move { client.query_rows(&sql).await.unwrap() }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rows_of(secret_rows.clone()).await[0][0] == "0" {
+        assert!(
+            Instant::now() < deadline,
+            "their properties never reached persons"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let (s, v) = t.api("DELETE", "/persons/gone", None).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["clickhouse_deletion_issued"], true, "{v}");
     // ClickHouse deletes in the background.
     until("distinct_id IN ('gone', 'gone@x.test')", 0).await;
-    until("1", 2).await;
+    until("1", 3).await;
+    // The event that named them is still there, masked with the embedded engine's rules, its index too.
+    until("position(properties, 'gone') > 0", 0).await;
+    let masked = rows_of(format!(
+        "SELECT properties, prop_keys, prop_texts, prop_numbers FROM `{DB}`.`events` WHERE event = 'invite_accepted'"
+    ))
+    .await;
+    assert_eq!(masked.len(), 1, "{masked:?}");
+    let props: Value = serde_json::from_str(&masked[0][0]).unwrap();
+    assert_eq!(
+        props,
+        json!({"$ip": "127.0.0.0", "inviter": null, "note": "invited by *********** via a link", "n": 5}),
+        "{masked:?}"
+    );
+    assert_eq!(
+        masked[0][1..],
+        [
+            "['$ip','n','note']",
+            "['127.0.0.0','5','invited by *********** via a link']",
+            "[nan,5,nan]"
+        ],
+        "the property index follows the masked properties"
+    );
+    // Their properties are gone from `persons` (every row but the erasure's marker).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rows_of(secret_rows.clone()).await[0][0] != "0" {
+        assert!(
+            Instant::now() < deadline,
+            "their properties stay in persons"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Their person mapping too (its own mutation, which may finish after the events').
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -267,11 +318,11 @@ async fn erasure_and_retention_delete_events_in_clickhouse() {
     assert_eq!(s, StatusCode::OK, "{v}");
     let (s, v) = t.api("POST", "/retention/run", None).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    until("1", 1).await;
+    until("1", 2).await;
     assert_eq!(
         count("distinct_id = 'kept'").await,
-        1,
-        "the recent event stays"
+        2,
+        "the recent events stay"
     );
 }
 
