@@ -418,6 +418,110 @@ async fn erase_shipped(
     Ok(true)
 }
 
+/// Applies an erasure another node announced ([`crate::erasure_sync`]): drops the events of the distinct ids whose
+/// digests it names from this node's log and tables (the ids are learnt from the events themselves), and deletes
+/// what this node shipped of them to ClickHouse once its shipper is past the rewritten log. Mentions inside other
+/// events are not masked here (the notice does not hold the identifiers). Returns the log events dropped.
+pub(crate) async fn apply_notice(
+    state: &AppState,
+    notice: &flywheel_store::ErasureNotice,
+) -> Result<u64, ApiError> {
+    let project_id = notice.project_id;
+    let digests: std::collections::HashSet<String> = notice.digests.iter().cloned().collect();
+    let end = state
+        .intake
+        .seal_active()
+        .await
+        .map_err(ApiError::unavailable)?;
+    let intake = state.intake.clone();
+    let (wal, found) = tokio::task::spawn_blocking(move || {
+        // Digests per distinct id, computed once each.
+        let mut known: std::collections::HashMap<String, bool> = Default::default();
+        let mut found = Vec::new();
+        let stats = intake.rewrite(
+            end,
+            |summary| !summary.projects.contains_key(&project_id),
+            |e| {
+                if e.project_id != project_id {
+                    return Verdict::Keep;
+                }
+                let hit = match known.get(e.distinct_id) {
+                    Some(&hit) => hit,
+                    None => {
+                        let hit = digests
+                            .contains(&flywheel_store::erasure_digest(project_id, e.distinct_id));
+                        known.insert(e.distinct_id.to_owned(), hit);
+                        if hit {
+                            found.push(e.distinct_id.to_owned());
+                        }
+                        hit
+                    }
+                };
+                if hit {
+                    Verdict::Drop
+                } else {
+                    Verdict::Keep
+                }
+            },
+        );
+        stats.map(|s| (s, found))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    if found.is_empty() {
+        return Ok(0);
+    }
+    wait_for_consumers(state, end).await?;
+    let spec = Erase {
+        distinct_ids: found.clone(),
+        person_ids: Vec::new(),
+        before_us: None,
+        redactor: None,
+    };
+    let tables = state.tables.clone();
+    tokio::task::spawn_blocking(move || tables.erase(project_id, &spec))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let nothing = Redactor::new(Vec::new());
+    let shipped = Shipped {
+        distinct_ids: &found,
+        person_ids: &[],
+        identifiers: &[],
+        redactor: &nothing,
+        end,
+    };
+    erase_shipped(state, project_id, &shipped).await?;
+    state.flags.subjects.forget_all();
+    state.insights.forget_project(project_id).await;
+    Ok(wal.events_dropped)
+}
+
+/// Tells the other nodes sharing the metadata store (PostgreSQL) to drop these distinct ids' events from their own
+/// logs, tables and shipped rows ([`crate::erasure_sync`]). `false` on SQLite (one node) or when the notice could
+/// not be written (logged; the erasure here is complete either way).
+async fn announce(state: &AppState, project_id: i64, distinct_ids: &[String]) -> bool {
+    if !state.store.is_postgres() {
+        return false;
+    }
+    let announced = match crate::clickhouse_ship::node_id(&state.config.data_dir) {
+        Ok(node) => state
+            .store
+            .announce_erasure(project_id, &node, distinct_ids)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match announced {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(project_id, error = %e, "erasure: the other nodes could not be told");
+            false
+        }
+    }
+}
+
 async fn erase(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
@@ -505,6 +609,7 @@ pub async fn erase_person(
     state
         .sticky
         .forget_values(project_id, &erased.identifiers());
+    let nodes_notified = announce(&state, project_id, &erased.distinct_ids).await;
     tracing::info!(
         project_id,
         erasure_id,
@@ -524,6 +629,8 @@ pub async fn erase_person(
         "segments_rewritten": events.segments_rewritten,
         // ClickHouse deletes in the background (a mutation); the rows are gone once it finished.
         "clickhouse_deletion_issued": events.clickhouse,
+        // Shared metadata (PostgreSQL): the other nodes were told to drop the person's events they hold.
+        "nodes_notified": nodes_notified,
         "records_removed": counts.records_removed(),
         "records_tombstoned": counts.records_tombstoned(),
         "tables": {"deleted": counts.deleted, "tombstoned": counts.tombstoned},

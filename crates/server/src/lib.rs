@@ -14,6 +14,7 @@ pub mod dashboard;
 pub mod dashboards;
 pub mod definitions;
 pub mod edge;
+pub mod erasure_sync;
 pub mod error;
 pub mod event_hooks;
 pub mod events_table;
@@ -292,6 +293,7 @@ pub struct Server {
     pql_task: tokio::task::JoinHandle<()>,
     webhook_task: tokio::task::JoinHandle<()>,
     flag_sync_task: tokio::task::JoinHandle<()>,
+    erasure_sync_task: tokio::task::JoinHandle<()>,
     event_hook_task: tokio::task::JoinHandle<()>,
     referral_task: tokio::task::JoinHandle<()>,
     sticky_task: tokio::task::JoinHandle<()>,
@@ -434,6 +436,12 @@ impl Server {
             Duration::from_secs(2),
             shutdown_rx.clone(),
         ));
+        // Shared metadata: erasures run on other nodes, applied to this node's own events.
+        let erasure_sync_task = tokio::spawn(erasure_sync::run(
+            state.clone(),
+            Duration::from_secs(1),
+            shutdown_rx.clone(),
+        ));
         let retention_task = tokio::spawn(retention::run(
             state.clone(),
             state.config.retention_check_interval,
@@ -497,6 +505,7 @@ impl Server {
             pql_task,
             webhook_task,
             flag_sync_task,
+            erasure_sync_task,
             event_hook_task,
             referral_task,
             sticky_task,
@@ -522,6 +531,7 @@ impl Server {
         // message id).
         self.webhook_task.abort();
         self.flag_sync_task.abort();
+        self.erasure_sync_task.abort();
         // Announcing is idempotent per chunk only up to duplicates: a cut chunk is announced again (receivers
         // deduplicate by the event's uuid).
         self.event_hook_task.abort();

@@ -1258,3 +1258,93 @@ mod tests {
         assert_eq!(again.distinct_ids, ["user-erase-1"]);
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Erasures announced to the other nodes (migration 0025)
+
+/// An erasure announced to every node sharing this store: the digests ([`erasure_digest`]) of the distinct ids
+/// whose events each node drops from its own log, tables and shipped rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErasureNotice {
+    pub id: i64,
+    pub project_id: i64,
+    /// The node that erased (it has done its part).
+    pub node: String,
+    pub digests: Vec<String>,
+}
+
+/// The digest a notice keeps of a distinct id: lowercase hex SHA-256 of `<project id>:<distinct id>` (the id itself
+/// is not kept; a node recognises it among its own events).
+pub fn erasure_digest(project_id: i64, distinct_id: &str) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(project_id.to_string().as_bytes());
+    h.update(b":");
+    h.update(distinct_id.as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Store {
+    /// Announces an erasure of `distinct_ids` (digested here) done by `node`; the notice's number.
+    pub async fn announce_erasure(
+        &self,
+        project_id: i64,
+        node: &str,
+        distinct_ids: &[String],
+    ) -> Result<i64> {
+        let digests: Vec<String> = distinct_ids
+            .iter()
+            .map(|d| erasure_digest(project_id, d))
+            .collect();
+        let digests = serde_json::to_string(&digests).unwrap_or_else(|_| "[]".into());
+        let now = crate::now_text();
+        Ok(on_pool!(self, |c| {
+            sqlx::query_scalar(
+            "INSERT INTO erasure_notices (project_id, node, digests, created_at) VALUES ($1, $2, $3, $4) \
+             RETURNING id"
+        )
+        .bind(project_id)
+        .bind(node)
+        .bind(&digests)
+        .bind(&now)
+        .fetch_one(c)
+        .await
+        })?)
+    }
+
+    /// Notices after number `after`, oldest first, at most `limit`.
+    pub async fn erasure_notices_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<ErasureNotice>> {
+        let rows: Vec<(i64, i64, String, String)> = on_pool!(self, |c| {
+            sqlx::query_as(
+            "SELECT id, project_id, node, digests FROM erasure_notices WHERE id > $1 ORDER BY id LIMIT $2"
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(c)
+        .await
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, project_id, node, digests)| ErasureNotice {
+                id,
+                project_id,
+                node,
+                digests: serde_json::from_str(&digests).unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// The newest notice's number (0: none).
+    pub async fn last_erasure_notice(&self) -> Result<i64> {
+        let last: Option<i64> = on_pool!(self, |c| sqlx::query_scalar(
+            "SELECT MAX(id) FROM erasure_notices"
+        )
+        .fetch_one(c)
+        .await)?;
+        Ok(last.unwrap_or(0))
+    }
+}

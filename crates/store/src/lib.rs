@@ -53,7 +53,7 @@ pub use features::{
     json_diff, Actor, AuditEntry, AuditFilter, EnvironmentRecord, FeatureRecord, SavedGroupRecord,
     SdkBinding, SdkConnection, WriteError, SDK_KEY_PREFIX,
 };
-pub use gdpr::{ErasureCounts, ErasureSubject};
+pub use gdpr::{erasure_digest, ErasureCounts, ErasureNotice, ErasureSubject};
 pub use groups::{GroupSummary, GroupType};
 pub use growth_metrics::{ConvertedInvite, GrowthInvites, InviteChannel, SentInvites};
 pub use identity::{ApplyStats, IdentityChange, IdentityOp, IdentityWriter, MergeMode};

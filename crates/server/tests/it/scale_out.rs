@@ -360,3 +360,111 @@ async fn a_node_serves_its_last_flags_while_postgres_is_down() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(features["checkout"]["defaultValue"], "old", "{features}");
 }
+
+/// Whether any file under `dir` holds `needle`.
+fn any_file_holds(dir: &std::path::Path, needle: &str) -> bool {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            } else if let Ok(bytes) = std::fs::read(e.path()) {
+                if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
+#[tokio::test]
+async fn an_erasure_reaches_the_events_other_nodes_hold() {
+    const DB: &str = "fw_erasure_nodes";
+    let ch = test_support::start();
+    let client = Client::new(&ch.url).unwrap();
+    let database = shared_database("erasure_nodes");
+    let adjust = |c: &mut flywheel_server::Config| {
+        c.events_url = Some(ch.url.clone());
+        c.events_database = DB.into();
+    };
+    let a = TestServer::start_with(|c| {
+        c.metadata_url = Some(database.clone());
+        adjust(c);
+    })
+    .await;
+    let b = TestServer::another_node(&a, adjust).await;
+    // The person's events are captured through `b` only; `a` will erase them.
+    let (gone, kept) = ("gone-7f3a9c2e51", "kept-0c4d81b2aa");
+    crate::growth::capture(
+        &b,
+        json!([
+            {"event": "$pageview", "distinct_id": gone, "properties": {"$set": {"plan": "pro"}}},
+            {"event": "$pageview", "distinct_id": gone},
+            {"event": "signed_up", "distinct_id": gone},
+            {"event": "$pageview", "distinct_id": kept},
+        ]),
+    )
+    .await;
+    let count = |distinct_id: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .query_rows(&format!(
+                    "SELECT count() FROM `{DB}`.`events` WHERE distinct_id = '{distinct_id}'"
+                ))
+                .await
+                .ok()
+                .and_then(|r| r[0][0].parse::<u64>().ok())
+                .unwrap_or(0)
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(gone).await != 3 || a.person(gone).await.0 != StatusCode::OK {
+        assert!(
+            Instant::now() < deadline,
+            "b's events never reached ClickHouse and the store"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b_log = b.dir.path().join("events");
+    assert!(
+        any_file_holds(&b_log, gone),
+        "b's own files hold the person's events"
+    );
+
+    let (s, v) = a.api("DELETE", &format!("/persons/{gone}"), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["nodes_notified"], true, "{v}");
+    // `b` hears of it and drops them from its own log and tables; ClickHouse loses them (a's deletion, and b's
+    // own once its shipper is past its rewritten log).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while any_file_holds(&b_log, gone) || count(gone).await != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the other node still holds the erased person's events (its files: {}, ClickHouse: {})",
+            any_file_holds(&b_log, gone),
+            count(gone).await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        any_file_holds(&b_log, kept),
+        "everyone else's events stay on b"
+    );
+    assert_eq!(count(kept).await, 1, "and in ClickHouse");
+    // The notice holds no identifier: only digests.
+    let store = flywheel_store::Store::connect_postgres(&database)
+        .await
+        .unwrap();
+    let notices = store.erasure_notices_after(0, 10).await.unwrap();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(
+        notices[0].digests,
+        [flywheel_store::erasure_digest(a.project_id, gone)]
+    );
+    assert!(!format!("{notices:?}").contains(gone));
+}
