@@ -245,7 +245,31 @@ trait IdTx {
     /// The first row's columns, if any.
     fn row(&mut self, sql: &'static str, args: &[Arg<'_>]) -> Result<Option<Vec<Cell>>>;
     fn commit(self) -> Result<()>;
+
+    /// The persons of those of `distinct_ids` that have one (PostgreSQL: one round trip for them all).
+    fn persons_of(
+        &mut self,
+        project_id: i64,
+        distinct_ids: &[&str],
+    ) -> Result<Vec<(String, PersonRef)>> {
+        let mut out = Vec::new();
+        for &d in distinct_ids {
+            if let Some(row) = self.row(PERSON_OF, &[Arg::Int(project_id), Arg::Text(d)])? {
+                let person = PersonRef {
+                    id: row[0].int()?,
+                    identified: row[1].int()? != 0,
+                };
+                out.push((d.to_owned(), person));
+            }
+        }
+        Ok(out)
+    }
 }
+
+/// The person of a distinct id.
+const PERSON_OF: &str =
+    "SELECT p.id, p.is_identified FROM person_distinct_ids d JOIN persons p ON p.id = d.person_id
+                 WHERE d.project_id = $1 AND d.distinct_id = $2";
 
 impl IdTx for rusqlite::Transaction<'_> {
     fn exec(&mut self, sql: &'static str, args: &[Arg<'_>]) -> Result<()> {
@@ -344,6 +368,29 @@ impl IdTx for PgIdTx<'_> {
     fn commit(self) -> Result<()> {
         wait(self.handle, self.tx.commit())?;
         Ok(())
+    }
+
+    fn persons_of(
+        &mut self,
+        project_id: i64,
+        distinct_ids: &[&str],
+    ) -> Result<Vec<(String, PersonRef)>> {
+        let tx = &mut self.tx;
+        let rows: Vec<(String, i64, bool)> = wait(
+            self.handle,
+            sqlx::query_as(
+                "SELECT d.distinct_id, p.id, p.is_identified FROM person_distinct_ids d
+                   JOIN persons p ON p.id = d.person_id
+                  WHERE d.project_id = $1 AND d.distinct_id = ANY($2)",
+            )
+            .bind(project_id)
+            .bind(distinct_ids)
+            .fetch_all(&mut **tx),
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|(d, id, identified)| (d, PersonRef { id, identified }))
+            .collect())
     }
 }
 
@@ -483,11 +530,19 @@ impl Bookkeeping {
             self.seen_epoch = epoch;
         }
         let mut wrote = false;
-        let mut result = ops
-            .iter()
-            .try_for_each(|op| {
-                wrote |= state.apply_one(&mut tx, op, &mut stats)?;
-                Ok(())
+        // Shared store: the caches start empty, so the persons of the batch's distinct ids are read in one round
+        // trip per project instead of one per id.
+        let prefetched = if shared {
+            state.prefetch(&mut tx, ops)
+        } else {
+            Ok(())
+        };
+        let mut result = prefetched
+            .and_then(|()| {
+                ops.iter().try_for_each(|op| {
+                    wrote |= state.apply_one(&mut tx, op, &mut stats)?;
+                    Ok(())
+                })
             })
             .and_then(|()| state.write_sequences(&mut tx));
         let checkpoint = wrote || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
@@ -580,6 +635,52 @@ impl Resolver {
         }
         let identified = *self.identified.get(&id)?;
         Some(PersonRef { id, identified })
+    }
+
+    /// Caches the persons of the distinct ids `ops` look up (those that have one), reading them in batches.
+    fn prefetch(&mut self, tx: &mut impl IdTx, ops: &[IdentityOp]) -> Result<()> {
+        let mut wanted: HashMap<i64, Vec<&str>> = HashMap::new();
+        for op in ops {
+            let (project_id, ids): (i64, [Option<&str>; 2]) = match op {
+                IdentityOp::Touch {
+                    project_id,
+                    distinct_id,
+                    ..
+                }
+                | IdentityOp::SetProperties {
+                    project_id,
+                    distinct_id,
+                    ..
+                }
+                | IdentityOp::LinkGroups {
+                    project_id,
+                    distinct_id,
+                    ..
+                } => (*project_id, [Some(distinct_id.as_str()), None]),
+                IdentityOp::Merge {
+                    project_id,
+                    target,
+                    other,
+                    ..
+                } => (*project_id, [Some(target.as_str()), Some(other.as_str())]),
+                _ => continue,
+            };
+            wanted
+                .entry(project_id)
+                .or_default()
+                .extend(ids.into_iter().flatten());
+        }
+        for (project_id, mut ids) in wanted {
+            ids.sort_unstable();
+            ids.dedup();
+            ids.retain(|d| self.cached(project_id, d).is_none());
+            for chunk in ids.chunks(1000) {
+                for (d, person) in tx.persons_of(project_id, chunk)? {
+                    self.cache(project_id, &d, person);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn clear_caches(&mut self) {
@@ -731,11 +832,7 @@ impl Resolver {
             return Ok(Some(p));
         }
         let found = tx
-            .row(
-                "SELECT p.id, p.is_identified FROM person_distinct_ids d JOIN persons p ON p.id = d.person_id
-                 WHERE d.project_id = $1 AND d.distinct_id = $2",
-                &[Arg::Int(project_id), Arg::Text(distinct_id)],
-            )?
+            .row(PERSON_OF, &[Arg::Int(project_id), Arg::Text(distinct_id)])?
             .map(|row| {
                 Ok::<_, crate::StoreError>(PersonRef {
                     id: row[0].int()?,

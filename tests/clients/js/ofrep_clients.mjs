@@ -11,46 +11,8 @@ import { OFREPWebProvider } from '@openfeature/ofrep-web-provider';
 import { OpenFeature as ServerOpenFeature } from '@openfeature/server-sdk';
 import { OFREPProvider } from '@openfeature/ofrep-provider';
 import { EventSource } from 'eventsource';
+import { url, run, check, sleep, show, api as manage, createFeature, updateDefault } from './flywheel.mjs';
 
-const url = process.env.FLYWHEEL_URL.replace(/\/$/, '');
-const projectId = process.env.FLYWHEEL_PROJECT_ID;
-const personalKey = process.env.FLYWHEEL_PERSONAL_KEY;
-const run = Math.random().toString(16).slice(2, 8);
-
-function check(condition, message) {
-  if (!condition) throw new Error(`check failed: ${message}`);
-  console.log(`ok - ${message}`);
-}
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-const show = (v) => JSON.stringify(v);
-
-async function manage(method, path, body) {
-  const res = await fetch(`${url}/api/v1/projects/${projectId}${path}`, {
-    method,
-    headers: { Authorization: `Bearer ${personalKey}`, 'Content-Type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await res.text();
-  return { status: res.status, body: text ? JSON.parse(text) : null };
-}
-
-async function createFeature(key, valueType, defaultValue, rules = [], enabled = true) {
-  const res = await manage('POST', '/features', {
-    key, value_type: valueType, default_value: defaultValue,
-    environments: { production: { enabled, rules } },
-  });
-  if (res.status !== 201) throw new Error(`creating ${key}: ${res.status} ${show(res.body)}`);
-  return res.body;
-}
-
-async function updateDefault(key, defaultValue) {
-  const { body: doc } = await manage('GET', `/features/${key}`);
-  const { status, body } = await manage('PUT', `/features/${key}`, {
-    version: doc.version, value_type: doc.value_type, default_value: defaultValue, environments: doc.environments,
-  });
-  if (status !== 200) throw new Error(`updating ${key}: ${status} ${show(body)}`);
-  return body;
-}
 
 // Resolves with the first provider event of `type` after `since`, or rejects after `ms`.
 function nextEvent(client, type, ms) {
@@ -67,7 +29,7 @@ await createFeature(BOOL, 'boolean', false, [{ type: 'force', condition: { plan:
 await createFeature(TEXT, 'string', 'blue', [{ type: 'force', condition: { country: { $in: ['CA', 'FR'] } }, value: 'red' }]);
 await createFeature(NUM, 'number', 3, [{ type: 'force', condition: { plan: 'pro' }, value: 42 }]);
 await createFeature(OBJ, 'json', { layout: 'a' }, [{ type: 'force', condition: { plan: 'pro' }, value: { layout: 'b', beta: true } }]);
-await createFeature(OFF, 'boolean', true, [{ type: 'force', value: true }], false);
+await createFeature(OFF, 'boolean', true, [{ type: 'force', value: true }], { enabled: false });
 await createFeature(LIVE, 'string', 'v1');
 const conn = await manage('POST', '/sdk-connections', { environment: 'production', name: `js-${run}` });
 check(conn.status === 201 && conn.body.client_key, 'an SDK client key for production');

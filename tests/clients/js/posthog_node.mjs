@@ -7,36 +7,8 @@
 // Environment: FLYWHEEL_URL, FLYWHEEL_PROJECT_ID, FLYWHEEL_PROJECT_KEY, FLYWHEEL_PERSONAL_KEY.
 import { isDeepStrictEqual } from 'node:util';
 import { PostHog } from 'posthog-node';
+import { url, projectKey, run, check, sleep, show, api, createFeature } from './flywheel.mjs';
 
-const url = process.env.FLYWHEEL_URL.replace(/\/$/, '');
-const projectId = process.env.FLYWHEEL_PROJECT_ID;
-const projectKey = process.env.FLYWHEEL_PROJECT_KEY;
-const personalKey = process.env.FLYWHEEL_PERSONAL_KEY;
-const run = Math.random().toString(16).slice(2, 10);
-
-function check(condition, message) {
-  if (!condition) throw new Error(`check failed: ${message}`);
-  console.log(`ok - ${message}`);
-}
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-const show = (v) => JSON.stringify(v);
-
-async function api(method, path, body) {
-  const res = await fetch(`${url}/api/v1/projects/${projectId}${path}`, {
-    method,
-    headers: { Authorization: `Bearer ${personalKey}`, 'Content-Type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await res.text();
-  return { status: res.status, body: text ? JSON.parse(text) : null };
-}
-
-async function createFeature(key, valueType, defaultValue, rules = []) {
-  const res = await api('POST', '/features', {
-    key, value_type: valueType, default_value: defaultValue, environments: { production: { enabled: true, rules } },
-  });
-  if (res.status !== 201) throw new Error(`creating ${key}: ${res.status} ${show(res.body)}`);
-}
 
 // Reads until `ok(answer)` holds (events reach the read side shortly after they are acknowledged).
 async function until(what, read, ok) {

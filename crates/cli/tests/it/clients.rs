@@ -80,28 +80,30 @@ fn no_server_error_anywhere_under_schemathesis() {
     run_session("native_schemathesis.py");
 }
 
+/// Runs a client script of tests/clients/js (its shared helpers in `flywheel.mjs`) that drives the npm package
+/// `package`, which must be installed.
+fn run_js(package: &str, script: &str) {
+    let installed = repo_root()
+        .join("tests/clients/js/node_modules")
+        .join(package);
+    assert!(
+        installed.exists(),
+        "{package} is not installed: run the suite with scripts/test (scripts/setup-test-env runs npm ci in \
+         tests/clients/js)"
+    );
+    run_client("node", script, "tests/clients/js");
+}
+
 #[test]
 fn openfeature_javascript_ofrep_providers() {
-    let js = repo_root().join("tests/clients/js/node_modules/@openfeature/ofrep-web-provider");
-    assert!(
-        js.exists(),
-        "the JavaScript OFREP providers are not installed: run the suite with scripts/test (scripts/setup-test-env \
-         runs npm ci in tests/clients/js)"
-    );
-    run_client("node", "ofrep_clients.mjs", "tests/clients/js");
+    run_js("@openfeature/ofrep-web-provider", "ofrep_clients.mjs");
 }
 
 // The published GrowthBook JavaScript SDK: local evaluation equal to the server's for 300 users × 8 features, a
 // change over the `/sub` stream within a second without a refetch, and an encrypted payload.
 #[test]
 fn growthbook_javascript_sdk_streams_and_agrees() {
-    let js = repo_root().join("tests/clients/js/node_modules/@growthbook/growthbook");
-    assert!(
-        js.exists(),
-        "the GrowthBook JavaScript SDK is not installed: run the suite with scripts/test (scripts/setup-test-env \
-         runs npm ci in tests/clients/js)"
-    );
-    run_client("node", "growthbook_js.mjs", "tests/clients/js");
+    run_js("@growthbook/growthbook", "growthbook_js.mjs");
 }
 
 // The published PostHog Node SDK: a session sent gzip-compressed to /batch/ and read back through the native API,
@@ -109,11 +111,5 @@ fn growthbook_javascript_sdk_streams_and_agrees() {
 // evaluateFlags), `$feature_flag_called` captured once per (user, flag, value).
 #[test]
 fn posthog_node_session_and_remote_flags() {
-    let js = repo_root().join("tests/clients/js/node_modules/posthog-node");
-    assert!(
-        js.exists(),
-        "posthog-node is not installed: run the suite with scripts/test (scripts/setup-test-env runs npm ci in \
-         tests/clients/js)"
-    );
-    run_client("node", "posthog_node.mjs", "tests/clients/js");
+    run_js("posthog-node", "posthog_node.mjs");
 }
