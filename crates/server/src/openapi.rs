@@ -642,6 +642,18 @@ pub const OPERATIONS: &[(&str, &str, &str, &str)] = &[
     ),
     ("post", "/flags", "serving", "PostHog remote evaluation"),
     ("post", "/decide", "serving", "PostHog `/decide` (v3/v4)"),
+    (
+        "get",
+        "/array/{token}/config",
+        "serving",
+        "PostHog browser SDK remote configuration (JSON)",
+    ),
+    (
+        "get",
+        "/array/{token}/config.js",
+        "serving",
+        "PostHog browser SDK remote configuration (script)",
+    ),
     // Growth links, operations
     (
         "get",

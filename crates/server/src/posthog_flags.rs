@@ -17,7 +17,7 @@
 use std::net::SocketAddr;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::on;
@@ -50,6 +50,82 @@ pub fn router() -> Router<AppState> {
         .route("/flags/", on(methods, flags))
         .route("/decide", on(methods, decide))
         .route("/decide/", on(methods, decide))
+        .route(
+            "/array/{token}/config",
+            axum::routing::get(remote_config_json),
+        )
+        .route(
+            "/array/{token}/config.js",
+            axum::routing::get(remote_config_script),
+        )
+}
+
+/// The remote configuration PostHog's browser SDK loads at start (`/array/{token}/config.js`, then
+/// `/array/{token}/config` when the script form is not used): what Flywheel serves of PostHog's settings (no
+/// session recording, surveys or site apps), the compression capture accepts, and that flags are to be loaded from
+/// `/flags`. An unknown token is a 404 (the SDK then carries on with its defaults).
+async fn remote_config(state: &AppState, token: &str) -> Result<Value, ApiError> {
+    state
+        .tokens
+        .project_for(&state.store, token.trim())
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_token",
+                "no project has this API key (the project's public key, `fwpub_…`)",
+            )
+        })?;
+    Ok(json!({
+        "token": token,
+        "hasFeatureFlags": true,
+        "supportedCompression": ["gzip", "gzip-js"],
+        "autocapture_opt_out": false,
+        "autocaptureExceptions": false,
+        "capturePerformance": false,
+        "captureDeadClicks": false,
+        "elementsChainAsString": true,
+        "heatmaps": false,
+        "sessionRecording": false,
+        "surveys": false,
+        "siteApps": [],
+    }))
+}
+
+async fn remote_config_json(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+) -> Result<Response, ApiError> {
+    let config = remote_config(&state, &token).await?;
+    Ok((
+        [(header::CACHE_CONTROL, "public, max-age=60")],
+        axum::Json(config),
+    )
+        .into_response())
+}
+
+async fn remote_config_script(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+) -> Result<Response, ApiError> {
+    let config = remote_config(&state, &token).await?;
+    // JSON text is a JavaScript expression; the token goes in as a JSON string.
+    let script = format!(
+        "(function(){{var w=window;w._POSTHOG_REMOTE_CONFIG=w._POSTHOG_REMOTE_CONFIG||{{}};\
+         w._POSTHOG_REMOTE_CONFIG[{}]={{config:{config},siteApps:[]}};}})();\n",
+        Value::String(token)
+    );
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                "application/javascript; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "public, max-age=60"),
+        ],
+        script,
+    )
+        .into_response())
 }
 
 /// The response shape a request asks for.

@@ -83,15 +83,16 @@ fn no_server_error_anywhere_under_schemathesis() {
 /// Runs a client script of tests/clients/js (its shared helpers in `flywheel.mjs`) that drives the npm package
 /// `package`, which must be installed.
 fn run_js(package: &str, script: &str) {
-    let installed = repo_root()
-        .join("tests/clients/js/node_modules")
-        .join(package);
+    run_js_in("tests/clients/js", package, script);
+}
+
+fn run_js_in(dir: &str, package: &str, script: &str) {
+    let installed = repo_root().join(dir).join("node_modules").join(package);
     assert!(
         installed.exists(),
-        "{package} is not installed: run the suite with scripts/test (scripts/setup-test-env runs npm ci in \
-         tests/clients/js)"
+        "{package} is not installed: run the suite with scripts/test (scripts/setup-test-env runs npm ci in {dir})"
     );
-    run_client("node", script, "tests/clients/js");
+    run_client("node", script, dir);
 }
 
 #[test]
@@ -112,4 +113,12 @@ fn growthbook_javascript_sdk_streams_and_agrees() {
 #[test]
 fn posthog_node_session_and_remote_flags() {
     run_js("posthog-node", "posthog_node.mjs");
+}
+
+// The published PostHog browser SDK (posthog-js) in Debian's Chromium, embedded in a page of another origin: its
+// remote configuration, flags from /flags (before and after identify), pageviews, identify and a custom event read
+// back under one person; no console error.
+#[test]
+fn posthog_js_in_a_browser() {
+    run_js_in("tests/browser", "posthog-js", "posthog_js.mjs");
 }

@@ -874,3 +874,45 @@ async fn ofrep_event_streams_announce_changes_within_a_second() {
         .unwrap();
     assert_eq!(t.send(req).await.0, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn posthog_browser_sdk_remote_config() {
+    let t = TestServer::start().await;
+    let get = |path: String| Request::get(path).body(Body::empty()).unwrap();
+    let (s, config, headers) = t.send(get(format!("/array/{}/config", t.token))).await;
+    assert_eq!(s, StatusCode::OK, "{config}");
+    assert_eq!(config["token"], t.token.as_str());
+    assert_eq!(
+        config["hasFeatureFlags"], true,
+        "the SDK loads flags from /flags"
+    );
+    assert_eq!(config["supportedCompression"], json!(["gzip", "gzip-js"]));
+    assert_eq!(config["sessionRecording"], false);
+    assert!(headers["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("max-age"));
+    // The script form defines the same configuration for the SDK to read.
+    let (s, script, headers) = t.send(get(format!("/array/{}/config.js", t.token))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/javascript"));
+    let script = script.as_str().unwrap();
+    let token = serde_json::to_string(&t.token).unwrap();
+    let at = script
+        .find(&format!("_POSTHOG_REMOTE_CONFIG[{token}]={{config:"))
+        .expect(script);
+    let object = &script[at + format!("_POSTHOG_REMOTE_CONFIG[{token}]={{config:").len()..];
+    let end = object.find(",siteApps:[]}").expect(script);
+    let embedded: Value = serde_json::from_str(&object[..end]).unwrap();
+    assert_eq!(embedded, config);
+    // An unknown token is a clear 404.
+    let (s, v, _) = t.send(get("/array/fwpub_nope/config".into())).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("unknown_token")),
+        "{v}"
+    );
+}
