@@ -1,9 +1,9 @@
 //! Real published SDKs against a real `flywheel serve`: posthog-python (capture and remote flag evaluation),
-//! segment-analytics-python, growthbook, openfeature-sdk with the OFREP provider, and the JavaScript OFREP
-//! providers, GrowthBook SDK and posthog-node (versions pinned in tests/clients/requirements.txt and tests/clients/js/package-lock.json); plus
+//! segment-analytics-python, growthbook, openfeature-sdk with the OFREP provider, and from npm the JavaScript OFREP
+//! providers, the GrowthBook SDK, posthog-node and posthog-js (in Debian's Chromium) (versions pinned in
+//! tests/clients/requirements.txt, tests/clients/js/package-lock.json and tests/browser/package-lock.json); plus
 //! schemathesis checking the OFREP endpoints against the spec in ../shared/conformance/ofrep and fuzzing every
-//! operation of Flywheel's own OpenAPI document for server errors. Each script
-//! asserts every value it reads back.
+//! operation of Flywheel's own OpenAPI document for server errors. Each script asserts every value it reads back.
 
 use std::process::Command;
 
