@@ -9,32 +9,11 @@
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { chromium } from 'playwright-core';
+import { url, projectKey, run, check, sleep, show, api } from '../clients/js/flywheel.mjs';
 
 const require = createRequire(import.meta.url);
-const url = process.env.FLYWHEEL_URL.replace(/\/$/, '');
-const projectId = process.env.FLYWHEEL_PROJECT_ID;
-const projectKey = process.env.FLYWHEEL_PROJECT_KEY;
-const personalKey = process.env.FLYWHEEL_PERSONAL_KEY;
 const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
-const run = Math.random().toString(16).slice(2, 10);
 const sdk = readFileSync(require.resolve('posthog-js/dist/array.full.js'), 'utf8');
-
-function check(condition, message) {
-  if (!condition) throw new Error(`check failed: ${message}`);
-  console.log(`ok - ${message}`);
-}
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-const show = (v) => JSON.stringify(v);
-
-async function api(method, path, body) {
-  const res = await fetch(`${url}/api/v1/projects/${projectId}${path}`, {
-    method,
-    headers: { Authorization: `Bearer ${personalKey}`, 'Content-Type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await res.text();
-  return { status: res.status, body: text ? JSON.parse(text) : null };
-}
 
 const PRO = `web-pro-${run}`, EXP = `web-exp-${run}`;
 for (const [key, valueType, defaultValue, rules] of [
