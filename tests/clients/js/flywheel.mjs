@@ -1,5 +1,5 @@
-// What the client scripts share (tests/browser/posthog_js.mjs too): the server they run against (the environment run_client in
-// crates/cli/tests/it/clients.rs sets), checks that print what they checked, and the native API.
+// What the client scripts share (tests/browser/posthog_js.mjs too): the server they run against (the environment
+// run_client in crates/cli/tests/it/clients.rs sets), checks that print what they checked, and the native API.
 export const url = process.env.FLYWHEEL_URL.replace(/\/$/, '');
 export const projectId = process.env.FLYWHEEL_PROJECT_ID;
 export const projectKey = process.env.FLYWHEEL_PROJECT_KEY;
