@@ -7,7 +7,7 @@
 //!
 //! A node remembers the last notice it applied in its data directory (`erasure-notices`); a node starting without
 //! that file begins after the newest notice (its log cannot hold events older than itself). A notice that fails
-//! (ClickHouse away, tables still catching up) is retried at the next poll, before any later one.
+//! (ClickHouse away, tables still catching up) is retried before any later one, after 1 s, 2 s, 4 s… up to a minute.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -34,51 +34,73 @@ pub async fn run(state: AppState, poll: Duration, mut stop: watch::Receiver<bool
         .and_then(|t| t.trim().parse().ok());
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // After a failure (PostgreSQL or ClickHouse away, tables catching up) the next attempt waits 1 s, 2 s, 4 s… up
+    // to a minute, so a long outage is one warning a minute, not one a second.
+    let mut failures: u32 = 0;
+    let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = stop.changed() => return,
             _ = tick.tick() => {}
         }
-        let after = match cursor {
-            Some(c) => c,
-            None => match state.store.last_erasure_notice().await {
-                Ok(last) => {
-                    save(&path, last);
-                    cursor = Some(last);
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "erasure sync: cannot read the notices; retrying");
-                    continue;
-                }
-            },
-        };
-        let notices = match state.store.erasure_notices_after(after, 100).await {
-            Ok(n) => n,
+        if retry_at.is_some_and(|at| tokio::time::Instant::now() < at) {
+            continue;
+        }
+        match pass(&state, &node, &path, &mut cursor).await {
+            Ok(()) => {
+                failures = 0;
+                retry_at = None;
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "erasure sync: cannot read the notices; retrying");
-                continue;
+                failures = failures.saturating_add(1);
+                let wait =
+                    Duration::from_secs(1u64 << (failures - 1).min(6)).min(Duration::from_secs(60));
+                retry_at = Some(tokio::time::Instant::now() + wait);
+                tracing::warn!(error = %e, retry_in_secs = wait.as_secs(), "erasure sync: retrying later");
             }
-        };
-        for notice in notices {
-            if notice.node != node {
-                match crate::gdpr::apply_notice(&state, &notice).await {
-                    Ok(dropped) => tracing::info!(
-                        notice = notice.id,
-                        project_id = notice.project_id,
-                        events_dropped = dropped,
-                        "erasure sync: applied another node's erasure"
-                    ),
-                    Err(e) => {
-                        tracing::warn!(notice = notice.id, error = %e.message, "erasure sync: retrying later");
-                        break;
-                    }
-                }
-            }
-            save(&path, notice.id);
-            cursor = Some(notice.id);
         }
     }
+}
+
+/// Applies the notices after `cursor` (or starts the cursor at the newest notice), in order; stops at the first
+/// that fails, which is retried first next time.
+async fn pass(
+    state: &AppState,
+    node: &str,
+    path: &PathBuf,
+    cursor: &mut Option<i64>,
+) -> Result<(), String> {
+    let Some(after) = *cursor else {
+        let last = state
+            .store
+            .last_erasure_notice()
+            .await
+            .map_err(|e| format!("cannot read the notices: {e}"))?;
+        save(path, last);
+        *cursor = Some(last);
+        return Ok(());
+    };
+    let notices = state
+        .store
+        .erasure_notices_after(after, 100)
+        .await
+        .map_err(|e| format!("cannot read the notices: {e}"))?;
+    for notice in notices {
+        if notice.node != node {
+            let dropped = crate::gdpr::apply_notice(state, &notice)
+                .await
+                .map_err(|e| format!("notice {}: {}", notice.id, e.message))?;
+            tracing::info!(
+                notice = notice.id,
+                project_id = notice.project_id,
+                events_dropped = dropped,
+                "erasure sync: applied another node's erasure"
+            );
+        }
+        save(path, notice.id);
+        *cursor = Some(notice.id);
+    }
+    Ok(())
 }
 
 fn save(path: &PathBuf, id: i64) {
