@@ -33,8 +33,9 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
-use flywheel_engine::rewrite::{Redactor, Verdict};
+use flywheel_engine::rewrite::{Redactor, RewriteStats, Verdict};
 use flywheel_engine::table::Erase;
+use flywheel_engine::EventRef;
 use serde_json::{json, Value};
 
 use crate::api::Caller;
@@ -294,45 +295,30 @@ async fn erase_events(
     identifiers: &[String],
 ) -> Result<EventCounts, ApiError> {
     state.exposures.flush().await;
-    let end = state
-        .intake
-        .seal_active()
-        .await
-        .map_err(ApiError::unavailable)?;
     let redactor = Redactor::new(identifiers.iter().cloned());
     let ids: std::collections::HashSet<String> = distinct_ids.iter().cloned().collect();
-    let (intake, r) = (state.intake.clone(), redactor.clone());
-    let wal = tokio::task::spawn_blocking(move || {
-        intake.rewrite(
-            end,
-            |summary| !summary.projects.contains_key(&project_id),
-            |e| {
-                if e.project_id != project_id {
-                    Verdict::Keep
-                } else if ids.contains(e.distinct_id) {
-                    Verdict::Drop
-                } else {
-                    r.redact(e.properties)
-                        .map_or(Verdict::Keep, Verdict::Properties)
-                }
-            },
-        )
+    let r = redactor.clone();
+    let (end, wal, ()) = rewrite_log(state, project_id, (), move |(), e| {
+        if ids.contains(e.distinct_id) {
+            Verdict::Drop
+        } else {
+            r.redact(e.properties)
+                .map_or(Verdict::Keep, Verdict::Properties)
+        }
     })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
+    .await?;
     wait_for_consumers(state, end).await?;
-    let spec = Erase {
-        distinct_ids: distinct_ids.to_vec(),
-        person_ids: person_ids.clone(),
-        before_us: None,
-        redactor: Some(redactor.clone()),
-    };
-    let tables = state.tables.clone();
-    let erased = tokio::task::spawn_blocking(move || tables.erase(project_id, &spec))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+    let erased = erase_tables(
+        state,
+        project_id,
+        Erase {
+            distinct_ids: distinct_ids.to_vec(),
+            person_ids: person_ids.clone(),
+            before_us: None,
+            redactor: Some(redactor.clone()),
+        },
+    )
+    .await?;
     let shipped = Shipped {
         distinct_ids,
         person_ids: &person_ids,
@@ -350,6 +336,55 @@ async fn erase_events(
         table_rows_masked: erased.rows_redacted,
         segments_rewritten: erased.segments_replaced,
     })
+}
+
+/// Seals this node's log and rewrites the project's events in it, up to the sealed end, by `verdict` (given the
+/// state `s` it may learn from; other projects' events are kept unread), on the blocking pool. Returns the end, the
+/// rewrite's counts and the state.
+async fn rewrite_log<S: Send + 'static>(
+    state: &AppState,
+    project_id: i64,
+    mut s: S,
+    verdict: impl Fn(&mut S, &EventRef<'_>) -> Verdict + Send + 'static,
+) -> Result<(u64, RewriteStats, S), ApiError> {
+    let end = state
+        .intake
+        .seal_active()
+        .await
+        .map_err(ApiError::unavailable)?;
+    let intake = state.intake.clone();
+    let (stats, s) = tokio::task::spawn_blocking(move || {
+        intake
+            .rewrite(
+                end,
+                |summary| !summary.projects.contains_key(&project_id),
+                |e| {
+                    if e.project_id == project_id {
+                        verdict(&mut s, e)
+                    } else {
+                        Verdict::Keep
+                    }
+                },
+            )
+            .map(|stats| (stats, s))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    Ok((end, stats, s))
+}
+
+/// Erases from this node's event tables (on the blocking pool).
+pub(crate) async fn erase_tables(
+    state: &AppState,
+    project_id: i64,
+    spec: Erase,
+) -> Result<flywheel_engine::table::EraseStats, ApiError> {
+    let tables = state.tables.clone();
+    tokio::task::spawn_blocking(move || tables.erase(project_id, &spec))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
 }
 
 /// What an erasure removes from ClickHouse.
@@ -428,62 +463,48 @@ pub(crate) async fn apply_notice(
 ) -> Result<u64, ApiError> {
     let project_id = notice.project_id;
     let digests: std::collections::HashSet<String> = notice.digests.iter().cloned().collect();
-    let end = state
-        .intake
-        .seal_active()
-        .await
-        .map_err(ApiError::unavailable)?;
-    let intake = state.intake.clone();
-    let (wal, found) = tokio::task::spawn_blocking(move || {
-        // Digests per distinct id, computed once each.
-        let mut known: std::collections::HashMap<String, bool> = Default::default();
-        let mut found = Vec::new();
-        let stats = intake.rewrite(
-            end,
-            |summary| !summary.projects.contains_key(&project_id),
-            |e| {
-                if e.project_id != project_id {
-                    return Verdict::Keep;
-                }
-                let hit = match known.get(e.distinct_id) {
-                    Some(&hit) => hit,
-                    None => {
-                        let hit = digests
-                            .contains(&flywheel_store::erasure_digest(project_id, e.distinct_id));
-                        known.insert(e.distinct_id.to_owned(), hit);
-                        if hit {
-                            found.push(e.distinct_id.to_owned());
-                        }
-                        hit
+    // Per distinct id seen: whether its digest is named (computed once each); and the ids found.
+    type Seen = (std::collections::HashMap<String, bool>, Vec<String>);
+    let (end, wal, (_, found)) = rewrite_log(
+        state,
+        project_id,
+        Seen::default(),
+        move |(known, found): &mut Seen, e| {
+            let hit = match known.get(e.distinct_id) {
+                Some(&hit) => hit,
+                None => {
+                    let hit = digests
+                        .contains(&flywheel_store::erasure_digest(project_id, e.distinct_id));
+                    known.insert(e.distinct_id.to_owned(), hit);
+                    if hit {
+                        found.push(e.distinct_id.to_owned());
                     }
-                };
-                if hit {
-                    Verdict::Drop
-                } else {
-                    Verdict::Keep
+                    hit
                 }
-            },
-        );
-        stats.map(|s| (s, found))
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::internal)?;
+            };
+            if hit {
+                Verdict::Drop
+            } else {
+                Verdict::Keep
+            }
+        },
+    )
+    .await?;
     if found.is_empty() {
         return Ok(0);
     }
     wait_for_consumers(state, end).await?;
-    let spec = Erase {
-        distinct_ids: found.clone(),
-        person_ids: Vec::new(),
-        before_us: None,
-        redactor: None,
-    };
-    let tables = state.tables.clone();
-    tokio::task::spawn_blocking(move || tables.erase(project_id, &spec))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+    erase_tables(
+        state,
+        project_id,
+        Erase {
+            distinct_ids: found.clone(),
+            person_ids: Vec::new(),
+            before_us: None,
+            redactor: None,
+        },
+    )
+    .await?;
     let nothing = Redactor::new(Vec::new());
     let shipped = Shipped {
         distinct_ids: &found,

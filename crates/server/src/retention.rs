@@ -115,15 +115,11 @@ pub async fn run_once(state: &AppState, only: Option<i64>) -> Result<Vec<Dropped
     ids.sort_unstable();
     for project_id in ids {
         let (retention_days, cutoff_us) = policies[&project_id];
-        let tables = state.tables.clone();
         let spec = Erase {
             before_us: Some(cutoff_us),
             ..Erase::default()
         };
-        let erased = tokio::task::spawn_blocking(move || tables.erase(project_id, &spec))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?;
+        let erased = crate::gdpr::erase_tables(state, project_id, spec).await?;
         let events = per_project.get(&project_id).copied().unwrap_or(0);
         metrics::counter!(m::RETENTION_EVENTS_DROPPED).increment(events);
         // ClickHouse (`--events-url`) holds every node's events: the old ones go there too. A failure is logged and

@@ -832,14 +832,9 @@ impl Resolver {
             return Ok(Some(p));
         }
         let found = tx
-            .row(PERSON_OF, &[Arg::Int(project_id), Arg::Text(distinct_id)])?
-            .map(|row| {
-                Ok::<_, crate::StoreError>(PersonRef {
-                    id: row[0].int()?,
-                    identified: row[1].int()? != 0,
-                })
-            })
-            .transpose()?;
+            .persons_of(project_id, &[distinct_id])?
+            .pop()
+            .map(|(_, person)| person);
         if let Some(p) = found {
             self.cache(project_id, distinct_id, p);
         }
